@@ -1,0 +1,1 @@
+"""KubeSonar sensor: packets to bidirectional flow records, and publishing them."""

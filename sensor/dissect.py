@@ -1,0 +1,265 @@
+"""Vectorised packet dissection: link layer, IPv4/IPv6 (extension headers, fragments), TCP/UDP/SCTP/ICMP,
+ICMP errors attributed to the flow they quote, and VXLAN/Geneve decapsulation.
+
+Every step reads one field for all packets of a batch at once with numpy fancy indexing; a field past a
+packet's captured length reads as 0 and the packet is marked truncated, never read out of bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from kubesonar.sensor.capture_file import PacketBatch
+from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
+
+LINKTYPE_NULL = 0
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+LINKTYPE_LOOP = 108
+LINKTYPE_LINUX_SLL = 113
+LINKTYPE_IPV4 = 228
+LINKTYPE_IPV6 = 229
+LINKTYPE_LINUX_SLL2 = 276
+_RAW_ALIASES = (12, 14, LINKTYPE_RAW)  # DLT_RAW differs between BSDs
+
+ETH_IPV4, ETH_IPV6, ETH_TEB = 0x0800, 0x86DD, 0x6558
+_VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+VXLAN_PORTS = (4789, 8472)  # IANA, and the Linux kernel's default used by flannel
+GENEVE_PORT = 6081
+_IPV6_EXT_HEADERS = (0, 43, 60, 135, 139, 140)  # hop-by-hop, routing, dst opts, mobility, HIP, shim6
+_IPV6_FRAGMENT, _IPV6_AH = 44, 51
+ICMP4_ERRORS = (3, 4, 5, 11, 12)
+ICMP6_ERRORS = (1, 2, 3, 4)
+ICMP_ECHO_REQUESTS = (8, 128)
+ICMP_ECHO_REPLIES = (0, 129)
+_PORTED = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
+
+
+@dataclass
+class PacketFields:
+    """Per-packet header fields; addresses are 4 big-endian 32-bit words (IPv4 mapped into IPv6)."""
+
+    is_ip: np.ndarray  # bool: an IP header was parsed; the packet makes or joins a flow
+    src: np.ndarray  # (n, 4) uint32
+    dst: np.ndarray  # (n, 4) uint32
+    sport: np.ndarray  # int64
+    dport: np.ndarray  # int64
+    proto: np.ndarray  # int64
+    ip_len: np.ndarray  # int64 IP bytes
+    tcp_flags: np.ndarray  # int64
+    tcp_seq: np.ndarray  # int64, tells a retransmitted SYN from a new connection on the same ports
+    icmp_type: np.ndarray  # int64, -1 when not ICMP
+    icmp_code: np.ndarray  # int64
+    icmp_error: np.ndarray  # bool: an ICMP error, keyed by (and sent toward the initiator of) the flow it quotes
+    fragment: np.ndarray  # bool: a non-first fragment, counted without L4
+    truncated: np.ndarray  # bool: the capture cut a header this packet needed
+    tunnel_src: np.ndarray  # (n, 4) uint32, zero unless decapsulated
+    tunnel_dst: np.ndarray  # (n, 4) uint32
+    tunnel_id: np.ndarray  # int64 VNI
+
+    @classmethod
+    def blank(cls, n: int) -> PacketFields:
+        z = lambda dtype=np.int64: np.zeros(n, dtype=dtype)  # noqa: E731
+        w = lambda: np.zeros((n, 4), dtype=np.uint32)  # noqa: E731
+        return cls(
+            is_ip=z(bool), src=w(), dst=w(), sport=z(), dport=z(), proto=z(), ip_len=z(), tcp_flags=z(), tcp_seq=z(),
+            icmp_type=np.full(n, -1, dtype=np.int64), icmp_code=np.full(n, -1, dtype=np.int64),
+            icmp_error=z(bool), fragment=z(bool), truncated=z(bool), tunnel_src=w(), tunnel_dst=w(),
+            tunnel_id=z(),
+        )
+
+    def assign(self, rows: np.ndarray, other: PacketFields, keep: np.ndarray) -> None:
+        """Overwrite ``rows[keep]`` with ``other[keep]`` field by field."""
+        target = rows[keep]
+        for f in fields(self):
+            getattr(self, f.name)[target] = getattr(other, f.name)[keep]
+
+
+class _View:
+    """Packets of a batch addressed by per-row positions relative to each packet's start."""
+
+    __slots__ = ("data", "base", "caplen", "wirelen", "_last")
+
+    def __init__(self, data: np.ndarray, base: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray):
+        self.data, self.base, self.caplen, self.wirelen = data, base, caplen, wirelen
+        self._last = len(data) - 1
+
+    def take(self, rows: np.ndarray) -> _View:
+        return _View(self.data, self.base[rows], self.caplen[rows], self.wirelen[rows])
+
+    def has(self, pos: np.ndarray, size: int) -> np.ndarray:
+        return pos + size <= self.caplen
+
+    def u8(self, pos: np.ndarray) -> np.ndarray:
+        idx = np.minimum(self.base + pos, self._last)
+        return np.where(pos < self.caplen, self.data[idx], 0).astype(np.int64)
+
+    def u16(self, pos: np.ndarray) -> np.ndarray:
+        return (self.u8(pos) << 8) | self.u8(pos + 1)
+
+    def u32(self, pos: np.ndarray) -> np.ndarray:
+        return (self.u16(pos) << 16) | self.u16(pos + 2)
+
+
+def dissect(batch: PacketBatch) -> PacketFields:
+    view = _View(batch.data, batch.offset, batch.caplen, batch.wirelen)
+    return _dissect(view, batch.linktype, np.zeros(len(batch), dtype=np.int64), tunnels=True)
+
+
+def _dissect(view: _View, linktype: np.ndarray, pos: np.ndarray, tunnels: bool) -> PacketFields:
+    n = len(pos)
+    out = PacketFields.blank(n)
+    l3, ethertype = _link_layer(view, linktype, pos)
+    l4 = _ip_layer(view, l3, ethertype, out)
+    _transport(view, l4, out)
+    _attribute_icmp_errors(view, l4, out)
+    if tunnels:
+        _decapsulate(view, l4, out)
+    return out
+
+
+def _link_layer(view: _View, linktype: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Position of the network header and its EtherType (0 where unknown) per packet."""
+    ethernet = linktype == LINKTYPE_ETHERNET
+    sll = linktype == LINKTYPE_LINUX_SLL
+    sll2 = linktype == LINKTYPE_LINUX_SLL2
+    raw = np.isin(linktype, _RAW_ALIASES)
+    null = (linktype == LINKTYPE_NULL) | (linktype == LINKTYPE_LOOP)
+    l3 = pos + np.select([ethernet, sll, sll2, null], [14, 16, 20, 4], 0)
+    ethertype = np.select(
+        [ethernet, sll, sll2], [view.u16(pos + 12), view.u16(pos + 14), view.u16(pos)], 0
+    )
+    version = view.u8(l3) >> 4
+    by_version = np.select([version == 4, version == 6], [ETH_IPV4, ETH_IPV6], 0)
+    family = view.u8(pos) | view.u8(pos + 3)  # AF_ value in host byte order, either way round
+    by_family = np.where(family == 2, ETH_IPV4, np.where(np.isin(family, (10, 24, 28, 30)), ETH_IPV6, 0))
+    ethertype = np.select(
+        [raw, linktype == LINKTYPE_IPV4, linktype == LINKTYPE_IPV6, null],
+        [by_version, ETH_IPV4, ETH_IPV6, by_family],
+        ethertype,
+    )
+    for _ in range(3):  # 802.1Q, QinQ
+        tagged = np.isin(ethertype, _VLAN_TPIDS)
+        if not tagged.any():
+            break
+        ethertype = np.where(tagged, view.u16(l3 + 2), ethertype)
+        l3 = np.where(tagged, l3 + 4, l3)
+    return l3, ethertype
+
+
+def _ip_layer(view: _View, l3: np.ndarray, ethertype: np.ndarray, out: PacketFields) -> np.ndarray:
+    """Fill addresses, protocol and lengths; return the transport header position."""
+    b0 = view.u8(l3)
+    v4 = (ethertype == ETH_IPV4) & ((b0 >> 4) == 4)
+    v6 = (ethertype == ETH_IPV6) & ((b0 >> 4) == 6)
+    ihl = (b0 & 0x0F) * 4
+    v4_ok = v4 & (ihl >= 20) & view.has(l3, 20)
+    v6_ok = v6 & view.has(l3, 40)
+    out.truncated |= (v4 | v6) & ~(v4_ok | v6_ok)
+
+    l4 = np.where(v4_ok, l3 + ihl, l3 + 40)
+    proto = np.where(v4_ok, view.u8(l3 + 9), view.u8(l3 + 6))
+    frag = view.u16(l3 + 6)
+    fragment = v4_ok & ((frag & 0x1FFF) != 0)
+    total = np.where(v4_ok, view.u16(l3 + 2), 40 + view.u16(l3 + 4))
+    total = np.where(v4_ok & (total == 0), view.wirelen - l3, total)  # 0 under TCP segmentation offload
+
+    for k in range(4):
+        out.src[:, k] = np.where(v4_ok, 0xFFFF if k == 2 else 0, view.u32(l3 + 8 + 4 * k))
+        out.dst[:, k] = np.where(v4_ok, 0xFFFF if k == 2 else 0, view.u32(l3 + 24 + 4 * k))
+    out.src[:, 3] = np.where(v4_ok, view.u32(l3 + 12), out.src[:, 3])
+    out.dst[:, 3] = np.where(v4_ok, view.u32(l3 + 16), out.dst[:, 3])
+
+    for _ in range(8):  # IPv6 extension header chain
+        ext = v6_ok & np.isin(proto, _IPV6_EXT_HEADERS + (_IPV6_FRAGMENT, _IPV6_AH))
+        if not ext.any():
+            break
+        is_frag = ext & (proto == _IPV6_FRAGMENT)
+        fragment |= is_frag & ((view.u16(l4 + 2) >> 3) != 0)
+        size = np.select(
+            [is_frag, proto == _IPV6_AH], [8, (view.u8(l4 + 1) + 2) * 4], (view.u8(l4 + 1) + 1) * 8
+        )
+        out.truncated |= ext & ~view.has(l4, 2)
+        proto = np.where(ext, view.u8(l4), proto)
+        l4 = np.where(ext, l4 + size, l4)
+
+    ok = v4_ok | v6_ok
+    out.is_ip[:] = ok
+    out.proto[:] = np.where(ok, proto, 0)
+    out.ip_len[:] = np.where(ok, np.maximum(total, l4 - l3), 0)
+    out.fragment[:] = fragment
+    return l4
+
+
+def _transport(view: _View, l4: np.ndarray, out: PacketFields) -> None:
+    first = out.is_ip & ~out.fragment
+    ported = first & np.isin(out.proto, _PORTED)
+    ports_ok = ported & view.has(l4, 4)
+    out.truncated |= ported & ~ports_ok
+    out.sport[:] = np.where(ports_ok, view.u16(l4), 0)
+    out.dport[:] = np.where(ports_ok, view.u16(l4 + 2), 0)
+    tcp = first & (out.proto == IPPROTO_TCP) & view.has(l4, 14)
+    out.tcp_flags[:] = np.where(tcp, view.u8(l4 + 13), 0)
+    out.tcp_seq[:] = np.where(tcp, view.u32(l4 + 4), 0)
+
+    icmp = first & ((out.proto == IPPROTO_ICMP) | (out.proto == IPPROTO_ICMPV6)) & view.has(l4, 2)
+    out.icmp_type[:] = np.where(icmp, view.u8(l4), -1)
+    out.icmp_code[:] = np.where(icmp, view.u8(l4 + 1), -1)
+    echo = icmp & np.isin(out.icmp_type, ICMP_ECHO_REQUESTS + ICMP_ECHO_REPLIES) & view.has(l4, 8)
+    ident = view.u16(l4 + 4)
+    out.sport[:] = np.where(echo, ident, out.sport)  # the echo identifier tells pings apart
+    out.dport[:] = np.where(echo, ident, out.dport)
+
+
+def _attribute_icmp_errors(view: _View, l4: np.ndarray, out: PacketFields) -> None:
+    """Key an ICMP error by the packet it quotes, as a packet from that packet's destination."""
+    errors = ((out.proto == IPPROTO_ICMP) & np.isin(out.icmp_type, ICMP4_ERRORS)) | (
+        (out.proto == IPPROTO_ICMPV6) & np.isin(out.icmp_type, ICMP6_ERRORS)
+    )
+    rows = np.flatnonzero(errors)
+    if not len(rows):
+        return
+    sub = view.take(rows)
+    inner_l3 = l4[rows] + 8
+    version = sub.u8(inner_l3) >> 4
+    ethertype = np.select([version == 4, version == 6], [ETH_IPV4, ETH_IPV6], 0)
+    inner = PacketFields.blank(len(rows))
+    inner_l4 = _ip_layer(sub, inner_l3, ethertype, inner)
+    _transport(sub, inner_l4, inner)
+    keep = inner.is_ip
+    target = rows[keep]
+    out.src[target], out.dst[target] = inner.dst[keep], inner.src[keep]
+    out.sport[target], out.dport[target] = inner.dport[keep], inner.sport[keep]
+    out.proto[target] = inner.proto[keep]
+    out.tcp_flags[target] = 0
+    out.icmp_error[target] = True
+    out.fragment[target] = False
+
+
+def _decapsulate(view: _View, l4: np.ndarray, out: PacketFields) -> None:
+    """Replace VXLAN/Geneve packets by their inner packet, keeping the tunnel endpoints."""
+    udp = out.is_ip & ~out.fragment & (out.proto == IPPROTO_UDP) & ~out.icmp_error
+    vxlan = udp & np.isin(out.dport, VXLAN_PORTS) & ((view.u8(l4 + 8) & 0x08) != 0)
+    geneve = udp & (out.dport == GENEVE_PORT) & ((view.u8(l4 + 8) >> 6) == 0)
+    rows = np.flatnonzero(vxlan | geneve)
+    if not len(rows):
+        return
+    sub = view.take(rows)
+    at = l4[rows]
+    is_geneve = geneve[rows]
+    opt_len = (sub.u8(at + 8) & 0x3F) * 4
+    geneve_proto = sub.u16(at + 10)
+    inner_pos = at + 16 + np.where(is_geneve, opt_len, 0)
+    inner_link = np.where(
+        ~is_geneve | (geneve_proto == ETH_TEB),
+        LINKTYPE_ETHERNET,
+        np.where(np.isin(geneve_proto, (ETH_IPV4, ETH_IPV6)), LINKTYPE_RAW, -1),
+    )
+    inner = _dissect(sub, inner_link, inner_pos, tunnels=False)
+    keep = inner.is_ip
+    inner.tunnel_src[:] = out.src[rows]
+    inner.tunnel_dst[:] = out.dst[rows]
+    inner.tunnel_id[:] = sub.u32(at + 12) >> 8  # the 24-bit VNI sits at the same place in both headers
+    out.assign(rows, inner, keep)

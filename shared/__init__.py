@@ -1,0 +1,1 @@
+"""KubeSonar core: cloud-agnostic flow schema, batch format, detectors and ports."""

@@ -1,0 +1,224 @@
+"""The flow record schema (after Hubble's flow.proto and Zeek's conn.log), held column-wise.
+
+A flow is one bidirectional conversation between an initiator and a responder. Counters are split by
+direction: ``out`` is what the initiator sent, ``in`` what the responder sent. Bytes are IP-layer bytes
+(IP header and payload, as in IPFIX octetDeltaCount), so one packet counts the same whatever link it was
+captured on. Timestamps are integer nanoseconds since the Unix epoch.
+
+Records live in :class:`FlowRecords`, a set of equal-length numpy columns, so that the sensor builds them
+vectorised and the batch codec encodes them column by column. See docs/flow-format.md for the mapping of
+TCP flags to :class:`ConnState`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from enum import IntEnum, IntFlag
+from typing import Any, Iterator
+
+import numpy as np
+
+FLOW_SCHEMA_VERSION = 1
+
+IPPROTO_ICMP = 1
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_ICMPV6 = 58
+IPPROTO_SCTP = 132
+
+NO_ICMP = -1  # icmp_type / icmp_code when the flow carried no ICMP message
+
+
+class ConnState(IntEnum):
+    """How a connection went; enums start at UNKNOWN = 0 so a missing value is never a real state."""
+
+    UNKNOWN = 0
+    ATTEMPTED = 1  # the initiator sent, the responder never answered (Zeek S0)
+    REJECTED = 2  # answered with RST without a handshake, or with ICMP unreachable (Zeek REJ)
+    ESTABLISHED = 3  # handshake seen (TCP) or replies seen (UDP, ICMP, other), not closed
+    CLOSED = 4  # handshake then FIN from both sides (Zeek SF)
+    RESET = 5  # handshake then RST from either side (Zeek RSTO/RSTR)
+    OTHER = 6  # TCP seen mid-stream: replies but no handshake in view
+
+
+class EndReason(IntEnum):
+    """Why a record was emitted. ACTIVE_TIMEOUT marks an interim record: the flow goes on."""
+
+    UNKNOWN = 0
+    ACTIVE_TIMEOUT = 1
+    IDLE_TIMEOUT = 2
+    END_OF_INPUT = 3
+    EVICTED = 4
+    NEW_CONNECTION = 5  # a new TCP connection (SYN) reused the 5-tuple of a closed one
+
+
+class TcpFlag(IntFlag):
+    FIN = 0x01
+    SYN = 0x02
+    RST = 0x04
+    PSH = 0x08
+    ACK = 0x10
+    URG = 0x20
+    ECE = 0x40
+    CWR = 0x80
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    dtype: str  # numpy dtype string; "V16" is an IPv6 (or IPv4-mapped) address, "O" a string
+    doc: str
+
+
+ENDPOINT_FIELDS = ("namespace", "pod", "workload_kind", "workload_name", "node", "labels")
+
+FLOW_COLUMNS: tuple[Column, ...] = (
+    Column("flow_id", "u8", "stable id of the connection, shared by its interim records"),
+    Column("first_ts", "i8", "first packet of this record, ns since the epoch"),
+    Column("last_ts", "i8", "last packet of this record, ns since the epoch"),
+    Column("src_addr", "V16", "initiator address (IPv4 as ::ffff:a.b.c.d)"),
+    Column("dst_addr", "V16", "responder address"),
+    Column("src_port", "u2", "initiator port; ICMP echo identifier for ICMP echo"),
+    Column("dst_port", "u2", "responder port"),
+    Column("proto", "u1", "IP protocol number"),
+    Column("packets_out", "u8", "packets from the initiator"),
+    Column("packets_in", "u8", "packets from the responder (ICMP errors quoting the flow included)"),
+    Column("bytes_out", "u8", "IP bytes from the initiator"),
+    Column("bytes_in", "u8", "IP bytes from the responder"),
+    Column("flags_out", "u1", "OR of the initiator's TCP flags"),
+    Column("flags_in", "u1", "OR of the responder's TCP flags"),
+    Column("state", "u1", "ConnState"),
+    Column("icmp_type", "i2", "ICMP type of an ICMP flow, or of the ICMP error a flow received; -1 none"),
+    Column("icmp_code", "i2", "ICMP code to go with icmp_type; -1 none"),
+    Column("end_reason", "u1", "EndReason"),
+    Column("tunnel_src", "V16", "outer source of a VXLAN/Geneve packet of this flow; zero if none"),
+    Column("tunnel_dst", "V16", "outer destination of the tunnel; zero if none"),
+    Column("tunnel_id", "u4", "VXLAN VNI or Geneve VNI"),
+) + tuple(
+    Column(f"{side}_{field}", "O", f"{'initiator' if side == 'src' else 'responder'} {field}, '' if unknown")
+    for side in ("src", "dst")
+    for field in ENDPOINT_FIELDS
+)
+
+COLUMN_NAMES = tuple(c.name for c in FLOW_COLUMNS)
+_DTYPES = {c.name: np.dtype(c.dtype) for c in FLOW_COLUMNS}
+_EMPTY_ADDR = bytes(16)
+
+
+class FlowRecords:
+    """A batch of flow records as equal-length numpy columns, one per :data:`FLOW_COLUMNS` entry."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: dict[str, np.ndarray]):
+        missing = [n for n in COLUMN_NAMES if n not in columns]
+        if missing:
+            raise ValueError(f"flow records lack columns {missing}")
+        lengths = {len(columns[n]) for n in COLUMN_NAMES}
+        if len(lengths) > 1:
+            raise ValueError(f"flow record columns differ in length: {sorted(lengths)}")
+        self.columns = {n: np.asarray(columns[n], dtype=_DTYPES[n]) for n in COLUMN_NAMES}
+
+    @classmethod
+    def empty(cls, n: int = 0) -> FlowRecords:
+        cols: dict[str, np.ndarray] = {}
+        for c in FLOW_COLUMNS:
+            if c.dtype == "O":
+                arr = np.empty(n, dtype=object)
+                arr[:] = ""
+            elif c.name in ("icmp_type", "icmp_code"):
+                arr = np.full(n, NO_ICMP, dtype=c.dtype)
+            else:
+                arr = np.zeros(n, dtype=c.dtype)
+            cols[c.name] = arr
+        return cls(cols)
+
+    @classmethod
+    def concat(cls, parts: list[FlowRecords]) -> FlowRecords:
+        if not parts:
+            return cls.empty()
+        return cls({n: np.concatenate([p.columns[n] for p in parts]) for n in COLUMN_NAMES})
+
+    def __len__(self) -> int:
+        return len(self.columns["flow_id"])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.columns[name]
+
+    def take(self, index: np.ndarray | slice) -> FlowRecords:
+        return FlowRecords({n: a[index] for n, a in self.columns.items()})
+
+    def equals(self, other: FlowRecords) -> bool:
+        return len(self) == len(other) and all(
+            np.array_equal(self.columns[n], other.columns[n]) for n in COLUMN_NAMES
+        )
+
+    def iter_dicts(self) -> Iterator[dict[str, Any]]:
+        """Records as plain dicts with readable values (addresses as strings, enums by name)."""
+        addr_text = _AddressFormatter()
+        lists = {n: a.tolist() for n, a in self.columns.items()}
+        for i in range(len(self)):
+            row: dict[str, Any] = {}
+            for name in COLUMN_NAMES:
+                value = lists[name][i]
+                if name in ("src_addr", "dst_addr", "tunnel_src", "tunnel_dst"):
+                    value = addr_text(value)
+                row[name] = value
+            row["src_ip"] = row.pop("src_addr")
+            row["dst_ip"] = row.pop("dst_addr")
+            row["state"] = ConnState(row["state"]).name.lower()
+            row["end_reason"] = EndReason(row["end_reason"]).name.lower()
+            row["first_ts"] = row["first_ts"] / 1e9
+            row["last_ts"] = row["last_ts"] / 1e9
+            yield row
+
+
+class _AddressFormatter:
+    """Formats 16-byte addresses, caching: a batch holds few distinct addresses."""
+
+    def __init__(self) -> None:
+        self._cache: dict[bytes, str] = {_EMPTY_ADDR: ""}
+
+    def __call__(self, raw: bytes) -> str:
+        raw = bytes(raw).ljust(16, b"\0")
+        text = self._cache.get(raw)
+        if text is None:
+            addr = ipaddress.IPv6Address(raw)
+            text = str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
+            self._cache[raw] = text
+        return text
+
+
+def address_bytes(text: str) -> bytes:
+    """An address as the 16 bytes flow records store (IPv4 mapped into IPv6)."""
+    addr = ipaddress.ip_address(text)
+    if addr.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + addr.packed
+    return addr.packed
+
+
+def connection_state(
+    proto: np.ndarray,
+    flags_out: np.ndarray,
+    flags_in: np.ndarray,
+    packets_in: np.ndarray,
+    icmp_rejected: np.ndarray,
+) -> np.ndarray:
+    """ConnState per flow from its direction-split TCP flags (mapping in docs/flow-format.md)."""
+    syn, fin, rst = int(TcpFlag.SYN), int(TcpFlag.FIN), int(TcpFlag.RST)
+    replied = packets_in > 0
+    state = np.where(replied, ConnState.ESTABLISHED, ConnState.ATTEMPTED).astype(np.uint8)
+
+    tcp = proto == IPPROTO_TCP
+    handshake = ((flags_out & syn) != 0) & ((flags_in & syn) != 0)
+    any_rst = ((flags_out | flags_in) & rst) != 0
+    both_fin = ((flags_out & fin) != 0) & ((flags_in & fin) != 0)
+    refused = ((flags_in & rst) != 0) & ((flags_in & syn) == 0)
+    tcp_state = np.select(
+        [~replied, refused, handshake & any_rst, handshake & both_fin, handshake],
+        [ConnState.ATTEMPTED, ConnState.REJECTED, ConnState.RESET, ConnState.CLOSED, ConnState.ESTABLISHED],
+        ConnState.OTHER,
+    ).astype(np.uint8)
+    state = np.where(tcp, tcp_state, state)
+    return np.where(icmp_rejected, np.uint8(ConnState.REJECTED), state).astype(np.uint8)
