@@ -26,13 +26,14 @@ from kubesonar.shared.flow import (
     EndReason,
     FlowRecords,
     TcpFlag,
+    canonical_key,
     connection_state,
+    mix64,
 )
 
 SECOND = 1_000_000_000
 _FIN, _SYN, _RST, _ACK = int(TcpFlag.FIN), int(TcpFlag.SYN), int(TcpFlag.RST), int(TcpFlag.ACK)
 _NEVER = np.iinfo(np.int64).max
-_M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
 
 
 @dataclass(frozen=True)
@@ -49,18 +50,6 @@ class FlowTimeouts:
     @property
     def idle_ns(self) -> int:
         return int(self.idle_s * SECOND)
-
-
-def mix64(columns: list[np.ndarray]) -> np.ndarray:
-    """A 64-bit hash of integer columns (splitmix-style), used for grouping and for flow ids."""
-    h = np.full(len(columns[0]), 0x243F6A8885A308D3, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for col in columns:
-            h = (h ^ col.astype(np.uint64)) * _M1
-            h ^= h >> np.uint64(31)
-            h *= _M2
-            h ^= h >> np.uint64(29)
-    return h
 
 
 class _Columns:
@@ -154,12 +143,8 @@ class FlowTable:
     def _add(self, pf: PacketFields, ts_all: np.ndarray, rows: np.ndarray) -> FlowRecords:
         src, dst = pf.src[rows].astype(np.int64), pf.dst[rows].astype(np.int64)
         sport, dport, proto = pf.sport[rows], pf.dport[rows], pf.proto[rows]
-        a_is_src = _lexicographic_le(np.column_stack([src, sport]), np.column_stack([dst, dport]))
+        key, a_is_src = canonical_key(src, sport, dst, dport, proto)
         from_b = ~a_is_src
-        key = np.column_stack([
-            np.where(a_is_src[:, None], src, dst), np.where(a_is_src[:, None], dst, src),
-            np.where(a_is_src, sport, dport), np.where(a_is_src, dport, sport), proto,
-        ])
         ts = ts_all[rows]
         group_hash = mix64([key[:, k] for k in range(11)])
         order = np.lexsort((ts, group_hash))
@@ -437,14 +422,6 @@ class FlowTable:
         )
 
 
-def _lexicographic_le(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Row-wise ``tuple(left) <= tuple(right)`` for integer matrices."""
-    le = np.ones(len(left), dtype=bool)
-    for k in range(left.shape[1] - 1, -1, -1):
-        le = (left[:, k] < right[:, k]) | ((left[:, k] == right[:, k]) & le)
-    return le
-
-
 def _words_to_addr(words: np.ndarray) -> np.ndarray:
     return words.astype(">u4").view("V16").ravel()
 
@@ -479,10 +456,5 @@ def _records(*, key, first_ts, last_ts, pkts, byts, flags, init_is_a, icmp, icmp
     cols["tunnel_src"] = _words_to_addr(tunnel[:, 0:4])
     cols["tunnel_dst"] = _words_to_addr(tunnel[:, 4:8])
     cols["tunnel_id"] = tunnel[:, 8].astype(np.uint32)
-    cols["flow_id"] = flow_ids(key, conn_start)
+    cols["conn_start"] = conn_start
     return rec
-
-
-def flow_ids(key: np.ndarray, conn_start: np.ndarray) -> np.ndarray:
-    """The id every record of one connection shares: its canonical 5-tuple and first packet time."""
-    return mix64([key[:, k] for k in range(key.shape[1])] + [conn_start])

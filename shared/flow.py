@@ -74,8 +74,8 @@ class Column:
 ENDPOINT_FIELDS = ("namespace", "pod", "workload_kind", "workload_name", "node", "labels")
 
 FLOW_COLUMNS: tuple[Column, ...] = (
-    Column("flow_id", "u8", "stable id of the connection, shared by its interim records"),
     Column("first_ts", "i8", "first packet of this record, ns since the epoch"),
+    Column("conn_start", "i8", "first packet of the connection (before first_ts in later interim records)"),
     Column("last_ts", "i8", "last packet of this record, ns since the epoch"),
     Column("src_addr", "V16", "initiator address (IPv4 as ::ffff:a.b.c.d)"),
     Column("dst_addr", "V16", "responder address"),
@@ -141,7 +141,12 @@ class FlowRecords:
         return cls({n: np.concatenate([p.columns[n] for p in parts]) for n in COLUMN_NAMES})
 
     def __len__(self) -> int:
-        return len(self.columns["flow_id"])
+        return len(self.columns["first_ts"])
+
+    @property
+    def flow_id(self) -> np.ndarray:
+        """Stable id of each record's connection, shared by all its interim records (derived, not stored)."""
+        return flow_ids(self.columns)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.columns[name]
@@ -158,20 +163,27 @@ class FlowRecords:
         """Records as plain dicts with readable values (addresses as strings, enums by name)."""
         addr_text = _AddressFormatter()
         lists = {n: a.tolist() for n, a in self.columns.items()}
+        lists["flow_id"] = [f"{i:016x}" for i in self.flow_id.tolist()]
         for i in range(len(self)):
             row: dict[str, Any] = {}
-            for name in COLUMN_NAMES:
+            for name in _DICT_ORDER:
                 value = lists[name][i]
-                if name in ("src_addr", "dst_addr", "tunnel_src", "tunnel_dst"):
+                if name in _ADDRESS_COLUMNS:
                     value = addr_text(value)
-                row[name] = value
-            row["src_ip"] = row.pop("src_addr")
-            row["dst_ip"] = row.pop("dst_addr")
+                elif name in _TIME_COLUMNS:
+                    value = value / 1e9
+                row[_RENAMED.get(name, name)] = value
             row["state"] = ConnState(row["state"]).name.lower()
             row["end_reason"] = EndReason(row["end_reason"]).name.lower()
-            row["first_ts"] = row["first_ts"] / 1e9
-            row["last_ts"] = row["last_ts"] / 1e9
             yield row
+
+
+_ADDRESS_COLUMNS = frozenset(c.name for c in FLOW_COLUMNS if c.dtype == "V16")
+_TIME_COLUMNS = frozenset(("first_ts", "last_ts", "conn_start"))
+_RENAMED = {"src_addr": "src_ip", "dst_addr": "dst_ip"}
+_DICT_ORDER = ("flow_id", "src_addr", "src_port", "dst_addr", "dst_port") + tuple(
+    n for n in COLUMN_NAMES if n not in ("src_addr", "src_port", "dst_addr", "dst_port")
+)
 
 
 class _AddressFormatter:
@@ -222,3 +234,56 @@ def connection_state(
     ).astype(np.uint8)
     state = np.where(tcp, tcp_state, state)
     return np.where(icmp_rejected, np.uint8(ConnState.REJECTED), state).astype(np.uint8)
+
+
+_M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9)
+
+
+def mix64(columns: list[np.ndarray]) -> np.ndarray:
+    """A 64-bit hash of integer columns (splitmix-style), for grouping and for flow ids."""
+    h = np.full(len(columns[0]), 0x243F6A8885A308D3, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for col in columns:
+            h = (h ^ col.astype(np.int64).view(np.uint64)) * _M1
+            h ^= h >> np.uint64(31)
+            h *= _M2
+            h ^= h >> np.uint64(29)
+    return h
+
+
+def lexicographic_le(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Row-wise ``tuple(left) <= tuple(right)`` for integer matrices."""
+    le = np.ones(len(left), dtype=bool)
+    for k in range(left.shape[1] - 1, -1, -1):
+        le = (left[:, k] < right[:, k]) | ((left[:, k] == right[:, k]) & le)
+    return le
+
+
+def address_words(addresses: np.ndarray) -> np.ndarray:
+    """16-byte addresses as an (n, 4) int64 matrix of big-endian 32-bit words."""
+    return np.frombuffer(addresses.tobytes(), dtype=">u4").reshape(-1, 4).astype(np.int64)
+
+
+def canonical_key(src: np.ndarray, sport: np.ndarray, dst: np.ndarray, dport: np.ndarray,
+                  proto: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The direction-free key of a 5-tuple (lower endpoint first) and whether src is that lower one."""
+    left = np.column_stack([src, sport])
+    right = np.column_stack([dst, dport])
+    src_first = lexicographic_le(left, right)
+    key = np.column_stack([
+        np.where(src_first[:, None], src, dst), np.where(src_first[:, None], dst, src),
+        np.where(src_first, sport, dport), np.where(src_first, dport, sport), proto,
+    ])
+    return key, src_first
+
+
+def flow_ids(columns: dict[str, np.ndarray]) -> np.ndarray:
+    """Hash of the canonical 5-tuple and the connection's first packet time."""
+    if not len(columns["conn_start"]):
+        return np.zeros(0, dtype=np.uint64)
+    key, _ = canonical_key(
+        address_words(columns["src_addr"]), columns["src_port"].astype(np.int64),
+        address_words(columns["dst_addr"]), columns["dst_port"].astype(np.int64),
+        columns["proto"].astype(np.int64),
+    )
+    return mix64([key[:, k] for k in range(key.shape[1])] + [columns["conn_start"]])

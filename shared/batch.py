@@ -1,0 +1,250 @@
+"""The flow batch message: what a sensor publishes and a cloud function decodes.
+
+A fixed 24-byte prelude, an uncompressed header (who sent it, which window, health counters), and a
+zstd-compressed columnar payload. The encoder splits a window into as many messages as a queue's size
+limit needs and never returns one over it; the decoder checks every length against what is really there
+and never inflates more than its cap, so a compression bomb costs at most the cap. Byte layout:
+docs/flow-format.md.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import zstandard
+
+from kubesonar.shared.columns import (
+    Encoding,
+    IntTransform,
+    Reader,
+    decode_addresses,
+    decode_int,
+    decode_strings,
+    encode_addresses,
+    encode_int,
+    encode_strings,
+    pack_text,
+)
+from kubesonar.shared.errors import BatchFormatError
+from kubesonar.shared.flow import FLOW_COLUMNS, FLOW_SCHEMA_VERSION, FlowRecords
+
+MAGIC = b"KSFB"
+FORMAT_VERSION = 1
+FLAG_ZSTD = 0x0001
+_PRELUDE = struct.Struct("<4sHHIIII")  # magic, version, flags, header len, stored len, decoded len, crc32
+_FIXED_HEADER = struct.Struct("<HQIIqqII")  # schema, sequence, part, parts, start, end, rows, window rows
+
+SQS_LIMIT = 256 * 1024
+EVENT_GRID_LIMIT = 1024 * 1024
+PUBSUB_LIMIT = 10 * 1000 * 1000
+DEFAULT_DECODED_CAP = 64 << 20
+MIN_LIMIT = 4096
+ZSTD_LEVEL = 9
+
+# How each integer column is best stored (everything else: frame of reference).
+_INT_PLAN: dict[str, tuple[IntTransform, str | None]] = {
+    "first_ts": (IntTransform.DELTA, None),
+    "last_ts": (IntTransform.MINUS_COLUMN, "first_ts"),
+    "conn_start": (IntTransform.MINUS_COLUMN, "first_ts"),
+}
+_FLOWS_TABLE = "flows"
+
+
+@dataclass
+class BatchHeader:
+    """Who sent a batch, for which window, and how the sensor was doing."""
+
+    cluster: str
+    node: str
+    sensor_id: str
+    sequence: int
+    window_start_ns: int
+    window_end_ns: int
+    part: int = 0
+    parts: int = 1
+    flow_count: int = 0  # records in this message
+    window_flow_count: int = 0  # records in the whole window, over all its parts
+    schema_version: int = FLOW_SCHEMA_VERSION
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Batch:
+    header: BatchHeader
+    flows: FlowRecords
+
+
+# -- encoding -----------------------------------------------------------------------------------------
+
+
+def _encode_header(h: BatchHeader) -> bytes:
+    fixed = _FIXED_HEADER.pack(
+        h.schema_version, h.sequence, h.part, h.parts, h.window_start_ns, h.window_end_ns,
+        h.flow_count, h.window_flow_count,
+    )
+    names = [pack_text(h.cluster), pack_text(h.node), pack_text(h.sensor_id)]
+    counters = [struct.pack("<H", len(h.counters))]
+    for name, value in sorted(h.counters.items()):
+        if not 0 <= value < 1 << 64:
+            raise BatchFormatError(f"health counter {name!r} = {value} is not a 64-bit unsigned integer")
+        counters.append(pack_text(name) + struct.pack("<Q", value))
+    return fixed + b"".join(names) + b"".join(counters)
+
+
+def _encode_payload(flows: FlowRecords) -> bytes:
+    parts = [struct.pack("<H", 1), pack_text(_FLOWS_TABLE), struct.pack("<IH", len(flows), len(FLOW_COLUMNS))]
+    for col in FLOW_COLUMNS:
+        values = flows[col.name]
+        if col.dtype == "O":
+            kind, body = Encoding.STRING_DICT, encode_strings(values)
+        elif col.dtype == "V16":
+            kind, body = Encoding.ADDR_DICT, encode_addresses(values)
+        else:
+            transform, ref = _INT_PLAN.get(col.name, (IntTransform.FRAME_OF_REFERENCE, None))
+            kind = Encoding.INT
+            body = pack_text(ref or "") + encode_int(values, transform, flows[ref] if ref else None)
+        parts.append(pack_text(col.name) + struct.pack("<BI", kind, len(body)) + body)
+    return b"".join(parts)
+
+
+def _frame(header: BatchHeader, payload: bytes, compressed: bytes) -> bytes:
+    head = _encode_header(header)
+    crc = zlib.crc32(compressed, zlib.crc32(head))
+    return _PRELUDE.pack(MAGIC, FORMAT_VERSION, FLAG_ZSTD, len(head), len(compressed), len(payload), crc) + head + compressed
+
+
+def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT, level: int = ZSTD_LEVEL) -> list[bytes]:
+    """Encode one window's flows as messages of at most ``limit`` bytes each, in record order."""
+    if limit < MIN_LIMIT:
+        raise BatchFormatError(f"message size limit {limit} is below the minimum of {MIN_LIMIT} bytes")
+    compressor = zstandard.ZstdCompressor(level=level)
+    payloads: list[tuple[bytes, bytes, int]] = []  # (payload, compressed, rows)
+    head_size = _PRELUDE.size + len(_encode_header(replace(header, parts=0, part=0)))
+
+    def encode_range(lo: int, hi: int) -> None:
+        payload = _encode_payload(flows.take(slice(lo, hi)))
+        compressed = compressor.compress(payload)
+        if head_size + len(compressed) <= limit:
+            payloads.append((payload, compressed, hi - lo))
+            return
+        if hi - lo <= 1:
+            raise BatchFormatError(
+                f"one flow record does not fit in {limit} bytes with a {head_size}-byte header"
+            )
+        # Split by the measured size, then halve whatever still does not fit.
+        pieces = max(2, math.ceil((head_size + len(compressed)) * 1.1 / limit))
+        bounds = np.linspace(lo, hi, pieces + 1).astype(int)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            if b > a:
+                encode_range(int(a), int(b))
+
+    encode_range(0, len(flows))
+    messages = []
+    for i, (payload, compressed, rows) in enumerate(payloads):
+        h = replace(header, part=i, parts=len(payloads), flow_count=rows, window_flow_count=len(flows))
+        messages.append(_frame(h, payload, compressed))
+    return messages
+
+
+# -- decoding -----------------------------------------------------------------------------------------
+
+
+def decode_batch(message: bytes, decoded_cap: int = DEFAULT_DECODED_CAP) -> Batch:
+    """Decode and validate one message; any fault raises BatchFormatError saying what was wrong."""
+    if not isinstance(message, (bytes, bytearray, memoryview)):
+        raise BatchFormatError(f"a batch message is bytes, not {type(message).__name__}")
+    if len(message) < _PRELUDE.size:
+        raise BatchFormatError(f"message of {len(message)} bytes is shorter than the {_PRELUDE.size}-byte prelude")
+    magic, version, flags, head_len, stored_len, decoded_len, crc = _PRELUDE.unpack_from(message)
+    if magic != MAGIC:
+        raise BatchFormatError(f"not a KubeSonar flow batch (magic {bytes(magic)!r}, expected {MAGIC!r})")
+    if version != FORMAT_VERSION:
+        raise BatchFormatError(f"batch format version {version} is not supported (this reader: {FORMAT_VERSION})")
+    if flags & ~FLAG_ZSTD:
+        raise BatchFormatError(f"unknown flags {flags:#06x}")
+    expected = _PRELUDE.size + head_len + stored_len
+    if len(message) != expected:
+        raise BatchFormatError(
+            f"message is {len(message)} bytes but its lengths add up to {expected} (truncated or padded)"
+        )
+    if decoded_len > decoded_cap:
+        raise BatchFormatError(f"declared payload of {decoded_len} bytes exceeds the {decoded_cap}-byte cap")
+    view = memoryview(message)
+    head = view[_PRELUDE.size : _PRELUDE.size + head_len]
+    stored = view[_PRELUDE.size + head_len :]
+    if zlib.crc32(stored, zlib.crc32(head)) != crc:
+        raise BatchFormatError("checksum mismatch: the message was corrupted")
+    header = _decode_header(Reader(head, "batch header"))
+    payload = _inflate(stored, decoded_len) if flags & FLAG_ZSTD else bytes(stored)
+    if len(payload) != decoded_len:
+        raise BatchFormatError(f"payload is {len(payload)} bytes, header declares {decoded_len}")
+    flows = _decode_payload(Reader(payload, "batch payload"))
+    if len(flows) != header.flow_count:
+        raise BatchFormatError(f"header counts {header.flow_count} flows, payload holds {len(flows)}")
+    return Batch(header, flows)
+
+
+def _inflate(stored: memoryview, decoded_len: int) -> bytes:
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(bytes(stored), read_across_frames=False)
+        out = reader.read(decoded_len + 1)  # never more than the declared size (itself under the cap)
+    except zstandard.ZstdError as exc:
+        raise BatchFormatError(f"payload does not decompress: {exc}") from None
+    if len(out) > decoded_len:
+        raise BatchFormatError(f"payload inflates past its declared {decoded_len} bytes")
+    return out
+
+
+def _decode_header(r: Reader) -> BatchHeader:
+    schema, sequence, part, parts, start, end, rows, window_rows = r.unpack(_FIXED_HEADER.format[1:], "fixed header")
+    if schema != FLOW_SCHEMA_VERSION:
+        raise BatchFormatError(f"flow schema version {schema} is not supported (this reader: {FLOW_SCHEMA_VERSION})")
+    if parts == 0 or part >= parts:
+        raise BatchFormatError(f"part {part} of {parts} is not a valid part number")
+    if rows > window_rows:
+        raise BatchFormatError(f"message holds {rows} flows of a window of {window_rows}")
+    cluster, node, sensor = r.text("cluster"), r.text("node"), r.text("sensor id")
+    (count,) = r.unpack("H", "counter count")
+    counters = {}
+    for _ in range(count):
+        name = r.text("counter name")
+        (counters[name],) = r.unpack("Q", "counter value")
+    r.done()
+    return BatchHeader(cluster, node, sensor, sequence, start, end, part, parts, rows, window_rows, schema, counters)
+
+
+def _decode_payload(r: Reader) -> FlowRecords:
+    (tables,) = r.unpack("H", "table count")
+    if tables != 1:
+        raise BatchFormatError(f"payload has {tables} tables; version 1 has exactly one ('flows')")
+    name = r.text("table name")
+    if name != _FLOWS_TABLE:
+        raise BatchFormatError(f"unknown table {name!r}")
+    rows, ncols = r.unpack("IH", "table shape")
+    if ncols != len(FLOW_COLUMNS):
+        raise BatchFormatError(f"flows table has {ncols} columns, schema has {len(FLOW_COLUMNS)}")
+    columns: dict[str, np.ndarray] = {}
+    for col in FLOW_COLUMNS:
+        cname = r.text("column name")
+        if cname != col.name:
+            raise BatchFormatError(f"expected column {col.name!r}, found {cname!r}")
+        kind, size = r.unpack("BI", f"column {cname} header")
+        body = Reader(r.take(size, f"column {cname}"), f"column {cname}")
+        if col.dtype == "O" and kind == Encoding.STRING_DICT:
+            columns[cname] = decode_strings(body, rows)
+        elif col.dtype == "V16" and kind == Encoding.ADDR_DICT:
+            columns[cname] = decode_addresses(body, rows)
+        elif kind == Encoding.INT and col.dtype not in ("O", "V16"):
+            ref = body.text("reference column")
+            if ref and ref not in columns:
+                raise BatchFormatError(f"column {cname} refers to {ref!r}, which does not precede it")
+            columns[cname] = decode_int(body, rows, col.dtype, columns[ref] if ref else None)
+        else:
+            raise BatchFormatError(f"column {cname} has encoding {kind}, which does not fit its type")
+        body.done()
+    r.done()
+    return FlowRecords(columns)

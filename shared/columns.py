@@ -1,0 +1,190 @@
+"""Column codecs of the batch format: integers (frame of reference or delta, scaled by their common
+divisor, packed to the narrowest width and split into byte planes so zstd sees runs), dictionary-encoded
+strings and dictionary-encoded 16-byte addresses. Layouts are in docs/flow-format.md."""
+
+from __future__ import annotations
+
+import struct
+from enum import IntEnum
+
+import numpy as np
+
+from kubesonar.shared.errors import BatchFormatError
+
+
+class Encoding(IntEnum):
+    UNKNOWN = 0
+    INT = 1
+    STRING_DICT = 2
+    ADDR_DICT = 3
+
+
+class IntTransform(IntEnum):
+    FRAME_OF_REFERENCE = 0  # value = base + stored * scale
+    DELTA = 1  # value[i] = value[i-1] + unzigzag(stored[i]) * scale, value[-1] = base
+    MINUS_COLUMN = 2  # value = reference column + unzigzag(stored) * scale
+
+
+INT_DTYPES = ("u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8")
+_WIDTHS = (1, 2, 4, 8)
+_U64 = np.uint64
+
+
+class Reader:
+    """Bounds-checked reading of a byte string; every fault is a BatchFormatError naming what and where."""
+
+    def __init__(self, data: bytes | memoryview, what: str):
+        self.data = memoryview(data)
+        self.pos = 0
+        self.what = what
+
+    def take(self, size: int, field: str) -> memoryview:
+        if size < 0 or self.pos + size > len(self.data):
+            raise BatchFormatError(
+                f"{self.what} truncated: {field} needs {size} bytes at offset {self.pos}, "
+                f"{len(self.data) - self.pos} left"
+            )
+        chunk = self.data[self.pos : self.pos + size]
+        self.pos += size
+        return chunk
+
+    def unpack(self, fmt: str, field: str) -> tuple:
+        s = struct.Struct("<" + fmt)
+        return s.unpack(self.take(s.size, field))
+
+    def text(self, field: str, length_fmt: str = "H") -> str:
+        (size,) = self.unpack(length_fmt, f"{field} length")
+        raw = self.take(size, field)
+        try:
+            return bytes(raw).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise BatchFormatError(f"{self.what}: {field} is not UTF-8 ({exc.reason})") from None
+
+    def done(self) -> None:
+        if self.pos != len(self.data):
+            raise BatchFormatError(f"{self.what}: {len(self.data) - self.pos} unexpected bytes after the end")
+
+
+def pack_text(value: str, length_fmt: str = "H") -> bytes:
+    raw = value.encode("utf-8")
+    limit = (1 << (8 * struct.calcsize(length_fmt))) - 1
+    if len(raw) > limit:
+        raise BatchFormatError(f"string of {len(raw)} bytes exceeds the format's {limit}-byte limit")
+    return struct.pack("<" + length_fmt, len(raw)) + raw
+
+
+# -- integers -----------------------------------------------------------------------------------------
+
+
+def _zigzag(q: np.ndarray) -> np.ndarray:
+    q = q.astype(np.int64)
+    return ((q << 1) ^ (q >> 63)).view(_U64)
+
+
+def _unzigzag(z: np.ndarray) -> np.ndarray:
+    return ((z >> _U64(1)) ^ (-(z & _U64(1)).view(np.int64)).view(_U64)).view(np.int64)
+
+
+def _pack_planes(stored: np.ndarray) -> tuple[int, bytes]:
+    top = int(stored.max()) if len(stored) else 0
+    width = next(w for w in _WIDTHS if top < (1 << (8 * w)))
+    planes = stored.astype(f"<u{width}").view(np.uint8).reshape(-1, width).T
+    return width, planes.tobytes()
+
+
+def encode_int(values: np.ndarray, transform: IntTransform, reference: np.ndarray | None = None) -> bytes:
+    dtype = values.dtype.str.lstrip("<>|=")
+    if dtype not in INT_DTYPES:
+        raise BatchFormatError(f"cannot encode dtype {values.dtype} as an integer column")
+    with np.errstate(over="ignore"):
+        if transform == IntTransform.FRAME_OF_REFERENCE:
+            wide = values.astype(np.int64 if dtype[0] == "i" else _U64)
+            base_bits = int(wide.min().view(_U64)) if len(wide) else 0
+            diff = wide.view(_U64) - _U64(base_bits)  # exact: the true difference is below 2**64
+            scale = (int(np.gcd.reduce(diff)) if len(diff) else 1) or 1
+            stored = diff // _U64(scale)
+        else:
+            signed = values.astype(np.int64)
+            if transform == IntTransform.DELTA:
+                base_bits = int(signed[:1].view(_U64)[0]) if len(signed) else 0
+                d = np.diff(signed, prepend=signed[:1]) if len(signed) else signed
+            else:
+                assert reference is not None
+                base_bits = 0
+                d = signed - reference.astype(np.int64)
+            safe = len(d) and (d != np.iinfo(np.int64).min).all()
+            scale = (int(np.gcd.reduce(np.abs(d))) if safe else 1) or 1
+            stored = _zigzag(d // scale)
+    width, planes = _pack_planes(stored)
+    head = struct.pack("<BBQQB", INT_DTYPES.index(dtype), int(transform), base_bits, scale, width)
+    return head + planes
+
+
+def decode_int(reader: Reader, rows: int, expected: str, reference: np.ndarray | None) -> np.ndarray:
+    code, transform, base_bits, scale, width = reader.unpack("BBQQB", "integer column header")
+    if code >= len(INT_DTYPES) or INT_DTYPES[code] != expected:
+        raise BatchFormatError(f"{reader.what}: integer column has dtype code {code}, schema says {expected}")
+    if width not in _WIDTHS:
+        raise BatchFormatError(f"{reader.what}: integer width {width} is not 1, 2, 4 or 8")
+    if transform not in IntTransform.__members__.values():
+        raise BatchFormatError(f"{reader.what}: unknown integer transform {transform}")
+    raw = reader.take(rows * width, "integer values")
+    stored = np.frombuffer(raw, dtype=np.uint8).reshape(width, rows).T.copy().view(f"<u{width}").ravel()
+    stored = stored.astype(_U64)
+    with np.errstate(over="ignore"):
+        if transform == IntTransform.FRAME_OF_REFERENCE:
+            bits = _U64(base_bits) + stored * _U64(scale)
+        else:
+            steps = (_unzigzag(stored).view(_U64) * _U64(scale))
+            if transform == IntTransform.DELTA:
+                bits = _U64(base_bits) + np.cumsum(steps, dtype=_U64)
+            else:
+                if reference is None or len(reference) != rows:
+                    raise BatchFormatError(f"{reader.what}: column refers to a column that is not there")
+                bits = reference.astype(np.int64).view(_U64) + steps
+    return bits.view(np.int64).astype(expected) if expected[0] == "i" else bits.astype(expected)
+
+
+# -- dictionaries -------------------------------------------------------------------------------------
+
+
+def encode_strings(values: np.ndarray) -> bytes:
+    uniq, inverse = np.unique(values.astype(str), return_inverse=True) if len(values) else ([], values)
+    parts = [struct.pack("<I", len(uniq))]
+    parts += [pack_text(str(u), "I") for u in uniq]
+    parts.append(encode_int(np.asarray(inverse, dtype=np.uint32).ravel(), IntTransform.FRAME_OF_REFERENCE))
+    return b"".join(parts)
+
+
+def decode_strings(reader: Reader, rows: int) -> np.ndarray:
+    (size,) = reader.unpack("I", "dictionary size")
+    if size > rows or 4 * size > len(reader.data) - reader.pos:
+        raise BatchFormatError(f"{reader.what}: dictionary of {size} entries for {rows} rows does not fit")
+    entries = np.empty(size + 1, dtype=object)
+    for i in range(size):
+        entries[i] = reader.text("dictionary entry", "I")
+    index = decode_int(reader, rows, "u4", None)
+    if rows and int(index.max()) >= size:
+        raise BatchFormatError(f"{reader.what}: dictionary index {int(index.max())} out of {size} entries")
+    return entries[index] if rows else np.empty(0, dtype=object)
+
+
+def encode_addresses(values: np.ndarray) -> bytes:
+    pairs = values.view(np.uint64).reshape(-1, 2) if len(values) else np.zeros((0, 2), np.uint64)
+    uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    return (
+        struct.pack("<I", len(uniq))
+        + np.ascontiguousarray(uniq).tobytes()
+        + encode_int(np.asarray(inverse, dtype=np.uint32).ravel(), IntTransform.FRAME_OF_REFERENCE)
+    )
+
+
+def decode_addresses(reader: Reader, rows: int) -> np.ndarray:
+    (size,) = reader.unpack("I", "address dictionary size")
+    if size > rows:
+        raise BatchFormatError(f"{reader.what}: address dictionary of {size} entries for {rows} rows")
+    table = np.frombuffer(reader.take(16 * size, "address dictionary"), dtype="V16")
+    index = decode_int(reader, rows, "u4", None)
+    if rows and int(index.max()) >= size:
+        raise BatchFormatError(f"{reader.what}: address index {int(index.max())} out of {size} entries")
+    return table[index] if rows else np.zeros(0, dtype="V16")
