@@ -78,29 +78,47 @@ class PacketFields:
 
 
 class _View:
-    """Packets of a batch addressed by per-row positions relative to each packet's start."""
+    """Packets of a batch addressed by per-row positions relative to each packet's start.
 
-    __slots__ = ("data", "base", "caplen", "wirelen", "_last")
+    The 16- and 32-bit readers are big-endian views of the same buffer with a one-byte stride, so any
+    field at any offset is one gather.
+    """
 
-    def __init__(self, data: np.ndarray, base: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray):
+    __slots__ = ("data", "base", "caplen", "wirelen", "_by_size")
+
+    def __init__(self, data: np.ndarray, base: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray,
+                 by_size: dict[int, np.ndarray] | None = None):
         self.data, self.base, self.caplen, self.wirelen = data, base, caplen, wirelen
-        self._last = len(data) - 1
+        if by_size is None:
+            by_size = {1: data}
+            for size, dtype in ((2, ">u2"), (4, ">u4")):
+                count = max(len(data) - size + 1, 0)
+                by_size[size] = np.ndarray((count,), dtype=dtype, buffer=data, strides=(1,))
+        self._by_size = by_size
 
     def take(self, rows: np.ndarray) -> _View:
-        return _View(self.data, self.base[rows], self.caplen[rows], self.wirelen[rows])
+        return _View(self.data, self.base[rows], self.caplen[rows], self.wirelen[rows], self._by_size)
 
     def has(self, pos: np.ndarray, size: int) -> np.ndarray:
         return pos + size <= self.caplen
 
+    def _read(self, pos: np.ndarray, size: int) -> np.ndarray:
+        source = self._by_size[size]
+        if not len(source):
+            return np.zeros(len(pos), dtype=np.int64)
+        idx = np.minimum(self.base + pos, len(source) - 1)
+        value = source[idx].astype(np.int64)
+        value[pos + size > self.caplen] = 0
+        return value
+
     def u8(self, pos: np.ndarray) -> np.ndarray:
-        idx = np.minimum(self.base + pos, self._last)
-        return np.where(pos < self.caplen, self.data[idx], 0).astype(np.int64)
+        return self._read(pos, 1)
 
     def u16(self, pos: np.ndarray) -> np.ndarray:
-        return (self.u8(pos) << 8) | self.u8(pos + 1)
+        return self._read(pos, 2)
 
     def u32(self, pos: np.ndarray) -> np.ndarray:
-        return (self.u16(pos) << 16) | self.u16(pos + 2)
+        return self._read(pos, 4)
 
 
 def dissect(batch: PacketBatch) -> PacketFields:
@@ -122,24 +140,27 @@ def _dissect(view: _View, linktype: np.ndarray, pos: np.ndarray, tunnels: bool) 
 
 def _link_layer(view: _View, linktype: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Position of the network header and its EtherType (0 where unknown) per packet."""
-    ethernet = linktype == LINKTYPE_ETHERNET
-    sll = linktype == LINKTYPE_LINUX_SLL
-    sll2 = linktype == LINKTYPE_LINUX_SLL2
-    raw = np.isin(linktype, _RAW_ALIASES)
-    null = (linktype == LINKTYPE_NULL) | (linktype == LINKTYPE_LOOP)
-    l3 = pos + np.select([ethernet, sll, sll2, null], [14, 16, 20, 4], 0)
-    ethertype = np.select(
-        [ethernet, sll, sll2], [view.u16(pos + 12), view.u16(pos + 14), view.u16(pos)], 0
-    )
-    version = view.u8(l3) >> 4
-    by_version = np.select([version == 4, version == 6], [ETH_IPV4, ETH_IPV6], 0)
-    family = view.u8(pos) | view.u8(pos + 3)  # AF_ value in host byte order, either way round
-    by_family = np.where(family == 2, ETH_IPV4, np.where(np.isin(family, (10, 24, 28, 30)), ETH_IPV6, 0))
-    ethertype = np.select(
-        [raw, linktype == LINKTYPE_IPV4, linktype == LINKTYPE_IPV6, null],
-        [by_version, ETH_IPV4, ETH_IPV6, by_family],
-        ethertype,
-    )
+    l3 = pos.copy()
+    ethertype = np.zeros(len(pos), dtype=np.int64)
+    kinds = np.unique(linktype)
+    for kind in kinds.tolist():
+        rows = slice(None) if len(kinds) == 1 else np.flatnonzero(linktype == kind)
+        v, p = (view, pos) if len(kinds) == 1 else (view.take(rows), pos[rows])
+        if kind == LINKTYPE_ETHERNET:
+            l3[rows], ethertype[rows] = p + 14, v.u16(p + 12)
+        elif kind == LINKTYPE_LINUX_SLL:
+            l3[rows], ethertype[rows] = p + 16, v.u16(p + 14)
+        elif kind == LINKTYPE_LINUX_SLL2:
+            l3[rows], ethertype[rows] = p + 20, v.u16(p)
+        elif kind in _RAW_ALIASES:
+            version = v.u8(p) >> 4
+            ethertype[rows] = np.select([version == 4, version == 6], [ETH_IPV4, ETH_IPV6], 0)
+        elif kind in (LINKTYPE_IPV4, LINKTYPE_IPV6):
+            ethertype[rows] = ETH_IPV4 if kind == LINKTYPE_IPV4 else ETH_IPV6
+        elif kind in (LINKTYPE_NULL, LINKTYPE_LOOP):
+            family = v.u8(p) | v.u8(p + 3)  # AF_ value in host byte order, either way round
+            l3[rows] = p + 4
+            ethertype[rows] = np.where(family == 2, ETH_IPV4, np.where(np.isin(family, (10, 24, 28, 30)), ETH_IPV6, 0))
     for _ in range(3):  # 802.1Q, QinQ
         tagged = np.isin(ethertype, _VLAN_TPIDS)
         if not tagged.any():
@@ -166,11 +187,15 @@ def _ip_layer(view: _View, l3: np.ndarray, ethertype: np.ndarray, out: PacketFie
     total = np.where(v4_ok, view.u16(l3 + 2), 40 + view.u16(l3 + 4))
     total = np.where(v4_ok & (total == 0), view.wirelen - l3, total)  # 0 under TCP segmentation offload
 
-    for k in range(4):
-        out.src[:, k] = np.where(v4_ok, 0xFFFF if k == 2 else 0, view.u32(l3 + 8 + 4 * k))
-        out.dst[:, k] = np.where(v4_ok, 0xFFFF if k == 2 else 0, view.u32(l3 + 24 + 4 * k))
-    out.src[:, 3] = np.where(v4_ok, view.u32(l3 + 12), out.src[:, 3])
-    out.dst[:, 3] = np.where(v4_ok, view.u32(l3 + 16), out.dst[:, 3])
+    out.src[:, 2] = out.dst[:, 2] = np.where(v4_ok, 0xFFFF, 0)
+    out.src[:, 3] = np.where(v4_ok, view.u32(l3 + 12), 0)
+    out.dst[:, 3] = np.where(v4_ok, view.u32(l3 + 16), 0)
+    if v6_ok.any():
+        rows = np.flatnonzero(v6_ok)
+        sub, at = view.take(rows), l3[rows]
+        for k in range(4):
+            out.src[rows, k] = sub.u32(at + 8 + 4 * k)
+            out.dst[rows, k] = sub.u32(at + 24 + 4 * k)
 
     for _ in range(8):  # IPv6 extension header chain
         ext = v6_ok & np.isin(proto, _IPV6_EXT_HEADERS + (_IPV6_FRAGMENT, _IPV6_AH))

@@ -149,10 +149,13 @@ def decode_int(reader: Reader, rows: int, expected: str, reference: np.ndarray |
 
 
 def encode_strings(values: np.ndarray) -> bytes:
-    uniq, inverse = np.unique(values.astype(str), return_inverse=True) if len(values) else ([], values)
-    parts = [struct.pack("<I", len(uniq))]
-    parts += [pack_text(str(u), "I") for u in uniq]
-    parts.append(encode_int(np.asarray(inverse, dtype=np.uint32).ravel(), IntTransform.FRAME_OF_REFERENCE))
+    # A dict, not np.unique: numpy's fixed-width strings would drop trailing NUL characters.
+    index: dict[str, int] = {}
+    inverse = np.fromiter((index.setdefault(v, len(index)) for v in values.tolist()), dtype=np.uint32,
+                          count=len(values))
+    parts = [struct.pack("<I", len(index))]
+    parts += [pack_text(u, "I") for u in index]
+    parts.append(encode_int(inverse, IntTransform.FRAME_OF_REFERENCE))
     return b"".join(parts)
 
 

@@ -1,0 +1,25 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("KUBESONAR_DATA", REPO.parent / "shared" / "data"))
+PCAPS = DATA / "pcaps"
+
+
+def require_tool(name: str) -> str:
+    """The path of an external tool; CI installs them all, so there a missing tool is a failure."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{name} is not installed; .ci/run should have installed it")
+    pytest.skip(f"{name} is not installed (run .ci/run or apt-get install it)")
+
+
+def shared_captures() -> list[Path]:
+    return sorted(p for p in PCAPS.glob("*/*") if p.suffix in (".pcap", ".pcapng", ".cap"))

@@ -1,0 +1,180 @@
+"""The batch format: exact round trips, size limits, and hostile input that must fail cleanly."""
+
+from __future__ import annotations
+
+import struct
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kubesonar.shared.batch import (
+    EVENT_GRID_LIMIT, MIN_LIMIT, SQS_LIMIT, BatchHeader, decode_batch, encode_batch,
+)
+from kubesonar.shared.errors import BatchFormatError
+from kubesonar.shared.flow import FLOW_COLUMNS, FlowRecords
+
+U = st.integers
+
+
+def _column(draw, col, n, rng):
+    """A column of n values: hypothesis picks the shape (constant, extremes, random), numpy fills it fast."""
+    mode = draw(st.sampled_from(["random", "constant", "extremes", "sorted"]))
+    if col.dtype == "O":
+        words = draw(st.lists(st.text(max_size=12), min_size=1, max_size=4))
+        return np.array([words[i] for i in rng.integers(0, len(words), n)], dtype=object)
+    if col.dtype == "V16":
+        raw = rng.integers(0, 256, (n, 16), dtype=np.uint8)
+        if mode == "constant":
+            raw[:] = raw[:1] if n else raw
+        return raw.view("V16").ravel().copy()
+    info = np.iinfo(np.dtype(col.dtype))
+    if mode == "constant":
+        return np.full(n, draw(U(int(info.min), int(info.max))), dtype=col.dtype)
+    if mode == "extremes":
+        return rng.choice(np.array([info.min, info.max, 0, 1] if info.min < 0 else [0, 1, info.max], dtype=col.dtype), n)
+    values = rng.integers(info.min, info.max, n, dtype=col.dtype, endpoint=True)
+    return np.sort(values) if mode == "sorted" else values
+
+
+@st.composite
+def flow_records(draw, max_rows=40):
+    n = draw(U(0, max_rows))
+    rng = np.random.default_rng(draw(U(0, 2**32 - 1)))
+    return FlowRecords({c.name: _column(draw, c, n, rng) for c in FLOW_COLUMNS})
+
+
+@st.composite
+def headers(draw):
+    return BatchHeader(
+        cluster=draw(st.text(max_size=30)), node=draw(st.text(max_size=30)), sensor_id=draw(st.text(max_size=30)),
+        sequence=draw(U(0, 2**64 - 1)), window_start_ns=draw(U(-(2**63), 2**63 - 1)),
+        window_end_ns=draw(U(-(2**63), 2**63 - 1)),
+        counters=draw(st.dictionaries(st.text(max_size=20), U(0, 2**64 - 1), max_size=5)),
+    )
+
+
+def _decode_all(messages):
+    return [decode_batch(m) for m in messages]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(headers(), flow_records())
+def test_encode_then_decode_gives_back_exactly_what_went_in(header, records):
+    messages = encode_batch(header, records, limit=SQS_LIMIT)
+    batches = _decode_all(messages)
+    assert FlowRecords.concat([b.flows for b in batches]).equals(records)
+    for i, b in enumerate(batches):
+        assert (b.header.part, b.header.parts) == (i, len(messages))
+        assert b.header.window_flow_count == len(records)
+        assert (b.header.cluster, b.header.sequence, b.header.counters) == (header.cluster, header.sequence, header.counters)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flow_records(max_rows=3000), st.sampled_from([MIN_LIMIT, 6000, 20000]))
+def test_no_message_exceeds_its_limit(records, limit):
+    header = BatchHeader("c", "n", "s", 1, 0, 1)
+    messages = encode_batch(header, records, limit=limit)
+    assert all(len(m) <= limit for m in messages)
+    assert FlowRecords.concat([b.flows for b in _decode_all(messages)]).equals(records)
+
+
+def _valid_message() -> bytes:
+    records = FlowRecords.empty(50)
+    records.columns["first_ts"] = np.arange(50, dtype=np.int64) * 1000
+    return encode_batch(BatchHeader("c", "n", "s", 7, 0, 1, counters={"packets": 9}), records)[0]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=2000))
+def test_arbitrary_bytes_give_the_projects_error(data):
+    with pytest.raises(BatchFormatError):
+        decode_batch(data)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.data())
+def test_mutated_messages_never_crash(data):
+    message = bytearray(_valid_message())
+    for _ in range(data.draw(U(1, 8))):
+        at = data.draw(U(0, len(message) - 1))
+        message[at] = data.draw(U(0, 255))
+    if data.draw(st.booleans()):
+        message = message[: data.draw(U(0, len(message)))]
+    try:
+        decode_batch(bytes(message))
+    except BatchFormatError:
+        pass
+
+
+def _reframe(message: bytes, stored: bytes, decoded_len: int) -> bytes:
+    """Rebuild a message around another payload, with a correct checksum (a forger's message)."""
+    magic, version, flags, head_len, _, _, _ = struct.unpack_from("<4sHHIIII", message)
+    head = message[24 : 24 + head_len]
+    crc = zlib.crc32(stored, zlib.crc32(head))
+    return struct.pack("<4sHHIIII", magic, version, flags, head_len, len(stored), decoded_len, crc) + head + stored
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_payloads_with_valid_checksums_never_crash(data):
+    """Past the checksum: corrupt the decompressed payload itself."""
+    message = _valid_message()
+    head_len = struct.unpack_from("<I", message, 8)[0]
+    payload = bytearray(zstandard.ZstdDecompressor().decompress(message[24 + head_len :]))
+    for _ in range(data.draw(U(1, 6))):
+        payload[data.draw(U(0, len(payload) - 1))] = data.draw(U(0, 255))
+    stored = zstandard.ZstdCompressor().compress(bytes(payload))
+    try:
+        decode_batch(_reframe(message, stored, len(payload)))
+    except BatchFormatError:
+        pass
+
+
+@pytest.mark.parametrize("declared", ["honest", "lying"])
+def test_a_compression_bomb_never_allocates_past_the_cap(declared):
+    cap = 1 << 20
+    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (512 << 20))  # 512 MiB of zeros
+    message = _reframe(_valid_message(), bomb, 512 << 20 if declared == "honest" else 1000)
+    tracemalloc.start()
+    with pytest.raises(BatchFormatError):
+        decode_batch(message, decoded_cap=cap)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 4 * cap
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda m: b"XXXX" + m[4:], "magic"),
+        (lambda m: m[:4] + struct.pack("<H", 9) + m[6:], "version 9"),
+        (lambda m: m[:-1], "truncated"),
+        (lambda m: m + b"\0", "padded"),
+        (lambda m: m[:30] + bytes([m[30] ^ 0xFF]) + m[31:], "checksum"),
+    ],
+)
+def test_errors_say_what_was_wrong(mutate, message):
+    with pytest.raises(BatchFormatError, match=message):
+        decode_batch(mutate(_valid_message()))
+
+
+def test_a_limit_below_the_minimum_is_refused():
+    with pytest.raises(BatchFormatError, match="minimum"):
+        encode_batch(BatchHeader("c", "n", "s", 1, 0, 1), FlowRecords.empty(1), limit=MIN_LIMIT - 1)
+
+
+def test_a_window_of_real_flows_splits_under_each_queue_limit(tmp_path):
+    from kubesonar.sensor.offline import flows_from_captures
+    from kubesonar.sensor.synthetic import write_synthetic_capture
+
+    write_synthetic_capture(tmp_path / "s.pcap", packets=200_000, flows=20_000)
+    records = FlowRecords.concat(list(flows_from_captures([tmp_path / "s.pcap"])))
+    for limit in (MIN_LIMIT, 16 << 10, SQS_LIMIT, EVENT_GRID_LIMIT):
+        messages = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1), records, limit=limit)
+        assert max(map(len, messages)) <= limit
+        assert FlowRecords.concat([b.flows for b in _decode_all(messages)]).equals(records)
