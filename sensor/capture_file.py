@@ -14,6 +14,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
+from kubesonar.sensor.record_walk import STOP_CORRUPT, STOP_FULL, STOP_NEED_DATA, STOP_OTHER_BLOCK, walk_pcap, walk_pcapng
 from kubesonar.shared.errors import CaptureError
 
 CHUNK_BYTES = 8 << 20
@@ -79,6 +80,7 @@ class _ChunkedReader:
         self.name = os.fspath(path)
         self.progress = progress
         self.consumed = 0  # file offset of the first byte of the current chunk
+        self._pending_error: CaptureError | None = None  # raised once the packets before it are out
 
     def _fail(self, what: str, at: int) -> CaptureError:
         return CaptureError(f"{self.name}: {what} at byte {at}; flows up to there were kept")
@@ -91,6 +93,8 @@ class _ChunkedReader:
             batch, start, need = self.walk(buf, start)
             if batch is not None and len(batch):
                 yield batch
+            if self._pending_error:
+                raise self._pending_error
             if self.progress:
                 self.progress(self.consumed + start)
             more = self.handle.read(max(want, need))
@@ -114,10 +118,9 @@ class _ChunkedReader:
 
 
 def _read_u32(data: np.ndarray, at: np.ndarray, order: str) -> np.ndarray:
-    b = data[at[:, None] + np.arange(4)].astype(np.int64)
-    if order == "<":
-        return b[:, 0] | (b[:, 1] << 8) | (b[:, 2] << 16) | (b[:, 3] << 24)
-    return b[:, 3] | (b[:, 2] << 8) | (b[:, 1] << 16) | (b[:, 0] << 24)
+    """32-bit fields at arbitrary offsets: one gather through a one-byte-stride view."""
+    words = np.ndarray((max(len(data) - 3, 0),), dtype=order + "u4", buffer=data, strides=(1,))
+    return words[at].astype(np.int64)
 
 
 class _PcapReader(_ChunkedReader):
@@ -128,48 +131,23 @@ class _PcapReader(_ChunkedReader):
         _, _, _, _, snaplen, linktype = struct.unpack_from(self.order + "HHiIII", buf, 4)
         self.linktype = linktype & 0x0FFFFFFF
         self.max_caplen = max(snaplen, 262_144)
-        self._caplen_at = struct.Struct(self.order + "I").unpack_from
+        self._offsets = np.empty(CHUNK_BYTES // 16 + 1, dtype=np.int64)
         return 24
 
     def walk(self, buf: bytes, start: int) -> tuple[PacketBatch | None, int, int]:
-        caplen_at = self._caplen_at
-        end = len(buf)
-        pos = start
-        offsets: list[int] = []
-        append = offsets.append
-        while pos + 16 <= end:
-            nxt = pos + 16 + caplen_at(buf, pos + 8)[0]
-            if nxt > end:
-                break
-            append(pos)
-            pos = nxt
-        need = 0
-        if pos + 16 <= end:  # a record header whose data has not been read yet
-            caplen = caplen_at(buf, pos + 8)[0]
-            if caplen > self.max_caplen:
-                offsets.append(pos)  # let the vectorised check below report it
-            else:
-                need = 16 + caplen
         data = np.frombuffer(buf, dtype=np.uint8)
-        rec = np.asarray(offsets, dtype=np.int64)
-        fields = np.stack([_read_u32(data, rec + 4 * k, self.order) for k in range(4)]).reshape(4, -1)
-        ts_sec, ts_frac, caplen, wirelen = fields
-        bad = np.flatnonzero(caplen > self.max_caplen)
-        if len(bad):
-            good = bad[0]
-            batch = self._batch(data, rec[:good], ts_sec[:good], ts_frac[:good], caplen[:good], wirelen[:good])
-            self._pending_error = self._fail(
-                f"corrupt record header (captured length {int(caplen[good])})", self.consumed + int(rec[good])
-            )
-            return batch, end, 0
-        return self._batch(data, rec, ts_sec, ts_frac, caplen, wirelen), pos, need
-
-    def batches(self) -> Iterator[PacketBatch]:
-        self._pending_error: CaptureError | None = None
-        for batch in super().batches():
-            yield batch
-            if self._pending_error:
-                raise self._pending_error
+        count, pos, stop = walk_pcap(data, start, self.order == "<", self.max_caplen, self._offsets)
+        rec = self._offsets[:count].copy()
+        ts_sec, ts_frac, caplen, wirelen = (_read_u32(data, rec + 4 * k, self.order) for k in range(4))
+        batch = self._batch(data, rec, ts_sec, ts_frac, caplen, wirelen)
+        if stop == STOP_CORRUPT:
+            (bad,) = struct.unpack_from(self.order + "I", buf, pos + 8)
+            self._pending_error = self._fail(f"corrupt record header (captured length {bad})", self.consumed + pos)
+            return batch, len(buf), 0
+        need = 0
+        if stop == STOP_NEED_DATA and pos + 16 <= len(buf):  # a record whose data is not read yet
+            need = 16 + struct.unpack_from(self.order + "I", buf, pos + 8)[0]
+        return batch, pos, need
 
     def _batch(self, data, rec, ts_sec, ts_frac, caplen, wirelen) -> PacketBatch:
         return PacketBatch(
@@ -196,6 +174,7 @@ class _PcapngReader(_ChunkedReader):
         self.order = "<"
         self.interfaces: list[_Interface] = []
         self._last_ts = 0
+        self._offsets = np.empty(CHUNK_BYTES // 32 + 1, dtype=np.int64)
         return 0
 
     def _section_header(self, buf: bytes, pos: int) -> None:
@@ -231,47 +210,61 @@ class _PcapngReader(_ChunkedReader):
         self.interfaces.append(iface)
 
     def walk(self, buf: bytes, start: int) -> tuple[PacketBatch | None, int, int]:
+        data = np.frombuffer(buf, dtype=np.uint8)
         end = len(buf)
         pos = start
-        epb: list[int] = []
+        epb: list[np.ndarray] = []
         slow: list[tuple[int, int, int, int, int]] = []  # (pos, iface, ts units, caplen, wirelen)
         need = 0
-        head = struct.Struct(self.order + "II").unpack_from
-        tail = struct.Struct(self.order + "I").unpack_from
-        while pos + 12 <= end:
-            btype, blen = head(buf, pos)
-            if btype == _PCAPNG_SHB:
-                self._section_header(buf, pos)
-                head = struct.Struct(self.order + "II").unpack_from
-                tail = struct.Struct(self.order + "I").unpack_from
-                btype, blen = head(buf, pos)
-            if blen < 12 or blen % 4 or blen > MAX_RECORD_BYTES:
+        while True:
+            count, pos, stop = walk_pcapng(data, pos, self.order == "<", MAX_RECORD_BYTES, self._offsets)
+            if count:
+                epb.append(self._offsets[:count].copy())
+            if stop == STOP_CORRUPT:
+                btype, blen = struct.unpack_from(self.order + "II", buf, pos)
                 raise self._fail(f"corrupt pcapng block (type {btype:#x}, length {blen})", self.consumed + pos)
-            if pos + blen > end:
-                need = blen
+            if stop == STOP_FULL:
                 break
-            if tail(buf, pos + blen - 4)[0] != blen:
-                raise self._fail("corrupt pcapng block (trailing length differs)", self.consumed + pos)
-            if btype == _EPB:
-                epb.append(pos)
-            elif btype == _IDB:
-                self._interface(buf, pos, blen)
-            elif btype == _SPB:
-                (wirelen,) = struct.unpack_from(self.order + "I", buf, pos + 8)
-                snap = self.interfaces[0].snaplen if self.interfaces else 0
-                caplen = min(wirelen, blen - 16, snap or wirelen)
-                slow.append((pos + 12, 0, -1, caplen, wirelen))
-            elif btype == _OPB:
-                iface, _, hi, lo, caplen, wirelen = struct.unpack_from(self.order + "HHIIII", buf, pos + 8)
-                slow.append((pos + 28, iface, (hi << 32) | lo, caplen, wirelen))
-            pos += blen
-        data = np.frombuffer(buf, dtype=np.uint8)
-        if slow and epb:  # interleaved block kinds: keep file order with one slow path
-            slow += self._epb_tuples(buf, epb)
+            if stop == STOP_NEED_DATA:
+                if pos + 12 <= end:
+                    need = struct.unpack_from(self.order + "I", buf, pos + 4)[0]
+                break
+            if stop == STOP_OTHER_BLOCK:
+                blen = self._other_block(buf, pos, slow)
+                if blen == 0:
+                    need = 12 if pos + 12 > end else struct.unpack_from(self.order + "I", buf, pos + 4)[0]
+                    break
+                pos += blen
+        blocks = np.concatenate(epb) if epb else np.zeros(0, dtype=np.int64)
+        if slow and len(blocks):  # interleaved block kinds: keep file order with one slow path
+            slow += self._epb_tuples(buf, blocks.tolist())
             slow.sort()
-            epb = []
-        batch = self._epb_batch(data, np.asarray(epb, dtype=np.int64)) if epb else self._slow_batch(data, slow)
+            blocks = blocks[:0]
+        batch = self._epb_batch(data, blocks) if len(blocks) else self._slow_batch(data, slow)
         return batch, pos, need
+
+    def _other_block(self, buf: bytes, pos: int, slow: list) -> int:
+        """Handle a block that is not an EPB; return its length, or 0 when it is not all in ``buf``."""
+        if struct.unpack_from("<I", buf, pos)[0] == _PCAPNG_SHB:
+            self._section_header(buf, pos)
+        btype, blen = struct.unpack_from(self.order + "II", buf, pos)
+        if blen < 12 or blen % 4 or blen > MAX_RECORD_BYTES:
+            raise self._fail(f"corrupt pcapng block (type {btype:#x}, length {blen})", self.consumed + pos)
+        if pos + blen > len(buf):
+            return 0
+        if struct.unpack_from(self.order + "I", buf, pos + blen - 4)[0] != blen:
+            raise self._fail("corrupt pcapng block (trailing length differs)", self.consumed + pos)
+        if btype == _IDB:
+            self._interface(buf, pos, blen)
+        elif btype == _SPB:
+            (wirelen,) = struct.unpack_from(self.order + "I", buf, pos + 8)
+            snap = self.interfaces[0].snaplen if self.interfaces else 0
+            caplen = min(wirelen, blen - 16, snap or wirelen)
+            slow.append((pos + 12, 0, -1, caplen, wirelen))
+        elif btype == _OPB:
+            iface, _, hi, lo, caplen, wirelen = struct.unpack_from(self.order + "HHIIII", buf, pos + 8)
+            slow.append((pos + 28, iface, (hi << 32) | lo, caplen, wirelen))
+        return blen
 
     def _epb_tuples(self, buf: bytes, epb: list[int]) -> list[tuple[int, int, int, int, int]]:
         unpack = struct.Struct(self.order + "IIIII").unpack_from

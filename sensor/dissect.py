@@ -39,11 +39,12 @@ _PORTED = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
 
 @dataclass
 class PacketFields:
-    """Per-packet header fields; addresses are 4 big-endian 32-bit words (IPv4 mapped into IPv6)."""
+    """Per-packet header fields; an address is two 64-bit halves, [high, low], of its 16 bytes read
+    big-endian (IPv4 mapped into IPv6: high 0, low 0xFFFF_xxxxxxxx)."""
 
     is_ip: np.ndarray  # bool: an IP header was parsed; the packet makes or joins a flow
-    src: np.ndarray  # (n, 4) uint32
-    dst: np.ndarray  # (n, 4) uint32
+    src: np.ndarray  # (n, 2) uint64
+    dst: np.ndarray  # (n, 2) uint64
     sport: np.ndarray  # int64
     dport: np.ndarray  # int64
     proto: np.ndarray  # int64
@@ -55,14 +56,14 @@ class PacketFields:
     icmp_error: np.ndarray  # bool: an ICMP error, keyed by (and sent toward the initiator of) the flow it quotes
     fragment: np.ndarray  # bool: a non-first fragment, counted without L4
     truncated: np.ndarray  # bool: the capture cut a header this packet needed
-    tunnel_src: np.ndarray  # (n, 4) uint32, zero unless decapsulated
-    tunnel_dst: np.ndarray  # (n, 4) uint32
+    tunnel_src: np.ndarray  # (n, 2) uint64, zero unless decapsulated
+    tunnel_dst: np.ndarray  # (n, 2) uint64
     tunnel_id: np.ndarray  # int64 VNI
 
     @classmethod
     def blank(cls, n: int) -> PacketFields:
         z = lambda dtype=np.int64: np.zeros(n, dtype=dtype)  # noqa: E731
-        w = lambda: np.zeros((n, 4), dtype=np.uint32)  # noqa: E731
+        w = lambda: np.zeros((n, 2), dtype=np.uint64)  # noqa: E731
         return cls(
             is_ip=z(bool), src=w(), dst=w(), sport=z(), dport=z(), proto=z(), ip_len=z(), tcp_flags=z(), tcp_seq=z(),
             icmp_type=np.full(n, -1, dtype=np.int64), icmp_code=np.full(n, -1, dtype=np.int64),
@@ -91,7 +92,7 @@ class _View:
         self.data, self.base, self.caplen, self.wirelen = data, base, caplen, wirelen
         if by_size is None:
             by_size = {1: data}
-            for size, dtype in ((2, ">u2"), (4, ">u4")):
+            for size, dtype in ((2, ">u2"), (4, ">u4"), (8, ">u8")):
                 count = max(len(data) - size + 1, 0)
                 by_size[size] = np.ndarray((count,), dtype=dtype, buffer=data, strides=(1,))
         self._by_size = by_size
@@ -107,9 +108,19 @@ class _View:
         if not len(source):
             return np.zeros(len(pos), dtype=np.int64)
         idx = np.minimum(self.base + pos, len(source) - 1)
-        value = source[idx].astype(np.int64)
+        value = source[idx].astype(np.uint64 if size == 8 else np.int64)
         value[pos + size > self.caplen] = 0
         return value
+
+    def read_where(self, mask: np.ndarray, pos: np.ndarray, size: int, default: int = 0) -> np.ndarray:
+        """Read only the packets in ``mask`` (others get ``default``): most fields concern a few packets."""
+        if mask.all():
+            return self._read(pos, size)
+        out = np.full(len(pos), default, dtype=np.uint64 if size == 8 else np.int64)
+        rows = np.flatnonzero(mask)
+        if len(rows):
+            out[rows] = self.take(rows)._read(pos[rows], size)
+        return out
 
     def u8(self, pos: np.ndarray) -> np.ndarray:
         return self._read(pos, 1)
@@ -119,6 +130,9 @@ class _View:
 
     def u32(self, pos: np.ndarray) -> np.ndarray:
         return self._read(pos, 4)
+
+    def u64(self, pos: np.ndarray) -> np.ndarray:
+        return self._read(pos, 8)
 
 
 def dissect(batch: PacketBatch) -> PacketFields:
@@ -142,7 +156,9 @@ def _link_layer(view: _View, linktype: np.ndarray, pos: np.ndarray) -> tuple[np.
     """Position of the network header and its EtherType (0 where unknown) per packet."""
     l3 = pos.copy()
     ethertype = np.zeros(len(pos), dtype=np.int64)
-    kinds = np.unique(linktype)
+    if not len(pos):
+        return l3, ethertype
+    kinds = linktype[:1] if (linktype == linktype[0]).all() else np.unique(linktype)
     for kind in kinds.tolist():
         rows = slice(None) if len(kinds) == 1 else np.flatnonzero(linktype == kind)
         v, p = (view, pos) if len(kinds) == 1 else (view.take(rows), pos[rows])
@@ -181,24 +197,23 @@ def _ip_layer(view: _View, l3: np.ndarray, ethertype: np.ndarray, out: PacketFie
     out.truncated |= (v4 | v6) & ~(v4_ok | v6_ok)
 
     l4 = np.where(v4_ok, l3 + ihl, l3 + 40)
-    proto = np.where(v4_ok, view.u8(l3 + 9), view.u8(l3 + 6))
-    frag = view.u16(l3 + 6)
-    fragment = v4_ok & ((frag & 0x1FFF) != 0)
-    total = np.where(v4_ok, view.u16(l3 + 2), 40 + view.u16(l3 + 4))
+    proto = np.where(v6_ok, view.read_where(v6_ok, l3 + 6, 1), view.read_where(v4_ok, l3 + 9, 1))
+    fragment = v4_ok & ((view.read_where(v4_ok, l3 + 6, 2) & 0x1FFF) != 0)
+    total = np.where(v6_ok, 40 + view.read_where(v6_ok, l3 + 4, 2), view.read_where(v4_ok, l3 + 2, 2))
     total = np.where(v4_ok & (total == 0), view.wirelen - l3, total)  # 0 under TCP segmentation offload
 
-    out.src[:, 2] = out.dst[:, 2] = np.where(v4_ok, 0xFFFF, 0)
-    out.src[:, 3] = np.where(v4_ok, view.u32(l3 + 12), 0)
-    out.dst[:, 3] = np.where(v4_ok, view.u32(l3 + 16), 0)
+    mapped = np.uint64(0xFFFF << 32)
+    out.src[:, 1] = np.where(v4_ok, view.read_where(v4_ok, l3 + 12, 4).astype(np.uint64) | mapped, 0)
+    out.dst[:, 1] = np.where(v4_ok, view.read_where(v4_ok, l3 + 16, 4).astype(np.uint64) | mapped, 0)
     if v6_ok.any():
         rows = np.flatnonzero(v6_ok)
         sub, at = view.take(rows), l3[rows]
-        for k in range(4):
-            out.src[rows, k] = sub.u32(at + 8 + 4 * k)
-            out.dst[rows, k] = sub.u32(at + 24 + 4 * k)
+        for k in range(2):
+            out.src[rows, k] = sub.u64(at + 8 + 8 * k)
+            out.dst[rows, k] = sub.u64(at + 24 + 8 * k)
 
     for _ in range(8):  # IPv6 extension header chain
-        ext = v6_ok & np.isin(proto, _IPV6_EXT_HEADERS + (_IPV6_FRAGMENT, _IPV6_AH))
+        ext = v6_ok & np.isin(proto, _IPV6_EXT_HEADERS + (_IPV6_FRAGMENT, _IPV6_AH)) if v6_ok.any() else v6_ok
         if not ext.any():
             break
         is_frag = ext & (proto == _IPV6_FRAGMENT)
@@ -223,17 +238,19 @@ def _transport(view: _View, l4: np.ndarray, out: PacketFields) -> None:
     ported = first & np.isin(out.proto, _PORTED)
     ports_ok = ported & view.has(l4, 4)
     out.truncated |= ported & ~ports_ok
-    out.sport[:] = np.where(ports_ok, view.u16(l4), 0)
-    out.dport[:] = np.where(ports_ok, view.u16(l4 + 2), 0)
+    out.sport[:] = view.read_where(ports_ok, l4, 2)
+    out.dport[:] = view.read_where(ports_ok, l4 + 2, 2)
     tcp = first & (out.proto == IPPROTO_TCP) & view.has(l4, 14)
-    out.tcp_flags[:] = np.where(tcp, view.u8(l4 + 13), 0)
-    out.tcp_seq[:] = np.where(tcp, view.u32(l4 + 4), 0)
+    out.tcp_flags[:] = view.read_where(tcp, l4 + 13, 1)
+    out.tcp_seq[:] = view.read_where(tcp & ((out.tcp_flags & 0x02) != 0), l4 + 4, 4)  # SYNs only: see flow_table
 
     icmp = first & ((out.proto == IPPROTO_ICMP) | (out.proto == IPPROTO_ICMPV6)) & view.has(l4, 2)
-    out.icmp_type[:] = np.where(icmp, view.u8(l4), -1)
-    out.icmp_code[:] = np.where(icmp, view.u8(l4 + 1), -1)
+    if not icmp.any():
+        return
+    out.icmp_type[:] = view.read_where(icmp, l4, 1, default=-1)
+    out.icmp_code[:] = view.read_where(icmp, l4 + 1, 1, default=-1)
     echo = icmp & np.isin(out.icmp_type, ICMP_ECHO_REQUESTS + ICMP_ECHO_REPLIES) & view.has(l4, 8)
-    ident = view.u16(l4 + 4)
+    ident = view.read_where(echo, l4 + 4, 2)
     out.sport[:] = np.where(echo, ident, out.sport)  # the echo identifier tells pings apart
     out.dport[:] = np.where(echo, ident, out.dport)
 
@@ -266,8 +283,13 @@ def _attribute_icmp_errors(view: _View, l4: np.ndarray, out: PacketFields) -> No
 def _decapsulate(view: _View, l4: np.ndarray, out: PacketFields) -> None:
     """Replace VXLAN/Geneve packets by their inner packet, keeping the tunnel endpoints."""
     udp = out.is_ip & ~out.fragment & (out.proto == IPPROTO_UDP) & ~out.icmp_error
-    vxlan = udp & np.isin(out.dport, VXLAN_PORTS) & ((view.u8(l4 + 8) & 0x08) != 0)
-    geneve = udp & (out.dport == GENEVE_PORT) & ((view.u8(l4 + 8) >> 6) == 0)
+    vxlan = udp & np.isin(out.dport, VXLAN_PORTS)
+    geneve = udp & (out.dport == GENEVE_PORT)
+    if not (vxlan.any() or geneve.any()):
+        return
+    first_byte = view.read_where(vxlan | geneve, l4 + 8, 1)
+    vxlan &= (first_byte & 0x08) != 0
+    geneve &= (first_byte >> 6) == 0
     rows = np.flatnonzero(vxlan | geneve)
     if not len(rows):
         return

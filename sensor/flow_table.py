@@ -26,9 +26,8 @@ from kubesonar.shared.flow import (
     EndReason,
     FlowRecords,
     TcpFlag,
-    canonical_key,
     connection_state,
-    mix64,
+    lexicographic_le,
 )
 
 SECOND = 1_000_000_000
@@ -57,7 +56,7 @@ class _Columns:
 
     def __init__(self, capacity: int):
         self.capacity = capacity
-        self.key = np.zeros((capacity, 11), dtype=np.int64)  # a words, b words, port a, port b, proto
+        self.key = np.zeros((capacity, 5), dtype=np.uint64)  # a high, a low, b high, b low, ports+proto
         self.first_ts = np.zeros(capacity, dtype=np.int64)
         self.last_ts = np.zeros(capacity, dtype=np.int64)
         self.conn_start = np.zeros(capacity, dtype=np.int64)
@@ -69,7 +68,7 @@ class _Columns:
         self.icmp = np.full((capacity, 2), NO_ICMP, dtype=np.int64)  # type, code
         self.icmp_error = np.zeros(capacity, dtype=bool)
         self.syn_seq = np.full(capacity, -1, dtype=np.int64)  # sequence number of the latest SYN
-        self.tunnel = np.zeros((capacity, 9), dtype=np.int64)  # src words, dst words, id
+        self.tunnel = np.zeros((capacity, 5), dtype=np.uint64)  # src high, low, dst high, low, id
         self.live = np.zeros(capacity, dtype=bool)
 
     def grow(self, capacity: int) -> None:
@@ -141,13 +140,15 @@ class FlowTable:
     # -- batch accounting ----------------------------------------------------------------------------
 
     def _add(self, pf: PacketFields, ts_all: np.ndarray, rows: np.ndarray) -> FlowRecords:
-        src, dst = pf.src[rows].astype(np.int64), pf.dst[rows].astype(np.int64)
-        sport, dport, proto = pf.sport[rows], pf.dport[rows], pf.proto[rows]
-        key, a_is_src = canonical_key(src, sport, dst, dport, proto)
-        from_b = ~a_is_src
+        key, from_b = _canonical(pf, rows)
         ts = ts_all[rows]
-        group_hash = mix64([key[:, k] for k in range(11)])
-        order = np.lexsort((ts, group_hash))
+        # Group by a cheap hash; the exact key is checked below, so a collision costs time, never accuracy.
+        with np.errstate(over="ignore"):
+            group_hash = key @ _GROUP_MULTIPLIERS
+        if len(ts) < 2 or (ts[1:] >= ts[:-1]).all():
+            order = np.argsort(group_hash, kind="stable")  # already in time order within each flow
+        else:
+            order = np.lexsort((ts, group_hash))
         key, ts, from_b, group_hash = key[order], ts[order], from_b[order], group_hash[order]
         sel = rows[order]
         n = len(sel)
@@ -157,7 +158,7 @@ class FlowTable:
         np.not_equal(group_hash[1:], group_hash[:-1], out=group_start[1:])
         group_id = np.cumsum(group_start) - 1
         starts = np.flatnonzero(group_start)
-        if not np.array_equal(key, key[starts][group_id]):  # a 64-bit hash collision inside the batch
+        if not (key == key[starts[group_id]]).all():  # two flows share a hash in this batch
             _, group_id = np.unique(key, axis=0, return_inverse=True)
             order2 = np.lexsort((ts, group_id.ravel()))
             key, ts, from_b, sel = key[order2], ts[order2], from_b[order2], sel[order2]
@@ -246,7 +247,7 @@ class FlowTable:
         c.syn_seq[ms] = np.where(pieces.syn_seq[m] >= 0, pieces.syn_seq[m], c.syn_seq[ms])
         no_icmp = c.icmp[ms, 0] == NO_ICMP
         c.icmp[ms] = np.where(no_icmp[:, None], pieces.icmp[m], c.icmp[ms])
-        no_tunnel = ~c.tunnel[ms, :8].any(axis=1)
+        no_tunnel = ~c.tunnel[ms, :4].any(axis=1)
         c.tunnel[ms] = np.where(no_tunnel[:, None], pieces.tunnel[m], c.tunnel[ms])
 
         # A merged live record that is followed by more pieces ends here.
@@ -304,12 +305,14 @@ class FlowTable:
         icmp = np.column_stack([
             np.where(has_icmp, icmp_type[fi], NO_ICMP), np.where(has_icmp, pf.icmp_code[sel][fi], NO_ICMP)
         ])
-        tun_words = np.column_stack([pf.tunnel_src[sel], pf.tunnel_dst[sel]]).astype(np.int64)
-        tunnelled = tun_words.any(axis=1)
-        first_tun = np.minimum.reduceat(np.where(tunnelled, position, n), piece_first)
-        ft = np.minimum(first_tun, n - 1)
-        tunnel = np.where((first_tun < n)[:, None],
-                          np.column_stack([tun_words[ft], pf.tunnel_id[sel][ft]]), 0)
+        tunnel = np.zeros((len(piece_first), 5), dtype=np.uint64)
+        tun_src = pf.tunnel_src[sel]
+        tunnelled = tun_src.any(axis=1)
+        if tunnelled.any():
+            first_tun = np.minimum.reduceat(np.where(tunnelled, position, n), piece_first)
+            ft = np.minimum(first_tun, n - 1)
+            found = np.column_stack([tun_src[ft], pf.tunnel_dst[sel][ft], pf.tunnel_id[sel][ft].astype(np.uint64)])
+            tunnel = np.where((first_tun < n)[:, None], found, tunnel)
 
         last_syn = np.maximum.reduceat(np.where(syn_only, position, -1), piece_first)
         syn_seq = np.where(last_syn >= 0, pf.tcp_seq[sel][np.maximum(last_syn, 0)], -1)
@@ -342,9 +345,8 @@ class FlowTable:
         # the opener's side initiates; an answer's receiver does
         by_handshake = np.where(opener[f], ~from_b[f], from_b[f])
 
-        k = key[seg_first]
-        port_a, port_b = k[:, 8], k[:, 9]
-        portless = np.isin(k[:, 10], (IPPROTO_ICMP, IPPROTO_ICMPV6)) | ((port_a == 0) & (port_b == 0))
+        port_a, port_b, proto = _unpack_ports(key[seg_first, 4])
+        portless = np.isin(proto, (IPPROTO_ICMP, IPPROTO_ICMPV6)) | ((port_a == 0) & (port_b == 0))
         well_a, well_b = port_a < 1024, port_b < 1024
         eph_a, eph_b = port_a >= 32768, port_b >= 32768
         first_sender_is_a = ~from_b[seg_first] ^ icmp_err[seg_first]
@@ -422,24 +424,47 @@ class FlowTable:
         )
 
 
-def _words_to_addr(words: np.ndarray) -> np.ndarray:
-    return words.astype(">u4").view("V16").ravel()
+_GROUP_MULTIPLIERS = np.array(
+    [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD],
+    dtype=np.uint64,
+)
+
+
+def _canonical(pf: PacketFields, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Direction-free keys (lower endpoint first) of packets ``rows``, and whether each came from side b."""
+    src, dst = pf.src[rows], pf.dst[rows]
+    sport, dport = pf.sport[rows].astype(np.uint64), pf.dport[rows].astype(np.uint64)
+    src_first = lexicographic_le(np.column_stack([src, sport]), np.column_stack([dst, dport]))
+    sf = src_first[:, None]
+    a, b = np.where(sf, src, dst), np.where(sf, dst, src)
+    port_a, port_b = np.where(src_first, sport, dport), np.where(src_first, dport, sport)
+    ports = (port_a << np.uint64(24)) | (port_b << np.uint64(8)) | pf.proto[rows].astype(np.uint64)
+    return np.column_stack([a, b, ports]), ~src_first
+
+
+def _unpack_ports(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    packed = packed.astype(np.int64)
+    return (packed >> 24) & 0xFFFF, (packed >> 8) & 0xFFFF, packed & 0xFF
+
+
+def _addr(halves: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(halves, dtype=">u8").view("V16").ravel()
 
 
 def _records(*, key, first_ts, last_ts, pkts, byts, flags, init_is_a, icmp, icmp_error, tunnel, conn_start,
              reason) -> FlowRecords:
     n = len(key)
-    a_words, b_words = key[:, 0:4], key[:, 4:8]
     ia = init_is_a[:, None]
     out_col = np.where(init_is_a, 0, 1)
     rows = np.arange(n)
+    port_a, port_b, proto = _unpack_ports(key[:, 4])
     rec = FlowRecords.empty(n)
     cols = rec.columns
-    cols["src_addr"] = _words_to_addr(np.where(ia, a_words, b_words))
-    cols["dst_addr"] = _words_to_addr(np.where(ia, b_words, a_words))
-    cols["src_port"] = np.where(init_is_a, key[:, 8], key[:, 9]).astype(np.uint16)
-    cols["dst_port"] = np.where(init_is_a, key[:, 9], key[:, 8]).astype(np.uint16)
-    cols["proto"] = key[:, 10].astype(np.uint8)
+    cols["src_addr"] = _addr(np.where(ia, key[:, 0:2], key[:, 2:4]))
+    cols["dst_addr"] = _addr(np.where(ia, key[:, 2:4], key[:, 0:2]))
+    cols["src_port"] = np.where(init_is_a, port_a, port_b).astype(np.uint16)
+    cols["dst_port"] = np.where(init_is_a, port_b, port_a).astype(np.uint16)
+    cols["proto"] = proto.astype(np.uint8)
     cols["first_ts"] = first_ts
     cols["last_ts"] = last_ts
     cols["packets_out"] = pkts[rows, out_col].astype(np.uint64)
@@ -448,13 +473,13 @@ def _records(*, key, first_ts, last_ts, pkts, byts, flags, init_is_a, icmp, icmp
     cols["bytes_in"] = byts[rows, 1 - out_col].astype(np.uint64)
     cols["flags_out"] = flags[rows, out_col].astype(np.uint8)
     cols["flags_in"] = flags[rows, 1 - out_col].astype(np.uint8)
-    cols["state"] = connection_state(key[:, 10], cols["flags_out"], cols["flags_in"], cols["packets_in"],
+    cols["state"] = connection_state(proto, cols["flags_out"], cols["flags_in"], cols["packets_in"],
                                      icmp_error)
     cols["icmp_type"] = icmp[:, 0].astype(np.int16)
     cols["icmp_code"] = icmp[:, 1].astype(np.int16)
     cols["end_reason"] = np.broadcast_to(np.asarray(reason, dtype=np.uint8), (n,)).copy()
-    cols["tunnel_src"] = _words_to_addr(tunnel[:, 0:4])
-    cols["tunnel_dst"] = _words_to_addr(tunnel[:, 4:8])
-    cols["tunnel_id"] = tunnel[:, 8].astype(np.uint32)
+    cols["tunnel_src"] = _addr(tunnel[:, 0:2])
+    cols["tunnel_dst"] = _addr(tunnel[:, 2:4])
+    cols["tunnel_id"] = tunnel[:, 4].astype(np.uint32)
     cols["conn_start"] = conn_start
     return rec

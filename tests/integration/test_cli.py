@@ -1,0 +1,59 @@
+"""The kubesonar command as a user runs it."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+
+from conftest import PCAPS
+
+REQUIRED = {"src_ip", "dst_ip", "src_port", "dst_port", "proto", "packets_out", "bytes_out", "packets_in",
+            "bytes_in", "first_ts", "last_ts", "state"}
+
+
+def _run(*args):
+    return subprocess.run(["kubesonar", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_flows_jsonl_has_the_documented_fields():
+    result = _run("flows", "--format", "jsonl", str(PCAPS / "portscan/evilfingers_nmap_UDP_SCAN.pcap"))
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 1030 and all(REQUIRED <= set(r) for r in rows)
+    rejected = [r for r in rows if r["state"] == "rejected"]
+    assert len(rejected) == 993 and all(r["src_ip"] == "192.168.1.10" for r in rejected)
+
+
+def test_flows_csv_and_table():
+    path = str(PCAPS / "benign/ndpi_ssh.pcap")
+    rows = list(csv.DictReader(io.StringIO(_run("flows", "--format", "csv", path).stdout)))
+    assert len(rows) == 3 and REQUIRED <= set(rows[0])
+    table = _run("flows", path).stdout
+    assert "172.16.238.168" in table and "established" in table
+
+
+def test_a_missing_file_is_one_clear_line():
+    result = _run("flows", "no-such.pcap")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "kubesonar: error: cannot open capture 'no-such.pcap': No such file or directory"
+
+
+def test_a_truncated_capture_gives_the_flows_read_so_far_and_an_error(tmp_path):
+    whole = (PCAPS / "benign/chrissanders_http_espn.pcapng").read_bytes()
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes(whole[: len(whole) // 2])
+    result = _run("flows", "--format", "jsonl", str(cut))
+    assert result.returncode == 1
+    assert "truncated record" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stdout.splitlines()) > 5
+
+
+def test_settings_come_from_the_environment_too(tmp_path):
+    path = str(PCAPS / "benign/ndpi_ssh.pcap")
+    env_run = subprocess.run(["kubesonar", "flows", "--format", "jsonl", path], capture_output=True, text=True,
+                             env={**__import__("os").environ, "KUBESONAR_FLOWS_IDLE_TIMEOUT": "1000000"})
+    flag_run = _run("flows", "--format", "jsonl", "--idle-timeout", "1000000", path)
+    default_run = _run("flows", "--format", "jsonl", path)
+    assert env_run.stdout == flag_run.stdout != default_run.stdout

@@ -1,0 +1,108 @@
+"""Timeouts, flow ids and who initiated, on crafted traffic."""
+
+from __future__ import annotations
+
+import pytest
+from scapy.all import IP, TCP, UDP, Ether, PcapWriter, Raw
+
+from helpers import flows_of
+from kubesonar.sensor.flow_table import FlowTimeouts
+
+T0 = 1_700_000_000.0
+
+
+def _write(path, timed):
+    w = PcapWriter(str(path), sync=True, linktype=1)
+    for t, p in timed:
+        p = Ether() / p
+        p.time = T0 + t
+        w.write(p)
+    w.close()
+    return path
+
+
+def _udp(t, src="10.0.0.1", dst="10.0.0.2", sport=5000, dport=9000):
+    return t, IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(b"x" * 10)
+
+
+def test_active_timeout_cuts_interim_records_sharing_one_flow_id(tmp_path):
+    path = _write(tmp_path / "a.pcap", [_udp(t) for t in range(0, 100, 2)])  # 50 packets over 98 s
+    records = flows_of(path, FlowTimeouts(active_s=30, idle_s=60))
+    assert len(records) == 4
+    assert len({r["flow_id"] for r in records}) == 1
+    assert [r["end_reason"] for r in records] == ["active_timeout"] * 3 + ["end_of_input"]
+    assert sum(r["packets_out"] for r in records) == 50
+    assert all(r["conn_start"] == pytest.approx(T0) for r in records)
+    assert all(r["last_ts"] - r["first_ts"] < 30 for r in records)
+
+
+def test_idle_timeout_ends_a_flow_and_a_new_one_gets_a_new_id(tmp_path):
+    path = _write(tmp_path / "i.pcap", [_udp(0), _udp(1), _udp(200), _udp(201)])
+    records = flows_of(path, FlowTimeouts(active_s=300, idle_s=60))
+    assert [r["end_reason"] for r in records] == ["idle_timeout", "end_of_input"]
+    assert records[0]["flow_id"] != records[1]["flow_id"]
+
+
+def test_the_same_results_whatever_the_batch_boundaries(tmp_path, monkeypatch):
+    from kubesonar.sensor import capture_file
+
+    timed = [_udp(t * 0.5, sport=5000 + (t % 7)) for t in range(400)]
+    path = _write(tmp_path / "b.pcap", timed)
+    whole = flows_of(path, FlowTimeouts(active_s=20, idle_s=3))
+    monkeypatch.setattr(capture_file, "CHUNK_BYTES", 700)  # a handful of packets per batch
+    pieces = flows_of(path, FlowTimeouts(active_s=20, idle_s=3))
+    assert pieces == whole
+
+
+def test_initiator_is_the_syn_sender_even_when_the_answer_comes_first(tmp_path):
+    path = _write(tmp_path / "s.pcap", [
+        (0.000, IP(src="10.0.0.9", dst="10.0.0.1") / TCP(sport=443, dport=50000, flags="SA")),
+        (0.001, IP(src="10.0.0.1", dst="10.0.0.9") / TCP(sport=50000, dport=443, flags="A")),
+    ])
+    (flow,) = flows_of(path)
+    assert (flow["src_ip"], flow["src_port"], flow["dst_port"]) == ("10.0.0.1", 50000, 443)
+
+
+def test_mid_stream_flows_fall_back_to_the_service_port(tmp_path):
+    path = _write(tmp_path / "m.pcap", [
+        (0.000, IP(src="10.0.0.9", dst="10.0.0.1") / TCP(sport=5432, dport=41000, flags="PA") / Raw(b"r")),
+        (0.001, IP(src="10.0.0.1", dst="10.0.0.9") / TCP(sport=41000, dport=5432, flags="A")),
+    ])
+    (flow,) = flows_of(path)
+    assert (flow["src_ip"], flow["dst_port"], flow["state"]) == ("10.0.0.1", 5432, "other")
+
+
+@pytest.mark.parametrize(
+    "packets, state",
+    [
+        ([("c", "S")], "attempted"),
+        ([("c", "S"), ("s", "RA")], "rejected"),
+        ([("c", "F"), ("s", "RA")], "rejected"),
+        ([("c", "S"), ("s", "SA"), ("c", "A")], "established"),
+        ([("c", "S"), ("s", "SA"), ("c", "A"), ("c", "FA"), ("s", "FA"), ("c", "A")], "closed"),
+        ([("c", "S"), ("s", "SA"), ("c", "A"), ("c", "R")], "reset"),
+    ],
+)
+def test_connection_states(tmp_path, packets, state):
+    timed = []
+    for i, (who, flags) in enumerate(packets):
+        src, dst, sp, dp = ("10.0.0.1", "10.0.0.2", 40000, 80) if who == "c" else ("10.0.0.2", "10.0.0.1", 80, 40000)
+        timed.append((i * 0.001, IP(src=src, dst=dst) / TCP(sport=sp, dport=dp, flags=flags)))
+    (flow,) = flows_of(_write(tmp_path / "t.pcap", timed))
+    assert flow["state"] == state
+
+
+def test_a_new_connection_on_a_closed_five_tuple_is_a_new_flow(tmp_path):
+    def conn(t0, seq):
+        c = dict(src="10.0.0.1", dst="10.0.0.2")
+        s = dict(src="10.0.0.2", dst="10.0.0.1")
+        return [
+            (t0, IP(**c) / TCP(sport=40000, dport=80, flags="S", seq=seq)),
+            (t0 + 0.001, IP(**s) / TCP(sport=80, dport=40000, flags="SA")),
+            (t0 + 0.002, IP(**c) / TCP(sport=40000, dport=80, flags="R")),
+        ]
+
+    path = _write(tmp_path / "r.pcap", conn(0, 100) + conn(1, 900))
+    records = flows_of(path)
+    assert len(records) == 2 and records[0]["end_reason"] == "new_connection"
+    assert records[0]["flow_id"] != records[1]["flow_id"]
