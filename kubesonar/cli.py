@@ -66,9 +66,9 @@ def _write_flows(stream: Iterator[FlowRecords], fmt: str) -> None:
         from rich.table import Table
 
         table = Table(*_TABLE_COLUMNS, box=None)
-        for records in stream:
-            for row in records.iter_dicts():
-                table.add_row(*(_cell(name, row[name]) for name in _TABLE_COLUMNS))
+        rows = sorted((row for records in stream for row in records.iter_dicts()), key=lambda r: r["first_ts"])
+        for row in rows:
+            table.add_row(*(_cell(name, row[name]) for name in _TABLE_COLUMNS))
         if table.row_count:
             Console(width=None if out.isatty() else 160).print(table)
 

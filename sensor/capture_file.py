@@ -17,7 +17,7 @@ import numpy as np
 from kubesonar.sensor.record_walk import STOP_CORRUPT, STOP_FULL, STOP_NEED_DATA, STOP_OTHER_BLOCK, walk_pcap, walk_pcapng
 from kubesonar.shared.errors import CaptureError
 
-CHUNK_BYTES = 8 << 20
+CHUNK_BYTES = 4 << 20
 MAX_RECORD_BYTES = 16 << 20  # larger than any snaplen; a bigger length field means corruption
 
 _PCAP_MAGICS = {

@@ -1,6 +1,7 @@
-"""Column codecs of the batch format: integers (frame of reference or delta, scaled by their common
-divisor, packed to the narrowest width and split into byte planes so zstd sees runs), dictionary-encoded
-strings and dictionary-encoded 16-byte addresses. Layouts are in docs/flow-format.md."""
+"""Column codecs of the batch format: integers (optionally as deltas or as differences to another column,
+then frame of reference scaled by their common divisor, packed to the narrowest width, wide ones split
+into byte planes so zstd sees runs), dictionary-encoded strings and dictionary-encoded 16-byte addresses.
+Layouts are in docs/flow-format.md."""
 
 from __future__ import annotations
 
@@ -20,9 +21,16 @@ class Encoding(IntEnum):
 
 
 class IntTransform(IntEnum):
-    FRAME_OF_REFERENCE = 0  # value = base + stored * scale
-    DELTA = 1  # value[i] = value[i-1] + unzigzag(stored[i]) * scale, value[-1] = base
-    MINUS_COLUMN = 2  # value = reference column + unzigzag(stored) * scale
+    """What is stored before frame-of-reference packing (``d = base + stored * scale``, modulo 2**64)."""
+
+    FRAME_OF_REFERENCE = 0  # value = d
+    DELTA = 1  # value[i] = origin + d[0] + ... + d[i], with d[0] = 0: for sorted times
+    MINUS_COLUMN = 2  # value = reference column + d: for a time close to another
+
+
+class Layout(IntEnum):
+    PLAIN = 0  # little-endian values one after the other
+    BYTE_PLANES = 1  # all lowest bytes, then all second bytes, ...: zstd finds more runs in wide values
 
 
 INT_DTYPES = ("u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8")
@@ -76,72 +84,60 @@ def pack_text(value: str, length_fmt: str = "H") -> bytes:
 # -- integers -----------------------------------------------------------------------------------------
 
 
-def _zigzag(q: np.ndarray) -> np.ndarray:
-    q = q.astype(np.int64)
-    return ((q << 1) ^ (q >> 63)).view(_U64)
-
-
-def _unzigzag(z: np.ndarray) -> np.ndarray:
-    return ((z >> _U64(1)) ^ (-(z & _U64(1)).view(np.int64)).view(_U64)).view(np.int64)
-
-
-def _pack_planes(stored: np.ndarray) -> tuple[int, bytes]:
+def _pack(stored: np.ndarray) -> tuple[int, int, bytes]:
     top = int(stored.max()) if len(stored) else 0
     width = next(w for w in _WIDTHS if top < (1 << (8 * w)))
-    planes = stored.astype(f"<u{width}").view(np.uint8).reshape(-1, width).T
-    return width, planes.tobytes()
+    narrow = stored.astype(f"<u{width}")
+    if width >= 4:
+        return width, Layout.BYTE_PLANES, narrow.view(np.uint8).reshape(-1, width).T.tobytes()
+    return width, Layout.PLAIN, narrow.tobytes()
 
 
 def encode_int(values: np.ndarray, transform: IntTransform, reference: np.ndarray | None = None) -> bytes:
     dtype = values.dtype.str.lstrip("<>|=")
     if dtype not in INT_DTYPES:
         raise BatchFormatError(f"cannot encode dtype {values.dtype} as an integer column")
+    signed = dtype[0] == "i" or transform != IntTransform.FRAME_OF_REFERENCE
+    wide = values.astype(np.int64) if dtype[0] == "i" else values.astype(_U64).view(np.int64)
+    origin = 0
     with np.errstate(over="ignore"):
-        if transform == IntTransform.FRAME_OF_REFERENCE:
-            wide = values.astype(np.int64 if dtype[0] == "i" else _U64)
-            base_bits = int(wide.min().view(_U64)) if len(wide) else 0
-            diff = wide.view(_U64) - _U64(base_bits)  # exact: the true difference is below 2**64
-            scale = (int(np.gcd.reduce(diff)) if len(diff) else 1) or 1
-            stored = diff // _U64(scale)
-        else:
-            signed = values.astype(np.int64)
-            if transform == IntTransform.DELTA:
-                base_bits = int(signed[:1].view(_U64)[0]) if len(signed) else 0
-                d = np.diff(signed, prepend=signed[:1]) if len(signed) else signed
-            else:
-                assert reference is not None
-                base_bits = 0
-                d = signed - reference.astype(np.int64)
-            safe = len(d) and (d != np.iinfo(np.int64).min).all()
-            scale = (int(np.gcd.reduce(np.abs(d))) if safe else 1) or 1
-            stored = _zigzag(d // scale)
-    width, planes = _pack_planes(stored)
-    head = struct.pack("<BBQQB", INT_DTYPES.index(dtype), int(transform), base_bits, scale, width)
-    return head + planes
+        if transform == IntTransform.DELTA:
+            origin = int(wide[0]) if len(wide) else 0
+            wide = np.diff(wide, prepend=wide[:1])  # wraps modulo 2**64, as decoding does
+        elif transform == IntTransform.MINUS_COLUMN:
+            assert reference is not None
+            wide = wide - reference.astype(np.int64)
+        base = (wide.min() if signed else wide.view(_U64).min()) if len(wide) else 0
+        base_bits = int(np.asarray(base).astype(np.int64 if signed else _U64).view(_U64))
+        diff = wide.view(_U64) - _U64(base_bits)  # exact: the true difference is below 2**64
+        scale = (int(np.gcd.reduce(diff)) if len(diff) else 1) or 1
+        stored = diff // _U64(scale)
+    width, layout, body = _pack(stored)
+    head = struct.pack("<BBQQQBB", INT_DTYPES.index(dtype), int(transform), origin & (2**64 - 1), base_bits,
+                       scale, width, int(layout))
+    return head + body
 
 
 def decode_int(reader: Reader, rows: int, expected: str, reference: np.ndarray | None) -> np.ndarray:
-    code, transform, base_bits, scale, width = reader.unpack("BBQQB", "integer column header")
+    code, transform, origin, base_bits, scale, width, layout = reader.unpack("BBQQQBB", "integer column header")
     if code >= len(INT_DTYPES) or INT_DTYPES[code] != expected:
         raise BatchFormatError(f"{reader.what}: integer column has dtype code {code}, schema says {expected}")
     if width not in _WIDTHS:
         raise BatchFormatError(f"{reader.what}: integer width {width} is not 1, 2, 4 or 8")
-    if transform not in IntTransform.__members__.values():
-        raise BatchFormatError(f"{reader.what}: unknown integer transform {transform}")
-    raw = reader.take(rows * width, "integer values")
-    stored = np.frombuffer(raw, dtype=np.uint8).reshape(width, rows).T.copy().view(f"<u{width}").ravel()
-    stored = stored.astype(_U64)
+    if transform not in set(IntTransform) or layout not in set(Layout):
+        raise BatchFormatError(f"{reader.what}: unknown integer transform {transform} or layout {layout}")
+    raw = np.frombuffer(reader.take(rows * width, "integer values"), dtype=np.uint8)
+    if layout == Layout.BYTE_PLANES:
+        raw = raw.reshape(width, rows).T.copy()
+    stored = raw.view(f"<u{width}").ravel().astype(_U64)
     with np.errstate(over="ignore"):
-        if transform == IntTransform.FRAME_OF_REFERENCE:
-            bits = _U64(base_bits) + stored * _U64(scale)
-        else:
-            steps = (_unzigzag(stored).view(_U64) * _U64(scale))
-            if transform == IntTransform.DELTA:
-                bits = _U64(base_bits) + np.cumsum(steps, dtype=_U64)
-            else:
-                if reference is None or len(reference) != rows:
-                    raise BatchFormatError(f"{reader.what}: column refers to a column that is not there")
-                bits = reference.astype(np.int64).view(_U64) + steps
+        bits = _U64(base_bits) + stored * _U64(scale)
+        if transform == IntTransform.DELTA:
+            bits = _U64(origin) + np.cumsum(bits, dtype=_U64)
+        elif transform == IntTransform.MINUS_COLUMN:
+            if reference is None or len(reference) != rows:
+                raise BatchFormatError(f"{reader.what}: column refers to a column that is not there")
+            bits = reference.astype(np.int64).view(_U64) + bits
     return bits.view(np.int64).astype(expected) if expected[0] == "i" else bits.astype(expected)
 
 

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Set up and run the test suite on a fresh Debian machine: the tools the tests drive (tshark,
+# tcpdump), a virtual environment with the project and its test extras, then pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+debs=(tshark tcpdump)
+missing=()
+for tool in tshark tcpdump; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if ((${#missing[@]})); then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  echo "installing Debian packages: ${debs[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${debs[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test]'
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
