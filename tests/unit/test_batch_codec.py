@@ -105,10 +105,15 @@ def test_mutated_messages_never_crash(data):
         message[at] = data.draw(U(0, 255))
     if data.draw(st.booleans()):
         message = message[: data.draw(U(0, len(message)))]
+    cap = 64 << 10
+    tracemalloc.start()
     try:
-        decode_batch(bytes(message))
+        decode_batch(bytes(message), decoded_cap=cap)
     except BatchFormatError:
         pass
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 16 * cap, "decoding must stay within a small multiple of the cap"
 
 
 def _reframe(message: bytes, stored: bytes, decoded_len: int) -> bytes:
