@@ -17,3 +17,11 @@ class CaptureError(KubeSonarError):
 
 class BatchFormatError(KubeSonarError):
     """A flow batch message is malformed, truncated, of an unknown version or over a size cap."""
+
+
+class StoreError(KubeSonarError):
+    """The object store failed or refused a request."""
+
+
+class VersionConflict(StoreError):
+    """A compare-and-swap write lost: the object changed (or exists, or vanished) since it was read."""

@@ -1,0 +1,1 @@
+"""Runtimes: one thin adapter per cloud over the core, and the local default."""

@@ -1,0 +1,1 @@
+"""The embedded default runtime: a local directory as bucket and queue, so the pipeline runs on one machine."""

@@ -1,0 +1,75 @@
+"""The contract every ObjectStore adapter passes: import this class into an adapter's test module and
+give it a ``store`` fixture (a fresh, empty store per test)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from kubesonar.shared.errors import StoreError, VersionConflict
+from kubesonar.shared.state import read_document, update_document
+
+
+class ObjectStoreContract:
+    def test_get_of_a_missing_key_is_none(self, store):
+        assert store.get("nothing/here") is None
+
+    def test_create_only_creates_once(self, store):
+        v1 = store.put("a/b.json", b"1", create_only=True)
+        assert store.get("a/b.json").data == b"1" and store.get("a/b.json").version == v1
+        with pytest.raises(VersionConflict):
+            store.put("a/b.json", b"2", create_only=True)
+        assert store.get("a/b.json").data == b"1"
+
+    def test_replace_only_if_the_version_read_is_current(self, store):
+        v1 = store.put("k", b"one")
+        v2 = store.put("k", b"two", if_version=v1)
+        assert v2 != v1
+        with pytest.raises(VersionConflict):
+            store.put("k", b"three", if_version=v1)  # stale
+        assert store.get("k").data == b"two"
+
+    def test_replace_of_a_missing_key_conflicts(self, store):
+        v = store.put("x", b"1")
+        with pytest.raises(VersionConflict):
+            store.put("y", b"1", if_version=v)
+
+    def test_unconditional_put_overwrites(self, store):
+        store.put("k", b"1")
+        store.put("k", b"2")
+        assert store.get("k").data == b"2"
+
+    def test_list_by_prefix_in_order(self, store):
+        for key in ("alerts/c/2", "alerts/c/1", "alerts/d/1", "baselines/c/w"):
+            store.put(key, b"{}")
+        assert list(store.list("alerts/c/")) == ["alerts/c/1", "alerts/c/2"]
+        assert list(store.list("alerts/")) == ["alerts/c/1", "alerts/c/2", "alerts/d/1"]
+        assert list(store.list("none/")) == []
+
+    def test_binary_and_large_objects_round_trip(self, store):
+        blob = bytes(range(256)) * 8192  # 2 MiB
+        store.put("big.bin", blob)
+        assert store.get("big.bin").data == blob
+
+    @pytest.mark.parametrize("key", ["../escape", "/abs", "a//b", "a/../b", "", "a\\b", "sp ace"])
+    def test_unsafe_keys_are_refused(self, store, key):
+        with pytest.raises(StoreError):
+            store.put(key, b"x")
+
+    def test_concurrent_updates_lose_nothing(self, store):
+        def bump(doc):
+            doc = dict(doc or {"n": 0})
+            doc["n"] += 1
+            return doc
+
+        def worker():
+            for _ in range(15):
+                update_document(store, "counter.json", bump)
+
+        threads = [threading.Thread(target=worker) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert read_document(store, "counter.json")[0]["n"] == 90
