@@ -48,6 +48,50 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
         sys.exit(1)
 
 
+@main.command()
+@click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--pods", type=click.Path(dir_okay=False), help="Output of 'kubectl get pods -A -o json'.")
+@click.option("--learn", multiple=True, type=click.Path(dir_okay=False),
+              help="Capture to learn from first (repeat for several); novelty detectors stay silent on it.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False),
+              help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
+@click.option("--cluster", default="default", help="Cluster name alerts are filed under.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              help="json: one alert per line.")
+def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...], state_dir: str | None,
+            cluster: str, fmt: str) -> None:
+    """Run the offline sensor and the detection core on CAPTURES; print the alerts raised."""
+    from kubesonar.functions.local.runtime import analyze as run_analysis
+
+    result = run_analysis(captures, learn=learn, pods=pods, state_dir=state_dir, cluster=cluster)
+    if fmt == "json":
+        for alert in result.alerts:
+            click.echo(json.dumps(alert, sort_keys=True))
+    else:
+        _alert_table(result.alerts)
+    for error in result.stats.errors:
+        click.echo(f"kubesonar: error: {error}", err=True)
+    if result.stats.errors:
+        sys.exit(1)
+
+
+def _alert_table(alerts: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = click.get_text_stream("stdout")
+    console = Console(width=None if out.isatty() else 160)
+    if not alerts:
+        console.print("no alerts")
+        return
+    table = Table("severity", "type", "source", "first seen", "count", "evidence", box=None)
+    for a in alerts:
+        source = a["source"].get("workload") or a["source"].get("ip")
+        evidence = ", ".join(f"{k}={v}" for k, v in a["evidence"].items() if not isinstance(v, list))
+        table.add_row(a["severity"], a["type"], source, a["first_seen"], str(a["count"]), evidence)
+    console.print(table)
+
+
 def _write_flows(stream: Iterator[FlowRecords], fmt: str) -> None:
     out = click.get_text_stream("stdout")
     if fmt == "jsonl":

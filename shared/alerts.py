@@ -1,0 +1,74 @@
+"""Findings, rules kept as data, and alerts with stable fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+SEVERITIES = ("informational", "low", "medium", "high", "critical")
+
+
+@lru_cache(maxsize=1)
+def rules() -> dict[str, dict[str, Any]]:
+    return json.loads(resources.files("kubesonar.shared").joinpath("rules.json").read_text())
+
+
+@dataclass
+class Finding:
+    """What a detector decided, before it becomes (or updates) an alert."""
+
+    type: str
+    source: dict[str, str]  # ip, namespace, pod, workload, node
+    first_seen_ns: int
+    last_seen_ns: int
+    evidence: dict[str, Any]
+    destination: dict[str, Any] | None = None
+    identity: tuple[str, ...] = ()  # what makes two findings the same alert, beyond type and source
+
+    def fingerprint(self, cluster: str) -> str:
+        who = self.source.get("workload") or self.source.get("ip", "")
+        namespace = self.source.get("namespace", "")
+        parts = (self.type, cluster, namespace, who) + self.identity
+        return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def _iso(ns: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_alert(finding: Finding, cluster: str) -> dict[str, Any]:
+    rule = rules()[finding.type]
+    return {
+        "id": finding.fingerprint(cluster),
+        "type": finding.type,
+        "cluster": cluster,
+        "severity": rule["severity"],
+        "title": rule["title"],
+        "description": rule["description"],
+        "first_seen": _iso(finding.first_seen_ns),
+        "last_seen": _iso(finding.last_seen_ns),
+        "count": 1,
+        "source": finding.source,
+        "destination": finding.destination,
+        "evidence": finding.evidence,
+        "mitre": rule["mitre"],
+        "status": "open",
+        "tags": [],
+        "assignee": None,
+    }
+
+
+def merge_alert(alert: dict[str, Any], finding: Finding) -> dict[str, Any]:
+    """The same ongoing activity seen again: one alert updated, not a new one."""
+    updated = dict(alert)
+    updated["count"] = alert["count"] + 1
+    updated["last_seen"] = max(alert["last_seen"], _iso(finding.last_seen_ns))
+    updated["first_seen"] = min(alert["first_seen"], _iso(finding.first_seen_ns))
+    updated["evidence"] = finding.evidence
+    return updated

@@ -1,0 +1,1 @@
+"""Detectors: each learns from and scores flows, keeps serialisable state, and reports findings."""

@@ -1,0 +1,93 @@
+"""Never-seen-before workloads: a (namespace, kind, name) on the network that the baseline does not know.
+
+Learns every workload it sees while the learning period lasts (explicit: ``learning`` in the state
+until ``learning_until_ns`` of data time, or until learning is ended by hand), then reports each new
+one once: the workload is kept as *flagged*, not learned, so an attacker's workload never becomes
+part of the baseline, and one alert stands for it until someone triages it.
+
+Catches: any new Deployment, StatefulSet, DaemonSet, Job, CronJob or bare pod that sends or receives
+traffic. Misses: workloads that stay silent; pods outside the inventory (named by IP, not judged).
+False positives: deliberate new releases under new names; scheduled jobs first run after learning.
+
+Example:
+    >>> d = NewWorkloadDetector(learning_period_ns=3600 * 10**9)
+    >>> d.update(flows)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kubesonar.shared.alerts import Finding
+from kubesonar.shared.flow import FlowRecords
+
+
+class NewWorkloadDetector:
+    rule_id = "new_workload"
+
+    def __init__(self, learning_period_ns: int):
+        self.learning_period_ns = learning_period_ns
+        self._state: dict[str, Any] = {"workloads": {}, "learning_until_ns": None, "learning": True}
+
+    def to_state(self) -> dict[str, Any]:
+        return self._state
+
+    def from_state(self, state: dict[str, Any] | None) -> NewWorkloadDetector:
+        if state:
+            self._state = state
+        return self
+
+    @property
+    def learning(self) -> bool:
+        return bool(self._state["learning"])
+
+    def end_learning(self) -> None:
+        self._state["learning"] = False
+
+    def update(self, flows: FlowRecords, force_learning: bool = False) -> list[Finding]:
+        """Learn (while learning) or report the workloads seen in ``flows``."""
+        if not len(flows):
+            return []
+        start = int(flows["first_ts"].min())
+        if self._state["learning_until_ns"] is None:
+            self._state["learning_until_ns"] = start + self.learning_period_ns
+        if self._state["learning"] and not force_learning and start >= self._state["learning_until_ns"]:
+            self._state["learning"] = False
+        learning = self._state["learning"] or force_learning
+        known = self._state["workloads"]
+        findings = []
+        for side in ("src", "dst"):
+            names = flows[f"{side}_workload_name"]
+            rows = np.flatnonzero(names != "")
+            if not len(rows):
+                continue
+            ns, kind, name = flows[f"{side}_namespace"][rows], flows[f"{side}_workload_kind"][rows], names[rows]
+            keys = np.array([f"{a}/{b}/{c}" for a, b, c in zip(ns, kind, name)], dtype=object)
+            uniq, first = np.unique(keys, return_index=True)
+            for key, i in zip(uniq.tolist(), first.tolist()):
+                if key in known:
+                    continue
+                row = rows[i]
+                seen = int(flows["first_ts"][row])
+                known[key] = {"first_seen_ns": seen, "status": "learned" if learning else "flagged"}
+                if learning:
+                    continue
+                addr = flows[f"{side}_addr"][row]
+                findings.append(Finding(
+                    type=self.rule_id,
+                    source={"ip": _text(addr), "namespace": str(ns[i]), "pod": str(flows[f"{side}_pod"][row]),
+                            "workload": key, "node": str(flows[f"{side}_node"][row])},
+                    first_seen_ns=seen, last_seen_ns=seen,
+                    evidence={"workload_kind": str(kind[i]), "workload_name": str(name[i]),
+                              "labels": str(flows[f"{side}_labels"][row]), "known_workloads": len(known) - 1},
+                ))
+        return findings
+
+
+def _text(addr: np.void) -> str:
+    import ipaddress
+
+    a = ipaddress.IPv6Address(bytes(addr))
+    return str(a.ipv4_mapped or a)

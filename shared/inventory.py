@@ -1,0 +1,106 @@
+"""Who is behind an IP address: pods and their workloads, from ``kubectl get pods -A -o json``.
+
+The workload is named after the pod's controller, found through ownerReferences: a ReplicaSet whose
+name ends in the pod's ``pod-template-hash`` belongs to a Deployment; a Job named ``<name>-<digits>``
+(the scheduled minute) belongs to a CronJob; StatefulSets, DaemonSets and bare ReplicaSets and Jobs
+name themselves; a pod without an owner is its own workload. Pods on the host network share the
+node's address and are not used to name it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.flow import FlowRecords, address_bytes
+
+_CRONJOB_JOB = re.compile(r"^(?P<cronjob>.+)-\d{8,}$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    namespace: str = ""
+    pod: str = ""
+    workload_kind: str = ""
+    workload_name: str = ""
+    node: str = ""
+    labels: str = ""  # sorted key=value pairs joined by ','
+    images: tuple[str, ...] = field(default=(), compare=False)
+    service_account: str = ""
+
+
+def workload_of(pod: dict) -> tuple[str, str]:
+    meta = pod.get("metadata", {})
+    owners = [o for o in meta.get("ownerReferences", []) if o.get("controller", True)]
+    if not owners:
+        return "Pod", meta.get("name", "")
+    kind, name = owners[0].get("kind", ""), owners[0].get("name", "")
+    template_hash = meta.get("labels", {}).get("pod-template-hash", "")
+    if kind == "ReplicaSet" and template_hash and name.endswith("-" + template_hash):
+        return "Deployment", name[: -len(template_hash) - 1]
+    if kind == "Job":
+        match = _CRONJOB_JOB.match(name)
+        if match:
+            return "CronJob", match["cronjob"]
+    return kind, name
+
+
+class PodInventory:
+    """IP address -> Endpoint for the pods of a cluster."""
+
+    def __init__(self, endpoints: dict[bytes, Endpoint]):
+        self._by_address = endpoints
+
+    @classmethod
+    def from_kubectl_json(cls, document: dict) -> PodInventory:
+        if document.get("kind") not in ("List", "PodList") or not isinstance(document.get("items"), list):
+            raise ConfigError("a pod inventory is the output of 'kubectl get pods -A -o json' (kind List)")
+        endpoints: dict[bytes, Endpoint] = {}
+        for pod in document["items"]:
+            spec, status, meta = pod.get("spec", {}), pod.get("status", {}), pod.get("metadata", {})
+            if spec.get("hostNetwork"):
+                continue
+            kind, name = workload_of(pod)
+            labels = ",".join(f"{k}={v}" for k, v in sorted(meta.get("labels", {}).items()))
+            endpoint = Endpoint(
+                namespace=meta.get("namespace", ""), pod=meta.get("name", ""), workload_kind=kind,
+                workload_name=name, node=spec.get("nodeName", ""), labels=labels,
+                images=tuple(c.get("image", "") for c in spec.get("containers", [])),
+                service_account=spec.get("serviceAccountName", ""),
+            )
+            ips = [p.get("ip") for p in status.get("podIPs", [])] or [status.get("podIP")]
+            for ip in filter(None, ips):
+                endpoints[address_bytes(ip)] = endpoint
+        return cls(endpoints)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PodInventory:
+        try:
+            return cls.from_kubectl_json(json.loads(Path(path).read_text()))
+        except OSError as exc:
+            raise ConfigError(f"cannot read pod inventory {path}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"pod inventory {path} is not JSON: line {exc.lineno}: {exc.msg}") from None
+
+    def __len__(self) -> int:
+        return len(self._by_address)
+
+    def resolve(self, address: bytes) -> Endpoint | None:
+        return self._by_address.get(bytes(address))
+
+    def enrich(self, records: FlowRecords) -> FlowRecords:
+        """Fill the src_/dst_ enrichment columns of records whose addresses are known pods."""
+        cols = dict(records.columns)
+        for side in ("src", "dst"):
+            addresses = cols[f"{side}_addr"]
+            uniq, inverse = np.unique(addresses, return_inverse=True)
+            found = [self.resolve(a.tobytes()) or Endpoint() for a in uniq]
+            for name in ("namespace", "pod", "workload_kind", "workload_name", "node", "labels"):
+                values = np.array([getattr(e, name) for e in found] + [""], dtype=object)[:-1]
+                cols[f"{side}_{name}"] = values[inverse.ravel()] if len(values) else cols[f"{side}_{name}"]
+        return FlowRecords(cols)

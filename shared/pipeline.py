@@ -1,0 +1,104 @@
+"""The one entry point into the core: every runtime (local, AWS, GCP, Azure) calls :func:`process_batch`.
+
+Detector state and alerts live in the object store and are written with compare-and-swap, so any
+number of concurrent invocations may score batches of the same cluster without losing an update.
+Store layout: ``state/<cluster>/<detector>.json``, ``alerts/<cluster>/<alert id>.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubesonar.shared.alerts import Finding, merge_alert, new_alert
+from kubesonar.shared.batch import Batch
+from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
+from kubesonar.shared.detectors.port_scan import PortScanDetector
+from kubesonar.shared.ports import Clock, Notifier, ObjectStore
+from kubesonar.shared.state import update_document
+
+SECOND = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    learning_period_s: float = 24 * 3600.0  # novelty detectors learn, silently, this long (data time)
+    learning: bool = False  # force learning for these batches (``analyze --learn``)
+
+
+@dataclass
+class Dependencies:
+    store: ObjectStore
+    notifier: Notifier
+    clock: Clock
+    config: CoreConfig = field(default_factory=CoreConfig)
+
+
+@dataclass
+class ProcessResult:
+    flows: int
+    new_alerts: list[dict[str, Any]] = field(default_factory=list)
+    updated_alerts: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        return self.new_alerts + self.updated_alerts
+
+
+def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
+    cluster = batch.header.cluster or "default"
+    flows = batch.flows
+    findings: list[Finding] = []
+
+    def run_port_scan(state: dict | None) -> dict:
+        detector = PortScanDetector().from_state(state)
+        found[:] = detector.decide(detector.update(flows))
+        return detector.to_state()
+
+    def run_new_workload(state: dict | None) -> dict:
+        detector = NewWorkloadDetector(int(deps.config.learning_period_s * SECOND)).from_state(state)
+        found[:] = detector.update(flows, force_learning=deps.config.learning)
+        return detector.to_state()
+
+    found: list[Finding] = []
+    for name, step in (("port_scan", run_port_scan), ("new_workload", run_new_workload)):
+        update_document(deps.store, f"state/{cluster}/{name}.json", step)
+        findings.extend(found)
+
+    result = ProcessResult(flows=len(flows))
+    for finding in findings:
+        alert, created = _upsert_alert(deps.store, cluster, finding, deps.clock)
+        if created:
+            result.new_alerts.append(alert)
+            deps.notifier.notify(alert)
+        else:
+            result.updated_alerts.append(alert)
+    return result
+
+
+def end_learning(store: ObjectStore, cluster: str) -> None:
+    """Close the learning period now (``analyze`` after its ``--learn`` captures)."""
+
+    def close(state: dict | None) -> dict:
+        detector = NewWorkloadDetector(0).from_state(state)
+        detector.end_learning()
+        return detector.to_state()
+
+    update_document(store, f"state/{cluster}/new_workload.json", close)
+
+
+def _upsert_alert(store: ObjectStore, cluster: str, finding: Finding, clock: Clock) -> tuple[dict, bool]:
+    created = [False]
+
+    def change(alert: dict | None) -> dict:
+        created[0] = alert is None
+        updated = new_alert(finding, cluster) if alert is None else merge_alert(alert, finding)
+        if updated["status"] == "closed":
+            updated["status"] = "open"  # it came back
+        updated["updated_at_ns"] = clock.now_ns()
+        return updated
+
+    alert = update_document(store, f"alerts/{cluster}/{finding.fingerprint(cluster)}.json", change)
+    return alert, created[0]
+
+
