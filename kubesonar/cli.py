@@ -75,6 +75,28 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
         sys.exit(1)
 
 
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False),
+              help="Keep the generated captures, pod list and state here (default: a temporary directory).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def demo(workdir: str | None, fmt: str) -> None:
+    """Simulate a small cluster (learning, then a new workload and a port scan) and show the alerts."""
+    import time
+
+    from kubesonar.functions.local.demo import run_demo
+
+    started = time.perf_counter()
+    result, truth = run_demo(workdir)
+    if fmt == "json":
+        for alert in result.alerts:
+            click.echo(json.dumps(alert, sort_keys=True))
+        return
+    click.echo(f"demo cluster: {result.flows} flows scored after a learning phase; "
+               f"planted: a port scan from {truth['scanner']} and the new workload {truth['new_workload']}")
+    _alert_table(result.alerts)
+    click.echo(f"({time.perf_counter() - started:.1f} s)")
+
+
 def _alert_table(alerts: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -54,16 +54,21 @@ def write_synthetic_capture(
     other = 4 * n_dns + 2 * n_ping + 2 * scan_ports
     data_per_session = max((packets - other) // n_tcp - 7, 2)
     parts = [
-        _tcp_sessions(rng, pods, services, service_ports, n_tcp, data_per_session, duration_s),
-        _dns(rng, pods, n_dns, duration_s),
-        _pings(rng, pods, n_ping, duration_s),
-        _syn_scan(rng, pods[0], pods[1], scan_ports, duration_s),
+        tcp_sessions(rng, pods, services, service_ports, n_tcp, data_per_session, duration_s),
+        dns_lookups(rng, pods, n_dns, duration_s),
+        pings(rng, pods, n_ping, duration_s),
+        syn_scan(rng, pods[0], pods[1], scan_ports, duration_s),
     ]
+    count = write_traffic(path, parts, start_s)
+    return SyntheticTruth(count, n_tcp, n_dns, n_ping, scan_ports, _ip_text(int(pods[0])), _ip_text(int(pods[1])))
+
+
+def write_traffic(path: str | os.PathLike[str], parts: list[dict[str, np.ndarray]], start_s: float) -> int:
+    """Write packets built by the generators below, in time order; return how many."""
     cols = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     order = np.argsort(cols["ts"], kind="stable")
-    cols = {k: v[order] for k, v in cols.items()}
-    _write_pcap(path, cols, start_s)
-    return SyntheticTruth(len(order), n_tcp, n_dns, n_ping, scan_ports, _ip_text(int(pods[0])), _ip_text(int(pods[1])))
+    _write_pcap(path, {k: v[order] for k, v in cols.items()}, start_s)
+    return len(order)
 
 
 def _packets(src, dst, sport, dport, proto, flags, payload, ts) -> dict[str, np.ndarray]:
@@ -77,12 +82,13 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def _tcp_sessions(rng, pods, services, ports, n, data, duration) -> dict[str, np.ndarray]:
+def tcp_sessions(rng, pods, services, ports, n, data, duration, offset=0.0) -> dict[str, np.ndarray]:
+    """n TCP sessions from random ``pods`` to random ``services`` (with their ``ports``) in the window."""
     client = rng.choice(pods, n)
     svc = rng.integers(0, len(services), n)
     server, dport = services[svc], ports[svc]
     sport = rng.integers(32768, 61000, n)
-    start = rng.uniform(0, duration, n)
+    start = offset + rng.uniform(0, duration, n)
     rtt = rng.uniform(0.0002, 0.002, n)
     # handshake, `data` segments alternating request/response, FIN exchange
     steps = 3 + data + 4
@@ -108,20 +114,20 @@ def _tcp_sessions(rng, pods, services, ports, n, data, duration) -> dict[str, np
                     flags.ravel(), payload.ravel(), t.ravel())
 
 
-def _dns(rng, pods, n, duration) -> dict[str, np.ndarray]:
+def dns_lookups(rng, pods, n, duration, offset=0.0, server=DNS_IP) -> dict[str, np.ndarray]:
     client = rng.choice(pods, n)
     sport = rng.integers(32768, 61000, n)
-    t = rng.uniform(0, duration, n)
+    t = offset + rng.uniform(0, duration, n)
     reply = t + rng.uniform(0.0001, 0.001, n)
     # one query and its answer, for A and AAAA: two flows' worth per lookup is typical; keep one flow
-    q = _packets(client, DNS_IP, sport, 53, 17, 0, rng.integers(30, 60, n), t)
-    a = _packets(DNS_IP, client, 53, sport, 17, 0, rng.integers(60, 200, n), reply)
-    q2 = _packets(client, DNS_IP, sport, 53, 17, 0, rng.integers(30, 60, n), reply + 0.0001)
-    a2 = _packets(DNS_IP, client, 53, sport, 17, 0, rng.integers(60, 200, n), reply + 0.0005)
+    q = _packets(client, server, sport, 53, 17, 0, rng.integers(30, 60, n), t)
+    a = _packets(server, client, 53, sport, 17, 0, rng.integers(60, 200, n), reply)
+    q2 = _packets(client, server, sport, 53, 17, 0, rng.integers(30, 60, n), reply + 0.0001)
+    a2 = _packets(server, client, 53, sport, 17, 0, rng.integers(60, 200, n), reply + 0.0005)
     return _concat([q, a, q2, a2])
 
 
-def _pings(rng, pods, n, duration) -> dict[str, np.ndarray]:
+def pings(rng, pods, n, duration) -> dict[str, np.ndarray]:
     src, dst = rng.choice(pods, n), rng.choice(pods, n)
     ident = rng.integers(1, 65535, n)
     t = rng.uniform(0, duration, n)
@@ -130,9 +136,9 @@ def _pings(rng, pods, n, duration) -> dict[str, np.ndarray]:
     return _concat([req, rep])
 
 
-def _syn_scan(rng, scanner, target, ports, duration) -> dict[str, np.ndarray]:
+def syn_scan(rng, scanner, target, ports, duration, start=None) -> dict[str, np.ndarray]:
     dports = rng.permutation(np.arange(1, ports + 1))
-    t = duration / 2 + np.arange(ports) * 0.0005
+    t = (duration / 2 if start is None else start) + np.arange(ports) * 0.0005
     opened = np.isin(dports, (22, 80, 443))
     probe = _packets(scanner, target, 40000, dports, 6, _SYN, 0, t)
     answer = _packets(target, scanner, dports, 40000, 6, np.where(opened, _SYN | _ACK, _RST | _ACK), 0, t + 0.0002)

@@ -1,0 +1,29 @@
+"""kubesonar demo: the planted attacks and nothing else."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from kubesonar.functions.local.demo import run_demo
+
+
+def test_demo_raises_exactly_the_planted_alerts(tmp_path):
+    result, truth = run_demo(str(tmp_path))
+    by_type = {a["type"]: a for a in result.alerts}
+    assert sorted(by_type) == ["new_workload", "port_scan"]
+    assert by_type["port_scan"]["source"]["ip"] == truth["scanner"]
+    assert by_type["port_scan"]["source"]["workload"] == "shop/Deployment/frontend"
+    assert by_type["new_workload"]["source"]["workload"] == truth["new_workload"]
+    assert (tmp_path / "state" / "alerts" / "demo").is_dir()
+
+
+def test_demo_command_prints_alert_lines():
+    out = subprocess.run(["kubesonar", "demo", "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    alerts = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {a["type"] for a in alerts} == {"port_scan", "new_workload"}
+    for a in alerts:
+        assert {"id", "type", "severity", "title", "description", "first_seen", "last_seen", "count", "source",
+                "destination", "evidence", "mitre", "status", "tags", "assignee"} <= set(a)
+        assert a["status"] == "open" and a["mitre"]["technique_id"].startswith("T")
