@@ -56,17 +56,19 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
 @click.option("--state", "state_dir", type=click.Path(file_okay=False),
               help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
 @click.option("--cluster", default="default", help="Cluster name alerts are filed under.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              help="json: one alert per line.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "ocsf"]), default="table",
+              help="json: one alert per line; ocsf: one OCSF 1.3.0 Detection Finding per line.")
 def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...], state_dir: str | None,
             cluster: str, fmt: str) -> None:
     """Run the offline sensor and the detection core on CAPTURES; print the alerts raised."""
     from kubesonar.functions.local.runtime import analyze as run_analysis
 
     result = run_analysis(captures, learn=learn, pods=pods, state_dir=state_dir, cluster=cluster)
-    if fmt == "json":
+    if fmt in ("json", "ocsf"):
+        from kubesonar.shared.ocsf import to_ocsf
+
         for alert in result.alerts:
-            click.echo(json.dumps(alert, sort_keys=True))
+            click.echo(json.dumps(to_ocsf(alert) if fmt == "ocsf" else alert, sort_keys=True))
     else:
         _alert_table(result.alerts)
     for error in result.stats.errors:
