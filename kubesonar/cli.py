@@ -56,14 +56,17 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
 @click.option("--state", "state_dir", type=click.Path(file_okay=False),
               help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
 @click.option("--cluster", default="default", help="Cluster name alerts are filed under.")
+@click.option("--allowlist", multiple=True, type=click.Path(dir_okay=False),
+              help="YAML allowlist file (repeat for several); see docs/allowlists.md.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "ocsf"]), default="table",
               help="json: one alert per line; ocsf: one OCSF 1.3.0 Detection Finding per line.")
 def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...], state_dir: str | None,
-            cluster: str, fmt: str) -> None:
+            cluster: str, allowlist: tuple[str, ...], fmt: str) -> None:
     """Run the offline sensor and the detection core on CAPTURES; print the alerts raised."""
     from kubesonar.functions.local.runtime import analyze as run_analysis
 
-    result = run_analysis(captures, learn=learn, pods=pods, state_dir=state_dir, cluster=cluster)
+    result = run_analysis(captures, learn=learn, pods=pods, state_dir=state_dir, cluster=cluster,
+                          allowlists=allowlist)
     if fmt in ("json", "ocsf"):
         from kubesonar.shared.ocsf import to_ocsf
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubesonar.shared.alerts import Finding, merge_alert, new_alert
+from kubesonar.shared.allowlist import AllowEntry, is_allowed
 from kubesonar.shared.batch import Batch
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
@@ -24,6 +25,7 @@ SECOND = 1_000_000_000
 class CoreConfig:
     learning_period_s: float = 24 * 3600.0  # novelty detectors learn, silently, this long (data time)
     learning: bool = False  # force learning for these batches (``analyze --learn``)
+    allowlist: tuple[AllowEntry, ...] = ()
 
 
 @dataclass
@@ -39,6 +41,7 @@ class ProcessResult:
     flows: int
     new_alerts: list[dict[str, Any]] = field(default_factory=list)
     updated_alerts: list[dict[str, Any]] = field(default_factory=list)
+    allowlisted: int = 0
 
     @property
     def alerts(self) -> list[dict[str, Any]]:
@@ -66,7 +69,9 @@ def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
         findings.extend(found)
 
     result = ProcessResult(flows=len(flows))
-    for finding in findings:
+    kept = [f for f in findings if not is_allowed(f, list(deps.config.allowlist))]
+    result.allowlisted = len(findings) - len(kept)
+    for finding in kept:
         alert, created = _upsert_alert(deps.store, cluster, finding, deps.clock)
         if created:
             result.new_alerts.append(alert)

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Iterator
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.sensor.offline import CaptureStats, flows_from_captures
 from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch
+from kubesonar.shared.allowlist import load_allowlist
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.inventory import PodInventory
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, end_learning, process_batch
@@ -50,9 +51,10 @@ def _batches(records: Iterator[FlowRecords], cluster: str, node: str) -> Iterato
 
 def analyze(
     captures: Iterable[str], learn: Iterable[str] = (), pods: str | None = None, state_dir: str | None = None,
-    cluster: str = "default", learning_period_s: float | None = None,
+    cluster: str = "default", learning_period_s: float | None = None, allowlists: Iterable[str] = (),
 ) -> AnalysisResult:
     inventory = PodInventory.load(pods) if pods else None
+    allowed = tuple(entry for path in allowlists for entry in load_allowlist(path))
     with ExitStack() as stack:
         root = state_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="kubesonar-state-"))
         store = LocalObjectStore(Path(root))
@@ -64,8 +66,9 @@ def analyze(
         for paths, learning in phases:
             if not paths:
                 continue
-            config = CoreConfig(learning=learning) if learning_period_s is None else \
-                CoreConfig(learning=learning, learning_period_s=learning_period_s)
+            config = CoreConfig(learning=learning, allowlist=allowed)
+            if learning_period_s is not None:
+                config = CoreConfig(learning=learning, allowlist=allowed, learning_period_s=learning_period_s)
             deps = Dependencies(store, notifier, SystemClock(), config)
             records = flows_from_captures(paths, stats=stats)
             if inventory is not None:

@@ -78,7 +78,8 @@ class NewWorkloadDetector:
                 findings.append(Finding(
                     type=self.rule_id,
                     source={"ip": _text(addr), "namespace": str(ns[i]), "pod": str(flows[f"{side}_pod"][row]),
-                            "workload": key, "node": str(flows[f"{side}_node"][row])},
+                            "workload": key, "node": str(flows[f"{side}_node"][row]),
+                            "labels": str(flows[f"{side}_labels"][row])},
                     first_seen_ns=seen, last_seen_ns=seen,
                     evidence={"workload_kind": str(kind[i]), "workload_name": str(name[i]),
                               "labels": str(flows[f"{side}_labels"][row]), "known_workloads": len(known) - 1},

@@ -101,6 +101,7 @@ class PortScanDetector:
         workload = flows["src_workload_name"][order].tolist()
         pod = flows["src_pod"][order].tolist()
         node = flows["src_node"][order].tolist()
+        labels = flows["src_labels"][order].tolist()
         src_text = _Texts(src_words)
         dst_text = _Texts(dst_words)
         fail_step = math.log((1 - self.theta1) / (1 - self.theta0))
@@ -125,7 +126,8 @@ class PortScanDetector:
             score = touched.get(key)
             if score is None:
                 score = touched[key] = SourceScore(
-                    key, {"ip": ip, "namespace": namespace[i], "pod": pod[i], "workload": wl, "node": node[i]},
+                    key, {"ip": ip, "namespace": namespace[i], "pod": pod[i], "workload": wl, "node": node[i],
+                     "labels": labels[i]},
                     s["llr"], s["scanner"], 0, first_ts[i], first_ts[i], {},
                 )
             score.last_seen_ns = first_ts[i]
