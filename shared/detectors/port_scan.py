@@ -87,6 +87,7 @@ class PortScanDetector:
 
     def update(self, flows: FlowRecords) -> list[SourceScore]:
         """Walk every source's first contacts in time order; return the sources that made some."""
+        flows = flows.take(np.flatnonzero(_trials(flows)))
         if not len(flows):
             return []
         order = np.argsort(flows["first_ts"], kind="stable")
@@ -133,6 +134,8 @@ class PortScanDetector:
             score.last_seen_ns = first_ts[i]
             if failed[i]:
                 s["failures"] += 1
+                by_proto = s.setdefault("failures_by_proto", {})
+                by_proto[str(proto[i])] = by_proto.get(str(proto[i]), 0) + 1
                 score.new_failures += 1
                 s["llr"] += fail_step
                 _remember(s["targets"], dst_text[i], 64)
@@ -169,6 +172,19 @@ class PortScanDetector:
             self._sources = {k: self._sources[k] for k in keep}
 
 
+def _trials(flows: FlowRecords) -> np.ndarray:
+    """Flows that are contacts at all: unicast, from a real address, and not ICMP housekeeping
+    (neighbour discovery, MLD, router solicitations expect no answer; only echo requests are probes)."""
+    src, dst = address_words(flows["src_addr"]), address_words(flows["dst_addr"])
+    v4 = (dst[:, 0] == 0) & (dst[:, 1] == 0) & (dst[:, 2] == 0xFFFF)
+    first_octet = dst[:, 3] >> 24
+    multicast = np.where(v4, (first_octet >= 224), (dst[:, 0] >> 24) == 0xFF)
+    unspecified = ~src.any(axis=1) | ((src[:, 2] == 0xFFFF) & (src[:, 3] == 0) & (src[:, 0] == 0))
+    icmp = np.isin(flows["proto"], (1, 58))
+    echo = np.isin(flows["icmp_type"], (8, 128))
+    return ~multicast & ~unspecified & (~icmp | echo)
+
+
 class _Texts:
     """Address text per row, formatting each distinct address once."""
 
@@ -193,10 +209,11 @@ def _evidence(s: dict[str, Any]) -> dict[str, Any]:
     return {
         "scan_kind": kind,
         "failed_first_contacts": s["failures"],
+        "failed_by_protocol": dict(s.get("failures_by_proto", {})),
         "successful_first_contacts": s["successes"],
         "targets": sorted(hosts)[:20],
         "target_count": len(hosts),
         "ports": sorted(ports, key=lambda p: (p.split("/")[0], int(p.split("/")[1])))[:50],
-        "port_count": len(ports),
+        "port_count": len(ports),  # distinct ports among the first 256 failures
         "log_likelihood_ratio": round(s["llr"], 3),
     }

@@ -1,0 +1,60 @@
+"""Real nmap against a neighbour amid normal traffic, recorded with tcpdump on the node's bridge:
+`kubesonar analyze` names exactly the scanner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from conftest import require_tool
+from netns.node import namespace_node
+
+_HTTP_CLIENT = """
+import sys, time, urllib.request
+end = time.time() + float(sys.argv[2])
+while time.time() < end:
+    urllib.request.urlopen(f"http://{sys.argv[1]}:8080/", timeout=2).read()
+    time.sleep(0.05)
+"""
+
+
+def test_nmap_syn_connect_and_udp_scans_are_reported_from_the_scanner_only(tmp_path):
+    for tool in ("nmap", "tcpdump"):
+        require_tool(tool)
+    with namespace_node(["scanner", "web", "client", "db"]) as node:
+        web, db = node.pods["web"], node.pods["db"]
+        servers = [
+            node.start("web", sys.executable, "-m", "http.server", "8080", "--bind", web,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            node.start("db", sys.executable, "-m", "http.server", "8080", "--bind", db,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        ]
+        capture = tmp_path / "node.pcap"
+        dump = subprocess.Popen(["tcpdump", "-i", node.bridge, "-w", str(capture), "-U", "-s", "128"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.5)  # servers listening, tcpdump capturing
+            clients = [node.start("client", sys.executable, "-c", _HTTP_CLIENT, target, "25")
+                       for target in (web, db)]
+            for args in (["-sS", "-p", "1-1000"], ["-sT", "-p", "1-300"], ["-sU", "-p", "1-150"]):
+                node.run("scanner", "nmap", "-n", "-Pn", "-T4", "--max-retries", "1", "--host-timeout", "60s",
+                         *args, web, check=True, capture_output=True, timeout=120)
+            for c in clients:
+                c.wait(timeout=60)
+            assert all(c.returncode == 0 for c in clients), "normal traffic must have flowed"
+        finally:
+            time.sleep(1)
+            dump.terminate()
+            dump.wait(timeout=10)
+            for s in servers:
+                s.kill()
+        out = subprocess.run(["kubesonar", "analyze", "--format", "json", str(capture)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        alerts = [json.loads(line) for line in out.stdout.splitlines()]
+        assert [(a["type"], a["source"]["ip"]) for a in alerts] == [("port_scan", node.pods["scanner"])]
+        evidence = alerts[0]["evidence"]
+        assert evidence["targets"] == [web] and evidence["failed_first_contacts"] > 1000
+        assert evidence["failed_by_protocol"]["17"] > 100, "the UDP scan counts too"
