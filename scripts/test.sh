@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(tshark tcpdump nmap iproute2)
+debs=(tshark tcpdump nmap iproute2 procps)
 missing=()
-for tool in tshark tcpdump nmap ip; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in tshark tcpdump nmap ip sysctl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "installing Debian packages: ${debs[*]}"

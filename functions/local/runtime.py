@@ -66,9 +66,8 @@ def analyze(
         for paths, learning in phases:
             if not paths:
                 continue
-            config = CoreConfig(learning=learning, allowlist=allowed)
-            if learning_period_s is not None:
-                config = CoreConfig(learning=learning, allowlist=allowed, learning_period_s=learning_period_s)
+            period = {} if learning_period_s is None else {"learning_period_s": learning_period_s}
+            config = CoreConfig(learning=learning, allowlist=allowed, **period)
             deps = Dependencies(store, notifier, SystemClock(), config)
             records = flows_from_captures(paths, stats=stats)
             if inventory is not None:
