@@ -6,8 +6,10 @@ Catches: every probe style whose probes mostly fail: SYN, connect, FIN/NULL/Xmas
 trials: a benign host's first contacts succeed with probability theta0 = 0.8, a scanner's with
 theta1 = 0.2. Every failure multiplies the likelihood ratio by (1 - theta1) / (1 - theta0) = 4, every
 success by theta1 / theta0 = 1/4. The source is called a scanner when the ratio reaches
-eta1 = PD / PF = 99 (four failures in a row: 4**4 = 256), and the walk restarts when it falls to
-eta0 = (1 - PD) / (1 - PF), so a long benign history cannot hide a later scan.
+eta1 = PD / PF = 99 (four failures in a row from a fresh start: 4**4 = 256). The walk is floored at
+eta0 = (1 - PD) / (1 - PF) (the CUSUM form of the test), so a long benign history cannot hide a later
+scan: from the floor, seven failures in a row decide. The walk is computed vectorised for a whole
+batch (cumulative sums per source, the floor by Lindley's recursion) and never loops per flow.
 
 Misses: scans slower than the state's memory of contacts (2,048 per source), scans of open ports only
 (they succeed), and scans spread over many sources (each is tested alone).
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from kubesonar.shared.alerts import Finding
-from kubesonar.shared.flow import ConnState, FlowRecords, address_words
+from kubesonar.shared.flow import ConnState, FlowRecords, address_words, mix64
 
 _FAILED = (int(ConnState.ATTEMPTED), int(ConnState.REJECTED))
 
@@ -90,72 +92,73 @@ class PortScanDetector:
         flows = flows.take(np.flatnonzero(_trials(flows)))
         if not len(flows):
             return []
-        order = np.argsort(flows["first_ts"], kind="stable")
-        src_words = address_words(flows["src_addr"][order])
-        dst_words = address_words(flows["dst_addr"][order])
-        proto = flows["proto"][order].tolist()
-        port = flows["dst_port"][order].tolist()
-        failed = np.isin(flows["state"][order], _FAILED).tolist()
-        first_ts = flows["first_ts"][order].tolist()
-        namespace = flows["src_namespace"][order].tolist()
-        kind = flows["src_workload_kind"][order].tolist()
-        workload = flows["src_workload_name"][order].tolist()
-        pod = flows["src_pod"][order].tolist()
-        node = flows["src_node"][order].tolist()
-        labels = flows["src_labels"][order].tolist()
-        src_text = _Texts(src_words)
-        dst_text = _Texts(dst_words)
+        flows = flows.take(np.argsort(flows["first_ts"], kind="stable"))
+        src_key, keys = _source_keys(flows)
+        contact = mix64([*address_words(flows["dst_addr"]).T, flows["proto"], flows["dst_port"]])
+        # first contacts: the first flow of each (source, contact) in this batch, not seen in earlier ones
+        pair = mix64([src_key, contact.view(np.int64)])
+        _, first = np.unique(pair, return_index=True)
+        first.sort()
+        known = self._known_pairs(keys)
+        first = first[~np.isin(pair[first], known)] if len(known) else first
+        if not len(first):
+            return []
+        trial_src, trial_contact = src_key[first], contact[first]
+        failed = np.isin(flows["state"][first], _FAILED)
+        order = np.argsort(trial_src, kind="stable")  # by source, time order kept within each
+        trial_src, trial_contact, failed, rows = trial_src[order], trial_contact[order], failed[order], first[order]
+        starts = np.flatnonzero(np.r_[True, trial_src[1:] != trial_src[:-1]])
+        sources = trial_src[starts]
+
         fail_step = math.log((1 - self.theta1) / (1 - self.theta0))
         ok_step = math.log(self.theta1 / self.theta0)
-        touched: dict[str, SourceScore] = {}
-        for i in range(len(proto)):
-            ip = src_text[i]
-            wl = f"{namespace[i]}/{kind[i]}/{workload[i]}" if workload[i] else ""
-            key = wl or ip
-            s = self._sources.get(key)
-            if s is None:
-                s = self._sources[key] = {"llr": 0.0, "contacts": [], "failures": 0, "successes": 0,
-                                          "targets": [], "ports": [], "scanner": False, "first_ts": first_ts[i]}
-            contact = f"{dst_text[i]}|{proto[i]}|{port[i]}"
-            contacts = s.setdefault("_set", set(s["contacts"]))
-            if contact in contacts:
-                continue
-            contacts.add(contact)
-            s["contacts"].append(contact)
-            if len(s["contacts"]) > self.max_contacts:
-                contacts.discard(s["contacts"].pop(0))
-            score = touched.get(key)
-            if score is None:
-                score = touched[key] = SourceScore(
-                    key, {"ip": ip, "namespace": namespace[i], "pod": pod[i], "workload": wl, "node": node[i],
-                     "labels": labels[i]},
-                    s["llr"], s["scanner"], 0, first_ts[i], first_ts[i], {},
-                )
-            score.last_seen_ns = first_ts[i]
-            if failed[i]:
-                s["failures"] += 1
-                by_proto = s.setdefault("failures_by_proto", {})
-                by_proto[str(proto[i])] = by_proto.get(str(proto[i]), 0) + 1
-                score.new_failures += 1
-                s["llr"] += fail_step
+        steps = np.where(failed, fail_step, ok_step)
+        prior = np.array([self._sources.get(keys[k], {}).get("llr", 0.0) for k in sources.tolist()])
+        walk, peak = _floored_walks(steps, starts, prior, self._lower)
+        ends = np.r_[starts[1:], len(steps)] - 1
+
+        dst_text = _Texts(address_words(flows["dst_addr"][rows]))
+        proto, port, ts = flows["proto"][rows], flows["dst_port"][rows], flows["first_ts"][rows]
+        endpoints = {name: flows[f"src_{name}"][rows] for name in ("namespace", "pod", "node", "labels")}
+        ip_text = _Texts(address_words(flows["src_addr"][rows]))
+        scores = []
+        for g, (lo, hi) in enumerate(zip(starts.tolist(), (ends + 1).tolist())):
+            key = keys[int(sources[g])]
+            s = self._sources.setdefault(key, {"llr": 0.0, "contacts": [], "failures": 0, "successes": 0,
+                                               "failures_by_proto": {}, "targets": [], "ports": [],
+                                               "scanner": False, "first_ts": int(ts[lo])})
+            f = failed[lo:hi]
+            s["llr"] = float(walk[hi - 1])
+            s["scanner"] = bool(s["scanner"] or peak[g] >= self._upper)
+            s["failures"] += int(f.sum())
+            s["successes"] += int((~f).sum())
+            s["last_ts"] = int(ts[hi - 1])
+            s["contacts"] = (s["contacts"] + trial_contact[lo:hi].view(np.int64).tolist())[-self.max_contacts :]
+            failed_rows = np.arange(lo, hi)[f]
+            for p, n in zip(*np.unique(proto[failed_rows], return_counts=True)):
+                s["failures_by_proto"][str(p)] = s["failures_by_proto"].get(str(p), 0) + int(n)
+            for i in failed_rows[:256].tolist():
                 _remember(s["targets"], dst_text[i], 64)
                 _remember(s["ports"], f"{proto[i]}/{port[i]}", 256)
-            else:
-                s["successes"] += 1
-                s["llr"] += ok_step
-            if s["llr"] >= self._upper:
-                s["scanner"] = True
-            elif s["llr"] <= self._lower:
-                s["llr"] = 0.0  # decided benign: start a new test
-            s["last_ts"] = first_ts[i]
-        for key, score in touched.items():
-            s = self._sources[key]
-            score.log_ratio, score.scanner = s["llr"], s["scanner"]
-            score.evidence = _evidence(s)
+            endpoint = {"ip": ip_text[lo], "namespace": str(endpoints["namespace"][lo]), "pod": str(endpoints["pod"][lo]),
+                        "workload": key if "/" in key else "", "node": str(endpoints["node"][lo]),
+                        "labels": str(endpoints["labels"][lo])}
+            scores.append(SourceScore(key, endpoint, s["llr"], s["scanner"], len(failed_rows), int(ts[lo]),
+                                      int(ts[hi - 1]), _evidence(s)))
         self._forget_oldest()
-        for s in self._sources.values():
-            s.pop("_set", None)
-        return list(touched.values())
+        return scores
+
+    def _known_pairs(self, keys: list[str]) -> np.ndarray:
+        """(source, contact) hashes of contacts the sources in this batch made in earlier batches."""
+        codes, contacts = [], []
+        for code, key in enumerate(keys):
+            known = self._sources.get(key, {}).get("contacts")
+            if known:
+                contacts.append(np.asarray(known, dtype=np.int64))
+                codes.append(np.full(len(known), code, dtype=np.int64))
+        if not contacts:
+            return np.zeros(0, dtype=np.uint64)
+        return mix64([np.concatenate(codes), np.concatenate(contacts)])
 
     def decide(self, scores: list[SourceScore]) -> list[Finding]:
         """A finding for each source judged a scanner that failed new contacts in this batch."""
@@ -185,13 +188,62 @@ def _trials(flows: FlowRecords) -> np.ndarray:
     return ~multicast & ~unspecified & (~icmp | echo)
 
 
+def _source_keys(flows: FlowRecords) -> tuple[np.ndarray, list[str]]:
+    """A code per flow for its source (its workload when known, else its address) and the codes' names."""
+    ips, ip_code = _factorize_addresses(address_words(flows["src_addr"]))
+    ip_names = [_ip_text(w) for w in ips]
+    if not (flows["src_workload_name"] != "").any():  # no inventory: sources are addresses
+        return ip_code, ip_names
+    names: dict[str, int] = {}
+    workload = [f"{a}/{b}/{c}" if c else "" for a, b, c in zip(
+        flows["src_namespace"].tolist(), flows["src_workload_kind"].tolist(), flows["src_workload_name"].tolist())]
+    codes = np.fromiter(
+        (names.setdefault(w or ip_names[i], len(names)) for w, i in zip(workload, ip_code.tolist())),
+        dtype=np.int64, count=len(flows),
+    )
+    return codes, list(names)
+
+
+def _factorize_addresses(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct addresses and each row's index among them: grouped by a 64-bit hash, checked exactly."""
+    hashed = mix64([words[:, k] for k in range(4)])
+    _, first, codes = np.unique(hashed, return_index=True, return_inverse=True)
+    codes = codes.ravel()
+    if not (words == words[first][codes]).all():  # a hash collision: fall back to the exact sort
+        uniq, codes = np.unique(words, axis=0, return_inverse=True)
+        return uniq, codes.ravel()
+    return words[first], codes
+
+
+def _floored_walks(steps: np.ndarray, starts: np.ndarray, prior: np.ndarray, floor: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per segment, S_i = max(floor, S_(i-1) + step_i) from S_0 = prior; return every S_i and each
+    segment's highest S_i. Lindley: with T = S - floor and C the running sum, T_i = C_i - min(-T_0,
+    min_(j<=i) C_j); segments are kept apart by offsetting each below everything before it."""
+    seg = np.cumsum(_segment_ids(starts, len(steps))) - 1
+    base = np.cumsum(steps)
+    before = np.r_[0.0, base][starts]  # running sum just before each segment
+    c = base - before[seg]  # running sum within the segment
+    t0 = np.maximum(prior - floor, 0.0)
+    span = float(np.abs(steps).sum() + t0.max(initial=0.0) + 1.0)  # bounds |value| within a segment
+    offset = -(2 * span + 1) * seg  # every later segment lies wholly below all earlier ones
+    lows = np.minimum.accumulate(np.minimum(c, -t0[seg]) + offset) - offset
+    walk = c - lows + floor
+    return walk, np.maximum.reduceat(walk, starts)
+
+
+def _segment_ids(starts: np.ndarray, n: int) -> np.ndarray:
+    marks = np.zeros(n, dtype=np.int64)
+    marks[starts] = 1
+    return marks
+
+
 class _Texts:
     """Address text per row, formatting each distinct address once."""
 
     def __init__(self, words: np.ndarray):
-        uniq, self._inverse = np.unique(words, axis=0, return_inverse=True)
+        uniq, self._inverse = _factorize_addresses(words)
         self._text = [_ip_text(w) for w in uniq]
-        self._inverse = self._inverse.ravel()
 
     def __getitem__(self, i: int) -> str:
         return self._text[self._inverse[i]]

@@ -1,0 +1,68 @@
+"""The scan test's vectorised walk equals the sequential recursion; decisions on crafted trials."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kubesonar.shared.detectors.port_scan import PortScanDetector, _floored_walks
+from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
+
+FAIL, OK = math.log(4), math.log(0.25)
+FLOOR = math.log(0.01 / 0.99)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.booleans(), min_size=1, max_size=30), st.floats(-8, 8)), min_size=1, max_size=8))
+def test_floored_walk_equals_the_recursion(segments):
+    steps = np.array([FAIL if f else OK for seg, _ in segments for f in seg])
+    starts = np.cumsum([0] + [len(seg) for seg, _ in segments[:-1]])
+    prior = np.array([p for _, p in segments])
+    walk, peak = _floored_walks(steps, starts, prior, FLOOR)
+    expected, peaks = [], []
+    for (seg, p) in segments:
+        s, top = max(p, FLOOR), -math.inf
+        for failed in seg:
+            s = max(FLOOR, s + (FAIL if failed else OK))
+            expected.append(s)
+            top = max(top, s)
+        peaks.append(top)
+    assert np.allclose(walk, expected) and np.allclose(peak, peaks)
+
+
+def _flows(outcomes, src="10.0.0.9", t0=0, first_port=1):
+    n = len(outcomes)
+    f = FlowRecords.empty(n)
+    f.columns["src_addr"] = np.array([address_bytes(src)] * n, dtype="V16")
+    f.columns["dst_addr"] = np.array([address_bytes(f"10.0.1.{i % 250 + 1}") for i in range(n)], dtype="V16")
+    f.columns["dst_port"] = np.arange(n, dtype=np.uint16) + first_port
+    f.columns["proto"] = np.full(n, 6, dtype=np.uint8)
+    f.columns["first_ts"] = t0 + np.arange(n, dtype=np.int64)
+    f.columns["state"] = np.array([ConnState.REJECTED if o == "x" else ConnState.CLOSED for o in outcomes], dtype=np.uint8)
+    return f
+
+
+def test_four_failed_first_contacts_decide_and_three_do_not():
+    assert not PortScanDetector().decide(PortScanDetector().update(_flows("xxx")))
+    (finding,) = PortScanDetector().decide(PortScanDetector().update(_flows("xxxx")))
+    assert finding.source["ip"] == "10.0.0.9" and finding.evidence["failed_first_contacts"] == 4
+
+
+def test_a_busy_healthy_client_is_no_scanner_and_its_history_cannot_hide_a_scan():
+    d = PortScanDetector()
+    assert not d.decide(d.update(_flows("o" * 500 + "x" * 3 + "o" * 50)))
+    assert not d.decide(d.update(_flows("x" * 6, t0=10_000, first_port=2000)))  # from the floor, six do not
+    (finding,) = d.decide(d.update(_flows("x", t0=20_000, first_port=3000)))  # ... and the seventh does
+    assert finding.evidence["successful_first_contacts"] == 550 and finding.evidence["failed_first_contacts"] == 10
+
+
+def test_state_carries_across_batches_and_repeats_are_not_trials():
+    d = PortScanDetector()
+    d.update(_flows("xx"))
+    state = d.to_state()
+    d2 = PortScanDetector().from_state(state)
+    assert not d2.decide(d2.update(_flows("xx")))  # the same two contacts again: no new trials
+    assert d2.decide(d2.update(_flows("xxxx")))  # two new ones make four
