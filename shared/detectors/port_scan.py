@@ -135,16 +135,18 @@ class PortScanDetector:
             s["last_ts"] = int(ts[hi - 1])
             s["contacts"] = (s["contacts"] + trial_contact[lo:hi].view(np.int64).tolist())[-self.max_contacts :]
             failed_rows = np.arange(lo, hi)[f]
-            for p, n in zip(*np.unique(proto[failed_rows], return_counts=True)):
-                s["failures_by_proto"][str(p)] = s["failures_by_proto"].get(str(p), 0) + int(n)
-            for i in failed_rows[:256].tolist():
-                _remember(s["targets"], dst_text[i], 64)
-                _remember(s["ports"], f"{proto[i]}/{port[i]}", 256)
+            if len(failed_rows):
+                for p, n in zip(*np.unique(proto[failed_rows], return_counts=True)):
+                    s["failures_by_proto"][str(p)] = s["failures_by_proto"].get(str(p), 0) + int(n)
+                for i in failed_rows[: max(0, 256 - len(s["ports"]))].tolist():
+                    _remember(s["targets"], dst_text[i], 64)
+                    _remember(s["ports"], f"{proto[i]}/{port[i]}", 256)
             endpoint = {"ip": ip_text[lo], "namespace": str(endpoints["namespace"][lo]), "pod": str(endpoints["pod"][lo]),
                         "workload": key if "/" in key else "", "node": str(endpoints["node"][lo]),
                         "labels": str(endpoints["labels"][lo])}
+            evidence = _evidence(s) if s["scanner"] else {}  # only a scanner's evidence is ever shown
             scores.append(SourceScore(key, endpoint, s["llr"], s["scanner"], len(failed_rows), int(ts[lo]),
-                                      int(ts[hi - 1]), _evidence(s)))
+                                      int(ts[hi - 1]), evidence))
         self._forget_oldest()
         return scores
 
@@ -242,11 +244,15 @@ class _Texts:
     """Address text per row, formatting each distinct address once."""
 
     def __init__(self, words: np.ndarray):
-        uniq, self._inverse = _factorize_addresses(words)
-        self._text = [_ip_text(w) for w in uniq]
+        self._uniq, self._inverse = _factorize_addresses(words)
+        self._text: dict[int, str] = {}
 
     def __getitem__(self, i: int) -> str:
-        return self._text[self._inverse[i]]
+        code = int(self._inverse[i])
+        text = self._text.get(code)
+        if text is None:
+            text = self._text[code] = _ip_text(self._uniq[code])
+        return text
 
 
 def _remember(items: list, value: str, limit: int) -> None:
