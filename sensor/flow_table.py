@@ -195,7 +195,7 @@ class FlowTable:
         )
         # A SYN on a closed connection starts a new one, unless it retransmits the last SYN.
         reuse_break = syn_only & (seq != prev_syn_seq)
-        reuse_break &= self._closed_before(flags, from_b, group_start, starts, group_id, slots)
+        reuse_break &= self._closed_before(flags, from_b, starts, group_id, slots)
         reuse_break &= ~(group_start & ~has_slot)
         seg_start = group_start | idle_break | reuse_break
         seg_id = np.cumsum(seg_start) - 1
@@ -263,7 +263,7 @@ class FlowTable:
         self._store_pieces(pieces, np.flatnonzero(fresh), group_keys, slots, key_bytes, width)
         return FlowRecords.concat([r for r in out if len(r)])
 
-    def _closed_before(self, flags, from_b, group_start, starts, group_id, slots) -> np.ndarray:
+    def _closed_before(self, flags, from_b, starts, group_id, slots) -> np.ndarray:
         """Whether the connection had closed (RST, or FIN both ways) before each packet."""
         rst = (flags & _RST) != 0
         fin_a = ((flags & _FIN) != 0) & ~from_b

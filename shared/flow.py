@@ -196,10 +196,14 @@ class _AddressFormatter:
         raw = bytes(raw).ljust(16, b"\0")
         text = self._cache.get(raw)
         if text is None:
-            addr = ipaddress.IPv6Address(raw)
-            text = str(addr.ipv4_mapped) if addr.ipv4_mapped else str(addr)
-            self._cache[raw] = text
+            text = self._cache[raw] = address_text(raw)
         return text
+
+
+def address_text(raw: bytes) -> str:
+    """The 16 bytes flow records store, as text (IPv4-mapped addresses as IPv4)."""
+    addr = ipaddress.IPv6Address(bytes(raw))
+    return str(addr.ipv4_mapped or addr)
 
 
 def address_bytes(text: str) -> bytes:

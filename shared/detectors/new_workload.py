@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from kubesonar.shared.alerts import Finding
-from kubesonar.shared.flow import FlowRecords
+from kubesonar.shared.flow import FlowRecords, address_text
 
 
 class NewWorkloadDetector:
@@ -77,7 +77,7 @@ class NewWorkloadDetector:
                 addr = flows[f"{side}_addr"][row]
                 findings.append(Finding(
                     type=self.rule_id,
-                    source={"ip": _text(addr), "namespace": str(ns[i]), "pod": str(flows[f"{side}_pod"][row]),
+                    source={"ip": address_text(addr), "namespace": str(ns[i]), "pod": str(flows[f"{side}_pod"][row]),
                             "workload": key, "node": str(flows[f"{side}_node"][row]),
                             "labels": str(flows[f"{side}_labels"][row])},
                     first_seen_ns=seen, last_seen_ns=seen,
@@ -86,9 +86,3 @@ class NewWorkloadDetector:
                 ))
         return findings
 
-
-def _text(addr: np.void) -> str:
-    import ipaddress
-
-    a = ipaddress.IPv6Address(bytes(addr))
-    return str(a.ipv4_mapped or a)

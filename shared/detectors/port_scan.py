@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from kubesonar.shared.alerts import Finding
-from kubesonar.shared.flow import ConnState, FlowRecords, address_words, mix64
+from kubesonar.shared.flow import ConnState, FlowRecords, address_text, address_words, mix64
 
 _FAILED = (int(ConnState.ATTEMPTED), int(ConnState.REJECTED))
 
@@ -51,11 +51,7 @@ class SourceScore:
 
 
 def _ip_text(words: np.ndarray) -> str:
-    import ipaddress
-
-    raw = b"".join(int(w).to_bytes(4, "big") for w in words)
-    addr = ipaddress.IPv6Address(raw)
-    return str(addr.ipv4_mapped or addr)
+    return address_text(np.asarray(words, dtype=">u4").tobytes())
 
 
 class PortScanDetector:
@@ -261,8 +257,7 @@ def _remember(items: list, value: str, limit: int) -> None:
 
 
 def _evidence(s: dict[str, Any]) -> dict[str, Any]:
-    hosts = {t for t in s["targets"]}
-    ports = {p for p in s["ports"]}
+    hosts, ports = set(s["targets"]), set(s["ports"])
     kind = "vertical" if len(hosts) == 1 else "horizontal" if len(ports) == 1 else "mixed"
     return {
         "scan_kind": kind,
