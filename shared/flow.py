@@ -200,9 +200,15 @@ class _AddressFormatter:
         return text
 
 
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+
+
 def address_text(raw: bytes) -> str:
     """The 16 bytes flow records store, as text (IPv4-mapped addresses as IPv4)."""
-    addr = ipaddress.IPv6Address(bytes(raw))
+    raw = bytes(raw)
+    if raw[:12] == _V4_MAPPED:  # the common case, ten times faster than ipaddress
+        return "%d.%d.%d.%d" % tuple(raw[12:])
+    addr = ipaddress.IPv6Address(raw)
     return str(addr.ipv4_mapped or addr)
 
 
