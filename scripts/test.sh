@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Set up and run the test suite on a fresh Debian machine: the tools the tests drive (tshark,
-# tcpdump, nmap, iproute2 for network namespaces), a virtual environment with the project and its test extras, then pytest.
+# tcpdump, nmap, masscan, iproute2 for network namespaces), a virtual environment with the project and its test extras, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(tshark tcpdump nmap iproute2 procps)
+debs=(tshark tcpdump nmap masscan iproute2 procps)
 missing=()
-for tool in tshark tcpdump nmap ip sysctl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in tshark tcpdump nmap masscan ip sysctl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "installing Debian packages: ${debs[*]}"

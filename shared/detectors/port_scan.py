@@ -315,6 +315,15 @@ def _unpack(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<u8").astype(np.uint64)
 
 
+def _top(counts: dict[str, int], n: int) -> dict[str, int]:
+    """The n largest counts, the rest summed as "other" (an IP-protocol scan tries 256 protocols)."""
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], int(kv[0])))
+    top = dict(ranked[:n])
+    if len(ranked) > n:
+        top["other"] = sum(v for _, v in ranked[n:])
+    return top
+
+
 def _remember(items: list, value: str, limit: int) -> None:
     if value not in items and len(items) < limit:
         items.append(value)
@@ -326,7 +335,7 @@ def _evidence(s: dict[str, Any]) -> dict[str, Any]:
     return {
         "scan_kind": kind,
         "failed_first_contacts": s["failures"],
-        "failed_by_protocol": dict(s.get("failures_by_proto", {})),
+        "failed_by_protocol": _top(s.get("failures_by_proto", {}), 8),
         "successful_first_contacts": s["successes"],
         "targets": sorted(hosts)[:20],
         "target_count": len(hosts),

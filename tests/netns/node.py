@@ -30,6 +30,10 @@ class Node:
     def ns(self, pod: str) -> str:
         return f"ks{self.tag}-{pod}"
 
+    def interface(self, pod: str) -> str:
+        """The pod's end of its veth pair, inside its namespace."""
+        return f"ksp{self.tag}{list(self.pods).index(pod)}"
+
     def run(self, pod: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.ns(pod), *cmd], **kw)
 

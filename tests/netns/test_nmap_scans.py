@@ -58,3 +58,52 @@ def test_nmap_syn_connect_and_udp_scans_are_reported_from_the_scanner_only(tmp_p
         evidence = alerts[0]["evidence"]
         assert evidence["targets"] == [web] and evidence["failed_first_contacts"] > 1000
         assert evidence["failed_by_protocol"]["17"] > 100, "the UDP scan counts too"
+
+
+# every other scan type, each from a pod of its own: each must be caught alone
+_SCANS = {
+    "fin": ["nmap", "-sF", "-p", "1-200"],
+    "null": ["nmap", "-sN", "-p", "1-200"],
+    "xmas": ["nmap", "-sX", "-p", "1-200"],
+    "ack": ["nmap", "-sA", "-p", "1-200"],
+    "window": ["nmap", "-sW", "-p", "1-200"],
+    "ipproto": ["nmap", "-sO"],
+    "version": ["nmap", "-sV", "-p", "1-100,8080"],
+    "masscan": ["masscan", "-p1-200,8080", "--rate", "2000", "--wait", "2"],
+}
+
+
+def test_fin_null_xmas_ack_window_protocol_version_scans_and_masscan_are_each_caught(tmp_path):
+    for tool in ("nmap", "masscan", "tcpdump"):
+        require_tool(tool)
+    with namespace_node(["web", "client", *_SCANS]) as node:
+        web = node.pods["web"]
+        server = node.start("web", sys.executable, "-m", "http.server", "8080", "--bind", web,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        capture = tmp_path / "node.pcap"
+        dump = subprocess.Popen(["tcpdump", "-i", node.bridge, "-w", str(capture), "-U", "-s", "128"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.5)
+            client = node.start("client", sys.executable, "-c", _HTTP_CLIENT, web, "20")
+            for pod, (tool, *args) in _SCANS.items():
+                if tool == "nmap":
+                    cmd = ["nmap", "-n", "-Pn", "-T4", "--max-retries", "1", "--host-timeout", "60s", *args, web]
+                else:  # masscan has its own TCP stack: name its interface, and ARP the target directly
+                    cmd = ["masscan", web, *args, "--interface", node.interface(pod), "--router-ip", web]
+                node.run(pod, *cmd, check=True, capture_output=True, timeout=120)
+            client.wait(timeout=60)
+            assert client.returncode == 0, "normal traffic must have flowed"
+        finally:
+            time.sleep(1)
+            dump.terminate()
+            dump.wait(timeout=10)
+            server.kill()
+        out = subprocess.run(["kubesonar", "analyze", "--format", "json", str(capture)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        alerts = [json.loads(line) for line in out.stdout.splitlines()]
+        by_source = {a["source"]["ip"]: a for a in alerts}
+        assert sorted(by_source) == sorted(node.pods[p] for p in _SCANS) and len(alerts) == len(_SCANS)
+        assert {a["type"] for a in alerts} == {"port_scan"}
+        assert all(a["evidence"]["targets"] == [web] for a in alerts)
