@@ -13,6 +13,7 @@ from typing import Any
 from kubesonar.shared.alerts import Finding, merge_alert, new_alert
 from kubesonar.shared.allowlist import AllowEntry, is_allowed
 from kubesonar.shared.batch import Batch
+from kubesonar.shared.detectors import Detector
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
 from kubesonar.shared.ports import Clock, Notifier, ObjectStore
@@ -48,27 +49,29 @@ class ProcessResult:
         return self.new_alerts + self.updated_alerts
 
 
+def detectors(config: CoreConfig) -> list[Detector]:
+    """Every detector the core runs, configured; each keeps its state in ``state/<cluster>/<rule id>.json``."""
+    return [
+        PortScanDetector(),
+        NewWorkloadDetector(int(config.learning_period_s * SECOND), force_learning=config.learning),
+    ]
+
+
 def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
     cluster = batch.header.cluster or "default"
-    flows = batch.flows
     findings: list[Finding] = []
+    for detector in detectors(deps.config):
+        found: list[Finding] = []
 
-    def run_port_scan(state: dict | None) -> dict:
-        detector = PortScanDetector().from_state(state)
-        found[:] = detector.decide(detector.update(flows))
-        return detector.to_state()
+        def step(state: dict | None, detector: Detector = detector, found: list[Finding] = found) -> dict:
+            detector.from_state(state)  # a retry after a conflict starts again from the newer state
+            found[:] = detector.decide(detector.update(batch.flows))
+            return detector.to_state()
 
-    def run_new_workload(state: dict | None) -> dict:
-        detector = NewWorkloadDetector(int(deps.config.learning_period_s * SECOND)).from_state(state)
-        found[:] = detector.update(flows, force_learning=deps.config.learning)
-        return detector.to_state()
-
-    found: list[Finding] = []
-    for name, step in (("port_scan", run_port_scan), ("new_workload", run_new_workload)):
-        update_document(deps.store, f"state/{cluster}/{name}.json", step)
+        update_document(deps.store, f"state/{cluster}/{detector.rule_id}.json", step)
         findings.extend(found)
 
-    result = ProcessResult(flows=len(flows))
+    result = ProcessResult(flows=len(batch.flows))
     kept = [f for f in findings if not is_allowed(f, list(deps.config.allowlist))]
     result.allowlisted = len(findings) - len(kept)
     for finding in kept:

@@ -9,9 +9,11 @@ Catches: any new Deployment, StatefulSet, DaemonSet, Job, CronJob or bare pod th
 traffic. Misses: workloads that stay silent; pods outside the inventory (named by IP, not judged).
 False positives: deliberate new releases under new names; scheduled jobs first run after learning.
 
+Score: 1.0 for a workload new to the baseline (it is scored once, the first time it is seen).
+
 Example:
     >>> d = NewWorkloadDetector(learning_period_ns=3600 * 10**9)
-    >>> d.update(flows)  # doctest: +SKIP
+    >>> d.decide(d.update(flows))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -21,22 +23,27 @@ from typing import Any
 import numpy as np
 
 from kubesonar.shared.alerts import Finding
+from kubesonar.shared.detectors import Score, decide_alarms
 from kubesonar.shared.flow import FlowRecords, address_text
 
 
 class NewWorkloadDetector:
     rule_id = "new_workload"
 
-    def __init__(self, learning_period_ns: int):
+    def __init__(self, learning_period_ns: int, force_learning: bool = False):
         self.learning_period_ns = learning_period_ns
-        self._state: dict[str, Any] = {"workloads": {}, "learning_until_ns": None, "learning": True}
+        self.force_learning = force_learning  # learn from these flows whatever the clock says (analyze --learn)
+        self._state = self._fresh_state()
+
+    @staticmethod
+    def _fresh_state() -> dict[str, Any]:
+        return {"workloads": {}, "learning_until_ns": None, "learning": True}
 
     def to_state(self) -> dict[str, Any]:
         return self._state
 
     def from_state(self, state: dict[str, Any] | None) -> NewWorkloadDetector:
-        if state:
-            self._state = state
+        self._state = state or self._fresh_state()
         return self
 
     @property
@@ -46,18 +53,18 @@ class NewWorkloadDetector:
     def end_learning(self) -> None:
         self._state["learning"] = False
 
-    def update(self, flows: FlowRecords, force_learning: bool = False) -> list[Finding]:
-        """Learn (while learning) or report the workloads seen in ``flows``."""
+    def update(self, flows: FlowRecords) -> list[Score]:
+        """Learn (while learning) the workloads seen in ``flows``; score each one new to the baseline 1.0."""
         if not len(flows):
             return []
         start = int(flows["first_ts"].min())
         if self._state["learning_until_ns"] is None:
             self._state["learning_until_ns"] = start + self.learning_period_ns
-        if self._state["learning"] and not force_learning and start >= self._state["learning_until_ns"]:
+        if self._state["learning"] and not self.force_learning and start >= self._state["learning_until_ns"]:
             self._state["learning"] = False
-        learning = self._state["learning"] or force_learning
+        learning = self._state["learning"] or self.force_learning
         known = self._state["workloads"]
-        findings = []
+        scores = []
         for side in ("src", "dst"):
             names = flows[f"{side}_workload_name"]
             rows = np.flatnonzero(names != "")
@@ -71,18 +78,17 @@ class NewWorkloadDetector:
                     continue
                 row = rows[i]
                 seen = int(flows["first_ts"][row])
+                # learned while learning; else kept as flagged, never learned: one alert stands for it
                 known[key] = {"first_seen_ns": seen, "status": "learned" if learning else "flagged"}
-                if learning:
-                    continue
-                addr = flows[f"{side}_addr"][row]
-                findings.append(Finding(
-                    type=self.rule_id,
-                    source={"ip": address_text(addr), "namespace": str(ns[i]), "pod": str(flows[f"{side}_pod"][row]),
-                            "workload": key, "node": str(flows[f"{side}_node"][row]),
-                            "labels": str(flows[f"{side}_labels"][row])},
-                    first_seen_ns=seen, last_seen_ns=seen,
-                    evidence={"workload_kind": str(kind[i]), "workload_name": str(name[i]),
-                              "labels": str(flows[f"{side}_labels"][row]), "known_workloads": len(known) - 1},
-                ))
-        return findings
+                labels = str(flows[f"{side}_labels"][row])
+                endpoint = {"ip": address_text(flows[f"{side}_addr"][row]), "namespace": str(ns[i]),
+                            "pod": str(flows[f"{side}_pod"][row]), "workload": key,
+                            "node": str(flows[f"{side}_node"][row]), "labels": labels}
+                evidence = {"workload_kind": str(kind[i]), "workload_name": str(name[i]), "labels": labels,
+                            "known_workloads": len(known) - 1}
+                scores.append(Score(key, 1.0, True, endpoint, seen, seen, evidence, warming_up=learning))
+        return scores
 
+    def decide(self, scores: list[Score]) -> list[Finding]:
+        """A finding for each new workload seen after the learning period."""
+        return decide_alarms(self.rule_id, scores)

@@ -19,6 +19,8 @@ False positives: a client retrying many endpoints that are all down; service dis
 dead backends. Busy healthy clients are safe: repeated contacts are not trials, and their successes
 pull the walk down.
 
+Score: the source's log likelihood ratio (0 = no evidence, ln 99 = 4.6 decides).
+
 Example:
     >>> detector = PortScanDetector()
     >>> detector.update(flows)  # doctest: +SKIP
@@ -30,27 +32,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from kubesonar.shared.alerts import Finding
+from kubesonar.shared.detectors import Score, decide_alarms
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text, mix64
 
 _FAILED = (int(ConnState.ATTEMPTED), int(ConnState.REJECTED))
-
-
-@dataclass
-class SourceScore:
-    source: str
-    endpoint: dict[str, str]
-    log_ratio: float
-    scanner: bool
-    new_failures: int
-    first_seen_ns: int
-    last_seen_ns: int
-    evidence: dict[str, Any]
 
 
 class PortScanDetector:
@@ -88,7 +78,7 @@ class PortScanDetector:
     def _lower(self) -> float:
         return math.log((1 - self.detection) / (1 - self.false_alarm))
 
-    def update(self, flows: FlowRecords) -> list[SourceScore]:
+    def update(self, flows: FlowRecords) -> list[Score]:
         """Walk every source's first contacts in time order; return the sources that made some."""
         rows = np.flatnonzero(_trials(flows))
         if not len(rows):
@@ -157,8 +147,8 @@ class PortScanDetector:
                         "workload": key if "/" in key else "", "node": endpoint_cols["node"][g],
                         "labels": endpoint_cols["labels"][g]}
             evidence = _evidence(s) if s["scanner"] else {}  # only a scanner's evidence is ever shown
-            scores.append(SourceScore(key, endpoint, s["llr"], s["scanner"], n_failed, int(ts[lo]),
-                                      int(ts[hi - 1]), evidence))
+            scores.append(Score(key, s["llr"], s["scanner"], endpoint, int(ts[lo]), int(ts[hi - 1]), evidence,
+                                fresh=n_failed > 0))
         self._forget_oldest()
         return scores
 
@@ -173,14 +163,9 @@ class PortScanDetector:
             newer, older = np.zeros(0, dtype=np.uint64), newer
         self._contacts = (newer, older)
 
-    def decide(self, scores: list[SourceScore]) -> list[Finding]:
+    def decide(self, scores: list[Score]) -> list[Finding]:
         """A finding for each source judged a scanner that failed new contacts in this batch."""
-        return [
-            Finding(type=self.rule_id, source=s.endpoint, first_seen_ns=s.first_seen_ns,
-                    last_seen_ns=s.last_seen_ns, evidence=s.evidence)
-            for s in scores
-            if s.scanner and s.new_failures
-        ]
+        return decide_alarms(self.rule_id, scores)
 
     def _forget_oldest(self) -> None:
         if len(self._sources) > self.max_sources:
