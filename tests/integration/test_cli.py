@@ -57,3 +57,28 @@ def test_settings_come_from_the_environment_too(tmp_path):
     flag_run = _run("flows", "--format", "jsonl", "--idle-timeout", "1000000", path)
     default_run = _run("flows", "--format", "jsonl", path)
     assert env_run.stdout == flag_run.stdout != default_run.stdout
+
+
+def test_analyze_learns_from_learn_captures_and_names_workloads_from_the_pods_file(tmp_path):
+    assert _run("demo", "--workdir", str(tmp_path), "--format", "json").returncode == 0
+    detection, learning, pods = (str(tmp_path / n) for n in ("detection.pcap", "learning.pcap", "pods.json"))
+    learned = _run("analyze", detection, "--learn", learning, "--pods", pods, "--format", "json")
+    assert learned.returncode == 0, learned.stderr
+    alerts = {a["type"]: a for a in map(json.loads, learned.stdout.splitlines())}
+    assert sorted(alerts) == ["new_workload", "port_scan"]
+    assert alerts["new_workload"]["source"]["workload"] == "default/Deployment/debug-tools"
+    assert alerts["port_scan"]["source"]["workload"] == "shop/Deployment/frontend"
+    # without --learn the detection capture is the start of the (24 h) learning period: no new workload
+    unlearned = _run("analyze", detection, "--pods", pods, "--format", "json")
+    assert [json.loads(line)["type"] for line in unlearned.stdout.splitlines()] == ["port_scan"]
+    # without --pods endpoints are addresses
+    anonymous = [json.loads(line) for line in _run("analyze", detection, "--format", "json").stdout.splitlines()]
+    assert [(a["type"], a["source"]["workload"]) for a in anonymous] == [("port_scan", "")]
+
+
+def test_analyze_rejects_a_bad_pods_file_in_one_line(tmp_path):
+    bad = tmp_path / "pods.json"
+    bad.write_text('{"items": [')
+    result = _run("analyze", str(PCAPS / "benign/ndpi_ssh.pcap"), "--pods", str(bad))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("kubesonar: error:") and "pods.json" in result.stderr
