@@ -30,7 +30,7 @@ from kubesonar.shared.columns import (
     pack_text,
 )
 from kubesonar.shared.errors import BatchFormatError
-from kubesonar.shared.flow import FLOW_COLUMNS, FLOW_SCHEMA_VERSION, FlowRecords
+from kubesonar.shared.flow import FLOW_COLUMNS, FLOW_SCHEMA_VERSION, SCHEMA_COLUMNS, Column, FlowRecords
 
 MAGIC = b"KSFB"
 FORMAT_VERSION = 1
@@ -95,9 +95,9 @@ def _encode_header(h: BatchHeader) -> bytes:
     return fixed + b"".join(names) + b"".join(counters)
 
 
-def _encode_payload(flows: FlowRecords) -> bytes:
-    parts = [struct.pack("<H", 1), pack_text(_FLOWS_TABLE), struct.pack("<IH", len(flows), len(FLOW_COLUMNS))]
-    for col in FLOW_COLUMNS:
+def _encode_payload(flows: FlowRecords, schema: tuple[Column, ...]) -> bytes:
+    parts = [struct.pack("<H", 1), pack_text(_FLOWS_TABLE), struct.pack("<IH", len(flows), len(schema))]
+    for col in schema:
         values = flows[col.name]
         if col.dtype == "O":
             kind, body = Encoding.STRING_DICT, encode_strings(values)
@@ -121,12 +121,15 @@ def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT
     """Encode one window's flows as messages of at most ``limit`` bytes each, in record order."""
     if limit < MIN_LIMIT:
         raise BatchFormatError(f"message size limit {limit} is below the minimum of {MIN_LIMIT} bytes")
+    if header.schema_version not in SCHEMA_COLUMNS:
+        raise BatchFormatError(f"flow schema version {header.schema_version} is not known")
+    schema = SCHEMA_COLUMNS[header.schema_version]  # older versions only for tests of mixed fleets
     compressor = zstandard.ZstdCompressor(level=level)
     payloads: list[tuple[bytes, bytes, int]] = []  # (payload, compressed, rows)
     head_size = _PRELUDE.size + len(_encode_header(replace(header, parts=0, part=0)))
 
     def encode_range(lo: int, hi: int) -> None:
-        payload = _encode_payload(flows.take(slice(lo, hi)))
+        payload = _encode_payload(flows.take(slice(lo, hi)), schema)
         compressed = compressor.compress(payload)
         if head_size + len(compressed) <= limit:
             payloads.append((payload, compressed, hi - lo))
@@ -182,7 +185,7 @@ def decode_batch(message: bytes, decoded_cap: int = DEFAULT_DECODED_CAP) -> Batc
     payload = _inflate(stored, decoded_len) if flags & FLAG_ZSTD else bytes(stored)
     if len(payload) != decoded_len:
         raise BatchFormatError(f"payload is {len(payload)} bytes, header declares {decoded_len}")
-    flows = _decode_payload(Reader(payload, "batch payload"))
+    flows = _decode_payload(Reader(payload, "batch payload"), SCHEMA_COLUMNS[header.schema_version])
     if len(flows) != header.flow_count:
         raise BatchFormatError(f"header counts {header.flow_count} flows, payload holds {len(flows)}")
     return Batch(header, flows)
@@ -201,8 +204,9 @@ def _inflate(stored: memoryview, decoded_len: int) -> bytes:
 
 def _decode_header(r: Reader) -> BatchHeader:
     schema, sequence, part, parts, start, end, rows, window_rows = r.unpack(_FIXED_HEADER.format[1:], "fixed header")
-    if schema != FLOW_SCHEMA_VERSION:
-        raise BatchFormatError(f"flow schema version {schema} is not supported (this reader: {FLOW_SCHEMA_VERSION})")
+    if schema not in SCHEMA_COLUMNS:
+        raise BatchFormatError(f"flow schema version {schema} is not supported (this reader: "
+                               f"{', '.join(map(str, SCHEMA_COLUMNS))})")
     if parts == 0 or part >= parts:
         raise BatchFormatError(f"part {part} of {parts} is not a valid part number")
     if rows > window_rows:
@@ -217,7 +221,7 @@ def _decode_header(r: Reader) -> BatchHeader:
     return BatchHeader(cluster, node, sensor, sequence, start, end, part, parts, rows, window_rows, schema, counters)
 
 
-def _decode_payload(r: Reader) -> FlowRecords:
+def _decode_payload(r: Reader, schema: tuple[Column, ...]) -> FlowRecords:
     (tables,) = r.unpack("H", "table count")
     if tables != 1:
         raise BatchFormatError(f"payload has {tables} tables; version 1 has exactly one ('flows')")
@@ -225,10 +229,10 @@ def _decode_payload(r: Reader) -> FlowRecords:
     if name != _FLOWS_TABLE:
         raise BatchFormatError(f"unknown table {name!r}")
     rows, ncols = r.unpack("IH", "table shape")
-    if ncols != len(FLOW_COLUMNS):
-        raise BatchFormatError(f"flows table has {ncols} columns, schema has {len(FLOW_COLUMNS)}")
+    if ncols != len(schema):
+        raise BatchFormatError(f"flows table has {ncols} columns, its schema has {len(schema)}")
     columns: dict[str, np.ndarray] = {}
-    for col in FLOW_COLUMNS:
+    for col in schema:
         cname = r.text("column name")
         if cname != col.name:
             raise BatchFormatError(f"expected column {col.name!r}, found {cname!r}")
@@ -247,4 +251,7 @@ def _decode_payload(r: Reader) -> FlowRecords:
             raise BatchFormatError(f"column {cname} has encoding {kind}, which does not fit its type")
         body.done()
     r.done()
+    for col in FLOW_COLUMNS:
+        if col.name not in columns:  # an older schema: the column it lacks is unknown
+            columns[col.name] = np.full(rows, "", dtype=object)
     return FlowRecords(columns)

@@ -19,7 +19,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-FLOW_SCHEMA_VERSION = 1
+FLOW_SCHEMA_VERSION = 2  # 2 added src_images / dst_images
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -71,7 +71,7 @@ class Column:
     doc: str
 
 
-ENDPOINT_FIELDS = ("namespace", "pod", "workload_kind", "workload_name", "node", "labels")
+ENDPOINT_FIELDS = ("namespace", "pod", "workload_kind", "workload_name", "node", "labels", "images")
 
 FLOW_COLUMNS: tuple[Column, ...] = (
     Column("first_ts", "i8", "first packet of this record, ns since the epoch"),
@@ -102,6 +102,11 @@ FLOW_COLUMNS: tuple[Column, ...] = (
 )
 
 COLUMN_NAMES = tuple(c.name for c in FLOW_COLUMNS)
+# the columns each flow schema version carries, in wire order; a reader fills the missing ones with ''
+SCHEMA_COLUMNS: dict[int, tuple[Column, ...]] = {
+    1: tuple(c for c in FLOW_COLUMNS if not c.name.endswith("_images")),
+    2: FLOW_COLUMNS,
+}
 _DTYPES = {c.name: np.dtype(c.dtype) for c in FLOW_COLUMNS}
 _EMPTY_ADDR = bytes(16)
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from kubesonar.shared.errors import ConfigError
-from kubesonar.shared.flow import FlowRecords, address_bytes
+from kubesonar.shared.flow import ENDPOINT_FIELDS, FlowRecords, address_bytes
 
 _CRONJOB_JOB = re.compile(r"^(?P<cronjob>.+)-\d{8,}$")
 
@@ -30,7 +30,7 @@ class Endpoint:
     workload_name: str = ""
     node: str = ""
     labels: str = ""  # sorted key=value pairs joined by ','
-    images: tuple[str, ...] = field(default=(), compare=False)
+    images: tuple[str, ...] = ()  # sorted, distinct
     service_account: str = ""
 
 
@@ -48,6 +48,10 @@ def workload_of(pod: dict) -> tuple[str, str]:
         if match:
             return "CronJob", match["cronjob"]
     return kind, name
+
+
+def _text(value: str | tuple[str, ...]) -> str:
+    return ",".join(value) if isinstance(value, tuple) else value
 
 
 class PodInventory:
@@ -70,7 +74,7 @@ class PodInventory:
             endpoint = Endpoint(
                 namespace=meta.get("namespace", ""), pod=meta.get("name", ""), workload_kind=kind,
                 workload_name=name, node=spec.get("nodeName", ""), labels=labels,
-                images=tuple(c.get("image", "") for c in spec.get("containers", [])),
+                images=tuple(sorted({c.get("image", "") for c in spec.get("containers", [])} - {""})),
                 service_account=spec.get("serviceAccountName", ""),
             )
             ips = [p.get("ip") for p in status.get("podIPs", [])] or [status.get("podIP")]
@@ -100,7 +104,7 @@ class PodInventory:
             addresses = cols[f"{side}_addr"]
             uniq, inverse = np.unique(addresses, return_inverse=True)
             found = [self.resolve(a.tobytes()) or Endpoint() for a in uniq]
-            for name in ("namespace", "pod", "workload_kind", "workload_name", "node", "labels"):
-                values = np.array([getattr(e, name) for e in found] + [""], dtype=object)[:-1]
+            for name in ENDPOINT_FIELDS:
+                values = np.array([_text(getattr(e, name)) for e in found] + [""], dtype=object)[:-1]
                 cols[f"{side}_{name}"] = values[inverse.ravel()] if len(values) else cols[f"{side}_{name}"]
         return FlowRecords(cols)

@@ -1,4 +1,5 @@
-"""Never-seen-before workloads: a (namespace, kind, name) on the network that the baseline does not know.
+"""Never-seen-before workloads: a (namespace, kind, name) on the network that the baseline does not know,
+or a known one running a set of container images it never ran (a hijacked Deployment now running a miner).
 
 Learns every workload it sees while the learning period lasts (explicit: ``learning`` in the state
 until ``learning_until_ns`` of data time, or until learning is ended by hand), then reports each new
@@ -6,8 +7,9 @@ one once: the workload is kept as *flagged*, not learned, so an attacker's workl
 part of the baseline, and one alert stands for it until someone triages it.
 
 Catches: any new Deployment, StatefulSet, DaemonSet, Job, CronJob or bare pod that sends or receives
-traffic. Misses: workloads that stay silent; pods outside the inventory (named by IP, not judged).
-False positives: deliberate new releases under new names; scheduled jobs first run after learning.
+traffic; a known workload whose pods run new images (its identity is namespace, kind, name and images). Misses: workloads that stay silent; pods outside the inventory (named by IP, not judged).
+False positives: deliberate new releases under new names or new image tags (allowlist the namespace
+or workload, or end learning again after a rollout); scheduled jobs first run after learning.
 
 Score: 1.0 for a workload new to the baseline (it is scored once, the first time it is seen).
 
@@ -25,6 +27,12 @@ import numpy as np
 from kubesonar.shared.alerts import Finding
 from kubesonar.shared.detectors import Score, decide_alarms
 from kubesonar.shared.flow import FlowRecords, address_text
+
+
+def _endpoint(flows: FlowRecords, side: str, row: int, key: str) -> dict[str, str]:
+    return {"ip": address_text(flows[f"{side}_addr"][row]), "namespace": str(flows[f"{side}_namespace"][row]),
+            "pod": str(flows[f"{side}_pod"][row]), "workload": key, "node": str(flows[f"{side}_node"][row]),
+            "labels": str(flows[f"{side}_labels"][row])}
 
 
 class NewWorkloadDetector:
@@ -70,23 +78,34 @@ class NewWorkloadDetector:
             rows = np.flatnonzero(names != "")
             if not len(rows):
                 continue
-            ns, kind, name = flows[f"{side}_namespace"][rows], flows[f"{side}_workload_kind"][rows], names[rows]
-            keys = np.array([f"{a}/{b}/{c}" for a, b, c in zip(ns, kind, name)], dtype=object)
+            cols = {f: flows[f"{side}_{f}"][rows] for f in ("namespace", "workload_kind", "workload_name", "images")}
+            keys = np.array([f"{a}/{b}/{c}\x1f{d}" for a, b, c, d in zip(*cols.values())], dtype=object)
             uniq, first = np.unique(keys, return_index=True)
-            for key, i in zip(uniq.tolist(), first.tolist()):
-                if key in known:
+            for both, i in zip(uniq.tolist(), first.tolist()):
+                key, images = both.split("\x1f")
+                entry = known.get(key)
+                if entry is not None and (not images or images in entry.setdefault("images", {})):
+                    continue
+                if entry is not None and not entry["images"]:  # known before its images were: take them
+                    entry["images"][images] = entry["status"]
                     continue
                 row = rows[i]
                 seen = int(flows["first_ts"][row])
                 # learned while learning; else kept as flagged, never learned: one alert stands for it
-                known[key] = {"first_seen_ns": seen, "status": "learned" if learning else "flagged"}
-                labels = str(flows[f"{side}_labels"][row])
-                endpoint = {"ip": address_text(flows[f"{side}_addr"][row]), "namespace": str(ns[i]),
-                            "pod": str(flows[f"{side}_pod"][row]), "workload": key,
-                            "node": str(flows[f"{side}_node"][row]), "labels": labels}
-                evidence = {"workload_kind": str(kind[i]), "workload_name": str(name[i]), "labels": labels,
-                            "known_workloads": len(known) - 1}
-                scores.append(Score(key, 1.0, True, endpoint, seen, seen, evidence, warming_up=learning))
+                status = "learned" if learning else "flagged"
+                endpoint = _endpoint(flows, side, row, key)
+                evidence = {"workload_kind": str(cols["workload_kind"][i]), "workload_name": str(cols["workload_name"][i]),
+                            "images": images.split(",") if images else [], "labels": endpoint["labels"]}
+                if entry is None:
+                    known[key] = {"first_seen_ns": seen, "status": status, "images": {images: status} if images else {}}
+                    evidence["known_workloads"] = len(known) - 1
+                    identity: tuple[str, ...] = ()
+                else:  # a known workload running images it never ran: as new as a new workload
+                    entry["images"][images] = status
+                    evidence["known_images"] = sorted(i for i, st in entry["images"].items() if st == "learned")
+                    identity = ("images", images)
+                scores.append(Score(key, 1.0, True, endpoint, seen, seen, evidence, warming_up=learning,
+                                    identity=identity))
         return scores
 
     def decide(self, scores: list[Score]) -> list[Finding]:

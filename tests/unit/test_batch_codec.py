@@ -183,3 +183,21 @@ def test_a_window_of_real_flows_splits_under_each_queue_limit(tmp_path):
         messages = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1), records, limit=limit)
         assert max(map(len, messages)) <= limit
         assert FlowRecords.concat([b.flows for b in _decode_all(messages)]).equals(records)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flow_records())
+def test_a_schema_1_message_from_an_older_sensor_decodes_with_images_unknown(records):
+    old = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=1), records)
+    flows = FlowRecords.concat([b.flows for b in _decode_all(old)])
+    for col in FLOW_COLUMNS:
+        if col.name.endswith("_images"):
+            assert (flows[col.name] == "").all()
+        else:
+            assert np.array_equal(flows[col.name], records[col.name])
+    assert len(old[0]) < len(encode_batch(BatchHeader("c", "n", "s", 1, 0, 1), records)[0]) or not len(records)
+
+
+def test_an_unknown_schema_version_is_refused_both_ways():
+    with pytest.raises(BatchFormatError, match="schema version 9 is not known"):
+        encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=9), FlowRecords.empty(1))
