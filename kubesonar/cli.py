@@ -102,6 +102,143 @@ def demo(workdir: str | None, fmt: str) -> None:
     click.echo(f"({time.perf_counter() - started:.1f} s)")
 
 
+def _capture_options(command: Callable) -> Callable:
+    """Options shared by the live commands (each also KUBESONAR_<COMMAND>_<OPTION>)."""
+    options = [
+        click.option("--interface", "-i", "interfaces", multiple=True, required=True,
+                     help="Interface to capture on, or a shell pattern such as 'veth*' matched every window "
+                          "(repeat for several; in the environment, separate them with spaces)."),
+        click.option("--window", "window_s", type=click.FloatRange(0.5, 3600), default=10.0,
+                     help="Seconds per window: flows are published (and a heartbeat sent) this often."),
+        click.option("--filter", "capture_filter", default="", help="tcpdump-style capture filter (needs libpcap)."),
+        click.option("--cluster", default="default", help="Cluster name batches and alerts are filed under."),
+        click.option("--node", default=None, help="Node name [default: NODE_NAME, else the host name]."),
+        click.option("--max-flows", type=click.IntRange(1024), default=131_072,
+                     help="Cap on the live flow table; past it the least recently active flows are sent early."),
+        click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+                     help="Stop after this many seconds (default: run until SIGTERM or Ctrl-C)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _settings(interfaces, window_s, capture_filter, cluster, node, max_flows):
+    from kubesonar.sensor.live import SensorSettings, default_node_name
+
+    return SensorSettings(tuple(interfaces), window_s=window_s, capture_filter=capture_filter, cluster=cluster,
+                          node=node or default_node_name(), max_flows=max_flows)
+
+
+def _run_until_signal(sensor, duration: float | None) -> None:
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sensor.run(stop, duration_s=duration)
+
+
+@main.command()
+@_capture_options
+@click.option("--queue", required=True,
+              help="Where batches go: file://DIR, an SQS queue URL, pubsub://projects/P/topics/T or an Event "
+                   "Grid topic endpoint (docs/sensor.md).")
+@click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default="/var/lib/kubesonar/spool",
+              help="Directory that holds batches while the queue cannot be reached.")
+@click.option("--spool-max-bytes", type=click.IntRange(min=1 << 20), default=256 << 20,
+              help="Bound of the spool; beyond it the oldest batches are dropped and counted.")
+@click.option("--pods", type=click.Path(dir_okay=False),
+              help="Static pod inventory ('kubectl get pods -A -o json') instead of watching the API.")
+@click.option("--kubernetes/--no-kubernetes", "use_kube", default=False,
+              help="Watch this node's pods through the Kubernetes API (in-cluster configuration).")
+def sensor(interfaces, window_s, capture_filter, cluster, node, max_flows, duration, queue, spool_dir,
+           spool_max_bytes, pods, use_kube) -> None:
+    """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
+    from kubesonar.sensor.live import LiveSensor
+    from kubesonar.sensor.publish import open_publisher, window_messages
+    from kubesonar.sensor.spool import SpoolingPublisher
+
+    settings = _settings(interfaces, window_s, capture_filter, cluster, node, max_flows)
+    publisher = SpoolingPublisher(open_publisher(queue), spool_dir, max_bytes=spool_max_bytes)
+    enrich, watcher = _enrichment(pods, use_kube, settings.node)
+
+    def publish(window) -> None:
+        publisher.publish(window_messages(window.header, window.flows, publisher.limit))
+
+    def spool_counters() -> dict[str, int]:
+        s = publisher.stats
+        counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "publish_retries": s.retries}
+        return counters | (watcher.counters() if watcher else {})
+
+    live = LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters)
+    click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interfaces)}, publishing to {queue}",
+               err=True)
+    try:
+        _run_until_signal(live, duration)
+    finally:
+        if watcher:
+            watcher.stop()
+    for error in live.errors:
+        click.echo(f"kubesonar: error: {error}", err=True)
+
+
+@main.command()
+@_capture_options
+@click.option("--pods", type=click.Path(dir_okay=False), help="Output of 'kubectl get pods -A -o json'.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False),
+              help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              help="json: one alert per line, as analyze prints them.")
+def watch(interfaces, window_s, capture_filter, cluster, node, max_flows, duration, pods, state_dir, fmt) -> None:
+    """Capture live traffic and run the detection core in this process; print alerts as they happen."""
+    import tempfile
+
+    from kubesonar.functions.local.backend import LocalBackend
+    from kubesonar.sensor.live import LiveSensor
+    from kubesonar.sensor.publish import window_messages
+    from kubesonar.shared.batch import SQS_LIMIT
+
+    settings = _settings(interfaces, window_s, capture_filter, cluster, node, max_flows)
+    enrich, _ = _enrichment(pods, False, settings.node)
+    with tempfile.TemporaryDirectory(prefix="kubesonar-watch-") as tmp:
+        backend = LocalBackend(state_dir or tmp)
+
+        def score(window) -> None:  # through the real batch format, as a cloud function would get it
+            for message in window_messages(window.header, window.flows, SQS_LIMIT):
+                result = backend.receive(message.key, message.data)
+                for alert in result.new_alerts if result else []:
+                    if fmt == "json":
+                        click.echo(json.dumps(alert, sort_keys=True))
+                    else:
+                        _alert_table([alert])
+                    sys.stdout.flush()
+
+        live = LiveSensor(settings, score, enrich=enrich)
+        click.echo(f"kubesonar watch: capturing on {', '.join(interfaces)}; alerts appear here", err=True)
+        _run_until_signal(live, duration)
+    for error in live.errors + backend.errors:
+        click.echo(f"kubesonar: error: {error}", err=True)
+
+
+def _enrichment(pods: str | None, use_kube: bool, node: str):
+    """(enrich function or None, Kubernetes watcher or None) for a live command."""
+    if pods and use_kube:
+        raise click.UsageError("--pods and --kubernetes are alternatives; choose one")
+    if pods:
+        from kubesonar.shared.inventory import PodInventory
+
+        return PodInventory.load(pods).enrich, None
+    if use_kube:
+        from kubesonar.sensor.kube import KubeWatcher
+
+        watcher = KubeWatcher.in_cluster(node)
+        watcher.start()
+        return watcher.enrich, watcher
+    return None, None
+
+
 def _alert_table(alerts: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table

@@ -37,10 +37,18 @@ _NEVER = np.iinfo(np.int64).max
 
 @dataclass(frozen=True)
 class FlowTimeouts:
-    """When records are cut: ``active`` for interim records of long flows, ``idle`` to end quiet ones."""
+    """When records are cut: ``active`` for interim records of long flows, ``idle`` to end quiet ones.
+
+    A live sensor also ends, sooner, flows that are over (``ended``: a RST, a FIN from each side, or an
+    ICMP error received) and flows nobody answered (``unanswered``), so a scan's probes reach the
+    backend within a window or two instead of an idle timeout later. Offline reading leaves them unset,
+    which keeps records identical to a conversation-level view of the capture (tshark's).
+    """
 
     active_s: float = 300.0
     idle_s: float = 60.0
+    ended_s: float | None = None
+    unanswered_s: float | None = None
 
     @property
     def active_ns(self) -> int:
@@ -104,8 +112,13 @@ class _Pieces:
 class FlowTable:
     """Turns packet batches into flow records with active and idle timeouts; memory is one row per open flow."""
 
-    def __init__(self, timeouts: FlowTimeouts | None = None, initial_capacity: int = 1 << 14):
+    def __init__(self, timeouts: FlowTimeouts | None = None, initial_capacity: int = 1 << 14,
+                 max_flows: int | None = None):
         self.timeouts = timeouts or FlowTimeouts()
+        # memory bound: past max_flows the least recently active flows are ended early (EVICTED) and
+        # sent on as records, so a flood costs records, not memory, and its evidence is kept
+        self.max_flows = max_flows
+        self.evicted = 0
         self._slot_of: dict[bytes, int] = {}
         self._free: list[int] = []
         self._cols = _Columns(initial_capacity)
@@ -124,14 +137,33 @@ class FlowTable:
             return FlowRecords.empty()
         out = self._add(pf, ts, rows)
         self.watermark_ns = max(self.watermark_ns, int(ts[rows].max()))
-        return FlowRecords.concat([out, self.expire(self.watermark_ns)])
+        return FlowRecords.concat([out, self.expire(self.watermark_ns), self._evict()])
+
+    def _evict(self) -> FlowRecords:
+        if self.max_flows is None or len(self) <= self.max_flows:
+            return FlowRecords.empty()
+        c = self._cols
+        live = np.flatnonzero(c.live[: self._next_slot])
+        excess = len(live) - self.max_flows * 9 // 10  # room for the next batch's new flows
+        oldest = live[np.argpartition(c.last_ts[live], excess - 1)[:excess]]
+        self.evicted += len(oldest)
+        return self._emit_slots(oldest, EndReason.EVICTED, release=True)
 
     def expire(self, now_ns: int) -> FlowRecords:
-        """End flows idle for longer than the idle timeout at time ``now_ns``."""
-        c = self._cols
+        """End flows quiet for longer than their timeout at time ``now_ns``."""
+        c, t = self._cols, self.timeouts
         n = self._next_slot
-        idle = np.flatnonzero(c.live[:n] & (c.last_ts[:n] < now_ns - self.timeouts.idle_ns))
-        return self._emit_slots(idle, EndReason.IDLE_TIMEOUT, release=True)
+        quiet_ns = now_ns - c.last_ts[:n]
+        due = quiet_ns > t.idle_ns
+        if t.ended_s is not None:
+            flags = c.flags[:n, 0] | c.flags[:n, 1]
+            both_fin = (c.flags[:n, 0] & c.flags[:n, 1] & _FIN) != 0
+            over = ((flags & _RST) != 0) | both_fin | c.icmp_error[:n]
+            due |= over & (quiet_ns > int(t.ended_s * SECOND))
+        if t.unanswered_s is not None:
+            from_responder = np.where(c.init_is_a[:n], c.pkts[:n, 1], c.pkts[:n, 0])
+            due |= (from_responder == 0) & (quiet_ns > int(t.unanswered_s * SECOND))
+        return self._emit_slots(np.flatnonzero(c.live[:n] & due), EndReason.IDLE_TIMEOUT, release=True)
 
     def flush(self, reason: EndReason = EndReason.END_OF_INPUT) -> FlowRecords:
         """End every open flow (end of a capture, or shutdown)."""

@@ -25,3 +25,7 @@ class StoreError(KubeSonarError):
 
 class VersionConflict(StoreError):
     """A compare-and-swap write lost: the object changed (or exists, or vanished) since it was read."""
+
+
+class QueueUnavailable(KubeSonarError):
+    """The queue a sensor publishes to could not be reached or refused a message; worth retrying."""

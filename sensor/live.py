@@ -1,0 +1,222 @@
+"""The live sensor loop: rings on the chosen interfaces -> the flow engine -> one batch per window.
+
+Every ``window_s`` the records that completed are enriched, given a header (cluster, node, sensor id,
+sequence, window, health counters) and handed to a sink, even when there are none: that batch is the
+heartbeat by which the backend tells a silent or dropping sensor. A flood publishes early, whenever
+``max_pending_flows`` records are waiting, so memory stays bounded whatever the traffic.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from kubesonar.sensor.af_packet import RingConfig, RingSocket, list_interfaces, wait_readable
+from kubesonar.sensor.bpf import compile_filter
+from kubesonar.sensor.dissect import LINKTYPE_RAW, dissect
+from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
+from kubesonar.shared.batch import BatchHeader
+from kubesonar.shared.errors import CaptureError, ConfigError
+from kubesonar.shared.flow import EndReason, FlowRecords
+
+SECOND = 1_000_000_000
+LIVE_TIMEOUTS = FlowTimeouts(active_s=60.0, idle_s=60.0, ended_s=2.0, unanswered_s=5.0)
+
+
+@dataclass(frozen=True)
+class SensorSettings:
+    interfaces: tuple[str, ...]  # names or shell patterns ("veth*"), matched again every window
+    window_s: float = 10.0
+    capture_filter: str = ""
+    cluster: str = "default"
+    node: str = field(default_factory=socket.gethostname)
+    max_flows: int = 131_072  # live flow table cap (memory bound)
+    max_pending_flows: int = 65_536  # publish early past this many waiting records
+    timeouts: FlowTimeouts = LIVE_TIMEOUTS
+    ring: RingConfig = field(default_factory=RingConfig)
+
+    def __post_init__(self) -> None:
+        if not self.interfaces:
+            raise ConfigError("name at least one interface to capture on (--interface)")
+        if not 0.5 <= self.window_s <= 3600:
+            raise ConfigError(f"window of {self.window_s} s is outside 0.5 .. 3600 s")
+
+
+@dataclass
+class Window:
+    header: BatchHeader
+    flows: FlowRecords
+
+
+class WindowSink(Protocol):
+    def __call__(self, window: Window) -> None: ...
+
+
+@dataclass
+class SensorCounters:
+    packets: int = 0
+    kernel_packets: int = 0
+    kernel_drops: int = 0
+    flows: int = 0
+    evicted_flows: int = 0
+    windows: int = 0
+    capture_errors: int = 0
+    interfaces: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(vars(self))
+
+
+class LiveSensor:
+    def __init__(self, settings: SensorSettings, sink: WindowSink,
+                 enrich: Callable[[FlowRecords], FlowRecords] | None = None,
+                 extra_counters: Callable[[], dict[str, int]] | None = None):
+        self.settings = settings
+        self.sink = sink
+        self.enrich = enrich
+        self.extra_counters = extra_counters
+        self.counters = SensorCounters()
+        # unique per process start, so a restarted sensor's sequence numbers never collide with its last life's
+        self.sensor_id = f"{settings.node}/{time.time_ns():x}"
+        self.table = FlowTable(settings.timeouts, max_flows=settings.max_flows)
+        self._sockets: dict[str, RingSocket] = {}
+        self._pending: list[FlowRecords] = []
+        self._pending_count = 0
+        self._sequence = 0
+        self._window_start = time.time_ns()
+        self.errors: list[str] = []
+        self._programs = {
+            raw: compile_filter(settings.capture_filter, raw, settings.ring.snaplen) for raw in (False, True)
+        }
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None, duration_s: float | None = None) -> None:
+        """Capture until ``stop`` is set (or ``duration_s`` passed), then publish what is left."""
+        stop = stop or threading.Event()
+        deadline = time.monotonic() + duration_s if duration_s else None
+        self._refresh_interfaces()
+        if not self._sockets:
+            raise CaptureError(f"no interface matches {', '.join(self.settings.interfaces)}")
+        next_window = time.monotonic() + self.settings.window_s
+        try:
+            while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+                timeout = max(0.0, min(0.2, next_window - time.monotonic()))
+                for ring in wait_readable(list(self._sockets.values()), timeout):
+                    self._read(ring)
+                if self._pending_count >= self.settings.max_pending_flows:
+                    self._publish(final_part=False)
+                if time.monotonic() >= next_window:
+                    self._close_window()
+                    next_window += self.settings.window_s
+                    self._refresh_interfaces()
+        finally:
+            for ring in list(self._sockets.values()):
+                self._read(ring)
+            self._add(self.table.flush(EndReason.END_OF_INPUT))
+            self._close_window()
+            for ring in self._sockets.values():
+                ring.close()
+            self._sockets.clear()
+
+    def _read(self, ring: RingSocket) -> None:
+        try:
+            batch = ring.read()
+            if batch is None:
+                return
+            fields = dissect(batch)
+            self.counters.packets += len(batch)
+            self._add(self.table.add(fields, batch.ts))
+        except OSError as exc:  # the interface went away (a pod ended): drop it; the next refresh decides
+            self._fail(f"capture on {ring.interface} stopped: {exc.strerror or exc}")
+            ring.close()
+            self._sockets.pop(ring.interface, None)
+        finally:
+            if ring.interface in self._sockets:
+                ring.release()
+
+    def _add(self, records: FlowRecords) -> None:
+        if len(records):
+            self._pending.append(records)
+            self._pending_count += len(records)
+
+    def _close_window(self) -> None:
+        self._add(self.table.expire(time.time_ns()))
+        self._publish(final_part=True)
+
+    def _publish(self, final_part: bool) -> None:
+        """Hand the waiting records to the sink as one window (or, mid-window, a part of one)."""
+        flows = FlowRecords.concat(self._pending)
+        self._pending, self._pending_count = [], 0
+        if len(flows):
+            flows = flows.take(np.argsort(flows["first_ts"], kind="stable"))
+            if self.enrich:
+                flows = self.enrich(flows)
+        now = time.time_ns()
+        for ring in self._sockets.values():
+            try:
+                ring.read_stats()
+            except OSError:
+                pass
+        self.counters.kernel_packets = sum(r.stats.packets for r in self._sockets.values()) + self._closed_kernel[0]
+        self.counters.kernel_drops = sum(r.stats.drops for r in self._sockets.values()) + self._closed_kernel[1]
+        self.counters.flows += len(flows)
+        self.counters.evicted_flows = self.table.evicted
+        self.counters.interfaces = len(self._sockets)
+        if final_part:
+            self.counters.windows += 1
+        counters = self.counters.as_dict() | (self.extra_counters() if self.extra_counters else {})
+        header = BatchHeader(self.settings.cluster, self.settings.node, self.sensor_id, self._sequence,
+                             self._window_start, now, counters=counters)
+        self._sequence += 1
+        self._window_start = now
+        self.sink(Window(header, flows))
+
+    _closed_kernel = (0, 0)  # kernel counters of sockets closed since (their totals are kept)
+
+    # -- interfaces ----------------------------------------------------------------------------------
+
+    def _refresh_interfaces(self) -> None:
+        present = list_interfaces()
+        wanted = {name for pattern in self.settings.interfaces for name in fnmatch.filter(present, pattern)}
+        for name in set(self._sockets) - wanted:
+            ring = self._sockets.pop(name)
+            self._keep_kernel_counts(ring)
+            ring.close()
+        for name in sorted(wanted - set(self._sockets)):
+            try:
+                raw = _is_raw_ip(name)
+                self._sockets[name] = RingSocket(name, self.settings.ring, self._programs[raw])
+            except CaptureError as exc:
+                self._fail(str(exc))
+
+    def _keep_kernel_counts(self, ring: RingSocket) -> None:
+        try:
+            stats = ring.read_stats()
+        except OSError:
+            stats = ring.stats
+        self._closed_kernel = (self._closed_kernel[0] + stats.packets, self._closed_kernel[1] + stats.drops)
+
+    def _fail(self, message: str) -> None:
+        self.counters.capture_errors += 1
+        if len(self.errors) < 100:
+            self.errors.append(message)
+
+
+def _is_raw_ip(interface: str) -> bool:
+    from kubesonar.sensor.af_packet import interface_linktype
+
+    return interface_linktype(interface)[1] == LINKTYPE_RAW
+
+
+def default_node_name() -> str:
+    """The node this sensor runs on: NODE_NAME from the downward API, else the host name."""
+    return os.environ.get("NODE_NAME") or socket.gethostname()
