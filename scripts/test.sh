@@ -4,9 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(tshark tcpdump nmap masscan iproute2 procps)
+debs=(tshark tcpdump nmap masscan iproute2 procps iputils-ping)
 missing=()
-for tool in tshark tcpdump nmap masscan ip sysctl; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in tshark tcpdump nmap masscan ip sysctl ping; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "installing Debian packages: ${debs[*]}"
