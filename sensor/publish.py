@@ -44,10 +44,9 @@ class DirectoryQueue:
     """The embedded default: each message a file in DIR, written atomically; readers take them in
     name order (sensor, sequence, part) and a rewrite of the same key replaces the same file."""
 
-    limit = SQS_LIMIT  # the smallest cloud limit, so local runs split batches as production does
-
-    def __init__(self, directory: str | os.PathLike[str]):
+    def __init__(self, directory: str | os.PathLike[str], limit: int = SQS_LIMIT):
         self.directory = Path(directory)
+        self.limit = limit  # default: the smallest cloud limit, so local runs split batches as production does
 
     def send(self, messages: list[Message]) -> None:
         for m in messages:

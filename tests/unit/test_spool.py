@@ -1,0 +1,113 @@
+"""The spool: the queue goes away mid-stream and comes back; every batch arrives exactly once, in
+order, and the spool never holds more than its bound. Beyond the bound the oldest are dropped, counted."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kubesonar.functions.local.backend import LocalBackend
+from kubesonar.sensor.publish import DirectoryQueue, Message, open_publisher, parse_queue_url, window_messages
+from kubesonar.sensor.spool import SpoolingPublisher
+from kubesonar.shared.batch import BatchHeader
+from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.flow import FlowRecords
+
+
+def _window(sequence: int, flows: int = 400) -> list[Message]:
+    records = FlowRecords.empty(flows)
+    rng = np.random.default_rng(sequence)
+    records.columns["first_ts"] = np.sort(rng.integers(0, 10**10, flows))
+    records.columns["dst_port"] = rng.integers(0, 65535, flows).astype(np.uint16)
+    records.columns["bytes_out"] = rng.integers(0, 10**9, flows).astype(np.uint64)
+    header = BatchHeader("c", "node-1", "node-1/abc", sequence, 0, 1, counters={"packets": sequence})
+    return window_messages(header, records, limit=8192)  # several parts per window
+
+
+def _break(queue_dir):
+    queue_dir.rename(queue_dir.with_name("away"))
+    queue_dir.write_text("not a directory")  # writes now fail with ENOTDIR
+
+
+def _mend(queue_dir):
+    queue_dir.unlink()
+    queue_dir.with_name("away").rename(queue_dir)
+
+
+def test_an_outage_mid_stream_loses_nothing_and_the_spool_stays_in_bound(tmp_path):
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    bound = 64 << 10
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", max_bytes=bound, attempts=2,
+                                  max_wait_s=0.01)
+    sent = []
+    for sequence in range(30):
+        if sequence == 8:
+            _break(queue_dir)
+        if sequence == 16:
+            _mend(queue_dir)
+        messages = _window(sequence)
+        sent += [m.key for m in messages]
+        publisher.publish(messages)
+        assert publisher.stats.depth_bytes <= bound
+    assert publisher.drain()
+    s = publisher.stats
+    assert s.spooled > 0 and s.drained == s.spooled and s.dropped == 0 and s.peak_bytes <= bound
+    # the receiver: every batch exactly once, by key, and all of them decode
+    backend = LocalBackend(tmp_path / "state")
+    received = sorted(queue_dir.glob("*.ksfb"))
+    for path in received:
+        sensor, sequence, part = path.stem.rsplit("-", 2)
+        assert backend.receive(f"node-1/abc/{int(sequence)}/{int(part)}", path.read_bytes()) is not None
+    assert len(received) == len(sent) and backend.counters["messages"] == len(sent)
+    assert backend.counters["flows"] == 30 * 400
+
+
+def test_beyond_the_bound_the_oldest_are_dropped_and_counted(tmp_path):
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    _break(queue_dir)
+    bound = 40 << 10
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", max_bytes=bound, attempts=1)
+    windows = [_window(n) for n in range(20)]
+    for messages in windows:
+        publisher.publish(messages)
+    assert publisher.stats.dropped > 0 and publisher.stats.peak_bytes <= bound
+    _mend(queue_dir)
+    assert publisher.drain()
+    delivered = {p.name for p in queue_dir.glob("*.ksfb")}
+    newest = windows[-1]
+    assert {m.file_name for m in newest} <= delivered  # the newest survive
+    assert windows[0][0].file_name not in delivered  # the oldest went first
+    assert len(delivered) + publisher.stats.dropped == sum(len(w) for w in windows)
+
+
+def test_a_restarted_sensor_resumes_its_spool(tmp_path):
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    _break(queue_dir)
+    first = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
+    first.publish(_window(0))
+    _mend(queue_dir)
+    second = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
+    assert second.stats.depth == first.stats.depth > 0
+    second.publish(_window(1))
+    assert second.stats.depth == 0
+    assert len(list(queue_dir.glob("*.ksfb"))) == len(_window(0)) + len(_window(1))
+
+
+@pytest.mark.parametrize("url, kind", [
+    ("file:///var/lib/kubesonar/queue", "file"),
+    ("https://sqs.eu-west-1.amazonaws.com/123456789012/kubesonar-flows", "sqs"),
+    ("http://127.0.0.1:5000/123456789012/flows", "sqs"),
+    ("pubsub://projects/my-project/topics/kubesonar-flows", "pubsub"),
+    ("https://kubesonar.westeurope-1.eventgrid.azure.net/api/events", "eventgrid"),
+])
+def test_queue_urls(url, kind):
+    assert parse_queue_url(url).kind == kind
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/x", "file://", "pubsub://projects/p/topics/t", "kafka://x"])
+def test_a_bad_queue_url_lists_the_forms(url):
+    with pytest.raises(ConfigError, match="file://"):
+        open_publisher(url)
