@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
 from kubesonar.shared.alerts import Finding, rules
 from kubesonar.shared.errors import ConfigError
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import zstandard
-
 from kubesonar.shared.columns import (
     Encoding,
     IntTransform,
@@ -31,6 +30,7 @@ from kubesonar.shared.columns import (
 )
 from kubesonar.shared.errors import BatchFormatError
 from kubesonar.shared.flow import FLOW_COLUMNS, FLOW_SCHEMA_VERSION, SCHEMA_COLUMNS, Column, FlowRecords
+from kubesonar.shared.pod_events import POD_EVENT_COLUMNS, PodEvents
 
 MAGIC = b"KSFB"
 FORMAT_VERSION = 1
@@ -52,6 +52,7 @@ _INT_PLAN: dict[str, tuple[IntTransform, str | None]] = {
     "conn_start": (IntTransform.MINUS_COLUMN, "first_ts"),
 }
 _FLOWS_TABLE = "flows"
+_PODS_TABLE = "pods"  # schema 2: pod lifecycle events
 
 
 @dataclass
@@ -76,6 +77,7 @@ class BatchHeader:
 class Batch:
     header: BatchHeader
     flows: FlowRecords
+    pods: PodEvents = field(default_factory=PodEvents.empty)  # pod events, in a window's first part only
 
 
 # -- encoding -----------------------------------------------------------------------------------------
@@ -95,18 +97,26 @@ def _encode_header(h: BatchHeader) -> bytes:
     return fixed + b"".join(names) + b"".join(counters)
 
 
-def _encode_payload(flows: FlowRecords, schema: tuple[Column, ...]) -> bytes:
-    parts = [struct.pack("<H", 1), pack_text(_FLOWS_TABLE), struct.pack("<IH", len(flows), len(schema))]
+def _encode_payload(flows: FlowRecords, schema: tuple[Column, ...], pods: PodEvents | None) -> bytes:
+    tables = [_encode_table(_FLOWS_TABLE, flows.columns, len(flows), schema, _INT_PLAN)]
+    if pods is not None and len(pods):
+        tables.append(_encode_table(_PODS_TABLE, pods.columns, len(pods), POD_EVENT_COLUMNS, {}))
+    return struct.pack("<H", len(tables)) + b"".join(tables)
+
+
+def _encode_table(name: str, table: dict[str, np.ndarray], rows: int, schema: tuple[Column, ...],
+                  plan: dict[str, tuple[IntTransform, str | None]]) -> bytes:
+    parts = [pack_text(name), struct.pack("<IH", rows, len(schema))]
     for col in schema:
-        values = flows[col.name]
+        values = table[col.name]
         if col.dtype == "O":
             kind, body = Encoding.STRING_DICT, encode_strings(values)
         elif col.dtype == "V16":
             kind, body = Encoding.ADDR_DICT, encode_addresses(values)
         else:
-            transform, ref = _INT_PLAN.get(col.name, (IntTransform.FRAME_OF_REFERENCE, None))
+            transform, ref = plan.get(col.name, (IntTransform.FRAME_OF_REFERENCE, None))
             kind = Encoding.INT
-            body = pack_text(ref or "") + encode_int(values, transform, flows[ref] if ref else None)
+            body = pack_text(ref or "") + encode_int(values, transform, table[ref] if ref else None)
         parts.append(pack_text(col.name) + struct.pack("<BI", kind, len(body)) + body)
     return b"".join(parts)
 
@@ -117,26 +127,31 @@ def _frame(header: BatchHeader, payload: bytes, compressed: bytes) -> bytes:
     return _PRELUDE.pack(MAGIC, FORMAT_VERSION, FLAG_ZSTD, len(head), len(compressed), len(payload), crc) + head + compressed
 
 
-def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT, level: int = ZSTD_LEVEL) -> list[bytes]:
-    """Encode one window's flows as messages of at most ``limit`` bytes each, in record order."""
+def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT, level: int = ZSTD_LEVEL,
+                 pods: PodEvents | None = None) -> list[bytes]:
+    """Encode one window's flows (and pod events, which go in the first part) as messages of at most
+    ``limit`` bytes each, in record order."""
     if limit < MIN_LIMIT:
         raise BatchFormatError(f"message size limit {limit} is below the minimum of {MIN_LIMIT} bytes")
     if header.schema_version not in SCHEMA_COLUMNS:
         raise BatchFormatError(f"flow schema version {header.schema_version} is not known")
     schema = SCHEMA_COLUMNS[header.schema_version]  # older versions only for tests of mixed fleets
+    if pods is not None and len(pods) and header.schema_version < 2:
+        raise BatchFormatError("pod events need flow schema 2")
     compressor = zstandard.ZstdCompressor(level=level)
     payloads: list[tuple[bytes, bytes, int]] = []  # (payload, compressed, rows)
     head_size = _PRELUDE.size + len(_encode_header(replace(header, parts=0, part=0)))
 
     def encode_range(lo: int, hi: int) -> None:
-        payload = _encode_payload(flows.take(slice(lo, hi)), schema)
+        payload = _encode_payload(flows.take(slice(lo, hi)), schema, pods if lo == 0 else None)
         compressed = compressor.compress(payload)
         if head_size + len(compressed) <= limit:
             payloads.append((payload, compressed, hi - lo))
             return
         if hi - lo <= 1:
             raise BatchFormatError(
-                f"one flow record does not fit in {limit} bytes with a {head_size}-byte header"
+                f"one flow record{' and the pod events' if lo == 0 and pods is not None else ''} do not fit "
+                f"in {limit} bytes with a {head_size}-byte header"
             )
         # Split by the measured size, then halve whatever still does not fit.
         pieces = max(2, math.ceil((head_size + len(compressed)) * 1.1 / limit))
@@ -145,7 +160,13 @@ def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT
             if b > a:
                 encode_range(int(a), int(b))
 
-    encode_range(0, len(flows))
+    if len(flows) or pods is None or not len(pods):
+        encode_range(0, len(flows))
+    else:  # pod events alone
+        payload = _encode_payload(flows, schema, pods)
+        payloads.append((payload, compressor.compress(payload), 0))
+        if head_size + len(payloads[0][1]) > limit:
+            raise BatchFormatError(f"{len(pods)} pod events do not fit in {limit} bytes")
     messages = []
     for i, (payload, compressed, rows) in enumerate(payloads):
         h = replace(header, part=i, parts=len(payloads), flow_count=rows, window_flow_count=len(flows))
@@ -185,10 +206,10 @@ def decode_batch(message: bytes, decoded_cap: int = DEFAULT_DECODED_CAP) -> Batc
     payload = _inflate(stored, decoded_len) if flags & FLAG_ZSTD else bytes(stored)
     if len(payload) != decoded_len:
         raise BatchFormatError(f"payload is {len(payload)} bytes, header declares {decoded_len}")
-    flows = _decode_payload(Reader(payload, "batch payload"), SCHEMA_COLUMNS[header.schema_version])
+    flows, pods = _decode_payload(Reader(payload, "batch payload"), header.schema_version)
     if len(flows) != header.flow_count:
         raise BatchFormatError(f"header counts {header.flow_count} flows, payload holds {len(flows)}")
-    return Batch(header, flows)
+    return Batch(header, flows, pods)
 
 
 def _inflate(stored: memoryview, decoded_len: int) -> bytes:
@@ -221,16 +242,27 @@ def _decode_header(r: Reader) -> BatchHeader:
     return BatchHeader(cluster, node, sensor, sequence, start, end, part, parts, rows, window_rows, schema, counters)
 
 
-def _decode_payload(r: Reader, schema: tuple[Column, ...]) -> FlowRecords:
+def _decode_payload(r: Reader, schema_version: int) -> tuple[FlowRecords, PodEvents]:
     (tables,) = r.unpack("H", "table count")
-    if tables != 1:
-        raise BatchFormatError(f"payload has {tables} tables; version 1 has exactly one ('flows')")
+    most = 2 if schema_version >= 2 else 1
+    if not 1 <= tables <= most:
+        raise BatchFormatError(f"payload has {tables} tables; schema {schema_version} has 1 to {most}")
+    columns = _decode_table(r, _FLOWS_TABLE, SCHEMA_COLUMNS[schema_version])
+    for col in FLOW_COLUMNS:
+        if col.name not in columns:  # an older schema: the column it lacks is unknown
+            columns[col.name] = np.full(len(columns["first_ts"]), "", dtype=object)
+    pods = PodEvents(_decode_table(r, _PODS_TABLE, POD_EVENT_COLUMNS)) if tables == 2 else PodEvents.empty()
+    r.done()
+    return FlowRecords(columns), pods
+
+
+def _decode_table(r: Reader, expected: str, schema: tuple[Column, ...]) -> dict[str, np.ndarray]:
     name = r.text("table name")
-    if name != _FLOWS_TABLE:
-        raise BatchFormatError(f"unknown table {name!r}")
+    if name != expected:
+        raise BatchFormatError(f"expected table {expected!r}, found {name!r}")
     rows, ncols = r.unpack("IH", "table shape")
     if ncols != len(schema):
-        raise BatchFormatError(f"flows table has {ncols} columns, its schema has {len(schema)}")
+        raise BatchFormatError(f"{name} table has {ncols} columns, its schema has {len(schema)}")
     columns: dict[str, np.ndarray] = {}
     for col in schema:
         cname = r.text("column name")
@@ -250,8 +282,4 @@ def _decode_payload(r: Reader, schema: tuple[Column, ...]) -> FlowRecords:
         else:
             raise BatchFormatError(f"column {cname} has encoding {kind}, which does not fit its type")
         body.done()
-    r.done()
-    for col in FLOW_COLUMNS:
-        if col.name not in columns:  # an older schema: the column it lacks is unknown
-            columns[col.name] = np.full(rows, "", dtype=object)
-    return FlowRecords(columns)
+    return columns

@@ -9,7 +9,6 @@ import struct
 from enum import IntEnum
 
 import numpy as np
-
 from kubesonar.shared.errors import BatchFormatError
 
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.flow import ENDPOINT_FIELDS, FlowRecords, address_bytes
 

@@ -65,7 +65,7 @@ def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
 
         def step(state: dict | None, detector: Detector = detector, found: list[Finding] = found) -> dict:
             detector.from_state(state)  # a retry after a conflict starts again from the newer state
-            found[:] = detector.decide(detector.update(batch.flows))
+            found[:] = detector.decide(detector.update(batch.flows, batch.pods))
             return detector.to_state()
 
         update_document(deps.store, f"state/{cluster}/{detector.rule_id}.json", step)

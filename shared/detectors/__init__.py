@@ -1,6 +1,7 @@
 """Detectors: each learns from and scores flows, keeps serialisable state, and decides findings.
 
-The interface (model: river's anomaly detectors): ``update(flows)`` learns from a batch and returns a
+The interface (model: river's anomaly detectors): ``update(flows, pods)`` learns from a batch (its flows
+and the pod events sensors saw) and returns a
 :class:`Score` per subject it scored, a higher ``score`` meaning more anomalous; ``decide(scores)``
 turns scores into findings, kept apart so thresholds never hide in the learning. ``to_state()`` /
 ``from_state()`` carry what was learned through object storage as JSON. A detector still learning
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from kubesonar.shared.alerts import Finding
     from kubesonar.shared.flow import FlowRecords
+    from kubesonar.shared.pod_events import PodEvents
 
 
 @dataclass
@@ -38,7 +40,7 @@ class Detector(Protocol):
 
     def from_state(self, state: dict[str, Any] | None) -> Detector: ...
 
-    def update(self, flows: FlowRecords) -> list[Score]: ...
+    def update(self, flows: FlowRecords, pods: PodEvents | None = None) -> list[Score]: ...
 
     def decide(self, scores: list[Score]) -> list[Finding]: ...
 

@@ -23,16 +23,46 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from kubesonar.shared.alerts import Finding
 from kubesonar.shared.detectors import Score, decide_alarms
 from kubesonar.shared.flow import FlowRecords, address_text
+from kubesonar.shared.pod_events import PodEvents
+
+_Sighting = tuple[str, str, dict[str, str], int, str, str]  # key, images, endpoint, first seen, kind, name
 
 
-def _endpoint(flows: FlowRecords, side: str, row: int, key: str) -> dict[str, str]:
-    return {"ip": address_text(flows[f"{side}_addr"][row]), "namespace": str(flows[f"{side}_namespace"][row]),
-            "pod": str(flows[f"{side}_pod"][row]), "workload": key, "node": str(flows[f"{side}_node"][row]),
-            "labels": str(flows[f"{side}_labels"][row])}
+def _sightings(flows: FlowRecords) -> list[_Sighting]:
+    """Each distinct (workload, images) on either side of the flows, at its first flow."""
+    out: list[_Sighting] = []
+    for side in ("src", "dst"):
+        rows = np.flatnonzero(flows[f"{side}_workload_name"] != "")
+        if not len(rows):
+            continue
+        cols = {f: flows[f"{side}_{f}"][rows] for f in ("namespace", "workload_kind", "workload_name", "images")}
+        keys = np.array([f"{a}/{b}/{c}\x1f{d}" for a, b, c, d in zip(*cols.values())], dtype=object)
+        _, first = np.unique(keys, return_index=True)
+        for i in first.tolist():
+            row = rows[i]
+            key, images = keys[i].split("\x1f")
+            endpoint = {"ip": address_text(flows[f"{side}_addr"][row]), "namespace": str(cols["namespace"][i]),
+                        "pod": str(flows[f"{side}_pod"][row]), "workload": key,
+                        "node": str(flows[f"{side}_node"][row]), "labels": str(flows[f"{side}_labels"][row])}
+            out.append((key, images, endpoint, int(flows["first_ts"][row]), str(cols["workload_kind"][i]),
+                        str(cols["workload_name"][i])))
+    return out
+
+
+def _pod_sightings(pods: PodEvents) -> list[_Sighting]:
+    """Pods that started (or changed), traffic or not."""
+    out: list[_Sighting] = []
+    for e in pods.iter_dicts():
+        if e["event"] == "deleted" or not e["workload_name"]:
+            continue
+        key = f"{e['namespace']}/{e['workload_kind']}/{e['workload_name']}"
+        endpoint = {"ip": e["addr"], "namespace": e["namespace"], "pod": e["pod"], "workload": key,
+                    "node": e["node"], "labels": e["labels"]}
+        out.append((key, e["images"], endpoint, int(e["ts"]), e["workload_kind"], e["workload_name"]))
+    return out
 
 
 class NewWorkloadDetector:
@@ -61,11 +91,13 @@ class NewWorkloadDetector:
     def end_learning(self) -> None:
         self._state["learning"] = False
 
-    def update(self, flows: FlowRecords) -> list[Score]:
-        """Learn (while learning) the workloads seen in ``flows``; score each one new to the baseline 1.0."""
-        if not len(flows):
+    def update(self, flows: FlowRecords, pods: PodEvents | None = None) -> list[Score]:
+        """Learn (while learning) the workloads seen in ``flows`` and in pods started (``pods``); score
+        each workload, or workload image set, new to the baseline 1.0."""
+        sightings = _sightings(flows) + (_pod_sightings(pods) if pods is not None else [])
+        if not sightings:
             return []
-        start = int(flows["first_ts"].min())
+        start = min(s[3] for s in sightings)
         if self._state["learning_until_ns"] is None:
             self._state["learning_until_ns"] = start + self.learning_period_ns
         if self._state["learning"] and not self.force_learning and start >= self._state["learning_until_ns"]:
@@ -73,39 +105,27 @@ class NewWorkloadDetector:
         learning = self._state["learning"] or self.force_learning
         known = self._state["workloads"]
         scores = []
-        for side in ("src", "dst"):
-            names = flows[f"{side}_workload_name"]
-            rows = np.flatnonzero(names != "")
-            if not len(rows):
+        for key, images, endpoint, seen, kind, name in sorted(sightings, key=lambda s: s[3]):
+            entry = known.get(key)
+            if entry is not None and (not images or images in entry.setdefault("images", {})):
                 continue
-            cols = {f: flows[f"{side}_{f}"][rows] for f in ("namespace", "workload_kind", "workload_name", "images")}
-            keys = np.array([f"{a}/{b}/{c}\x1f{d}" for a, b, c, d in zip(*cols.values())], dtype=object)
-            uniq, first = np.unique(keys, return_index=True)
-            for both, i in zip(uniq.tolist(), first.tolist()):
-                key, images = both.split("\x1f")
-                entry = known.get(key)
-                if entry is not None and (not images or images in entry.setdefault("images", {})):
-                    continue
-                if entry is not None and not entry["images"]:  # known before its images were: take them
-                    entry["images"][images] = entry["status"]
-                    continue
-                row = rows[i]
-                seen = int(flows["first_ts"][row])
-                # learned while learning; else kept as flagged, never learned: one alert stands for it
-                status = "learned" if learning else "flagged"
-                endpoint = _endpoint(flows, side, row, key)
-                evidence = {"workload_kind": str(cols["workload_kind"][i]), "workload_name": str(cols["workload_name"][i]),
-                            "images": images.split(",") if images else [], "labels": endpoint["labels"]}
-                if entry is None:
-                    known[key] = {"first_seen_ns": seen, "status": status, "images": {images: status} if images else {}}
-                    evidence["known_workloads"] = len(known) - 1
-                    identity: tuple[str, ...] = ()
-                else:  # a known workload running images it never ran: as new as a new workload
-                    entry["images"][images] = status
-                    evidence["known_images"] = sorted(i for i, st in entry["images"].items() if st == "learned")
-                    identity = ("images", images)
-                scores.append(Score(key, 1.0, True, endpoint, seen, seen, evidence, warming_up=learning,
-                                    identity=identity))
+            if entry is not None and not entry["images"]:  # known before its images were: take them
+                entry["images"][images] = entry["status"]
+                continue
+            # learned while learning; else kept as flagged, never learned: one alert stands for it
+            status = "learned" if learning else "flagged"
+            evidence = {"workload_kind": kind, "workload_name": name, "images": images.split(",") if images else [],
+                        "labels": endpoint["labels"]}
+            if entry is None:
+                known[key] = {"first_seen_ns": seen, "status": status, "images": {images: status} if images else {}}
+                evidence["known_workloads"] = len(known) - 1
+                identity: tuple[str, ...] = ()
+            else:  # a known workload running images it never ran: as new as a new workload
+                entry["images"][images] = status
+                evidence["known_images"] = sorted(i for i, st in entry["images"].items() if st == "learned")
+                identity = ("images", images)
+            scores.append(Score(key, 1.0, True, endpoint, seen, seen, evidence, warming_up=learning,
+                                identity=identity))
         return scores
 
     def decide(self, scores: list[Score]) -> list[Finding]:

@@ -201,3 +201,35 @@ def test_a_schema_1_message_from_an_older_sensor_decodes_with_images_unknown(rec
 def test_an_unknown_schema_version_is_refused_both_ways():
     with pytest.raises(BatchFormatError, match="schema version 9 is not known"):
         encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=9), FlowRecords.empty(1))
+
+
+def _pod_events(n: int):
+    from kubesonar.shared.flow import address_bytes
+    from kubesonar.shared.pod_events import PodEvents
+
+    return PodEvents.from_rows([
+        {"ts": 10**18 + i, "event": 1 + i % 3, "addr": address_bytes(f"10.1.0.{i % 250 + 1}"), "namespace": "shop",
+         "pod": f"cart-7d9f8b6c5-{i:05d}", "workload_kind": "Deployment", "workload_name": "cart",
+         "node": "node-1", "labels": "app=cart", "images": "shop/cart:1", "service_account": "cart"}
+        for i in range(n)
+    ])
+
+
+def test_pod_events_travel_in_the_first_part_only():
+    records = FlowRecords.empty(3000)
+    records.columns["first_ts"] = np.arange(3000, dtype=np.int64) * 7919
+    records.columns["dst_port"] = (np.arange(3000) * 7).astype(np.uint16)
+    events = _pod_events(40)
+    messages = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1), records, limit=MIN_LIMIT, pods=events)
+    batches = _decode_all(messages)
+    assert len(batches) > 1 and [len(b.pods) for b in batches] == [40] + [0] * (len(batches) - 1)
+    assert list(batches[0].pods.iter_dicts()) == list(events.iter_dicts())
+    assert FlowRecords.concat([b.flows for b in batches]).equals(records)
+
+
+def test_pod_events_alone_make_a_message_and_need_schema_2():
+    (message,) = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1), FlowRecords.empty(), pods=_pod_events(3))
+    batch = decode_batch(message)
+    assert len(batch.flows) == 0 and [e["event"] for e in batch.pods.iter_dicts()] == ["added", "modified", "deleted"]
+    with pytest.raises(BatchFormatError, match="schema 2"):
+        encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=1), FlowRecords.empty(), pods=_pod_events(1))
