@@ -58,12 +58,12 @@ def test_a_pod_started_after_learning_is_a_new_workload_before_it_sends_a_packet
     from kubesonar.shared.pod_events import PodEvents
 
     started = PodEvents.from_rows([{"ts": 2 * HOUR, "event": 1, "addr": address_bytes("10.0.0.7"),
-                                    "namespace": "default", "pod": "miner-5b7c-x2x9q", "workload_kind": "Deployment",
+                                    "namespace": "shop", "pod": "miner-5b7c-x2x9q", "workload_kind": "Deployment",
                                     "workload_name": "miner", "node": "node-2", "images": "xmrig/xmrig:6.21"}])
     d = NewWorkloadDetector(HOUR)
     d.update(_flows(0, ("cart", "shop/cart:1", "10.0.0.1")))
     (finding,) = d.decide(d.update(FlowRecords.empty(), started))
-    assert finding.source == {"ip": "10.0.0.7", "namespace": "default", "pod": "miner-5b7c-x2x9q",
-                              "workload": "default/Deployment/miner", "node": "node-2", "labels": ""}
+    assert finding.source == {"ip": "10.0.0.7", "namespace": "shop", "pod": "miner-5b7c-x2x9q",
+                              "workload": "shop/Deployment/miner", "node": "node-2", "labels": ""}
     assert finding.evidence["images"] == ["xmrig/xmrig:6.21"]
     assert d.decide(d.update(_flows(3 * HOUR, ("miner", "xmrig/xmrig:6.21", "10.0.0.7")))) == []  # one alert
