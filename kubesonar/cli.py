@@ -165,14 +165,15 @@ def sensor(interfaces, window_s, capture_filter, cluster, node, max_flows, durat
     enrich, watcher = _enrichment(pods, use_kube, settings.node)
 
     def publish(window) -> None:
-        publisher.publish(window_messages(window.header, window.flows, publisher.limit))
+        publisher.publish(window_messages(window.header, window.flows, publisher.limit, window.pods))
 
     def spool_counters() -> dict[str, int]:
         s = publisher.stats
         counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "publish_retries": s.retries}
         return counters | (watcher.counters() if watcher else {})
 
-    live = LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters)
+    live = LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,
+                      pod_events=watcher.take_events if watcher else None)
     click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interfaces)}, publishing to {queue}",
                err=True)
     try:

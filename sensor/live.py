@@ -26,6 +26,7 @@ from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.errors import CaptureError, ConfigError
 from kubesonar.shared.flow import EndReason, FlowRecords
+from kubesonar.shared.pod_events import PodEvents
 
 SECOND = 1_000_000_000
 LIVE_TIMEOUTS = FlowTimeouts(active_s=60.0, idle_s=60.0, ended_s=2.0, unanswered_s=5.0)
@@ -54,6 +55,7 @@ class SensorSettings:
 class Window:
     header: BatchHeader
     flows: FlowRecords
+    pods: PodEvents | None = None
 
 
 class WindowSink(Protocol):
@@ -78,11 +80,13 @@ class SensorCounters:
 class LiveSensor:
     def __init__(self, settings: SensorSettings, sink: WindowSink,
                  enrich: Callable[[FlowRecords], FlowRecords] | None = None,
-                 extra_counters: Callable[[], dict[str, int]] | None = None):
+                 extra_counters: Callable[[], dict[str, int]] | None = None,
+                 pod_events: Callable[[], PodEvents] | None = None):
         self.settings = settings
         self.sink = sink
         self.enrich = enrich
         self.extra_counters = extra_counters
+        self.pod_events = pod_events
         self.counters = SensorCounters()
         # unique per process start, so a restarted sensor's sequence numbers never collide with its last life's
         self.sensor_id = f"{settings.node}/{time.time_ns():x}"
@@ -178,7 +182,7 @@ class LiveSensor:
                              self._window_start, now, counters=counters)
         self._sequence += 1
         self._window_start = now
-        self.sink(Window(header, flows))
+        self.sink(Window(header, flows, self.pod_events() if self.pod_events else None))
 
     _closed_kernel = (0, 0)  # kernel counters of sockets closed since (their totals are kept)
 

@@ -34,12 +34,12 @@ class Endpoint:
 
 
 def workload_of(pod: dict) -> tuple[str, str]:
-    meta = pod.get("metadata", {})
-    owners = [o for o in meta.get("ownerReferences", []) if o.get("controller", True)]
+    meta = pod.get("metadata") or {}
+    owners = [o for o in meta.get("ownerReferences") or [] if o.get("controller", True)]
     if not owners:
         return "Pod", meta.get("name", "")
     kind, name = owners[0].get("kind", ""), owners[0].get("name", "")
-    template_hash = meta.get("labels", {}).get("pod-template-hash", "")
+    template_hash = (meta.get("labels") or {}).get("pod-template-hash", "")
     if kind == "ReplicaSet" and template_hash and name.endswith("-" + template_hash):
         return "Deployment", name[: -len(template_hash) - 1]
     if kind == "Job":
@@ -47,6 +47,19 @@ def workload_of(pod: dict) -> tuple[str, str]:
         if match:
             return "CronJob", match["cronjob"]
     return kind, name
+
+
+def endpoint_of(pod: dict) -> Endpoint:
+    """A pod (as the API's JSON) as a flow endpoint: its workload, labels, images, service account."""
+    spec, meta = pod.get("spec") or {}, pod.get("metadata") or {}
+    kind, name = workload_of(pod)
+    labels = ",".join(f"{k}={v}" for k, v in sorted((meta.get("labels") or {}).items()))
+    return Endpoint(
+        namespace=meta.get("namespace", ""), pod=meta.get("name", ""), workload_kind=kind, workload_name=name,
+        node=spec.get("nodeName", ""), labels=labels,
+        images=tuple(sorted({c.get("image", "") for c in spec.get("containers") or []} - {""})),
+        service_account=spec.get("serviceAccountName", ""),
+    )
 
 
 def _text(value: str | tuple[str, ...]) -> str:
@@ -65,17 +78,10 @@ class PodInventory:
             raise ConfigError("a pod inventory is the output of 'kubectl get pods -A -o json' (kind List)")
         endpoints: dict[bytes, Endpoint] = {}
         for pod in document["items"]:
-            spec, status, meta = pod.get("spec", {}), pod.get("status", {}), pod.get("metadata", {})
+            spec, status = pod.get("spec", {}), pod.get("status", {})
             if spec.get("hostNetwork"):
                 continue
-            kind, name = workload_of(pod)
-            labels = ",".join(f"{k}={v}" for k, v in sorted(meta.get("labels", {}).items()))
-            endpoint = Endpoint(
-                namespace=meta.get("namespace", ""), pod=meta.get("name", ""), workload_kind=kind,
-                workload_name=name, node=spec.get("nodeName", ""), labels=labels,
-                images=tuple(sorted({c.get("image", "") for c in spec.get("containers", [])} - {""})),
-                service_account=spec.get("serviceAccountName", ""),
-            )
+            endpoint = endpoint_of(pod)
             ips = [p.get("ip") for p in status.get("podIPs", [])] or [status.get("podIP")]
             for ip in filter(None, ips):
                 endpoints[address_bytes(ip)] = endpoint

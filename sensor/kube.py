@@ -1,0 +1,222 @@
+"""Kubernetes enrichment for the live sensor: watch (not poll) the pods of this node.
+
+A background thread lists this node's pods (field selector ``spec.nodeName``), then watches from the
+list's resourceVersion; a watch that expires (410 Gone) or fails is followed by a fresh list, after a
+backoff with jitter when the API server is unreachable. Every change updates the address -> pod map
+used to enrich flows and queues a pod event (added, modified, deleted) for the next batch. Addresses
+of deleted pods stay resolvable for ``linger_s`` so the flows of their last window are still named.
+The API server (service ``default/kubernetes`` and its endpoints) and the cluster DNS service resolve
+as ``Service`` endpoints.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from kubesonar.shared.flow import FlowRecords, address_bytes
+from kubesonar.shared.inventory import Endpoint, PodInventory, endpoint_of
+from kubesonar.shared.pod_events import PodEvents, PodEventType
+
+if TYPE_CHECKING:
+    from kubernetes.client import ApiClient
+
+_MAX_EVENTS = 1000  # per window; beyond it events are counted as dropped (the map stays exact)
+
+
+class KubeWatcher:
+    def __init__(self, api_client: ApiClient, node: str, linger_s: float = 60.0, watch_timeout_s: int = 300):
+        from kubernetes import client
+
+        self.node = node
+        self._api = api_client
+        self._core = client.CoreV1Api(api_client)
+        self._discovery = client.DiscoveryV1Api(api_client)
+        self._selector = f"spec.nodeName={node}"
+        self._linger_ns = int(linger_s * 1e9)
+        self._watch_timeout_s = watch_timeout_s
+        self._lock = threading.Lock()
+        self._pods: dict[str, dict[str, Any]] = {}  # uid -> pod as the API's JSON
+        self._services: dict[bytes, Endpoint] = {}
+        self._gone: dict[bytes, tuple[Endpoint, int]] = {}  # address -> (endpoint, forget after ns)
+        self._inventory = PodInventory({})
+        self._events: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._watch = None
+        self._thread: threading.Thread | None = None
+        self.stats = {"kube_lists": 0, "kube_watch_restarts": 0, "kube_errors": 0, "pod_events": 0,
+                      "pod_events_dropped": 0}
+        self.last_error = ""
+
+    @classmethod
+    def in_cluster(cls, node: str) -> KubeWatcher:
+        from kubernetes import client, config
+
+        config.load_incluster_config()
+        return cls(client.ApiClient(), node)
+
+    # -- what the sensor uses ----------------------------------------------------------------------
+
+    def enrich(self, records: FlowRecords) -> FlowRecords:
+        with self._lock:
+            inventory = self._inventory
+        return inventory.enrich(records)
+
+    def take_events(self) -> PodEvents:
+        with self._lock:
+            events, self._events = self._events, []
+        return PodEvents.from_rows(events)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.stats) | {"pods": len(self._pods)}
+
+    # -- the thread ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kube-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=1)  # a quiet watch may block in a read; the thread is a daemon
+
+    def wait_synced(self, timeout_s: float) -> bool:
+        """True once the first list has been applied."""
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.stats["kube_lists"]:
+                return True
+            time.sleep(0.02)
+        return False
+
+    def _run(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                version = self._relist()
+                failures = 0
+                self._follow(version)
+                self.stats["kube_watch_restarts"] += 1
+            except ApiException as exc:
+                if exc.status != 410:  # 410: the watch expired; a fresh list is the cure
+                    failures += 1
+                    self._failed(f"Kubernetes API: {exc.status} {exc.reason}", failures)
+                else:
+                    self.stats["kube_watch_restarts"] += 1
+            except Exception as exc:  # noqa: BLE001 - connection errors of every kind: back off, resync
+                failures += 1
+                self._failed(f"Kubernetes API unreachable: {exc}", failures)
+
+    def _failed(self, message: str, failures: int) -> None:
+        self.stats["kube_errors"] += 1
+        self.last_error = message
+        self._stop.wait(random.uniform(0, min(30.0, 0.2 * 2**failures)))  # full jitter
+
+    def _relist(self) -> str:
+        listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector)
+        services = self._cluster_services()
+        pods = {p["metadata"]["uid"]: p for p in (self._api.sanitize_for_serialization(i) for i in listed.items)}
+        with self._lock:
+            for uid in self._pods.keys() - pods.keys():
+                self._apply(PodEventType.DELETED, self._pods[uid])
+            for uid, pod in pods.items():
+                old = self._pods.get(uid)
+                if old is None:
+                    self._apply(PodEventType.ADDED, pod)
+                elif _addresses(old) != _addresses(pod) or old["metadata"].get("labels") != pod["metadata"].get("labels"):
+                    self._apply(PodEventType.MODIFIED, pod)
+            self._services = services
+            self._rebuild()
+        self.stats["kube_lists"] += 1
+        return listed.metadata.resource_version
+
+    def _follow(self, version: str) -> None:
+        from kubernetes import watch
+
+        self._watch = watch.Watch()
+        for event in self._watch.stream(self._core.list_pod_for_all_namespaces, field_selector=self._selector,
+                                        resource_version=version, timeout_seconds=self._watch_timeout_s,
+                                        allow_watch_bookmarks=True):
+            kind = event["type"]
+            if kind not in ("ADDED", "MODIFIED", "DELETED"):
+                continue  # BOOKMARK: only moves the resourceVersion on
+            pod = event["raw_object"]
+            with self._lock:
+                self._apply(PodEventType[kind], pod)
+                self._rebuild()
+            if self._stop.is_set():
+                break
+
+    # -- state ---------------------------------------------------------------------------------------
+
+    def _apply(self, kind: PodEventType, pod: dict[str, Any]) -> None:
+        uid = pod["metadata"]["uid"]
+        now = time.time_ns()
+        old = self._pods.get(uid)
+        if kind == PodEventType.DELETED:
+            self._pods.pop(uid, None)
+        else:
+            self._pods[uid] = pod
+        for gone in _addresses(old) - (_addresses(pod) if kind != PodEventType.DELETED else set()):
+            self._gone[gone] = (endpoint_of(old), now + self._linger_ns)
+        self.stats["pod_events"] += 1
+        if len(self._events) >= _MAX_EVENTS:
+            self.stats["pod_events_dropped"] += 1
+            return
+        e = endpoint_of(pod)
+        addresses = sorted(_addresses(pod))
+        self._events.append({
+            "ts": now, "event": int(kind), "addr": addresses[0] if addresses else b"", "namespace": e.namespace,
+            "pod": e.pod, "workload_kind": e.workload_kind, "workload_name": e.workload_name, "node": e.node,
+            "labels": e.labels, "images": ",".join(e.images), "service_account": e.service_account,
+        })
+
+    def _rebuild(self) -> None:
+        now = time.time_ns()
+        self._gone = {a: (e, t) for a, (e, t) in self._gone.items() if t > now}
+        by_address = {a: e for a, (e, _) in self._gone.items()} | self._services
+        for pod in self._pods.values():
+            if pod.get("spec", {}).get("hostNetwork"):
+                continue  # the node's own address: not this pod's
+            endpoint = endpoint_of(pod)
+            for address in _addresses(pod):
+                by_address[address] = endpoint
+        self._inventory = PodInventory(by_address)
+
+    def _cluster_services(self) -> dict[bytes, Endpoint]:
+        """Addresses of the API server (service and endpoints) and of the cluster DNS service."""
+        as_json = self._api.sanitize_for_serialization  # the API's own JSON shape, whatever the model classes
+        api = Endpoint(namespace="default", workload_kind="Service", workload_name="kubernetes")
+        found = dict.fromkeys(_service_ips(as_json(self._core.read_namespaced_service("kubernetes", "default"))), api)
+        slices = as_json(self._discovery.list_namespaced_endpoint_slice(
+            "default", label_selector="kubernetes.io/service-name=kubernetes"))
+        for item in slices.get("items") or []:
+            for endpoint in item.get("endpoints") or []:
+                found.update(dict.fromkeys(map(address_bytes, endpoint.get("addresses") or []), api))
+        dns = as_json(self._core.list_namespaced_service("kube-system", label_selector="k8s-app=kube-dns"))
+        for svc in dns.get("items") or []:
+            name = replace(api, namespace="kube-system", workload_name=svc["metadata"]["name"])
+            found.update(dict.fromkeys(_service_ips(svc), name))
+        return found
+
+
+def _service_ips(service: dict[str, Any]) -> list[bytes]:
+    spec = service.get("spec") or {}
+    ips = spec.get("clusterIPs") or [spec.get("clusterIP")]
+    return [address_bytes(ip) for ip in ips if ip and ip != "None"]
+
+
+def _addresses(pod: dict[str, Any] | None) -> set[bytes]:
+    if not pod:
+        return set()
+    status = pod.get("status") or {}
+    ips = [p.get("ip") for p in status.get("podIPs") or []] or [status.get("podIP")]
+    return {address_bytes(ip) for ip in ips if ip}

@@ -1,0 +1,162 @@
+"""Kubernetes enrichment with the real kubernetes client against an API server stand-in over HTTP on
+127.0.0.1, serving responses in the API's JSON shapes (tests/fixtures/kube): a pod list, a watch stream
+(a pod added, then given an IP, another changing IP, one deleted, a bookmark), the watch expiring
+(410 Gone), a fresh list, and the API server and DNS services."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pytest
+from kubernetes import client
+
+from kubesonar.sensor.kube import KubeWatcher
+from kubesonar.shared.flow import FlowRecords, address_bytes
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kube"
+
+
+class _ApiServer(BaseHTTPRequestHandler):
+    lists = 0
+    watches = 0
+    requests: list = []
+    closing = threading.Event()
+
+    def log_message(self, *_):
+        pass
+
+    def _json(self, name: str) -> None:
+        body = (FIXTURES / name).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):  # noqa: N802 - the http.server API
+        url = urlparse(self.path)
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        type(self).requests.append((url.path, query))
+        if url.path == "/api/v1/pods" and query.get("watch") in ("true", "True"):
+            return self._watch(query)
+        if url.path == "/api/v1/pods":
+            type(self).lists += 1
+            return self._json("pods-list-1.json" if type(self).lists == 1 else "pods-list-2.json")
+        routes = {
+            "/api/v1/namespaces/default/services/kubernetes": "service-kubernetes.json",
+            "/apis/discovery.k8s.io/v1/namespaces/default/endpointslices": "endpointslices-kubernetes.json",
+            "/api/v1/namespaces/kube-system/services": "services-kube-dns.json",
+        }
+        if url.path in routes:
+            return self._json(routes[url.path])
+        self.send_error(404)
+
+    def _watch(self, query: dict) -> None:
+        type(self).watches += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        lines = (FIXTURES / "pods-watch-1.jsonl").read_bytes().splitlines() if type(self).watches == 1 else []
+        for line in lines:
+            self._chunk(line + b"\n")
+            time.sleep(0.05)
+        if not lines:  # a quiet watch: hold it open until the timeout the client asked for, or the end
+            type(self).closing.wait(float(query.get("timeoutSeconds", "1")))
+        self._chunk(b"")
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+@pytest.fixture
+def api_server():
+    _ApiServer.lists = _ApiServer.watches = 0
+    _ApiServer.requests = []
+    _ApiServer.closing = threading.Event()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    _ApiServer.closing.set()
+    server.shutdown()
+
+
+def _client(host: str) -> client.ApiClient:
+    config = client.Configuration()
+    config.host = host
+    return client.ApiClient(config)
+
+
+def _names(watcher: KubeWatcher, *ips: str) -> list[str]:
+    flows = FlowRecords.empty(len(ips))
+    flows.columns["src_addr"] = np.array([address_bytes(ip) for ip in ips], dtype="V16")
+    enriched = watcher.enrich(flows)
+    return [f"{n}/{k}/{w}" if w else "" for n, k, w in zip(
+        enriched["src_namespace"], enriched["src_workload_kind"], enriched["src_workload_name"])]
+
+
+def _until(condition, timeout_s: float = 10.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.05)
+
+
+def test_pods_appear_change_address_and_go_and_the_watch_resyncs_after_410(api_server):
+    watcher = KubeWatcher(_client(api_server), "node-1", linger_s=1.0)
+    watcher.start()
+    try:
+        assert watcher.wait_synced(10)
+        assert _names(watcher, "10.244.1.11", "10.244.1.12", "172.18.0.3") == [
+            "shop/Deployment/frontend", "shop/StatefulSet/redis", ""]  # a host-network pod is not the node
+        assert _names(watcher, "10.96.0.1", "172.18.0.2", "10.96.0.10") == [
+            "default/Service/kubernetes", "default/Service/kubernetes", "kube-system/Service/kube-dns"]
+        _until(lambda: watcher.stats["kube_lists"] == 2)  # the watch expired (410) and was relisted
+        assert _names(watcher, "10.244.1.40", "10.244.1.51", "10.244.1.60") == [
+            "default/Deployment/debug-tools", "shop/Deployment/frontend", "shop/Deployment/cart"]
+        assert _names(watcher, "10.244.1.11", "10.244.1.12") == ["shop/Deployment/frontend", "shop/StatefulSet/redis"]
+        time.sleep(1.2)  # past the linger: old addresses of moved and deleted pods are forgotten
+        watcher.stop()  # stop first so nothing rebuilds meanwhile; then one rebuild drops the lingering
+        watcher._rebuild()
+        assert _names(watcher, "10.244.1.11", "10.244.1.12") == ["", ""]
+    finally:
+        watcher.stop()
+    events = list(watcher.take_events().iter_dicts())
+    seen = [(e["event"], e["pod"], e["addr"]) for e in events]
+    assert seen[:3] == [("added", "frontend-7d9f8b6c5-x7k2p", "10.244.1.11"), ("added", "redis-0", "10.244.1.12"),
+                        ("added", "node-exporter-4xk9z", "172.18.0.3")]
+    assert ("added", "debug-tools-5c8d7f9b4-q2w8e", "") in seen
+    assert ("modified", "debug-tools-5c8d7f9b4-q2w8e", "10.244.1.40") in seen
+    assert ("modified", "frontend-7d9f8b6c5-x7k2p", "10.244.1.51") in seen
+    assert ("deleted", "redis-0", "10.244.1.12") in seen
+    assert ("added", "cart-6b5d4c3f2-m9n8b", "10.244.1.60") in seen  # found by the relist
+    debug = next(e for e in events if e["pod"].startswith("debug-tools"))
+    assert (debug["images"], debug["service_account"], debug["workload_kind"]) == (
+        "docker.io/nicolaka/netshoot:latest", "default", "Deployment")
+    # every pod request asked for this node's pods only
+    pod_requests = [q for path, q in _ApiServer.requests if path == "/api/v1/pods"]
+    assert pod_requests and all(q["fieldSelector"] == "spec.nodeName=node-1" for q in pod_requests)
+    assert any(q.get("resourceVersion") == "48210" for q in pod_requests)  # watched from the list's version
+
+
+def test_an_unreachable_api_server_is_counted_and_retried_not_fatal():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    watcher = KubeWatcher(_client(f"http://127.0.0.1:{port}"), "node-1")
+    watcher.start()
+    try:
+        _until(lambda: watcher.stats["kube_errors"] >= 2)
+        assert "unreachable" in watcher.last_error and not watcher.wait_synced(0.1)
+    finally:
+        watcher.stop()
+    assert json.dumps(watcher.counters())
