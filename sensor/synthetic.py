@@ -145,6 +145,16 @@ def syn_scan(rng, scanner, target, ports, duration, start=None) -> dict[str, np.
     return _concat([probe, answer])
 
 
+def syn_flood(rng, source, targets, n, duration, start=0.0) -> dict[str, np.ndarray]:
+    """n SYNs from ``source``, each a distinct 5-tuple (random target, source port and port), unanswered."""
+    combos = rng.choice(len(targets) * 64_512 * 16, size=n, replace=False)  # target x port x source port
+    target = np.asarray(targets)[combos % len(targets)]
+    dport = 1 + (combos // len(targets)) % 64_512
+    sport = 40_000 + combos // (len(targets) * 64_512)
+    t = start + np.sort(rng.uniform(0, duration, n))
+    return _packets(source, target, sport, dport, 6, _SYN, 0, t)
+
+
 def _write_pcap(path, c: dict[str, np.ndarray], start_s: float) -> None:
     n = len(c["ts"])
     tcp, udp = c["proto"] == 6, c["proto"] == 17

@@ -106,3 +106,34 @@ def test_a_new_connection_on_a_closed_five_tuple_is_a_new_flow(tmp_path):
     records = flows_of(path)
     assert len(records) == 2 and records[0]["end_reason"] == "new_connection"
     assert records[0]["flow_id"] != records[1]["flow_id"]
+
+
+def test_a_flood_of_distinct_tuples_stays_within_the_cap_and_every_probe_is_still_reported(tmp_path):
+    import numpy as np
+
+    from kubesonar.sensor.capture_file import read_capture
+    from kubesonar.sensor.dissect import dissect
+    from kubesonar.sensor.flow_table import FlowTable
+    from kubesonar.sensor.synthetic import syn_flood, write_traffic
+    from kubesonar.shared.detectors.port_scan import PortScanDetector
+    from kubesonar.shared.flow import FlowRecords
+
+    rng = np.random.default_rng(5)
+    source, targets = (10 << 24) | 99, (10 << 24) | (1 << 8) | np.arange(1, 17)
+    path = tmp_path / "flood.pcap"
+    write_traffic(path, [syn_flood(rng, source, targets, 60_000, 3.0)], 1.7e9)
+    table = FlowTable(FlowTimeouts(), max_flows=4096)
+    out, largest = [], 0
+    for batch in read_capture(path):
+        for lo in range(0, len(batch), 2000):  # sensor-sized bites
+            part = batch.__class__(batch.data, batch.offset[lo:lo + 2000], batch.caplen[lo:lo + 2000],
+                                   batch.wirelen[lo:lo + 2000], batch.ts[lo:lo + 2000], batch.linktype[lo:lo + 2000])
+            out.append(table.add(dissect(part), part.ts))
+            largest = max(largest, len(table))
+    out.append(table.flush())
+    records = FlowRecords.concat(out)
+    assert largest <= 4096 and table.evicted > 50_000
+    assert len(records) == 60_000 and int(records["packets_out"].sum()) == 60_000  # nothing lost
+    detector = PortScanDetector()
+    (finding,) = detector.decide(detector.update(records))
+    assert finding.source["ip"] == "10.0.0.99" and finding.evidence["target_count"] == 16
