@@ -12,7 +12,6 @@ from typing import Callable, Iterator
 import click
 
 from kubesonar.sensor.flow_table import FlowTimeouts
-from kubesonar.sensor.offline import CaptureStats, flows_from_captures
 from kubesonar.shared.errors import KubeSonarError
 from kubesonar.shared.flow import FlowRecords
 
@@ -37,6 +36,8 @@ def main() -> None:
               help="Seconds of silence that end a flow.")
 def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeout: float) -> None:
     """Print the bidirectional flows of pcap/pcapng CAPTURES (read in order, as one stream)."""
+    from kubesonar.sensor.offline import CaptureStats, flows_from_captures  # numba: not for the live sensor
+
     stats = CaptureStats()
     timeouts = FlowTimeouts(active_s=active_timeout, idle_s=idle_timeout)
     with _progress(captures) as advance:
@@ -113,7 +114,7 @@ def _capture_options(command: Callable) -> Callable:
         click.option("--filter", "capture_filter", default="", help="tcpdump-style capture filter (needs libpcap)."),
         click.option("--cluster", default="default", help="Cluster name batches and alerts are filed under."),
         click.option("--node", default=None, help="Node name [default: NODE_NAME, else the host name]."),
-        click.option("--max-flows", type=click.IntRange(1024), default=131_072,
+        click.option("--max-flows", type=click.IntRange(1024), default=65_536,
                      help="Cap on the live flow table; past it the least recently active flows are sent early."),
         click.option("--duration", type=click.FloatRange(min=0.1), default=None,
                      help="Stop after this many seconds (default: run until SIGTERM or Ctrl-C)."),

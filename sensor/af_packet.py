@@ -1,9 +1,11 @@
-"""Live capture on Linux: an AF_PACKET socket with a memory-mapped TPACKET_V3 receive ring.
+"""Live capture on Linux: an AF_PACKET socket with a memory-mapped TPACKET_V2 receive ring.
 
-The kernel fills whole blocks of packets in memory shared with us; we hand every block it has
-retired to the flow engine as one :class:`PacketBatch` (offsets into the ring, no copy) and give the
-blocks back. A block is retired when full or after ``retire_ms``, so a quiet link still flushes.
-Only the hop from one packet header to the next is sequential; numba compiles it (see record_walk).
+The kernel writes each packet (cut to ``snaplen`` by the socket's BPF program) into the next
+fixed-size frame of a ring in memory shared with us and flags it as ours. Fixed frames make the ring
+an array: the frames ready for us are read as strided numpy views, handed to the flow engine as one
+:class:`PacketBatch` (offsets into the ring, no copy) and given back with one vectorised store. No
+per-packet Python, and no JIT (TPACKET_V3's variable-length blocks would need one to walk), which
+keeps the sensor's memory down.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from kubesonar.sensor.bpf import BpfProgram, accept_all
-from kubesonar.sensor.capture_file import PacketBatch
+from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
-from kubesonar.sensor.record_walk import njit
-from kubesonar.shared.errors import CaptureError
+from kubesonar.shared.errors import CaptureError, ConfigError
 
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
@@ -29,58 +30,37 @@ PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_MR_PROMISC = 1
-TPACKET_V3 = 2
+TPACKET_V2 = 1
 ETH_P_ALL = 0x0003
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
 _ARPHRD_ETHER, _ARPHRD_LOOPBACK = 1, 772
-
-_SLL_PKTTYPE = 48 + 10  # TPACKET_ALIGN(sizeof(tpacket3_hdr)) + offsetof(sockaddr_ll, sll_pkttype)
 _PACKET_OUTGOING = 4
-_BLOCK_STATUS = struct.Struct("<I")  # tpacket_block_desc.hdr.bh1.block_status, at offset 8
-_BLOCK_HEAD = struct.Struct("<III")  # block_status, num_pkts, offset_to_first_pkt
+# struct tpacket2_hdr: status u32 @0, len u32 @4, snaplen u32 @8, mac u16 @12, net u16 @14, sec u32 @16,
+# nsec u32 @20; struct sockaddr_ll follows at 32, its sll_pkttype at 32 + 10
+_STATUS, _LEN, _SNAPLEN, _SEC, _NSEC = 0, 4, 8, 16, 20
+_MAC, _PKTTYPE = 12, 42
 
 
 @dataclass(frozen=True)
 class RingConfig:
-    block_size: int = 1 << 20  # bytes per block; a multiple of the page size
-    block_count: int = 32  # the ring holds block_size * block_count bytes
-    retire_ms: int = 100  # hand over a block this long after its first packet, full or not
+    frame_size: int = 512  # bytes per slot: header, address, and snaplen bytes of packet
+    frame_count: int = 65_536  # slots; the ring takes frame_size * frame_count bytes (32 MiB)
+    block_size: int = 128 << 10  # the kernel allocates the ring in blocks of this many bytes
     snaplen: int = 256  # bytes kept of each packet: headers, tunnels, never payload beyond them
+    frames_per_read: int = 8_192  # hand over at most this many at once: bounds the engine's working memory
+
+    def __post_init__(self) -> None:
+        if self.block_size % self.frame_size or self.frame_count % (self.block_size // self.frame_size):
+            raise ConfigError("ring: block size must hold whole frames and the frames whole blocks")
+        if self.snaplen + 96 > self.frame_size:
+            raise ConfigError(f"ring: a {self.frame_size}-byte frame cannot hold a {self.snaplen}-byte snap")
 
 
 @dataclass
 class SocketStats:
     packets: int = 0  # seen by the kernel for this socket
     drops: int = 0  # the ring was full: lost
-    freezes: int = 0
-
-
-@njit(cache=True, nogil=True)
-def _walk_block(ring: np.ndarray, block: int, count: int, first: int, out: np.ndarray) -> int:
-    """Fill out[i] = (offset of frame, captured length, wire length, seconds, nanoseconds, packet type)."""
-    pos = block + first
-    n = 0
-    for _ in range(count):
-        if n == len(out) or pos + 28 > len(ring):
-            break
-        nxt = np.int64(ring[pos]) | (np.int64(ring[pos + 1]) << 8) | (np.int64(ring[pos + 2]) << 16) | (np.int64(ring[pos + 3]) << 24)
-        sec = np.int64(ring[pos + 4]) | (np.int64(ring[pos + 5]) << 8) | (np.int64(ring[pos + 6]) << 16) | (np.int64(ring[pos + 7]) << 24)
-        nsec = np.int64(ring[pos + 8]) | (np.int64(ring[pos + 9]) << 8) | (np.int64(ring[pos + 10]) << 16) | (np.int64(ring[pos + 11]) << 24)
-        snap = np.int64(ring[pos + 12]) | (np.int64(ring[pos + 13]) << 8) | (np.int64(ring[pos + 14]) << 16) | (np.int64(ring[pos + 15]) << 24)
-        wire = np.int64(ring[pos + 16]) | (np.int64(ring[pos + 17]) << 8) | (np.int64(ring[pos + 18]) << 16) | (np.int64(ring[pos + 19]) << 24)
-        mac = np.int64(ring[pos + 24]) | (np.int64(ring[pos + 25]) << 8)
-        out[n, 0] = pos + mac
-        out[n, 1] = snap
-        out[n, 2] = wire
-        out[n, 3] = sec
-        out[n, 4] = nsec
-        out[n, 5] = ring[pos + _SLL_PKTTYPE]  # sockaddr_ll follows the header
-        n += 1
-        if nxt == 0:
-            break
-        pos += nxt
-    return n
 
 
 def _arphrd(name: str) -> int:
@@ -100,7 +80,7 @@ def interface_linktype(name: str) -> tuple[int, int]:
 
 
 class RingSocket:
-    """One interface's capture socket and ring. ``read()`` returns what the kernel has retired."""
+    """One interface's capture socket and ring. ``read()`` returns the packets the kernel has written."""
 
     def __init__(self, interface: str, config: RingConfig | None = None, program: BpfProgram | None = None):
         self.interface = interface
@@ -109,8 +89,8 @@ class RingSocket:
         # loopback shows every packet twice, leaving and arriving: keep the arrival (as libpcap does)
         self._skip_outgoing = _arphrd(interface) == _ARPHRD_LOOPBACK
         self.stats = SocketStats()
-        self._block = 0
-        self._pending: list[int] = []  # blocks handed out and not yet given back
+        self._next = 0  # the next frame the kernel fills, in ring order
+        self._pending = np.zeros(0, dtype=np.int64)  # frames handed out and not yet given back
         try:
             self._sock = socket.socket(socket.AF_PACKET, kind, socket.htons(ETH_P_ALL))
         except PermissionError:
@@ -124,69 +104,72 @@ class RingSocket:
     def _setup(self, program: BpfProgram) -> None:
         c = self.config
         s = self._sock
-        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
         # the filter goes on before the bind, so nothing unfiltered (or longer than snaplen) gets in
         program.attach(s)
-        req = struct.pack("<7I", c.block_size, c.block_count, 2048, c.block_size * c.block_count // 2048,
-                          c.retire_ms, 0, 0)
+        req = struct.pack("<4I", c.block_size, c.frame_count * c.frame_size // c.block_size, c.frame_size,
+                          c.frame_count)
         s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-        self._map = mmap.mmap(s.fileno(), c.block_size * c.block_count, mmap.MAP_SHARED,
+        self._map = mmap.mmap(s.fileno(), c.frame_size * c.frame_count, mmap.MAP_SHARED,
                               mmap.PROT_READ | mmap.PROT_WRITE)
         self.ring = np.frombuffer(self._map, dtype=np.uint8)
+        # each header field of every frame as one strided view (frames are contiguous: blocks hold whole frames)
+        words = np.frombuffer(self._map, dtype="<u4")
+        step = c.frame_size // 4
+        self._status, self._len, self._snap = words[_STATUS // 4 :: step], words[_LEN // 4 :: step], words[_SNAPLEN // 4 :: step]
+        self._sec, self._nsec = words[_SEC // 4 :: step], words[_NSEC // 4 :: step]
+        self._mac = np.frombuffer(self._map, dtype="<u2")[_MAC // 2 :: c.frame_size // 2]
+        self._pkttype = self.ring[_PKTTYPE :: c.frame_size]
         s.bind((self.interface, ETH_P_ALL))
         index = socket.if_nametoindex(self.interface)
         # promiscuous for this socket only (undone when it closes): a bridge passes us forwarded frames
         s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("<iHH8s", index, PACKET_MR_PROMISC, 0, b""))
-        self._out = np.zeros((c.block_size // 32, 6), dtype=np.int64)
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def read(self) -> PacketBatch | None:
-        """Every block the kernel has retired, as one batch pointing into the ring; None if there are none.
-        Call :meth:`release` once the batch has been accounted."""
+        """The frames the kernel has filled since the last read (at most ``frames_per_read``), as one
+        batch pointing into the ring; None if there are none. Call :meth:`release` once accounted."""
         self.release()
         c = self.config
-        parts = []
-        for _ in range(c.block_count):
-            base = self._block * c.block_size
-            status, count, first = _BLOCK_HEAD.unpack_from(self._map, base + 8)
-            if not status & TP_STATUS_USER:
-                break
-            n = _walk_block(self.ring, base, count, first, self._out)
-            parts.append(self._out[:n].copy())
-            self._pending.append(base)
-            self._block = (self._block + 1) % c.block_count
-        if not parts:
+        frames = (self._next + np.arange(c.frames_per_read)) % c.frame_count
+        ours = (self._status[frames] & TP_STATUS_USER) != 0
+        n = int(np.argmin(ours)) if not ours.all() else len(ours)  # the run of filled frames, in order
+        if n == 0:
             return None
-        frames = np.concatenate(parts)
+        frames = frames[:n]
+        self._next = int(frames[-1] + 1) % c.frame_count
+        self._pending = frames
         if self._skip_outgoing:
-            frames = frames[frames[:, 5] != _PACKET_OUTGOING]
+            frames = frames[self._pkttype[frames] != _PACKET_OUTGOING]
         return PacketBatch(
-            data=self.ring, offset=frames[:, 0], caplen=frames[:, 1], wirelen=frames[:, 2],
-            ts=frames[:, 3] * 1_000_000_000 + frames[:, 4], linktype=np.full(len(frames), self.linktype),
+            data=self.ring, offset=frames * c.frame_size + self._mac[frames], caplen=self._snap[frames].astype(np.int64),
+            wirelen=self._len[frames].astype(np.int64),
+            ts=self._sec[frames].astype(np.int64) * 1_000_000_000 + self._nsec[frames],
+            linktype=np.full(len(frames), self.linktype),
         )
 
     def release(self) -> None:
-        for base in self._pending:
-            _BLOCK_STATUS.pack_into(self._map, base + 8, TP_STATUS_KERNEL)
-        self._pending.clear()
+        """Give the frames of the last batch back to the kernel."""
+        if len(self._pending):
+            self._status[self._pending] = TP_STATUS_KERNEL
+            self._pending = self._pending[:0]
 
     def read_stats(self) -> SocketStats:
         """Add the kernel's counters since the last call (reading resets them) and return the totals."""
-        packets, drops, freezes = struct.unpack("<III", self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12))
+        packets, drops = struct.unpack("<II", self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
         self.stats.packets += packets
         self.stats.drops += drops
-        self.stats.freezes += freezes
         return self.stats
 
     def close(self) -> None:
         self.release()
-        self.ring = None  # drop the numpy view before the map it points into
+        self.ring = self._status = self._len = self._snap = self._sec = self._nsec = self._mac = self._pkttype = None
         try:
             self._map.close()
         except (BufferError, AttributeError):
-            pass
+            pass  # a batch still points into it; the map goes when that does
         self._sock.close()
 
 

@@ -14,6 +14,7 @@ from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
+from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.record_walk import STOP_CORRUPT, STOP_FULL, STOP_NEED_DATA, STOP_OTHER_BLOCK, walk_pcap, walk_pcapng
 from kubesonar.shared.errors import CaptureError
 
@@ -29,21 +30,6 @@ _PCAP_MAGICS = {
 _PCAPNG_SHB = 0x0A0D0D0A
 _PCAPNG_BOM = 0x1A2B3C4D
 _IDB, _OPB, _SPB, _EPB = 1, 2, 3, 6
-
-
-@dataclass
-class PacketBatch:
-    """Packets of one chunk: ``data[offset[i]:offset[i] + caplen[i]]`` is packet i."""
-
-    data: np.ndarray  # uint8
-    offset: np.ndarray  # int64
-    caplen: np.ndarray  # int64, bytes captured
-    wirelen: np.ndarray  # int64, bytes on the wire
-    ts: np.ndarray  # int64 ns since the epoch
-    linktype: np.ndarray  # int64 LINKTYPE_* per packet
-
-    def __len__(self) -> int:
-        return len(self.offset)
 
 
 ProgressFn = Callable[[int], None]

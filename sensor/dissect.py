@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from kubesonar.sensor.capture_file import PacketBatch
+from kubesonar.sensor.packets import PacketBatch
 from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 
 LINKTYPE_NULL = 0

@@ -127,6 +127,13 @@ def _frame(header: BatchHeader, payload: bytes, compressed: bytes) -> bytes:
     return _PRELUDE.pack(MAGIC, FORMAT_VERSION, FLAG_ZSTD, len(head), len(compressed), len(payload), crc) + head + compressed
 
 
+def _compression_params(level: int) -> zstandard.ZstdCompressionParameters:
+    """``level``'s search with a 1 MiB window and small match tables: a message is at most a few MiB
+    of payload, so the ratio is the same (12.05 bytes a flow on the benchmark either way) while the
+    compressor needs 2 MiB instead of 18-90 MiB, which is what bounds the sensor's memory."""
+    return zstandard.ZstdCompressionParameters.from_level(level, window_log=20, chain_log=16, hash_log=16)
+
+
 def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT, level: int = ZSTD_LEVEL,
                  pods: PodEvents | None = None) -> list[bytes]:
     """Encode one window's flows (and pod events, which go in the first part) as messages of at most
@@ -138,7 +145,7 @@ def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT
     schema = SCHEMA_COLUMNS[header.schema_version]  # older versions only for tests of mixed fleets
     if pods is not None and len(pods) and header.schema_version < 2:
         raise BatchFormatError("pod events need flow schema 2")
-    compressor = zstandard.ZstdCompressor(level=level)
+    compressor = zstandard.ZstdCompressor(compression_params=_compression_params(level))
     payloads: list[tuple[bytes, bytes, int]] = []  # (payload, compressed, rows)
     head_size = _PRELUDE.size + len(_encode_header(replace(header, parts=0, part=0)))
 
