@@ -106,12 +106,12 @@ def demo(workdir: str | None, fmt: str) -> None:
 def _capture_options(command: Callable) -> Callable:
     """Options shared by the live commands (each also KUBESONAR_<COMMAND>_<OPTION>)."""
     options = [
-        click.option("--interface", "-i", "interfaces", multiple=True, required=True,
+        click.option("--interface", "-i", "interface", multiple=True, required=True,
                      help="Interface to capture on, or a shell pattern such as 'veth*' matched every window "
                           "(repeat for several; in the environment, separate them with spaces)."),
-        click.option("--window", "window_s", type=click.FloatRange(0.5, 3600), default=10.0,
+        click.option("--window", type=click.FloatRange(0.5, 3600), default=10.0,
                      help="Seconds per window: flows are published (and a heartbeat sent) this often."),
-        click.option("--filter", "capture_filter", default="", help="tcpdump-style capture filter (needs libpcap)."),
+        click.option("--filter", default="", help="tcpdump-style capture filter (needs libpcap)."),
         click.option("--cluster", default="default", help="Cluster name batches and alerts are filed under."),
         click.option("--node", default=None, help="Node name [default: NODE_NAME, else the host name]."),
         click.option("--max-flows", type=click.IntRange(1024), default=65_536,
@@ -124,10 +124,10 @@ def _capture_options(command: Callable) -> Callable:
     return command
 
 
-def _settings(interfaces, window_s, capture_filter, cluster, node, max_flows):
+def _settings(interface, window, filter, cluster, node, max_flows):  # noqa: A002 - the option's name
     from kubesonar.sensor.live import SensorSettings, default_node_name
 
-    return SensorSettings(tuple(interfaces), window_s=window_s, capture_filter=capture_filter, cluster=cluster,
+    return SensorSettings(tuple(interface), window_s=window, capture_filter=filter, cluster=cluster,
                           node=node or default_node_name(), max_flows=max_flows)
 
 
@@ -146,24 +146,24 @@ def _run_until_signal(sensor, duration: float | None) -> None:
 @click.option("--queue", required=True,
               help="Where batches go: file://DIR, an SQS queue URL, pubsub://projects/P/topics/T or an Event "
                    "Grid topic endpoint (docs/sensor.md).")
-@click.option("--spool", "spool_dir", type=click.Path(file_okay=False), default="/var/lib/kubesonar/spool",
+@click.option("--spool", type=click.Path(file_okay=False), default="/var/lib/kubesonar/spool",
               help="Directory that holds batches while the queue cannot be reached.")
 @click.option("--spool-max-bytes", type=click.IntRange(min=1 << 20), default=256 << 20,
               help="Bound of the spool; beyond it the oldest batches are dropped and counted.")
 @click.option("--pods", type=click.Path(dir_okay=False),
               help="Static pod inventory ('kubectl get pods -A -o json') instead of watching the API.")
-@click.option("--kubernetes/--no-kubernetes", "use_kube", default=False,
+@click.option("--kubernetes/--no-kubernetes", default=False,
               help="Watch this node's pods through the Kubernetes API (in-cluster configuration).")
-def sensor(interfaces, window_s, capture_filter, cluster, node, max_flows, duration, queue, spool_dir,
-           spool_max_bytes, pods, use_kube) -> None:
+def sensor(interface, window, filter, cluster, node, max_flows, duration, queue, spool,  # noqa: A002
+           spool_max_bytes, pods, kubernetes) -> None:
     """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
     from kubesonar.sensor.live import LiveSensor
     from kubesonar.sensor.publish import open_publisher, window_messages
     from kubesonar.sensor.spool import SpoolingPublisher
 
-    settings = _settings(interfaces, window_s, capture_filter, cluster, node, max_flows)
-    publisher = SpoolingPublisher(open_publisher(queue), spool_dir, max_bytes=spool_max_bytes)
-    enrich, watcher = _enrichment(pods, use_kube, settings.node)
+    settings = _settings(interface, window, filter, cluster, node, max_flows)
+    publisher = SpoolingPublisher(open_publisher(queue), spool, max_bytes=spool_max_bytes)
+    enrich, watcher = _enrichment(pods, kubernetes, settings.node)
 
     def publish(window) -> None:
         publisher.publish(window_messages(window.header, window.flows, publisher.limit, window.pods))
@@ -175,7 +175,7 @@ def sensor(interfaces, window_s, capture_filter, cluster, node, max_flows, durat
 
     live = LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,
                       pod_events=watcher.take_events if watcher else None)
-    click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interfaces)}, publishing to {queue}",
+    click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to {queue}",
                err=True)
     try:
         _run_until_signal(live, duration)
@@ -193,7 +193,7 @@ def sensor(interfaces, window_s, capture_filter, cluster, node, max_flows, durat
               help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               help="json: one alert per line, as analyze prints them.")
-def watch(interfaces, window_s, capture_filter, cluster, node, max_flows, duration, pods, state_dir, fmt) -> None:
+def watch(interface, window, filter, cluster, node, max_flows, duration, pods, state_dir, fmt) -> None:  # noqa: A002
     """Capture live traffic and run the detection core in this process; print alerts as they happen."""
     import tempfile
 
@@ -202,7 +202,7 @@ def watch(interfaces, window_s, capture_filter, cluster, node, max_flows, durati
     from kubesonar.sensor.publish import window_messages
     from kubesonar.shared.batch import SQS_LIMIT
 
-    settings = _settings(interfaces, window_s, capture_filter, cluster, node, max_flows)
+    settings = _settings(interface, window, filter, cluster, node, max_flows)
     enrich, _ = _enrichment(pods, False, settings.node)
     with tempfile.TemporaryDirectory(prefix="kubesonar-watch-") as tmp:
         backend = LocalBackend(state_dir or tmp)
@@ -218,7 +218,7 @@ def watch(interfaces, window_s, capture_filter, cluster, node, max_flows, durati
                     sys.stdout.flush()
 
         live = LiveSensor(settings, score, enrich=enrich)
-        click.echo(f"kubesonar watch: capturing on {', '.join(interfaces)}; alerts appear here", err=True)
+        click.echo(f"kubesonar watch: capturing on {', '.join(interface)}; alerts appear here", err=True)
         _run_until_signal(live, duration)
     for error in live.errors + backend.errors:
         click.echo(f"kubesonar: error: {error}", err=True)

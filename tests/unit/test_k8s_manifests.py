@@ -1,0 +1,85 @@
+"""The sensor's Kubernetes manifests: every overlay renders with kustomize and validates strictly
+against each Kubernetes version the README claims; the DaemonSet keeps its security posture."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import REPO, require_tool
+
+K8S = REPO / "infra" / "k8s"
+OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir())
+VERSIONS = ["1.30.0", "1.31.0", "1.32.0", "1.33.0", "1.34.0"]  # the README's claim
+
+
+def _render(overlay: str) -> list[dict]:
+    out = subprocess.run([require_tool("kubectl"), "kustomize", str(K8S / "overlays" / overlay)],
+                         capture_output=True, text=True, check=True)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_overlay_validates_strictly(overlay, version):
+    for doc in _render(overlay):
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def _daemonset(overlay: str) -> dict:
+    return next(d for d in _render(overlay) if d["kind"] == "DaemonSet")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_daemonset_runs_everywhere_with_the_least_it_needs(overlay):
+    pod = _daemonset(overlay)["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert pod["hostNetwork"] and pod["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in pod["tolerations"]  # control-plane nodes too
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_RAW", "NET_ADMIN"]}
+    assert sc["allowPrivilegeEscalation"] is False and sc["readOnlyRootFilesystem"] and not sc["privileged"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    lines = (K8S / "base" / "daemonset.yaml").read_text().splitlines()
+    for capability in ("NET_RAW", "NET_ADMIN"):  # each capability says why, in the comment just above it
+        at = lines.index(f"                - {capability}")
+        assert any(line.strip().startswith(f"# {capability}:") for line in lines[at - 3 : at])
+
+
+def test_rbac_is_read_only_and_the_settings_are_the_sensors_options():
+    docs = _render("local")
+    role = next(d for d in docs if d["kind"] == "ClusterRole")
+    assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
+    assert {r for rule in role["rules"] for r in rule["resources"]} == {
+        "pods", "namespaces", "nodes", "services", "endpointslices"}
+    settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    from click.testing import CliRunner
+
+    from kubesonar.cli import main
+
+    help_text = CliRunner().invoke(main, ["sensor", "--help"]).output
+    for name in settings:  # every variable names a real option of `kubesonar sensor`
+        option = "--" + name.removeprefix("KUBESONAR_SENSOR_").lower().replace("_", "-")
+        assert option in help_text, f"{name} matches no option ({option})"
+
+
+@pytest.mark.parametrize("overlay, queue", [("aws", "sqs"), ("gcp", "pubsub"), ("azure", "eventgrid"), ("local", "file")])
+def test_each_overlay_names_its_clouds_queue(overlay, queue):
+    from kubesonar.sensor.publish import parse_queue_url
+
+    settings = next(d for d in _render(overlay) if d["kind"] == "ConfigMap")["data"]
+    assert parse_queue_url(settings["KUBESONAR_SENSOR_QUEUE"]).kind == queue
+
+
+def test_the_image_pins_its_base_and_runs_the_sensor():
+    dockerfile = (REPO / "sensor" / "Dockerfile").read_text()
+    bases = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM")]
+    assert all(":" in b and "latest" not in b for b in bases)
+    assert 'ENTRYPOINT ["kubesonar"]' in dockerfile and 'CMD ["sensor"]' in dockerfile
+    assert Path(REPO / ".dockerignore").read_text().count(".git") >= 1
