@@ -82,3 +82,17 @@ def test_analyze_rejects_a_bad_pods_file_in_one_line(tmp_path):
     result = _run("analyze", str(PCAPS / "benign/ndpi_ssh.pcap"), "--pods", str(bad))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("kubesonar: error:") and "pods.json" in result.stderr
+
+
+def test_live_commands_fail_in_one_line_on_bad_settings(tmp_path):
+    cases = [
+        (["sensor", "-i", "lo", "--queue", "kafka://x"], "is not one of: file://DIR"),
+        (["sensor", "-i", "no-such-if0", "--queue", f"file://{tmp_path}/q", "--spool", str(tmp_path / "s"),
+          "--duration", "1"], "no interface matches no-such-if0"),
+        (["watch", "-i", "lo", "--filter", "tcp port", "--duration", "1"], "bad capture filter 'tcp port'"),
+        (["sensor", "-i", "lo", "--queue", "pubsub://projects/my-project/topics/flows"], "comes with the pubsub adapter"),
+    ]
+    for args, message in cases:
+        result = _run(*args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        assert message in result.stderr, result.stderr
