@@ -7,7 +7,7 @@ Store layout: ``state/<cluster>/<detector>.json``, ``alerts/<cluster>/<alert id>
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kubesonar.shared.alerts import Finding, merge_alert, new_alert
@@ -20,6 +20,8 @@ from kubesonar.shared.ports import Clock, Notifier, ObjectStore
 from kubesonar.shared.state import update_document
 
 SECOND = 1_000_000_000
+_APPLIED_KEEP = 256  # batch keys a detector document remembers (redeliveries come within minutes)
+_BATCHES_KEEP = 64  # batch keys an alert remembers
 
 
 @dataclass(frozen=True)
@@ -58,15 +60,27 @@ def detectors(config: CoreConfig) -> list[Detector]:
 
 
 def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
+    """Score one batch. Idempotent: queues deliver at least once, so each document records the batch
+    keys (sensor id, sequence, part) it has applied; a redelivered batch changes nothing and replays
+    the findings it made the first time, so an alert it created half-way is still completed."""
     cluster = batch.header.cluster or "default"
+    key = batch_key(batch)
     findings: list[Finding] = []
     for detector in detectors(deps.config):
         found: list[Finding] = []
 
-        def step(state: dict | None, detector: Detector = detector, found: list[Finding] = found) -> dict:
-            detector.from_state(state)  # a retry after a conflict starts again from the newer state
+        def step(doc: dict | None, detector: Detector = detector, found: list[Finding] = found) -> dict:
+            doc = doc or {}
+            applied = dict(doc.get("applied", {}))
+            if key in applied:
+                found[:] = [_finding(f) for f in applied[key]]
+                return doc
+            detector.from_state(doc.get("state"))  # a retry after a conflict starts again from the newer state
             found[:] = detector.decide(detector.update(batch.flows, batch.pods))
-            return detector.to_state()
+            applied[key] = [asdict(f) for f in found]
+            while len(applied) > _APPLIED_KEEP:
+                del applied[next(iter(applied))]
+            return {"state": detector.to_state(), "applied": applied}
 
         update_document(deps.store, f"state/{cluster}/{detector.rule_id}.json", step)
         findings.extend(found)
@@ -75,38 +89,55 @@ def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
     kept = [f for f in findings if not is_allowed(f, list(deps.config.allowlist))]
     result.allowlisted = len(findings) - len(kept)
     for finding in kept:
-        alert, created = _upsert_alert(deps.store, cluster, finding, deps.clock)
+        alert, created = _upsert_alert(deps.store, cluster, finding, deps.clock, key)
         if created:
             result.new_alerts.append(alert)
             deps.notifier.notify(alert)
-        else:
+        elif alert is not None:
             result.updated_alerts.append(alert)
     return result
+
+
+def batch_key(batch: Batch) -> str:
+    """What identifies a message across redeliveries: its sensor, sequence number and part."""
+    h = batch.header
+    return f"{h.sensor_id}/{h.sequence}/{h.part}"
 
 
 def end_learning(store: ObjectStore, cluster: str) -> None:
     """Close the learning period now (``analyze`` after its ``--learn`` captures)."""
 
-    def close(state: dict | None) -> dict:
-        detector = NewWorkloadDetector(0).from_state(state)
+    def close(doc: dict | None) -> dict:
+        doc = doc or {}
+        detector = NewWorkloadDetector(0).from_state(doc.get("state"))
         detector.end_learning()
-        return detector.to_state()
+        return {**doc, "state": detector.to_state()}
 
     update_document(store, f"state/{cluster}/new_workload.json", close)
 
 
-def _upsert_alert(store: ObjectStore, cluster: str, finding: Finding, clock: Clock) -> tuple[dict, bool]:
-    created = [False]
+def _finding(d: dict[str, Any]) -> Finding:
+    return Finding(**{**d, "identity": tuple(d.get("identity", ()))})
+
+
+def _upsert_alert(store: ObjectStore, cluster: str, finding: Finding, clock: Clock, key: str
+                  ) -> tuple[dict | None, bool]:
+    """Create or update the finding's alert; (None, False) when this batch was already merged into it."""
+    outcome: list = [False, False]  # created, replayed
 
     def change(alert: dict | None) -> dict:
-        created[0] = alert is None
+        outcome[:] = [alert is None, False]
+        if alert is not None and key in alert.get("batches", ()):
+            outcome[1] = True
+            return alert
         updated = new_alert(finding, cluster) if alert is None else merge_alert(alert, finding)
         if updated["status"] == "closed":
             updated["status"] = "open"  # it came back
         updated["updated_at_ns"] = clock.now_ns()
+        updated["batches"] = [*updated.get("batches", ()), key][-_BATCHES_KEEP:]  # what it has merged
         return updated
 
     alert = update_document(store, f"alerts/{cluster}/{finding.fingerprint(cluster)}.json", change)
-    return alert, created[0]
+    return (None, False) if outcome[1] else (alert, outcome[0])
 
 

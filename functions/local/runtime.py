@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,13 @@ from kubesonar.shared.pipeline import CoreConfig, Dependencies, end_learning, pr
 from kubesonar.shared.ports import SystemClock
 
 RECORDS_PER_BATCH = 50_000
+_SENSOR_ID = "offline"
+
+
+def _first_sequence() -> int:
+    """A --state directory kept between runs has seen this sensor's earlier sequence numbers: go on
+    from the clock so a new run's batches are new to the core."""
+    return time.time_ns() // 1000
 
 
 @dataclass
@@ -37,14 +46,13 @@ class AnalysisResult:
     stats: CaptureStats
 
 
-def _batches(records: Iterator[FlowRecords], cluster: str, node: str) -> Iterator[bytes]:
-    """Encode flows the way a sensor publishes them, so the core reads real batch messages."""
-    sequence = 0
+def _batches(records: Iterator[FlowRecords], cluster: str, node: str, sequences: Iterator[int]) -> Iterator[bytes]:
+    """Encode flows the way a sensor publishes them, so the core reads real batch messages. Sequence
+    numbers run on across calls: the core skips a (sensor, sequence, part) it has seen."""
     for chunk in records:
         for start in range(0, len(chunk), RECORDS_PER_BATCH):
             part = chunk.take(slice(start, start + RECORDS_PER_BATCH))
-            sequence += 1
-            header = BatchHeader(cluster, node, "offline", sequence, int(part["first_ts"].min()),
+            header = BatchHeader(cluster, node, _SENSOR_ID, next(sequences), int(part["first_ts"].min()),
                                  int(part["last_ts"].max()))
             yield from encode_batch(header, part, limit=PUBSUB_LIMIT)
 
@@ -63,6 +71,7 @@ def analyze(
         touched: dict[str, dict[str, Any]] = {}
         flows = 0
         phases = [(list(learn), True), (list(captures), False)]
+        sequences = itertools.count(_first_sequence())
         for paths, learning in phases:
             if not paths:
                 continue
@@ -72,7 +81,7 @@ def analyze(
             records = flows_from_captures(paths, stats=stats)
             if inventory is not None:
                 records = (inventory.enrich(r) for r in records)
-            for message in _batches(records, cluster, "offline"):
+            for message in _batches(records, cluster, "offline", sequences):
                 batch = decode_batch(message)
                 flows += len(batch.flows)
                 for alert in process_batch(batch, deps).alerts:

@@ -61,7 +61,7 @@ def _learn_workloads(root: str, proc: int, batches: int) -> None:
         flows.columns["src_namespace"][:] = "team"
         flows.columns["src_workload_kind"][:] = "Deployment"
         flows.columns["src_workload_name"] = np.array([f"p{proc}-b{b}-{i}" for i in range(3)], dtype=object)
-        process_batch(Batch(BatchHeader("c1", f"node{proc}", "s", b, 0, 1, flow_count=3), flows), deps)
+        process_batch(Batch(BatchHeader("c1", f"node{proc}", f"s{proc}", b, 0, 1, flow_count=3), flows), deps)
 
 
 def test_eight_processes_scoring_batches_lose_no_baseline_update(tmp_path):
@@ -75,5 +75,5 @@ def test_eight_processes_scoring_batches_lose_no_baseline_update(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    baseline = read_document(LocalObjectStore(root), "state/c1/new_workload.json")[0]
+    baseline = read_document(LocalObjectStore(root), "state/c1/new_workload.json")[0]["state"]
     assert len(baseline["workloads"]) == 8 * 6 * 3

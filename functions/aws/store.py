@@ -1,0 +1,60 @@
+"""S3 as the core's object store: conditional writes are S3's own (If-None-Match: * to create,
+If-Match on the ETag to replace), so concurrent Lambda invocations never lose an update."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import ClientError
+
+from kubesonar.shared.errors import StoreError, VersionConflict
+from kubesonar.shared.ports import StoredObject, check_key
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+# 412: the condition did not hold; 409: a concurrent conditional write to the same key won
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+class S3ObjectStore:
+    def __init__(self, client: S3Client | Any, bucket: str, prefix: str = ""):
+        self._s3, self.bucket, self.prefix = client, bucket, prefix
+
+    def get(self, key: str) -> StoredObject | None:
+        try:
+            obj = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + check_key(key))
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise _store_error("read", key, exc) from None
+        return StoredObject(obj["Body"].read(), obj["ETag"])
+
+    def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
+        condition = {"IfNoneMatch": "*"} if create_only else {"IfMatch": if_version} if if_version else {}
+        try:
+            response = self._s3.put_object(Bucket=self.bucket, Key=self.prefix + check_key(key), Body=data,
+                                           ContentType="application/json", **condition)
+        except ClientError as exc:
+            if _code(exc) in _CONFLICT_CODES or (if_version and _code(exc) in ("NoSuchKey", "404")):
+                raise VersionConflict(f"{key}: changed since it was read") from None
+            raise _store_error("write", key, exc) from None
+        return response["ETag"]
+
+    def list(self, prefix: str) -> Iterator[str]:
+        paginator = self._s3.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"][len(self.prefix):]
+        except ClientError as exc:
+            raise _store_error("list", prefix, exc) from None
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _store_error(what: str, key: str, exc: ClientError) -> StoreError:
+    return StoreError(f"S3 could not {what} {key!r}: {_code(exc)} {exc.response.get('Error', {}).get('Message', '')}")

@@ -1,0 +1,69 @@
+"""At-least-once delivery: a batch delivered twice changes nothing the second time, and a batch whose
+first delivery died half-way is completed by the second."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from kubesonar.functions.local.runtime import CollectingNotifier
+from kubesonar.functions.local.store import LocalObjectStore
+from kubesonar.shared.batch import Batch, BatchHeader
+from kubesonar.shared.errors import StoreError
+from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
+from kubesonar.shared.pipeline import Dependencies, process_batch
+from kubesonar.shared.ports import SystemClock
+
+
+def _scan(sequence: int, first_port: int) -> Batch:
+    flows = FlowRecords.empty(20)
+    flows.columns["first_ts"] = 10**18 + np.arange(20, dtype=np.int64) + sequence * 1000
+    flows.columns["src_addr"] = np.array([address_bytes("10.0.0.9")] * 20, dtype="V16")
+    flows.columns["dst_addr"] = np.array([address_bytes("10.0.0.1")] * 20, dtype="V16")
+    flows.columns["dst_port"] = np.arange(first_port, first_port + 20, dtype=np.uint16)
+    flows.columns["proto"][:] = 6
+    flows.columns["state"][:] = ConnState.REJECTED
+    return Batch(BatchHeader("c", "n", "node-1/abc", sequence, 0, 1, flow_count=20), flows)
+
+
+def _documents(root) -> dict[str, object]:
+    return {str(p.relative_to(root)): json.loads(p.read_text()) for p in sorted(root.rglob("*.json"))}
+
+
+def test_a_redelivered_batch_changes_nothing(tmp_path):
+    deps = Dependencies(LocalObjectStore(tmp_path), CollectingNotifier(), SystemClock())
+    first = process_batch(_scan(1, 1000), deps)
+    before = _documents(tmp_path)
+    again = process_batch(_scan(1, 1000), deps)
+    assert len(first.new_alerts) == 1 and again.alerts == [] and len(deps.notifier.sent) == 1
+    after = _documents(tmp_path)
+    for doc in (before, after):
+        for alert in (v for k, v in doc.items() if k.startswith("alerts/")):
+            alert.pop("updated_at_ns")
+    assert after == before
+    process_batch(_scan(2, 2000), deps)  # the next batch is new: the alert counts it
+    (alert,) = [v for k, v in _documents(tmp_path).items() if k.startswith("alerts/")]
+    assert alert["count"] == 2
+
+
+class _FailingAlertWrites(LocalObjectStore):
+    """Dies once on the first alert write, as a Lambda timing out half-way would."""
+
+    failed = False
+
+    def put(self, key, data, **kw):
+        if key.startswith("alerts/") and not type(self).failed:
+            type(self).failed = True
+            raise StoreError("injected: the invocation died here")
+        return super().put(key, data, **kw)
+
+
+def test_a_delivery_that_died_half_way_is_completed_by_the_redelivery(tmp_path):
+    deps = Dependencies(_FailingAlertWrites(tmp_path), CollectingNotifier(), SystemClock())
+    with pytest.raises(StoreError):
+        process_batch(_scan(1, 1000), deps)  # the scan state was written, its alert was not
+    retry = process_batch(_scan(1, 1000), deps)
+    (alert,) = retry.new_alerts
+    assert alert["type"] == "port_scan" and alert["count"] == 1 and alert["evidence"]["failed_first_contacts"] == 20
