@@ -102,6 +102,10 @@ def open_publisher(url: str) -> Publisher:
         except OSError as exc:
             raise ConfigError(f"cannot create queue directory {directory}: {exc.strerror}") from None
         return DirectoryQueue(directory)
+    if target.kind == "sqs":
+        from kubesonar.sensor.sqs import SqsQueue
+
+        return SqsQueue(url)
     raise ConfigError(f"publishing to {target.kind} ({url}) comes with the {target.kind} adapter, "
                       "which this build does not include yet; use file://DIR")
 

@@ -54,3 +54,25 @@ def check_key(key: str) -> str:
     if not _KEY.match(key) or any(part in (".", "..") for part in key.split("/")):
         raise StoreError(f"invalid object key {key!r}: use '/'-separated names of letters, digits and ._=@+-")
     return key
+
+
+class RoutedObjectStore:
+    """Several stores behind one: each key goes to the store of its longest matching prefix (alerts in
+    one bucket, baselines in another), else to the default."""
+
+    def __init__(self, default: ObjectStore, routes: dict[str, ObjectStore]):
+        self._default = default
+        self._routes = sorted(routes.items(), key=lambda kv: -len(kv[0]))
+
+    def _store(self, key: str) -> ObjectStore:
+        return next((store for prefix, store in self._routes if key.startswith(prefix)), self._default)
+
+    def get(self, key: str) -> StoredObject | None:
+        return self._store(key).get(key)
+
+    def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
+        return self._store(key).put(key, data, if_version=if_version, create_only=create_only)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        stores = {id(s): s for s in [self._default, *(s for _, s in self._routes)]}.values()
+        yield from sorted(k for store in stores for k in store.list(prefix) if self._store(k) is store)

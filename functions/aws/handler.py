@@ -1,0 +1,67 @@
+"""The Lambda function: an SQS batch of sensor messages in, the core, alerts to S3 and SNS.
+
+Clients are built once per container (cold start); each record is scored on its own, and the
+records that fail are reported back (ReportBatchItemFailures), so one poison message is retried
+and ends in the dead-letter queue while the rest of its batch succeeds. Settings (environment):
+KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_TOPIC_ARN, KUBESONAR_LEARNING_PERIOD_S;
+AWS_ENDPOINT_URL points every client elsewhere (tests use it to reach an emulator).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import time
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from kubesonar.functions.aws.notifier import SnsNotifier
+from kubesonar.functions.aws.store import S3ObjectStore
+from kubesonar.shared.batch import decode_batch
+from kubesonar.shared.errors import BatchFormatError
+from kubesonar.shared.pipeline import CoreConfig, Dependencies, process_batch
+from kubesonar.shared.ports import RoutedObjectStore, SystemClock
+
+logger = Logger(service="kubesonar")
+metrics = Metrics(namespace="KubeSonar", service="kubesonar")
+processor = BatchProcessor(event_type=EventType.SQS)
+_s3 = boto3.client("s3")
+deps = Dependencies(
+    store=RoutedObjectStore(S3ObjectStore(_s3, os.environ["KUBESONAR_STATE_BUCKET"]),
+                            {"alerts/": S3ObjectStore(_s3, os.environ["KUBESONAR_ALERTS_BUCKET"])}),
+    notifier=SnsNotifier(boto3.client("sns"), os.environ["KUBESONAR_TOPIC_ARN"]),
+    clock=SystemClock(),
+    config=CoreConfig(learning_period_s=float(os.environ.get("KUBESONAR_LEARNING_PERIOD_S", 24 * 3600))),
+)
+
+
+def record_handler(record: SQSRecord) -> None:
+    started = time.perf_counter()
+    try:
+        batch = decode_batch(base64.b64decode(record.body, validate=True))
+    except (BatchFormatError, binascii.Error, ValueError) as exc:
+        metrics.add_metric(name="DecodeErrors", unit=MetricUnit.Count, value=1)
+        logger.warning("message does not decode", extra={"message_id": record.message_id, "error": str(exc)})
+        raise
+    result = process_batch(batch, deps)
+    metrics.add_metric(name="Batches", unit=MetricUnit.Count, value=1)
+    metrics.add_metric(name="Flows", unit=MetricUnit.Count, value=result.flows)
+    metrics.add_metric(name="Alerts", unit=MetricUnit.Count, value=len(result.new_alerts))
+    metrics.add_metric(name="ProcessingLatency", unit=MetricUnit.Milliseconds,
+                       value=(time.perf_counter() - started) * 1000)
+    logger.info("batch scored", extra={"sensor": batch.header.sensor_id, "sequence": batch.header.sequence,
+                                       "part": batch.header.part, "flows": result.flows,
+                                       "new_alerts": [a["id"] for a in result.new_alerts]})
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor,
+                                    context=context)

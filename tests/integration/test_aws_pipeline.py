@@ -1,0 +1,162 @@
+"""SQS -> Lambda handler -> S3 and SNS, against moto in server mode on 127.0.0.1: the sensor's SQS
+publisher sends real batches, the handler consumes an SQS event built from the received messages."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib
+import json
+import multiprocessing
+import os
+import uuid
+
+import numpy as np
+import pytest
+
+from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
+from conftest import PCAPS, REPO
+from kubesonar.sensor.offline import flows_from_captures
+from kubesonar.sensor.publish import window_messages
+from kubesonar.sensor.spool import SpoolingPublisher
+from kubesonar.sensor.sqs import LIMIT, SqsQueue
+from kubesonar.shared.batch import BatchHeader
+from kubesonar.shared.flow import FlowRecords
+
+EVENT = json.loads((REPO / "tests" / "fixtures" / "aws" / "sqs-event.json").read_text())
+
+
+class _Context:  # what Lambda passes; powertools reads these
+    function_name = "kubesonar-scoring"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:kubesonar-scoring"
+    aws_request_id = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+
+
+@pytest.fixture
+def backend(aws_endpoint, monkeypatch):  # noqa: F811
+    """Fresh buckets, topic and queues; the handler imported against them (as a cold start)."""
+    tag = uuid.uuid4().hex[:10]
+    s3, sns, sqs = (client(s, aws_endpoint) for s in ("s3", "sns", "sqs"))
+    names = {"state": f"ks-state-{tag}", "alerts": f"ks-alerts-{tag}"}
+    for bucket in names.values():
+        s3.create_bucket(Bucket=bucket)
+    topic = sns.create_topic(Name=f"kubesonar-alerts-{tag}")["TopicArn"]
+    inbox = sqs.create_queue(QueueName=f"alerts-inbox-{tag}")["QueueUrl"]
+    inbox_arn = sqs.get_queue_attributes(QueueUrl=inbox, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=inbox_arn, Attributes={"RawMessageDelivery": "false"})
+    flows_queue = sqs.create_queue(QueueName=f"kubesonar-flows-{tag}",
+                                   Attributes={"MaximumMessageSize": "262144"})["QueueUrl"]
+    env = {"KUBESONAR_STATE_BUCKET": names["state"], "KUBESONAR_ALERTS_BUCKET": names["alerts"],
+           "KUBESONAR_TOPIC_ARN": topic, "POWERTOOLS_METRICS_NAMESPACE": "KubeSonar"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import kubesonar.functions.aws.handler as handler
+
+    handler = importlib.reload(handler)
+    return {"handler": handler, "s3": s3, "sqs": sqs, "names": names, "inbox": inbox, "flows": flows_queue,
+            "env": env, "endpoint": aws_endpoint}
+
+
+def _publish_capture(b, capture, sensor="node-1/18ebe3a3", sequence=0) -> int:
+    """The sensor's path: flows -> window messages -> spooling publisher -> SQS."""
+    flows = FlowRecords.concat(list(flows_from_captures([capture])))
+    header = BatchHeader("prod", "node-1", sensor, sequence, 0, 1)
+    messages = window_messages(header, flows, LIMIT)
+    publisher = SpoolingPublisher(SqsQueue(b["flows"], client("sqs", b["endpoint"])), f"/tmp/spool-{uuid.uuid4().hex}")
+    publisher.publish(messages)
+    assert publisher.stats.sent == len(messages) and publisher.stats.spooled == 0
+    return len(messages)
+
+
+def _received_event(b, count: int) -> dict:
+    """An SQS event, in Lambda's shape, of the messages waiting on the flows queue."""
+    records = []
+    while len(records) < count:
+        got = b["sqs"].receive_message(QueueUrl=b["flows"], MaxNumberOfMessages=10, MessageAttributeNames=["All"],
+                                       AttributeNames=["All"]).get("Messages", [])
+        assert got, "messages went missing"
+        for m in got:
+            r = copy.deepcopy(EVENT["Records"][0])
+            r.update(messageId=m["MessageId"], receiptHandle=m["ReceiptHandle"], body=m["Body"], md5OfBody=m["MD5OfBody"])
+            records.append(r)
+    return {"Records": records}
+
+
+def _alerts(b) -> list[dict]:
+    s3 = b["s3"]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=b["names"]["alerts"]).get("Contents", [])]
+    return [json.loads(s3.get_object(Bucket=b["names"]["alerts"], Key=k)["Body"].read()) for k in keys]
+
+
+def _notifications(b) -> list[dict]:
+    out = []
+    while True:
+        got = b["sqs"].receive_message(QueueUrl=b["inbox"], MaxNumberOfMessages=10).get("Messages", [])
+        if not got:
+            return out
+        out += [json.loads(m["Body"]) for m in got]
+
+
+def test_real_batches_flow_from_the_sensor_through_sqs_and_lambda_to_s3_and_sns(backend):
+    b = backend
+    sent = _publish_capture(b, PCAPS / "portscan/evilfingers_nmap_TCP_SYN_SCAN.pcap")
+    assert sent >= 1
+    event = _received_event(b, sent)
+    out = b["handler"].lambda_handler(event, _Context())
+    assert out == {"batchItemFailures": []}
+    (alert,) = _alerts(b)
+    assert (alert["type"], alert["source"]["ip"], alert["cluster"]) == ("port_scan", "192.168.1.10", "prod")
+    (note,) = _notifications(b)
+    attributes = note["MessageAttributes"]
+    assert attributes["severity"]["Value"] == "high" and attributes["type"]["Value"] == "port_scan"
+    assert json.loads(note["Message"])["id"] == alert["id"]
+    # baselines in their own bucket, alerts in theirs
+    state_keys = [o["Key"] for o in b["s3"].list_objects_v2(Bucket=b["names"]["state"])["Contents"]]
+    assert sorted(state_keys) == ["state/prod/new_workload.json", "state/prod/port_scan.json"]
+
+
+def test_a_poison_message_fails_alone_and_a_redelivery_duplicates_nothing(backend):
+    b = backend
+    sent = _publish_capture(b, PCAPS / "portscan/evilfingers_nmap_UDP_SCAN.pcap")
+    event = _received_event(b, sent)
+    poison = copy.deepcopy(event["Records"][0])
+    poison.update(messageId="poison-1", body=base64.b64encode(b"KSFB" + os.urandom(200)).decode())
+    not_base64 = dict(copy.deepcopy(poison), messageId="poison-2", body="{not base64}")
+    mixed = {"Records": [poison, *event["Records"], not_base64]}
+    out = b["handler"].lambda_handler(mixed, _Context())
+    assert sorted(f["itemIdentifier"] for f in out["batchItemFailures"]) == ["poison-1", "poison-2"]
+    assert len(_alerts(b)) == 1 and len(_notifications(b)) == 1
+    again = b["handler"].lambda_handler(event, _Context())  # SQS delivered the good ones again
+    assert again == {"batchItemFailures": []}
+    (alert,) = _alerts(b)
+    assert alert["count"] == 1 and _notifications(b) == []
+
+
+def _invoke_in_a_fresh_container(env: dict, event: dict) -> dict:
+    os.environ.update(env)
+    import kubesonar.functions.aws.handler as handler
+
+    return handler.lambda_handler(event, _Context())
+
+
+def test_sixteen_concurrent_invocations_lose_no_baseline_update(backend):
+    b = backend
+    events = []
+    for n in range(16):  # each invocation brings six workloads of its own, all during learning
+        flows = FlowRecords.empty(6)
+        flows.columns["first_ts"] = np.full(6, 1_700_000_000 * 10**9, dtype=np.int64)
+        flows.columns["src_namespace"][:] = "team"
+        flows.columns["src_workload_kind"][:] = "Deployment"
+        flows.columns["src_workload_name"] = np.array([f"w{n}-{i}" for i in range(6)], dtype=object)
+        (message,) = window_messages(BatchHeader("prod", f"node-{n}", f"node-{n}/1", 0, 0, 1), flows, LIMIT)
+        record = dict(copy.deepcopy(EVENT["Records"][0]), messageId=f"m-{n}",
+                      body=base64.b64encode(message.data).decode())
+        events.append({"Records": [record]})
+    env = dict(b["env"], AWS_ENDPOINT_URL=b["endpoint"], AWS_ACCESS_KEY_ID="testing",
+               AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    with multiprocessing.get_context("spawn").Pool(16) as pool:
+        results = pool.starmap(_invoke_in_a_fresh_container, [(env, e) for e in events])
+    assert all(r == {"batchItemFailures": []} for r in results)
+    doc = json.loads(b["s3"].get_object(Bucket=b["names"]["state"], Key="state/prod/new_workload.json")["Body"].read())
+    assert len(doc["state"]["workloads"]) == 16 * 6 and len(doc["applied"]) == 16
