@@ -14,6 +14,15 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 
+# checkov in a virtual environment of its own: it pins an old boto3
+if [ ! -x .venv-checkov/bin/checkov ]; then
+  echo "installing checkov (its own virtual environment)"
+  python3 -m venv .venv-checkov
+  .venv-checkov/bin/pip install -q --upgrade pip
+  .venv-checkov/bin/pip install -q 'checkov==3.3.30'
+fi
+export KUBESONAR_CHECKOV="$PWD/.venv-checkov/bin/checkov"
+
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'

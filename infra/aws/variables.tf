@@ -1,0 +1,105 @@
+variable "name" {
+  description = "Prefix of every resource's name (queue, buckets, function, topic, roles)."
+  type        = string
+  default     = "kubesonar"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{2,30}$", var.name))
+    error_message = "name: 3 to 31 lowercase letters, digits or hyphens, starting with a letter (it prefixes bucket names)."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every resource."
+  type        = map(string)
+  default     = {}
+}
+
+variable "lambda_zip_path" {
+  description = "The function's deployment package, built by functions/aws/build.py (python functions/aws/build.py)."
+  type        = string
+}
+
+variable "lambda_memory_size" {
+  description = "Memory of the scoring function, in MB."
+  type        = number
+  default     = 512
+}
+
+variable "lambda_timeout" {
+  description = "Seconds one invocation (a batch of SQS messages) may take."
+  type        = number
+  default     = 60
+}
+
+variable "lambda_reserved_concurrency" {
+  description = "Upper bound on concurrent scoring invocations (the queue buffers the rest)."
+  type        = number
+  default     = 20
+}
+
+variable "batch_size" {
+  description = "SQS messages per invocation."
+  type        = number
+  default     = 10
+}
+
+variable "maximum_batching_window_in_seconds" {
+  description = "Seconds the event source mapping may wait to fill a batch."
+  type        = number
+  default     = 5
+}
+
+variable "learning_period_seconds" {
+  description = "How long novelty detectors learn, silently, before they alert (data time)."
+  type        = number
+  default     = 86400
+}
+
+variable "max_receive_count" {
+  description = "Deliveries of a message before it moves to the dead-letter queue."
+  type        = number
+  default     = 5
+}
+
+variable "alert_retention_days" {
+  description = "Days alerts are kept in the alerts bucket (older versions: 30 days)."
+  type        = number
+  default     = 365
+}
+
+variable "log_retention_days" {
+  description = "Days the function's logs are kept."
+  type        = number
+  default     = 365
+}
+
+variable "alert_email_addresses" {
+  description = "Email addresses subscribed to the alert topic (each must confirm)."
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_https_endpoints" {
+  description = "HTTPS endpoints subscribed to the alert topic (a webhook, a SIEM collector)."
+  type        = list(string)
+  default     = []
+}
+
+variable "eks_oidc_provider_arn" {
+  description = "ARN of the EKS cluster's IAM OIDC provider; with it, an IRSA role for the sensor is created."
+  type        = string
+  default     = null
+}
+
+variable "sensor_namespace" {
+  description = "Namespace of the sensor's service account (infra/k8s)."
+  type        = string
+  default     = "kubesonar"
+}
+
+variable "sensor_service_account" {
+  description = "Name of the sensor's service account (infra/k8s)."
+  type        = string
+  default     = "kubesonar-sensor"
+}
