@@ -14,6 +14,7 @@ from kubesonar.shared.alerts import Finding, merge_alert, new_alert
 from kubesonar.shared.allowlist import AllowEntry, is_allowed
 from kubesonar.shared.batch import Batch
 from kubesonar.shared.detectors import Detector
+from kubesonar.shared.detectors.brute_force import BruteForceDetector
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
 from kubesonar.shared.ports import Clock, Notifier, ObjectStore
@@ -53,9 +54,11 @@ class ProcessResult:
 
 def detectors(config: CoreConfig) -> list[Detector]:
     """Every detector the core runs, configured; each keeps its state in ``state/<cluster>/<rule id>.json``."""
+    learning_ns = int(config.learning_period_s * SECOND)
     return [
         PortScanDetector(),
-        NewWorkloadDetector(int(config.learning_period_s * SECOND), force_learning=config.learning),
+        NewWorkloadDetector(learning_ns, force_learning=config.learning),
+        BruteForceDetector(learning_ns, force_learning=config.learning),
     ]
 
 
@@ -105,15 +108,18 @@ def batch_key(batch: Batch) -> str:
 
 
 def end_learning(store: ObjectStore, cluster: str) -> None:
-    """Close the learning period now (``analyze`` after its ``--learn`` captures)."""
+    """Close the learning period of every detector that learns, now (``analyze`` after ``--learn``)."""
+    for detector in detectors(CoreConfig()):
+        if not hasattr(detector, "end_learning"):
+            continue
 
-    def close(doc: dict | None) -> dict:
-        doc = doc or {}
-        detector = NewWorkloadDetector(0).from_state(doc.get("state"))
-        detector.end_learning()
-        return {**doc, "state": detector.to_state()}
+        def close(doc: dict | None, detector: Detector = detector) -> dict:
+            doc = doc or {}
+            detector.from_state(doc.get("state"))
+            detector.end_learning()
+            return {**doc, "state": detector.to_state()}
 
-    update_document(store, f"state/{cluster}/new_workload.json", close)
+        update_document(store, f"state/{cluster}/{detector.rule_id}.json", close)
 
 
 def _finding(d: dict[str, Any]) -> Finding:

@@ -1,5 +1,6 @@
-"""``kubesonar demo``: a small cluster's traffic, a learning phase, then a new workload and a pod
-port-scanning its neighbours, through the whole pipeline on the embedded default. No root, no network."""
+"""``kubesonar demo``: a small cluster's traffic, a learning phase, then a new workload that
+brute-forces the database and a pod port-scanning its neighbours, through the whole pipeline on the
+embedded default. No root, no network."""
 
 from __future__ import annotations
 
@@ -97,11 +98,13 @@ def run_demo(workdir: str | None = None, seed: int = 11) -> tuple[AnalysisResult
             tcp_sessions(rng, ips["debug-tools"], ips["cart"], np.full(len(ips["cart"]), 8080), 5, 4, 60.0, PHASE_S + 30),
             syn_scan(rng, scanner, int(ips["cart"][0]), 200, PHASE_S, start=PHASE_S + 120),
             syn_scan(rng, scanner, int(ips["redis"][0]), 200, PHASE_S, start=PHASE_S + 125),
+            # the intruder guesses the database's password: 80 short sessions in two minutes
+            tcp_sessions(rng, ips["debug-tools"], ips["postgres"], np.full(1, 5432), 80, 2, 120.0, PHASE_S + 90),
         ]
         write_traffic(detect, attack, START_S)
         pods.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
         result = analyze([str(detect)], learn=[str(learn)], pods=str(pods), cluster="demo",
                          state_dir=str(root / "state"))
     truth = {"scanner": ".".join(str((scanner >> s) & 255) for s in (24, 16, 8, 0)),
-             "new_workload": "default/Deployment/debug-tools"}
+             "new_workload": "default/Deployment/debug-tools", "brute_force": "default/Deployment/debug-tools"}
     return result, truth

@@ -22,6 +22,7 @@ from kubesonar.sensor.spool import SpoolingPublisher
 from kubesonar.sensor.sqs import LIMIT, SqsQueue
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.flow import FlowRecords
+from kubesonar.shared.pipeline import CoreConfig, detectors
 
 EVENT = json.loads((REPO / "tests" / "fixtures" / "aws" / "sqs-event.json").read_text())
 
@@ -113,7 +114,7 @@ def test_real_batches_flow_from_the_sensor_through_sqs_and_lambda_to_s3_and_sns(
     assert json.loads(note["Message"])["id"] == alert["id"]
     # baselines in their own bucket, alerts in theirs
     state_keys = [o["Key"] for o in b["s3"].list_objects_v2(Bucket=b["names"]["state"])["Contents"]]
-    assert sorted(state_keys) == ["state/prod/new_workload.json", "state/prod/port_scan.json"]
+    assert sorted(state_keys) == [f"state/prod/{d.rule_id}.json" for d in sorted(detectors(CoreConfig()), key=lambda d: d.rule_id)]
 
 
 def test_a_poison_message_fails_alone_and_a_redelivery_duplicates_nothing(backend):

@@ -65,10 +65,11 @@ def test_analyze_learns_from_learn_captures_and_names_workloads_from_the_pods_fi
     learned = _run("analyze", detection, "--learn", learning, "--pods", pods, "--format", "json")
     assert learned.returncode == 0, learned.stderr
     alerts = {a["type"]: a for a in map(json.loads, learned.stdout.splitlines())}
-    assert sorted(alerts) == ["new_workload", "port_scan"]
+    assert sorted(alerts) == ["brute_force", "new_workload", "port_scan"]
     assert alerts["new_workload"]["source"]["workload"] == "default/Deployment/debug-tools"
     assert alerts["port_scan"]["source"]["workload"] == "shop/Deployment/frontend"
-    # without --learn the detection capture is the start of the (24 h) learning period: no new workload
+    # without --learn the detection capture is the start of the (24 h) learning period: no new workload,
+    # and the database pair is learned, not judged
     unlearned = _run("analyze", detection, "--pods", pods, "--format", "json")
     assert [json.loads(line)["type"] for line in unlearned.stdout.splitlines()] == ["port_scan"]
     # without --pods endpoints are addresses
