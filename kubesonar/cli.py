@@ -98,8 +98,8 @@ def demo(workdir: str | None, fmt: str) -> None:
             click.echo(json.dumps(alert, sort_keys=True))
         return
     click.echo(f"demo cluster: {result.flows} flows scored after a learning phase; "
-               f"planted: a port scan from {truth['scanner']}, the new workload {truth['new_workload']} "
-               "and its brute force against the database")
+               f"planted: a port scan from {truth['scanner']}; the new workload {truth['new_workload']}, "
+               "which reads instance metadata, probes a kubelet and brute-forces the database")
     _alert_table(result.alerts)
     click.echo(f"({time.perf_counter() - started:.1f} s)")
 

@@ -15,6 +15,7 @@ from kubesonar.shared.allowlist import AllowEntry, is_allowed
 from kubesonar.shared.batch import Batch
 from kubesonar.shared.detectors import Detector
 from kubesonar.shared.detectors.brute_force import BruteForceDetector
+from kubesonar.shared.detectors.control_plane import ApiServerAccessDetector, MetadataAccessDetector
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
 from kubesonar.shared.ports import Clock, Notifier, ObjectStore
@@ -59,6 +60,8 @@ def detectors(config: CoreConfig) -> list[Detector]:
         PortScanDetector(),
         NewWorkloadDetector(learning_ns, force_learning=config.learning),
         BruteForceDetector(learning_ns, force_learning=config.learning),
+        MetadataAccessDetector(),
+        ApiServerAccessDetector(learning_ns, force_learning=config.learning),
     ]
 
 

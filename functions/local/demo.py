@@ -1,6 +1,6 @@
-"""``kubesonar demo``: a small cluster's traffic, a learning phase, then a new workload that
-brute-forces the database and a pod port-scanning its neighbours, through the whole pipeline on the
-embedded default. No root, no network."""
+"""``kubesonar demo``: a small cluster's traffic, a learning phase, then a new workload that reads the
+instance metadata service, probes a kubelet and brute-forces the database, and a pod port-scanning
+its neighbours, through the whole pipeline on the embedded default. No root, no network."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from kubesonar.sensor.synthetic import dns_lookups, syn_scan, tcp_sessions, writ
 
 START_S = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 PHASE_S = 300.0
+METADATA_IP = (169 << 24) | (254 << 16) | (169 << 8) | 254
+NODE_IP = (10 << 24) | (0 << 16) | (0 << 8) | 11  # node-1
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,15 @@ def run_demo(workdir: str | None = None, seed: int = 11) -> tuple[AnalysisResult
             syn_scan(rng, scanner, int(ips["redis"][0]), 200, PHASE_S, start=PHASE_S + 125),
             # the intruder guesses the database's password: 80 short sessions in two minutes
             tcp_sessions(rng, ips["debug-tools"], ips["postgres"], np.full(1, 5432), 80, 2, 120.0, PHASE_S + 90),
+            # ... asks the instance metadata service for the node's credentials, and probes a kubelet
+            tcp_sessions(rng, ips["debug-tools"], np.array([METADATA_IP]), np.full(1, 80), 2, 2, 5.0, PHASE_S + 40),
+            tcp_sessions(rng, ips["debug-tools"], np.array([NODE_IP]), np.full(1, 10250), 3, 2, 5.0, PHASE_S + 50),
         ]
         write_traffic(detect, attack, START_S)
         pods.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
         result = analyze([str(detect)], learn=[str(learn)], pods=str(pods), cluster="demo",
                          state_dir=str(root / "state"))
     truth = {"scanner": ".".join(str((scanner >> s) & 255) for s in (24, 16, 8, 0)),
-             "new_workload": "default/Deployment/debug-tools", "brute_force": "default/Deployment/debug-tools"}
+             "new_workload": "default/Deployment/debug-tools", "brute_force": "default/Deployment/debug-tools",
+             "metadata_access": "default/Deployment/debug-tools", "api_server_access": "default/Deployment/debug-tools"}
     return result, truth

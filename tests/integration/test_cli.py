@@ -65,16 +65,18 @@ def test_analyze_learns_from_learn_captures_and_names_workloads_from_the_pods_fi
     learned = _run("analyze", detection, "--learn", learning, "--pods", pods, "--format", "json")
     assert learned.returncode == 0, learned.stderr
     alerts = {a["type"]: a for a in map(json.loads, learned.stdout.splitlines())}
-    assert sorted(alerts) == ["brute_force", "new_workload", "port_scan"]
+    assert sorted(alerts) == ["api_server_access", "brute_force", "metadata_access", "new_workload", "port_scan"]
     assert alerts["new_workload"]["source"]["workload"] == "default/Deployment/debug-tools"
     assert alerts["port_scan"]["source"]["workload"] == "shop/Deployment/frontend"
     # without --learn the detection capture is the start of the (24 h) learning period: no new workload,
     # and the database pair is learned, not judged
     unlearned = _run("analyze", detection, "--pods", pods, "--format", "json")
-    assert [json.loads(line)["type"] for line in unlearned.stdout.splitlines()] == ["port_scan"]
+    assert sorted(json.loads(line)["type"] for line in unlearned.stdout.splitlines()) == [
+        "api_server_access", "metadata_access", "port_scan"]  # these two need no learning
     # without --pods endpoints are addresses
     anonymous = [json.loads(line) for line in _run("analyze", detection, "--format", "json").stdout.splitlines()]
-    assert [(a["type"], a["source"]["workload"]) for a in anonymous] == [("port_scan", "")]
+    assert sorted((a["type"], a["source"]["workload"]) for a in anonymous) == [
+        ("metadata_access", ""), ("port_scan", "")]  # a kubelet probe is judged only from a known pod
 
 
 def test_analyze_rejects_a_bad_pods_file_in_one_line(tmp_path):
