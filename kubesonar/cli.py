@@ -104,6 +104,30 @@ def demo(workdir: str | None, fmt: str) -> None:
     click.echo(f"({time.perf_counter() - started:.1f} s)")
 
 
+@main.command()
+@click.option("--data", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Directory with labels.csv and the captures it names [default: ../shared/data/pcaps].")
+@click.option("--out", type=click.Path(dir_okay=False), default="docs/detection-quality.md",
+              help="Where to write the report (Markdown); '-' for standard output.")
+def evaluate(data: str | None, out: str) -> None:
+    """Measure detection quality on labelled captures and write docs/detection-quality.md."""
+    from pathlib import Path
+
+    from kubesonar.evaluate import evaluate_captures, report
+
+    root = Path(data) if data else Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pcaps"
+    if not (root / "labels.csv").exists():
+        raise click.UsageError(f"{root} has no labels.csv (give --data DIR)")
+    results = evaluate_captures(root, progress=lambda path: click.echo(f"evaluating {path}", err=True))
+    text = report(results, "kubesonar evaluate")
+    if out == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        click.echo(f"wrote {out}", err=True)
+
+
 def _capture_options(command: Callable) -> Callable:
     """Options shared by the live commands (each also KUBESONAR_<COMMAND>_<OPTION>)."""
     options = [
