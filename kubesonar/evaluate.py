@@ -63,7 +63,7 @@ def evaluate_captures(data: Path, progress: Callable[[str], None] | None = None)
 
 
 def report(results: list[CaptureResult], command: str) -> str:
-    built = {d.rule_id for d in detectors(CoreConfig())}
+    built = {d.rule_id for d in detectors(CoreConfig())} | {"sensor_silent", "sensor_drops"}  # shared/health.py
     lines = [
         "# Detection quality",
         "",

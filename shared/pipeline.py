@@ -18,6 +18,7 @@ from kubesonar.shared.detectors.brute_force import BruteForceDetector
 from kubesonar.shared.detectors.control_plane import ApiServerAccessDetector, MetadataAccessDetector
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
+from kubesonar.shared.health import SensorHealth
 from kubesonar.shared.ports import Clock, Notifier, ObjectStore
 from kubesonar.shared.state import update_document
 
@@ -73,25 +74,19 @@ def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
     key = batch_key(batch)
     findings: list[Finding] = []
     for detector in detectors(deps.config):
-        found: list[Finding] = []
+        findings += _apply_once(deps.store, f"state/{cluster}/{detector.rule_id}.json", key, detector,
+                                lambda d=detector: d.decide(d.update(batch.flows, batch.pods)))
+    health = SensorHealth()
+    now = deps.clock.now_ns()
+    findings += _apply_once(deps.store, f"state/{cluster}/sensor_health.json", key, health,
+                            lambda: health.observe(batch.header, now) + health.check(now))
 
-        def step(doc: dict | None, detector: Detector = detector, found: list[Finding] = found) -> dict:
-            doc = doc or {}
-            applied = dict(doc.get("applied", {}))
-            if key in applied:
-                found[:] = [_finding(f) for f in applied[key]]
-                return doc
-            detector.from_state(doc.get("state"))  # a retry after a conflict starts again from the newer state
-            found[:] = detector.decide(detector.update(batch.flows, batch.pods))
-            applied[key] = [asdict(f) for f in found]
-            while len(applied) > _APPLIED_KEEP:
-                del applied[next(iter(applied))]
-            return {"state": detector.to_state(), "applied": applied}
+    return _raise(deps, cluster, findings, key, flows=len(batch.flows))
 
-        update_document(deps.store, f"state/{cluster}/{detector.rule_id}.json", step)
-        findings.extend(found)
 
-    result = ProcessResult(flows=len(batch.flows))
+def _raise(deps: Dependencies, cluster: str, findings: list[Finding], key: str, flows: int) -> ProcessResult:
+    """Findings that no allowlist silences become (or update) alerts; new ones are notified."""
+    result = ProcessResult(flows=flows)
     kept = [f for f in findings if not is_allowed(f, list(deps.config.allowlist))]
     result.allowlisted = len(findings) - len(kept)
     for finding in kept:
@@ -102,6 +97,37 @@ def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
         elif alert is not None:
             result.updated_alerts.append(alert)
     return result
+
+
+def check_sensors(deps: Dependencies, cluster: str) -> ProcessResult:
+    """The scheduled check (a timer, not a batch): sensors silent for too long raise sensor_silent.
+    Without it a cluster whose sensors all stopped would never be told."""
+    health = SensorHealth()
+    tick = f"tick/{deps.clock.now_ns()}"
+    findings = _apply_once(deps.store, f"state/{cluster}/sensor_health.json", tick, health,
+                           lambda: health.check(deps.clock.now_ns()))
+    return _raise(deps, cluster, findings, tick, flows=0)
+
+
+def _apply_once(store: ObjectStore, doc_key: str, batch: str, detector: Any, run: Any) -> list[Finding]:
+    """Run ``detector`` on its document once per batch key; a repeat replays the findings it made."""
+    found: list[Finding] = []
+
+    def step(doc: dict | None) -> dict:
+        doc = doc or {}
+        applied = dict(doc.get("applied", {}))
+        if batch in applied:
+            found[:] = [_finding(f) for f in applied[batch]]
+            return doc
+        detector.from_state(doc.get("state"))  # a retry after a conflict starts again from the newer state
+        found[:] = run()
+        applied[batch] = [asdict(f) for f in found]
+        while len(applied) > _APPLIED_KEEP:
+            del applied[next(iter(applied))]
+        return {"state": detector.to_state(), "applied": applied}
+
+    update_document(store, doc_key, step)
+    return found
 
 
 def batch_key(batch: Batch) -> str:

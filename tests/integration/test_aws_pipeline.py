@@ -114,7 +114,8 @@ def test_real_batches_flow_from_the_sensor_through_sqs_and_lambda_to_s3_and_sns(
     assert json.loads(note["Message"])["id"] == alert["id"]
     # baselines in their own bucket, alerts in theirs
     state_keys = [o["Key"] for o in b["s3"].list_objects_v2(Bucket=b["names"]["state"])["Contents"]]
-    assert sorted(state_keys) == [f"state/prod/{d.rule_id}.json" for d in sorted(detectors(CoreConfig()), key=lambda d: d.rule_id)]
+    assert sorted(state_keys) == sorted([f"state/prod/{d.rule_id}.json" for d in detectors(CoreConfig())]
+                                        + ["state/prod/sensor_health.json"])
 
 
 def test_a_poison_message_fails_alone_and_a_redelivery_duplicates_nothing(backend):

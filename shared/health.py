@@ -1,0 +1,74 @@
+"""Sensor health from heartbeats. Every batch header carries its sensor's cumulative counters (packets,
+kernel_packets, kernel_drops, ...), one batch at least every window, traffic or not. From them:
+
+- ``sensor_drops``: a window in which the kernel dropped at least 1,000 packets, or more than 1% of
+  what it saw; the sensor is blind to part of the traffic (overload, or a flood meant to blind it).
+- ``sensor_silent``: a node whose sensor sent nothing for ``silent_after_s`` (default 60 s, six
+  10-second windows): stopped, crashed, cut off from the queue, or killed by an intruder.
+
+Silence is noticed when any batch arrives (another node's) or on a scheduled check
+(:func:`kubesonar.shared.pipeline.check_sensors`), so a whole cluster going silent is seen too.
+Nodes are the unit (a restarted sensor has a new id, on the same node).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubesonar.shared.alerts import Finding
+from kubesonar.shared.batch import BatchHeader
+
+SECOND = 1_000_000_000
+
+
+class SensorHealth:
+    def __init__(self, silent_after_s: float = 60.0, min_drops: int = 1000, drop_ratio: float = 0.01):
+        self.silent_after_ns = int(silent_after_s * SECOND)
+        self.min_drops, self.drop_ratio = min_drops, drop_ratio
+        self._state: dict[str, Any] = {"nodes": {}}
+
+    def to_state(self) -> dict[str, Any]:
+        return self._state
+
+    def from_state(self, state: dict[str, Any] | None) -> SensorHealth:
+        self._state = state or {"nodes": {}}
+        return self
+
+    def observe(self, header: BatchHeader, now_ns: int) -> list[Finding]:
+        """A heartbeat from ``header``'s node; a finding if its kernel dropped too much this window."""
+        c = header.counters
+        if "kernel_packets" not in c:  # offline analysis: no live sensor behind it
+            return []
+        node = header.node or header.sensor_id
+        prev = self._state["nodes"].get(node, {})
+        same = prev.get("sensor_id") == header.sensor_id
+        drops = c.get("kernel_drops", 0) - (prev.get("kernel_drops", 0) if same else 0)
+        seen = c.get("kernel_packets", 0) - (prev.get("kernel_packets", 0) if same else 0)
+        dropping = drops >= self.min_drops or (seen > 0 and drops > self.drop_ratio * seen)
+        self._state["nodes"][node] = {
+            "sensor_id": header.sensor_id, "last_seen_ns": now_ns, "window_end_ns": header.window_end_ns,
+            "kernel_drops": c.get("kernel_drops", 0), "kernel_packets": c.get("kernel_packets", 0),
+            "silent": False, "dropping": dropping,
+        }
+        if not dropping or prev.get("dropping"):
+            return []
+        evidence = {"kernel_drops_in_window": drops, "kernel_packets_in_window": seen,
+                    "drop_ratio": round(drops / seen, 4) if seen else None, "sensor_id": header.sensor_id}
+        return [_finding("sensor_drops", node, header.window_start_ns, header.window_end_ns, evidence)]
+
+    def check(self, now_ns: int) -> list[Finding]:
+        """Nodes whose sensors have been silent too long (reported once per silence)."""
+        findings = []
+        for node, s in self._state["nodes"].items():
+            quiet = now_ns - s["last_seen_ns"]
+            if quiet > self.silent_after_ns and not s["silent"]:
+                s["silent"] = True
+                findings.append(_finding("sensor_silent", node, s["last_seen_ns"], now_ns,
+                                         {"silent_for_s": round(quiet / SECOND, 1), "last_sensor_id": s["sensor_id"]}))
+        return findings
+
+
+def _finding(rule: str, node: str, first: int, last: int, evidence: dict[str, Any]) -> Finding:
+    source = {"ip": "", "namespace": "kubesonar", "pod": "", "workload": "", "node": node, "labels": ""}
+    return Finding(type=rule, source=source, first_seen_ns=first, last_seen_ns=last, evidence=evidence,
+                   identity=(node,))

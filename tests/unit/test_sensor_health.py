@@ -1,0 +1,68 @@
+"""Heartbeats: a node whose kernel drops too much raises sensor_drops once; a node that goes quiet
+raises sensor_silent once, whether another node's batch or the scheduled check notices."""
+
+from __future__ import annotations
+
+from kubesonar.functions.local.runtime import CollectingNotifier
+from kubesonar.functions.local.store import LocalObjectStore
+from kubesonar.shared.batch import Batch, BatchHeader
+from kubesonar.shared.flow import FlowRecords
+from kubesonar.shared.pipeline import Dependencies, check_sensors, process_batch
+
+S = 1_000_000_000
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000 * S
+
+    def now_ns(self) -> int:
+        return self.now
+
+
+def _heartbeat(node: str, seq: int, packets: int, drops: int, sensor: str = "a") -> Batch:
+    counters = {"packets": packets, "kernel_packets": packets + drops, "kernel_drops": drops}
+    return Batch(BatchHeader("c", node, f"{node}/{sensor}", seq, seq * 10 * S, (seq + 1) * 10 * S,
+                             counters=counters), FlowRecords.empty())
+
+
+def _types(result) -> list[str]:
+    return [a["type"] for a in result.new_alerts]
+
+
+def test_drops_silence_and_recovery(tmp_path):
+    clock = Clock()
+    deps = Dependencies(LocalObjectStore(tmp_path), CollectingNotifier(), clock)
+    assert _types(process_batch(_heartbeat("node-1", 0, 50_000, 0), deps)) == []
+    assert _types(process_batch(_heartbeat("node-2", 0, 1_000, 0), deps)) == []
+    clock.now += 10 * S
+    dropping = process_batch(_heartbeat("node-1", 1, 900_000, 40_000), deps)  # 40,000 of 890,000 in a window
+    assert _types(dropping) == ["sensor_drops"]
+    assert dropping.new_alerts[0]["source"]["node"] == "node-1"
+    assert dropping.new_alerts[0]["evidence"]["kernel_drops_in_window"] == 40_000
+    clock.now += 10 * S
+    assert _types(process_batch(_heartbeat("node-1", 2, 950_000, 40_500), deps)) == []  # 500 more: fine
+    assert _types(process_batch(_heartbeat("node-2", 1, 2_000, 0), deps)) == []
+    # node-2 stops; node-1 goes on: its batches notice the silence after a minute
+    for seq in range(3, 12):
+        clock.now += 10 * S
+        result = process_batch(_heartbeat("node-1", seq, 950_000 + seq, 40_500), deps)
+        if seq < 9:
+            assert _types(result) == []
+    alerts = {a["type"]: a for a in deps.notifier.sent}
+    assert alerts["sensor_silent"]["source"]["node"] == "node-2"
+    assert len([a for a in deps.notifier.sent if a["type"] == "sensor_silent"]) == 1
+
+
+def test_the_scheduled_check_sees_a_whole_cluster_go_silent_and_a_restart_is_not_a_drop(tmp_path):
+    clock = Clock()
+    deps = Dependencies(LocalObjectStore(tmp_path), CollectingNotifier(), clock)
+    process_batch(_heartbeat("node-1", 0, 10, 0), deps)
+    process_batch(_heartbeat("node-1", 1, 10, 0, sensor="b"), deps)  # restarted: counters start again
+    clock.now += 30 * S
+    assert _types(check_sensors(deps, "c")) == []
+    clock.now += 60 * S
+    assert _types(check_sensors(deps, "c")) == ["sensor_silent"]
+    clock.now += 60 * S
+    assert _types(check_sensors(deps, "c")) == []  # once per silence
+    assert [a["type"] for a in deps.notifier.sent] == ["sensor_silent"]
