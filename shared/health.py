@@ -26,6 +26,7 @@ class SensorHealth:
         self.silent_after_ns = int(silent_after_s * SECOND)
         self.min_drops, self.drop_ratio = min_drops, drop_ratio
         self._state: dict[str, Any] = {"nodes": {}}
+        self.touched = False  # whether the state changed (the core skips writing it back when not)
 
     def to_state(self) -> dict[str, Any]:
         return self._state
@@ -37,8 +38,10 @@ class SensorHealth:
     def observe(self, header: BatchHeader, now_ns: int) -> list[Finding]:
         """A heartbeat from ``header``'s node; a finding if its kernel dropped too much this window."""
         c = header.counters
+        self.touched = False
         if "kernel_packets" not in c:  # offline analysis: no live sensor behind it
             return []
+        self.touched = True
         node = header.node or header.sensor_id
         prev = self._state["nodes"].get(node, {})
         same = prev.get("sensor_id") == header.sensor_id
@@ -63,6 +66,7 @@ class SensorHealth:
             quiet = now_ns - s["last_seen_ns"]
             if quiet > self.silent_after_ns and not s["silent"]:
                 s["silent"] = True
+                self.touched = True
                 findings.append(_finding("sensor_silent", node, s["last_seen_ns"], now_ns,
                                          {"silent_for_s": round(quiet / SECOND, 1), "last_sensor_id": s["sensor_id"]}))
         return findings

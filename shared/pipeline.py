@@ -113,14 +113,16 @@ def _apply_once(store: ObjectStore, doc_key: str, batch: str, detector: Any, run
     """Run ``detector`` on its document once per batch key; a repeat replays the findings it made."""
     found: list[Finding] = []
 
-    def step(doc: dict | None) -> dict:
-        doc = doc or {}
+    def step(stored: dict | None) -> dict | None:
+        doc = stored or {}
         applied = dict(doc.get("applied", {}))
         if batch in applied:
             found[:] = [_finding(f) for f in applied[batch]]
-            return doc
+            return stored
         detector.from_state(doc.get("state"))  # a retry after a conflict starts again from the newer state
         found[:] = run()
+        if not found and not getattr(detector, "touched", True) and doc:
+            return stored  # this batch changed nothing here: no write (a redelivery would change nothing again)
         applied[batch] = [asdict(f) for f in found]
         while len(applied) > _APPLIED_KEEP:
             del applied[next(iter(applied))]

@@ -31,11 +31,14 @@ def update_document(
     """Apply ``change`` to the current document (None if there is none) and write it back atomically.
 
     ``change`` must be a pure function of the document it is given: on a lost race it runs again on
-    the newer document. Backoff is exponential with full jitter, capped at 0.5 s.
+    the newer document. Backoff is exponential with full jitter, capped at 0.5 s. When ``change``
+    returns the very document it was given (and one exists), nothing is written.
     """
     for attempt in range(attempts):
         current, version = read_document(store, key)
         updated = change(current)
+        if updated is current and current is not None:
+            return current
         data = json.dumps(updated, separators=(",", ":"), sort_keys=True).encode()
         try:
             if version is None:

@@ -70,13 +70,16 @@ class BruteForceDetector:
 
     def update(self, flows: FlowRecords, pods: PodEvents | None = None) -> list[Score]:
         """Count each source's short sessions per authentication service; score the pairs seen."""
+        self.touched = False  # whether the state changed (the core skips writing it back when not)
         if not len(flows):
             return []
         if self._state["learning_until_ns"] is None:
             self._state["learning_until_ns"] = int(flows["first_ts"].min()) + self.learning_period_ns
+            self.touched = True
         rows, service_port = self._sessions(flows)
         if not len(rows):
             return []
+        self.touched = True
         src = [address_text(a) for a in flows["src_addr"][rows]]
         dst = [address_text(a) for a in flows["dst_addr"][rows]]
         workload = [f"{a}/{b}/{c}" if c else "" for a, b, c in zip(

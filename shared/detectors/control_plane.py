@@ -33,6 +33,7 @@ from kubesonar.shared.flow import FlowRecords, address_bytes, address_text
 from kubesonar.shared.pod_events import PodEvents
 
 METADATA_ENDPOINTS = ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "169.254.170.23", "fd00:ec2::23")
+_METADATA_BYTES = [np.array(address_bytes(a), dtype="V16") for a in METADATA_ENDPOINTS]
 KUBELET_PORTS = (10250,)
 ETCD_PORTS = (2379, 2380)
 _API = ("default", "Service", "kubernetes")
@@ -66,9 +67,11 @@ class _PairDetector:
         raise NotImplementedError
 
     def update(self, flows: FlowRecords, pods: PodEvents | None = None) -> list[Score]:
+        self.touched = False  # whether the state changed (the core skips writing it back when not)
         if not len(flows):
             return []
         rows, targets = self._rows(flows)
+        self.touched |= bool(len(rows))
         seen = dict.fromkeys(self._state["seen"])
         scores = []
         for row, target in zip(rows.tolist(), targets):
@@ -92,8 +95,11 @@ class MetadataAccessDetector(_PairDetector):
     rule_id = "metadata_access"
 
     def _rows(self, flows: FlowRecords) -> tuple[np.ndarray, list[str]]:
-        targets = np.array([address_bytes(a) for a in METADATA_ENDPOINTS], dtype="V16")
-        rows = np.flatnonzero(np.isin(flows["dst_addr"], targets))
+        dst = flows["dst_addr"]
+        hit = np.zeros(len(dst), dtype=bool)
+        for target in _METADATA_BYTES:  # a handful of 16-byte compares: cheaper than a sort
+            hit |= dst == target
+        rows = np.flatnonzero(hit)
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
         return rows, [address_text(a) for a in flows["dst_addr"][rows]]
 
@@ -116,6 +122,7 @@ class ApiServerAccessDetector(_PairDetector):
     def _rows(self, flows: FlowRecords) -> tuple[np.ndarray, list[str]]:
         if self._state["learning_until_ns"] is None:
             self._state["learning_until_ns"] = int(flows["first_ts"].min()) + self.learning_period_ns
+            self.touched = True
         learning = self.force_learning or (not self._state.get("learning_ended")
                                            and int(flows["first_ts"].min()) < self._state["learning_until_ns"])
         pod = flows["src_workload_name"] != ""  # only pods are judged: the node itself talks to all of these
@@ -123,15 +130,17 @@ class ApiServerAccessDetector(_PairDetector):
             flows["packets_in"] > 0)
         api = pod & (flows["dst_namespace"] == _API[0]) & (flows["dst_workload_kind"] == _API[1]) & (
             flows["dst_workload_name"] == _API[2])
-        workloads = [f"{a}/{b}/{c}" for a, b, c in zip(flows["src_namespace"], flows["src_workload_kind"],
-                                                        flows["src_workload_name"])]
+        api_rows = np.flatnonzero(api)
+        workloads = {int(i): f"{flows['src_namespace'][i]}/{flows['src_workload_kind'][i]}/{flows['src_workload_name'][i]}"
+                     for i in api_rows}  # only the rows that reached the API: names cost a Python step each
         learned = set(self._state["learned"])
         if learning:
-            learned.update(workloads[i] for i in np.flatnonzero(api).tolist())
+            self.touched |= bool(workloads)
+            learned.update(workloads.values())
             self._state["learned"] = sorted(learned)
             api[:] = False
         else:
-            api &= np.array([w not in learned for w in workloads], dtype=bool)
+            api[[i for i, w in workloads.items() if w in learned]] = False
         rows = np.flatnonzero(control | api)
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
         targets = [("kubernetes API" if api[r] else

@@ -95,6 +95,7 @@ class NewWorkloadDetector:
         """Learn (while learning) the workloads seen in ``flows`` and in pods started (``pods``); score
         each workload, or workload image set, new to the baseline 1.0."""
         sightings = _sightings(flows) + (_pod_sightings(pods) if pods is not None else [])
+        self.touched = bool(sightings)  # whether the state may have changed (else the core skips the write)
         if not sightings:
             return []
         start = min(s[3] for s in sightings)

@@ -80,6 +80,7 @@ class PortScanDetector:
 
     def update(self, flows: FlowRecords, pods: PodEvents | None = None) -> list[Score]:
         """Walk every source's first contacts in time order; return the sources that made some."""
+        self.touched = False  # whether the state changed (the core skips writing it back when not)
         rows = np.flatnonzero(_trials(flows))
         if not len(rows):
             return []
@@ -97,6 +98,7 @@ class PortScanDetector:
         if not new.any():
             return []
         self._remember(distinct[new])  # sorted already
+        self.touched = True
         first = np.sort(first[new])
         order = first[_stable_order(src_key[first], len(keys))]  # by source, time order kept within each
         trial_src = src_key[order]
