@@ -95,14 +95,16 @@ class NewWorkloadDetector:
         """Learn (while learning) the workloads seen in ``flows`` and in pods started (``pods``); score
         each workload, or workload image set, new to the baseline 1.0."""
         sightings = _sightings(flows) + (_pod_sightings(pods) if pods is not None else [])
-        self.touched = bool(sightings)  # whether the state may have changed (else the core skips the write)
+        self.touched = False  # whether the state changed (else the core skips the write)
         if not sightings:
             return []
         start = min(s[3] for s in sightings)
         if self._state["learning_until_ns"] is None:
             self._state["learning_until_ns"] = start + self.learning_period_ns
+            self.touched = True
         if self._state["learning"] and not self.force_learning and start >= self._state["learning_until_ns"]:
             self._state["learning"] = False
+            self.touched = True
         learning = self._state["learning"] or self.force_learning
         known = self._state["workloads"]
         scores = []
@@ -110,6 +112,7 @@ class NewWorkloadDetector:
             entry = known.get(key)
             if entry is not None and (not images or images in entry.setdefault("images", {})):
                 continue
+            self.touched = True  # everything below records something new
             if entry is not None and not entry["images"]:  # known before its images were: take them
                 entry["images"][images] = entry["status"]
                 continue
