@@ -32,6 +32,7 @@ class CoreConfig:
     learning_period_s: float = 24 * 3600.0  # novelty detectors learn, silently, this long (data time)
     learning: bool = False  # force learning for these batches (``analyze --learn``)
     allowlist: tuple[AllowEntry, ...] = ()
+    sensor_silent_after_s: float = 60.0  # a node's sensor unheard this long is silent
 
 
 @dataclass
@@ -76,7 +77,7 @@ def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
     for detector in detectors(deps.config):
         findings += _apply_once(deps.store, f"state/{cluster}/{detector.rule_id}.json", key, detector,
                                 lambda d=detector: d.decide(d.update(batch.flows, batch.pods)))
-    health = SensorHealth()
+    health = SensorHealth(deps.config.sensor_silent_after_s)
     now = deps.clock.now_ns()
     findings += _apply_once(deps.store, f"state/{cluster}/sensor_health.json", key, health,
                             lambda: health.observe(batch.header, now) + health.check(now))
@@ -102,11 +103,16 @@ def _raise(deps: Dependencies, cluster: str, findings: list[Finding], key: str, 
 def check_sensors(deps: Dependencies, cluster: str) -> ProcessResult:
     """The scheduled check (a timer, not a batch): sensors silent for too long raise sensor_silent.
     Without it a cluster whose sensors all stopped would never be told."""
-    health = SensorHealth()
+    health = SensorHealth(deps.config.sensor_silent_after_s)
     tick = f"tick/{deps.clock.now_ns()}"
     findings = _apply_once(deps.store, f"state/{cluster}/sensor_health.json", tick, health,
                            lambda: health.check(deps.clock.now_ns()))
     return _raise(deps, cluster, findings, tick, flows=0)
+
+
+def clusters_with_sensors(store: ObjectStore) -> list[str]:
+    """Clusters whose sensors have sent heartbeats (those the scheduled check looks at)."""
+    return sorted({k.split("/")[1] for k in store.list("state/") if k.endswith("/sensor_health.json")})
 
 
 def _apply_once(store: ObjectStore, doc_key: str, batch: str, detector: Any, run: Any) -> list[Finding]:

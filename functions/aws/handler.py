@@ -3,7 +3,8 @@
 Clients are built once per container (cold start); each record is scored on its own, and the
 records that fail are reported back (ReportBatchItemFailures), so one poison message is retried
 and ends in the dead-letter queue while the rest of its batch succeeds. Settings (environment):
-KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_TOPIC_ARN, KUBESONAR_LEARNING_PERIOD_S;
+KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_TOPIC_ARN, KUBESONAR_LEARNING_PERIOD_S,
+KUBESONAR_SENSOR_SILENT_AFTER_S; an EventBridge schedule's event runs the sensor-health check instead;
 AWS_ENDPOINT_URL points every client elsewhere (tests use it to reach an emulator).
 """
 
@@ -25,7 +26,7 @@ from kubesonar.functions.aws.notifier import SnsNotifier
 from kubesonar.functions.aws.store import S3ObjectStore
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.errors import BatchFormatError
-from kubesonar.shared.pipeline import CoreConfig, Dependencies, process_batch
+from kubesonar.shared.pipeline import CoreConfig, Dependencies, check_sensors, clusters_with_sensors, process_batch
 from kubesonar.shared.ports import RoutedObjectStore, SystemClock
 
 logger = Logger(service="kubesonar")
@@ -37,7 +38,8 @@ deps = Dependencies(
                             {"alerts/": S3ObjectStore(_s3, os.environ["KUBESONAR_ALERTS_BUCKET"])}),
     notifier=SnsNotifier(boto3.client("sns"), os.environ["KUBESONAR_TOPIC_ARN"]),
     clock=SystemClock(),
-    config=CoreConfig(learning_period_s=float(os.environ.get("KUBESONAR_LEARNING_PERIOD_S", 24 * 3600))),
+    config=CoreConfig(learning_period_s=float(os.environ.get("KUBESONAR_LEARNING_PERIOD_S", 24 * 3600)),
+                      sensor_silent_after_s=float(os.environ.get("KUBESONAR_SENSOR_SILENT_AFTER_S", 60))),
 )
 
 
@@ -60,8 +62,20 @@ def record_handler(record: SQSRecord) -> None:
                                        "new_alerts": [a["id"] for a in result.new_alerts]})
 
 
+def check_sensor_health() -> dict:
+    """The schedule's tick: sensors of every cluster silent for too long raise sensor_silent, even when
+    no batch arrives at all (a whole cluster gone quiet)."""
+    clusters = clusters_with_sensors(deps.store)
+    raised = [a["id"] for c in clusters for a in check_sensors(deps, c).new_alerts]
+    metrics.add_metric(name="Alerts", unit=MetricUnit.Count, value=len(raised))
+    logger.info("sensor health checked", extra={"clusters": clusters, "new_alerts": raised})
+    return {"clusters": len(clusters), "new_alerts": raised}
+
+
 @logger.inject_lambda_context
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    if event.get("source") == "aws.events":  # the EventBridge schedule, not SQS
+        return check_sensor_health()
     return process_partial_response(event=event, record_handler=record_handler, processor=processor,
                                     context=context)

@@ -316,12 +316,13 @@ resource "aws_lambda_function" "scoring" {
 
   environment {
     variables = {
-      KUBESONAR_STATE_BUCKET       = aws_s3_bucket.this["state"].id
-      KUBESONAR_ALERTS_BUCKET      = aws_s3_bucket.this["alerts"].id
-      KUBESONAR_TOPIC_ARN          = aws_sns_topic.alerts.arn
-      KUBESONAR_LEARNING_PERIOD_S  = tostring(var.learning_period_seconds)
-      POWERTOOLS_SERVICE_NAME      = "kubesonar"
-      POWERTOOLS_METRICS_NAMESPACE = "KubeSonar"
+      KUBESONAR_STATE_BUCKET          = aws_s3_bucket.this["state"].id
+      KUBESONAR_ALERTS_BUCKET         = aws_s3_bucket.this["alerts"].id
+      KUBESONAR_TOPIC_ARN             = aws_sns_topic.alerts.arn
+      KUBESONAR_LEARNING_PERIOD_S     = tostring(var.learning_period_seconds)
+      KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
+      POWERTOOLS_SERVICE_NAME         = "kubesonar"
+      POWERTOOLS_METRICS_NAMESPACE    = "KubeSonar"
     }
   }
 
@@ -339,6 +340,30 @@ resource "aws_lambda_event_source_mapping" "flows" {
   scaling_config {
     maximum_concurrency = max(2, var.lambda_reserved_concurrency)
   }
+}
+
+################################################################################
+# The sensor-health check: every minute, so a cluster whose sensors all went quiet is still told
+################################################################################
+
+resource "aws_cloudwatch_event_rule" "sensor_check" {
+  name                = "${var.name}-sensor-check"
+  description         = "KubeSonar: raise sensor_silent for sensors unheard too long"
+  schedule_expression = "rate(1 minute)"
+  tags                = var.tags
+}
+
+resource "aws_cloudwatch_event_target" "sensor_check" {
+  rule = aws_cloudwatch_event_rule.sensor_check.name
+  arn  = aws_lambda_function.scoring.arn
+}
+
+resource "aws_lambda_permission" "sensor_check" {
+  statement_id  = "AllowSensorCheckSchedule"
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.scoring.function_name
+  principal     = "events.amazonaws.com"
+  source_arn    = aws_cloudwatch_event_rule.sensor_check.arn
 }
 
 ################################################################################

@@ -56,6 +56,12 @@ variable "learning_period_seconds" {
   default     = 86400
 }
 
+variable "sensor_silent_after_seconds" {
+  description = "Seconds without a heartbeat after which a node's sensor is reported silent."
+  type        = number
+  default     = 60
+}
+
 variable "max_receive_count" {
   description = "Deliveries of a message before it moves to the dead-letter queue."
   type        = number

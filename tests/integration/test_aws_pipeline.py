@@ -49,7 +49,8 @@ def backend(aws_endpoint, monkeypatch):  # noqa: F811
     flows_queue = sqs.create_queue(QueueName=f"kubesonar-flows-{tag}",
                                    Attributes={"MaximumMessageSize": "262144"})["QueueUrl"]
     env = {"KUBESONAR_STATE_BUCKET": names["state"], "KUBESONAR_ALERTS_BUCKET": names["alerts"],
-           "KUBESONAR_TOPIC_ARN": topic, "POWERTOOLS_METRICS_NAMESPACE": "KubeSonar"}
+           "KUBESONAR_TOPIC_ARN": topic, "POWERTOOLS_METRICS_NAMESPACE": "KubeSonar",
+           "KUBESONAR_SENSOR_SILENT_AFTER_S": "1"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     import kubesonar.functions.aws.handler as handler
@@ -162,3 +163,23 @@ def test_sixteen_concurrent_invocations_lose_no_baseline_update(backend):
     assert all(r == {"batchItemFailures": []} for r in results)
     doc = json.loads(b["s3"].get_object(Bucket=b["names"]["state"], Key="state/prod/new_workload.json")["Body"].read())
     assert len(doc["state"]["workloads"]) == 16 * 6 and len(doc["applied"]) == 16
+
+
+def test_the_schedule_reports_a_sensor_that_went_silent(backend):
+    import time
+
+    b = backend
+    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, 0, 1,
+                         counters={"packets": 10, "kernel_packets": 10, "kernel_drops": 0})
+    (heartbeat,) = window_messages(header, FlowRecords.empty(), LIMIT)
+    record = dict(copy.deepcopy(EVENT["Records"][0]), body=base64.b64encode(heartbeat.data).decode())
+    assert b["handler"].lambda_handler({"Records": [record]}, _Context()) == {"batchItemFailures": []}
+    schedule = json.loads((REPO / "tests" / "fixtures" / "aws" / "scheduled-event.json").read_text())
+    assert b["handler"].lambda_handler(schedule, _Context())["new_alerts"] == []  # not yet
+    time.sleep(1.5)
+    (alert_id,) = b["handler"].lambda_handler(schedule, _Context())["new_alerts"]
+    (alert,) = _alerts(b)
+    assert (alert["id"], alert["type"], alert["source"]["node"]) == (alert_id, "sensor_silent", "node-7")
+    (note,) = _notifications(b)
+    assert note["MessageAttributes"]["type"]["Value"] == "sensor_silent"
+    assert b["handler"].lambda_handler(schedule, _Context())["new_alerts"] == []  # once per silence
