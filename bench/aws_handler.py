@@ -77,19 +77,9 @@ def main() -> None:
     flows_per_message = statistics.mean(len(decode_batch(m.data).flows) for m in full)
     body_kib = statistics.mean(len(base64.b64encode(m.data)) for m in full) / 1024
 
-    from aws_emulator import CREDENTIALS
+    from aws_emulator import CREDENTIALS, moto_server
 
-    import subprocess as sp
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = sp.Popen([os.path.join(os.path.dirname(sys.executable), "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                      stdout=sp.DEVNULL, stderr=sp.DEVNULL)
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        time.sleep(2)
+    with moto_server() as endpoint:
         env = dict(os.environ, **CREDENTIALS, AWS_ENDPOINT_URL=endpoint, KUBESONAR_STATE_BUCKET="bench-state",
                    KUBESONAR_ALERTS_BUCKET="bench-alerts", POWERTOOLS_METRICS_NAMESPACE="KubeSonar",
                    POWERTOOLS_LOG_LEVEL="WARNING", POWERTOOLS_METRICS_DISABLED="true")
@@ -110,7 +100,6 @@ def main() -> None:
             invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:bench"
             aws_request_id = "bench"
 
-        sys.stdout = open(os.devnull, "w")  # powertools prints its EMF metrics and logs
         lambda_rates, durations = [], []
         for i, m in enumerate(messages):
             event = {"Records": [{"messageId": f"m{i}", "receiptHandle": "r", "body": base64.b64encode(m.data).decode(),
@@ -123,10 +112,7 @@ def main() -> None:
             elapsed = time.perf_counter() - start
             durations.append(elapsed)
             lambda_rates.append(flows / elapsed)
-        sys.stdout = sys.__stdout__
         state_kib = {o["Key"]: o["Size"] / 1024 for o in clients["s3"].list_objects_v2(Bucket="bench-state")["Contents"]}
-    finally:
-        server.terminate()
 
     with tempfile.TemporaryDirectory() as root:
         deps = Dependencies(LocalObjectStore(root), CollectingNotifier(), SystemClock())

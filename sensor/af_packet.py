@@ -82,7 +82,10 @@ def interface_linktype(name: str) -> tuple[int, int]:
 class RingSocket:
     """One interface's capture socket and ring. ``read()`` returns the packets the kernel has written."""
 
-    def __init__(self, interface: str, config: RingConfig | None = None, program: BpfProgram | None = None):
+    def __init__(self, interface: str, config: RingConfig | None = None,
+                 programs: dict[int, BpfProgram] | None = None):
+        """``programs``: the BPF program for each link type (Ethernet framing or raw IP), compiled once by
+        the caller; without one for this interface's type, accept everything up to the snap length."""
         self.interface = interface
         self.config = config or RingConfig()
         kind, self.linktype = interface_linktype(interface)
@@ -96,7 +99,7 @@ class RingSocket:
         except PermissionError:
             raise CaptureError("live capture needs CAP_NET_RAW (run as root or grant the capability)") from None
         try:
-            self._setup(program or accept_all(self.config.snaplen))
+            self._setup((programs or {}).get(self.linktype) or accept_all(self.config.snaplen))
         except OSError as exc:
             self._sock.close()
             raise CaptureError(f"cannot capture on {interface}: {exc.strerror or exc}") from None

@@ -20,9 +20,9 @@ from typing import Protocol
 
 import numpy as np
 
-from kubesonar.sensor.af_packet import RingConfig, RingSocket, list_interfaces, wait_readable
+from kubesonar.sensor.af_packet import RingConfig, RingSocket, SocketStats, list_interfaces, wait_readable
 from kubesonar.sensor.bpf import compile_filter
-from kubesonar.sensor.dissect import LINKTYPE_RAW, dissect
+from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW, dissect
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.errors import CaptureError, ConfigError
@@ -98,9 +98,10 @@ class LiveSensor:
         self._sequence = 0
         self._window_start = time.time_ns()
         self.errors: list[str] = []
-        self._programs = {
-            raw: compile_filter(settings.capture_filter, raw, settings.ring.snaplen) for raw in (False, True)
-        }
+        self._programs = {linktype: compile_filter(settings.capture_filter, linktype == LINKTYPE_RAW,
+                                                   settings.ring.snaplen)
+                          for linktype in (LINKTYPE_ETHERNET, LINKTYPE_RAW)}
+        self._retired = SocketStats()  # kernel counters of sockets closed so far: totals never go back
 
     # -- the loop -----------------------------------------------------------------------------------
 
@@ -143,8 +144,7 @@ class LiveSensor:
             self._add(self.table.add(fields, batch.ts))
         except OSError as exc:  # the interface went away (a pod ended): drop it; the next refresh decides
             self._fail(f"capture on {ring.interface} stopped: {exc.strerror or exc}")
-            ring.close()
-            self._sockets.pop(ring.interface, None)
+            self._retire(ring)
         finally:
             if ring.interface in self._sockets:
                 ring.release()
@@ -165,6 +165,7 @@ class LiveSensor:
         self._pending, self._pending_count = [], 0
         if len(flows):
             flows = flows.take(np.argsort(flows["first_ts"], kind="stable"))
+        self._read_kernel_counters()
         step = self.settings.max_pending_flows
         chunks = [flows.take(slice(lo, lo + step)) for lo in range(0, len(flows), step)] or [flows]
         del flows
@@ -173,15 +174,17 @@ class LiveSensor:
                        final_part and i == len(chunks) - 1)
             chunks[i] = None  # let it go before the next one is encoded
 
-    def _send(self, flows: FlowRecords, closes_window: bool) -> None:
-        now = time.time_ns()
+    def _read_kernel_counters(self) -> None:
         for ring in self._sockets.values():
             try:
                 ring.read_stats()
             except OSError:
                 pass
-        self.counters.kernel_packets = sum(r.stats.packets for r in self._sockets.values()) + self._closed_kernel[0]
-        self.counters.kernel_drops = sum(r.stats.drops for r in self._sockets.values()) + self._closed_kernel[1]
+        self.counters.kernel_packets = self._retired.packets + sum(r.stats.packets for r in self._sockets.values())
+        self.counters.kernel_drops = self._retired.drops + sum(r.stats.drops for r in self._sockets.values())
+
+    def _send(self, flows: FlowRecords, closes_window: bool) -> None:
+        now = time.time_ns()
         self.counters.flows += len(flows)
         self.counters.evicted_flows = self.table.evicted
         self.counters.interfaces = len(self._sockets)
@@ -194,30 +197,29 @@ class LiveSensor:
         self._window_start = now
         self.sink(Window(header, flows, self.pod_events() if self.pod_events else None))
 
-    _closed_kernel = (0, 0)  # kernel counters of sockets closed since (their totals are kept)
-
     # -- interfaces ----------------------------------------------------------------------------------
 
     def _refresh_interfaces(self) -> None:
         present = list_interfaces()
         wanted = {name for pattern in self.settings.interfaces for name in fnmatch.filter(present, pattern)}
         for name in set(self._sockets) - wanted:
-            ring = self._sockets.pop(name)
-            self._keep_kernel_counts(ring)
-            ring.close()
+            self._retire(self._sockets[name])
         for name in sorted(wanted - set(self._sockets)):
             try:
-                raw = _is_raw_ip(name)
-                self._sockets[name] = RingSocket(name, self.settings.ring, self._programs[raw])
+                self._sockets[name] = RingSocket(name, self.settings.ring, self._programs)
             except CaptureError as exc:
                 self._fail(str(exc))
 
-    def _keep_kernel_counts(self, ring: RingSocket) -> None:
+    def _retire(self, ring: RingSocket) -> None:
+        """Close a socket, keeping its kernel counters in the totals."""
         try:
-            stats = ring.read_stats()
+            ring.read_stats()
         except OSError:
-            stats = ring.stats
-        self._closed_kernel = (self._closed_kernel[0] + stats.packets, self._closed_kernel[1] + stats.drops)
+            pass
+        self._retired.packets += ring.stats.packets
+        self._retired.drops += ring.stats.drops
+        ring.close()
+        self._sockets.pop(ring.interface, None)
 
     def _fail(self, message: str) -> None:
         self.counters.capture_errors += 1
@@ -238,12 +240,6 @@ def _steady_heap() -> None:
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def _is_raw_ip(interface: str) -> bool:
-    from kubesonar.sensor.af_packet import interface_linktype
-
-    return interface_linktype(interface)[1] == LINKTYPE_RAW
 
 
 def default_node_name() -> str:

@@ -111,19 +111,24 @@ _DTYPES = {c.name: np.dtype(c.dtype) for c in FLOW_COLUMNS}
 _EMPTY_ADDR = bytes(16)
 
 
+def checked_columns(columns: dict[str, np.ndarray], dtypes: dict[str, np.dtype], what: str) -> dict[str, np.ndarray]:
+    """A table's columns, each of its schema's dtype, all present and all of one length."""
+    missing = [n for n in dtypes if n not in columns]
+    if missing:
+        raise ValueError(f"{what}s lack columns {missing}")
+    lengths = {len(columns[n]) for n in dtypes}
+    if len(lengths) > 1:
+        raise ValueError(f"{what} columns differ in length: {sorted(lengths)}")
+    return {n: np.asarray(columns[n], dtype=dtype) for n, dtype in dtypes.items()}
+
+
 class FlowRecords:
     """A batch of flow records as equal-length numpy columns, one per :data:`FLOW_COLUMNS` entry."""
 
     __slots__ = ("columns",)
 
     def __init__(self, columns: dict[str, np.ndarray]):
-        missing = [n for n in COLUMN_NAMES if n not in columns]
-        if missing:
-            raise ValueError(f"flow records lack columns {missing}")
-        lengths = {len(columns[n]) for n in COLUMN_NAMES}
-        if len(lengths) > 1:
-            raise ValueError(f"flow record columns differ in length: {sorted(lengths)}")
-        self.columns = {n: np.asarray(columns[n], dtype=_DTYPES[n]) for n in COLUMN_NAMES}
+        self.columns = checked_columns(columns, _DTYPES, "flow record")
 
     @classmethod
     def empty(cls, n: int = 0) -> FlowRecords:

@@ -8,7 +8,7 @@ from enum import IntEnum
 from typing import Any
 
 import numpy as np
-from kubesonar.shared.flow import Column, address_text
+from kubesonar.shared.flow import Column, address_text, checked_columns
 
 
 class PodEventType(IntEnum):
@@ -41,12 +41,7 @@ class PodEvents:
     __slots__ = ("columns",)
 
     def __init__(self, columns: dict[str, np.ndarray]):
-        missing = [n for n in _NAMES if n not in columns]
-        if missing:
-            raise ValueError(f"pod events lack columns {missing}")
-        if len({len(columns[n]) for n in _NAMES}) > 1:
-            raise ValueError("pod event columns differ in length")
-        self.columns = {n: np.asarray(columns[n], dtype=_DTYPES[n]) for n in _NAMES}
+        self.columns = checked_columns(columns, _DTYPES, "pod event")
 
     @classmethod
     def empty(cls) -> PodEvents:

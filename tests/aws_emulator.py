@@ -10,14 +10,17 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
 
-@pytest.fixture(scope="session")
-def aws_endpoint():
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto_server on a free port of 127.0.0.1 until the block ends; yields its endpoint URL."""
     server = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -25,26 +28,33 @@ def aws_endpoint():
     proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.1)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url + "/moto-api/", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint():
     saved = {k: os.environ.get(k) for k in [*CREDENTIALS, "AWS_ENDPOINT_URL"]}
-    os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=url)
-    yield url
+    with moto_server() as url:
+        os.environ.update(CREDENTIALS, AWS_ENDPOINT_URL=url)
+        yield url
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    proc.terminate()
-    proc.wait(timeout=10)
 
 
 def client(service: str, endpoint: str):

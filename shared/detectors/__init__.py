@@ -35,6 +35,7 @@ class Score:
 
 class Detector(Protocol):
     rule_id: str
+    touched: bool  # set by update(): whether the state changed (the core skips writing it back when not)
 
     def to_state(self) -> dict[str, Any]: ...
 
