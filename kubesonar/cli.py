@@ -191,7 +191,7 @@ def sensor(interface, window, filter, cluster, node, max_flows, duration, queue,
     enrich, watcher = _enrichment(pods, kubernetes, settings.node)
 
     def publish(window) -> None:
-        publisher.publish(window_messages(window.header, window.flows, publisher.limit, window.pods))
+        publisher.publish(window_messages(window.header, window.flows, publisher.limit, window.pods, window.dns))
 
     def spool_counters() -> dict[str, int]:
         s = publisher.stats
@@ -233,7 +233,7 @@ def watch(interface, window, filter, cluster, node, max_flows, duration, pods, s
         backend = LocalBackend(state_dir or tmp)
 
         def score(window) -> None:  # through the real batch format, as a cloud function would get it
-            for message in window_messages(window.header, window.flows, SQS_LIMIT):
+            for message in window_messages(window.header, window.flows, SQS_LIMIT, window.pods, window.dns):
                 result = backend.receive(message.key, message.data)
                 for alert in result.new_alerts if result else []:
                     if fmt == "json":

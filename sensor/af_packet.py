@@ -47,7 +47,8 @@ class RingConfig:
     frame_size: int = 512  # bytes per slot: header, address, and snaplen bytes of packet
     frame_count: int = 65_536  # slots; the ring takes frame_size * frame_count bytes (32 MiB)
     block_size: int = 128 << 10  # the kernel allocates the ring in blocks of this many bytes
-    snaplen: int = 256  # bytes kept of each packet: headers, tunnels, never payload beyond them
+    snaplen: int = 400  # bytes kept of each packet: headers, tunnels, and the first payload bytes the
+    # DNS and JSON-RPC recognisers read (sensor/app_layer.py); nothing else reads payload
     frames_per_read: int = 8_192  # hand over at most this many at once: bounds the engine's working memory
 
     def __post_init__(self) -> None:

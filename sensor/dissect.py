@@ -59,6 +59,9 @@ class PacketFields:
     tunnel_src: np.ndarray  # (n, 2) uint64, zero unless decapsulated
     tunnel_dst: np.ndarray  # (n, 2) uint64
     tunnel_id: np.ndarray  # int64 VNI
+    payload_pos: np.ndarray  # int64 where the TCP/UDP payload starts, from the packet's start
+    payload_len: np.ndarray  # int64 payload bytes on the wire (the capture may hold fewer)
+    rpc_code: np.ndarray  # int64 mining JSON-RPC method recognised in the payload (sensor/app_layer.py), 0 none
 
     @classmethod
     def blank(cls, n: int) -> PacketFields:
@@ -68,7 +71,7 @@ class PacketFields:
             is_ip=z(bool), src=w(), dst=w(), sport=z(), dport=z(), proto=z(), ip_len=z(), tcp_flags=z(), tcp_seq=z(),
             icmp_type=np.full(n, -1, dtype=np.int64), icmp_code=np.full(n, -1, dtype=np.int64),
             icmp_error=z(bool), fragment=z(bool), truncated=z(bool), tunnel_src=w(), tunnel_dst=w(),
-            tunnel_id=z(),
+            tunnel_id=z(), payload_pos=z(), payload_len=z(), rpc_code=z(),
         )
 
     def assign(self, rows: np.ndarray, other: PacketFields, keep: np.ndarray) -> None:
@@ -230,6 +233,7 @@ def _ip_layer(view: _View, l3: np.ndarray, ethertype: np.ndarray, out: PacketFie
     out.proto[:] = np.where(ok, proto, 0)
     out.ip_len[:] = np.where(ok, np.maximum(total, l4 - l3), 0)
     out.fragment[:] = fragment
+    out.payload_len[:] = np.where(ok & ~fragment, np.maximum(total - (l4 - l3), 0), 0)  # L4 bytes; see _transport
     return l4
 
 
@@ -243,6 +247,10 @@ def _transport(view: _View, l4: np.ndarray, out: PacketFields) -> None:
     tcp = first & (out.proto == IPPROTO_TCP) & view.has(l4, 14)
     out.tcp_flags[:] = view.read_where(tcp, l4 + 13, 1)
     out.tcp_seq[:] = view.read_where(tcp & ((out.tcp_flags & 0x02) != 0), l4 + 4, 4)  # SYNs only: see flow_table
+    udp = ports_ok & (out.proto == IPPROTO_UDP)
+    header = np.where(tcp, (view.read_where(tcp, l4 + 12, 1) >> 4) * 4, np.where(udp, 8, 0))
+    out.payload_pos[:] = np.where(tcp | udp, l4 + header, 0)
+    out.payload_len[:] = np.where(tcp | udp, np.maximum(out.payload_len - header, 0), 0)
 
     icmp = first & ((out.proto == IPPROTO_ICMP) | (out.proto == IPPROTO_ICMPV6)) & view.has(l4, 2)
     if not icmp.any():
@@ -277,6 +285,7 @@ def _attribute_icmp_errors(view: _View, l4: np.ndarray, out: PacketFields) -> No
     out.proto[target] = inner.proto[keep]
     out.tcp_flags[target] = 0
     out.icmp_error[target] = True
+    out.payload_pos[target] = out.payload_len[target] = 0
     out.fragment[target] = False
 
 

@@ -29,6 +29,7 @@ from kubesonar.shared.flow import (
     connection_state,
     lexicographic_le,
 )
+from kubesonar.shared.mining import RPC_METHODS
 
 SECOND = 1_000_000_000
 _FIN, _SYN, _RST, _ACK = int(TcpFlag.FIN), int(TcpFlag.SYN), int(TcpFlag.RST), int(TcpFlag.ACK)
@@ -77,6 +78,7 @@ class _Columns:
         self.icmp_error = np.zeros(capacity, dtype=bool)
         self.syn_seq = np.full(capacity, -1, dtype=np.int64)  # sequence number of the latest SYN
         self.tunnel = np.zeros((capacity, 5), dtype=np.uint64)  # src high, low, dst high, low, id
+        self.rpc = np.zeros(capacity, dtype=np.int64)  # mining JSON-RPC method code seen (shared/mining.py)
         self.live = np.zeros(capacity, dtype=bool)
 
     def grow(self, capacity: int) -> None:
@@ -104,6 +106,7 @@ class _Pieces:
     icmp_error: np.ndarray
     syn_seq: np.ndarray
     tunnel: np.ndarray
+    rpc: np.ndarray
     init_is_a: np.ndarray
     conn_start: np.ndarray
     rec_start: np.ndarray
@@ -281,6 +284,7 @@ class FlowTable:
         c.icmp[ms] = np.where(no_icmp[:, None], pieces.icmp[m], c.icmp[ms])
         no_tunnel = ~c.tunnel[ms, :4].any(axis=1)
         c.tunnel[ms] = np.where(no_tunnel[:, None], pieces.tunnel[m], c.tunnel[ms])
+        c.rpc[ms] = np.maximum(c.rpc[ms], pieces.rpc[m])
 
         # A merged live record that is followed by more pieces ends here.
         merged_then_more = merges & ~last_of_group
@@ -357,7 +361,7 @@ class FlowTable:
             group=group_id[piece_first], first_ts=ts[piece_first], last_ts=ts[piece_last], pkts=pkts,
             bytes=byts, flags=fl, icmp=icmp, icmp_error=np.logical_or.reduceat(icmp_err, piece_first),
             syn_seq=syn_seq,
-            tunnel=tunnel, init_is_a=init_is_a[p_seg], conn_start=seg_conn_start[p_seg],
+            tunnel=tunnel, rpc=np.maximum.reduceat(pf.rpc_code[sel], piece_first), init_is_a=init_is_a[p_seg], conn_start=seg_conn_start[p_seg],
             rec_start=seg_rec_start[p_seg] + epoch[piece_first] * active,
         )
 
@@ -415,6 +419,7 @@ class FlowTable:
         c.icmp_error[target] = p.icmp_error[idx]
         c.syn_seq[target] = p.syn_seq[idx]
         c.tunnel[target] = p.tunnel[idx]
+        c.rpc[target] = p.rpc[idx]
         c.live[target] = True
 
     def _allocate(self, count: int) -> np.ndarray:
@@ -435,7 +440,7 @@ class FlowTable:
             key=c.key[slots], first_ts=c.first_ts[slots], last_ts=c.last_ts[slots], pkts=c.pkts[slots],
             byts=c.bytes[slots], flags=c.flags[slots], init_is_a=c.init_is_a[slots], icmp=c.icmp[slots],
             icmp_error=c.icmp_error[slots], tunnel=c.tunnel[slots], conn_start=c.conn_start[slots],
-            reason=reason,
+            rpc=c.rpc[slots], reason=reason,
         )
         if release:
             c.live[slots] = False
@@ -452,9 +457,12 @@ class FlowTable:
         return _records(
             key=group_keys[p.group[idx]], first_ts=p.first_ts[idx], last_ts=p.last_ts[idx], pkts=p.pkts[idx],
             byts=p.bytes[idx], flags=p.flags[idx], init_is_a=p.init_is_a[idx], icmp=p.icmp[idx],
-            icmp_error=p.icmp_error[idx], tunnel=p.tunnel[idx], conn_start=p.conn_start[idx], reason=reason,
+            icmp_error=p.icmp_error[idx], tunnel=p.tunnel[idx], conn_start=p.conn_start[idx], rpc=p.rpc[idx],
+            reason=reason,
         )
 
+
+_RPC_NAMES = np.array(RPC_METHODS, dtype=object)
 
 _GROUP_MULTIPLIERS = np.array(
     [0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93, 0xFF51AFD7ED558CCD],
@@ -484,7 +492,7 @@ def _addr(halves: np.ndarray) -> np.ndarray:
 
 
 def _records(*, key, first_ts, last_ts, pkts, byts, flags, init_is_a, icmp, icmp_error, tunnel, conn_start,
-             reason) -> FlowRecords:
+             rpc, reason) -> FlowRecords:
     n = len(key)
     ia = init_is_a[:, None]
     out_col = np.where(init_is_a, 0, 1)
@@ -514,4 +522,6 @@ def _records(*, key, first_ts, last_ts, pkts, byts, flags, init_is_a, icmp, icmp
     cols["tunnel_dst"] = _addr(tunnel[:, 2:4])
     cols["tunnel_id"] = tunnel[:, 4].astype(np.uint32)
     cols["conn_start"] = conn_start
+    if rpc.any():
+        cols["rpc_method"] = _RPC_NAMES[rpc]
     return rec

@@ -22,9 +22,12 @@ import numpy as np
 
 from kubesonar.sensor.af_packet import RingConfig, RingSocket, SocketStats, list_interfaces, wait_readable
 from kubesonar.sensor.bpf import compile_filter
-from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW, dissect
+from kubesonar.sensor.app_layer import DnsParser
+from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
+from kubesonar.sensor.observe import observe
 from kubesonar.shared.batch import BatchHeader
+from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import CaptureError, ConfigError
 from kubesonar.shared.flow import EndReason, FlowRecords
 from kubesonar.shared.pod_events import PodEvents
@@ -57,6 +60,7 @@ class Window:
     header: BatchHeader
     flows: FlowRecords
     pods: PodEvents | None = None
+    dns: DnsMessages | None = None
 
 
 class WindowSink(Protocol):
@@ -73,6 +77,9 @@ class SensorCounters:
     windows: int = 0
     capture_errors: int = 0
     interfaces: int = 0
+    dns_messages: int = 0
+    dns_malformed: int = 0
+    dns_dropped: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -94,6 +101,8 @@ class LiveSensor:
         self.table = FlowTable(settings.timeouts, max_flows=settings.max_flows)
         self._sockets: dict[str, RingSocket] = {}
         self._pending: list[FlowRecords] = []
+        self._pending_dns: list[DnsMessages] = []
+        self.dns = DnsParser(max_messages=settings.max_pending_flows)
         self._pending_count = 0
         self._sequence = 0
         self._window_start = time.time_ns()
@@ -139,9 +148,11 @@ class LiveSensor:
             batch = ring.read()
             if batch is None:
                 return
-            fields = dissect(batch)
+            observed, _ = observe(batch, self.table, self.dns)
             self.counters.packets += len(batch)
-            self._add(self.table.add(fields, batch.ts))
+            self._add(observed.flows)
+            if len(observed.dns):
+                self._pending_dns.append(observed.dns)
         except OSError as exc:  # the interface went away (a pod ended): drop it; the next refresh decides
             self._fail(f"capture on {ring.interface} stopped: {exc.strerror or exc}")
             self._retire(ring)
@@ -165,13 +176,17 @@ class LiveSensor:
         self._pending, self._pending_count = [], 0
         if len(flows):
             flows = flows.take(np.argsort(flows["first_ts"], kind="stable"))
+        dns = DnsMessages.concat(self._pending_dns)
+        self._pending_dns = []
+        if len(dns) and self.enrich:
+            dns = self.enrich(dns)
         self._read_kernel_counters()
         step = self.settings.max_pending_flows
         chunks = [flows.take(slice(lo, lo + step)) for lo in range(0, len(flows), step)] or [flows]
         del flows
         for i, chunk in enumerate(chunks):
             self._send(self.enrich(chunk) if self.enrich and len(chunk) else chunk,
-                       final_part and i == len(chunks) - 1)
+                       final_part and i == len(chunks) - 1, dns if i == 0 else None)
             chunks[i] = None  # let it go before the next one is encoded
 
     def _read_kernel_counters(self) -> None:
@@ -183,19 +198,21 @@ class LiveSensor:
         self.counters.kernel_packets = self._retired.packets + sum(r.stats.packets for r in self._sockets.values())
         self.counters.kernel_drops = self._retired.drops + sum(r.stats.drops for r in self._sockets.values())
 
-    def _send(self, flows: FlowRecords, closes_window: bool) -> None:
+    def _send(self, flows: FlowRecords, closes_window: bool, dns: DnsMessages | None) -> None:
         now = time.time_ns()
         self.counters.flows += len(flows)
         self.counters.evicted_flows = self.table.evicted
         self.counters.interfaces = len(self._sockets)
         if closes_window:
             self.counters.windows += 1
+        self.counters.dns_messages, self.counters.dns_malformed = self.dns.parsed, self.dns.malformed
+        self.counters.dns_dropped = self.dns.dropped
         counters = self.counters.as_dict() | (self.extra_counters() if self.extra_counters else {})
         header = BatchHeader(self.settings.cluster, self.settings.node, self.sensor_id, self._sequence,
                              self._window_start, now, counters=counters)
         self._sequence += 1
         self._window_start = now
-        self.sink(Window(header, flows, self.pod_events() if self.pod_events else None))
+        self.sink(Window(header, flows, self.pod_events() if self.pod_events else None, dns))
 
     # -- interfaces ----------------------------------------------------------------------------------
 

@@ -1,16 +1,17 @@
-"""Capture files to flow records: the offline sensor."""
+"""Capture files to flow records and DNS messages: the offline sensor."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
-
+from kubesonar.sensor.app_layer import DnsParser
 from kubesonar.sensor.capture_file import read_capture
-from kubesonar.sensor.dissect import dissect
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
+from kubesonar.sensor.observe import Observed, observe
+from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import CaptureError
 from kubesonar.shared.flow import FlowRecords
 
@@ -27,11 +28,51 @@ class CaptureStats:
     tunnelled_packets: int = 0
     icmp_errors_attributed: int = 0
     flows: int = 0
+    dns_messages: int = 0
+    dns_malformed: int = 0
     capture_errors: int = 0
     errors: list[str] = field(default_factory=list)
 
     def counters(self) -> dict[str, int]:
         return {k: v for k, v in vars(self).items() if isinstance(v, int)}
+
+
+def read_captures(
+    paths: Iterable[str | os.PathLike[str]],
+    timeouts: FlowTimeouts | None = None,
+    stats: CaptureStats | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[Observed]:
+    """Yield flow records and DNS messages from capture files read one after the other into one flow table.
+
+    A capture that is missing or corrupt is recorded in ``stats.errors`` (and counted); the flows read
+    before the fault are kept and the remaining captures are still read.
+    """
+    stats = stats if stats is not None else CaptureStats()
+    table = FlowTable(timeouts)
+    parser = DnsParser()
+    for path in paths:
+        try:
+            for batch in read_capture(path, progress=progress):
+                observed, fields = observe(batch, table, parser)
+                stats.packets += len(batch)
+                stats.ip_packets += int(fields.is_ip.sum())
+                stats.non_ip_packets += int((~fields.is_ip & ~fields.truncated).sum())
+                stats.truncated_packets += int(fields.truncated.sum())
+                stats.fragments += int(fields.fragment.sum())
+                stats.tunnelled_packets += int(np.count_nonzero(fields.tunnel_src.any(axis=1)))
+                stats.icmp_errors_attributed += int(fields.icmp_error.sum())
+                stats.flows += len(observed.flows)
+                stats.dns_messages, stats.dns_malformed = parser.parsed, parser.malformed
+                if len(observed.flows) or len(observed.dns):
+                    yield observed
+        except CaptureError as exc:
+            stats.capture_errors += 1
+            stats.errors.append(str(exc))
+    records = table.flush()
+    stats.flows += len(records)
+    if len(records):
+        yield Observed(records, DnsMessages.empty())
 
 
 def flows_from_captures(
@@ -40,32 +81,7 @@ def flows_from_captures(
     stats: CaptureStats | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[FlowRecords]:
-    """Yield flow records from capture files read one after the other into one flow table.
-
-    A capture that is missing or corrupt is recorded in ``stats.errors`` (and counted); the flows read
-    before the fault are kept and the remaining captures are still read.
-    """
-    stats = stats if stats is not None else CaptureStats()
-    table = FlowTable(timeouts)
-    for path in paths:
-        try:
-            for batch in read_capture(path, progress=progress):
-                fields = dissect(batch)
-                stats.packets += len(batch)
-                stats.ip_packets += int(fields.is_ip.sum())
-                stats.non_ip_packets += int((~fields.is_ip & ~fields.truncated).sum())
-                stats.truncated_packets += int(fields.truncated.sum())
-                stats.fragments += int(fields.fragment.sum())
-                stats.tunnelled_packets += int(np.count_nonzero(fields.tunnel_src.any(axis=1)))
-                stats.icmp_errors_attributed += int(fields.icmp_error.sum())
-                records = table.add(fields, batch.ts)
-                if len(records):
-                    stats.flows += len(records)
-                    yield records
-        except CaptureError as exc:
-            stats.capture_errors += 1
-            stats.errors.append(str(exc))
-    records = table.flush()
-    stats.flows += len(records)
-    if len(records):
-        yield records
+    """The flow records alone of :func:`read_captures`."""
+    for observed in read_captures(paths, timeouts, stats, progress):
+        if len(observed.flows):
+            yield observed.flows

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from kubesonar.shared.batch import EVENT_GRID_LIMIT, PUBSUB_LIMIT, SQS_LIMIT, BatchHeader, encode_batch
 from kubesonar.shared.errors import ConfigError, QueueUnavailable
 from kubesonar.shared.flow import FlowRecords
+from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.pod_events import PodEvents
 
 
@@ -114,8 +115,8 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "sensor"
 
 
-def window_messages(header: BatchHeader, flows: FlowRecords, limit: int, pods: PodEvents | None = None
-                    ) -> list[Message]:
+def window_messages(header: BatchHeader, flows: FlowRecords, limit: int, pods: PodEvents | None = None,
+                    dns: DnsMessages | None = None) -> list[Message]:
     """A window's batch messages, each keyed by sensor id, sequence and part."""
     return [Message(f"{header.sensor_id}/{header.sequence}/{part}", data)
-            for part, data in enumerate(encode_batch(header, flows, limit=limit, pods=pods))]
+            for part, data in enumerate(encode_batch(header, flows, limit=limit, pods=pods, dns=dns))]

@@ -28,9 +28,11 @@ from kubesonar.shared.columns import (
     encode_strings,
     pack_text,
 )
+from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import BatchFormatError
 from kubesonar.shared.flow import FLOW_COLUMNS, FLOW_SCHEMA_VERSION, SCHEMA_COLUMNS, Column, FlowRecords
-from kubesonar.shared.pod_events import POD_EVENT_COLUMNS, PodEvents
+from kubesonar.shared.pod_events import PodEvents
+from kubesonar.shared.table import Table
 
 MAGIC = b"KSFB"
 FORMAT_VERSION = 1
@@ -52,7 +54,6 @@ _INT_PLAN: dict[str, tuple[IntTransform, str | None]] = {
     "conn_start": (IntTransform.MINUS_COLUMN, "first_ts"),
 }
 _FLOWS_TABLE = "flows"
-_PODS_TABLE = "pods"  # schema 2: pod lifecycle events
 
 
 @dataclass
@@ -78,6 +79,7 @@ class Batch:
     header: BatchHeader
     flows: FlowRecords
     pods: PodEvents = field(default_factory=PodEvents.empty)  # pod events, in a window's first part only
+    dns: DnsMessages = field(default_factory=DnsMessages.empty)  # DNS messages the sensor parsed
 
 
 # -- encoding -----------------------------------------------------------------------------------------
@@ -97,10 +99,11 @@ def _encode_header(h: BatchHeader) -> bytes:
     return fixed + b"".join(names) + b"".join(counters)
 
 
-def _encode_payload(flows: FlowRecords, schema: tuple[Column, ...], pods: PodEvents | None) -> bytes:
+def _encode_payload(flows: FlowRecords, schema: tuple[Column, ...], side: list[Table]) -> bytes:
     tables = [_encode_table(_FLOWS_TABLE, flows.columns, len(flows), schema, _INT_PLAN)]
-    if pods is not None and len(pods):
-        tables.append(_encode_table(_PODS_TABLE, pods.columns, len(pods), POD_EVENT_COLUMNS, {}))
+    for table in side:
+        if len(table):
+            tables.append(_encode_table(table.NAME, table.columns, len(table), table.COLUMNS, {}))
     return struct.pack("<H", len(tables)) + b"".join(tables)
 
 
@@ -135,45 +138,51 @@ def _compression_params(level: int) -> zstandard.ZstdCompressionParameters:
 
 
 def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT, level: int = ZSTD_LEVEL,
-                 pods: PodEvents | None = None) -> list[bytes]:
-    """Encode one window's flows (and pod events, which go in the first part) as messages of at most
-    ``limit`` bytes each, in record order."""
+                 pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[bytes]:
+    """Encode one window as messages of at most ``limit`` bytes each: its flows in record order (the pod
+    events ride in the first part), then its DNS messages in parts of their own if they do not fit."""
     if limit < MIN_LIMIT:
         raise BatchFormatError(f"message size limit {limit} is below the minimum of {MIN_LIMIT} bytes")
     if header.schema_version not in SCHEMA_COLUMNS:
         raise BatchFormatError(f"flow schema version {header.schema_version} is not known")
     schema = SCHEMA_COLUMNS[header.schema_version]  # older versions only for tests of mixed fleets
-    if pods is not None and len(pods) and header.schema_version < 2:
-        raise BatchFormatError("pod events need flow schema 2")
+    pods = pods if pods is not None and len(pods) else None
+    dns = dns if dns is not None and len(dns) else None
+    for table, version in ((pods, 2), (dns, 3)):
+        if table is not None and header.schema_version < version:
+            raise BatchFormatError(f"{table.NAME} rows need flow schema {version}")
     compressor = zstandard.ZstdCompressor(compression_params=_compression_params(level))
-    payloads: list[tuple[bytes, bytes, int]] = []  # (payload, compressed, rows)
     head_size = _PRELUDE.size + len(_encode_header(replace(header, parts=0, part=0)))
+    payloads: list[tuple[bytes, bytes, int]] = []  # (payload, compressed, flow rows)
 
-    def encode_range(lo: int, hi: int) -> None:
-        payload = _encode_payload(flows.take(slice(lo, hi)), schema, pods if lo == 0 else None)
+    def fit(rows: int, payload_of, what: str, lo: int = 0, hi: int | None = None) -> None:
+        """Append the payloads of rows lo..hi, split by measured size, halving what still does not fit."""
+        hi = rows if hi is None else hi
+        payload, flow_rows = payload_of(lo, hi)
         compressed = compressor.compress(payload)
         if head_size + len(compressed) <= limit:
-            payloads.append((payload, compressed, hi - lo))
+            payloads.append((payload, compressed, flow_rows))
             return
         if hi - lo <= 1:
-            raise BatchFormatError(
-                f"one flow record{' and the pod events' if lo == 0 and pods is not None else ''} do not fit "
-                f"in {limit} bytes with a {head_size}-byte header"
-            )
-        # Split by the measured size, then halve whatever still does not fit.
+            raise BatchFormatError(f"one {what} does not fit in {limit} bytes with a {head_size}-byte header")
         pieces = max(2, math.ceil((head_size + len(compressed)) * 1.1 / limit))
         bounds = np.linspace(lo, hi, pieces + 1).astype(int)
         for a, b in zip(bounds[:-1], bounds[1:]):
             if b > a:
-                encode_range(int(a), int(b))
+                fit(rows, payload_of, what, int(a), int(b))
 
-    if len(flows) or pods is None or not len(pods):
-        encode_range(0, len(flows))
-    else:  # pod events alone
-        payload = _encode_payload(flows, schema, pods)
-        payloads.append((payload, compressor.compress(payload), 0))
-        if head_size + len(payloads[0][1]) > limit:
-            raise BatchFormatError(f"{len(pods)} pod events do not fit in {limit} bytes")
+    def flow_part(lo: int, hi: int):
+        side = [pods] if lo == 0 and pods is not None else []
+        part = flows.take(slice(lo, hi))
+        return _encode_payload(part, schema, side), len(part)
+
+    if len(flows) or pods is not None or dns is None:
+        fit(max(len(flows), 1) if pods is not None else len(flows), flow_part,
+            "flow record" + (" with the pod events" if pods is not None else ""))
+    if dns is not None:
+        no_flows = flows.take(slice(0, 0))
+        fit(len(dns), lambda lo, hi: (_encode_payload(no_flows, schema, [dns.take(slice(lo, hi))]), 0),
+            "DNS message")
     messages = []
     for i, (payload, compressed, rows) in enumerate(payloads):
         h = replace(header, part=i, parts=len(payloads), flow_count=rows, window_flow_count=len(flows))
@@ -213,10 +222,10 @@ def decode_batch(message: bytes, decoded_cap: int = DEFAULT_DECODED_CAP) -> Batc
     payload = _inflate(stored, decoded_len) if flags & FLAG_ZSTD else bytes(stored)
     if len(payload) != decoded_len:
         raise BatchFormatError(f"payload is {len(payload)} bytes, header declares {decoded_len}")
-    flows, pods = _decode_payload(Reader(payload, "batch payload"), header.schema_version)
+    flows, side = _decode_payload(Reader(payload, "batch payload"), header.schema_version)
     if len(flows) != header.flow_count:
         raise BatchFormatError(f"header counts {header.flow_count} flows, payload holds {len(flows)}")
-    return Batch(header, flows, pods)
+    return Batch(header, flows, side.get(PodEvents.NAME, PodEvents.empty()), side.get(DnsMessages.NAME, DnsMessages.empty()))
 
 
 def _inflate(stored: memoryview, decoded_len: int) -> bytes:
@@ -249,18 +258,30 @@ def _decode_header(r: Reader) -> BatchHeader:
     return BatchHeader(cluster, node, sensor, sequence, start, end, part, parts, rows, window_rows, schema, counters)
 
 
-def _decode_payload(r: Reader, schema_version: int) -> tuple[FlowRecords, PodEvents]:
+_SIDE_TABLES: dict[str, tuple[type[Table], int]] = {  # name -> (table, first schema carrying it)
+    PodEvents.NAME: (PodEvents, 2),
+    DnsMessages.NAME: (DnsMessages, 3),
+}
+
+
+def _decode_payload(r: Reader, schema_version: int) -> tuple[FlowRecords, dict[str, Table]]:
     (tables,) = r.unpack("H", "table count")
-    most = 2 if schema_version >= 2 else 1
-    if not 1 <= tables <= most:
-        raise BatchFormatError(f"payload has {tables} tables; schema {schema_version} has 1 to {most}")
+    allowed = [name for name, (_, since) in _SIDE_TABLES.items() if schema_version >= since]
+    if not 1 <= tables <= 1 + len(allowed):
+        raise BatchFormatError(f"payload has {tables} tables; schema {schema_version} has 1 to {1 + len(allowed)}")
     columns = _decode_table(r, _FLOWS_TABLE, SCHEMA_COLUMNS[schema_version])
     for col in FLOW_COLUMNS:
         if col.name not in columns:  # an older schema: the column it lacks is unknown
             columns[col.name] = np.full(len(columns["first_ts"]), "", dtype=object)
-    pods = PodEvents(_decode_table(r, _PODS_TABLE, POD_EVENT_COLUMNS)) if tables == 2 else PodEvents.empty()
+    side: dict[str, Table] = {}
+    for _ in range(tables - 1):
+        name = r.peek_text("table name")
+        if name not in allowed or name in side:
+            raise BatchFormatError(f"unexpected table {name!r} (schema {schema_version} allows {allowed} once each)")
+        kind = _SIDE_TABLES[name][0]
+        side[name] = kind(_decode_table(r, name, kind.COLUMNS))
     r.done()
-    return FlowRecords(columns), pods
+    return FlowRecords(columns), side
 
 
 def _decode_table(r: Reader, expected: str, schema: tuple[Column, ...]) -> dict[str, np.ndarray]:

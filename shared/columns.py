@@ -67,6 +67,14 @@ class Reader:
         except UnicodeDecodeError as exc:
             raise BatchFormatError(f"{self.what}: {field} is not UTF-8 ({exc.reason})") from None
 
+    def peek_text(self, field: str) -> str:
+        """The next text, without moving on."""
+        at = self.pos
+        try:
+            return self.text(field)
+        finally:
+            self.pos = at
+
     def done(self) -> None:
         if self.pos != len(self.data):
             raise BatchFormatError(f"{self.what}: {len(self.data) - self.pos} unexpected bytes after the end")

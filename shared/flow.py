@@ -13,13 +13,14 @@ TCP flags to :class:`ConnState`.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import IntEnum, IntFlag
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
-FLOW_SCHEMA_VERSION = 2  # 2 added src_images / dst_images
+FLOW_SCHEMA_VERSION = 3  # 2 added src_images / dst_images; 3 rpc_method and the dns table
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -95,6 +96,7 @@ FLOW_COLUMNS: tuple[Column, ...] = (
     Column("tunnel_src", "V16", "outer source of a VXLAN/Geneve packet of this flow; zero if none"),
     Column("tunnel_dst", "V16", "outer destination of the tunnel; zero if none"),
     Column("tunnel_id", "u4", "VXLAN VNI or Geneve VNI"),
+    Column("rpc_method", "O", "mining JSON-RPC method seen in the flow's payload (shared/mining.py), '' if none"),
 ) + tuple(
     Column(f"{side}_{field}", "O", f"{'initiator' if side == 'src' else 'responder'} {field}, '' if unknown")
     for side in ("src", "dst")
@@ -104,8 +106,9 @@ FLOW_COLUMNS: tuple[Column, ...] = (
 COLUMN_NAMES = tuple(c.name for c in FLOW_COLUMNS)
 # the columns each flow schema version carries, in wire order; a reader fills the missing ones with ''
 SCHEMA_COLUMNS: dict[int, tuple[Column, ...]] = {
-    1: tuple(c for c in FLOW_COLUMNS if not c.name.endswith("_images")),
-    2: FLOW_COLUMNS,
+    1: tuple(c for c in FLOW_COLUMNS if not c.name.endswith("_images") and c.name != "rpc_method"),
+    2: tuple(c for c in FLOW_COLUMNS if c.name != "rpc_method"),
+    3: FLOW_COLUMNS,
 }
 _DTYPES = {c.name: np.dtype(c.dtype) for c in FLOW_COLUMNS}
 _EMPTY_ADDR = bytes(16)

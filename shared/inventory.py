@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.flow import ENDPOINT_FIELDS, FlowRecords, address_bytes
 
@@ -66,6 +67,9 @@ def _text(value: str | tuple[str, ...]) -> str:
     return ",".join(value) if isinstance(value, tuple) else value
 
 
+_DNS_FIELDS = ("namespace", "pod", "workload_kind", "workload_name")
+
+
 class PodInventory:
     """IP address -> Endpoint for the pods of a cluster."""
 
@@ -102,14 +106,16 @@ class PodInventory:
     def resolve(self, address: bytes) -> Endpoint | None:
         return self._by_address.get(bytes(address))
 
-    def enrich(self, records: FlowRecords) -> FlowRecords:
-        """Fill the src_/dst_ enrichment columns of records whose addresses are known pods."""
+    def enrich(self, records: FlowRecords | DnsMessages) -> FlowRecords | DnsMessages:
+        """Fill the src_/dst_ enrichment columns of flow records (the client_ ones of DNS messages)
+        whose addresses are known pods."""
         cols = dict(records.columns)
-        for side in ("src", "dst"):
-            addresses = cols[f"{side}_addr"]
-            uniq, inverse = np.unique(addresses, return_inverse=True)
+        sides = (("client", "client", _DNS_FIELDS),) if isinstance(records, DnsMessages) else (
+            ("src_addr", "src", ENDPOINT_FIELDS), ("dst_addr", "dst", ENDPOINT_FIELDS))
+        for column, side, names in sides:
+            uniq, inverse = np.unique(cols[column], return_inverse=True)
             found = [self.resolve(a.tobytes()) or Endpoint() for a in uniq]
-            for name in ENDPOINT_FIELDS:
+            for name in names:
                 values = np.array([_text(getattr(e, name)) for e in found] + [""], dtype=object)[:-1]
                 cols[f"{side}_{name}"] = values[inverse.ravel()] if len(values) else cols[f"{side}_{name}"]
-        return FlowRecords(cols)
+        return type(records)(cols)

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from enum import IntEnum
 from typing import Any
 
-import numpy as np
-from kubesonar.shared.flow import Column, address_text, checked_columns
+from kubesonar.shared.flow import Column
+from kubesonar.shared.table import Table
 
 
 class PodEventType(IntEnum):
@@ -31,45 +31,16 @@ POD_EVENT_COLUMNS: tuple[Column, ...] = (
     Column("images", "O", "sorted distinct container images joined by ','"),
     Column("service_account", "O", "service account name"),
 )
-_NAMES = tuple(c.name for c in POD_EVENT_COLUMNS)
-_DTYPES = {c.name: np.dtype(c.dtype) for c in POD_EVENT_COLUMNS}
 
 
-class PodEvents:
+class PodEvents(Table):
     """Pod events as equal-length numpy columns, one per :data:`POD_EVENT_COLUMNS` entry."""
 
-    __slots__ = ("columns",)
-
-    def __init__(self, columns: dict[str, np.ndarray]):
-        self.columns = checked_columns(columns, _DTYPES, "pod event")
-
-    @classmethod
-    def empty(cls) -> PodEvents:
-        return cls({c.name: np.zeros(0, dtype=c.dtype) for c in POD_EVENT_COLUMNS})
-
-    @classmethod
-    def from_rows(cls, rows: list[dict[str, Any]]) -> PodEvents:
-        """Rows with the column names as keys (``addr`` as 16 bytes); missing strings are ''."""
-        columns = {}
-        for c in POD_EVENT_COLUMNS:
-            values = [row.get(c.name, "" if c.dtype == "O" else 0) for row in rows]
-            if c.dtype == "V16":
-                values = [bytes(v) if v else bytes(16) for v in values]
-            columns[c.name] = np.array(values, dtype=object if c.dtype == "O" else c.dtype)
-            if c.dtype == "O" and not rows:
-                columns[c.name] = np.zeros(0, dtype=object)
-        return cls(columns)
-
-    def __len__(self) -> int:
-        return len(self.columns["ts"])
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.columns[name]
+    NAME = "pods"
+    COLUMNS = POD_EVENT_COLUMNS
+    __slots__ = ()
 
     def iter_dicts(self) -> Iterator[dict[str, Any]]:
-        lists = {n: a.tolist() for n, a in self.columns.items()}
-        for i in range(len(self)):
-            row = {n: lists[n][i] for n in _NAMES}
-            row["addr"] = address_text(row["addr"]) if any(row["addr"]) else ""
+        for row in super().iter_dicts():
             row["event"] = PodEventType(row["event"]).name.lower()
             yield row

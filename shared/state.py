@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import random
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import ObjectStore

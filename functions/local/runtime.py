@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import numpy as np
+
 from kubesonar.functions.local.store import LocalObjectStore
-from kubesonar.sensor.offline import CaptureStats, flows_from_captures
+from kubesonar.sensor.offline import CaptureStats, Observed, read_captures
 from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch
 from kubesonar.shared.allowlist import load_allowlist
-from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.inventory import PodInventory
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, end_learning, process_batch
 from kubesonar.shared.ports import SystemClock
@@ -46,15 +47,16 @@ class AnalysisResult:
     stats: CaptureStats
 
 
-def _batches(records: Iterator[FlowRecords], cluster: str, node: str, sequences: Iterator[int]) -> Iterator[bytes]:
-    """Encode flows the way a sensor publishes them, so the core reads real batch messages. Sequence
-    numbers run on across calls: the core skips a (sensor, sequence, part) it has seen."""
-    for chunk in records:
-        for start in range(0, len(chunk), RECORDS_PER_BATCH):
-            part = chunk.take(slice(start, start + RECORDS_PER_BATCH))
-            header = BatchHeader(cluster, node, _SENSOR_ID, next(sequences), int(part["first_ts"].min()),
-                                 int(part["last_ts"].max()))
-            yield from encode_batch(header, part, limit=PUBSUB_LIMIT)
+def _batches(observed: Iterator[Observed], cluster: str, node: str, sequences: Iterator[int]) -> Iterator[bytes]:
+    """Encode flows and DNS messages the way a sensor publishes them, so the core reads real batch
+    messages. Sequence numbers run on across calls: the core skips a (sensor, sequence, part) it has seen."""
+    for chunk in observed:
+        flows, dns = chunk.flows, chunk.dns
+        for start in range(0, max(len(flows), 1), RECORDS_PER_BATCH):
+            part = flows.take(slice(start, start + RECORDS_PER_BATCH))
+            times = np.concatenate([part["first_ts"], part["last_ts"], dns["ts"] if start == 0 else []])
+            header = BatchHeader(cluster, node, _SENSOR_ID, next(sequences), int(times.min()), int(times.max()))
+            yield from encode_batch(header, part, limit=PUBSUB_LIMIT, dns=dns if start == 0 else None)
 
 
 def analyze(
@@ -78,10 +80,10 @@ def analyze(
             period = {} if learning_period_s is None else {"learning_period_s": learning_period_s}
             config = CoreConfig(learning=learning, allowlist=allowed, **period)
             deps = Dependencies(store, notifier, SystemClock(), config)
-            records = flows_from_captures(paths, stats=stats)
+            observed = read_captures(paths, stats=stats)
             if inventory is not None:
-                records = (inventory.enrich(r) for r in records)
-            for message in _batches(records, cluster, "offline", sequences):
+                observed = (Observed(inventory.enrich(o.flows), inventory.enrich(o.dns)) for o in observed)
+            for message in _batches(observed, cluster, "offline", sequences):
                 batch = decode_batch(message)
                 flows += len(batch.flows)
                 for alert in process_batch(batch, deps).alerts:

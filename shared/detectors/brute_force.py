@@ -31,7 +31,6 @@ import math
 from typing import Any
 
 import numpy as np
-
 from kubesonar.shared.alerts import Finding
 from kubesonar.shared.detectors import Score, decide_alarms
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text

@@ -26,7 +26,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-
 from kubesonar.shared.alerts import Finding
 from kubesonar.shared.detectors import Score, decide_alarms
 from kubesonar.shared.flow import FlowRecords, address_bytes, address_text

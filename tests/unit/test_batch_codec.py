@@ -191,7 +191,7 @@ def test_a_schema_1_message_from_an_older_sensor_decodes_with_images_unknown(rec
     old = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=1), records)
     flows = FlowRecords.concat([b.flows for b in _decode_all(old)])
     for col in FLOW_COLUMNS:
-        if col.name.endswith("_images"):
+        if col.name.endswith("_images") or col.name == "rpc_method":
             assert (flows[col.name] == "").all()
         else:
             assert np.array_equal(flows[col.name], records[col.name])
@@ -233,3 +233,37 @@ def test_pod_events_alone_make_a_message_and_need_schema_2():
     assert len(batch.flows) == 0 and [e["event"] for e in batch.pods.iter_dicts()] == ["added", "modified", "deleted"]
     with pytest.raises(BatchFormatError, match="schema 2"):
         encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=1), FlowRecords.empty(), pods=_pod_events(1))
+
+
+def _dns_messages(n: int):
+    from kubesonar.shared.dns import DnsMessages
+    from kubesonar.shared.flow import address_bytes
+
+    return DnsMessages.from_rows([
+        {"ts": 10**18 + i, "client": address_bytes("10.1.0.7"), "server": address_bytes("10.96.0.10"),
+         "client_port": 40000 + i % 20000, "response": i % 2, "qname": f"{i * 7919:x}q{i}.t.example.net",
+         "qtype": 16, "rcode": 0, "answers": i % 2, "size": 60 + i % 200}
+        for i in range(n)
+    ])
+
+
+def test_dns_messages_beyond_one_part_get_parts_of_their_own_and_nothing_is_lost():
+    records = FlowRecords.empty(50)
+    dns, pods = _dns_messages(3000), _pod_events(5)
+    messages = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1), records, limit=MIN_LIMIT * 4, pods=pods, dns=dns)
+    batches = _decode_all(messages)
+    assert len(batches) > 2 and all(len(m) <= MIN_LIMIT * 4 for m in messages)
+    assert sum(len(b.flows) for b in batches) == 50 and [len(b.pods) for b in batches][0] == 5
+    from kubesonar.shared.dns import DnsMessages
+
+    decoded = DnsMessages.concat([b.dns for b in batches])
+    assert list(decoded.iter_dicts()) == list(dns.iter_dicts())
+
+
+def test_dns_rows_need_schema_3_and_a_schema_2_reader_path_still_decodes():
+    with pytest.raises(BatchFormatError, match="schema 3"):
+        encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=2), FlowRecords.empty(), dns=_dns_messages(2))
+    (message,) = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=2), FlowRecords.empty(2),
+                              pods=_pod_events(2))
+    batch = decode_batch(message)
+    assert len(batch.pods) == 2 and len(batch.dns) == 0 and (batch.flows["rpc_method"] == "").all()
