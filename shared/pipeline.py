@@ -14,13 +14,21 @@ from kubesonar.shared.alerts import Finding, merge_alert, new_alert
 from kubesonar.shared.allowlist import AllowEntry, is_allowed
 from kubesonar.shared.batch import Batch
 from kubesonar.shared.detectors import Detector
+from kubesonar.shared.detectors.beaconing import BeaconingDetector
 from kubesonar.shared.detectors.brute_force import BruteForceDetector
 from kubesonar.shared.detectors.control_plane import ApiServerAccessDetector, MetadataAccessDetector
+from kubesonar.shared.detectors.crypto_mining import CryptoMiningDetector
+from kubesonar.shared.detectors.dns_tunneling import DnsTunnelingDetector
+from kubesonar.shared.detectors.exfiltration import ExfiltrationDetector
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
+from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
+from kubesonar.shared.detectors.watchlist import WatchlistDetector
 from kubesonar.shared.health import SensorHealth
+from kubesonar.shared.netzones import PRIVATE_NETWORKS, Zones
 from kubesonar.shared.ports import Clock, Notifier, ObjectStore
 from kubesonar.shared.state import update_document
+from kubesonar.shared.watchlist import LOADER, WatchEntry
 
 SECOND = 1_000_000_000
 _APPLIED_KEEP = 256  # batch keys a detector document remembers (redeliveries come within minutes)
@@ -30,9 +38,16 @@ _BATCHES_KEEP = 64  # batch keys an alert remembers
 @dataclass(frozen=True)
 class CoreConfig:
     learning_period_s: float = 24 * 3600.0  # novelty detectors learn, silently, this long (data time)
+    # and a workload's own baseline needs this much of its history before it is judged against it
+    # (a workload deployed after the cluster's learning still learns its first day)
+    workload_baseline_s: float = 24 * 3600.0
     learning: bool = False  # force learning for these batches (``analyze --learn``)
     allowlist: tuple[AllowEntry, ...] = ()
     sensor_silent_after_s: float = 60.0  # a node's sensor unheard this long is silent
+    # the cluster's and the VPC's networks: beaconing, exfiltration and unusual_destination judge
+    # only traffic leaving them (shared/netzones.py)
+    internal_networks: tuple[str, ...] = PRIVATE_NETWORKS
+    watchlist: tuple[WatchEntry, ...] = ()  # entries given directly; those in the store are added
 
 
 @dataclass
@@ -49,21 +64,30 @@ class ProcessResult:
     new_alerts: list[dict[str, Any]] = field(default_factory=list)
     updated_alerts: list[dict[str, Any]] = field(default_factory=list)
     allowlisted: int = 0
+    errors: list[str] = field(default_factory=list)  # configuration faults met (a watchlist that does not parse)
 
     @property
     def alerts(self) -> list[dict[str, Any]]:
         return self.new_alerts + self.updated_alerts
 
 
-def detectors(config: CoreConfig) -> list[Detector]:
+def detectors(config: CoreConfig, watchlist: list[WatchEntry] | None = None) -> list[Detector]:
     """Every detector the core runs, configured; each keeps its state in ``state/<cluster>/<rule id>.json``."""
-    learning_ns = int(config.learning_period_s * SECOND)
+    learning_ns, learning = int(config.learning_period_s * SECOND), config.learning
+    zones = Zones(config.internal_networks)
     return [
         PortScanDetector(),
-        NewWorkloadDetector(learning_ns, force_learning=config.learning),
-        BruteForceDetector(learning_ns, force_learning=config.learning),
+        NewWorkloadDetector(learning_ns, force_learning=learning),
+        BruteForceDetector(learning_ns, force_learning=learning),
         MetadataAccessDetector(),
-        ApiServerAccessDetector(learning_ns, force_learning=config.learning),
+        ApiServerAccessDetector(learning_ns, force_learning=learning),
+        CryptoMiningDetector(zones),
+        DnsTunnelingDetector(),
+        BeaconingDetector(learning_ns, force_learning=learning, zones=zones),
+        ExfiltrationDetector(learning_ns, force_learning=learning, zones=zones),
+        UnusualDestinationDetector(learning_ns, force_learning=learning, zones=zones,
+                                   baseline_ns=int(config.workload_baseline_s * SECOND)),
+        WatchlistDetector(list(config.watchlist) + list(watchlist or [])),
     ]
 
 
@@ -74,15 +98,18 @@ def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
     cluster = batch.header.cluster or "default"
     key = batch_key(batch)
     findings: list[Finding] = []
-    for detector in detectors(deps.config):
+    watchlist, watchlist_errors = LOADER.load(deps.store)
+    for detector in detectors(deps.config, watchlist):
         findings += _apply_once(deps.store, f"state/{cluster}/{detector.rule_id}.json", key, detector,
-                                lambda d=detector: d.decide(d.update(batch.flows, batch.pods)))
+                                lambda d=detector: d.decide(d.update(batch.flows, batch.pods, batch.dns)))
     health = SensorHealth(deps.config.sensor_silent_after_s)
     now = deps.clock.now_ns()
     findings += _apply_once(deps.store, f"state/{cluster}/sensor_health.json", key, health,
                             lambda: health.observe(batch.header, now) + health.check(now))
 
-    return _raise(deps, cluster, findings, key, flows=len(batch.flows))
+    result = _raise(deps, cluster, findings, key, flows=len(batch.flows))
+    result.errors += watchlist_errors
+    return result
 
 
 def _raise(deps: Dependencies, cluster: str, findings: list[Finding], key: str, flows: int) -> ProcessResult:

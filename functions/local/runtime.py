@@ -62,6 +62,7 @@ def _batches(observed: Iterator[Observed], cluster: str, node: str, sequences: I
 def analyze(
     captures: Iterable[str], learn: Iterable[str] = (), pods: str | None = None, state_dir: str | None = None,
     cluster: str = "default", learning_period_s: float | None = None, allowlists: Iterable[str] = (),
+    internal_networks: tuple[str, ...] | None = None,
 ) -> AnalysisResult:
     inventory = PodInventory.load(pods) if pods else None
     allowed = tuple(entry for path in allowlists for entry in load_allowlist(path))
@@ -77,8 +78,10 @@ def analyze(
         for paths, learning in phases:
             if not paths:
                 continue
-            period = {} if learning_period_s is None else {"learning_period_s": learning_period_s}
-            config = CoreConfig(learning=learning, allowlist=allowed, **period)
+            options: dict[str, Any] = {} if learning_period_s is None else {"learning_period_s": learning_period_s}
+            if internal_networks is not None:
+                options["internal_networks"] = internal_networks
+            config = CoreConfig(learning=learning, allowlist=allowed, **options)
             deps = Dependencies(store, notifier, SystemClock(), config)
             observed = read_captures(paths, stats=stats)
             if inventory is not None:

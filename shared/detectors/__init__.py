@@ -1,7 +1,7 @@
 """Detectors: each learns from and scores flows, keeps serialisable state, and decides findings.
 
-The interface (model: river's anomaly detectors): ``update(flows, pods)`` learns from a batch (its flows
-and the pod events sensors saw) and returns a
+The interface (model: river's anomaly detectors): ``update(flows, pods, dns)`` learns from a batch (its
+flows, and the pod events and DNS messages sensors saw) and returns a
 :class:`Score` per subject it scored, a higher ``score`` meaning more anomalous; ``decide(scores)``
 turns scores into findings, kept apart so thresholds never hide in the learning. ``to_state()`` /
 ``from_state()`` carry what was learned through object storage as JSON. A detector still learning
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from kubesonar.shared.alerts import Finding
+    from kubesonar.shared.dns import DnsMessages
     from kubesonar.shared.flow import FlowRecords
     from kubesonar.shared.pod_events import PodEvents
 
@@ -41,7 +42,8 @@ class Detector(Protocol):
 
     def from_state(self, state: dict[str, Any] | None) -> Detector: ...
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None) -> list[Score]: ...
+    def update(self, flows: FlowRecords, pods: PodEvents | None = None,
+               dns: DnsMessages | None = None) -> list[Score]: ...
 
     def decide(self, scores: list[Score]) -> list[Finding]: ...
 
@@ -56,3 +58,54 @@ def decide_alarms(rule_id: str, scores: list[Score]) -> list[Finding]:
         for s in scores
         if s.alarm and s.fresh and not s.warming_up
     ]
+
+
+# -- helpers the detectors share ----------------------------------------------------------------------
+
+
+def source_endpoint(flows: FlowRecords, row: int, side: str = "src") -> dict[str, str]:
+    """Who a finding is about: the flow's ``side`` endpoint as the alert's ``source``."""
+    from kubesonar.shared.flow import address_text
+
+    name = str(flows[f"{side}_workload_name"][row])
+    workload = f"{flows[f'{side}_namespace'][row]}/{flows[f'{side}_workload_kind'][row]}/{name}" if name else ""
+    return {"ip": address_text(flows[f"{side}_addr"][row]), "namespace": str(flows[f"{side}_namespace"][row]),
+            "pod": str(flows[f"{side}_pod"][row]), "workload": workload, "node": str(flows[f"{side}_node"][row]),
+            "labels": str(flows[f"{side}_labels"][row])}
+
+
+def subject_keys(flows: FlowRecords, rows, side: str = "src") -> list[str]:
+    """Per row, what a baseline is kept for: the workload (namespace/kind/name) or, unknown, the address."""
+    from kubesonar.shared.flow import address_text
+
+    names = flows[f"{side}_workload_name"][rows]
+    spaces, kinds = flows[f"{side}_namespace"][rows], flows[f"{side}_workload_kind"][rows]
+    addresses = flows[f"{side}_addr"][rows]
+    return [f"{ns}/{kind}/{name}" if name else address_text(addr)
+            for ns, kind, name, addr in zip(spaces.tolist(), kinds.tolist(), names.tolist(), addresses)]
+
+
+def learning_now(state: dict[str, Any], first_ts: int, period_ns: int, forced: bool) -> bool:
+    """Whether a detector is in the cluster's learning period; starts the clock on first use."""
+    if state.get("learning_until_ns") is None:
+        state["learning_until_ns"] = first_ts + period_ns
+    # a period of 0 means none, even for records older than the first batch's (records come out of order)
+    return forced or (period_ns > 0 and not state.get("learning_ended") and first_ts < state["learning_until_ns"])
+
+
+def bounded(mapping: dict[str, Any], most: int, recency: str = "t") -> dict[str, Any]:
+    """Keep the ``most`` entries most recently updated (by their ``recency`` field)."""
+    if len(mapping) <= most:
+        return mapping
+    keep = sorted(mapping, key=lambda k: mapping[k][recency])[-most:]
+    return {k: mapping[k] for k in keep}
+
+
+def dns_client_endpoint(dns, i: int) -> dict[str, str]:
+    """The querying pod of DNS message ``i`` as an alert's ``source``."""
+    from kubesonar.shared.flow import address_text
+
+    name = str(dns["client_workload_name"][i])
+    workload = f"{dns['client_namespace'][i]}/{dns['client_workload_kind'][i]}/{name}" if name else ""
+    return {"ip": address_text(dns["client"][i]), "namespace": str(dns["client_namespace"][i]),
+            "pod": str(dns["client_pod"][i]), "workload": workload, "node": "", "labels": ""}

@@ -34,6 +34,7 @@ import numpy as np
 from kubesonar.shared.alerts import Finding
 from kubesonar.shared.detectors import Score, decide_alarms
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text
+from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.pod_events import PodEvents
 
 SECOND = 1_000_000_000
@@ -67,7 +68,8 @@ class BruteForceDetector:
     def end_learning(self) -> None:
         self._state["learning_ended"] = True
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None) -> list[Score]:
+    def update(self, flows: FlowRecords, pods: PodEvents | None = None,
+               dns: DnsMessages | None = None) -> list[Score]:
         """Count each source's short sessions per authentication service; score the pairs seen."""
         self.touched = False  # whether the state changed (the core skips writing it back when not)
         if not len(flows):

@@ -29,6 +29,7 @@ import numpy as np
 from kubesonar.shared.alerts import Finding
 from kubesonar.shared.detectors import Score, decide_alarms
 from kubesonar.shared.flow import FlowRecords, address_bytes, address_text
+from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.pod_events import PodEvents
 
 METADATA_ENDPOINTS = ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "169.254.170.23", "fd00:ec2::23")
@@ -65,7 +66,8 @@ class _PairDetector:
     def _rows(self, flows: FlowRecords) -> tuple[np.ndarray, list[str]]:
         raise NotImplementedError
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None) -> list[Score]:
+    def update(self, flows: FlowRecords, pods: PodEvents | None = None,
+               dns: DnsMessages | None = None) -> list[Score]:
         self.touched = False  # whether the state changed (the core skips writing it back when not)
         if not len(flows):
             return []

@@ -26,6 +26,7 @@ import numpy as np
 from kubesonar.shared.alerts import Finding
 from kubesonar.shared.detectors import Score, decide_alarms
 from kubesonar.shared.flow import FlowRecords, address_text
+from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.pod_events import PodEvents
 
 _Sighting = tuple[str, str, dict[str, str], int, str, str]  # key, images, endpoint, first seen, kind, name
@@ -91,7 +92,8 @@ class NewWorkloadDetector:
     def end_learning(self) -> None:
         self._state["learning"] = False
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None) -> list[Score]:
+    def update(self, flows: FlowRecords, pods: PodEvents | None = None,
+               dns: DnsMessages | None = None) -> list[Score]:
         """Learn (while learning) the workloads seen in ``flows`` and in pods started (``pods``); score
         each workload, or workload image set, new to the baseline 1.0."""
         sightings = _sightings(flows) + (_pod_sightings(pods) if pods is not None else [])

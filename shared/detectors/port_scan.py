@@ -38,6 +38,7 @@ import numpy as np
 from kubesonar.shared.alerts import Finding
 from kubesonar.shared.detectors import Score, decide_alarms
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text, mix64
+from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.pod_events import PodEvents
 
 _FAILED = (int(ConnState.ATTEMPTED), int(ConnState.REJECTED))
@@ -78,7 +79,8 @@ class PortScanDetector:
     def _lower(self) -> float:
         return math.log((1 - self.detection) / (1 - self.false_alarm))
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None) -> list[Score]:
+    def update(self, flows: FlowRecords, pods: PodEvents | None = None,
+               dns: DnsMessages | None = None) -> list[Score]:
         """Walk every source's first contacts in time order; return the sources that made some."""
         self.touched = False  # whether the state changed (the core skips writing it back when not)
         rows = np.flatnonzero(_trials(flows))

@@ -1,0 +1,179 @@
+"""Exfiltration: a workload sending one destination far more than it ever does, or moving data over
+ICMP or DNS.
+
+*Volume*: per workload, bytes sent to each destination outside the cluster are summed per hour.
+The workload's baseline is the distribution of those hourly sums over its past (the last 256 of them,
+merged from every node, since the baseline is one cluster document). Once a workload has at least 24
+such sums and the cluster's learning period is over, an hour in which one destination receives more
+than ``max(64 MiB, median + 10 x 1.4826 x MAD)`` is an exfiltration: ten robust standard deviations
+above what the workload does, and never a small amount. An hour that raised an alarm is not learned,
+so repeating the theft does not make it normal.
+
+*ICMP*: more than 1 MiB of ICMP sent to one destination in an hour (12,000 default pings, over
+three a second without pause; monitoring pings are a few a minute): ptunnel, icmpsh, hand-made
+exfiltration in echo payloads. *DNS*: more than 1 MiB of DNS questions to one registered domain in
+an hour (15,000 questions), whatever their shape; dns_tunneling judges their shape.
+
+Catches: bulk uploads from a compromised workload to a new or usual destination; ICMP and DNS
+channels with volume. Misses: theft spread thin over many destinations or hours (each under the
+bar); uploads to a destination inside the cluster's networks; data hidden in traffic the workload
+normally sends in bulk (a backup job's destination).
+False positives: a first backup, export or migration run after learning; allowlist the workload and
+destination port.
+
+Score: the hour's bytes to the destination divided by the workload's threshold (1 decides).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from kubesonar.shared.alerts import Finding
+from kubesonar.shared.detectors import (
+    Score,
+    bounded,
+    decide_alarms,
+    dns_client_endpoint,
+    learning_now,
+    source_endpoint,
+    subject_keys,
+)
+from kubesonar.shared.dns import DnsMessages, registered_domain
+from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, FlowRecords, address_text
+from kubesonar.shared.netzones import Zones
+from kubesonar.shared.pod_events import PodEvents
+
+SECOND = 1_000_000_000
+MiB = 1 << 20
+_HISTORY = 256
+
+
+class ExfiltrationDetector:
+    rule_id = "exfiltration"
+
+    def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
+                 bucket_s: float = 3600.0, min_history: int = 24, floor_bytes: int = 64 * MiB,
+                 deviations: float = 10.0, icmp_bytes: int = MiB, dns_bytes: int = MiB, max_subjects: int = 5_000):
+        self.learning_period_ns, self.force_learning = learning_period_ns, force_learning
+        self.zones = zones or Zones()
+        self.bucket_ns, self.min_history = int(bucket_s * SECOND), min_history
+        self.floor, self.deviations = floor_bytes, deviations
+        self.icmp_bytes, self.dns_bytes, self.max_subjects = icmp_bytes, dns_bytes, max_subjects
+        self._state: dict[str, Any] = self._empty()
+
+    @staticmethod
+    def _empty() -> dict[str, Any]:
+        return {"subjects": {}, "learning_until_ns": None}
+
+    def to_state(self) -> dict[str, Any]:
+        return self._state
+
+    def from_state(self, state: dict[str, Any] | None) -> ExfiltrationDetector:
+        self._state = state or self._empty()
+        return self
+
+    def end_learning(self) -> None:
+        self._state["learning_ended"] = True
+
+    def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
+        self.touched = False
+        scores: list[Score] = []
+        if len(flows):
+            if self._state["learning_until_ns"] is None:
+                self.touched = True
+            learning = learning_now(self._state, int(flows["first_ts"].min()), self.learning_period_ns,
+                                    self.force_learning)
+            scores += self._volume(flows, learning)
+        if dns is not None and len(dns):
+            scores += self._dns(dns)
+        self._state["subjects"] = bounded(self._state["subjects"], self.max_subjects)
+        return scores
+
+    def _subject(self, key: str) -> dict[str, Any]:
+        return self._state["subjects"].setdefault(key, {"history": [], "open": {}, "t": 0})
+
+    def _close_buckets(self, s: dict[str, Any], bucket: int) -> None:
+        """Hours that ended join the baseline, unless they raised an alarm."""
+        for dest, b in list(s["open"].items()):
+            if b["b"] < bucket:
+                if not b["alarm"] and b["kind"] == "volume":
+                    s["history"] = (s["history"] + [b["bytes"]])[-_HISTORY:]
+                del s["open"][dest]
+
+    def _volume(self, flows: FlowRecords, learning: bool) -> list[Score]:
+        sending = np.flatnonzero(flows["bytes_out"] > 0)
+        if not len(sending):
+            return []
+        rows = sending[self.zones.outside(flows.take(sending))]
+        if not len(rows):
+            return []
+        self.touched = True
+        rows = rows[np.argsort(flows["last_ts"][rows], kind="stable")]
+        keys = subject_keys(flows, rows)
+        icmp = np.isin(flows["proto"][rows], (IPPROTO_ICMP, IPPROTO_ICMPV6)).tolist()
+        sent, lasts = flows["bytes_out"][rows].tolist(), flows["last_ts"][rows].tolist()
+        scored: dict[tuple[str, str], Score] = {}
+        limits: dict[str, float | None] = {}
+        for i, row in enumerate(rows.tolist()):
+            s = self._subject(keys[i])
+            bucket = lasts[i] // self.bucket_ns
+            self._close_buckets(s, bucket)
+            kind = "icmp" if icmp[i] else "volume"
+            dest = f"{kind}:{address_text(flows['dst_addr'][row])}"
+            b = s["open"].setdefault(dest, {"b": bucket, "bytes": 0, "alarm": False, "reported": False,
+                                            "kind": kind, "t0": lasts[i]})
+            b["bytes"] += sent[i]
+            s["t"] = max(s["t"], lasts[i])
+            if kind == "icmp":
+                limit = self.icmp_bytes
+            else:
+                if keys[i] not in limits:
+                    limits[keys[i]] = None if learning else self._limit(s["history"])
+                limit = limits[keys[i]]
+            if limit is not None:
+                scored[(keys[i], dest)] = self._score(f"{keys[i]}>{dest}", b, limit, source_endpoint(flows, row),
+                                                      lasts[i])
+        return list(scored.values())
+
+    def _limit(self, history: list[int]) -> float | None:
+        """The workload's hourly bar, or None while its baseline is too short."""
+        if len(history) < self.min_history:
+            return None
+        values = np.array(history, dtype=np.float64)
+        median = float(np.median(values))
+        mad = float(np.median(np.abs(values - median)))
+        return max(self.floor, median + self.deviations * 1.4826 * mad)
+
+    def _dns(self, dns: DnsMessages) -> list[Score]:
+        queries = np.flatnonzero(dns["response"] == 0)
+        scored: dict[tuple[str, str], Score] = {}
+        for i in queries.tolist():
+            endpoint = dns_client_endpoint(dns, i)
+            key = endpoint["workload"] or endpoint["ip"]
+            ts = int(dns["ts"][i])
+            s = self._subject(key)
+            bucket = ts // self.bucket_ns
+            self._close_buckets(s, bucket)
+            dest = f"dns:{registered_domain(str(dns['qname'][i]))}"
+            b = s["open"].setdefault(dest, {"b": bucket, "bytes": 0, "alarm": False, "reported": False,
+                                            "kind": "dns", "t0": ts})
+            b["bytes"] += int(dns["size"][i])
+            s["t"] = max(s["t"], ts)
+            self.touched = True
+            scored[(key, dest)] = self._score(f"{key}>{dest}", b, self.dns_bytes, endpoint, ts)
+        return list(scored.values())
+
+    @staticmethod
+    def _score(pair: str, b: dict[str, Any], limit: float, endpoint: dict[str, str], last: int) -> Score:
+        ratio = b["bytes"] / limit
+        alarm = ratio >= 1.0
+        fresh = alarm and not b["reported"]
+        b["alarm"] |= alarm
+        b["reported"] |= alarm
+        kind, target = pair.rsplit(">", 1)[1].split(":", 1)
+        evidence = {"kind": kind, "destination": target, "bytes_this_hour": b["bytes"], "threshold_bytes": int(limit)}
+        return Score(pair, ratio, alarm, endpoint, b["t0"], last, evidence, fresh=fresh, identity=(kind, target))
+
+    def decide(self, scores: list[Score]) -> list[Finding]:
+        return decide_alarms(self.rule_id, scores)

@@ -1,0 +1,137 @@
+"""Unusual destination: a workload, past its learning, reaching outside the cluster on a port it never
+used, or, for a workload with a steady set of destinations, a network it never reached.
+
+Per workload the baseline holds the remote ports (with protocol) and the destination networks (/24
+for IPv4, /48 for IPv6: cloud services move within their ranges) it used outside the cluster. A
+workload is judged once the cluster's learning period is over *and* its own history spans a baseline
+period (a day by default: a workload deployed this morning is still learning today).
+- a remote port (or protocol) never used before: reported (GuardDuty's NetworkPortUnusual);
+- a destination network never reached before: reported only for workloads whose baseline holds at
+  most 16 networks; a workload that talks to the whole internet (crawlers, webhooks, SDKs of SaaS
+  behind CDNs) makes new destinations all day, and those say nothing.
+What was reported is never learned: the attacker's port stays unusual. Reports are rate-limited to one
+finding an hour per workload and kind; the alert counts the rest and its evidence lists the latest.
+
+Catches: a compromised pod reaching a C2 on an odd port (4444, 7080, 8443 where it only used 443),
+a reverse shell out, a database pod suddenly talking to the internet. Misses: C2 over the ports a
+workload already uses, to a network it already reaches or, for busy workloads, any new network.
+False positives: new integrations released after learning (a new API, a new port); allowlist by
+workload and port.
+
+Score: 1.0 for each new port or network of a judged workload.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import numpy as np
+from kubesonar.shared.alerts import Finding
+from kubesonar.shared.detectors import Score, bounded, decide_alarms, learning_now, source_endpoint, subject_keys
+from kubesonar.shared.dns import DnsMessages
+from kubesonar.shared.flow import FlowRecords, address_text
+from kubesonar.shared.netzones import Zones
+from kubesonar.shared.pod_events import PodEvents
+
+SECOND = 1_000_000_000
+_PORTS_KEPT, _NETWORKS_KEPT = 256, 64
+
+
+def network_of(address: str) -> str:
+    ip = ipaddress.ip_address(address)
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+class UnusualDestinationDetector:
+    rule_id = "unusual_destination"
+
+    def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
+                 baseline_ns: int | None = None, steady_networks: int = 16, rate_limit_s: float = 3600.0,
+                 max_subjects: int = 5_000):
+        self.learning_period_ns, self.force_learning = learning_period_ns, force_learning
+        self.baseline_ns = learning_period_ns if baseline_ns is None else baseline_ns
+        self.zones = zones or Zones()
+        self.steady_networks, self.rate_limit_ns = steady_networks, int(rate_limit_s * SECOND)
+        self.max_subjects = max_subjects
+        self._state: dict[str, Any] = self._empty()
+
+    @staticmethod
+    def _empty() -> dict[str, Any]:
+        return {"subjects": {}, "learning_until_ns": None}
+
+    def to_state(self) -> dict[str, Any]:
+        return self._state
+
+    def from_state(self, state: dict[str, Any] | None) -> UnusualDestinationDetector:
+        self._state = state or self._empty()
+        return self
+
+    def end_learning(self) -> None:
+        self._state["learning_ended"] = True
+
+    def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
+        self.touched = False
+        if not len(flows):
+            return []
+        if self._state["learning_until_ns"] is None:
+            self.touched = True
+        cluster_learning = learning_now(self._state, int(flows["first_ts"].min()), self.learning_period_ns,
+                                        self.force_learning)
+        answered = np.flatnonzero(flows["packets_in"] > 0)  # reached, not merely tried (scans are port_scan's)
+        rows = answered[self.zones.outside(flows.take(answered))]
+        if not len(rows):
+            return []
+        rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
+        keys = subject_keys(flows, rows)
+        ports = [f"{p}/{q}" for p, q in zip(flows["dst_port"][rows].tolist(), flows["proto"][rows].tolist())]
+        targets = [address_text(a) for a in flows["dst_addr"][rows]]
+        times = flows["first_ts"][rows].tolist()
+        subjects = self._state["subjects"]
+        scores = []
+        for i, row in enumerate(rows.tolist()):
+            s = subjects.get(keys[i])
+            if s is None:
+                s = subjects[keys[i]] = {"since": times[i], "t": times[i], "ports": {}, "networks": {},
+                                         "flagged": [], "last_report": {}}
+                self.touched = True
+            s["t"] = max(s["t"], times[i])
+            network = network_of(targets[i])
+            new_port, new_net = ports[i] not in s["ports"], network not in s["networks"]
+            if not (new_port or new_net):
+                continue
+            learning = cluster_learning or times[i] - s["since"] < self.baseline_ns
+            flagged = f"{ports[i]}|{network}"
+            if learning:
+                s["ports"][ports[i]] = times[i]
+                s["networks"][network] = times[i]
+                self.touched = True
+                continue
+            if flagged in s["flagged"]:
+                continue
+            kind = "port" if new_port else "network"
+            if kind == "network" and len(s["networks"]) > self.steady_networks:
+                s["networks"][network] = times[i]  # a busy workload: new networks are its normal
+                self.touched = True
+                continue
+            s["flagged"] = (s["flagged"] + [flagged])[-_PORTS_KEPT:]
+            self.touched = True
+            last = s["last_report"].get(kind, 0)
+            fresh = times[i] - last >= self.rate_limit_ns
+            if fresh:
+                s["last_report"][kind] = times[i]
+            evidence = {"kind": kind, "destination": targets[i], "port": int(flows["dst_port"][row]),
+                        "protocol": int(flows["proto"][row]), "network": network,
+                        "known_ports": sorted(s["ports"])[:20], "known_networks": len(s["networks"])}
+            scores.append(Score(f"{keys[i]}>{flagged}", 1.0, True, source_endpoint(flows, row), times[i],
+                                int(flows["last_ts"][row]), evidence, fresh=fresh, identity=(kind,)))
+        for s in subjects.values():
+            for field, most in (("ports", _PORTS_KEPT), ("networks", _NETWORKS_KEPT)):
+                if len(s[field]) > most:  # the most recently used ones
+                    s[field] = dict(sorted(s[field].items(), key=lambda kv: kv[1])[-most:])
+        self._state["subjects"] = bounded(subjects, self.max_subjects)
+        return scores
+
+    def decide(self, scores: list[Score]) -> list[Finding]:
+        return decide_alarms(self.rule_id, scores)

@@ -1,0 +1,105 @@
+"""Watchlist hit: traffic to or from an IP or network, or a DNS question for a domain, on one of the
+user's watchlists (shared/watchlist.py: threat-intelligence feeds, known-bad hosts, banned services).
+
+Every flow is checked on both ends (exact addresses at once by sorted search, networks one mask each);
+every DNS question by its name and each parent domain. The pod involved is the alert's source: the
+initiator when the responder is listed, the responder when a listed host reached in. An entry past
+its ``expires`` time no longer matches.
+
+Catches: contact with anything listed, both directions, and lookups of listed domains even when the
+connection never happens. Misses: what the lists do not hold; domains reached without a DNS question
+the sensor sees (hard-coded addresses, DNS over HTTPS).
+False positives: stale or over-broad feed entries (shared hosting, CDN addresses); give entries an
+expiry.
+
+Score: 1.0 per (pod, indicator), reported once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from kubesonar.shared.alerts import Finding
+from kubesonar.shared.detectors import Score, decide_alarms, dns_client_endpoint, source_endpoint, subject_keys
+from kubesonar.shared.dns import DnsMessages
+from kubesonar.shared.flow import FlowRecords, address_bytes, address_text
+from kubesonar.shared.netzones import Networks
+from kubesonar.shared.pod_events import PodEvents
+from kubesonar.shared.watchlist import WatchEntry
+
+
+class WatchlistDetector:
+    rule_id = "watchlist_hit"
+    max_pairs = 20_000
+
+    def __init__(self, entries: list[WatchEntry] | tuple[WatchEntry, ...] = ()):
+        self.entries = list(entries)
+        self._ips = {e.indicator: e for e in self.entries if e.kind == "ip"}
+        self._ip_values = np.array(sorted(address_bytes(i) for i in self._ips), dtype="V16")
+        self._networks = [e for e in self.entries if e.kind == "network"]
+        self._nets = Networks([e.indicator for e in self._networks])
+        self._domains = {e.indicator: e for e in self.entries if e.kind == "domain"}
+        self._state: dict[str, Any] = {"seen": []}
+
+    def to_state(self) -> dict[str, Any]:
+        return self._state
+
+    def from_state(self, state: dict[str, Any] | None) -> WatchlistDetector:
+        self._state = state or {"seen": []}
+        return self
+
+    def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
+        self.touched = False
+        if not self.entries:
+            return []
+        seen = dict.fromkeys(self._state["seen"])
+        scores: list[Score] = []
+
+        def report(key: str, entry: WatchEntry, endpoint: dict, ts0: int, ts1: int, evidence: dict) -> None:
+            pair = f"{key}>{entry.indicator}"
+            if pair in seen or not entry.active(ts0):
+                return
+            seen[pair] = None
+            self.touched = True
+            evidence |= {"indicator": entry.indicator, "indicator_kind": entry.kind, "watchlist": entry.list_name,
+                         "reason": entry.reason}
+            scores.append(Score(pair, 1.0, True, endpoint, ts0, ts1, evidence, identity=(entry.indicator,)))
+
+        if len(flows):
+            for side, other in (("dst", "src"), ("src", "dst")):
+                for row, entry in self._flow_hits(flows, side):
+                    key = subject_keys(flows, [row], other)[0]
+                    evidence = {"direction": "outbound" if side == "dst" else "inbound",
+                                "remote": address_text(flows[f"{side}_addr"][row]),
+                                "port": int(flows["dst_port"][row]), "protocol": int(flows["proto"][row])}
+                    report(key, entry, source_endpoint(flows, row, other), int(flows["first_ts"][row]),
+                           int(flows["last_ts"][row]), evidence)
+        if dns is not None and len(dns) and self._domains:
+            for i, name in enumerate(dns["qname"].tolist()):
+                labels = name.split(".")
+                for k in range(len(labels) - 1):
+                    entry = self._domains.get(".".join(labels[k:]))
+                    if entry is not None:
+                        endpoint = dns_client_endpoint(dns, i)
+                        report(endpoint["workload"] or endpoint["ip"], entry, endpoint, int(dns["ts"][i]),
+                               int(dns["ts"][i]), {"direction": "dns", "name": name})
+                        break
+        self._state["seen"] = list(seen)[-self.max_pairs :]
+        return scores
+
+    def _flow_hits(self, flows: FlowRecords, side: str) -> list[tuple[int, WatchEntry]]:
+        addresses = flows[f"{side}_addr"]
+        hits: list[tuple[int, WatchEntry]] = []
+        if len(self._ip_values):
+            at = np.searchsorted(self._ip_values, addresses)
+            found = self._ip_values[np.minimum(at, len(self._ip_values) - 1)] == addresses
+            for row in np.flatnonzero(found).tolist():
+                hits.append((row, self._ips[address_text(addresses[row])]))
+        if self._networks:
+            for entry, mask in zip(self._networks, self._nets.which(addresses)):
+                hits += [(row, entry) for row in np.flatnonzero(mask).tolist()]
+        return sorted(hits, key=lambda h: int(flows["first_ts"][h[0]]))
+
+    def decide(self, scores: list[Score]) -> list[Finding]:
+        return decide_alarms(self.rule_id, scores)
