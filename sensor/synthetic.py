@@ -71,24 +71,32 @@ def write_traffic(path: str | os.PathLike[str], parts: list[dict[str, np.ndarray
     return len(order)
 
 
-def _packets(src, dst, sport, dport, proto, flags, payload, ts) -> dict[str, np.ndarray]:
+def _packets(src, dst, sport, dport, proto, flags, payload, ts, content=None) -> dict[str, np.ndarray]:
+    """Packet columns; ``content`` (bytes per packet, optional) is payload written in full, uncut by
+    the snap length, for the few packets whose bytes matter (DNS questions, JSON-RPC)."""
     n = len(ts)
     b = lambda x, dt=np.int64: np.broadcast_to(np.asarray(x, dtype=dt), (n,)).copy()  # noqa: E731
+    data = np.empty(n, dtype=object)
+    data[:] = [b""] * n if content is None else list(content)
+    sizes = np.array([len(c) for c in data], dtype=np.int64)
     return {"src": b(src), "dst": b(dst), "sport": b(sport), "dport": b(dport), "proto": b(proto),
-            "flags": b(flags), "payload": b(payload), "ts": b(ts, np.float64)}
+            "flags": b(flags), "payload": np.where(sizes > 0, sizes, b(payload)), "ts": b(ts, np.float64),
+            "content": data}
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
-def tcp_sessions(rng, pods, services, ports, n, data, duration, offset=0.0) -> dict[str, np.ndarray]:
-    """n TCP sessions from random ``pods`` to random ``services`` (with their ``ports``) in the window."""
+def tcp_sessions(rng, pods, services, ports, n, data, duration, offset=0.0, first_request: bytes | None = None,
+                 starts=None) -> dict[str, np.ndarray]:
+    """n TCP sessions from random ``pods`` to random ``services`` (with their ``ports``) in the window;
+    ``first_request`` is the client's first data segment, ``starts`` the sessions' start times."""
     client = rng.choice(pods, n)
     svc = rng.integers(0, len(services), n)
     server, dport = services[svc], ports[svc]
     sport = rng.integers(32768, 61000, n)
-    start = offset + rng.uniform(0, duration, n)
+    start = offset + (rng.uniform(0, duration, n) if starts is None else np.asarray(starts, dtype=np.float64))
     rtt = rng.uniform(0.0002, 0.002, n)
     # handshake, `data` segments alternating request/response, FIN exchange
     steps = 3 + data + 4
@@ -109,21 +117,65 @@ def tcp_sessions(rng, pods, services, ports, n, data, duration, offset=0.0) -> d
     payload[:, 3 : 3 + data] = size
     fc = from_client.ravel()
     rep = lambda x: np.repeat(x, steps)  # noqa: E731
+    content = None
+    if first_request is not None and data >= 2:
+        content = np.full((n, steps), b"", dtype=object)
+        content[:, 4] = first_request  # 3 + 1: the first data segment from the client
+        content = content.ravel()
     return _packets(np.where(fc, rep(client), rep(server)), np.where(fc, rep(server), rep(client)),
                     np.where(fc, rep(sport), rep(dport)), np.where(fc, rep(dport), rep(sport)), 6,
-                    flags.ravel(), payload.ravel(), t.ravel())
+                    flags.ravel(), payload.ravel(), t.ravel(), content)
 
 
-def dns_lookups(rng, pods, n, duration, offset=0.0, server=DNS_IP) -> dict[str, np.ndarray]:
+def bulk_upload(client: int, server: int, port: int, size: int, start: float, duration: float,
+                sport: int = 45_000) -> dict[str, np.ndarray]:
+    """One TCP session sending ``size`` bytes from client to server in full segments, acked every other."""
+    segments = max(1, size // 1448)
+    n_acks = segments // 2
+    t_data = start + 0.001 + np.linspace(0, duration, segments)
+    parts = [
+        _packets(client, server, sport, port, 6, _SYN, 0, [start]),
+        _packets(server, client, port, sport, 6, _SYN | _ACK, 0, [start + 0.0005]),
+        _packets(client, server, sport, port, 6, _ACK | _PSH, 1448, t_data),
+        _packets(server, client, port, sport, 6, _ACK, 0, t_data[1::2][:n_acks] + 0.0002),
+        _packets(client, server, sport, port, 6, _FIN | _ACK, 0, [start + duration + 0.01]),
+        _packets(server, client, port, sport, 6, _FIN | _ACK, 0, [start + duration + 0.011]),
+        _packets(client, server, sport, port, 6, _ACK, 0, [start + duration + 0.012]),
+    ]
+    return _concat(parts)
+
+
+def dns_message(name: str, qtype: int = 1, response: bool = False, ident: int = 1) -> bytes:
+    """A real DNS query (or its answer) for ``name``, as the sensor will parse it."""
+    import dpkt
+
+    msg = dpkt.dns.DNS(id=ident, qd=[dpkt.dns.DNS.Q(name=name, type=qtype)])
+    if response:
+        msg.op = 0x8180  # QR, RD, RA: a recursive answer
+        if qtype == 1:
+            msg.an = [dpkt.dns.DNS.RR(name=name, type=1, ttl=30, rdata=bytes([10, 96, 0, 1]))]
+    return bytes(msg)
+
+
+def dns_lookups(rng, pods, n, duration, offset=0.0, server=DNS_IP, names=None, qtype=1,
+                both_types: bool = True) -> dict[str, np.ndarray]:
+    """n lookups of ``names`` (random choices; without names, payloads are blank); each an A question
+    and its answer, then (``both_types``) AAAA, on one source port: one flow per lookup."""
     client = rng.choice(pods, n)
     sport = rng.integers(32768, 61000, n)
     t = offset + rng.uniform(0, duration, n)
     reply = t + rng.uniform(0.0001, 0.001, n)
-    # one query and its answer, for A and AAAA: two flows' worth per lookup is typical; keep one flow
-    q = _packets(client, server, sport, 53, 17, 0, rng.integers(30, 60, n), t)
-    a = _packets(server, client, 53, sport, 17, 0, rng.integers(60, 200, n), reply)
-    q2 = _packets(client, server, sport, 53, 17, 0, rng.integers(30, 60, n), reply + 0.0001)
-    a2 = _packets(server, client, 53, sport, 17, 0, rng.integers(60, 200, n), reply + 0.0005)
+    asked = None if names is None else [names[i] for i in rng.integers(0, len(names), n)]
+
+    def msgs(kind: int, response: bool):
+        return None if asked is None else [dns_message(q, kind, response, i) for i, q in enumerate(asked)]
+
+    q = _packets(client, server, sport, 53, 17, 0, rng.integers(30, 60, n), t, msgs(qtype, False))
+    a = _packets(server, client, 53, sport, 17, 0, rng.integers(60, 200, n), reply, msgs(qtype, True))
+    if not both_types:
+        return _concat([q, a])
+    q2 = _packets(client, server, sport, 53, 17, 0, rng.integers(30, 60, n), reply + 0.0001, msgs(28, False))
+    a2 = _packets(server, client, 53, sport, 17, 0, rng.integers(60, 200, n), reply + 0.0005, msgs(28, True))
     return _concat([q, a, q2, a2])
 
 
@@ -161,8 +213,11 @@ def _write_pcap(path, c: dict[str, np.ndarray], start_s: float) -> None:
     l4_len = np.select([tcp, udp], [20, 8], 8)
     ip_len = 20 + l4_len + c["payload"]
     wire = 14 + ip_len
+    with_content = np.flatnonzero([len(x) > 0 for x in c["content"]])
     caplen = np.minimum(wire, SNAPLEN)
-    rec = np.zeros((n, 16 + SNAPLEN), dtype=np.uint8)
+    caplen[with_content] = wire[with_content]  # content is written whole
+    width = int(max(SNAPLEN, caplen.max(initial=0)))
+    rec = np.zeros((n, 16 + width), dtype=np.uint8)
 
     def put(col: int, value: np.ndarray, width: int, little: bool = False) -> None:
         for i in range(width):
@@ -202,7 +257,11 @@ def _write_pcap(path, c: dict[str, np.ndarray], start_s: float) -> None:
     rec[tcp_rows, l4 + 12] = 0x50
     rec[tcp_rows, l4 + 13] = c["flags"][tcp_rows]
     rec[tcp_rows, l4 + 14] = 0xFF
-    keep = np.arange(16 + SNAPLEN)[None, :] < (16 + caplen)[:, None]
+    for row in with_content.tolist():
+        at = 16 + 14 + 20 + int(l4_len[row])
+        body = c["content"][row]
+        rec[row, at : at + len(body)] = np.frombuffer(body, dtype=np.uint8)
+    keep = np.arange(16 + width)[None, :] < (16 + caplen)[:, None]
     with open(path, "wb") as f:
-        f.write(np.array([0xA1B2C3D4, 0x00040002, 0, 0, SNAPLEN, 1], dtype="<u4").tobytes()[:24])
+        f.write(np.array([0xA1B2C3D4, 0x00040002, 0, 0, SNAPLEN if width == SNAPLEN else 65535, 1], dtype="<u4").tobytes()[:24])
         f.write(rec[keep].tobytes())

@@ -30,6 +30,10 @@ False positives: new periodic integrations (webhooks, license checks, telemetry)
 learning: allowlist them by workload and port.
 
 Score: the timing score of a pair with enough intervals (its size score in the evidence).
+
+Example:
+    >>> d = BeaconingDetector(learning_period_ns=0)
+    >>> d.decide(d.update(flows))  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -18,7 +18,12 @@ P2P traffic (Bitcoin 8333, Ethereum 30303, Monero 18080) is not mining and is no
 False positives: a blockchain team's own pool or solo-mining tests; security tooling resolving pool
 domains (allowlist it).
 
-Score: 1.0 per (miner, pool) pair, reported once; the evidence names the methods seen.
+Score: 1.0 per (miner, pool) pair, reported once; one alert per miner, its count the pools and kinds
+of evidence seen, its evidence the latest.
+
+Example:
+    >>> d = CryptoMiningDetector()
+    >>> d.decide(d.update(flows, None, dns))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -65,7 +70,7 @@ class CryptoMiningDetector:
                 return
             seen[pair] = None
             self.touched = True
-            scores.append(Score(pair, 1.0, True, endpoint, ts0, ts1, evidence, identity=identity))
+            scores.append(Score(pair, 1.0, True, endpoint, ts0, ts1, evidence))  # one alert per miner
 
         if len(flows):
             self._protocol(flows, report)

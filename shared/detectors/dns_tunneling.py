@@ -22,6 +22,10 @@ False positives: reputation and telemetry services that look up hashes as names 
 spam lists) at a high rate from one pod; allowlist them by domain or workload.
 
 Score: the distinct-name count of a (client, domain) pair once the names look encoded, else 0.
+
+Example:
+    >>> d = DnsTunnelingDetector()
+    >>> d.decide(d.update(flows, None, dns))  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ False positives: a first backup, export or migration run after learning; allowli
 destination port.
 
 Score: the hour's bytes to the destination divided by the workload's threshold (1 decides).
+
+Example:
+    >>> d = ExfiltrationDetector(learning_period_ns=0)
+    >>> d.decide(d.update(flows, None, dns))  # doctest: +SKIP
 """
 
 from __future__ import annotations

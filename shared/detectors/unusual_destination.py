@@ -19,6 +19,10 @@ False positives: new integrations released after learning (a new API, a new port
 workload and port.
 
 Score: 1.0 for each new port or network of a judged workload.
+
+Example:
+    >>> d = UnusualDestinationDetector(learning_period_ns=24 * 3600 * 10**9)
+    >>> d.decide(d.update(flows))  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ False positives: stale or over-broad feed entries (shared hosting, CDN addresses
 expiry.
 
 Score: 1.0 per (pod, indicator), reported once.
+
+Example:
+    >>> d = WatchlistDetector(LOADER.load(store)[0])
+    >>> d.decide(d.update(flows, None, dns))  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -14,44 +14,73 @@ import json
 import numpy as np
 import pytest
 
-from kubesonar.functions.local.demo import PHASE_S, run_demo
-from kubesonar.sensor.offline import flows_from_captures
+from kubesonar.functions.local.demo import LEARN_S, PHASE_S, demo_watchlist, run_demo
+from kubesonar.sensor.offline import read_captures
+from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.alerts import SEVERITIES, rules
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.inventory import PodInventory
 from kubesonar.shared.pipeline import CoreConfig, detectors
 
-CONFIG = CoreConfig(learning_period_s=PHASE_S)
+CONFIG = CoreConfig(learning_period_s=LEARN_S, watchlist=tuple(demo_watchlist()))
 RULE_IDS = [d.rule_id for d in detectors(CONFIG)]
 
 
+class Phase:
+    """A phase's flows and DNS messages, in time order; cut into chunks by time together."""
+
+    def __init__(self, flows: FlowRecords, dns: DnsMessages):
+        self.flows = flows.take(np.argsort(flows["first_ts"], kind="stable"))
+        self.dns = dns.take(np.argsort(dns["ts"], kind="stable"))
+
+    def chunks(self, n: int) -> list[Phase]:
+        rows = np.array_split(np.arange(len(self.flows)), n)
+        edges = [int(self.flows["first_ts"][r[0]]) for r in rows[1:] if len(r)] + [np.iinfo(np.int64).max]
+        out, lo = [], np.iinfo(np.int64).min
+        for r, hi in zip(rows, edges):
+            dns = self.dns.take((self.dns["ts"] >= lo) & (self.dns["ts"] < hi))
+            out.append(Phase(self.flows.take(r), dns))
+            lo = hi
+        return out
+
+    def shifted(self, ns: int) -> Phase:
+        flows = FlowRecords(dict(self.flows.columns, first_ts=self.flows["first_ts"] + ns,
+                                 last_ts=self.flows["last_ts"] + ns, conn_start=self.flows["conn_start"] + ns))
+        return Phase(flows, DnsMessages(dict(self.dns.columns, ts=self.dns["ts"] + ns)))
+
+
 @pytest.fixture(scope="module")
-def phases(tmp_path_factory) -> tuple[FlowRecords, FlowRecords]:
+def phases(tmp_path_factory) -> tuple[Phase, Phase]:
     root = tmp_path_factory.mktemp("demo")
     run_demo(str(root))
     inventory = PodInventory.load(root / "pods.json")
 
-    def flows(name: str) -> FlowRecords:
-        records = inventory.enrich(FlowRecords.concat(list(flows_from_captures([root / name]))))
-        return records.take(np.argsort(records["first_ts"], kind="stable"))
+    def phase(name: str) -> Phase:
+        observed = list(read_captures([root / name]))
+        return Phase(inventory.enrich(FlowRecords.concat([o.flows for o in observed])),
+                     inventory.enrich(DnsMessages.concat([o.dns for o in observed])))
 
-    return flows("learning.pcap"), flows("detection.pcap")
+    return phase("learning.pcap"), phase("detection.pcap")
 
 
 def _fresh(rule_id: str):
     return next(d for d in detectors(CONFIG) if d.rule_id == rule_id)
 
 
-def _chunks(flows: FlowRecords, n: int) -> list[FlowRecords]:
-    return [flows.take(idx) for idx in np.array_split(np.arange(len(flows)), n)]
+def _chunks(phase: Phase, n: int) -> list[Phase]:
+    return phase.chunks(n)
 
 
-def _run(rule_id: str, batches: list[FlowRecords], through_json: bool = False) -> tuple[list, dict]:
+def _feed(detector, phase: Phase):
+    return detector.update(phase.flows, None, phase.dns)
+
+
+def _run(rule_id: str, batches: list[Phase], through_json: bool = False) -> tuple[list, dict]:
     detector, findings = _fresh(rule_id), []
     for batch in batches:
         if through_json:
             detector = _fresh(rule_id).from_state(json.loads(json.dumps(detector.to_state())))
-        findings += detector.decide(detector.update(batch))
+        findings += detector.decide(_feed(detector, batch))
     return findings, detector.to_state()
 
 
@@ -63,8 +92,8 @@ def _who(findings) -> set[tuple[str, str]]:
 def test_quiet_on_learning_traffic_and_raises_its_own_rule_on_the_attack(rule_id, phases):
     learn, attack = phases
     detector = _fresh(rule_id)
-    assert detector.decide(detector.update(learn)) == []
-    findings = detector.decide(detector.update(attack))
+    assert detector.decide(_feed(detector, learn)) == []
+    findings = detector.decide(_feed(detector, attack))
     assert findings and {f.type for f in findings} == {rule_id}
     for f in findings:
         assert f.source["ip"] and f.first_seen_ns <= f.last_seen_ns and f.evidence
@@ -108,12 +137,11 @@ def test_deterministic(rule_id, phases):
 def test_a_flagged_subject_is_never_scored_normal_when_it_comes_back(rule_id, phases):
     learn, attack = phases
     detector = _fresh(rule_id)
-    detector.update(learn)
-    flagged = {s.subject for s in detector.update(attack) if s.alarm}
+    _feed(detector, learn)
+    flagged = {s.subject for s in _feed(detector, attack) if s.alarm}
     assert flagged
-    later = FlowRecords(dict(attack.columns, first_ts=attack["first_ts"] + int(PHASE_S * 1e9),
-                             conn_start=attack["conn_start"] + int(PHASE_S * 1e9)))
-    again = [s for s in detector.update(later) if s.subject in flagged]
+    later = attack.shifted(int(PHASE_S * 1e9))
+    again = [s for s in _feed(detector, later) if s.subject in flagged]
     assert all(s.alarm for s in again)
 
 
