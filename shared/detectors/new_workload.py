@@ -7,9 +7,13 @@ one once: the workload is kept as *flagged*, not learned, so an attacker's workl
 part of the baseline, and one alert stands for it until someone triages it.
 
 Catches: any new Deployment, StatefulSet, DaemonSet, Job, CronJob or bare pod that sends or receives
-traffic; a known workload whose pods run new images (its identity is namespace, kind, name and images). Misses: workloads that stay silent; pods outside the inventory (named by IP, not judged).
-False positives: deliberate new releases under new names or new image tags (allowlist the namespace
-or workload, or end learning again after a rollout); scheduled jobs first run after learning.
+traffic; a known workload whose pods run images from a repository it never ran (its identity is
+namespace, kind, name and image repositories: a release, a new tag or digest of the same image, is
+not new). Misses: workloads that stay silent; pods outside the inventory (named by IP, not judged);
+a miner pushed under the workload's own repository.
+False positives: deliberate new applications, or releases that switch image repository (allowlist
+the namespace or workload, or end learning again after a rollout); scheduled jobs first run after
+learning.
 
 Score: 1.0 for a workload new to the baseline (it is scored once, the first time it is seen).
 
@@ -32,6 +36,17 @@ from kubesonar.shared.pod_events import PodEvents
 _Sighting = tuple[str, str, dict[str, str], int, str, str]  # key, images, endpoint, first seen, kind, name
 
 
+def repositories(images: str) -> str:
+    """Comma-joined images as their sorted distinct repositories: a release (a new tag or digest of the
+    same image) is not a new workload; another image (a miner) is."""
+    out = set()
+    for image in filter(None, images.split(",")):
+        image = image.split("@", 1)[0]
+        head, _, last = image.rpartition("/")
+        out.add(f"{head}/{last.split(':', 1)[0]}" if head else last.split(":", 1)[0])
+    return ",".join(sorted(out))
+
+
 def _sightings(flows: FlowRecords) -> list[_Sighting]:
     """Each distinct (workload, images) on either side of the flows, at its first flow."""
     out: list[_Sighting] = []
@@ -45,6 +60,7 @@ def _sightings(flows: FlowRecords) -> list[_Sighting]:
         for i in first.tolist():
             row = rows[i]
             key, images = keys[i].split("\x1f")
+            images = repositories(images)
             endpoint = {"ip": address_text(flows[f"{side}_addr"][row]), "namespace": str(cols["namespace"][i]),
                         "pod": str(flows[f"{side}_pod"][row]), "workload": key,
                         "node": str(flows[f"{side}_node"][row]), "labels": str(flows[f"{side}_labels"][row])}
@@ -62,7 +78,7 @@ def _pod_sightings(pods: PodEvents) -> list[_Sighting]:
         key = f"{e['namespace']}/{e['workload_kind']}/{e['workload_name']}"
         endpoint = {"ip": e["addr"], "namespace": e["namespace"], "pod": e["pod"], "workload": key,
                     "node": e["node"], "labels": e["labels"]}
-        out.append((key, e["images"], endpoint, int(e["ts"]), e["workload_kind"], e["workload_name"]))
+        out.append((key, repositories(e["images"]), endpoint, int(e["ts"]), e["workload_kind"], e["workload_name"]))
     return out
 
 
