@@ -7,11 +7,16 @@ start times and sizes kept in the baseline across windows (the last 64 connectio
   intervals are symmetric about their median) and by their median absolute deviation relative to the
   median (``1 - MAD / median``: 1 when they do not vary);
 - sizes: the bytes sent per connection, scored the same two ways.
-A pair beacons when it has at least 6 intervals, its timing score (the mean of the two) is 0.8 or
-more and its size score is 0.5 or more. The reasoning: connections that users or request load cause
-arrive like a Poisson process, whose intervals score about 0.56 (skew 0.26, MAD 0.61 of the median);
-a fixed beacon scores 1, and uniform jitter of +-50% still 0.875. Sizes only veto: a check-in sends
-much the same each time, but an implant that uploads data varies.
+A pair beacons when it has at least 6 intervals, their MAD is a smaller share of their median than
+traffic without a clock would show but once in 100,000 tests, their skew score is 0.5 or more, and
+its size score is 0.5 or more. The reasoning: connections that users or request load cause arrive
+like a Poisson process, whose intervals have MAD / median of 0.69 on average but, over a handful of
+intervals, now and then far less; the bar for n intervals is that null distribution's 1e-5 quantile
+(``bench/beacon_null.py``: 0.01 for 6 intervals, 0.17 for 24, 0.35 for 64). A fixed-interval beacon
+passes after 6 intervals; one with +-20% jitter (MAD / median 0.1) after about 16, +-50% after
+about 40. Pairs are tested as connections come, so this keeps false alarms rare however many pairs
+there are. Sizes only veto: a check-in sends much the same each time, but an implant uploading data
+varies.
 
 Also a *long connection*: one connection to a destination outside the cluster held open an hour
 or more (a persistent C2 channel or reverse shell).
@@ -23,13 +28,14 @@ never reported (an external API polled every minute by design). Destinations ins
 periodic by nature. DNS (53) and NTP (123) are left out for the same reason.
 
 Catches: fixed-interval and jittered beacons (Cobalt Strike, Sliver, Metasploit reverse HTTP(S),
-RATs) after 7 check-ins; persistent C2 connections. Misses: beacons slower than the baseline keeps
-(64 connections) can still score, but ones with jitter above +-60%, or randomised sizes and timing
-both, or through a popular service (domain fronting, cloud storage) are not told from traffic.
+RATs) after 7 check-ins without jitter, about 17 with +-20%; persistent C2 connections. Misses:
+beacons with jitter over about +-60% (64 intervals are kept), randomised sizes, intervals of a
+second or less, or C2 through a popular service (domain fronting, cloud storage).
 False positives: new periodic integrations (webhooks, license checks, telemetry) deployed after
 learning: allowlist them by workload and port.
 
-Score: the timing score of a pair with enough intervals (its size score in the evidence).
+Score: RITA's timing score of a pair with enough intervals (mean of the skew score and 1 - MAD /
+median); the decision is the test above, its figures in the evidence.
 
 Example:
     >>> d = BeaconingDetector(learning_period_ns=0)
@@ -38,6 +44,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -49,28 +56,42 @@ from kubesonar.shared.netzones import Zones
 from kubesonar.shared.pod_events import PodEvents
 
 SECOND = 1_000_000_000
-_KEEP = 64  # connections remembered per pair
+_KEEP = 65  # connections remembered per pair (64 intervals)
+# 1e-5 quantile of MAD / median of n exponential intervals (bench/beacon_null.py, 400,000 samples each)
+POISSON_MAD_FLOOR = ((6, 0.0097), (8, 0.0243), (10, 0.0495), (12, 0.0702), (16, 0.0975), (20, 0.1456),
+                     (24, 0.1668), (32, 0.2124), (48, 0.2802), (64, 0.3529))
+
+
+def mad_floor(intervals: int) -> float:
+    n, q = zip(*POISSON_MAD_FLOOR)
+    return float(np.interp(intervals, n, q))
 _IGNORED_PORTS = (53, 123)
 
 
-def regularity(values: np.ndarray) -> float:
-    """Mean of Bowley-skew and MAD scores of ``values`` (1: all alike, ~0.5: exponential, 0: erratic)."""
+def skew_and_spread(values: np.ndarray) -> tuple[float, float]:
+    """(Bowley skew score ``1 - |skew|``, MAD / median) of ``values``."""
     q1, q2, q3 = np.percentile(values, [25, 50, 75])
     skew = (q1 + q3 - 2 * q2) / (q3 - q1) if q3 > q1 else 0.0
     mad = float(np.median(np.abs(values - q2)))
-    mad_score = 1.0 if mad == 0 else (max(0.0, 1.0 - mad / q2) if q2 > 0 else 0.0)
-    return float((1.0 - min(1.0, abs(skew)) + mad_score) / 2)
+    spread = 0.0 if mad == 0 else (mad / q2 if q2 > 0 else math.inf)
+    return 1.0 - min(1.0, abs(float(skew))), float(spread)
+
+
+def regularity(values: np.ndarray) -> float:
+    """RITA's score: the mean of the skew score and ``1 - MAD / median`` (1: all alike, ~0.5: exponential)."""
+    skew, spread = skew_and_spread(values)
+    return (skew + max(0.0, 1.0 - spread)) / 2
 
 
 class BeaconingDetector:
     rule_id = "beaconing"
 
     def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
-                 min_intervals: int = 6, timing_threshold: float = 0.8, size_threshold: float = 0.5,
+                 min_intervals: int = 6, skew_threshold: float = 0.5, size_threshold: float = 0.5,
                  long_connection_s: float = 3600.0, rare_below: int = 3, max_pairs: int = 5_000):
         self.learning_period_ns, self.force_learning = learning_period_ns, force_learning
         self.zones = zones or Zones()
-        self.min_intervals, self.timing_threshold, self.size_threshold = min_intervals, timing_threshold, size_threshold
+        self.min_intervals, self.skew_threshold, self.size_threshold = min_intervals, skew_threshold, size_threshold
         self.long_ns, self.rare_below, self.max_pairs = int(long_connection_s * SECOND), rare_below, max_pairs
         self._state: dict[str, Any] = self._empty()
 
@@ -155,9 +176,11 @@ class BeaconingDetector:
         intervals = intervals[intervals > 1.0]
         if len(intervals) < self.min_intervals:
             return None
+        skew, spread = skew_and_spread(intervals)
         timing = regularity(intervals)
         size = regularity(np.array(p["sz"], dtype=np.float64))
-        beacon = timing >= self.timing_threshold and size >= self.size_threshold
+        floor = mad_floor(len(intervals))
+        beacon = spread <= floor and skew >= self.skew_threshold and size >= self.size_threshold
         if learning:
             p["learned"] |= beacon
             return None
@@ -167,6 +190,7 @@ class BeaconingDetector:
         median = float(np.median(intervals))
         evidence = {"kind": "beacon", "destination": pair.rsplit(">", 1)[1], "connections": len(p["ts"]),
                     "median_interval_s": round(median, 2), "timing_score": round(timing, 3),
+                    "mad_over_median": round(spread, 4), "poisson_floor": round(floor, 4),
                     "size_score": round(size, 3), "median_bytes_out": int(np.median(p["sz"]))}
         first = int(times[0] * SECOND)
         return Score(pair, timing, alarm, source_endpoint(flows, row), first, int(flows["last_ts"][row]),

@@ -1,13 +1,14 @@
 """Exfiltration: a workload sending one destination far more than it ever does, or moving data over
 ICMP or DNS.
 
-*Volume*: per workload, bytes sent to each destination outside the cluster are summed per hour.
-The workload's baseline is the distribution of those hourly sums over its past (the last 256 of them,
-merged from every node, since the baseline is one cluster document). Once a workload has at least 24
-such sums and the cluster's learning period is over, an hour in which one destination receives more
-than ``max(64 MiB, median + 10 x 1.4826 x MAD)`` is an exfiltration: ten robust standard deviations
-above what the workload does, and never a small amount. An hour that raised an alarm is not learned,
-so repeating the theft does not make it normal.
+*Volume*: per workload, bytes sent to each destination network outside the cluster (/24, /48: a
+service behind rotating addresses is one destination) are summed per hour. The workload's baseline is
+the distribution of those hourly sums over its past (the last 256 of them, merged from every node,
+since the baseline is one cluster document). Once a workload has at least 24 such sums and the
+cluster's learning period is over, an hour in which one destination receives more than
+``max(64 MiB, median + 10 x 1.4826 x MAD, 3 x the largest sum seen)`` is an exfiltration: ten robust
+standard deviations above what the workload does, three times its record, and never a small amount.
+An hour that raised an alarm is not learned, so repeating the theft does not make it normal.
 
 *ICMP*: more than 1 MiB of ICMP sent to one destination in an hour (12,000 default pings, over
 three a second without pause; monitoring pings are a few a minute): ptunnel, icmpsh, hand-made
@@ -34,6 +35,7 @@ from typing import Any
 
 import numpy as np
 from kubesonar.shared.alerts import Finding
+from kubesonar.shared.detectors.unusual_destination import network_of
 from kubesonar.shared.detectors import (
     Score,
     bounded,
@@ -58,7 +60,9 @@ class ExfiltrationDetector:
 
     def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
                  bucket_s: float = 3600.0, min_history: int = 24, floor_bytes: int = 64 * MiB,
-                 deviations: float = 10.0, icmp_bytes: int = MiB, dns_bytes: int = MiB, max_subjects: int = 5_000):
+                 deviations: float = 10.0, record_factor: float = 3.0, icmp_bytes: int = MiB, dns_bytes: int = MiB,
+                 max_subjects: int = 5_000):
+        self.record_factor = record_factor
         self.learning_period_ns, self.force_learning = learning_period_ns, force_learning
         self.zones = zones or Zones()
         self.bucket_ns, self.min_history = int(bucket_s * SECOND), min_history
@@ -124,7 +128,8 @@ class ExfiltrationDetector:
             bucket = lasts[i] // self.bucket_ns
             self._close_buckets(s, bucket)
             kind = "icmp" if icmp[i] else "volume"
-            dest = f"{kind}:{address_text(flows['dst_addr'][row])}"
+            target = address_text(flows["dst_addr"][row])
+            dest = f"{kind}:{network_of(target) if kind == 'volume' else target}"
             b = s["open"].setdefault(dest, {"b": bucket, "bytes": 0, "alarm": False, "reported": False,
                                             "kind": kind, "t0": lasts[i]})
             b["bytes"] += sent[i]
@@ -147,7 +152,7 @@ class ExfiltrationDetector:
         values = np.array(history, dtype=np.float64)
         median = float(np.median(values))
         mad = float(np.median(np.abs(values - median)))
-        return max(self.floor, median + self.deviations * 1.4826 * mad)
+        return max(self.floor, median + self.deviations * 1.4826 * mad, self.record_factor * float(values.max()))
 
     def _dns(self, dns: DnsMessages) -> list[Score]:
         queries = np.flatnonzero(dns["response"] == 0)

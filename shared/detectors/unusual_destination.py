@@ -28,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import ipaddress
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -42,10 +43,12 @@ SECOND = 1_000_000_000
 _PORTS_KEPT, _NETWORKS_KEPT = 256, 64
 
 
+@lru_cache(maxsize=65_536)
 def network_of(address: str) -> str:
-    ip = ipaddress.ip_address(address)
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+    """The /24 (IPv4) or /48 (IPv6) an address is in: the unit a service's rotating addresses share."""
+    if "." in address and ":" not in address:
+        return f"{address.rsplit('.', 1)[0]}.0/24"
+    return str(ipaddress.ip_network(f"{address}/48", strict=False))
 
 
 class UnusualDestinationDetector:
