@@ -1,84 +1,23 @@
-"""A test node made of network namespaces: pod-like namespaces on veth pairs joined by a bridge that
-stands in for a CNI bridge. Addresses are in 10.77.0.0/24 with no route anywhere else; everything is
-removed on exit."""
+"""The lab node for tests: kubesonar.lab's, skipped (or, under CI, failed) where it cannot be built."""
 
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import uuid
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Iterator
 
 import pytest
 
-SUBNET = "10.77.0"
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
-
-
-@dataclass
-class Node:
-    tag: str
-    bridge: str
-    pods: dict[str, str] = field(default_factory=dict)  # name -> address
-
-    def ns(self, pod: str) -> str:
-        return f"ks{self.tag}-{pod}"
-
-    def interface(self, pod: str) -> str:
-        """The pod's end of its veth pair, inside its namespace."""
-        return f"ksp{self.tag}{list(self.pods).index(pod)}"
-
-    def run(self, pod: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", self.ns(pod), *cmd], **kw)
-
-    def start(self, pod: str, *cmd: str, **kw) -> subprocess.Popen:
-        return subprocess.Popen(["ip", "netns", "exec", self.ns(pod), *cmd], **kw)
-
-
-def require_netns() -> None:
-    if os.geteuid() != 0 or not shutil.which("ip"):
-        if os.environ.get("CI"):
-            pytest.fail("network namespace tests need root and iproute2; CI runs as root")
-        pytest.skip("network namespace tests need root and iproute2")
+from kubesonar.lab import LabUnavailable, Node, require_netns  # noqa: F401
+from kubesonar.lab import namespace_node as _namespace_node
 
 
 @contextmanager
-def namespace_node(pods: list[str]) -> Iterator[Node]:
-    """Namespaces named after ``pods``, at 10.77.0.2, .3, ... on one bridge."""
-    require_netns()
-    tag = uuid.uuid4().hex[:5]
-    node = Node(tag, f"ksbr{tag}")
-    made: list[str] = []
+def namespace_node(pods: list[str]):
     try:
-        _ip("link", "add", node.bridge, "type", "bridge")
-        _ip("link", "set", node.bridge, "up")
-        for i, pod in enumerate(pods):
-            ns, host_if, pod_if = node.ns(pod), f"ksv{tag}{i}", f"ksp{tag}{i}"
-            _ip("netns", "add", ns)
-            made.append(ns)
-            _ip("link", "add", host_if, "type", "veth", "peer", "name", pod_if)
-            _ip("link", "set", pod_if, "netns", ns)
-            _ip("link", "set", host_if, "master", node.bridge)
-            _ip("link", "set", host_if, "up")
-            address = f"{SUBNET}.{i + 2}"
-            _ip("-n", ns, "addr", "add", f"{address}/24", "dev", pod_if)
-            _ip("-n", ns, "link", "set", pod_if, "up")
-            _ip("-n", ns, "link", "set", "lo", "up")
-            # Linux answers at most one ICMP error a second by default; a UDP scan needs them all.
-            subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.icmp_ratelimit=0"], check=True)
-            node.pods[pod] = address
+        require_netns()
+    except LabUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc}; CI runs as root")
+        pytest.skip(str(exc))
+    with _namespace_node(pods) as node:
         yield node
-    finally:
-        for ns in made:
-            subprocess.run(["ip", "netns", "pids", ns], capture_output=True)
-            pids = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()
-            for pid in pids:
-                subprocess.run(["kill", "-9", pid], capture_output=True)
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", node.bridge], capture_output=True)
