@@ -30,7 +30,7 @@ import numpy as np
 
 from kubesonar.functions.local.runtime import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
-from kubesonar.shared.allowlist import AllowEntry
+from kubesonar.shared.allowlist import AllowEntry, load_allowlist
 from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import ConnState, EndReason, FlowRecords
@@ -358,6 +358,7 @@ class BenignRun:
     dns_messages: int
     alerts: list[dict]
     learning_days: float
+    allowlisted: int = 0  # findings the allowlist silenced
 
     @property
     def judged_workload_days(self) -> float:
@@ -370,15 +371,22 @@ class BenignRun:
         return Counter(a["type"] for a in self.alerts)
 
 
+PLATFORM_ALLOWLIST = Path(__file__).resolve().parent.parent / "infra" / "allowlists" / "kubernetes-platform.yaml"
+
+
 def run_benign(days: float = 7.0, seed: int = 5, state_dir: str | None = None,
-               allowlist: tuple[AllowEntry, ...] = (), progress: Callable[[float], None] | None = None) -> BenignRun:
-    """Simulate ``days`` (the first one the learning period) and score it; return the alerts raised."""
+               allowlist: tuple[AllowEntry, ...] | None = None,
+               progress: Callable[[float], None] | None = None) -> BenignRun:
+    """Simulate ``days`` (the first one the learning period) and score it; return the alerts raised.
+    The allowlist defaults to the platform one (infra/allowlists/kubernetes-platform.yaml)."""
+    if allowlist is None:
+        allowlist = tuple(load_allowlist(PLATFORM_ALLOWLIST))
     rng = np.random.default_rng(seed)
     for w in WORKLOADS:  # fresh addresses and releases for every run
         w.addresses, w.release = [], 1
     cluster = Cluster(rng)
     windows = int(days * 86400 // WINDOW_S)
-    flows = dns_count = 0
+    flows = dns_count = allowlisted = 0
     alerts: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="kubesonar-benign-") as tmp:
         store = LocalObjectStore(Path(state_dir or tmp))
@@ -396,13 +404,15 @@ def run_benign(days: float = 7.0, seed: int = 5, state_dir: str | None = None,
             deps.clock.now = int((t0 + WINDOW_S) * SECOND)
             header = BatchHeader("benign", "node-1", "simulated", k, int(t0 * SECOND), int((t0 + WINDOW_S) * SECOND))
             for message in encode_batch(header, records, limit=PUBSUB_LIMIT, level=3, dns=dns):  # fast: simulated
-                for alert in process_batch(decode_batch(message), deps).alerts:
+                result = process_batch(decode_batch(message), deps)
+                allowlisted += result.allowlisted
+                for alert in result.alerts:
                     alerts[alert["id"]] = alert
             cluster.retired = [r for r in cluster.retired if r[2] >= t0 - 300]
             if progress and k % 36 == 0:
                 progress(k / windows)
     return BenignRun(days, len(WORKLOADS), flows, dns_count, sorted(alerts.values(), key=lambda a: a["first_seen"]),
-                     learning_days=CoreConfig().learning_period_s / 86400)
+                     learning_days=CoreConfig().learning_period_s / 86400, allowlisted=allowlisted)
 
 
 @dataclass

@@ -97,9 +97,11 @@ def demo(workdir: str | None, fmt: str) -> None:
         for alert in result.alerts:
             click.echo(json.dumps(alert, sort_keys=True))
         return
-    click.echo(f"demo cluster: {result.flows} flows scored after a learning phase; "
-               f"planted: a port scan from {truth['scanner']}; the new workload {truth['new_workload']}, "
-               "which reads instance metadata, probes a kubelet and brute-forces the database")
+    click.echo(f"demo cluster: {result.flows} flows scored after a learning day; planted: a port scan from "
+               f"{truth['scanner']}; the new workload {truth['new_workload']}, which reads instance metadata, "
+               "probes a kubelet, brute-forces the database, tunnels through DNS, beacons and reaches a "
+               f"watchlisted host; {truth['crypto_mining']} mining; {truth['exfiltration']} uploading 80 MB "
+               "and opening a new port")
     _alert_table(result.alerts)
     click.echo(f"({time.perf_counter() - started:.1f} s)")
 
@@ -109,8 +111,12 @@ def demo(workdir: str | None, fmt: str) -> None:
               help="Directory with labels.csv and the captures it names [default: ../shared/data/pcaps].")
 @click.option("--out", type=click.Path(dir_okay=False), default="docs/detection-quality.md",
               help="Where to write the report (Markdown); '-' for standard output.")
-def evaluate(data: str | None, out: str) -> None:
-    """Measure detection quality on labelled captures and write docs/detection-quality.md."""
+@click.option("--scenarios/--no-scenarios", default=True,
+              help="Run the attack scenarios with real tools in network namespaces (needs root; about 5 min).")
+@click.option("--benign-days", type=click.FloatRange(0, 60), default=7.0,
+              help="Days of the simulated benign run (0: skip it); about 40 s a day.")
+def evaluate(data: str | None, out: str, scenarios: bool, benign_days: float) -> None:
+    """Measure detection quality (captures, tool scenarios, a long benign run); write docs/detection-quality.md."""
     from pathlib import Path
 
     from kubesonar.evaluate import evaluate_captures, report
@@ -119,7 +125,19 @@ def evaluate(data: str | None, out: str) -> None:
     if not (root / "labels.csv").exists():
         raise click.UsageError(f"{root} has no labels.csv (give --data DIR)")
     results = evaluate_captures(root, progress=lambda path: click.echo(f"evaluating {path}", err=True))
-    text = report(results, "kubesonar evaluate")
+    ran = None
+    if scenarios:
+        from kubesonar.scenarios import run_scenarios
+
+        ran = run_scenarios(progress=lambda name: click.echo(f"scenario: {name}", err=True))
+    benign = None
+    if benign_days > 0:
+        from kubesonar.benign import run_benign
+
+        benign = run_benign(benign_days, progress=lambda done: click.echo(f"benign run: {done:.0%}", err=True))
+    command = "kubesonar evaluate" + ("" if scenarios else " --no-scenarios") + (
+        "" if benign_days == 7.0 else f" --benign-days {benign_days:g}")
+    text = report(results, command, ran, benign)
     if out == "-":
         click.echo(text, nl=False)
     else:

@@ -165,7 +165,7 @@ SCENARIOS = (
     Scenario("masscan", "masscan -p1-500,8080 --rate 2000", "port_scan", "attacker", ("attacker",), _masscan,
              ("masscan",)),
     Scenario("SSH brute force", "hydra (16 tasks, 100 passwords) against OpenSSH sshd", "brute_force", "attacker",
-             ("attacker", "bastion"), _ssh_brute_force, ("hydra", "ssh-keygen")),
+             ("attacker", "bastion"), _ssh_brute_force, ("hydra", "ssh-keygen", "/usr/sbin/sshd")),
     Scenario("Stratum miner", "Stratum v1 client (subscribe, authorize, 5 submits) to a pool stand-in on 3333",
              "crypto_mining", "gpu", ("gpu", "pool"), _stratum),
     Scenario("DNS tunnel, iodine shape", "120 NULL questions, base32 labels", "dns_tunneling", "victim",
@@ -184,7 +184,7 @@ def run_scenario(scenario: Scenario, workdir: Path | None = None) -> ScenarioRes
     from kubesonar.functions.local.runtime import analyze
 
     result = ScenarioResult(scenario.name, scenario.tool, scenario.expected)
-    missing = [t for t in ("tcpdump", *scenario.needs) if not shutil.which(t)]
+    missing = [t for t in ("tcpdump", *scenario.needs) if not (Path(t).exists() if t.startswith("/") else shutil.which(t))]
     if missing:
         result.skipped = f"{', '.join(missing)} not installed"
         return result

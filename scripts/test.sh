@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Set up and run the test suite on a fresh Debian machine: the tools the tests drive (tshark,
-# tcpdump, nmap, masscan, iproute2 for network namespaces), a virtual environment with the project and its test extras, then pytest.
+# tcpdump, nmap, masscan, hping3, hydra with OpenSSH's sshd, curl, iproute2 for network namespaces),
+# a virtual environment with the project and its test extras, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(tshark tcpdump nmap masscan iproute2 procps iputils-ping)
+debs=(tshark tcpdump nmap masscan hping3 hydra openssh-server openssh-client curl iproute2 procps iputils-ping)
 missing=()
-for tool in tshark tcpdump nmap masscan ip sysctl ping; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in tshark tcpdump nmap masscan hping3 hydra ssh-keygen curl ip sysctl ping; do
+  command -v "$tool" >/dev/null || missing+=("$tool")
+done
+[ -x /usr/sbin/sshd ] || missing+=(sshd)
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
   echo "installing Debian packages: ${debs[*]}"

@@ -176,7 +176,13 @@ def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT
         part = flows.take(slice(lo, hi))
         return _encode_payload(part, schema, side), len(part)
 
-    if len(flows) or pods is not None or dns is None:
+    if dns is not None:  # the usual window: flows, pod events and DNS in one message
+        together = _encode_payload(flows, schema, [t for t in (pods, dns) if t is not None])
+        compressed = compressor.compress(together)
+        if head_size + len(compressed) <= limit:
+            payloads.append((together, compressed, len(flows)))
+            dns = None
+    if not payloads and (len(flows) or pods is not None or dns is None):
         fit(max(len(flows), 1) if pods is not None else len(flows), flow_part,
             "flow record" + (" with the pod events" if pods is not None else ""))
     if dns is not None:

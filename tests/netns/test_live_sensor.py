@@ -71,6 +71,31 @@ def test_watch_reports_an_nmap_scan_within_two_windows_amid_normal_traffic():
         assert "Traceback" not in err
 
 
+def test_watch_parses_dns_and_mining_payloads_live_within_the_snap_length():
+    """The live path reads DNS names (up to 255 bytes) and a Stratum request from the ring's 400 bytes."""
+    with namespace_node(["victim", "dns", "gpu", "pool"]) as node:
+        dns = node.pods["dns"]
+        node.add_address("pool", "203.0.113.77")
+        tool = [sys.executable, "-m", "kubesonar.lab_tools"]
+        servers = [node.start("dns", *tool, "dns-server", dns, "40", stdout=subprocess.DEVNULL),
+                   node.start("pool", *tool, "stratum-pool", "203.0.113.77", "3333", "40", stdout=subprocess.DEVNULL)]
+        watch = subprocess.Popen(["kubesonar", "watch", "-i", node.bridge, "--window", str(WINDOW_S),
+                                  "--format", "json", "--duration", "20"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(2)
+            node.run("victim", *tool, "dns-tunnel", dns, "t.tunnel-lab.example", "iodine", "80", "0.01",
+                     check=True, timeout=60)
+            node.run("gpu", *tool, "stratum-client", "203.0.113.77", "3333", "3", check=True, timeout=60)
+            out, err = watch.communicate(timeout=60)
+        finally:
+            watch.kill()
+            for s in servers:
+                s.kill()
+        alerts = {(a["type"], a["source"]["ip"]) for a in map(json.loads, out.splitlines())}
+        assert alerts == {("dns_tunneling", node.pods["victim"]), ("crypto_mining", node.pods["gpu"])}, err
+
+
 def _drain(q: queue.Queue) -> list:
     items = []
     while not q.empty():

@@ -1,0 +1,29 @@
+"""The evaluation's attack scenarios, each with real tools in a lab node: the attacker is named by the
+rule the scenario expects, and no pod that did nothing wrong is named by any rule."""
+
+from __future__ import annotations
+
+import pytest
+import os
+
+from conftest import require_tool
+
+from kubesonar.lab import LabUnavailable, require_netns
+from kubesonar.scenarios import SCENARIOS, run_scenario
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_scenario_names_the_attacker_and_nobody_else(scenario, tmp_path):
+    try:
+        require_netns()
+    except LabUnavailable as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"{exc}; CI runs as root")
+        pytest.skip(str(exc))
+    for tool in ("tcpdump", *scenario.needs):
+        if not tool.startswith("/"):
+            require_tool(tool)
+    result = run_scenario(scenario, tmp_path)
+    assert not result.error, result.error
+    assert result.verdict == "detected", result.alerts
+    assert result.false_alarms == [], result.alerts
