@@ -61,13 +61,29 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
               help="YAML allowlist file (repeat for several); see docs/allowlists.md.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "ocsf"]), default="table",
               help="json: one alert per line; ocsf: one OCSF 1.3.0 Detection Finding per line.")
+@click.option("--learning-period", type=click.FloatRange(min=0), default=None,
+              help="Seconds of data time novelty detectors learn from the first flow [default: 86400]; 0: none.")
+@click.option("--internal-network", "internal", multiple=True,
+              help="A CIDR inside the cluster or VPC (repeat for several) [default: the private ranges]; "
+                   "'none': every address is outside. See docs/detection.md.")
 def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...], state_dir: str | None,
-            cluster: str, allowlist: tuple[str, ...], fmt: str) -> None:
+            cluster: str, allowlist: tuple[str, ...], fmt: str, learning_period: float | None,
+            internal: tuple[str, ...]) -> None:
     """Run the offline sensor and the detection core on CAPTURES; print the alerts raised."""
+    import ipaddress
+
     from kubesonar.functions.local.runtime import analyze as run_analysis
 
+    networks = None
+    if internal:
+        networks = () if internal == ("none",) else internal
+        for cidr in networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise click.BadParameter(f"{cidr!r} is not a CIDR network", param_hint="--internal-network") from None
     result = run_analysis(captures, learn=learn, pods=pods, state_dir=state_dir, cluster=cluster,
-                          allowlists=allowlist)
+                          allowlists=allowlist, learning_period_s=learning_period, internal_networks=networks)
     if fmt in ("json", "ocsf"):
         from kubesonar.shared.ocsf import to_ocsf
 

@@ -65,7 +65,7 @@ def evaluate_captures(data: Path, progress: Callable[[str], None] | None = None)
     return results
 
 
-def report(results: list[CaptureResult], command: str, scenarios: list | None = None, benign=None) -> str:
+def report(results: list[CaptureResult], command: str, scenarios: list | None = None, benign_run=None) -> str:
     built = {d.rule_id for d in detectors(CoreConfig())} | {"sensor_silent", "sensor_drops"}  # shared/health.py
     lines = [
         "# Detection quality",
@@ -118,7 +118,7 @@ def report(results: list[CaptureResult], command: str, scenarios: list | None = 
     lines += ["", "## (b) Scenarios with real tools in network namespaces", ""]
     lines += _scenario_lines(scenarios)
     lines += ["", "## (c) Long benign run", ""]
-    lines += _benign_lines(benign)
+    lines += _benign_lines(benign_run)
     lines += ["", "## Rules", "",
               "| rule | severity | MITRE ATT&CK | known false positives |", "|---|---|---|---|"]
     for rule in sorted(built):

@@ -64,8 +64,13 @@ class DnsParser:
 
     def parse(self, batch: PacketBatch, pf: PacketFields, ts: np.ndarray) -> DnsMessages:
         dns = pf.is_ip & (pf.proto == IPPROTO_UDP) & ((pf.sport == DNS_PORT) | (pf.dport == DNS_PORT))
-        dns &= (pf.payload_len >= 12) & ~pf.icmp_error
+        dns &= (pf.payload_len >= 12) & ~pf.icmp_error & (pf.payload_pos + 12 <= batch.caplen)
         rows = np.flatnonzero(dns)
+        if len(rows):  # a message asks one question (RFC 9619); anything else is not worth a parse
+            at = batch.offset[rows] + pf.payload_pos[rows] + 4
+            questions = batch.data[at].astype(np.int64) << 8 | batch.data[at + 1]
+            self.malformed += int((questions != 1).sum())
+            rows = rows[questions == 1]
         if len(rows) > self.max_messages:
             self.dropped += len(rows) - self.max_messages
             rows = rows[: self.max_messages]

@@ -22,7 +22,8 @@ RUNTIME_PYTHON = "3.12"  # infra/aws/main.tf: runtime = "python3.12"
 PLATFORM = "manylinux2014_aarch64"  # infra/aws/main.tf: architectures = ["arm64"]
 # What the function imports: the core (numpy, zstandard, pyyaml, publicsuffixlist) and the adapter (boto3,
 # powertools).
-REQUIREMENTS = ["numpy>=1.26", "zstandard>=0.22", "pyyaml>=6", "publicsuffixlist>=1.0", "boto3>=1.35", "aws-lambda-powertools>=3"]
+REQUIREMENTS = ["numpy>=1.26", "zstandard>=0.22", "pyyaml>=6", "publicsuffixlist>=1.0", "boto3>=1.35",
+                "aws-lambda-powertools>=3"]
 MAX_UNZIPPED = 250 * 1024 * 1024  # Lambda's limit for a function's code
 
 

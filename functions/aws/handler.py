@@ -4,7 +4,8 @@ Clients are built once per container (cold start); each record is scored on its 
 records that fail are reported back (ReportBatchItemFailures), so one poison message is retried
 and ends in the dead-letter queue while the rest of its batch succeeds. Settings (environment):
 KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_TOPIC_ARN, KUBESONAR_LEARNING_PERIOD_S,
-KUBESONAR_SENSOR_SILENT_AFTER_S; an EventBridge schedule's event runs the sensor-health check instead;
+KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs inside the
+cluster or VPC; docs/detection.md); an EventBridge schedule's event runs the sensor-health check instead;
 AWS_ENDPOINT_URL points every client elsewhere (tests use it to reach an emulator).
 """
 
@@ -26,6 +27,7 @@ from kubesonar.functions.aws.notifier import SnsNotifier
 from kubesonar.functions.aws.store import S3ObjectStore
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.errors import BatchFormatError
+from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, check_sensors, clusters_with_sensors, process_batch
 from kubesonar.shared.ports import RoutedObjectStore, SystemClock
 
@@ -39,7 +41,9 @@ deps = Dependencies(
     notifier=SnsNotifier(boto3.client("sns"), os.environ["KUBESONAR_TOPIC_ARN"]),
     clock=SystemClock(),
     config=CoreConfig(learning_period_s=float(os.environ.get("KUBESONAR_LEARNING_PERIOD_S", 24 * 3600)),
-                      sensor_silent_after_s=float(os.environ.get("KUBESONAR_SENSOR_SILENT_AFTER_S", 60))),
+                      sensor_silent_after_s=float(os.environ.get("KUBESONAR_SENSOR_SILENT_AFTER_S", 60)),
+                      internal_networks=tuple(filter(None, os.environ.get(
+                          "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
 )
 
 

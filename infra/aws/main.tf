@@ -321,6 +321,7 @@ resource "aws_lambda_function" "scoring" {
       KUBESONAR_TOPIC_ARN             = aws_sns_topic.alerts.arn
       KUBESONAR_LEARNING_PERIOD_S     = tostring(var.learning_period_seconds)
       KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
+      KUBESONAR_INTERNAL_NETWORKS     = join(",", var.internal_networks)
       POWERTOOLS_SERVICE_NAME         = "kubesonar"
       POWERTOOLS_METRICS_NAMESPACE    = "KubeSonar"
     }

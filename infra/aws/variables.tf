@@ -56,6 +56,17 @@ variable "learning_period_seconds" {
   default     = 86400
 }
 
+variable "internal_networks" {
+  description = "CIDRs inside the cluster or VPC (pod, service and VPC ranges): beaconing, exfiltration and unusual_destination judge only traffic leaving them."
+  type        = list(string)
+  default     = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]
+
+  validation {
+    condition     = alltrue([for c in var.internal_networks : can(cidrhost(c, 0))])
+    error_message = "Every internal network must be a CIDR, such as 10.0.0.0/8."
+  }
+}
+
 variable "sensor_silent_after_seconds" {
   description = "Seconds without a heartbeat after which a node's sensor is reported silent."
   type        = number

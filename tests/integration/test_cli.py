@@ -102,3 +102,13 @@ def test_live_commands_fail_in_one_line_on_bad_settings(tmp_path):
         result = _run(*args)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert message in result.stderr, result.stderr
+
+
+def test_analyze_takes_the_learning_period_and_internal_networks():
+    rat = str(PCAPS / "c2_beacon/chrissanders_ratinfected.pcapng")
+    judged = _run("analyze", rat, "--learning-period", "0", "--internal-network", "none", "--format", "json")
+    assert [json.loads(x)["type"] for x in judged.stdout.splitlines()] == ["beaconing"]
+    inside = _run("analyze", rat, "--learning-period", "0", "--format", "json")  # 172.16/12 is internal
+    assert inside.returncode == 0 and inside.stdout == ""
+    bad = _run("analyze", rat, "--internal-network", "10.0.0.0/33")
+    assert bad.returncode == 2 and "is not a CIDR network" in bad.stderr and "Traceback" not in bad.stderr

@@ -10,7 +10,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 from conftest import require_tool
 from netns.node import namespace_node
