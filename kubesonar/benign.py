@@ -374,11 +374,33 @@ class BenignRun:
 PLATFORM_ALLOWLIST = Path(__file__).resolve().parent.parent / "infra" / "allowlists" / "kubernetes-platform.yaml"
 
 
+INJECTED_C2 = "203.0.113.99"
+
+
+def _injected(cluster: Cluster, t0: float, start_s: float, rng) -> FlowRecords:
+    """The control: from ``start_s`` on, one pod of the reviews service checks in with a command server
+    every 5 minutes (+-10%) and, two hours later, uploads 300 MB to it."""
+    f = _Flows()
+    if t0 + WINDOW_S > start_s:
+        pod = cluster.by_name["reviews"].addresses[0]
+        first = max(0, math.ceil((t0 - start_s) / 300))
+        for k in range(first, first + WINDOW_S // 300 + 1):
+            at = start_s + k * 300 + float(rng.uniform(-30, 30))
+            if t0 <= at < t0 + WINDOW_S:
+                f.add(pod, _ip(INJECTED_C2), 443, 6, [at], 0.4, 8, 900, 8, 2_400, rng=rng)
+        upload = start_s + 7200
+        if t0 <= upload < t0 + WINDOW_S:
+            f.add(pod, _ip(INJECTED_C2), 443, 6, [upload], 120.0, 220_000, 300_000_000, 110_000, 6_000_000, rng=rng)
+    return _records(cluster, f)
+
+
 def run_benign(days: float = 7.0, seed: int = 5, state_dir: str | None = None,
                allowlist: tuple[AllowEntry, ...] | None = None,
-               progress: Callable[[float], None] | None = None) -> BenignRun:
+               progress: Callable[[float], None] | None = None, inject_at_s: float | None = None) -> BenignRun:
     """Simulate ``days`` (the first one the learning period) and score it; return the alerts raised.
-    The allowlist defaults to the platform one (infra/allowlists/kubernetes-platform.yaml)."""
+    The allowlist defaults to the platform one (infra/allowlists/kubernetes-platform.yaml).
+    ``inject_at_s`` (seconds after the start) adds the control attack (:func:`_injected`): a run that
+    reports nothing must still see it."""
     if allowlist is None:
         allowlist = tuple(load_allowlist(PLATFORM_ALLOWLIST))
     rng = np.random.default_rng(seed)
@@ -398,6 +420,8 @@ def run_benign(days: float = 7.0, seed: int = 5, state_dir: str | None = None,
                 for w in rng.choice(deployments, len(deployments) // 3, replace=False):
                     cluster.roll_out(w, t0 + float(rng.uniform(0, 300)))
             records, dns_rows = simulate_window(cluster, t0, rng)
+            if inject_at_s is not None:
+                records = FlowRecords.concat([records, _injected(cluster, t0, START_S + inject_at_s, rng)])
             dns = DnsMessages.from_rows(dns_rows)
             flows += len(records)
             dns_count += len(dns)

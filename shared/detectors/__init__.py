@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
+
 if TYPE_CHECKING:
     from kubesonar.shared.alerts import Finding
     from kubesonar.shared.dns import DnsMessages
@@ -109,3 +111,20 @@ def dns_client_endpoint(dns, i: int) -> dict[str, str]:
     workload = f"{dns['client_namespace'][i]}/{dns['client_workload_kind'][i]}/{name}" if name else ""
     return {"ip": address_text(dns["client"][i]), "namespace": str(dns["client_namespace"][i]),
             "pod": str(dns["client_pod"][i]), "workload": workload, "node": "", "labels": ""}
+
+
+def workloads_seen(flows: FlowRecords) -> dict[str, int]:
+    """Each named workload on either side of the batch's flows, with its earliest flow's time: baselines
+    count a workload's history from when it was first seen at all, not from its first egress."""
+    first: dict[str, int] = {}
+    for side in ("src", "dst"):
+        rows = np.flatnonzero(flows[f"{side}_workload_name"] != "")
+        if not len(rows):
+            continue
+        keys = zip(flows[f"{side}_namespace"][rows].tolist(), flows[f"{side}_workload_kind"][rows].tolist(),
+                   flows[f"{side}_workload_name"][rows].tolist())
+        for (ns, kind, name), ts in zip(keys, flows["first_ts"][rows].tolist()):
+            key = f"{ns}/{kind}/{name}"
+            if ts < first.get(key, ts + 1):
+                first[key] = ts
+    return first

@@ -4,8 +4,9 @@ ICMP or DNS.
 *Volume*: per workload, bytes sent to each destination network outside the cluster (/24, /48: a
 service behind rotating addresses is one destination) are summed per hour. The workload's baseline is
 the distribution of those hourly sums over its past (the last 256 of them, merged from every node,
-since the baseline is one cluster document). Once a workload has at least 24 such sums and the
-cluster's learning period is over, an hour in which one destination receives more than
+since the baseline is one cluster document), and a zero for every hour the workload was seen
+sending nothing out. Once a workload has at least 24 such values and the cluster's learning period
+is over, an hour in which one destination receives more than
 ``max(64 MiB, median + 10 x 1.4826 x MAD, 3 x the largest sum seen)`` is an exfiltration: ten robust
 standard deviations above what the workload does, three times its record, and never a small amount.
 An hour that raised an alarm is not learned, so repeating the theft does not make it normal.
@@ -44,6 +45,7 @@ from kubesonar.shared.detectors import (
     learning_now,
     source_endpoint,
     subject_keys,
+    workloads_seen,
 )
 from kubesonar.shared.dns import DnsMessages, registered_domain
 from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, FlowRecords, address_text
@@ -92,6 +94,7 @@ class ExfiltrationDetector:
                 self.touched = True
             learning = learning_now(self._state, int(flows["first_ts"].min()), self.learning_period_ns,
                                     self.force_learning)
+            self._mark_active(flows)
             scores += self._volume(flows, learning)
         if dns is not None and len(dns):
             scores += self._dns(dns)
@@ -99,7 +102,19 @@ class ExfiltrationDetector:
         return scores
 
     def _subject(self, key: str) -> dict[str, Any]:
-        return self._state["subjects"].setdefault(key, {"history": [], "open": {}, "t": 0})
+        return self._state["subjects"].setdefault(key, {"history": [], "open": {}, "t": 0, "hours": 0,
+                                                         "egress_hours": 0, "active": -1, "egress": -1})
+
+    def _mark_active(self, flows: FlowRecords) -> None:
+        """Count the hours each workload was seen at all: hours it sent nothing out are zeros of its
+        baseline, so a workload that never talks outside has a baseline of nothing."""
+        for key, ts in workloads_seen(flows).items():
+            s = self._subject(key)
+            bucket = ts // self.bucket_ns
+            if bucket > s["active"]:
+                s["hours"], s["active"] = s["hours"] + 1, bucket
+                self.touched = True
+            s["t"] = max(s["t"], ts)
 
     def _close_buckets(self, s: dict[str, Any], bucket: int) -> None:
         """Hours that ended join the baseline, unless they raised an alarm."""
@@ -134,22 +149,25 @@ class ExfiltrationDetector:
                                             "kind": kind, "t0": lasts[i]})
             b["bytes"] += sent[i]
             s["t"] = max(s["t"], lasts[i])
+            if bucket > s["egress"]:
+                s["egress_hours"], s["egress"] = s["egress_hours"] + 1, bucket
             if kind == "icmp":
                 limit = self.icmp_bytes
             else:
                 if keys[i] not in limits:
-                    limits[keys[i]] = None if learning else self._limit(s["history"])
+                    limits[keys[i]] = None if learning else self._limit(s)
                 limit = limits[keys[i]]
             if limit is not None:
-                scored[(keys[i], dest)] = self._score(f"{keys[i]}>{dest}", b, limit, source_endpoint(flows, row),
-                                                      lasts[i])
+                _keep(scored, (keys[i], dest), self._score(f"{keys[i]}>{dest}", b, limit, source_endpoint(flows, row),
+                                                           lasts[i]))
         return list(scored.values())
 
-    def _limit(self, history: list[int]) -> float | None:
+    def _limit(self, s: dict[str, Any]) -> float | None:
         """The workload's hourly bar, or None while its baseline is too short."""
-        if len(history) < self.min_history:
+        quiet_hours = max(0, s["hours"] - s["egress_hours"])
+        if len(s["history"]) + quiet_hours < self.min_history:
             return None
-        values = np.array(history, dtype=np.float64)
+        values = np.array(s["history"] + [0] * min(quiet_hours, _HISTORY), dtype=np.float64)
         median = float(np.median(values))
         mad = float(np.median(np.abs(values - median)))
         return max(self.floor, median + self.deviations * 1.4826 * mad, self.record_factor * float(values.max()))
@@ -170,7 +188,7 @@ class ExfiltrationDetector:
             b["bytes"] += int(dns["size"][i])
             s["t"] = max(s["t"], ts)
             self.touched = True
-            scored[(key, dest)] = self._score(f"{key}>{dest}", b, self.dns_bytes, endpoint, ts)
+            _keep(scored, (key, dest), self._score(f"{key}>{dest}", b, self.dns_bytes, endpoint, ts))
         return list(scored.values())
 
     @staticmethod
@@ -186,3 +204,11 @@ class ExfiltrationDetector:
 
     def decide(self, scores: list[Score]) -> list[Finding]:
         return decide_alarms(self.rule_id, scores)
+
+
+def _keep(scored: dict, key: tuple[str, str], score: Score) -> None:
+    """The latest score of a pair in this batch, still fresh if an earlier one of the batch was."""
+    earlier = scored.get(key)
+    if earlier is not None and earlier.fresh:
+        score.fresh = True
+    scored[key] = score

@@ -2,7 +2,9 @@
 used, or, for a workload with a steady set of destinations, a network it never reached.
 
 Per workload the baseline holds the remote ports (with protocol) and the destination networks (/24
-for IPv4, /48 for IPv6: cloud services move within their ranges) it used outside the cluster. A
+for IPv4, /48 for IPv6: cloud services move within their ranges) it used outside the cluster, and
+when it was first seen at all (a workload that never left the cluster has an empty baseline: its
+first port out is unusual). A
 workload is judged once the cluster's learning period is over *and* its own history spans a baseline
 period (a day by default: a workload deployed this morning is still learning today).
 - a remote port (or protocol) never used before: reported (GuardDuty's NetworkPortUnusual);
@@ -33,7 +35,15 @@ from typing import Any
 
 import numpy as np
 from kubesonar.shared.alerts import Finding
-from kubesonar.shared.detectors import Score, bounded, decide_alarms, learning_now, source_endpoint, subject_keys
+from kubesonar.shared.detectors import (
+    Score,
+    bounded,
+    decide_alarms,
+    learning_now,
+    source_endpoint,
+    subject_keys,
+    workloads_seen,
+)
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import FlowRecords, address_text
 from kubesonar.shared.netzones import Zones
@@ -86,22 +96,28 @@ class UnusualDestinationDetector:
             self.touched = True
         cluster_learning = learning_now(self._state, int(flows["first_ts"].min()), self.learning_period_ns,
                                         self.force_learning)
+        subjects = self._state["subjects"]
+        for key, ts in workloads_seen(flows).items():  # a workload's history starts when it is first seen
+            if key not in subjects:
+                subjects[key] = self._new_subject(ts)
+                self.touched = True
+            subjects[key]["since"] = min(subjects[key]["since"], ts)
+            subjects[key]["t"] = max(subjects[key]["t"], ts)
         answered = np.flatnonzero(flows["packets_in"] > 0)  # reached, not merely tried (scans are port_scan's)
         rows = answered[self.zones.outside(flows.take(answered))]
         if not len(rows):
+            self._state["subjects"] = bounded(subjects, self.max_subjects)
             return []
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
         keys = subject_keys(flows, rows)
         ports = [f"{p}/{q}" for p, q in zip(flows["dst_port"][rows].tolist(), flows["proto"][rows].tolist())]
         targets = [address_text(a) for a in flows["dst_addr"][rows]]
         times = flows["first_ts"][rows].tolist()
-        subjects = self._state["subjects"]
         scores = []
         for i, row in enumerate(rows.tolist()):
             s = subjects.get(keys[i])
             if s is None:
-                s = subjects[keys[i]] = {"since": times[i], "t": times[i], "ports": {}, "networks": {},
-                                         "flagged": [], "last_report": {}}
+                s = subjects[keys[i]] = self._new_subject(times[i])
                 self.touched = True
             s["t"] = max(s["t"], times[i])
             network = network_of(targets[i])
@@ -139,6 +155,10 @@ class UnusualDestinationDetector:
                     s[field] = dict(sorted(s[field].items(), key=lambda kv: kv[1])[-most:])
         self._state["subjects"] = bounded(subjects, self.max_subjects)
         return scores
+
+    @staticmethod
+    def _new_subject(ts: int) -> dict[str, Any]:
+        return {"since": ts, "t": ts, "ports": {}, "networks": {}, "flagged": [], "last_report": {}}
 
     def decide(self, scores: list[Score]) -> list[Finding]:
         return decide_alarms(self.rule_id, scores)
