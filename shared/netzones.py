@@ -54,10 +54,15 @@ class Zones:
     def __init__(self, internal: Iterable[str] = PRIVATE_NETWORKS):
         self.internal = tuple(internal)
         self._inside = Networks(self.internal + _SPECIAL)
+        self._last: tuple[np.ndarray, np.ndarray] | None = None  # (dst_addr column, outside mask)
 
     def inside(self, addresses: np.ndarray) -> np.ndarray:
         return self._inside.contains(addresses)
 
-    def outside(self, flows: FlowRecords) -> np.ndarray:
-        """Rows whose responder is outside the cluster, sent by a known pod or an unknown address."""
-        return (flows["dst_workload_name"] == "") & ~self.inside(flows["dst_addr"])
+    def outside(self, flows: FlowRecords, rows: np.ndarray) -> np.ndarray:
+        """Those of ``rows`` whose responder is outside the cluster. The detectors of a batch share one
+        Zones, so the batch's mask is computed once."""
+        column = flows["dst_addr"]
+        if self._last is None or self._last[0] is not column:
+            self._last = (column, (flows["dst_workload_name"] == "") & ~self.inside(column))
+        return rows[self._last[1][rows]]

@@ -121,7 +121,7 @@ class BeaconingDetector:
         rows = np.flatnonzero(candidates)
         if not len(rows):
             return []
-        rows = rows[self.zones.outside(flows.take(rows))]
+        rows = self.zones.outside(flows, rows)
         if not len(rows):
             return []
         self.touched = True

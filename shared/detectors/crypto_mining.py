@@ -103,7 +103,7 @@ class CryptoMiningDetector:
         candidates = (flows["proto"] == 6) & np.isin(flows["dst_port"], _POOL_PORTS) & np.isin(flows["state"], _OPEN)
         if not candidates.any():
             return
-        rows = np.flatnonzero(candidates & self.zones.outside(flows))
+        rows = self.zones.outside(flows, np.flatnonzero(candidates))
         held = self._state["held"]
         keys = subject_keys(flows, rows)
         for key, row in zip(keys, rows.tolist()):

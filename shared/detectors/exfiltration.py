@@ -128,7 +128,7 @@ class ExfiltrationDetector:
         sending = np.flatnonzero(flows["bytes_out"] > 0)
         if not len(sending):
             return []
-        rows = sending[self.zones.outside(flows.take(sending))]
+        rows = self.zones.outside(flows, sending)
         if not len(rows):
             return []
         self.touched = True

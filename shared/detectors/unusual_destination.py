@@ -104,7 +104,7 @@ class UnusualDestinationDetector:
             subjects[key]["since"] = min(subjects[key]["since"], ts)
             subjects[key]["t"] = max(subjects[key]["t"], ts)
         answered = np.flatnonzero(flows["packets_in"] > 0)  # reached, not merely tried (scans are port_scan's)
-        rows = answered[self.zones.outside(flows.take(answered))]
+        rows = self.zones.outside(flows, answered)
         if not len(rows):
             self._state["subjects"] = bounded(subjects, self.max_subjects)
             return []
