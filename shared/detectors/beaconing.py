@@ -25,12 +25,14 @@ Only destinations few workloads use are judged (fewer than 3 seen): a service ha
 is not a command server. Pairs that already beaconed during the learning period are learned and
 never reported (an external API polled every minute by design). Destinations inside the cluster
 (named pods and Services, the internal networks) are never judged: health checks and scrapes are
-periodic by nature. DNS (53) and NTP (123) are left out for the same reason.
+periodic by nature. DNS (53) and NTP (123) are left out for the same reason, and so are CronJobs:
+their clock is declared in the cluster (a nightly backup to the same storage hosts is regular by
+design).
 
 Catches: fixed-interval and jittered beacons (Cobalt Strike, Sliver, Metasploit reverse HTTP(S),
 RATs) after 7 check-ins without jitter, about 17 with +-20%; persistent C2 connections. Misses:
 beacons with jitter over about +-60% (64 intervals are kept), randomised sizes, intervals of a
-second or less, or C2 through a popular service (domain fronting, cloud storage).
+second or less, C2 through a popular service (domain fronting, cloud storage), or from a CronJob's pods.
 False positives: new periodic integrations (webhooks, license checks, telemetry) deployed after
 learning: allowlist them by workload and port.
 
@@ -66,6 +68,7 @@ def mad_floor(intervals: int) -> float:
     n, q = zip(*POISSON_MAD_FLOOR)
     return float(np.interp(intervals, n, q))
 _IGNORED_PORTS = (53, 123)
+_SCHEDULED = ("CronJob",)
 
 
 def skew_and_spread(values: np.ndarray) -> tuple[float, float]:
@@ -118,6 +121,7 @@ class BeaconingDetector:
         learning = learning_now(self._state, int(flows["first_ts"].min()), self.learning_period_ns,
                                 self.force_learning)
         candidates = np.isin(flows["proto"], (6, 17)) & ~np.isin(flows["dst_port"], _IGNORED_PORTS)
+        candidates &= ~np.isin(flows["src_workload_kind"], _SCHEDULED)  # a CronJob's clock is declared
         rows = np.flatnonzero(candidates)
         if not len(rows):
             return []

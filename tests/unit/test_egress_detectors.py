@@ -166,3 +166,12 @@ def test_dns_tunnel_and_pool_lookups_from_dns_alone(tmp_path):
     mining = CryptoMiningDetector()
     (pool,) = mining.decide(mining.update(FlowRecords.empty(), None, dns))
     assert pool.source["ip"] == "10.1.0.9" and pool.evidence["domain"] == "2miners.com"
+
+
+def test_a_cronjob_s_schedule_is_not_a_beacon():
+    nightly = flows([{"src": "10.1.0.5", "dst": "198.18.40.7", "t": T0 + k * DAY, "name": "backup"} for k in range(9)])
+    nightly.columns["src_workload_kind"][:] = "CronJob"
+    d = BeaconingDetector(learning_period_ns=0)
+    assert not any(s.alarm for s in d.update(nightly))
+    nightly.columns["src_workload_kind"][:] = "Deployment"
+    assert any(s.alarm for s in BeaconingDetector(learning_period_ns=0).update(nightly))
