@@ -77,3 +77,27 @@ def test_mining_methods_are_named_and_generic_names_need_their_protocol_keys(tmp
 def test_bitcoin_p2p_is_not_json_rpc():
     for batch in read_capture(PCAPS / "crypto_p2p/ndpi_bitcoin.pcap"):
         assert not rpc_method_codes(batch, dissect(batch)).any()
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=8))
+def test_any_bytes_on_port_53_parse_or_count_never_raise(payloads):
+    import tempfile
+    from pathlib import Path
+
+    from kubesonar.sensor.synthetic import _concat, _packets
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "fuzz.pcap"
+        parts = [_packets(0x0A000001, 0x0A60000A, 40000 + i, 53, 17, 0, 0, [float(i)], [p or b"\0"])
+                 for i, p in enumerate(payloads)]
+        write_traffic(path, [_concat(parts)], 1.7e9)
+        parser = DnsParser()
+        for batch in read_capture(path):
+            parsed = parser.parse(batch, dissect(batch), batch.ts)
+            assert len(parsed) == parser.parsed
+        assert parser.parsed + parser.malformed <= len(payloads)
