@@ -34,6 +34,7 @@ class Score:
     warming_up: bool = False
     fresh: bool = True  # this batch brought new evidence (an alarm without it is not reported again)
     identity: tuple[str, ...] = ()  # what tells apart two alerts of one rule about one subject
+    destination: dict[str, Any] | None = None  # ip, port: what allowlists match a port against
 
 
 class Detector(Protocol):
@@ -56,7 +57,7 @@ def decide_alarms(rule_id: str, scores: list[Score]) -> list[Finding]:
 
     return [
         Finding(type=rule_id, source=s.endpoint, first_seen_ns=s.first_seen_ns, last_seen_ns=s.last_seen_ns,
-                evidence=s.evidence, identity=s.identity)
+                evidence=s.evidence, identity=s.identity, destination=s.destination)
         for s in scores
         if s.alarm and s.fresh and not s.warming_up
     ]

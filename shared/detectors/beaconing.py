@@ -199,7 +199,7 @@ class BeaconingDetector:
                     "size_score": round(size, 3), "median_bytes_out": int(np.median(p["sz"]))}
         first = int(times[0] * SECOND)
         return Score(pair, timing, alarm, source_endpoint(flows, row), first, int(flows["last_ts"][row]),
-                     evidence, fresh=fresh, identity=("beacon", pair.rsplit(">", 1)[1]))
+                     evidence, fresh=fresh, identity=("beacon", pair.rsplit(">", 1)[1]), destination=_target(flows, row))
 
     def _long(self, pair, p, destinations, flows, row, learning) -> Score | None:
         if learning:
@@ -212,7 +212,12 @@ class BeaconingDetector:
         evidence = {"kind": "long_connection", "destination": pair.rsplit(">", 1)[1], "held_s": round(held, 1),
                     "bytes_out": int(flows["bytes_out"][row]), "bytes_in": int(flows["bytes_in"][row])}
         return Score(pair, 1.0, alarm, source_endpoint(flows, row), int(flows["conn_start"][row]),
-                     int(flows["last_ts"][row]), evidence, fresh=fresh, identity=("long", pair.rsplit(">", 1)[1]))
+                     int(flows["last_ts"][row]), evidence, fresh=fresh, identity=("long", pair.rsplit(">", 1)[1]),
+                     destination=_target(flows, row))
 
     def decide(self, scores: list[Score]) -> list[Finding]:
         return decide_alarms(self.rule_id, scores)
+
+
+def _target(flows: FlowRecords, row: int) -> dict[str, Any]:
+    return {"ip": address_text(flows["dst_addr"][row]), "port": int(flows["dst_port"][row])}

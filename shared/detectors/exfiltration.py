@@ -20,8 +20,7 @@ Catches: bulk uploads from a compromised workload to a new or usual destination;
 channels with volume. Misses: theft spread thin over many destinations or hours (each under the
 bar); uploads to a destination inside the cluster's networks; data hidden in traffic the workload
 normally sends in bulk (a backup job's destination).
-False positives: a first backup, export or migration run after learning; allowlist the workload and
-destination port.
+False positives: a first backup, export or migration run after learning; allowlist the workload.
 
 Score: the hour's bytes to the destination divided by the workload's threshold (1 decides).
 

@@ -148,7 +148,8 @@ class UnusualDestinationDetector:
                         "protocol": int(flows["proto"][row]), "network": network,
                         "known_ports": sorted(s["ports"])[:20], "known_networks": len(s["networks"])}
             scores.append(Score(f"{keys[i]}>{flagged}", 1.0, True, source_endpoint(flows, row), times[i],
-                                int(flows["last_ts"][row]), evidence, fresh=fresh, identity=(kind,)))
+                                int(flows["last_ts"][row]), evidence, fresh=fresh, identity=(kind,),
+                                destination={"ip": targets[i], "port": int(flows["dst_port"][row])}))
         for s in subjects.values():
             for field, most in (("ports", _PORTS_KEPT), ("networks", _NETWORKS_KEPT)):
                 if len(s[field]) > most:  # the most recently used ones

@@ -175,3 +175,17 @@ def test_a_cronjob_s_schedule_is_not_a_beacon():
     assert not any(s.alarm for s in d.update(nightly))
     nightly.columns["src_workload_kind"][:] = "Deployment"
     assert any(s.alarm for s in BeaconingDetector(learning_period_ns=0).update(nightly))
+
+
+def test_an_allowlist_entry_by_workload_and_port_silences_a_beacon(tmp_path):
+    from kubesonar.shared.allowlist import is_allowed, load_allowlist
+
+    allow = tmp_path / "allow.yaml"
+    allow.write_text("- rule: beaconing\n  reason: licence check every minute\n  match:\n"
+                     "    workload: licence\n    port: 8443\n")
+    entries = load_allowlist(allow)
+    beacon = [{"src": "10.1.0.5", "dst": "203.0.113.9", "t": T0 + k * 60 * S, "name": "licence", "port": port}
+              for port in (8443, 9443) for k in range(8)]
+    d = BeaconingDetector(learning_period_ns=0)
+    findings = d.decide(d.update(flows(sorted(beacon, key=lambda r: r["t"]))))
+    assert sorted((f.destination["port"], is_allowed(f, entries)) for f in findings) == [(8443, True), (9443, False)]
