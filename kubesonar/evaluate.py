@@ -106,7 +106,7 @@ def report(results: list[CaptureResult], command: str, scenarios: list | None = 
         f"alert: {sum(r.verdict == 'false alarm' for r in benign)} of {len(benign)}.",
         "",
         "Alerts of other types on attack captures are listed above and not counted as false alarms:",
-        "cgminer's failing connections to many pools look like a scan, and hydra's sessions come like clockwork.",
+        "cgminer's failing connections to many pools look like a scan; hydra's and ncrack's sessions come like clockwork.",
     ]
     if any(r.path.endswith("ndpi_trickbot.pcap") for r in missed):
         lines += [
