@@ -76,12 +76,14 @@ def _packets(src, dst, sport, dport, proto, flags, payload, ts, content=None) ->
     the snap length, for the few packets whose bytes matter (DNS questions, JSON-RPC)."""
     n = len(ts)
     b = lambda x, dt=np.int64: np.broadcast_to(np.asarray(x, dtype=dt), (n,)).copy()  # noqa: E731
-    data = np.empty(n, dtype=object)
-    data[:] = [b""] * n if content is None else list(content)
-    sizes = np.array([len(c) for c in data], dtype=np.int64)
+    data = np.full(n, b"", dtype=object)
+    sizes = np.zeros(n, dtype=np.int64)
+    if content is not None:  # a few packets: a Python step each is fine
+        data[:] = list(content)
+        sizes[:] = [len(c) for c in data]
     return {"src": b(src), "dst": b(dst), "sport": b(sport), "dport": b(dport), "proto": b(proto),
             "flags": b(flags), "payload": np.where(sizes > 0, sizes, b(payload)), "ts": b(ts, np.float64),
-            "content": data}
+            "content": data, "has_content": sizes > 0}
 
 
 def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -213,7 +215,7 @@ def _write_pcap(path, c: dict[str, np.ndarray], start_s: float) -> None:
     l4_len = np.select([tcp, udp], [20, 8], 8)
     ip_len = 20 + l4_len + c["payload"]
     wire = 14 + ip_len
-    with_content = np.flatnonzero([len(x) > 0 for x in c["content"]])
+    with_content = np.flatnonzero(c["has_content"])
     caplen = np.minimum(wire, SNAPLEN)
     caplen[with_content] = wire[with_content]  # content is written whole
     width = int(max(SNAPLEN, caplen.max(initial=0)))

@@ -87,7 +87,7 @@ def detectors(config: CoreConfig, watchlist: list[WatchEntry] | None = None) -> 
         ExfiltrationDetector(learning_ns, force_learning=learning, zones=zones),
         UnusualDestinationDetector(learning_ns, force_learning=learning, zones=zones,
                                    baseline_ns=int(config.workload_baseline_s * SECOND)),
-        WatchlistDetector(list(config.watchlist) + list(watchlist or [])),
+        WatchlistDetector(config.watchlist, watchlist or ()),
     ]
 
 

@@ -10,6 +10,7 @@ turns scores into findings, kept apart so thresholds never hide in the learning.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -88,12 +89,40 @@ def subject_keys(flows: FlowRecords, rows, side: str = "src") -> list[str]:
             for ns, kind, name, addr in zip(spaces.tolist(), kinds.tolist(), names.tolist(), addresses)]
 
 
-def learning_now(state: dict[str, Any], first_ts: int, period_ns: int, forced: bool) -> bool:
-    """Whether a detector is in the cluster's learning period; starts the clock on first use."""
-    if state.get("learning_until_ns") is None:
-        state["learning_until_ns"] = first_ts + period_ns
-    # a period of 0 means none, even for records older than the first batch's (records come out of order)
-    return forced or (period_ns > 0 and not state.get("learning_ended") and first_ts < state["learning_until_ns"])
+class StateDocument:
+    """The state plumbing detectors share: a JSON document (a fresh copy of ``EMPTY`` at first), handed
+    to and from the core, and the cluster's learning period for those that learn."""
+
+    EMPTY: dict[str, Any] = {}
+    rule_id = ""
+
+    def __init__(self, learning_period_ns: int = 0, force_learning: bool = False):
+        self.learning_period_ns, self.force_learning = learning_period_ns, force_learning
+        self.touched = False
+        self._state: dict[str, Any] = copy.deepcopy(self.EMPTY)
+
+    def to_state(self) -> dict[str, Any]:
+        return self._state
+
+    def from_state(self, state: dict[str, Any] | None):
+        self._state = state or copy.deepcopy(self.EMPTY)
+        return self
+
+    def end_learning(self) -> None:
+        self._state["learning_ended"] = True
+
+    def _learning(self, flows: FlowRecords) -> bool:
+        """Whether this batch falls in the cluster's learning period; the clock starts at the first batch."""
+        first_ts = int(flows["first_ts"].min())
+        if self._state.get("learning_until_ns") is None:
+            self._state["learning_until_ns"] = first_ts + self.learning_period_ns
+            self.touched = True
+        # a period of 0 means none, even for records older than the first batch's (records come out of order)
+        return self.force_learning or (self.learning_period_ns > 0 and not self._state.get("learning_ended")
+                                       and first_ts < self._state["learning_until_ns"])
+
+    def decide(self, scores: list[Score]) -> list[Finding]:
+        return decide_alarms(self.rule_id, scores)
 
 
 def bounded(mapping: dict[str, Any], most: int, recency: str = "t") -> dict[str, Any]:

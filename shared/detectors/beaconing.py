@@ -50,8 +50,7 @@ import math
 from typing import Any
 
 import numpy as np
-from kubesonar.shared.alerts import Finding
-from kubesonar.shared.detectors import Score, bounded, decide_alarms, learning_now, source_endpoint, subject_keys
+from kubesonar.shared.detectors import Score, StateDocument, bounded, source_endpoint, subject_keys
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import FlowRecords, address_text
 from kubesonar.shared.netzones import Zones
@@ -86,40 +85,22 @@ def regularity(values: np.ndarray) -> float:
     return (skew + max(0.0, 1.0 - spread)) / 2
 
 
-class BeaconingDetector:
+class BeaconingDetector(StateDocument):
     rule_id = "beaconing"
+    EMPTY = {"pairs": {}, "destinations": {}}
 
     def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
                  min_intervals: int = 6, size_threshold: float = 0.5,
                  long_connection_s: float = 3600.0, rare_below: int = 3, max_pairs: int = 5_000):
-        self.learning_period_ns, self.force_learning = learning_period_ns, force_learning
+        super().__init__(learning_period_ns, force_learning)
         self.zones = zones or Zones()
         self.min_intervals, self.size_threshold = min_intervals, size_threshold
         self.long_ns, self.rare_below, self.max_pairs = int(long_connection_s * SECOND), rare_below, max_pairs
-        self._state: dict[str, Any] = self._empty()
-
-    @staticmethod
-    def _empty() -> dict[str, Any]:
-        return {"pairs": {}, "destinations": {}, "learning_until_ns": None}
-
-    def to_state(self) -> dict[str, Any]:
-        return self._state
-
-    def from_state(self, state: dict[str, Any] | None) -> BeaconingDetector:
-        self._state = state or self._empty()
-        return self
-
-    def end_learning(self) -> None:
-        self._state["learning_ended"] = True
-
     def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
         self.touched = False
         if not len(flows):
             return []
-        if self._state["learning_until_ns"] is None:
-            self.touched = True
-        learning = learning_now(self._state, int(flows["first_ts"].min()), self.learning_period_ns,
-                                self.force_learning)
+        learning = self._learning(flows)
         candidates = np.isin(flows["proto"], (6, 17)) & ~np.isin(flows["dst_port"], _IGNORED_PORTS)
         candidates &= ~np.isin(flows["src_workload_kind"], _SCHEDULED)  # a CronJob's clock is declared
         rows = np.flatnonzero(candidates)
@@ -215,8 +196,6 @@ class BeaconingDetector:
                      int(flows["last_ts"][row]), evidence, fresh=fresh, identity=("long", pair.rsplit(">", 1)[1]),
                      destination=_target(flows, row))
 
-    def decide(self, scores: list[Score]) -> list[Finding]:
-        return decide_alarms(self.rule_id, scores)
 
 
 def _target(flows: FlowRecords, row: int) -> dict[str, Any]:

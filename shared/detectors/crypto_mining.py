@@ -28,11 +28,9 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
-from kubesonar.shared.alerts import Finding
-from kubesonar.shared.detectors import Score, bounded, decide_alarms, dns_client_endpoint, source_endpoint, subject_keys
+from kubesonar.shared.detectors import Score, StateDocument, bounded, dns_client_endpoint, source_endpoint, subject_keys
 from kubesonar.shared.dns import DnsMessages, registered_domain
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text
 from kubesonar.shared.mining import POOL_DOMAINS, POOL_PORTS
@@ -44,21 +42,15 @@ _POOL_PORTS = np.array(sorted(POOL_PORTS))
 _OPEN = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
 
 
-class CryptoMiningDetector:
+class CryptoMiningDetector(StateDocument):
     rule_id = "crypto_mining"
+    EMPTY = {"seen": [], "held": {}}
 
     def __init__(self, zones: Zones | None = None, pool_port_min_s: float = 600.0, max_pairs: int = 20_000):
+        super().__init__()
         self.zones = zones or Zones()
         self.pool_port_min_ns = int(pool_port_min_s * SECOND)
         self.max_pairs = max_pairs
-        self._state: dict[str, Any] = {"seen": [], "held": {}}
-
-    def to_state(self) -> dict[str, Any]:
-        return self._state
-
-    def from_state(self, state: dict[str, Any] | None) -> CryptoMiningDetector:
-        self._state = state or {"seen": [], "held": {}}
-        return self
 
     def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
         self.touched = False
@@ -131,5 +123,3 @@ class CryptoMiningDetector:
             ts = int(dns["ts"][i])
             report(pair, endpoint, ts, ts, {"evidence": "pool_domain", "domain": domain, "name": name}, (domain,))
 
-    def decide(self, scores: list[Score]) -> list[Finding]:
-        return decide_alarms(self.rule_id, scores)

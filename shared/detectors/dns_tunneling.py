@@ -35,8 +35,7 @@ import zlib
 from collections import Counter
 from typing import Any
 
-from kubesonar.shared.alerts import Finding
-from kubesonar.shared.detectors import Score, bounded, decide_alarms, dns_client_endpoint
+from kubesonar.shared.detectors import Score, StateDocument, bounded, dns_client_endpoint
 from kubesonar.shared.dns import DnsMessages, QType, is_private_type, registered_domain
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.pod_events import PodEvents
@@ -47,22 +46,16 @@ _NEVER_JUDGED = (".local", ".svc", ".in-addr.arpa", ".ip6.arpa", ".localhost", "
 _HASHES_KEPT = 1024  # distinct names remembered per pair: far above the threshold
 
 
-class DnsTunnelingDetector:
+class DnsTunnelingDetector(StateDocument):
     rule_id = "dns_tunneling"
+    EMPTY = {"pairs": {}}
 
     def __init__(self, min_names: int = 50, min_entropy: float = 4.2, min_mean_length: float = 40.0,
                  typed_mean_length: float = 16.0, window_s: float = 3600.0, max_pairs: int = 5_000):
+        super().__init__()
         self.min_names, self.min_entropy = min_names, min_entropy
         self.min_mean_length, self.typed_mean_length = min_mean_length, typed_mean_length
         self.window_ns, self.max_pairs = int(window_s * SECOND), max_pairs
-        self._state: dict[str, Any] = {"pairs": {}}
-
-    def to_state(self) -> dict[str, Any]:
-        return self._state
-
-    def from_state(self, state: dict[str, Any] | None) -> DnsTunnelingDetector:
-        self._state = state or {"pairs": {}}
-        return self
 
     def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
         self.touched = False
@@ -124,5 +117,3 @@ class DnsTunnelingDetector:
         return Score(key, float(p["n"]) if encoded else 0.0, alarm, dns_client_endpoint(dns, i), p["t0"], p["t"],
                      evidence, fresh=fresh, identity=(domain,))
 
-    def decide(self, scores: list[Score]) -> list[Finding]:
-        return decide_alarms(self.rule_id, scores)

@@ -34,14 +34,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from kubesonar.shared.alerts import Finding
 from kubesonar.shared.detectors.unusual_destination import network_of
 from kubesonar.shared.detectors import (
     Score,
+    StateDocument,
     bounded,
-    decide_alarms,
     dns_client_endpoint,
-    learning_now,
     source_endpoint,
     subject_keys,
     workloads_seen,
@@ -56,43 +54,25 @@ MiB = 1 << 20
 _HISTORY = 256
 
 
-class ExfiltrationDetector:
+class ExfiltrationDetector(StateDocument):
     rule_id = "exfiltration"
+    EMPTY = {"subjects": {}}
 
     def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
                  bucket_s: float = 3600.0, min_history: int = 24, floor_bytes: int = 64 * MiB,
                  deviations: float = 10.0, record_factor: float = 3.0, icmp_bytes: int = MiB, dns_bytes: int = MiB,
                  max_subjects: int = 5_000):
         self.record_factor = record_factor
-        self.learning_period_ns, self.force_learning = learning_period_ns, force_learning
+        super().__init__(learning_period_ns, force_learning)
         self.zones = zones or Zones()
         self.bucket_ns, self.min_history = int(bucket_s * SECOND), min_history
         self.floor, self.deviations = floor_bytes, deviations
         self.icmp_bytes, self.dns_bytes, self.max_subjects = icmp_bytes, dns_bytes, max_subjects
-        self._state: dict[str, Any] = self._empty()
-
-    @staticmethod
-    def _empty() -> dict[str, Any]:
-        return {"subjects": {}, "learning_until_ns": None}
-
-    def to_state(self) -> dict[str, Any]:
-        return self._state
-
-    def from_state(self, state: dict[str, Any] | None) -> ExfiltrationDetector:
-        self._state = state or self._empty()
-        return self
-
-    def end_learning(self) -> None:
-        self._state["learning_ended"] = True
-
     def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
         self.touched = False
         scores: list[Score] = []
         if len(flows):
-            if self._state["learning_until_ns"] is None:
-                self.touched = True
-            learning = learning_now(self._state, int(flows["first_ts"].min()), self.learning_period_ns,
-                                    self.force_learning)
+            learning = self._learning(flows)
             self._mark_active(flows)
             scores += self._volume(flows, learning)
         if dns is not None and len(dns):
@@ -116,7 +96,11 @@ class ExfiltrationDetector:
             s["t"] = max(s["t"], ts)
 
     def _close_buckets(self, s: dict[str, Any], bucket: int) -> None:
-        """Hours that ended join the baseline, unless they raised an alarm."""
+        """Hours that ended join the baseline, unless they raised an alarm. Only a later hour than any
+        seen ends one (a busy workload's rows need not scan its open hours each)."""
+        if bucket <= s.get("latest", -1):
+            return
+        s["latest"] = bucket
         for dest, b in list(s["open"].items()):
             if b["b"] < bucket:
                 if not b["alarm"] and b["kind"] == "volume":
@@ -201,8 +185,6 @@ class ExfiltrationDetector:
         evidence = {"kind": kind, "destination": target, "bytes_this_hour": b["bytes"], "threshold_bytes": int(limit)}
         return Score(pair, ratio, alarm, endpoint, b["t0"], last, evidence, fresh=fresh, identity=(kind, target))
 
-    def decide(self, scores: list[Score]) -> list[Finding]:
-        return decide_alarms(self.rule_id, scores)
 
 
 def _keep(scored: dict, key: tuple[str, str], score: Score) -> None:

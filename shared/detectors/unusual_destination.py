@@ -34,12 +34,10 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
-from kubesonar.shared.alerts import Finding
 from kubesonar.shared.detectors import (
     Score,
+    StateDocument,
     bounded,
-    decide_alarms,
-    learning_now,
     source_endpoint,
     subject_keys,
     workloads_seen,
@@ -61,41 +59,23 @@ def network_of(address: str) -> str:
     return str(ipaddress.ip_network(f"{address}/48", strict=False))
 
 
-class UnusualDestinationDetector:
+class UnusualDestinationDetector(StateDocument):
     rule_id = "unusual_destination"
+    EMPTY = {"subjects": {}}
 
     def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
                  baseline_ns: int | None = None, steady_networks: int = 16, rate_limit_s: float = 3600.0,
                  max_subjects: int = 5_000):
-        self.learning_period_ns, self.force_learning = learning_period_ns, force_learning
+        super().__init__(learning_period_ns, force_learning)
         self.baseline_ns = learning_period_ns if baseline_ns is None else baseline_ns
         self.zones = zones or Zones()
         self.steady_networks, self.rate_limit_ns = steady_networks, int(rate_limit_s * SECOND)
         self.max_subjects = max_subjects
-        self._state: dict[str, Any] = self._empty()
-
-    @staticmethod
-    def _empty() -> dict[str, Any]:
-        return {"subjects": {}, "learning_until_ns": None}
-
-    def to_state(self) -> dict[str, Any]:
-        return self._state
-
-    def from_state(self, state: dict[str, Any] | None) -> UnusualDestinationDetector:
-        self._state = state or self._empty()
-        return self
-
-    def end_learning(self) -> None:
-        self._state["learning_ended"] = True
-
     def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
         self.touched = False
         if not len(flows):
             return []
-        if self._state["learning_until_ns"] is None:
-            self.touched = True
-        cluster_learning = learning_now(self._state, int(flows["first_ts"].min()), self.learning_period_ns,
-                                        self.force_learning)
+        cluster_learning = self._learning(flows)
         subjects = self._state["subjects"]
         for key, ts in workloads_seen(flows).items():  # a workload's history starts when it is first seen
             if key not in subjects:
@@ -161,5 +141,3 @@ class UnusualDestinationDetector:
     def _new_subject(ts: int) -> dict[str, Any]:
         return {"since": ts, "t": ts, "ports": {}, "networks": {}, "flagged": [], "last_report": {}}
 
-    def decide(self, scores: list[Score]) -> list[Finding]:
-        return decide_alarms(self.rule_id, scores)

@@ -21,11 +21,11 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+
 
 import numpy as np
-from kubesonar.shared.alerts import Finding
-from kubesonar.shared.detectors import Score, decide_alarms, dns_client_endpoint, source_endpoint, subject_keys
+from kubesonar.shared.detectors import Score, StateDocument, dns_client_endpoint, source_endpoint, subject_keys
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import FlowRecords, address_bytes, address_text
 from kubesonar.shared.netzones import Networks
@@ -33,25 +33,15 @@ from kubesonar.shared.pod_events import PodEvents
 from kubesonar.shared.watchlist import WatchEntry
 
 
-class WatchlistDetector:
+class WatchlistDetector(StateDocument):
     rule_id = "watchlist_hit"
+    EMPTY = {"seen": []}
     max_pairs = 20_000
 
-    def __init__(self, entries: list[WatchEntry] | tuple[WatchEntry, ...] = ()):
-        self.entries = list(entries)
-        self._ips = {e.indicator: e for e in self.entries if e.kind == "ip"}
-        self._ip_values = np.array(sorted(address_bytes(i) for i in self._ips), dtype="V16")
-        self._networks = [e for e in self.entries if e.kind == "network"]
-        self._nets = Networks([e.indicator for e in self._networks])
-        self._domains = {e.indicator: e for e in self.entries if e.kind == "domain"}
-        self._state: dict[str, Any] = {"seen": []}
-
-    def to_state(self) -> dict[str, Any]:
-        return self._state
-
-    def from_state(self, state: dict[str, Any] | None) -> WatchlistDetector:
-        self._state = state or {"seen": []}
-        return self
+    def __init__(self, *lists: Sequence[WatchEntry]):
+        super().__init__()
+        index = _index(lists)
+        self.entries, self._ips, self._ip_values, self._networks, self._nets, self._domains = index
 
     def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
         self.touched = False
@@ -105,5 +95,20 @@ class WatchlistDetector:
                 hits += [(row, entry) for row in np.flatnonzero(mask).tolist()]
         return sorted(hits, key=lambda h: int(flows["first_ts"][h[0]]))
 
-    def decide(self, scores: list[Score]) -> list[Finding]:
-        return decide_alarms(self.rule_id, scores)
+
+_COMPILED: list = []  # [(the lists it was built from, the index)]: the last one, reused while they stand
+
+
+def _index(lists: tuple[Sequence[WatchEntry], ...]) -> tuple:
+    """Lookup structures of the entries, built once per set of lists: the core makes a detector for every
+    batch, and a threat feed can hold tens of thousands of entries."""
+    if _COMPILED and len(_COMPILED[0][0]) == len(lists) and all(a is b for a, b in zip(_COMPILED[0][0], lists)):
+        return _COMPILED[0][1]
+    entries = [e for entry_list in lists for e in entry_list]
+    ips = {e.indicator: e for e in entries if e.kind == "ip"}
+    ip_values = np.array(sorted(address_bytes(i) for i in ips), dtype="V16")
+    networks = [e for e in entries if e.kind == "network"]
+    index = (entries, ips, ip_values, networks, Networks([e.indicator for e in networks]),
+             {e.indicator: e for e in entries if e.kind == "domain"})
+    _COMPILED[:] = [(lists, index)]
+    return index
