@@ -49,8 +49,8 @@ def main() -> None:
     from kubesonar.functions.local.runtime import CollectingNotifier
     from kubesonar.functions.local.store import LocalObjectStore
     from kubesonar.sensor.offline import flows_from_captures
-    from kubesonar.sensor.publish import window_messages
-    from kubesonar.sensor.sqs import LIMIT
+    from kubesonar.sensor.queues import window_messages
+    from kubesonar.sensor.queues.sqs import LIMIT
     from kubesonar.sensor.synthetic import write_synthetic_capture
     from kubesonar.shared.batch import BatchHeader, decode_batch
     from kubesonar.shared.flow import FlowRecords

@@ -217,7 +217,7 @@ def sensor(interface, window, filter, cluster, node, max_flows, duration, queue,
            spool_max_bytes, pods, kubernetes) -> None:
     """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
     from kubesonar.sensor.live import LiveSensor
-    from kubesonar.sensor.publish import open_publisher, window_messages
+    from kubesonar.sensor.queues import open_publisher, window_messages
     from kubesonar.sensor.spool import SpoolingPublisher
 
     settings = _settings(interface, window, filter, cluster, node, max_flows)
@@ -258,7 +258,7 @@ def watch(interface, window, filter, cluster, node, max_flows, duration, pods, s
 
     from kubesonar.functions.local.backend import LocalBackend
     from kubesonar.sensor.live import LiveSensor
-    from kubesonar.sensor.publish import window_messages
+    from kubesonar.sensor.queues import window_messages
     from kubesonar.shared.batch import SQS_LIMIT
 
     settings = _settings(interface, window, filter, cluster, node, max_flows)

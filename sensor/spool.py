@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
-from kubesonar.sensor.publish import Message, Publisher
+from kubesonar.sensor.queues import Message, Publisher
 from kubesonar.shared.errors import ConfigError, QueueUnavailable
 
 _KEY_LEN = struct.Struct("<H")

@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kubesonar.shared import identity
 from kubesonar.shared.alerts import Finding, merge_alert, new_alert
 from kubesonar.shared.allowlist import AllowEntry, is_allowed
-from kubesonar.shared.batch import Batch
+from kubesonar.shared.batch import Batch, decode_batch
 from kubesonar.shared.detectors import Detector
 from kubesonar.shared.detectors.beaconing import BeaconingDetector
 from kubesonar.shared.detectors.brute_force import BruteForceDetector
@@ -26,6 +27,7 @@ from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDet
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
 from kubesonar.shared.health import SensorHealth
 from kubesonar.shared.netzones import PRIVATE_NETWORKS, Zones
+from kubesonar.shared.errors import BatchFormatError
 from kubesonar.shared.ports import Clock, Notifier, ObjectStore
 from kubesonar.shared.state import update_document
 from kubesonar.shared.watchlist import LOADER, WatchEntry
@@ -127,6 +129,62 @@ def _raise(deps: Dependencies, cluster: str, findings: list[Finding], key: str, 
     return result
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """One message as a transport hands it over, its envelope removed (SQS base64, Pub/Sub data, Event
+    Grid data, a NATS message): ``id`` is the transport's own id, used only to report outcomes back."""
+
+    id: str
+    data: bytes
+
+
+@dataclass
+class DeliveryOutcome:
+    """What became of an invocation's deliveries. ``poison`` never decodes: count it, dead-letter it, do
+    not retry it. ``retry`` failed while being applied: the transport redelivers it, and the others are
+    not re-applied (each is applied once by its batch key). ``applied`` includes redeliveries."""
+
+    result: ProcessResult
+    applied: list[str] = field(default_factory=list)
+    poison: list[tuple[str, str]] = field(default_factory=list)  # (id, why)
+    retry: list[tuple[str, str]] = field(default_factory=list)  # (id, why)
+
+
+def process_deliveries(deliveries: list[Delivery], deps: Dependencies) -> DeliveryOutcome:
+    """Score all messages of one invocation: the entry point every queue adapter calls."""
+    outcome = DeliveryOutcome(ProcessResult(flows=0))
+    for delivery in deliveries:
+        try:
+            batch = decode_batch(delivery.data)
+        except BatchFormatError as exc:
+            outcome.poison.append((delivery.id, str(exc)))
+            continue
+        try:
+            result = process_batch(batch, deps)
+        except Exception as exc:  # noqa: BLE001 - any failure here is retried by the transport
+            outcome.retry.append((delivery.id, f"{type(exc).__name__}: {exc}"))
+            continue
+        outcome.applied.append(delivery.id)
+        _merge_result(outcome.result, result)
+    return outcome
+
+
+def _merge_result(into: ProcessResult, result: ProcessResult) -> None:
+    into.flows += result.flows
+    into.new_alerts += result.new_alerts
+    into.updated_alerts += result.updated_alerts
+    into.allowlisted += result.allowlisted
+    into.errors += [e for e in result.errors if e not in into.errors]
+
+
+def check_all_sensors(deps: Dependencies) -> ProcessResult:
+    """The schedule's tick over every cluster that has sent heartbeats (an adapter's timer calls this)."""
+    total = ProcessResult(flows=0)
+    for cluster in clusters_with_sensors(deps.store):
+        _merge_result(total, check_sensors(deps, cluster))
+    return total
+
+
 def check_sensors(deps: Dependencies, cluster: str) -> ProcessResult:
     """The scheduled check (a timer, not a batch): sensors silent for too long raise sensor_silent.
     Without it a cluster whose sensors all stopped would never be told."""
@@ -168,7 +226,7 @@ def _apply_once(store: ObjectStore, doc_key: str, batch: str, detector: Any, run
 def batch_key(batch: Batch) -> str:
     """What identifies a message across redeliveries: its sensor, sequence number and part."""
     h = batch.header
-    return f"{h.sensor_id}/{h.sequence}/{h.part}"
+    return identity.batch_key(h.sensor_id, h.sequence, h.part)
 
 
 def end_learning(store: ObjectStore, cluster: str) -> None:

@@ -17,9 +17,9 @@ import pytest
 from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
 from conftest import PCAPS, REPO
 from kubesonar.sensor.offline import flows_from_captures
-from kubesonar.sensor.publish import window_messages
+from kubesonar.sensor.queues import window_messages
 from kubesonar.sensor.spool import SpoolingPublisher
-from kubesonar.sensor.sqs import LIMIT, SqsQueue
+from kubesonar.sensor.queues.sqs import LIMIT, SqsQueue
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.pipeline import CoreConfig, detectors

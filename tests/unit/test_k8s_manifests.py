@@ -71,7 +71,7 @@ def test_rbac_is_read_only_and_the_settings_are_the_sensors_options():
 
 @pytest.mark.parametrize("overlay, queue", [("aws", "sqs"), ("gcp", "pubsub"), ("azure", "eventgrid"), ("local", "file")])
 def test_each_overlay_names_its_clouds_queue(overlay, queue):
-    from kubesonar.sensor.publish import parse_queue_url
+    from kubesonar.sensor.queues import parse_queue_url
 
     settings = next(d for d in _render(overlay) if d["kind"] == "ConfigMap")["data"]
     assert parse_queue_url(settings["KUBESONAR_SENSOR_QUEUE"]).kind == queue

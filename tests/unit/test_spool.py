@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from kubesonar.functions.local.backend import LocalBackend
-from kubesonar.sensor.publish import DirectoryQueue, Message, open_publisher, parse_queue_url, window_messages
+from kubesonar.sensor.queues import Message, open_publisher, parse_queue_url, window_messages
+from kubesonar.sensor.queues.directory import DirectoryQueue
 from kubesonar.sensor.spool import SpoolingPublisher
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.errors import ConfigError
@@ -101,7 +102,7 @@ def test_a_restarted_sensor_resumes_its_spool(tmp_path):
     ("https://sqs.eu-west-1.amazonaws.com/123456789012/kubesonar-flows", "sqs"),
     ("http://127.0.0.1:5000/123456789012/flows", "sqs"),
     ("pubsub://projects/my-project/topics/kubesonar-flows", "pubsub"),
-    ("https://kubesonar.westeurope-1.eventgrid.azure.net/api/events", "eventgrid"),
+    ("eventgrid://kubesonar-flows.westeurope-1.eventgrid.azure.net", "eventgrid"),
 ])
 def test_queue_urls(url, kind):
     assert parse_queue_url(url).kind == kind

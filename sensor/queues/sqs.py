@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from kubesonar.sensor.publish import Message
+from kubesonar.sensor.queues import Message
 from kubesonar.shared.errors import QueueUnavailable
 
 SQS_MAX_BYTES = 262_144

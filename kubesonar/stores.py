@@ -1,0 +1,70 @@
+"""Store URLs: where a backend keeps baselines and alerts, named once for every command.
+
+Each kind is one entry of :data:`STORE_KINDS`: its URL form and the function that opens it, imported
+only when used. A plain path or ``file://DIR`` is the embedded default (a local directory);
+``s3://BUCKET[/PREFIX]`` is S3, and each new backend (``gs://``, ``az://``, ``nats://``) adds one entry.
+Credentials come from each SDK's default chain.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.ports import ObjectStore
+
+
+@dataclass(frozen=True)
+class StoreKind:
+    name: str
+    pattern: re.Pattern[str]
+    opener: str  # "module:callable": callable(url) -> ObjectStore
+    form: str
+
+
+STORE_KINDS: tuple[StoreKind, ...] = (
+    StoreKind("s3", re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"),
+              "kubesonar.stores:_open_s3", "s3://BUCKET[/PREFIX]"),
+    StoreKind("directory", re.compile(r"^(file://)?[^:]+$"), "kubesonar.stores:_open_directory",
+              "a directory path or file://DIR"),
+)
+
+
+def open_store(url: str) -> ObjectStore:
+    """The object store a URL names; a URL of no known form, or a store that cannot be opened, is a
+    ConfigError saying which."""
+    for kind in STORE_KINDS:
+        if kind.pattern.match(url):
+            module, _, name = kind.opener.partition(":")
+            try:
+                opener = getattr(importlib.import_module(module), name)
+            except ImportError as exc:
+                raise ConfigError(f"store {url!r} needs a package this installation lacks: {exc.name}") from None
+            return opener(url)
+    raise ConfigError(f"store URL {url!r} is not one of: " + ", ".join(k.form for k in STORE_KINDS))
+
+
+def _open_directory(url: str) -> ObjectStore:
+    from pathlib import Path
+
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    path = Path(urlparse(url).path if url.startswith("file://") else url)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot use {path} as a store: {exc.strerror}") from None
+    return LocalObjectStore(path)
+
+
+def _open_s3(url: str) -> ObjectStore:
+    import boto3
+
+    from kubesonar.functions.aws.store import S3ObjectStore
+
+    parsed = urlparse(url)
+    prefix = parsed.path.strip("/")
+    return S3ObjectStore(boto3.client("s3"), parsed.netloc, prefix + "/" if prefix else "")
