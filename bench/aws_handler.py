@@ -46,7 +46,7 @@ def main() -> None:
     import boto3
     import numpy as np
 
-    from kubesonar.functions.local.runtime import CollectingNotifier
+    from kubesonar.functions.local.notifier import CollectingNotifier
     from kubesonar.functions.local.store import LocalObjectStore
     from kubesonar.sensor.offline import flows_from_captures
     from kubesonar.sensor.queues import window_messages

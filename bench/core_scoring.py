@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=10)
     args = parser.parse_args()
 
-    from kubesonar.functions.local.runtime import CollectingNotifier
+    from kubesonar.functions.local.notifier import CollectingNotifier
     from kubesonar.functions.local.store import LocalObjectStore
     from kubesonar.sensor.offline import flows_from_captures
     from kubesonar.sensor.synthetic import write_synthetic_capture

@@ -72,7 +72,7 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
     """Run the offline sensor and the detection core on CAPTURES; print the alerts raised."""
     import ipaddress
 
-    from kubesonar.functions.local.runtime import analyze as run_analysis
+    from kubesonar.compose import analyze as run_analysis
 
     networks = None
     if internal:
@@ -85,15 +85,47 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
     result = run_analysis(captures, learn=learn, pods=pods, state_dir=state_dir, cluster=cluster,
                           allowlists=allowlist, learning_period_s=learning_period, internal_networks=networks)
     if fmt in ("json", "ocsf"):
+        from kubesonar import __version__
         from kubesonar.shared.ocsf import to_ocsf
 
         for alert in result.alerts:
-            click.echo(json.dumps(to_ocsf(alert) if fmt == "ocsf" else alert, sort_keys=True))
+            click.echo(json.dumps(to_ocsf(alert, __version__) if fmt == "ocsf" else alert, sort_keys=True))
     else:
         _alert_table(result.alerts)
     for error in result.stats.errors:
         click.echo(f"kubesonar: error: {error}", err=True)
     if result.stats.errors:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--queue", required=True,
+              help="Where batches go: file://DIR, an SQS queue URL, pubsub://projects/P/topics/T, "
+                   "eventgrid://TOPIC-HOSTNAME (docs/sensor.md).")
+@click.option("--cluster", default="default", help="Cluster name the batches are filed under.")
+@click.option("--node", default="replay", help="Node name the batches come from.")
+@click.option("--pods", type=click.Path(dir_okay=False), help="Output of 'kubectl get pods -A -o json'.")
+@click.option("--window", type=click.FloatRange(0.5, 3600), default=10.0,
+              help="Seconds of capture time per batch, as the live sensor's window.")
+def replay(captures: tuple[str, ...], queue: str, cluster: str, node: str, pods: str | None,
+           window: float) -> None:
+    """Publish CAPTURES to a queue as a sensor would have: real windows of real traffic, for driving any
+    backend (tests, a new deployment)."""
+    from kubesonar.compose import replay as run_replay
+    from kubesonar.sensor.queues import open_publisher
+
+    def show(summary) -> None:
+        if sys.stderr.isatty():
+            click.echo(f"\r{summary.windows} windows, {summary.messages} messages", err=True, nl=False)
+
+    summary = run_replay(captures, open_publisher(queue), cluster=cluster, node=node, pods=pods,
+                         window_s=window, progress=show)
+    click.echo(f"published {summary.messages} messages ({summary.flows} flows, {summary.dns} DNS messages, "
+               f"{summary.bytes} bytes) in {summary.windows} windows to {queue}", err=True)
+    for error in summary.stats.errors:
+        click.echo(f"kubesonar: error: {error}", err=True)
+    if summary.stats.errors:
         sys.exit(1)
 
 
@@ -105,7 +137,7 @@ def demo(workdir: str | None, fmt: str) -> None:
     """Simulate a small cluster (learning, then a new workload and a port scan) and show the alerts."""
     import time
 
-    from kubesonar.functions.local.demo import run_demo
+    from kubesonar.demo import run_demo
 
     started = time.perf_counter()
     result, truth = run_demo(workdir)
@@ -120,46 +152,6 @@ def demo(workdir: str | None, fmt: str) -> None:
                "and opening a new port")
     _alert_table(result.alerts)
     click.echo(f"({time.perf_counter() - started:.1f} s)")
-
-
-@main.command()
-@click.option("--data", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Directory with labels.csv and the captures it names [default: ../shared/data/pcaps].")
-@click.option("--out", type=click.Path(dir_okay=False), default="docs/detection-quality.md",
-              help="Where to write the report (Markdown); '-' for standard output.")
-@click.option("--scenarios/--no-scenarios", default=True,
-              help="Run the attack scenarios with real tools in network namespaces (needs root; about 5 min).")
-@click.option("--benign-days", type=click.FloatRange(0, 60), default=7.0,
-              help="Days of the simulated benign run (0: skip it); about 40 s a day.")
-def evaluate(data: str | None, out: str, scenarios: bool, benign_days: float) -> None:
-    """Measure detection quality (captures, tool scenarios, a long benign run); write docs/detection-quality.md."""
-    from pathlib import Path
-
-    from kubesonar.evaluate import evaluate_captures, report
-
-    root = Path(data) if data else Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pcaps"
-    if not (root / "labels.csv").exists():
-        raise click.UsageError(f"{root} has no labels.csv (give --data DIR)")
-    results = evaluate_captures(root, progress=lambda path: click.echo(f"evaluating {path}", err=True))
-    ran = None
-    if scenarios:
-        from kubesonar.scenarios import run_scenarios
-
-        ran = run_scenarios(progress=lambda name: click.echo(f"scenario: {name}", err=True))
-    benign = None
-    if benign_days > 0:
-        from kubesonar.benign import run_benign
-
-        benign = run_benign(benign_days, progress=lambda done: click.echo(f"benign run: {done:.0%}", err=True))
-    command = "kubesonar evaluate" + ("" if scenarios else " --no-scenarios") + (
-        "" if benign_days == 7.0 else f" --benign-days {benign_days:g}")
-    text = report(results, command, ran, benign)
-    if out == "-":
-        click.echo(text, nl=False)
-    else:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text)
-        click.echo(f"wrote {out}", err=True)
 
 
 def _capture_options(command: Callable) -> Callable:
@@ -216,24 +208,11 @@ def _run_until_signal(sensor, duration: float | None) -> None:
 def sensor(interface, window, filter, cluster, node, max_flows, duration, queue, spool,  # noqa: A002
            spool_max_bytes, pods, kubernetes) -> None:
     """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
-    from kubesonar.sensor.live import LiveSensor
-    from kubesonar.sensor.queues import open_publisher, window_messages
-    from kubesonar.sensor.spool import SpoolingPublisher
+    from kubesonar.compose import build_sensor
 
     settings = _settings(interface, window, filter, cluster, node, max_flows)
-    publisher = SpoolingPublisher(open_publisher(queue), spool, max_bytes=spool_max_bytes)
     enrich, watcher = _enrichment(pods, kubernetes, settings.node)
-
-    def publish(window) -> None:
-        publisher.publish(window_messages(window.header, window.flows, publisher.limit, window.pods, window.dns))
-
-    def spool_counters() -> dict[str, int]:
-        s = publisher.stats
-        counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "publish_retries": s.retries}
-        return counters | (watcher.counters() if watcher else {})
-
-    live = LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,
-                      pod_events=watcher.take_events if watcher else None)
+    live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher)
     click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to {queue}",
                err=True)
     try:
@@ -256,27 +235,20 @@ def watch(interface, window, filter, cluster, node, max_flows, duration, pods, s
     """Capture live traffic and run the detection core in this process; print alerts as they happen."""
     import tempfile
 
-    from kubesonar.functions.local.backend import LocalBackend
-    from kubesonar.sensor.live import LiveSensor
-    from kubesonar.sensor.queues import window_messages
-    from kubesonar.shared.batch import SQS_LIMIT
+    from kubesonar.compose import build_watch
 
     settings = _settings(interface, window, filter, cluster, node, max_flows)
     enrich, _ = _enrichment(pods, False, settings.node)
+
+    def show(alert: dict) -> None:
+        if fmt == "json":
+            click.echo(json.dumps(alert, sort_keys=True))
+        else:
+            _alert_table([alert])
+        sys.stdout.flush()
+
     with tempfile.TemporaryDirectory(prefix="kubesonar-watch-") as tmp:
-        backend = LocalBackend(state_dir or tmp)
-
-        def score(window) -> None:  # through the real batch format, as a cloud function would get it
-            for message in window_messages(window.header, window.flows, SQS_LIMIT, window.pods, window.dns):
-                result = backend.receive(message.key, message.data)
-                for alert in result.new_alerts if result else []:
-                    if fmt == "json":
-                        click.echo(json.dumps(alert, sort_keys=True))
-                    else:
-                        _alert_table([alert])
-                    sys.stdout.flush()
-
-        live = LiveSensor(settings, score, enrich=enrich)
+        live, backend = build_watch(settings, state_dir or tmp, enrich, show)
         click.echo(f"kubesonar watch: capturing on {', '.join(interface)}; alerts appear here", err=True)
         _run_until_signal(live, duration)
     for error in live.errors + backend.errors:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from kubesonar import __version__
 
 OCSF_VERSION = "1.3.0"
 _SEVERITY_ID = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
@@ -30,7 +29,7 @@ def _endpoint(side: dict[str, Any] | None) -> dict[str, Any] | None:
     return endpoint or None
 
 
-def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
+def to_ocsf(alert: dict[str, Any], product_version: str = "unknown") -> dict[str, Any]:
     status_id = _STATUS_ID.get(alert["status"], 1)
     mitre = alert["mitre"]
     evidence: dict[str, Any] = {}
@@ -57,7 +56,7 @@ def to_ocsf(alert: dict[str, Any]) -> dict[str, Any]:
         "message": f"{alert['title']}: {alert['source'].get('workload') or alert['source'].get('ip')}",
         "metadata": {
             "version": OCSF_VERSION,
-            "product": {"name": "KubeSonar", "vendor_name": "KubeSonar", "version": __version__},
+            "product": {"name": "KubeSonar", "vendor_name": "KubeSonar", "version": product_version},
             "labels": list(alert.get("tags", [])),
         },
         "finding_info": {

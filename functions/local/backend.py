@@ -11,7 +11,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from kubesonar.functions.local.runtime import CollectingNotifier
+from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.errors import BatchFormatError

@@ -4,7 +4,7 @@ design (metrics-server reading each kubelet)."""
 
 from __future__ import annotations
 
-from kubesonar.benign import NODES, run_benign
+from lab.benign import NODES, run_benign
 
 
 def test_two_simulated_days_raise_nothing_but_the_injected_attack():

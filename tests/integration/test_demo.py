@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 
-from kubesonar.functions.local.demo import run_demo
+from kubesonar.demo import run_demo
 
 ALL_TYPES = ["api_server_access", "beaconing", "brute_force", "crypto_mining", "dns_tunneling", "exfiltration",
              "metadata_access", "new_workload", "port_scan", "unusual_destination", "watchlist_hit"]

@@ -7,7 +7,7 @@ import csv
 import pytest
 
 from conftest import PCAPS
-from kubesonar.functions.local.runtime import analyze
+from kubesonar.compose import analyze
 
 
 def _labels():

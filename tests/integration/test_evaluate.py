@@ -1,14 +1,15 @@
-"""`kubesonar evaluate` on the shared labelled captures: the report is produced; every attack capture
+"""`python -m lab.evaluate` on the shared labelled captures: the report is produced; every attack capture
 is detected with the labelled actor but the one named below, with its reason; benign captures and
 the Bitcoin P2P hard negative raise nothing they must not."""
 
 from __future__ import annotations
 
 import subprocess
+import sys
 
-from conftest import PCAPS
+from conftest import PCAPS, REPO
 
-from kubesonar.evaluate import evaluate_captures
+from lab.evaluate import evaluate_captures
 
 # One 8-second HTTP download (Trickbot, port 7080): no clock, no volume, no signature. Only a baseline
 # of the host (unusual_destination) or a threat feed (watchlist_hit) tells it, and a capture has neither.
@@ -25,8 +26,8 @@ def test_every_attack_capture_but_the_known_miss_is_caught_and_benign_ones_stay_
         else:
             assert r.verdict == "pass", (r.path, r.alerts)
     out = tmp_path / "quality.md"
-    run = subprocess.run(["kubesonar", "evaluate", "--data", str(PCAPS), "--out", str(out), "--no-scenarios",
-                          "--benign-days", "0"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "lab.evaluate", "--data", str(PCAPS), "--out", str(out), "--no-scenarios",
+                          "--benign-days", "0"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr
     text = out.read_text()
     assert "| `port_scan` | yes | 5 | 5 | 0 |" in text and "| `brute_force` | yes | 2 | 2 | 0 |" in text

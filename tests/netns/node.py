@@ -7,8 +7,8 @@ from contextlib import contextmanager
 
 import pytest
 
-from kubesonar.lab import LabUnavailable, Node, require_netns  # noqa: F401
-from kubesonar.lab import namespace_node as _namespace_node
+from lab.netns import LabUnavailable, Node, require_netns  # noqa: F401
+from lab.netns import namespace_node as _namespace_node
 
 
 @contextmanager

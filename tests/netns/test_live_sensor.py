@@ -11,7 +11,7 @@ import threading
 import time
 from collections import Counter
 
-from conftest import require_tool
+from conftest import REPO, require_tool
 from netns.node import namespace_node
 
 from kubesonar.sensor.offline import flows_from_captures
@@ -75,7 +75,7 @@ def test_watch_parses_dns_and_mining_payloads_live_within_the_snap_length():
     with namespace_node(["victim", "dns", "gpu", "pool"]) as node:
         dns = node.pods["dns"]
         node.add_address("pool", "203.0.113.77")
-        tool = [sys.executable, "-m", "kubesonar.lab_tools"]
+        tool = [sys.executable, str(REPO / "lab" / "lab_tools.py")]
         servers = [node.start("dns", *tool, "dns-server", dns, "40", stdout=subprocess.DEVNULL),
                    node.start("pool", *tool, "stratum-pool", "203.0.113.77", "3333", "40", stdout=subprocess.DEVNULL)]
         watch = subprocess.Popen(["kubesonar", "watch", "-i", node.bridge, "--window", str(WINDOW_S),

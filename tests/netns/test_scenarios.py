@@ -8,8 +8,8 @@ import os
 
 from conftest import require_tool
 
-from kubesonar.lab import LabUnavailable, require_netns
-from kubesonar.scenarios import SCENARIOS, run_scenario
+from lab.netns import LabUnavailable, require_netns
+from lab.scenarios import SCENARIOS, run_scenario
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])

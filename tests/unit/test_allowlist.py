@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from conftest import PCAPS
-from kubesonar.functions.local.runtime import analyze
+from kubesonar.compose import analyze
 from kubesonar.shared.alerts import Finding
 from kubesonar.shared.allowlist import is_allowed, load_allowlist
 from kubesonar.shared.errors import ConfigError

@@ -151,7 +151,7 @@ def test_the_function_is_granted_exactly_what_its_code_calls_on_named_resources(
 
 
 def test_the_sensor_is_granted_exactly_what_its_code_calls():
-    code = _calls([REPO / "sensor" / "sqs.py"], {"self._sqs": "sqs"})
+    code = _calls([REPO / "sensor" / "queues" / "sqs.py"], {"self._sqs": "sqs"})
     assert code == {"sqs:SendMessage"}
     granted, resources = _granted("sensor")
     assert granted == code | set(SENSOR_PLATFORM_ACTIONS)

@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from kubesonar.functions.local.demo import LEARN_S, PHASE_S, demo_watchlist, run_demo
+from kubesonar.demo import LEARN_S, PHASE_S, demo_watchlist, run_demo
 from kubesonar.sensor.offline import read_captures
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.alerts import SEVERITIES, rules

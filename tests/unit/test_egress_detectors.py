@@ -18,7 +18,7 @@ from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, process_batch
 from kubesonar.shared.ports import SystemClock
-from kubesonar.functions.local.runtime import CollectingNotifier
+from kubesonar.functions.local.notifier import CollectingNotifier
 
 S = 1_000_000_000
 HOUR, DAY = 3600 * S, 86400 * S

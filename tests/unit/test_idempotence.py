@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from kubesonar.functions.local.runtime import CollectingNotifier
+from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import Batch, BatchHeader
 from kubesonar.shared.errors import StoreError

@@ -48,7 +48,7 @@ def test_eight_processes_updating_one_baseline_lose_no_update(tmp_path):
 def _learn_workloads(root: str, proc: int, batches: int) -> None:
     import numpy as np
 
-    from kubesonar.functions.local.runtime import CollectingNotifier
+    from kubesonar.functions.local.notifier import CollectingNotifier
     from kubesonar.shared.batch import Batch, BatchHeader
     from kubesonar.shared.flow import FlowRecords
     from kubesonar.shared.pipeline import CoreConfig, Dependencies, process_batch

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 from ocsf_json_schema import OcsfJsonSchemaEmbedded, get_ocsf_schema
 
-from kubesonar.functions.local.demo import run_demo
+from kubesonar.demo import run_demo
 from kubesonar.shared.ocsf import OCSF_VERSION, to_ocsf
 
 

@@ -3,7 +3,7 @@ raises sensor_silent once, whether another node's batch or the scheduled check n
 
 from __future__ import annotations
 
-from kubesonar.functions.local.runtime import CollectingNotifier
+from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import Batch, BatchHeader
 from kubesonar.shared.flow import FlowRecords

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kubesonar.functions.local.runtime import AnalysisResult, analyze
+from kubesonar.compose import AnalysisResult, analyze
 from kubesonar.sensor.synthetic import bulk_upload, dns_lookups, syn_scan, tcp_sessions, write_traffic
 from kubesonar.shared.watchlist import parse_watchlist
 

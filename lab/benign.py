@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kubesonar.functions.local.runtime import CollectingNotifier
+from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.allowlist import AllowEntry, load_allowlist
 from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch

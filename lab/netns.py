@@ -1,7 +1,7 @@
 """A lab node made of network namespaces: pod-like namespaces on veth pairs joined by a bridge that
 stands in for a CNI bridge. Addresses are in 10.77.0.0/24 (plus any the lab adds to stand for hosts
 outside the cluster, reachable on the bridge only) with no route anywhere else; everything is removed
-on exit. Used by the network tests and by ``kubesonar evaluate``'s scenarios; needs root and iproute2."""
+on exit. Used by the network tests and by ``python -m lab.evaluate``'s scenarios; needs root and iproute2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Small programs the lab's scenarios run inside network namespaces (``python -m kubesonar.lab_tools CMD``),
+"""Small programs the lab's scenarios run inside network namespaces (``python lab/lab_tools.py CMD``),
 where no packaged tool exists: a Stratum v1 mining client and a pool stand-in speaking the real
 protocol (newline-delimited JSON-RPC over TCP), a DNS responder and tunnel-shaped DNS clients, a
 jittered beacon and a steady HTTP client. Every loop is bounded in count and time and stops by itself.
@@ -137,7 +137,7 @@ def http_client(url: str, seconds: float, pause: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m kubesonar.lab_tools")
+    parser = argparse.ArgumentParser(prog="lab/lab_tools.py")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("stratum-pool")
     p.add_argument("host"), p.add_argument("port", type=int), p.add_argument("seconds", type=float)

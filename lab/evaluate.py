@@ -1,23 +1,25 @@
-"""``kubesonar evaluate``: detection quality, written as docs/detection-quality.md.
+"""``python -m lab.evaluate`` (from a checkout):  detection quality, written as docs/detection-quality.md.
 
 (a) Each capture of a labels.csv (path, category, expected_alert, actor_ip, ...) runs through the
 offline sensor and the core on a fresh embedded default with no learning phase and no knowledge of
 the cluster (no pod inventory, no internal networks: every address stands for itself). A capture is
 *detected* when an alert of an expected type (``a|b`` means either) names the labelled actor as its
 source; a benign capture (``none``) must raise nothing; ``not:type`` must not raise that type.
-(b) Attack scenarios with real tools in network namespaces (kubesonar.scenarios; root only).
-(c) The long benign run (kubesonar.benign): false alarms per workload-day.
+(b) Attack scenarios with real tools in network namespaces (lab/scenarios.py; root only).
+(c) The long benign run (lab/benign.py): false alarms per workload-day.
 """
 
 from __future__ import annotations
 
 import csv
+
+import click
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kubesonar.functions.local.runtime import analyze
+from kubesonar.compose import analyze
 from kubesonar.shared.alerts import rules
 from kubesonar.shared.pipeline import CoreConfig, detectors
 
@@ -130,11 +132,11 @@ def report(results: list[CaptureResult], command: str, scenarios: list | None = 
 
 def _scenario_lines(scenarios) -> list[str]:
     if scenarios is None:
-        return ["Not run this time (`kubesonar evaluate --no-scenarios`, or not root)."]
+        return ["Not run this time (`python -m lab.evaluate --no-scenarios`, or not root)."]
     lines = [
-        "Each scenario builds pods as network namespaces on a bridge (`kubesonar/lab.py`), keeps a client",
+        "Each scenario builds pods as network namespaces on a bridge (`lab/netns.py`), keeps a client",
         "busy with HTTP to a web pod, runs the tool, records the bridge with tcpdump and scores the capture",
-        "with no learning phase (`kubesonar/scenarios.py`). Hosts outside the cluster are lab pods with",
+        "with no learning phase (`lab/scenarios.py`). Hosts outside the cluster are lab pods with",
         "documentation addresses reachable over the bridge only. A false alarm is an alert naming a pod",
         "that did nothing wrong.",
         "",
@@ -153,10 +155,10 @@ def _scenario_lines(scenarios) -> list[str]:
 
 def _benign_lines(run) -> list[str]:
     if run is None:
-        return ["Not run this time (`kubesonar evaluate --benign-days 0`)."]
+        return ["Not run this time (`python -m lab.evaluate --benign-days 0`)."]
     lines = [
         f"{run.days:g} days of simulated traffic of a {run.workloads}-workload shop cluster "
-        f"({run.flows:,} flows, {run.dns_messages:,} DNS messages; `kubesonar/benign.py` says what it",
+        f"({run.flows:,} flows, {run.dns_messages:,} DNS messages; `lab/benign.py` says what it",
         "holds: service calls with diurnal load, connection pools, scrapes, CronJobs, daily releases,",
         "egress through rotating addresses, periodic pollers, a nightly backup), scored in 10-minute",
         "batches through the real batch format and core. The first day is the learning period; alerts",
@@ -174,3 +176,47 @@ def _benign_lines(run) -> list[str]:
               "workload-days (target: at most 1)."]
     lines.append(f"The platform allowlist silenced {run.allowlisted} findings (the kubelet readers).")
     return lines
+
+
+@click.command(context_settings={"show_default": True})
+@click.option("--data", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Directory with labels.csv and the captures it names [default: ../shared/data/pcaps].")
+@click.option("--out", type=click.Path(dir_okay=False), default="docs/detection-quality.md",
+              help="Where to write the report (Markdown); '-' for standard output.")
+@click.option("--scenarios/--no-scenarios", default=True,
+              help="Run the attack scenarios with real tools in network namespaces (needs root; about 5 min).")
+@click.option("--benign-days", type=click.FloatRange(0, 60), default=7.0,
+              help="Days of the simulated benign run (0: skip it); about 40 s a day.")
+def main(data: str | None, out: str, scenarios: bool, benign_days: float) -> None:
+    """Measure detection quality (captures, tool scenarios, a long benign run); write docs/detection-quality.md."""
+    from pathlib import Path
+
+    from kubesonar.evaluate import evaluate_captures, report
+
+    root = Path(data) if data else Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pcaps"
+    if not (root / "labels.csv").exists():
+        raise click.UsageError(f"{root} has no labels.csv (give --data DIR)")
+    results = evaluate_captures(root, progress=lambda path: click.echo(f"evaluating {path}", err=True))
+    ran = None
+    if scenarios:
+        from lab.scenarios import run_scenarios
+
+        ran = run_scenarios(progress=lambda name: click.echo(f"scenario: {name}", err=True))
+    benign = None
+    if benign_days > 0:
+        from lab.benign import run_benign
+
+        benign = run_benign(benign_days, progress=lambda done: click.echo(f"benign run: {done:.0%}", err=True))
+    command = "python -m lab.evaluate" + ("" if scenarios else " --no-scenarios") + (
+        "" if benign_days == 7.0 else f" --benign-days {benign_days:g}")
+    text = report(results, command, ran, benign)
+    if out == "-":
+        click.echo(text, nl=False)
+    else:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+        click.echo(f"wrote {out}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,4 @@
-"""Attack scenarios with real tools in a lab node (kubesonar.lab): each builds pods as network
+"""Attack scenarios with real tools in a lab node (lab/netns.py): each builds pods as network
 namespaces on a bridge, keeps a client busy with ordinary HTTP, runs the attack, records the bridge
 with tcpdump, and scores the capture with the offline sensor and the core on a fresh embedded
 default (no learning phase: signature rules judge from the first flow; baselines stay silent).
@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubesonar.lab import LabUnavailable, Node, namespace_node, require_netns
+from lab.netns import LabUnavailable, Node, namespace_node, require_netns
 
-TOOL = [sys.executable, "-m", "kubesonar.lab_tools"]
+TOOL = [sys.executable, str(Path(__file__).with_name("lab_tools.py"))]  # a script: runs from any directory
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 POOL_IP, C2_IP, METADATA_IP = "203.0.113.77", "198.51.100.50", "169.254.169.254"
 
@@ -181,7 +181,7 @@ SCENARIOS = (
 
 def run_scenario(scenario: Scenario, workdir: Path | None = None) -> ScenarioResult:
     """Run one scenario in a fresh lab node and score its capture."""
-    from kubesonar.functions.local.runtime import analyze
+    from kubesonar.compose import analyze
 
     result = ScenarioResult(scenario.name, scenario.tool, scenario.expected)
     missing = [t for t in ("tcpdump", *scenario.needs) if not (Path(t).exists() if t.startswith("/") else shutil.which(t))]

@@ -1,0 +1,14 @@
+"""The embedded default's notifier: it keeps what a cloud would push, and the CLI prints it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class CollectingNotifier:
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+    def notify(self, alert: dict[str, Any]) -> None:
+        self.sent.append(alert)

@@ -1,0 +1,182 @@
+"""The composition root: the one place that assembles the product's pieces.
+
+capture (file or live) -> flow engine -> enrichment -> batch messages -> publisher (``replay``, ``sensor``),
+and queue -> backend -> core -> store and notifier (``analyze``, ``watch``). CLI commands are thin calls
+into these functions; ``sensor/``, ``shared/`` and ``functions/`` never import one another sideways.
+"""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from kubesonar.functions.local.notifier import CollectingNotifier
+from kubesonar.functions.local.store import LocalObjectStore
+from kubesonar.sensor.offline import CaptureStats, Observed, read_captures
+from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch
+from kubesonar.shared.allowlist import load_allowlist
+from kubesonar.shared.inventory import PodInventory
+from kubesonar.shared.pipeline import CoreConfig, Dependencies, end_learning, process_batch
+from kubesonar.shared.ports import SystemClock
+
+RECORDS_PER_BATCH = 50_000
+_SENSOR_ID = "offline"
+
+
+def _first_sequence() -> int:
+    """A --state directory kept between runs has seen this sensor's earlier sequence numbers: go on
+    from the clock so a new run's batches are new to the core."""
+    return time.time_ns() // 1000
+
+
+@dataclass
+class AnalysisResult:
+    alerts: list[dict[str, Any]]
+    flows: int
+    stats: CaptureStats
+
+
+def _batches(observed: Iterator[Observed], cluster: str, node: str, sequences: Iterator[int]) -> Iterator[bytes]:
+    """Encode flows and DNS messages the way a sensor publishes them, so the core reads real batch
+    messages. Sequence numbers run on across calls: the core skips a (sensor, sequence, part) it has seen."""
+    for chunk in observed:
+        flows, dns = chunk.flows, chunk.dns
+        for start in range(0, max(len(flows), 1), RECORDS_PER_BATCH):
+            part = flows.take(slice(start, start + RECORDS_PER_BATCH))
+            times = np.concatenate([part["first_ts"], part["last_ts"], dns["ts"] if start == 0 else []])
+            header = BatchHeader(cluster, node, _SENSOR_ID, next(sequences), int(times.min()), int(times.max()))
+            yield from encode_batch(header, part, limit=PUBSUB_LIMIT, dns=dns if start == 0 else None)
+
+
+def analyze(
+    captures: Iterable[str], learn: Iterable[str] = (), pods: str | None = None, state_dir: str | None = None,
+    cluster: str = "default", learning_period_s: float | None = None, allowlists: Iterable[str] = (),
+    internal_networks: tuple[str, ...] | None = None,
+) -> AnalysisResult:
+    inventory = PodInventory.load(pods) if pods else None
+    allowed = tuple(entry for path in allowlists for entry in load_allowlist(path))
+    with ExitStack() as stack:
+        root = state_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="kubesonar-state-"))
+        store = LocalObjectStore(Path(root))
+        notifier = CollectingNotifier()
+        stats = CaptureStats()
+        touched: dict[str, dict[str, Any]] = {}
+        flows = 0
+        phases = [(list(learn), True), (list(captures), False)]
+        sequences = itertools.count(_first_sequence())
+        for paths, learning in phases:
+            if not paths:
+                continue
+            options: dict[str, Any] = {} if learning_period_s is None else {"learning_period_s": learning_period_s}
+            if internal_networks is not None:
+                options["internal_networks"] = internal_networks
+            config = CoreConfig(learning=learning, allowlist=allowed, **options)
+            deps = Dependencies(store, notifier, SystemClock(), config)
+            observed = read_captures(paths, stats=stats)
+            if inventory is not None:
+                observed = (Observed(inventory.enrich(o.flows), inventory.enrich(o.dns)) for o in observed)
+            for message in _batches(observed, cluster, "offline", sequences):
+                batch = decode_batch(message)
+                flows += len(batch.flows)
+                for alert in process_batch(batch, deps).alerts:
+                    touched[alert["id"]] = alert
+            if learning:
+                end_learning(store, cluster)
+        return AnalysisResult(sorted(touched.values(), key=lambda a: a["first_seen"]), flows, stats)
+
+
+@dataclass
+class ReplaySummary:
+    windows: int = 0
+    messages: int = 0
+    flows: int = 0
+    dns: int = 0
+    bytes: int = 0
+    stats: CaptureStats = field(default_factory=CaptureStats)
+
+
+def replay(captures: Iterable[str], publisher: Any, cluster: str = "default", node: str = "replay",
+           pods: str | None = None, window_s: float = 10.0, sensor_id: str | None = None,
+           progress: Any = None) -> ReplaySummary:
+    """The offline sensor publishing a capture as a live sensor would have: its flows cut into windows of
+    ``window_s`` seconds of capture time (a flow is reported in the window in which it ended, DNS messages
+    in the window of their time), one batch per window, each with its heartbeat counters, sent through
+    ``publisher`` (any queue kind). Windows without traffic are not sent."""
+    from kubesonar.sensor.queues import window_messages
+    from kubesonar.shared.dns import DnsMessages
+    from kubesonar.shared.flow import FlowRecords
+
+    inventory = PodInventory.load(pods) if pods else None
+    summary = ReplaySummary()
+    chunks = list(read_captures(captures, stats=summary.stats))
+    flows = FlowRecords.concat([c.flows for c in chunks]) if chunks else FlowRecords.empty()
+    dns = DnsMessages.concat([c.dns for c in chunks]) if chunks else DnsMessages.empty()
+    if inventory is not None:
+        flows, dns = inventory.enrich(flows), inventory.enrich(dns)
+    window_ns = int(window_s * 1e9)
+    flow_window = flows["last_ts"] // window_ns
+    dns_window = dns["ts"] // window_ns
+    sensor_id = sensor_id or f"{node}/replay-{time.time_ns():x}"
+    windows = np.unique(np.concatenate([flow_window, dns_window]))
+    for sequence, window in enumerate(windows.tolist()):
+        in_flows, in_dns = np.flatnonzero(flow_window == window), np.flatnonzero(dns_window == window)
+        counters = {"packets": summary.stats.packets} if sequence == len(windows) - 1 else {}
+        header = BatchHeader(cluster, node, sensor_id, sequence, window * window_ns, (window + 1) * window_ns,
+                             counters=counters)
+        messages = window_messages(header, flows.take(in_flows), publisher.limit, dns=dns.take(in_dns))
+        publisher.send(messages)
+        summary.windows += 1
+        summary.messages += len(messages)
+        summary.flows += len(in_flows)
+        summary.dns += len(in_dns)
+        summary.bytes += sum(len(m.data) for m in messages)
+        if progress:
+            progress(summary)
+    return summary
+
+
+def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, enrich: Any = None,
+                 watcher: Any = None) -> Any:
+    """The live sensor: capture -> flows -> enrichment -> batch messages -> spool -> the queue's publisher."""
+    from kubesonar.sensor.live import LiveSensor
+    from kubesonar.sensor.queues import open_publisher, window_messages
+    from kubesonar.sensor.spool import SpoolingPublisher
+
+    publisher = SpoolingPublisher(open_publisher(queue), spool, max_bytes=spool_max_bytes)
+
+    def publish(window: Any) -> None:
+        publisher.publish(window_messages(window.header, window.flows, publisher.limit, window.pods, window.dns))
+
+    def spool_counters() -> dict[str, int]:
+        s = publisher.stats
+        counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "publish_retries": s.retries}
+        return counters | (watcher.counters() if watcher else {})
+
+    return LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,
+                      pod_events=watcher.take_events if watcher else None)
+
+
+def build_watch(settings: Any, state_dir: str, enrich: Any, show: Any) -> tuple[Any, Any]:
+    """Sensor and backend in one process: each window goes through the real batch format to the core on a
+    local store, as a cloud function would get it; ``show`` is called with every new alert."""
+    from kubesonar.functions.local.backend import LocalBackend
+    from kubesonar.sensor.live import LiveSensor
+    from kubesonar.sensor.queues import window_messages
+    from kubesonar.shared.batch import SQS_LIMIT
+
+    backend = LocalBackend(state_dir)
+
+    def score(window: Any) -> None:
+        for message in window_messages(window.header, window.flows, SQS_LIMIT, window.pods, window.dns):
+            result = backend.receive(message.key, message.data)
+            for alert in result.new_alerts if result else []:
+                show(alert)
+
+    return LiveSensor(settings, score, enrich=enrich), backend
