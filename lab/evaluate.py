@@ -189,10 +189,6 @@ def _benign_lines(run) -> list[str]:
               help="Days of the simulated benign run (0: skip it); about 40 s a day.")
 def main(data: str | None, out: str, scenarios: bool, benign_days: float) -> None:
     """Measure detection quality (captures, tool scenarios, a long benign run); write docs/detection-quality.md."""
-    from pathlib import Path
-
-    from kubesonar.evaluate import evaluate_captures, report
-
     root = Path(data) if data else Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pcaps"
     if not (root / "labels.csv").exists():
         raise click.UsageError(f"{root} has no labels.csv (give --data DIR)")
