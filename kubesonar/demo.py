@@ -149,16 +149,22 @@ def _attacks(rng, ips, at: float) -> list[dict[str, np.ndarray]]:
     ]
 
 
-def run_demo(workdir: str | None = None, seed: int = 11) -> tuple[AnalysisResult, dict[str, str]]:
+def demo_captures(root: Path, seed: int = 11) -> tuple[Path, Path, Path, dict[str, np.ndarray]]:
+    """Write the demo's learning capture, detection capture and pod list into ``root``."""
     rng = np.random.default_rng(seed)
     ips, items = _pods(_WORKLOADS + [_INTRUDER])
+    root.mkdir(parents=True, exist_ok=True)
+    learn, detect, pods = root / "learning.pcap", root / "detection.pcap", root / "pods.json"
+    write_traffic(learn, _egress_day(rng, ips) + _normal_traffic(rng, ips, LEARN_S - PHASE_S), START_S)
+    write_traffic(detect, _normal_traffic(rng, ips, LEARN_S) + _attacks(rng, ips, LEARN_S), START_S)
+    pods.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+    return learn, detect, pods, ips
+
+
+def run_demo(workdir: str | None = None, seed: int = 11) -> tuple[AnalysisResult, dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="kubesonar-demo-") as tmp:
         root = Path(workdir or tmp)
-        root.mkdir(parents=True, exist_ok=True)
-        learn, detect, pods = root / "learning.pcap", root / "detection.pcap", root / "pods.json"
-        write_traffic(learn, _egress_day(rng, ips) + _normal_traffic(rng, ips, LEARN_S - PHASE_S), START_S)
-        write_traffic(detect, _normal_traffic(rng, ips, LEARN_S) + _attacks(rng, ips, LEARN_S), START_S)
-        pods.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": items}))
+        learn, detect, pods, ips = demo_captures(root, seed)
         feed = root / "state" / "watchlists" / "demo-feed.json"
         feed.parent.mkdir(parents=True, exist_ok=True)
         feed.write_text(WATCHLIST)

@@ -1,8 +1,15 @@
-"""The one entry point into the core: every runtime (local, AWS, GCP, Azure) calls :func:`process_batch`.
+"""The one entry point into the core: every queue adapter calls :func:`process_deliveries` once per
+invocation with all the messages it was handed (the offline paths call :func:`process_batch`).
 
-Detector state and alerts live in the object store and are written with compare-and-swap, so any
-number of concurrent invocations may score batches of the same cluster without losing an update.
-Store layout: ``state/<cluster>/<detector>.json``, ``alerts/<cluster>/<alert id>.json``.
+State and alerts live in the object store, written with compare-and-swap, so any number of concurrent
+invocations may score batches of the same cluster without losing an update. All messages of one
+invocation are applied together: per cluster, one read and at most one write of each state document
+per invocation, not per message (docs/cost.md). Store layout:
+
+- ``state/<cluster>/detectors.json``: every detector's state and the applied-message log (layout 2;
+  the per-detector documents of layout 1 are read once and carried over, :func:`_legacy_document`);
+- ``state/<cluster>/sensor_health.json``: heartbeats, the only document an idle node's message touches;
+- ``alerts/<cluster>/<alert id>.json``: one document per alert.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from typing import Any
 from kubesonar.shared import identity
 from kubesonar.shared.alerts import Finding, merge_alert, new_alert
 from kubesonar.shared.allowlist import AllowEntry, is_allowed
+from kubesonar.shared.applied import APPLIED, NEW, TOO_OLD, AppliedLog
 from kubesonar.shared.batch import Batch, decode_batch
 from kubesonar.shared.detectors import Detector
 from kubesonar.shared.detectors.beaconing import BeaconingDetector
@@ -25,15 +33,17 @@ from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
 from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
+from kubesonar.shared.errors import BatchFormatError, StoreError
 from kubesonar.shared.health import SensorHealth
 from kubesonar.shared.netzones import PRIVATE_NETWORKS, Zones
-from kubesonar.shared.errors import BatchFormatError
 from kubesonar.shared.ports import Clock, Notifier, ObjectStore
-from kubesonar.shared.state import update_document
+from kubesonar.shared.state import read_document, update_document
 from kubesonar.shared.watchlist import LOADER, WatchEntry
 
 SECOND = 1_000_000_000
-_APPLIED_KEEP = 256  # batch keys a detector document remembers (redeliveries come within minutes)
+_APPLIED_KEEP = 256  # findings of recent batches kept to replay on redelivery (completes a half-made alert)
+LAYOUT = 2  # of the state documents (module docstring)
+_STALE = "older than its sensor's sequence window: refused as a replay"
 _BATCHES_KEEP = 64  # batch keys an alert remembers
 
 
@@ -66,6 +76,7 @@ class ProcessResult:
     new_alerts: list[dict[str, Any]] = field(default_factory=list)
     updated_alerts: list[dict[str, Any]] = field(default_factory=list)
     allowlisted: int = 0
+    stale: int = 0  # messages older than their sensor's sequence window: refused as replays (shared/applied.py)
     errors: list[str] = field(default_factory=list)  # configuration faults met (a watchlist that does not parse)
 
     @property
@@ -94,39 +105,144 @@ def detectors(config: CoreConfig, watchlist: list[WatchEntry] | None = None) -> 
 
 
 def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
-    """Score one batch. Idempotent: queues deliver at least once, so each document records the batch
-    keys (sensor id, sequence, part) it has applied; a redelivered batch changes nothing and replays
-    the findings it made the first time, so an alert it created half-way is still completed."""
-    cluster = batch.header.cluster or "default"
-    key = batch_key(batch)
-    findings: list[Finding] = []
-    watchlist, watchlist_errors = LOADER.load(deps.store)
-    for detector in detectors(deps.config, watchlist):
-        findings += _apply_once(deps.store, f"state/{cluster}/{detector.rule_id}.json", key, detector,
-                                lambda d=detector: d.decide(d.update(batch.flows, batch.pods, batch.dns)))
-    health = SensorHealth(deps.config.sensor_silent_after_s)
-    now = deps.clock.now_ns()
-    findings += _apply_once(deps.store, f"state/{cluster}/sensor_health.json", key, health,
-                            lambda: health.observe(batch.header, now) + health.check(now))
-
-    result = _raise(deps, cluster, findings, key, flows=len(batch.flows))
-    result.errors += watchlist_errors
+    """Score one decoded batch (the offline paths); a failure raises."""
+    failed: dict[str, str] = {}
+    result = _apply_cluster(_cluster(batch), [(batch_key(batch), batch)], deps, failed)
+    if failed:
+        raise StoreError(next(iter(failed.values())))
     return result
 
 
-def _raise(deps: Dependencies, cluster: str, findings: list[Finding], key: str, flows: int) -> ProcessResult:
-    """Findings that no allowlist silences become (or update) alerts; new ones are notified."""
-    result = ProcessResult(flows=flows)
-    kept = [f for f in findings if not is_allowed(f, list(deps.config.allowlist))]
-    result.allowlisted = len(findings) - len(kept)
-    for finding in kept:
-        alert, created = _upsert_alert(deps.store, cluster, finding, deps.clock, key)
+def _cluster(batch: Batch) -> str:
+    return batch.header.cluster or "default"
+
+
+def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependencies, failed: dict[str, str]
+                   ) -> ProcessResult:
+    """Apply one cluster's batches: the detectors' document (only if some batch carries traffic), the
+    health document, then the alerts. ``failed`` gets the ids of batches that raised (to retry)."""
+    traffic = [(i, b) for i, b in items if len(b.flows) or len(b.dns) or len(b.pods)]
+    findings: list[tuple[str, Finding]] = []
+    errors: list[str] = []
+    if traffic:
+        watchlist, errors = LOADER.load(deps.store)
+        findings += _apply_detectors(deps, cluster, traffic, watchlist, failed)
+    findings += _apply_health(deps, cluster, [(i, b) for i, b in items if i not in failed])
+    result = ProcessResult(flows=sum(len(b.flows) for i, b in items if i not in failed))
+    result.stale = sum(1 for i in failed if failed[i] == _STALE)
+    for i in [i for i in failed if failed[i] == _STALE]:
+        del failed[i]  # refused for good: acknowledged, counted, never retried
+    keys = {item_id: batch_key(batch) for item_id, batch in items}
+    try:
+        _raise(deps, cluster, [(finding, keys[item_id]) for item_id, finding in findings], result)
+    except StoreError as exc:  # the batches' state is applied; their redelivery replays the findings
+        failed.update({item_id: str(exc) for item_id, _ in findings})
+    result.errors += errors
+    return result
+
+
+def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]],
+                     watchlist: list[WatchEntry], failed: dict[str, str]) -> list[tuple[str, Finding]]:
+    """One compare-and-swap update of the cluster's detectors document for all ``items``. A batch whose
+    scoring raises is left out (and reported in ``failed``) and the others are applied without it."""
+    found: list[tuple[str, Finding]] = []
+    now = deps.clock.now_ns()
+
+    def step(stored: dict | None) -> dict | None:
+        doc = stored if stored is not None else _legacy_document(deps.store, cluster)
+        applied = AppliedLog(doc.get("applied"))
+        replay_log = dict(doc.get("findings", {}))
+        found.clear()
+        pending = []
+        for item_id, batch in items:
+            h = batch.header
+            status = applied.status(h.sensor_id, h.sequence, h.part)
+            if status == APPLIED:
+                found.extend((item_id, _finding(f)) for f in replay_log.get(batch_key(batch), ()))
+            elif status == NEW and item_id not in failed:
+                pending.append((item_id, batch))
+            elif status == TOO_OLD:
+                failed[item_id] = _STALE
+        if not pending:
+            return stored if stored is not None else doc
+        states = doc.get("detectors", {})
+        runners = detectors(deps.config, watchlist)
+        for detector in runners:
+            detector.from_state(states.get(detector.rule_id))
+        for item_id, batch in pending:
+            try:
+                made = [f for d in runners for f in d.decide(d.update(batch.flows, batch.pods, batch.dns))]
+            except Exception as exc:  # noqa: BLE001 - a batch that breaks a detector must not take the others
+                failed[item_id] = f"scoring failed: {type(exc).__name__}: {exc}"
+                return step(stored)  # start again from the stored state, without it
+            h = batch.header
+            applied.mark(h.sensor_id, h.sequence, h.part, h.parts, now)
+            found.extend((item_id, f) for f in made)
+            if made:
+                replay_log[batch_key(batch)] = [asdict(f) for f in made]
+        applied.forget_older_than(now)
+        while len(replay_log) > _APPLIED_KEEP:
+            del replay_log[next(iter(replay_log))]
+        return {"layout": LAYOUT, "detectors": {d.rule_id: d.to_state() for d in runners},
+                "applied": applied.to_state(), "findings": replay_log}
+
+    update_document(deps.store, f"state/{cluster}/detectors.json", step)
+    return found
+
+
+def _apply_health(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]]) -> list[tuple[str, Finding]]:
+    """Heartbeats of all ``items`` in one update (repeating a heartbeat changes nothing: counters are cumulative)."""
+    health = SensorHealth(deps.config.sensor_silent_after_s)
+    found: list[tuple[str, Finding]] = []
+    now = deps.clock.now_ns()
+
+    def step(stored: dict | None) -> dict | None:
+        health.from_state((stored or {}).get("state"))
+        found.clear()
+        touched = False
+        for item_id, batch in items:
+            found.extend((item_id, f) for f in health.observe(batch.header, now))
+            touched |= health.touched
+        found.extend((items[0][0], f) for f in health.check(now))
+        if not touched and not found and stored is not None:
+            return stored
+        return {"state": health.to_state()}
+
+    if items:
+        update_document(deps.store, f"state/{cluster}/sensor_health.json", step)
+    return found
+
+
+def _legacy_document(store: ObjectStore, cluster: str) -> dict:
+    """Layout 1 kept one document per detector (``state/<cluster>/<rule id>.json``, each with its state
+    and the batch keys it applied). Their states carry over into the first layout-2 document, so a
+    deployed bucket keeps its baselines; the old documents are left as they were (delete them at will)."""
+    states = {}
+    present = set(store.list(f"state/{cluster}/"))  # one request on a new cluster, not eleven
+    for detector in detectors(CoreConfig()):
+        key = f"state/{cluster}/{detector.rule_id}.json"
+        old, _ = read_document(store, key) if key in present else (None, None)
+        if isinstance(old, dict) and old.get("state") is not None:
+            states[detector.rule_id] = old["state"]
+    return {"layout": LAYOUT, "detectors": states} if states else {}
+
+
+def _raise(deps: Dependencies, cluster: str, findings: list[tuple[Finding, str]], result: ProcessResult) -> None:
+    """Findings that no allowlist silences become (or update) their alerts, one write per alert however
+    many batches of the invocation found it; a new alert is notified."""
+    by_alert: dict[str, list[tuple[Finding, str]]] = {}
+    for finding, key in findings:
+        if is_allowed(finding, list(deps.config.allowlist)):
+            result.allowlisted += 1
+        else:
+            by_alert.setdefault(finding.fingerprint(cluster), []).append((finding, key))
+    for group in by_alert.values():
+        alert, created = _upsert_alert(deps.store, cluster, group, deps.clock)
         if created:
             result.new_alerts.append(alert)
             deps.notifier.notify(alert)
         elif alert is not None:
             result.updated_alerts.append(alert)
-    return result
 
 
 @dataclass(frozen=True)
@@ -151,21 +267,24 @@ class DeliveryOutcome:
 
 
 def process_deliveries(deliveries: list[Delivery], deps: Dependencies) -> DeliveryOutcome:
-    """Score all messages of one invocation: the entry point every queue adapter calls."""
+    """Score all messages of one invocation together: the entry point every queue adapter calls."""
     outcome = DeliveryOutcome(ProcessResult(flows=0))
+    clusters: dict[str, list[tuple[str, Batch]]] = {}
     for delivery in deliveries:
         try:
             batch = decode_batch(delivery.data)
         except BatchFormatError as exc:
             outcome.poison.append((delivery.id, str(exc)))
             continue
+        clusters.setdefault(_cluster(batch), []).append((delivery.id, batch))
+    for cluster, items in clusters.items():
+        failed: dict[str, str] = {}
         try:
-            result = process_batch(batch, deps)
-        except Exception as exc:  # noqa: BLE001 - any failure here is retried by the transport
-            outcome.retry.append((delivery.id, f"{type(exc).__name__}: {exc}"))
-            continue
-        outcome.applied.append(delivery.id)
-        _merge_result(outcome.result, result)
+            _merge_result(outcome.result, _apply_cluster(cluster, items, deps, failed))
+        except Exception as exc:  # noqa: BLE001 - the store failed: the transport redelivers them all
+            failed = {item_id: f"{type(exc).__name__}: {exc}" for item_id, _ in items}
+        outcome.retry += list(failed.items())
+        outcome.applied += [item_id for item_id, _ in items if item_id not in failed]
     return outcome
 
 
@@ -174,6 +293,7 @@ def _merge_result(into: ProcessResult, result: ProcessResult) -> None:
     into.new_alerts += result.new_alerts
     into.updated_alerts += result.updated_alerts
     into.allowlisted += result.allowlisted
+    into.stale += result.stale
     into.errors += [e for e in result.errors if e not in into.errors]
 
 
@@ -189,38 +309,23 @@ def check_sensors(deps: Dependencies, cluster: str) -> ProcessResult:
     """The scheduled check (a timer, not a batch): sensors silent for too long raise sensor_silent.
     Without it a cluster whose sensors all stopped would never be told."""
     health = SensorHealth(deps.config.sensor_silent_after_s)
+    found: list[Finding] = []
+
+    def step(stored: dict | None) -> dict | None:
+        health.from_state((stored or {}).get("state"))
+        found[:] = health.check(deps.clock.now_ns())
+        return {"state": health.to_state()} if found else stored
+
+    update_document(deps.store, f"state/{cluster}/sensor_health.json", step)
+    result = ProcessResult(flows=0)
     tick = f"tick/{deps.clock.now_ns()}"
-    findings = _apply_once(deps.store, f"state/{cluster}/sensor_health.json", tick, health,
-                           lambda: health.check(deps.clock.now_ns()))
-    return _raise(deps, cluster, findings, tick, flows=0)
+    _raise(deps, cluster, [(finding, tick) for finding in found], result)
+    return result
 
 
 def clusters_with_sensors(store: ObjectStore) -> list[str]:
     """Clusters whose sensors have sent heartbeats (those the scheduled check looks at)."""
     return sorted({k.split("/")[1] for k in store.list("state/") if k.endswith("/sensor_health.json")})
-
-
-def _apply_once(store: ObjectStore, doc_key: str, batch: str, detector: Any, run: Any) -> list[Finding]:
-    """Run ``detector`` on its document once per batch key; a repeat replays the findings it made."""
-    found: list[Finding] = []
-
-    def step(stored: dict | None) -> dict | None:
-        doc = stored or {}
-        applied = dict(doc.get("applied", {}))
-        if batch in applied:
-            found[:] = [_finding(f) for f in applied[batch]]
-            return stored
-        detector.from_state(doc.get("state"))  # a retry after a conflict starts again from the newer state
-        found[:] = run()
-        if not found and not getattr(detector, "touched", True) and doc:
-            return stored  # this batch changed nothing here: no write (a redelivery would change nothing again)
-        applied[batch] = [asdict(f) for f in found]
-        while len(applied) > _APPLIED_KEEP:
-            del applied[next(iter(applied))]
-        return {"state": detector.to_state(), "applied": applied}
-
-    update_document(store, doc_key, step)
-    return found
 
 
 def batch_key(batch: Batch) -> str:
@@ -231,41 +336,47 @@ def batch_key(batch: Batch) -> str:
 
 def end_learning(store: ObjectStore, cluster: str) -> None:
     """Close the learning period of every detector that learns, now (``analyze`` after ``--learn``)."""
-    for detector in detectors(CoreConfig()):
-        if not hasattr(detector, "end_learning"):
-            continue
 
-        def close(doc: dict | None, detector: Detector = detector) -> dict:
-            doc = doc or {}
-            detector.from_state(doc.get("state"))
-            detector.end_learning()
-            return {**doc, "state": detector.to_state()}
+    def close(doc: dict | None) -> dict:
+        doc = doc if doc is not None else _legacy_document(store, cluster)
+        states = dict(doc.get("detectors", {}))
+        for detector in detectors(CoreConfig()):
+            if hasattr(detector, "end_learning"):
+                detector.from_state(states.get(detector.rule_id))
+                detector.end_learning()
+                states[detector.rule_id] = detector.to_state()
+        return {**doc, "layout": LAYOUT, "detectors": states}
 
-        update_document(store, f"state/{cluster}/{detector.rule_id}.json", close)
+    update_document(store, f"state/{cluster}/detectors.json", close)
 
 
 def _finding(d: dict[str, Any]) -> Finding:
     return Finding(**{**d, "identity": tuple(d.get("identity", ()))})
 
 
-def _upsert_alert(store: ObjectStore, cluster: str, finding: Finding, clock: Clock, key: str
+def _upsert_alert(store: ObjectStore, cluster: str, findings: list[tuple[Finding, str]], clock: Clock
                   ) -> tuple[dict | None, bool]:
-    """Create or update the finding's alert; (None, False) when this batch was already merged into it."""
+    """Create or update one alert with its findings (each with the key of the batch that made it), in one
+    write; (None, False) when every one of those batches was already merged into it."""
     outcome: list = [False, False]  # created, replayed
 
     def change(alert: dict | None) -> dict:
-        outcome[:] = [alert is None, False]
-        if alert is not None and key in alert.get("batches", ()):
-            outcome[1] = True
+        outcome[:] = [alert is None, True]
+        updated = alert
+        for finding, key in findings:
+            if updated is not None and key in updated.get("batches", ()):
+                continue
+            outcome[1] = False
+            updated = new_alert(finding, cluster) if updated is None else merge_alert(updated, finding)
+            if updated["status"] == "closed":
+                updated["status"] = "open"  # it came back
+            updated["batches"] = [*updated.get("batches", ()), key][-_BATCHES_KEEP:]  # what it has merged
+        if outcome[1]:
             return alert
-        updated = new_alert(finding, cluster) if alert is None else merge_alert(alert, finding)
-        if updated["status"] == "closed":
-            updated["status"] = "open"  # it came back
         updated["updated_at_ns"] = clock.now_ns()
-        updated["batches"] = [*updated.get("batches", ()), key][-_BATCHES_KEEP:]  # what it has merged
         return updated
 
-    alert = update_document(store, f"alerts/{cluster}/{finding.fingerprint(cluster)}.json", change)
+    alert = update_document(store, f"alerts/{cluster}/{findings[0][0].fingerprint(cluster)}.json", change)
     return (None, False) if outcome[1] else (alert, outcome[0])
 
 

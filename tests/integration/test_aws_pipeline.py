@@ -115,8 +115,9 @@ def test_real_batches_flow_from_the_sensor_through_sqs_and_lambda_to_s3_and_sns(
     assert json.loads(note["Message"])["id"] == alert["id"]
     # baselines in their own bucket, alerts in theirs
     state_keys = [o["Key"] for o in b["s3"].list_objects_v2(Bucket=b["names"]["state"])["Contents"]]
-    assert sorted(state_keys) == sorted([f"state/prod/{d.rule_id}.json" for d in detectors(CoreConfig())]
-                                        + ["state/prod/sensor_health.json"])
+    assert sorted(state_keys) == ["state/prod/detectors.json", "state/prod/sensor_health.json"]
+    doc = json.loads(b["s3"].get_object(Bucket=b["names"]["state"], Key="state/prod/detectors.json")["Body"].read())
+    assert sorted(doc["detectors"]) == sorted(d.rule_id for d in detectors(CoreConfig()))
 
 
 def test_a_poison_message_fails_alone_and_a_redelivery_duplicates_nothing(backend):
@@ -161,8 +162,8 @@ def test_sixteen_concurrent_invocations_lose_no_baseline_update(backend):
     with multiprocessing.get_context("spawn").Pool(16) as pool:
         results = pool.starmap(_invoke_in_a_fresh_container, [(env, e) for e in events])
     assert all(r == {"batchItemFailures": []} for r in results)
-    doc = json.loads(b["s3"].get_object(Bucket=b["names"]["state"], Key="state/prod/new_workload.json")["Body"].read())
-    assert len(doc["state"]["workloads"]) == 16 * 6 and len(doc["applied"]) == 16
+    doc = json.loads(b["s3"].get_object(Bucket=b["names"]["state"], Key="state/prod/detectors.json")["Body"].read())
+    assert len(doc["detectors"]["new_workload"]["workloads"]) == 16 * 6 and len(doc["applied"]) == 16
 
 
 def test_the_schedule_reports_a_sensor_that_went_silent(backend):

@@ -75,5 +75,5 @@ def test_eight_processes_scoring_batches_lose_no_baseline_update(tmp_path):
     for p in procs:
         p.join(120)
         assert p.exitcode == 0
-    baseline = read_document(LocalObjectStore(root), "state/c1/new_workload.json")[0]["state"]
+    baseline = read_document(LocalObjectStore(root), "state/c1/detectors.json")[0]["detectors"]["new_workload"]
     assert len(baseline["workloads"]) == 8 * 6 * 3
