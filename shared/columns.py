@@ -34,6 +34,8 @@ class Layout(IntEnum):
 
 INT_DTYPES = ("u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8")
 _WIDTHS = (1, 2, 4, 8)
+_TRANSFORMS = frozenset(int(t) for t in IntTransform)  # built once: decoding checks every column
+_LAYOUTS = frozenset(int(t) for t in Layout)
 _U64 = np.uint64
 
 
@@ -131,7 +133,7 @@ def decode_int(reader: Reader, rows: int, expected: str, reference: np.ndarray |
         raise BatchFormatError(f"{reader.what}: integer column has dtype code {code}, schema says {expected}")
     if width not in _WIDTHS:
         raise BatchFormatError(f"{reader.what}: integer width {width} is not 1, 2, 4 or 8")
-    if transform not in set(IntTransform) or layout not in set(Layout):
+    if transform not in _TRANSFORMS or layout not in _LAYOUTS:
         raise BatchFormatError(f"{reader.what}: unknown integer transform {transform} or layout {layout}")
     raw = np.frombuffer(reader.take(rows * width, "integer values"), dtype=np.uint8)
     if layout == Layout.BYTE_PLANES:

@@ -39,15 +39,25 @@ variable "lambda_reserved_concurrency" {
 }
 
 variable "batch_size" {
-  description = "SQS messages per invocation."
+  description = "SQS messages per invocation. The function reads and writes each state document once per invocation, so larger batches cost less (docs/cost.md); Lambda also cuts a batch at 6 MB of payload."
   type        = number
-  default     = 10
+  default     = 100
+
+  validation {
+    condition     = var.batch_size >= 1 && var.batch_size <= 10000
+    error_message = "batch_size must be between 1 and 10000 (SQS standard queues)."
+  }
 }
 
 variable "maximum_batching_window_in_seconds" {
-  description = "Seconds the event source mapping may wait to fill a batch."
+  description = "Seconds the event source mapping may wait to fill a batch: the knob that trades alert latency for cost. Window end to alert is about this plus the processing time (docs/cost.md)."
   type        = number
-  default     = 5
+  default     = 10
+
+  validation {
+    condition     = var.maximum_batching_window_in_seconds >= 0 && var.maximum_batching_window_in_seconds <= 300
+    error_message = "maximum_batching_window_in_seconds must be between 0 and 300."
+  }
 }
 
 variable "learning_period_seconds" {
