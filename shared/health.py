@@ -4,7 +4,7 @@ kernel_packets, kernel_drops, ...), one batch at least every window, traffic or 
 - ``sensor_drops``: a window in which the kernel dropped at least 1,000 packets, or more than 1% of
   what it saw; the sensor is blind to part of the traffic (overload, or a flood meant to blind it).
 - ``sensor_silent``: a node whose sensor sent nothing for ``silent_after_s`` (default 60 s, six
-  10-second windows): stopped, crashed, cut off from the queue, or killed by an intruder.
+  10-second windows; reported between that and 4/3 of it, as heartbeats are recorded every third of it): stopped, crashed, cut off from the queue, or killed by an intruder.
 
 Silence is noticed when any batch arrives (another node's) or on a scheduled check
 (:func:`kubesonar.shared.pipeline.check_sensors`), so a whole cluster going silent is seen too.
@@ -41,13 +41,19 @@ class SensorHealth:
         self.touched = False
         if "kernel_packets" not in c:  # offline analysis: no live sensor behind it
             return []
-        self.touched = True
         node = header.node or header.sensor_id
         prev = self._state["nodes"].get(node, {})
         same = prev.get("sensor_id") == header.sensor_id
         drops = c.get("kernel_drops", 0) - (prev.get("kernel_drops", 0) if same else 0)
         seen = c.get("kernel_packets", 0) - (prev.get("kernel_packets", 0) if same else 0)
         dropping = drops >= self.min_drops or (seen > 0 and drops > self.drop_ratio * seen)
+        # A heartbeat that changes nothing the checks need is not written: the node was heard recently
+        # enough (a third of the silence bound), same sensor, no drops. Idle clusters write the health
+        # document a third as often (docs/cost.md); drops are then judged over the longer interval.
+        fresh = now_ns - prev.get("last_seen_ns", -self.silent_after_ns) < self.silent_after_ns // 3
+        if same and fresh and not dropping and not prev.get("dropping") and not prev.get("silent"):
+            return []
+        self.touched = True
         self._state["nodes"][node] = {
             "sensor_id": header.sensor_id, "last_seen_ns": now_ns, "window_end_ns": header.window_end_ns,
             "kernel_drops": c.get("kernel_drops", 0), "kernel_packets": c.get("kernel_packets", 0),
@@ -64,7 +70,8 @@ class SensorHealth:
         findings = []
         for node, s in self._state["nodes"].items():
             quiet = now_ns - s["last_seen_ns"]
-            if quiet > self.silent_after_ns and not s["silent"]:
+            # the stored time may lag the last heartbeat by up to a third of the bound (observe)
+            if quiet > self.silent_after_ns + self.silent_after_ns // 3 and not s["silent"]:
                 s["silent"] = True
                 self.touched = True
                 findings.append(_finding("sensor_silent", node, s["last_seen_ns"], now_ns,
