@@ -14,7 +14,6 @@ from pathlib import Path
 
 import hcl2
 import pytest
-
 from conftest import REPO, require_tool
 
 AZURE = REPO / "infra" / "azure"
