@@ -83,7 +83,6 @@ def main() -> None:
     from azure.functions.eventgrid import EventGridEventInConverter
     from azure.functions.meta import Datum
     from azure.storage.blob import BlobServiceClient
-
     from azure_emulator import azurite_blob
     from eventgrid_standin import EventGridStandIn
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,7 +90,7 @@ def _capture_messages(capture, sensor="node-1/18ebe3a3", sequence=0):
 def test_replayed_scan_goes_through_event_grid_and_the_function_to_blobs_and_the_alerts_topic(backend):
     b = backend
     env = {k: v for k, v in os.environ.items() if k not in _AZURE_ENV}
-    run = subprocess.run([sys.executable, "-m", "kubesonar.cli", "replay",
+    run = subprocess.run([str(Path(sys.executable).parent / "kubesonar"), "replay",
                           str(PCAPS / "portscan/evilfingers_nmap_TCP_SYN_SCAN.pcap"),
                           "--queue", f"eventgrid://{b['flows'].host}", "--cluster", "prod", "--node", "node-1"],
                          check=False, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
