@@ -60,7 +60,7 @@ def _messages(nodes: int, windows: int, busy: bool):
     from kubesonar.shared.flow import FlowRecords
 
     flows = FlowRecords.concat(list(flows_from_captures(
-        [Path(os.environ.get("KUBESONAR_DATA", REPO.parent / "shared" / "data")) / "pcaps/benign/ndpi_git.pcap"])))
+        [Path(os.environ.get("KUBESONAR_DATA", REPO.parent / "shared" / "data")) / "pcaps/benign/chrissanders_http_espn.pcapng"])))
     out = []
     for w in range(windows):
         for n in range(nodes):

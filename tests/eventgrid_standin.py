@@ -51,10 +51,12 @@ class Counters:
 
 
 class EventGridStandIn:
-    def __init__(self, ca: Any, tls_dir: Path, topic: str = "kubesonar-flows", key: str | None = None,
+    def __init__(self, ca: Any, tls_dir: Path, topic: str = "kubesonar-flows", subscription: str = "kubesonar-scoring",
+                 key: str | None = None,
                  subscriber: Callable[[Any], None] | None = None, dead_letter: Any = None,
                  max_attempts: int = 4, retry_delays_s: tuple[float, ...] = (0.05, 0.1, 0.2), concurrency: int = 16):
-        self.topic, self.key, self.subscriber, self.dead_letter = topic, key, subscriber, dead_letter
+        self.topic, self.subscription, self.key = topic, subscription, key
+        self.subscriber, self.dead_letter = subscriber, dead_letter
         self.max_attempts, self.retry_delays_s = max_attempts, retry_delays_s
         self.identity_header = secrets.token_hex(16)
         self.received: list[dict] = []
@@ -185,7 +187,8 @@ class EventGridStandIn:
         record = [dict(event, deadLetterReason="MaxDeliveryAttemptsExceeded", deliveryAttempts=attempts,
                        lastDeliveryOutcome=outcome[:500], publishTime=event["eventTime"],
                        lastDeliveryAttemptTime=now.isoformat())]
-        name = f"{self.topic.upper()}/{now:%Y/%m/%d/%H}/{uuid.uuid4()}.json"  # Event Grid's layout
+        # Event Grid's layout: the subscription's name upper-cased, then the UTC date and hour unpadded
+        name = f"{self.subscription.upper()}/{now.year}/{now.month}/{now.day}/{now.hour}/{uuid.uuid4()}.json"
         self.dead_letter.upload_blob(name, json.dumps(record).encode())
         with self._lock:
             self.counters.dead_lettered += 1

@@ -151,7 +151,7 @@ def test_a_failing_event_is_retried_then_dead_lettered_by_event_grid(backend):
     b["flows"].wait_idle()
     counters = b["flows"].counters
     assert (counters.failed, counters.delivered, counters.dead_lettered) == (b["flows"].max_attempts, 0, 1)
-    (record,) = [json.loads(v) for n, v in _blobs(b["containers"]["deadletter"], "KUBESONAR-FLOWS/").items()]
+    (record,) = [json.loads(v) for n, v in _blobs(b["containers"]["deadletter"], "KUBESONAR-SCORING/").items()]
     assert record[0]["id"] == messages[0].key and record[0]["deliveryAttempts"] == b["flows"].max_attempts
     assert "ContainerNotFound" in record[0]["lastDeliveryOutcome"]
 
