@@ -43,8 +43,10 @@ class EventGridQueue:
             from azure.eventgrid import EventGridPublisherClient
             from azure.identity import DefaultAzureCredential
 
-            client = EventGridPublisherClient(endpoint_of(url), DefaultAzureCredential(), retry_total=2,
-                                              connection_timeout=10, read_timeout=30)
+            # the spooling publisher retries (briefly, so capture is not held up) and then spools:
+            # no second retry loop in the SDK
+            client = EventGridPublisherClient(endpoint_of(url), DefaultAzureCredential(), retry_total=0,
+                                              connection_timeout=5, read_timeout=15)
         self._client = client
 
     def send(self, messages: list[Message]) -> None:

@@ -202,3 +202,11 @@ def test_the_timer_reports_a_sensor_that_went_silent(backend):
     assert (note["subject"], note["data"]["id"]) == ("prod/sensor_silent", alert["id"])
     b["app"].check_sensor_health(None)
     assert len(_alerts(b)) == 1 and len(b["alerts"].received) == 1  # once per silence
+
+
+def test_the_app_indexes_as_the_python_worker_reads_it(backend):
+    functions = {f.get_function_name(): json.loads(f.get_function_json()) for f in backend["app"].app.get_functions()}
+    bindings = {name: [(b["type"], b["direction"]) for b in f["bindings"]] for name, f in functions.items()}
+    assert bindings == {"score_batch": [("eventGridTrigger", "IN")], "check_sensor_health": [("timerTrigger", "IN")]}
+    (timer,) = functions["check_sensor_health"]["bindings"]
+    assert timer["schedule"] == "0 */1 * * * *" and timer["runOnStartup"] is False
