@@ -285,8 +285,9 @@ resource "azurerm_function_app_flex_consumption" "this" {
   maximum_instance_count      = var.maximum_instance_count
   instance_memory_in_mb       = var.instance_memory_in_mb
 
-  https_only                                     = true
-  public_network_access_enabled                  = true # Event Grid delivers over the public endpoint, authenticated with the function's system key
+  # no https_only: the provider refuses it on this resource (terraform-provider-azurerm issue 29000);
+  # Event Grid delivers to the function over HTTPS with the function's system key
+  public_network_access_enabled                  = true
   webdeploy_publish_basic_authentication_enabled = false
   client_certificate_enabled                     = false
   app_settings                                   = local.app_settings
