@@ -123,10 +123,11 @@ def test_the_sensors_publisher_sends_event_grid_schema_events_the_function_score
     assert "state/prod/sensor_health.json" in state and "state/prod/port_scan.json" in state
 
 
-def test_a_poison_event_is_counted_and_dead_lettered_without_retries(backend):
+def test_a_poison_event_is_counted_and_dead_lettered_without_retries(backend, caplog):
     from azure.eventgrid import EventGridEvent, EventGridPublisherClient
     from azure.identity import DefaultAzureCredential
 
+    caplog.set_level("INFO", logger="kubesonar")
     b = backend
     client = EventGridPublisherClient(b["flows"].endpoint, DefaultAzureCredential())
     client.send([EventGridEvent(subject="prod/node-1", event_type="KubeSonar.FlowBatch", data_version="1",
@@ -141,6 +142,9 @@ def test_a_poison_event_is_counted_and_dead_lettered_without_retries(backend):
     assert "is not supported" in kept["undecodable/poison-1.json"]["error"]  # random bytes after the magic
     assert kept["undecodable/poison-2.json"]["data"] == {"not": "base64"}
     assert _alerts(b) == []
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "kubesonar"]  # one JSON line each
+    assert sorted((line["id"], line["decode_errors"], line["flows"]) for line in lines) == [
+        ("poison-1", 1, 0), ("poison-2", 1, 0)]
 
 
 def test_a_failing_event_is_retried_then_dead_lettered_by_event_grid(backend):
