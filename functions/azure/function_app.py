@@ -17,13 +17,7 @@ import re
 
 import azure.functions as func
 from kubesonar.functions.azure.runtime import deadletter, deps
-from kubesonar.shared.pipeline import (
-    Delivery,
-    DeliveryOutcome,
-    ProcessResult,
-    check_all_sensors,
-    process_deliveries,
-)
+from kubesonar.shared.pipeline import Delivery, check_all_sensors, process_deliveries
 
 app = func.FunctionApp()
 log = logging.getLogger("kubesonar")
@@ -32,16 +26,16 @@ log = logging.getLogger("kubesonar")
 @app.event_grid_trigger(arg_name="event")
 def score_batch(event: func.EventGridEvent) -> None:
     try:
-        delivery = Delivery(event.id, base64.b64decode(event.get_json(), validate=True))
-        outcome = process_deliveries([delivery], deps)
+        deliveries, poison = [Delivery(event.id, base64.b64decode(event.get_json(), validate=True))], []
     except (binascii.Error, TypeError, ValueError) as exc:  # data is not a base64 string
-        outcome = DeliveryOutcome(ProcessResult(flows=0), poison=[(event.id, f"data is not a base64 batch: {exc}")])
-    for event_id, why in outcome.poison:
+        deliveries, poison = [], [(event.id, f"data is not a base64 batch: {exc}")]
+    outcome = process_deliveries(deliveries, deps)
+    for event_id, why in poison + outcome.poison:
         deadletter.put(f"undecodable/{re.sub(r'[^A-Za-z0-9._=@+-]', '_', event_id)}.json",
                        json.dumps({"id": event_id, "error": why, "subject": event.subject,
                                    "eventType": event.event_type, "data": event.get_json()}).encode())
     _log("batch scored", id=event.id, subject=event.subject, flows=outcome.result.flows,
-         decode_errors=len(outcome.poison), new_alerts=[a["id"] for a in outcome.result.new_alerts],
+         decode_errors=len(poison + outcome.poison), new_alerts=[a["id"] for a in outcome.result.new_alerts],
          errors=outcome.result.errors + [why for _, why in outcome.retry])
     if outcome.retry:  # Event Grid redelivers; what was applied is not applied twice
         raise RuntimeError(f"event {event.id} failed: {outcome.retry[0][1]}")
