@@ -119,8 +119,7 @@ def test_the_sensors_publisher_sends_event_grid_schema_events_the_function_score
     assert {e["dataVersion"] for e in events} == {str(BatchHeader("c", "n", "s", 0, 0, 1).schema_version)}
     (alert,) = _alerts(b)
     assert alert["type"] == "port_scan"
-    state = _blobs(b["containers"]["state"])
-    assert "state/prod/sensor_health.json" in state and "state/prod/port_scan.json" in state
+    assert sorted(_blobs(b["containers"]["state"])) == ["state/prod/detectors.json", "state/prod/sensor_health.json"]
 
 
 def test_a_poison_event_is_counted_and_dead_lettered_without_retries(backend, caplog):
@@ -186,8 +185,8 @@ def test_sixteen_concurrent_invocations_lose_no_baseline_update(backend):
     _publish(b, messages)  # one request; the stand-in invokes the function 16 at a time
     b["flows"].wait_idle()
     assert b["flows"].counters.delivered == 16 and b["flows"].counters.failed == 0
-    doc = json.loads(b["containers"]["state"].download_blob("state/prod/new_workload.json").readall())
-    assert len(doc["state"]["workloads"]) == 16 * 6 and len(doc["applied"]) == 16
+    doc = json.loads(b["containers"]["state"].download_blob("state/prod/detectors.json").readall())
+    assert len(doc["detectors"]["new_workload"]["workloads"]) == 16 * 6 and len(doc["applied"]) == 16
 
 
 def test_the_timer_reports_a_sensor_that_went_silent(backend):
