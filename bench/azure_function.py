@@ -59,8 +59,8 @@ def _messages(nodes: int, windows: int, busy: bool):
     from kubesonar.shared.batch import BatchHeader
     from kubesonar.shared.flow import FlowRecords
 
-    flows = FlowRecords.concat(list(flows_from_captures(
-        [Path(os.environ.get("KUBESONAR_DATA", REPO.parent / "shared" / "data")) / "pcaps/benign/chrissanders_http_espn.pcapng"])))
+    data = Path(os.environ.get("KUBESONAR_DATA", REPO.parent / "shared" / "data"))
+    flows = FlowRecords.concat(list(flows_from_captures([data / "pcaps/benign/chrissanders_http_espn.pcapng"])))
     out = []
     for w in range(windows):
         for n in range(nodes):
@@ -83,6 +83,7 @@ def main() -> None:
     from azure.functions.eventgrid import EventGridEventInConverter
     from azure.functions.meta import Datum
     from azure.storage.blob import BlobServiceClient
+
     from azure_emulator import azurite_blob
     from eventgrid_standin import EventGridStandIn
 
@@ -155,7 +156,8 @@ def _node_month(r: dict) -> float:
     """Blob requests, Event Grid (one publish and one delivery per message), Flex executions and memory
     time (2 GB instances; the measured time per invocation, which Azurite's loopback flatters)."""
     m = MESSAGES_PER_NODE_MONTH
-    blob = m * ((r["writes"] + r["lists"]) * PRICES["blob_write_per_10k"] + r["reads"] * PRICES["blob_read_per_10k"]) / 1e4
+    blob = m * ((r["writes"] + r["lists"]) * PRICES["blob_write_per_10k"]
+                + r["reads"] * PRICES["blob_read_per_10k"]) / 1e4
     eventgrid = m * 2 * PRICES["eventgrid_per_million_ops"] / 1e6
     invocations = m * r["invocations_per_message"]
     compute = invocations * (r["ms_per_invocation"] / 1000 * 2 * PRICES["flex_gb_s"]

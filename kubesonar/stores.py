@@ -2,7 +2,8 @@
 
 Each kind is one entry of :data:`STORE_KINDS`: its URL form and the function that opens it, imported
 only when used. A plain path or ``file://DIR`` is the embedded default (a local directory);
-``s3://BUCKET[/PREFIX]`` is S3, ``az://ACCOUNT/CONTAINER[/PREFIX]`` Blob Storage, and each new backend (``gs://``, ``az://``, ``nats://``) adds one entry.
+``s3://BUCKET[/PREFIX]`` is S3, ``az://ACCOUNT/CONTAINER[/PREFIX]`` Blob Storage, and each new backend
+(``gs://``, ``nats://``) adds one entry.
 Credentials come from each SDK's default chain.
 """
 
@@ -89,5 +90,7 @@ def _open_blob(url: str) -> ObjectStore:
     else:
         from azure.identity import DefaultAzureCredential
 
-        service = BlobServiceClient(f"https://{parsed.netloc}.blob.core.windows.net", credential=DefaultAzureCredential())
-    return BlobObjectStore(service.get_container_client(container), prefix.strip("/") + "/" if prefix.strip("/") else "")
+        service = BlobServiceClient(f"https://{parsed.netloc}.blob.core.windows.net",
+                                    credential=DefaultAzureCredential())
+    prefix = prefix.strip("/")
+    return BlobObjectStore(service.get_container_client(container), prefix + "/" if prefix else "")

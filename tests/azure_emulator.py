@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
+
 from conftest import require_tool
 
 # Azurite's well-known development account (published in its README; not a secret)

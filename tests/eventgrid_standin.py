@@ -172,7 +172,7 @@ class EventGridStandIn:
             with self._lock:
                 self.counters.delivered += 1
             return
-        except Exception as exc:  # noqa: BLE001 - a raising function is a failed delivery
+        except Exception as exc:
             outcome = f"{type(exc).__name__}: {exc}"
             with self._lock:
                 self.counters.failed += 1
@@ -235,8 +235,8 @@ def _handler(standin: EventGridStandIn) -> type[BaseHTTPRequestHandler]:
             from urllib.parse import unquote
 
             audience = unquote(params.get("resource", "")).rstrip("/")
-            body = json.dumps({"access_token": standin.issue_token(audience), "expires_on": str(int(time.time()) + 3600),
-                               "resource": audience, "token_type": "Bearer"}).encode()
+            body = json.dumps({"access_token": standin.issue_token(audience), "resource": audience,
+                               "expires_on": str(int(time.time()) + 3600), "token_type": "Bearer"}).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

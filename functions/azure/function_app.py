@@ -16,6 +16,7 @@ import logging
 import re
 
 import azure.functions as func
+
 from kubesonar.functions.azure.runtime import deadletter, deps
 from kubesonar.shared.pipeline import Delivery, check_all_sensors, process_deliveries
 

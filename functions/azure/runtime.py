@@ -15,6 +15,7 @@ import os
 from azure.eventgrid import EventGridPublisherClient
 from azure.identity import DefaultAzureCredential
 from azure.storage.blob import BlobServiceClient
+
 from kubesonar.functions.azure.notifier import EventGridNotifier
 from kubesonar.functions.azure.store import BlobObjectStore
 from kubesonar.shared.netzones import PRIVATE_NETWORKS

@@ -53,7 +53,7 @@ class EventGridQueue:
         for group in _requests([_event(m) for m in messages]):
             try:
                 self._client.send(group)
-            except Exception as exc:  # noqa: BLE001 - endpoint down, throttled, token refused: all retryable here
+            except Exception as exc:
                 raise QueueUnavailable(f"Event Grid {self.url}: {type(exc).__name__}: {str(exc)[:300]}") from None
 
 

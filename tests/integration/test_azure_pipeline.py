@@ -17,14 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from azure_emulator import azurite, new_container  # noqa: F401 - the fixture
-from conftest import PCAPS, REPO
-from eventgrid_standin import EventGridStandIn
+
 from kubesonar.sensor.queues import open_publisher, window_messages
 from kubesonar.sensor.queues.eventgrid import LIMIT
 from kubesonar.sensor.spool import SpoolingPublisher
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.flow import FlowRecords
+
+from azure_emulator import azurite, new_container  # noqa: F401 - the fixture
+from conftest import PCAPS, REPO
+from eventgrid_standin import EventGridStandIn
 
 _AZURE_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
               "AZURE_AUTHORITY_HOST", "MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT")

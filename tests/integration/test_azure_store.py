@@ -5,10 +5,12 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from azure_emulator import azurite, new_container  # noqa: F401 - the fixture
 from contract.object_store import ObjectStoreContract
+
 from kubesonar.functions.azure.store import BlobObjectStore
 from kubesonar.shared.errors import StoreError
+
+from azure_emulator import azurite, new_container  # noqa: F401 - the fixture
 
 
 class TestBlobObjectStore(ObjectStoreContract):

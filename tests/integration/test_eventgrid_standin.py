@@ -10,12 +10,14 @@ from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
 from azure.eventgrid import EventGridEvent, EventGridPublisherClient
 from azure.identity import DefaultAzureCredential
-from eventgrid_standin import EventGridStandIn
+
 from kubesonar.sensor.queues import Message, open_publisher
 from kubesonar.sensor.queues.eventgrid import LIMIT, EventGridQueue
 from kubesonar.shared.batch import BatchHeader, encode_batch
 from kubesonar.shared.errors import QueueUnavailable
 from kubesonar.shared.flow import FlowRecords
+
+from eventgrid_standin import EventGridStandIn
 
 
 @pytest.fixture

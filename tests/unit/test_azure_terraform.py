@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hcl2
 import pytest
+
 from conftest import REPO, require_tool
 
 AZURE = REPO / "infra" / "azure"
@@ -113,7 +114,8 @@ def test_the_subscription_delivers_to_the_event_grid_function_of_this_repository
     tf = _tf()["resource"]
     app = tf[("azurerm_function_app_flex_consumption", "this")]
     assert (app["runtime_name"], app["runtime_version"]) == ("python", "3.12")
-    assert app["identity"][0]["type"] == "SystemAssigned" and app["storage_authentication_type"] == "SystemAssignedIdentity"
+    assert app["identity"][0]["type"] == "SystemAssigned"
+    assert app["storage_authentication_type"] == "SystemAssignedIdentity"
     subscription = tf[("azurerm_eventgrid_event_subscription", "flows")]
     function = subscription["azure_function_endpoint"][0]["function_id"].rsplit("/functions/", 1)[1]
     assert _decorated_functions(FUNCTIONS / "function_app.py") == {function: "event_grid_trigger",
@@ -197,7 +199,8 @@ def test_the_sensor_may_send_to_the_flows_topic_only():
     assert needs == {"Microsoft.EventGrid/events/send/action"}
     grants = {n: g for n, g in _assignments().items() if "user_assigned_identity.sensor" in g["principal_id"]}
     (grant,) = grants.values()
-    assert (grant["scope"], grant["role_definition_name"]) == ("${azurerm_eventgrid_topic.flows.id}", _least_role(needs))
+    assert (grant["scope"], grant["role_definition_name"]) == ("${azurerm_eventgrid_topic.flows.id}",
+                                                               _least_role(needs))
     credential = _tf()["resource"][("azurerm_federated_identity_credential", "sensor")]
     assert credential["subject"] == "system:serviceaccount:${var.sensor_namespace}:${var.sensor_service_account}"
     variables = _tf()["variable"]
