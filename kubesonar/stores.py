@@ -2,7 +2,8 @@
 
 Each kind is one entry of :data:`STORE_KINDS`: its URL form and the function that opens it, imported
 only when used. A plain path or ``file://DIR`` is the embedded default (a local directory);
-``s3://BUCKET[/PREFIX]`` is S3, and each new backend (``gs://``, ``az://``, ``nats://``) adds one entry.
+``s3://BUCKET[/PREFIX]`` is S3, ``az://ACCOUNT/CONTAINER[/PREFIX]`` Blob Storage, and each new backend
+(``gs://``, ``nats://``) adds one entry.
 Credentials come from each SDK's default chain.
 """
 
@@ -28,6 +29,8 @@ class StoreKind:
 STORE_KINDS: tuple[StoreKind, ...] = (
     StoreKind("s3", re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"),
               "kubesonar.stores:_open_s3", "s3://BUCKET[/PREFIX]"),
+    StoreKind("az", re.compile(r"^az://[a-z0-9]{3,24}/[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9](/.*)?$"),
+              "kubesonar.stores:_open_blob", "az://ACCOUNT/CONTAINER[/PREFIX]"),
     StoreKind("directory", re.compile(r"^(file://)?[^:]+$"), "kubesonar.stores:_open_directory",
               "a directory path or file://DIR"),
 )
@@ -68,3 +71,26 @@ def _open_s3(url: str) -> ObjectStore:
     parsed = urlparse(url)
     prefix = parsed.path.strip("/")
     return S3ObjectStore(boto3.client("s3"), parsed.netloc, prefix + "/" if prefix else "")
+
+
+def _open_blob(url: str) -> ObjectStore:
+    """Blob Storage with DefaultAzureCredential; KUBESONAR_STORAGE_CONNECTION_STRING, when set, is used
+    instead (Azurite, or an account that still allows shared keys)."""
+    import os
+
+    from azure.storage.blob import BlobServiceClient
+
+    from kubesonar.functions.azure.store import BlobObjectStore
+
+    parsed = urlparse(url)
+    container, _, prefix = parsed.path.strip("/").partition("/")
+    connection_string = os.environ.get("KUBESONAR_STORAGE_CONNECTION_STRING")
+    if connection_string:
+        service = BlobServiceClient.from_connection_string(connection_string)
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        service = BlobServiceClient(f"https://{parsed.netloc}.blob.core.windows.net",
+                                    credential=DefaultAzureCredential())
+    prefix = prefix.strip("/")
+    return BlobObjectStore(service.get_container_client(container), prefix + "/" if prefix else "")

@@ -18,6 +18,18 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${debs[@]}" >/dev/null
 fi
 
+# Azurite, Microsoft's Blob Storage emulator, for the Azure adapter's tests (npm; Node.js from Debian)
+if ! command -v azurite-blob >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  if ! command -v npm >/dev/null; then
+    echo "installing Debian packages: nodejs npm"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  echo "installing azurite (npm)"
+  $sudo npm install -g --silent 'azurite@3'
+fi
+
 # checkov in a virtual environment of its own: it pins an old boto3
 if [ ! -x .venv-checkov/bin/checkov ]; then
   echo "installing checkov (its own virtual environment)"

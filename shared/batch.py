@@ -41,7 +41,10 @@ _PRELUDE = struct.Struct("<4sHHIIII")  # magic, version, flags, header len, stor
 _FIXED_HEADER = struct.Struct("<HQIIqqII")  # schema, sequence, part, parts, start, end, rows, window rows
 
 SQS_LIMIT = 256 * 1024
-EVENT_GRID_LIMIT = 1024 * 1024
+# Event Grid takes 1 MB per event and per publish request; the event carries the batch base64-encoded
+# with its envelope (sensor/queues/eventgrid.py), so the batch itself is at most 3/4 of 1,000,000 bytes
+# less 2 KiB of envelope (ids and names of up to 253 characters each).
+EVENT_GRID_LIMIT = (1_000_000 - 2048) // 4 * 3
 PUBSUB_LIMIT = 10 * 1000 * 1000
 DEFAULT_DECODED_CAP = 64 << 20
 MIN_LIMIT = 4096
@@ -232,6 +235,15 @@ def decode_batch(message: bytes, decoded_cap: int = DEFAULT_DECODED_CAP) -> Batc
     if len(flows) != header.flow_count:
         raise BatchFormatError(f"header counts {header.flow_count} flows, payload holds {len(flows)}")
     return Batch(header, flows, side.get(PodEvents.NAME, PodEvents.empty()), side.get(DnsMessages.NAME, DnsMessages.empty()))
+
+
+def read_header(message: bytes) -> BatchHeader:
+    """A message's header alone (who sent it, which window), without inflating its payload: for a
+    publisher's envelope. The full checks are decode_batch's, on the receiving side."""
+    if len(message) < _PRELUDE.size or _PRELUDE.unpack_from(message)[0] != MAGIC:
+        raise BatchFormatError("not a KubeSonar flow batch")
+    head_len = _PRELUDE.unpack_from(message)[3]
+    return _decode_header(Reader(memoryview(message)[_PRELUDE.size : _PRELUDE.size + head_len], "batch header"))
 
 
 def _inflate(stored: memoryview, decoded_len: int) -> bytes:

@@ -83,3 +83,13 @@ def test_the_image_pins_its_base_and_runs_the_sensor():
     assert all(":" in b and "latest" not in b for b in bases)
     assert 'ENTRYPOINT ["kubesonar"]' in dockerfile and 'CMD ["sensor"]' in dockerfile
     assert Path(REPO / ".dockerignore").read_text().count(".git") >= 1
+
+
+def test_the_azure_overlay_carries_the_workload_identity_of_the_sensor():
+    docs = _render("azure")
+    account = next(d for d in docs if d["kind"] == "ServiceAccount")
+    assert (account["metadata"]["namespace"], account["metadata"]["name"]) == ("kubesonar", "kubesonar-sensor")
+    assert "azure.workload.identity/client-id" in account["metadata"]["annotations"]
+    pod = _daemonset("azure")["spec"]["template"]
+    assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert pod["spec"]["serviceAccountName"] == "kubesonar-sensor"

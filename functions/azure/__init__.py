@@ -1,0 +1,1 @@
+"""The Azure adapter: Event Grid -> Azure Functions (``function_app.py``) -> Blob Storage and Event Grid."""

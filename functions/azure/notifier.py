@@ -1,0 +1,23 @@
+"""An Event Grid topic as the core's notifier: one event per new alert, eventType ``KubeSonar.Alert``,
+subject ``cluster/type``, the alert JSON as data. Severity is in the data, so subscriptions filter on it
+with an advanced filter (``data.severity`` in high, critical) and route to a webhook, a Logic App, a
+Service Bus queue or a Storage queue without parsing the alert."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from azure.eventgrid import EventGridEvent
+
+EVENT_TYPE = "KubeSonar.Alert"
+DATA_VERSION = "1.0"
+
+
+class EventGridNotifier:
+    def __init__(self, client: Any):
+        self._eventgrid = client
+
+    def notify(self, alert: dict[str, Any]) -> None:
+        self._eventgrid.send([EventGridEvent(subject=f"{alert.get('cluster') or 'default'}/{alert['type']}",
+                                             event_type=EVENT_TYPE, data=alert, data_version=DATA_VERSION,
+                                             id=alert["id"])])

@@ -1,0 +1,46 @@
+"""What the function app builds once per instance (a cold start), from its app settings:
+
+KUBESONAR_STORAGE_ACCOUNT_URL (https://ACCOUNT.blob.core.windows.net, reached with the app's managed
+identity) or KUBESONAR_STORAGE_CONNECTION_STRING (a connection string; Azurite in tests),
+KUBESONAR_STATE_CONTAINER, KUBESONAR_ALERTS_CONTAINER, KUBESONAR_DEADLETTER_CONTAINER,
+KUBESONAR_ALERTS_TOPIC_ENDPOINT (https://TOPIC-HOST/api/events), KUBESONAR_LEARNING_PERIOD_S,
+KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs; docs/detection.md).
+Credentials are DefaultAzureCredential's: the app's system-assigned managed identity in Azure.
+"""
+
+from __future__ import annotations
+
+import os
+
+from azure.eventgrid import EventGridPublisherClient
+from azure.identity import DefaultAzureCredential
+from azure.storage.blob import BlobServiceClient
+
+from kubesonar.functions.azure.notifier import EventGridNotifier
+from kubesonar.functions.azure.store import BlobObjectStore
+from kubesonar.shared.netzones import PRIVATE_NETWORKS
+from kubesonar.shared.pipeline import CoreConfig, Dependencies
+from kubesonar.shared.ports import RoutedObjectStore, SystemClock
+
+
+def _blob_service(credential: DefaultAzureCredential) -> BlobServiceClient:
+    connection_string = os.environ.get("KUBESONAR_STORAGE_CONNECTION_STRING")
+    if connection_string:
+        return BlobServiceClient.from_connection_string(connection_string)
+    return BlobServiceClient(os.environ["KUBESONAR_STORAGE_ACCOUNT_URL"], credential=credential)
+
+
+_credential = DefaultAzureCredential()
+_blobs = _blob_service(_credential)
+deadletter = BlobObjectStore(_blobs.get_container_client(os.environ["KUBESONAR_DEADLETTER_CONTAINER"]))
+deps = Dependencies(
+    store=RoutedObjectStore(BlobObjectStore(_blobs.get_container_client(os.environ["KUBESONAR_STATE_CONTAINER"])),
+                            {"alerts/": BlobObjectStore(_blobs.get_container_client(
+                                os.environ["KUBESONAR_ALERTS_CONTAINER"]))}),
+    notifier=EventGridNotifier(EventGridPublisherClient(os.environ["KUBESONAR_ALERTS_TOPIC_ENDPOINT"], _credential)),
+    clock=SystemClock(),
+    config=CoreConfig(learning_period_s=float(os.environ.get("KUBESONAR_LEARNING_PERIOD_S", "86400")),
+                      sensor_silent_after_s=float(os.environ.get("KUBESONAR_SENSOR_SILENT_AFTER_S", "60")),
+                      internal_networks=tuple(filter(None, os.environ.get(
+                          "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
+)

@@ -1,0 +1,68 @@
+"""Blob Storage as the core's object store: conditional writes are Blob Storage's ETags (If-None-Match: *
+to create, If-Match on the ETag to replace), so concurrent invocations never lose an update."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import ContentSettings
+
+from kubesonar.shared.errors import StoreError, VersionConflict
+from kubesonar.shared.ports import StoredObject, check_key
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
+
+_JSON = ContentSettings(content_type="application/json")
+
+
+class BlobObjectStore:
+    def __init__(self, container: ContainerClient, prefix: str = ""):
+        self._container, self.prefix = container, prefix
+
+    def get(self, key: str) -> StoredObject | None:
+        try:
+            download = self._container.download_blob(self.prefix + check_key(key))
+            return StoredObject(download.readall(), download.properties.etag)
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _store_error("read", key, exc) from None
+
+    def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
+        name = self.prefix + check_key(key)
+        condition = {"etag": if_version, "match_condition": MatchConditions.IfNotModified} if if_version else {}
+        try:
+            result = self._container.get_blob_client(name).upload_blob(data, overwrite=not create_only,
+                                                                       content_settings=_JSON, **condition)
+        except (ResourceExistsError, ResourceModifiedError):
+            raise VersionConflict(f"{key}: changed since it was read") from None
+        except ResourceNotFoundError as exc:
+            if if_version and exc.error_code == "BlobNotFound":  # deleted since read: that version is gone
+                raise VersionConflict(f"{key}: gone since it was read") from None
+            raise _store_error("write", key, exc) from None
+        except AzureError as exc:
+            raise _store_error("write", key, exc) from None
+        return result["etag"]
+
+    def list(self, prefix: str) -> Iterator[str]:
+        try:
+            for name in self._container.list_blob_names(name_starts_with=self.prefix + prefix):
+                yield name[len(self.prefix):]
+        except AzureError as exc:
+            raise _store_error("list", prefix, exc) from None
+
+
+def _store_error(what: str, key: str, exc: AzureError) -> StoreError:
+    code = getattr(exc, "error_code", None) if isinstance(exc, HttpResponseError) else None
+    reason = str(exc.message or exc).splitlines()[0][:200]
+    return StoreError(f"Blob Storage could not {what} {key!r}: {code or type(exc).__name__}: {reason}")

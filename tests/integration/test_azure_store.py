@@ -1,0 +1,49 @@
+"""The Blob Storage object store passes the same contract as every store, against Azurite's HTTP API."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from contract.object_store import ObjectStoreContract
+
+from kubesonar.functions.azure.store import BlobObjectStore
+from kubesonar.shared.errors import StoreError
+
+from azure_emulator import azurite, new_container  # noqa: F401 - the fixture
+
+
+class TestBlobObjectStore(ObjectStoreContract):
+    @pytest.fixture
+    def store(self, azurite):  # noqa: F811
+        return BlobObjectStore(new_container(azurite, f"state-{uuid.uuid4().hex[:12]}"))
+
+
+def test_the_conditions_are_blob_storages_own(azurite):  # noqa: F811
+    container = new_container(azurite, f"state-{uuid.uuid4().hex[:12]}")
+    store = BlobObjectStore(container, prefix="p/")
+    version = store.put("a.json", b"{}", create_only=True)
+    assert container.get_blob_client("p/a.json").get_blob_properties().etag == version  # the ETag itself
+    assert container.get_blob_client("p/a.json").get_blob_properties().content_settings.content_type == (
+        "application/json")
+    assert list(store.list("")) == ["a.json"]
+
+
+def test_a_missing_container_is_a_store_error_not_a_traceback(azurite):  # noqa: F811
+    from azure.storage.blob import BlobServiceClient
+
+    store = BlobObjectStore(BlobServiceClient.from_connection_string(azurite).get_container_client("absent"))
+    assert store.get("k") is None
+    with pytest.raises(StoreError, match="Blob Storage could not write"):
+        store.put("k", b"1")
+
+
+def test_az_store_urls_open_blob_storage(azurite, monkeypatch):  # noqa: F811
+    from kubesonar.stores import open_store
+
+    container = new_container(azurite, f"state-{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("KUBESONAR_STORAGE_CONNECTION_STRING", azurite)
+    store = open_store(f"az://devstoreaccount1/{container.container_name}/team-a")
+    store.put("alerts/prod/1.json", b"{}", create_only=True)
+    assert list(container.list_blob_names()) == ["team-a/alerts/prod/1.json"]
+    assert list(store.list("alerts/")) == ["alerts/prod/1.json"]
