@@ -228,7 +228,10 @@ def _play(args, messages, invoke) -> dict:
                     continue
                 batch = [heapq.heappop(pending)[2] for _ in range(min(args.batch_size, len(pending)))]
             in_flight.acquire()
-            pool.submit(invocation, batch)
+            try:
+                pool.submit(invocation, batch)
+            except RuntimeError:  # the run is over (its time ran out): what is left is counted as lost
+                return
 
     end = time.time() + messages[-1][0] - messages[0][0] + args.batching_window + 300
     thread = threading.Thread(target=poller, args=(end,), daemon=True)
@@ -288,11 +291,14 @@ def report(args, f: dict) -> str:
                        if f"10.250.{w}.1" in scans)
     per_month = MONTH_S / args.window_s  # messages per node-month: one a window
 
+    # Lambda's poller keeps 5 long polls of 20 s open on the queue, busy or not: a fixed cost per cluster
+    idle_polls = 5 * MONTH_S / 20 / args.nodes
+
     def cost(reads: float, writes: float, invocations: float, seconds: float, alerts: float) -> dict[str, float]:
         """Per node-month from per-message figures; each message under 64 KiB is one SQS request to send,
-        and the poller's receives and deletes take up to 10 a call (plus its idle long polls, ~0.2)."""
+        and the poller's receives and deletes take up to 10 a call."""
         return {"s3": per_month * (reads * PRICES["s3_get_per_1000"] + writes * PRICES["s3_put_per_1000"]) / 1000,
-                "sqs": per_month * (1 + 2 / 10 + 0.2) * PRICES["sqs_per_million_64k"] / 1e6,
+                "sqs": (per_month * (1 + 2 / 10) + idle_polls) * PRICES["sqs_per_million_64k"] / 1e6,
                 "lambda": per_month * (invocations * PRICES["lambda_per_million"] / 1e6
                                        + seconds * 0.5 * PRICES["lambda_gb_s_arm64"]),  # 512 MB
                 "sns": per_month * alerts * PRICES["sns_per_million"] / 1e6}
@@ -340,7 +346,7 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=10.0)
     parser.add_argument("--busy-fraction", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=100, help="the Terraform module's default")
-    parser.add_argument("--batching-window", type=float, default=20.0, help="the Terraform module's default")
+    parser.add_argument("--batching-window", type=float, default=30.0, help="the Terraform module's default")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--get-ms", type=float, default=15.0)
     parser.add_argument("--put-ms", type=float, default=30.0)

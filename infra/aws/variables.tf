@@ -52,7 +52,7 @@ variable "batch_size" {
 variable "maximum_batching_window_in_seconds" {
   description = "Seconds the event source mapping may wait to fill a batch: the knob that trades alert latency for cost. Window end to alert is about this plus the processing time (docs/cost.md)."
   type        = number
-  default     = 20
+  default     = 30
 
   validation {
     condition     = var.maximum_batching_window_in_seconds >= 0 && var.maximum_batching_window_in_seconds <= 300
