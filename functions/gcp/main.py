@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 
 import functions_framework
 from cloudevents.http import CloudEvent
@@ -68,9 +69,11 @@ def score(deliveries: list[Delivery], keys: dict[str, str]) -> list[str]:
 
 @functions_framework.cloud_event
 def on_tick(event: CloudEvent) -> None:
-    drain(_subscription, _pull_max, score)
+    started = time.perf_counter()
+    pulled = drain(_subscription, _pull_max, score)
     raised = [a["id"] for a in check_all_sensors(deps).new_alerts]
-    log("INFO", "sensor health checked", new_alerts=raised)
+    log("INFO", "sensor health checked", new_alerts=raised, pulled=pulled,
+        seconds=round(time.perf_counter() - started, 3))
 
 
 @functions_framework.cloud_event

@@ -75,3 +75,13 @@ def test_the_same_bytes_created_by_another_writer_still_conflict(bucket):
     store.put("state/c/doc.json", b'{"v": 1}', create_only=True)
     with pytest.raises(VersionConflict):
         store.put("state/c/doc.json", b'{"v": 1}', create_only=True)  # equal bytes, another writer
+
+
+def test_a_gs_url_opens_the_bucket_under_its_prefix(bucket):
+    from kubesonar.stores import open_store
+
+    client, name = bucket
+    store = open_store(f"gs://{name}/team-a")
+    store.put("state/c/doc.json", b"{}", create_only=True)
+    assert [b.name for b in client.list_blobs(name)] == ["team-a/state/c/doc.json"]
+    assert list(store.list("state/")) == ["state/c/doc.json"]
