@@ -167,8 +167,11 @@ def test_object_store_requests_per_message_for_both_shapes(gcp_emulators, tmp_pa
     nodes = 30
     with _deployed(gcp_emulators, tmp_path) as gcp:
         figures = _measure(gcp, nodes)
+        ticks = [json.loads(x) for x in gcp["tick_log"].read_text().splitlines() if x.startswith("{")]
     with capsys.disabled():
-        print(f"\nobject-store requests per message ({nodes} nodes of one cluster, one window each):")
+        print("\nticks (messages pulled, seconds):",
+              [(t["pulled"], t["seconds"]) for t in ticks if t["message"] == "sensor health checked"])
+        print(f"object-store requests per message ({nodes} nodes of one cluster, one window each):")
         for (shape, load), f in figures.items():
             print(f"  {shape:4} {load}: {sum(f.values()):.2f} ({', '.join(f'{k} {v:.2f}' for k, v in f.items())})")
     total = {k: sum(f.values()) for k, f in figures.items()}
