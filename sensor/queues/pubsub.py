@@ -6,7 +6,6 @@ at an emulator, as the library itself honours it."""
 from __future__ import annotations
 
 import re
-from concurrent import futures
 from typing import Any
 
 from kubesonar.sensor.queues import Message
@@ -33,7 +32,7 @@ class PubSubQueue:
         try:
             for future in pending:
                 future.result(timeout=_PUBLISH_TIMEOUT_S)
-        except (futures.TimeoutError, Exception) as exc:  # noqa: BLE001 - unreachable, refused, credentials
+        except Exception as exc:  # noqa: BLE001 - timed out, unreachable, refused, credentials: all retryable
             raise QueueUnavailable(f"Pub/Sub {self.topic}: {type(exc).__name__}: {exc}") from None
 
 
