@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1
+
 from kubesonar.shared.identity import batch_key
 from kubesonar.shared.pipeline import Delivery
 

@@ -20,6 +20,7 @@ import time
 import functions_framework
 from cloudevents.http import CloudEvent
 from google.cloud import pubsub_v1, storage
+
 from kubesonar.functions.gcp.drain import attributes_key, drain
 from kubesonar.functions.gcp.log import log
 from kubesonar.functions.gcp.notifier import PubSubNotifier

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from google.api_core import exceptions as gexc
+
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import StoredObject, check_key
 

@@ -32,7 +32,7 @@ class PubSubQueue:
         try:
             for future in pending:
                 future.result(timeout=_PUBLISH_TIMEOUT_S)
-        except Exception as exc:  # noqa: BLE001 - timed out, unreachable, refused, credentials: all retryable
+        except Exception as exc:
             raise QueueUnavailable(f"Pub/Sub {self.topic}: {type(exc).__name__}: {exc}") from None
 
 

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import PCAPS
 from gcp_emulator import gcp_emulators, storage_client, storage_requests  # noqa: F401 - the fixture
 from gcp_function import Deployment, create, function_server, scored, wait_until
+
 from kubesonar.sensor.queues import window_messages
 from kubesonar.sensor.queues.pubsub import PubSubQueue
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.flow import FlowRecords
+
+from conftest import PCAPS
 
 SCAN = PCAPS / "portscan/evilfingers_nmap_TCP_SYN_SCAN.pcap"
 

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from gcp_emulator import PROJECT, free_port, gcp_emulators  # noqa: F401 - the fixture
+
 from kubesonar.sensor.queues import open_publisher, window_messages
 from kubesonar.sensor.queues.pubsub import PubSubQueue
 from kubesonar.sensor.spool import SpoolingPublisher

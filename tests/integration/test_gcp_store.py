@@ -9,6 +9,7 @@ import pytest
 from contract.object_store import ObjectStoreContract
 from gcp_emulator import gcp_emulators, storage_client  # noqa: F401 - the fixture
 from google.api_core.exceptions import PreconditionFailed
+
 from kubesonar.functions.gcp.store import GcsObjectStore
 from kubesonar.shared.errors import VersionConflict
 

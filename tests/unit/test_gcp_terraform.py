@@ -13,6 +13,7 @@ from pathlib import Path
 
 import hcl2
 import pytest
+
 from conftest import REPO
 
 GCP = REPO / "infra" / "gcp"
