@@ -2,8 +2,8 @@
 
 Each kind is one entry of :data:`STORE_KINDS`: its URL form and the function that opens it, imported
 only when used. A plain path or ``file://DIR`` is the embedded default (a local directory);
-``s3://BUCKET[/PREFIX]`` is S3, ``az://ACCOUNT/CONTAINER[/PREFIX]`` Blob Storage, and each new backend
-(``gs://``, ``nats://``) adds one entry.
+``s3://BUCKET[/PREFIX]`` is S3, ``az://ACCOUNT/CONTAINER[/PREFIX]`` Blob Storage, ``gs://BUCKET[/PREFIX]``
+Cloud Storage, and each new backend (``nats://``) adds one entry.
 Credentials come from each SDK's default chain.
 """
 
@@ -31,6 +31,8 @@ STORE_KINDS: tuple[StoreKind, ...] = (
               "kubesonar.stores:_open_s3", "s3://BUCKET[/PREFIX]"),
     StoreKind("az", re.compile(r"^az://[a-z0-9]{3,24}/[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9](/.*)?$"),
               "kubesonar.stores:_open_blob", "az://ACCOUNT/CONTAINER[/PREFIX]"),
+    StoreKind("gs", re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/.*)?$"),
+              "kubesonar.stores:_open_gcs", "gs://BUCKET[/PREFIX]"),
     StoreKind("directory", re.compile(r"^(file://)?[^:]+$"), "kubesonar.stores:_open_directory",
               "a directory path or file://DIR"),
 )
@@ -94,3 +96,13 @@ def _open_blob(url: str) -> ObjectStore:
                                     credential=DefaultAzureCredential())
     prefix = prefix.strip("/")
     return BlobObjectStore(service.get_container_client(container), prefix + "/" if prefix else "")
+
+
+def _open_gcs(url: str) -> ObjectStore:
+    from google.cloud import storage
+
+    from kubesonar.functions.gcp.store import GcsObjectStore
+
+    parsed = urlparse(url)
+    prefix = parsed.path.strip("/")
+    return GcsObjectStore(storage.Client(), parsed.netloc, prefix + "/" if prefix else "")

@@ -30,6 +30,26 @@ if ! command -v azurite-blob >/dev/null; then
   $sudo npm install -g --silent 'azurite@3'
 fi
 
+# Google's Pub/Sub emulator (tests/gcp_emulator.py runs `gcloud beta emulators pubsub start`) and a JRE for
+# it. The emulator is packaged by Google's own apt repository (google-cloud-cli-pubsub-emulator), not by
+# Debian's; the machine image carries it. Where it is missing and that repository is not configured, say how.
+sdk_root="$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null || true)"
+if [ -z "$sdk_root" ] || [ ! -d "$sdk_root/platform/pubsub-emulator" ] || ! command -v java >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  gcp_debs=(default-jre-headless)
+  if [ -z "$sdk_root" ] || [ ! -d "$sdk_root/platform/pubsub-emulator" ]; then
+    if ! apt-cache policy google-cloud-cli-pubsub-emulator | grep -q 'Candidate: [0-9]'; then
+      echo "the Pub/Sub emulator is missing and no apt source offers google-cloud-cli-pubsub-emulator:" >&2
+      echo "add Google Cloud's apt repository (cloud.google.com/sdk/docs/install#deb), then rerun" >&2
+      exit 1
+    fi
+    gcp_debs+=(google-cloud-cli google-cloud-cli-pubsub-emulator)
+  fi
+  echo "installing Debian packages: ${gcp_debs[*]}"
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${gcp_debs[@]}" >/dev/null
+fi
+
 # checkov in a virtual environment of its own: it pins an old boto3
 if [ ! -x .venv-checkov/bin/checkov ]; then
   echo "installing checkov (its own virtual environment)"

@@ -46,6 +46,9 @@ SQS_LIMIT = 256 * 1024
 # less 2 KiB of envelope (ids and names of up to 253 characters each).
 EVENT_GRID_LIMIT = (1_000_000 - 2048) // 4 * 3
 PUBSUB_LIMIT = 10 * 1000 * 1000
+# A sensor's Pub/Sub message must also fit a push or Eventarc delivery: an event is at most 512 KB
+# (Eventarc quotas) and a push body carries the data base64-encoded in a JSON envelope (docs/gcp.md).
+PUBSUB_PUSH_LIMIT = (512_000 - 4096) * 3 // 4
 DEFAULT_DECODED_CAP = 64 << 20
 MIN_LIMIT = 4096
 ZSTD_LEVEL = 19  # ~6 us a flow to encode, decoding is as fast as at any level; see docs/flow-format.md

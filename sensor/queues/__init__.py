@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-from kubesonar.shared.batch import EVENT_GRID_LIMIT, PUBSUB_LIMIT, SQS_LIMIT, BatchHeader, encode_batch
+from kubesonar.shared.batch import EVENT_GRID_LIMIT, PUBSUB_PUSH_LIMIT, SQS_LIMIT, BatchHeader, encode_batch
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.flow import FlowRecords
@@ -55,7 +55,7 @@ QUEUE_KINDS: tuple[QueueKind, ...] = (
     QueueKind("file", re.compile(r"^file://"), SQS_LIMIT, "kubesonar.sensor.queues.directory:open_directory_queue",
               "file://DIR"),
     QueueKind("pubsub", re.compile(r"^pubsub://projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/topics/[A-Za-z][\w.~+%-]{2,254}$"),
-              PUBSUB_LIMIT, "kubesonar.sensor.queues.pubsub:PubSubQueue", "pubsub://projects/PROJECT/topics/TOPIC"),
+              PUBSUB_PUSH_LIMIT, "kubesonar.sensor.queues.pubsub:PubSubQueue", "pubsub://projects/PROJECT/topics/TOPIC"),
     QueueKind("eventgrid", re.compile(r"^eventgrid://[A-Za-z0-9.-]+(:\d+)?/?$"), EVENT_GRID_LIMIT,
               "kubesonar.sensor.queues.eventgrid:EventGridQueue", "eventgrid://TOPIC-HOSTNAME"),
     QueueKind("sqs", re.compile(r"^https?://(sqs\.[a-z0-9-]+\.amazonaws\.com(\.cn)?|[^/]+)/\d{12}/[A-Za-z0-9_-]{1,80}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import subprocess
 
 from conftest import PCAPS
@@ -13,8 +14,9 @@ REQUIRED = {"src_ip", "dst_ip", "src_port", "dst_port", "proto", "packets_out", 
             "bytes_in", "first_ts", "last_ts", "state"}
 
 
-def _run(*args):
-    return subprocess.run(["kubesonar", *args], capture_output=True, text=True, timeout=120)
+def _run(*args, env: dict[str, str] | None = None):
+    return subprocess.run(["kubesonar", *args], capture_output=True, text=True, timeout=120,
+                          env=None if env is None else {**os.environ, **env})
 
 
 def test_flows_jsonl_has_the_documented_fields():
@@ -96,10 +98,13 @@ def test_live_commands_fail_in_one_line_on_bad_settings(tmp_path):
         (["sensor", "-i", "no-such-if0", "--queue", f"file://{tmp_path}/q", "--spool", str(tmp_path / "s"),
           "--duration", "1"], "no interface matches no-such-if0"),
         (["watch", "-i", "lo", "--filter", "tcp port", "--duration", "1"], "bad capture filter 'tcp port'"),
-        (["sensor", "-i", "lo", "--queue", "pubsub://projects/my-project/topics/flows"], "comes with the pubsub adapter"),
+        (["sensor", "-i", "lo", "--queue", "pubsub://projects/my-project/topics/flows"], "no Google credentials"),
     ]
+    # no credentials anywhere, and the metadata server is not even asked (no traffic leaves the machine)
+    no_google = {"NO_GCE_CHECK": "True", "GOOGLE_APPLICATION_CREDENTIALS": "", "PUBSUB_EMULATOR_HOST": "",
+                 "CLOUDSDK_CONFIG": str(tmp_path / "no-gcloud")}
     for args, message in cases:
-        result = _run(*args)
+        result = _run(*args, env=no_google)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
         assert message in result.stderr, result.stderr
 

@@ -1,0 +1,86 @@
+"""The Cloud Run function (2nd gen): sensor messages in, the core, alerts to Cloud Storage and Pub/Sub.
+
+Two CloudEvent entry points over the same core call (docs/gcp.md says why the deployed one is `on_tick`):
+- `on_tick`: a Cloud Scheduler tick (via Pub/Sub) drains the flows subscription in bulk with synchronous
+  pulls, scores everything in one call, acks what was applied, then runs the sensor-health check;
+- `on_message`: one pushed message per request (push subscription or Eventarc); raising means retry.
+A message that never decodes is counted, copied under `deadletter/` of the state bucket, and acked.
+Settings (environment): KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_ALERTS_TOPIC,
+KUBESONAR_FLOWS_SUBSCRIPTION, KUBESONAR_PULL_MAX_MESSAGES, KUBESONAR_LEARNING_PERIOD_S,
+KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS; STORAGE_EMULATOR_HOST and
+PUBSUB_EMULATOR_HOST point the clients at emulators, as the libraries themselves honour them.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+
+import functions_framework
+from cloudevents.http import CloudEvent
+from google.cloud import pubsub_v1, storage
+
+from kubesonar.functions.gcp.drain import attributes_key, drain
+from kubesonar.functions.gcp.log import log
+from kubesonar.functions.gcp.notifier import PubSubNotifier
+from kubesonar.functions.gcp.store import GcsObjectStore
+from kubesonar.shared.netzones import PRIVATE_NETWORKS
+from kubesonar.shared.pipeline import (
+    CoreConfig,
+    Delivery,
+    Dependencies,
+    check_all_sensors,
+    process_deliveries,
+)
+from kubesonar.shared.ports import RoutedObjectStore, SystemClock
+
+_env = os.environ
+_gcs = storage.Client()
+deps = Dependencies(
+    store=RoutedObjectStore(GcsObjectStore(_gcs, _env["KUBESONAR_STATE_BUCKET"]),
+                            {"alerts/": GcsObjectStore(_gcs, _env["KUBESONAR_ALERTS_BUCKET"])}),
+    notifier=PubSubNotifier(pubsub_v1.PublisherClient(), _env["KUBESONAR_ALERTS_TOPIC"]),
+    clock=SystemClock(),
+    config=CoreConfig(learning_period_s=float(_env.get("KUBESONAR_LEARNING_PERIOD_S", 24 * 3600)),
+                      sensor_silent_after_s=float(_env.get("KUBESONAR_SENSOR_SILENT_AFTER_S", 60)),
+                      internal_networks=tuple(filter(None, _env.get(
+                          "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
+)
+_subscription = _env.get("KUBESONAR_FLOWS_SUBSCRIPTION", "")
+_pull_max = int(_env.get("KUBESONAR_PULL_MAX_MESSAGES", 10_000))
+
+
+def score(deliveries: list[Delivery], keys: dict[str, str]) -> list[str]:
+    """All deliveries in one core call; returns the ids to acknowledge (applied and dead-lettered)."""
+    outcome = process_deliveries(deliveries, deps)
+    data = {d.id: d.data for d in deliveries}
+    for message_id, why in outcome.poison:
+        deps.store.put(f"deadletter/{message_id}", data[message_id])
+        log("WARNING", "message does not decode; copied to deadletter/", message_id=message_id, error=why,
+            batch=keys.get(message_id, ""))
+    for message_id, why in outcome.retry:
+        log("ERROR", "message failed; Pub/Sub redelivers it", message_id=message_id, error=why,
+            batch=keys.get(message_id, ""))
+    log("INFO", "batches scored", messages=len(deliveries), applied=len(outcome.applied),
+        poison=len(outcome.poison), flows=outcome.result.flows, batches=[keys.get(i, i) for i in outcome.applied],
+        new_alerts=[a["id"] for a in outcome.result.new_alerts], errors=outcome.result.errors)
+    return outcome.applied + [i for i, _ in outcome.poison]
+
+
+@functions_framework.cloud_event
+def on_tick(event: CloudEvent) -> None:
+    started = time.perf_counter()
+    pulled = drain(_subscription, _pull_max, score)
+    raised = [a["id"] for a in check_all_sensors(deps).new_alerts]
+    log("INFO", "sensor health checked", new_alerts=raised, pulled=pulled,
+        seconds=round(time.perf_counter() - started, 3))
+
+
+@functions_framework.cloud_event
+def on_message(event: CloudEvent) -> None:
+    message = event.data["message"]
+    key = attributes_key(message.get("attributes") or {})
+    if not score([Delivery(message["messageId"], base64.b64decode(message.get("data") or ""))],
+                 {message["messageId"]: key}):
+        raise RuntimeError(f"batch {key} was not applied; Pub/Sub redelivers it")

@@ -1,0 +1,57 @@
+"""The sensor's Pub/Sub publisher. The message data is the raw batch bytes; cluster, node, sensor,
+sequence and part travel as attributes. Credentials come from Application Default Credentials: on GKE,
+Workload Identity's metadata server (no key files). PUBSUB_EMULATOR_HOST, when set, points the client
+at an emulator, as the library itself honours it."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from kubesonar.sensor.queues import Message
+from kubesonar.shared.batch import PUBSUB_PUSH_LIMIT, read_header
+from kubesonar.shared.errors import ConfigError, QueueUnavailable
+from kubesonar.shared.identity import split_batch_key
+
+_TOPIC = re.compile(r"^pubsub://(projects/[^/]+/topics/[^/]+)$")
+_PUBLISH_TIMEOUT_S = 60.0
+
+
+class PubSubQueue:
+    limit = PUBSUB_PUSH_LIMIT
+
+    def __init__(self, url: str, client: Any = None):
+        match = _TOPIC.match(url)
+        if not match:
+            raise ConfigError(f"queue URL {url!r} is not pubsub://projects/PROJECT/topics/TOPIC")
+        self.topic = match.group(1)
+        self._publisher = client or _publisher_client()
+
+    def send(self, messages: list[Message]) -> None:
+        pending = [self._publisher.publish(self.topic, m.data, **_attributes(m)) for m in messages]
+        try:
+            for future in pending:
+                future.result(timeout=_PUBLISH_TIMEOUT_S)
+        except Exception as exc:
+            raise QueueUnavailable(f"Pub/Sub {self.topic}: {type(exc).__name__}: {exc}") from None
+
+
+def _publisher_client() -> Any:
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.cloud import pubsub_v1
+
+    # A publish request fills up to Pub/Sub's 10 MB request cap with messages of at most `limit` bytes
+    # (a window's parts go together) and waits no longer than 50 ms for more.
+    settings = pubsub_v1.types.BatchSettings(max_bytes=9_000_000, max_latency=0.05, max_messages=100)
+    try:
+        return pubsub_v1.PublisherClient(batch_settings=settings)
+    except DefaultCredentialsError as exc:
+        raise ConfigError(f"no Google credentials for Pub/Sub (Workload Identity on GKE, or "
+                          f"GOOGLE_APPLICATION_CREDENTIALS elsewhere): {exc}") from None
+
+
+def _attributes(message: Message) -> dict[str, str]:
+    sensor, sequence, part = split_batch_key(message.key)
+    header = read_header(message.data)
+    return {"cluster": header.cluster or "default", "node": header.node, "sensor": sensor,
+            "sequence": str(sequence), "part": str(part)}

