@@ -22,4 +22,7 @@ def test_the_build_script_packages_the_handler_for_arm64_python_3_12(tmp_path):
     for package in ("boto3/", "botocore/", "aws_lambda_powertools/", "zstandard/", "yaml/"):
         assert any(n.startswith(package) for n in names), package
     assert not any(n.startswith(("numba/", "llvmlite/", "scapy/", "kubernetes/")) for n in names)
+    # the lab (evaluation, attack tools, simulators) ships in no package
+    assert not any(n.startswith("lab/") or "lab_tools" in n or n.endswith(("evaluate.py", "scenarios.py", "benign.py"))
+                   for n in names)
     assert unzipped < 250 * 2**20  # Lambda's limit
