@@ -194,3 +194,15 @@ def remove_watch_entry(store: ObjectStore, name: str, indicator: str) -> None:
 
     _update_text(store, watchlist_key(name), drop)
     LOADER.forget()
+
+
+def subject_match(alert: dict) -> dict[str, str]:
+    """An allowlist ``match`` covering an alert's subject: its workload in its namespace, else its address."""
+    source = alert.get("source") or {}
+    workload = source.get("workload") or ""
+    if workload.count("/") >= 2:
+        namespace, kind_name = workload.split("/", 1)
+        return {"namespace": namespace, "workload": kind_name}
+    if source.get("ip"):
+        return {"cidr": source["ip"]}
+    raise ConfigError(f"alert {alert.get('id')} has neither a workload nor an address to allowlist")
