@@ -281,6 +281,58 @@ def watchlist_remove(store_url: str, name: str, indicator: str) -> None:
     click.echo(f"removed {indicator} from watchlist {name}")
 
 
+@click.command("console")
+@_STORE
+@click.option("--listen", default="127.0.0.1:8080", envvar="KUBESONAR_CONSOLE_LISTEN", show_default=True,
+              help="HOST:PORT to listen on; loopback unless told otherwise.")
+@click.option("--token", envvar="KUBESONAR_CONSOLE_TOKEN",
+              help="Bearer token to sign in with [default: a random one, printed at start].")
+@click.option("--trusted-header", envvar="KUBESONAR_CONSOLE_TRUSTED_HEADER",
+              help="Trust this header (set by an authenticating proxy) to name the user, instead of a token.")
+def console_command(store_url: str, listen: str, token: str | None, trusted_header: str | None) -> None:
+    """The web console: alert list, detail and triage, service map."""
+    from kubesonar.console.auth import ConsoleAuth
+    from kubesonar.console.server import serve
+    from kubesonar.shared.errors import ConfigError
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--listen {listen!r} is not HOST:PORT")
+    auth = ConsoleAuth(token, trusted_header)
+    with _opened(store_url) as store:
+        list(store.list("alerts/"))  # reachable now, not at the first page
+    try:
+        server = serve(store, host.strip("[]"), int(port), auth)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from None
+    where = f"http://{listen}"
+    if trusted_header:
+        click.echo(f"console on {where} (user from the {trusted_header} header)", err=True)
+    else:
+        click.echo(f"console on {where}: sign in at {where}/login?token={auth.token}&user=YOUR_NAME", err=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+
+
+@click.command("report")
+@_STORE
+@click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True)
+def report_command(store_url: str, out: str) -> None:
+    """One self-contained HTML file: alerts over time, open alerts and their triage, top talkers, the map."""
+    from pathlib import Path
+
+    from kubesonar.report import build_report
+
+    with _opened(store_url) as store:
+        html = build_report(store)
+    Path(out).write_text(html)
+    click.echo(f"wrote {out} ({len(html) // 1024} KiB)")
+
+
 def register(main: click.Group) -> None:
-    for command in (alerts, allowlist_group, watchlist_group):
+    for command in (alerts, allowlist_group, watchlist_group, console_command, report_command):
         main.add_command(command)
