@@ -33,7 +33,7 @@ def _opened(url: str) -> Iterator[ObjectStore]:
         yield open_store(url)
     except (KubeSonarError, click.ClickException):
         raise
-    except Exception as exc:  # noqa: BLE001 - SDKs raise their own kinds for an unreachable endpoint
+    except Exception as exc:  # SDKs raise their own kinds for an unreachable endpoint
         raise StoreError(f"store {url} could not be reached: {type(exc).__name__}: {exc}") from None
 
 

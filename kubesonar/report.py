@@ -37,7 +37,8 @@ def build_report(store: ObjectStore) -> str:
     rows = "".join(
         f'<tr><td>{sev(a["severity"])}</td><td>{escape(a["type"])}</td><td>{escape(a["status"])}</td>'
         f'<td>{escape(a.get("assignee") or "-")}</td><td>{escape(", ".join(a["tags"]) or "-")}</td>'
-        f'<td>{escape(workload(a.get("source")))}</td><td>{escape((a.get("source") or {}).get("namespace") or "-")}</td>'
+        f'<td>{escape(workload(a.get("source")))}</td>'
+        f'<td>{escape((a.get("source") or {}).get("namespace") or "-")}</td>'
         f'<td>{a["count"]}</td><td>{escape(a["last_seen"])}</td>'
         f'<td>{escape(a["comments"][-1]["text"] if a["comments"] else "")}</td></tr>' for a in active)
     open_table = (f"<table><thead><tr><th>severity</th><th>type</th><th>status</th><th>assignee</th><th>tags</th>"
@@ -56,6 +57,7 @@ def build_report(store: ObjectStore) -> str:
 <div class="panel"><h2>By namespace</h2>{bars(Counter((a.get("source") or {}).get("namespace") or "-" for a in alerts),
                                                "by namespace")}</div></div>
 <h2>Open alerts and their triage</h2>{open_table}
-<h2>Top talkers (bytes sent)</h2><table id="talkers"><tbody>{talker_rows or "<tr><td>no flows summarised</td></tr>"}</tbody></table>
+<h2>Top talkers (bytes sent)</h2>
+<table id="talkers"><tbody>{talker_rows or "<tr><td>no flows summarised</td></tr>"}</tbody></table>
 <h2>Service map</h2><div class="panel" id="map">{render(edges, alerts)}</div>
 </main></body></html>"""

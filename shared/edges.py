@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
 from kubesonar.shared.flow import FlowRecords, address_text
 from kubesonar.shared.ports import ObjectStore
 from kubesonar.shared.state import read_document, update_document

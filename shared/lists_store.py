@@ -164,7 +164,8 @@ def add_watch_entry(store: ObjectStore, name: str, indicator: str, reason: str =
 
     from kubesonar.shared.watchlist import LOADER, parse_entry, parse_watchlist
 
-    raw = {"indicator": indicator, **({"reason": reason} if reason else {}), **({"expires": expires} if expires else {})}
+    raw = {"indicator": indicator, **({"reason": reason} if reason else {}),
+           **({"expires": expires} if expires else {})}
     normal = parse_entry(raw, name, f"watchlist {name}").indicator
 
     def add(text: str | None) -> str:

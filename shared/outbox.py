@@ -118,7 +118,9 @@ def _claim(deps: Dependencies, cluster: str, alert_id: str, now: int) -> tuple[s
         if is_snoozed(alert, now):
             state[0] = "later"
             until = parse_iso_ns(alert["snoozed_until"])
-            return alert if notify.get("next_try_ns") == until else {**alert, "notify": {**notify, "next_try_ns": until}}
+            if notify.get("next_try_ns") == until:
+                return alert
+            return {**alert, "notify": {**notify, "next_try_ns": until}}
         if notify.get("next_try_ns", 0) > now or notify.get("lease_ns", 0) > now:
             state[0] = "later"
             return alert
@@ -151,7 +153,7 @@ def _deliver(deps: Dependencies, cluster: str, alert_id: str, routing: Routing, 
             confirmed[name] = seq
         except (DeliveryFailed, KubeSonarError) as exc:
             errors.append(f"notification of {alert_id} to {name} failed: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a notifier's SDK may raise anything; it is retried
+        except Exception as exc:  # a notifier SDK may raise anything; retried later
             errors.append(f"notification of {alert_id} to {name} failed: {type(exc).__name__}: {exc}")
     missing = [TOPIC if d is None else d.name for d in targets if confirmed.get(TOPIC if d is None else d.name) != seq]
     _record(deps, cluster, alert_id, seq, confirmed, missing, errors, now)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
+
 from kubesonar.shared.batch import Batch, BatchHeader
 from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
 

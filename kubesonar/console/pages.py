@@ -61,7 +61,8 @@ def alert_list(alerts: list[dict[str, Any]], shown: list[dict[str, Any]], query:
         f'<tr data-id="{escape(a["id"])}"><td>{sev(a["severity"])}</td>'
         f'<td><a class="alert-link" href="/alerts/{escape(a["id"])}">{escape(a["type"])}</a></td>'
         f'<td><span class="status">{escape(a["status"])}</span></td><td>{escape(a.get("assignee") or "-")}</td>'
-        f'<td>{escape(workload(a.get("source")))}</td><td>{escape((a.get("source") or {}).get("namespace") or "-")}</td>'
+        f'<td>{escape(workload(a.get("source")))}</td>'
+        f'<td>{escape((a.get("source") or {}).get("namespace") or "-")}</td>'
         f'<td>{a["count"]}</td><td>{escape(a["last_seen"])}</td><td>{escape(", ".join(a["tags"]))}</td></tr>'
         for a in shown)
     table = f'<table id="alerts"><thead><tr>{heads}</tr></thead><tbody>{rows}</tbody></table>' if shown \
@@ -101,8 +102,8 @@ def alert_detail(alert: dict[str, Any], csrf: str, flash: str = "") -> str:
     fact_rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in facts)
     evidence = "".join(f"<tr><th>{escape(k)}</th><td><code>{escape(json.dumps(v))}</code></td></tr>"
                        for k, v in sorted(alert["evidence"].items()))
-    endpoints = "".join(f"<tr><th>{side}</th><td><code>{escape(json.dumps(alert.get(side), sort_keys=True))}</code></td></tr>"
-                        for side in ("source", "destination"))
+    endpoints = "".join(f"<tr><th>{side}</th><td><code>{escape(json.dumps(alert.get(side), sort_keys=True))}"
+                        "</code></td></tr>" for side in ("source", "destination"))
     history = "".join(f'<li>{escape(h["at"])} <b>{escape(h["by"])}</b>: ' + "; ".join(
         f"{escape(k)}: {escape(json.dumps(old))} → {escape(json.dumps(new))}" for k, (old, new) in h["changes"].items())
         + "</li>" for h in alert["history"])
@@ -124,8 +125,9 @@ def alert_detail(alert: dict[str, Any], csrf: str, flash: str = "") -> str:
         action("assign", "Assign", '<input name="assignee" id="assignee-input" placeholder="user or team">'),
         action("tag", "Tag", '<input name="tag" id="tag-input" placeholder="tag">'),
         action("untag", "Untag", '<input name="tag" id="untag-input" placeholder="tag">', "secondary"),
-        action("snooze", "Snooze", '<select name="snooze" id="snooze-input"><option>1h</option><option>4h</option>'
-                                   '<option>1d</option><option>1w</option><option value="0">end snooze</option></select>'),
+        action("snooze", "Snooze", '<select name="snooze" id="snooze-input"><option>1h</option>'
+                                   '<option>4h</option><option>1d</option><option>1w</option>'
+                                   '<option value="0">end snooze</option></select>'),
         action("comment", "Comment", '<input name="comment" id="comment-input" size="40" placeholder="comment">'),
     ])
     note = f'<div class="flash" id="flash">{escape(flash)}</div>' if flash else ""
@@ -142,7 +144,8 @@ def map_page(svg: str, edges: list[dict[str, Any]]) -> str:
     rows = "".join(f'<tr><td>{escape(e["src"])}</td><td>{escape(e["dst"])}</td><td>{e["port"]}/{e["proto"]}</td>'
                    f'<td>{e["flows"]}</td><td>{e["bytes"]}</td></tr>' for e in edges[:30])
     return (f'<h1>Service map</h1><p>Workloads with open or acknowledged alerts are red; line width grows with '
-            f'bytes. Largest {min(len(edges), 30)} of {len(edges)} edges below.</p><div class="panel" id="map">{svg}</div>'
+            f'bytes. Largest {min(len(edges), 30)} of {len(edges)} edges below.</p>'
+            f'<div class="panel" id="map">{svg}</div>'
             f'<h2>Top edges</h2><table><thead><tr><th>from</th><th>to</th><th>port/proto</th><th>flows</th>'
             f'<th>bytes</th></tr></thead><tbody>{rows}</tbody></table>')
 

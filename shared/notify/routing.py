@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
 from kubesonar.shared.alerts import SEVERITIES, rules
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.ports import ObjectStore

@@ -17,8 +17,8 @@ def payload(alert: dict[str, Any], reason: str, console_url: str = "") -> dict[s
         {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": False}},
         {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{name}*\n{_escape(value)}"[:_TEXT_MAX]}
                                        for name, value in facts(alert)[:10]]},
-        {"type": "context", "elements": [{"type": "mrkdwn",
-                                          "text": f"cluster {_escape(alert.get('cluster', ''))} · alert {alert['id']}"}]},
+        {"type": "context", "elements": [{
+            "type": "mrkdwn", "text": f"cluster {_escape(alert.get('cluster', ''))} · alert {alert['id']}"}]},
     ]
     link = console_link(alert, console_url)
     if link:

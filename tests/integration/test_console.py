@@ -15,8 +15,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import require_tool
 from demo_store import KUBESONAR, build_demo_store, copy_store
+
+from conftest import require_tool
 
 TOKEN = "console-test-token"
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -178,10 +179,9 @@ def test_actions_need_the_token_and_a_csrf_token(console):
 def test_a_trusted_header_names_the_user(demo, tmp_path):
     import threading
 
-    from kubesonar.functions.local.store import LocalObjectStore
-
     from kubesonar.console.auth import ConsoleAuth
     from kubesonar.console.server import serve
+    from kubesonar.functions.local.store import LocalObjectStore
 
     store = copy_store(demo[0], tmp_path / "store")
     server = serve(LocalObjectStore(store), "127.0.0.1", 0, ConsoleAuth(None, "X-Forwarded-User"))

@@ -12,6 +12,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 from alert_fixtures import T0_NS, ManualClock, scan_batch, start_receiver
+
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared import lists_store
@@ -130,7 +131,8 @@ def test_routing_filters_by_severity_type_and_namespace(tmp_path, receiver):
     ("destinations:\n  - name: a\n    kind: webhook\n    url: http://x\n", "line 2: a webhook needs 'secret'"),
     ("destinations:\n  - name: a\n    kind: slack\n    url: http://x\n    min_severity: loud\n",
      "line 5: min_severity must be one of"),
-    ("destinations:\n  - name: a\n    kind: slack\n    url: http://x\n    types: [nope]\n", "line 5: unknown rule 'nope'"),
+    ("destinations:\n  - name: a\n    kind: slack\n    url: http://x\n    types: [nope]\n",
+     "line 5: unknown rule 'nope'"),
     ("destinations:\n  - name: a\n    kind: slack\n    url_env: NOT_SET_ANYWHERE\n",
      "line 4: environment variable NOT_SET_ANYWHERE is not set"),
     ("destinations:\n  - name: a\n    kind: slack\n    url: ftp://x\n", "line 4: the url must start with"),

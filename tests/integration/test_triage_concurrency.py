@@ -8,6 +8,7 @@ import random
 import time
 
 from alert_fixtures import ManualClock, scan_batch
+
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.pipeline import Dependencies, process_batch

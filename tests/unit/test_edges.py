@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from alert_fixtures import scan_batch
+
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared import edges
 from kubesonar.shared.state import read_document

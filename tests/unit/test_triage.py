@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from alert_fixtures import ManualClock, scan_batch
+
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared import lists_store
