@@ -157,3 +157,15 @@ def test_watchlist_entries_are_validated_and_replaced_by_indicator(deps):
         lists_store.remove_watch_entry(deps.store, "feed", "198.51.100.1")
     lists_store.remove_watch_entry(deps.store, "feed", "evil.example")
     assert len(parse_watchlist(deps.store.get("watchlists/feed.json").data, "feed")) == 1
+
+
+def test_a_severity_that_rises_is_notified_a_count_update_is_not():
+    from kubesonar.shared.triage import on_detection
+
+    before = {"id": "x", "status": "acknowledged", "severity": "medium", "history": []}
+    after, reason = on_detection(before, {**before, "severity": "critical"}, 0)
+    assert reason == "escalated" and after["status"] == "acknowledged"
+    assert after["history"][-1]["changes"] == {"severity": ["medium", "critical"]}
+    assert on_detection(before, {**before, "count": 2}, 0)[1] is None
+    quiet = {**before, "status": "false_positive"}
+    assert on_detection(quiet, {**quiet, "severity": "critical"}, 0)[1] is None  # a false positive stays silent
