@@ -17,6 +17,7 @@ beyond the short HTTP timeout and :data:`QUICK_TRIES`.
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -64,16 +65,22 @@ def intend(deps: Dependencies, cluster: str, ids: list[str]) -> None:
     update_document(deps.store, outbox_key(cluster), add)
 
 
-def mark_pending(alert: dict[str, Any], reason: str, now_ns: int) -> dict[str, Any]:
-    """The alert owing a notification for ``reason`` (in the detector's own write)."""
+def new_claim() -> str:
+    """What names one invocation's claim on the deliveries it is about to make."""
+    return secrets.token_hex(8)
+
+
+def mark_pending(alert: dict[str, Any], reason: str, now_ns: int, claim: str) -> dict[str, Any]:
+    """The alert owing a notification for ``reason``, claimed for delivery by this invocation, all in the
+    detector's own write (no separate write to claim it)."""
     notify = dict(alert.get("notify") or {})
     notify["seq"] = int(notify.get("seq", 0)) + 1
     notify["pending"] = {"reason": reason, "at": iso(now_ns)}
-    notify.update(attempts=0, next_try_ns=0)
+    notify.update(attempts=0, next_try_ns=0, lease_ns=now_ns + int(LEASE_S * SECOND), lease_by=claim)
     return {**alert, "notify": notify}
 
 
-def settle(deps: Dependencies, cluster: str, fresh: list[str]) -> list[str]:
+def settle(deps: Dependencies, cluster: str, fresh: list[str], claim: str = "") -> list[str]:
     """Deliver what this invocation owes (``fresh``) and what dead invocations left in the outbox;
     returns error messages (never raises)."""
     errors: list[str] = []
@@ -86,7 +93,7 @@ def settle(deps: Dependencies, cluster: str, fresh: list[str]) -> list[str]:
         old = [i for i, at in waiting.items() if now - at >= GRACE_S * SECOND]
         done = []
         for alert_id in dict.fromkeys([*fresh, *old]):
-            finished, why = _deliver(deps, cluster, alert_id, routing, now)
+            finished, why = _deliver(deps, cluster, alert_id, routing, now, claim)
             errors += why
             if finished:
                 done.append(alert_id)
@@ -100,7 +107,7 @@ def settle(deps: Dependencies, cluster: str, fresh: list[str]) -> list[str]:
     return errors
 
 
-def _claim(deps: Dependencies, cluster: str, alert_id: str, now: int) -> tuple[str, dict | None]:
+def _claim(deps: Dependencies, cluster: str, alert_id: str, now: int, claim: str) -> tuple[str, dict | None]:
     state: list[Any] = ["done", None]
     if read_document(deps.store, alert_key(cluster, alert_id))[0] is None:
         return "gone", None  # the invocation died before writing it: nothing to tell
@@ -121,19 +128,23 @@ def _claim(deps: Dependencies, cluster: str, alert_id: str, now: int) -> tuple[s
             if notify.get("next_try_ns") == until:
                 return alert
             return {**alert, "notify": {**notify, "next_try_ns": until}}
+        if claim and notify.get("lease_by") == claim and notify.get("lease_ns", 0) > now:
+            state[:] = ["claimed", alert]  # claimed in the detector's write: nothing to write
+            return alert
         if notify.get("next_try_ns", 0) > now or notify.get("lease_ns", 0) > now:
             state[0] = "later"
             return alert
         state[:] = ["claimed", alert]
-        return {**alert, "notify": {**notify, "lease_ns": now + int(LEASE_S * SECOND)}}
+        return {**alert, "notify": {**notify, "lease_ns": now + int(LEASE_S * SECOND), "lease_by": claim}}
 
     update_document(deps.store, alert_key(cluster, alert_id), change)
     return state[0], state[1]
 
 
-def _deliver(deps: Dependencies, cluster: str, alert_id: str, routing: Routing, now: int) -> tuple[bool, list[str]]:
+def _deliver(deps: Dependencies, cluster: str, alert_id: str, routing: Routing, now: int, claim: str
+             ) -> tuple[bool, list[str]]:
     """(whether the id may leave the outbox, error messages)."""
-    state, alert = _claim(deps, cluster, alert_id, now)
+    state, alert = _claim(deps, cluster, alert_id, now, claim)
     if state in ("done", "gone"):
         return True, []
     if state == "later":
@@ -199,7 +210,7 @@ def _record(deps: Dependencies, cluster: str, alert_id: str, seq: int, confirmed
             return alert
         notify = dict(alert.get("notify") or {})
         notify["confirmed"] = {**(notify.get("confirmed") or {}), **confirmed}
-        notify["lease_ns"] = 0
+        notify.update(lease_ns=0, lease_by=None)
         if notify.get("seq") != seq:  # a newer reason arrived meanwhile: it stays pending
             return {**alert, "notify": notify}
         if not missing:

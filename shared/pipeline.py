@@ -246,8 +246,9 @@ def _raise(deps: Dependencies, cluster: str, findings: list[tuple[Finding, str]]
             by_alert.setdefault(finding.fingerprint(cluster), []).append((finding, key))
     outbox.intend(deps, cluster, list(by_alert))
     owed: list[str] = []
+    claim = outbox.new_claim()
     for alert_id, group in by_alert.items():
-        alert, created, reason = _upsert_alert(deps.store, cluster, group, deps.clock)
+        alert, created, reason = _upsert_alert(deps.store, cluster, group, deps.clock, claim)
         if created:
             result.new_alerts.append(alert)
         elif alert is not None:
@@ -255,7 +256,7 @@ def _raise(deps: Dependencies, cluster: str, findings: list[tuple[Finding, str]]
         if reason or alert is None:  # a replayed batch may have died before delivering
             owed.append(alert_id)
     if by_alert or drain:
-        result.errors += outbox.settle(deps, cluster, owed)
+        result.errors += outbox.settle(deps, cluster, owed, claim)
 
 
 @dataclass(frozen=True)
@@ -367,8 +368,8 @@ def _finding(d: dict[str, Any]) -> Finding:
     return Finding(**{**d, "identity": tuple(d.get("identity", ()))})
 
 
-def _upsert_alert(store: ObjectStore, cluster: str, findings: list[tuple[Finding, str]], clock: Clock
-                  ) -> tuple[dict | None, bool, str | None]:
+def _upsert_alert(store: ObjectStore, cluster: str, findings: list[tuple[Finding, str]], clock: Clock,
+                  claim: str = "") -> tuple[dict | None, bool, str | None]:
     """Create or update one alert with its findings (each with the key of the batch that made it), in one
     write: (alert, created, why it owes a notification); (None, False, None) when every one of those
     batches was already merged into it. Triage fields survive the merge (shared/triage.py)."""
@@ -388,7 +389,7 @@ def _upsert_alert(store: ObjectStore, cluster: str, findings: list[tuple[Finding
         now = clock.now_ns()
         updated, outcome[2] = on_detection(alert, updated, now)
         if outcome[2]:
-            updated = outbox.mark_pending(updated, outcome[2], now)
+            updated = outbox.mark_pending(updated, outcome[2], now, claim)
         updated["updated_at_ns"] = now
         return updated
 
