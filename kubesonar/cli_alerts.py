@@ -147,10 +147,12 @@ def render_text(alert: dict[str, Any]) -> str:
 @click.option("--allowlist", "allowlist_name",
               help="With --status false_positive: also add an allowlist entry (to this allowlist) that covers "
                    "the alert's rule and subject; it is printed.")
+@click.option("--lists-store", "lists_url", envvar="KUBESONAR_LISTS_STORE",
+              help="Where allowlists live when alerts are kept apart (AWS: the state bucket) [default: --store].")
 @click.option("--by", help="Who makes the change [default: $USER].")
 def update_command(alert_id: str, store_url: str, status: str | None, assignee: str | None, tag: tuple[str, ...],
                    untag: tuple[str, ...], comment: str | None, snooze: str | None, allowlist_name: str | None,
-                   by: str | None) -> None:
+                   lists_url: str | None, by: str | None) -> None:
     """Triage an alert: status, assignee, tags, a comment, a snooze. Kept in its history."""
     from kubesonar.shared.alert_query import get_alert, triage_alert
     from kubesonar.shared.lists_store import add_allow_entry, subject_match
@@ -161,11 +163,11 @@ def update_command(alert_id: str, store_url: str, status: str | None, assignee: 
     snooze_s = None if snooze is None else 0 if snooze.strip() == "0" else parse_duration_s(snooze)
     change = TriageChange(status, assignee, list(tag), list(untag), comment, snooze_s).validate()
     who = _who(by)
-    with _opened(store_url) as store:
+    with _opened(store_url) as store, _opened(lists_url or store_url) as lists:
         if allowlist_name:  # written first: a refused entry leaves the alert as it was
             alert = get_alert(store, alert_id)
             match = subject_match(alert)
-            snippet = add_allow_entry(store, allowlist_name, alert["type"], f"false positive ({who}): "
+            snippet = add_allow_entry(lists, allowlist_name, alert["type"], f"false positive ({who}): "
                                       f"{comment or alert['title']}", match)
             click.echo(f"added to allowlist {allowlist_name}:\n{snippet.rstrip()}")
         alert = triage_alert(store, alert_id, change, who, time.time_ns())
@@ -289,7 +291,10 @@ def watchlist_remove(store_url: str, name: str, indicator: str) -> None:
               help="Bearer token to sign in with [default: a random one, printed at start].")
 @click.option("--trusted-header", envvar="KUBESONAR_CONSOLE_TRUSTED_HEADER",
               help="Trust this header (set by an authenticating proxy) to name the user, instead of a token.")
-def console_command(store_url: str, listen: str, token: str | None, trusted_header: str | None) -> None:
+@click.option("--lists-store", "lists_url", envvar="KUBESONAR_LISTS_STORE",
+              help="Where allowlists live when alerts are kept apart (AWS: the state bucket) [default: --store].")
+def console_command(store_url: str, listen: str, token: str | None, trusted_header: str | None,
+                    lists_url: str | None) -> None:
     """The web console: alert list, detail and triage, service map."""
     from kubesonar.console.auth import ConsoleAuth
     from kubesonar.console.server import serve
@@ -299,10 +304,11 @@ def console_command(store_url: str, listen: str, token: str | None, trusted_head
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"--listen {listen!r} is not HOST:PORT")
     auth = ConsoleAuth(token, trusted_header)
-    with _opened(store_url) as store:
+    with _opened(store_url) as store, _opened(lists_url or store_url) as lists:
         list(store.list("alerts/"))  # reachable now, not at the first page
+        list(lists.list("allowlists/"))
     try:
-        server = serve(store, host.strip("[]"), int(port), auth)
+        server = serve(store, host.strip("[]"), int(port), auth, lists)
     except OSError as exc:
         raise ConfigError(f"cannot listen on {listen}: {exc.strerror}") from None
     where = f"http://{listen}"

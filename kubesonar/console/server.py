@@ -44,7 +44,7 @@ def _form_change(action: str, form: dict[str, str]) -> TriageChange:
     raise KubeSonarError(f"unknown action {action!r}")
 
 
-def make_handler(store: ObjectStore, auth: ConsoleAuth) -> type[BaseHTTPRequestHandler]:
+def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "kubesonar-console"
 
@@ -152,7 +152,7 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth) -> type[BaseHTTPRequestH
             if action == "false_positive" and form.get("allowlist") == "1":
                 alert = get_alert(store, alert_id)
                 match = subject_match(alert)
-                snippet = add_allow_entry(store, ALLOWLIST_NAME, alert["type"], f"false positive ({user})", match)
+                snippet = add_allow_entry(lists, ALLOWLIST_NAME, alert["type"], f"false positive ({user})", match)
                 note = f" Added to allowlist {ALLOWLIST_NAME}: {' '.join(snippet.split())}"
                 triage_alert(store, alert_id, change, user, time.time_ns())
                 update_document(store, find_key(store, alert_id), lambda a: record(
@@ -164,6 +164,8 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth) -> type[BaseHTTPRequestH
     return Handler
 
 
-def serve(store: ObjectStore, host: str, port: int, auth: ConsoleAuth) -> ThreadingHTTPServer:
-    """A server bound to host:port (not yet serving: call serve_forever)."""
-    return ThreadingHTTPServer((host, port), make_handler(store, auth))
+def serve(store: ObjectStore, host: str, port: int, auth: ConsoleAuth, lists: ObjectStore | None = None
+          ) -> ThreadingHTTPServer:
+    """A server bound to host:port (not yet serving: call serve_forever); ``lists`` is where allowlist
+    entries go (the store itself unless alerts are kept apart)."""
+    return ThreadingHTTPServer((host, port), make_handler(store, auth, lists or store))
