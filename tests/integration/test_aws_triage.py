@@ -9,12 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
-from conftest import PCAPS
 from test_aws_pipeline import _Context, _notifications, _publish_capture, _received_event, backend  # noqa: F401
 
 from kubesonar.shared import lists_store
 from kubesonar.shared.pipeline import process_deliveries
+
+from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
+from conftest import PCAPS
 
 KUBESONAR = str(Path(sys.executable).with_name("kubesonar"))
 SCAN = PCAPS / "portscan/evilfingers_nmap_TCP_SYN_SCAN.pcap"
