@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -172,6 +173,19 @@ def test_actions_need_the_token_and_a_csrf_token(console):
                     {"Authorization": f"Bearer {TOKEN}"})[0] == 403
     assert _request(f"{base}/login", b"user=eve&token=guess")[0] == 403
     assert sorted((p.name, p.read_bytes()) for p in Path(store, "alerts").rglob("*.json")) == before
+    # the same post with the page's CSRF token: a false positive with its allowlist entry, shown
+    auth = {"Authorization": f"Bearer {TOKEN}", "X-KubeSonar-User": "bo"}
+    page = _request(f"{base}/alerts/{first['id']}", headers=auth)[1]
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+    status, _ = _request(f"{base}/alerts/{first['id']}", f"action=false_positive&allowlist=1&csrf={csrf}".encode(),
+                         auth)
+    assert status == 303
+    page = _request(f"{base}/alerts/{first['id']}?done=x", headers=auth)[1]
+    assert '<span class="status" id="alert-status">false_positive</span>' in page
+    entry = Path(store, "allowlists", "console.yaml").read_text()
+    assert "rule: port_scan" in entry and "workload: Deployment/frontend" in entry and "false positive (bo)" in entry
+    status, page = _request(f"{base}/alerts/{first['id']}", f"action=snooze&snooze=soon&csrf={csrf}".encode(), auth)
+    assert status == 400 and "duration 'soon' is not a number" in page
     assert _request(f"{base}/static/console.css")[0] == 200  # packaged assets need no sign-in
     assert _request(f"{base}/static/../../etc/passwd")[0] == 404
 
