@@ -347,6 +347,9 @@ def _progress(captures: tuple[str, ...]) -> Iterator[Callable[[int], None] | Non
         yield advance
 
 
+__import__("kubesonar.cli_alerts").cli_alerts.register(main)  # triage: alerts, allowlist, watchlist
+
+
 def run() -> None:
     try:
         main()

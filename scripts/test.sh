@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Set up and run the test suite on a fresh Debian machine: the tools the tests drive (tshark,
-# tcpdump, nmap, masscan, hping3, hydra with OpenSSH's sshd, curl, iproute2 for network namespaces),
+# tcpdump, nmap, masscan, hping3, hydra with OpenSSH's sshd, curl, iproute2 for network namespaces,
+# chromium and chromium-driver for the console),
 # a virtual environment with the project and its test extras, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(tshark tcpdump nmap masscan hping3 hydra openssh-server openssh-client curl iproute2 procps iputils-ping)
+debs=(tshark tcpdump nmap masscan hping3 hydra openssh-server openssh-client curl iproute2 procps iputils-ping
+      chromium chromium-driver)  # the console's tests drive headless Chromium through Selenium
 missing=()
-for tool in tshark tcpdump nmap masscan hping3 hydra ssh-keygen curl ip sysctl ping; do
+for tool in tshark tcpdump nmap masscan hping3 hydra ssh-keygen curl ip sysctl ping chromium chromedriver; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
 [ -x /usr/sbin/sshd ] || missing+=(sshd)

@@ -29,3 +29,15 @@ class VersionConflict(StoreError):
 
 class QueueUnavailable(KubeSonarError):
     """The queue a sensor publishes to could not be reached or refused a message; worth retrying."""
+
+
+class AlertNotFound(KubeSonarError):
+    """No alert has the id given."""
+
+
+class TriageError(KubeSonarError):
+    """A triage change is invalid (a status that does not exist, a snooze that cannot be read)."""
+
+
+class DeliveryFailed(KubeSonarError):
+    """A notification destination refused or did not answer; the outbox retries it later."""

@@ -8,7 +8,7 @@ from typing import Any
 
 OCSF_VERSION = "1.3.0"
 _SEVERITY_ID = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
-_STATUS_ID = {"open": 1, "acknowledged": 2, "closed": 4}  # New, In Progress, Resolved
+_STATUS_ID = {"open": 1, "acknowledged": 2, "resolved": 4, "false_positive": 4, "closed": 4}  # New, In Progress, Resolved
 _STATUS_NAME = {1: "New", 2: "In Progress", 4: "Resolved"}
 
 

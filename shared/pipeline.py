@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from kubesonar.shared import identity
+from kubesonar.shared import identity, outbox
 from kubesonar.shared.alerts import Finding, merge_alert, new_alert
 from kubesonar.shared.allowlist import AllowEntry, is_allowed
 from kubesonar.shared.applied import APPLIED, NEW, TOO_OLD, AppliedLog
@@ -35,9 +35,11 @@ from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDet
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
 from kubesonar.shared.errors import BatchFormatError, StoreError
 from kubesonar.shared.health import SensorHealth
+from kubesonar.shared.lists_store import ALLOW_LOADER
 from kubesonar.shared.netzones import PRIVATE_NETWORKS, Zones
 from kubesonar.shared.ports import Clock, Notifier, ObjectStore
 from kubesonar.shared.state import read_document, update_document
+from kubesonar.shared.triage import normalize, on_detection
 from kubesonar.shared.watchlist import LOADER, WatchEntry
 
 SECOND = 1_000_000_000
@@ -227,22 +229,34 @@ def _legacy_document(store: ObjectStore, cluster: str) -> dict:
     return {"layout": LAYOUT, "detectors": states} if states else {}
 
 
-def _raise(deps: Dependencies, cluster: str, findings: list[tuple[Finding, str]], result: ProcessResult) -> None:
-    """Findings that no allowlist silences become (or update) their alerts, one write per alert however
-    many batches of the invocation found it; a new alert is notified."""
+def _raise(deps: Dependencies, cluster: str, findings: list[tuple[Finding, str]], result: ProcessResult,
+           drain: bool = False) -> None:
+    """Findings that no allowlist (given, or in the store) silences become (or update) their alerts, one
+    write per alert however many batches of the invocation found it. Those owing a notification (new,
+    escalated, reopened) go through the outbox (shared/outbox.py), which also delivers what a dead
+    invocation left owing: in invocations with findings, and on the schedule's tick (``drain``)."""
+    stored, list_errors = ALLOW_LOADER.load(deps.store)
+    result.errors += [e for e in list_errors if e not in result.errors]
+    allow = [*deps.config.allowlist, *stored]
     by_alert: dict[str, list[tuple[Finding, str]]] = {}
     for finding, key in findings:
-        if is_allowed(finding, list(deps.config.allowlist)):
+        if is_allowed(finding, allow):
             result.allowlisted += 1
         else:
             by_alert.setdefault(finding.fingerprint(cluster), []).append((finding, key))
-    for group in by_alert.values():
-        alert, created = _upsert_alert(deps.store, cluster, group, deps.clock)
+    outbox.intend(deps, cluster, list(by_alert))
+    owed: list[str] = []
+    claim = outbox.new_claim()
+    for alert_id, group in by_alert.items():
+        alert, created, reason = _upsert_alert(deps.store, cluster, group, deps.clock, claim)
         if created:
             result.new_alerts.append(alert)
-            deps.notifier.notify(alert)
         elif alert is not None:
             result.updated_alerts.append(alert)
+        if reason or alert is None:  # a replayed batch may have died before delivering
+            owed.append(alert_id)
+    if by_alert or drain:
+        result.errors += outbox.settle(deps, cluster, owed, claim)
 
 
 @dataclass(frozen=True)
@@ -319,7 +333,7 @@ def check_sensors(deps: Dependencies, cluster: str) -> ProcessResult:
     update_document(deps.store, f"state/{cluster}/sensor_health.json", step)
     result = ProcessResult(flows=0)
     tick = f"tick/{deps.clock.now_ns()}"
-    _raise(deps, cluster, [(finding, tick) for finding in found], result)
+    _raise(deps, cluster, [(finding, tick) for finding in found], result, drain=True)
     return result
 
 
@@ -354,29 +368,30 @@ def _finding(d: dict[str, Any]) -> Finding:
     return Finding(**{**d, "identity": tuple(d.get("identity", ()))})
 
 
-def _upsert_alert(store: ObjectStore, cluster: str, findings: list[tuple[Finding, str]], clock: Clock
-                  ) -> tuple[dict | None, bool]:
+def _upsert_alert(store: ObjectStore, cluster: str, findings: list[tuple[Finding, str]], clock: Clock,
+                  claim: str = "") -> tuple[dict | None, bool, str | None]:
     """Create or update one alert with its findings (each with the key of the batch that made it), in one
-    write; (None, False) when every one of those batches was already merged into it."""
-    outcome: list = [False, False]  # created, replayed
+    write: (alert, created, why it owes a notification); (None, False, None) when every one of those
+    batches was already merged into it. Triage fields survive the merge (shared/triage.py)."""
+    outcome: list = [False, False, None]  # created, replayed, reason
 
     def change(alert: dict | None) -> dict:
-        outcome[:] = [alert is None, True]
-        updated = alert
+        outcome[:] = [alert is None, True, None]
+        updated = None if alert is None else normalize(alert)
         for finding, key in findings:
             if updated is not None and key in updated.get("batches", ()):
                 continue
             outcome[1] = False
             updated = new_alert(finding, cluster) if updated is None else merge_alert(updated, finding)
-            if updated["status"] == "closed":
-                updated["status"] = "open"  # it came back
             updated["batches"] = [*updated.get("batches", ()), key][-_BATCHES_KEEP:]  # what it has merged
         if outcome[1]:
             return alert
-        updated["updated_at_ns"] = clock.now_ns()
+        now = clock.now_ns()
+        updated, outcome[2] = on_detection(alert, updated, now)
+        if outcome[2]:
+            updated = outbox.mark_pending(updated, outcome[2], now, claim)
+        updated["updated_at_ns"] = now
         return updated
 
     alert = update_document(store, f"alerts/{cluster}/{findings[0][0].fingerprint(cluster)}.json", change)
-    return (None, False) if outcome[1] else (alert, outcome[0])
-
-
+    return (None, False, None) if outcome[1] else (alert, outcome[0], outcome[2])

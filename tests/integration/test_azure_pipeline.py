@@ -121,7 +121,8 @@ def test_the_sensors_publisher_sends_event_grid_schema_events_the_function_score
     assert {e["dataVersion"] for e in events} == {str(BatchHeader("c", "n", "s", 0, 0, 1).schema_version)}
     (alert,) = _alerts(b)
     assert alert["type"] == "port_scan"
-    assert sorted(_blobs(b["containers"]["state"])) == ["state/prod/detectors.json", "state/prod/sensor_health.json"]
+    assert sorted(_blobs(b["containers"]["state"])) == ["outbox/prod.json", "state/prod/detectors.json",
+                                                           "state/prod/sensor_health.json"]
 
 
 def test_a_poison_event_is_counted_and_dead_lettered_without_retries(backend, caplog):

@@ -1,0 +1,58 @@
+"""Who is asking, and whether a form post is theirs.
+
+Two modes: a bearer token (``--token``; a browser signs in once and keeps a signed, HttpOnly,
+SameSite=Strict cookie naming the user) or a trusted header set by an authenticating proxy in front
+(``--trusted-header X-Forwarded-User``; then every request must carry it). Every action is a POST that
+carries a CSRF token bound to the user (HMAC with a per-process secret), checked in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from http.cookies import SimpleCookie
+
+COOKIE = "kubesonar_session"
+_USER = re.compile(r"^[\w .@+-]{1,64}$")
+
+
+class ConsoleAuth:
+    def __init__(self, token: str | None, trusted_header: str | None = None):
+        self.trusted_header = trusted_header
+        self.token = token or ("" if trusted_header else secrets.token_urlsafe(24))
+        self._secret = secrets.token_bytes(32)
+
+    def _sign(self, text: str) -> str:
+        return hmac.new(self._secret + self.token.encode(), text.encode(), hashlib.sha256).hexdigest()
+
+    def user(self, headers: dict[str, str]) -> str | None:
+        """The signed-in user, or None."""
+        lowered = {k.lower(): v for k, v in headers.items()}
+        if self.trusted_header:
+            value = lowered.get(self.trusted_header.lower(), "").strip()
+            return value if _USER.match(value) else None
+        bearer = lowered.get("authorization", "")
+        if bearer.startswith("Bearer ") and hmac.compare_digest(bearer[7:].strip(), self.token):
+            return lowered.get("x-kubesonar-user", "token") if _USER.match(lowered.get("x-kubesonar-user", "token")) \
+                else None
+        cookie = SimpleCookie(lowered.get("cookie", ""))
+        if COOKIE in cookie:
+            user, _, signature = cookie[COOKIE].value.rpartition("|")
+            if user and hmac.compare_digest(signature, self._sign("session|" + user)):
+                return user
+        return None
+
+    def sign_in(self, token: str, user: str) -> str | None:
+        """A Set-Cookie value when the token is right and the name acceptable, else None."""
+        if self.trusted_header or not hmac.compare_digest(token.strip(), self.token) or not _USER.match(user.strip()):
+            return None
+        user = user.strip()
+        return f"{COOKIE}={user}|{self._sign('session|' + user)}; Path=/; HttpOnly; SameSite=Strict"
+
+    def csrf(self, user: str) -> str:
+        return self._sign("csrf|" + user)
+
+    def csrf_ok(self, user: str, given: str) -> bool:
+        return hmac.compare_digest(self.csrf(user), given or "")

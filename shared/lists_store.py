@@ -1,0 +1,209 @@
+"""Allowlists and watchlists kept in the object store, so every runtime (local, AWS, GCP, Azure, NATS)
+applies the same ones.
+
+Keys: ``allowlists/<name>.yaml`` (the allowlist file format of docs/allowlists.md, parsed by
+shared/allowlist.py) and ``watchlists/<name>.json`` (shared/watchlist.py). A warm function instance
+re-reads them at most once per freshness bound (60 s), like the watchlists' loader. A list that does
+not parse is reported and skipped; the others still apply. Writes are validated before they land.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+
+from kubesonar.shared.allowlist import AllowEntry, load_allowlist
+from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.ports import ObjectStore
+
+ALLOW_PREFIX = "allowlists/"
+_FRESH_S = 60.0
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_list_name(name: str) -> str:
+    if not _NAME.match(name) or name.endswith((".yaml", ".json")):
+        raise ConfigError(f"list name {name!r}: use 1-64 letters, digits and ._- (no extension)")
+    return name
+
+
+def allowlist_key(name: str) -> str:
+    return f"{ALLOW_PREFIX}{check_list_name(name)}.yaml"
+
+
+def parse_allowlist_text(text: str, name: str) -> list[AllowEntry]:
+    """Entries of an allowlist document; errors name ``name`` and the line, as for a file."""
+    # the allowlist parser reads files: give it one, and name the store key in its messages
+    fd, path = tempfile.mkstemp(prefix="kubesonar-allowlist-", suffix=".yaml")
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        try:
+            entries = load_allowlist(path)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace(path, name)) from None
+    finally:
+        os.unlink(path)
+    return [AllowEntry(**{**e.__dict__, "where": e.where.replace(path, name)}) for e in entries]
+
+
+class AllowlistLoader:
+    """Every allowlist under ``allowlists/``, re-read at most once per freshness bound per store."""
+
+    def __init__(self, fresh_s: float = _FRESH_S) -> None:
+        self.fresh_s = fresh_s
+        self._cache: dict[int, tuple[float, list[AllowEntry], list[str]]] = {}
+
+    def load(self, store: ObjectStore) -> tuple[list[AllowEntry], list[str]]:
+        """(entries, errors); a broken list is an error message, never a crash."""
+        cached = self._cache.get(id(store))
+        if cached and time.monotonic() - cached[0] < self.fresh_s:
+            return cached[1], cached[2]
+        entries: list[AllowEntry] = []
+        errors: list[str] = []
+        for key in sorted(store.list(ALLOW_PREFIX)):
+            obj = store.get(key) if key.endswith(".yaml") else None
+            if obj is None:
+                continue
+            try:
+                entries += parse_allowlist_text(obj.data.decode("utf-8", "replace"), key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        self._cache[id(store)] = (time.monotonic(), entries, errors)
+        return entries, errors
+
+    def forget(self) -> None:
+        self._cache.clear()
+
+
+ALLOW_LOADER = AllowlistLoader()
+
+
+def _update_text(store: ObjectStore, key: str, change: Callable[[str | None], str], attempts: int = 20) -> str:
+    """Compare-and-swap on a text object: ``change(old text or None) -> new text``."""
+    from kubesonar.shared.errors import StoreError, VersionConflict
+
+    for _ in range(attempts):
+        obj = store.get(key)
+        text = change(obj.data.decode() if obj else None)
+        try:
+            if obj is None:
+                store.put(key, text.encode(), create_only=True)
+            else:
+                store.put(key, text.encode(), if_version=obj.version)
+            return text
+        except VersionConflict:
+            time.sleep(0.01)
+    raise StoreError(f"gave up updating {key}: it kept changing under us")
+
+
+def add_allow_entry(store: ObjectStore, name: str, rule: str, reason: str, match: dict[str, str]) -> str:
+    """Append one entry to allowlist ``name`` (created when missing), validated with the whole list
+    before it is written; returns the entry as YAML, for the user to see what now silences alerts."""
+    import yaml
+
+    entry = {"rule": rule, "reason": reason, "match": match} if reason else {"rule": rule, "match": match}
+    snippet = yaml.safe_dump([entry], sort_keys=False)
+    key = allowlist_key(name)
+
+    def append(text: str | None) -> str:
+        base = (text or "").rstrip("\n")
+        if base.strip() in ("", "[]"):
+            base = ""
+        new = f"{base}\n{snippet}" if base else snippet
+        parse_allowlist_text(new, key)
+        return new
+
+    _update_text(store, key, append)
+    ALLOW_LOADER.forget()
+    return snippet
+
+
+def remove_allow_entry(store: ObjectStore, name: str, number: int) -> dict:
+    """Remove entry ``number`` (1-based, as ``allowlist list`` shows) of allowlist ``name``."""
+    import yaml
+
+    key = allowlist_key(name)
+    removed: list[dict] = []
+
+    def drop(text: str | None) -> str:
+        if text is None:
+            raise ConfigError(f"there is no allowlist {name!r}")
+        entries = yaml.safe_load(text) or []
+        if not 1 <= number <= len(entries):
+            raise ConfigError(f"allowlist {name!r} has {len(entries)} entries; there is no entry {number}")
+        removed[:] = [entries.pop(number - 1)]
+        new = yaml.safe_dump(entries, sort_keys=False) if entries else "[]\n"
+        parse_allowlist_text(new, key)
+        return new
+
+    _update_text(store, key, drop)
+    ALLOW_LOADER.forget()
+    return removed[0]
+
+
+def read_allowlists(store: ObjectStore) -> dict[str, list[AllowEntry]]:
+    """Every stored allowlist by name, freshly read; a broken one is a ConfigError."""
+    return {key[len(ALLOW_PREFIX):-len(".yaml")]: parse_allowlist_text(store.get(key).data.decode(), key)
+            for key in sorted(store.list(ALLOW_PREFIX)) if key.endswith(".yaml") and store.get(key)}
+
+
+def watchlist_key(name: str) -> str:
+    from kubesonar.shared.watchlist import PREFIX
+
+    return f"{PREFIX}{check_list_name(name)}.json"
+
+
+def add_watch_entry(store: ObjectStore, name: str, indicator: str, reason: str = "",
+                    expires: str | None = None) -> dict:
+    """Add (or replace, same indicator) one entry of watchlist ``name``, validated before it lands."""
+    import json
+
+    from kubesonar.shared.watchlist import LOADER, parse_entry, parse_watchlist
+
+    raw = {"indicator": indicator, **({"reason": reason} if reason else {}),
+           **({"expires": expires} if expires else {})}
+    normal = parse_entry(raw, name, f"watchlist {name}").indicator
+
+    def add(text: str | None) -> str:
+        doc = json.loads(text) if text else {"entries": []}
+        parse_watchlist(json.dumps(doc).encode(), name)
+        doc["entries"] = [e for e in doc["entries"] if parse_entry(e, name, name).indicator != normal] + [raw]
+        return json.dumps(doc, indent=1)
+
+    _update_text(store, watchlist_key(name), add)
+    LOADER.forget()
+    return raw
+
+
+def remove_watch_entry(store: ObjectStore, name: str, indicator: str) -> None:
+    import json
+
+    from kubesonar.shared.watchlist import LOADER, parse_entry
+
+    normal = parse_entry({"indicator": indicator}, name, f"watchlist {name}").indicator
+
+    def drop(text: str | None) -> str:
+        doc = json.loads(text) if text else {"entries": []}
+        kept = [e for e in doc["entries"] if parse_entry(e, name, name).indicator != normal]
+        if len(kept) == len(doc["entries"]):
+            raise ConfigError(f"watchlist {name!r} has no entry {indicator!r}")
+        return json.dumps({**doc, "entries": kept}, indent=1)
+
+    _update_text(store, watchlist_key(name), drop)
+    LOADER.forget()
+
+
+def subject_match(alert: dict) -> dict[str, str]:
+    """An allowlist ``match`` covering an alert's subject: its workload in its namespace, else its address."""
+    source = alert.get("source") or {}
+    workload = source.get("workload") or ""
+    if workload.count("/") >= 2:
+        namespace, kind_name = workload.split("/", 1)
+        return {"namespace": namespace, "workload": kind_name}
+    if source.get("ip"):
+        return {"cidr": source["ip"]}
+    raise ConfigError(f"alert {alert.get('id')} has neither a workload nor an address to allowlist")

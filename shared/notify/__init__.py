@@ -1,0 +1,1 @@
+"""Notification outputs (after falcosidekick: one small module per output) and their routing."""

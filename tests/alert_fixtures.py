@@ -1,0 +1,76 @@
+"""Batches that raise a known alert, a clock tests move by hand, and a local HTTP receiver that
+stands in for Slack, Teams and webhook endpoints."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+
+from kubesonar.shared.batch import Batch, BatchHeader
+from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
+
+T0_NS = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
+
+
+def scan_batch(sequence: int, first_port: int = 1000, src: str = "10.0.0.9", cluster: str = "c") -> Batch:
+    """20 rejected first contacts from ``src``: one port_scan finding per batch."""
+    flows = FlowRecords.empty(20)
+    flows.columns["first_ts"] = T0_NS + np.arange(20, dtype=np.int64) + sequence * 1000
+    flows.columns["src_addr"] = np.array([address_bytes(src)] * 20, dtype="V16")
+    flows.columns["dst_addr"] = np.array([address_bytes("10.0.0.1")] * 20, dtype="V16")
+    flows.columns["dst_port"] = np.arange(first_port, first_port + 20, dtype=np.uint16)
+    flows.columns["proto"][:] = 6
+    flows.columns["state"][:] = ConnState.REJECTED
+    return Batch(BatchHeader(cluster, "n", "node-1/abc", sequence, 0, 1, flow_count=20), flows)
+
+
+@dataclass
+class ManualClock:
+    ns: int = T0_NS
+
+    def now_ns(self) -> int:
+        return self.ns
+
+    def advance(self, seconds: float) -> None:
+        self.ns += int(seconds * 1e9)
+
+
+@dataclass
+class Receiver:
+    """Records each POST (path, headers, body); answers ``fail_next`` requests with 500 first."""
+
+    url: str = ""
+    requests: list[tuple[str, dict[str, str], bytes]] = field(default_factory=list)
+    fail_next: int = 0
+
+    def bodies(self, path: str | None = None) -> list[dict]:
+        return [json.loads(b) for p, _, b in self.requests if path is None or p == path]
+
+
+def start_receiver() -> tuple[Receiver, ThreadingHTTPServer]:
+    receiver = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if receiver.fail_next > 0:
+                receiver.fail_next -= 1
+                self.send_response(500)
+                self.end_headers()
+                return
+            receiver.requests.append((self.path, dict(self.headers), body))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
+    return receiver, server

@@ -1,0 +1,211 @@
+"""The web console in a real headless Chromium (Debian's chromium and chromium-driver, driven by
+Selenium): sign in, load the list, filter it, open an alert, acknowledge and assign it through the
+page, then find the change in the store and in ``kubesonar alerts show``. Also: auth and CSRF."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from demo_store import KUBESONAR, build_demo_store, copy_store
+
+from conftest import require_tool
+
+TOKEN = "console-test-token"
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    return build_demo_store(tmp_path_factory.mktemp("demo"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def console(demo, tmp_path):
+    store = copy_store(demo[0], tmp_path / "store")
+    port = _free_port()
+    args = [KUBESONAR, "console", "--store", store, "--listen", f"127.0.0.1:{port}"]
+    proc = subprocess.Popen([*args, "--token", TOKEN], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("the console did not start listening")
+    yield f"http://127.0.0.1:{port}", store
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = require_tool("chromium")
+    for flag in CHROME_FLAGS:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(require_tool("chromedriver")), options=options)
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def _shot(driver, name: str, tmp_path: Path) -> None:
+    path = tmp_path / f"{name}.png"
+    driver.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000  # a page was drawn
+    keep = os.environ.get("KUBESONAR_SCREENSHOTS")  # docs/console.md's images: set to docs/images
+    if keep:
+        shutil.copy(path, Path(keep) / f"console-{name}.png")
+
+
+def _rows(driver) -> list:
+    from selenium.webdriver.common.by import By
+
+    return driver.find_elements(By.CSS_SELECTOR, "#alerts tbody tr")
+
+
+def test_triage_through_the_page_lands_in_the_store_and_the_cli(console, browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    base, store = console
+    wait = WebDriverWait(browser, 20)
+    browser.get(f"{base}/alerts")
+    assert browser.current_url.endswith("/login")  # not signed in
+    browser.find_element(By.ID, "login-user").send_keys("ana")
+    browser.find_element(By.ID, "login-token").send_keys(TOKEN)
+    browser.find_element(By.ID, "login-submit").click()
+    wait.until(ec.presence_of_element_located((By.ID, "alerts")))
+    every = len(_rows(browser))
+    assert every >= 10 and "signed in as ana" in browser.page_source
+    _shot(browser, "list", tmp_path)
+
+    Select(browser.find_element(By.ID, "filter-namespace")).select_by_visible_text("default")  # submits itself
+    wait.until(lambda d: "namespace=default" in d.current_url)
+    rows = _rows(browser)
+    assert 0 < len(rows) < every
+    assert all(r.find_elements(By.TAG_NAME, "td")[5].text == "default" for r in rows)
+    assert browser.find_element(By.ID, "alert-count").text == f"{len(rows)} of {every}"
+
+    link = next(a for a in browser.find_elements(By.CSS_SELECTOR, "a.alert-link") if a.text == "brute_force")
+    link.click()
+    wait.until(ec.presence_of_element_located((By.ID, "evidence")))
+    alert_id = browser.current_url.rsplit("/", 1)[1]
+    assert browser.find_element(By.ID, "mitre-link").get_attribute("href").startswith("https://attack.mitre.org/")
+    browser.find_element(By.ID, "action-acknowledged").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "alert-status"), "acknowledged"))
+    browser.find_element(By.ID, "assignee-input").send_keys("team-sec")
+    browser.find_element(By.ID, "action-assign").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "alert-assignee"), "team-sec"))
+    browser.find_element(By.ID, "comment-input").send_keys("the intruder's guesses; db creds rotated")
+    browser.find_element(By.ID, "action-comment").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "comments"), "db creds rotated"))
+    _shot(browser, "detail", tmp_path)
+
+    (key,) = [p for p in Path(store, "alerts").rglob(f"{alert_id}.json")]
+    stored = json.loads(key.read_text())
+    assert (stored["status"], stored["assignee"]) == ("acknowledged", "team-sec")
+    assert [h["by"] for h in stored["history"]][-3:] == ["ana", "ana", "ana"]
+    shown = subprocess.run([KUBESONAR, "alerts", "show", alert_id, "--store", store], capture_output=True,
+                           text=True, timeout=60, check=True).stdout
+    assert "status: acknowledged   assignee: team-sec" in shown
+    assert "ana: the intruder's guesses; db creds rotated" in shown
+
+    browser.get(f"{base}/map")
+    wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "svg.servicemap")))
+    nodes = {g.get_attribute("data-node"): g.get_attribute("class")
+             for g in browser.find_elements(By.CSS_SELECTOR, "svg.servicemap g.node")}
+    assert nodes["default/Deployment/debug-tools"] == "node alerted"
+    assert nodes["shop/Deployment/cart"] == "node"
+    _shot(browser, "map", tmp_path)
+
+
+def _request(url: str, data: bytes | None = None, headers: dict | None = None) -> tuple[int, str]:
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, data=data, headers=headers or {}), timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_actions_need_the_token_and_a_csrf_token(console):
+    base, store = console
+    (first,) = json.loads(subprocess.run([KUBESONAR, "alerts", "list", "--store", store, "--format", "json",
+                                          "--type", "port_scan"], capture_output=True, text=True, check=True,
+                                         timeout=60).stdout.splitlines()[0]),
+    before = sorted((p.name, p.read_bytes()) for p in Path(store, "alerts").rglob("*.json"))
+    assert _request(f"{base}/alerts")[0] == 303  # to the sign-in page
+    assert _request(f"{base}/alerts", headers={"Authorization": "Bearer wrong"})[0] == 303
+    status, page = _request(f"{base}/alerts", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert status == 200 and first["id"] in page
+    form = b"action=resolved"
+    assert _request(f"{base}/alerts/{first['id']}", form, {"Authorization": f"Bearer {TOKEN}"})[0] == 403
+    assert _request(f"{base}/alerts/{first['id']}", form + b"&csrf=forged",
+                    {"Authorization": f"Bearer {TOKEN}"})[0] == 403
+    assert _request(f"{base}/login", b"user=eve&token=guess")[0] == 403
+    assert sorted((p.name, p.read_bytes()) for p in Path(store, "alerts").rglob("*.json")) == before
+    # the same post with the page's CSRF token: a false positive with its allowlist entry, shown
+    auth = {"Authorization": f"Bearer {TOKEN}", "X-KubeSonar-User": "bo"}
+    page = _request(f"{base}/alerts/{first['id']}", headers=auth)[1]
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+    status, _ = _request(f"{base}/alerts/{first['id']}", f"action=false_positive&allowlist=1&csrf={csrf}".encode(),
+                         auth)
+    assert status == 303
+    page = _request(f"{base}/alerts/{first['id']}?done=x", headers=auth)[1]
+    assert '<span class="status" id="alert-status">false_positive</span>' in page
+    entry = Path(store, "allowlists", "console.yaml").read_text()
+    assert "rule: port_scan" in entry and "workload: Deployment/frontend" in entry and "false positive (bo)" in entry
+    status, page = _request(f"{base}/alerts/{first['id']}", f"action=snooze&snooze=soon&csrf={csrf}".encode(), auth)
+    assert status == 400 and "duration 'soon' is not a number" in page
+    assert _request(f"{base}/static/console.css")[0] == 200  # packaged assets need no sign-in
+    assert _request(f"{base}/static/../../etc/passwd")[0] == 404
+
+
+def test_a_trusted_header_names_the_user(demo, tmp_path):
+    import threading
+
+    from kubesonar.console.auth import ConsoleAuth
+    from kubesonar.console.server import serve
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    store = copy_store(demo[0], tmp_path / "store")
+    server = serve(LocalObjectStore(store), "127.0.0.1", 0, ConsoleAuth(None, "X-Forwarded-User"))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert _request(f"{base}/alerts")[0] == 401
+        status, page = _request(f"{base}/alerts", headers={"X-Forwarded-User": "bo@example.org"})
+        assert status == 200 and "signed in as bo@example.org" in page
+        assert _request(f"{base}/alerts", headers={"Authorization": "Bearer anything"})[0] == 401
+    finally:
+        server.shutdown()
+        server.server_close()
