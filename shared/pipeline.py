@@ -33,6 +33,7 @@ from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
 from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
+from kubesonar.shared.edges import update_edge_summary
 from kubesonar.shared.errors import BatchFormatError, StoreError
 from kubesonar.shared.health import SensorHealth
 from kubesonar.shared.lists_store import ALLOW_LOADER
@@ -128,7 +129,12 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
     errors: list[str] = []
     if traffic:
         watchlist, errors = LOADER.load(deps.store)
-        findings += _apply_detectors(deps, cluster, traffic, watchlist, failed)
+        fresh: list[Batch] = []
+        findings += _apply_detectors(deps, cluster, traffic, watchlist, failed, fresh)
+        try:  # the service map's summary: batches applied for the first time only, so a redelivery adds nothing
+            update_edge_summary(deps.store, cluster, [b.flows for b in fresh])
+        except StoreError as exc:  # a map a little behind is no reason to score again
+            errors = [*errors, f"edge summary not updated: {exc}"]
     findings += _apply_health(deps, cluster, [(i, b) for i, b in items if i not in failed])
     result = ProcessResult(flows=sum(len(b.flows) for i, b in items if i not in failed))
     result.stale = sum(1 for i in failed if failed[i] == _STALE)
@@ -144,7 +150,8 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
 
 
 def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]],
-                     watchlist: list[WatchEntry], failed: dict[str, str]) -> list[tuple[str, Finding]]:
+                     watchlist: list[WatchEntry], failed: dict[str, str], fresh: list[Batch]
+                     ) -> list[tuple[str, Finding]]:
     """One compare-and-swap update of the cluster's detectors document for all ``items``. A batch whose
     scoring raises is left out (and reported in ``failed``) and the others are applied without it."""
     found: list[tuple[str, Finding]] = []
@@ -155,6 +162,7 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
         applied = AppliedLog(doc.get("applied"))
         replay_log = dict(doc.get("findings", {}))
         found.clear()
+        fresh.clear()
         pending = []
         for item_id, batch in items:
             h = batch.header
@@ -179,6 +187,7 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
                 return step(stored)  # start again from the stored state, without it
             h = batch.header
             applied.mark(h.sensor_id, h.sequence, h.part, h.parts, now)
+            fresh.append(batch)
             found.extend((item_id, f) for f in made)
             if made:
                 replay_log[batch_key(batch)] = [asdict(f) for f in made]
