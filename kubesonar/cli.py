@@ -20,6 +20,17 @@ _TABLE_COLUMNS = ("first_ts", "src_ip", "src_port", "dst_ip", "dst_port", "proto
 _PROGRESS_MIN_BYTES = 16 << 20
 
 
+def _cluster_name(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a name the backend would refuse (or file under another name): shared/names.py."""
+    from kubesonar.shared.names import MAX_CLUSTER, MAX_NODE, name_fault
+
+    if value is not None:
+        fault = name_fault(param.name or "", value, MAX_CLUSTER if param.name == "cluster" else MAX_NODE)
+        if fault:
+            raise click.BadParameter(fault)
+    return value
+
+
 @click.group(context_settings={"auto_envvar_prefix": "KUBESONAR", "show_default": True})
 @click.version_option(package_name="kubesonar")
 def main() -> None:
@@ -56,7 +67,7 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
               help="Capture to learn from first (repeat for several); novelty detectors stay silent on it.")
 @click.option("--state", "state_dir", type=click.Path(file_okay=False),
               help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
-@click.option("--cluster", default="default", help="Cluster name alerts are filed under.")
+@click.option("--cluster", default="default", callback=_cluster_name, help="Cluster name alerts are filed under.")
 @click.option("--allowlist", multiple=True, type=click.Path(dir_okay=False),
               help="YAML allowlist file (repeat for several); see docs/allowlists.md.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "ocsf"]), default="table",
@@ -103,8 +114,8 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
 @click.option("--queue", required=True,
               help="Where batches go: file://DIR, an SQS queue URL, pubsub://projects/P/topics/T, "
                    "eventgrid://TOPIC-HOSTNAME (docs/sensor.md).")
-@click.option("--cluster", default="default", help="Cluster name the batches are filed under.")
-@click.option("--node", default="replay", help="Node name the batches come from.")
+@click.option("--cluster", default="default", callback=_cluster_name, help="Cluster name the batches are filed under.")
+@click.option("--node", default="replay", callback=_cluster_name, help="Node name the batches come from.")
 @click.option("--pods", type=click.Path(dir_okay=False), help="Output of 'kubectl get pods -A -o json'.")
 @click.option("--window", type=click.FloatRange(0.5, 3600), default=10.0,
               help="Seconds of capture time per batch, as the live sensor's window.")
@@ -163,8 +174,8 @@ def _capture_options(command: Callable) -> Callable:
         click.option("--window", type=click.FloatRange(0.5, 3600), default=10.0,
                      help="Seconds per window: flows are published (and a heartbeat sent) this often."),
         click.option("--filter", default="", help="tcpdump-style capture filter (needs libpcap)."),
-        click.option("--cluster", default="default", help="Cluster name batches and alerts are filed under."),
-        click.option("--node", default=None, help="Node name [default: NODE_NAME, else the host name]."),
+        click.option("--cluster", default="default", callback=_cluster_name, help="Cluster name batches and alerts are filed under."),
+        click.option("--node", default=None, callback=_cluster_name, help="Node name [default: NODE_NAME, else the host name]."),
         click.option("--max-flows", type=click.IntRange(1024), default=65_536,
                      help="Cap on the live flow table; past it the least recently active flows are sent early."),
         click.option("--duration", type=click.FloatRange(min=0.1), default=None,

@@ -31,7 +31,8 @@ from kubesonar.shared.columns import (
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import BatchFormatError
 from kubesonar.shared.flow import FLOW_COLUMNS, FLOW_SCHEMA_VERSION, SCHEMA_COLUMNS, Column, FlowRecords
-from kubesonar.shared.pod_events import PodEvents
+from kubesonar.shared.names import header_name_faults
+from kubesonar.shared.pod_events import PodEvents, PodEventType
 from kubesonar.shared.table import Table
 
 MAGIC = b"KSFB"
@@ -51,6 +52,11 @@ PUBSUB_LIMIT = 10 * 1000 * 1000
 PUBSUB_PUSH_LIMIT = (512_000 - 4096) * 3 // 4
 DEFAULT_DECODED_CAP = 64 << 20
 MIN_LIMIT = 4096
+# Rows of any one table in one message. The encoder never writes more, the decoder refuses more: a
+# message of identical rows compresses to almost nothing (1.7 M flows in 3 KB), so the byte caps alone
+# do not bound what decoding and scoring it costs. At this bound decoding a message peaks at ~41 MB
+# (tracemalloc) and the whole core stays under ~100 MB per message (docs/hardening.md).
+MAX_ROWS_PER_MESSAGE = 131_072
 ZSTD_LEVEL = 19  # ~6 us a flow to encode, decoding is as fast as at any level; see docs/flow-format.md
 
 # How each integer column is best stored (everything else: frame of reference).
@@ -92,6 +98,9 @@ class Batch:
 
 
 def _encode_header(h: BatchHeader) -> bytes:
+    faults = header_name_faults(h.cluster, h.node, h.sensor_id)
+    if faults:
+        raise BatchFormatError(faults[0])
     fixed = _FIXED_HEADER.pack(
         h.schema_version, h.sequence, h.part, h.parts, h.window_start_ns, h.window_end_ns,
         h.flow_count, h.window_flow_count,
@@ -164,6 +173,10 @@ def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT
     def fit(rows: int, payload_of, what: str, lo: int = 0, hi: int | None = None) -> None:
         """Append the payloads of rows lo..hi, split by measured size, halving what still does not fit."""
         hi = rows if hi is None else hi
+        if hi - lo > MAX_ROWS_PER_MESSAGE:
+            for a in range(lo, hi, MAX_ROWS_PER_MESSAGE):
+                fit(rows, payload_of, what, a, min(a + MAX_ROWS_PER_MESSAGE, hi))
+            return
         payload, flow_rows = payload_of(lo, hi)
         compressed = compressor.compress(payload)
         if head_size + len(compressed) <= limit:
@@ -182,7 +195,8 @@ def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT
         part = flows.take(slice(lo, hi))
         return _encode_payload(part, schema, side), len(part)
 
-    if dns is not None:  # the usual window: flows, pod events and DNS in one message
+    small = max(len(flows), len(pods or ()), len(dns or ())) <= MAX_ROWS_PER_MESSAGE
+    if dns is not None and small:  # the usual window: flows, pod events and DNS in one message
         together = _encode_payload(flows, schema, [t for t in (pods, dns) if t is not None])
         compressed = compressor.compress(together)
         if head_size + len(compressed) <= limit:
@@ -270,6 +284,9 @@ def _decode_header(r: Reader) -> BatchHeader:
     if rows > window_rows:
         raise BatchFormatError(f"message holds {rows} flows of a window of {window_rows}")
     cluster, node, sensor = r.text("cluster"), r.text("node"), r.text("sensor id")
+    faults = header_name_faults(cluster, node, sensor)
+    if faults:
+        raise BatchFormatError(faults[0])
     (count,) = r.unpack("H", "counter count")
     counters = {}
     for _ in range(count):
@@ -302,6 +319,11 @@ def _decode_payload(r: Reader, schema_version: int) -> tuple[FlowRecords, dict[s
         kind = _SIDE_TABLES[name][0]
         side[name] = kind(_decode_table(r, name, kind.COLUMNS))
     r.done()
+    pods = side.get(PodEvents.NAME)
+    if pods is not None:
+        known = np.isin(pods.columns["event"], [e.value for e in PodEventType])
+        if not known.all():
+            raise BatchFormatError(f"pod event code {int(pods.columns['event'][~known][0])} is not known")
     return FlowRecords(columns), side
 
 
@@ -310,6 +332,8 @@ def _decode_table(r: Reader, expected: str, schema: tuple[Column, ...]) -> dict[
     if name != expected:
         raise BatchFormatError(f"expected table {expected!r}, found {name!r}")
     rows, ncols = r.unpack("IH", "table shape")
+    if rows > MAX_ROWS_PER_MESSAGE:
+        raise BatchFormatError(f"{name} table has {rows} rows, over the {MAX_ROWS_PER_MESSAGE} a message may hold")
     if ncols != len(schema):
         raise BatchFormatError(f"{name} table has {ncols} columns, its schema has {len(schema)}")
     columns: dict[str, np.ndarray] = {}

@@ -14,7 +14,7 @@ from typing import Any
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import decode_batch
-from kubesonar.shared.errors import BatchFormatError
+from kubesonar.shared.errors import BatchFormatError, KubeSonarError
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, process_batch
 from kubesonar.shared.ports import SystemClock
 
@@ -47,7 +47,13 @@ class LocalBackend:
         self.counters["messages"] += 1
         self.counters["flows"] += len(batch.flows)
         self.heartbeats[batch.header.sensor_id] = batch.header.counters
-        result = process_batch(batch, self.deps)
+        try:
+            result = process_batch(batch, self.deps)
+        except KubeSonarError as exc:  # the state directory failed (full, read-only): counted, shown
+            self.counters["process_errors"] = self.counters.get("process_errors", 0) + 1
+            self.errors.append(f"{key}: {exc}")
+            del self._seen[key]  # not applied: a redelivery may still succeed
+            return None
         self.counters["alerts"] += len(result.alerts)
         return result
 
