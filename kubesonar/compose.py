@@ -156,7 +156,8 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
 
     def spool_counters() -> dict[str, int]:
         s = publisher.stats
-        counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "publish_retries": s.retries}
+        counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "spool_quarantined": s.quarantined,
+                    "publish_retries": s.retries}
         return counters | (watcher.counters() if watcher else {})
 
     return LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,
