@@ -119,8 +119,10 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
 @click.option("--pods", type=click.Path(dir_okay=False), help="Output of 'kubectl get pods -A -o json'.")
 @click.option("--window", type=click.FloatRange(0.5, 3600), default=10.0,
               help="Seconds of capture time per batch, as the live sensor's window.")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="Keyring to sign batches with (docs/hardening.md); default: unsigned.")
 def replay(captures: tuple[str, ...], queue: str, cluster: str, node: str, pods: str | None,
-           window: float) -> None:
+           window: float, key_file: str | None) -> None:
     """Publish CAPTURES to a queue as a sensor would have: real windows of real traffic, for driving any
     backend (tests, a new deployment)."""
     from kubesonar.compose import replay as run_replay
@@ -131,7 +133,7 @@ def replay(captures: tuple[str, ...], queue: str, cluster: str, node: str, pods:
             click.echo(f"\r{summary.windows} windows, {summary.messages} messages", err=True, nl=False)
 
     summary = run_replay(captures, open_publisher(queue), cluster=cluster, node=node, pods=pods,
-                         window_s=window, progress=show)
+                         window_s=window, progress=show, signer=_signer(key_file, cluster))
     click.echo(f"published {summary.messages} messages ({summary.flows} flows, {summary.dns} DNS messages, "
                f"{summary.bytes} bytes) in {summary.windows} windows to {queue}", err=True)
     for error in summary.stats.errors:
@@ -216,14 +218,16 @@ def _run_until_signal(sensor, duration: float | None) -> None:
               help="Static pod inventory ('kubectl get pods -A -o json') instead of watching the API.")
 @click.option("--kubernetes/--no-kubernetes", default=False,
               help="Watch this node's pods through the Kubernetes API (in-cluster configuration).")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="Keyring (a mounted Kubernetes Secret) to sign batches with; docs/hardening.md.")
 def sensor(interface, window, filter, cluster, node, max_flows, duration, queue, spool,  # noqa: A002
-           spool_max_bytes, pods, kubernetes) -> None:
+           spool_max_bytes, pods, kubernetes, key_file) -> None:
     """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
     from kubesonar.compose import build_sensor
 
     settings = _settings(interface, window, filter, cluster, node, max_flows)
     enrich, watcher = _enrichment(pods, kubernetes, settings.node)
-    live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher)
+    live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher, signer=_signer(key_file, cluster))
     click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to {queue}",
                err=True)
     try:
@@ -264,6 +268,17 @@ def watch(interface, window, filter, cluster, node, max_flows, duration, pods, s
         _run_until_signal(live, duration)
     for error in live.errors + backend.errors:
         click.echo(f"kubesonar: error: {error}", err=True)
+
+
+def _signer(key_file: str | None, cluster: str) -> Callable[[bytes], bytes] | None:
+    """The keyring's signing function, checked to speak for ``cluster``; None without a key file."""
+    if not key_file:
+        return None
+    from kubesonar.shared.signing import Keyring
+
+    keyring = Keyring.load(key_file)
+    keyring.check_signs_for(cluster)
+    return keyring.sign
 
 
 def _enrichment(pods: str | None, use_kube: bool, node: str):

@@ -33,6 +33,7 @@ from kubesonar.shared.errors import BatchFormatError
 from kubesonar.shared.flow import FLOW_COLUMNS, FLOW_SCHEMA_VERSION, SCHEMA_COLUMNS, Column, FlowRecords
 from kubesonar.shared.names import header_name_faults
 from kubesonar.shared.pod_events import PodEvents, PodEventType
+from kubesonar.shared.signing import unwrap_unverified
 from kubesonar.shared.table import Table
 
 MAGIC = b"KSFB"
@@ -256,11 +257,28 @@ def decode_batch(message: bytes, decoded_cap: int = DEFAULT_DECODED_CAP) -> Batc
 
 def read_header(message: bytes) -> BatchHeader:
     """A message's header alone (who sent it, which window), without inflating its payload: for a
-    publisher's envelope. The full checks are decode_batch's, on the receiving side."""
+    publisher's envelope (a signed message's too). The full checks are decode_batch's, on the receiving side."""
+    message = unwrap_unverified(message)
     if len(message) < _PRELUDE.size or _PRELUDE.unpack_from(message)[0] != MAGIC:
         raise BatchFormatError("not a KubeSonar flow batch")
     head_len = _PRELUDE.unpack_from(message)[3]
     return _decode_header(Reader(memoryview(message)[_PRELUDE.size : _PRELUDE.size + head_len], "batch header"))
+
+
+def decode_header(message: bytes) -> BatchHeader:
+    """The header of a message alone (no payload inflated): checks lengths and CRC like decode_batch."""
+    if len(message) < _PRELUDE.size:
+        raise BatchFormatError(f"message of {len(message)} bytes is shorter than the {_PRELUDE.size}-byte prelude")
+    magic, version, _, head_len, stored_len, _, crc = _PRELUDE.unpack_from(message)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise BatchFormatError(f"not a KubeSonar flow batch of version {FORMAT_VERSION}")
+    if len(message) != _PRELUDE.size + head_len + stored_len:
+        raise BatchFormatError("message lengths do not add up (truncated or padded)")
+    view = memoryview(message)
+    head = view[_PRELUDE.size : _PRELUDE.size + head_len]
+    if zlib.crc32(view[_PRELUDE.size + head_len :], zlib.crc32(head)) != crc:
+        raise BatchFormatError("checksum mismatch: the message was corrupted")
+    return _decode_header(Reader(head, "batch header"))
 
 
 def _inflate(stored: memoryview, decoded_len: int) -> bytes:

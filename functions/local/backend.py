@@ -17,13 +17,15 @@ from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.errors import BatchFormatError, KubeSonarError
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, process_batch
 from kubesonar.shared.ports import SystemClock
+from kubesonar.shared.signing import Keyring, authenticate
 
 
 class LocalBackend:
-    def __init__(self, state_dir: str | Path, config: CoreConfig | None = None, remember: int = 100_000):
+    def __init__(self, state_dir: str | Path, config: CoreConfig | None = None, remember: int = 100_000,
+                 keyring: Keyring | None = None):
         self.notifier = CollectingNotifier()
         self.deps = Dependencies(LocalObjectStore(Path(state_dir)), self.notifier, SystemClock(),
-                                 config or CoreConfig())
+                                 config or CoreConfig(), keyring=keyring)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
         self.counters = {"messages": 0, "duplicates": 0, "decode_errors": 0, "flows": 0, "alerts": 0}
@@ -36,7 +38,7 @@ class LocalBackend:
             self.counters["duplicates"] += 1
             return None
         try:
-            batch = decode_batch(message)
+            batch = decode_batch(authenticate(message, self.deps.keyring))
         except BatchFormatError as exc:
             self.counters["decode_errors"] += 1
             self.errors.append(f"{key}: {exc}")

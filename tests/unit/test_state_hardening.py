@@ -61,7 +61,7 @@ def test_a_broken_state_document_makes_the_batch_retry_with_a_clear_reason(tmp_p
         store.put(key, b'{"state": "x"}')
     deps = Dependencies(store, CollectingNotifier(), SystemClock())
     outcome = process_deliveries([Delivery("m1", _scan_batch())], deps)
-    assert [why for _, why in outcome.retry][0].startswith("StoreError: state/c/")
+    assert next(why for _, why in outcome.retry).startswith("StoreError: state/c/")
 
 
 def _read_only(path: Path) -> bool:
