@@ -72,3 +72,27 @@ def mutate(message: bytes, rng: random.Random) -> bytes:
         cut = rng.randrange(len(payload) + 1)
         return frame(head, payload[:cut] + bytes(rng.randrange(8)))
     return frame(head[: rng.randrange(len(head) + 1)], payload)  # a cut header
+
+
+def hostile_flows(rng: random.Random, rows: int = 30):
+    """Flow records whose every integer column holds extreme values (the dtype's limits, 0, bit
+    patterns) and whose text columns hold hostile strings: valid on the wire, hostile in meaning."""
+    import numpy as np
+    from kubesonar.shared.flow import FLOW_COLUMNS, FlowRecords
+
+    records = FlowRecords.empty(rows)
+    for col in FLOW_COLUMNS:
+        if rng.random() < 0.5:
+            continue
+        if col.dtype == "O":
+            records.columns[col.name] = np.array([rng.choice(HOSTILE_NAMES) for _ in range(rows)], dtype=object)
+        elif col.dtype == "V16":
+            raw = [bytes(rng.randrange(256) for _ in range(16)) for _ in range(rows)]
+            records.columns[col.name] = np.array(raw, dtype="V16")
+        else:
+            info = np.iinfo(np.dtype(col.dtype))
+            choices = [info.min, info.max, 0, 1, info.max // 2 + 1, -1 if info.min < 0 else info.max - 1]
+            values = [rng.choice(choices) if rng.random() < 0.7 else rng.randint(int(info.min), int(info.max))
+                      for _ in range(rows)]
+            records.columns[col.name] = np.array(values, dtype=col.dtype)
+    return records
