@@ -29,3 +29,29 @@ def test_an_explicit_setting_and_a_writable_package_dir_leave_numba_alone(monkey
     assert choose_cache_dir(UNWRITABLE) is None
     monkeypatch.delenv("NUMBA_CACHE_DIR")
     assert choose_cache_dir(tmp_path) is None
+
+
+def test_flows_runs_with_a_read_only_package_and_no_home(tmp_path):
+    """The DaemonSet's read-only root filesystem: the sensor package read-only, $HOME unwritable."""
+    import os
+    import subprocess
+    import sys
+
+    sensor_dir = Path(__file__).resolve().parents[2] / "sensor"
+    if os.geteuid() != 0 or subprocess.run(["mount", "-o", "bind,ro", str(sensor_dir), str(sensor_dir)],
+                                           capture_output=True, check=False).returncode:
+        import pytest
+
+        pytest.skip("needs root and bind mounts to make the package read-only")
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+        env |= {"HOME": str(UNWRITABLE), "TMPDIR": str(tmp_path)}
+        kubesonar = Path(sys.executable).with_name("kubesonar")
+        done = subprocess.run([str(kubesonar), "flows", "--format", "jsonl",
+                               str(sensor_dir.parent / "examples/cluster-traffic.pcap")],
+                              capture_output=True, env=env, timeout=300, check=False)
+    finally:
+        subprocess.run(["umount", str(sensor_dir)], check=False)
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(done.stdout.splitlines()) > 0
+    assert any(p.name.startswith("kubesonar-numba-") for p in tmp_path.iterdir())
