@@ -37,7 +37,7 @@ from kubesonar.shared.errors import BatchFormatError, ConfigError
 MAGIC = b"KSS1"
 MAC_BYTES = 32
 MIN_SECRET_BYTES = 32
-MAX_KEYS_PER_CLUSTER = 2
+MAX_KEYS_PER_CLUSTER = 2  # per cluster, or per node for per-node keys
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 OVERHEAD = len(MAGIC) + 1 + 64 + MAC_BYTES  # the most an envelope adds to a message
 
@@ -56,6 +56,7 @@ class Key:
     key_id: str
     cluster: str
     secret: bytes
+    node: str | None = None  # a per-node key speaks for that node only; None: any node of the cluster
 
 
 def is_signed(data: bytes) -> bool:
@@ -67,13 +68,14 @@ class Keyring:
 
     def __init__(self, keys: list[Key], sign_with: str | None = None):
         self._keys = {k.key_id: k for k in keys}
-        per_cluster: dict[str, int] = {}
+        per_scope: dict[tuple[str, str | None], int] = {}
         for key in keys:
-            per_cluster[key.cluster] = per_cluster.get(key.cluster, 0) + 1
-        crowded = [c for c, n in per_cluster.items() if n > MAX_KEYS_PER_CLUSTER]
+            per_scope[(key.cluster, key.node)] = per_scope.get((key.cluster, key.node), 0) + 1
+        crowded = [scope for scope, n in per_scope.items() if n > MAX_KEYS_PER_CLUSTER]
         if crowded:
-            raise ConfigError(f"cluster {crowded[0]!r} has more than {MAX_KEYS_PER_CLUSTER} active keys "
-                              "(one current, one being rotated out)")
+            cluster, node = crowded[0]
+            raise ConfigError(f"cluster {cluster!r}{f' node {node!r}' if node else ''} has more than "
+                              f"{MAX_KEYS_PER_CLUSTER} active keys (one current, one being rotated out)")
         if sign_with is not None and sign_with not in self._keys:
             raise ConfigError(f"sign_with names key {sign_with!r}, which is not in the keyring")
         self.sign_with = sign_with
@@ -147,6 +149,8 @@ class Keyring:
         if header.cluster != key.cluster:
             raise SignatureError("wrong_cluster", f"key {key_id!r} is for cluster {key.cluster!r}, "
                                                   f"the message says {header.cluster!r}")
+        if key.node is not None and header.node != key.node:
+            raise SignatureError("wrong_node", f"key {key_id!r} is for node {key.node!r}, the message says {header.node!r}")
         if not header.sensor_id.startswith(header.node + "/"):
             raise SignatureError("wrong_node", f"sensor {header.sensor_id!r} does not belong to node {header.node!r}")
         return message
@@ -176,10 +180,13 @@ def _key(raw: Any, where: str) -> Key:
         decoded = base64.b64decode(secret, validate=True) if isinstance(secret, str) else b""
     except (binascii.Error, ValueError):
         decoded = b""
+    node = raw.get("node")
+    if node is not None and (not isinstance(node, str) or not node):
+        raise ConfigError(f"{where}: 'node', when given, names the one node the key speaks for")
     if len(decoded) < MIN_SECRET_BYTES:
         raise ConfigError(f"{where}: 'secret' must be base64 of at least {MIN_SECRET_BYTES} random bytes "
                           "(openssl rand -base64 32)")
-    return Key(key_id, cluster, decoded)
+    return Key(key_id, cluster, decoded, node)
 
 
 _log = logging.getLogger("kubesonar")

@@ -184,3 +184,13 @@ def test_the_backend_keyring_from_its_settings(tmp_path):
         keyring_from_env({"KUBESONAR_KEYRING": doc, "KUBESONAR_KEYRING_FILE": "x"})
     with pytest.raises(ConfigError, match="secret manager"):
         keyring_from_env({"KUBESONAR_KEYRING_SECRET": "s"})
+
+
+def test_a_per_node_key_speaks_for_its_node_only(tmp_path):
+    node_key = Key("n1-1", "prod", os.urandom(32), node="node-1")
+    ring = Keyring([node_key])
+    (own,) = _messages(node="node-1", sensor="node-1/a", signer=Keyring([node_key], "n1-1").sign)
+    (other,) = _messages(node="node-2", sensor="node-2/a", signer=Keyring([node_key], "n1-1").sign)
+    assert ring.verify(own.data)
+    with pytest.raises(SignatureError, match="wrong_node: key 'n1-1' is for node 'node-1'"):
+        ring.verify(other.data)
