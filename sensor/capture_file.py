@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 import numpy as np
+
 from kubesonar.sensor.dissect import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
@@ -71,7 +72,7 @@ def read_capture(path: str | os.PathLike[str], progress: ProgressFn | None = Non
         yield from _read_stream(sys.stdin.buffer, "<stdin>", progress)
         return
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed below, after the open error is told apart
+        handle = open(path, "rb")
     except OSError as exc:
         raise CaptureError(f"cannot open capture {name!r}: {exc.strerror}") from exc
     with handle:

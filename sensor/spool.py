@@ -18,10 +18,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
 from kubesonar.sensor.queues import Message, Publisher
 from kubesonar.shared.errors import BatchFormatError, ConfigError, QueueUnavailable
 from kubesonar.shared.identity import split_batch_key
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 _KEY_LEN = struct.Struct("<H")
 MAX_KEY_BYTES = 1024

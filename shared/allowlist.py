@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from kubesonar.shared.alerts import Finding, rules
 from kubesonar.shared.config_text import compose_yaml, read_text
 from kubesonar.shared.errors import ConfigError

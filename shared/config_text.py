@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from kubesonar.shared.errors import ConfigError
 
 MAX_ALIASES = 16

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from kubesonar.shared.config_text import load_json, read_text
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import ConfigError

@@ -150,7 +150,8 @@ class Keyring:
             raise SignatureError("wrong_cluster", f"key {key_id!r} is for cluster {key.cluster!r}, "
                                                   f"the message says {header.cluster!r}")
         if key.node is not None and header.node != key.node:
-            raise SignatureError("wrong_node", f"key {key_id!r} is for node {key.node!r}, the message says {header.node!r}")
+            raise SignatureError("wrong_node", f"key {key_id!r} is for node {key.node!r}, "
+                                               f"the message says {header.node!r}")
         if not header.sensor_id.startswith(header.node + "/"):
             raise SignatureError("wrong_node", f"sensor {header.sensor_id!r} does not belong to node {header.node!r}")
         return message

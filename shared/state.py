@@ -31,7 +31,8 @@ def read_document(store: ObjectStore, key: str) -> tuple[Document | None, str | 
 
 # Members whose type the core relies on, by key prefix: (name, allowed types, required).
 _SHAPES: dict[str, tuple[tuple[str, tuple[type, ...], bool], ...]] = {
-    "state/": (("state", (dict, type(None)), False), ("applied", (dict,), False)),
+    "state/": (("state", (dict, type(None)), False), ("applied", (dict,), False), ("detectors", (dict,), False),
+               ("findings", (dict,), False), ("layout", (int,), False)),
     "alerts/": (("count", (int,), True), ("first_seen", (str,), True), ("last_seen", (str,), True),
                 ("status", (str,), True), ("batches", (list,), False)),
 }
@@ -58,6 +59,12 @@ def check_shape(key: str, doc: Any) -> None:
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise StoreError(f"{key}: '{name}' is {type(value).__name__}, not "
                                  f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}")
+    for name in ("detectors", "applied"):  # maps of objects: a detector's state, a sensor's log
+        inner = doc.get(name)
+        if isinstance(inner, dict):
+            for member, value in inner.items():
+                if value is not None and not isinstance(value, dict):
+                    raise StoreError(f"{key}: '{name}.{member}' is {type(value).__name__}, not an object")
 
 
 def update_document(

@@ -8,6 +8,7 @@ import struct
 import zlib
 
 import zstandard
+
 from kubesonar.shared import batch as codec
 from kubesonar.shared.columns import pack_text
 
@@ -78,6 +79,7 @@ def hostile_flows(rng: random.Random, rows: int = 30):
     """Flow records whose every integer column holds extreme values (the dtype's limits, 0, bit
     patterns) and whose text columns hold hostile strings: valid on the wire, hostile in meaning."""
     import numpy as np
+
     from kubesonar.shared.flow import FLOW_COLUMNS, FlowRecords
 
     records = FlowRecords.empty(rows)

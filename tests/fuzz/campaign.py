@@ -64,7 +64,7 @@ def _run(target: str, seed: int, cases: int, seconds: float, one: Callable[[rand
                         report.refused += 1
             except KubeSonarError:
                 report.refused += 1
-            except Exception as exc:  # noqa: BLE001 - anything else is what we are looking for
+            except Exception as exc:
                 where = traceback.extract_tb(exc.__traceback__)[-1]
                 report.findings.append(f"{target} seed {seed} case {case}: {type(exc).__name__}: {exc} "
                                        f"({Path(where.filename).name}:{where.lineno})")
@@ -115,7 +115,8 @@ def batches(seed: int, cases: int, seconds: float) -> Report:
         else:
             message = batch_mutator.mutate(base, rng)
         batch = decode_batch(message)
-        deps = stores.setdefault("deps", Dependencies(LocalObjectStore(tmp / "state"), CollectingNotifier(), SystemClock()))
+        deps = stores.setdefault("deps", Dependencies(LocalObjectStore(tmp / "state"), CollectingNotifier(),
+                                                      SystemClock()))
         process_batch(batch, deps)
         return True
 

@@ -47,12 +47,13 @@ def pcapng(frames: list[bytes], order: str = "<", options: bytes = b"") -> bytes
            block(order, 1, struct.pack(order + "HHI", 1, 0, 65535) + options)]
     for i, f in enumerate(frames):
         units = (T0 + i) * 1_000_000
+        hi, lo = units >> 32, units & 0xFFFFFFFF
         if i % 5 == 3:
             out.append(block(order, 3, struct.pack(order + "I", len(f)) + f))
         elif i % 5 == 4:
-            out.append(block(order, 2, struct.pack(order + "HHIIII", 0, 0, units >> 32, units & 0xFFFFFFFF, len(f), len(f)) + f))
+            out.append(block(order, 2, struct.pack(order + "HHIIII", 0, 0, hi, lo, len(f), len(f)) + f))
         else:
-            out.append(block(order, 6, struct.pack(order + "IIIII", 0, units >> 32, units & 0xFFFFFFFF, len(f), len(f)) + f))
+            out.append(block(order, 6, struct.pack(order + "IIIII", 0, hi, lo, len(f), len(f)) + f))
     return b"".join(out)
 
 

@@ -13,11 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
+
 from kubesonar.sensor.queues import window_messages
 from kubesonar.shared.batch import SQS_LIMIT, BatchHeader
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.signing import Key, Keyring
+
+from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
 
 REPO = Path(__file__).resolve().parents[2]
 EVENT = json.loads((REPO / "tests" / "fixtures" / "aws" / "sqs-event.json").read_text())

@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from fuzz.batch_mutator import frame, header_bytes
+
 from kubesonar.functions.local.backend import LocalBackend
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
@@ -110,3 +111,18 @@ def test_the_delivery_contract_reports_them_as_poison(tmp_path):
     messages = _hostile_messages()
     outcome = process_deliveries([Delivery(f"m{i}", m) for i, m in enumerate(messages)], deps)
     assert len(outcome.poison) == len(messages) and not outcome.retry and not outcome.applied
+
+
+def test_a_huge_sequence_jump_costs_nothing(tmp_path):
+    """A sensor's sequence leaping by 2**40 (hostile or corrupt) must not allocate a bit per step."""
+    import tracemalloc
+
+    backend = LocalBackend(tmp_path)
+    for sequence in (1, 1 << 40, (1 << 64) - 1):
+        (message,) = encode_batch(BatchHeader("c", "n", "n/1", sequence, 0, 1), FlowRecords.empty(1))
+        tracemalloc.start()
+        backend.receive(f"k{sequence}", message)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 200 << 20
+    assert backend.counters["messages"] == 3

@@ -14,11 +14,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import flows_of
+from scapy.all import IP, TCP, UDP, Ether, Raw
+
 from kubesonar.sensor.capture_file import MAX_SNAPLEN, read_capture
 from kubesonar.sensor.offline import CaptureStats
 from kubesonar.shared.errors import CaptureError
-from scapy.all import IP, TCP, UDP, Ether, Raw
+
+from helpers import flows_of
 
 T0 = 1_700_000_000
 
@@ -119,7 +121,8 @@ def test_an_option_packet_block_whose_caplen_runs_past_it_is_refused(tmp_path):
 
 def test_an_enhanced_packet_overrun_among_simple_and_option_blocks_is_refused(tmp_path):
     f = _frames(3)
-    data = shb() + idb() + spb("<", f[0]) + opb("<", f[1], T0 * 10**6) + epb("<", f[2], T0 * 10**6, caplen=len(f[2]) + 64)
+    overrun = epb("<", f[2], T0 * 10**6, caplen=len(f[2]) + 64)
+    data = shb() + idb() + spb("<", f[0]) + opb("<", f[1], T0 * 10**6) + overrun
     _, stats = _read(_write(tmp_path, data))
     assert stats.capture_errors == 1 and "runs past its block" in stats.errors[0]
 
@@ -288,8 +291,8 @@ def test_process_substitution_is_read(tmp_path):
 
 def test_a_truncated_stream_is_a_one_line_error(tmp_path):
     kubesonar = Path(sys.executable).with_name("kubesonar")
-    done = subprocess.run([str(kubesonar), "flows", "-"], input=_capture_bytes()[:-30], capture_output=True, check=False,
-                          timeout=120)
+    done = subprocess.run([str(kubesonar), "flows", "-"], input=_capture_bytes()[:-30], capture_output=True,
+                          check=False, timeout=120)
     assert done.returncode == 1
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kubesonar: error: <stdin>: truncated")

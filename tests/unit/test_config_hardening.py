@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.allowlist import load_allowlist
 from kubesonar.shared.errors import ConfigError

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from kubesonar.functions.local.backend import LocalBackend
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore

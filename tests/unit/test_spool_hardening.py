@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+
 from kubesonar.sensor.queues import Message, window_messages
 from kubesonar.sensor.queues.directory import DirectoryQueue
 from kubesonar.sensor.spool import ENTRY_OVERHEAD, QUARANTINE, SpoolingPublisher

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import BatchHeader, encode_batch
@@ -26,6 +27,8 @@ KUBESONAR = Path(sys.executable).with_name("kubesonar")
 @pytest.mark.parametrize("text, fault", [
     ("[1]", "holds list"), ("5", "holds int"), ("null", "holds null"), ("[]", "holds list"),
     ("{}", "empty object"), ('{"state": "x"}', "'state' is str"), ('{"applied": [1]}', "'applied' is list"),
+    ('{"layout": 2, "detectors": {"port_scan": "x"}}', "'detectors.port_scan' is str"),
+    ('{"layout": 2, "applied": {"n/1": 5}}', "'applied.n/1' is int"),
 ])
 def test_a_state_document_of_the_wrong_shape_is_a_store_error(tmp_path, text, fault):
     store = LocalObjectStore(tmp_path)
@@ -37,7 +40,8 @@ def test_a_state_document_of_the_wrong_shape_is_a_store_error(tmp_path, text, fa
     assert store.get("state/c/port_scan.json").data == text.encode()  # never silently replaced
 
 
-@pytest.mark.parametrize("text", ["{}", '{"count": 1}', '{"count": "1", "first_seen": "a", "last_seen": "b", "status": "open"}'])
+@pytest.mark.parametrize("text", ["{}", '{"count": 1}',
+                                  '{"count": "1", "first_seen": "a", "last_seen": "b", "status": "open"}'])
 def test_an_alert_of_the_wrong_shape_is_a_store_error(tmp_path, text):
     store = LocalObjectStore(tmp_path)
     store.put("alerts/c/x.json", text.encode())
@@ -57,11 +61,11 @@ def _scan_batch() -> bytes:
 
 def test_a_broken_state_document_makes_the_batch_retry_with_a_clear_reason(tmp_path):
     store = LocalObjectStore(tmp_path)
-    for key in ("state/c/port_scan.json", "state/c/new_workload.json"):
-        store.put(key, b'{"state": "x"}')
+    store.put("state/c/detectors.json", b'{"layout": 2, "detectors": {"port_scan": "x"}}')
     deps = Dependencies(store, CollectingNotifier(), SystemClock())
     outcome = process_deliveries([Delivery("m1", _scan_batch())], deps)
-    assert next(why for _, why in outcome.retry).startswith("StoreError: state/c/")
+    assert outcome.retry and not outcome.applied
+    assert "state/c/detectors.json" in next(why for _, why in outcome.retry)
 
 
 def _read_only(path: Path) -> bool:
@@ -83,7 +87,8 @@ def test_a_state_directory_on_a_read_only_mount_is_one_clear_line(tmp_path):
     try:
         with pytest.raises(StoreError, match="cannot use .* as an object store"):
             LocalObjectStore(state)
-        done = subprocess.run([str(KUBESONAR), "analyze", "--state", str(state), str(REPO / "examples/cluster-traffic.pcap")],
+        done = subprocess.run([str(KUBESONAR), "analyze", "--state", str(state),
+                               str(REPO / "examples/cluster-traffic.pcap")],
                               capture_output=True, timeout=180, check=False)
         lines = done.stderr.decode().strip().splitlines()
         assert done.returncode == 1 and len(lines) == 1 and str(state) in lines[0], done.stderr.decode()
