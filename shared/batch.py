@@ -55,8 +55,8 @@ DEFAULT_DECODED_CAP = 64 << 20
 MIN_LIMIT = 4096
 # Rows of any one table in one message. The encoder never writes more, the decoder refuses more: a
 # message of identical rows compresses to almost nothing (1.7 M flows in 3 KB), so the byte caps alone
-# do not bound what decoding and scoring it costs. At this bound decoding a message peaks at ~41 MB
-# (tracemalloc) and the whole core stays under ~100 MB per message (docs/hardening.md).
+# do not bound what decoding and scoring it costs. At this bound decoding a message peaks at 41 MB
+# (tracemalloc) and the whole core adds 34 MB of RSS for it (docs/hardening.md).
 MAX_ROWS_PER_MESSAGE = 131_072
 ZSTD_LEVEL = 19  # ~6 us a flow to encode, decoding is as fast as at any level; see docs/flow-format.md
 
