@@ -40,9 +40,9 @@ def workload_of(pod: dict) -> tuple[str, str]:
     meta = pod.get("metadata") or {}
     owners = [o for o in meta.get("ownerReferences") or [] if o.get("controller", True)]
     if not owners:
-        return "Pod", meta.get("name", "")
-    kind, name = owners[0].get("kind", ""), owners[0].get("name", "")
-    template_hash = (meta.get("labels") or {}).get("pod-template-hash", "")
+        return "Pod", meta.get("name") or ""
+    kind, name = owners[0].get("kind") or "", owners[0].get("name") or ""  # null as the API may print it
+    template_hash = (meta.get("labels") or {}).get("pod-template-hash") or ""
     if kind == "ReplicaSet" and template_hash and name.endswith("-" + template_hash):
         return "Deployment", name[: -len(template_hash) - 1]
     if kind == "Job":
@@ -58,10 +58,10 @@ def endpoint_of(pod: dict) -> Endpoint:
     kind, name = workload_of(pod)
     labels = ",".join(f"{k}={v}" for k, v in sorted((meta.get("labels") or {}).items()))
     return Endpoint(
-        namespace=meta.get("namespace", ""), pod=meta.get("name", ""), workload_kind=kind, workload_name=name,
-        node=spec.get("nodeName", ""), labels=labels,
-        images=tuple(sorted({c.get("image", "") for c in spec.get("containers") or []} - {""})),
-        service_account=spec.get("serviceAccountName", ""),
+        namespace=meta.get("namespace") or "", pod=meta.get("name") or "", workload_kind=kind, workload_name=name,
+        node=spec.get("nodeName") or "", labels=labels,
+        images=tuple(sorted({c.get("image") or "" for c in spec.get("containers") or []} - {""})),
+        service_account=spec.get("serviceAccountName") or "",
     )
 
 

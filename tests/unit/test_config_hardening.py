@@ -53,6 +53,7 @@ MALFORMED_PODS = {
     "ownerReferences of strings": _pods(_with("metadata.ownerReferences", ["ReplicaSet"])),
     "containers an object": _pods(_with("spec.containers", {"image": "x"})),
     "a namespace that is a number": _pods(_with("metadata.namespace", 7)),
+    "an owner that is a number": _pods(_with("metadata.ownerReferences", [{"kind": "ReplicaSet", "name": 5}])),
     "nested 100,000 deep": '{"kind": "List", "items": [' + "[" * 100_000 + "]" * 100_000 + "]}",
 }
 
@@ -73,6 +74,15 @@ def test_a_pod_list_that_is_not_utf8_or_a_directory(tmp_path):
         PodInventory.load(tmp_path / "pods.json")
     with pytest.raises(ConfigError, match="cannot read pod inventory"):
         PodInventory.load(tmp_path)
+
+
+def test_nulls_where_the_api_may_print_them_load(tmp_path):
+    """Found by the fuzzer: an owner whose name is null raised AttributeError."""
+    pod = _with("metadata.ownerReferences", [{"kind": "ReplicaSet", "name": None}])
+    pod["spec"]["nodeName"] = None
+    (tmp_path / "pods.json").write_text(_pods(pod))
+    inventory = PodInventory.load(tmp_path / "pods.json")
+    assert len(inventory) == 1
 
 
 def test_a_good_pod_list_still_loads(tmp_path):
