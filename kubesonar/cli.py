@@ -20,6 +20,17 @@ _TABLE_COLUMNS = ("first_ts", "src_ip", "src_port", "dst_ip", "dst_port", "proto
 _PROGRESS_MIN_BYTES = 16 << 20
 
 
+def _cluster_name(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a name the backend would refuse (or file under another name): shared/names.py."""
+    from kubesonar.shared.names import MAX_CLUSTER, MAX_NODE, name_fault
+
+    if value is not None:
+        fault = name_fault(param.name or "", value, MAX_CLUSTER if param.name == "cluster" else MAX_NODE)
+        if fault:
+            raise click.BadParameter(fault)
+    return value
+
+
 @click.group(context_settings={"auto_envvar_prefix": "KUBESONAR", "show_default": True})
 @click.version_option(package_name="kubesonar")
 def main() -> None:
@@ -56,7 +67,7 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
               help="Capture to learn from first (repeat for several); novelty detectors stay silent on it.")
 @click.option("--state", "state_dir", type=click.Path(file_okay=False),
               help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
-@click.option("--cluster", default="default", help="Cluster name alerts are filed under.")
+@click.option("--cluster", default="default", callback=_cluster_name, help="Cluster name alerts are filed under.")
 @click.option("--allowlist", multiple=True, type=click.Path(dir_okay=False),
               help="YAML allowlist file (repeat for several); see docs/allowlists.md.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "ocsf"]), default="table",
@@ -103,13 +114,15 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
 @click.option("--queue", required=True,
               help="Where batches go: file://DIR, an SQS queue URL, pubsub://projects/P/topics/T, "
                    "eventgrid://TOPIC-HOSTNAME (docs/sensor.md).")
-@click.option("--cluster", default="default", help="Cluster name the batches are filed under.")
-@click.option("--node", default="replay", help="Node name the batches come from.")
+@click.option("--cluster", default="default", callback=_cluster_name, help="Cluster name the batches are filed under.")
+@click.option("--node", default="replay", callback=_cluster_name, help="Node name the batches come from.")
 @click.option("--pods", type=click.Path(dir_okay=False), help="Output of 'kubectl get pods -A -o json'.")
 @click.option("--window", type=click.FloatRange(0.5, 3600), default=10.0,
               help="Seconds of capture time per batch, as the live sensor's window.")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="Keyring to sign batches with (docs/hardening.md); default: unsigned.")
 def replay(captures: tuple[str, ...], queue: str, cluster: str, node: str, pods: str | None,
-           window: float) -> None:
+           window: float, key_file: str | None) -> None:
     """Publish CAPTURES to a queue as a sensor would have: real windows of real traffic, for driving any
     backend (tests, a new deployment)."""
     from kubesonar.compose import replay as run_replay
@@ -120,7 +133,7 @@ def replay(captures: tuple[str, ...], queue: str, cluster: str, node: str, pods:
             click.echo(f"\r{summary.windows} windows, {summary.messages} messages", err=True, nl=False)
 
     summary = run_replay(captures, open_publisher(queue), cluster=cluster, node=node, pods=pods,
-                         window_s=window, progress=show)
+                         window_s=window, progress=show, signer=_signer(key_file, cluster))
     click.echo(f"published {summary.messages} messages ({summary.flows} flows, {summary.dns} DNS messages, "
                f"{summary.bytes} bytes) in {summary.windows} windows to {queue}", err=True)
     for error in summary.stats.errors:
@@ -163,8 +176,10 @@ def _capture_options(command: Callable) -> Callable:
         click.option("--window", type=click.FloatRange(0.5, 3600), default=10.0,
                      help="Seconds per window: flows are published (and a heartbeat sent) this often."),
         click.option("--filter", default="", help="tcpdump-style capture filter (needs libpcap)."),
-        click.option("--cluster", default="default", help="Cluster name batches and alerts are filed under."),
-        click.option("--node", default=None, help="Node name [default: NODE_NAME, else the host name]."),
+        click.option("--cluster", default="default", callback=_cluster_name,
+                     help="Cluster name batches and alerts are filed under."),
+        click.option("--node", default=None, callback=_cluster_name,
+                     help="Node name [default: NODE_NAME, else the host name]."),
         click.option("--max-flows", type=click.IntRange(1024), default=65_536,
                      help="Cap on the live flow table; past it the least recently active flows are sent early."),
         click.option("--duration", type=click.FloatRange(min=0.1), default=None,
@@ -205,14 +220,16 @@ def _run_until_signal(sensor, duration: float | None) -> None:
               help="Static pod inventory ('kubectl get pods -A -o json') instead of watching the API.")
 @click.option("--kubernetes/--no-kubernetes", default=False,
               help="Watch this node's pods through the Kubernetes API (in-cluster configuration).")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="Keyring (a mounted Kubernetes Secret) to sign batches with; docs/hardening.md.")
 def sensor(interface, window, filter, cluster, node, max_flows, duration, queue, spool,  # noqa: A002
-           spool_max_bytes, pods, kubernetes) -> None:
+           spool_max_bytes, pods, kubernetes, key_file) -> None:
     """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
     from kubesonar.compose import build_sensor
 
     settings = _settings(interface, window, filter, cluster, node, max_flows)
     enrich, watcher = _enrichment(pods, kubernetes, settings.node)
-    live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher)
+    live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher, signer=_signer(key_file, cluster))
     click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to {queue}",
                err=True)
     try:
@@ -253,6 +270,17 @@ def watch(interface, window, filter, cluster, node, max_flows, duration, pods, s
         _run_until_signal(live, duration)
     for error in live.errors + backend.errors:
         click.echo(f"kubesonar: error: {error}", err=True)
+
+
+def _signer(key_file: str | None, cluster: str) -> Callable[[bytes], bytes] | None:
+    """The keyring's signing function, checked to speak for ``cluster``; None without a key file."""
+    if not key_file:
+        return None
+    from kubesonar.shared.signing import Keyring
+
+    keyring = Keyring.load(key_file)
+    keyring.check_signs_for(cluster)
+    return keyring.sign
 
 
 def _enrichment(pods: str | None, use_kube: bool, node: str):

@@ -104,7 +104,7 @@ class ReplaySummary:
 
 def replay(captures: Iterable[str], publisher: Any, cluster: str = "default", node: str = "replay",
            pods: str | None = None, window_s: float = 10.0, sensor_id: str | None = None,
-           progress: Any = None) -> ReplaySummary:
+           progress: Any = None, signer: Any = None) -> ReplaySummary:
     """The offline sensor publishing a capture as a live sensor would have: its flows cut into windows of
     ``window_s`` seconds of capture time (a flow is reported in the window in which it ended, DNS messages
     in the window of their time), one batch per window, each with its heartbeat counters, sent through
@@ -130,7 +130,7 @@ def replay(captures: Iterable[str], publisher: Any, cluster: str = "default", no
         counters = {"packets": summary.stats.packets} if sequence == len(windows) - 1 else {}
         header = BatchHeader(cluster, node, sensor_id, sequence, window * window_ns, (window + 1) * window_ns,
                              counters=counters)
-        messages = window_messages(header, flows.take(in_flows), publisher.limit, dns=dns.take(in_dns))
+        messages = window_messages(header, flows.take(in_flows), publisher.limit, dns=dns.take(in_dns), signer=signer)
         publisher.send(messages)
         summary.windows += 1
         summary.messages += len(messages)
@@ -143,7 +143,7 @@ def replay(captures: Iterable[str], publisher: Any, cluster: str = "default", no
 
 
 def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, enrich: Any = None,
-                 watcher: Any = None) -> Any:
+                 watcher: Any = None, signer: Any = None) -> Any:
     """The live sensor: capture -> flows -> enrichment -> batch messages -> spool -> the queue's publisher."""
     from kubesonar.sensor.live import LiveSensor
     from kubesonar.sensor.queues import open_publisher, window_messages
@@ -152,11 +152,13 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
     publisher = SpoolingPublisher(open_publisher(queue), spool, max_bytes=spool_max_bytes)
 
     def publish(window: Any) -> None:
-        publisher.publish(window_messages(window.header, window.flows, publisher.limit, window.pods, window.dns))
+        publisher.publish(window_messages(window.header, window.flows, publisher.limit, window.pods, window.dns,
+                                          signer=signer))
 
     def spool_counters() -> dict[str, int]:
         s = publisher.stats
-        counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "publish_retries": s.retries}
+        counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "spool_quarantined": s.quarantined,
+                    "publish_retries": s.retries}
         return counters | (watcher.counters() if watcher else {})
 
     return LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,

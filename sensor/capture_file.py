@@ -1,25 +1,52 @@
-"""Read classic pcap and pcapng files as batches of packets, streaming in bounded chunks.
+"""Read classic pcap and pcapng files (or pipes) as batches of packets, streaming in bounded chunks.
 
 Only the walk from one record to the next is a Python loop (each record's position depends on the
 previous one's length); every per-packet field is then read vectorised from the chunk. Memory holds one
-chunk at a time, whatever the file's size.
+chunk at a time, whatever the file's size. The input is read strictly forwards, so a pipe, a FIFO or
+standard input (``-``) works as well as a file.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
+from kubesonar.sensor.dissect import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+)
 from kubesonar.sensor.packets import PacketBatch
-from kubesonar.sensor.record_walk import STOP_CORRUPT, STOP_FULL, STOP_NEED_DATA, STOP_OTHER_BLOCK, walk_pcap, walk_pcapng
+from kubesonar.sensor.record_walk import (
+    STOP_CORRUPT,
+    STOP_FULL,
+    STOP_NEED_DATA,
+    STOP_OTHER_BLOCK,
+    walk_pcap,
+    walk_pcapng,
+)
 from kubesonar.shared.errors import CaptureError
 
 CHUNK_BYTES = 4 << 20
 MAX_RECORD_BYTES = 16 << 20  # larger than any snaplen; a bigger length field means corruption
+MAX_SNAPLEN = 262_144  # libpcap's MAXIMUM_SNAPLEN: a longer captured length is corruption, not a packet
+STDIN = "-"
+# 12 and 14 are DLT_RAW on some BSDs
+SUPPORTED_LINKTYPES = frozenset({LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP, LINKTYPE_LINUX_SLL,
+                                 LINKTYPE_IPV4, LINKTYPE_IPV6, LINKTYPE_LINUX_SLL2, 12, 14})
+_MAX_SECONDS = (1 << 63) // 1_000_000_000 - 1  # the last second an int64 of nanoseconds holds (year 2262)
 
 _PCAP_MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1_000),  # microsecond, little-endian
@@ -28,53 +55,80 @@ _PCAP_MAGICS = {
     b"\xa1\xb2\x3c\x4d": (">", 1),
 }
 _PCAPNG_SHB = 0x0A0D0D0A
-_PCAPNG_BOM = 0x1A2B3C4D
-_IDB, _OPB, _SPB, _EPB = 1, 2, 3, 6
+_SHB, _IDB, _OPB, _SPB, _EPB = _PCAPNG_SHB, 1, 2, 3, 6
+_MIN_BLOCK = {_SHB: 28, _IDB: 20, _OPB: 32, _SPB: 16, _EPB: 32}  # the fixed fields of each block kind
+_NO_TIME, _OUT_OF_RANGE = -1, -2  # timestamp units of a simple packet block, of a timestamp past 2**63
+_CONTINUE = -1  # walk() result: more whole records are in the buffer (a new section): walk again
 
 
 ProgressFn = Callable[[int], None]
 
 
 def read_capture(path: str | os.PathLike[str], progress: ProgressFn | None = None) -> Iterator[PacketBatch]:
-    """Yield the packets of a pcap or pcapng file; raise CaptureError after the last good batch."""
+    """Yield the packets of a pcap or pcapng file, FIFO or stream (``-`` is standard input); raise
+    CaptureError after the last good batch."""
+    name = os.fspath(path)
+    if name == STDIN:
+        yield from _read_stream(sys.stdin.buffer, "<stdin>", progress)
+        return
     try:
         handle = open(path, "rb")
     except OSError as exc:
-        raise CaptureError(f"cannot open capture {os.fspath(path)!r}: {exc.strerror}") from exc
+        raise CaptureError(f"cannot open capture {name!r}: {exc.strerror}") from exc
     with handle:
-        magic = handle.read(4)
-        handle.seek(0)
-        if magic in _PCAP_MAGICS:
-            yield from _PcapReader(handle, path, progress).batches()
-        elif len(magic) == 4 and struct.unpack("<I", magic)[0] == _PCAPNG_SHB:
-            yield from _PcapngReader(handle, path, progress).batches()
-        elif not magic:
-            raise CaptureError(f"{os.fspath(path)}: empty file, not a capture")
-        else:
-            raise CaptureError(
-                f"{os.fspath(path)}: not a pcap or pcapng file (starts with {magic.hex()})"
-            )
+        yield from _read_stream(handle, name, progress)
+
+
+def _read_stream(handle: BinaryIO, name: str, progress: ProgressFn | None) -> Iterator[PacketBatch]:
+    try:
+        magic = _read_fully(handle, 4)
+    except OSError as exc:
+        raise CaptureError(f"cannot read capture {name!r}: {exc.strerror}") from exc
+    if magic in _PCAP_MAGICS:
+        yield from _PcapReader(handle, name, progress, magic).batches()
+    elif len(magic) == 4 and struct.unpack("<I", magic)[0] == _PCAPNG_SHB:
+        yield from _PcapngReader(handle, name, progress, magic).batches()
+    elif not magic:
+        raise CaptureError(f"{name}: empty file, not a capture")
+    else:
+        raise CaptureError(f"{name}: not a pcap or pcapng file (starts with {magic.hex()})")
+
+
+def _read_fully(handle: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only at the end: a pipe hands out what it has, a file all of it."""
+    parts, got = [], 0
+    while got < size:
+        part = handle.read(size - got)
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 class _ChunkedReader:
     """Feeds a record walker chunk by chunk, keeping the unread tail of each chunk."""
 
-    header_bytes = 0
-
-    def __init__(self, handle: BinaryIO, path: str | os.PathLike[str], progress: ProgressFn | None):
+    def __init__(self, handle: BinaryIO, name: str, progress: ProgressFn | None, prefix: bytes):
         self.handle = handle
-        self.name = os.fspath(path)
+        self.name = name
         self.progress = progress
+        self.prefix = prefix  # the magic, already read to tell the format
         self.consumed = 0  # file offset of the first byte of the current chunk
         self._pending_error: CaptureError | None = None  # raised once the packets before it are out
 
     def _fail(self, what: str, at: int) -> CaptureError:
         return CaptureError(f"{self.name}: {what} at byte {at}; flows up to there were kept")
 
+    def _read(self, size: int) -> bytes:
+        try:
+            return _read_fully(self.handle, size)
+        except OSError as exc:
+            raise CaptureError(f"{self.name}: read failed: {exc.strerror}") from exc
+
     def batches(self) -> Iterator[PacketBatch]:
-        buf = self.handle.read(CHUNK_BYTES)
+        buf = self.prefix + self._read(CHUNK_BYTES - len(self.prefix))
         start = self.read_header(buf)
-        want = CHUNK_BYTES
         while True:
             batch, start, need = self.walk(buf, start)
             if batch is not None and len(batch):
@@ -83,13 +137,16 @@ class _ChunkedReader:
                 raise self._pending_error
             if self.progress:
                 self.progress(self.consumed + start)
-            more = self.handle.read(max(want, need))
+            if need == _CONTINUE:
+                continue
+            more = self._read(max(CHUNK_BYTES, need))
             if not more:
                 if start < len(buf):
                     raise self._fail(
                         f"truncated record ({len(buf) - start} bytes left, record needs more)",
                         self.consumed + start,
                     )
+                self.finish()
                 return
             self.consumed += start
             buf = buf[start:] + more
@@ -99,8 +156,12 @@ class _ChunkedReader:
         raise NotImplementedError
 
     def walk(self, buf: bytes, start: int) -> tuple[PacketBatch | None, int, int]:
-        """Parse whole records from ``buf[start:]``; return the batch, where to resume, bytes needed."""
+        """Parse whole records from ``buf[start:]``; return the batch, where to resume, bytes needed
+        (or _CONTINUE when whole records remain)."""
         raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called at the clean end of the input."""
 
 
 def _read_u32(data: np.ndarray, at: np.ndarray, order: str) -> np.ndarray:
@@ -109,14 +170,23 @@ def _read_u32(data: np.ndarray, at: np.ndarray, order: str) -> np.ndarray:
     return words[at].astype(np.int64)
 
 
+def _unsupported_linktype(name: str, linktype: int) -> CaptureError:
+    supported = ", ".join(map(str, sorted(SUPPORTED_LINKTYPES)))
+    return CaptureError(f"{name}: link type {linktype} is not supported (supported: {supported})")
+
+
 class _PcapReader(_ChunkedReader):
     def read_header(self, buf: bytes) -> int:
         if len(buf) < 24:
             raise self._fail("truncated pcap file header", 0)
         self.order, self.ts_scale = _PCAP_MAGICS[buf[:4]]
-        _, _, _, _, snaplen, linktype = struct.unpack_from(self.order + "HHiIII", buf, 4)
+        _, _, _, _, _snaplen, linktype = struct.unpack_from(self.order + "HHiIII", buf, 4)
         self.linktype = linktype & 0x0FFFFFFF
-        self.max_caplen = max(snaplen, 262_144)
+        if self.linktype not in SUPPORTED_LINKTYPES:
+            raise _unsupported_linktype(self.name, self.linktype)
+        # libpcap caps the header's snaplen at MAXIMUM_SNAPLEN and refuses longer records: a file cannot
+        # make us allocate more than that per packet, whatever it claims
+        self.max_caplen = MAX_SNAPLEN
         self._offsets = np.empty(CHUNK_BYTES // 16 + 1, dtype=np.int64)
         return 24
 
@@ -128,10 +198,14 @@ class _PcapReader(_ChunkedReader):
         batch = self._batch(data, rec, ts_sec, ts_frac, caplen, wirelen)
         if stop == STOP_CORRUPT:
             (bad,) = struct.unpack_from(self.order + "I", buf, pos + 8)
-            self._pending_error = self._fail(f"corrupt record header (captured length {bad})", self.consumed + pos)
+            self._pending_error = self._fail(
+                f"corrupt record header (captured length {bad}, over the {MAX_SNAPLEN}-byte maximum)",
+                self.consumed + pos)
             return batch, len(buf), 0
+        if stop == STOP_FULL:
+            return batch, pos, _CONTINUE
         need = 0
-        if stop == STOP_NEED_DATA and pos + 16 <= len(buf):  # a record whose data is not read yet
+        if pos + 16 <= len(buf):  # a record whose data is not read yet
             need = 16 + struct.unpack_from(self.order + "I", buf, pos + 8)[0]
         return batch, pos, need
 
@@ -150,18 +224,32 @@ class _PcapReader(_ChunkedReader):
 class _Interface:
     linktype: int
     snaplen: int
-    ts_units_per_sec: int = 1_000_000  # if_tsresol; default microseconds
-    ts_shift: int = -1  # >= 0 when if_tsresol is a power of two: units are 2**-ts_shift s
+    ts_decimal: int = 6  # if_tsresol: units are 10**-ts_decimal s (default microseconds) ...
+    ts_shift: int = -1  # ... or, when >= 0, 2**-ts_shift s
     ts_offset_s: int = 0
 
 
+# one slow-path packet: (data offset, interface, timestamp units or -1 for none, caplen, wirelen, block offset)
+_Slow = tuple[int, int, int, int, int, int]
+
+
 class _PcapngReader(_ChunkedReader):
+    """pcapng: each section (SHB) has its own byte order and interface table; packets are read with
+    the section they belong to."""
+
     def read_header(self, buf: bytes) -> int:
         self.order = "<"
         self.interfaces: list[_Interface] = []
+        self.unsupported: Counter[int] = Counter()  # link type -> packets skipped
         self._last_ts = 0
         self._offsets = np.empty(CHUNK_BYTES // 32 + 1, dtype=np.int64)
         return 0
+
+    def finish(self) -> None:
+        if self.unsupported:
+            kinds = ", ".join(f"{n} on link type {lt}" for lt, n in sorted(self.unsupported.items()))
+            raise CaptureError(f"{self.name}: packets skipped ({kinds}): link type not supported "
+                               f"(supported: {', '.join(map(str, sorted(SUPPORTED_LINKTYPES)))})")
 
     def _section_header(self, buf: bytes, pos: int) -> None:
         if pos + 12 > len(buf):
@@ -181,26 +269,57 @@ class _PcapngReader(_ChunkedReader):
         opt, end = pos + 16, pos + length - 4
         while opt + 4 <= end:
             code, olen = struct.unpack_from(self.order + "HH", buf, opt)
-            value = buf[opt + 4 : opt + 4 + olen]
             if code == 0:
                 break
+            if opt + 4 + olen > end:
+                raise self._fail(f"interface option {code} runs past its block", self.consumed + pos)
+            value = buf[opt + 4 : opt + 4 + olen]
             if code == 9 and olen >= 1:  # if_tsresol
-                exp = value[0] & 0x7F
-                if value[0] & 0x80:
-                    iface.ts_shift, iface.ts_units_per_sec = exp, 1 << exp
-                else:
-                    iface.ts_units_per_sec = 10**exp
-            elif code == 14 and olen == 8:  # if_tsoffset
-                iface.ts_offset_s = struct.unpack(self.order + "q", value)[0]
+                self._resolution(iface, value[0], pos)
+            elif code == 14 and olen == 8:  # if_tsoffset, seconds
+                offset = struct.unpack(self.order + "q", value)[0]
+                if abs(offset) > _MAX_SECONDS:
+                    raise self._fail(f"interface time offset {offset} s is out of range", self.consumed + pos)
+                iface.ts_offset_s = offset
             opt += 4 + ((olen + 3) & ~3)
         self.interfaces.append(iface)
+
+    def _resolution(self, iface: _Interface, code: int, pos: int) -> None:
+        exp = code & 0x7F
+        if code & 0x80:
+            if exp > 62:  # units of 2**-63 s or finer cannot hold a second in an int64
+                raise self._fail(f"interface time resolution 2^-{exp} s is not supported", self.consumed + pos)
+            iface.ts_shift = exp
+        else:
+            if exp > 18:
+                raise self._fail(f"interface time resolution 10^-{exp} s is not supported", self.consumed + pos)
+            iface.ts_decimal = exp
 
     def walk(self, buf: bytes, start: int) -> tuple[PacketBatch | None, int, int]:
         data = np.frombuffer(buf, dtype=np.uint8)
         end = len(buf)
         pos = start
         epb: list[np.ndarray] = []
-        slow: list[tuple[int, int, int, int, int]] = []  # (pos, iface, ts units, caplen, wirelen)
+        slow: list[_Slow] = []
+        need = 0
+        try:
+            pos, need = self._walk_blocks(buf, data, pos, epb, slow)
+        except CaptureError as exc:  # the packets before the fault still count
+            self._pending_error, pos, need = exc, end, 0
+        blocks = np.concatenate(epb) if epb else np.zeros(0, dtype=np.int64)
+        if len(blocks):
+            self._check_epb_lengths(data, blocks)
+        if slow and len(blocks):  # interleaved block kinds: keep file order with one slow path
+            slow += self._epb_tuples(buf, blocks.tolist())
+            slow.sort()
+            blocks = blocks[:0]
+        batch = self._epb_batch(data, blocks) if len(blocks) else self._slow_batch(data, slow)
+        return batch, pos, need
+
+    def _walk_blocks(self, buf: bytes, data: np.ndarray, pos: int, epb: list[np.ndarray],
+                     slow: list[_Slow]) -> tuple[int, int]:
+        """Collect the packet blocks from ``pos`` on; return where to resume and the bytes needed."""
+        end = len(buf)
         need = 0
         while True:
             count, pos, stop = walk_pcapng(data, pos, self.order == "<", MAX_RECORD_BYTES, self._offsets)
@@ -210,31 +329,29 @@ class _PcapngReader(_ChunkedReader):
                 btype, blen = struct.unpack_from(self.order + "II", buf, pos)
                 raise self._fail(f"corrupt pcapng block (type {btype:#x}, length {blen})", self.consumed + pos)
             if stop == STOP_FULL:
+                need = _CONTINUE
                 break
             if stop == STOP_NEED_DATA:
                 if pos + 12 <= end:
                     need = struct.unpack_from(self.order + "I", buf, pos + 4)[0]
                 break
             if stop == STOP_OTHER_BLOCK:
+                if (epb or slow) and struct.unpack_from("<I", buf, pos)[0] == _PCAPNG_SHB:
+                    need = _CONTINUE  # a new section: the packets so far belong to the old one
+                    break
                 blen = self._other_block(buf, pos, slow)
                 if blen == 0:
                     need = 12 if pos + 12 > end else struct.unpack_from(self.order + "I", buf, pos + 4)[0]
                     break
                 pos += blen
-        blocks = np.concatenate(epb) if epb else np.zeros(0, dtype=np.int64)
-        if slow and len(blocks):  # interleaved block kinds: keep file order with one slow path
-            slow += self._epb_tuples(buf, blocks.tolist())
-            slow.sort()
-            blocks = blocks[:0]
-        batch = self._epb_batch(data, blocks) if len(blocks) else self._slow_batch(data, slow)
-        return batch, pos, need
+        return pos, need
 
-    def _other_block(self, buf: bytes, pos: int, slow: list) -> int:
+    def _other_block(self, buf: bytes, pos: int, slow: list[_Slow]) -> int:
         """Handle a block that is not an EPB; return its length, or 0 when it is not all in ``buf``."""
         if struct.unpack_from("<I", buf, pos)[0] == _PCAPNG_SHB:
             self._section_header(buf, pos)
         btype, blen = struct.unpack_from(self.order + "II", buf, pos)
-        if blen < 12 or blen % 4 or blen > MAX_RECORD_BYTES:
+        if blen < _MIN_BLOCK.get(btype, 12) or blen % 4 or blen > MAX_RECORD_BYTES:
             raise self._fail(f"corrupt pcapng block (type {btype:#x}, length {blen})", self.consumed + pos)
         if pos + blen > len(buf):
             return 0
@@ -246,68 +363,94 @@ class _PcapngReader(_ChunkedReader):
             (wirelen,) = struct.unpack_from(self.order + "I", buf, pos + 8)
             snap = self.interfaces[0].snaplen if self.interfaces else 0
             caplen = min(wirelen, blen - 16, snap or wirelen)
-            slow.append((pos + 12, 0, -1, caplen, wirelen))
+            slow.append((pos + 12, 0, -1, caplen, wirelen, pos))
         elif btype == _OPB:
             iface, _, hi, lo, caplen, wirelen = struct.unpack_from(self.order + "HHIIII", buf, pos + 8)
-            slow.append((pos + 28, iface, (hi << 32) | lo, caplen, wirelen))
+            if 28 + caplen > blen - 4:
+                raise self._fail("captured length runs past its block", self.consumed + pos)
+            slow.append((pos + 28, iface, _units(hi, lo), caplen, wirelen, pos))
         return blen
 
-    def _epb_tuples(self, buf: bytes, epb: list[int]) -> list[tuple[int, int, int, int, int]]:
+    def _check_epb_lengths(self, data: np.ndarray, blocks: np.ndarray) -> None:
+        caplen = _read_u32(data, blocks + 20, self.order)
+        block_len = _read_u32(data, blocks + 4, self.order)
+        overflow = np.flatnonzero(28 + caplen > block_len - 4)
+        if len(overflow):
+            raise self._fail("captured length runs past its block", self.consumed + int(blocks[overflow[0]]))
+
+    def _epb_tuples(self, buf: bytes, epb: list[int]) -> list[_Slow]:
         unpack = struct.Struct(self.order + "IIIII").unpack_from
         out = []
         for pos in epb:
             iface, hi, lo, caplen, wirelen = unpack(buf, pos + 8)
-            out.append((pos + 28, iface, (hi << 32) | lo, caplen, wirelen))
+            out.append((pos + 28, iface, _units(hi, lo), caplen, wirelen, pos))
         return out
 
     def _epb_batch(self, data: np.ndarray, blocks: np.ndarray) -> PacketBatch:
         iface, hi, lo, caplen, wirelen = (_read_u32(data, blocks + 8 + 4 * k, self.order) for k in range(5))
-        self._check_interfaces(iface, blocks)
-        units = (hi << 32) | lo
+        units = np.where(hi >> 31, _OUT_OF_RANGE, (hi << 32) | lo)
         return self._batch(data, blocks + 28, iface, units, caplen, wirelen, blocks)
 
-    def _slow_batch(self, data: np.ndarray, slow: list[tuple[int, int, int, int, int]]) -> PacketBatch:
-        arr = np.asarray(slow, dtype=np.int64).reshape(-1, 5)
-        pos, iface, units, caplen, wirelen = arr.T
-        self._check_interfaces(iface, pos)
-        return self._batch(data, pos, iface, units, caplen, wirelen, pos)
-
-    def _check_interfaces(self, iface: np.ndarray, where: np.ndarray) -> None:
-        bad = np.flatnonzero(iface >= len(self.interfaces))
-        if len(bad):
-            raise self._fail(f"packet names interface {int(iface[bad[0]])}, not declared", self.consumed + int(where[bad[0]]))
+    def _slow_batch(self, data: np.ndarray, slow: list[_Slow]) -> PacketBatch:
+        arr = np.asarray(slow, dtype=np.int64).reshape(-1, 6)
+        pos, iface, units, caplen, wirelen, blocks = arr.T
+        return self._batch(data, pos, iface, units, caplen, wirelen, blocks)
 
     def _batch(self, data, offset, iface, units, caplen, wirelen, blocks) -> PacketBatch:
         ifaces = self.interfaces
+        bad = np.flatnonzero(iface >= len(ifaces))
+        if len(bad):
+            raise self._fail(f"packet names interface {int(iface[bad[0]])}, not declared",
+                             self.consumed + int(blocks[bad[0]]))
         linktype = np.asarray([i.linktype for i in ifaces], dtype=np.int64)[iface] if len(iface) else iface
         ts = np.zeros(len(offset), dtype=np.int64)
+        missing = units == _NO_TIME  # simple packet blocks carry no timestamp: reuse the previous one
+        bad = units == _OUT_OF_RANGE
         for k, spec in enumerate(ifaces):
-            sel = iface == k
+            sel = (iface == k) & ~missing & ~bad
             if sel.any():
-                ts[sel] = _units_to_ns(units[sel], spec)
-        missing = units < 0  # simple packet blocks carry no timestamp: reuse the previous one
+                ts[sel], bad[sel] = _units_to_ns(units[sel], spec)
+        if bad.any():  # keep the packets before the first one, then stop with the error
+            first = int(np.argmax(bad))
+            self._pending_error = self._pending_error or self._fail(
+                "packet timestamp out of range (before 1970 or after 2262)", self.consumed + int(blocks[first]))
+            offset, iface, caplen, wirelen, ts, linktype, missing = (
+                a[:first] for a in (offset, iface, caplen, wirelen, ts, linktype, missing))
         if missing.any():
             idx = np.where(missing, 0, np.arange(len(ts)))
             np.maximum.accumulate(idx, out=idx)
             ts = np.where(missing & (idx == 0) & missing[0], self._last_ts, ts[idx])
         if len(ts):
             self._last_ts = int(ts[-1])
-        overflow = np.flatnonzero(offset + caplen > blocks + (self._block_len(data, blocks)))
-        if len(overflow):
-            raise self._fail("captured length runs past its block", self.consumed + int(blocks[overflow[0]]))
+        usable = np.isin(linktype, list(SUPPORTED_LINKTYPES))
+        if not usable.all():  # an interface of a kind we cannot read: counted, reported at the end
+            self.unsupported.update(linktype[~usable].tolist())
+            keep = np.flatnonzero(usable)
+            offset, caplen, wirelen, ts, linktype = offset[keep], caplen[keep], wirelen[keep], ts[keep], linktype[keep]
         return PacketBatch(data, offset, caplen, np.maximum(wirelen, caplen), ts, linktype)
 
-    def _block_len(self, data: np.ndarray, blocks: np.ndarray) -> np.ndarray:
-        return _read_u32(data, blocks + 4, self.order) - 4
+
+def _units(hi: int, lo: int) -> int:
+    """A block's 64-bit timestamp; bit 63 set is past any time an int64 of nanoseconds holds."""
+    return _OUT_OF_RANGE if hi >> 31 else (hi << 32) | lo
 
 
-def _units_to_ns(units: np.ndarray, spec: _Interface) -> np.ndarray:
+def _units_to_ns(units: np.ndarray, spec: _Interface) -> tuple[np.ndarray, np.ndarray]:
+    """Nanoseconds since the epoch of timestamps in an interface's units (``units`` >= 0), and where
+    the result would not fit an int64 or falls before 1970."""
     if spec.ts_shift >= 0:
         sec = units >> spec.ts_shift
         frac = units & ((1 << spec.ts_shift) - 1)
-        ns = sec * 1_000_000_000 + ((frac * 1_000_000_000) >> spec.ts_shift)
-    elif spec.ts_units_per_sec <= 1_000_000_000:
-        ns = units * (1_000_000_000 // spec.ts_units_per_sec)
+        drop = max(spec.ts_shift - 32, 0)  # keep frac * 1e9 inside int64
+        frac_ns = ((frac >> drop) * 1_000_000_000) >> (spec.ts_shift - drop)
     else:
-        ns = units // (spec.ts_units_per_sec // 1_000_000_000)
-    return ns + spec.ts_offset_s * 1_000_000_000
+        per_sec = 10**spec.ts_decimal
+        sec, frac = units // per_sec, units % per_sec
+        if spec.ts_decimal <= 9:
+            frac_ns = frac * 10 ** (9 - spec.ts_decimal)
+        else:
+            frac_ns = frac // 10 ** (spec.ts_decimal - 9)
+    sec = np.minimum(sec, _MAX_SECONDS + 1) + spec.ts_offset_s  # both within +-2**34: no wrap
+    out_of_range = (sec < 0) | (sec > _MAX_SECONDS)
+    sec = np.where(out_of_range, 0, sec)
+    return sec * 1_000_000_000 + frac_ns, out_of_range

@@ -1,10 +1,19 @@
 """A bounded on-disk spool in front of a publisher: when the queue cannot be reached, messages wait on
 disk and drain, oldest first, once it is back. Nothing is lost within the bound; beyond it the oldest
-messages are dropped and counted. Delivery is at least once (receivers deduplicate by message key)."""
+messages are dropped and counted. Delivery is at least once (receivers deduplicate by message key).
+
+The directory is the truth: depth and size are re-read from it, so files that vanish (an operator, a
+deleted directory) never leave the counters drifting. An entry that cannot be a message (empty, cut,
+a key that is not UTF-8 or not a batch key, a name that is not ours, a directory) is moved to
+``quarantine/`` and counted; the sensor keeps publishing. If the spool cannot be written at all (the
+directory is gone and cannot be made again, the disk is full), the message is dropped and counted.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +21,15 @@ from pathlib import Path
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from kubesonar.sensor.queues import Message, Publisher
-from kubesonar.shared.errors import ConfigError, QueueUnavailable
+from kubesonar.shared.errors import BatchFormatError, ConfigError, QueueUnavailable
+from kubesonar.shared.identity import split_batch_key
 
 _KEY_LEN = struct.Struct("<H")
+MAX_KEY_BYTES = 1024
+ENTRY_OVERHEAD = _KEY_LEN.size + MAX_KEY_BYTES  # an entry is key length, key, message
+_NAME = re.compile(r"\d{20}\.spool\Z")
+QUARANTINE = "quarantine"
+QUARANTINE_KEEP = 32  # the newest quarantined entries kept for a look; older ones are deleted
 
 
 @dataclass
@@ -23,11 +38,17 @@ class SpoolStats:
     retries: int = 0
     spooled: int = 0  # messages that went to disk
     drained: int = 0  # spooled messages delivered later
-    dropped: int = 0  # oldest messages dropped to keep the bound
+    dropped: int = 0  # messages dropped: the oldest, to keep the bound, or any the spool could not write
     dropped_bytes: int = 0
+    quarantined: int = 0  # spool entries that could not be read as messages
+    write_errors: int = 0  # messages the spool could not write (they are also counted in dropped)
     depth: int = 0  # messages on disk now
     depth_bytes: int = 0
     peak_bytes: int = 0
+
+
+class _Corrupt(Exception):
+    pass
 
 
 class SpoolingPublisher:
@@ -35,22 +56,22 @@ class SpoolingPublisher:
                  attempts: int = 3, max_wait_s: float = 0.5):
         self.inner, self.limit = inner, inner.limit
         self.directory = Path(directory)
-        if max_bytes < self.limit:
-            raise ConfigError(f"spool bound {max_bytes} bytes is smaller than one message ({self.limit})")
+        if max_bytes < self.limit + ENTRY_OVERHEAD:
+            raise ConfigError(f"spool bound {max_bytes} bytes is smaller than one message "
+                              f"({self.limit} bytes and {ENTRY_OVERHEAD} for its key)")
         self.max_bytes = max_bytes
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ConfigError(f"cannot create spool directory {self.directory}: {exc.strerror}") from None
         self.stats = SpoolStats()
+        self.errors: list[str] = []  # the latest faults, for the log
         # retries stay short: the capture loop waits meanwhile; the spool absorbs longer outages
         self._retrying = Retrying(stop=stop_after_attempt(attempts), wait=wait_random_exponential(0.02, max_wait_s),
                                   retry=retry_if_exception_type(QueueUnavailable), reraise=True,
                                   before_sleep=self._count_retry)
-        files = self._files()  # a restarted sensor resumes its spool
-        self._next = int(files[-1].name.split(".")[0]) + 1 if files else 0
-        self.stats.depth = len(files)
-        self.stats.depth_bytes = sum(f.stat().st_size for f in files)
+        entries = self._entries()  # a restarted sensor resumes its spool
+        self._next = int(entries[-1][0].name.split(".")[0]) + 1 if entries else 0
 
     def _count_retry(self, _state) -> None:
         self.stats.retries += 1
@@ -66,53 +87,138 @@ class SpoolingPublisher:
                 pass
         for m in messages:
             self._spool(m)
+        self._entries()
 
     def drain(self) -> bool:
         """Deliver spooled messages oldest first; True once the spool is empty."""
-        for path in self._files():
-            message = _read(path)
+        for path, _size in self._entries():
+            try:
+                message = _read(path)
+            except FileNotFoundError:
+                continue  # gone meanwhile: the next scan counts without it
+            except (_Corrupt, OSError) as exc:
+                self._quarantine(path, str(exc))
+                continue
             try:
                 self._retrying(self.inner.send, [message])
             except QueueUnavailable:
+                self._entries()
                 return False
-            size = path.stat().st_size
-            path.unlink()
+            path.unlink(missing_ok=True)
             self.stats.sent += 1
             self.stats.drained += 1
-            self.stats.depth -= 1
-            self.stats.depth_bytes -= size
+        self._entries()
         return True
 
     def _spool(self, message: Message) -> None:
         key = message.key.encode()
         size = _KEY_LEN.size + len(key) + len(message.data)
-        for old in self._files():
-            if self.stats.depth_bytes + size <= self.max_bytes:
+        if size > self.max_bytes or len(key) > MAX_KEY_BYTES:
+            self._drop_new(size, f"message {message.key[:80]!r} of {size} bytes does not fit the spool")
+            return
+        entries = self._entries()
+        held = sum(s for _, s in entries)
+        for old, old_size in entries:
+            if held + size <= self.max_bytes:
                 break
-            old_size = old.stat().st_size
-            old.unlink()
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            held -= old_size
             self.stats.dropped += 1
             self.stats.dropped_bytes += old_size
-            self.stats.depth -= 1
-            self.stats.depth_bytes -= old_size
+        if held + size > self.max_bytes:  # older entries could not be removed: never pass the bound
+            self._drop_new(size, f"the spool {self.directory} is full and its oldest entries cannot be removed")
+            return
         path = self.directory / f"{self._next:020d}.spool"
         self._next += 1
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(_KEY_LEN.pack(len(key)) + key + message.data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)  # it may have been deleted meanwhile
+            with open(tmp, "wb") as f:
+                f.write(_KEY_LEN.pack(len(key)) + key + message.data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            _remove(tmp)
+            self.stats.write_errors += 1
+            self._drop_new(size, f"cannot write to the spool {self.directory}: {exc.strerror}")
+            return
         self.stats.spooled += 1
-        self.stats.depth += 1
-        self.stats.depth_bytes += size
-        self.stats.peak_bytes = max(self.stats.peak_bytes, self.stats.depth_bytes)
+        self.stats.peak_bytes = max(self.stats.peak_bytes, held + size)
 
-    def _files(self) -> list[Path]:
-        return sorted(self.directory.glob("*.spool"))
+    def _drop_new(self, size: int, why: str) -> None:
+        self.stats.dropped += 1
+        self.stats.dropped_bytes += size
+        self._note(why)
+
+    def _note(self, why: str) -> None:
+        self.errors = (self.errors + [why])[-16:]
+
+    def _entries(self) -> list[tuple[Path, int]]:
+        """The spooled messages, oldest first, with their sizes; sets depth from what is really there.
+        Entries that are not ours are quarantined on the way."""
+        found: list[tuple[Path, int]] = []
+        try:
+            candidates = sorted(self.directory.glob("*.spool"))
+        except OSError:
+            candidates = []
+        for path in candidates:
+            if not _NAME.match(path.name):
+                self._quarantine(path, "not a spool entry name")
+                continue
+            try:
+                st = path.lstat()
+            except FileNotFoundError:
+                continue
+            if not path.is_file() or path.is_symlink() or st.st_size < _KEY_LEN.size + 1:
+                self._quarantine(path, "not a spool entry (a directory, a link or too short)")
+                continue
+            found.append((path, st.st_size))
+        self.stats.depth = len(found)
+        self.stats.depth_bytes = sum(s for _, s in found)
+        self.stats.peak_bytes = max(self.stats.peak_bytes, self.stats.depth_bytes)
+        return found
+
+    def _quarantine(self, path: Path, why: str) -> None:
+        """Move an unreadable entry aside (kept for a look, the newest few) and count it."""
+        self.stats.quarantined += 1
+        self._note(f"spool entry {path.name} quarantined: {why}")
+        aside = self.directory / QUARANTINE
+        try:
+            aside.mkdir(exist_ok=True)
+            os.replace(path, aside / f"{path.name}.{self.stats.quarantined}")
+            kept = sorted(aside.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+            for old in kept[:-QUARANTINE_KEEP]:
+                _remove(old)
+        except OSError:  # cannot move it: remove it, so it is not read (and counted) again
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 def _read(path: Path) -> Message:
     raw = path.read_bytes()
+    if len(raw) < _KEY_LEN.size:
+        raise _Corrupt("shorter than its key length")
     (n,) = _KEY_LEN.unpack_from(raw)
-    return Message(raw[2 : 2 + n].decode(), raw[2 + n :])
+    if n == 0 or n > MAX_KEY_BYTES or _KEY_LEN.size + n > len(raw):
+        raise _Corrupt(f"key length {n} does not fit the entry")
+    try:
+        key = raw[2 : 2 + n].decode()
+        split_batch_key(key)
+    except (UnicodeDecodeError, BatchFormatError):
+        raise _Corrupt("the key is not a batch key") from None
+    return Message(key, raw[2 + n :])

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
 from kubesonar.shared.alerts import Finding, rules
+from kubesonar.shared.config_text import compose_yaml, read_text
 from kubesonar.shared.errors import ConfigError
 
 _FIELDS = ("namespace", "workload", "label", "cidr", "port")
@@ -71,16 +73,7 @@ def is_allowed(finding: Finding, entries: list[AllowEntry]) -> bool:
 
 def load_allowlist(path: str | Path) -> list[AllowEntry]:
     name = str(path)
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"cannot read allowlist {name}: {exc.strerror}") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{name}{line}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    root = compose_yaml(read_text(path, "allowlist"), name)
     if root is None:
         return []
     if not isinstance(root, yaml.SequenceNode):

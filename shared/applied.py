@@ -56,7 +56,10 @@ class AppliedLog:
         s = self.sensors.setdefault(sensor, SensorLog())
         s.seen_ns = max(s.seen_ns, now_ns)
         if sequence > s.top:
-            s.done = (s.done << (sequence - s.top)) & ((1 << WINDOW) - 1) if s.top >= 0 else 0
+            jump = sequence - s.top
+            # a jump past the window clears it; shifting by the jump itself would allocate jump bits
+            # (a hostile sequence of 2**40 took 9 GB)
+            s.done = (s.done << jump) & ((1 << WINDOW) - 1) if s.top >= 0 and jump < WINDOW else 0
             s.top = sequence
             s.parts = {q: p for q, p in s.parts.items() if s.top - q < WINDOW}
         got = sorted(set(s.parts.get(sequence, [])) | {part})

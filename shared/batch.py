@@ -31,7 +31,9 @@ from kubesonar.shared.columns import (
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import BatchFormatError
 from kubesonar.shared.flow import FLOW_COLUMNS, FLOW_SCHEMA_VERSION, SCHEMA_COLUMNS, Column, FlowRecords
-from kubesonar.shared.pod_events import PodEvents
+from kubesonar.shared.names import header_name_faults
+from kubesonar.shared.pod_events import PodEvents, PodEventType
+from kubesonar.shared.signing import unwrap_unverified
 from kubesonar.shared.table import Table
 
 MAGIC = b"KSFB"
@@ -51,6 +53,11 @@ PUBSUB_LIMIT = 10 * 1000 * 1000
 PUBSUB_PUSH_LIMIT = (512_000 - 4096) * 3 // 4
 DEFAULT_DECODED_CAP = 64 << 20
 MIN_LIMIT = 4096
+# Rows of any one table in one message. The encoder never writes more, the decoder refuses more: a
+# message of identical rows compresses to almost nothing (1.7 M flows in 3 KB), so the byte caps alone
+# do not bound what decoding and scoring it costs. At this bound decoding a message peaks at 41 MB
+# (tracemalloc) and the whole core adds 34 MB of RSS for it (docs/hardening.md).
+MAX_ROWS_PER_MESSAGE = 131_072
 ZSTD_LEVEL = 19  # ~6 us a flow to encode, decoding is as fast as at any level; see docs/flow-format.md
 
 # How each integer column is best stored (everything else: frame of reference).
@@ -92,6 +99,9 @@ class Batch:
 
 
 def _encode_header(h: BatchHeader) -> bytes:
+    faults = header_name_faults(h.cluster, h.node, h.sensor_id)
+    if faults:
+        raise BatchFormatError(faults[0])
     fixed = _FIXED_HEADER.pack(
         h.schema_version, h.sequence, h.part, h.parts, h.window_start_ns, h.window_end_ns,
         h.flow_count, h.window_flow_count,
@@ -164,6 +174,10 @@ def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT
     def fit(rows: int, payload_of, what: str, lo: int = 0, hi: int | None = None) -> None:
         """Append the payloads of rows lo..hi, split by measured size, halving what still does not fit."""
         hi = rows if hi is None else hi
+        if hi - lo > MAX_ROWS_PER_MESSAGE:
+            for a in range(lo, hi, MAX_ROWS_PER_MESSAGE):
+                fit(rows, payload_of, what, a, min(a + MAX_ROWS_PER_MESSAGE, hi))
+            return
         payload, flow_rows = payload_of(lo, hi)
         compressed = compressor.compress(payload)
         if head_size + len(compressed) <= limit:
@@ -182,7 +196,8 @@ def encode_batch(header: BatchHeader, flows: FlowRecords, limit: int = SQS_LIMIT
         part = flows.take(slice(lo, hi))
         return _encode_payload(part, schema, side), len(part)
 
-    if dns is not None:  # the usual window: flows, pod events and DNS in one message
+    small = max(len(flows), len(pods or ()), len(dns or ())) <= MAX_ROWS_PER_MESSAGE
+    if dns is not None and small:  # the usual window: flows, pod events and DNS in one message
         together = _encode_payload(flows, schema, [t for t in (pods, dns) if t is not None])
         compressed = compressor.compress(together)
         if head_size + len(compressed) <= limit:
@@ -242,11 +257,28 @@ def decode_batch(message: bytes, decoded_cap: int = DEFAULT_DECODED_CAP) -> Batc
 
 def read_header(message: bytes) -> BatchHeader:
     """A message's header alone (who sent it, which window), without inflating its payload: for a
-    publisher's envelope. The full checks are decode_batch's, on the receiving side."""
+    publisher's envelope (a signed message's too). The full checks are decode_batch's, on the receiving side."""
+    message = unwrap_unverified(message)
     if len(message) < _PRELUDE.size or _PRELUDE.unpack_from(message)[0] != MAGIC:
         raise BatchFormatError("not a KubeSonar flow batch")
     head_len = _PRELUDE.unpack_from(message)[3]
     return _decode_header(Reader(memoryview(message)[_PRELUDE.size : _PRELUDE.size + head_len], "batch header"))
+
+
+def decode_header(message: bytes) -> BatchHeader:
+    """The header of a message alone (no payload inflated): checks lengths and CRC like decode_batch."""
+    if len(message) < _PRELUDE.size:
+        raise BatchFormatError(f"message of {len(message)} bytes is shorter than the {_PRELUDE.size}-byte prelude")
+    magic, version, _, head_len, stored_len, _, crc = _PRELUDE.unpack_from(message)
+    if magic != MAGIC or version != FORMAT_VERSION:
+        raise BatchFormatError(f"not a KubeSonar flow batch of version {FORMAT_VERSION}")
+    if len(message) != _PRELUDE.size + head_len + stored_len:
+        raise BatchFormatError("message lengths do not add up (truncated or padded)")
+    view = memoryview(message)
+    head = view[_PRELUDE.size : _PRELUDE.size + head_len]
+    if zlib.crc32(view[_PRELUDE.size + head_len :], zlib.crc32(head)) != crc:
+        raise BatchFormatError("checksum mismatch: the message was corrupted")
+    return _decode_header(Reader(head, "batch header"))
 
 
 def _inflate(stored: memoryview, decoded_len: int) -> bytes:
@@ -270,6 +302,9 @@ def _decode_header(r: Reader) -> BatchHeader:
     if rows > window_rows:
         raise BatchFormatError(f"message holds {rows} flows of a window of {window_rows}")
     cluster, node, sensor = r.text("cluster"), r.text("node"), r.text("sensor id")
+    faults = header_name_faults(cluster, node, sensor)
+    if faults:
+        raise BatchFormatError(faults[0])
     (count,) = r.unpack("H", "counter count")
     counters = {}
     for _ in range(count):
@@ -302,6 +337,11 @@ def _decode_payload(r: Reader, schema_version: int) -> tuple[FlowRecords, dict[s
         kind = _SIDE_TABLES[name][0]
         side[name] = kind(_decode_table(r, name, kind.COLUMNS))
     r.done()
+    pods = side.get(PodEvents.NAME)
+    if pods is not None:
+        known = np.isin(pods.columns["event"], [e.value for e in PodEventType])
+        if not known.all():
+            raise BatchFormatError(f"pod event code {int(pods.columns['event'][~known][0])} is not known")
     return FlowRecords(columns), side
 
 
@@ -310,6 +350,8 @@ def _decode_table(r: Reader, expected: str, schema: tuple[Column, ...]) -> dict[
     if name != expected:
         raise BatchFormatError(f"expected table {expected!r}, found {name!r}")
     rows, ncols = r.unpack("IH", "table shape")
+    if rows > MAX_ROWS_PER_MESSAGE:
+        raise BatchFormatError(f"{name} table has {rows} rows, over the {MAX_ROWS_PER_MESSAGE} a message may hold")
     if ncols != len(schema):
         raise BatchFormatError(f"{name} table has {ncols} columns, its schema has {len(schema)}")
     columns: dict[str, np.ndarray] = {}

@@ -39,6 +39,7 @@ from kubesonar.shared.health import SensorHealth
 from kubesonar.shared.lists_store import ALLOW_LOADER
 from kubesonar.shared.netzones import PRIVATE_NETWORKS, Zones
 from kubesonar.shared.ports import Clock, Notifier, ObjectStore
+from kubesonar.shared.signing import Keyring, authenticate
 from kubesonar.shared.state import read_document, update_document
 from kubesonar.shared.triage import normalize, on_detection
 from kubesonar.shared.watchlist import LOADER, WatchEntry
@@ -71,6 +72,7 @@ class Dependencies:
     notifier: Notifier
     clock: Clock
     config: CoreConfig = field(default_factory=CoreConfig)
+    keyring: Keyring | None = None  # None: unsigned batches accepted (the embedded default); shared/signing.py
 
 
 @dataclass
@@ -295,7 +297,7 @@ def process_deliveries(deliveries: list[Delivery], deps: Dependencies) -> Delive
     clusters: dict[str, list[tuple[str, Batch]]] = {}
     for delivery in deliveries:
         try:
-            batch = decode_batch(delivery.data)
+            batch = decode_batch(authenticate(delivery.data, deps.keyring))
         except BatchFormatError as exc:
             outcome.poison.append((delivery.id, str(exc)))
             continue

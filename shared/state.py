@@ -20,9 +20,51 @@ def read_document(store: ObjectStore, key: str) -> tuple[Document | None, str | 
     if obj is None:
         return None, None
     try:
-        return json.loads(obj.data), obj.version
+        doc = json.loads(obj.data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise StoreError(f"{key} is not a JSON document: {exc}") from None
+    except RecursionError:
+        raise StoreError(f"{key} is nested too deeply to be a state document") from None
+    check_shape(key, doc)
+    return doc, obj.version
+
+
+# Members whose type the core relies on, by key prefix: (name, allowed types, required).
+_SHAPES: dict[str, tuple[tuple[str, tuple[type, ...], bool], ...]] = {
+    "state/": (("state", (dict, type(None)), False), ("applied", (dict,), False), ("detectors", (dict,), False),
+               ("findings", (dict,), False), ("layout", (int,), False)),
+    "alerts/": (("count", (int,), True), ("first_seen", (str,), True), ("last_seen", (str,), True),
+                ("status", (str,), True), ("batches", (list,), False)),
+}
+
+
+def check_shape(key: str, doc: Any) -> None:
+    """A stored document that parses but is not what the core wrote is a StoreError naming it, never a
+    silent reset: ``[]``, ``null`` or ``{}`` in place of a baseline would otherwise start it afresh,
+    and a wrong member type would fail deep in a detector."""
+    if not isinstance(doc, dict):
+        raise StoreError(f"{key} holds {type(doc).__name__ if doc is not None else 'null'}, not a JSON object; "
+                         "refusing to start it afresh (restore or delete the document)")
+    if not doc:
+        raise StoreError(f"{key} is an empty object; refusing to start it afresh (restore or delete the document)")
+    for prefix, members in _SHAPES.items():
+        if not key.startswith(prefix):
+            continue
+        for name, kinds, required in members:
+            if name not in doc:
+                if required:
+                    raise StoreError(f"{key} lacks '{name}': not a document the core wrote")
+                continue
+            value = doc[name]
+            if not isinstance(value, kinds) or isinstance(value, bool):
+                raise StoreError(f"{key}: '{name}' is {type(value).__name__}, not "
+                                 f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}")
+    for name in ("detectors", "applied"):  # maps of objects: a detector's state, a sensor's log
+        inner = doc.get(name)
+        if isinstance(inner, dict):
+            for member, value in inner.items():
+                if value is not None and not isinstance(value, dict):
+                    raise StoreError(f"{key}: '{name}.{member}' is {type(value).__name__}, not an object")
 
 
 def update_document(

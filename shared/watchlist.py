@@ -13,12 +13,12 @@ parse is reported (and counted) and skipped; the others still apply.
 from __future__ import annotations
 
 import ipaddress
-import json
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from kubesonar.shared.config_text import load_json
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.ports import ObjectStore
 
@@ -47,8 +47,8 @@ def parse_entry(raw: Any, list_name: str, where: str) -> WatchEntry:
     if expires is not None:
         try:
             expires_ns = int(datetime.fromisoformat(str(expires).replace("Z", "+00:00")).timestamp() * 1e9)
-        except ValueError:
-            raise ConfigError(f"{where}: expires {expires!r} is not an ISO 8601 time") from None
+        except (ValueError, OverflowError):
+            raise ConfigError(f"{where}: expires {str(expires)[:60]!r} is not an ISO 8601 time") from None
     try:
         if "/" in text:
             kind, text = "network", str(ipaddress.ip_network(text, strict=False))
@@ -62,10 +62,7 @@ def parse_entry(raw: Any, list_name: str, where: str) -> WatchEntry:
 
 
 def parse_watchlist(data: bytes, name: str) -> list[WatchEntry]:
-    try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"watchlist {name}: not JSON ({exc})") from None
+    doc = load_json(data, f"watchlist {name}")
     if not isinstance(doc, dict) or not isinstance(doc.get("entries"), list):
         raise ConfigError(f"watchlist {name}: expected an object with an 'entries' list")
     return [parse_entry(e, name, f"watchlist {name} entry {i + 1}") for i, e in enumerate(doc["entries"])]

@@ -7,6 +7,8 @@ ends in the dead-letter queue while the rest of its batch succeeds. Settings (en
 KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_TOPIC_ARN, KUBESONAR_LEARNING_PERIOD_S,
 KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs inside the
 cluster or VPC; docs/detection.md); an EventBridge schedule's event runs the sensor-health check instead;
+KUBESONAR_KEYRING_SECRET (a Secrets Manager secret holding the keyring; or KUBESONAR_KEYRING with the
+document itself in the encrypted environment): batches must then be signed (docs/hardening.md);
 AWS_ENDPOINT_URL points every client elsewhere (tests use it to reach an emulator).
 """
 
@@ -21,16 +23,28 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
-
 from kubesonar.functions.aws.notifier import SnsNotifier
 from kubesonar.functions.aws.store import S3ObjectStore
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
-from kubesonar.shared.pipeline import CoreConfig, Delivery, Dependencies, check_all_sensors, process_deliveries
+from kubesonar.shared.pipeline import (
+    CoreConfig,
+    Delivery,
+    Dependencies,
+    check_all_sensors,
+    process_deliveries,
+)
 from kubesonar.shared.ports import RoutedObjectStore, SystemClock
+from kubesonar.shared.signing import keyring_from_env
 
 logger = Logger(service="kubesonar")
 metrics = Metrics(namespace="KubeSonar", service="kubesonar")
 _s3 = boto3.client("s3")
+
+
+def _secret(name: str) -> str:
+    return boto3.client("secretsmanager").get_secret_value(SecretId=name)["SecretString"]
+
+
 deps = Dependencies(
     store=RoutedObjectStore(S3ObjectStore(_s3, os.environ["KUBESONAR_STATE_BUCKET"]),
                             {"alerts/": S3ObjectStore(_s3, os.environ["KUBESONAR_ALERTS_BUCKET"])}),
@@ -40,6 +54,7 @@ deps = Dependencies(
                       sensor_silent_after_s=float(os.environ.get("KUBESONAR_SENSOR_SILENT_AFTER_S", 60)),
                       internal_networks=tuple(filter(None, os.environ.get(
                           "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
+    keyring=keyring_from_env(os.environ, _secret),
 )
 
 

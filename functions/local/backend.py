@@ -14,16 +14,18 @@ from typing import Any
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import decode_batch
-from kubesonar.shared.errors import BatchFormatError
+from kubesonar.shared.errors import BatchFormatError, KubeSonarError
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, process_batch
 from kubesonar.shared.ports import SystemClock
+from kubesonar.shared.signing import Keyring, authenticate
 
 
 class LocalBackend:
-    def __init__(self, state_dir: str | Path, config: CoreConfig | None = None, remember: int = 100_000):
+    def __init__(self, state_dir: str | Path, config: CoreConfig | None = None, remember: int = 100_000,
+                 keyring: Keyring | None = None):
         self.notifier = CollectingNotifier()
         self.deps = Dependencies(LocalObjectStore(Path(state_dir)), self.notifier, SystemClock(),
-                                 config or CoreConfig())
+                                 config or CoreConfig(), keyring=keyring)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
         self.counters = {"messages": 0, "duplicates": 0, "decode_errors": 0, "flows": 0, "alerts": 0}
@@ -36,7 +38,7 @@ class LocalBackend:
             self.counters["duplicates"] += 1
             return None
         try:
-            batch = decode_batch(message)
+            batch = decode_batch(authenticate(message, self.deps.keyring))
         except BatchFormatError as exc:
             self.counters["decode_errors"] += 1
             self.errors.append(f"{key}: {exc}")
@@ -47,7 +49,13 @@ class LocalBackend:
         self.counters["messages"] += 1
         self.counters["flows"] += len(batch.flows)
         self.heartbeats[batch.header.sensor_id] = batch.header.counters
-        result = process_batch(batch, self.deps)
+        try:
+            result = process_batch(batch, self.deps)
+        except KubeSonarError as exc:  # the state directory failed (full, read-only): counted, shown
+            self.counters["process_errors"] = self.counters.get("process_errors", 0) + 1
+            self.errors.append(f"{key}: {exc}")
+            del self._seen[key]  # not applied: a redelivery may still succeed
+            return None
         self.counters["alerts"] += len(result.alerts)
         return result
 

@@ -11,9 +11,9 @@ import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import StoredObject, check_key
@@ -30,8 +30,10 @@ class LocalObjectStore:
         self.root = Path(root)
         try:
             (self.root / _LOCKS).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.root / _LOCKS):  # an existing directory on a read-only mount
+                pass
         except OSError as exc:
-            raise StoreError(f"cannot use {self.root} as an object store: {exc.strerror}") from exc
+            raise StoreError(f"cannot use {self.root} as an object store: {exc.strerror}") from None
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -53,9 +55,17 @@ class LocalObjectStore:
             return None
         except (IsADirectoryError, NotADirectoryError):
             return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {key} under {self.root}: {exc.strerror}") from None
         return StoredObject(data, _version(data))
 
     def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
+        try:
+            return self._put(key, data, if_version, create_only)
+        except OSError as exc:  # disk full, read-only, a file where a directory should be
+            raise StoreError(f"cannot write {key} under {self.root}: {exc.strerror or exc}") from None
+
+    def _put(self, key: str, data: bytes, if_version: str | None, create_only: bool) -> str:
         path = self._path(key)
         with self._locked(key):
             current = self.get(key)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -21,6 +22,7 @@ from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.identity import batch_key, split_batch_key
 from kubesonar.shared.pod_events import PodEvents
+from kubesonar.shared.signing import OVERHEAD as SIGNATURE_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,11 @@ def open_publisher(url: str) -> Publisher:
 
 
 def window_messages(header: BatchHeader, flows: FlowRecords, limit: int, pods: PodEvents | None = None,
-                    dns: DnsMessages | None = None) -> list[Message]:
-    """A window's batch messages, each keyed by sensor id, sequence and part."""
-    return [Message(batch_key(header.sensor_id, header.sequence, part), data)
-            for part, data in enumerate(encode_batch(header, flows, limit=limit, pods=pods, dns=dns))]
+                    dns: DnsMessages | None = None, signer: Callable[[bytes], bytes] | None = None) -> list[Message]:
+    """A window's batch messages, each keyed by sensor id, sequence and part; signed by ``signer``
+    (shared/signing.py's ``Keyring.sign``) when given, within the same ``limit``."""
+    if signer is None:
+        encoded = encode_batch(header, flows, limit=limit, pods=pods, dns=dns)
+    else:
+        encoded = [signer(m) for m in encode_batch(header, flows, limit=limit - SIGNATURE_OVERHEAD, pods=pods, dns=dns)]
+    return [Message(batch_key(header.sensor_id, header.sequence, part), data) for part, data in enumerate(encoded)]

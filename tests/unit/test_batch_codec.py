@@ -48,10 +48,13 @@ def flow_records(draw, max_rows=40):
     return FlowRecords({c.name: _column(draw, c, n, rng) for c in FLOW_COLUMNS})
 
 
+_NAMES = st.from_regex(r"[A-Za-z0-9]([A-Za-z0-9._-]{0,28}[A-Za-z0-9])?", fullmatch=True)
+
+
 @st.composite
 def headers(draw):
     return BatchHeader(
-        cluster=draw(st.text(max_size=30)), node=draw(st.text(max_size=30)), sensor_id=draw(st.text(max_size=30)),
+        cluster=draw(_NAMES), node=draw(_NAMES), sensor_id=draw(_NAMES),  # any valid name (shared/names.py)
         sequence=draw(U(0, 2**64 - 1)), window_start_ns=draw(U(-(2**63), 2**63 - 1)),
         window_end_ns=draw(U(-(2**63), 2**63 - 1)),
         counters=draw(st.dictionaries(st.text(max_size=20), U(0, 2**64 - 1), max_size=5)),

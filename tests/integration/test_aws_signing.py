@@ -1,0 +1,78 @@
+"""The Lambda with a keyring from Secrets Manager (moto on 127.0.0.1): signed batches are scored,
+unsigned and foreign ones are refused and reported as failed items, never scored."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kubesonar.sensor.queues import window_messages
+from kubesonar.shared.batch import SQS_LIMIT, BatchHeader
+from kubesonar.shared.flow import FlowRecords
+from kubesonar.shared.signing import Key, Keyring
+
+from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
+
+REPO = Path(__file__).resolve().parents[2]
+EVENT = json.loads((REPO / "tests" / "fixtures" / "aws" / "sqs-event.json").read_text())
+SECRET = os.urandom(32)
+
+
+class _Context:
+    function_name = "kubesonar-scoring"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:kubesonar-scoring"
+    aws_request_id = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+
+
+@pytest.fixture
+def handler(aws_endpoint, monkeypatch):  # noqa: F811
+    tag = uuid.uuid4().hex[:10]
+    s3, sns, sm = (client(s, aws_endpoint) for s in ("s3", "sns", "secretsmanager"))
+    for bucket in (f"ks-state-{tag}", f"ks-alerts-{tag}"):
+        s3.create_bucket(Bucket=bucket)
+    ring = {"keys": [{"id": "prod-1", "cluster": "prod", "secret": base64.b64encode(SECRET).decode()}]}
+    sm.create_secret(Name=f"kubesonar-keyring-{tag}", SecretString=json.dumps(ring))
+    env = {"KUBESONAR_STATE_BUCKET": f"ks-state-{tag}", "KUBESONAR_ALERTS_BUCKET": f"ks-alerts-{tag}",
+           "KUBESONAR_TOPIC_ARN": sns.create_topic(Name=f"kubesonar-alerts-{tag}")["TopicArn"],
+           "KUBESONAR_KEYRING_SECRET": f"kubesonar-keyring-{tag}", "POWERTOOLS_METRICS_NAMESPACE": "KubeSonar"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import kubesonar.functions.aws.handler as module
+
+    yield importlib.reload(module)
+    monkeypatch.delenv("KUBESONAR_KEYRING_SECRET")
+    importlib.reload(module)  # leave the module as other tests expect it: no keyring
+
+
+def _message(signer=None, sensor="node-1/a1") -> bytes:
+    flows = FlowRecords.empty(10)
+    flows.columns["first_ts"] = np.arange(10, dtype=np.int64) * 10**9
+    flows.columns["last_ts"] = flows.columns["first_ts"]
+    (message,) = window_messages(BatchHeader("prod", "node-1", sensor, 1, 0, 1), flows, SQS_LIMIT, signer=signer)
+    return message.data
+
+
+def _event(bodies: list[bytes]) -> dict:
+    event = {"Records": []}
+    for i, body in enumerate(bodies):
+        record = copy.deepcopy(EVENT["Records"][0])
+        record["messageId"], record["body"] = f"m{i}", base64.b64encode(body).decode()
+        event["Records"].append(record)
+    return event
+
+
+def test_only_batches_signed_with_the_clusters_key_are_scored(handler):
+    good = Keyring([Key("prod-1", "prod", SECRET)], "prod-1").sign
+    forged = Keyring([Key("prod-1", "prod", os.urandom(32))], "prod-1").sign
+    bodies = [_message(good, "node-1/a1"), _message(None, "node-1/a2"), _message(forged, "node-1/a3")]
+    result = handler.lambda_handler(_event(bodies), _Context())
+    assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == ["m1", "m2"]
