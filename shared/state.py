@@ -59,7 +59,9 @@ def check_shape(key: str, doc: Any) -> None:
             if not isinstance(value, kinds) or isinstance(value, bool):
                 raise StoreError(f"{key}: '{name}' is {type(value).__name__}, not "
                                  f"{' or '.join('null' if k is type(None) else k.__name__ for k in kinds)}")
-    for name in ("detectors", "applied"):  # maps of objects: a detector's state, a sensor's log
+    # maps of objects in a layout-2 detectors document: a detector's state, a sensor's log (layout 1's
+    # per-detector documents kept lists of findings under 'applied'; they are read once, to carry over)
+    for name in ("detectors", "applied") if "layout" in doc or key.endswith("/detectors.json") else ():
         inner = doc.get(name)
         if isinstance(inner, dict):
             for member, value in inner.items():
