@@ -115,7 +115,8 @@ def test_real_batches_flow_from_the_sensor_through_sqs_and_lambda_to_s3_and_sns(
     assert json.loads(note["Message"])["id"] == alert["id"]
     # baselines in their own bucket, alerts in theirs
     state_keys = [o["Key"] for o in b["s3"].list_objects_v2(Bucket=b["names"]["state"])["Contents"]]
-    assert sorted(state_keys) == ["outbox/prod.json", "state/prod/detectors.json", "state/prod/sensor_health.json"]
+    assert sorted(state_keys) == ["outbox/prod.json", "state/prod/detectors.json", "state/prod/sensor_health.json",
+                                  "summary/prod/edges.json"]
     doc = json.loads(b["s3"].get_object(Bucket=b["names"]["state"], Key="state/prod/detectors.json")["Body"].read())
     assert sorted(doc["detectors"]) == sorted(d.rule_id for d in detectors(CoreConfig()))
 

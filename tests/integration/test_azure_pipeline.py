@@ -122,7 +122,7 @@ def test_the_sensors_publisher_sends_event_grid_schema_events_the_function_score
     (alert,) = _alerts(b)
     assert alert["type"] == "port_scan"
     assert sorted(_blobs(b["containers"]["state"])) == ["outbox/prod.json", "state/prod/detectors.json",
-                                                           "state/prod/sensor_health.json"]
+                                                           "state/prod/sensor_health.json", "summary/prod/edges.json"]
 
 
 def test_a_poison_event_is_counted_and_dead_lettered_without_retries(backend, caplog):
