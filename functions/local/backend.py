@@ -16,12 +16,14 @@ from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.errors import BatchFormatError
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, process_batch
-from kubesonar.shared.ports import SystemClock
+from kubesonar.shared.ports import Notifier, SystemClock
 
 
 class LocalBackend:
-    def __init__(self, state_dir: str | Path, config: CoreConfig | None = None, remember: int = 100_000):
-        self.notifier = CollectingNotifier()
+    def __init__(self, state_dir: str | Path, config: CoreConfig | None = None, remember: int = 100_000,
+                 notifier: Notifier | None = None):
+        # a long-running process passes its own notifier: the collecting one keeps every alert in memory
+        self.notifier = notifier or CollectingNotifier()
         self.deps = Dependencies(LocalObjectStore(Path(state_dir)), self.notifier, SystemClock(),
                                  config or CoreConfig())
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -52,4 +54,4 @@ class LocalBackend:
         return result
 
     def alerts(self) -> list[dict[str, Any]]:
-        return self.notifier.sent
+        return getattr(self.notifier, "sent", [])
