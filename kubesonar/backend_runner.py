@@ -145,6 +145,7 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
                             batch=settings.batch, max_deliveries=settings.max_deliveries,
                             ack_wait_s=settings.ack_wait_s)
     ticker = _Ticker(deps, metrics, settings.check_interval_s)
+    health.connected = True
     lag_at = 0.0
     log.info("backend on %s (stream %s, consumer %s), store %s", settings.queue, consumer.layout.stream,
              settings.consumer, settings.store)
@@ -159,6 +160,7 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
             metrics.messages.labels("dead_lettered").inc(len(report.dead_lettered))
             metrics.messages.labels("retried").inc(len(report.retried))
             metrics.decode_errors.inc(len(outcome.poison))
+            metrics.stale.inc(outcome.result.stale)
             metrics.redeliveries.inc(report.redeliveries)
             metrics.latency.observe(report.seconds)
             _record(metrics, outcome.result)

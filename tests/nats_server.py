@@ -91,3 +91,19 @@ def nats(tmp_path) -> Iterator[NatsServer]:
 def nats_module(tmp_path_factory) -> Iterator[NatsServer]:
     with nats_server(tmp_path_factory.mktemp("jetstream")) as server:
         yield server
+
+
+def jetstream(url: str, work) -> object:
+    """Run ``await work(js)`` on a fresh connection (tests look at streams the way an operator would)."""
+    import asyncio
+
+    import nats as nats_client
+
+    async def main():
+        nc = await nats_client.connect(url, connect_timeout=5)
+        try:
+            return await work(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(main())

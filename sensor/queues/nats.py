@@ -48,6 +48,8 @@ class NatsQueue:
 
     async def _send(self, messages: list[Message]) -> None:
         js = await self._connected()
+        if not self._nc.is_connected:  # reconnecting: fail now, not after a timeout per message (the spool waits)
+            raise QueueUnavailable(f"NATS {self.address.server} is not reachable (reconnecting)")
         publishes = [js.publish(self.subject, m.data, timeout=self.timeout_s, headers={"Nats-Msg-Id": m.key})
                      for m in messages]
         for result in await asyncio.gather(*publishes, return_exceptions=True):
