@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -113,6 +114,7 @@ def run(replicas: int, messages: list, flows: int, batch: int) -> dict:
                     sys.exit("backends did not become ready")
                 time.sleep(0.2)
             publisher = open_publisher(f"{url}/{SUBJECT}")
+            idle = [_scrape(p) for p in ports]  # start-up's CPU is not the work's
             started = time.perf_counter()
             for i in range(0, len(messages), 16):
                 publisher.send(messages[i : i + 16])
@@ -121,6 +123,10 @@ def run(replicas: int, messages: list, flows: int, batch: int) -> dict:
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started
             publisher.close()
+            scraped = [_scrape(p) for p in ports]
+            from kubesonar.stores import open_store
+
+            document = open_store(f"{url}/kubesonar").get("state/cluster-0/detectors.json")
         finally:
             for b in backends:
                 b.terminate()
@@ -128,9 +134,22 @@ def run(replicas: int, messages: list, flows: int, batch: int) -> dict:
                 b.wait(timeout=60)
             server.terminate()
             server.wait(timeout=30)
+    cpu = sum(m["process_cpu_seconds_total"] - i["process_cpu_seconds_total"] for m, i in zip(scraped, idle))
+    conflicts = sum(m["kubesonar_backend_store_conflicts_total"] for m in scraped)
     return {"replicas": replicas, "messages": len(messages), "flows": flows, "seconds": round(elapsed, 2),
             "publish_seconds": round(published, 2), "messages_per_s": round(len(messages) / elapsed, 1),
-            "flows_per_s": round(flows / elapsed)}
+            "flows_per_s": round(flows / elapsed),
+            # load-independent: what one core of backend gives
+            "backend_cpu_seconds": round(cpu, 2), "flows_per_backend_cpu_second": round(flows / cpu),
+            "store_conflicts_per_message": round(conflicts / len(messages), 2),
+            "cluster_state_document_kib": round(len(document.data) / 1024, 1)}
+
+
+def _scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    return {line.split()[0]: float(line.split()[1]) for line in lines if line and not line.startswith("#")
+            and "{" not in line}
 
 
 def main() -> None:
@@ -144,7 +163,9 @@ def main() -> None:
     args = parser.parse_args()
     messages, flows = _messages(args.messages, args.flows_per_message, args.sensors, args.clusters)
     results = [run(r, messages, flows, args.batch) for r in args.replicas]
-    print(json.dumps({"flows_per_message": args.flows_per_message, "sensors": args.sensors,
+    load = Path("/proc/loadavg").read_text().split()[0]
+    print(json.dumps({"flows_per_message": args.flows_per_message, "sensors": args.sensors, "cores": os.cpu_count(),
+                      "load_average_1m_after": float(load),
                       "clusters": args.clusters, "batch": args.batch, "results": results}, indent=1))
 
 

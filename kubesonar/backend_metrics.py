@@ -17,6 +17,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -41,6 +42,10 @@ class BackendMetrics:
                          registry=r)
         self.config_errors = Counter("kubesonar_backend_config_errors", "Configuration faults met "
                                      "(a watchlist that does not parse)", registry=r)
+        self.store_conflicts = Counter("kubesonar_backend_store_conflicts", "Compare-and-swap writes lost to "
+                                       "another replica and retried (replicas contending for one cluster's "
+                                       "state)", registry=r)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, resident memory: capacity per replica
         self.loop_errors = Counter("kubesonar_backend_loop_errors", "Steps that failed (server unreachable)",
                                    registry=r)
 

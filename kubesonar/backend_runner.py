@@ -146,13 +146,16 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
                             ack_wait_s=settings.ack_wait_s)
     ticker = _Ticker(deps, metrics, settings.check_interval_s)
     health.connected = True
-    lag_at = 0.0
+    lag_at, conflicts_seen = 0.0, 0
     log.info("backend on %s (stream %s, consumer %s), store %s", settings.queue, consumer.layout.stream,
              settings.consumer, settings.store)
 
     def on_step(report: StepReport) -> None:
-        nonlocal lag_at
+        nonlocal lag_at, conflicts_seen
         health.beat()
+        conflicts = getattr(deps.store, "conflicts", 0)
+        metrics.store_conflicts.inc(conflicts - conflicts_seen)
+        conflicts_seen = conflicts
         health.connected = connection.connected
         if report.outcome is not None:
             outcome = report.outcome

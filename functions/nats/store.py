@@ -61,6 +61,7 @@ class NatsObjectStore:
         self._objects: Any = None
         self._replicas = replicas
         self.inline_limit = connection.nc.max_payload - _HEADROOM
+        self.conflicts = 0  # writes that lost a race (a metric: replicas contending for one document)
 
     def _run(self, coro: Any, what: str = "") -> Any:
         try:
@@ -161,6 +162,7 @@ class NatsObjectStore:
                 raw = await self._raw_last(subject)
                 if raw is not None and (raw.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
                     return await self._publish(subject, payload, headers, raw.seq)
+            self.conflicts += 1
             raise VersionConflict(f"{decode_key(subject[len(self._prefix):])}: changed since it was read") from None
 
     async def _raw_last(self, subject: str) -> Any:
