@@ -134,7 +134,8 @@ def run(replicas: int, messages: list, flows: int, batch: int) -> dict:
                 b.wait(timeout=60)
             server.terminate()
             server.wait(timeout=30)
-    cpu = sum(m["process_cpu_seconds_total"] - i["process_cpu_seconds_total"] for m, i in zip(scraped, idle))
+    cpu = sum(m["process_cpu_seconds_total"] - i["process_cpu_seconds_total"]
+              for m, i in zip(scraped, idle, strict=True))
     conflicts = sum(m["kubesonar_backend_store_conflicts_total"] for m in scraped)
     return {"replicas": replicas, "messages": len(messages), "flows": flows, "seconds": round(elapsed, 2),
             "publish_seconds": round(published, 2), "messages_per_s": round(len(messages) / elapsed, 1),

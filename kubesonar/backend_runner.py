@@ -74,7 +74,8 @@ def _open_notifier(url: str) -> Any:
 
 
 def _config(settings: BackendSettings) -> CoreConfig:
-    return CoreConfig(learning_period_s=settings.learning_period_s, sensor_silent_after_s=settings.sensor_silent_after_s,
+    return CoreConfig(learning_period_s=settings.learning_period_s,
+                      sensor_silent_after_s=settings.sensor_silent_after_s,
                       internal_networks=settings.internal_networks)
 
 
@@ -180,7 +181,7 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
         while not stopping():
             try:
                 consumer.run(stopping, on_step)
-            except Exception as exc:  # noqa: BLE001 - the server away: unready, wait, go on (messages come back)
+            except Exception as exc:  # the server away: unready, wait, go on (messages come back)
                 metrics.loop_errors.inc()
                 health.connected = False
                 health.beat()

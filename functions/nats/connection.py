@@ -25,7 +25,7 @@ class NatsConnection:
             self.nc = self._loop.run(nats.connect(**address.connect_options(), name=name, connect_timeout=timeout_s,
                                                   allow_reconnect=True, max_reconnect_attempts=-1,
                                                   reconnect_time_wait=1), timeout=timeout_s * 2)
-        except Exception as exc:  # noqa: BLE001 - refused, unreachable, bad credentials: one clear line
+        except Exception as exc:  # refused, unreachable, bad credentials: one clear line
             self._loop.close()
             raise ConfigError(f"cannot connect to NATS at {address.server}: {type(exc).__name__} {exc}") from None
         self.js = self.nc.jetstream(timeout=timeout_s)

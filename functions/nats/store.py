@@ -68,7 +68,7 @@ class NatsObjectStore:
             return self._conn.run(coro)
         except (StoreError, VersionConflict):
             raise
-        except Exception as exc:  # noqa: BLE001 - timeouts, a server gone: one clear StoreError
+        except Exception as exc:  # timeouts, a server gone: one clear StoreError
             raise StoreError(f"NATS KV {self.bucket}: could not {what or 'reach the bucket'}: "
                              f"{type(exc).__name__} {exc}") from None
 

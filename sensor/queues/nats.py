@@ -43,7 +43,7 @@ class NatsQueue:
             self._loop.run(self._send(messages), timeout=self.timeout_s * (2 + len(messages)))
         except (QueueUnavailable, ConfigError):
             raise
-        except Exception as exc:  # noqa: BLE001 - down, timed out, refused: the spool keeps the batch
+        except Exception as exc:  # down, timed out, refused: the spool keeps the batch
             raise QueueUnavailable(f"NATS {self.address.server} {self.subject}: {type(exc).__name__} {exc}") from None
 
     async def _send(self, messages: list[Message]) -> None:

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from conftest import PCAPS
 from nats_server import free_port, jetstream, nats  # noqa: F401 - the fixture
 
@@ -31,8 +32,8 @@ class Backend:
 
     def __init__(self, server_url: str, workdir: Path, name: str, *extra: str):
         self.port, self.name = free_port(), name
-        self.out = open(workdir / f"{name}.out", "w+b")  # noqa: SIM115 - closed in stop()
-        self.err = open(workdir / f"{name}.err", "w+b")  # noqa: SIM115
+        self.out = open(workdir / f"{name}.out", "w+b")  # closed in stop()
+        self.err = open(workdir / f"{name}.err", "w+b")
         self.proc = subprocess.Popen(
             [KUBESONAR, "backend", "--queue", f"{server_url}/{SUBJECT}", "--store", f"{server_url}/{BUCKET}",
              "--listen", f"127.0.0.1:{self.port}", "--duration", "300", *extra],

@@ -7,11 +7,12 @@ import time
 
 import pytest
 
-from conftest import PCAPS
 from kubesonar.compose import replay
 from kubesonar.sensor.queues import Message, open_publisher, parse_queue_url
 from kubesonar.sensor.spool import SpoolingPublisher
 from kubesonar.shared.errors import ConfigError, QueueUnavailable
+
+from conftest import PCAPS
 from nats_server import jetstream, nats  # noqa: F401 - the fixture
 
 SUBJECT = "kubesonar.batches"

@@ -9,10 +9,11 @@ import uuid
 
 import pytest
 from contract.object_store import ObjectStoreContract
-from nats_server import nats_module  # noqa: F401 - the fixture
 
 from kubesonar.functions.nats.store import POINTER, NatsObjectStore, decode_key, encode_key
 from kubesonar.stores import open_store
+
+from nats_server import nats_module  # noqa: F401 - the fixture
 
 WRITERS, ROUNDS = 16, 20
 

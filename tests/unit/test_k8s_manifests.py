@@ -69,8 +69,8 @@ def test_rbac_is_read_only_and_the_settings_are_the_sensors_options():
         assert option in help_text, f"{name} matches no option ({option})"
 
 
-@pytest.mark.parametrize("overlay, queue", [("aws", "sqs"), ("gcp", "pubsub"), ("azure", "eventgrid"), ("local", "file"),
-                                            ("onprem", "nats")])
+@pytest.mark.parametrize("overlay, queue", [("aws", "sqs"), ("gcp", "pubsub"), ("azure", "eventgrid"),
+                                            ("local", "file"), ("onprem", "nats")])
 def test_each_overlay_names_its_clouds_queue(overlay, queue):
     from kubesonar.sensor.queues import parse_queue_url
 
@@ -105,7 +105,8 @@ def test_the_onprem_backend_is_replicated_restricted_and_probed():
     sc = container["securityContext"]
     assert deployment["spec"]["replicas"] >= 2 and container["args"] == ["backend"]
     # the Pod Security Standard "restricted", although the namespace is privileged for the sensor
-    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    pod_sc = pod["securityContext"]
+    assert pod_sc["runAsNonRoot"] and pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
     assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False
     assert sc["readOnlyRootFilesystem"] and not pod.get("hostNetwork")
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
@@ -128,15 +129,15 @@ def test_the_onprem_settings_are_the_backends_options_and_name_one_nats():
     from kubesonar.shared.nats_address import parse_nats_url
 
     docs = _render("onprem")
-    settings = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kubesonar-backend")["data"]
+    configs = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    settings, sensor = configs["kubesonar-backend"], configs["kubesonar-sensor"]
     help_text = CliRunner().invoke(main, ["backend", "--help"]).output
     for name in settings:
         if name.startswith("KUBESONAR_BACKEND_"):
             option = "--" + name.removeprefix("KUBESONAR_BACKEND_").lower().replace("_", "-")
             assert option in help_text, f"{name} matches no option ({option})"
-    sensor = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kubesonar-sensor")["data"]
-    servers = {parse_nats_url(url).server for url in (sensor["KUBESONAR_SENSOR_QUEUE"], settings["KUBESONAR_BACKEND_QUEUE"],
-                                                      settings["KUBESONAR_BACKEND_STORE"])}
+    urls = (sensor["KUBESONAR_SENSOR_QUEUE"], settings["KUBESONAR_BACKEND_QUEUE"], settings["KUBESONAR_BACKEND_STORE"])
+    servers = {parse_nats_url(url).server for url in urls}
     assert servers == {"nats://nats.nats.svc:4222"}
     assert sensor["KUBESONAR_SENSOR_QUEUE"] == settings["KUBESONAR_BACKEND_QUEUE"]
 
