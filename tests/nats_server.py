@@ -72,11 +72,15 @@ class NatsServer:
 
 @contextmanager
 def nats_server(store_dir: Path) -> Iterator[NatsServer]:
+    from kubesonar.functions.nats.connection import close_shared_connections
+
     server = NatsServer(store_dir)
     server.start()
     try:
         yield server
     finally:
+        # clients left connected would try to reconnect to the stopped server for the rest of the run
+        close_shared_connections()
         server.stop()
 
 

@@ -54,3 +54,10 @@ def shared_connection(address: NatsAddress) -> NatsConnection:
     if key not in _SHARED or _SHARED[key].nc.is_closed:
         _SHARED[key] = NatsConnection(address)
     return _SHARED[key]
+
+
+def close_shared_connections() -> None:
+    """Drain and close every shared connection (a process that ends, a test whose server goes away)."""
+    for connection in list(_SHARED.values()):
+        connection.close()
+    _SHARED.clear()

@@ -11,6 +11,7 @@ another replica after the ack wait, and the core ignores a batch key it has appl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,7 +107,8 @@ class NatsConsumer:
             on_step(self.step())
 
     def close(self) -> None:
-        self._conn.run(self._sub.unsubscribe())
+        with contextlib.suppress(Exception):  # the server gone at shutdown: the consumer outlives us anyway
+            self._conn.run(self._sub.unsubscribe())
         self._conn.close()
 
 

@@ -65,15 +65,24 @@ def test_the_url_form_is_a_registered_queue_kind():
 
 def test_without_a_stream_a_send_is_unavailable_and_says_what_to_start(nats):  # noqa: F811
     publisher = open_publisher(f"{nats.url}/{SUBJECT}")
-    with pytest.raises(QueueUnavailable, match="kubesonar backend"):
-        publisher.send([Message("s/0/0", b"x")])
-    publisher.close()
+    try:
+        with pytest.raises(QueueUnavailable, match="kubesonar backend"):
+            publisher.send([Message("s/0/0", b"x")])
+    finally:
+        publisher.close()
 
 
 def test_a_server_restart_is_spooled_and_drained_with_nothing_lost(nats, tmp_path):  # noqa: F811
     url = f"{nats.url}/{SUBJECT}"
     _create_stream(nats.url)
     inner = open_publisher(url)
+    try:
+        _spool_through_a_restart(nats, inner, tmp_path)
+    finally:
+        inner.close()
+
+
+def _spool_through_a_restart(nats, inner, tmp_path) -> None:  # noqa: F811 - the server, not the fixture
     messages = _messages(inner.limit)
     assert len(messages) >= 9
     before, during, after = messages[:3], messages[3:6], messages[6:]
@@ -98,4 +107,3 @@ def test_a_server_restart_is_spooled_and_drained_with_nothing_lost(nats, tmp_pat
 
     spool.publish(before)  # a resend within the duplicate window: the server drops it
     assert len(_stored(nats.url)) == len(messages)
-    inner.close()
