@@ -260,7 +260,8 @@ def watch(interface, window, filter, cluster, node, max_flows, duration, pods, s
               help="Where batches arrive: nats://HOST:PORT/SUBJECT (a replica of the shared consumer) or "
                    "file://DIR (the embedded default's queue directory). See docs/onprem.md.")
 @click.option("--store", required=True,
-              help="Baselines and alerts: nats://HOST:PORT/BUCKET (JetStream KV), a directory, s3://BUCKET.")
+              help="Baselines and alerts: nats://HOST:PORT/BUCKET (JetStream KV), a directory, s3://BUCKET, "
+                   "gs://BUCKET, az://ACCOUNT/CONTAINER.")
 @click.option("--notify", multiple=True,
               help="Where new alerts go, nats://HOST:PORT[/SUBJECT-PREFIX] (repeat for several) [default with a "
                    "NATS queue: its server, on kubesonar.alerts.<severity>.<type>].")
@@ -302,7 +303,8 @@ def alerts() -> None:
 
 
 @alerts.command("list")
-@click.option("--store", required=True, help="nats://HOST:PORT/BUCKET, a directory, s3://BUCKET.")
+@click.option("--store", required=True,
+              help="nats://HOST:PORT/BUCKET, a directory, s3://BUCKET, gs://BUCKET, az://ACCOUNT/CONTAINER.")
 @click.option("--cluster", default=None, help="Only this cluster's alerts.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               help="json: one alert per line.")
