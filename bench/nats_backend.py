@@ -124,9 +124,11 @@ def run(replicas: int, messages: list, flows: int, batch: int) -> dict:
             elapsed = time.perf_counter() - started
             publisher.close()
             scraped = [_scrape(p) for p in ports]
+            from kubesonar.functions.nats.connection import close_shared_connections
             from kubesonar.stores import open_store
 
             document = open_store(f"{url}/kubesonar").get("state/cluster-0/detectors.json")
+            close_shared_connections()
         finally:
             for b in backends:
                 b.terminate()
