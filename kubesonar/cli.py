@@ -297,32 +297,6 @@ def backend(queue, store, notify, consumer, batch, max_deliveries, ack_wait, lis
                                 tuple(internal) or PRIVATE_NETWORKS, duration))
 
 
-@main.group()
-def alerts() -> None:
-    """Alerts kept in a store."""
-
-
-@alerts.command("list")
-@click.option("--store", required=True,
-              help="nats://HOST:PORT/BUCKET, a directory, s3://BUCKET, gs://BUCKET, az://ACCOUNT/CONTAINER.")
-@click.option("--cluster", default=None, help="Only this cluster's alerts.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
-              help="json: one alert per line.")
-def alerts_list(store: str, cluster: str | None, fmt: str) -> None:
-    """List the alerts kept in a store, oldest first."""
-    from kubesonar.shared.state import read_document
-    from kubesonar.stores import open_store
-
-    opened = open_store(store)
-    found = [read_document(opened, key)[0] for key in opened.list(f"alerts/{cluster}/" if cluster else "alerts/")]
-    found = sorted((a for a in found if a), key=lambda a: a["first_seen"])
-    if fmt == "json":
-        for alert in found:
-            click.echo(json.dumps(alert, sort_keys=True))
-    else:
-        _alert_table(found)
-
-
 def _enrichment(pods: str | None, use_kube: bool, node: str):
     """(enrich function or None, Kubernetes watcher or None) for a live command."""
     if pods and use_kube:

@@ -1,7 +1,8 @@
 """Alerts published on ``kubesonar.alerts.<severity>.<type>``: subscribers choose by subject
 (``kubesonar.alerts.high.>``, ``kubesonar.alerts.*.port_scan``); the KUBESONAR_ALERTS stream keeps them
 (another prefix, which no stream keeps, gets a plain publish).
-``Nats-Msg-Id`` is the alert id, so a replica that replays a batch cannot announce an alert twice."""
+``Nats-Msg-Id`` is the alert id and its notification's sequence, so a replica that replays a batch cannot
+announce the same notification twice, while an escalation is a new one."""
 
 from __future__ import annotations
 
@@ -27,7 +28,9 @@ class NatsNotifier:
         return f"{self.prefix}.{_token(alert['severity'])}.{_token(alert['type'])}"
 
     def notify(self, alert: dict[str, Any]) -> None:
-        headers = {"Nats-Msg-Id": alert["id"], "KubeSonar-Cluster": alert.get("cluster") or "default"}
+        # one id per notification of an alert (new, then escalated or reopened: the outbox's sequence)
+        msg_id = f"{alert['id']}/{(alert.get('notify') or {}).get('seq', 0)}"
+        headers = {"Nats-Msg-Id": msg_id, "KubeSonar-Cluster": alert.get("cluster") or "default"}
         self._conn.run(self._publish(self.subject(alert), json.dumps(alert, sort_keys=True).encode(), headers))
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
