@@ -113,7 +113,7 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
 @click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--queue", required=True,
               help="Where batches go: file://DIR, an SQS queue URL, pubsub://projects/P/topics/T, "
-                   "eventgrid://TOPIC-HOSTNAME (docs/sensor.md).")
+                   "eventgrid://TOPIC-HOSTNAME, nats://HOST:PORT/SUBJECT (docs/sensor.md).")
 @click.option("--cluster", default="default", callback=_cluster_name, help="Cluster name the batches are filed under.")
 @click.option("--node", default="replay", callback=_cluster_name, help="Node name the batches come from.")
 @click.option("--pods", type=click.Path(dir_okay=False), help="Output of 'kubectl get pods -A -o json'.")
@@ -210,8 +210,8 @@ def _run_until_signal(sensor, duration: float | None) -> None:
 @main.command()
 @_capture_options
 @click.option("--queue", required=True,
-              help="Where batches go: file://DIR, an SQS queue URL, pubsub://projects/P/topics/T or an Event "
-                   "Grid topic endpoint (docs/sensor.md).")
+              help="Where batches go: file://DIR, an SQS queue URL, pubsub://projects/P/topics/T, an Event "
+                   "Grid topic endpoint or nats://HOST:PORT/SUBJECT (docs/sensor.md).")
 @click.option("--spool", type=click.Path(file_okay=False), default="/var/lib/kubesonar/spool",
               help="Directory that holds batches while the queue cannot be reached.")
 @click.option("--spool-max-bytes", type=click.IntRange(min=1 << 20), default=256 << 20,
@@ -281,6 +281,48 @@ def _signer(key_file: str | None, cluster: str) -> Callable[[bytes], bytes] | No
     keyring = Keyring.load(key_file)
     keyring.check_signs_for(cluster)
     return keyring.sign
+
+
+@main.command()
+@click.option("--queue", required=True,
+              help="Where batches arrive: nats://HOST:PORT/SUBJECT (a replica of the shared consumer) or "
+                   "file://DIR (the embedded default's queue directory). See docs/onprem.md.")
+@click.option("--store", required=True,
+              help="Baselines and alerts: nats://HOST:PORT/BUCKET (JetStream KV), a directory, s3://BUCKET, "
+                   "gs://BUCKET, az://ACCOUNT/CONTAINER.")
+@click.option("--notify", multiple=True,
+              help="Where new alerts go, nats://HOST:PORT[/SUBJECT-PREFIX] (repeat for several) [default with a "
+                   "NATS queue: its server, on kubesonar.alerts.<severity>.<type>].")
+@click.option("--consumer", default="kubesonar-backend", help="Durable consumer the replicas share (NATS).")
+@click.option("--batch", type=click.IntRange(1, 1000), default=64,
+              help="Messages fetched and scored together in one step.")
+@click.option("--max-deliveries", type=click.IntRange(1, 100), default=5,
+              help="Deliveries of a failing message before it goes to the dead-letter stream.")
+@click.option("--ack-wait", type=click.FloatRange(5, 3600), default=120.0,
+              help="Seconds before a message fetched by a replica that went away is delivered again.")
+@click.option("--listen", default="0.0.0.0:9100", help="HOST:PORT of /metrics, /healthz and /readyz.")
+@click.option("--check-interval", type=click.FloatRange(min=1), default=60.0,
+              help="Seconds between sensor-health checks (silent sensors).")
+@click.option("--learning-period", type=click.FloatRange(min=0), default=24 * 3600.0,
+              help="Seconds of data time novelty detectors learn from the first flow.")
+@click.option("--sensor-silent-after", type=click.FloatRange(min=1), default=60.0,
+              help="Seconds without a heartbeat after which a sensor is silent.")
+@click.option("--internal-network", "internal", multiple=True,
+              help="A CIDR inside the cluster (repeat for several) [default: the private ranges].")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+              help="Stop after this many seconds (default: run until SIGTERM).")
+def backend(queue, store, notify, consumer, batch, max_deliveries, ack_wait, listen, check_interval,
+            learning_period, sensor_silent_after, internal, duration) -> None:
+    """Run the backend as a long-running process: batches from a queue, scored into a store."""
+    import logging
+
+    from kubesonar.backend_runner import BackendSettings, run_backend
+    from kubesonar.shared.netzones import PRIVATE_NETWORKS
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_backend(BackendSettings(queue, store, tuple(notify), consumer, batch, max_deliveries, ack_wait, listen,
+                                check_interval, learning_period, sensor_silent_after,
+                                tuple(internal) or PRIVATE_NETWORKS, duration))
 
 
 def _enrichment(pods: str | None, use_kube: bool, node: str):

@@ -33,6 +33,8 @@ STORE_KINDS: tuple[StoreKind, ...] = (
               "kubesonar.stores:_open_blob", "az://ACCOUNT/CONTAINER[/PREFIX]"),
     StoreKind("gs", re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/.*)?$"),
               "kubesonar.stores:_open_gcs", "gs://BUCKET[/PREFIX]"),
+    StoreKind("nats", re.compile(r"^nats://"), "kubesonar.functions.nats.store:open_nats_store",
+              "nats://HOST:PORT/BUCKET (JetStream KV)"),
     StoreKind("directory", re.compile(r"^(file://)?[^:]+$"), "kubesonar.stores:_open_directory",
               "a directory path or file://DIR"),
 )

@@ -16,14 +16,15 @@ from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.errors import BatchFormatError, KubeSonarError
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, process_batch
-from kubesonar.shared.ports import SystemClock
+from kubesonar.shared.ports import Notifier, SystemClock
 from kubesonar.shared.signing import Keyring, authenticate
 
 
 class LocalBackend:
     def __init__(self, state_dir: str | Path, config: CoreConfig | None = None, remember: int = 100_000,
-                 keyring: Keyring | None = None):
-        self.notifier = CollectingNotifier()
+                 keyring: Keyring | None = None, notifier: Notifier | None = None):
+        # a long-running process passes its own notifier: the collecting one keeps every alert in memory
+        self.notifier = notifier or CollectingNotifier()
         self.deps = Dependencies(LocalObjectStore(Path(state_dir)), self.notifier, SystemClock(),
                                  config or CoreConfig(), keyring=keyring)
         self._seen: OrderedDict[str, None] = OrderedDict()
@@ -60,4 +61,4 @@ class LocalBackend:
         return result
 
     def alerts(self) -> list[dict[str, Any]]:
-        return self.notifier.sent
+        return getattr(self.notifier, "sent", [])

@@ -60,6 +60,8 @@ QUEUE_KINDS: tuple[QueueKind, ...] = (
               PUBSUB_PUSH_LIMIT, "kubesonar.sensor.queues.pubsub:PubSubQueue", "pubsub://projects/PROJECT/topics/TOPIC"),
     QueueKind("eventgrid", re.compile(r"^eventgrid://[A-Za-z0-9.-]+(:\d+)?/?$"), EVENT_GRID_LIMIT,
               "kubesonar.sensor.queues.eventgrid:EventGridQueue", "eventgrid://TOPIC-HOSTNAME"),
+    QueueKind("nats", re.compile(r"^nats://[^/?#]+/[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\?.*)?$"),
+              1024 * 1024 - 16 * 1024, "kubesonar.sensor.queues.nats:open_nats_queue", "nats://HOST:PORT/SUBJECT"),
     QueueKind("sqs", re.compile(r"^https?://(sqs\.[a-z0-9-]+\.amazonaws\.com(\.cn)?|[^/]+)/\d{12}/[A-Za-z0-9_-]{1,80}"
                                 r"(\.fifo)?$"), SQS_LIMIT, "kubesonar.sensor.queues.sqs:SqsQueue",
               "an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"),

@@ -69,11 +69,13 @@ def test_rbac_is_read_only_and_the_settings_are_the_sensors_options():
         assert option in help_text, f"{name} matches no option ({option})"
 
 
-@pytest.mark.parametrize("overlay, queue", [("aws", "sqs"), ("gcp", "pubsub"), ("azure", "eventgrid"), ("local", "file")])
+@pytest.mark.parametrize("overlay, queue", [("aws", "sqs"), ("gcp", "pubsub"), ("azure", "eventgrid"),
+                                            ("local", "file"), ("onprem", "nats")])
 def test_each_overlay_names_its_clouds_queue(overlay, queue):
     from kubesonar.sensor.queues import parse_queue_url
 
-    settings = next(d for d in _render(overlay) if d["kind"] == "ConfigMap")["data"]
+    settings = next(d for d in _render(overlay) if d["kind"] == "ConfigMap"
+                    and d["metadata"]["name"] == "kubesonar-sensor")["data"]
     assert parse_queue_url(settings["KUBESONAR_SENSOR_QUEUE"]).kind == queue
 
 
@@ -93,3 +95,56 @@ def test_the_azure_overlay_carries_the_workload_identity_of_the_sensor():
     pod = _daemonset("azure")["spec"]["template"]
     assert pod["metadata"]["labels"]["azure.workload.identity/use"] == "true"
     assert pod["spec"]["serviceAccountName"] == "kubesonar-sensor"
+
+
+def test_the_onprem_backend_is_replicated_restricted_and_probed():
+    docs = _render("onprem")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert deployment["spec"]["replicas"] >= 2 and container["args"] == ["backend"]
+    # the Pod Security Standard "restricted", although the namespace is privileged for the sensor
+    pod_sc = pod["securityContext"]
+    assert pod_sc["runAsNonRoot"] and pod_sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert sc["capabilities"] == {"drop": ["ALL"]} and sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] and not pod.get("hostNetwork")
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+    probes = {p: container[p]["httpGet"]["path"] for p in ("readinessProbe", "livenessProbe", "startupProbe")}
+    assert probes == {"readinessProbe": "/readyz", "livenessProbe": "/healthz", "startupProbe": "/readyz"}
+    assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["selector"] == deployment["spec"]["selector"] and pdb["spec"]["minAvailable"] >= 1
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert service["spec"]["ports"][0]["name"] == "metrics"
+    monitor = yaml.safe_load((K8S / "overlays" / "onprem" / "servicemonitor.yaml").read_text())
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+
+
+def test_the_onprem_settings_are_the_backends_options_and_name_one_nats():
+    from click.testing import CliRunner
+
+    from kubesonar.cli import main
+    from kubesonar.shared.nats_address import parse_nats_url
+
+    docs = _render("onprem")
+    configs = {d["metadata"]["name"]: d["data"] for d in docs if d["kind"] == "ConfigMap"}
+    settings, sensor = configs["kubesonar-backend"], configs["kubesonar-sensor"]
+    help_text = CliRunner().invoke(main, ["backend", "--help"]).output
+    for name in settings:
+        if name.startswith("KUBESONAR_BACKEND_"):
+            option = "--" + name.removeprefix("KUBESONAR_BACKEND_").lower().replace("_", "-")
+            assert option in help_text, f"{name} matches no option ({option})"
+    urls = (sensor["KUBESONAR_SENSOR_QUEUE"], settings["KUBESONAR_BACKEND_QUEUE"], settings["KUBESONAR_BACKEND_STORE"])
+    servers = {parse_nats_url(url).server for url in urls}
+    assert servers == {"nats://nats.nats.svc:4222"}
+    assert sensor["KUBESONAR_SENSOR_QUEUE"] == settings["KUBESONAR_BACKEND_QUEUE"]
+
+
+def test_the_nats_chart_values_ask_for_a_jetstream_cluster_on_volumes():
+    values = yaml.safe_load((K8S / "overlays" / "onprem" / "nats-values.yaml").read_text())
+    assert values["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    store = values["config"]["jetstream"]
+    assert store["enabled"] and store["fileStore"]["enabled"] and store["fileStore"]["pvc"]["enabled"]
+    assert not store["memoryStore"]["enabled"]

@@ -1,0 +1,40 @@
+"""Alerts published on ``kubesonar.alerts.<severity>.<type>``: subscribers choose by subject
+(``kubesonar.alerts.high.>``, ``kubesonar.alerts.*.port_scan``); the KUBESONAR_ALERTS stream keeps them
+(another prefix, which no stream keeps, gets a plain publish).
+``Nats-Msg-Id`` is the alert id and its notification's sequence, so a replica that replays a batch cannot
+announce the same notification twice, while an escalation is a new one."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import nats.js.errors
+
+from kubesonar.functions.nats.connection import NatsConnection
+from kubesonar.functions.nats.streams import ALERTS_PREFIX
+
+
+def _token(value: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", value) or "unknown"
+
+
+class NatsNotifier:
+    def __init__(self, connection: NatsConnection, prefix: str = ALERTS_PREFIX):
+        self._conn, self.prefix = connection, prefix
+
+    def subject(self, alert: dict[str, Any]) -> str:
+        return f"{self.prefix}.{_token(alert['severity'])}.{_token(alert['type'])}"
+
+    def notify(self, alert: dict[str, Any]) -> None:
+        # one id per notification of an alert (new, then escalated or reopened: the outbox's sequence)
+        msg_id = f"{alert['id']}/{(alert.get('notify') or {}).get('seq', 0)}"
+        headers = {"Nats-Msg-Id": msg_id, "KubeSonar-Cluster": alert.get("cluster") or "default"}
+        self._conn.run(self._publish(self.subject(alert), json.dumps(alert, sort_keys=True).encode(), headers))
+
+    async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
+        try:
+            await self._conn.js.publish(subject, data, headers=headers)
+        except nats.js.errors.NoStreamResponseError:  # a prefix no stream keeps: a plain publish
+            await self._conn.nc.publish(subject, data, headers=headers)

@@ -1,0 +1,84 @@
+"""The sensor's NATS JetStream publisher: ``nats://HOST:PORT/SUBJECT`` (auth and TLS: shared/nats_address.py).
+
+Each message is a JetStream publish acknowledged by the stream, with ``Nats-Msg-Id`` set to its batch
+key, so a resend within the stream's duplicate window (a spool draining, a retry after a lost ack) is
+dropped by the server. The backend creates the stream (``kubesonar backend``); until it exists, or
+while the server cannot be reached, sends fail with QueueUnavailable and the spool keeps the batches.
+nats-py is asyncio: one loop thread holds the connection across windows (shared/loop_thread.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import nats
+import nats.js.errors
+
+from kubesonar.sensor.queues import Message
+from kubesonar.shared.errors import ConfigError, QueueUnavailable
+from kubesonar.shared.loop_thread import LoopThread
+from kubesonar.shared.nats_address import NatsAddress, parse_nats_url
+
+NATS_MAX_PAYLOAD = 1024 * 1024  # the server's default max_payload
+LIMIT = NATS_MAX_PAYLOAD - 16 * 1024  # room for the subject and headers
+_TIMEOUT_S = 5.0
+
+
+class NatsQueue:
+    limit = LIMIT
+
+    def __init__(self, url: str, timeout_s: float = _TIMEOUT_S):
+        self.address: NatsAddress = parse_nats_url(url, "subject")
+        if not self.address.name:
+            raise ConfigError(f"queue URL {url!r}: name the subject, e.g. nats://nats:4222/kubesonar.batches")
+        self.subject, self.timeout_s = self.address.name, timeout_s
+        self._loop = LoopThread("nats-publisher")
+        self._nc: Any = None
+        self._js: Any = None
+
+    def send(self, messages: list[Message]) -> None:
+        try:
+            self._loop.run(self._send(messages), timeout=self.timeout_s * (2 + len(messages)))
+        except (QueueUnavailable, ConfigError):
+            raise
+        except Exception as exc:  # down, timed out, refused: the spool keeps the batch
+            raise QueueUnavailable(f"NATS {self.address.server} {self.subject}: {type(exc).__name__} {exc}") from None
+
+    async def _send(self, messages: list[Message]) -> None:
+        js = await self._connected()
+        if not self._nc.is_connected:  # reconnecting: fail now, not after a timeout per message (the spool waits)
+            raise QueueUnavailable(f"NATS {self.address.server} is not reachable (reconnecting)")
+        publishes = [js.publish(self.subject, m.data, timeout=self.timeout_s, headers={"Nats-Msg-Id": m.key})
+                     for m in messages]
+        for result in await asyncio.gather(*publishes, return_exceptions=True):
+            if isinstance(result, nats.js.errors.NoStreamResponseError):
+                raise QueueUnavailable(f"no JetStream stream takes subject {self.subject} on {self.address.server}: "
+                                       "start `kubesonar backend`, which creates it")
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _connected(self) -> Any:
+        if self._nc is not None and not self._nc.is_closed:
+            return self._js
+        # reconnects forever in the background; a send during an outage times out and is spooled
+        self._nc = await nats.connect(**self.address.connect_options(), name="kubesonar-sensor",
+                                      connect_timeout=self.timeout_s, allow_reconnect=True,
+                                      max_reconnect_attempts=-1, reconnect_time_wait=1)
+        if self._nc.max_payload < self.limit + 1024:
+            await self._nc.close()
+            raise ConfigError(f"NATS {self.address.server} takes messages of at most {self._nc.max_payload} bytes; "
+                              f"the sensor needs {self.limit + 1024}: raise the server's max_payload to 1 MiB")
+        self._js = self._nc.jetstream(timeout=self.timeout_s)
+        return self._js
+
+    def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):  # closing a dead connection
+                self._loop.run(self._nc.drain(), timeout=self.timeout_s)
+        self._loop.close()
+
+
+def open_nats_queue(url: str) -> NatsQueue:
+    return NatsQueue(url)

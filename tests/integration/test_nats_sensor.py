@@ -1,0 +1,109 @@
+"""The sensor's NATS publisher against a real server: acknowledged JetStream publishes deduplicated by
+batch key, and a server restart survived by the spool (batches wait on disk and drain, none lost)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from kubesonar.compose import replay
+from kubesonar.sensor.queues import Message, open_publisher, parse_queue_url
+from kubesonar.sensor.spool import SpoolingPublisher
+from kubesonar.shared.errors import ConfigError, QueueUnavailable
+
+from conftest import PCAPS
+from nats_server import jetstream, nats  # noqa: F401 - the fixture
+
+SUBJECT = "kubesonar.batches"
+
+
+class _Collect:
+    """A publisher that keeps a replay's messages, to send them in phases."""
+
+    def __init__(self, limit: int):
+        self.limit, self.messages = limit, []
+
+    def send(self, messages: list[Message]) -> None:
+        self.messages += messages
+
+
+def _messages(limit: int) -> list[Message]:
+    collect = _Collect(limit)
+    replay([PCAPS / "portscan" / "chrissanders_synscan.pcapng"], collect, cluster="spool", window_s=0.5)
+    return collect.messages
+
+
+def _create_stream(url: str) -> None:
+    from kubesonar.functions.nats.connection import NatsConnection
+    from kubesonar.functions.nats.streams import Layout, ensure_streams
+    from kubesonar.shared.nats_address import parse_nats_url
+
+    connection = NatsConnection(parse_nats_url(url))
+    try:
+        connection.run(ensure_streams(connection.js, Layout(SUBJECT), 1, 5, 60.0))
+    finally:
+        connection.close()
+
+
+def _stored(url: str) -> list[str]:
+    async def keys(js):
+        info = await js.stream_info("KUBESONAR_BATCHES")
+        return [(await js.get_msg("KUBESONAR_BATCHES", seq)).headers["Nats-Msg-Id"]
+                for seq in range(info.state.first_seq, info.state.last_seq + 1)] if info.state.messages else []
+
+    return jetstream(url, keys)
+
+
+def test_the_url_form_is_a_registered_queue_kind():
+    assert parse_queue_url("nats://nats.nats.svc:4222/kubesonar.batches").kind == "nats"
+    with pytest.raises(ConfigError):
+        open_publisher("nats://nats:4222/")
+    with pytest.raises(ConfigError, match="creds file"):
+        open_publisher("nats://nats:4222/kubesonar.batches?creds=/nonexistent.creds")
+
+
+def test_without_a_stream_a_send_is_unavailable_and_says_what_to_start(nats):  # noqa: F811
+    publisher = open_publisher(f"{nats.url}/{SUBJECT}")
+    try:
+        with pytest.raises(QueueUnavailable, match="kubesonar backend"):
+            publisher.send([Message("s/0/0", b"x")])
+    finally:
+        publisher.close()
+
+
+def test_a_server_restart_is_spooled_and_drained_with_nothing_lost(nats, tmp_path):  # noqa: F811
+    url = f"{nats.url}/{SUBJECT}"
+    _create_stream(nats.url)
+    inner = open_publisher(url)
+    try:
+        _spool_through_a_restart(nats, inner, tmp_path)
+    finally:
+        inner.close()
+
+
+def _spool_through_a_restart(nats, inner, tmp_path) -> None:  # noqa: F811 - the server, not the fixture
+    messages = _messages(inner.limit)
+    assert len(messages) >= 9
+    before, during, after = messages[:3], messages[3:6], messages[6:]
+    spool = SpoolingPublisher(inner, tmp_path / "spool", attempts=2, max_wait_s=0.05)
+    spool.publish(before)
+    assert spool.stats.sent == 3 and spool.stats.spooled == 0
+
+    nats.stop()
+    started = time.monotonic()
+    spool.publish(during)
+    assert spool.stats.spooled == 3 and spool.stats.depth == 3
+    assert time.monotonic() - started < 30  # an outage does not hold the capture loop for long
+
+    nats.start()  # same port, same JetStream store
+    deadline = time.monotonic() + 30
+    while not inner._nc.is_connected:  # the client reconnects by itself
+        assert time.monotonic() < deadline, "the publisher did not reconnect"
+        time.sleep(0.1)
+    spool.publish(after)
+    assert spool.stats.depth == 0 and spool.stats.drained == 3 and spool.stats.dropped == 0
+    assert _stored(nats.url) == [m.key for m in messages]  # all of them, in order
+
+    spool.publish(before)  # a resend within the duplicate window: the server drops it
+    assert len(_stored(nats.url)) == len(messages)
