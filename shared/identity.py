@@ -5,12 +5,49 @@ Every other module calls these instead of formatting the strings itself, so a ch
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kubesonar.shared.errors import BatchFormatError
+
+if TYPE_CHECKING:
+    from kubesonar.shared.dns import DnsMessages
+    from kubesonar.shared.flow import FlowRecords
+
+Endpoint = dict[str, str]  # ip, namespace, pod, workload, node, labels: who an alert is about
 
 
 def workload_key(namespace: str, kind: str, name: str) -> str:
     """``namespace/kind/name``: a workload across its pods and restarts; '' when the name is unknown."""
     return f"{namespace}/{kind}/{name}" if name else ""
+
+
+def subject_key(namespace: str, kind: str, name: str, address: str) -> str:
+    """What a baseline is kept for: the workload when it is known, else the address."""
+    return workload_key(namespace, kind, name) or address
+
+
+def source_endpoint(flows: FlowRecords, row: int, side: str = "src") -> Endpoint:
+    """The flow's ``side`` endpoint as an alert's ``source``."""
+    from kubesonar.shared.flow import address_text
+
+    return endpoint(address_text(flows[f"{side}_addr"][row]), str(flows[f"{side}_namespace"][row]),
+                    str(flows[f"{side}_pod"][row]), str(flows[f"{side}_workload_kind"][row]),
+                    str(flows[f"{side}_workload_name"][row]), str(flows[f"{side}_node"][row]),
+                    str(flows[f"{side}_labels"][row]))
+
+
+def dns_client_endpoint(dns: DnsMessages, i: int) -> Endpoint:
+    """The querying pod of DNS message ``i`` as an alert's ``source`` (DNS messages carry no node)."""
+    from kubesonar.shared.flow import address_text
+
+    return endpoint(address_text(dns["client"][i]), str(dns["client_namespace"][i]), str(dns["client_pod"][i]),
+                    str(dns["client_workload_kind"][i]), str(dns["client_workload_name"][i]), "", "")
+
+
+def endpoint(ip: str, namespace: str, pod: str, kind: str, name: str, node: str, labels: str) -> Endpoint:
+    """An alert's ``source``: the address, the pod and its workload key."""
+    return {"ip": ip, "namespace": namespace, "pod": pod, "workload": workload_key(namespace, kind, name),
+            "node": node, "labels": labels}
 
 
 def batch_key(sensor_id: str, sequence: int, part: int) -> str:
@@ -25,3 +62,33 @@ def split_batch_key(key: str) -> tuple[str, int, int]:
         return sensor, int(sequence), int(part)
     except ValueError:
         raise BatchFormatError(f"batch key {key!r} is not <sensor id>/<sequence>/<part>") from None
+
+
+def subject_keys(flows: FlowRecords, rows, side: str = "src") -> list[str]:
+    """Per row, what a baseline is kept for: the workload (namespace/kind/name) or, unknown, the address."""
+    from kubesonar.shared.flow import address_text
+
+    names = flows[f"{side}_workload_name"][rows]
+    spaces, kinds = flows[f"{side}_namespace"][rows], flows[f"{side}_workload_kind"][rows]
+    addresses = flows[f"{side}_addr"][rows]
+    return [workload_key(ns, kind, name) or address_text(addr)
+            for ns, kind, name, addr in zip(spaces.tolist(), kinds.tolist(), names.tolist(), addresses)]
+
+
+def workloads_seen(flows: FlowRecords) -> dict[str, int]:
+    """Each named workload on either side of the batch's flows, with its earliest flow's time: baselines
+    count a workload's history from when it was first seen at all, not from its first egress."""
+    import numpy as np
+
+    first: dict[str, int] = {}
+    for side in ("src", "dst"):
+        rows = np.flatnonzero(flows[f"{side}_workload_name"] != "")
+        if not len(rows):
+            continue
+        keys = zip(flows[f"{side}_namespace"][rows].tolist(), flows[f"{side}_workload_kind"][rows].tolist(),
+                   flows[f"{side}_workload_name"][rows].tolist())
+        for (ns, kind, name), ts in zip(keys, flows["first_ts"][rows].tolist()):
+            key = workload_key(ns, kind, name)
+            if ts < first.get(key, ts + 1):
+                first[key] = ts
+    return first
