@@ -21,11 +21,6 @@ def workload_key(namespace: str, kind: str, name: str) -> str:
     return f"{namespace}/{kind}/{name}" if name else ""
 
 
-def subject_key(namespace: str, kind: str, name: str, address: str) -> str:
-    """What a baseline is kept for: the workload when it is known, else the address."""
-    return workload_key(namespace, kind, name) or address
-
-
 def source_endpoint(flows: FlowRecords, row: int, side: str = "src") -> Endpoint:
     """The flow's ``side`` endpoint as an alert's ``source``."""
     from kubesonar.shared.flow import address_text

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
+from helpers import scores_of
+from kubesonar.functions.local.runtime import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import BatchHeader, decode_batch, encode_batch
-from helpers import scores_of
 from kubesonar.shared.detectors import batch_of
 from kubesonar.shared.detectors.beaconing import BeaconingDetector, mad_floor
-from kubesonar.shared.detectors.dns_tunneling import DnsTunnelingDetector
 from kubesonar.shared.detectors.crypto_mining import CryptoMiningDetector
+from kubesonar.shared.detectors.dns_tunneling import DnsTunnelingDetector
 from kubesonar.shared.detectors.exfiltration import ExfiltrationDetector
 from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
 from kubesonar.shared.dns import DnsMessages

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from helpers import scores_of
 from kubesonar.shared.detectors import batch_of
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector

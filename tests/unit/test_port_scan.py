@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from helpers import scores_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from helpers import scores_of
 from kubesonar.shared.detectors import batch_of
 from kubesonar.shared.detectors.port_scan import PortScanDetector, _floored_walks
 from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
