@@ -21,6 +21,11 @@ def workload_key(namespace: str, kind: str, name: str) -> str:
     return f"{namespace}/{kind}/{name}" if name else ""
 
 
+def workload_keys(namespaces, kinds, names) -> list[str]:
+    """:func:`workload_key` of many rows at once (the same form, formatted inline: a call per row costs)."""
+    return [f"{ns}/{kind}/{name}" if name else "" for ns, kind, name in zip(namespaces, kinds, names)]
+
+
 def source_endpoint(flows: FlowRecords, row: int, side: str = "src") -> Endpoint:
     """The flow's ``side`` endpoint as an alert's ``source``."""
     from kubesonar.shared.flow import address_text
@@ -66,8 +71,8 @@ def subject_keys(flows: FlowRecords, rows, side: str = "src") -> list[str]:
     names = flows[f"{side}_workload_name"][rows]
     spaces, kinds = flows[f"{side}_namespace"][rows], flows[f"{side}_workload_kind"][rows]
     addresses = flows[f"{side}_addr"][rows]
-    return [workload_key(ns, kind, name) or address_text(addr)
-            for ns, kind, name, addr in zip(spaces.tolist(), kinds.tolist(), names.tolist(), addresses)]
+    return [key or address_text(addr)
+            for key, addr in zip(workload_keys(spaces.tolist(), kinds.tolist(), names.tolist()), addresses)]
 
 
 def workloads_seen(flows: FlowRecords) -> dict[str, int]:
@@ -80,10 +85,9 @@ def workloads_seen(flows: FlowRecords) -> dict[str, int]:
         rows = np.flatnonzero(flows[f"{side}_workload_name"] != "")
         if not len(rows):
             continue
-        keys = zip(flows[f"{side}_namespace"][rows].tolist(), flows[f"{side}_workload_kind"][rows].tolist(),
-                   flows[f"{side}_workload_name"][rows].tolist())
-        for (ns, kind, name), ts in zip(keys, flows["first_ts"][rows].tolist()):
-            key = workload_key(ns, kind, name)
+        keys = workload_keys(flows[f"{side}_namespace"][rows].tolist(), flows[f"{side}_workload_kind"][rows].tolist(),
+                             flows[f"{side}_workload_name"][rows].tolist())
+        for key, ts in zip(keys, flows["first_ts"][rows].tolist()):
             if ts < first.get(key, ts + 1):
                 first[key] = ts
     return first

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text
-from kubesonar.shared.identity import source_endpoint, workload_key
+from kubesonar.shared.identity import source_endpoint, workload_keys
 
 if TYPE_CHECKING:
     from kubesonar.shared.batch import Batch
@@ -89,7 +89,7 @@ class BruteForceDetector(Detector[BruteForceState, _Assessment]):
         return BruteForceState()
 
     def _encode(self, state: BruteForceState) -> dict[str, Any]:
-        return {"counts": [[*pair, asdict(c)] for pair, c in state.counts.items()],
+        return {"counts": [[*pair, vars(c)] for pair, c in state.counts.items()],
                 "learned": sorted(list(p) for p in state.learned)}
 
     def _decode(self, document: dict[str, Any]) -> BruteForceState:
@@ -117,9 +117,8 @@ class BruteForceDetector(Detector[BruteForceState, _Assessment]):
         dst = [address_text(a) for a in flows["dst_addr"][rows]]
         ports = flows["dst_port"][rows].tolist()
         ts = flows["first_ts"][rows].tolist()
-        workloads = [workload_key(a, b, c) for a, b, c in zip(
-            flows["src_namespace"][rows].tolist(), flows["src_workload_kind"][rows].tolist(),
-            flows["src_workload_name"][rows].tolist())]
+        workloads = workload_keys(flows["src_namespace"][rows].tolist(), flows["src_workload_kind"][rows].tolist(),
+                                  flows["src_workload_name"][rows].tolist())
         groups: dict[Pair, list[int]] = {}
         for i in range(len(rows)):
             groups.setdefault(Pair(workloads[i] or src[i], f"{dst[i]}:{ports[i]}"), []).append(i)

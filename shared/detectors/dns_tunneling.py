@@ -34,7 +34,7 @@ import math
 import zlib
 from collections import Counter
 from collections.abc import Hashable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
@@ -96,7 +96,7 @@ class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
         return TunnelingState()
 
     def _encode(self, state: TunnelingState) -> dict[str, Any]:
-        return {"windows": [[*pair, asdict(w)] for pair, w in state.windows.items()]}
+        return {"windows": [[*pair, vars(w)] for pair, w in state.windows.items()]}
 
     def _decode(self, document: dict[str, Any]) -> TunnelingState:
         return TunnelingState({Pair(client, domain): NameWindow(**w) for client, domain, w in document["windows"]})

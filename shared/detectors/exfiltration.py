@@ -141,7 +141,7 @@ class ExfiltrationDetector(Detector[ExfiltrationState, _Assessment]):
 
     def _decode(self, document: dict[str, Any]) -> ExfiltrationState:
         return ExfiltrationState({key: EgressBaseline(
-            list(s["hourly_bytes"]),
+            s["hourly_bytes"],
             {Outlet(kind, target): OpenHour(hour, first, size, alarm, reported)
              for kind, target, hour, first, size, alarm, reported in s["open_hours"]},
             s["last_ns"], s["active_hours"], s["egress_hours"], s["last_active_hour"], s["last_egress_hour"],

@@ -25,14 +25,14 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from kubesonar.shared.detectors.base import Detector, Score
 from kubesonar.shared.flow import FlowRecords, address_text
 from kubesonar.shared.identity import endpoint as make_endpoint
-from kubesonar.shared.identity import workload_key
+from kubesonar.shared.identity import workload_keys
 from kubesonar.shared.pod_events import PodEvents
 
 if TYPE_CHECKING:
@@ -81,7 +81,8 @@ def _sightings(flows: FlowRecords) -> list[_Sighting]:
         if not len(rows):
             continue
         cols = {f: flows[f"{side}_{f}"][rows] for f in ("namespace", "workload_kind", "workload_name", "images")}
-        keys = np.array([f"{workload_key(a, b, c)}\x1f{d}" for a, b, c, d in zip(*cols.values())], dtype=object)
+        names = workload_keys(cols["namespace"].tolist(), cols["workload_kind"].tolist(), cols["workload_name"].tolist())
+        keys = np.array([f"{key}\x1f{images}" for key, images in zip(names, cols["images"].tolist())], dtype=object)
         _, first = np.unique(keys, return_index=True)
         for i in first.tolist():
             row = rows[i]
@@ -116,7 +117,7 @@ class NewWorkloadDetector(Detector[NewWorkloadState, _Assessment]):
         return NewWorkloadState()
 
     def _encode(self, state: NewWorkloadState) -> dict[str, Any]:
-        return {"workloads": {key: asdict(w) for key, w in state.workloads.items()}}
+        return {"workloads": {key: vars(w) for key, w in state.workloads.items()}}
 
     def _decode(self, document: dict[str, Any]) -> NewWorkloadState:
         return NewWorkloadState({key: KnownWorkload(**w) for key, w in document["workloads"].items()})

@@ -122,13 +122,11 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
         return PortScanState()
 
     def _encode(self, state: PortScanState) -> dict[str, Any]:
-        return {"sources": {key: _walk_json(w) for key, w in state.sources.items()},
+        return {"sources": {key: vars(w) for key, w in state.sources.items()},
                 "newer_contacts": _pack(state.newer_contacts), "older_contacts": _pack(state.older_contacts)}
 
     def _decode(self, document: dict[str, Any]) -> PortScanState:
-        sources = {key: SourceWalk(**{**w, "failures_by_protocol": dict(w["failures_by_protocol"]),
-                                      "targets": list(w["targets"]), "ports": list(w["ports"])})
-                   for key, w in document["sources"].items()}
+        sources = {key: SourceWalk(**w) for key, w in document["sources"].items()}
         return PortScanState(sources, _unpack(document["newer_contacts"]), _unpack(document["older_contacts"]))
 
     def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
@@ -292,12 +290,6 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
         if len(sources) > self.max_sources:
             keep = sorted(sources, key=lambda k: sources[k].last_ns)[-self.max_sources:]
             self.state.sources = {k: sources[k] for k in keep}
-
-
-def _walk_json(w: SourceWalk) -> dict[str, Any]:
-    return {"first_ns": w.first_ns, "last_ns": w.last_ns, "log_likelihood_ratio": w.log_likelihood_ratio,
-            "failures": w.failures, "successes": w.successes, "failures_by_protocol": w.failures_by_protocol,
-            "targets": w.targets, "ports": w.ports, "scanner": w.scanner}
 
 
 def _trials(flows: FlowRecords) -> np.ndarray:

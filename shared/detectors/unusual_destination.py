@@ -115,8 +115,8 @@ class UnusualDestinationDetector(Detector[UnusualDestinationState, _Assessment])
 
     def _decode(self, document: dict[str, Any]) -> UnusualDestinationState:
         return UnusualDestinationState({
-            key: DestinationBaseline(b["since_ns"], b["last_ns"], dict(b["ports"]), dict(b["networks"]),
-                                     [(port, net) for port, net in b["flagged"]], dict(b["last_report"]))
+            key: DestinationBaseline(b["since_ns"], b["last_ns"], b["ports"], b["networks"],
+                                     [(port, net) for port, net in b["flagged"]], b["last_report"])
             for key, b in document["subjects"].items()})
 
     def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
