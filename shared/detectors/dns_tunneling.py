@@ -34,7 +34,7 @@ import math
 import zlib
 from collections import Counter
 from collections.abc import Hashable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
@@ -127,8 +127,10 @@ class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
             if p is None:
                 known = self.state.windows.get(key)
                 if known is not None:
-                    p = windows[key] = replace(known, name_hashes=list(known.name_hashes),
-                                               char_counts=dict(known.char_counts))
+                    p = windows[key] = NameWindow(known.window_start_ns, known.last_ns, list(known.name_hashes),
+                                                  known.distinct_names, known.subdomain_chars,
+                                                  dict(known.char_counts), known.tunnel_type_names, known.alarm,
+                                                  known.reported)
             if p is None or times[i] - p.window_start_ns > self.window_ns:
                 alarmed = bool(p and p.alarm)
                 p = windows[key] = NameWindow(times[i], times[i], alarm=alarmed, reported=alarmed)

@@ -32,7 +32,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -98,7 +98,9 @@ class EgressBaseline:
     latest_hour: int = -1  # the latest hour any of its outlets was open in
 
     def copy(self) -> EgressBaseline:
-        return replace(self, open_hours={o: replace(h) for o, h in self.open_hours.items()})
+        hours = {o: OpenHour(h.hour, h.first_ns, h.bytes, h.alarm, h.reported) for o, h in self.open_hours.items()}
+        return EgressBaseline(self.hourly_bytes, hours, self.last_ns, self.active_hours, self.egress_hours,
+                              self.last_active_hour, self.last_egress_hour, self.latest_hour)
 
 
 @dataclass
