@@ -23,7 +23,7 @@ def workload_key(namespace: str, kind: str, name: str) -> str:
 
 def workload_keys(namespaces, kinds, names) -> list[str]:
     """:func:`workload_key` of many rows at once (the same form, formatted inline: a call per row costs)."""
-    return [f"{ns}/{kind}/{name}" if name else "" for ns, kind, name in zip(namespaces, kinds, names)]
+    return [f"{ns}/{kind}/{name}" if name else "" for ns, kind, name in zip(namespaces, kinds, names, strict=False)]
 
 
 def source_endpoint(flows: FlowRecords, row: int, side: str = "src") -> Endpoint:
@@ -72,7 +72,8 @@ def subject_keys(flows: FlowRecords, rows, side: str = "src") -> list[str]:
     spaces, kinds = flows[f"{side}_namespace"][rows], flows[f"{side}_workload_kind"][rows]
     addresses = flows[f"{side}_addr"][rows]
     return [key or address_text(addr)
-            for key, addr in zip(workload_keys(spaces.tolist(), kinds.tolist(), names.tolist()), addresses)]
+            for key, addr in zip(workload_keys(spaces.tolist(), kinds.tolist(), names.tolist()), addresses,
+                                 strict=True)]
 
 
 def workloads_seen(flows: FlowRecords) -> dict[str, int]:
@@ -87,7 +88,7 @@ def workloads_seen(flows: FlowRecords) -> dict[str, int]:
             continue
         keys = workload_keys(flows[f"{side}_namespace"][rows].tolist(), flows[f"{side}_workload_kind"][rows].tolist(),
                              flows[f"{side}_workload_name"][rows].tolist())
-        for key, ts in zip(keys, flows["first_ts"][rows].tolist()):
+        for key, ts in zip(keys, flows["first_ts"][rows].tolist(), strict=False):
             if ts < first.get(key, ts + 1):
                 first[key] = ts
     return first

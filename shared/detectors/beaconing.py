@@ -9,7 +9,8 @@ start times and sizes kept in the baseline across windows (the last 64 connectio
 - sizes: the bytes sent per connection, scored the same two ways.
 A pair beacons when it has at least 6 intervals, their MAD is a smaller share of their median than
 traffic without a clock would show but once in 100,000 tests, and its size score is 0.5 or more (the
-skew score is reported, not required: over two dozen intervals it swings too much to veto). The reasoning: connections that users or request load cause arrive
+skew score is reported, not required: over two dozen intervals it swings too much to veto). The
+reasoning: connections that users or request load cause arrive
 like a Poisson process, whose intervals have MAD / median of 0.69 on average but, over a handful of
 intervals, now and then far less; the bar for n intervals is that null distribution's 1e-5 quantile
 (``bench/beacon_null.py``: 0.01 for 6 intervals, 0.17 for 24, 0.35 for 64). A fixed-interval beacon
@@ -52,6 +53,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
 from kubesonar.shared.detectors.base import Detector, Score, StateMigrationError, bounded, clock_from_v0
 from kubesonar.shared.flow import FlowRecords, address_text
 from kubesonar.shared.identity import source_endpoint, subject_keys
@@ -68,7 +70,7 @@ POISSON_MAD_FLOOR = ((6, 0.0097), (8, 0.0243), (10, 0.0495), (12, 0.0702), (16, 
 
 
 def mad_floor(intervals: int) -> float:
-    n, q = zip(*POISSON_MAD_FLOOR)
+    n, q = zip(*POISSON_MAD_FLOOR, strict=False)
     return float(np.interp(intervals, n, q))
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text
 from kubesonar.shared.identity import source_endpoint, workload_keys

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from kubesonar.shared.detectors.base import Detector, Pair, Score, clock_from_v0
 from kubesonar.shared.flow import FlowRecords, address_bytes, address_text
 from kubesonar.shared.identity import source_endpoint, workload_key
@@ -89,7 +90,7 @@ class _PairDetector(Detector[PairsState, _Assessment]):
         rows, targets, learned = self._rows(flows, self._is_learning(first_ts))
         out = _Assessment(first_ts, len(rows), learned=learned)
         seen: set[Pair] = set()
-        for row, target in zip(rows.tolist(), targets):
+        for row, target in zip(rows.tolist(), targets, strict=False):
             endpoint = source_endpoint(flows, row)
             pair = Pair(endpoint["workload"] or endpoint["ip"], target)
             if pair in seen:
@@ -159,6 +160,7 @@ class ApiServerAccessDetector(_PairDetector):
         rows = np.flatnonzero(control | api)
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
         targets = [("kubernetes API" if api[r] else
-                    f"{'kubelet' if flows['dst_port'][r] in KUBELET_PORTS else 'etcd'} {address_text(flows['dst_addr'][r])}")
+                    f"{'kubelet' if flows['dst_port'][r] in KUBELET_PORTS else 'etcd'} "
+                    f"{address_text(flows['dst_addr'][r])}")
                    for r in rows.tolist()]
         return rows, targets, learned

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
 from kubesonar.shared.dns import DnsMessages, registered_domain
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text
@@ -135,10 +136,10 @@ class CryptoMiningDetector(Detector[MiningState, _Assessment]):
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
         keys = subject_keys(flows, rows)
         methods: dict[Pair, set[str]] = {}
-        for key, row in zip(keys, rows.tolist()):
+        for key, row in zip(keys, rows.tolist(), strict=False):
             pool = f"{address_text(flows['dst_addr'][row])}:{int(flows['dst_port'][row])}"
             methods.setdefault(Pair(key, pool), set()).add(str(flows["rpc_method"][row]))
-        for key, row in zip(keys, rows.tolist()):
+        for key, row in zip(keys, rows.tolist(), strict=False):
             target, port = address_text(flows["dst_addr"][row]), int(flows["dst_port"][row])
             pair = Pair(key, f"{target}:{port}")
             evidence = {"evidence": "protocol", "pool": target, "port": port,
@@ -154,7 +155,7 @@ class CryptoMiningDetector(Detector[MiningState, _Assessment]):
         out.looked_at_pool_ports = True
         rows = self.zones.outside(flows, np.flatnonzero(candidates))
         keys = subject_keys(flows, rows)
-        for key, row in zip(keys, rows.tolist()):
+        for key, row in zip(keys, rows.tolist(), strict=False):
             target, port = address_text(flows["dst_addr"][row]), int(flows["dst_port"][row])
             pair = Pair(key, f"{target}:{port}")
             h = out.held.get(pair)

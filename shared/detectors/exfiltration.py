@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
 from kubesonar.shared.detectors.base import Detector, Score, StateMigrationError, bounded, clock_from_v0
 from kubesonar.shared.detectors.unusual_destination import network_of
 from kubesonar.shared.dns import DnsMessages, registered_domain

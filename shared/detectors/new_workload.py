@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from kubesonar.shared.detectors.base import Detector, Score
 from kubesonar.shared.flow import FlowRecords, address_text
 from kubesonar.shared.identity import endpoint as make_endpoint
@@ -81,8 +82,10 @@ def _sightings(flows: FlowRecords) -> list[_Sighting]:
         if not len(rows):
             continue
         cols = {f: flows[f"{side}_{f}"][rows] for f in ("namespace", "workload_kind", "workload_name", "images")}
-        names = workload_keys(cols["namespace"].tolist(), cols["workload_kind"].tolist(), cols["workload_name"].tolist())
-        keys = np.array([f"{key}\x1f{images}" for key, images in zip(names, cols["images"].tolist())], dtype=object)
+        names = workload_keys(cols["namespace"].tolist(), cols["workload_kind"].tolist(),
+                              cols["workload_name"].tolist())
+        keys = np.array([f"{key}\x1f{images}" for key, images in zip(names, cols["images"].tolist(), strict=True)],
+                        dtype=object)
         _, first = np.unique(keys, return_index=True)
         for i in first.tolist():
             row = rows[i]

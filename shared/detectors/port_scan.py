@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from kubesonar.shared.detectors.base import Detector, Score, clock_from_v0
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text, mix64
 from kubesonar.shared.identity import endpoint, workload_key
@@ -249,7 +250,8 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
         proto, port = col["proto"][order], col["dst_port"][order]
         src_text = _Texts(col["src_addr"][first_row])
         failed_split = np.split(failed_at, np.searchsorted(failed_group, np.arange(1, len(starts))))
-        for g, (key_code, lo, hi) in enumerate(zip(trials.sources.tolist(), starts.tolist(), trials.ends.tolist())):
+        runs = zip(trials.sources.tolist(), starts.tolist(), trials.ends.tolist(), strict=True)
+        for g, (key_code, lo, hi) in enumerate(runs):
             key = trials.keys[key_code]
             known = self.state.sources.get(key)
             s = known.copy() if known is not None else SourceWalk(int(ts[lo]))
@@ -319,7 +321,7 @@ def _count_pairs(groups: np.ndarray, values: np.ndarray) -> dict[int, dict[str, 
     out: dict[int, dict[str, int]] = {}
     if len(groups):
         pairs, counts = np.unique(np.stack([groups, values.astype(np.int64)]), axis=1, return_counts=True)
-        for g, v, n in zip(*pairs.tolist(), counts.tolist()):
+        for g, v, n in zip(*pairs.tolist(), counts.tolist(), strict=False):
             out.setdefault(g, {})[str(v)] = n
     return out
 
@@ -336,7 +338,7 @@ def _source_keys(flows: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
     group_code = [
         names.setdefault(workload_key(ns, kind, name) or address_text(addr), len(names))
         for ns, kind, name, addr in zip(*(flows[c][first].tolist() for c in (
-            "src_namespace", "src_workload_kind", "src_workload_name", "src_addr")))
+            "src_namespace", "src_workload_kind", "src_workload_name", "src_addr")), strict=False)
     ]  # distinct hashes of one workload's pods share its code; a collision would merge two (2**-64)
     return np.array(group_code, dtype=np.int64)[codes.ravel()], list(names)
 

@@ -36,6 +36,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
+
 from kubesonar.shared.detectors.base import Detector, Score, bounded, clock_from_v0
 from kubesonar.shared.flow import address_text
 from kubesonar.shared.identity import source_endpoint, subject_keys, workloads_seen
@@ -149,7 +150,8 @@ class UnusualDestinationDetector(Detector[UnusualDestinationState, _Assessment])
             return out
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
         keys = subject_keys(flows, rows)
-        ports = [f"{p}/{q}" for p, q in zip(flows["dst_port"][rows].tolist(), flows["proto"][rows].tolist())]
+        ports = [f"{p}/{q}"
+                 for p, q in zip(flows["dst_port"][rows].tolist(), flows["proto"][rows].tolist(), strict=True)]
         targets = [address_text(a) for a in flows["dst_addr"][rows]]
         times = flows["first_ts"][rows].tolist()
         again: set[Reach] = set()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
 from kubesonar.shared.detectors.base import Detector, Pair, Score, clock_from_v0
 from kubesonar.shared.flow import FlowRecords, address_bytes, address_text
 from kubesonar.shared.identity import dns_client_endpoint, source_endpoint, subject_keys
@@ -134,7 +135,7 @@ class WatchlistDetector(Detector[WatchlistState, _Assessment]):
             for row in np.flatnonzero(found).tolist():
                 hits.append((row, self._ips[address_text(addresses[row])]))
         if self._networks:
-            for entry, mask in zip(self._networks, self._nets.which(addresses)):
+            for entry, mask in zip(self._networks, self._nets.which(addresses), strict=False):
                 hits += [(row, entry) for row in np.flatnonzero(mask).tolist()]
         return sorted(hits, key=lambda h: int(flows["first_ts"][h[0]]))
 
@@ -145,7 +146,8 @@ _COMPILED: list = []  # [(the lists it was built from, the index)]: the last one
 def _index(lists: tuple[Sequence[WatchEntry], ...]) -> tuple:
     """Lookup structures of the entries, built once per set of lists: the core makes a detector for every
     batch, and a threat feed can hold tens of thousands of entries."""
-    if _COMPILED and len(_COMPILED[0][0]) == len(lists) and all(a is b for a, b in zip(_COMPILED[0][0], lists)):
+    if _COMPILED and len(_COMPILED[0][0]) == len(lists) and all(
+            a is b for a, b in zip(_COMPILED[0][0], lists, strict=True)):
         return _COMPILED[0][1]
     entries = [e for entry_list in lists for e in entry_list]
     ips = {e.indicator: e for e in entries if e.kind == "ip"}

@@ -40,7 +40,7 @@ class Phase:
         rows = np.array_split(np.arange(len(self.flows)), n)
         edges = [int(self.flows["first_ts"][r[0]]) for r in rows[1:] if len(r)] + [np.iinfo(np.int64).max]
         out, lo = [], np.iinfo(np.int64).min
-        for r, hi in zip(rows, edges):
+        for r, hi in zip(rows, edges, strict=False):
             dns = self.dns.take((self.dns["ts"] >= lo) & (self.dns["ts"] < hi))
             out.append(Phase(self.flows.take(r), dns))
             lo = hi

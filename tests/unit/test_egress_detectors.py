@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from helpers import scores_of
-from kubesonar.functions.local.runtime import CollectingNotifier
+
+from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import BatchHeader, decode_batch, encode_batch
 from kubesonar.shared.detectors import batch_of
@@ -20,7 +20,8 @@ from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, process_batch
 from kubesonar.shared.ports import SystemClock
-from kubesonar.functions.local.notifier import CollectingNotifier
+
+from helpers import scores_of
 
 S = 1_000_000_000
 HOUR, DAY = 3600 * S, 86400 * S

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from helpers import flows_of
+from scapy.all import IP, TCP, UDP, Ether, PcapWriter, Raw
+
 from kubesonar.sensor.flow_table import FlowTimeouts
 from kubesonar.shared.detectors import batch_of
-from scapy.all import IP, TCP, UDP, Ether, PcapWriter, Raw
+
+from helpers import flows_of
 
 T0 = 1_700_000_000.0
 
@@ -110,6 +112,7 @@ def test_a_new_connection_on_a_closed_five_tuple_is_a_new_flow(tmp_path):
 
 def test_a_flood_of_distinct_tuples_stays_within_the_cap_and_every_probe_is_still_reported(tmp_path):
     import numpy as np
+
     from kubesonar.sensor.capture_file import read_capture
     from kubesonar.sensor.dissect import dissect
     from kubesonar.sensor.flow_table import FlowTable

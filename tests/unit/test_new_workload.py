@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-from helpers import scores_of
+
 from kubesonar.shared.detectors import batch_of
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.flow import FlowRecords, address_bytes
+
+from helpers import scores_of
 
 HOUR = 3600 * 10**9
 

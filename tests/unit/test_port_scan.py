@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from helpers import scores_of
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from kubesonar.shared.detectors import batch_of
 from kubesonar.shared.detectors.port_scan import PortScanDetector, _floored_walks
 from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
+
+from helpers import scores_of
 
 FAIL, OK = math.log(4), math.log(0.25)
 FLOOR = math.log(0.01 / 0.99)

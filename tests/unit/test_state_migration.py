@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from kubesonar.functions.local.demo import LEARN_S, PHASE_S, demo_watchlist, run_demo
+
+from kubesonar.demo import LEARN_S, PHASE_S, demo_watchlist, run_demo
 from kubesonar.sensor.offline import read_captures
 from kubesonar.shared.detectors import Detector, batch_of
 from kubesonar.shared.dns import DnsMessages
