@@ -46,7 +46,8 @@ def dns_client_endpoint(dns: DnsMessages, i: int) -> Endpoint:
 
 def endpoint(ip: str, namespace: str, pod: str, kind: str, name: str, node: str, labels: str) -> Endpoint:
     """An alert's ``source``: the address, the pod and its workload key."""
-    return {"ip": ip, "namespace": namespace, "pod": pod, "workload": workload_key(namespace, kind, name),
+    # the workload key's form inline: an endpoint is built per flow row in places
+    return {"ip": ip, "namespace": namespace, "pod": pod, "workload": f"{namespace}/{kind}/{name}" if name else "",
             "node": node, "labels": labels}
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score, clock_from_v0
 from kubesonar.shared.flow import FlowRecords, address_bytes, address_text
-from kubesonar.shared.identity import source_endpoint, workload_key
+from kubesonar.shared.identity import source_endpoint, subject_keys, workload_key
 
 if TYPE_CHECKING:
     from kubesonar.shared.batch import Batch
@@ -90,12 +90,13 @@ class _PairDetector(Detector[PairsState, _Assessment]):
         rows, targets, learned = self._rows(flows, self._is_learning(first_ts))
         out = _Assessment(first_ts, len(rows), learned=learned)
         seen: set[Pair] = set()
-        for row, target in zip(rows.tolist(), targets, strict=False):
-            endpoint = source_endpoint(flows, row)
-            pair = Pair(endpoint["workload"] or endpoint["ip"], target)
+        sources = subject_keys(flows, rows)
+        for row, source, target in zip(rows.tolist(), sources, targets, strict=True):
+            pair = Pair(source, target)
             if pair in seen:
                 continue
             seen.add(pair)
+            endpoint = source_endpoint(flows, row)
             ts = int(flows["first_ts"][row])
             evidence = {"target": target, "port": int(flows["dst_port"][row]), "protocol": int(flows["proto"][row]),
                         "packets_out": int(flows["packets_out"][row]), "bytes_in": int(flows["bytes_in"][row])}
