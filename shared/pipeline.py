@@ -183,7 +183,7 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
             detector.from_state(states.get(detector.rule_id))
         for item_id, batch in pending:
             try:
-                made = [f for d in runners for f in d.decide(d.update(batch.flows, batch.pods, batch.dns))]
+                made = [f for d in runners for f in d.observe(batch)]
             except Exception as exc:  # noqa: BLE001 - a batch that breaks a detector must not take the others
                 failed[item_id] = f"scoring failed: {type(exc).__name__}: {exc}"
                 return step(stored)  # start again from the stored state, without it
@@ -366,10 +366,9 @@ def end_learning(store: ObjectStore, cluster: str) -> None:
         doc = doc if doc is not None else _legacy_document(store, cluster)
         states = dict(doc.get("detectors", {}))
         for detector in detectors(CoreConfig()):
-            if hasattr(detector, "end_learning"):
-                detector.from_state(states.get(detector.rule_id))
-                detector.end_learning()
-                states[detector.rule_id] = detector.to_state()
+            detector.from_state(states.get(detector.rule_id))
+            detector.end_learning()
+            states[detector.rule_id] = detector.to_state()
         return {**doc, "layout": LAYOUT, "detectors": states}
 
     update_document(store, f"state/{cluster}/detectors.json", close)

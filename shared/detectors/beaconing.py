@@ -9,7 +9,8 @@ start times and sizes kept in the baseline across windows (the last 64 connectio
 - sizes: the bytes sent per connection, scored the same two ways.
 A pair beacons when it has at least 6 intervals, their MAD is a smaller share of their median than
 traffic without a clock would show but once in 100,000 tests, and its size score is 0.5 or more (the
-skew score is reported, not required: over two dozen intervals it swings too much to veto). The reasoning: connections that users or request load cause arrive
+skew score is reported, not required: over two dozen intervals it swings too much to veto). The
+reasoning: connections that users or request load cause arrive
 like a Poisson process, whose intervals have MAD / median of 0.69 on average but, over a handful of
 intervals, now and then far less; the bar for n intervals is that null distribution's 1e-5 quantile
 (``bench/beacon_null.py``: 0.01 for 6 intervals, 0.17 for 24, 0.35 for 64). A fixed-interval beacon
@@ -41,20 +42,25 @@ median); the decision is the test above, its figures in the evidence.
 
 Example:
     >>> d = BeaconingDetector(learning_period_ns=0)
-    >>> d.decide(d.update(flows))  # doctest: +SKIP
+    >>> d.observe(batch_of(flows))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-from kubesonar.shared.detectors import Score, StateDocument, bounded, source_endpoint, subject_keys
-from kubesonar.shared.dns import DnsMessages
+
+from kubesonar.shared.detectors.base import Detector, Score, StateMigrationError, bounded, clock_from_v0
 from kubesonar.shared.flow import FlowRecords, address_text
+from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
-from kubesonar.shared.pod_events import PodEvents
+
+if TYPE_CHECKING:
+    from kubesonar.shared.batch import Batch
 
 SECOND = 1_000_000_000
 _KEEP = 65  # connections remembered per pair (64 intervals)
@@ -64,8 +70,10 @@ POISSON_MAD_FLOOR = ((6, 0.0097), (8, 0.0243), (10, 0.0495), (12, 0.0702), (16, 
 
 
 def mad_floor(intervals: int) -> float:
-    n, q = zip(*POISSON_MAD_FLOOR)
+    n, q = zip(*POISSON_MAD_FLOOR, strict=False)
     return float(np.interp(intervals, n, q))
+
+
 _IGNORED_PORTS = (53, 123)
 _SCHEDULED = ("CronJob",)
 
@@ -85,9 +93,69 @@ def regularity(values: np.ndarray) -> float:
     return (skew + max(0.0, 1.0 - spread)) / 2
 
 
-class BeaconingDetector(StateDocument):
+class Channel(NamedTuple):
+    """A workload (or address) calling one remote address, port and protocol."""
+
+    source: str
+    address: str
+    port: int
+    protocol: int
+
+    @property
+    def destination(self) -> str:
+        return f"{self.address}:{self.port}/{self.protocol}"
+
+    @classmethod
+    def from_v0(cls, joined: str) -> Channel:
+        """``source>address:port/protocol``, as version-0 documents wrote it."""
+        source, sep, rest = joined.partition(">")
+        address_port, slash, protocol = rest.rpartition("/")
+        address, colon, port = address_port.rpartition(":")
+        if not (sep and slash and colon):
+            raise StateMigrationError(f"beaconing pair {joined!r} is not source>address:port/protocol")
+        return cls(source, address, int(port), int(protocol))
+
+
+@dataclass
+class ChannelHistory:
+    """A channel's last connections (start in ms, bytes sent) and what was decided about it."""
+
+    starts_ms: list[int] = field(default_factory=list)
+    bytes_out: list[int] = field(default_factory=list)
+    last_ns: int = 0
+    learned: bool = False  # beaconed while learning: regular by design, never reported
+    reported: bool = False  # reported as a beacon
+    long: bool = False  # reported as a long connection
+
+    def copy(self) -> ChannelHistory:
+        return ChannelHistory(list(self.starts_ms), list(self.bytes_out), self.last_ns, self.learned,
+                              self.reported, self.long)
+
+
+@dataclass
+class DestinationUsers:
+    """The first few subjects seen calling a remote address (rarity needs no more)."""
+
+    subjects: list[str] = field(default_factory=list)
+    last_ns: int = 0
+
+
+@dataclass
+class BeaconingState:
+    channels: dict[Channel, ChannelHistory] = field(default_factory=dict)
+    destinations: dict[str, DestinationUsers] = field(default_factory=dict)  # by remote address
+
+
+@dataclass
+class _Assessment:
+    first_ts: int | None = None
+    scores: list[Score] = field(default_factory=list)
+    channels: dict[Channel, ChannelHistory] = field(default_factory=dict)  # as this batch leaves them
+    destinations: dict[str, DestinationUsers] = field(default_factory=dict)
+
+
+class BeaconingDetector(Detector[BeaconingState, _Assessment]):
     rule_id = "beaconing"
-    EMPTY = {"pairs": {}, "destinations": {}}
 
     def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
                  min_intervals: int = 6, size_threshold: float = 0.5,
@@ -96,20 +164,45 @@ class BeaconingDetector(StateDocument):
         self.zones = zones or Zones()
         self.min_intervals, self.size_threshold = min_intervals, size_threshold
         self.long_ns, self.rare_below, self.max_pairs = int(long_connection_s * SECOND), rare_below, max_pairs
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
-        self.touched = False
+
+    def new_state(self) -> BeaconingState:
+        return BeaconingState()
+
+    def _encode(self, state: BeaconingState) -> dict[str, Any]:
+        # vars(): the fields by name, without a copy (the biggest state there is: keep it cheap)
+        return {"channels": [[*c, vars(h)] for c, h in state.channels.items()],
+                "destinations": {a: vars(d) for a, d in state.destinations.items()}}
+
+    def _decode(self, document: dict[str, Any]) -> BeaconingState:
+        return BeaconingState(
+            {Channel(src, addr, port, proto): ChannelHistory(h["starts_ms"], h["bytes_out"], h["last_ns"], h["learned"],
+                                                             h["reported"], h["long"])
+             for src, addr, port, proto, h in document["channels"]},
+            {a: DestinationUsers(d["subjects"], d["last_ns"]) for a, d in document["destinations"].items()})
+
+    def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
+        channels = [[*Channel.from_v0(k), {"starts_ms": p["ts"], "bytes_out": p["sz"], "last_ns": p["t"],
+                                           "learned": p["learned"], "reported": p["reported"], "long": p["long"]}]
+                    for k, p in document["pairs"].items()]
+        return {"clock": clock_from_v0(document), "channels": channels,
+                "destinations": {a: {"subjects": d["w"], "last_ns": d["t"]}
+                                 for a, d in document["destinations"].items()}}
+
+    def _assess(self, batch: Batch) -> _Assessment:
+        flows = batch.flows
+        out = _Assessment()
         if not len(flows):
-            return []
-        learning = self._learning(flows)
+            return out
+        out.first_ts = int(flows["first_ts"].min())
+        learning = self._learning(out.first_ts)
         candidates = np.isin(flows["proto"], (6, 17)) & ~np.isin(flows["dst_port"], _IGNORED_PORTS)
         candidates &= ~np.isin(flows["src_workload_kind"], _SCHEDULED)  # a CronJob's clock is declared
         rows = np.flatnonzero(candidates)
         if not len(rows):
-            return []
+            return out
         rows = self.zones.outside(flows, rows)
         if not len(rows):
-            return []
-        self.touched = True
+            return out
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
         keys = subject_keys(flows, rows)
         dst = [address_text(a) for a in flows["dst_addr"][rows]]
@@ -120,82 +213,113 @@ class BeaconingDetector(StateDocument):
         new_conn = ((flows["first_ts"][rows] == flows["conn_start"][rows]) & opened).tolist()
         starts, lasts = flows["conn_start"][rows].tolist(), flows["last_ts"][rows].tolist()
         sizes = flows["bytes_out"][rows].tolist()
-        pairs, destinations = self._state["pairs"], self._state["destinations"]
-        touched: dict[str, int] = {}
-        long_rows: dict[str, int] = {}
+        checked_in: dict[Channel, int] = {}
+        long_rows: dict[Channel, int] = {}
         for i, row in enumerate(rows.tolist()):
-            d = destinations.setdefault(dst[i], {"w": [], "t": 0})
-            if keys[i] not in d["w"] and len(d["w"]) < self.rare_below:
-                d["w"].append(keys[i])
-            d["t"] = max(d["t"], lasts[i])
-            pair = f"{keys[i]}>{dst[i]}:{ports[i]}/{protos[i]}"
-            p = pairs.setdefault(pair, {"ts": [], "sz": [], "t": 0, "learned": False, "reported": False,
-                                        "long": False})
-            p["t"] = max(p["t"], lasts[i])
+            d = self._destination(out, dst[i])
+            if keys[i] not in d.subjects and len(d.subjects) < self.rare_below:
+                d.subjects.append(keys[i])
+            d.last_ns = max(d.last_ns, lasts[i])
+            channel = Channel(keys[i], dst[i], ports[i], protos[i])
+            h = self._channel(out, channel)
+            h.last_ns = max(h.last_ns, lasts[i])
             if new_conn[i]:
-                p["ts"] = (p["ts"] + [starts[i] // 1_000_000])[-_KEEP:]  # ms
-                p["sz"] = (p["sz"] + [sizes[i]])[-_KEEP:]
-                touched[pair] = row
+                h.starts_ms = (h.starts_ms + [starts[i] // 1_000_000])[-_KEEP:]
+                h.bytes_out = (h.bytes_out + [sizes[i]])[-_KEEP:]
+                checked_in[channel] = row
             if lasts[i] - starts[i] >= self.long_ns:
-                long_rows[pair] = row
-        scores = []
-        for pair, row in touched.items():
-            score = self._beacon(pair, pairs[pair], destinations, flows, row, learning)
+                long_rows[channel] = row
+        for channel, row in checked_in.items():
+            score = self._beacon(channel, out.channels[channel], out, flows, row, learning)
             if score is not None:
-                scores.append(score)
-        for pair, row in long_rows.items():
-            score = self._long(pair, pairs[pair], destinations, flows, row, learning)
+                out.scores.append(score)
+        for channel, row in long_rows.items():
+            score = self._long(channel, out.channels[channel], out, flows, row, learning)
             if score is not None:
-                scores.append(score)
-        self._state["pairs"] = bounded(pairs, self.max_pairs)
-        self._state["destinations"] = bounded(destinations, self.max_pairs * 4)
-        return scores
+                out.scores.append(score)
+        return out
 
-    def _rare(self, destinations: dict, pair: str) -> bool:
-        target = pair.rsplit(">", 1)[1].rsplit(":", 1)[0]
-        return len(destinations.get(target, {"w": []})["w"]) < self.rare_below
+    def _channel(self, out: _Assessment, channel: Channel) -> ChannelHistory:
+        h = out.channels.get(channel)
+        if h is None:
+            known = self.state.channels.get(channel)
+            h = out.channels[channel] = known.copy() if known is not None else ChannelHistory()
+        return h
 
-    def _beacon(self, pair, p, destinations, flows, row, learning) -> Score | None:
-        times = np.array(sorted(p["ts"]), dtype=np.float64) / 1000.0
+    def _destination(self, out: _Assessment, address: str) -> DestinationUsers:
+        d = out.destinations.get(address)
+        if d is None:
+            known = self.state.destinations.get(address)
+            d = out.destinations[address] = DestinationUsers(list(known.subjects), known.last_ns) if known else \
+                DestinationUsers()
+        return d
+
+    def _scores(self, assessment: _Assessment) -> list[Score]:
+        return assessment.scores
+
+    def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
+        """The batch's connections join their channels' histories. The baseline is what was learned
+        while learning (a channel regular by design); a flagged channel is never marked learned."""
+        if assessment.first_ts is None:
+            return
+        self._start_clock(assessment.first_ts)
+        if not assessment.channels:
+            return
+        self.touched = True
+        for channel in flagged:  # protect the model (flagged only after learning, so this holds already)
+            known = self.state.channels.get(channel)
+            assessment.channels[channel].learned = bool(known and known.learned)
+        self.state.channels.update(assessment.channels)
+        self.state.destinations.update(assessment.destinations)
+        self.state.channels = bounded(self.state.channels, self.max_pairs)
+        self.state.destinations = bounded(self.state.destinations, self.max_pairs * 4)
+
+    def _rare(self, out: _Assessment, channel: Channel) -> bool:
+        users = out.destinations.get(channel.address) or self.state.destinations.get(channel.address)
+        return len(users.subjects if users else []) < self.rare_below
+
+    def _beacon(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords, row: int,
+                learning: bool) -> Score | None:
+        times = np.array(sorted(h.starts_ms), dtype=np.float64) / 1000.0
         intervals = np.diff(times)
         intervals = intervals[intervals > 1.0]
         if len(intervals) < self.min_intervals:
             return None
         skew, spread = skew_and_spread(intervals)
         timing = regularity(intervals)
-        size = regularity(np.array(p["sz"], dtype=np.float64))
+        size = regularity(np.array(h.bytes_out, dtype=np.float64))
         floor = mad_floor(len(intervals))
         beacon = spread <= floor and size >= self.size_threshold
         if learning:
-            p["learned"] |= beacon
+            h.learned |= beacon
             return None
-        alarm = beacon and not p["learned"] and self._rare(destinations, pair)
-        fresh = alarm and not p["reported"]
-        p["reported"] |= alarm
+        alarm = beacon and not h.learned and self._rare(out, channel)
+        fresh = alarm and not h.reported
+        h.reported |= alarm
         median = float(np.median(intervals))
-        evidence = {"kind": "beacon", "destination": pair.rsplit(">", 1)[1], "connections": len(p["ts"]),
+        evidence = {"kind": "beacon", "destination": channel.destination, "connections": len(h.starts_ms),
                     "median_interval_s": round(median, 2), "timing_score": round(timing, 3),
                     "mad_over_median": round(spread, 4), "poisson_floor": round(floor, 4),
                     "skew_score": round(skew, 3),
-                    "size_score": round(size, 3), "median_bytes_out": int(np.median(p["sz"]))}
+                    "size_score": round(size, 3), "median_bytes_out": int(np.median(h.bytes_out))}
         first = int(times[0] * SECOND)
-        return Score(pair, timing, alarm, source_endpoint(flows, row), first, int(flows["last_ts"][row]),
-                     evidence, fresh=fresh, identity=("beacon", pair.rsplit(">", 1)[1]), destination=_target(flows, row))
+        return Score(channel, timing, alarm, source_endpoint(flows, row), first, int(flows["last_ts"][row]),
+                     evidence, fresh=fresh, identity=("beacon", channel.destination), destination=_target(flows, row))
 
-    def _long(self, pair, p, destinations, flows, row, learning) -> Score | None:
+    def _long(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords, row: int,
+              learning: bool) -> Score | None:
         if learning:
-            p["learned"] = True
+            h.learned = True
             return None
-        alarm = not p["learned"] and self._rare(destinations, pair)
-        fresh = alarm and not p["long"]
-        p["long"] |= alarm
+        alarm = not h.learned and self._rare(out, channel)
+        fresh = alarm and not h.long
+        h.long |= alarm
         held = (int(flows["last_ts"][row]) - int(flows["conn_start"][row])) / SECOND
-        evidence = {"kind": "long_connection", "destination": pair.rsplit(">", 1)[1], "held_s": round(held, 1),
+        evidence = {"kind": "long_connection", "destination": channel.destination, "held_s": round(held, 1),
                     "bytes_out": int(flows["bytes_out"][row]), "bytes_in": int(flows["bytes_in"][row])}
-        return Score(pair, 1.0, alarm, source_endpoint(flows, row), int(flows["conn_start"][row]),
-                     int(flows["last_ts"][row]), evidence, fresh=fresh, identity=("long", pair.rsplit(">", 1)[1]),
+        return Score(channel, 1.0, alarm, source_endpoint(flows, row), int(flows["conn_start"][row]),
+                     int(flows["last_ts"][row]), evidence, fresh=fresh, identity=("long", channel.destination),
                      destination=_target(flows, row))
-
 
 
 def _target(flows: FlowRecords, row: int) -> dict[str, Any]:

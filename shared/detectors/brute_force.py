@@ -22,20 +22,24 @@ Score: the pair's decayed count of short sessions (20 decides).
 
 Example:
     >>> d = BruteForceDetector(learning_period_ns=0)
-    >>> d.decide(d.update(flows))  # doctest: +SKIP
+    >>> d.observe(batch_of(flows))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from kubesonar.shared.alerts import Finding
-from kubesonar.shared.detectors import Score, decide_alarms
+
+from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text
-from kubesonar.shared.dns import DnsMessages
-from kubesonar.shared.pod_events import PodEvents
+from kubesonar.shared.identity import source_endpoint, workload_keys
+
+if TYPE_CHECKING:
+    from kubesonar.shared.batch import Batch
 
 SECOND = 1_000_000_000
 # ports whose sessions are mostly authentication when short
@@ -46,81 +50,119 @@ API_SERVER = ("default", "Service", "kubernetes")
 _DONE = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
 
 
-class BruteForceDetector:
+@dataclass
+class SessionCount:
+    """A (source, service) pair's short sessions, decayed with the half-life."""
+
+    decayed: float
+    last_ns: int
+    sessions: int = 0
+    alarm: bool = False
+
+
+@dataclass
+class BruteForceState:
+    counts: dict[Pair, SessionCount] = field(default_factory=dict)  # (source, "address:port")
+    learned: set[Pair] = field(default_factory=set)  # service-port pairs seen while learning
+
+
+@dataclass
+class _Assessment:
+    first_ts: int | None = None  # the batch's earliest flow (None: no flows)
+    sessions: int = 0
+    scores: list[Score] = field(default_factory=list)
+    counts: dict[Pair, SessionCount] = field(default_factory=dict)  # the counts as this batch leaves them
+    learned: list[Pair] = field(default_factory=list)
+
+
+class BruteForceDetector(Detector[BruteForceState, _Assessment]):
     rule_id = "brute_force"
 
     def __init__(self, learning_period_ns: int, force_learning: bool = False, threshold: float = 20.0,
                  half_life_s: float = 3600.0, max_packets: int = 80, max_bytes: int = 24_000,
                  max_duration_s: float = 60.0, max_pairs: int = 20_000):
-        self.learning_period_ns, self.force_learning = learning_period_ns, force_learning
+        super().__init__(learning_period_ns, force_learning)
         self.threshold, self.half_life_ns = threshold, half_life_s * SECOND
         self.max_packets, self.max_bytes, self.max_duration_ns = max_packets, max_bytes, max_duration_s * SECOND
         self.max_pairs = max_pairs
-        self._state: dict[str, Any] = {"pairs": {}, "learned": [], "learning_until_ns": None}
 
-    def to_state(self) -> dict[str, Any]:
-        return self._state
+    def new_state(self) -> BruteForceState:
+        return BruteForceState()
 
-    def from_state(self, state: dict[str, Any] | None) -> BruteForceDetector:
-        self._state = state or {"pairs": {}, "learned": [], "learning_until_ns": None}
-        return self
+    def _encode(self, state: BruteForceState) -> dict[str, Any]:
+        return {"counts": [[*pair, vars(c)] for pair, c in state.counts.items()],
+                "learned": sorted(list(p) for p in state.learned)}
 
-    def end_learning(self) -> None:
-        self._state["learning_ended"] = True
+    def _decode(self, document: dict[str, Any]) -> BruteForceState:
+        return BruteForceState({Pair(src, dst): SessionCount(**c) for src, dst, c in document["counts"]},
+                               {Pair(*p) for p in document["learned"]})
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None,
-               dns: DnsMessages | None = None) -> list[Score]:
+    def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
+        counts = [[*Pair.from_v0(k), {"decayed": p["score"], "last_ns": p["t"], "sessions": p["sessions"],
+                                      "alarm": p["alarm"]}] for k, p in document["pairs"].items()]
+        return {"clock": clock_from_v0(document), "counts": counts,
+                "learned": [list(Pair.from_v0(p)) for p in document["learned"]]}
+
+    def _assess(self, batch: Batch) -> _Assessment:
         """Count each source's short sessions per authentication service; score the pairs seen."""
-        self.touched = False  # whether the state changed (the core skips writing it back when not)
+        flows = batch.flows
         if not len(flows):
-            return []
-        if self._state["learning_until_ns"] is None:
-            self._state["learning_until_ns"] = int(flows["first_ts"].min()) + self.learning_period_ns
-            self.touched = True
+            return _Assessment()
+        first_ts = int(flows["first_ts"].min())
+        out = _Assessment(first_ts)
         rows, service_port = self._sessions(flows)
+        out.sessions = len(rows)
         if not len(rows):
-            return []
-        self.touched = True
+            return out
         src = [address_text(a) for a in flows["src_addr"][rows]]
         dst = [address_text(a) for a in flows["dst_addr"][rows]]
-        workload = [f"{a}/{b}/{c}" if c else "" for a, b, c in zip(
-            flows["src_namespace"][rows], flows["src_workload_kind"][rows], flows["src_workload_name"][rows])]
         ports = flows["dst_port"][rows].tolist()
         ts = flows["first_ts"][rows].tolist()
-        groups: dict[str, list[int]] = {}
+        workloads = workload_keys(flows["src_namespace"][rows].tolist(), flows["src_workload_kind"][rows].tolist(),
+                                  flows["src_workload_name"][rows].tolist())
+        groups: dict[Pair, list[int]] = {}
         for i in range(len(rows)):
-            groups.setdefault(f"{workload[i] or src[i]}>{dst[i]}:{ports[i]}", []).append(i)
-        learning = self.force_learning or (not self._state.get("learning_ended")
-                                           and int(flows["first_ts"].min()) < self._state["learning_until_ns"])
-        learned = set(self._state["learned"])
-        scores = []
+            groups.setdefault(Pair(workloads[i] or src[i], f"{dst[i]}:{ports[i]}"), []).append(i)
+        learning = self._learning(first_ts)
+        learned = self.state.learned
         for pair, members in groups.items():
             first, last = members[0], members[-1]
             if service_port[first]:
                 if learning:
-                    learned.add(pair)
+                    out.learned.append(pair)
                     continue
                 if pair in learned:
                     continue
-            p = self._state["pairs"].setdefault(pair, {"score": 0.0, "t": ts[first], "sessions": 0, "alarm": False})
-            decay = math.pow(2.0, -max(0, ts[last] - p["t"]) / self.half_life_ns)
-            p["score"] = p["score"] * decay + len(members)
-            p["t"] = max(p["t"], ts[last])
-            p["sessions"] += len(members)
-            was = p["alarm"]
-            p["alarm"] = p["score"] >= self.threshold
-            row = rows[first]
-            endpoint = {"ip": src[first], "namespace": str(flows["src_namespace"][row]),
-                        "pod": str(flows["src_pod"][row]), "workload": workload[first],
-                        "node": str(flows["src_node"][row]), "labels": str(flows["src_labels"][row])}
-            evidence = {"target": dst[first], "port": ports[first], "short_sessions": p["sessions"],
-                        "decayed_count": round(p["score"], 2), "in_this_batch": len(members)}
-            score = Score(pair, p["score"], p["alarm"], endpoint, ts[first], ts[last], evidence,
-                          fresh=p["alarm"] and not was, identity=(dst[first], str(ports[first])))
-            scores.append(score)
-        self._state["learned"] = sorted(learned)
-        self._forget()
-        return scores
+            known = self.state.counts.get(pair)
+            before = known or SessionCount(0.0, ts[first])
+            decay = math.pow(2.0, -max(0, ts[last] - before.last_ns) / self.half_life_ns)
+            count = SessionCount(before.decayed * decay + len(members), max(before.last_ns, ts[last]),
+                                 before.sessions + len(members))
+            count.alarm = count.decayed >= self.threshold
+            out.counts[pair] = count
+            endpoint = source_endpoint(flows, rows[first])
+            evidence = {"target": dst[first], "port": ports[first], "short_sessions": count.sessions,
+                        "decayed_count": round(count.decayed, 2), "in_this_batch": len(members)}
+            out.scores.append(Score(pair, count.decayed, count.alarm, endpoint, ts[first], ts[last], evidence,
+                                    fresh=count.alarm and not before.alarm, identity=(dst[first], str(ports[first]))))
+        return out
+
+    def _scores(self, assessment: _Assessment) -> list[Score]:
+        return assessment.scores
+
+    def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
+        """Counts are evidence and always kept; only service-port pairs seen while learning (when nothing
+        is flagged) join the baseline."""
+        if assessment.first_ts is None:
+            return
+        self._start_clock(assessment.first_ts)
+        if not assessment.sessions:
+            return
+        self.touched = True
+        self.state.learned.update(p for p in assessment.learned if p not in flagged)
+        counts = self.state.counts
+        counts.update(assessment.counts)
+        self.state.counts = bounded(counts, self.max_pairs)
 
     def _sessions(self, flows: FlowRecords) -> tuple[np.ndarray, np.ndarray]:
         """Rows of short, completed TCP sessions to authentication services, and which are service ports."""
@@ -137,13 +179,3 @@ class BruteForceDetector:
         rows = np.flatnonzero(keep)
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
         return rows, service[rows] & ~interactive[rows]
-
-    def _forget(self) -> None:
-        pairs = self._state["pairs"]
-        if len(pairs) > self.max_pairs:
-            keep = sorted(pairs, key=lambda k: pairs[k]["t"])[-self.max_pairs :]
-            self._state["pairs"] = {k: pairs[k] for k in keep}
-
-    def decide(self, scores: list[Score]) -> list[Finding]:
-        """A finding when a pair first reaches the threshold (and again if it falls back and returns)."""
-        return decide_alarms(self.rule_id, scores)

@@ -18,19 +18,23 @@ Score: 1.0 for each new (source, target) pair.
 
 Example:
     >>> d = MetadataAccessDetector()
-    >>> d.decide(d.update(flows))  # doctest: +SKIP
+    >>> d.observe(batch_of(flows))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from kubesonar.shared.alerts import Finding
-from kubesonar.shared.detectors import Score, decide_alarms
+
+from kubesonar.shared.detectors.base import Detector, Pair, Score, clock_from_v0
 from kubesonar.shared.flow import FlowRecords, address_bytes, address_text
-from kubesonar.shared.dns import DnsMessages
-from kubesonar.shared.pod_events import PodEvents
+from kubesonar.shared.identity import source_endpoint, subject_keys, workload_key
+
+if TYPE_CHECKING:
+    from kubesonar.shared.batch import Batch
 
 METADATA_ENDPOINTS = ("169.254.169.254", "fd00:ec2::254", "169.254.170.2", "169.254.170.23", "fd00:ec2::23")
 _METADATA_BYTES = [np.array(address_bytes(a), dtype="V16") for a in METADATA_ENDPOINTS]
@@ -39,112 +43,125 @@ ETCD_PORTS = (2379, 2380)
 _API = ("default", "Service", "kubernetes")
 
 
-def _endpoint(flows: FlowRecords, row: int) -> dict[str, str]:
-    name = str(flows["src_workload_name"][row])
-    workload = f"{flows['src_namespace'][row]}/{flows['src_workload_kind'][row]}/{name}" if name else ""
-    return {"ip": address_text(flows["src_addr"][row]), "namespace": str(flows["src_namespace"][row]),
-            "pod": str(flows["src_pod"][row]), "workload": workload, "node": str(flows["src_node"][row]),
-            "labels": str(flows["src_labels"][row])}
+@dataclass
+class PairsState:
+    reported: dict[Pair, None] = field(default_factory=dict)  # (source, target) pairs, oldest first
+    learned: set[str] = field(default_factory=set)  # workloads that used the API while learning
 
 
-class _PairDetector:
+@dataclass
+class _Assessment:
+    first_ts: int | None  # the batch's earliest flow (None: no flows)
+    candidates: int  # rows the detector looked at
+    scores: list[Score] = field(default_factory=list)
+    learned: list[str] = field(default_factory=list)
+
+
+class _PairDetector(Detector[PairsState, _Assessment]):
     """Reports each (source, target) pair its ``_rows`` select once; remembers pairs (bounded)."""
 
-    rule_id = ""
     max_pairs = 20_000
 
-    def __init__(self) -> None:
-        self._state: dict[str, Any] = {"seen": []}
+    def new_state(self) -> PairsState:
+        return PairsState()
 
-    def to_state(self) -> dict[str, Any]:
-        return self._state
+    def _encode(self, state: PairsState) -> dict[str, Any]:
+        return {"reported": [list(p) for p in state.reported], "learned": sorted(state.learned)}
 
-    def from_state(self, state: dict[str, Any] | None) -> _PairDetector:
-        self._state = state or {"seen": []}
-        return self
+    def _decode(self, document: dict[str, Any]) -> PairsState:
+        return PairsState(dict.fromkeys(Pair(*p) for p in document["reported"]), set(document["learned"]))
 
-    def _rows(self, flows: FlowRecords) -> tuple[np.ndarray, list[str]]:
+    def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
+        return {"clock": clock_from_v0(document), "reported": [list(Pair.from_v0(p)) for p in document["seen"]],
+                "learned": list(document.get("learned", []))}
+
+    def _rows(self, flows: FlowRecords, learning: bool) -> tuple[np.ndarray, list[str], list[str]]:
+        """Rows to report (in time order), their targets, and workloads learned from this batch."""
         raise NotImplementedError
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None,
-               dns: DnsMessages | None = None) -> list[Score]:
-        self.touched = False  # whether the state changed (the core skips writing it back when not)
+    def _is_learning(self, first_ts: int) -> bool:
+        return False
+
+    def _assess(self, batch: Batch) -> _Assessment:
+        flows = batch.flows
         if not len(flows):
-            return []
-        rows, targets = self._rows(flows)
-        self.touched |= bool(len(rows))
-        seen = dict.fromkeys(self._state["seen"])
-        scores = []
-        for row, target in zip(rows.tolist(), targets):
-            endpoint = _endpoint(flows, row)
-            pair = f"{endpoint['workload'] or endpoint['ip']}>{target}"
+            return _Assessment(None, 0)
+        first_ts = int(flows["first_ts"].min())
+        rows, targets, learned = self._rows(flows, self._is_learning(first_ts))
+        out = _Assessment(first_ts, len(rows), learned=learned)
+        seen: set[Pair] = set()
+        sources = subject_keys(flows, rows)
+        for row, source, target in zip(rows.tolist(), sources, targets, strict=True):
+            pair = Pair(source, target)
             if pair in seen:
                 continue
-            seen[pair] = None
+            seen.add(pair)
+            endpoint = source_endpoint(flows, row)
             ts = int(flows["first_ts"][row])
             evidence = {"target": target, "port": int(flows["dst_port"][row]), "protocol": int(flows["proto"][row]),
                         "packets_out": int(flows["packets_out"][row]), "bytes_in": int(flows["bytes_in"][row])}
-            scores.append(Score(pair, 1.0, True, endpoint, ts, ts, evidence, identity=(target,)))
-        self._state["seen"] = list(seen)[-self.max_pairs :]
-        return scores
+            out.scores.append(Score(pair, 1.0, True, endpoint, ts, ts, evidence, identity=(target,),
+                                    fresh=pair not in self.state.reported))  # scored again, reported once
+        return out
 
-    def decide(self, scores: list[Score]) -> list[Finding]:
-        return decide_alarms(self.rule_id, scores)
+    def _scores(self, assessment: _Assessment) -> list[Score]:
+        return assessment.scores
+
+    def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
+        """Pairs are reported once, so every pair scored is remembered; the workloads that reached the
+        API while learning join the baseline (nothing is flagged while learning)."""
+        self.touched |= assessment.candidates > 0 or bool(assessment.learned)
+        reported = self.state.reported
+        reported.update(dict.fromkeys(s.subject for s in assessment.scores))
+        if len(reported) > self.max_pairs:
+            self.state.reported = dict.fromkeys(list(reported)[-self.max_pairs:])
+        self.state.learned.update(assessment.learned)
 
 
 class MetadataAccessDetector(_PairDetector):
     rule_id = "metadata_access"
 
-    def _rows(self, flows: FlowRecords) -> tuple[np.ndarray, list[str]]:
+    def _rows(self, flows: FlowRecords, learning: bool) -> tuple[np.ndarray, list[str], list[str]]:
         dst = flows["dst_addr"]
         hit = np.zeros(len(dst), dtype=bool)
         for target in _METADATA_BYTES:  # a handful of 16-byte compares: cheaper than a sort
             hit |= dst == target
         rows = np.flatnonzero(hit)
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
-        return rows, [address_text(a) for a in flows["dst_addr"][rows]]
+        return rows, [address_text(a) for a in flows["dst_addr"][rows]], []
 
 
 class ApiServerAccessDetector(_PairDetector):
     rule_id = "api_server_access"
 
-    def __init__(self, learning_period_ns: int = 0, force_learning: bool = False):
-        super().__init__()
-        self.learning_period_ns, self.force_learning = learning_period_ns, force_learning
-        self._state.update(learned=[], learning_until_ns=None)
+    def _is_learning(self, first_ts: int) -> bool:
+        return self._learning(first_ts)
 
-    def from_state(self, state: dict[str, Any] | None) -> ApiServerAccessDetector:
-        self._state = state or {"seen": [], "learned": [], "learning_until_ns": None}
-        return self
+    def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
+        if assessment.first_ts is not None:
+            self._start_clock(assessment.first_ts)
+        super()._commit(assessment, flagged)
 
-    def end_learning(self) -> None:
-        self._state["learning_ended"] = True
-
-    def _rows(self, flows: FlowRecords) -> tuple[np.ndarray, list[str]]:
-        if self._state["learning_until_ns"] is None:
-            self._state["learning_until_ns"] = int(flows["first_ts"].min()) + self.learning_period_ns
-            self.touched = True
-        learning = self.force_learning or (not self._state.get("learning_ended")
-                                           and int(flows["first_ts"].min()) < self._state["learning_until_ns"])
+    def _rows(self, flows: FlowRecords, learning: bool) -> tuple[np.ndarray, list[str], list[str]]:
         pod = flows["src_workload_name"] != ""  # only pods are judged: the node itself talks to all of these
         control = pod & (flows["proto"] == 6) & np.isin(flows["dst_port"], KUBELET_PORTS + ETCD_PORTS) & (
             flows["packets_in"] > 0)
         api = pod & (flows["dst_namespace"] == _API[0]) & (flows["dst_workload_kind"] == _API[1]) & (
             flows["dst_workload_name"] == _API[2])
         api_rows = np.flatnonzero(api)
-        workloads = {int(i): f"{flows['src_namespace'][i]}/{flows['src_workload_kind'][i]}/{flows['src_workload_name'][i]}"
+        workloads = {int(i): workload_key(flows["src_namespace"][i], flows["src_workload_kind"][i],
+                                          flows["src_workload_name"][i])
                      for i in api_rows}  # only the rows that reached the API: names cost a Python step each
-        learned = set(self._state["learned"])
+        learned: list[str] = []
         if learning:
-            self.touched |= bool(workloads)
-            learned.update(workloads.values())
-            self._state["learned"] = sorted(learned)
+            learned = list(dict.fromkeys(workloads.values()))
             api[:] = False
         else:
-            api[[i for i, w in workloads.items() if w in learned]] = False
+            api[[i for i, w in workloads.items() if w in self.state.learned]] = False
         rows = np.flatnonzero(control | api)
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
         targets = [("kubernetes API" if api[r] else
-                    f"{'kubelet' if flows['dst_port'][r] in KUBELET_PORTS else 'etcd'} {address_text(flows['dst_addr'][r])}")
+                    f"{'kubelet' if flows['dst_port'][r] in KUBELET_PORTS else 'etcd'} "
+                    f"{address_text(flows['dst_addr'][r])}")
                    for r in rows.tolist()]
-        return rows, targets
+        return rows, targets, learned

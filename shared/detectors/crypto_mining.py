@@ -23,28 +23,58 @@ of evidence seen, its evidence the latest.
 
 Example:
     >>> d = CryptoMiningDetector()
-    >>> d.decide(d.update(flows, None, dns))  # doctest: +SKIP
+    >>> d.observe(batch_of(flows, None, dns))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from kubesonar.shared.detectors import Score, StateDocument, bounded, dns_client_endpoint, source_endpoint, subject_keys
+
+from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
 from kubesonar.shared.dns import DnsMessages, registered_domain
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text
+from kubesonar.shared.identity import dns_client_endpoint, source_endpoint, subject_keys
 from kubesonar.shared.mining import POOL_DOMAINS, POOL_PORTS
 from kubesonar.shared.netzones import Zones
-from kubesonar.shared.pod_events import PodEvents
+
+if TYPE_CHECKING:
+    from kubesonar.shared.batch import Batch
 
 SECOND = 1_000_000_000
 _POOL_PORTS = np.array(sorted(POOL_PORTS))
 _OPEN = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
 
 
-class CryptoMiningDetector(StateDocument):
+@dataclass
+class HeldPort:
+    """How long a subject has held connections to one pool address and port, in all."""
+
+    held_ns: int = 0
+    last_ns: int = 0
+
+
+@dataclass
+class MiningState:
+    reported: dict[Pair, None] = field(default_factory=dict)  # (miner, pool) pairs, oldest first
+    held: dict[Pair, HeldPort] = field(default_factory=dict)  # (subject, "address:port")
+
+
+@dataclass
+class _Assessment:
+    scores: list[Score] = field(default_factory=list)
+    held: dict[Pair, HeldPort] = field(default_factory=dict)  # entries this batch changed, as they become
+    looked_at_pool_ports: bool = False
+
+
+_Report = Callable[[Pair, dict, int, int, dict], None]
+
+
+class CryptoMiningDetector(Detector[MiningState, _Assessment]):
     rule_id = "crypto_mining"
-    EMPTY = {"seen": [], "held": {}}
 
     def __init__(self, zones: Zones | None = None, pool_port_min_s: float = 600.0, max_pairs: int = 20_000):
         super().__init__()
@@ -52,74 +82,101 @@ class CryptoMiningDetector(StateDocument):
         self.pool_port_min_ns = int(pool_port_min_s * SECOND)
         self.max_pairs = max_pairs
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
-        self.touched = False
-        seen = dict.fromkeys(self._state["seen"])
-        scores: list[Score] = []
+    def new_state(self) -> MiningState:
+        return MiningState()
 
-        def report(pair: str, endpoint: dict, ts0: int, ts1: int, evidence: dict, identity: tuple) -> None:
+    def _encode(self, state: MiningState) -> dict[str, Any]:
+        return {"reported": [list(p) for p in state.reported],
+                "held": [[*p, h.held_ns, h.last_ns] for p, h in state.held.items()]}
+
+    def _decode(self, document: dict[str, Any]) -> MiningState:
+        return MiningState(dict.fromkeys(Pair(*p) for p in document["reported"]),
+                           {Pair(src, dst): HeldPort(ns, t) for src, dst, ns, t in document["held"]})
+
+    def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
+        return {"clock": clock_from_v0(document), "reported": [list(Pair.from_v0(p)) for p in document["seen"]],
+                "held": [[*Pair.from_v0(k), h["ns"], h["t"]] for k, h in document["held"].items()]}
+
+    def _assess(self, batch: Batch) -> _Assessment:
+        out = _Assessment()
+        seen: set[Pair] = set()
+
+        def report(pair: Pair, endpoint: dict, ts0: int, ts1: int, evidence: dict) -> None:
             if pair in seen:
                 return
-            seen[pair] = None
-            self.touched = True
-            scores.append(Score(pair, 1.0, True, endpoint, ts0, ts1, evidence))  # one alert per miner
+            seen.add(pair)
+            fresh = pair not in self.state.reported  # scored again, reported once
+            out.scores.append(Score(pair, 1.0, True, endpoint, ts0, ts1, evidence, fresh=fresh))  # one alert per miner
 
-        if len(flows):
-            self._protocol(flows, report)
-            self._pool_ports(flows, report)
-        if dns is not None and len(dns):
-            self._pool_domains(dns, report)
-        self._state["seen"] = list(seen)[-self.max_pairs :]
-        return scores
+        if len(batch.flows):
+            self._protocol(batch.flows, report)
+            self._pool_ports(batch.flows, report, out)
+        if len(batch.dns):
+            self._pool_domains(batch.dns, report)
+        return out
 
-    def _protocol(self, flows: FlowRecords, report) -> None:
+    def _scores(self, assessment: _Assessment) -> list[Score]:
+        return assessment.scores
+
+    def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
+        """Every pair scored is remembered as reported (mining needs no baseline); held times add up."""
+        state = self.state
+        state.reported.update(dict.fromkeys(s.subject for s in assessment.scores))
+        if len(state.reported) > self.max_pairs:
+            state.reported = dict.fromkeys(list(state.reported)[-self.max_pairs:])
+        if assessment.looked_at_pool_ports:
+            state.held.update(assessment.held)
+            state.held = bounded(state.held, self.max_pairs)
+        self.touched |= bool(assessment.scores or assessment.held)
+
+    def _protocol(self, flows: FlowRecords, report: _Report) -> None:
         rows = np.flatnonzero(flows["rpc_method"] != "")
         if not len(rows):
             return
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
         keys = subject_keys(flows, rows)
-        methods: dict[str, set[str]] = {}
-        for key, row in zip(keys, rows.tolist()):
+        methods: dict[Pair, set[str]] = {}
+        for key, row in zip(keys, rows.tolist(), strict=False):
             pool = f"{address_text(flows['dst_addr'][row])}:{int(flows['dst_port'][row])}"
-            methods.setdefault(f"{key}>{pool}", set()).add(str(flows["rpc_method"][row]))
-        for key, row in zip(keys, rows.tolist()):
+            methods.setdefault(Pair(key, pool), set()).add(str(flows["rpc_method"][row]))
+        for key, row in zip(keys, rows.tolist(), strict=False):
             target, port = address_text(flows["dst_addr"][row]), int(flows["dst_port"][row])
-            pair = f"{key}>{target}:{port}"
+            pair = Pair(key, f"{target}:{port}")
             evidence = {"evidence": "protocol", "pool": target, "port": port,
                         "methods": sorted(methods[pair]), "known_pool_port": port in POOL_PORTS,
                         "bytes_out": int(flows["bytes_out"][row]), "bytes_in": int(flows["bytes_in"][row])}
             report(pair, source_endpoint(flows, row), int(flows["first_ts"][row]), int(flows["last_ts"][row]),
-                   evidence, (target, str(port)))
+                   evidence)
 
-    def _pool_ports(self, flows: FlowRecords, report) -> None:
+    def _pool_ports(self, flows: FlowRecords, report: _Report, out: _Assessment) -> None:
         candidates = (flows["proto"] == 6) & np.isin(flows["dst_port"], _POOL_PORTS) & np.isin(flows["state"], _OPEN)
         if not candidates.any():
             return
+        out.looked_at_pool_ports = True
         rows = self.zones.outside(flows, np.flatnonzero(candidates))
-        held = self._state["held"]
         keys = subject_keys(flows, rows)
-        for key, row in zip(keys, rows.tolist()):
+        for key, row in zip(keys, rows.tolist(), strict=False):
             target, port = address_text(flows["dst_addr"][row]), int(flows["dst_port"][row])
-            pair = f"{key}>{target}:{port}"
-            h = held.setdefault(pair, {"ns": 0, "t": 0})
-            h["ns"] += int(flows["last_ts"][row] - flows["first_ts"][row])
-            h["t"] = max(h["t"], int(flows["last_ts"][row]))
-            self.touched = True
-            if h["ns"] >= self.pool_port_min_ns:
+            pair = Pair(key, f"{target}:{port}")
+            h = out.held.get(pair)
+            if h is None:
+                known = self.state.held.get(pair)
+                h = out.held[pair] = HeldPort(known.held_ns, known.last_ns) if known else HeldPort()
+            h.held_ns += int(flows["last_ts"][row] - flows["first_ts"][row])
+            h.last_ns = max(h.last_ns, int(flows["last_ts"][row]))
+            if h.held_ns >= self.pool_port_min_ns:
                 evidence = {"evidence": "pool_port", "pool": target, "port": port,
-                            "held_s": round(h["ns"] / SECOND, 1)}
+                            "held_s": round(h.held_ns / SECOND, 1)}
                 report(pair, source_endpoint(flows, row), int(flows["first_ts"][row]), int(flows["last_ts"][row]),
-                       evidence, (target, str(port)))
-        self._state["held"] = bounded(held, self.max_pairs)
+                       evidence)
 
-    def _pool_domains(self, dns: DnsMessages, report) -> None:
+    def _pool_domains(self, dns: DnsMessages, report: _Report) -> None:
         names = dns["qname"].tolist()
         for i, name in enumerate(names):
             domain = registered_domain(name)
             if domain not in POOL_DOMAINS:
                 continue
             endpoint = dns_client_endpoint(dns, i)
-            pair = f"{endpoint['workload'] or endpoint['ip']}>{domain}"
             ts = int(dns["ts"][i])
-            report(pair, endpoint, ts, ts, {"evidence": "pool_domain", "domain": domain, "name": name}, (domain,))
-
+            report(Pair(endpoint["workload"] or endpoint["ip"], domain), endpoint, ts, ts,
+                   {"evidence": "pool_domain", "domain": domain, "name": name})

@@ -25,7 +25,7 @@ Score: the distinct-name count of a (client, domain) pair once the names look en
 
 Example:
     >>> d = DnsTunnelingDetector()
-    >>> d.decide(d.update(flows, None, dns))  # doctest: +SKIP
+    >>> d.observe(batch_of(flows, None, dns))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -33,12 +33,16 @@ from __future__ import annotations
 import math
 import zlib
 from collections import Counter
-from typing import Any
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from kubesonar.shared.detectors import Score, StateDocument, bounded, dns_client_endpoint
+from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
 from kubesonar.shared.dns import DnsMessages, QType, is_private_type, registered_domain
-from kubesonar.shared.flow import FlowRecords
-from kubesonar.shared.pod_events import PodEvents
+from kubesonar.shared.identity import dns_client_endpoint
+
+if TYPE_CHECKING:
+    from kubesonar.shared.batch import Batch
 
 SECOND = 1_000_000_000
 _TUNNEL_TYPES = {int(QType.TXT), int(QType.NULL), int(QType.ANY)}
@@ -46,9 +50,40 @@ _NEVER_JUDGED = (".local", ".svc", ".in-addr.arpa", ".ip6.arpa", ".localhost", "
 _HASHES_KEPT = 1024  # distinct names remembered per pair: far above the threshold
 
 
-class DnsTunnelingDetector(StateDocument):
+@dataclass
+class NameWindow:
+    """A (client, domain) pair's questions in the current window."""
+
+    window_start_ns: int
+    last_ns: int
+    name_hashes: list[int] = field(default_factory=list)  # CRC32 of name and type, the first 1024
+    distinct_names: int = 0
+    subdomain_chars: int = 0  # over the first 1024 distinct names
+    char_counts: dict[str, int] = field(default_factory=dict)  # characters of those subdomains
+    tunnel_type_names: int = 0  # distinct names asked with a tunnel record type
+    alarm: bool = False
+    reported: bool = False
+
+
+@dataclass
+class TunnelingState:
+    windows: dict[Pair, NameWindow] = field(default_factory=dict)  # (client, registered domain)
+
+
+@dataclass
+class _Assessment:
+    scores: list[Score] = field(default_factory=list)
+    windows: dict[Pair, NameWindow] = field(default_factory=dict)  # the windows this batch changed
+    new_names: bool = False
+
+
+_V0_FIELDS = {"t0": "window_start_ns", "t": "last_ns", "hashes": "name_hashes", "n": "distinct_names",
+              "chars": "subdomain_chars", "hist": "char_counts", "typed": "tunnel_type_names", "alarm": "alarm",
+              "reported": "reported"}
+
+
+class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
     rule_id = "dns_tunneling"
-    EMPTY = {"pairs": {}}
 
     def __init__(self, min_names: int = 50, min_entropy: float = 4.2, min_mean_length: float = 40.0,
                  typed_mean_length: float = 16.0, window_s: float = 3600.0, max_pairs: int = 5_000):
@@ -57,12 +92,27 @@ class DnsTunnelingDetector(StateDocument):
         self.min_mean_length, self.typed_mean_length = min_mean_length, typed_mean_length
         self.window_ns, self.max_pairs = int(window_s * SECOND), max_pairs
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
-        self.touched = False
-        if dns is None or not len(dns):
-            return []
-        pairs = self._state["pairs"]
-        changed: dict[str, int] = {}
+    def new_state(self) -> TunnelingState:
+        return TunnelingState()
+
+    def _encode(self, state: TunnelingState) -> dict[str, Any]:
+        return {"windows": [[*pair, vars(w)] for pair, w in state.windows.items()]}
+
+    def _decode(self, document: dict[str, Any]) -> TunnelingState:
+        return TunnelingState({Pair(client, domain): NameWindow(**w) for client, domain, w in document["windows"]})
+
+    def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
+        return {"clock": clock_from_v0(document), "windows": [
+            [*Pair.from_v0(key), {new: p[old] for old, new in _V0_FIELDS.items()}]
+            for key, p in document["pairs"].items()]}
+
+    def _assess(self, batch: Batch) -> _Assessment:
+        dns = batch.dns
+        out = _Assessment()
+        if not len(dns):
+            return out
+        windows = out.windows
+        changed: dict[Pair, int] = {}
         names, types, times = dns["qname"].tolist(), dns["qtype"].tolist(), dns["ts"].tolist()
         for i, name in enumerate(names):
             if not name or name.endswith(_NEVER_JUDGED):
@@ -72,48 +122,63 @@ class DnsTunnelingDetector(StateDocument):
             if not sub:
                 continue
             endpoint = dns_client_endpoint(dns, i)
-            key = f"{endpoint['workload'] or endpoint['ip']}>{domain}"
-            p = pairs.get(key)
-            if p is None or times[i] - p["t0"] > self.window_ns:
-                alarmed = bool(p and p["alarm"])
-                p = pairs[key] = {"t0": times[i], "t": times[i], "hashes": [], "n": 0, "chars": 0, "hist": {},
-                                  "typed": 0, "alarm": alarmed, "reported": alarmed}
+            key = Pair(endpoint["workload"] or endpoint["ip"], domain)
+            p = windows.get(key)
+            if p is None:
+                known = self.state.windows.get(key)
+                if known is not None:
+                    p = windows[key] = NameWindow(known.window_start_ns, known.last_ns, list(known.name_hashes),
+                                                  known.distinct_names, known.subdomain_chars,
+                                                  dict(known.char_counts), known.tunnel_type_names, known.alarm,
+                                                  known.reported)
+            if p is None or times[i] - p.window_start_ns > self.window_ns:
+                alarmed = bool(p and p.alarm)
+                p = windows[key] = NameWindow(times[i], times[i], alarm=alarmed, reported=alarmed)
             digest = zlib.crc32(f"{name}\x1f{types[i]}".encode())
-            p["t"] = max(p["t"], times[i])
-            if digest in p["hashes"]:
+            p.last_ns = max(p.last_ns, times[i])
+            if digest in p.name_hashes:
+                if p.alarm:  # a tunnel's names asked again: scored again (reported once)
+                    changed[key] = i
                 continue
-            self.touched = True
-            if len(p["hashes"]) < _HASHES_KEPT:
-                p["hashes"].append(digest)
-            p["n"] += 1
-            p["typed"] += int(types[i] in _TUNNEL_TYPES or is_private_type(types[i]))
-            if p["n"] <= _HASHES_KEPT:  # the shape of names is known well long before
+            out.new_names = True
+            if len(p.name_hashes) < _HASHES_KEPT:
+                p.name_hashes.append(digest)
+            p.distinct_names += 1
+            p.tunnel_type_names += int(types[i] in _TUNNEL_TYPES or is_private_type(types[i]))
+            if p.distinct_names <= _HASHES_KEPT:  # the shape of names is known well long before
                 letters = sub.replace(".", "")
-                p["chars"] += len(letters)
-                hist = p["hist"]
+                p.subdomain_chars += len(letters)
+                counts = p.char_counts
                 for ch, count in Counter(letters).items():
-                    hist[ch] = hist.get(ch, 0) + count
+                    counts[ch] = counts.get(ch, 0) + count
             changed[key] = i
-        scores = [self._score(key, pairs[key], dns, i) for key, i in changed.items()]
-        self._state["pairs"] = bounded(pairs, self.max_pairs)
-        return scores
+        out.scores = [self._score(key, windows[key], dns, i) for key, i in changed.items()]
+        return out
 
-    def _score(self, key: str, p: dict[str, Any], dns: DnsMessages, i: int) -> Score:
-        measured = min(p["n"], _HASHES_KEPT)
-        mean_length = p["chars"] / measured if measured else 0.0
-        total = sum(p["hist"].values())
-        entropy = -sum(c / total * math.log2(c / total) for c in p["hist"].values()) if total else 0.0
-        typed = p["typed"] / p["n"] if p["n"] else 0.0
+    def _scores(self, assessment: _Assessment) -> list[Score]:
+        return assessment.scores
+
+    def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
+        """The windows take this batch's names (there is no baseline: a tunnel is judged by its shape)."""
+        if len(assessment.windows) or self.state.windows:
+            self.state.windows.update(assessment.windows)
+            self.state.windows = bounded(self.state.windows, self.max_pairs)
+        self.touched |= assessment.new_names
+
+    def _score(self, key: Pair, p: NameWindow, dns: DnsMessages, i: int) -> Score:
+        measured = min(p.distinct_names, _HASHES_KEPT)
+        mean_length = p.subdomain_chars / measured if measured else 0.0
+        total = sum(p.char_counts.values())
+        entropy = -sum(c / total * math.log2(c / total) for c in p.char_counts.values()) if total else 0.0
+        typed = p.tunnel_type_names / p.distinct_names if p.distinct_names else 0.0
         encoded = entropy >= self.min_entropy or mean_length >= self.min_mean_length or (
             typed >= 0.5 and mean_length >= self.typed_mean_length)
-        alarm = p["n"] >= self.min_names and encoded
-        fresh = alarm and not p["reported"]
-        p["reported"] |= alarm
-        p["alarm"] = alarm
-        domain = key.rsplit(">", 1)[1]
-        evidence = {"domain": domain, "distinct_names": p["n"], "mean_subdomain_length": round(mean_length, 1),
-                    "entropy_bits": round(entropy, 2), "tunnel_record_share": round(typed, 2),
-                    "example": str(dns["qname"][i])[:120]}
-        return Score(key, float(p["n"]) if encoded else 0.0, alarm, dns_client_endpoint(dns, i), p["t0"], p["t"],
-                     evidence, fresh=fresh, identity=(domain,))
-
+        alarm = p.distinct_names >= self.min_names and encoded
+        fresh = alarm and not p.reported
+        p.reported |= alarm
+        p.alarm = alarm
+        evidence = {"domain": key.target, "distinct_names": p.distinct_names,
+                    "mean_subdomain_length": round(mean_length, 1), "entropy_bits": round(entropy, 2),
+                    "tunnel_record_share": round(typed, 2), "example": str(dns["qname"][i])[:120]}
+        return Score(key, float(p.distinct_names) if encoded else 0.0, alarm, dns_client_endpoint(dns, i),
+                     p.window_start_ns, p.last_ns, evidence, fresh=fresh, identity=(key.target,))

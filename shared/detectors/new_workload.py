@@ -19,21 +19,48 @@ Score: 1.0 for a workload new to the baseline (it is scored once, the first time
 
 Example:
     >>> d = NewWorkloadDetector(learning_period_ns=3600 * 10**9)
-    >>> d.decide(d.update(flows))  # doctest: +SKIP
+    >>> d.observe(batch_of(flows))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from kubesonar.shared.alerts import Finding
-from kubesonar.shared.detectors import Score, decide_alarms
+
+from kubesonar.shared.detectors.base import Detector, Score
 from kubesonar.shared.flow import FlowRecords, address_text
-from kubesonar.shared.dns import DnsMessages
+from kubesonar.shared.identity import endpoint as make_endpoint
+from kubesonar.shared.identity import workload_keys
 from kubesonar.shared.pod_events import PodEvents
 
+if TYPE_CHECKING:
+    from kubesonar.shared.batch import Batch
+
 _Sighting = tuple[str, str, dict[str, str], int, str, str]  # key, images, endpoint, first seen, kind, name
+
+
+@dataclass
+class KnownWorkload:
+    first_seen_ns: int
+    status: str  # "learned" (part of the baseline) or "flagged" (reported, never learned)
+    images: dict[str, str] = field(default_factory=dict)  # image repositories -> learned or flagged
+
+
+@dataclass
+class NewWorkloadState:
+    workloads: dict[str, KnownWorkload] = field(default_factory=dict)  # by workload key
+
+
+@dataclass
+class _Assessment:
+    start_ns: int | None = None  # the earliest sighting (None: none)
+    learning: bool = False
+    scores: list[Score] = field(default_factory=list)
+    workloads: dict[str, KnownWorkload] = field(default_factory=dict)  # entries this batch changed
+    judged: list[tuple[str, str, bool]] = field(default_factory=list)  # (key, images, a new workload) scored
 
 
 def repositories(images: str) -> str:
@@ -55,15 +82,19 @@ def _sightings(flows: FlowRecords) -> list[_Sighting]:
         if not len(rows):
             continue
         cols = {f: flows[f"{side}_{f}"][rows] for f in ("namespace", "workload_kind", "workload_name", "images")}
-        keys = np.array([f"{a}/{b}/{c}\x1f{d}" for a, b, c, d in zip(*cols.values())], dtype=object)
+        names = workload_keys(cols["namespace"].tolist(), cols["workload_kind"].tolist(),
+                              cols["workload_name"].tolist())
+        keys = np.array([f"{key}\x1f{images}" for key, images in zip(names, cols["images"].tolist(), strict=True)],
+                        dtype=object)
         _, first = np.unique(keys, return_index=True)
         for i in first.tolist():
             row = rows[i]
             key, images = keys[i].split("\x1f")
             images = repositories(images)
-            endpoint = {"ip": address_text(flows[f"{side}_addr"][row]), "namespace": str(cols["namespace"][i]),
-                        "pod": str(flows[f"{side}_pod"][row]), "workload": key,
-                        "node": str(flows[f"{side}_node"][row]), "labels": str(flows[f"{side}_labels"][row])}
+            endpoint = make_endpoint(address_text(flows[f"{side}_addr"][row]), str(cols["namespace"][i]),
+                                     str(flows[f"{side}_pod"][row]), str(cols["workload_kind"][i]),
+                                     str(cols["workload_name"][i]), str(flows[f"{side}_node"][row]),
+                                     str(flows[f"{side}_labels"][row]))
             out.append((key, images, endpoint, int(flows["first_ts"][row]), str(cols["workload_kind"][i]),
                         str(cols["workload_name"][i])))
     return out
@@ -75,81 +106,98 @@ def _pod_sightings(pods: PodEvents) -> list[_Sighting]:
     for e in pods.iter_dicts():
         if e["event"] == "deleted" or not e["workload_name"]:
             continue
-        key = f"{e['namespace']}/{e['workload_kind']}/{e['workload_name']}"
-        endpoint = {"ip": e["addr"], "namespace": e["namespace"], "pod": e["pod"], "workload": key,
-                    "node": e["node"], "labels": e["labels"]}
+        endpoint = make_endpoint(e["addr"], e["namespace"], e["pod"], e["workload_kind"], e["workload_name"],
+                                 e["node"], e["labels"])
+        key = endpoint["workload"]
         out.append((key, repositories(e["images"]), endpoint, int(e["ts"]), e["workload_kind"], e["workload_name"]))
     return out
 
 
-class NewWorkloadDetector:
+class NewWorkloadDetector(Detector[NewWorkloadState, _Assessment]):
     rule_id = "new_workload"
 
-    def __init__(self, learning_period_ns: int, force_learning: bool = False):
-        self.learning_period_ns = learning_period_ns
-        self.force_learning = force_learning  # learn from these flows whatever the clock says (analyze --learn)
-        self._state = self._fresh_state()
+    def new_state(self) -> NewWorkloadState:
+        return NewWorkloadState()
 
-    @staticmethod
-    def _fresh_state() -> dict[str, Any]:
-        return {"workloads": {}, "learning_until_ns": None, "learning": True}
+    def _encode(self, state: NewWorkloadState) -> dict[str, Any]:
+        return {"workloads": {key: vars(w) for key, w in state.workloads.items()}}
 
-    def to_state(self) -> dict[str, Any]:
-        return self._state
+    def _decode(self, document: dict[str, Any]) -> NewWorkloadState:
+        return NewWorkloadState({key: KnownWorkload(**w) for key, w in document["workloads"].items()})
 
-    def from_state(self, state: dict[str, Any] | None) -> NewWorkloadDetector:
-        self._state = state or self._fresh_state()
-        return self
+    def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
+        # version 0 kept a "learning" flag that latched off when the period was over or ended by hand
+        return {"clock": {"until_ns": document["learning_until_ns"], "ended": not document["learning"]},
+                "workloads": {key: {"first_seen_ns": w["first_seen_ns"], "status": w["status"],
+                                    "images": dict(w.get("images", {}))}
+                              for key, w in document["workloads"].items()}}
 
     @property
     def learning(self) -> bool:
-        return bool(self._state["learning"])
+        return not self.clock.ended
 
-    def end_learning(self) -> None:
-        self._state["learning"] = False
-
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None,
-               dns: DnsMessages | None = None) -> list[Score]:
-        """Learn (while learning) the workloads seen in ``flows`` and in pods started (``pods``); score
-        each workload, or workload image set, new to the baseline 1.0."""
-        sightings = _sightings(flows) + (_pod_sightings(pods) if pods is not None else [])
-        self.touched = False  # whether the state changed (else the core skips the write)
+    def _assess(self, batch: Batch) -> _Assessment:
+        """Score each workload, or workload image set, new to the baseline 1.0; while learning, those
+        are scored as warming up (and learned)."""
+        sightings = _sightings(batch.flows) + _pod_sightings(batch.pods)
         if not sightings:
-            return []
+            return _Assessment()
         start = min(s[3] for s in sightings)
-        if self._state["learning_until_ns"] is None:
-            self._state["learning_until_ns"] = start + self.learning_period_ns
-            self.touched = True
-        if self._state["learning"] and not self.force_learning and start >= self._state["learning_until_ns"]:
-            self._state["learning"] = False
-            self.touched = True
-        learning = self._state["learning"] or self.force_learning
-        known = self._state["workloads"]
-        scores = []
+        out = _Assessment(start, self._learning(start))
+        known, changed = self.state.workloads, out.workloads
+        again: set[tuple[str, str]] = set()
         for key, images, endpoint, seen, kind, name in sorted(sightings, key=lambda s: s[3]):
-            entry = known.get(key)
-            if entry is not None and (not images or images in entry.setdefault("images", {})):
+            entry = changed.get(key) or known.get(key)
+            if entry is not None and (not images or images in entry.images):
+                status = entry.images.get(images, entry.status) if images else entry.status
+                if status == "flagged" and (key, images) not in again:  # scored again, reported once
+                    again.add((key, images))
+                    evidence = {"workload_kind": kind, "workload_name": name, "labels": endpoint["labels"],
+                                "images": images.split(",") if images else []}
+                    identity = () if entry.status == "flagged" else ("images", images)
+                    out.scores.append(Score(key, 1.0, True, endpoint, seen, seen, evidence, fresh=False,
+                                            warming_up=out.learning, identity=identity))
                 continue
-            self.touched = True  # everything below records something new
-            if entry is not None and not entry["images"]:  # known before its images were: take them
-                entry["images"][images] = entry["status"]
+            if entry is not None and key not in changed:
+                entry = changed[key] = KnownWorkload(entry.first_seen_ns, entry.status, dict(entry.images))
+            if entry is not None and not entry.images:  # known before its images were: take them
+                entry.images[images] = entry.status
                 continue
             # learned while learning; else kept as flagged, never learned: one alert stands for it
-            status = "learned" if learning else "flagged"
+            status = "learned" if out.learning else "flagged"
             evidence = {"workload_kind": kind, "workload_name": name, "images": images.split(",") if images else [],
                         "labels": endpoint["labels"]}
             if entry is None:
-                known[key] = {"first_seen_ns": seen, "status": status, "images": {images: status} if images else {}}
-                evidence["known_workloads"] = len(known) - 1
+                changed[key] = KnownWorkload(seen, status, {images: status} if images else {})
+                evidence["known_workloads"] = len(known) + sum(k not in known for k in changed) - 1
                 identity: tuple[str, ...] = ()
             else:  # a known workload running images it never ran: as new as a new workload
-                entry["images"][images] = status
-                evidence["known_images"] = sorted(i for i, st in entry["images"].items() if st == "learned")
+                entry.images[images] = status
+                evidence["known_images"] = sorted(i for i, st in entry.images.items() if st == "learned")
                 identity = ("images", images)
-            scores.append(Score(key, 1.0, True, endpoint, seen, seen, evidence, warming_up=learning,
-                                identity=identity))
-        return scores
+            out.judged.append((key, images, entry is None))
+            out.scores.append(Score(key, 1.0, True, endpoint, seen, seen, evidence, warming_up=out.learning,
+                                    identity=identity))
+        return out
 
-    def decide(self, scores: list[Score]) -> list[Finding]:
-        """A finding for each new workload seen after the learning period."""
-        return decide_alarms(self.rule_id, scores)
+    def _scores(self, assessment: _Assessment) -> list[Score]:
+        return assessment.scores
+
+    def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
+        """Workloads seen while learning are learned; a flagged one is kept as flagged, never learned."""
+        if assessment.start_ns is None:
+            return
+        self._start_clock(assessment.start_ns)
+        if not self.clock.ended and not self.force_learning and assessment.start_ns >= self.clock.until_ns:
+            self.clock.ended = True  # the period is over: it stays over, whatever order batches come in
+            self.touched = True
+        for key, images, new_entry in assessment.judged:  # protect the model: what was flagged stays so
+            status = "flagged" if key in flagged else "learned"
+            entry = assessment.workloads[key]
+            if new_entry:
+                entry.status = status
+            if images:
+                entry.images[images] = status
+        for key, entry in assessment.workloads.items():
+            self.state.workloads[key] = entry
+            self.touched = True

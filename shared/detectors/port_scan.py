@@ -23,8 +23,8 @@ Score: the source's log likelihood ratio (0 = no evidence, ln 99 = 4.6 decides).
 
 Example:
     >>> detector = PortScanDetector()
-    >>> detector.update(flows)  # doctest: +SKIP
-    >>> detector.decide(detector.update(more_flows))  # doctest: +SKIP
+    >>> detector.observe(batch_of(flows))  # doctest: +SKIP
+    >>> detector.observe(batch_of(more_flows))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -32,44 +32,115 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
-from typing import Any
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from kubesonar.shared.alerts import Finding
-from kubesonar.shared.detectors import Score, decide_alarms
+
+from kubesonar.shared.detectors.base import Detector, Score, clock_from_v0
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text, mix64
-from kubesonar.shared.dns import DnsMessages
-from kubesonar.shared.pod_events import PodEvents
+from kubesonar.shared.identity import endpoint, workload_key
+
+if TYPE_CHECKING:
+    from kubesonar.shared.batch import Batch
 
 _FAILED = (int(ConnState.ATTEMPTED), int(ConnState.REJECTED))
 
 
-class PortScanDetector:
+@dataclass
+class SourceWalk:
+    """A source's walk over its first contacts and what it tried (the evidence, if it is a scanner)."""
+
+    first_ns: int
+    last_ns: int = 0
+    log_likelihood_ratio: float = 0.0
+    failures: int = 0
+    successes: int = 0
+    failures_by_protocol: dict[str, int] = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)  # the first 64 addresses of failed contacts
+    ports: list[str] = field(default_factory=list)  # the first 256 "protocol/port" of failed contacts
+    scanner: bool = False
+
+    def copy(self) -> SourceWalk:
+        return SourceWalk(self.first_ns, self.last_ns, self.log_likelihood_ratio, self.failures, self.successes,
+                          dict(self.failures_by_protocol), list(self.targets), list(self.ports), self.scanner)
+
+
+@dataclass
+class PortScanState:
+    sources: dict[str, SourceWalk] = field(default_factory=dict)  # by workload key or address
+    # (source, contact) hashes already tried, sorted, in two generations: when the newer one holds
+    # half of max_contacts it becomes the older one and the oldest contacts are forgotten
+    newer_contacts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    older_contacts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+
+
+@dataclass
+class _Contacts:
+    """A batch's contact-eligible flows, in time order."""
+
+    col: dict[str, np.ndarray]  # the columns the walk reads
+    source: np.ndarray  # per row, its source's code
+    keys: list[str]  # source names by code
+    pairs: np.ndarray  # per row, the (source, contact) hash
+
+
+@dataclass
+class _Trials:
+    """A batch's first contacts (trials), grouped by source, time order kept within each."""
+
+    col: dict[str, np.ndarray]  # the columns the walk reads, of the trial-eligible rows in time order
+    keys: list[str]  # source names by code
+    new_contacts: np.ndarray  # (source, contact) hashes never tried before, sorted
+    order: np.ndarray  # rows of ``col`` that are first contacts, by source then time
+    starts: np.ndarray  # where each source's run starts in ``order``
+    ends: np.ndarray
+    sources: np.ndarray  # each run's source code
+    failed: np.ndarray  # per trial
+
+
+@dataclass
+class _Assessment:
+    scores: list[Score] = field(default_factory=list)
+    new_contacts: np.ndarray | None = None
+    sources: dict[str, SourceWalk] = field(default_factory=dict)  # the walks as this batch leaves them
+
+
+class PortScanDetector(Detector[PortScanState, _Assessment]):
     rule_id = "port_scan"
 
     def __init__(self, theta0: float = 0.8, theta1: float = 0.2, detection: float = 0.99,
                  false_alarm: float = 0.01, max_sources: int = 20_000, max_contacts: int = 262_144):
+        super().__init__()
         self.theta0, self.theta1 = theta0, theta1
         self.detection, self.false_alarm = detection, false_alarm
         self.max_sources, self.max_contacts = max_sources, max_contacts
-        self._sources: dict[str, dict[str, Any]] = {}
-        # (source, contact) hashes already tried, sorted, in two generations: when the newer one holds
-        # half of max_contacts it becomes the older one and the oldest contacts are forgotten
-        self._contacts = (np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.uint64))
 
     # -- state -------------------------------------------------------------------------------------
 
-    def to_state(self) -> dict[str, Any]:
-        return {"sources": self._sources, "contacts": [_pack(g) for g in self._contacts]}
+    def new_state(self) -> PortScanState:
+        return PortScanState()
 
-    def from_state(self, state: dict[str, Any] | None) -> PortScanDetector:
-        state = state or {}
-        self._sources = dict(state.get("sources", {}))
-        newer, older = state.get("contacts", ("", ""))
-        self._contacts = (_unpack(newer), _unpack(older))
-        return self
+    def _encode(self, state: PortScanState) -> dict[str, Any]:
+        return {"sources": {key: vars(w) for key, w in state.sources.items()},
+                "newer_contacts": _pack(state.newer_contacts), "older_contacts": _pack(state.older_contacts)}
 
-    # -- learning and scoring ------------------------------------------------------------------------
+    def _decode(self, document: dict[str, Any]) -> PortScanState:
+        sources = {key: SourceWalk(**w) for key, w in document["sources"].items()}
+        return PortScanState(sources, _unpack(document["newer_contacts"]), _unpack(document["older_contacts"]))
+
+    def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
+        newer, older = document.get("contacts", ("", ""))
+        sources = {key: {"first_ns": s["first_ts"], "last_ns": s.get("last_ts", 0), "log_likelihood_ratio": s["llr"],
+                         "failures": s["failures"], "successes": s["successes"],
+                         "failures_by_protocol": s.get("failures_by_proto", {}), "targets": s["targets"],
+                         "ports": s["ports"], "scanner": s["scanner"]}
+                   for key, s in document.get("sources", {}).items()}
+        return {"clock": clock_from_v0(document), "sources": sources, "newer_contacts": newer,
+                "older_contacts": older}
+
+    # -- scoring and learning --------------------------------------------------------------------------
 
     @property
     def _upper(self) -> float:
@@ -79,47 +150,99 @@ class PortScanDetector:
     def _lower(self) -> float:
         return math.log((1 - self.detection) / (1 - self.false_alarm))
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None,
-               dns: DnsMessages | None = None) -> list[Score]:
-        """Walk every source's first contacts in time order; return the sources that made some."""
-        self.touched = False  # whether the state changed (the core skips writing it back when not)
+    def _assess(self, batch: Batch) -> _Assessment:
+        """Walk every source's first contacts in time order; score the sources that made some, and the
+        known scanners that came back with none."""
+        out = _Assessment()
+        contacts = self._contacts(batch.flows)
+        if contacts is None:
+            return out
+        trials = self._first_contacts(contacts)
+        if trials is not None:
+            walk, peak = self._walk(trials)
+            out.new_contacts = trials.new_contacts
+            self._file(trials, walk, peak, out)
+        self._scanners_again(contacts, trials, out)
+        return out
+
+    def _scores(self, assessment: _Assessment) -> list[Score]:
+        return assessment.scores
+
+    def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
+        """Remember the contacts tried and the walks. A scan needs no baseline of normal: a flagged
+        source's walk is its evidence and stays (a scanner is not forgiven by its next batch)."""
+        if assessment.new_contacts is None:
+            return
+        self._remember(assessment.new_contacts)
+        self.state.sources.update(assessment.sources)
+        self._forget_oldest()
+        self.touched = True
+
+    def _contacts(self, flows: FlowRecords) -> _Contacts | None:
+        """The batch's contacts, in time order, each with its source and (source, contact) hash."""
         rows = np.flatnonzero(_trials(flows))
         if not len(rows):
-            return []
+            return None
         times = flows["first_ts"][rows]
         if (np.diff(times) < 0).any():  # sensors send batches in time order; sort only when they did not
             rows = rows[np.argsort(times, kind="stable")]
         col = {name: flows[name][rows] for name in _COLUMNS}  # only what the walk reads
         src_key, keys = _source_keys(col)
         contact = mix64([*_halves(col["dst_addr"]).T, col["proto"], col["dst_port"]])
-        # first contacts: the first flow of each (source, contact) in this batch, not seen in earlier ones
         owner_of = np.array([_key_hash(k) for k in keys], dtype=np.uint64)
-        pair = mix64([owner_of[src_key], contact])
-        distinct, first = np.unique(pair, return_index=True)
+        return _Contacts(col, src_key, keys, mix64([owner_of[src_key], contact]))
+
+    def _first_contacts(self, contacts: _Contacts) -> _Trials | None:
+        """The first flow of each (source, contact) in this batch that no earlier batch tried, grouped by
+        source; None when there are none."""
+        distinct, first = np.unique(contacts.pairs, return_index=True)
         new = ~self._tried(distinct)
         if not new.any():
-            return []
-        self._remember(distinct[new])  # sorted already
-        self.touched = True
+            return None
+        src_key = contacts.source
         first = np.sort(first[new])
-        order = first[_stable_order(src_key[first], len(keys))]  # by source, time order kept within each
+        order = first[_stable_order(src_key[first], len(contacts.keys))]  # by source, time order kept in each
         trial_src = src_key[order]
-        failed = np.isin(col["state"][order], _FAILED)
         starts = np.flatnonzero(np.r_[True, trial_src[1:] != trial_src[:-1]])
-        ends = np.r_[starts[1:], len(order)]
-        sources = trial_src[starts]
+        return _Trials(contacts.col, contacts.keys, distinct[new], order, starts, np.r_[starts[1:], len(order)],
+                       trial_src[starts], np.isin(contacts.col["state"][order], _FAILED))
 
+    def _scanners_again(self, contacts: _Contacts, trials: _Trials | None, out: _Assessment) -> None:
+        """Known scanners whose contacts in this batch were all tried before: scored again (a scanner
+        stays one), not fresh (nothing new to report)."""
+        known = self.state.sources
+        walked = set(trials.sources.tolist()) if trials is not None else set()
+        again = [code for code, key in enumerate(contacts.keys)
+                 if code not in walked and (w := known.get(key)) is not None and w.scanner]
+        col = contacts.col
+        for code in again:
+            rows = np.flatnonzero(contacts.source == code)
+            w, first, last = known[contacts.keys[code]], rows[0], rows[-1]
+            source = endpoint(address_text(col["src_addr"][first]), *(str(col[f"src_{name}"][first]) for name in (
+                "namespace", "pod", "workload_kind", "workload_name", "node", "labels")))
+            out.scores.append(Score(contacts.keys[code], w.log_likelihood_ratio, True, source,
+                                    int(col["first_ts"][first]), int(col["first_ts"][last]), _evidence(w),
+                                    fresh=False))
+
+    def _walk(self, trials: _Trials) -> tuple[np.ndarray, np.ndarray]:
+        """Each trial's log likelihood ratio, floored, from the source's earlier walk, and each source's peak."""
         fail_step = math.log((1 - self.theta1) / (1 - self.theta0))
         ok_step = math.log(self.theta1 / self.theta0)
-        steps = np.where(failed, fail_step, ok_step)
-        prior = np.array([self._sources.get(keys[k], {}).get("llr", 0.0) for k in sources.tolist()])
-        walk, peak = _floored_walks(steps, starts, prior, self._lower)
+        steps = np.where(trials.failed, fail_step, ok_step)
+        known = self.state.sources
+        prior = np.array([w.log_likelihood_ratio if (w := known.get(trials.keys[k])) else 0.0
+                          for k in trials.sources.tolist()])
+        return _floored_walks(steps, trials.starts, prior, self._lower)
 
-        # per-source figures, vectorised; the loop below only files them
+    def _file(self, trials: _Trials, walk: np.ndarray, peak: np.ndarray, out: _Assessment) -> None:
+        """Per source, its walk as this batch leaves it and its score: the figures are vectorised, the
+        loop only files them."""
+        col, order, starts, failed = trials.col, trials.order, trials.starts, trials.failed
         failures = np.add.reduceat(failed.astype(np.int64), starts)
         ts = col["first_ts"][order]
         first_row = order[starts]
-        endpoint_cols = {name: col[f"src_{name}"][first_row].tolist() for name in ("namespace", "pod", "node", "labels")}
+        endpoint_cols = {name: col[f"src_{name}"][first_row].tolist()
+                         for name in ("namespace", "workload_kind", "workload_name", "pod", "node", "labels")}
         failed_at = np.flatnonzero(failed)
         failed_group = np.searchsorted(starts, failed_at, side="right") - 1
         by_proto = _count_pairs(failed_group, col["proto"][order][failed_at])
@@ -127,54 +250,48 @@ class PortScanDetector:
         proto, port = col["proto"][order], col["dst_port"][order]
         src_text = _Texts(col["src_addr"][first_row])
         failed_split = np.split(failed_at, np.searchsorted(failed_group, np.arange(1, len(starts))))
-
-        scores = []
-        for g, (key_code, lo, hi) in enumerate(zip(sources.tolist(), starts.tolist(), ends.tolist())):
-            key = keys[key_code]
-            s = self._sources.setdefault(key, {"llr": 0.0, "failures": 0, "successes": 0,
-                                               "failures_by_proto": {}, "targets": [], "ports": [],
-                                               "scanner": False, "first_ts": int(ts[lo])})
+        runs = zip(trials.sources.tolist(), starts.tolist(), trials.ends.tolist(), strict=True)
+        for g, (key_code, lo, hi) in enumerate(runs):
+            key = trials.keys[key_code]
+            known = self.state.sources.get(key)
+            s = known.copy() if known is not None else SourceWalk(int(ts[lo]))
             n_failed = int(failures[g])
-            s["llr"] = float(walk[hi - 1])
-            s["scanner"] = bool(s["scanner"] or peak[g] >= self._upper)
-            s["failures"] += n_failed
-            s["successes"] += hi - lo - n_failed
-            s["last_ts"] = int(ts[hi - 1])
+            s.log_likelihood_ratio = float(walk[hi - 1])
+            s.scanner = bool(s.scanner or peak[g] >= self._upper)
+            s.failures += n_failed
+            s.successes += hi - lo - n_failed
+            s.last_ns = int(ts[hi - 1])
             if n_failed:
                 for p, n in by_proto.get(g, {}).items():
-                    s["failures_by_proto"][p] = s["failures_by_proto"].get(p, 0) + n
-                for i in failed_split[g][: max(0, 256 - len(s["ports"]))].tolist():
-                    _remember(s["targets"], dst_text[i], 64)
-                    _remember(s["ports"], f"{proto[i]}/{port[i]}", 256)
-            endpoint = {"ip": src_text[g],
-                        "namespace": endpoint_cols["namespace"][g], "pod": endpoint_cols["pod"][g],
-                        "workload": key if "/" in key else "", "node": endpoint_cols["node"][g],
-                        "labels": endpoint_cols["labels"][g]}
-            evidence = _evidence(s) if s["scanner"] else {}  # only a scanner's evidence is ever shown
-            scores.append(Score(key, s["llr"], s["scanner"], endpoint, int(ts[lo]), int(ts[hi - 1]), evidence,
-                                fresh=n_failed > 0))
-        self._forget_oldest()
-        return scores
+                    s.failures_by_protocol[p] = s.failures_by_protocol.get(p, 0) + n
+                for i in failed_split[g][: max(0, 256 - len(s.ports))].tolist():
+                    _remember(s.targets, dst_text[i], 64)
+                    _remember(s.ports, f"{proto[i]}/{port[i]}", 256)
+            out.sources[key] = s
+            source = endpoint(src_text[g], endpoint_cols["namespace"][g], endpoint_cols["pod"][g],
+                              endpoint_cols["workload_kind"][g], endpoint_cols["workload_name"][g],
+                              endpoint_cols["node"][g], endpoint_cols["labels"][g])
+            evidence = _evidence(s) if s.scanner else {}  # only a scanner's evidence is ever shown
+            out.scores.append(Score(key, s.log_likelihood_ratio, s.scanner, source, int(ts[lo]), int(ts[hi - 1]),
+                                    evidence, fresh=n_failed > 0))
 
     def _tried(self, pairs: np.ndarray) -> np.ndarray:
-        return _in_sorted(pairs, self._contacts[0]) | _in_sorted(pairs, self._contacts[1])
+        return _in_sorted(pairs, self.state.newer_contacts) | _in_sorted(pairs, self.state.older_contacts)
 
     def _remember(self, pairs: np.ndarray) -> None:
         """Merge sorted new pairs, none of them known, into the newer generation."""
-        newer, older = self._contacts
+        newer = self.state.newer_contacts
         newer = np.insert(newer, np.searchsorted(newer, pairs), pairs)
         if len(newer) >= self.max_contacts // 2:
-            newer, older = np.zeros(0, dtype=np.uint64), newer
-        self._contacts = (newer, older)
-
-    def decide(self, scores: list[Score]) -> list[Finding]:
-        """A finding for each source judged a scanner that failed new contacts in this batch."""
-        return decide_alarms(self.rule_id, scores)
+            self.state.newer_contacts, self.state.older_contacts = np.zeros(0, dtype=np.uint64), newer
+        else:
+            self.state.newer_contacts = newer
 
     def _forget_oldest(self) -> None:
-        if len(self._sources) > self.max_sources:
-            keep = sorted(self._sources, key=lambda k: self._sources[k].get("last_ts", 0))[-self.max_sources :]
-            self._sources = {k: self._sources[k] for k in keep}
+        sources = self.state.sources
+        if len(sources) > self.max_sources:
+            keep = sorted(sources, key=lambda k: sources[k].last_ns)[-self.max_sources:]
+            self.state.sources = {k: sources[k] for k in keep}
 
 
 def _trials(flows: FlowRecords) -> np.ndarray:
@@ -204,7 +321,7 @@ def _count_pairs(groups: np.ndarray, values: np.ndarray) -> dict[int, dict[str, 
     out: dict[int, dict[str, int]] = {}
     if len(groups):
         pairs, counts = np.unique(np.stack([groups, values.astype(np.int64)]), axis=1, return_counts=True)
-        for g, v, n in zip(*pairs.tolist(), counts.tolist()):
+        for g, v, n in zip(*pairs.tolist(), counts.tolist(), strict=False):
             out.setdefault(g, {})[str(v)] = n
     return out
 
@@ -219,9 +336,9 @@ def _source_keys(flows: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
     _, first, codes = np.unique(address_hash, return_index=True, return_inverse=True)
     names: dict[str, int] = {}
     group_code = [
-        names.setdefault(f"{ns}/{kind}/{name}" if name else address_text(addr), len(names))
+        names.setdefault(workload_key(ns, kind, name) or address_text(addr), len(names))
         for ns, kind, name, addr in zip(*(flows[c][first].tolist() for c in (
-            "src_namespace", "src_workload_kind", "src_workload_name", "src_addr")))
+            "src_namespace", "src_workload_kind", "src_workload_name", "src_addr")), strict=False)
     ]  # distinct hashes of one workload's pods share its code; a collision would merge two (2**-64)
     return np.array(group_code, dtype=np.int64)[codes.ravel()], list(names)
 
@@ -318,17 +435,17 @@ def _remember(items: list, value: str, limit: int) -> None:
         items.append(value)
 
 
-def _evidence(s: dict[str, Any]) -> dict[str, Any]:
-    hosts, ports = set(s["targets"]), set(s["ports"])
+def _evidence(s: SourceWalk) -> dict[str, Any]:
+    hosts, ports = set(s.targets), set(s.ports)
     kind = "vertical" if len(hosts) == 1 else "horizontal" if len(ports) == 1 else "mixed"
     return {
         "scan_kind": kind,
-        "failed_first_contacts": s["failures"],
-        "failed_by_protocol": _top(s.get("failures_by_proto", {}), 8),
-        "successful_first_contacts": s["successes"],
+        "failed_first_contacts": s.failures,
+        "failed_by_protocol": _top(s.failures_by_protocol, 8),
+        "successful_first_contacts": s.successes,
         "targets": sorted(hosts)[:20],
         "target_count": len(hosts),
         "ports": sorted(ports, key=lambda p: (p.split("/")[0], int(p.split("/")[1])))[:50],
         "port_count": len(ports),  # distinct ports among the first 256 failures
-        "log_likelihood_ratio": round(s["llr"], 3),
+        "log_likelihood_ratio": round(s.log_likelihood_ratio, 3),
     }

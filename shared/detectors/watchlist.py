@@ -16,26 +16,40 @@ Score: 1.0 per (pod, indicator), reported once.
 
 Example:
     >>> d = WatchlistDetector(LOADER.load(store)[0])
-    >>> d.decide(d.update(flows, None, dns))  # doctest: +SKIP
+    >>> d.observe(batch_of(flows, None, dns))  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from kubesonar.shared.detectors import Score, StateDocument, dns_client_endpoint, source_endpoint, subject_keys
-from kubesonar.shared.dns import DnsMessages
+
+from kubesonar.shared.detectors.base import Detector, Pair, Score, clock_from_v0
 from kubesonar.shared.flow import FlowRecords, address_bytes, address_text
+from kubesonar.shared.identity import dns_client_endpoint, source_endpoint, subject_keys
 from kubesonar.shared.netzones import Networks
-from kubesonar.shared.pod_events import PodEvents
 from kubesonar.shared.watchlist import WatchEntry
 
+if TYPE_CHECKING:
+    from kubesonar.shared.batch import Batch
 
-class WatchlistDetector(StateDocument):
+
+@dataclass
+class WatchlistState:
+    reported: dict[Pair, None] = field(default_factory=dict)  # (subject, indicator) pairs, oldest first
+
+
+@dataclass
+class _Assessment:
+    scores: list[Score]
+    reported: list[Pair]
+
+
+class WatchlistDetector(Detector[WatchlistState, _Assessment]):
     rule_id = "watchlist_hit"
-    EMPTY = {"seen": []}
     max_pairs = 20_000
 
     def __init__(self, *lists: Sequence[WatchEntry]):
@@ -43,22 +57,39 @@ class WatchlistDetector(StateDocument):
         index = _index(lists)
         self.entries, self._ips, self._ip_values, self._networks, self._nets, self._domains = index
 
-    def update(self, flows: FlowRecords, pods: PodEvents | None = None, dns: DnsMessages | None = None) -> list[Score]:
-        self.touched = False
+    def new_state(self) -> WatchlistState:
+        return WatchlistState()
+
+    def _encode(self, state: WatchlistState) -> dict[str, Any]:
+        return {"reported": [list(p) for p in state.reported]}
+
+    def _decode(self, document: dict[str, Any]) -> WatchlistState:
+        return WatchlistState(dict.fromkeys(Pair(*p) for p in document["reported"]))
+
+    def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
+        return {"clock": clock_from_v0(document), "reported": [list(Pair.from_v0(p)) for p in document["seen"]]}
+
+    def _assess(self, batch: Batch) -> _Assessment:
+        flows, dns = batch.flows, batch.dns
+        out = _Assessment([], [])
         if not self.entries:
-            return []
-        seen = dict.fromkeys(self._state["seen"])
-        scores: list[Score] = []
+            return out
+        new: dict[Pair, None] = {}
+        again: set[Pair] = set()
 
         def report(key: str, entry: WatchEntry, endpoint: dict, ts0: int, ts1: int, evidence: dict) -> None:
-            pair = f"{key}>{entry.indicator}"
-            if pair in seen or not entry.active(ts0):
+            pair = Pair(key, entry.indicator)
+            if pair in new or pair in again or not entry.active(ts0):
                 return
-            seen[pair] = None
-            self.touched = True
+            reported = pair in self.state.reported  # scored again, reported once
+            if reported:
+                again.add(pair)
+            else:
+                new[pair] = None
             evidence |= {"indicator": entry.indicator, "indicator_kind": entry.kind, "watchlist": entry.list_name,
                          "reason": entry.reason}
-            scores.append(Score(pair, 1.0, True, endpoint, ts0, ts1, evidence, identity=(entry.indicator,)))
+            out.scores.append(Score(pair, 1.0, True, endpoint, ts0, ts1, evidence, fresh=not reported,
+                                    identity=(entry.indicator,)))
 
         if len(flows):
             for side, other in (("dst", "src"), ("src", "dst")):
@@ -69,7 +100,7 @@ class WatchlistDetector(StateDocument):
                                 "port": int(flows["dst_port"][row]), "protocol": int(flows["proto"][row])}
                     report(key, entry, source_endpoint(flows, row, other), int(flows["first_ts"][row]),
                            int(flows["last_ts"][row]), evidence)
-        if dns is not None and len(dns) and self._domains:
+        if len(dns) and self._domains:
             for i, name in enumerate(dns["qname"].tolist()):
                 labels = name.split(".")
                 for k in range(len(labels) - 1):
@@ -79,8 +110,21 @@ class WatchlistDetector(StateDocument):
                         report(endpoint["workload"] or endpoint["ip"], entry, endpoint, int(dns["ts"][i]),
                                int(dns["ts"][i]), {"direction": "dns", "name": name})
                         break
-        self._state["seen"] = list(seen)[-self.max_pairs :]
-        return scores
+        out.reported = list(new)
+        return out
+
+    def _scores(self, assessment: _Assessment) -> list[Score]:
+        return assessment.scores
+
+    def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
+        """Hits are reported once: the pairs reported are remembered (there is no baseline to protect)."""
+        if not assessment.reported:
+            return
+        reported = self.state.reported
+        reported.update(dict.fromkeys(assessment.reported))
+        if len(reported) > self.max_pairs:
+            self.state.reported = dict.fromkeys(list(reported)[-self.max_pairs:])
+        self.touched = True
 
     def _flow_hits(self, flows: FlowRecords, side: str) -> list[tuple[int, WatchEntry]]:
         addresses = flows[f"{side}_addr"]
@@ -91,7 +135,7 @@ class WatchlistDetector(StateDocument):
             for row in np.flatnonzero(found).tolist():
                 hits.append((row, self._ips[address_text(addresses[row])]))
         if self._networks:
-            for entry, mask in zip(self._networks, self._nets.which(addresses)):
+            for entry, mask in zip(self._networks, self._nets.which(addresses), strict=False):
                 hits += [(row, entry) for row in np.flatnonzero(mask).tolist()]
         return sorted(hits, key=lambda h: int(flows["first_ts"][h[0]]))
 
@@ -102,7 +146,8 @@ _COMPILED: list = []  # [(the lists it was built from, the index)]: the last one
 def _index(lists: tuple[Sequence[WatchEntry], ...]) -> tuple:
     """Lookup structures of the entries, built once per set of lists: the core makes a detector for every
     batch, and a threat feed can hold tens of thousands of entries."""
-    if _COMPILED and len(_COMPILED[0][0]) == len(lists) and all(a is b for a, b in zip(_COMPILED[0][0], lists)):
+    if _COMPILED and len(_COMPILED[0][0]) == len(lists) and all(
+            a is b for a, b in zip(_COMPILED[0][0], lists, strict=True)):
         return _COMPILED[0][1]
     entries = [e for entry_list in lists for e in entry_list]
     ips = {e.indicator: e for e in entries if e.kind == "ip"}

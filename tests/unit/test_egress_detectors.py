@@ -7,18 +7,21 @@ import json
 
 import numpy as np
 
+from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import BatchHeader, decode_batch, encode_batch
+from kubesonar.shared.detectors import batch_of
 from kubesonar.shared.detectors.beaconing import BeaconingDetector, mad_floor
-from kubesonar.shared.detectors.dns_tunneling import DnsTunnelingDetector
 from kubesonar.shared.detectors.crypto_mining import CryptoMiningDetector
+from kubesonar.shared.detectors.dns_tunneling import DnsTunnelingDetector
 from kubesonar.shared.detectors.exfiltration import ExfiltrationDetector
 from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, process_batch
 from kubesonar.shared.ports import SystemClock
-from kubesonar.functions.local.notifier import CollectingNotifier
+
+from helpers import scores_of
 
 S = 1_000_000_000
 HOUR, DAY = 3600 * S, 86400 * S
@@ -48,8 +51,8 @@ def test_a_fixed_beacon_is_reported_after_seven_check_ins_and_poisson_traffic_is
     rng = np.random.default_rng(1)
     d = BeaconingDetector(learning_period_ns=0)
     fixed = [{"src": "10.1.0.5", "dst": "203.0.113.9", "t": T0 + k * 60 * S, "name": "implant"} for k in range(7)]
-    assert [s.alarm for s in d.update(flows(fixed[:6]))] == []  # 5 intervals: not yet judged
-    (score,) = d.update(flows(fixed[6:]))
+    assert [s.alarm for s in scores_of(d, flows(fixed[:6]))] == []  # 5 intervals: not yet judged
+    (score,) = scores_of(d, flows(fixed[6:]))
     assert score.alarm and score.endpoint["workload"] == "shop/Deployment/implant"
     # 300 pairs of Poisson arrivals, 40 connections each: requests, not a clock
     rows = [{"src": "10.1.0.9", "dst": f"198.18.{p // 250}.{p % 250}", "t": T0 + int(t * S), "name": "webhooks",
@@ -58,7 +61,7 @@ def test_a_fixed_beacon_is_reported_after_seven_check_ins_and_poisson_traffic_is
     rows.sort(key=lambda r: r["t"])
     poisson = BeaconingDetector(learning_period_ns=0)
     alarms = [s for chunk in np.array_split(np.arange(len(rows)), 40)
-              for s in poisson.update(flows([rows[i] for i in chunk])) if s.alarm]
+              for s in scores_of(poisson, flows([rows[i] for i in chunk])) if s.alarm]
     assert alarms == []
 
 
@@ -67,7 +70,7 @@ def test_jittered_beacons_need_more_check_ins_the_more_they_jitter():
     times = np.cumsum(120 * (1 + rng.uniform(-0.2, 0.2, 40)))
     d = BeaconingDetector(learning_period_ns=0)
     alarms = [k for k, t in enumerate(times)
-              if any(s.alarm for s in d.update(flows([{"src": "10.1.0.5", "dst": "203.0.113.9", "t": T0 + int(t * S)}])))]
+              if any(s.alarm for s in scores_of(d, flows([{"src": "10.1.0.5", "dst": "203.0.113.9", "t": T0 + int(t * S)}])))]
     assert alarms and 10 <= alarms[0] <= 30
     assert mad_floor(6) < mad_floor(24) < mad_floor(64)
 
@@ -76,48 +79,48 @@ def test_beacons_inside_the_cluster_and_learned_ones_are_not_judged():
     d = BeaconingDetector(learning_period_ns=DAY)
     learned = [{"src": "10.1.0.5", "dst": "198.18.20.8", "t": T0 + k * 60 * S, "name": "fx"} for k in range(30)]
     internal = [{"src": "10.1.0.6", "dst": "10.1.0.7", "t": T0 + DAY + k * 30 * S, "name": "prom"} for k in range(30)]
-    d.update(flows(learned))
+    scores_of(d, flows(learned))
     later = [dict(r, t=r["t"] + 2 * DAY) for r in learned]
-    assert not any(s.alarm for s in d.update(flows(later + internal)))
+    assert not any(s.alarm for s in scores_of(d, flows(later + internal)))
 
 
 def test_exfiltration_needs_a_baseline_and_flags_far_above_it_without_learning_the_theft():
     d = ExfiltrationDetector(learning_period_ns=0)
     day = [{"src": "10.1.0.5", "dst": f"198.51.100.{h % 4}", "t": T0 + h * HOUR, "out": 2_000_000 + h * 1000,
             "name": "api"} for h in range(30)]
-    assert not any(s.alarm for s in d.update(flows(day)))
+    assert not any(s.alarm for s in scores_of(d, flows(day)))
     theft = [{"src": "10.1.0.5", "dst": "203.0.113.80", "t": T0 + 31 * HOUR + k * S, "out": 20_000_000,
               "name": "api"} for k in range(5)]
-    (score,) = [s for s in d.update(flows(theft)) if s.alarm]
+    (score,) = [s for s in scores_of(d, flows(theft)) if s.alarm]
     assert score.evidence["bytes_this_hour"] == 100_000_000 and score.evidence["destination"] == "203.0.113.0/24"
-    d.update(flows([dict(theft[0], t=T0 + 33 * HOUR, out=1000)]))  # the theft's hour closes
-    history = d.to_state()["subjects"]["shop/Deployment/api"]["history"]
+    scores_of(d, flows([dict(theft[0], t=T0 + 33 * HOUR, out=1000)]))  # the theft's hour closes
+    history = d.to_state()["subjects"]["shop/Deployment/api"]["hourly_bytes"]
     assert max(history) < 10_000_000, "an hour that raised an alarm is never learned"
     again = [{"src": "10.1.0.5", "dst": "203.0.113.80", "t": T0 + 40 * HOUR, "out": 100_000_000, "name": "api"}]
-    assert [s.alarm for s in d.update(flows(again))] == [True]
+    assert [s.alarm for s in scores_of(d, flows(again))] == [True]
 
 
 def test_icmp_volume_is_exfiltration_without_a_baseline():
     d = ExfiltrationDetector(learning_period_ns=DAY)
     pings = [{"src": "10.1.0.5", "dst": "203.0.113.7", "t": T0 + k * S, "out": 60_000, "proto": 1, "port": 0}
              for k in range(20)]
-    assert any(s.alarm and s.evidence["kind"] == "icmp" for s in d.update(flows(pings)))
+    assert any(s.alarm and s.evidence["kind"] == "icmp" for s in scores_of(d, flows(pings)))
 
 
 def test_unusual_port_is_reported_once_an_hour_and_busy_workloads_make_no_network_findings():
     d = UnusualDestinationDetector(learning_period_ns=DAY)
     base = [{"src": "10.1.0.5", "dst": "198.51.100.20", "t": T0 + h * HOUR, "name": "api"} for h in range(26)]
     busy = [{"src": "10.1.0.6", "dst": f"{20 + h}.{h}.1.1", "t": T0 + h * HOUR, "name": "webhooks"} for h in range(26)]
-    assert d.decide(d.update(flows(base + busy))) == []
+    assert d.observe(batch_of(flows(base + busy))) == []
     after = T0 + 27 * HOUR
     odd = [{"src": "10.1.0.5", "dst": "198.51.100.20", "port": 4444 + k, "t": after + k * S, "name": "api"}
            for k in range(3)]
     new_network = [{"src": "10.1.0.6", "dst": "99.1.2.3", "t": after, "name": "webhooks"}]
-    findings = d.decide(d.update(flows(odd + new_network)))
+    findings = d.observe(batch_of(flows(odd + new_network)))
     assert [(f.source["workload"], f.evidence["kind"], f.evidence["port"]) for f in findings] == [
         ("shop/Deployment/api", "port", 4444)]  # one an hour: 4445 and 4446 wait, counted in the alert
     young = [{"src": "10.1.0.9", "dst": "198.51.100.20", "port": 9999, "t": after, "name": "born-today"}]
-    assert d.decide(d.update(flows(young))) == []  # a workload first seen today is still learning
+    assert d.observe(batch_of(flows(young))) == []  # a workload first seen today is still learning
 
 
 def _pipeline(tmp_path, config=CoreConfig(learning_period_s=0)):
@@ -161,10 +164,10 @@ def test_dns_tunnel_and_pool_lookups_from_dns_alone(tmp_path):
                "qtype": 1} for i in range(200)]
     dns = DnsMessages.from_rows(rows + benign)
     tunnel = DnsTunnelingDetector()
-    (finding,) = tunnel.decide(tunnel.update(FlowRecords.empty(), None, dns))
+    (finding,) = tunnel.observe(batch_of(FlowRecords.empty(), None, dns))
     assert finding.source["workload"] == "shop/Deployment/cart" and finding.evidence["domain"] == "example.net"
     mining = CryptoMiningDetector()
-    (pool,) = mining.decide(mining.update(FlowRecords.empty(), None, dns))
+    (pool,) = mining.observe(batch_of(FlowRecords.empty(), None, dns))
     assert pool.source["ip"] == "10.1.0.9" and pool.evidence["domain"] == "2miners.com"
 
 
@@ -172,9 +175,9 @@ def test_a_cronjob_s_schedule_is_not_a_beacon():
     nightly = flows([{"src": "10.1.0.5", "dst": "198.18.40.7", "t": T0 + k * DAY, "name": "backup"} for k in range(9)])
     nightly.columns["src_workload_kind"][:] = "CronJob"
     d = BeaconingDetector(learning_period_ns=0)
-    assert not any(s.alarm for s in d.update(nightly))
+    assert not any(s.alarm for s in scores_of(d, nightly))
     nightly.columns["src_workload_kind"][:] = "Deployment"
-    assert any(s.alarm for s in BeaconingDetector(learning_period_ns=0).update(nightly))
+    assert any(s.alarm for s in scores_of(BeaconingDetector(learning_period_ns=0), nightly))
 
 
 def test_an_allowlist_entry_by_workload_and_port_silences_a_beacon(tmp_path):
@@ -187,5 +190,5 @@ def test_an_allowlist_entry_by_workload_and_port_silences_a_beacon(tmp_path):
     beacon = [{"src": "10.1.0.5", "dst": "203.0.113.9", "t": T0 + k * 60 * S, "name": "licence", "port": port}
               for port in (8443, 9443) for k in range(8)]
     d = BeaconingDetector(learning_period_ns=0)
-    findings = d.decide(d.update(flows(sorted(beacon, key=lambda r: r["t"]))))
+    findings = d.observe(batch_of(flows(sorted(beacon, key=lambda r: r["t"]))))
     assert sorted((f.destination["port"], is_allowed(f, entries)) for f in findings) == [(8443, True), (9443, False)]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 from scapy.all import IP, TCP, UDP, Ether, PcapWriter, Raw
 
-from helpers import flows_of
 from kubesonar.sensor.flow_table import FlowTimeouts
+from kubesonar.shared.detectors import batch_of
+
+from helpers import flows_of
 
 T0 = 1_700_000_000.0
 
@@ -135,5 +137,5 @@ def test_a_flood_of_distinct_tuples_stays_within_the_cap_and_every_probe_is_stil
     assert largest <= 4096 and table.evicted > 50_000
     assert len(records) == 60_000 and int(records["packets_out"].sum()) == 60_000  # nothing lost
     detector = PortScanDetector()
-    (finding,) = detector.decide(detector.update(records))
+    (finding,) = detector.observe(batch_of(records))
     assert finding.source["ip"] == "10.0.0.99" and finding.evidence["target_count"] == 16

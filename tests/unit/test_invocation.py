@@ -106,19 +106,19 @@ def test_a_message_whose_scoring_fails_is_retried_without_reapplying_the_others(
     from kubesonar.shared.detectors.port_scan import PortScanDetector
 
     good = _scan_deliveries()
-    original = PortScanDetector.update
+    original = PortScanDetector.score
     calls = {"n": 0}
 
-    def breaks_on_the_second(self, flows, *rest):
+    def breaks_on_the_second(self, batch):
         calls["n"] += 1
         if calls["n"] == 2:
             raise RuntimeError("a detector bug")
-        return original(self, flows, *rest)
+        return original(self, batch)
 
-    monkeypatch.setattr(PortScanDetector, "update", breaks_on_the_second)
+    monkeypatch.setattr(PortScanDetector, "score", breaks_on_the_second)
     outcome = process_deliveries(good, deps)
     assert [i for i, _ in outcome.retry] == [good[1].id] and len(outcome.applied) == 3
-    monkeypatch.setattr(PortScanDetector, "update", original)
+    monkeypatch.setattr(PortScanDetector, "score", original)
     retried = process_deliveries([good[1]], deps)  # the transport redelivers it alone
     assert retried.applied == [good[1].id] and not retried.retry
     log = AppliedLog(read_document(deps.store, "state/c1/detectors.json")[0]["applied"])

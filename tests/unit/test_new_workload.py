@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from kubesonar.shared.detectors import batch_of
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.flow import FlowRecords, address_bytes
+
+from helpers import scores_of
 
 HOUR = 3600 * 10**9
 
@@ -24,7 +27,7 @@ def _flows(t0: int, *pods: tuple[str, str, str]) -> FlowRecords:
 
 def _run(*batches: FlowRecords):
     d = NewWorkloadDetector(HOUR)
-    return [d.decide(d.update(b)) for b in batches], d
+    return [d.observe(batch_of(b)) for b in batches], d
 
 
 def test_a_known_workload_with_new_images_is_reported_once_and_never_learned():
@@ -63,9 +66,9 @@ def test_a_pod_started_after_learning_is_a_new_workload_before_it_sends_a_packet
                                     "namespace": "shop", "pod": "miner-5b7c-x2x9q", "workload_kind": "Deployment",
                                     "workload_name": "miner", "node": "node-2", "images": "xmrig/xmrig:6.21"}])
     d = NewWorkloadDetector(HOUR)
-    d.update(_flows(0, ("cart", "shop/cart:1", "10.0.0.1")))
-    (finding,) = d.decide(d.update(FlowRecords.empty(), started))
+    scores_of(d, _flows(0, ("cart", "shop/cart:1", "10.0.0.1")))
+    (finding,) = d.observe(batch_of(FlowRecords.empty(), started))
     assert finding.source == {"ip": "10.0.0.7", "namespace": "shop", "pod": "miner-5b7c-x2x9q",
                               "workload": "shop/Deployment/miner", "node": "node-2", "labels": ""}
     assert finding.evidence["images"] == ["xmrig/xmrig"]
-    assert d.decide(d.update(_flows(3 * HOUR, ("miner", "xmrig/xmrig:6.21", "10.0.0.7")))) == []  # one alert
+    assert d.observe(batch_of(_flows(3 * HOUR, ("miner", "xmrig/xmrig:6.21", "10.0.0.7")))) == []  # one alert

@@ -8,8 +8,11 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kubesonar.shared.detectors import batch_of
 from kubesonar.shared.detectors.port_scan import PortScanDetector, _floored_walks
 from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
+
+from helpers import scores_of
 
 FAIL, OK = math.log(4), math.log(0.25)
 FLOOR = math.log(0.01 / 0.99)
@@ -46,23 +49,23 @@ def _flows(outcomes, src="10.0.0.9", t0=0, first_port=1):
 
 
 def test_four_failed_first_contacts_decide_and_three_do_not():
-    assert not PortScanDetector().decide(PortScanDetector().update(_flows("xxx")))
-    (finding,) = PortScanDetector().decide(PortScanDetector().update(_flows("xxxx")))
+    assert not PortScanDetector().observe(batch_of(_flows("xxx")))
+    (finding,) = PortScanDetector().observe(batch_of(_flows("xxxx")))
     assert finding.source["ip"] == "10.0.0.9" and finding.evidence["failed_first_contacts"] == 4
 
 
 def test_a_busy_healthy_client_is_no_scanner_and_its_history_cannot_hide_a_scan():
     d = PortScanDetector()
-    assert not d.decide(d.update(_flows("o" * 500 + "x" * 3 + "o" * 50)))
-    assert not d.decide(d.update(_flows("x" * 6, t0=10_000, first_port=2000)))  # from the floor, six do not
-    (finding,) = d.decide(d.update(_flows("x", t0=20_000, first_port=3000)))  # ... and the seventh does
+    assert not d.observe(batch_of(_flows("o" * 500 + "x" * 3 + "o" * 50)))
+    assert not d.observe(batch_of(_flows("x" * 6, t0=10_000, first_port=2000)))  # from the floor, six do not
+    (finding,) = d.observe(batch_of(_flows("x", t0=20_000, first_port=3000)))  # ... and the seventh does
     assert finding.evidence["successful_first_contacts"] == 550 and finding.evidence["failed_first_contacts"] == 10
 
 
 def test_state_carries_across_batches_and_repeats_are_not_trials():
     d = PortScanDetector()
-    d.update(_flows("xx"))
+    scores_of(d, _flows("xx"))
     state = d.to_state()
     d2 = PortScanDetector().from_state(state)
-    assert not d2.decide(d2.update(_flows("xx")))  # the same two contacts again: no new trials
-    assert d2.decide(d2.update(_flows("xxxx")))  # two new ones make four
+    assert not d2.observe(batch_of(_flows("xx")))  # the same two contacts again: no new trials
+    assert d2.observe(batch_of(_flows("xxxx")))  # two new ones make four
