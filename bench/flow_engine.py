@@ -34,7 +34,7 @@ def _dpkt(path: str, limit: int) -> float:
     n = 0
     start = time.perf_counter()
     with open(path, "rb") as f:
-        for ts, buf in dpkt.pcap.Reader(f):
+        for _ts, buf in dpkt.pcap.Reader(f):
             ip = dpkt.ethernet.Ethernet(buf).data
             l4 = ip.data
             key = (ip.src, ip.dst, getattr(l4, "sport", 0), getattr(l4, "dport", 0), ip.p)

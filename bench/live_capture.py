@@ -86,10 +86,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
+    from netns.node import namespace_node
 
     from kubesonar.functions.local.backend import LocalBackend
     from kubesonar.sensor.synthetic import syn_flood, write_synthetic_capture, write_traffic
-    from netns.node import namespace_node
 
     OUT.mkdir(exist_ok=True)
     traffic = OUT / "bench-full.pcap"

@@ -6,8 +6,9 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from datetime import UTC
 
 import click
 
@@ -386,9 +387,9 @@ def _write_flows(stream: Iterator[FlowRecords], fmt: str) -> None:
 
 def _cell(name: str, value: object) -> str:
     if name == "first_ts":
-        from datetime import datetime, timezone
+        from datetime import datetime
 
-        return datetime.fromtimestamp(float(value), tz=timezone.utc).strftime("%H:%M:%S.%f")
+        return datetime.fromtimestamp(float(value), tz=UTC).strftime("%H:%M:%S.%f")
     return str(value)
 
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 import itertools
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.sensor.offline import CaptureStats, Observed, read_captures
-from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch
 from kubesonar.shared.allowlist import load_allowlist
+from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch
 from kubesonar.shared.inventory import PodInventory
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, end_learning, process_batch
 from kubesonar.shared.ports import SystemClock

@@ -295,7 +295,7 @@ def _dns(cluster: Cluster, t0: float, rng, load: float) -> list[dict]:
                 ns = cluster.by_name[target].namespace
                 names += [f"{target}.{ns}.svc.cluster.local", f"{target}.{w.namespace}.svc.cluster.local"]
         n = rng.poisson(20 * load)
-        for i in range(n):
+        for _ in range(n):
             name = names[int(rng.integers(0, len(names)))]
             rows.append(_dns_row(cluster, w, t0 + float(rng.uniform(0, WINDOW_S)), coredns, name, rng))
     # the storefront's browsers are not in the cluster, but image-resizer fetches from a CDN: asset hosts

@@ -12,12 +12,12 @@ source; a benign capture (``none``) must raise nothing; ``not:type`` must not ra
 from __future__ import annotations
 
 import csv
-
-import click
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import click
 
 from kubesonar.compose import analyze
 from kubesonar.shared.alerts import rules

@@ -19,7 +19,6 @@ import urllib.request
 
 from kubesonar.sensor.synthetic import dns_message
 
-
 # -- Stratum v1 ------------------------------------------------------------------------------------
 
 

@@ -9,9 +9,9 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 SUBNET = "10.77.0"
 

@@ -64,4 +64,6 @@ export KUBESONAR_CHECKOV="$PWD/.venv-checkov/bin/checkov"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
+echo "ruff check ."
+.venv/bin/ruff check .
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

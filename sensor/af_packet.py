@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from kubesonar.sensor.bpf import BpfProgram, accept_all
-from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
+from kubesonar.sensor.packets import PacketBatch
 from kubesonar.shared.errors import CaptureError, ConfigError
 
 SOL_PACKET = 263
@@ -120,7 +120,8 @@ class RingSocket:
         # each header field of every frame as one strided view (frames are contiguous: blocks hold whole frames)
         words = np.frombuffer(self._map, dtype="<u4")
         step = c.frame_size // 4
-        self._status, self._len, self._snap = words[_STATUS // 4 :: step], words[_LEN // 4 :: step], words[_SNAPLEN // 4 :: step]
+        self._status, self._len = words[_STATUS // 4 :: step], words[_LEN // 4 :: step]
+        self._snap = words[_SNAPLEN // 4 :: step]
         self._sec, self._nsec = words[_SEC // 4 :: step], words[_NSEC // 4 :: step]
         self._mac = np.frombuffer(self._map, dtype="<u2")[_MAC // 2 :: c.frame_size // 2]
         self._pkttype = self.ring[_PKTTYPE :: c.frame_size]
@@ -148,7 +149,8 @@ class RingSocket:
         if self._skip_outgoing:
             frames = frames[self._pkttype[frames] != _PACKET_OUTGOING]
         return PacketBatch(
-            data=self.ring, offset=frames * c.frame_size + self._mac[frames], caplen=self._snap[frames].astype(np.int64),
+            data=self.ring, offset=frames * c.frame_size + self._mac[frames],
+            caplen=self._snap[frames].astype(np.int64),
             wirelen=self._len[frames].astype(np.int64),
             ts=self._sec[frames].astype(np.int64) * 1_000_000_000 + self._nsec[frames],
             linktype=np.full(len(frames), self.linktype),

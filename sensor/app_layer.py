@@ -14,6 +14,7 @@ import re
 
 import dpkt
 import numpy as np
+
 from kubesonar.sensor.dissect import PacketFields
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.shared.dns import DnsMessages

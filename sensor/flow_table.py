@@ -361,7 +361,8 @@ class FlowTable:
             group=group_id[piece_first], first_ts=ts[piece_first], last_ts=ts[piece_last], pkts=pkts,
             bytes=byts, flags=fl, icmp=icmp, icmp_error=np.logical_or.reduceat(icmp_err, piece_first),
             syn_seq=syn_seq,
-            tunnel=tunnel, rpc=np.maximum.reduceat(pf.rpc_code[sel], piece_first), init_is_a=init_is_a[p_seg], conn_start=seg_conn_start[p_seg],
+            tunnel=tunnel, rpc=np.maximum.reduceat(pf.rpc_code[sel], piece_first), init_is_a=init_is_a[p_seg],
+            conn_start=seg_conn_start[p_seg],
             rec_start=seg_rec_start[p_seg] + epoch[piece_first] * active,
         )
 

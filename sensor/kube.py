@@ -131,7 +131,8 @@ class KubeWatcher:
                 old = self._pods.get(uid)
                 if old is None:
                     self._apply(PodEventType.ADDED, pod)
-                elif _addresses(old) != _addresses(pod) or old["metadata"].get("labels") != pod["metadata"].get("labels"):
+                elif (_addresses(old) != _addresses(pod)
+                      or old["metadata"].get("labels") != pod["metadata"].get("labels")):
                     self._apply(PodEventType.MODIFIED, pod)
             self._services = services
             self._rebuild()

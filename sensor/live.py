@@ -21,8 +21,8 @@ from typing import Protocol
 import numpy as np
 
 from kubesonar.sensor.af_packet import RingConfig, RingSocket, SocketStats, list_interfaces, wait_readable
-from kubesonar.sensor.bpf import compile_filter
 from kubesonar.sensor.app_layer import DnsParser
+from kubesonar.sensor.bpf import compile_filter
 from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
 from kubesonar.sensor.observe import observe

@@ -265,5 +265,6 @@ def _write_pcap(path, c: dict[str, np.ndarray], start_s: float) -> None:
         rec[row, at : at + len(body)] = np.frombuffer(body, dtype=np.uint8)
     keep = np.arange(16 + width)[None, :] < (16 + caplen)[:, None]
     with open(path, "wb") as f:
-        f.write(np.array([0xA1B2C3D4, 0x00040002, 0, 0, SNAPLEN if width == SNAPLEN else 65535, 1], dtype="<u4").tobytes()[:24])
+        snaplen = SNAPLEN if width == SNAPLEN else 65535
+        f.write(np.array([0xA1B2C3D4, 0x00040002, 0, 0, snaplen, 1], dtype="<u4").tobytes()[:24])
         f.write(rec[keep].tobytes())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import zstandard
+
 from kubesonar.shared.columns import (
     Encoding,
     IntTransform,
@@ -143,7 +144,8 @@ def _encode_table(name: str, table: dict[str, np.ndarray], rows: int, schema: tu
 def _frame(header: BatchHeader, payload: bytes, compressed: bytes) -> bytes:
     head = _encode_header(header)
     crc = zlib.crc32(compressed, zlib.crc32(head))
-    return _PRELUDE.pack(MAGIC, FORMAT_VERSION, FLAG_ZSTD, len(head), len(compressed), len(payload), crc) + head + compressed
+    prelude = _PRELUDE.pack(MAGIC, FORMAT_VERSION, FLAG_ZSTD, len(head), len(compressed), len(payload), crc)
+    return prelude + head + compressed
 
 
 def _compression_params(level: int) -> zstandard.ZstdCompressionParameters:
@@ -252,7 +254,8 @@ def decode_batch(message: bytes, decoded_cap: int = DEFAULT_DECODED_CAP) -> Batc
     flows, side = _decode_payload(Reader(payload, "batch payload"), header.schema_version)
     if len(flows) != header.flow_count:
         raise BatchFormatError(f"header counts {header.flow_count} flows, payload holds {len(flows)}")
-    return Batch(header, flows, side.get(PodEvents.NAME, PodEvents.empty()), side.get(DnsMessages.NAME, DnsMessages.empty()))
+    return Batch(header, flows, side.get(PodEvents.NAME, PodEvents.empty()),
+                 side.get(DnsMessages.NAME, DnsMessages.empty()))
 
 
 def read_header(message: bytes) -> BatchHeader:

@@ -9,6 +9,7 @@ import struct
 from enum import IntEnum
 
 import numpy as np
+
 from kubesonar.shared.errors import BatchFormatError
 
 

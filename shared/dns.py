@@ -7,6 +7,7 @@ from enum import IntEnum
 from functools import lru_cache
 
 from publicsuffixlist import PublicSuffixList
+
 from kubesonar.shared.flow import Column
 from kubesonar.shared.table import Table
 

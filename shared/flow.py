@@ -220,7 +220,7 @@ def address_text(raw: bytes) -> str:
     """The 16 bytes flow records store, as text (IPv4-mapped addresses as IPv4)."""
     raw = bytes(raw)
     if raw[:12] == _V4_MAPPED:  # the common case, ten times faster than ipaddress
-        return "%d.%d.%d.%d" % tuple(raw[12:])
+        return "{}.{}.{}.{}".format(*raw[12:])
     addr = ipaddress.IPv6Address(raw)
     return str(addr.ipv4_mapped or addr)
 

@@ -4,7 +4,8 @@ kernel_packets, kernel_drops, ...), one batch at least every window, traffic or 
 - ``sensor_drops``: a window in which the kernel dropped at least 1,000 packets, or more than 1% of
   what it saw; the sensor is blind to part of the traffic (overload, or a flood meant to blind it).
 - ``sensor_silent``: a node whose sensor sent nothing for ``silent_after_s`` (default 60 s, six
-  10-second windows; reported between that and 4/3 of it, as heartbeats are recorded every third of it): stopped, crashed, cut off from the queue, or killed by an intruder.
+  10-second windows; reported between that and 4/3 of it, as heartbeats are recorded every third of
+  it): stopped, crashed, cut off from the queue, or killed by an intruder.
 
 Silence is noticed when any batch arrives (another node's) or on a scheduled check
 (:func:`kubesonar.shared.pipeline.check_sensors`), so a whole cluster going silent is seen too.

@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-
 OCSF_VERSION = "1.3.0"
 _SEVERITY_ID = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
-_STATUS_ID = {"open": 1, "acknowledged": 2, "resolved": 4, "false_positive": 4, "closed": 4}  # New, In Progress, Resolved
+# OCSF status_id: 1 New, 2 In Progress, 4 Resolved
+_STATUS_ID = {"open": 1, "acknowledged": 2, "resolved": 4, "false_positive": 4, "closed": 4}
 _STATUS_NAME = {1: "New", 2: "In Progress", 4: "Resolved"}
 
 

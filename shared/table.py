@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import numpy as np
+
 from kubesonar.shared.flow import Column, address_text, checked_columns
 
 

@@ -14,15 +14,16 @@ import uuid
 import numpy as np
 import pytest
 
-from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
-from conftest import PCAPS, REPO
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.sensor.queues import window_messages
-from kubesonar.sensor.spool import SpoolingPublisher
 from kubesonar.sensor.queues.sqs import LIMIT, SqsQueue
+from kubesonar.sensor.spool import SpoolingPublisher
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.pipeline import CoreConfig, detectors
+
+from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
+from conftest import PCAPS, REPO
 
 EVENT = json.loads((REPO / "tests" / "fixtures" / "aws" / "sqs-event.json").read_text())
 

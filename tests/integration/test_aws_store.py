@@ -5,10 +5,11 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from contract.object_store import ObjectStoreContract
+
+from kubesonar.functions.aws.store import S3ObjectStore
 
 from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
-from contract.object_store import ObjectStoreContract
-from kubesonar.functions.aws.store import S3ObjectStore
 
 
 class TestS3ObjectStore(ObjectStoreContract):

@@ -6,8 +6,9 @@ import csv
 
 import pytest
 
-from conftest import PCAPS
 from kubesonar.compose import analyze
+
+from conftest import PCAPS
 
 
 def _labels():

@@ -7,9 +7,9 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from conftest import PCAPS, REPO
-
 from lab.evaluate import evaluate_captures
+
+from conftest import PCAPS, REPO
 
 # One 8-second HTTP download (Trickbot, port 7080): no clock, no volume, no signature. Only a baseline
 # of the host (unusual_destination) or a threat feed (watchlist_hit) tells it, and a capture has neither.

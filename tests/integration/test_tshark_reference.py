@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from reference.tshark import tshark_flows
+
+from kubesonar.sensor.offline import CaptureStats
 
 from conftest import require_tool, shared_captures
 from helpers import flows_of
-from reference.tshark import tshark_flows
-from kubesonar.sensor.offline import CaptureStats
 
 
 def _ours(path) -> dict:

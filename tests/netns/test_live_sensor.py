@@ -11,12 +11,12 @@ import threading
 import time
 from collections import Counter
 
-from conftest import REPO, require_tool
-from netns.node import namespace_node
-
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.flow import FlowRecords, address_text
+from netns.node import namespace_node
+
+from conftest import REPO, require_tool
 
 WINDOW_S = 3.0
 

@@ -8,8 +8,9 @@ import subprocess
 import sys
 import time
 
-from conftest import require_tool
 from netns.node import namespace_node
+
+from conftest import require_tool
 
 _HTTP_CLIENT = """
 import sys, time, urllib.request

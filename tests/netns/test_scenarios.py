@@ -3,13 +3,14 @@ rule the scenario expects, and no pod that did nothing wrong is named by any rul
 
 from __future__ import annotations
 
-import pytest
 import os
 
-from conftest import require_tool
+import pytest
 
 from lab.netns import LabUnavailable, require_netns
 from lab.scenarios import SCENARIOS, run_scenario
+
+from conftest import require_tool
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])

@@ -6,11 +6,12 @@ import subprocess
 
 import pytest
 
-from conftest import PCAPS
 from kubesonar.compose import analyze
 from kubesonar.shared.alerts import Finding
 from kubesonar.shared.allowlist import is_allowed, load_allowlist
 from kubesonar.shared.errors import ConfigError
+
+from conftest import PCAPS
 
 SCAN = str(PCAPS / "portscan/evilfingers_nmap_TCP_SYN_SCAN.pcap")
 

@@ -4,7 +4,6 @@ and from hostile bytes."""
 from __future__ import annotations
 
 import numpy as np
-from conftest import PCAPS
 
 from kubesonar.sensor.app_layer import DnsParser, rpc_method_codes
 from kubesonar.sensor.capture_file import read_capture
@@ -13,6 +12,8 @@ from kubesonar.sensor.offline import CaptureStats, read_captures
 from kubesonar.sensor.synthetic import dns_message, tcp_sessions, write_traffic
 from kubesonar.shared.dns import DnsMessages, registered_domain
 from kubesonar.shared.mining import RPC_METHODS
+
+from conftest import PCAPS
 
 
 def _dns(path) -> DnsMessages:

@@ -13,7 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kubesonar.shared.batch import (
-    EVENT_GRID_LIMIT, MIN_LIMIT, SQS_LIMIT, BatchHeader, decode_batch, encode_batch,
+    EVENT_GRID_LIMIT,
+    MIN_LIMIT,
+    SQS_LIMIT,
+    BatchHeader,
+    decode_batch,
+    encode_batch,
 )
 from kubesonar.shared.errors import BatchFormatError
 from kubesonar.shared.flow import FLOW_COLUMNS, FlowRecords

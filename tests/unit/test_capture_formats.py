@@ -6,14 +6,32 @@ import struct
 
 import pytest
 from scapy.all import (
-    ICMP, IP, TCP, UDP, VXLAN, CookedLinux, CookedLinuxV2, Dot1AD, Dot1Q, Ether, ICMPv6DestUnreach,
-    IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop, IPv6ExtHdrRouting, PcapNgWriter,
-    PcapWriter, Raw, fragment,
+    ICMP,
+    IP,
+    TCP,
+    UDP,
+    VXLAN,
+    CookedLinux,
+    CookedLinuxV2,
+    Dot1AD,
+    Dot1Q,
+    Ether,
+    ICMPv6DestUnreach,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+    IPv6ExtHdrRouting,
+    PcapNgWriter,
+    PcapWriter,
+    Raw,
+    fragment,
 )
 from scapy.contrib.geneve import GENEVE
 
-from helpers import flows_of
 from kubesonar.sensor.offline import CaptureStats
+
+from helpers import flows_of
 
 T0 = 1_700_000_000.0
 

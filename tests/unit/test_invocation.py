@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 
-from conftest import PCAPS, REPO
 from kubesonar.compose import analyze
 from kubesonar.demo import demo_captures
 from kubesonar.functions.local.notifier import CollectingNotifier
@@ -20,6 +19,8 @@ from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.pipeline import CoreConfig, Delivery, Dependencies, process_deliveries
 from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.state import read_document
+
+from conftest import PCAPS, REPO
 
 
 class CountingStore:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import multiprocessing
 
 import pytest
-
 from contract.object_store import ObjectStoreContract
+
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.state import read_document, update_document
 
