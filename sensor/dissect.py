@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-from kubesonar.sensor.dissect_kernel import dissect_batch
 from kubesonar.sensor.packets import PacketBatch
+from kubesonar.sensor.record_walk import dissect_batch
 from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 
 LINKTYPE_NULL = 0

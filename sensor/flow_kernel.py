@@ -12,19 +12,35 @@ power-of-two array of slot + 1 (0: empty) probed linearly from the key's hash.
 from __future__ import annotations
 
 import numpy as np
-from kubesonar.sensor.record_walk import njit
+from kubesonar.sensor.flow_layout import (
+    BATCH_SYN_SEQ,
+    BYTES_A,
+    BYTES_B,
+    CLOSED_BITS,
+    CONN_START,
+    DECIDED,
+    FIRST_TS,
+    FLAGS_A,
+    FLAGS_B,
+    ICMP_CODE,
+    ICMP_ERROR,
+    ICMP_TYPE,
+    INIT_IS_A,
+    LAST_TS,
+    LIVE,
+    META_FREE_TOP,
+    META_LIVE,
+    META_NEXT_SLOT,
+    PKTS_A,
+    PKTS_B,
+    REC_START,
+    RPC,
+    SEG_BATCH,
+    STAMP,
+    SYN_SEQ,
+)
+from kubesonar.sensor.jit import njit
 from kubesonar.shared.flow import EndReason
-
-# num columns
-FIRST_TS, LAST_TS, CONN_START, REC_START = 0, 1, 2, 3
-PKTS_A, PKTS_B, BYTES_A, BYTES_B, FLAGS_A, FLAGS_B = 4, 5, 6, 7, 8, 9
-INIT_IS_A, ICMP_TYPE, ICMP_CODE, ICMP_ERROR, SYN_SEQ, RPC, LIVE = 10, 11, 12, 13, 14, 15, 16
-# per-batch scratch: which batch last touched the flow, what it saw of the 5-tuple in that batch
-STAMP, CLOSED_BITS, BATCH_SYN_SEQ, SEG_BATCH, DECIDED = 17, 18, 19, 20, 21
-N_COLS = 22
-
-# meta: allocation state shared with Python
-META_NEXT_SLOT, META_FREE_TOP, META_LIVE = 0, 1, 2
 
 NO_ICMP = -1
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10

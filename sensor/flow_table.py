@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from kubesonar.sensor import flow_kernel as kernel
+from kubesonar.sensor import flow_layout as layout
+from kubesonar.sensor import record_walk as kernel
 from kubesonar.sensor.dissect import PacketFields
 from kubesonar.shared.flow import (
     EndReason,
@@ -61,7 +62,7 @@ class _Table:
     def __init__(self, capacity: int):
         self.key = np.zeros((capacity, 5), dtype=np.uint64)
         self.tun = np.zeros((capacity, 5), dtype=np.uint64)
-        self.num = np.zeros((capacity, kernel.N_COLS), dtype=np.int64)
+        self.num = np.zeros((capacity, layout.N_COLS), dtype=np.int64)
         self.index = np.zeros(_index_size(capacity), dtype=np.int64)
         self.free = np.zeros(capacity, dtype=np.int64)
         self.meta = np.zeros(3, dtype=np.int64)  # next slot, free stack top, live flows
@@ -72,23 +73,23 @@ class _Table:
 
     @property
     def used(self) -> int:
-        return int(self.meta[kernel.META_NEXT_SLOT])
+        return int(self.meta[layout.META_NEXT_SLOT])
 
     def make_room(self) -> None:
         """Called when the kernel stopped for want of a slot or of index space."""
-        if self.used == self.capacity and self.meta[kernel.META_FREE_TOP] == 0:
+        if self.used == self.capacity and self.meta[layout.META_FREE_TOP] == 0:
             capacity = self.capacity * 2
             for name in ("key", "tun", "num", "free"):
                 arr = getattr(self, name)
                 bigger = np.zeros((capacity,) + arr.shape[1:], dtype=arr.dtype)
                 bigger[: len(arr)] = arr
                 setattr(self, name, bigger)
-        if (self.meta[kernel.META_LIVE] + 1) * 2 > len(self.index) or len(self.index) < _index_size(self.capacity):
+        if (self.meta[layout.META_LIVE] + 1) * 2 > len(self.index) or len(self.index) < _index_size(self.capacity):
             self.index = np.zeros(max(_index_size(self.capacity), len(self.index) * 2), dtype=np.int64)
             kernel.rehash(self.index, self.key, self.num, self.used)
 
     def live_slots(self) -> np.ndarray:
-        return np.flatnonzero(self.num[: self.used, kernel.LIVE])
+        return np.flatnonzero(self.num[: self.used, layout.LIVE])
 
     def release(self, slots: np.ndarray) -> None:
         kernel.release(self.index, self.key, self.num, self.free, self.meta, slots.astype(np.int64))
@@ -129,7 +130,7 @@ class FlowTable:
         self.watermark_ns = 0  # the latest packet time seen
 
     def __len__(self) -> int:
-        return int(self._t.meta[kernel.META_LIVE])
+        return int(self._t.meta[layout.META_LIVE])
 
     # -- public --------------------------------------------------------------------------------------
 
@@ -147,7 +148,7 @@ class FlowTable:
             return FlowRecords.empty()
         live = self._t.live_slots()
         excess = len(live) - self.max_flows * 9 // 10  # room for the next batch's new flows
-        last_ts = self._t.num[live, kernel.LAST_TS]
+        last_ts = self._t.num[live, layout.LAST_TS]
         oldest = live[np.argpartition(last_ts, excess - 1)[:excess]]
         self.evicted += len(oldest)
         return self._end_slots(oldest, EndReason.EVICTED)
@@ -157,14 +158,14 @@ class FlowTable:
         t = self.timeouts
         live = self._t.live_slots()
         num = self._t.num[live]
-        quiet_ns = now_ns - num[:, kernel.LAST_TS]
+        quiet_ns = now_ns - num[:, layout.LAST_TS]
         due = quiet_ns > t.idle_ns
         if t.ended_s is not None:
-            fa, fb = num[:, kernel.FLAGS_A], num[:, kernel.FLAGS_B]
-            over = (((fa | fb) & _RST) != 0) | ((fa & fb & _FIN) != 0) | (num[:, kernel.ICMP_ERROR] != 0)
+            fa, fb = num[:, layout.FLAGS_A], num[:, layout.FLAGS_B]
+            over = (((fa | fb) & _RST) != 0) | ((fa & fb & _FIN) != 0) | (num[:, layout.ICMP_ERROR] != 0)
             due |= over & (quiet_ns > int(t.ended_s * SECOND))
         if t.unanswered_s is not None:
-            from_responder = np.where(num[:, kernel.INIT_IS_A] != 0, num[:, kernel.PKTS_B], num[:, kernel.PKTS_A])
+            from_responder = np.where(num[:, layout.INIT_IS_A] != 0, num[:, layout.PKTS_B], num[:, layout.PKTS_A])
             due |= (from_responder == 0) & (quiet_ns > int(t.unanswered_s * SECOND))
         return self._end_slots(live[due], EndReason.IDLE_TIMEOUT)
 
@@ -180,7 +181,7 @@ class FlowTable:
         n = len(b.order)
         out_key = np.empty((n, 5), dtype=np.uint64)
         out_tun = np.empty((n, 5), dtype=np.uint64)
-        out_num = np.empty((n, kernel.N_COLS), dtype=np.int64)
+        out_num = np.empty((n, layout.N_COLS), dtype=np.int64)
         out_reason = np.empty(n, dtype=np.uint8)
         pf, t, done, n_out = b.fields, self._t, 0, 0
         while True:
@@ -218,11 +219,11 @@ def _addr(halves: np.ndarray) -> np.ndarray:
 def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason) -> FlowRecords:
     """Records from table rows (see :mod:`kubesonar.sensor.flow_kernel` for the layout)."""
     n = len(key)
-    init_is_a = num[:, kernel.INIT_IS_A] != 0
+    init_is_a = num[:, layout.INIT_IS_A] != 0
     ia = init_is_a[:, None]
-    pkts = num[:, kernel.PKTS_A : kernel.PKTS_B + 1]
-    byts = num[:, kernel.BYTES_A : kernel.BYTES_B + 1]
-    flags = num[:, kernel.FLAGS_A : kernel.FLAGS_B + 1]
+    pkts = num[:, layout.PKTS_A : layout.PKTS_B + 1]
+    byts = num[:, layout.BYTES_A : layout.BYTES_B + 1]
+    flags = num[:, layout.FLAGS_A : layout.FLAGS_B + 1]
     out_col = np.where(init_is_a, 0, 1)
     rows = np.arange(n)
     port_a, port_b, proto = _unpack_ports(key[:, 4])
@@ -233,8 +234,8 @@ def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason) -> FlowR
     cols["src_port"] = np.where(init_is_a, port_a, port_b).astype(np.uint16)
     cols["dst_port"] = np.where(init_is_a, port_b, port_a).astype(np.uint16)
     cols["proto"] = proto.astype(np.uint8)
-    cols["first_ts"] = num[:, kernel.FIRST_TS]
-    cols["last_ts"] = num[:, kernel.LAST_TS]
+    cols["first_ts"] = num[:, layout.FIRST_TS]
+    cols["last_ts"] = num[:, layout.LAST_TS]
     cols["packets_out"] = pkts[rows, out_col].astype(np.uint64)
     cols["packets_in"] = pkts[rows, 1 - out_col].astype(np.uint64)
     cols["bytes_out"] = byts[rows, out_col].astype(np.uint64)
@@ -242,15 +243,15 @@ def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason) -> FlowR
     cols["flags_out"] = flags[rows, out_col].astype(np.uint8)
     cols["flags_in"] = flags[rows, 1 - out_col].astype(np.uint8)
     cols["state"] = connection_state(proto, cols["flags_out"], cols["flags_in"], cols["packets_in"],
-                                     num[:, kernel.ICMP_ERROR] != 0)
-    cols["icmp_type"] = num[:, kernel.ICMP_TYPE].astype(np.int16)
-    cols["icmp_code"] = num[:, kernel.ICMP_CODE].astype(np.int16)
+                                     num[:, layout.ICMP_ERROR] != 0)
+    cols["icmp_type"] = num[:, layout.ICMP_TYPE].astype(np.int16)
+    cols["icmp_code"] = num[:, layout.ICMP_CODE].astype(np.int16)
     cols["end_reason"] = np.broadcast_to(np.asarray(reason, dtype=np.uint8), (n,)).copy()
     cols["tunnel_src"] = _addr(tun[:, 0:2])
     cols["tunnel_dst"] = _addr(tun[:, 2:4])
     cols["tunnel_id"] = tun[:, 4].astype(np.uint32)
-    cols["conn_start"] = num[:, kernel.CONN_START]
-    rpc = num[:, kernel.RPC]
+    cols["conn_start"] = num[:, layout.CONN_START]
+    rpc = num[:, layout.RPC]
     if rpc.any():
         cols["rpc_method"] = _RPC_NAMES[rpc]
     return rec
