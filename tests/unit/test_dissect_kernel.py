@@ -55,3 +55,16 @@ def test_qinq_pppoe_session_packets_make_flows(tmp_path):
     records = [r for rs in flows_from_captures([path], stats=stats) for r in rs.iter_dicts()]
     assert [(r["src_ip"], r["dst_port"], r["packets_out"]) for r in records] == [("10.0.0.1", 80, 3)]
     _assert_same(next(iter(read_capture(path))))
+
+
+def test_every_packet_that_joins_no_flow_is_counted_by_reason(tmp_path):
+    from scapy.all import ARP
+
+    path = tmp_path / "mixed.pcap"
+    ip = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=80)
+    cut = Ether(bytes(ip)[:20])  # the IP header cut after 6 bytes
+    wrpcap(str(path), [ip, Ether() / ARP(), Ether() / ARP(), cut])
+    stats = CaptureStats()
+    list(flows_from_captures([path], stats=stats))
+    assert (stats.unplaced_not_ip, stats.unplaced_truncated, stats.unplaced_unknown_linktype) == (2, 1, 0)
+    assert stats.unplaced_not_ip + stats.unplaced_truncated == stats.packets - stats.ip_packets
