@@ -19,10 +19,13 @@ _MAPPED = np.uint64(0xFFFF << 32)
 def _rd(data, base, caplen, pos, size) -> int:
     if pos < 0 or pos + size > caplen:
         return 0
-    v = 0
-    for k in range(size):
-        v = (v << 8) | np.int64(data[base + pos + k])
-    return v
+    at = base + pos
+    if size == 1:
+        return np.int64(data[at])
+    if size == 2:
+        return (np.int64(data[at]) << 8) | np.int64(data[at + 1])
+    return ((np.int64(data[at]) << 24) | (np.int64(data[at + 1]) << 16) | (np.int64(data[at + 2]) << 8)
+            | np.int64(data[at + 3]))
 
 
 @njit(cache=True, nogil=True)

@@ -3,14 +3,19 @@
 The native module (``kubesonar.sensor._native``, built by ``python -m kubesonar.sensor.build_native``
 at image and zip build) holds the kernels compiled ahead of time: loading it takes milliseconds and
 needs neither numba nor a writable cache, as on a read-only root filesystem. Without it the same
-kernels are compiled by numba on first use and cached (NUMBA_CACHE_DIR).
+kernels are compiled by numba on first use and cached (NUMBA_CACHE_DIR; sensor/jit.py). Setting
+KUBESONAR_NATIVE=0 uses the JIT kernels even where the native module exists.
 """
 
 from __future__ import annotations
 
+import os
+
 from kubesonar.sensor.walk_codes import STOP_CORRUPT, STOP_FULL, STOP_NEED_DATA, STOP_OTHER_BLOCK
 
 try:
+    if os.environ.get("KUBESONAR_NATIVE", "1") == "0":  # tests compare both paths
+        raise ImportError("native kernels switched off by KUBESONAR_NATIVE=0")
     from kubesonar.sensor._native import (
         add_packets,
         dissect_batch,

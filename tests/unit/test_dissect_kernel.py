@@ -68,3 +68,22 @@ def test_every_packet_that_joins_no_flow_is_counted_by_reason(tmp_path):
     list(flows_from_captures([path], stats=stats))
     assert (stats.unplaced_not_ip, stats.unplaced_truncated, stats.unplaced_unknown_linktype) == (2, 1, 0)
     assert stats.unplaced_not_ip + stats.unplaced_truncated == stats.packets - stats.ip_packets
+
+
+def test_native_and_jit_kernels_give_the_same_flows():
+    """The flows of a capture through the JIT kernels (KUBESONAR_NATIVE=0) equal those of this process,
+    which runs the native module where it was built."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    path = str(shared_captures()[4])
+    code = ("import sys, json\nfrom kubesonar.sensor.offline import flows_from_captures\n"
+            "from kubesonar.sensor.record_walk import NATIVE\nassert not NATIVE\n"
+            "print(json.dumps(sorted(json.dumps(r, sort_keys=True) for rs in flows_from_captures([sys.argv[1]])"
+            " for r in rs.iter_dicts())))")
+    env = {**os.environ, "KUBESONAR_NATIVE": "0"}
+    out = subprocess.run([sys.executable, "-c", code, path], env=env, check=True, capture_output=True, text=True)
+    here = sorted(json.dumps(r, sort_keys=True) for rs in flows_from_captures([path]) for r in rs.iter_dicts())
+    assert json.loads(out.stdout) == here and here
