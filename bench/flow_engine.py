@@ -38,7 +38,7 @@ def _dpkt(path: str, limit: int) -> float:
     n = 0
     start = time.perf_counter()
     with open(path, "rb") as f:
-        for ts, buf in dpkt.pcap.Reader(f):
+        for _ts, buf in dpkt.pcap.Reader(f):
             ip = dpkt.ethernet.Ethernet(buf).data
             l4 = ip.data
             key = (ip.src, ip.dst, getattr(l4, "sport", 0), getattr(l4, "dport", 0), ip.p)
@@ -81,7 +81,8 @@ def _ensure_native() -> bool:
     if not record_walk.NATIVE and shutil.which("cc"):
         subprocess.run([sys.executable, "-m", "kubesonar.sensor.build_native"], check=True, capture_output=True)
     check = "from kubesonar.sensor.record_walk import NATIVE; print(NATIVE)"
-    return subprocess.run([sys.executable, "-c", check], check=False, capture_output=True, text=True).stdout.strip() == "True"
+    found = subprocess.run([sys.executable, "-c", check], check=False, capture_output=True, text=True)
+    return found.stdout.strip() == "True"
 
 
 def _timed(cmd: list[str]) -> tuple[float, float]:

@@ -29,9 +29,10 @@ _SIGNATURES = {
 
 
 def build(output_dir: Path) -> Path:
-    from kubesonar.sensor import dissect_kernel, flow_kernel, walk_kernel
     from numba.core.errors import NumbaPendingDeprecationWarning
     from numba.pycc import CC
+
+    from kubesonar.sensor import dissect_kernel, flow_kernel, walk_kernel
 
     kernels = {
         "walk_pcap": walk_kernel.walk_pcap, "walk_pcapng": walk_kernel.walk_pcapng,

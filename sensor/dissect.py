@@ -1,5 +1,5 @@
-"""Packet dissection: link layer (VLAN, QinQ, PPPoE session), IPv4/IPv6 (extension headers, fragments), TCP/UDP/SCTP/ICMP,
-ICMP errors attributed to the flow they quote, and VXLAN/Geneve decapsulation.
+"""Packet dissection: link layer (VLAN, QinQ, PPPoE session), IPv4/IPv6 (extension headers, fragments),
+TCP/UDP/SCTP/ICMP, ICMP errors attributed to the flow they quote, and VXLAN/Geneve decapsulation.
 
 Every step reads one field for all packets of a batch at once with numpy fancy indexing; a field past a
 packet's captured length reads as 0 and the packet is marked truncated, never read out of bounds.
@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
+
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.record_walk import dissect_batch
 from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
@@ -68,8 +69,12 @@ class PacketFields:
 
     @classmethod
     def blank(cls, n: int) -> PacketFields:
-        z = lambda dtype=np.int64: np.zeros(n, dtype=dtype)
-        w = lambda: np.zeros((n, 2), dtype=np.uint64)
+        def z(dtype=np.int64):
+            return np.zeros(n, dtype=dtype)
+
+        def w():
+            return np.zeros((n, 2), dtype=np.uint64)
+
         return cls(
             is_ip=z(bool), src=w(), dst=w(), sport=z(), dport=z(), proto=z(), ip_len=z(), tcp_flags=z(), tcp_seq=z(),
             icmp_type=np.full(n, -1, dtype=np.int64), icmp_code=np.full(n, -1, dtype=np.int64),

@@ -10,6 +10,7 @@ other in the tests.
 from __future__ import annotations
 
 import numpy as np
+
 from kubesonar.sensor.jit import njit
 
 _MAPPED = np.uint64(0xFFFF << 32)

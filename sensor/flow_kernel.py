@@ -12,6 +12,7 @@ power-of-two array of slot + 1 (0: empty) probed linearly from the key's hash.
 from __future__ import annotations
 
 import numpy as np
+
 from kubesonar.sensor.flow_layout import (
     BATCH_SYN_SEQ,
     BYTES_A,
@@ -45,7 +46,8 @@ from kubesonar.shared.flow import EndReason
 NO_ICMP = -1
 _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 _CLOSED_RST, _CLOSED_FIN_A, _CLOSED_FIN_B = 1, 2, 4
-_IDLE, _ACTIVE, _NEW_CONNECTION = int(EndReason.IDLE_TIMEOUT), int(EndReason.ACTIVE_TIMEOUT), int(EndReason.NEW_CONNECTION)
+_IDLE, _ACTIVE = int(EndReason.IDLE_TIMEOUT), int(EndReason.ACTIVE_TIMEOUT)
+_NEW_CONNECTION = int(EndReason.NEW_CONNECTION)
 _ICMP, _ICMPV6 = 1, 58
 
 

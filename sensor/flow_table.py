@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from kubesonar.sensor import flow_layout as layout
 from kubesonar.sensor import record_walk as kernel
 from kubesonar.sensor.dissect import PacketFields

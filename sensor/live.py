@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
 from kubesonar.sensor.af_packet import RingConfig, RingSocket, SocketStats, list_interfaces, wait_readable
 from kubesonar.sensor.app_layer import DnsParser
 from kubesonar.sensor.bpf import compile_filter

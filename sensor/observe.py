@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from kubesonar.sensor.app_layer import DnsParser, rpc_method_codes
 from kubesonar.sensor.dissect import SUPPORTED_LINKTYPES, PacketFields, dissect
 from kubesonar.sensor.flow_table import FlowTable

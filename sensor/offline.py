@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from kubesonar.sensor.app_layer import DnsParser
 from kubesonar.sensor.capture_file import read_capture
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts

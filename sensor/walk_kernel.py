@@ -8,6 +8,7 @@ Everything after it, reading the fields of the records found, is vectorised nump
 from __future__ import annotations
 
 import numpy as np
+
 from kubesonar.sensor.jit import njit
 from kubesonar.sensor.walk_codes import STOP_CORRUPT, STOP_FULL, STOP_NEED_DATA, STOP_OTHER_BLOCK
 

@@ -180,8 +180,8 @@ class FlowRecords:
         """
         columns = [self._readable_column(name) for name in _DICT_ORDER]
         keys = [_RENAMED.get(name, name) for name in _DICT_ORDER]
-        for values in zip(*columns):
-            yield dict(zip(keys, values))
+        for values in zip(*columns, strict=True):
+            yield dict(zip(keys, values, strict=True))
 
     def _readable_column(self, name: str) -> list[Any]:
         if name == "flow_id":
@@ -230,7 +230,7 @@ def address_text(raw: bytes) -> str:
     """The 16 bytes flow records store, as text (IPv4-mapped addresses as IPv4)."""
     raw = bytes(raw)
     if raw[:12] == _V4_MAPPED:  # the common case, ten times faster than ipaddress
-        return "%d.%d.%d.%d" % tuple(raw[12:])
+        return f"{raw[12]}.{raw[13]}.{raw[14]}.{raw[15]}"
     addr = ipaddress.IPv6Address(raw)
     return str(addr.ipv4_mapped or addr)
 

@@ -7,11 +7,13 @@ from dataclasses import fields, replace
 
 import numpy as np
 import pytest
-from conftest import shared_captures
+from scapy.all import IP, PPP, TCP, Dot1Q, Ether, PPPoE, wrpcap
+
 from kubesonar.sensor.capture_file import read_capture
 from kubesonar.sensor.dissect import dissect, dissect_vectorised
 from kubesonar.sensor.offline import CaptureStats, flows_from_captures
-from scapy.all import IP, PPP, TCP, Dot1Q, Ether, PPPoE, wrpcap
+
+from conftest import shared_captures
 
 
 def _assert_same(batch) -> None:
