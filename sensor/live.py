@@ -25,7 +25,7 @@ from kubesonar.sensor.app_layer import DnsParser
 from kubesonar.sensor.bpf import compile_filter
 from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
-from kubesonar.sensor.observe import observe, unplaced
+from kubesonar.sensor.observe import observe, unplaced, warm_up
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import CaptureError, ConfigError
@@ -102,6 +102,7 @@ class LiveSensor:
         self.counters = SensorCounters()
         # unique per process start, so a restarted sensor's sequence numbers never collide with its last life's
         self.sensor_id = f"{settings.node}/{time.time_ns():x}"
+        warm_up()  # compile or load the kernels now, not at the first packet
         self.table = FlowTable(settings.timeouts, max_flows=settings.max_flows)
         self._sockets: dict[str, RingSocket] = {}
         self._pending: list[FlowRecords] = []

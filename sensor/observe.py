@@ -46,3 +46,20 @@ def unplaced(batch: PacketBatch, fields: PacketFields) -> dict[str, int]:
     not_ip = left & ~unknown_link & ~fields.truncated
     return {"unknown_linktype": int(unknown_link.sum()), "not_ip": int(not_ip.sum()),
             "truncated": int(truncated.sum())}
+
+
+def warm_up() -> None:
+    """Load (or, without the native module, compile) the per-packet kernels before capture starts,
+    so the first packets of a live ring never wait for the compiler and overflow it."""
+    ip_tcp = bytes.fromhex(
+        "000000000002" "000000000001" "0800"  # Ethernet
+        "45000028000040004006" "0000" "0a000001" "0a000002"  # IPv4, 40 bytes, TCP
+        "9c400050" "00000001" "00000000" "5002ffff" "00000000"  # TCP SYN
+    )
+    data = np.frombuffer(ip_tcp, dtype=np.uint8).copy()
+    one = np.ones(1, dtype=np.int64)
+    batch = PacketBatch(data=data, offset=np.zeros(1, dtype=np.int64), caplen=one * len(data),
+                        wirelen=one * len(data), ts=one, linktype=one)
+    table = FlowTable()
+    observe(batch, table, DnsParser())
+    table.flush()
