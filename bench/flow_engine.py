@@ -1,7 +1,11 @@
-"""Benchmark: packets/s of the flow engine against softflowd, per-packet dpkt and scapy; peak memory;
-compressed bytes per flow. One run, one machine, same capture.
+"""Benchmark: the whole `kubesonar flows` process against softflowd and tcpdump's read floor on the same
+capture, then the in-process engine against per-packet dpkt and scapy; peak memory; compressed bytes
+per flow. One run, one machine, same capture; runs interleaved, each tool's best kept.
 
-    python bench/flow_engine.py [--packets 1000000]
+    python bench/flow_engine.py [--packets 1000000] [--repeat 5]
+
+softflowd and tcpdump come from apt (installed here when missing, as root). The native kernels are
+built first (python -m kubesonar.sensor.build_native) when a C compiler is there, as the image does.
 """
 
 from __future__ import annotations
@@ -63,22 +67,52 @@ def _scapy(path: str, limit: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def _softflowd(path: str, packets: int) -> float | None:
-    """softflowd reading the same file, exporting NetFlow to a discard port on loopback."""
-    exe = shutil.which("softflowd")
-    if not exe:
-        return None
-    # softflowd 1.1.0 never exits after reading a file when its control socket path is longer than
-    # about 12 characters (seen here: /tmp/ksb.ctl works, /tmp/ksbx.ctl hangs), so keep it short.
-    ctl, pid = "/tmp/ks.c", f"/tmp/kubesonar-bench-{os.getpid()}.pid"
-    cmd = [exe, "-r", path, "-n", "127.0.0.1:9", "-d", "-c", ctl, "-p", pid]
+def _ensure_tools() -> None:
+    missing = [tool for tool in ("softflowd", "tcpdump") if not shutil.which(tool)]
+    if missing and shutil.which("apt-get") and os.geteuid() == 0:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=False, capture_output=True, env=env)
+
+
+def _ensure_native() -> bool:
+    from kubesonar.sensor import record_walk
+
+    if not record_walk.NATIVE and shutil.which("cc"):
+        subprocess.run([sys.executable, "-m", "kubesonar.sensor.build_native"], check=True, capture_output=True)
+    check = "from kubesonar.sensor.record_walk import NATIVE; print(NATIVE)"
+    found = subprocess.run([sys.executable, "-c", check], check=False, capture_output=True, text=True)
+    return found.stdout.strip() == "True"
+
+
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds user+system) of a whole process, its output thrown away."""
+    before = os.times()
     start = time.perf_counter()
-    try:
-        subprocess.run(cmd, check=True, capture_output=True, stdin=subprocess.DEVNULL, timeout=300)
-    finally:
-        for leftover in (ctl, pid):
-            Path(leftover).unlink(missing_ok=True)
-    return packets / (time.perf_counter() - start)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   stdin=subprocess.DEVNULL, timeout=600)
+    wall = time.perf_counter() - start
+    after = os.times()
+    return wall, (after.children_user - before.children_user) + (after.children_system - before.children_system)
+
+
+def _whole_processes(path: str, repeat: int) -> dict[str, tuple[float, float]]:
+    """Best wall and best CPU time of each tool over ``repeat`` interleaved runs."""
+    kubesonar = str(Path(sys.executable).with_name("kubesonar"))
+    commands = {"kubesonar": [kubesonar, "flows", "--format", "jsonl", path]}
+    if shutil.which("softflowd"):
+        # softflowd 1.1.0 never exits after reading a file when its control socket path is longer than
+        # about 12 characters, so keep it short
+        commands["softflowd"] = ["softflowd", "-r", path, "-n", "127.0.0.1:9", "-d", "-c", "/tmp/ks.c",
+                                 "-p", f"/tmp/ksb-{os.getpid()}.pid"]
+    if shutil.which("tcpdump"):
+        commands["tcpdump"] = ["tcpdump", "-r", path, "-w", "/dev/null"]
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for _ in range(repeat):
+        for name, cmd in commands.items():
+            runs[name].append(_timed(cmd))
+            Path("/tmp/ks.c").unlink(missing_ok=True)
+    return {name: (min(w for w, _ in r), min(c for _, c in r)) for name, r in runs.items()}
 
 
 def _peak_rss_mib(path: str) -> float:
@@ -112,40 +146,44 @@ def main() -> None:
     args = parser.parse_args()
     from kubesonar.sensor.synthetic import write_synthetic_capture
 
+    _ensure_tools()
+    native = _ensure_native()
     OUT.mkdir(exist_ok=True)
     big, small = OUT / "bench-full.pcap", OUT / "bench-quarter.pcap"
     truth = write_synthetic_capture(big, packets=args.packets, flows=args.flows)
     # the same traffic rate for a quarter of the time: memory must not depend on the capture's length
     write_synthetic_capture(small, packets=args.packets // 4, flows=args.flows // 4, duration_s=150.0)
-    print(f"capture: {truth.packets} packets, {truth.flows} flows, {big.stat().st_size / 1e6:.0f} MB", flush=True)
+    print(f"capture: {truth.packets} packets, {truth.flows} flows, {big.stat().st_size / 1e6:.0f} MB; "
+          f"native kernels: {native}; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
+          flush=True)
 
     _ours(str(small))  # warm the page cache, imports and compiled code
-    # This machine's speed drifts (a shared VM): interleave the two engines and keep each one's best.
-    ours_runs, soft_runs = [], []
-    for _ in range(args.repeat):
-        rate, flows = _ours(str(big))
-        ours_runs.append(rate)
-        soft_runs.append(_softflowd(str(big), truth.packets))
-    ours = max(ours_runs)
-    soft = max(soft_runs) if all(soft_runs) else None
+    whole = _whole_processes(str(big), args.repeat)
+    ks_wall, ks_cpu = whole["kubesonar"]
+    print("\nWhole process on the same capture (kubesonar flows --format jsonl > /dev/null):")
+    print("| tool | wall s | CPU s | kubesonar's speed relative to it (wall) | (CPU) |")
+    print("|---|---:|---:|---:|---:|")
+    for name, (wall, cpu) in whole.items():
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {wall / ks_wall:.2f}x | {cpu / ks_cpu:.2f}x |")
+    for name in ("softflowd", "tcpdump"):
+        if name not in whole:
+            print(f"| {name} | not installed | | | |")
+
+    ours_runs = [_ours(str(big)) for _ in range(args.repeat)]
+    ours, flows = max(r for r, _ in ours_runs), ours_runs[0][1]
     dpkt_rate = _dpkt(str(big), 200_000)
     scapy_rate = _scapy(str(big), 10_000)
     rss_small, rss_big = _peak_rss_mib(str(small)), _peak_rss_mib(str(big))
     per_flow, messages = _bytes_per_flow(str(big))
-
-    rows = [
-        ("kubesonar (numpy, in-process)", ours, 1.0),
-        ("softflowd 1.1.0 (C, reading the file)", soft, ours / soft if soft else None),
-        ("dpkt, per packet", dpkt_rate, ours / dpkt_rate),
-        ("scapy, per packet", scapy_rate, ours / scapy_rate),
-    ]
-    print(f"flows found: {flows} (generated {truth.flows}); kubesonar runs: {[round(r) for r in ours_runs]}")
+    print(f"\nIn-process engine: flows found: {flows} (generated {truth.flows})")
     print("| engine | packets/s | kubesonar is x times |")
     print("|---|---:|---:|")
-    for name, rate, ratio in rows:
-        print(f"| {name} | {rate:,.0f} | {ratio:.2f} |" if rate else f"| {name} | not installed | |")
+    for name, rate in (("kubesonar (compiled, in-process)", ours), ("dpkt, per packet", dpkt_rate),
+                       ("scapy, per packet", scapy_rate)):
+        print(f"| {name} | {rate:,.0f} | {ours / rate:.2f} |")
     print(f"peak RSS: {rss_small:.0f} MiB for {truth.packets // 4:,} packets, {rss_big:.0f} MiB for {truth.packets:,}")
     print(f"batch size: {per_flow:.2f} bytes per flow compressed, {messages} SQS-sized messages")
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Vectorised packet dissection: link layer, IPv4/IPv6 (extension headers, fragments), TCP/UDP/SCTP/ICMP,
-ICMP errors attributed to the flow they quote, and VXLAN/Geneve decapsulation.
+"""Packet dissection: link layer (VLAN, QinQ, PPPoE session), IPv4/IPv6 (extension headers, fragments),
+TCP/UDP/SCTP/ICMP, ICMP errors attributed to the flow they quote, and VXLAN/Geneve decapsulation.
 
 Every step reads one field for all packets of a batch at once with numpy fancy indexing; a field past a
 packet's captured length reads as 0 and the packet is marked truncated, never read out of bounds.
@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from kubesonar.sensor.packets import PacketBatch
+from kubesonar.sensor.record_walk import dissect_batch
 from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
 
 LINKTYPE_NULL = 0
@@ -23,8 +24,11 @@ LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
 _RAW_ALIASES = (12, 14, LINKTYPE_RAW)  # DLT_RAW differs between BSDs
+SUPPORTED_LINKTYPES = (LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_LOOP, LINKTYPE_LINUX_SLL, LINKTYPE_IPV4,
+                       LINKTYPE_IPV6, LINKTYPE_LINUX_SLL2) + _RAW_ALIASES
 
 ETH_IPV4, ETH_IPV6, ETH_TEB = 0x0800, 0x86DD, 0x6558
+ETH_PPPOE_SESSION, PPP_IPV4, PPP_IPV6 = 0x8864, 0x0021, 0x0057
 _VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
 VXLAN_PORTS = (4789, 8472)  # IANA, and the Linux kernel's default used by flannel
 GENEVE_PORT = 6081
@@ -65,8 +69,12 @@ class PacketFields:
 
     @classmethod
     def blank(cls, n: int) -> PacketFields:
-        z = lambda dtype=np.int64: np.zeros(n, dtype=dtype)  # noqa: E731
-        w = lambda: np.zeros((n, 2), dtype=np.uint64)  # noqa: E731
+        def z(dtype=np.int64):
+            return np.zeros(n, dtype=dtype)
+
+        def w():
+            return np.zeros((n, 2), dtype=np.uint64)
+
         return cls(
             is_ip=z(bool), src=w(), dst=w(), sport=z(), dport=z(), proto=z(), ip_len=z(), tcp_flags=z(), tcp_seq=z(),
             icmp_type=np.full(n, -1, dtype=np.int64), icmp_code=np.full(n, -1, dtype=np.int64),
@@ -88,7 +96,7 @@ class _View:
     field at any offset is one gather.
     """
 
-    __slots__ = ("data", "base", "caplen", "wirelen", "_by_size")
+    __slots__ = ("_by_size", "base", "caplen", "data", "wirelen")
 
     def __init__(self, data: np.ndarray, base: np.ndarray, caplen: np.ndarray, wirelen: np.ndarray,
                  by_size: dict[int, np.ndarray] | None = None):
@@ -139,6 +147,20 @@ class _View:
 
 
 def dissect(batch: PacketBatch) -> PacketFields:
+    """Header fields of every packet of the batch, read by the compiled pass (sensor/dissect_kernel.py)."""
+    out = PacketFields.blank(len(batch))
+    dissect_batch(
+        batch.data, batch.offset, batch.caplen, batch.wirelen, batch.linktype, out.is_ip, out.src, out.dst,
+        out.sport, out.dport, out.proto, out.ip_len, out.tcp_flags, out.tcp_seq, out.icmp_type, out.icmp_code,
+        out.icmp_error, out.fragment, out.truncated, out.tunnel_src, out.tunnel_dst, out.tunnel_id,
+        out.payload_pos, out.payload_len,
+    )
+    return out
+
+
+def dissect_vectorised(batch: PacketBatch) -> PacketFields:
+    """The same fields read with numpy, field by field for all packets: the reference the compiled pass
+    is tested against."""
     view = _View(batch.data, batch.offset, batch.caplen, batch.wirelen)
     return _dissect(view, batch.linktype, np.zeros(len(batch), dtype=np.int64), tunnels=True)
 
@@ -186,6 +208,12 @@ def _link_layer(view: _View, linktype: np.ndarray, pos: np.ndarray) -> tuple[np.
             break
         ethertype = np.where(tagged, view.u16(l3 + 2), ethertype)
         l3 = np.where(tagged, l3 + 4, l3)
+    pppoe = ethertype == ETH_PPPOE_SESSION
+    if pppoe.any():  # a 6-byte PPPoE header, then the 2-byte PPP protocol
+        ppp = view.read_where(pppoe, l3 + 6, 2)
+        ethertype = np.where(pppoe, np.select([ppp == PPP_IPV4, ppp == PPP_IPV6], [ETH_IPV4, ETH_IPV6], 0),
+                             ethertype)
+        l3 = np.where(pppoe, l3 + 8, l3)
     return l3, ethertype
 
 

@@ -25,7 +25,7 @@ from kubesonar.sensor.app_layer import DnsParser
 from kubesonar.sensor.bpf import compile_filter
 from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
-from kubesonar.sensor.observe import observe
+from kubesonar.sensor.observe import observe, unplaced, warm_up
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import CaptureError, ConfigError
@@ -80,6 +80,10 @@ class SensorCounters:
     dns_messages: int = 0
     dns_malformed: int = 0
     dns_dropped: int = 0
+    # packets that joined no flow, by reason (sensor/observe.py: unplaced)
+    unplaced_unknown_linktype: int = 0
+    unplaced_not_ip: int = 0
+    unplaced_truncated: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(vars(self))
@@ -98,6 +102,7 @@ class LiveSensor:
         self.counters = SensorCounters()
         # unique per process start, so a restarted sensor's sequence numbers never collide with its last life's
         self.sensor_id = f"{settings.node}/{time.time_ns():x}"
+        warm_up()  # compile or load the kernels now, not at the first packet
         self.table = FlowTable(settings.timeouts, max_flows=settings.max_flows)
         self._sockets: dict[str, RingSocket] = {}
         self._pending: list[FlowRecords] = []
@@ -148,8 +153,11 @@ class LiveSensor:
             batch = ring.read()
             if batch is None:
                 return
-            observed, _ = observe(batch, self.table, self.dns)
+            observed, fields = observe(batch, self.table, self.dns)
             self.counters.packets += len(batch)
+            for reason, count in unplaced(batch, fields).items():
+                name = f"unplaced_{reason}"
+                setattr(self.counters, name, getattr(self.counters, name) + count)
             self._add(observed.flows)
             if len(observed.dns):
                 self._pending_dns.append(observed.dns)

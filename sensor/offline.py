@@ -11,7 +11,7 @@ import numpy as np
 from kubesonar.sensor.app_layer import DnsParser
 from kubesonar.sensor.capture_file import read_capture
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
-from kubesonar.sensor.observe import Observed, observe
+from kubesonar.sensor.observe import Observed, observe, unplaced
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import CaptureError
 from kubesonar.shared.flow import FlowRecords
@@ -28,6 +28,10 @@ class CaptureStats:
     fragments: int = 0
     tunnelled_packets: int = 0
     icmp_errors_attributed: int = 0
+    # packets that joined no flow, by reason (sensor/observe.py: unplaced); they add up to packets - ip_packets
+    unplaced_unknown_linktype: int = 0
+    unplaced_not_ip: int = 0
+    unplaced_truncated: int = 0
     flows: int = 0
     dns_messages: int = 0
     dns_malformed: int = 0
@@ -63,6 +67,8 @@ def read_captures(
                 stats.fragments += int(fields.fragment.sum())
                 stats.tunnelled_packets += int(np.count_nonzero(fields.tunnel_src.any(axis=1)))
                 stats.icmp_errors_attributed += int(fields.icmp_error.sum())
+                for reason, count in unplaced(batch, fields).items():
+                    setattr(stats, f"unplaced_{reason}", getattr(stats, f"unplaced_{reason}") + count)
                 stats.flows += len(observed.flows)
                 stats.dns_messages, stats.dns_malformed = parser.parsed, parser.malformed
                 if len(observed.flows) or len(observed.dns):

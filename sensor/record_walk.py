@@ -1,74 +1,39 @@
-"""The one sequential step of reading a capture: hopping from each record to the next.
+"""The compiled kernels of the per-packet path, from the native module when it was built, else JIT.
 
-Each record's position depends on the previous record's length, so this cannot be vectorised; it is
-compiled with numba when numba is installed (a few ns a record) and runs as plain Python otherwise.
-Everything after it, reading the fields of the records found, is vectorised numpy.
+The native module (``kubesonar.sensor._native``, built by ``python -m kubesonar.sensor.build_native``
+at image and zip build) holds the kernels compiled ahead of time: loading it takes milliseconds and
+needs neither numba nor a writable cache, as on a read-only root filesystem. Without it the same
+kernels are compiled by numba on first use and cached (NUMBA_CACHE_DIR; sensor/jit.py). Setting
+KUBESONAR_NATIVE=0 uses the JIT kernels even where the native module exists.
 """
 
 from __future__ import annotations
 
-import numpy as np
+import os
+
+from kubesonar.sensor.walk_codes import STOP_CORRUPT, STOP_FULL, STOP_NEED_DATA, STOP_OTHER_BLOCK
 
 try:
-    from numba import njit
-except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
-    def njit(**_options):
-        return lambda function: function
+    if os.environ.get("KUBESONAR_NATIVE", "1") == "0":  # tests compare both paths
+        raise ImportError("native kernels switched off by KUBESONAR_NATIVE=0")
+    from kubesonar.sensor._native import (
+        add_packets,
+        dissect_batch,
+        rehash,
+        release,
+        walk_pcap,
+        walk_pcapng,
+    )
 
-STOP_NEED_DATA = 0  # the next record runs past the end of the chunk
-STOP_OTHER_BLOCK = 1  # pcapng: a block that is not an enhanced packet block
-STOP_CORRUPT = 2  # a length that cannot be right
-STOP_FULL = 3  # the output array is full
+    NATIVE = True
+except ImportError:
+    from kubesonar.sensor.dissect_kernel import dissect_batch
+    from kubesonar.sensor.flow_kernel import add_packets, rehash, release
+    from kubesonar.sensor.walk_kernel import walk_pcap, walk_pcapng
 
+    NATIVE = False
 
-@njit(cache=True, nogil=True)
-def _u32(buf: np.ndarray, at: int, little: bool) -> int:
-    b0, b1, b2, b3 = np.int64(buf[at]), np.int64(buf[at + 1]), np.int64(buf[at + 2]), np.int64(buf[at + 3])
-    if little:
-        return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
-    return b3 | (b2 << 8) | (b1 << 16) | (b0 << 24)
-
-
-@njit(cache=True, nogil=True)
-def walk_pcap(buf: np.ndarray, pos: int, little: bool, max_caplen: int, out: np.ndarray) -> tuple[int, int, int]:
-    """Record offsets of a classic pcap chunk into ``out``; return (count, stop position, stop reason)."""
-    end = len(buf)
-    n = 0
-    while pos + 16 <= end:
-        if n == len(out):
-            return n, pos, STOP_FULL
-        caplen = _u32(buf, pos + 8, little)
-        if caplen > max_caplen:
-            return n, pos, STOP_CORRUPT
-        if pos + 16 + caplen > end:
-            break
-        out[n] = pos
-        n += 1
-        pos += 16 + caplen
-    return n, pos, STOP_NEED_DATA
-
-
-@njit(cache=True, nogil=True)
-def walk_pcapng(buf: np.ndarray, pos: int, little: bool, max_block: int, out: np.ndarray) -> tuple[int, int, int]:
-    """Offsets of consecutive enhanced packet blocks; stops at any other block for Python to handle."""
-    end = len(buf)
-    n = 0
-    while pos + 12 <= end:
-        if n == len(out):
-            return n, pos, STOP_FULL
-        block_type = _u32(buf, pos, little)
-        if block_type == 0x0A0D0D0A:  # a new section may switch byte order: Python reads it
-            return n, pos, STOP_OTHER_BLOCK
-        length = _u32(buf, pos + 4, little)
-        if length < 12 or length % 4 != 0 or length > max_block:
-            return n, pos, STOP_CORRUPT
-        if pos + length > end:
-            break
-        if block_type != 6:
-            return n, pos, STOP_OTHER_BLOCK
-        if _u32(buf, pos + length - 4, little) != length or length < 32:
-            return n, pos, STOP_CORRUPT
-        out[n] = pos
-        n += 1
-        pos += length
-    return n, pos, STOP_NEED_DATA
+__all__ = [
+    "NATIVE", "STOP_CORRUPT", "STOP_FULL", "STOP_NEED_DATA", "STOP_OTHER_BLOCK", "add_packets",
+    "dissect_batch", "rehash", "release", "walk_pcap", "walk_pcapng",
+]

@@ -1,0 +1,60 @@
+"""Compile the per-packet kernels ahead of time into ``kubesonar/sensor/_native*.so``.
+
+    python -m kubesonar.sensor.build_native [--output-dir DIR]
+
+Run where the package is installed, at image or zip build (needs a C compiler; numba's pycc drives
+it). The module it writes needs only numpy at run time: the sensor then starts without importing
+numba or compiling anything, and a read-only root filesystem needs no cache directory. Without it the
+kernels are compiled by numba on first use (sensor/record_walk.py chooses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+_SIGNATURES = {
+    "walk_pcap": "UniTuple(i8, 3)(u1[:], i8, b1, i8, i8[:])",
+    "walk_pcapng": "UniTuple(i8, 3)(u1[:], i8, b1, i8, i8[:])",
+    "dissect_batch": "void(u1[:], i8[:], i8[:], i8[:], i8[:], b1[:], u8[:, :], u8[:, :], i8[:], i8[:], i8[:], "
+                     "i8[:], i8[:], i8[:], i8[:], i8[:], b1[:], b1[:], b1[:], u8[:, :], u8[:, :], i8[:], i8[:], "
+                     "i8[:])",
+    "add_packets": "UniTuple(i8, 2)(i8[:], u8[:, :], u8[:, :], i8[:], i8[:], i8[:], i8[:], i8[:], i8[:], i8[:], "
+                   "i8[:], b1[:], u8[:, :], u8[:, :], i8[:], i8[:], i8[:], i8, i8, i8, i8, u8[:, :], u8[:, :], "
+                   "i8[:, :], i8[:], i8[:], i8[:], u8[:, :], u8[:, :], i8[:, :], u1[:], i8)",
+    "release": "void(i8[:], u8[:, :], i8[:, :], i8[:], i8[:], i8[:])",
+    "rehash": "void(i8[:], u8[:, :], i8[:, :], i8)",
+}
+
+
+def build(output_dir: Path) -> Path:
+    from numba.core.errors import NumbaPendingDeprecationWarning
+    from numba.pycc import CC
+
+    from kubesonar.sensor import dissect_kernel, flow_kernel, walk_kernel
+
+    kernels = {
+        "walk_pcap": walk_kernel.walk_pcap, "walk_pcapng": walk_kernel.walk_pcapng,
+        "dissect_batch": dissect_kernel.dissect_batch, "add_packets": flow_kernel.add_packets,
+        "release": flow_kernel.release, "rehash": flow_kernel.rehash,
+    }
+    warnings.simplefilter("ignore", NumbaPendingDeprecationWarning)
+    cc = CC("_native")
+    cc.output_dir = str(output_dir)
+    cc.verbose = False
+    for name, dispatcher in kernels.items():
+        cc.export(name, _SIGNATURES[name])(dispatcher.py_func)
+    cc.compile()
+    return next(output_dir.glob("_native*.so"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output-dir", type=Path, default=Path(__file__).resolve().parent)
+    args = parser.parse_args()
+    print(build(args.output_dir))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""The compiled per-packet step of the flow table: an open-addressing hash table over numpy arrays.
+
+Packets are accounted one at a time, in time order, with numba; only records that end (idle gap, new
+connection on a closed 5-tuple, active timeout) are copied out, into arrays Python turns into
+:class:`~kubesonar.shared.flow.FlowRecords`. The rules are those of :mod:`kubesonar.sensor.flow_table`.
+
+Layout: ``key`` (capacity, 5) uint64 (a high, a low, b high, b low, ports+proto), ``tun`` (capacity, 5)
+uint64 (tunnel src, dst, id), ``num`` (capacity, N_COLS) int64 with the columns below, and ``index``, a
+power-of-two array of slot + 1 (0: empty) probed linearly from the key's hash.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kubesonar.sensor.flow_layout import (
+    BATCH_SYN_SEQ,
+    BYTES_A,
+    BYTES_B,
+    CLOSED_BITS,
+    CONN_START,
+    DECIDED,
+    FIRST_TS,
+    FLAGS_A,
+    FLAGS_B,
+    ICMP_CODE,
+    ICMP_ERROR,
+    ICMP_TYPE,
+    INIT_IS_A,
+    LAST_TS,
+    LIVE,
+    META_FREE_TOP,
+    META_LIVE,
+    META_NEXT_SLOT,
+    PKTS_A,
+    PKTS_B,
+    REC_START,
+    RPC,
+    SEG_BATCH,
+    STAMP,
+    SYN_SEQ,
+)
+from kubesonar.sensor.jit import njit
+from kubesonar.shared.flow import EndReason
+
+NO_ICMP = -1
+_FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
+_CLOSED_RST, _CLOSED_FIN_A, _CLOSED_FIN_B = 1, 2, 4
+_IDLE, _ACTIVE = int(EndReason.IDLE_TIMEOUT), int(EndReason.ACTIVE_TIMEOUT)
+_NEW_CONNECTION = int(EndReason.NEW_CONNECTION)
+_ICMP, _ICMPV6 = 1, 58
+
+
+@njit(cache=True, nogil=True)
+def _hash(k0, k1, k2, k3, k4) -> np.uint64:
+    h = np.uint64(0x9E3779B97F4A7C15)
+    for k in (k0, k1, k2, k3, k4):
+        h ^= k
+        h *= np.uint64(0xFF51AFD7ED558CCD)
+        h ^= h >> np.uint64(29)
+    return h
+
+
+@njit(cache=True, nogil=True)
+def find(index, key, k0, k1, k2, k3, k4) -> tuple[int, int]:
+    """(slot or -1, index position where the key is or would go)."""
+    mask = len(index) - 1
+    at = np.int64(_hash(k0, k1, k2, k3, k4) & np.uint64(mask))
+    while True:
+        s = index[at] - 1
+        if s < 0:
+            return -1, at
+        if key[s, 4] == k4 and key[s, 1] == k1 and key[s, 3] == k3 and key[s, 0] == k0 and key[s, 2] == k2:
+            return s, at
+        at = (at + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def release(index, key, num, free, meta, slots) -> None:
+    """Take ``slots`` out of the table (backward-shift deletion keeps probe chains whole)."""
+    mask = len(index) - 1
+    for s in slots:
+        _, at = find(index, key, key[s, 0], key[s, 1], key[s, 2], key[s, 3], key[s, 4])
+        index[at] = 0
+        nxt = (at + 1) & mask
+        while index[nxt] != 0:
+            t = index[nxt] - 1
+            home = np.int64(_hash(key[t, 0], key[t, 1], key[t, 2], key[t, 3], key[t, 4]) & np.uint64(mask))
+            # move t back into the hole unless its home lies cyclically in (hole, nxt]
+            if (nxt > at and (home <= at or home > nxt)) or (nxt < at and (home <= at and home > nxt)):
+                index[at] = index[nxt]
+                index[nxt] = 0
+                at = nxt
+            nxt = (nxt + 1) & mask
+        num[s, LIVE] = 0
+        free[meta[META_FREE_TOP]] = s
+        meta[META_FREE_TOP] += 1
+        meta[META_LIVE] -= 1
+
+
+@njit(cache=True, nogil=True)
+def rehash(index, key, num, used) -> None:
+    for s in range(used):
+        if num[s, LIVE]:
+            _, at = find(index, key, key[s, 0], key[s, 1], key[s, 2], key[s, 3], key[s, 4])
+            index[at] = s + 1
+
+
+@njit(cache=True, nogil=True)
+def _emit(s, reason, key, tun, num, out_key, out_tun, out_num, out_reason, n_out) -> int:
+    out_key[n_out] = key[s]
+    out_tun[n_out] = tun[s]
+    out_num[n_out] = num[s]
+    out_reason[n_out] = reason
+    return n_out + 1
+
+
+@njit(cache=True, nogil=True)
+def _by_ports(port_a, port_b, proto, first_sender_is_a) -> int:
+    if proto == _ICMP or proto == _ICMPV6 or (port_a == 0 and port_b == 0):
+        return first_sender_is_a
+    well_a, well_b = port_a < 1024, port_b < 1024
+    if well_b and not well_a:
+        return 1
+    if well_a and not well_b:
+        return 0
+    eph_a, eph_b = port_a >= 32768, port_b >= 32768
+    if eph_a and not eph_b:
+        return 1
+    if eph_b and not eph_a:
+        return 0
+    return first_sender_is_a
+
+
+@njit(cache=True, nogil=True)
+def _start_record(s, ts, rec_start, conn_start, num, tun) -> None:
+    num[s, FIRST_TS] = ts
+    num[s, REC_START] = rec_start
+    num[s, CONN_START] = conn_start
+    for c in (PKTS_A, PKTS_B, BYTES_A, BYTES_B, FLAGS_A, FLAGS_B, ICMP_ERROR, RPC):
+        num[s, c] = 0
+    num[s, ICMP_TYPE] = NO_ICMP
+    num[s, ICMP_CODE] = NO_ICMP
+    num[s, SYN_SEQ] = -1
+    for c in range(5):
+        tun[s, c] = 0
+
+
+@njit(cache=True, nogil=True)
+def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq, icmp_type, icmp_code,
+                icmp_error, tunnel_src, tunnel_dst, tunnel_id, rpc_code, ts_all, start, batch, idle_ns,
+                active_ns, key, tun, num, index, free, meta, out_key, out_tun, out_num, out_reason,
+                n_out) -> tuple[int, int]:
+    """Account packets ``order[start:]``; return (next packet to do, records written to out_*).
+
+    Stops early when the table is full; Python grows it and calls again from there.
+    """
+    capacity = len(num)
+    for j in range(start, len(order)):
+        i = order[j]
+        ts = ts_all[i]
+        s0, s1, d0, d1 = src[i, 0], src[i, 1], dst[i, 0], dst[i, 1]
+        sp, dp = np.uint64(sport[i]), np.uint64(dport[i])
+        src_first = s0 < d0 or (s0 == d0 and (s1 < d1 or (s1 == d1 and sp <= dp)))
+        if src_first:
+            k0, k1, k2, k3, pa, pb = s0, s1, d0, d1, sp, dp
+        else:
+            k0, k1, k2, k3, pa, pb = d0, d1, s0, s1, dp, sp
+        pr = proto[i]
+        k4 = (pa << np.uint64(24)) | (pb << np.uint64(8)) | np.uint64(pr)
+        from_b = 0 if src_first else 1
+        flags = tcp_flags[i]
+        syn_only = (flags & (_SYN | _ACK)) == _SYN
+        err = icmp_error[i]
+        it = icmp_type[i]
+        opener = syn_only or (not err and (it == 8 or it == 128))
+        answer = (flags & (_SYN | _ACK)) == (_SYN | _ACK) or (not err and (it == 0 or it == 129))
+
+        s, at = find(index, key, k0, k1, k2, k3, k4)
+        if s < 0:
+            if meta[META_FREE_TOP] > 0:
+                meta[META_FREE_TOP] -= 1
+                s = free[meta[META_FREE_TOP]]
+            elif meta[META_NEXT_SLOT] < capacity and (meta[META_LIVE] + 1) * 2 <= len(index):
+                s = meta[META_NEXT_SLOT]
+                meta[META_NEXT_SLOT] += 1
+            else:
+                return j, n_out
+            index[at] = s + 1
+            meta[META_LIVE] += 1
+            key[s, 0], key[s, 1], key[s, 2], key[s, 3], key[s, 4] = k0, k1, k2, k3, k4
+            num[s, LIVE] = 1
+            _start_record(s, ts, ts, ts, num, tun)
+            num[s, LAST_TS] = ts
+            num[s, STAMP] = batch
+            num[s, CLOSED_BITS] = 0
+            num[s, BATCH_SYN_SEQ] = -1
+            num[s, SEG_BATCH] = batch
+            num[s, DECIDED] = 0
+            num[s, INIT_IS_A] = _by_ports(pa, pb, pr, (1 - from_b) ^ (1 if err else 0))
+        else:
+            first_in_batch = num[s, STAMP] != batch
+            if first_in_batch:  # what the 5-tuple saw before this batch is the live record's
+                num[s, STAMP] = batch
+                f = num[s, FLAGS_A] | num[s, FLAGS_B]
+                bits = _CLOSED_RST if f & _RST else 0
+                if num[s, FLAGS_A] & _FIN:
+                    bits |= _CLOSED_FIN_A
+                if num[s, FLAGS_B] & _FIN:
+                    bits |= _CLOSED_FIN_B
+                num[s, CLOSED_BITS] = bits
+                num[s, BATCH_SYN_SEQ] = num[s, SYN_SEQ]
+            idle_break = ts - num[s, LAST_TS] > idle_ns
+            reuse_break = False
+            if syn_only and tcp_seq[i] != num[s, BATCH_SYN_SEQ]:
+                bits = num[s, CLOSED_BITS]
+                reuse_break = (bits & _CLOSED_RST) != 0 or (bits & (_CLOSED_FIN_A | _CLOSED_FIN_B)) == (
+                    _CLOSED_FIN_A | _CLOSED_FIN_B)
+            if idle_break or reuse_break:
+                if first_in_batch:
+                    reason = _IDLE if idle_break else _NEW_CONNECTION
+                else:
+                    reason = _NEW_CONNECTION if reuse_break else _IDLE
+                n_out = _emit(s, reason, key, tun, num, out_key, out_tun, out_num, out_reason, n_out)
+                _start_record(s, ts, ts, ts, num, tun)
+                num[s, SEG_BATCH] = batch
+                num[s, DECIDED] = 0
+                num[s, INIT_IS_A] = _by_ports(pa, pb, pr, (1 - from_b) ^ (1 if err else 0))
+            else:
+                epoch = (ts - num[s, REC_START]) // active_ns
+                if epoch != 0:
+                    n_out = _emit(s, _ACTIVE, key, tun, num, out_key, out_tun, out_num, out_reason, n_out)
+                    _start_record(s, ts, num[s, REC_START] + epoch * active_ns, num[s, CONN_START], num, tun)
+        # the packet joins the record of slot s
+        if not num[s, DECIDED] and num[s, SEG_BATCH] == batch and (opener or answer):
+            num[s, DECIDED] = 1
+            num[s, INIT_IS_A] = (1 - from_b) if opener else from_b
+        num[s, LAST_TS] = ts
+        num[s, PKTS_A + from_b] += 1
+        num[s, BYTES_A + from_b] += ip_len[i]
+        num[s, FLAGS_A + from_b] |= flags
+        if flags & _RST:
+            num[s, CLOSED_BITS] |= _CLOSED_RST
+        if flags & _FIN:
+            num[s, CLOSED_BITS] |= _CLOSED_FIN_B if from_b else _CLOSED_FIN_A
+        if syn_only:
+            num[s, SYN_SEQ] = tcp_seq[i]
+            num[s, BATCH_SYN_SEQ] = tcp_seq[i]
+        if err:
+            num[s, ICMP_ERROR] = 1
+        if it >= 0 and num[s, ICMP_TYPE] == NO_ICMP:
+            num[s, ICMP_TYPE] = it
+            num[s, ICMP_CODE] = icmp_code[i]
+        if (tunnel_src[i, 0] | tunnel_src[i, 1]) != 0 and (tun[s, 0] | tun[s, 1] | tun[s, 2] | tun[s, 3]) == 0:
+            tun[s, 0], tun[s, 1] = tunnel_src[i, 0], tunnel_src[i, 1]
+            tun[s, 2], tun[s, 3] = tunnel_dst[i, 0], tunnel_dst[i, 1]
+            tun[s, 4] = np.uint64(tunnel_id[i])
+        num[s, RPC] = max(num[s, RPC], rpc_code[i])
+    return len(order), n_out

@@ -1,0 +1,18 @@
+"""numba's ``njit`` for the kernels (``*_kernel.py``), or a no-op when numba is missing.
+
+Only the JIT path imports this: a built native module (sensor/build_native.py) needs no numba at all.
+Where numba may keep its cache (a read-only root filesystem has no room beside the package) is chosen
+by sensor/numba_cache.py, which the package imports before anything imports numba.
+"""
+
+from __future__ import annotations
+
+from kubesonar.sensor import numba_cache as _numba_cache  # noqa: F401 - before numba is imported
+
+try:
+    from numba import njit
+except ImportError:  # pragma: no cover - numba is a dependency; this keeps a broken install usable
+    def njit(*_args, **_options):
+        return lambda function: function
+
+__all__ = ["njit"]
