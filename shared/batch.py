@@ -329,9 +329,10 @@ def _decode_payload(r: Reader, schema_version: int) -> tuple[FlowRecords, dict[s
     if not 1 <= tables <= 1 + len(allowed):
         raise BatchFormatError(f"payload has {tables} tables; schema {schema_version} has 1 to {1 + len(allowed)}")
     columns = _decode_table(r, _FLOWS_TABLE, SCHEMA_COLUMNS[schema_version])
+    blank = FlowRecords.empty(len(columns["first_ts"])).columns
     for col in FLOW_COLUMNS:
-        if col.name not in columns:  # an older schema: the column it lacks is unknown
-            columns[col.name] = np.full(len(columns["first_ts"]), "", dtype=object)
+        if col.name not in columns:  # an older schema: the column it lacks is unknown ('' or 0)
+            columns[col.name] = blank[col.name]
     side: dict[str, Table] = {}
     for _ in range(tables - 1):
         name = r.peek_text("table name")

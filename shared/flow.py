@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-FLOW_SCHEMA_VERSION = 3  # 2 added src_images / dst_images; 3 rpc_method and the dns table
+FLOW_SCHEMA_VERSION = 4  # 2 added src_images / dst_images; 3 rpc_method and the dns table; 4 TLS, gaps, ICMP
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -72,6 +72,26 @@ class Column:
     doc: str
 
 
+# Schema 4: what a flow says about its software and its timing, never its payload (README privacy table).
+SCHEMA_4_COLUMNS: tuple[Column, ...] = (
+    Column("tls_ja3", "O", "JA3 hash (MD5 hex) of the initiator's TLS ClientHello, '' if none seen"),
+    Column("tls_ja4", "O", "JA4 fingerprint of that ClientHello, '' if none"),
+    Column("tls_sni", "O", "server_name of that ClientHello, '' if none"),
+    Column("tls_alpn", "O", "its ALPN protocols, comma-separated, '' if none"),
+) + tuple(
+    column
+    for side, who in (("out", "initiator"), ("in", "responder"))
+    for column in (
+        Column(f"gaps_{side}", "u4", f"gaps measured between the {who}'s small packets (persistence in a session)"),
+        Column(f"gap_mean_us_{side}", "u8", f"mean of those gaps, microseconds; 0 if none"),
+        Column(f"gap_cv_milli_{side}", "u4", f"their coefficient of variation (std / mean) x 1000; 0 if under 2"),
+    )
+) + (
+    Column("icmp_sizes", "u1", "distinct ICMP payload sizes in the flow, saturating at 255"),
+    Column("icmp_odd", "u4", "ICMP messages whose payload is not a ping pattern, or non-echo ones with data"),
+)
+SCHEMA_4_NAMES = frozenset(c.name for c in SCHEMA_4_COLUMNS)
+
 ENDPOINT_FIELDS = ("namespace", "pod", "workload_kind", "workload_name", "node", "labels", "images")
 
 FLOW_COLUMNS: tuple[Column, ...] = (
@@ -97,7 +117,7 @@ FLOW_COLUMNS: tuple[Column, ...] = (
     Column("tunnel_dst", "V16", "outer destination of the tunnel; zero if none"),
     Column("tunnel_id", "u4", "VXLAN VNI or Geneve VNI"),
     Column("rpc_method", "O", "mining JSON-RPC method seen in the flow's payload (shared/mining.py), '' if none"),
-) + tuple(
+) + SCHEMA_4_COLUMNS + tuple(
     Column(f"{side}_{field}", "O", f"{'initiator' if side == 'src' else 'responder'} {field}, '' if unknown")
     for side in ("src", "dst")
     for field in ENDPOINT_FIELDS
@@ -108,7 +128,8 @@ COLUMN_NAMES = tuple(c.name for c in FLOW_COLUMNS)
 SCHEMA_COLUMNS: dict[int, tuple[Column, ...]] = {
     1: tuple(c for c in FLOW_COLUMNS if not c.name.endswith("_images") and c.name != "rpc_method"),
     2: tuple(c for c in FLOW_COLUMNS if c.name != "rpc_method"),
-    3: FLOW_COLUMNS,
+    3: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_4_NAMES),
+    4: FLOW_COLUMNS,
 }
 _DTYPES = {c.name: np.dtype(c.dtype) for c in FLOW_COLUMNS}
 _EMPTY_ADDR = bytes(16)

@@ -35,7 +35,7 @@ def frame(head: bytes, payload: bytes, level: int = 1) -> bytes:
 
 
 def header_bytes(cluster: str = "c", node: str = "n", sensor: str = "n/1", sequence: int = 1, part: int = 0,
-                 parts: int = 1, rows: int = 0, window_rows: int | None = None, schema: int = 3,
+                 parts: int = 1, rows: int = 0, window_rows: int | None = None, schema: int = codec.FLOW_SCHEMA_VERSION,
                  counters: dict[str, int] | None = None) -> bytes:
     """A header with every field given, valid or not (the encoder would refuse a bad name)."""
     fixed = codec._FIXED_HEADER.pack(schema, sequence, part, parts, 0, 1, rows,
