@@ -83,8 +83,8 @@ SCHEMA_4_COLUMNS: tuple[Column, ...] = (
     for side, who in (("out", "initiator"), ("in", "responder"))
     for column in (
         Column(f"gaps_{side}", "u4", f"gaps measured between the {who}'s small packets (persistence in a session)"),
-        Column(f"gap_mean_us_{side}", "u8", f"mean of those gaps, microseconds; 0 if none"),
-        Column(f"gap_cv_milli_{side}", "u4", f"their coefficient of variation (std / mean) x 1000; 0 if under 2"),
+        Column(f"gap_mean_us_{side}", "u8", "mean of those gaps, microseconds; 0 if none"),
+        Column(f"gap_cv_milli_{side}", "u4", "their coefficient of variation (std / mean) x 1000; 0 if under 2"),
     )
 ) + (
     Column("icmp_sizes", "u1", "distinct ICMP payload sizes in the flow, saturating at 255"),
