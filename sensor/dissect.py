@@ -63,9 +63,13 @@ class PacketFields:
     tunnel_src: np.ndarray  # (n, 2) uint64, zero unless decapsulated
     tunnel_dst: np.ndarray  # (n, 2) uint64
     tunnel_id: np.ndarray  # int64 VNI
-    payload_pos: np.ndarray  # int64 where the TCP/UDP payload starts, from the packet's start
+    payload_pos: np.ndarray  # int64 where the TCP/UDP payload (ICMP: the data after the 8-byte header) starts
     payload_len: np.ndarray  # int64 payload bytes on the wire (the capture may hold fewer)
-    rpc_code: np.ndarray  # int64 mining JSON-RPC method recognised in the payload (sensor/app_layer.py), 0 none
+    # what sensor/app_layer.py reads from the few packets whose payload matters
+    rpc_code: np.ndarray  # int64 mining JSON-RPC method recognised in the payload, 0 none
+    tls_code: np.ndarray  # int64 the ClientHello's fingerprints in the flow table's TlsClients, 0 none
+    icmp_size: np.ndarray  # int64 data bytes of an ICMP message that is not an error, -1 otherwise
+    icmp_odd: np.ndarray  # int64 1: that data is not a ping pattern, or a message type carrying none does
 
     @classmethod
     def blank(cls, n: int) -> PacketFields:
@@ -79,7 +83,8 @@ class PacketFields:
             is_ip=z(bool), src=w(), dst=w(), sport=z(), dport=z(), proto=z(), ip_len=z(), tcp_flags=z(), tcp_seq=z(),
             icmp_type=np.full(n, -1, dtype=np.int64), icmp_code=np.full(n, -1, dtype=np.int64),
             icmp_error=z(bool), fragment=z(bool), truncated=z(bool), tunnel_src=w(), tunnel_dst=w(),
-            tunnel_id=z(), payload_pos=z(), payload_len=z(), rpc_code=z(),
+            tunnel_id=z(), payload_pos=z(), payload_len=z(), rpc_code=z(), tls_code=z(),
+            icmp_size=np.full(n, -1, dtype=np.int64), icmp_odd=z(),
         )
 
     def assign(self, rows: np.ndarray, other: PacketFields, keep: np.ndarray) -> None:
@@ -267,6 +272,7 @@ def _ip_layer(view: _View, l3: np.ndarray, ethertype: np.ndarray, out: PacketFie
 
 def _transport(view: _View, l4: np.ndarray, out: PacketFields) -> None:
     first = out.is_ip & ~out.fragment
+    ip_payload = out.payload_len.copy()
     ported = first & np.isin(out.proto, _PORTED)
     ports_ok = ported & view.has(l4, 4)
     out.truncated |= ported & ~ports_ok
@@ -283,6 +289,8 @@ def _transport(view: _View, l4: np.ndarray, out: PacketFields) -> None:
     icmp = first & ((out.proto == IPPROTO_ICMP) | (out.proto == IPPROTO_ICMPV6)) & view.has(l4, 2)
     if not icmp.any():
         return
+    out.payload_pos[:] = np.where(icmp, l4 + 8, out.payload_pos)  # an ICMP message's data follows its header
+    out.payload_len[:] = np.where(icmp, np.maximum(ip_payload - 8, 0), out.payload_len)
     out.icmp_type[:] = view.read_where(icmp, l4, 1, default=-1)
     out.icmp_code[:] = view.read_where(icmp, l4 + 1, 1, default=-1)
     echo = icmp & np.isin(out.icmp_type, ICMP_ECHO_REQUESTS + ICMP_ECHO_REPLIES) & view.has(l4, 8)

@@ -141,13 +141,14 @@ def _ip_transport(data, base, caplen, wirelen, l3, et):
             flags = _rd(data, base, caplen, l4 + 13, 1)
             if flags & 0x02:
                 seq = _rd(data, base, caplen, l4 + 4, 4)
-        if tcp or udp:
+        icmp = (proto == 1 or proto == 58) and l4 + 2 <= caplen
+        if tcp or udp or icmp:  # an ICMP message's data follows its 8-byte header
             header = (_rd(data, base, caplen, l4 + 12, 1) >> 4) * 4 if tcp else 8
             payload_pos = l4 + header
             payload_len = max(payload_len - header, 0)
         else:
             payload_len = 0
-        if (proto == 1 or proto == 58) and l4 + 2 <= caplen:
+        if icmp:
             icmp_type = _rd(data, base, caplen, l4, 1)
             icmp_code = _rd(data, base, caplen, l4 + 1, 1)
             if (icmp_type == 8 or icmp_type == 128 or icmp_type == 0 or icmp_type == 129) and l4 + 8 <= caplen:
