@@ -18,17 +18,19 @@ import re
 import dpkt
 import numpy as np
 
+from kubesonar.sensor import payload_kinds
 from kubesonar.sensor.dissect import PacketFields
 from kubesonar.sensor.packets import PacketBatch
-from kubesonar.sensor.tls_hello import CLIENT_HELLO, HANDSHAKE, NotAClientHello, parse_client_hello
+from kubesonar.sensor.tls_hello import NotAClientHello, parse_client_hello
 from kubesonar.shared.dns import DnsMessages
-from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
+from kubesonar.shared.flow import IPPROTO_ICMPV6, IPPROTO_UDP
 from kubesonar.shared.mining import MONERO_KEYS, RPC_CODES
 
 DNS_PORT = 53
 _METHOD = re.compile(rb'"method"\s*:\s*"([A-Za-z_.]{1,40})"')
 _JSON_STARTS = frozenset(b"{[")
-# an HTTP request that may carry a body, or any response: JSON-RPC over HTTP (getwork, a node's RPC)
+# an HTTP request that may carry a body, or any response (sensor/payload_kinds.py HTTP): JSON-RPC
+# over HTTP, as getwork and a node's RPC speak it
 _HTTP_STARTS = (b"POST ", b"PUT ", b"HTTP/")
 _HEADERS_END = b"\r\n\r\n"
 
@@ -63,16 +65,7 @@ def rpc_method_codes(batch: PacketBatch, pf: PacketFields) -> np.ndarray:
     payload, or the JSON body of an HTTP request or response, on any port. Only a ``"method"`` member
     of that JSON counts, never the word elsewhere."""
     codes = np.zeros(len(batch), dtype=np.int64)
-    rows = np.flatnonzero(pf.is_ip & (pf.proto == IPPROTO_TCP) & (pf.payload_len > 0))
-    if not len(rows):
-        return codes
-    first = _leading_bytes(batch, pf, rows, 5)
-    json = (first[:, 0] == ord("{")) | (first[:, 0] == ord("["))
-    http = np.zeros(len(rows), dtype=bool)
-    for start in _HTTP_STARTS:
-        want = np.frombuffer(start, dtype=np.uint8).astype(np.int64)
-        http |= (first[:, : len(want)] == want).all(axis=1)
-    for i in rows[json | http].tolist():
+    for i in np.flatnonzero((pf.payload_kind == payload_kinds.JSON) | (pf.payload_kind == payload_kinds.HTTP)).tolist():
         payload = _json_body(_payload(batch, pf, i))
         match = _METHOD.search(payload)
         if not match:
@@ -125,12 +118,7 @@ class TlsClients:
     def hello_codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
         """Per packet, the code of the TLS ClientHello its TCP payload starts with (0: none)."""
         codes = np.zeros(len(batch), dtype=np.int64)
-        rows = np.flatnonzero(pf.is_ip & (pf.proto == IPPROTO_TCP) & (pf.payload_len >= 9))
-        if not len(rows):
-            return codes
-        head = _leading_bytes(batch, pf, rows, 6)
-        rows = rows[(head[:, 0] == HANDSHAKE) & (head[:, 1] == 3) & (head[:, 5] == CLIENT_HELLO)]
-        for i in rows.tolist():
+        for i in np.flatnonzero(pf.payload_kind == payload_kinds.TLS_CLIENT_HELLO).tolist():
             try:
                 hello = parse_client_hello(_payload(batch, pf, i))
             except NotAClientHello:
@@ -141,10 +129,10 @@ class TlsClients:
         return codes
 
 
-# ICMP types whose messages carry a defined body (router and neighbour discovery, MLD, timestamps,
-# address masks): data there is protocol, not a channel
-_ICMP4_WITH_BODY = (9, 10, 13, 14, 15, 16, 17, 18)
-_ICMP6_WITH_BODY = tuple(range(130, 154))
+# ICMP types whose messages carry a defined body (errors quoting a packet the sensor could not read,
+# router and neighbour discovery, MLD, timestamps, address masks): data there is protocol, not a channel
+_ICMP4_WITH_BODY = (3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
+_ICMP6_WITH_BODY = (1, 2, 3, 4, *range(130, 154))
 _ECHO_TYPES = (0, 8)
 _ECHO6_TYPES = (128, 129)
 _JUDGED_BYTES = 16  # shorter echo data holds too little to tell a pattern from a payload
@@ -168,12 +156,11 @@ def icmp_shapes(batch: PacketBatch, pf: PacketFields) -> tuple[np.ndarray, np.nd
     """
     size = np.full(len(batch), -1, dtype=np.int64)
     odd = np.zeros(len(batch), dtype=np.int64)
-    icmp4, icmp6 = pf.proto == IPPROTO_ICMP, pf.proto == IPPROTO_ICMPV6
-    rows = np.flatnonzero(pf.is_ip & (icmp4 | icmp6) & ~pf.icmp_error & (pf.icmp_type >= 0))
+    rows = np.flatnonzero(pf.payload_kind == payload_kinds.ICMP)
     if not len(rows):
         return size, odd
     size[rows] = pf.payload_len[rows]
-    kind, v6 = pf.icmp_type[rows], icmp6[rows]
+    kind, v6 = pf.icmp_type[rows], pf.proto[rows] == IPPROTO_ICMPV6
     echo = np.where(v6, np.isin(kind, _ECHO6_TYPES), np.isin(kind, _ECHO_TYPES))
     bodied = np.where(v6, np.isin(kind, _ICMP6_WITH_BODY), np.isin(kind, _ICMP4_WITH_BODY))
     odd[rows] = (~echo & ~bodied & (pf.payload_len[rows] > 0)).astype(np.int64)
