@@ -133,8 +133,6 @@ class TlsClients:
 # router and neighbour discovery, MLD, timestamps, address masks): data there is protocol, not a channel
 _ICMP4_WITH_BODY = (3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 _ICMP6_WITH_BODY = (1, 2, 3, 4, *range(130, 154))
-_ECHO_TYPES = (0, 8)
-_ECHO6_TYPES = (128, 129)
 _JUDGED_BYTES = 16  # shorter echo data holds too little to tell a pattern from a payload
 _PATTERN_WINDOW = 112  # data bytes compared with the patterns; the snap length bounds it anyway
 _MAX_PERIOD = 16  # ping -p takes up to 16 pattern bytes; a zero fill has period 1
@@ -161,7 +159,7 @@ def icmp_shapes(batch: PacketBatch, pf: PacketFields) -> tuple[np.ndarray, np.nd
         return size, odd
     size[rows] = pf.payload_len[rows]
     kind, v6 = pf.icmp_type[rows], pf.proto[rows] == IPPROTO_ICMPV6
-    echo = np.where(v6, np.isin(kind, _ECHO6_TYPES), np.isin(kind, _ECHO_TYPES))
+    echo = np.where(v6, (kind == 128) | (kind == 129), (kind == 0) | (kind == 8))
     bodied = np.where(v6, np.isin(kind, _ICMP6_WITH_BODY), np.isin(kind, _ICMP4_WITH_BODY))
     odd[rows] = (~echo & ~bodied & (pf.payload_len[rows] > 0)).astype(np.int64)
     echoes = rows[echo & (pf.payload_len[rows] > _JUDGED_BYTES)]
@@ -185,7 +183,12 @@ def _ping_data(data: np.ndarray, now_s: np.ndarray) -> np.ndarray:
     timeval_64 = clock(word(0, 8, True)) & (word(8, 8, True) < _MICROSECONDS)
     timeval_32 = (clock(word(0, 4, True)) & (word(4, 4, True) < _MICROSECONDS)) | (
         clock(word(0, 4, False)) & (word(4, 4, False) < _MICROSECONDS))
-    return _fill_pattern(data, 0) | (timeval_64 & _fill_pattern(data, 16)) | (timeval_32 & _fill_pattern(data, 8))
+    ping = np.zeros(len(data), dtype=bool)
+    for after_clock, start in ((timeval_64, 16), (timeval_32, 8), (np.ones(len(data), dtype=bool), 0)):
+        rows = np.flatnonzero(after_clock & ~ping)  # each row is compared once or twice, not three times
+        if len(rows):
+            ping[rows] = _fill_pattern(data[rows], start)
+    return ping
 
 
 def _fill_pattern(data: np.ndarray, start: int) -> np.ndarray:
@@ -195,11 +198,13 @@ def _fill_pattern(data: np.ndarray, start: int) -> np.ndarray:
     k = np.arange(tail.shape[1])
     counting = ((tail == (tail[:, :1] + k) % 256) | ~seen).all(axis=1)
     windows = ((tail == _WINDOWS_PING[(k + start) % len(_WINDOWS_PING)]) | ~seen).all(axis=1)
-    repeating = np.zeros(len(data), dtype=bool)
+    # every period at once: byte k against byte k - period, where both exist
+    periods = np.arange(1, _MAX_PERIOD + 1)[:, None]
+    earlier = k[None, :] - periods
+    compared = earlier >= 0
+    same = (tail[:, None, :] == tail[:, np.maximum(earlier, 0)]) | ~seen[:, None, :] | ~compared
     captured = seen.sum(axis=1)
-    for period in range(1, _MAX_PERIOD + 1):
-        same = (tail[:, period:] == tail[:, :-period]) | ~seen[:, period:]
-        repeating |= same.all(axis=1) & (captured >= 2 * period)  # a period shows only when it repeats
+    repeating = (same.all(axis=2) & (captured[:, None] >= 2 * periods.T)).any(axis=1)  # a period must repeat
     return counting | windows | repeating
 
 

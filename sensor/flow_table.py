@@ -131,6 +131,7 @@ class FlowTable:
         self._batches = 0
         self.watermark_ns = 0  # the latest packet time seen
         self.tls = TlsClients()  # the ClientHello fingerprints open flows refer to by code
+        self.tls_prune_at = 4096  # entries kept before those of ended flows are forgotten
 
     def __len__(self) -> int:
         return int(self._t.meta[layout.META_LIVE])
@@ -151,7 +152,7 @@ class FlowTable:
     def _forget_ended_clients(self) -> None:
         """Keep the ClientHello strings only of open flows, so a long-running sensor's memory stays
         bounded by its open flows; checked when the registry outgrows them."""
-        if len(self.tls) <= max(4096, 2 * len(self)):
+        if len(self.tls) <= max(self.tls_prune_at, 2 * len(self)):
             return
         live = self._t.live_slots()
         remap = self.tls.keep_only(self._t.num[live, layout.TLS])

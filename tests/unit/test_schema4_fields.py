@@ -12,7 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import ICMP, IP, Ether, Raw, wrpcap
 
-from kubesonar.sensor.flow_table import FlowTimeouts
+from kubesonar.sensor.app_layer import DnsParser
+from kubesonar.sensor.capture_file import read_capture
+from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
+from kubesonar.sensor.observe import observe
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.sensor.tls_hello import NotAClientHello, parse_client_hello
 from kubesonar.shared.flow import FlowRecords
@@ -209,3 +212,20 @@ def test_mining_json_rpc_in_http_bodies_is_named_as_tshark_reads_it():
     got = {(r["src_port"], r["rpc_method"]) for r in _records(path).iter_dicts() if r["rpc_method"]}
     assert expected and {m for _, m in expected} == {"getblocktemplate", "getwork"}
     assert expected <= got
+
+
+def test_forgetting_ended_flows_clients_changes_no_record():
+    """The fingerprint table is pruned to the open flows' entries; pruning after every batch must give
+    the same records as never pruning (codes of open flows are renumbered, not lost)."""
+    path = MORE / "mining/jsiwek_coinhive.pcap"  # 21 ClientHellos among many flows
+
+    def run(prune_at: int) -> FlowRecords:
+        table, parts = FlowTable(), []
+        table.tls_prune_at = prune_at
+        for batch in read_capture(path):
+            parts.append(observe(batch, table, DnsParser())[0].flows)
+            assert prune_at or len(table.tls) <= max(prune_at, 2 * len(table))
+        return FlowRecords.concat([*parts, table.flush()])
+
+    kept, pruned = run(1 << 30), run(0)
+    assert pruned.equals(kept) and (kept["tls_ja3"] != "").sum() >= 10
