@@ -52,21 +52,23 @@ def _client_key(row: dict) -> tuple[str, int, str, int]:
 
 
 @pytest.mark.parametrize("path", TLS_CAPTURES, ids=lambda p: p.name)
-def test_ja3_and_sni_equal_tsharks_for_every_whole_client_hello(path):
+def test_ja3_sni_and_alpn_equal_tsharks_for_every_whole_client_hello(path):
     rows = [r for r in _records(path).iter_dicts() if r["proto"] == 6]
     ports = sorted({r["dst_port"] for r in rows if r["tls_ja3"]})
     assert ports, "each of these captures holds a ClientHello"
     # tshark decodes TLS on the ports the sensor found it on (Empire speaks it on 80)
     hellos = _tshark(path, ["ip.src", "tcp.srcport", "ip.dst", "tcp.dstport", "tls.handshake.ja3",
-                            "tls.handshake.extensions_server_name", "tcp.len", "tls.handshake.length"],
+                            "tls.handshake.extensions_server_name", "tcp.len", "tls.handshake.length",
+                            "tls.handshake.extensions_alpn_str"],
                      "tls.handshake.type == 1 && !tcp.analysis.retransmission",
                      tuple(f"tcp.port=={p},tls" for p in ports))
-    expected: dict[tuple, tuple[str, str]] = {}
-    for src, sport, dst, dport, ja3, sni, seg, length in hellos:
+    expected: dict[tuple, tuple[str, str, str]] = {}
+    for src, sport, dst, dport, ja3, sni, seg, length, alpn in hellos:
         whole = int(seg) >= int(length.split(",")[0]) + 9  # the message and its headers in one segment
         if whole:
-            expected.setdefault((src, int(sport), dst, int(dport)), (ja3.split(",")[0], sni.split(",")[0].lower()))
-    got = {_client_key(r): (r["tls_ja3"], r["tls_sni"]) for r in rows if r["tls_ja3"]}
+            expected.setdefault((src, int(sport), dst, int(dport)),
+                                (ja3.split(",")[0], sni.split(",")[0].lower(), alpn))
+    got = {_client_key(r): (r["tls_ja3"], r["tls_sni"], r["tls_alpn"]) for r in rows if r["tls_ja3"]}
     assert expected and got == expected
 
 
