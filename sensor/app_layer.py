@@ -83,11 +83,13 @@ class TlsClients:
     table keeps per flow (0: none); records turn codes back into strings. Cut or malformed hellos are
     counted, never fatal."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_per_call: int = 8192):
         self._codes: dict[tuple[str, str, str, str], int] = {}
         self._names: list[tuple[str, str, str, str]] = [("", "", "", "")]
+        self.max_per_call = max_per_call  # bounds the Python work a flood of crafted hellos can cause
         self.parsed = 0
         self.unreadable = 0  # cut by the snap length, spread over segments, or malformed
+        self.dropped = 0  # past max_per_call in one read: not parsed
 
     def __len__(self) -> int:
         return len(self._names) - 1
@@ -118,7 +120,11 @@ class TlsClients:
     def hello_codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
         """Per packet, the code of the TLS ClientHello its TCP payload starts with (0: none)."""
         codes = np.zeros(len(batch), dtype=np.int64)
-        for i in np.flatnonzero(pf.payload_kind == payload_kinds.TLS_CLIENT_HELLO).tolist():
+        rows = np.flatnonzero(pf.payload_kind == payload_kinds.TLS_CLIENT_HELLO)
+        if len(rows) > self.max_per_call:
+            self.dropped += len(rows) - self.max_per_call
+            rows = rows[: self.max_per_call]
+        for i in rows.tolist():
             try:
                 hello = parse_client_hello(_payload(batch, pf, i))
             except NotAClientHello:

@@ -37,6 +37,7 @@ class CaptureStats:
     dns_malformed: int = 0
     tls_client_hellos: int = 0
     tls_unreadable: int = 0  # ClientHellos cut by the snap length, split over segments, or malformed
+    tls_dropped: int = 0  # ClientHellos past the per-read bound, not parsed
     capture_errors: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -74,6 +75,7 @@ def read_captures(
                 stats.flows += len(observed.flows)
                 stats.dns_messages, stats.dns_malformed = parser.parsed, parser.malformed
                 stats.tls_client_hellos, stats.tls_unreadable = table.tls.parsed, table.tls.unreadable
+                stats.tls_dropped = table.tls.dropped
                 if len(observed.flows) or len(observed.dns):
                     yield observed
         except CaptureError as exc:

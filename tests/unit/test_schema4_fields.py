@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.all import ICMP, IP, Ether, Raw, wrpcap
 
+from kubesonar.sensor import payload_kinds
 from kubesonar.sensor.app_layer import DnsParser
 from kubesonar.sensor.capture_file import read_capture
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
@@ -231,3 +232,45 @@ def test_forgetting_ended_flows_clients_changes_no_record():
 
     kept, pruned = run(1 << 30), run(0)
     assert pruned.equals(kept) and (kept["tls_ja3"] != "").sum() >= 10
+
+
+def _frames(payloads: list[tuple[int, int, bytes]]) -> list[bytes]:
+    """Ethernet/IPv4 frames: (protocol, ICMP type or 0, L4 bytes after the ports/ICMP header)."""
+    frames = []
+    for proto, icmp_type, body in payloads:
+        if proto == 1:
+            l4 = bytes((icmp_type, 0, 0, 0, 0, 7, 0, 1)) + body
+        else:  # TCP, 20-byte header, PSH+ACK
+            l4 = (40000).to_bytes(2, "big") + (443).to_bytes(2, "big") + bytes(8) + b"\x50\x18\xff\xff" + bytes(4) + body
+        ip = b"\x45\x00" + (20 + len(l4)).to_bytes(2, "big") + bytes(4) + bytes((64, proto)) + bytes(2)
+        ip += bytes((10, 0, 0, 1, 10, 0, 0, 2))
+        frames.append(bytes(12) + b"\x08\x00" + ip + l4)
+    return frames
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1, 6]), st.integers(0, 255), st.binary(max_size=400)), min_size=1,
+                max_size=12),
+       st.integers(0, 255))
+def test_hostile_payloads_in_hellos_and_icmp_are_counted_never_fatal(packets, snap_cut):
+    """Random ICMP data and TLS-looking TCP payloads, cut anywhere by the snap length, through the real
+    observe path: every candidate ClientHello is parsed or counted, and every count stays in range."""
+    from kubesonar.sensor.packets import PacketBatch
+
+    packets = [(p, t, (b"\x16\x03\x01" + body[3:5] + b"\x01" + body[5:]) if p == 6 else body)
+               for p, t, body in packets]
+    frames = _frames(packets)
+    data = np.frombuffer(b"".join(frames), dtype=np.uint8).copy()
+    lengths = np.array([len(f) for f in frames], dtype=np.int64)
+    offset = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    caplen = np.minimum(lengths, 54 + snap_cut)
+    batch = PacketBatch(data=data, offset=offset, caplen=caplen, wirelen=lengths,
+                        ts=np.arange(len(frames), dtype=np.int64) * 1_000_000_000 + 1_700_000_000 * 10**9,
+                        linktype=np.ones(len(frames), dtype=np.int64))
+    table = FlowTable()
+    observed, fields = observe(batch, table, DnsParser())
+    records = FlowRecords.concat([observed.flows, table.flush()])
+    hellos = int((fields.payload_kind == payload_kinds.TLS_CLIENT_HELLO).sum())
+    assert table.tls.parsed + table.tls.unreadable == hellos
+    assert records["icmp_odd"].sum() <= sum(1 for p, _, _ in packets if p == 1)
+    assert (records["icmp_sizes"] <= 127).all()
