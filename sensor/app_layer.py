@@ -1,11 +1,14 @@
-"""The little the sensor reads beyond headers: DNS questions and answers, and the name of a mining
-protocol's JSON-RPC method.
+"""The little the sensor reads beyond headers: DNS questions and answers, the name of a mining
+protocol's JSON-RPC method, a TLS ClientHello's fingerprints, and whether ICMP data looks like ping's.
 
 Privacy posture: the capture keeps at most ``snaplen`` bytes of a packet (400 by default). Payload is
-read only in two cases: UDP port 53 messages, parsed into names, types and codes (the ``dns`` table of
-the batch); and TCP segments whose payload starts with ``{`` (JSON-RPC), searched for a ``"method"``
-from the fixed list in :mod:`kubesonar.shared.mining`. What leaves the node is the DNS fields and, per
-flow, that method's name; never payload bytes.
+read only on packets a vectorised test picked out: UDP port 53 messages, parsed into names, types and
+codes (the ``dns`` table of the batch); TCP payloads that are JSON (``{``, ``[``) or an HTTP message
+whose body is, searched for a ``"method"`` from the fixed list in :mod:`kubesonar.shared.mining`; TCP
+payloads that start with a TLS ClientHello (:mod:`kubesonar.sensor.tls_hello`); and ICMP messages,
+whose data is compared with ping's fill patterns. What leaves the node is the DNS fields and, per flow,
+the method's name, the JA3/JA4 fingerprints, server name and ALPN list, and two ICMP counts; never
+payload bytes.
 """
 
 from __future__ import annotations
@@ -15,15 +18,21 @@ import re
 import dpkt
 import numpy as np
 
+from kubesonar.sensor import payload_kinds
 from kubesonar.sensor.dissect import PacketFields
 from kubesonar.sensor.packets import PacketBatch
+from kubesonar.sensor.tls_hello import NotAClientHello, parse_client_hello
 from kubesonar.shared.dns import DnsMessages
-from kubesonar.shared.flow import IPPROTO_TCP, IPPROTO_UDP
+from kubesonar.shared.flow import IPPROTO_ICMPV6, IPPROTO_UDP
 from kubesonar.shared.mining import MONERO_KEYS, RPC_CODES
 
 DNS_PORT = 53
 _METHOD = re.compile(rb'"method"\s*:\s*"([A-Za-z_.]{1,40})"')
-_OPEN_BRACE = ord("{")
+_JSON_STARTS = frozenset(b"{[")
+# an HTTP request that may carry a body, or any response (sensor/payload_kinds.py HTTP): JSON-RPC
+# over HTTP, as getwork and a node's RPC speak it
+_HTTP_STARTS = (b"POST ", b"PUT ", b"HTTP/")
+_HEADERS_END = b"\r\n\r\n"
 
 
 def _payload(batch: PacketBatch, pf: PacketFields, i: int) -> bytes:
@@ -32,17 +41,32 @@ def _payload(batch: PacketBatch, pf: PacketFields, i: int) -> bytes:
     return batch.data[start:end].tobytes() if end > start else b""
 
 
+def _leading_bytes(batch: PacketBatch, pf: PacketFields, rows: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` captured payload bytes of each row, -1 past the capture or the payload."""
+    k = np.arange(count)
+    pos = pf.payload_pos[rows, None] + k
+    inside = (pos < batch.caplen[rows, None]) & (k < pf.payload_len[rows, None])
+    at = np.minimum(batch.offset[rows, None] + pos, len(batch.data) - 1)
+    return np.where(inside, batch.data[at].astype(np.int64), -1)
+
+
+def _json_body(payload: bytes) -> bytes:
+    """The JSON text a TCP payload holds: itself, or an HTTP message's body; b'' when there is none."""
+    if payload.startswith(_HTTP_STARTS):
+        _, found, payload = payload.partition(_HEADERS_END)
+        if not found:
+            return b""
+    payload = payload.lstrip()
+    return payload if payload[:1] and payload[0] in _JSON_STARTS else b""
+
+
 def rpc_method_codes(batch: PacketBatch, pf: PacketFields) -> np.ndarray:
-    """Per packet, the code of the mining JSON-RPC method its payload carries (0: none)."""
+    """Per packet, the code of the mining JSON-RPC method its payload carries (0: none): a JSON
+    payload, or the JSON body of an HTTP request or response, on any port. Only a ``"method"`` member
+    of that JSON counts, never the word elsewhere."""
     codes = np.zeros(len(batch), dtype=np.int64)
-    candidates = pf.is_ip & (pf.proto == IPPROTO_TCP) & (pf.payload_len > 0)
-    if not candidates.any():
-        return codes
-    rows = np.flatnonzero(candidates)
-    first = batch.data[np.minimum(batch.offset[rows] + pf.payload_pos[rows], len(batch.data) - 1)]
-    rows = rows[(first == _OPEN_BRACE) & (pf.payload_pos[rows] < batch.caplen[rows])]
-    for i in rows.tolist():
-        payload = _payload(batch, pf, i)
+    for i in np.flatnonzero((pf.payload_kind == payload_kinds.JSON) | (pf.payload_kind == payload_kinds.HTTP)).tolist():
+        payload = _json_body(_payload(batch, pf, i))
         match = _METHOD.search(payload)
         if not match:
             continue
@@ -52,6 +76,142 @@ def rpc_method_codes(batch: PacketBatch, pf: PacketFields) -> np.ndarray:
             code = 0
         codes[i] = code
     return codes
+
+
+class TlsClients:
+    """The distinct ClientHello fingerprints of the open flows, each under a small code the compiled flow
+    table keeps per flow (0: none); records turn codes back into strings. Cut or malformed hellos are
+    counted, never fatal."""
+
+    def __init__(self, max_per_call: int = 8192):
+        self._codes: dict[tuple[str, str, str, str], int] = {}
+        self._names: list[tuple[str, str, str, str]] = [("", "", "", "")]
+        self.max_per_call = max_per_call  # bounds the Python work a flood of crafted hellos can cause
+        self.parsed = 0
+        self.unreadable = 0  # cut by the snap length, spread over segments, or malformed
+        self.dropped = 0  # past max_per_call in one read: not parsed
+
+    def __len__(self) -> int:
+        return len(self._names) - 1
+
+    def code(self, names: tuple[str, str, str, str]) -> int:
+        found = self._codes.get(names)
+        if found is None:
+            found = self._codes[names] = len(self._names)
+            self._names.append(names)
+        return found
+
+    def columns(self, codes: np.ndarray) -> tuple[np.ndarray, ...]:
+        """tls_ja3, tls_ja4, tls_sni, tls_alpn for each code."""
+        table = np.empty((len(self._names), 4), dtype=object)
+        table[:] = self._names
+        rows = table[codes]
+        return tuple(rows[:, k] for k in range(4))
+
+    def keep_only(self, codes: np.ndarray) -> np.ndarray:
+        """Forget every entry but ``codes`` (those of open flows); return old code -> new code."""
+        remap = np.zeros(len(self._names), dtype=np.int64)
+        kept = np.unique(codes[codes > 0])
+        remap[kept] = np.arange(1, len(kept) + 1)
+        self._names = [self._names[0]] + [self._names[c] for c in kept.tolist()]
+        self._codes = {names: k for k, names in enumerate(self._names) if k}
+        return remap
+
+    def hello_codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
+        """Per packet, the code of the TLS ClientHello its TCP payload starts with (0: none)."""
+        codes = np.zeros(len(batch), dtype=np.int64)
+        rows = np.flatnonzero(pf.payload_kind == payload_kinds.TLS_CLIENT_HELLO)
+        if len(rows) > self.max_per_call:
+            self.dropped += len(rows) - self.max_per_call
+            rows = rows[: self.max_per_call]
+        for i in rows.tolist():
+            try:
+                hello = parse_client_hello(_payload(batch, pf, i))
+            except NotAClientHello:
+                self.unreadable += 1
+                continue
+            self.parsed += 1
+            codes[i] = self.code((hello.ja3(), hello.ja4(), hello.server_name, hello.alpn_text()))
+        return codes
+
+
+# ICMP types whose messages carry a defined body (errors quoting a packet the sensor could not read,
+# router and neighbour discovery, MLD, timestamps, address masks): data there is protocol, not a channel
+_ICMP4_WITH_BODY = (3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
+_ICMP6_WITH_BODY = (1, 2, 3, 4, *range(130, 154))
+_JUDGED_BYTES = 16  # shorter echo data holds too little to tell a pattern from a payload
+_PATTERN_WINDOW = 112  # data bytes compared with the patterns; the snap length bounds it anyway
+_MAX_PERIOD = 16  # ping -p takes up to 16 pattern bytes; a zero fill has period 1
+_WINDOWS_PING = np.frombuffer(b"abcdefghijklmnopqrstuvw", dtype=np.uint8).astype(np.int64)
+_CLOCK_SKEW_S = 366 * 86_400  # how far a sender's clock may be from the capture's and still be a clock
+_MICROSECONDS = 1_000_000
+
+
+def icmp_shapes(batch: PacketBatch, pf: PacketFields) -> tuple[np.ndarray, np.ndarray]:
+    """Per packet, (data bytes of an ICMP message that is not an error, else -1; 1 when it is odd).
+
+    Echo data is ping's when it follows a fill pattern from its first byte (Windows' ``abc...w``
+    cycle, a count up byte by byte, a pattern of at most 16 bytes repeated: ``ping -p``, zero fill), or
+    when it starts with the sender's clock (a struct timeval: 16 bytes little-endian, as iputils on
+    64-bit Linux writes it, or 8 bytes either way round, as BSD, macOS and 32-bit systems do) within a
+    year of the capture's time and the pattern follows. Anything else in an echo is odd, and so is data
+    in a message of a type that defines none (not echo, not an error, not discovery or timestamp).
+    Only the captured bytes are compared; echo data of 16 bytes or fewer is never odd.
+    """
+    size = np.full(len(batch), -1, dtype=np.int64)
+    odd = np.zeros(len(batch), dtype=np.int64)
+    rows = np.flatnonzero(pf.payload_kind == payload_kinds.ICMP)
+    if not len(rows):
+        return size, odd
+    size[rows] = pf.payload_len[rows]
+    kind, v6 = pf.icmp_type[rows], pf.proto[rows] == IPPROTO_ICMPV6
+    echo = np.where(v6, (kind == 128) | (kind == 129), (kind == 0) | (kind == 8))
+    bodied = np.where(v6, np.isin(kind, _ICMP6_WITH_BODY), np.isin(kind, _ICMP4_WITH_BODY))
+    odd[rows] = (~echo & ~bodied & (pf.payload_len[rows] > 0)).astype(np.int64)
+    echoes = rows[echo & (pf.payload_len[rows] > _JUDGED_BYTES)]
+    if len(echoes):
+        data = _leading_bytes(batch, pf, echoes, _PATTERN_WINDOW)
+        judged = data[:, _JUDGED_BYTES - 1] >= 0  # the capture holds what a timestamp would be
+        odd[echoes] = judged & ~_ping_data(data, batch.ts[echoes] // 1_000_000_000)
+    return size, odd
+
+
+def _ping_data(data: np.ndarray, now_s: np.ndarray) -> np.ndarray:
+    """Rows of echo data bytes (-1 past what was captured) that ping would have sent."""
+    def word(at: int, size: int, little: bool) -> np.ndarray:
+        part = np.maximum(data[:, at : at + size], 0).astype(np.float64)  # exact below 2^53: any clock
+        weights = 256.0 ** (np.arange(size) if little else np.arange(size)[::-1])
+        return (part * weights).sum(axis=1)
+
+    def clock(seconds: np.ndarray) -> np.ndarray:
+        return np.abs(seconds - now_s) <= _CLOCK_SKEW_S
+
+    timeval_64 = clock(word(0, 8, True)) & (word(8, 8, True) < _MICROSECONDS)
+    timeval_32 = (clock(word(0, 4, True)) & (word(4, 4, True) < _MICROSECONDS)) | (
+        clock(word(0, 4, False)) & (word(4, 4, False) < _MICROSECONDS))
+    ping = np.zeros(len(data), dtype=bool)
+    for after_clock, start in ((timeval_64, 16), (timeval_32, 8), (np.ones(len(data), dtype=bool), 0)):
+        rows = np.flatnonzero(after_clock & ~ping)  # each row is compared once or twice, not three times
+        if len(rows):
+            ping[rows] = _fill_pattern(data[rows], start)
+    return ping
+
+
+def _fill_pattern(data: np.ndarray, start: int) -> np.ndarray:
+    """Rows whose bytes from ``start`` on follow one of ping's fill patterns."""
+    tail = data[:, start:]
+    seen = tail >= 0
+    k = np.arange(tail.shape[1])
+    counting = ((tail == (tail[:, :1] + k) % 256) | ~seen).all(axis=1)
+    windows = ((tail == _WINDOWS_PING[(k + start) % len(_WINDOWS_PING)]) | ~seen).all(axis=1)
+    # every period at once: byte k against byte k - period, where both exist
+    periods = np.arange(1, _MAX_PERIOD + 1)[:, None]
+    earlier = k[None, :] - periods
+    compared = earlier >= 0
+    same = (tail[:, None, :] == tail[:, np.maximum(earlier, 0)]) | ~seen[:, None, :] | ~compared
+    captured = seen.sum(axis=1)
+    repeating = (same.all(axis=2) & (captured[:, None] >= 2 * periods.T)).any(axis=1)  # a period must repeat
+    return counting | windows | repeating
 
 
 class DnsParser:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from kubesonar.sensor import payload_kinds
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.record_walk import dissect_batch
 from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP
@@ -63,9 +64,14 @@ class PacketFields:
     tunnel_src: np.ndarray  # (n, 2) uint64, zero unless decapsulated
     tunnel_dst: np.ndarray  # (n, 2) uint64
     tunnel_id: np.ndarray  # int64 VNI
-    payload_pos: np.ndarray  # int64 where the TCP/UDP payload starts, from the packet's start
+    payload_pos: np.ndarray  # int64 where the TCP/UDP payload (ICMP: the data after the 8-byte header) starts
     payload_len: np.ndarray  # int64 payload bytes on the wire (the capture may hold fewer)
-    rpc_code: np.ndarray  # int64 mining JSON-RPC method recognised in the payload (sensor/app_layer.py), 0 none
+    payload_kind: np.ndarray  # int64 what the payload starts with (sensor/payload_kinds.py)
+    # what sensor/app_layer.py reads from the few packets whose payload matters
+    rpc_code: np.ndarray  # int64 mining JSON-RPC method recognised in the payload, 0 none
+    tls_code: np.ndarray  # int64 the ClientHello's fingerprints in the flow table's TlsClients, 0 none
+    icmp_size: np.ndarray  # int64 data bytes of an ICMP message that is not an error, -1 otherwise
+    icmp_odd: np.ndarray  # int64 1: that data is not a ping pattern, or a message type carrying none does
 
     @classmethod
     def blank(cls, n: int) -> PacketFields:
@@ -79,7 +85,8 @@ class PacketFields:
             is_ip=z(bool), src=w(), dst=w(), sport=z(), dport=z(), proto=z(), ip_len=z(), tcp_flags=z(), tcp_seq=z(),
             icmp_type=np.full(n, -1, dtype=np.int64), icmp_code=np.full(n, -1, dtype=np.int64),
             icmp_error=z(bool), fragment=z(bool), truncated=z(bool), tunnel_src=w(), tunnel_dst=w(),
-            tunnel_id=z(), payload_pos=z(), payload_len=z(), rpc_code=z(),
+            tunnel_id=z(), payload_pos=z(), payload_len=z(), payload_kind=z(), rpc_code=z(), tls_code=z(),
+            icmp_size=np.full(n, -1, dtype=np.int64), icmp_odd=z(),
         )
 
     def assign(self, rows: np.ndarray, other: PacketFields, keep: np.ndarray) -> None:
@@ -153,7 +160,7 @@ def dissect(batch: PacketBatch) -> PacketFields:
         batch.data, batch.offset, batch.caplen, batch.wirelen, batch.linktype, out.is_ip, out.src, out.dst,
         out.sport, out.dport, out.proto, out.ip_len, out.tcp_flags, out.tcp_seq, out.icmp_type, out.icmp_code,
         out.icmp_error, out.fragment, out.truncated, out.tunnel_src, out.tunnel_dst, out.tunnel_id,
-        out.payload_pos, out.payload_len,
+        out.payload_pos, out.payload_len, out.payload_kind,
     )
     return out
 
@@ -162,7 +169,31 @@ def dissect_vectorised(batch: PacketBatch) -> PacketFields:
     """The same fields read with numpy, field by field for all packets: the reference the compiled pass
     is tested against."""
     view = _View(batch.data, batch.offset, batch.caplen, batch.wirelen)
-    return _dissect(view, batch.linktype, np.zeros(len(batch), dtype=np.int64), tunnels=True)
+    out = _dissect(view, batch.linktype, np.zeros(len(batch), dtype=np.int64), tunnels=True)
+    _payload_kinds(view, out)
+    return out
+
+
+def _payload_kinds(view: _View, out: PacketFields) -> None:
+    """What each payload starts with (sensor/payload_kinds.py), bytes past the payload not counted."""
+    icmp = (out.proto == IPPROTO_ICMP) | (out.proto == IPPROTO_ICMPV6)
+    usable = out.is_ip & ~out.icmp_error
+    out.payload_kind[:] = np.where(usable & icmp & (out.icmp_type >= 0), payload_kinds.ICMP, payload_kinds.NONE)
+    rows = np.flatnonzero(usable & (out.proto == IPPROTO_TCP) & (out.payload_len > 0)
+                          & (out.payload_pos < view.caplen))
+    if not len(rows):
+        return
+    sub, pos, size = view.take(rows), out.payload_pos[rows], out.payload_len[rows]
+    head = np.column_stack([sub.u8(pos + k) for k in range(6)])
+    head[np.arange(6) >= size[:, None]] = -1  # not payload
+    def starts(text: bytes) -> np.ndarray:
+        return (head[:, : len(text)] == np.frombuffer(text, np.uint8)).all(axis=1)
+
+    kind = np.select(
+        [(head[:, 0] == ord("{")) | (head[:, 0] == ord("[")), starts(b"POST ") | starts(b"PUT ") | starts(b"HTTP/"),
+         (head[:, 0] == 0x16) & (head[:, 1] == 3) & (head[:, 5] == 1) & (size >= 9)],
+        [payload_kinds.JSON, payload_kinds.HTTP, payload_kinds.TLS_CLIENT_HELLO], payload_kinds.NONE)
+    out.payload_kind[rows] = kind
 
 
 def _dissect(view: _View, linktype: np.ndarray, pos: np.ndarray, tunnels: bool) -> PacketFields:
@@ -267,6 +298,7 @@ def _ip_layer(view: _View, l3: np.ndarray, ethertype: np.ndarray, out: PacketFie
 
 def _transport(view: _View, l4: np.ndarray, out: PacketFields) -> None:
     first = out.is_ip & ~out.fragment
+    ip_payload = out.payload_len.copy()
     ported = first & np.isin(out.proto, _PORTED)
     ports_ok = ported & view.has(l4, 4)
     out.truncated |= ported & ~ports_ok
@@ -283,6 +315,8 @@ def _transport(view: _View, l4: np.ndarray, out: PacketFields) -> None:
     icmp = first & ((out.proto == IPPROTO_ICMP) | (out.proto == IPPROTO_ICMPV6)) & view.has(l4, 2)
     if not icmp.any():
         return
+    out.payload_pos[:] = np.where(icmp, l4 + 8, out.payload_pos)  # an ICMP message's data follows its header
+    out.payload_len[:] = np.where(icmp, np.maximum(ip_payload - 8, 0), out.payload_len)
     out.icmp_type[:] = view.read_where(icmp, l4, 1, default=-1)
     out.icmp_code[:] = view.read_where(icmp, l4 + 1, 1, default=-1)
     echo = icmp & np.isin(out.icmp_type, ICMP_ECHO_REQUESTS + ICMP_ECHO_REPLIES) & view.has(l4, 8)

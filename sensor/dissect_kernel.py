@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from kubesonar.sensor.jit import njit
+from kubesonar.sensor.payload_kinds import HTTP, ICMP, JSON, NONE, TLS_CLIENT_HELLO
 
 _MAPPED = np.uint64(0xFFFF << 32)
 
@@ -141,13 +142,14 @@ def _ip_transport(data, base, caplen, wirelen, l3, et):
             flags = _rd(data, base, caplen, l4 + 13, 1)
             if flags & 0x02:
                 seq = _rd(data, base, caplen, l4 + 4, 4)
-        if tcp or udp:
+        icmp = (proto == 1 or proto == 58) and l4 + 2 <= caplen
+        if tcp or udp or icmp:  # an ICMP message's data follows its 8-byte header
             header = (_rd(data, base, caplen, l4 + 12, 1) >> 4) * 4 if tcp else 8
             payload_pos = l4 + header
             payload_len = max(payload_len - header, 0)
         else:
             payload_len = 0
-        if (proto == 1 or proto == 58) and l4 + 2 <= caplen:
+        if icmp:
             icmp_type = _rd(data, base, caplen, l4, 1)
             icmp_code = _rd(data, base, caplen, l4 + 1, 1)
             if (icmp_type == 8 or icmp_type == 128 or icmp_type == 0 or icmp_type == 129) and l4 + 8 <= caplen:
@@ -175,9 +177,45 @@ def _packet(data, base, caplen, wirelen, linktype, p):
 
 
 @njit(cache=True, nogil=True)
+def _starts(data, base, caplen, pos, size, text) -> bool:
+    if size < len(text):
+        return False
+    for k in range(len(text)):
+        if _rd(data, base, caplen, pos + k, 1) != text[k]:
+            return False
+    return True
+
+
+_POST = np.frombuffer(b"POST ", np.uint8)
+_PUT = np.frombuffer(b"PUT ", np.uint8)
+_HTTP = np.frombuffer(b"HTTP/", np.uint8)
+
+
+@njit(cache=True, nogil=True)
+def _payload_kind(data, base, caplen, is_ip, proto, icmp_type, error, pos, size) -> int:
+    """sensor/payload_kinds.py: what the payload at ``pos`` (``size`` bytes on the wire) starts with."""
+    if not is_ip or error:
+        return NONE
+    if proto == 1 or proto == 58:
+        return ICMP if icmp_type >= 0 else NONE
+    if proto != 6 or size <= 0 or pos >= caplen:
+        return NONE
+    first = _rd(data, base, caplen, pos, 1)
+    if first == 0x7B or first == 0x5B:  # { [
+        return JSON
+    if _starts(data, base, caplen, pos, size, _POST) or _starts(data, base, caplen, pos, size, _PUT) or _starts(
+            data, base, caplen, pos, size, _HTTP):
+        return HTTP
+    if first == 0x16 and size >= 9 and _rd(data, base, caplen, pos + 1, 1) == 3 and _rd(
+            data, base, caplen, pos + 5, 1) == 1:
+        return TLS_CLIENT_HELLO
+    return NONE
+
+
+@njit(cache=True, nogil=True)
 def dissect_batch(data, offset, caplen, wirelen, linktype, is_ip, src, dst, sport, dport, proto, ip_len,
                   tcp_flags, tcp_seq, icmp_type, icmp_code, icmp_error, fragment, truncated, tunnel_src,
-                  tunnel_dst, tunnel_id, payload_pos, payload_len) -> None:
+                  tunnel_dst, tunnel_id, payload_pos, payload_len, payload_kind) -> None:
     """Fill the PacketFields arrays of a batch, one packet at a time."""
     for i in range(len(offset)):
         base, cl, wl = offset[i], caplen[i], wirelen[i]
@@ -208,6 +246,7 @@ def dissect_batch(data, offset, caplen, wirelen, linktype, is_ip, src, dst, spor
         tcp_flags[i], tcp_seq[i], icmp_type[i], icmp_code[i] = f[9], f[10], f[11], f[12]
         fragment[i], truncated[i], payload_pos[i], payload_len[i] = f[13], f[14], f[15], f[16]
         icmp_error[i] = f[18]
+        payload_kind[i] = _payload_kind(data, base, cl, f[0], f[7], f[11], f[18], f[15], f[16])
         if not tunnelled:
             tunnel_src[i, 0] = tunnel_src[i, 1] = tunnel_dst[i, 0] = tunnel_dst[i, 1] = 0
             tunnel_id[i] = 0

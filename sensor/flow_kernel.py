@@ -23,8 +23,14 @@ from kubesonar.sensor.flow_layout import (
     FIRST_TS,
     FLAGS_A,
     FLAGS_B,
+    GAP_N_A,
+    GAP_SQ_A,
+    GAP_SUM_A,
     ICMP_CODE,
     ICMP_ERROR,
+    ICMP_ODD,
+    ICMP_SIZES_HI,
+    ICMP_SIZES_LO,
     ICMP_TYPE,
     INIT_IS_A,
     LAST_TS,
@@ -37,8 +43,10 @@ from kubesonar.sensor.flow_layout import (
     REC_START,
     RPC,
     SEG_BATCH,
+    SMALL_TS_A,
     STAMP,
     SYN_SEQ,
+    TLS,
 )
 from kubesonar.sensor.jit import njit
 from kubesonar.shared.flow import EndReason
@@ -49,6 +57,11 @@ _CLOSED_RST, _CLOSED_FIN_A, _CLOSED_FIN_B = 1, 2, 4
 _IDLE, _ACTIVE = int(EndReason.IDLE_TIMEOUT), int(EndReason.ACTIVE_TIMEOUT)
 _NEW_CONNECTION = int(EndReason.NEW_CONNECTION)
 _ICMP, _ICMPV6 = 1, 58
+# Gaps are measured between a side's small packets: keep-alives, heartbeats, check-ins and keystrokes
+# are small, bulk transfer is not. Small: 1 to 300 payload bytes (a bare ACK carries none), or an ICMP
+# message with at most 300 data bytes.
+SMALL_PAYLOAD = 300
+_ICMP_SIZE_BUCKETS = 127  # a prime: sizes that collide differ by a multiple of it
 
 
 @njit(cache=True, nogil=True)
@@ -147,13 +160,47 @@ def _start_record(s, ts, rec_start, conn_start, num, tun) -> None:
 
 
 @njit(cache=True, nogil=True)
+def _start_connection(s, num, numf) -> None:
+    """Reset what a connection accumulates over all its records (interim ones carry it on)."""
+    for c in (TLS, GAP_N_A, GAP_N_A + 1, GAP_SUM_A, GAP_SUM_A + 1, ICMP_SIZES_LO, ICMP_SIZES_HI, ICMP_ODD):
+        num[s, c] = 0
+    numf[s, GAP_SQ_A] = 0.0
+    numf[s, GAP_SQ_A + 1] = 0.0
+    num[s, SMALL_TS_A] = -1
+    num[s, SMALL_TS_A + 1] = -1
+
+
+@njit(cache=True, nogil=True)
+def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, num, numf) -> None:
+    """The connection-level figures one packet adds: a gap, an ICMP size, the ClientHello's code."""
+    if small:
+        last = num[s, SMALL_TS_A + side]
+        if last >= 0:
+            gap = ts - last
+            num[s, GAP_N_A + side] += 1
+            num[s, GAP_SUM_A + side] += gap
+            numf[s, GAP_SQ_A + side] += np.float64(gap) * np.float64(gap)
+        num[s, SMALL_TS_A + side] = ts
+    if icmp_size >= 0:
+        bucket = icmp_size % _ICMP_SIZE_BUCKETS
+        if bucket < 64:
+            num[s, ICMP_SIZES_LO] |= np.int64(1) << np.int64(bucket)
+        else:
+            num[s, ICMP_SIZES_HI] |= np.int64(1) << np.int64(bucket - 64)
+        num[s, ICMP_ODD] += icmp_odd
+    if tls_code != 0 and num[s, TLS] == 0:  # the first ClientHello names the client
+        num[s, TLS] = tls_code
+
+
+@njit(cache=True, nogil=True)
 def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq, icmp_type, icmp_code,
-                icmp_error, tunnel_src, tunnel_dst, tunnel_id, rpc_code, ts_all, start, batch, idle_ns,
-                active_ns, key, tun, num, index, free, meta, out_key, out_tun, out_num, out_reason,
-                n_out) -> tuple[int, int]:
+                icmp_error, tunnel_src, tunnel_dst, tunnel_id, rpc_code, payload_len, tls_code, icmp_size,
+                icmp_odd, ts_all, start, batch, idle_ns, active_ns, key, tun, num, numf, index, free, meta,
+                out_key, out_tun, out_num, out_reason, n_out) -> tuple[int, int]:
     """Account packets ``order[start:]``; return (next packet to do, records written to out_*).
 
-    Stops early when the table is full; Python grows it and calls again from there.
+    Stops early when the table is full; Python grows it and calls again from there. ``numf`` is ``num``
+    viewed as float64 (the same memory), for the sums of squares.
     """
     capacity = len(num)
     for j in range(start, len(order)):
@@ -191,6 +238,7 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
             key[s, 0], key[s, 1], key[s, 2], key[s, 3], key[s, 4] = k0, k1, k2, k3, k4
             num[s, LIVE] = 1
             _start_record(s, ts, ts, ts, num, tun)
+            _start_connection(s, num, numf)
             num[s, LAST_TS] = ts
             num[s, STAMP] = batch
             num[s, CLOSED_BITS] = 0
@@ -223,6 +271,7 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
                     reason = _NEW_CONNECTION if reuse_break else _IDLE
                 n_out = _emit(s, reason, key, tun, num, out_key, out_tun, out_num, out_reason, n_out)
                 _start_record(s, ts, ts, ts, num, tun)
+                _start_connection(s, num, numf)
                 num[s, SEG_BATCH] = batch
                 num[s, DECIDED] = 0
                 num[s, INIT_IS_A] = _by_ports(pa, pb, pr, (1 - from_b) ^ (1 if err else 0))
@@ -256,4 +305,8 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
             tun[s, 2], tun[s, 3] = tunnel_dst[i, 0], tunnel_dst[i, 1]
             tun[s, 4] = np.uint64(tunnel_id[i])
         num[s, RPC] = max(num[s, RPC], rpc_code[i])
+        pl = payload_len[i]
+        small = (1 <= pl <= SMALL_PAYLOAD) or ((pr == _ICMP or pr == _ICMPV6) and not err and it >= 0
+                                               and pl <= SMALL_PAYLOAD)
+        _account_payload(s, from_b, ts, small, icmp_size[i], icmp_odd[i], tls_code[i], num, numf)
     return len(order), n_out

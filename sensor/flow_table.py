@@ -20,6 +20,7 @@ import numpy as np
 
 from kubesonar.sensor import flow_layout as layout
 from kubesonar.sensor import record_walk as kernel
+from kubesonar.sensor.app_layer import TlsClients
 from kubesonar.sensor.dissect import PacketFields
 from kubesonar.shared.flow import (
     EndReason,
@@ -129,6 +130,8 @@ class FlowTable:
         self._t = _Table(initial_capacity)
         self._batches = 0
         self.watermark_ns = 0  # the latest packet time seen
+        self.tls = TlsClients()  # the ClientHello fingerprints open flows refer to by code
+        self.tls_prune_at = 4096  # entries kept before those of ended flows are forgotten
 
     def __len__(self) -> int:
         return int(self._t.meta[layout.META_LIVE])
@@ -142,7 +145,18 @@ class FlowTable:
             return FlowRecords.empty()
         out = self._account(_Batch.of(pf, ts, rows))
         self.watermark_ns = max(self.watermark_ns, int(ts[rows].max()))
-        return FlowRecords.concat([out, self.expire(self.watermark_ns), self._evict()])
+        records = FlowRecords.concat([out, self.expire(self.watermark_ns), self._evict()])
+        self._forget_ended_clients()
+        return records
+
+    def _forget_ended_clients(self) -> None:
+        """Keep the ClientHello strings only of open flows, so a long-running sensor's memory stays
+        bounded by its open flows; checked when the registry outgrows them."""
+        if len(self.tls) <= max(self.tls_prune_at, 2 * len(self)):
+            return
+        live = self._t.live_slots()
+        remap = self.tls.keep_only(self._t.num[live, layout.TLS])
+        self._t.num[live, layout.TLS] = remap[self._t.num[live, layout.TLS]]
 
     def _evict(self) -> FlowRecords:
         if self.max_flows is None or len(self) <= self.max_flows:
@@ -189,19 +203,20 @@ class FlowTable:
             done, n_out = kernel.add_packets(
                 b.order, pf.src, pf.dst, pf.sport, pf.dport, pf.proto, pf.ip_len, pf.tcp_flags, pf.tcp_seq,
                 pf.icmp_type, pf.icmp_code, pf.icmp_error, pf.tunnel_src, pf.tunnel_dst, pf.tunnel_id,
-                pf.rpc_code, b.ts, done, self._batches, self.timeouts.idle_ns, self.timeouts.active_ns,
-                t.key, t.tun, t.num, t.index, t.free, t.meta, out_key, out_tun, out_num, out_reason, n_out,
+                pf.rpc_code, pf.payload_len, pf.tls_code, pf.icmp_size, pf.icmp_odd, b.ts, done, self._batches,
+                self.timeouts.idle_ns, self.timeouts.active_ns, t.key, t.tun, t.num, t.num.view(np.float64),
+                t.index, t.free, t.meta, out_key, out_tun, out_num, out_reason, n_out,
             )
             if done == n:
                 break
             t.make_room()  # the table stopped for want of room; go on where it stopped
-        return _records(out_key[:n_out], out_tun[:n_out], out_num[:n_out], out_reason[:n_out])
+        return _records(out_key[:n_out], out_tun[:n_out], out_num[:n_out], out_reason[:n_out], self.tls)
 
     def _end_slots(self, slots: np.ndarray, reason) -> FlowRecords:
         if not len(slots):
             return FlowRecords.empty()
         t = self._t
-        records = _records(t.key[slots], t.tun[slots], t.num[slots], reason)
+        records = _records(t.key[slots], t.tun[slots], t.num[slots], reason, self.tls)
         t.release(slots)
         return records
 
@@ -217,7 +232,7 @@ def _addr(halves: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(halves, dtype=">u8").view("V16").ravel()
 
 
-def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason) -> FlowRecords:
+def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason, tls: TlsClients) -> FlowRecords:
     """Records from table rows (see :mod:`kubesonar.sensor.flow_kernel` for the layout)."""
     n = len(key)
     init_is_a = num[:, layout.INIT_IS_A] != 0
@@ -255,4 +270,28 @@ def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason) -> FlowR
     rpc = num[:, layout.RPC]
     if rpc.any():
         cols["rpc_method"] = _RPC_NAMES[rpc]
+    _connection_figures(cols, num, out_col, tls)
     return rec
+
+
+def _connection_figures(cols: dict[str, np.ndarray], num: np.ndarray, out_col: np.ndarray, tls: TlsClients) -> None:
+    """The schema 4 columns, cumulative over the connection (docs/flow-format.md)."""
+    codes = num[:, layout.TLS]
+    if codes.any():
+        cols["tls_ja3"], cols["tls_ja4"], cols["tls_sni"], cols["tls_alpn"] = tls.columns(codes)
+    rows = np.arange(len(num))
+    for side, col in (("out", out_col), ("in", 1 - out_col)):
+        gaps = num[rows, layout.GAP_N_A + col]
+        total = num[rows, layout.GAP_SUM_A + col].astype(np.float64)
+        squares = np.ascontiguousarray(num[:, layout.GAP_SQ_A : layout.GAP_SQ_A + 2]).view(np.float64)[rows, col]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = np.where(gaps > 0, total / gaps, 0.0)
+            spread = np.sqrt(np.maximum(squares / gaps - mean * mean, 0.0))
+            cv = np.where((gaps >= 2) & (mean > 0), spread / mean, 0.0)
+        cols[f"gaps_{side}"] = np.minimum(gaps, 0xFFFFFFFF).astype(np.uint32)
+        cols[f"gap_mean_us_{side}"] = np.round(mean / 1000).astype(np.uint64)
+        cols[f"gap_cv_milli_{side}"] = np.minimum(np.round(cv * 1000), 0xFFFFFFFF).astype(np.uint32)
+    sizes = np.bitwise_count(num[:, layout.ICMP_SIZES_LO].view(np.uint64)) + np.bitwise_count(
+        num[:, layout.ICMP_SIZES_HI].view(np.uint64))
+    cols["icmp_sizes"] = np.minimum(sizes, 255).astype(np.uint8)
+    cols["icmp_odd"] = np.minimum(num[:, layout.ICMP_ODD], 0xFFFFFFFF).astype(np.uint32)

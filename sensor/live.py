@@ -80,6 +80,9 @@ class SensorCounters:
     dns_messages: int = 0
     dns_malformed: int = 0
     dns_dropped: int = 0
+    tls_client_hellos: int = 0
+    tls_unreadable: int = 0  # ClientHellos cut by the snap length, split over segments, or malformed
+    tls_dropped: int = 0  # ClientHellos past the per-read bound, not parsed
     # packets that joined no flow, by reason (sensor/observe.py: unplaced)
     unplaced_unknown_linktype: int = 0
     unplaced_not_ip: int = 0
@@ -215,6 +218,9 @@ class LiveSensor:
             self.counters.windows += 1
         self.counters.dns_messages, self.counters.dns_malformed = self.dns.parsed, self.dns.malformed
         self.counters.dns_dropped = self.dns.dropped
+        tls = self.table.tls
+        self.counters.tls_client_hellos, self.counters.tls_unreadable = tls.parsed, tls.unreadable
+        self.counters.tls_dropped = tls.dropped
         counters = self.counters.as_dict() | (self.extra_counters() if self.extra_counters else {})
         header = BatchHeader(self.settings.cluster, self.settings.node, self.sensor_id, self._sequence,
                              self._window_start, now, counters=counters)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kubesonar.sensor.app_layer import DnsParser, rpc_method_codes
+from kubesonar.sensor.app_layer import DnsParser, icmp_shapes, rpc_method_codes
 from kubesonar.sensor.dissect import SUPPORTED_LINKTYPES, PacketFields, dissect
 from kubesonar.sensor.flow_table import FlowTable
 from kubesonar.sensor.packets import PacketBatch
@@ -23,10 +23,13 @@ class Observed:
 
 
 def observe(batch: PacketBatch, table: FlowTable, dns: DnsParser) -> tuple[Observed, PacketFields]:
-    """Dissect a packet batch, name mining RPC methods, parse DNS, and account it in the flow table:
-    records complete only as flows end, so they lag the DNS messages of the same packets."""
+    """Dissect a packet batch, read the few payloads that matter (mining RPC methods, TLS ClientHellos,
+    ICMP data, DNS), and account it in the flow table: records complete only as flows end, so they lag
+    the DNS messages of the same packets."""
     fields = dissect(batch)
     fields.rpc_code[:] = rpc_method_codes(batch, fields)
+    fields.tls_code[:] = table.tls.hello_codes(batch, fields)
+    fields.icmp_size[:], fields.icmp_odd[:] = icmp_shapes(batch, fields)
     messages = dns.parse(batch, fields, batch.ts)
     return Observed(table.add(fields, batch.ts), messages), fields
 

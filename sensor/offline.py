@@ -35,6 +35,9 @@ class CaptureStats:
     flows: int = 0
     dns_messages: int = 0
     dns_malformed: int = 0
+    tls_client_hellos: int = 0
+    tls_unreadable: int = 0  # ClientHellos cut by the snap length, split over segments, or malformed
+    tls_dropped: int = 0  # ClientHellos past the per-read bound, not parsed
     capture_errors: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -71,6 +74,8 @@ def read_captures(
                     setattr(stats, f"unplaced_{reason}", getattr(stats, f"unplaced_{reason}") + count)
                 stats.flows += len(observed.flows)
                 stats.dns_messages, stats.dns_malformed = parser.parsed, parser.malformed
+                stats.tls_client_hellos, stats.tls_unreadable = table.tls.parsed, table.tls.unreadable
+                stats.tls_dropped = table.tls.dropped
                 if len(observed.flows) or len(observed.dns):
                     yield observed
         except CaptureError as exc:

@@ -73,8 +73,9 @@ class Column:
 
 
 # Schema 4: what a flow says about its software and its timing, never its payload (README privacy table).
+# Cumulative over the connection: interim records carry the figures so far (docs/flow-format.md).
 SCHEMA_4_COLUMNS: tuple[Column, ...] = (
-    Column("tls_ja3", "O", "JA3 hash (MD5 hex) of the initiator's TLS ClientHello, '' if none seen"),
+    Column("tls_ja3", "O", "JA3 hash (MD5 hex) of the connection's first whole TLS ClientHello, '' if none seen"),
     Column("tls_ja4", "O", "JA4 fingerprint of that ClientHello, '' if none"),
     Column("tls_sni", "O", "server_name of that ClientHello, '' if none"),
     Column("tls_alpn", "O", "its ALPN protocols, comma-separated, '' if none"),
@@ -82,12 +83,13 @@ SCHEMA_4_COLUMNS: tuple[Column, ...] = (
     column
     for side, who in (("out", "initiator"), ("in", "responder"))
     for column in (
-        Column(f"gaps_{side}", "u4", f"gaps measured between the {who}'s small packets (persistence in a session)"),
+        Column(f"gaps_{side}", "u4", f"gaps measured between the {who}'s small packets (1-300 payload bytes; "
+                                     "persistence in a session), cumulative over the connection"),
         Column(f"gap_mean_us_{side}", "u8", "mean of those gaps, microseconds; 0 if none"),
         Column(f"gap_cv_milli_{side}", "u4", "their coefficient of variation (std / mean) x 1000; 0 if under 2"),
     )
 ) + (
-    Column("icmp_sizes", "u1", "distinct ICMP payload sizes in the flow, saturating at 255"),
+    Column("icmp_sizes", "u1", "distinct ICMP data sizes in the flow (as sizes mod 127, so at most 127)"),
     Column("icmp_odd", "u4", "ICMP messages whose payload is not a ping pattern, or non-echo ones with data"),
 )
 SCHEMA_4_NAMES = frozenset(c.name for c in SCHEMA_4_COLUMNS)

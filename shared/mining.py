@@ -11,6 +11,9 @@ RPC_METHODS: tuple[str, ...] = (
     "login", "job", "submit", "keepalived",  # Monero pools (xmrig, xmr-stak)
     "eth_submitLogin", "eth_getWork", "eth_submitWork", "eth_submitHashrate",  # Ethereum Stratum/getwork
     "getblocktemplate", "submitblock",  # solo mining against a node's RPC
+    "getwork",  # Bitcoin getwork over HTTP (cgminer, bfgminer), before getblocktemplate
+    "mining.get_transactions", "mining.suggest_difficulty", "mining.suggest_target", "mining.set_extranonce",
+    "mining.ping",  # more Stratum v1 methods
 )
 RPC_CODES = {name: code for code, name in enumerate(RPC_METHODS) if name}
 

@@ -61,7 +61,9 @@ def test_mining_methods_are_named_and_generic_names_need_their_protocol_keys(tmp
         b'{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"4...","pass":"x","agent":"XMRig/6"}}\n',
         b'{"id":1,"jsonrpc":"2.0","method":"login","params":{"user":"alice"}}\n',  # a web app's login: no
         b'{"id":7,"method":"eth_submitLogin","params":["0xabc"]}\n',
-        b'POST / HTTP/1.1\r\n\r\n{"method":"mining.subscribe"}',  # not JSON-RPC from the first byte
+        b'POST / HTTP/1.1\r\n\r\n{"method":"mining.subscribe"}',  # JSON-RPC in an HTTP body: found
+        b'POST /q HTTP/1.1\r\n\r\nq="method":"mining.subscribe"',  # the words, but not JSON: no
+        b'GET /?"method":"mining.subscribe" HTTP/1.1\r\n\r\n',  # in a URL, not a body: no
     ]
     parts = [tcp_sessions(rng, client, pool, np.array([3333 + i]), 1, 4, 1.0, i * 2.0, first_request=r)
              for i, r in enumerate(requests)]
@@ -72,7 +74,7 @@ def test_mining_methods_are_named_and_generic_names_need_their_protocol_keys(tmp
     assert names == {"mining.subscribe", "login", "eth_submitLogin"}
     flows = read_captures([tmp_path / "rpc.pcap"])
     methods = sorted(m for o in flows for m in o.flows["rpc_method"] if m)
-    assert methods == ["eth_submitLogin", "login", "mining.subscribe"]  # one per flow, the rest ''
+    assert methods == ["eth_submitLogin", "login", "mining.subscribe", "mining.subscribe"]  # one per flow
 
 
 def test_bitcoin_p2p_is_not_json_rpc():
