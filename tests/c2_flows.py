@@ -17,7 +17,7 @@ from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
 S = 1_000_000_000
 KNOWN_JA4 = "t13d1516h2_8daaf6152771_02713d6af862"  # a workload's usual client
 IMPLANT_JA4 = "t12d190800_d83cc789557e_7af1ed941c26"
-IMPLANT_JA3 = "72a589da586844d7f0818ce684948eea"  # put on the tests' JA3 watchlist
+IMPLANT_JA3 = "72a589da586844d7f0818ce684948eea"  # Cobalt Strike's, per The DFIR Report (docs/detection.md)
 
 
 def c2_flows(rows: list[dict[str, Any]]) -> FlowRecords:

@@ -18,7 +18,7 @@ Catches: persistent C2 channels and reverse shells held for hours by workloads t
 connections (a web server, a batch worker). Misses: connections under an hour (beaconing judges their
 heartbeats); channels from holders; busy channels (over 1 kB/s); hosts several workloads reach.
 False positives: a new integration holding a stream to a new SaaS endpoint after learning: allowlist
-the workload and destination.
+the workload and port.
 
 Score: hours held (1 decides); the evidence holds the duration, bytes and rate.
 

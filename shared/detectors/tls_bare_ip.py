@@ -12,7 +12,7 @@ ClientHello seen: ``tls_ja3`` or ``tls_ja4``). Misses: implants that send a host
 a registered C2 domain: beaconing, the TLS watchlist and new_tls_client judge those); client-only
 workloads; TLS the sensor did not see begin (a capture started mid-session).
 False positives: server workloads calling a partner's API by IP over TLS, or probing their own
-external address: allowlist the workload and destination.
+external address: allowlist the workload and port.
 
 Score: 1.0 per (workload, address and port), reported once.
 
