@@ -238,3 +238,38 @@ def test_a_ja3_entry_in_a_json_watchlist_is_checked():
     assert (entry.kind, entry.indicator) == ("ja3", IMPLANT_JA3)
     with pytest.raises(ConfigError, match="not a JA4"):
         parse_watchlist(json.dumps({"entries": [{"indicator": "nope", "kind": "ja4"}]}).encode(), "feed")
+
+
+# -- state ---------------------------------------------------------------------------------------------------
+
+
+def test_a_version_1_beaconing_document_is_migrated_without_its_learned_pairs():
+    v1 = {"state_version": 1, "clock": {"until_ns": T0 + DAY, "ended": False},
+          "channels": [["shop/Deployment/fx", "198.18.20.8", 443, 6,
+                        {"starts_ms": [1, 60_001], "bytes_out": [900, 900], "last_ns": T0, "learned": True,
+                         "reported": False, "long": False}]],
+          "destinations": {"198.18.20.8": {"subjects": ["shop/Deployment/fx"], "last_ns": T0}}}
+    d = BeaconingDetector(learning_period_ns=DAY).from_state(v1)
+    assert d.reset_reason is None
+    state = d.to_state()
+    assert state["state_version"] == 2 and state["channels"][0][4] == {
+        "starts_ms": [1, 60_001], "bytes_out": [900, 900], "last_ns": T0, "reported": False}
+
+
+@pytest.mark.parametrize("rule_id", ["long_connection", "reverse_shell", "tls_bare_ip", "new_tls_client"])
+def test_a_new_detector_s_state_survives_json_and_a_bad_or_newer_document_is_dropped(rule_id):
+    def fresh():
+        return next(d for d in detectors(CoreConfig(learning_period_s=0, workload_baseline_s=0))
+                    if d.rule_id == rule_id)
+
+    d = fresh()
+    rows = [_served("10.1.0.5", T0), shell_session("10.1.0.5", "203.0.113.77", T0, src_workload=WEB),
+            {"src": "10.1.0.5", "dst": "203.0.113.66", "t": T0 + S, "src_workload": WEB, "tls": {"ja4": IMPLANT_JA4}},
+            {"src": "10.1.0.5", "dst": "203.0.113.99", "t": T0, "held": 7200, "dur": 60, "src_workload": WEB}]
+    d.observe(batch_of(c2_flows(rows)))
+    state = json.loads(json.dumps(d.to_state()))
+    assert fresh().from_state(state).to_state() == state
+    newer = fresh().from_state({**state, "state_version": 99})
+    assert newer.reset_reason and newer.to_state() == fresh().to_state()
+    broken = {k: ({"oops": 1} if isinstance(v, (dict, list)) and k != "clock" else v) for k, v in state.items()}
+    assert fresh().from_state(broken).reset_reason
