@@ -30,6 +30,10 @@ def servers_in(flows: FlowRecords) -> dict[str, int]:
     rows = np.flatnonzero(answered & (flows["src_addr"] != flows["dst_addr"]))
     if not len(rows):
         return {}
+    # one row per answering address, its latest: a busy server answers thousands of times a batch
+    rows = rows[np.argsort(flows["last_ts"][rows], kind="stable")]
+    _, last = np.unique(flows["dst_addr"][rows][::-1], return_index=True)
+    rows = rows[::-1][last]
     served: dict[str, int] = {}
     for key, ts in zip(subject_keys(flows, rows, "dst"), flows["last_ts"][rows].tolist(), strict=True):
         served[key] = max(ts, served.get(key, ts))

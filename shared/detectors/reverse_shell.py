@@ -7,8 +7,8 @@ types into it. What the flow shows (flow schema 4's gap statistics of each side'
   (past it nobody is at the keyboard), and irregular: a coefficient of variation of 0.5 or more,
   above any clock (beaconing judges clocks: its bar is at most 0.35);
 - *two-way*: at least 8 such gaps from the responder and 4 from the initiator (the shell's answers);
-- to a host outside the cluster, on a port that is not a service the workload uses (one it served or
-  reached before this batch), and not a TLS session naming a host (SNI): services are reached by name,
+- to a host outside the cluster, on a port that is not a service the workload uses (one it reached
+  outside before this batch), and not a TLS session naming a host (SNI): services are reached by name,
   shells by address and port.
 The source's role decides: a workload that answers other hosts' connections (shared/roles.py) opening
 such a session is the signal, and is reported; a client-only workload's session is scored 0.5 and kept
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score
-from kubesonar.shared.flow import IPPROTO_TCP, TcpFlag, address_text
+from kubesonar.shared.flow import IPPROTO_TCP, address_text
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
 from kubesonar.shared.roles import merge_servers, servers_in
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 HUMAN_GAP_S = (0.1, 60.0)  # human reaction time up to nobody at the keyboard
 IRREGULAR_CV = 0.5  # above any clock beaconing accepts (0.35)
 MIN_GAPS_IN, MIN_GAPS_OUT = 8, 4
-_PORTS_KEPT = 64  # per subject: the ports it served or reached
+_PORTS_KEPT = 64  # per subject: the ports it reached outside
 
 
 @dataclass
@@ -62,7 +62,7 @@ class PortsUsed:
 @dataclass
 class ReverseShellState:
     servers: dict[str, int] = field(default_factory=dict)  # subject -> last time it answered a connection
-    ports: dict[str, PortsUsed] = field(default_factory=dict)  # subject -> ports it served or reached
+    ports: dict[str, PortsUsed] = field(default_factory=dict)  # subject -> ports it reached outside
     reported: dict[Pair, None] = field(default_factory=dict)  # (subject, address:port), oldest first
 
 
@@ -125,16 +125,19 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
         return out
 
     def _ports_used(self, flows: FlowRecords, out: _Assessment) -> None:
-        """The ports each subject reached or served in this batch (joined after scoring: a session's own
-        port is not one its workload used before it)."""
-        tcp = flows["proto"] == IPPROTO_TCP
-        answered = tcp & ((flows["flags_in"] & int(TcpFlag.SYN)) != 0)
-        for side, rows in (("src", np.flatnonzero(tcp)), ("dst", np.flatnonzero(answered))):
-            keys = subject_keys(flows, rows, side)
-            for key, port, ts in zip(keys, flows["dst_port"][rows].tolist(), flows["last_ts"][rows].tolist(),
-                                     strict=True):
-                out.ports.setdefault(key, set()).add(port)
-                out.last_ns[key] = max(ts, out.last_ns.get(key, ts))
+        """The ports each subject reached outside in this batch (joined after scoring: a session's own
+        port is not one its workload used before it). One row per (address, port) is enough."""
+        rows = self.zones.outside(flows, np.flatnonzero(flows["proto"] == IPPROTO_TCP))
+        if not len(rows):
+            return
+        pairs = np.empty(len(rows), dtype=[("addr", "V16"), ("port", "u2")])
+        pairs["addr"], pairs["port"] = flows["src_addr"][rows], flows["dst_port"][rows]
+        _, first = np.unique(pairs, return_index=True)
+        rows = rows[first]
+        for key, port, ts in zip(subject_keys(flows, rows), flows["dst_port"][rows].tolist(),
+                                 flows["last_ts"][rows].tolist(), strict=True):
+            out.ports.setdefault(key, set()).add(port)
+            out.last_ns[key] = max(ts, out.last_ns.get(key, ts))
 
     def _scores(self, assessment: _Assessment) -> list[Score]:
         return assessment.scores
