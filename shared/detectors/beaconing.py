@@ -235,9 +235,9 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         starts, lasts = flows["conn_start"][rows].tolist(), flows["last_ts"][rows].tolist()
         sizes = flows["bytes_out"][rows].tolist()
         # a session's gap statistics are cumulative: its latest record holds them all
-        gaps = flows["gaps_out"][rows].tolist()
+        gaps, src_ports = flows["gaps_out"][rows].tolist(), flows["src_port"][rows].tolist()
         checked_in: dict[Channel, int] = {}
-        sessions: dict[Channel, tuple[int, int]] = {}
+        sessions: dict[tuple[Channel, int, int], tuple[int, int]] = {}
         for i, row in enumerate(rows.tolist()):
             d = self._destination(out, dst[i])
             if keys[i] not in d.subjects and len(d.subjects) < self.rare_below:
@@ -250,13 +250,14 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
                 h.starts_ms = (h.starts_ms + [starts[i] // 1_000_000])[-_KEEP:]
                 h.bytes_out = (h.bytes_out + [sizes[i]])[-_KEEP:]
                 checked_in[channel] = row
-            if gaps[i] >= self.min_intervals and gaps[i] >= sessions.get(channel, (row, 0))[1]:
-                sessions[channel] = (row, gaps[i])  # the channel's most persistent session
+            session = (channel, starts[i], src_ports[i])
+            if gaps[i] >= self.min_intervals and gaps[i] >= sessions.get(session, (row, 0))[1]:
+                sessions[session] = (row, gaps[i])  # a connection's latest record holds all its gaps
         for channel, row in checked_in.items():
             score = self._beacon(channel, out.channels[channel], out, flows, row)
             if score is not None:
                 out.scores.append(score)
-        for channel, (row, _) in sessions.items():
+        for (channel, _, _), (row, _) in sessions.items():  # every session tested, as every connection is
             score = self._session(channel, out.channels[channel], out, flows, row)
             if score is not None:
                 out.scores.append(score)
