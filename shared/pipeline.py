@@ -22,15 +22,19 @@ from kubesonar.shared.alerts import Finding, merge_alert, new_alert
 from kubesonar.shared.allowlist import AllowEntry, is_allowed
 from kubesonar.shared.applied import APPLIED, NEW, TOO_OLD, AppliedLog
 from kubesonar.shared.batch import Batch, decode_batch
-from kubesonar.shared.detectors import Detector
+from kubesonar.shared.detectors import Detector, observe_all
 from kubesonar.shared.detectors.beaconing import BeaconingDetector
 from kubesonar.shared.detectors.brute_force import BruteForceDetector
 from kubesonar.shared.detectors.control_plane import ApiServerAccessDetector, MetadataAccessDetector
 from kubesonar.shared.detectors.crypto_mining import CryptoMiningDetector
 from kubesonar.shared.detectors.dns_tunneling import DnsTunnelingDetector
 from kubesonar.shared.detectors.exfiltration import ExfiltrationDetector
+from kubesonar.shared.detectors.long_connection import LongConnectionDetector
+from kubesonar.shared.detectors.new_tls_client import NewTlsClientDetector
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
+from kubesonar.shared.detectors.reverse_shell import ReverseShellDetector
+from kubesonar.shared.detectors.tls_bare_ip import TlsBareIpDetector
 from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
 from kubesonar.shared.edges import update_edge_summary
@@ -92,6 +96,7 @@ class ProcessResult:
 def detectors(config: CoreConfig, watchlist: list[WatchEntry] | None = None) -> list[Detector]:
     """Every detector the core runs, configured; each keeps its state in ``state/<cluster>/<rule id>.json``."""
     learning_ns, learning = int(config.learning_period_s * SECOND), config.learning
+    baseline_ns = int(config.workload_baseline_s * SECOND)
     zones = Zones(config.internal_networks)
     return [
         PortScanDetector(),
@@ -102,9 +107,13 @@ def detectors(config: CoreConfig, watchlist: list[WatchEntry] | None = None) -> 
         CryptoMiningDetector(zones),
         DnsTunnelingDetector(),
         BeaconingDetector(learning_ns, force_learning=learning, zones=zones),
+        LongConnectionDetector(learning_ns, force_learning=learning, zones=zones),
+        ReverseShellDetector(zones),
+        TlsBareIpDetector(zones),
+        NewTlsClientDetector(learning_ns, force_learning=learning, baseline_ns=baseline_ns),
         ExfiltrationDetector(learning_ns, force_learning=learning, zones=zones),
         UnusualDestinationDetector(learning_ns, force_learning=learning, zones=zones,
-                                   baseline_ns=int(config.workload_baseline_s * SECOND)),
+                                   baseline_ns=baseline_ns),
         WatchlistDetector(config.watchlist, watchlist or ()),
     ]
 
@@ -183,7 +192,7 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
             detector.from_state(states.get(detector.rule_id))
         for item_id, batch in pending:
             try:
-                made = [f for d in runners for f in d.observe(batch)]
+                made = [f for fs in observe_all(runners, batch) for f in fs]
             except Exception as exc:  # noqa: BLE001 - a batch that breaks a detector must not take the others
                 failed[item_id] = f"scoring failed: {type(exc).__name__}: {exc}"
                 return step(stored)  # start again from the stored state, without it

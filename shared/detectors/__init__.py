@@ -13,7 +13,10 @@ from kubesonar.shared.detectors.base import (
     bounded,
     clock_from_v0,
     decide_alarms,
+    observe_all,
+    without_flagged,
 )
 
 __all__ = ["Detector", "LearningClock", "Pair", "Score", "StateMigrationError", "batch_of", "bounded", "clock_from_v0",
-           "decide_alarms"]
+           "decide_alarms",
+           "observe_all", "without_flagged"]

@@ -9,6 +9,12 @@
   the attack).
 - :meth:`Detector.observe` is the template the core calls: score, decide, then learn.
 
+Cold start (:attr:`Detector.needs_baseline`, or a :class:`Score`'s own ``needs_baseline``): a judgment
+that compares a subject with its own past (a new destination, a volume, a new TLS client) is silenced
+while the cluster learns; one of behaviour itself (a scan, a tunnel, a low-jitter beacon, a known-bad
+fingerprint) is decided from the first batch, whatever the learning period, and what it flags is never
+learned, by itself (``flagged``) nor by the detectors that keep baselines (:func:`observe_all`).
+
 State is a dataclass per detector; :meth:`Detector.to_state` writes it as JSON with ``state_version``
 and :meth:`Detector.from_state` reads it back, migrating an older document or, where that cannot be
 done, starting afresh with a logged ``reset_reason``: a document is never misread.
@@ -48,6 +54,7 @@ class Score:
     fresh: bool = True  # this batch brought new evidence (an alarm without it is not reported again)
     identity: tuple[str, ...] = ()  # what tells apart two alerts of one rule about one subject
     destination: dict[str, Any] | None = None  # ip, port: what allowlists match a port against
+    needs_baseline: bool | None = None  # compares the subject with its past; None: the detector's declaration
 
     @property
     def flagged(self) -> bool:
@@ -109,6 +116,9 @@ class Detector(ABC, Generic[S, A]):
 
     rule_id: ClassVar[str] = ""
     state_version: ClassVar[int] = 1
+    # whether this detector's judgments compare a subject with its own (or the cluster's) past: those are
+    # silenced while learning. False (the default): it judges behaviour itself, from the first batch
+    needs_baseline: ClassVar[bool] = False
 
     def __init__(self, learning_period_ns: int = 0, force_learning: bool = False) -> None:
         self.learning_period_ns = learning_period_ns
@@ -121,20 +131,33 @@ class Detector(ABC, Generic[S, A]):
 
     # -- the interface the core calls ------------------------------------------------------------------
 
-    def observe(self, batch: Batch) -> list[Finding]:
-        """Score the batch, decide, then learn from it with what was flagged kept out of the baseline."""
+    def observe(self, batch: Batch, learn_from: Batch | None = None) -> list[Finding]:
+        """Score the batch, decide, then learn from it with what was flagged kept out of the baseline.
+        While the cluster learns, learn from ``learn_from`` instead: the batch less what the baseline-free
+        detectors flagged (:func:`observe_all`). Past learning each detector's own test guards its
+        baseline, and its record of what it reported stays whole."""
         self.touched = False
         scores = self.score(batch)
         findings = self.decide(scores)
-        self.learn(batch, {s.subject for s in scores if s.flagged})
+        start = _batch_start(batch)
+        if learn_from is None or start is None or not self._learning(start):
+            learn_from = batch
+        self.learn(learn_from, {s.subject for s in scores if s.flagged})
         self._assessment = None
         return findings
 
     def score(self, batch: Batch) -> list[Score]:
-        """Score the subjects ``batch`` touches against the learned state (which stays as it was)."""
+        """Score the subjects ``batch`` touches against the learned state (which stays as it was). While
+        the cluster learns, the judgments that need a baseline are warm-up; the others stand."""
         assessment = self._assess(batch)
         self._assessment = (batch, assessment)
-        return self._scores(assessment)
+        scores = self._scores(assessment)
+        start = _batch_start(batch)
+        if scores and start is not None and self._learning(start):
+            for s in scores:
+                if self.needs_baseline if s.needs_baseline is None else s.needs_baseline:
+                    s.warming_up = True
+        return scores
 
     def learn(self, batch: Batch, flagged: set[Hashable]) -> None:
         """Fold ``batch`` into the state; nothing of a ``flagged`` subject enters the baseline."""
@@ -228,6 +251,57 @@ class Detector(ABC, Generic[S, A]):
         if self.clock.until_ns is None:
             self.clock.until_ns = first_ts + self.learning_period_ns
             self.touched = True
+
+
+def observe_all(detectors: list[Detector], batch: Batch) -> list[list[Finding]]:
+    """Every detector's findings on ``batch``, in the order given. Those that judge behaviour without a
+    baseline run first; the flows they flag are kept out of what the baseline detectors learn, so a
+    beacon or a scan seen while the cluster learns never becomes its normal."""
+    found: dict[int, list[Finding]] = {}
+    for i, d in enumerate(detectors):
+        if not d.needs_baseline:
+            found[i] = d.observe(batch)
+    learn_from = without_flagged(batch, [f for fs in found.values() for f in fs])
+    for i, d in enumerate(detectors):
+        if d.needs_baseline:
+            found[i] = d.observe(batch, learn_from)
+    return [found[i] for i in range(len(detectors))]
+
+
+def without_flagged(batch: Batch, findings: list[Finding]) -> Batch:
+    """``batch`` without the flows of what ``findings`` name: from their source address (to their
+    destination's address, when they name one). The batch itself when nothing is flagged."""
+    if not findings or not len(batch.flows):
+        return batch
+    from dataclasses import replace
+
+    import numpy as np
+
+    from kubesonar.shared.flow import address_bytes
+
+    flows = batch.flows
+    drop = np.zeros(len(flows), dtype=bool)
+    for f in findings:
+        try:
+            source = np.array([address_bytes(f.source["ip"])], dtype="V16")[0]
+            mask = flows["src_addr"] == source
+            if f.destination and f.destination.get("ip"):
+                mask &= flows["dst_addr"] == np.array([address_bytes(f.destination["ip"])], dtype="V16")[0]
+        except (KeyError, ValueError):  # a finding about no address (a DNS client unknown): nothing to drop
+            continue
+        drop |= mask
+    if not drop.any():
+        return batch
+    return replace(batch, flows=flows.take(~drop))
+
+
+def _batch_start(batch: Batch) -> int | None:
+    """The data time a batch starts at: its first flow or, without flows, its first DNS message."""
+    if len(batch.flows):
+        return int(batch.flows["first_ts"].min())
+    if len(batch.dns):
+        return int(batch.dns["ts"].min())
+    return None
 
 
 def clock_from_v0(document: dict[str, Any]) -> dict[str, Any]:

@@ -1,44 +1,44 @@
 """Beaconing: a workload calling out to one destination on a clock, the way implants check in.
 
-RITA-style, per (workload, destination, port, protocol) outside the cluster, over the connections'
-start times and sizes kept in the baseline across windows (the last 64 connections of a pair):
-- timing: the intervals between connections (those over a second: retries and parallel
-  connections are one check-in), scored by Bowley's quartile skew (``1 - |skew|``: 1 when the
-  intervals are symmetric about their median) and by their median absolute deviation relative to the
-  median (``1 - MAD / median``: 1 when they do not vary);
-- sizes: the bytes sent per connection, scored the same two ways.
-A pair beacons when it has at least 6 intervals, their MAD is a smaller share of their median than
-traffic without a clock would show but once in 100,000 tests, and its size score is 0.5 or more (the
-skew score is reported, not required: over two dozen intervals it swings too much to veto). The
-reasoning: connections that users or request load cause arrive
-like a Poisson process, whose intervals have MAD / median of 0.69 on average but, over a handful of
-intervals, now and then far less; the bar for n intervals is that null distribution's 1e-5 quantile
-(``bench/beacon_null.py``: 0.01 for 6 intervals, 0.17 for 24, 0.35 for 64). A fixed-interval beacon
-passes after 6 intervals; one with +-20% jitter (MAD / median 0.1) after about 16, +-50% after
-about 40. Pairs are tested as connections come, so this keeps false alarms rare however many pairs
-there are. Sizes only veto: a check-in sends much the same each time, but an implant uploading data
-varies.
+RITA-style, per (workload, destination, port, protocol) outside the cluster. A clock shows two ways,
+judged by one test:
+- *repeated connections*: the intervals between a channel's connection starts (those over a second:
+  retries and parallel connections are one check-in), over the last 64 connections kept across
+  windows; their spread is MAD / median (``1 - MAD / median`` is RITA's dispersion score);
+- *one long session*: the gaps between the initiator's small packets inside one connection, which the
+  sensor keeps as a count, a mean and a coefficient of variation (flow schema 4: ``gaps_out``,
+  ``gap_mean_us_out``, ``gap_cv_milli_out``); their spread is that CV. A heartbeat every N seconds in a
+  20-minute mTLS session is as much a beacon as 20 short connections.
+The test: at least 6 intervals (or gaps) a second or more apart, and a spread smaller than traffic
+without a clock would show but once in 100,000 tests. Connections and packets that users or request
+load cause arrive like a Poisson process: exponential intervals, whose MAD / median is 0.69 and CV 1
+on average but, over a handful of intervals, now and then far less. The bar for n intervals is that
+null distribution's 1e-5 quantile (``bench/beacon_null.py``: MAD / median 0.01 for 6 intervals, 0.17
+for 24, 0.35 for 64; CV 0.09 for 6 gaps, 0.44 for 24, 0.62 for 64), and never above 0.35, the spread
+of a clock with +-60% uniform jitter (CV 0.6 / sqrt 3): past it a session's long history would let
+loosely periodic traffic through. Repeated connections must also send much the same each time (size
+score 0.5 or more: an implant uploading data varies); a session's packet sizes are not kept, so only
+its timing is judged. Pairs are tested as connections come, so false alarms stay rare however many
+pairs there are.
 
-Also a *long connection*: one connection to a destination outside the cluster held open an hour
-or more (a persistent C2 channel or reverse shell).
-
+No baseline is needed: a low-jitter clock over many intervals is judged from the first window,
+whatever the learning period, and a beacon seen while the cluster learns is reported, never learned.
 Only destinations few workloads use are judged (fewer than 3 seen): a service half the cluster calls
-is not a command server. Pairs that already beaconed during the learning period are learned and
-never reported (an external API polled every minute by design). Destinations inside the cluster
-(named pods and Services, the internal networks) are never judged: health checks and scrapes are
-periodic by nature. DNS (53) and NTP (123) are left out for the same reason, and so are CronJobs:
-their clock is declared in the cluster (a nightly backup to the same storage hosts is regular by
-design).
+is not a command server. Destinations inside the cluster (named pods and Services, the internal
+networks) are never judged: health checks and scrapes are periodic by nature. DNS (53) and NTP (123)
+are left out for the same reason, and so are CronJobs: their clock is declared in the cluster.
 
-Catches: fixed-interval and jittered beacons (Cobalt Strike, Sliver, Metasploit reverse HTTP(S),
-RATs) after 7 check-ins without jitter, about 17 with +-20%; persistent C2 connections. Misses:
-beacons with jitter over about +-60% (64 intervals are kept), randomised sizes, intervals of a
-second or less, C2 through a popular service (domain fronting, cloud storage), or from a CronJob's pods.
-False positives: new periodic integrations (webhooks, license checks, telemetry) deployed after
-learning: allowlist them by workload and port.
+Catches: fixed-interval and jittered beacons (Cobalt Strike, Sliver, Empire, Metasploit reverse
+HTTP(S), RATs) after 7 check-ins without jitter, about 17 with +-20%, in new connections or inside
+one session (mTLS implants, RAT keep-alives). Misses: beacons with jitter over about +-60%,
+randomised sizes across connections, intervals of a second or less, C2 through a popular service
+(domain fronting, cloud storage), or from a CronJob's pods; session heartbeats before the sensor
+fills schema 4's gap columns.
+False positives: periodic integrations to a rarely used external host (webhooks, licence checks,
+telemetry, a websocket's or gRPC stream's application pings): allowlist them by workload and port.
 
-Score: RITA's timing score of a pair with enough intervals (mean of the skew score and 1 - MAD /
-median); the decision is the test above, its figures in the evidence.
+Score: RITA's timing score of a channel (mean of the skew score and 1 - MAD / median; for a session
+``1 - CV``); the decision is the test above, its figures in the evidence.
 
 Example:
     >>> d = BeaconingDetector(learning_period_ns=0)
@@ -69,9 +69,23 @@ POISSON_MAD_FLOOR = ((6, 0.0097), (8, 0.0243), (10, 0.0495), (12, 0.0702), (16, 
                      (24, 0.1668), (32, 0.2124), (48, 0.2802), (64, 0.3529))
 
 
+# 1e-5 quantile of the CV (population std / mean) of n exponential gaps (bench/beacon_null.py, 400,000 each)
+POISSON_CV_FLOOR = ((6, 0.0872), (8, 0.1423), (10, 0.2156), (12, 0.2560), (16, 0.3260), (20, 0.3844),
+                    (24, 0.4422), (32, 0.4897), (48, 0.5689), (64, 0.6225), (128, 0.7131), (256, 0.7851))
+CLOCK_SPREAD_CAP = 0.35  # a clock with +-60% uniform jitter: CV 0.6 / sqrt(3); looser is not judged a clock
+
+
 def mad_floor(intervals: int) -> float:
-    n, q = zip(*POISSON_MAD_FLOOR, strict=False)
-    return float(np.interp(intervals, n, q))
+    return _floor(POISSON_MAD_FLOOR, intervals)
+
+
+def cv_floor(gaps: int) -> float:
+    return _floor(POISSON_CV_FLOOR, gaps)
+
+
+def _floor(table: tuple[tuple[int, float], ...], n: int) -> float:
+    sizes, quantiles = zip(*table, strict=True)
+    return min(CLOCK_SPREAD_CAP, float(np.interp(n, sizes, quantiles)))
 
 
 _IGNORED_PORTS = (53, 123)
@@ -118,18 +132,15 @@ class Channel(NamedTuple):
 
 @dataclass
 class ChannelHistory:
-    """A channel's last connections (start in ms, bytes sent) and what was decided about it."""
+    """A channel's last connections (start in ms, bytes sent) and whether it was reported as a beacon."""
 
     starts_ms: list[int] = field(default_factory=list)
     bytes_out: list[int] = field(default_factory=list)
     last_ns: int = 0
-    learned: bool = False  # beaconed while learning: regular by design, never reported
-    reported: bool = False  # reported as a beacon
-    long: bool = False  # reported as a long connection
+    reported: bool = False
 
     def copy(self) -> ChannelHistory:
-        return ChannelHistory(list(self.starts_ms), list(self.bytes_out), self.last_ns, self.learned,
-                              self.reported, self.long)
+        return ChannelHistory(list(self.starts_ms), list(self.bytes_out), self.last_ns, self.reported)
 
 
 @dataclass
@@ -156,14 +167,14 @@ class _Assessment:
 
 class BeaconingDetector(Detector[BeaconingState, _Assessment]):
     rule_id = "beaconing"
+    state_version = 2  # 2: no learned pairs (beacons are judged cold); long connections are long_connection's
 
     def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
-                 min_intervals: int = 6, size_threshold: float = 0.5,
-                 long_connection_s: float = 3600.0, rare_below: int = 3, max_pairs: int = 5_000):
+                 min_intervals: int = 6, size_threshold: float = 0.5, rare_below: int = 3, max_pairs: int = 5_000):
         super().__init__(learning_period_ns, force_learning)
         self.zones = zones or Zones()
         self.min_intervals, self.size_threshold = min_intervals, size_threshold
-        self.long_ns, self.rare_below, self.max_pairs = int(long_connection_s * SECOND), rare_below, max_pairs
+        self.rare_below, self.max_pairs = rare_below, max_pairs
 
     def new_state(self) -> BeaconingState:
         return BeaconingState()
@@ -175,10 +186,21 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
 
     def _decode(self, document: dict[str, Any]) -> BeaconingState:
         return BeaconingState(
-            {Channel(src, addr, port, proto): ChannelHistory(h["starts_ms"], h["bytes_out"], h["last_ns"], h["learned"],
-                                                             h["reported"], h["long"])
+            {Channel(src, addr, port, proto):
+             ChannelHistory(h["starts_ms"], h["bytes_out"], h["last_ns"], h["reported"])
              for src, addr, port, proto, h in document["channels"]},
             {a: DestinationUsers(d["subjects"], d["last_ns"]) for a, d in document["destinations"].items()})
+
+    def _upgrade(self, document: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 kept pairs learned as regular while learning, and long connections: a beacon is now
+        judged cold (a pair learned then is judged again) and long connections have a rule of their own."""
+        if version == 0:
+            document, version = super()._upgrade(document, 0), 1
+        if version != 1:
+            raise StateMigrationError(f"no migration from version {version}")
+        channels = [[*key, {k: v for k, v in h.items() if k not in ("learned", "long")}]
+                    for *key, h in document["channels"]]
+        return {**document, "state_version": 2, "channels": channels}
 
     def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
         channels = [[*Channel.from_v0(k), {"starts_ms": p["ts"], "bytes_out": p["sz"], "last_ns": p["t"],
@@ -194,7 +216,6 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         if not len(flows):
             return out
         out.first_ts = int(flows["first_ts"].min())
-        learning = self._learning(out.first_ts)
         candidates = np.isin(flows["proto"], (6, 17)) & ~np.isin(flows["dst_port"], _IGNORED_PORTS)
         candidates &= ~np.isin(flows["src_workload_kind"], _SCHEDULED)  # a CronJob's clock is declared
         rows = np.flatnonzero(candidates)
@@ -213,8 +234,10 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         new_conn = ((flows["first_ts"][rows] == flows["conn_start"][rows]) & opened).tolist()
         starts, lasts = flows["conn_start"][rows].tolist(), flows["last_ts"][rows].tolist()
         sizes = flows["bytes_out"][rows].tolist()
+        # a session's gap statistics are cumulative: its latest record holds them all
+        gaps, src_ports = flows["gaps_out"][rows].tolist(), flows["src_port"][rows].tolist()
         checked_in: dict[Channel, int] = {}
-        long_rows: dict[Channel, int] = {}
+        sessions: dict[tuple[Channel, int, int], tuple[int, int]] = {}
         for i, row in enumerate(rows.tolist()):
             d = self._destination(out, dst[i])
             if keys[i] not in d.subjects and len(d.subjects) < self.rare_below:
@@ -227,14 +250,15 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
                 h.starts_ms = (h.starts_ms + [starts[i] // 1_000_000])[-_KEEP:]
                 h.bytes_out = (h.bytes_out + [sizes[i]])[-_KEEP:]
                 checked_in[channel] = row
-            if lasts[i] - starts[i] >= self.long_ns:
-                long_rows[channel] = row
+            session = (channel, starts[i], src_ports[i])
+            if gaps[i] >= self.min_intervals and gaps[i] >= sessions.get(session, (row, 0))[1]:
+                sessions[session] = (row, gaps[i])  # a connection's latest record holds all its gaps
         for channel, row in checked_in.items():
-            score = self._beacon(channel, out.channels[channel], out, flows, row, learning)
+            score = self._beacon(channel, out.channels[channel], out, flows, row)
             if score is not None:
                 out.scores.append(score)
-        for channel, row in long_rows.items():
-            score = self._long(channel, out.channels[channel], out, flows, row, learning)
+        for (channel, _, _), (row, _) in sessions.items():  # every session tested, as every connection is
+            score = self._session(channel, out.channels[channel], out, flows, row)
             if score is not None:
                 out.scores.append(score)
         return out
@@ -258,17 +282,14 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         return assessment.scores
 
     def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
-        """The batch's connections join their channels' histories. The baseline is what was learned
-        while learning (a channel regular by design); a flagged channel is never marked learned."""
+        """The batch's connections join their channels' histories: that is evidence, not a baseline of
+        normal (nothing is learned as regular, so there is nothing an attacker could teach)."""
         if assessment.first_ts is None:
             return
         self._start_clock(assessment.first_ts)
         if not assessment.channels:
             return
         self.touched = True
-        for channel in flagged:  # protect the model (flagged only after learning, so this holds already)
-            known = self.state.channels.get(channel)
-            assessment.channels[channel].learned = bool(known and known.learned)
         self.state.channels.update(assessment.channels)
         self.state.destinations.update(assessment.destinations)
         self.state.channels = bounded(self.state.channels, self.max_pairs)
@@ -278,8 +299,9 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         users = out.destinations.get(channel.address) or self.state.destinations.get(channel.address)
         return len(users.subjects if users else []) < self.rare_below
 
-    def _beacon(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords, row: int,
-                learning: bool) -> Score | None:
+    def _beacon(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords,
+                row: int) -> Score | None:
+        """The repeated-connection test: intervals between connection starts."""
         times = np.array(sorted(h.starts_ms), dtype=np.float64) / 1000.0
         intervals = np.diff(times)
         intervals = intervals[intervals > 1.0]
@@ -289,37 +311,35 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         timing = regularity(intervals)
         size = regularity(np.array(h.bytes_out, dtype=np.float64))
         floor = mad_floor(len(intervals))
-        beacon = spread <= floor and size >= self.size_threshold
-        if learning:
-            h.learned |= beacon
-            return None
-        alarm = beacon and not h.learned and self._rare(out, channel)
-        fresh = alarm and not h.reported
-        h.reported |= alarm
         median = float(np.median(intervals))
         evidence = {"kind": "beacon", "destination": channel.destination, "connections": len(h.starts_ms),
                     "median_interval_s": round(median, 2), "timing_score": round(timing, 3),
                     "mad_over_median": round(spread, 4), "poisson_floor": round(floor, 4),
                     "skew_score": round(skew, 3),
                     "size_score": round(size, 3), "median_bytes_out": int(np.median(h.bytes_out))}
-        first = int(times[0] * SECOND)
-        return Score(channel, timing, alarm, source_endpoint(flows, row), first, int(flows["last_ts"][row]),
-                     evidence, fresh=fresh, identity=("beacon", channel.destination), destination=_target(flows, row))
+        clock = spread <= floor and size >= self.size_threshold
+        return self._decided(channel, h, out, flows, row, clock, timing, int(times[0] * SECOND), evidence)
 
-    def _long(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords, row: int,
-              learning: bool) -> Score | None:
-        if learning:
-            h.learned = True
+    def _session(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords,
+                 row: int) -> Score | None:
+        """The in-session test: the initiator's gaps between small packets inside one connection."""
+        gaps, mean_s = int(flows["gaps_out"][row]), int(flows["gap_mean_us_out"][row]) / 1e6
+        if gaps < self.min_intervals or mean_s < 1.0:  # faster than a second: a stream's pace, not a check-in
             return None
-        alarm = not h.learned and self._rare(out, channel)
-        fresh = alarm and not h.long
-        h.long |= alarm
-        held = (int(flows["last_ts"][row]) - int(flows["conn_start"][row])) / SECOND
-        evidence = {"kind": "long_connection", "destination": channel.destination, "held_s": round(held, 1),
-                    "bytes_out": int(flows["bytes_out"][row]), "bytes_in": int(flows["bytes_in"][row])}
-        return Score(channel, 1.0, alarm, source_endpoint(flows, row), int(flows["conn_start"][row]),
-                     int(flows["last_ts"][row]), evidence, fresh=fresh, identity=("long", channel.destination),
-                     destination=_target(flows, row))
+        cv, floor = int(flows["gap_cv_milli_out"][row]) / 1000.0, cv_floor(gaps)
+        evidence = {"kind": "session_beacon", "destination": channel.destination, "gaps": gaps,
+                    "mean_gap_s": round(mean_s, 2), "gap_cv": round(cv, 3), "poisson_floor": round(floor, 4),
+                    "held_s": round((int(flows["last_ts"][row]) - int(flows["conn_start"][row])) / SECOND, 1)}
+        return self._decided(channel, h, out, flows, row, cv <= floor, max(0.0, 1.0 - cv),
+                             int(flows["conn_start"][row]), evidence)
+
+    def _decided(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords, row: int,
+                 clock: bool, timing: float, first_ns: int, evidence: dict[str, Any]) -> Score:
+        alarm = clock and self._rare(out, channel)
+        fresh = alarm and not h.reported
+        h.reported |= alarm
+        return Score(channel, timing, alarm, source_endpoint(flows, row), first_ns, int(flows["last_ts"][row]),
+                     evidence, fresh=fresh, identity=("beacon", channel.destination), destination=_target(flows, row))
 
 
 def _target(flows: FlowRecords, row: int) -> dict[str, Any]:

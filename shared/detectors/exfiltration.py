@@ -119,6 +119,7 @@ class _Assessment:
 
 class ExfiltrationDetector(Detector[ExfiltrationState, _Assessment]):
     rule_id = "exfiltration"
+    needs_baseline = True  # judged against the cluster's and the workload's own past
 
     def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
                  bucket_s: float = 3600.0, min_history: int = 24, floor_bytes: int = 64 * MiB,
@@ -301,7 +302,8 @@ class ExfiltrationDetector(Detector[ExfiltrationState, _Assessment]):
         evidence = {"kind": egress.kind, "destination": egress.target, "bytes_this_hour": h.bytes,
                     "threshold_bytes": int(limit)}
         return Score(egress, ratio, alarm, endpoint, h.first_ns, last, evidence, fresh=fresh,
-                     identity=(egress.kind, egress.target))
+                     identity=(egress.kind, egress.target),
+                     needs_baseline=egress.kind == "volume")  # ICMP and DNS bars are fixed: judged cold
 
 
 def _keep(scored: dict[Egress, Score], score: Score) -> None:

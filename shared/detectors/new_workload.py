@@ -115,6 +115,7 @@ def _pod_sightings(pods: PodEvents) -> list[_Sighting]:
 
 class NewWorkloadDetector(Detector[NewWorkloadState, _Assessment]):
     rule_id = "new_workload"
+    needs_baseline = True  # judged against the cluster's and the workload's own past
 
     def new_state(self) -> NewWorkloadState:
         return NewWorkloadState()

@@ -96,6 +96,7 @@ class _Assessment:
 
 class UnusualDestinationDetector(Detector[UnusualDestinationState, _Assessment]):
     rule_id = "unusual_destination"
+    needs_baseline = True  # judged against the cluster's and the workload's own past
 
     def __init__(self, learning_period_ns: int, force_learning: bool = False, zones: Zones | None = None,
                  baseline_ns: int | None = None, steady_networks: int = 16, rate_limit_s: float = 3600.0,

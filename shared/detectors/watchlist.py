@@ -1,16 +1,20 @@
-"""Watchlist hit: traffic to or from an IP or network, or a DNS question for a domain, on one of the
-user's watchlists (shared/watchlist.py: threat-intelligence feeds, known-bad hosts, banned services).
+"""Watchlist hit: traffic to or from an IP or network, a DNS question for a domain, or a TLS client
+whose fingerprint (JA3, JA4) is on one of the user's watchlists (shared/watchlist.py: threat-intelligence
+feeds such as abuse.ch SSLBL's JA3 list, known-bad hosts, banned services).
 
 Every flow is checked on both ends (exact addresses at once by sorted search, networks one mask each);
-every DNS question by its name and each parent domain. The pod involved is the alert's source: the
-initiator when the responder is listed, the responder when a listed host reached in. An entry past
-its ``expires`` time no longer matches.
+every DNS question by its name and each parent domain; every TLS ClientHello's JA3 and JA4 (flow
+schema 4) against the fingerprint entries. The pod involved is the alert's source: the initiator when
+the responder is listed or its TLS client is, the responder when a listed host reached in. An entry
+past its ``expires`` time no longer matches. No baseline: judged from the first window.
 
-Catches: contact with anything listed, both directions, and lookups of listed domains even when the
-connection never happens. Misses: what the lists do not hold; domains reached without a DNS question
-the sensor sees (hard-coded addresses, DNS over HTTPS).
-False positives: stale or over-broad feed entries (shared hosting, CDN addresses); give entries an
-expiry.
+Catches: contact with anything listed, both directions, lookups of listed domains even when the
+connection never happens, and known-bad TLS client software (malware families' default stacks) to any
+destination. Misses: what the lists do not hold; domains reached without a DNS question the sensor sees
+(hard-coded addresses, DNS over HTTPS); implants whose TLS stack is the platform's own (a JA3 shared
+with browsers or a language runtime is no indicator, and SSLBL drops such entries).
+False positives: stale or over-broad feed entries (shared hosting, CDN addresses, a fingerprint a
+common library shares); give entries an expiry.
 
 Score: 1.0 per (pod, indicator), reported once.
 
@@ -31,7 +35,7 @@ from kubesonar.shared.detectors.base import Detector, Pair, Score, clock_from_v0
 from kubesonar.shared.flow import FlowRecords, address_bytes, address_text
 from kubesonar.shared.identity import dns_client_endpoint, source_endpoint, subject_keys
 from kubesonar.shared.netzones import Networks
-from kubesonar.shared.watchlist import WatchEntry
+from kubesonar.shared.watchlist import FINGERPRINT_KINDS, WatchEntry
 
 if TYPE_CHECKING:
     from kubesonar.shared.batch import Batch
@@ -55,7 +59,7 @@ class WatchlistDetector(Detector[WatchlistState, _Assessment]):
     def __init__(self, *lists: Sequence[WatchEntry]):
         super().__init__()
         index = _index(lists)
-        self.entries, self._ips, self._ip_values, self._networks, self._nets, self._domains = index
+        self.entries, self._ips, self._ip_values, self._networks, self._nets, self._domains, self._fingerprints = index
 
     def new_state(self) -> WatchlistState:
         return WatchlistState()
@@ -100,6 +104,14 @@ class WatchlistDetector(Detector[WatchlistState, _Assessment]):
                                 "port": int(flows["dst_port"][row]), "protocol": int(flows["proto"][row])}
                     report(key, entry, source_endpoint(flows, row, other), int(flows["first_ts"][row]),
                            int(flows["last_ts"][row]), evidence)
+        if len(flows) and self._fingerprints:
+            for row, entry in self._tls_hits(flows):
+                key = subject_keys(flows, [row])[0]
+                evidence = {"direction": "tls client", "remote": address_text(flows["dst_addr"][row]),
+                            "port": int(flows["dst_port"][row]), "protocol": int(flows["proto"][row]),
+                            "sni": str(flows["tls_sni"][row])}
+                report(key, entry, source_endpoint(flows, row), int(flows["first_ts"][row]),
+                       int(flows["last_ts"][row]), evidence)
         if len(dns) and self._domains:
             for i, name in enumerate(dns["qname"].tolist()):
                 labels = name.split(".")
@@ -125,6 +137,16 @@ class WatchlistDetector(Detector[WatchlistState, _Assessment]):
         if len(reported) > self.max_pairs:
             self.state.reported = dict.fromkeys(list(reported)[-self.max_pairs:])
         self.touched = True
+
+    def _tls_hits(self, flows: FlowRecords) -> list[tuple[int, WatchEntry]]:
+        hits: list[tuple[int, WatchEntry]] = []
+        for kind in FINGERPRINT_KINDS:
+            column = flows[f"tls_{kind}"]
+            for row in np.flatnonzero(column != "").tolist():
+                entry = self._fingerprints.get((kind, str(column[row]).lower()))
+                if entry is not None:
+                    hits.append((row, entry))
+        return sorted(hits, key=lambda h: int(flows["first_ts"][h[0]]))
 
     def _flow_hits(self, flows: FlowRecords, side: str) -> list[tuple[int, WatchEntry]]:
         addresses = flows[f"{side}_addr"]
@@ -154,6 +176,7 @@ def _index(lists: tuple[Sequence[WatchEntry], ...]) -> tuple:
     ip_values = np.array(sorted(address_bytes(i) for i in ips), dtype="V16")
     networks = [e for e in entries if e.kind == "network"]
     index = (entries, ips, ip_values, networks, Networks([e.indicator for e in networks]),
-             {e.indicator: e for e in entries if e.kind == "domain"})
+             {e.indicator: e for e in entries if e.kind == "domain"},
+             {(e.kind, e.indicator): e for e in entries if e.kind in FINGERPRINT_KINDS})
     _COMPILED[:] = [(lists, index)]
     return index

@@ -73,14 +73,15 @@ def test_analyze_learns_from_learn_captures_and_names_workloads_from_the_pods_fi
     assert alerts["new_workload"]["source"]["workload"] == "default/Deployment/debug-tools"
     assert alerts["port_scan"]["source"]["workload"] == "shop/Deployment/frontend"
     # without --learn the detection capture is the start of the (24 h) learning period: no new workload,
-    # the database pair, the beacon and the upload are learned, not judged; signatures need no learning
+    # the database pair and the upload are learned, not judged; behaviour that needs no baseline (the
+    # beacon, the scan, the tunnel, the mining, control-plane access) is judged cold
     unlearned = _run("analyze", detection, "--pods", pods, "--format", "json")
     assert sorted(json.loads(line)["type"] for line in unlearned.stdout.splitlines()) == [
-        "api_server_access", "crypto_mining", "dns_tunneling", "metadata_access", "port_scan"]
+        "api_server_access", "beaconing", "crypto_mining", "dns_tunneling", "metadata_access", "port_scan"]
     # without --pods endpoints are addresses
     anonymous = [json.loads(line) for line in _run("analyze", detection, "--format", "json").stdout.splitlines()]
     assert sorted((a["type"], a["source"]["workload"]) for a in anonymous) == [
-        ("crypto_mining", ""), ("dns_tunneling", ""), ("metadata_access", ""),
+        ("beaconing", ""), ("crypto_mining", ""), ("dns_tunneling", ""), ("metadata_access", ""),
         ("port_scan", "")]  # a kubelet probe is judged only from a known pod
 
 

@@ -1,7 +1,9 @@
 """One conformance suite over every detector the core runs (STYLE: detectors).
 
 Each detector is driven with the demo's cluster traffic (a learning phase, then a phase with a new
-workload and a port scan) and must: keep quiet on the learning traffic, raise its own rule on the
+workload and a port scan) and, for the rules that read flow schema 4's TLS and gap columns, the
+command-and-control sessions of tests/c2_flows.py planted in it (the payments API, a server, opening a
+reverse shell, TLS to a bare address with a new client, a quiet connection held for hours), and must: keep quiet on the learning traffic, raise its own rule on the
 attack, carry its state through JSON without changing a decision, give the same decisions whatever
 the batch boundaries, be deterministic, never score a flagged subject as normal, and document itself.
 Every property is checked on at least one real case per detector: a property that found nothing to
@@ -15,17 +17,20 @@ import json
 
 import numpy as np
 import pytest
+from c2_flows import IMPLANT_JA3, IMPLANT_JA4, KNOWN_JA4, S, c2_flows, heartbeat_session, shell_session
 
-from kubesonar.demo import LEARN_S, PHASE_S, demo_watchlist, run_demo
+from kubesonar.demo import LEARN_S, PHASE_S, START_S, demo_watchlist, run_demo
 from kubesonar.sensor.offline import read_captures
 from kubesonar.shared.alerts import SEVERITIES, rules
 from kubesonar.shared.detectors import Detector, batch_of
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import FlowRecords
-from kubesonar.shared.inventory import PodInventory
+from kubesonar.shared.inventory import PodInventory, endpoint_of
 from kubesonar.shared.pipeline import CoreConfig, detectors
+from kubesonar.shared.watchlist import WatchEntry
 
-CONFIG = CoreConfig(learning_period_s=LEARN_S, watchlist=tuple(demo_watchlist()))
+JA3_LISTED = WatchEntry(IMPLANT_JA3, "ja3", "sslbl", "test listing")
+CONFIG = CoreConfig(learning_period_s=LEARN_S, watchlist=(*demo_watchlist(), JA3_LISTED))
 RULE_IDS = [d.rule_id for d in detectors(CONFIG)]
 
 
@@ -62,12 +67,36 @@ def phases(tmp_path_factory) -> tuple[Phase, Phase]:
     run_demo(str(root))
     inventory = PodInventory.load(root / "pods.json")
 
-    def phase(name: str) -> Phase:
+    pods = {endpoint_of(p).workload_name: p["status"]["podIP"] for p in json.loads((root / "pods.json").read_text())["items"]}
+
+    def phase(name: str, planted: FlowRecords) -> Phase:
         observed = list(read_captures([root / name]))
-        return Phase(inventory.enrich(FlowRecords.concat([o.flows for o in observed])),
+        return Phase(inventory.enrich(FlowRecords.concat([o.flows for o in observed] + [planted])),
                      inventory.enrich(DnsMessages.concat([o.dns for o in observed])))
 
-    return phase("learning.pcap"), phase("detection.pcap")
+    return phase("learning.pcap", _planted_learning(pods)), phase("detection.pcap", _planted_attack(pods))
+
+
+def _planted_learning(pods: dict[str, str]) -> FlowRecords:
+    """The payments API calling its card processor by name with its usual TLS client."""
+    t = int((START_S + LEARN_S - PHASE_S + 100) * S)
+    return c2_flows([{"src": pods["api"], "dst": "198.51.100.20", "t": t + k * 30 * S,
+                      "tls": {"ja4": KNOWN_JA4, "sni": "api.processor.example"}} for k in range(3)])
+
+
+def _planted_attack(pods: dict[str, str]) -> FlowRecords:
+    """The payments API compromised: a new TLS client to a bare address, a reverse shell, a quiet
+    connection held three hours; the intruder's implant with a listed JA3 holding a heartbeat session."""
+    t, api, intruder = int((START_S + LEARN_S + 60) * S), pods["api"], pods["debug-tools"]
+    return c2_flows([
+        {"src": api, "dst": "198.51.100.20", "t": t, "tls": {"ja4": KNOWN_JA4, "sni": "api.processor.example"}},
+        {"src": api, "dst": "203.0.113.66", "t": t + 5 * S, "dport": 8443, "tls": {"ja4": IMPLANT_JA4}},
+        shell_session(api, "203.0.113.77", t + 10 * S),
+        {"src": api, "dst": "203.0.113.99", "t": t + 20 * S, "dport": 9001, "held": 3 * 3600, "dur": 200,
+         "out": 9000, "in": 7000},
+        heartbeat_session(intruder, "203.0.113.88", t + 30 * S, minutes=3, dur=180,
+                          tls={"ja3": IMPLANT_JA3, "sni": "updates.example"}),
+    ])
 
 
 def _fresh(rule_id: str) -> Detector:

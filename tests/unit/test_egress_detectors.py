@@ -75,13 +75,16 @@ def test_jittered_beacons_need_more_check_ins_the_more_they_jitter():
     assert mad_floor(6) < mad_floor(24) < mad_floor(64)
 
 
-def test_beacons_inside_the_cluster_and_learned_ones_are_not_judged():
+def test_beacons_inside_the_cluster_are_not_judged_and_one_seen_while_learning_is_reported_not_learned():
     d = BeaconingDetector(learning_period_ns=DAY)
-    learned = [{"src": "10.1.0.5", "dst": "198.18.20.8", "t": T0 + k * 60 * S, "name": "fx"} for k in range(30)]
-    internal = [{"src": "10.1.0.6", "dst": "10.1.0.7", "t": T0 + DAY + k * 30 * S, "name": "prom"} for k in range(30)]
-    scores_of(d, flows(learned))
-    later = [dict(r, t=r["t"] + 2 * DAY) for r in learned]
-    assert not any(s.alarm for s in scores_of(d, flows(later + internal)))
+    while_learning = [{"src": "10.1.0.5", "dst": "198.18.20.8", "t": T0 + k * 60 * S, "name": "fx"} for k in range(30)]
+    internal = [{"src": "10.1.0.6", "dst": "10.1.0.7", "t": T0 + k * 30 * S, "name": "prom"} for k in range(30)]
+    scores = scores_of(d, flows(while_learning + internal))
+    beacons = [s for s in scores if s.flagged]
+    assert beacons and {s.endpoint["workload"] for s in beacons} == {"shop/Deployment/fx"}  # cold: no learning wait
+    later = [dict(r, t=r["t"] + 2 * DAY) for r in while_learning]
+    again = [s for s in scores_of(d, flows(later)) if s.alarm]
+    assert again and not any(s.fresh for s in again), "still a beacon after learning, reported once"
 
 
 def test_exfiltration_needs_a_baseline_and_flags_far_above_it_without_learning_the_theft():

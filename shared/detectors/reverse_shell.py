@@ -1,0 +1,184 @@
+"""Reverse shell: a server workload holding a human-driven interactive session with a host outside.
+
+A reverse shell is a connection the victim opens out to the attacker's listener; the attacker then
+types into it. What the flow shows (flow schema 4's gap statistics of each side's small packets):
+- *human-timed*: the responder's small packets (the attacker's keystrokes or command lines) come at
+  human pace, their mean gap between 0.1 s (below human reaction time: machine traffic) and 60 s
+  (past it nobody is at the keyboard), and irregular: a coefficient of variation of 0.5 or more,
+  above any clock (beaconing judges clocks: its bar is at most 0.35);
+- *two-way*: at least 8 such gaps from the responder and 4 from the initiator (the shell's answers);
+- to a host outside the cluster, on a port that is not a service the workload uses (one it reached
+  outside before this batch), and not a TLS session naming a host (SNI): services are reached by name,
+  shells by address and port.
+The source's role decides: a workload that answers other hosts' connections (shared/roles.py) opening
+such a session is the signal, and is reported; a client-only workload's session is scored 0.5 and kept
+as evidence, not reported (developers' interactive tools, chat bots on a push socket). The role is
+observed, not learned, so this rule judges from the first window whatever the learning period.
+
+Catches: nc, socat, bash /dev/tcp and Metasploit reverse_tcp shells from a compromised service, on
+any port it does not use, pty or not. Misses: shells from workloads that serve nothing (Jobs, workers
+without probes); shells over TLS with an SNI, or through a port the workload already uses; scripted
+shells driven by a machine at machine pace; everything before the sensor fills schema 4's gap columns.
+False positives: a server workload with an interactive remote session it was built for (an SSH or
+database client in a debug container of a served pod): allowlist the workload and port.
+
+Score: 1.0 for a server's session, 0.5 for a client's; the evidence holds both sides' gap figures.
+
+Example:
+    >>> d = ReverseShellDetector()
+    >>> d.observe(batch_of(flows))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kubesonar.shared.detectors.base import Detector, Pair, Score
+from kubesonar.shared.flow import IPPROTO_TCP, address_text
+from kubesonar.shared.identity import source_endpoint, subject_keys
+from kubesonar.shared.netzones import Zones
+from kubesonar.shared.roles import merge_servers, servers_in
+
+if TYPE_CHECKING:
+    from kubesonar.shared.batch import Batch
+    from kubesonar.shared.flow import FlowRecords
+
+HUMAN_GAP_S = (0.1, 60.0)  # human reaction time up to nobody at the keyboard
+IRREGULAR_CV = 0.5  # above any clock beaconing accepts (0.35)
+MIN_GAPS_IN, MIN_GAPS_OUT = 8, 4
+_PORTS_KEPT = 64  # per subject: the ports it reached outside
+
+
+@dataclass
+class PortsUsed:
+    ports: list[int] = field(default_factory=list)
+    last_ns: int = 0
+
+
+@dataclass
+class ReverseShellState:
+    servers: dict[str, int] = field(default_factory=dict)  # subject -> last time it answered a connection
+    ports: dict[str, PortsUsed] = field(default_factory=dict)  # subject -> ports it reached outside
+    reported: dict[Pair, None] = field(default_factory=dict)  # (subject, address:port), oldest first
+
+
+@dataclass
+class _Assessment:
+    servers: dict[str, int] = field(default_factory=dict)
+    ports: dict[str, set[int]] = field(default_factory=dict)
+    last_ns: dict[str, int] = field(default_factory=dict)
+    scores: list[Score] = field(default_factory=list)
+
+
+class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
+    rule_id = "reverse_shell"
+
+    def __init__(self, zones: Zones | None = None, max_subjects: int = 20_000):
+        super().__init__()
+        self.zones, self.max_subjects = zones or Zones(), max_subjects
+
+    def new_state(self) -> ReverseShellState:
+        return ReverseShellState()
+
+    def _encode(self, state: ReverseShellState) -> dict[str, Any]:
+        return {"servers": state.servers, "ports": {k: vars(p) for k, p in state.ports.items()},
+                "reported": [list(p) for p in state.reported]}
+
+    def _decode(self, document: dict[str, Any]) -> ReverseShellState:
+        return ReverseShellState({k: int(v) for k, v in document["servers"].items()},
+                                 {k: PortsUsed(list(p["ports"]), int(p["last_ns"]))
+                                  for k, p in document["ports"].items()},
+                                 dict.fromkeys(Pair(*p) for p in document["reported"]))
+
+    def _assess(self, batch: Batch) -> _Assessment:
+        flows = batch.flows
+        out = _Assessment()
+        if not len(flows):
+            return out
+        out.servers = servers_in(flows)
+        self._ports_used(flows, out)
+        roles = merge_servers(self.state.servers, out.servers, self.max_subjects)
+        rows = self.zones.outside(flows, np.flatnonzero(_interactive(flows)))
+        reported: set[Pair] = set()
+        for row, key in zip(rows.tolist(), subject_keys(flows, rows), strict=True):
+            port = int(flows["dst_port"][row])
+            known = self.state.ports.get(key)
+            if known is not None and port in known.ports:
+                continue
+            pair = Pair(key, f"{address_text(flows['dst_addr'][row])}:{port}")
+            if pair in reported:
+                continue
+            server = key in roles
+            alarm = server
+            fresh = alarm and pair not in self.state.reported
+            reported.add(pair)
+            evidence = {"destination": pair.target, "role": "server" if server else "client",
+                        **_gap_evidence(flows, row)}
+            out.scores.append(Score(pair, 1.0 if server else 0.5, alarm, source_endpoint(flows, row),
+                                    int(flows["conn_start"][row]), int(flows["last_ts"][row]), evidence, fresh=fresh,
+                                    identity=(pair.target,), destination={"ip": pair.target.rsplit(":", 1)[0],
+                                                                          "port": port}))
+        return out
+
+    def _ports_used(self, flows: FlowRecords, out: _Assessment) -> None:
+        """The ports each subject reached outside in this batch (joined after scoring: a session's own
+        port is not one its workload used before it). One row per (address, port) is enough."""
+        rows = self.zones.outside(flows, np.flatnonzero(flows["proto"] == IPPROTO_TCP))
+        if not len(rows):
+            return
+        pairs = np.empty(len(rows), dtype=[("addr", "V16"), ("port", "u2")])
+        pairs["addr"], pairs["port"] = flows["src_addr"][rows], flows["dst_port"][rows]
+        _, first = np.unique(pairs, return_index=True)
+        rows = rows[first]
+        for key, port, ts in zip(subject_keys(flows, rows), flows["dst_port"][rows].tolist(),
+                                 flows["last_ts"][rows].tolist(), strict=True):
+            out.ports.setdefault(key, set()).add(port)
+            out.last_ns[key] = max(ts, out.last_ns.get(key, ts))
+
+    def _scores(self, assessment: _Assessment) -> list[Score]:
+        return assessment.scores
+
+    def _commit(self, assessment: _Assessment, flagged: set[Hashable]) -> None:
+        """Roles and ports used are observations; a flagged session's port never becomes one its
+        workload uses, so the shell stays reported when it comes back."""
+        if not assessment.servers and not assessment.ports and not assessment.scores:
+            return
+        self.touched = True
+        self.state.servers = merge_servers(self.state.servers, assessment.servers, self.max_subjects)
+        kept_out: dict[str, set[int]] = {}
+        for pair in flagged:
+            if isinstance(pair, Pair):
+                kept_out.setdefault(pair.source, set()).add(int(pair.target.rsplit(":", 1)[1]))
+        for key, ports in assessment.ports.items():
+            used = self.state.ports.get(key) or PortsUsed()
+            new = [p for p in sorted(ports - kept_out.get(key, set())) if p not in used.ports]
+            self.state.ports[key] = PortsUsed((used.ports + new)[-_PORTS_KEPT:],
+                                              max(used.last_ns, assessment.last_ns[key]))
+        if len(self.state.ports) > self.max_subjects:
+            keep = sorted(self.state.ports, key=lambda k: self.state.ports[k].last_ns)[-self.max_subjects:]
+            self.state.ports = {k: self.state.ports[k] for k in keep}
+        self.state.reported.update(dict.fromkeys(s.subject for s in assessment.scores if s.flagged))
+        if len(self.state.reported) > self.max_subjects:
+            self.state.reported = dict.fromkeys(list(self.state.reported)[-self.max_subjects:])
+
+
+def _interactive(flows: FlowRecords) -> np.ndarray:
+    """Rows of TCP sessions whose responder types at human pace and whose initiator answers, not
+    opened with a TLS ClientHello naming a host."""
+    mean_in_s = flows["gap_mean_us_in"] / 1e6
+    return ((flows["proto"] == IPPROTO_TCP) & (flows["gaps_in"] >= MIN_GAPS_IN) & (flows["gaps_out"] >= MIN_GAPS_OUT)
+            & (mean_in_s >= HUMAN_GAP_S[0]) & (mean_in_s <= HUMAN_GAP_S[1])
+            & (flows["gap_cv_milli_in"] >= IRREGULAR_CV * 1000) & (flows["tls_sni"] == ""))
+
+
+def _gap_evidence(flows: FlowRecords, row: int) -> dict[str, Any]:
+    return {side: {"gaps": int(flows[f"gaps_{side}"][row]),
+                   "mean_gap_s": round(int(flows[f"gap_mean_us_{side}"][row]) / 1e6, 3),
+                   "gap_cv": round(int(flows[f"gap_cv_milli_{side}"][row]) / 1000, 3)}
+            for side in ("out", "in")} | {"port": int(flows["dst_port"][row]),
+                                          "bytes_out": int(flows["bytes_out"][row]),
+                                          "bytes_in": int(flows["bytes_in"][row])}

@@ -1,0 +1,275 @@
+"""Command and control: cold start, beacons inside one session, long quiet connections, reverse shells,
+TLS fingerprints. Flows are built with flow schema 4's TLS and gap columns filled as the sensor fills
+them (tests/c2_flows.py); each rule must report its case and stay quiet on the look-alikes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from c2_flows import IMPLANT_JA3, IMPLANT_JA4, KNOWN_JA4, S, c2_flows, heartbeat_session, shell_session
+
+from kubesonar.functions.local.notifier import CollectingNotifier
+from kubesonar.functions.local.store import LocalObjectStore
+from kubesonar.shared.batch import BatchHeader, decode_batch, encode_batch
+from kubesonar.shared.detectors import batch_of
+from kubesonar.shared.detectors.beaconing import BeaconingDetector, cv_floor
+from kubesonar.shared.detectors.long_connection import LongConnectionDetector
+from kubesonar.shared.detectors.new_tls_client import NewTlsClientDetector
+from kubesonar.shared.detectors.reverse_shell import ReverseShellDetector
+from kubesonar.shared.detectors.tls_bare_ip import TlsBareIpDetector
+from kubesonar.shared.detectors.watchlist import WatchlistDetector
+from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.flow import FlowRecords
+from kubesonar.shared.pipeline import CoreConfig, Dependencies, detectors, process_batch
+from kubesonar.shared.ports import SystemClock
+from kubesonar.shared.watchlist import LOADER, parse_sslbl_csv
+
+from helpers import scores_of
+
+HOUR, DAY = 3600 * S, 86400 * S
+T0 = 1_767_225_600 * S
+WEB = ("shop", "Deployment", "web")
+WORKER = ("shop", "Deployment", "worker")
+
+
+def _served(ip: str, t: int, workload: tuple[str, str, str] = WEB) -> dict:
+    """A client outside connecting to ``ip``:8080, answered: the workload at ``ip`` serves."""
+    return {"src": "198.51.100.77", "dst": ip, "t": t, "dport": 8080, "flags_in": 0x12, "dst_workload": workload}
+
+
+def _alarms(detector, rows: list[dict]) -> list:
+    return [s for s in scores_of(detector, c2_flows(sorted(rows, key=lambda r: r["t"]))) if s.flagged]
+
+
+# -- cold start: one mechanism in the base ------------------------------------------------------------------
+
+
+def test_rules_declare_whether_they_need_a_baseline():
+    needs = {d.rule_id: d.needs_baseline for d in detectors(CoreConfig())}
+    assert {r for r, n in needs.items() if n} == {"new_workload", "exfiltration", "unusual_destination",
+                                                   "long_connection", "new_tls_client"}
+
+
+def _pipeline(tmp_path, learning_s: float):
+    store = LocalObjectStore(tmp_path / "state")
+    return Dependencies(store, CollectingNotifier(), SystemClock(), CoreConfig(learning_period_s=learning_s))
+
+
+def _process(deps, records: FlowRecords, seq: int) -> list[dict]:
+    header = BatchHeader("c", "n", "s", seq, T0, T0 + HOUR)
+    return [a for m in encode_batch(header, records) for a in process_batch(decode_batch(m), deps).alerts]
+
+
+def test_a_beacon_is_reported_in_the_first_window_whatever_the_learning_period_and_never_learned(tmp_path):
+    deps = _pipeline(tmp_path, learning_s=24 * 3600)
+    implant = ("default", "Deployment", "implant")
+    beacon = [{"src": "10.1.0.66", "dst": "203.0.113.9", "t": T0 + k * 5 * S, "src_workload": implant} for k in range(40)]
+    usual = [{"src": "10.1.0.5", "dst": "198.51.100.20", "t": T0 + k * 97 * S, "src_workload": WEB} for k in range(3)]
+    first = _process(deps, c2_flows(beacon + usual), 1)
+    assert [(a["type"], a["source"]["workload"]) for a in first] == [("beaconing", "default/Deployment/implant")]
+    # after the learning day: the workload that was only ever seen beaconing was never learned as normal
+    later = [{"src": ip, "dst": "10.1.0.99", "t": T0 + DAY + HOUR, "dport": 5432, "src_workload": w}
+             for ip, w in (("10.1.0.66", implant), ("10.1.0.5", WEB))]
+    new = [(a["type"], a["source"]["workload"]) for a in _process(deps, c2_flows(later), 2)
+           if a["type"] == "new_workload"]
+    assert new == [("new_workload", "default/Deployment/implant")]
+
+
+def test_what_compares_with_the_past_stays_silent_while_learning():
+    d = NewTlsClientDetector(learning_period_ns=DAY, baseline_ns=0)
+    rows = [{"src": "10.1.0.5", "dst": "198.51.100.20", "t": T0 + k * S, "src_workload": WEB,
+             "tls": {"ja4": ja4, "sni": "api.example"}} for k, ja4 in enumerate((KNOWN_JA4, IMPLANT_JA4))]
+    scores = scores_of(d, c2_flows(rows))
+    assert scores and all(s.warming_up and not s.flagged for s in scores)
+
+
+# -- beaconing inside one session --------------------------------------------------------------------------
+
+
+def test_a_heartbeat_inside_one_long_session_is_a_beacon_like_repeated_connections():
+    d = BeaconingDetector(learning_period_ns=0)
+    (alarm,) = _alarms(d, [heartbeat_session("10.1.0.5", "203.0.113.9", T0, minutes=20, every_s=5, cv=0.02,
+                                             src_workload=WEB)])
+    assert alarm.evidence["kind"] == "session_beacon" and alarm.evidence["gaps"] == 240
+    assert alarm.identity == ("beacon", "203.0.113.9:443/6")  # one alert with the repeated-connection beacon
+    jittered = heartbeat_session("10.1.0.6", "203.0.113.10", T0, minutes=40, every_s=10, cv=0.2 / np.sqrt(3))
+    assert _alarms(BeaconingDetector(learning_period_ns=0), [jittered])  # +-20% uniform jitter
+
+
+@pytest.mark.parametrize("case", ["requests", "stream", "loose clock", "too few"])
+def test_sessions_without_a_clock_are_not_beacons(case):
+    session = {"requests": heartbeat_session("10.1.0.5", "203.0.113.9", T0, every_s=5, cv=1.0),
+               "stream": heartbeat_session("10.1.0.5", "203.0.113.9", T0, every_s=0.02, cv=0.01),
+               "loose clock": heartbeat_session("10.1.0.5", "203.0.113.9", T0, minutes=120, every_s=5, cv=0.4),
+               "too few": heartbeat_session("10.1.0.5", "203.0.113.9", T0, minutes=0.4, every_s=5, cv=0.0)}[case]
+    assert _alarms(BeaconingDetector(learning_period_ns=0), [session]) == []
+
+
+def test_poisson_sessions_pass_the_in_session_test_about_never():
+    """2,000 sessions of exponential gaps (what request-driven traffic shows), 6 to 300 gaps each: the
+    bar is the null's 1e-5 quantile, so none should pass."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for k in range(2000):
+        gaps = rng.exponential(8.0, int(rng.integers(6, 300)))
+        rows.append({"src": "10.1.0.5", "dst": f"198.18.{k // 250}.{k % 250}", "t": T0 + k * S, "dur": 600,
+                     "gaps": {"out": (len(gaps), float(gaps.mean()), float(gaps.std() / gaps.mean()))}})
+    assert _alarms(BeaconingDetector(learning_period_ns=0), rows) == []
+    assert cv_floor(6) < cv_floor(12) < cv_floor(16) < cv_floor(64) == 0.35  # the cap: +-60% jitter
+
+
+# -- long connections --------------------------------------------------------------------------------------
+
+
+def test_a_long_quiet_connection_is_reported_from_a_workload_that_does_not_hold_them():
+    d = LongConnectionDetector(learning_period_ns=DAY)
+    holder = [{"src": "10.1.0.7", "dst": "198.51.100.30", "t": T0 + HOUR, "held": 2 * 3600, "dur": 300,
+               "dport": 5432, "out": 3000, "in": 3000, "src_workload": WORKER}]
+    assert _alarms(d, holder) == []  # learning: the worker holds long connections (a database pool)
+    after = T0 + 2 * DAY
+
+    def held(src, w, dst, out=9000):
+        return {"src": src, "dst": dst, "t": after, "held": 3 * 3600, "dur": 300, "dport": 9001, "out": out,
+                "in": 4000, "src_workload": w}
+
+    (alarm,) = _alarms(d, [held("10.1.0.5", WEB, "203.0.113.99"), held("10.1.0.7", WORKER, "203.0.113.98")])
+    assert alarm.endpoint["workload"] == "shop/Deployment/web" and alarm.evidence["held_s"] == 3 * 3600 + 300
+    busy = held("10.1.0.8", ("shop", "Deployment", "sync"), "203.0.113.97", out=5_000_000)
+    popular = [held(f"10.1.1.{k}", ("shop", "Deployment", f"svc{k}"), "198.51.100.40") for k in range(3)]
+    assert _alarms(d, [busy, *popular]) == []
+
+
+# -- reverse shells ----------------------------------------------------------------------------------------
+
+
+def test_a_server_workload_typing_into_a_shell_outside_is_reported_a_client_only_scored():
+    d = ReverseShellDetector()
+    rows = [_served("10.1.0.5", T0), shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S, src_workload=WEB),
+            shell_session("10.1.0.9", "203.0.113.78", T0 + 10 * S, src_workload=WORKER)]
+    scores = scores_of(d, c2_flows(rows))
+    assert [(s.endpoint["workload"], s.score, s.alarm) for s in scores] == [
+        ("shop/Deployment/web", 1.0, True), ("shop/Deployment/worker", 0.5, False)]
+    again = scores_of(d, c2_flows([shell_session("10.1.0.5", "203.0.113.77", T0 + HOUR, src_workload=WEB)]))
+    assert [(s.alarm, s.fresh) for s in again] == [(True, False)]  # its port was never learned as used
+
+
+@pytest.mark.parametrize("case", ["machine pace", "a clock", "named TLS", "port in use", "inside"])
+def test_sessions_that_are_not_a_person_in_a_shell_are_not_reverse_shells(case):
+    shell = shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S, src_workload=WEB)
+    session = {"machine pace": dict(shell, gaps={"in": (400, 0.02, 1.5), "out": (400, 0.02, 1.5)}),
+               "a clock": dict(shell, gaps={"in": (40, 4.0, 0.1), "out": (40, 4.0, 0.1)}),
+               "named TLS": dict(shell, tls={"ja4": KNOWN_JA4, "sni": "chat.example"}),
+               "port in use": shell,
+               "inside": dict(shell, dst="10.1.0.40")}[case]
+    d = ReverseShellDetector()
+    before = [_served("10.1.0.5", T0)]
+    if case == "port in use":
+        before.append({"src": "10.1.0.5", "dst": "203.0.113.50", "t": T0, "dport": 4444, "src_workload": WEB})
+    scores_of(d, c2_flows(before))
+    assert _alarms(d, [session]) == []
+
+
+# -- TLS ----------------------------------------------------------------------------------------------------
+
+
+def test_tls_without_a_host_name_from_a_server_is_reported():
+    d = TlsBareIpDetector()
+    rows = [_served("10.1.0.5", T0),
+            {"src": "10.1.0.5", "dst": "203.0.113.66", "t": T0 + S, "dport": 8443, "src_workload": WEB,
+             "tls": {"ja4": IMPLANT_JA4}},
+            {"src": "10.1.0.5", "dst": "203.0.113.67", "t": T0 + S, "dport": 80, "src_workload": WEB,
+             "tls": {"ja3": IMPLANT_JA3, "sni": "203.0.113.67"}},  # Empire's agent: the address as SNI
+            {"src": "10.1.0.5", "dst": "198.51.100.20", "t": T0 + S, "src_workload": WEB,
+             "tls": {"ja4": KNOWN_JA4, "sni": "api.example"}},
+            {"src": "10.1.0.9", "dst": "203.0.113.68", "t": T0 + S, "src_workload": WORKER, "tls": {"ja4": IMPLANT_JA4}},
+            {"src": "10.1.0.5", "dst": "10.1.0.40", "t": T0 + S, "src_workload": WEB, "tls": {"ja4": IMPLANT_JA4}}]
+    alarms = _alarms(d, rows)
+    assert sorted(s.evidence["destination"] for s in alarms) == ["203.0.113.66:8443", "203.0.113.67:80"]
+
+
+def test_a_new_tls_client_after_the_workload_s_baseline_is_reported_unless_a_release_brought_it():
+    d = NewTlsClientDetector(learning_period_ns=0, baseline_ns=DAY)
+
+    def hello(ja4, t, images="ghcr.io/example/web:1.0"):
+        row = {"src": "10.1.0.5", "dst": "198.51.100.20", "t": t, "src_workload": WEB,
+               "tls": {"ja4": ja4, "sni": "api.example"}}
+        records = c2_flows([row])
+        records.columns["src_images"][:] = images
+        return records
+
+    assert not any(s.flagged for s in scores_of(d, hello(KNOWN_JA4, T0)))  # young: its own baseline first
+    assert not any(s.alarm for s in scores_of(d, hello(KNOWN_JA4, T0 + 2 * DAY)))
+    (new,) = [s for s in scores_of(d, hello(IMPLANT_JA4, T0 + 2 * DAY + S)) if s.alarm]
+    assert new.flagged and new.evidence["fingerprint"] == IMPLANT_JA4
+    assert [s.alarm for s in scores_of(d, hello(IMPLANT_JA4, T0 + 3 * DAY))] == [True]  # never learned
+    release = "ghcr.io/example/web:2.0"
+    other = "t13d1715h2_5b57614c22b0_3d5424432f57"
+    assert not any(s.alarm for s in scores_of(d, hello(other, T0 + 4 * DAY, release)))
+
+
+def test_the_sslbl_ja3_list_from_the_store_matches_tls_clients(tmp_path):
+    csv = ("# abuse.ch SSLBL JA3 fingerprints\n# ja3_md5,Firstseen,Lastseen,Listingreason\n"
+           f"{IMPLANT_JA3},2019-01-01 00:00:00,2020-01-01 00:00:00,Metasploit test listing\n")
+    store = LocalObjectStore(tmp_path / "state")
+    store.put("watchlists/sslbl_ja3.csv", csv.encode())
+    LOADER.forget()
+    entries, errors = LOADER.load(store)
+    assert errors == [] and [(e.kind, e.reason) for e in entries] == [("ja3", "Metasploit test listing")]
+    rows = [heartbeat_session("10.1.0.66", "203.0.113.88", T0, tls={"ja3": IMPLANT_JA3}, src_workload=WEB),
+            {"src": "10.1.0.5", "dst": "198.51.100.20", "t": T0, "tls": {"ja3": "0" * 32, "sni": "a.example"}}]
+    (finding,) = WatchlistDetector(entries).observe(batch_of(c2_flows(rows)))
+    assert finding.source["ip"] == "10.1.0.66" and finding.evidence["indicator_kind"] == "ja3"
+    LOADER.forget()
+
+
+@pytest.mark.parametrize("text, fault", [("abc,2019,2020,x\n", "line 1"), ("# c\n" + "a" * 32 + ",2019\n", "line 2")])
+def test_a_bad_sslbl_line_is_a_clear_error_naming_it(text, fault):
+    with pytest.raises(ConfigError, match=fault):
+        parse_sslbl_csv(text.encode(), "feed")
+
+
+def test_a_ja3_entry_in_a_json_watchlist_is_checked():
+    from kubesonar.shared.watchlist import parse_watchlist
+
+    (entry,) = parse_watchlist(json.dumps({"entries": [{"indicator": IMPLANT_JA3.upper(), "kind": "ja3"}]}).encode(),
+                               "feed")
+    assert (entry.kind, entry.indicator) == ("ja3", IMPLANT_JA3)
+    with pytest.raises(ConfigError, match="not a JA4"):
+        parse_watchlist(json.dumps({"entries": [{"indicator": "nope", "kind": "ja4"}]}).encode(), "feed")
+
+
+# -- state ---------------------------------------------------------------------------------------------------
+
+
+def test_a_version_1_beaconing_document_is_migrated_without_its_learned_pairs():
+    v1 = {"state_version": 1, "clock": {"until_ns": T0 + DAY, "ended": False},
+          "channels": [["shop/Deployment/fx", "198.18.20.8", 443, 6,
+                        {"starts_ms": [1, 60_001], "bytes_out": [900, 900], "last_ns": T0, "learned": True,
+                         "reported": False, "long": False}]],
+          "destinations": {"198.18.20.8": {"subjects": ["shop/Deployment/fx"], "last_ns": T0}}}
+    d = BeaconingDetector(learning_period_ns=DAY).from_state(v1)
+    assert d.reset_reason is None
+    state = d.to_state()
+    assert state["state_version"] == 2 and state["channels"][0][4] == {
+        "starts_ms": [1, 60_001], "bytes_out": [900, 900], "last_ns": T0, "reported": False}
+
+
+@pytest.mark.parametrize("rule_id", ["long_connection", "reverse_shell", "tls_bare_ip", "new_tls_client"])
+def test_a_new_detector_s_state_survives_json_and_a_bad_or_newer_document_is_dropped(rule_id):
+    def fresh():
+        return next(d for d in detectors(CoreConfig(learning_period_s=0, workload_baseline_s=0))
+                    if d.rule_id == rule_id)
+
+    d = fresh()
+    rows = [_served("10.1.0.5", T0), shell_session("10.1.0.5", "203.0.113.77", T0, src_workload=WEB),
+            {"src": "10.1.0.5", "dst": "203.0.113.66", "t": T0 + S, "src_workload": WEB, "tls": {"ja4": IMPLANT_JA4}},
+            {"src": "10.1.0.5", "dst": "203.0.113.99", "t": T0, "held": 7200, "dur": 60, "src_workload": WEB}]
+    d.observe(batch_of(c2_flows(rows)))
+    state = json.loads(json.dumps(d.to_state()))
+    assert fresh().from_state(state).to_state() == state
+    newer = fresh().from_state({**state, "state_version": 99})
+    assert newer.reset_reason and newer.to_state() == fresh().to_state()
+    broken = {k: ({"oops": 1} if isinstance(v, (dict, list)) and k != "clock" else v) for k, v in state.items()}
+    assert fresh().from_state(broken).reset_reason
