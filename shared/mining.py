@@ -11,6 +11,8 @@ RPC_METHODS: tuple[str, ...] = (
     "login", "job", "submit", "keepalived",  # Monero pools (xmrig, xmr-stak)
     "eth_submitLogin", "eth_getWork", "eth_submitWork", "eth_submitHashrate",  # Ethereum Stratum/getwork
     "getblocktemplate", "submitblock",  # solo mining against a node's RPC
+    "getwork",  # Bitcoin's pre-BIP-22 mining call over HTTP JSON-RPC (cgminer, bfgminer, old pools' proxies)
+    "mining.get_transactions", "mining.suggest_difficulty", "mining.suggest_target",  # Stratum v1 client calls
 )
 RPC_CODES = {name: code for code, name in enumerate(RPC_METHODS) if name}
 
