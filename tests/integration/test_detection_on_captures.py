@@ -8,16 +8,21 @@ import pytest
 
 from kubesonar.compose import analyze
 
-from conftest import PCAPS
+from conftest import DATA, PCAPS
+
+MORE = DATA / "more"
 
 
-def _labels():
-    with open(PCAPS / "labels.csv") as f:
+def _labels(root=PCAPS):
+    with open(root / "labels.csv") as f:
         return list(csv.DictReader(f))
 
 
 SCANS = [r for r in _labels() if r["category"] == "portscan"]
 BENIGN = [r for r in _labels() if r["category"] == "benign"]
+# the second set (more/): DNS tunnels of seven tools, and benign traffic that looks like new signals
+MORE_TUNNELS = [r for r in _labels(MORE) if r["category"] == "dns_tunnel"]
+MORE_BENIGN = [r for r in _labels(MORE) if r["category"] == "benign"]
 
 
 def test_the_labels_name_scans_and_benign_captures():
@@ -83,3 +88,16 @@ def test_seven_refused_ports_in_a_minute_from_a_busy_client_are_a_scan(tmp_path)
     (scan,) = [a for a in result.alerts if a["type"] == "port_scan"]
     assert scan["source"]["ip"] == "10.1.1.5" and "10.1.3.9" in scan["evidence"]["targets"]
     assert {a["type"] for a in result.alerts} == {"port_scan"}
+
+
+@pytest.mark.parametrize("label", MORE_TUNNELS, ids=lambda r: r["path"])
+def test_every_dns_tunnel_of_the_second_set_is_seen_cold_from_its_client(label):
+    result = analyze([str(MORE / label["path"])])  # the default learning period: tunnels need none
+    tunnels = [a for a in result.alerts if a["type"] == "dns_tunneling"]
+    assert [a["source"]["ip"] for a in tunnels] == [label["actor_ip"]]
+
+
+@pytest.mark.parametrize("label", MORE_BENIGN, ids=lambda r: r["path"])
+def test_no_benign_capture_of_the_second_set_raises_any_alert(label):
+    result = analyze([str(MORE / label["path"])], learning_period_s=0, internal_networks=())
+    assert result.flows > 0 and result.alerts == []
