@@ -29,6 +29,7 @@ from kubesonar.shared.detectors.control_plane import ApiServerAccessDetector, Me
 from kubesonar.shared.detectors.crypto_mining import CryptoMiningDetector
 from kubesonar.shared.detectors.dns_tunneling import DnsTunnelingDetector
 from kubesonar.shared.detectors.exfiltration import ExfiltrationDetector
+from kubesonar.shared.detectors.icmp_tunneling import IcmpTunnelingDetector
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
 from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
@@ -101,6 +102,7 @@ def detectors(config: CoreConfig, watchlist: list[WatchEntry] | None = None) -> 
         ApiServerAccessDetector(learning_ns, force_learning=learning),
         CryptoMiningDetector(zones),
         DnsTunnelingDetector(),
+        IcmpTunnelingDetector(zones),
         BeaconingDetector(learning_ns, force_learning=learning, zones=zones),
         ExfiltrationDetector(learning_ns, force_learning=learning, zones=zones),
         UnusualDestinationDetector(learning_ns, force_learning=learning, zones=zones,

@@ -21,7 +21,7 @@ from kubesonar.sensor.offline import read_captures
 from kubesonar.shared.alerts import SEVERITIES, rules
 from kubesonar.shared.detectors import Detector, batch_of
 from kubesonar.shared.dns import DnsMessages
-from kubesonar.shared.flow import FlowRecords
+from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
 from kubesonar.shared.inventory import PodInventory
 from kubesonar.shared.pipeline import CoreConfig, detectors
 
@@ -62,12 +62,34 @@ def phases(tmp_path_factory) -> tuple[Phase, Phase]:
     run_demo(str(root))
     inventory = PodInventory.load(root / "pods.json")
 
-    def phase(name: str) -> Phase:
+    def phase(name: str, tunnel: bool) -> Phase:
         observed = list(read_captures([root / name]))
-        return Phase(inventory.enrich(FlowRecords.concat([o.flows for o in observed])),
+        flows = inventory.enrich(FlowRecords.concat([o.flows for o in observed]))
+        return Phase(FlowRecords.concat([flows, _icmp_flows(flows, tunnel)]),
                      inventory.enrich(DnsMessages.concat([o.dns for o in observed])))
 
-    return phase("learning.pcap"), phase("detection.pcap")
+    return phase("learning.pcap", tunnel=False), phase("detection.pcap", tunnel=True)
+
+
+def _icmp_flows(flows: FlowRecords, tunnel: bool) -> FlowRecords:
+    """A pod's echo flows to an address outside, spread over the phase: plain pings while learning, an
+    ICMP tunnel in the attack (payloads of many sizes, no ping pattern). Built, not captured, until the
+    demo's sensor fills flow schema 4's ICMP columns."""
+    row = int(np.flatnonzero(flows["src_workload_name"] != "")[0])
+    times = np.linspace(flows["first_ts"].min(), flows["first_ts"].max(), 4)[:3].astype(np.int64)
+    icmp = flows.take(np.full(3, row))
+    c = icmp.columns
+    c["first_ts"] = c["conn_start"] = times
+    c["last_ts"] = times + 5_000_000_000
+    c["dst_addr"][:] = np.void(address_bytes("198.51.100.77"))
+    for name in ("namespace", "pod", "workload_kind", "workload_name", "node", "labels", "images"):
+        c[f"dst_{name}"][:] = ""
+    c["proto"][:], c["icmp_type"][:], c["icmp_code"][:], c["dst_port"][:], c["src_port"][:] = 1, 8, 0, 0, 4242
+    c["state"][:], c["packets_out"][:], c["packets_in"][:] = int(ConnState.ESTABLISHED), 6, 6
+    c["bytes_out"][:] = c["bytes_in"][:] = 6 * (28 + (400 if tunnel else 56))
+    c["icmp_sizes"][:], c["icmp_odd"][:] = (9, 12) if tunnel else (1, 0)
+    c["rpc_method"][:] = ""
+    return icmp
 
 
 def _fresh(rule_id: str) -> Detector:

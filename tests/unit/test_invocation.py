@@ -16,7 +16,7 @@ from kubesonar.sensor.queues import window_messages
 from kubesonar.shared.applied import APPLIED, NEW, TOO_OLD, WINDOW, AppliedLog
 from kubesonar.shared.batch import SQS_LIMIT, BatchHeader
 from kubesonar.shared.flow import FlowRecords
-from kubesonar.shared.pipeline import CoreConfig, Delivery, Dependencies, process_deliveries
+from kubesonar.shared.pipeline import CoreConfig, Delivery, Dependencies, detectors, process_deliveries
 from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.state import read_document
 
@@ -166,7 +166,7 @@ def test_baselines_of_the_per_detector_layout_carry_over(tmp_path):
                           ("new_workload", intruder, 1), ("port_scan", "shop/Deployment/frontend", 1),
                           ("unusual_destination", "payments/Deployment/api", 1), ("watchlist_hit", intruder, 1)])
     doc = read_document(LocalObjectStore(state), "state/demo/detectors.json")[0]
-    assert doc["layout"] == 2 and len(doc["detectors"]) == 11
+    assert doc["layout"] == 2 and len(doc["detectors"]) == len(detectors(CoreConfig()))
     # without the old baselines the same capture looks different: the test can fail
     fresh = analyze([str(detect)], pods=str(pods), cluster="demo", state_dir=str(tmp_path / "fresh"))
     assert sorted((a["type"], a["source"]["workload"] or a["source"]["ip"], a["count"]) for a in fresh.alerts) != got
