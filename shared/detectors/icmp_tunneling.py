@@ -8,8 +8,9 @@ sensor counts, per flow, the distinct payload sizes (``icmp_sizes``) and the mes
 no ping pattern or that carry data in a message type that has none (``icmp_odd``: timestamp,
 information, router or unassigned types with a payload; errors quote a packet and are not counted).
 
-Per (initiator, responder) pair, over a window of an hour, the odd messages, the most distinct sizes
-one flow held and the pair's bytes and packets are summed. A tunnel when, sustained over at least 10
+Per pair of hosts (both directions: a tunnel's requests may come from either end), over a window of
+an hour, the odd messages, the most distinct sizes one flow held and the pair's bytes and packets are
+summed. A tunnel when, sustained over at least 10
 odd messages (a single probe with a custom payload is one to four; ten is a conversation):
 - *varying echo data*: a flow of the pair held 4 or more payload sizes (ping holds one; a path-MTU
   probe varies its size but keeps ping's pattern, so it is not odd), or
@@ -17,8 +18,9 @@ odd messages (a single probe with a custom payload is one to four; ten is a conv
   payload send a short fixed string; Pingback's commands are 788 bytes), or
 - *non-echo data*: some of the odd messages are not echo at all (no ping sends those).
 
-The alert names the pair's initiator, or its responder when the initiator is outside the cluster and
-the responder inside (a backdoor answering crafted echoes from outside, as Pingback does).
+The alert names the end inside the cluster when the other is outside (whichever sent the requests: a
+backdoor answering crafted echoes from outside, as Pingback does, is named too); otherwise the end
+that initiated most of the odd messages.
 
 Catches: ptunnel-ng and ptunnel, icmpsh, hans, icmptunnel, Pingback, hand-made exfiltration in echo
 or timestamp payloads, from the first window (no baseline). Misses: a tunnel that mimics ping's
@@ -44,7 +46,7 @@ import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded
 from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, address_text
-from kubesonar.shared.identity import source_endpoint, subject_keys
+from kubesonar.shared.identity import source_endpoint
 from kubesonar.shared.netzones import Zones
 
 if TYPE_CHECKING:
@@ -66,14 +68,15 @@ class IcmpWindow:
     most_sizes: int = 0  # the most distinct payload sizes one flow held
     odd_payload_bytes: int = 0  # payload bytes of the flows with odd messages
     odd_flow_packets: int = 0  # packets of those flows
-    source_is_responder: bool = False
+    odd_from_first: int = 0  # odd messages in flows the pair's first end initiated
+    one_inside: bool = False  # one end is inside the cluster (the first), the other outside
     alarm: bool = False
     reported: bool = False
 
 
 @dataclass
 class IcmpState:
-    windows: dict[Pair, IcmpWindow] = field(default_factory=dict)  # (named end, other end's address)
+    windows: dict[Pair, IcmpWindow] = field(default_factory=dict)  # the two ends' addresses, inside one first
 
 
 @dataclass
@@ -110,24 +113,27 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
         if not len(rows):
             return out
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
-        inbound = (~self.zones.inside(flows["src_addr"][rows]) & self.zones.inside(flows["dst_addr"][rows])).tolist()
-        src_keys, dst_keys = subject_keys(flows, rows), subject_keys(flows, rows, "dst")
-        changed: dict[Pair, tuple[int, str]] = {}
+        src_in = self.zones.inside(flows["src_addr"][rows]).tolist()
+        dst_in = self.zones.inside(flows["dst_addr"][rows]).tolist()
+        changed: dict[Pair, int] = {}
         for k, row in enumerate(rows.tolist()):
-            side, other = ("dst", "src") if inbound[k] else ("src", "dst")
-            key = Pair(dst_keys[k] if inbound[k] else src_keys[k], address_text(flows[f"{other}_addr"][row]))
+            src, dst = address_text(flows["src_addr"][row]), address_text(flows["dst_addr"][row])
+            one_inside = src_in[k] != dst_in[k]
+            first = src if (src_in[k] if one_inside else src <= dst) else dst  # the inside end first
+            key = Pair(first, dst if first == src else src)
             w = self._window(key, int(flows["first_ts"][row]), out.windows)
-            w.source_is_responder = bool(inbound[k])
+            w.one_inside = one_inside
             odd, packets = int(flows["icmp_odd"][row]), int(flows["packets_out"][row] + flows["packets_in"][row])
             w.odd_messages += odd
+            w.odd_from_first += odd if first == src else 0
             w.odd_non_echo += odd if int(flows["icmp_type"][row]) not in _ECHO else 0
             w.most_sizes = max(w.most_sizes, int(flows["icmp_sizes"][row]))
             header = _HEADERS[int(flows["proto"][row])]
             w.odd_payload_bytes += max(0, int(flows["bytes_out"][row] + flows["bytes_in"][row]) - header * packets)
             w.odd_flow_packets += packets
             w.last_ns = max(w.last_ns, int(flows["last_ts"][row]))
-            changed[key] = (row, side)
-        out.scores = [self._score(key, out.windows[key], flows, row, side) for key, (row, side) in changed.items()]
+            changed[key] = row
+        out.scores = [self._score(key, out.windows[key], flows, row) for key, row in changed.items()]
         return out
 
     def _window(self, key: Pair, ts: int, windows: dict[Pair, IcmpWindow]) -> IcmpWindow:
@@ -147,19 +153,22 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
                  ("large_echo_data", mean_payload >= self.min_payload), ("non_echo_data", w.odd_non_echo > 0))
         return [name for name, met in tests if met]
 
-    def _score(self, key: Pair, w: IcmpWindow, flows, row: int, side: str) -> Score:
+    def _score(self, key: Pair, w: IcmpWindow, flows, row: int) -> Score:
         reasons = self._reasons(w)
         alarm = bool(reasons) or w.alarm
         fresh = alarm and not w.reported
         w.alarm, w.reported = alarm, w.reported or alarm
+        named_first = w.one_inside or 2 * w.odd_from_first >= w.odd_messages
+        named, peer = (key.source, key.target) if named_first else (key.target, key.source)
+        side = "src" if address_text(flows["src_addr"][row]) == named else "dst"
         mean_payload = w.odd_payload_bytes / w.odd_flow_packets if w.odd_flow_packets else 0.0
-        evidence = {"peer": key.target, "odd_messages": w.odd_messages, "odd_non_echo_messages": w.odd_non_echo,
+        evidence = {"peer": peer, "odd_messages": w.odd_messages, "odd_non_echo_messages": w.odd_non_echo,
                     "most_payload_sizes": w.most_sizes, "mean_payload_bytes": round(mean_payload, 1),
-                    "named_end": "responder" if w.source_is_responder else "initiator", "reasons": reasons,
+                    "named_end": "inside" if w.one_inside else "initiator", "reasons": reasons,
                     "icmp_type": int(flows["icmp_type"][row])}
         return Score(key, float(w.odd_messages) if alarm else 0.0, alarm, source_endpoint(flows, row, side),
-                     w.window_start_ns, w.last_ns, evidence, fresh=fresh, identity=(key.target,),
-                     destination={"ip": key.target, "port": 0})
+                     w.window_start_ns, w.last_ns, evidence, fresh=fresh, identity=(peer,),
+                     destination={"ip": peer, "port": 0})
 
     def _scores(self, assessment: _Assessment) -> list[Score]:
         return assessment.scores

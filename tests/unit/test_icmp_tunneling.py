@@ -51,14 +51,14 @@ def test_echo_payloads_of_many_sizes_and_no_ping_pattern_are_a_tunnel():
     """ptunnel-ng or icmpsh: the data decides the sizes."""
     (finding,) = _findings(_icmp(5, payload=90, sizes=12, odd=8, packets=4))
     assert finding.source["ip"] == POD and finding.evidence["peer"] == OUTSIDE
-    assert finding.evidence["reasons"] == ["varying_echo_data"] and finding.evidence["named_end"] == "initiator"
+    assert finding.evidence["reasons"] == ["varying_echo_data"] and finding.evidence["named_end"] == "inside"
 
 
 def test_large_custom_echo_payloads_are_a_tunnel_and_an_inbound_one_names_the_pod():
     """Pingback: the controller outside sends 788-byte commands, the backdoor in the pod answers."""
     flows = _icmp(6, payload=788, sizes=1, odd=2, src=OUTSIDE, dst=POD, packets=1, every_s=40)
     (finding,) = _findings(flows)
-    assert finding.source["ip"] == POD and finding.evidence["named_end"] == "responder"
+    assert finding.source["ip"] == POD and finding.evidence["named_end"] == "inside"
     assert finding.evidence["reasons"] == ["large_echo_data"] and finding.evidence["odd_messages"] == 12
 
 
@@ -88,3 +88,14 @@ def test_odd_messages_add_up_across_batches_and_state_and_the_tunnel_stays_flagg
 def test_flows_without_the_icmp_columns_are_not_judged():
     """Schema 3 and older: icmp_sizes and icmp_odd are 0."""
     assert not _findings(_icmp(50, payload=1000, sizes=0, odd=0))
+
+
+def test_both_directions_are_one_channel_named_by_who_sent_most_of_its_data():
+    """Pingback between two hosts of one LAN: the controller's commands (ten odd messages) and the
+    backdoor's report (two) add up; the controller, which initiated most of them, is named."""
+    commands = _icmp(5, payload=788, sizes=1, odd=2, src="192.168.38.131", dst="192.168.38.172", packets=1)
+    report = _icmp(1, payload=1056, sizes=1, odd=2, src="192.168.38.172", dst="192.168.38.131", packets=1)
+    assert not _findings(commands.take(np.arange(4)))
+    (finding,) = _findings(FlowRecords.concat([commands.take(np.arange(4)), report]))
+    assert finding.source["ip"] == "192.168.38.131" and finding.evidence["peer"] == "192.168.38.172"
+    assert finding.evidence["odd_messages"] == 10 and finding.evidence["named_end"] == "initiator"
