@@ -59,3 +59,13 @@ def test_method_codes_only_ever_grow():
         "keepalived", "eth_submitLogin", "eth_getWork", "eth_submitWork", "eth_submitHashrate", "getblocktemplate",
         "submitblock")
     assert RPC_CODES["getwork"] == 19
+
+
+def test_a_browser_miners_websocket_proxy_is_found_by_its_name():
+    """CoinHive-style mining runs Stratum inside TLS to the service's proxy: the name asked is the evidence."""
+    from kubesonar.shared.dns import DnsMessages
+
+    dns = DnsMessages.from_rows([{"ts": T0, "client": address_bytes("10.1.0.5"), "qname": "ws027.authedmine.com",
+                                  "qtype": 1}])
+    (finding,) = CryptoMiningDetector().observe(batch_of(FlowRecords.empty(), None, dns))
+    assert finding.evidence == {"evidence": "pool_domain", "domain": "authedmine.com", "name": "ws027.authedmine.com"}
