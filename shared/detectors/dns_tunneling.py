@@ -47,7 +47,7 @@ never judged.
 False positives: reputation and telemetry services that look up hashes as names (anti-virus, spam
 lists, Team Cymru's malware hash registry) at a high rate from one pod; an internal zone under a
 made-up top-level domain that serves TXT records polled by a workload (Consul's node metadata);
-allowlist them by domain or workload.
+allowlist the workload (allowlists match the querying pod, not the domain).
 
 Score: the distinct-name count of the channel once its names look encoded or it is judged a tunnel,
 else 0.
