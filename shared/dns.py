@@ -107,13 +107,15 @@ ENCODED_LABEL_CHARS = 16  # a label this long that reads as random: a hash, an i
 
 
 def looks_encoded(name: str) -> bool:
-    """Some label of the name's data part is encoded data, not a chosen name: it holds characters no
-    hostname has (base64 padding and '+' '/', iodine's raw bytes), or it is 16 characters or more
-    and reads as random: letters and digits alternate (hex, base32, base36: a random string over an
-    alphabet of a fraction p of digits alternates at 2p(1-p), 0.47 for hex, 0.30 for base32, where
-    words and version numbers alternate at well under 0.2), or too few of its letters are vowels to
-    be words (a random letter is a vowel 5 times in 26, 0.19; words in names hold 0.3 to 0.4)."""
-    for label in data_part(name).split("."):
+    """Some label of the name's data part (of the whole name, under a made-up top-level domain) is
+    encoded data, not a chosen name: it holds characters no hostname has (base64 padding and '+' '/',
+    iodine's raw bytes), or it is 16 characters or more and reads as random: letters and digits
+    alternate (a random string over an alphabet of a fraction p of digits alternates at 2p(1-p), 0.47
+    for hex, 0.30 for base32, where words and version numbers alternate at well under 0.2), or too few
+    of its letters are vowels to be words (a random letter is a vowel 5 times in 26, 0.19; words in
+    names hold 0.3 to 0.4)."""
+    # a made-up name's tail may be data too (dnscat2 without a domain splits its hex over labels)
+    for label in (name if is_made_up(name) else data_part(name)).split("."):
         if not _HOSTNAME_LABEL.fullmatch(label):
             return True
         if len(label) < ENCODED_LABEL_CHARS or label.startswith("xn--"):  # punycode reads as random too

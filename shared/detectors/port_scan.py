@@ -287,24 +287,35 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
         grouped = group[by_group]
         starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
         first = by_group[starts]  # each group's first trial, as an index into ``order``
+        src_codes = trial_src[first]
         dst_text = _Texts(trials.col["dst_addr"][order[first]])
-        src_codes = trial_src[first].tolist()
-        pairs = [Pair(trials.keys[code], dst_text[g]) for g, code in enumerate(src_codes)]
-        prior = np.array([w.log_likelihood_ratio if (w := self.state.hosts.get(p)) else 0.0 for p in pairs])
+        stored = {p.source for p in self.state.hosts}  # only their sources' groups can have a prior
+        known = np.array([trials.keys[code] in stored for code in range(len(trials.keys))], dtype=bool)[src_codes]
+        prior = np.zeros(len(starts))
+        for g in np.flatnonzero(known).tolist():
+            w = self.state.hosts.get(Pair(trials.keys[src_codes[g]], dst_text[g]))
+            prior[g] = w.log_likelihood_ratio if w else 0.0
         steps = np.where(trials.failed[by_group], math.log((1 - self.theta1) / (1 - self.theta0)),
                          math.log(self.theta1 / self.theta0))
         walk, peak = _floored_walks(steps, starts, prior, 0.0)
         ends = np.r_[starts[1:], len(grouped)] - 1
-        last_ts = trials.col["first_ts"][order[by_group[ends]]].tolist()
+        final = walk[ends]
+        best = np.full(len(trials.keys), -np.inf)
+        np.maximum.at(best, src_codes, peak)
         peaks = _HostPeaks()
-        for g, (pair, code) in enumerate(zip(pairs, src_codes, strict=True)):
-            final = float(walk[ends[g]])
-            if final > 0:
-                out.hosts[pair] = HostWalk(final, int(last_ts[g]))
+        for code in np.unique(src_codes).tolist():
+            peaks.peak[code] = float(best[code])
+        # the loop files only the groups whose walk is kept, was kept, or is their source's highest
+        filed = (final > 0) | known | (peak == best[src_codes])
+        last_ts = trials.col["first_ts"][order[by_group[ends]]]
+        groups = sorted((Pair(trials.keys[src_codes[g]], dst_text[g]), g) for g in np.flatnonzero(filed).tolist())
+        for pair, g in groups:  # in name order, so the state and the evidence never depend on hash order
+            if final[g] > 0:
+                out.hosts[pair] = HostWalk(float(final[g]), int(last_ts[g]))
             elif pair in self.state.hosts:
                 out.hosts[pair] = None
-            if peak[g] > peaks.peak.get(code, -math.inf):
-                peaks.peak[code], peaks.host[code] = float(peak[g]), pair.target
+            if peak[g] == best[src_codes[g]] and int(src_codes[g]) not in peaks.host:
+                peaks.host[int(src_codes[g])] = pair.target
         return peaks
 
     def _file(self, trials: _Trials, walk: np.ndarray, peak: np.ndarray, hosts: _HostPeaks,

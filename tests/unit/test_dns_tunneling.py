@@ -45,6 +45,7 @@ def _hex(n: int) -> str:
     "0.r747clg-tk5pudkh0r12a7gj9sfpi9aackw0kgtq_dnfd7vnx5cb3l1jqqjqmh3.base64.hsc.fr",  # DNSExfiltrator
     "z0plaa0123456789\xbc\xbd\xbe.t1.biillpi.com",  # iodine's raw bytes
     "2a6003921900000000d84e2fb430070085d445c826227b9b550f19910647",  # dnscat2 with no domain
+    "dnscat.2a6003921900000000d84e2fb430070085d445c826227b9b550f19910647.cb87c0b3641ad657aa41",  # ... in labels
 ])
 def test_encoded_names(name):
     assert looks_encoded(name)
