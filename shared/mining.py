@@ -40,4 +40,8 @@ POOL_DOMAINS = frozenset({
     "braiins.com", "supportxmr.com", "unmineable.com", "viabtc.com", "xmrpool.eu", "zpool.ca",
     "zergpool.com", "kryptex.network", "woolypooly.com", "ezil.me", "hiveon.net", "binance-pool.com",
     "emcd.io", "luckpool.net", "dxpool.com", "sparkpool.com", "bitfufu.com", "mining-dutch.nl",
+    # browser-mining services: a page's script mines through their WebSocket proxies, the Stratum hidden in
+    # TLS, so their names are the evidence (the best known of the NoCoin block list)
+    "coinhive.com", "coin-hive.com", "authedmine.com", "crypto-loot.com", "cryptoloot.pro", "coinimp.com",
+    "webmine.cz", "jsecoin.com", "minero.cc", "ppoi.org", "webminepool.com",
 })

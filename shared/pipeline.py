@@ -29,6 +29,7 @@ from kubesonar.shared.detectors.control_plane import ApiServerAccessDetector, Me
 from kubesonar.shared.detectors.crypto_mining import CryptoMiningDetector
 from kubesonar.shared.detectors.dns_tunneling import DnsTunnelingDetector
 from kubesonar.shared.detectors.exfiltration import ExfiltrationDetector
+from kubesonar.shared.detectors.icmp_tunneling import IcmpTunnelingDetector
 from kubesonar.shared.detectors.long_connection import LongConnectionDetector
 from kubesonar.shared.detectors.new_tls_client import NewTlsClientDetector
 from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
@@ -106,6 +107,7 @@ def detectors(config: CoreConfig, watchlist: list[WatchEntry] | None = None) -> 
         ApiServerAccessDetector(learning_ns, force_learning=learning),
         CryptoMiningDetector(zones),
         DnsTunnelingDetector(),
+        IcmpTunnelingDetector(zones),
         BeaconingDetector(learning_ns, force_learning=learning, zones=zones),
         LongConnectionDetector(learning_ns, force_learning=learning, zones=zones),
         ReverseShellDetector(zones),

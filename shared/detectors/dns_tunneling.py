@@ -1,27 +1,56 @@
-"""DNS tunneling: data carried in the names of DNS questions to one domain.
+"""DNS tunneling: data carried in the names of DNS questions, and in their answers.
 
-A tunnel (iodine, dns2tcp, dnscat2, dnstt) encodes its data into labels under a domain whose
-authoritative server it controls, so one client asks that domain a stream of names never asked
+A tunnel (iodine, dns2tcp, dnscat2, dnstt, DNSExfiltrator) encodes its data into labels under a
+domain whose authoritative server it controls, so one client asks a stream of names never asked
 before: long, random-looking labels, often of record types ordinary lookups seldom use (TXT, NULL,
-the private-use range) because their answers carry the most data back.
+CNAME, MX, the private-use range) because their answers carry the most data back. DNS C2 (Mozart,
+dnscat2 without a domain) may skip the public DNS altogether: names under a top-level domain that
+does not exist, sent straight to the attacker's server, which answers them.
 
-Per (client, registered domain), over a window of an hour, the detector counts distinct names and
-measures their subdomain part: mean length, character entropy (bits per character, over all the
-distinct subdomains together) and the share of TXT / NULL / ANY / private-use questions. A tunnel
-when there are at least 50 distinct names (50 questions carry no more than a few kilobytes; a
-client resolves a handful of names per domain an hour) and the names are encoded data: entropy of at
-least 4.2 bits (beyond hex's 4.0, so base32, base64 and binary encodings), or a mean subdomain of
-40 characters or more (hex-encoding tunnels such as dnscat2), or mostly tunnel record types with
-subdomains of 16 characters or more.
+Two channels are judged per client, over a window of an hour:
+- *(client, registered domain)* for names under a real top-level domain, wherever they are sent;
+- *(client, server)* for names under a made-up top-level domain (``116.1.gettasks``, a bare hex
+  label, ``x.pirate.sea``): no public resolver answers those, so they are grouped by the server asked.
 
-Catches: iodine (NULL, base32/base128), dns2tcp (TXT), dnscat2 (TXT/CNAME/MX, hex), dnstt (TXT,
-base32), and hand-made exfiltration in names. Misses: a slow tunnel under 50 names an hour per
-domain; tunnels spread over many domains; DNS over HTTPS (it is HTTPS). Names under the cluster's
-own domain and reverse lookups are never judged.
-False positives: reputation and telemetry services that look up hashes as names (anti-virus,
-spam lists) at a high rate from one pod; allowlist them by domain or workload.
+Each distinct (name, type) is measured once: whether its data part (the labels under the registered
+domain; the whole name when the domain is made up) looks encoded (shared/dns.py ``looks_encoded``: a
+label with characters no hostname has, or 16 characters or more that read as random), whether its
+type carries data (TXT, NULL, CNAME, MX, ANY, private), whether no lookup ever asks that type (NULL,
+private). Responses add their bytes, and for made-up names whether the server answered with records.
+A channel is a tunnel when any of these holds:
 
-Score: the distinct-name count of a (client, domain) pair once the names look encoded, else 0.
+- *volume*: 50 distinct names (a client resolves a handful of names of one domain an hour; 50
+  questions carry no more than a few kilobytes) that are encoded data: pooled character entropy of
+  at least 4.2 bits (beyond hex's 4.0), or a mean data part of 40 characters (hex tunnels), or mostly
+  tunnel record types with data parts of 16 characters, or half of the names look encoded;
+- *encoded data types*: 10 distinct encoded names asked with data-carrying types. A lookup asks TXT,
+  MX or CNAME about names people chose (SPF, DMARC, ACME, DKIM selectors: at most a few random ones
+  per domain); a tunnel's handshake alone (dnscat2's session setup, iodine's login and probes) asks
+  about ten such names before any data flows;
+- *unused types*: 10 distinct names asked as NULL or a private-use type, whatever their shape: no
+  stub resolver or application asks these types, only tunnels that want raw bytes back;
+- *answers carry the data*: 50 distinct names of data types whose responses hold three times the
+  bytes of their questions (a response echoes its question, so the answers alone are twice its size:
+  data, not an address), for downstream channels whose names are only counters;
+- *made-up namespace answered*: 10 answers with records to data-type questions about made-up names
+  from one server. A resolver answers a name under a top-level domain that does not exist with
+  NXDOMAIN; a server that answers it is making up the namespace, and a client that keeps getting its
+  TXT answers is being fed by it (ten answers an hour is polling, not a lookup, which its stub caches).
+
+Catches: iodine (NULL, base32/base128), dns2tcp (TXT), dnscat2 (TXT/CNAME/MX, hex, with or without a
+domain), dnstt (TXT, base32), DNSExfiltrator, sods, Ismdoor-style counters over a fixed hashed label,
+Mozart-style TXT C2 with made-up names sent to its own server; low-volume ones from about ten names.
+Misses: a slow tunnel under ten encoded data-type names (or 50 A/AAAA names) an hour per channel;
+tunnels spread over many domains; tunnels whose names read as words; DNS over HTTPS or TLS (it is
+HTTPS or TLS, see docs/detection.md). Names under the cluster's own domain and reverse lookups are
+never judged.
+False positives: reputation and telemetry services that look up hashes as names (anti-virus, spam
+lists, Team Cymru's malware hash registry) at a high rate from one pod; an internal zone under a
+made-up top-level domain that serves TXT records polled by a workload (Consul's node metadata);
+allowlist the workload (allowlists match the querying pod, not the domain).
+
+Score: the distinct-name count of the channel once its names look encoded or it is judged a tunnel,
+else 0.
 
 Example:
     >>> d = DnsTunnelingDetector()
@@ -34,11 +63,22 @@ import math
 import zlib
 from collections import Counter
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
-from kubesonar.shared.dns import DnsMessages, QType, is_private_type, registered_domain
+from kubesonar.shared.detectors.base import Detector, Pair, Score, StateMigrationError, bounded, clock_from_v0
+from kubesonar.shared.dns import (
+    DnsMessages,
+    QType,
+    data_part,
+    is_data_type,
+    is_made_up,
+    is_private_type,
+    is_unused_type,
+    looks_encoded,
+    registered_domain,
+)
+from kubesonar.shared.flow import address_text
 from kubesonar.shared.identity import dns_client_endpoint
 
 if TYPE_CHECKING:
@@ -47,12 +87,13 @@ if TYPE_CHECKING:
 SECOND = 1_000_000_000
 _TUNNEL_TYPES = {int(QType.TXT), int(QType.NULL), int(QType.ANY)}
 _NEVER_JUDGED = (".local", ".svc", ".in-addr.arpa", ".ip6.arpa", ".localhost", ".internal")
-_HASHES_KEPT = 1024  # distinct names remembered per pair: far above the threshold
+_HASHES_KEPT = 1024  # distinct names remembered per pair: far above the thresholds
 
 
 @dataclass
 class NameWindow:
-    """A (client, domain) pair's questions in the current window."""
+    """A channel's questions in the current window: a (client, registered domain) pair, or a (client,
+    server) pair for names under a made-up top-level domain."""
 
     window_start_ns: int
     last_ns: int
@@ -60,14 +101,25 @@ class NameWindow:
     distinct_names: int = 0
     subdomain_chars: int = 0  # over the first 1024 distinct names
     char_counts: dict[str, int] = field(default_factory=dict)  # characters of those subdomains
-    tunnel_type_names: int = 0  # distinct names asked with a tunnel record type
+    tunnel_type_names: int = 0  # distinct names asked with a tunnel record type (TXT, NULL, ANY, private)
     alarm: bool = False
     reported: bool = False
+    encoded_names: int = 0  # distinct names whose data part looks encoded
+    encoded_data_type_names: int = 0  # ... of them asked with a data-carrying type
+    unused_type_names: int = 0  # distinct names asked as NULL or a private-use type
+    data_type_names: int = 0  # distinct names asked with a data-carrying type
+    question_bytes: int = 0  # DNS bytes of the data-type queries
+    response_bytes: int = 0  # DNS bytes of the data-type responses
+    made_up_answers: int = 0  # responses with records to data-type questions about made-up names
+
+
+_NEW_COUNTERS = ("encoded_names", "encoded_data_type_names", "unused_type_names", "data_type_names",
+                 "question_bytes", "response_bytes", "made_up_answers")
 
 
 @dataclass
 class TunnelingState:
-    windows: dict[Pair, NameWindow] = field(default_factory=dict)  # (client, registered domain)
+    windows: dict[Pair, NameWindow] = field(default_factory=dict)  # (client, registered domain or server)
 
 
 @dataclass
@@ -84,12 +136,15 @@ _V0_FIELDS = {"t0": "window_start_ns", "t": "last_ns", "hashes": "name_hashes", 
 
 class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
     rule_id = "dns_tunneling"
+    state_version = 2  # 2 added the per-name shape, type and byte counters, and server channels
 
     def __init__(self, min_names: int = 50, min_entropy: float = 4.2, min_mean_length: float = 40.0,
-                 typed_mean_length: float = 16.0, window_s: float = 3600.0, max_pairs: int = 5_000):
+                 typed_mean_length: float = 16.0, min_low_volume_names: int = 10, min_answer_ratio: float = 3.0,
+                 window_s: float = 3600.0, max_pairs: int = 5_000):
         super().__init__()
         self.min_names, self.min_entropy = min_names, min_entropy
         self.min_mean_length, self.typed_mean_length = min_mean_length, typed_mean_length
+        self.min_low_volume_names, self.min_answer_ratio = min_low_volume_names, min_answer_ratio
         self.window_ns, self.max_pairs = int(window_s * SECOND), max_pairs
 
     def new_state(self) -> TunnelingState:
@@ -99,7 +154,16 @@ class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
         return {"windows": [[*pair, vars(w)] for pair, w in state.windows.items()]}
 
     def _decode(self, document: dict[str, Any]) -> TunnelingState:
-        return TunnelingState({Pair(client, domain): NameWindow(**w) for client, domain, w in document["windows"]})
+        return TunnelingState({Pair(client, target): NameWindow(**w) for client, target, w in document["windows"]})
+
+    def _upgrade(self, document: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1's windows lack the new counters: they start at 0 for the rest of the window."""
+        if version == 0:
+            document = {"state_version": 1, **self._from_v0(document)}
+        elif version != 1:
+            raise StateMigrationError(f"no migration from version {version}")
+        return {**document, "state_version": self.state_version, "windows": [
+            [client, target, {**dict.fromkeys(_NEW_COUNTERS, 0), **w}] for client, target, w in document["windows"]]}
 
     def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
         return {"clock": clock_from_v0(document), "windows": [
@@ -111,49 +175,68 @@ class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
         out = _Assessment()
         if not len(dns):
             return out
-        windows = out.windows
         changed: dict[Pair, int] = {}
         names, types, times = dns["qname"].tolist(), dns["qtype"].tolist(), dns["ts"].tolist()
+        responses, sizes = dns["response"].tolist(), dns["size"].tolist()
+        answered = ((dns["rcode"] == 0) & (dns["answers"] > 0)).tolist()
         for i, name in enumerate(names):
             if not name or name.endswith(_NEVER_JUDGED):
                 continue
-            domain = registered_domain(name)
-            sub = name[: -len(domain)].rstrip(".") if name.endswith(domain) and name != domain else ""
+            made_up = is_made_up(name)
+            sub = data_part(name)
             if not sub:
                 continue
             endpoint = dns_client_endpoint(dns, i)
-            key = Pair(endpoint["workload"] or endpoint["ip"], domain)
-            p = windows.get(key)
-            if p is None:
-                known = self.state.windows.get(key)
-                if known is not None:
-                    p = windows[key] = NameWindow(known.window_start_ns, known.last_ns, list(known.name_hashes),
-                                                  known.distinct_names, known.subdomain_chars,
-                                                  dict(known.char_counts), known.tunnel_type_names, known.alarm,
-                                                  known.reported)
-            if p is None or times[i] - p.window_start_ns > self.window_ns:
-                alarmed = bool(p and p.alarm)
-                p = windows[key] = NameWindow(times[i], times[i], alarm=alarmed, reported=alarmed)
+            target = address_text(dns["server"][i]) if made_up else registered_domain(name)
+            key = Pair(endpoint["workload"] or endpoint["ip"], target)
+            p = self._window(key, times[i], out.windows)
+            data_type = is_data_type(types[i])
+            if data_type:
+                if responses[i]:
+                    p.response_bytes += sizes[i]
+                    p.made_up_answers += int(made_up and answered[i])
+                else:
+                    p.question_bytes += sizes[i]
             digest = zlib.crc32(f"{name}\x1f{types[i]}".encode())
             p.last_ns = max(p.last_ns, times[i])
             if digest in p.name_hashes:
-                if p.alarm:  # a tunnel's names asked again: scored again (reported once)
+                if p.alarm or (made_up and responses[i]):  # scored again; a made-up answer is new evidence
                     changed[key] = i
                 continue
             out.new_names = True
-            if len(p.name_hashes) < _HASHES_KEPT:
-                p.name_hashes.append(digest)
-            p.distinct_names += 1
-            p.tunnel_type_names += int(types[i] in _TUNNEL_TYPES or is_private_type(types[i]))
-            if p.distinct_names <= _HASHES_KEPT:  # the shape of names is known well long before
-                letters = sub.replace(".", "")
-                p.subdomain_chars += len(letters)
-                counts = p.char_counts
-                for ch, count in Counter(letters).items():
-                    counts[ch] = counts.get(ch, 0) + count
+            self._count_name(p, digest, sub, int(types[i]), looks_encoded(name), data_type)
             changed[key] = i
-        out.scores = [self._score(key, windows[key], dns, i) for key, i in changed.items()]
+        out.scores = [self._score(key, out.windows[key], dns, i) for key, i in changed.items()]
         return out
+
+    def _window(self, key: Pair, ts: int, windows: dict[Pair, NameWindow]) -> NameWindow:
+        """The channel's window as this batch has it (a copy of the stored one), a new one once an hour
+        has passed (an alarm carries over, reported)."""
+        p = windows.get(key)
+        if p is None and (known := self.state.windows.get(key)) is not None:
+            p = windows[key] = NameWindow(**{f.name: getattr(known, f.name) for f in fields(NameWindow)})
+            p.name_hashes, p.char_counts = list(known.name_hashes), dict(known.char_counts)
+        if p is None or ts - p.window_start_ns > self.window_ns:
+            alarmed = bool(p and p.alarm)
+            p = windows[key] = NameWindow(ts, ts, alarm=alarmed, reported=alarmed)
+        return p
+
+    @staticmethod
+    def _count_name(p: NameWindow, digest: int, sub: str, qtype: int, encoded: bool, data_type: bool) -> None:
+        if len(p.name_hashes) < _HASHES_KEPT:
+            p.name_hashes.append(digest)
+        p.distinct_names += 1
+        p.tunnel_type_names += int(qtype in _TUNNEL_TYPES or is_private_type(qtype))
+        p.encoded_names += int(encoded)
+        p.encoded_data_type_names += int(encoded and data_type)
+        p.unused_type_names += int(is_unused_type(qtype))
+        p.data_type_names += int(data_type)
+        if p.distinct_names <= _HASHES_KEPT:  # the shape of names is known well long before
+            letters = sub.replace(".", "")
+            p.subdomain_chars += len(letters)
+            counts = p.char_counts
+            for ch, count in Counter(letters).items():
+                counts[ch] = counts.get(ch, 0) + count
 
     def _scores(self, assessment: _Assessment) -> list[Score]:
         return assessment.scores
@@ -163,7 +246,27 @@ class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
         if len(assessment.windows) or self.state.windows:
             self.state.windows.update(assessment.windows)
             self.state.windows = bounded(self.state.windows, self.max_pairs)
-        self.touched |= assessment.new_names
+        self.touched |= assessment.new_names or bool(assessment.windows)
+
+    def _encoded_shape(self, p: NameWindow, mean_length: float, entropy: float, typed: float) -> bool:
+        """The channel's names, taken together, are encoded data."""
+        return entropy >= self.min_entropy or mean_length >= self.min_mean_length or (
+            typed >= 0.5 and mean_length >= self.typed_mean_length) or 2 * p.encoded_names >= p.distinct_names
+
+    def _reasons(self, p: NameWindow, encoded_shape: bool) -> list[str]:
+        """Which of the tests the channel meets (see the module's docstring)."""
+        reasons = []
+        if p.distinct_names >= self.min_names and encoded_shape:
+            reasons.append("volume")
+        if p.encoded_data_type_names >= self.min_low_volume_names:
+            reasons.append("encoded_data_types")
+        if p.unused_type_names >= self.min_low_volume_names:
+            reasons.append("unused_types")
+        if p.data_type_names >= self.min_names and p.response_bytes >= self.min_answer_ratio * p.question_bytes > 0:
+            reasons.append("answers_carry_data")
+        if p.made_up_answers >= self.min_low_volume_names:
+            reasons.append("made_up_namespace_answered")
+        return reasons
 
     def _score(self, key: Pair, p: NameWindow, dns: DnsMessages, i: int) -> Score:
         measured = min(p.distinct_names, _HASHES_KEPT)
@@ -171,14 +274,19 @@ class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
         total = sum(p.char_counts.values())
         entropy = -sum(c / total * math.log2(c / total) for c in p.char_counts.values()) if total else 0.0
         typed = p.tunnel_type_names / p.distinct_names if p.distinct_names else 0.0
-        encoded = entropy >= self.min_entropy or mean_length >= self.min_mean_length or (
-            typed >= 0.5 and mean_length >= self.typed_mean_length)
-        alarm = p.distinct_names >= self.min_names and encoded
+        encoded_shape = self._encoded_shape(p, mean_length, entropy, typed)
+        reasons = self._reasons(p, encoded_shape)
+        alarm = bool(reasons)
         fresh = alarm and not p.reported
         p.reported |= alarm
         p.alarm = alarm
-        evidence = {"domain": key.target, "distinct_names": p.distinct_names,
-                    "mean_subdomain_length": round(mean_length, 1), "entropy_bits": round(entropy, 2),
-                    "tunnel_record_share": round(typed, 2), "example": str(dns["qname"][i])[:120]}
-        return Score(key, float(p.distinct_names) if encoded else 0.0, alarm, dns_client_endpoint(dns, i),
-                     p.window_start_ns, p.last_ns, evidence, fresh=fresh, identity=(key.target,))
+        channel = {"server": key.target} if is_made_up(str(dns["qname"][i])) else {"domain": key.target}
+        evidence = {**channel, "distinct_names": p.distinct_names, "mean_subdomain_length": round(mean_length, 1),
+                    "entropy_bits": round(entropy, 2), "tunnel_record_share": round(typed, 2),
+                    "encoded_names": p.encoded_names, "encoded_data_type_names": p.encoded_data_type_names,
+                    "unused_type_names": p.unused_type_names, "made_up_answers": p.made_up_answers,
+                    "answer_to_question_bytes": round(p.response_bytes / p.question_bytes, 2) if p.question_bytes
+                    else None, "reasons": reasons, "example": str(dns["qname"][i])[:120]}
+        score = float(p.distinct_names) if alarm or encoded_shape else 0.0
+        return Score(key, score, alarm, dns_client_endpoint(dns, i), p.window_start_ns, p.last_ns, evidence,
+                     fresh=fresh, identity=(key.target,))

@@ -8,18 +8,28 @@ theta1 = 0.2. Every failure multiplies the likelihood ratio by (1 - theta1) / (1
 success by theta1 / theta0 = 1/4. The source is called a scanner when the ratio reaches
 eta1 = PD / PF = 99 (four failures in a row from a fresh start: 4**4 = 256). The walk is floored at
 eta0 = (1 - PD) / (1 - PF) (the CUSUM form of the test), so a long benign history cannot hide a later
-scan: from the floor, seven failures in a row decide. The walk is computed vectorised for a whole
-batch (cumulative sums per source, the floor by Lindley's recursion) and never loops per flow.
+scan: from the floor, seven failures in a row decide.
+
+A second walk runs per (source, destination host) over the same trials, floored at 0 (Page's CUSUM):
+a host's refused ports say nothing about the source's successes elsewhere, so a busy client's
+successful first contacts to other hosts, which hold its source walk at the floor, cannot hide a
+small vertical scan. Four refused or unanswered first contacts to distinct ports of one host decide,
+as TRW intends from a fresh start, however much else the source did; each success on that host takes
+one failure back. Only walks above 0 are kept (a walk at its floor is a fresh one). The walks are
+computed vectorised for a whole batch (cumulative sums per group, the floor by Lindley's recursion)
+and never loop per flow.
 
 Misses: scans slower than the state's memory of contacts (the newest 131,072 to 262,144 across all
 sources: two generations of sorted hashes), scans of open ports only
 (they succeed), and scans spread over many sources (each is tested alone).
 
 False positives: a client retrying many endpoints that are all down; service discovery that probes
-dead backends. Busy healthy clients are safe: repeated contacts are not trials, and their successes
-pull the walk down.
+dead backends; a monitor finding four ports of one host closed; traceroute (UDP to rising ports,
+answered by port unreachable). Busy healthy clients are safe: repeated contacts are not trials, and
+successes pull each walk down.
 
-Score: the source's log likelihood ratio (0 = no evidence, ln 99 = 4.6 decides).
+Score: the source's log likelihood ratio, or its per-host one where that one decided (0 = no
+evidence, ln 99 = 4.6 decides).
 
 Example:
     >>> detector = PortScanDetector()
@@ -38,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kubesonar.shared.detectors.base import Detector, Score, clock_from_v0
+from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text, mix64
 from kubesonar.shared.identity import endpoint, workload_key
 
@@ -68,8 +78,17 @@ class SourceWalk:
 
 
 @dataclass
+class HostWalk:
+    """A source's walk over first contacts to one destination host, kept only while above 0."""
+
+    log_likelihood_ratio: float
+    last_ns: int
+
+
+@dataclass
 class PortScanState:
     sources: dict[str, SourceWalk] = field(default_factory=dict)  # by workload key or address
+    hosts: dict[Pair, HostWalk] = field(default_factory=dict)  # (source, destination address)
     # (source, contact) hashes already tried, sorted, in two generations: when the newer one holds
     # half of max_contacts it becomes the older one and the oldest contacts are forgotten
     newer_contacts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
@@ -105,10 +124,20 @@ class _Assessment:
     scores: list[Score] = field(default_factory=list)
     new_contacts: np.ndarray | None = None
     sources: dict[str, SourceWalk] = field(default_factory=dict)  # the walks as this batch leaves them
+    hosts: dict[Pair, HostWalk | None] = field(default_factory=dict)  # per-host walks it changed (None: back to 0)
+
+
+@dataclass
+class _HostPeaks:
+    """Per source code of a batch's trials: its highest per-host walk and that host."""
+
+    peak: dict[int, float] = field(default_factory=dict)
+    host: dict[int, str] = field(default_factory=dict)
 
 
 class PortScanDetector(Detector[PortScanState, _Assessment]):
     rule_id = "port_scan"
+    state_version = 2  # 2 added the per-host walks
 
     def __init__(self, theta0: float = 0.8, theta1: float = 0.2, detection: float = 0.99,
                  false_alarm: float = 0.01, max_sources: int = 20_000, max_contacts: int = 262_144):
@@ -124,11 +153,19 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
 
     def _encode(self, state: PortScanState) -> dict[str, Any]:
         return {"sources": {key: vars(w) for key, w in state.sources.items()},
+                "hosts": [[*pair, w.log_likelihood_ratio, w.last_ns] for pair, w in state.hosts.items()],
                 "newer_contacts": _pack(state.newer_contacts), "older_contacts": _pack(state.older_contacts)}
 
     def _decode(self, document: dict[str, Any]) -> PortScanState:
         sources = {key: SourceWalk(**w) for key, w in document["sources"].items()}
-        return PortScanState(sources, _unpack(document["newer_contacts"]), _unpack(document["older_contacts"]))
+        hosts = {Pair(src, dst): HostWalk(float(llr), int(t)) for src, dst, llr, t in document["hosts"]}
+        return PortScanState(sources, hosts, _unpack(document["newer_contacts"]), _unpack(document["older_contacts"]))
+
+    def _upgrade(self, document: dict[str, Any], version: int) -> dict[str, Any]:
+        """Version 1 had no per-host walks: they start at 0, as they would have after a quiet spell."""
+        if version == 1:
+            return {**document, "state_version": self.state_version, "hosts": []}
+        return super()._upgrade(document, version)
 
     def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
         newer, older = document.get("contacts", ("", ""))
@@ -137,7 +174,7 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
                          "failures_by_protocol": s.get("failures_by_proto", {}), "targets": s["targets"],
                          "ports": s["ports"], "scanner": s["scanner"]}
                    for key, s in document.get("sources", {}).items()}
-        return {"clock": clock_from_v0(document), "sources": sources, "newer_contacts": newer,
+        return {"clock": clock_from_v0(document), "sources": sources, "hosts": [], "newer_contacts": newer,
                 "older_contacts": older}
 
     # -- scoring and learning --------------------------------------------------------------------------
@@ -161,7 +198,7 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
         if trials is not None:
             walk, peak = self._walk(trials)
             out.new_contacts = trials.new_contacts
-            self._file(trials, walk, peak, out)
+            self._file(trials, walk, peak, self._host_walks(trials, out), out)
         self._scanners_again(contacts, trials, out)
         return out
 
@@ -175,6 +212,12 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
             return
         self._remember(assessment.new_contacts)
         self.state.sources.update(assessment.sources)
+        for pair, host in assessment.hosts.items():
+            if host is None:
+                self.state.hosts.pop(pair, None)
+            else:
+                self.state.hosts[pair] = host
+        self.state.hosts = bounded(self.state.hosts, self.max_sources)
         self._forget_oldest()
         self.touched = True
 
@@ -234,7 +277,49 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
                           for k in trials.sources.tolist()])
         return _floored_walks(steps, trials.starts, prior, self._lower)
 
-    def _file(self, trials: _Trials, walk: np.ndarray, peak: np.ndarray, out: _Assessment) -> None:
+    def _host_walks(self, trials: _Trials, out: _Assessment) -> _HostPeaks:
+        """The per-(source, host) walks over this batch's trials, floored at 0; the walks it leaves above
+        0 go to ``out.hosts`` (None for a kept one that fell back to 0); each source's highest peak."""
+        order = trials.order
+        trial_src = np.repeat(trials.sources, trials.ends - trials.starts)
+        group = mix64([trial_src.astype(np.uint64), *_halves(trials.col["dst_addr"][order]).T])
+        by_group = np.argsort(group, kind="stable")  # time order kept within each (source, host)
+        grouped = group[by_group]
+        starts = np.flatnonzero(np.r_[True, grouped[1:] != grouped[:-1]])
+        first = by_group[starts]  # each group's first trial, as an index into ``order``
+        src_codes = trial_src[first]
+        dst_text = _Texts(trials.col["dst_addr"][order[first]])
+        stored = {p.source for p in self.state.hosts}  # only their sources' groups can have a prior
+        known = np.array([trials.keys[code] in stored for code in range(len(trials.keys))], dtype=bool)[src_codes]
+        prior = np.zeros(len(starts))
+        for g in np.flatnonzero(known).tolist():
+            w = self.state.hosts.get(Pair(trials.keys[src_codes[g]], dst_text[g]))
+            prior[g] = w.log_likelihood_ratio if w else 0.0
+        steps = np.where(trials.failed[by_group], math.log((1 - self.theta1) / (1 - self.theta0)),
+                         math.log(self.theta1 / self.theta0))
+        walk, peak = _floored_walks(steps, starts, prior, 0.0)
+        ends = np.r_[starts[1:], len(grouped)] - 1
+        final = walk[ends]
+        best = np.full(len(trials.keys), -np.inf)
+        np.maximum.at(best, src_codes, peak)
+        peaks = _HostPeaks()
+        for code in np.unique(src_codes).tolist():
+            peaks.peak[code] = float(best[code])
+        # the loop files only the groups whose walk is kept, was kept, or is their source's highest
+        filed = (final > 0) | known | (peak == best[src_codes])
+        last_ts = trials.col["first_ts"][order[by_group[ends]]]
+        groups = sorted((Pair(trials.keys[src_codes[g]], dst_text[g]), g) for g in np.flatnonzero(filed).tolist())
+        for pair, g in groups:  # in name order, so the state and the evidence never depend on hash order
+            if final[g] > 0:
+                out.hosts[pair] = HostWalk(float(final[g]), int(last_ts[g]))
+            elif pair in self.state.hosts:
+                out.hosts[pair] = None
+            if peak[g] == best[src_codes[g]] and int(src_codes[g]) not in peaks.host:
+                peaks.host[int(src_codes[g])] = pair.target
+        return peaks
+
+    def _file(self, trials: _Trials, walk: np.ndarray, peak: np.ndarray, hosts: _HostPeaks,
+              out: _Assessment) -> None:
         """Per source, its walk as this batch leaves it and its score: the figures are vectorised, the
         loop only files them."""
         col, order, starts, failed = trials.col, trials.order, trials.starts, trials.failed
@@ -257,7 +342,8 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
             s = known.copy() if known is not None else SourceWalk(int(ts[lo]))
             n_failed = int(failures[g])
             s.log_likelihood_ratio = float(walk[hi - 1])
-            s.scanner = bool(s.scanner or peak[g] >= self._upper)
+            host_peak = hosts.peak[key_code]
+            s.scanner = bool(s.scanner or peak[g] >= self._upper or host_peak >= self._upper)
             s.failures += n_failed
             s.successes += hi - lo - n_failed
             s.last_ns = int(ts[hi - 1])
@@ -272,8 +358,11 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
                               endpoint_cols["workload_kind"][g], endpoint_cols["workload_name"][g],
                               endpoint_cols["node"][g], endpoint_cols["labels"][g])
             evidence = _evidence(s) if s.scanner else {}  # only a scanner's evidence is ever shown
-            out.scores.append(Score(key, s.log_likelihood_ratio, s.scanner, source, int(ts[lo]), int(ts[hi - 1]),
-                                    evidence, fresh=n_failed > 0))
+            if s.scanner and host_peak >= self._upper > peak[g]:  # the host walk decided, not the source's
+                evidence["host_walk"] = {"target": hosts.host[key_code], "log_likelihood_ratio": round(host_peak, 3)}
+            score = host_peak if host_peak >= self._upper > s.log_likelihood_ratio else s.log_likelihood_ratio
+            out.scores.append(Score(key, score, s.scanner, source, int(ts[lo]), int(ts[hi - 1]), evidence,
+                                    fresh=n_failed > 0))
 
     def _tried(self, pairs: np.ndarray) -> np.ndarray:
         return _in_sorted(pairs, self.state.newer_contacts) | _in_sorted(pairs, self.state.older_contacts)

@@ -8,16 +8,21 @@ import pytest
 
 from kubesonar.compose import analyze
 
-from conftest import PCAPS
+from conftest import DATA, PCAPS
+
+MORE = DATA / "more"
 
 
-def _labels():
-    with open(PCAPS / "labels.csv") as f:
+def _labels(root=PCAPS):
+    with open(root / "labels.csv") as f:
         return list(csv.DictReader(f))
 
 
 SCANS = [r for r in _labels() if r["category"] == "portscan"]
 BENIGN = [r for r in _labels() if r["category"] == "benign"]
+# the second set (more/): DNS tunnels of seven tools, and benign traffic that looks like new signals
+MORE_TUNNELS = [r for r in _labels(MORE) if r["category"] == "dns_tunnel"]
+MORE_BENIGN = [r for r in _labels(MORE) if r["category"] == "benign"]
 
 
 def test_the_labels_name_scans_and_benign_captures():
@@ -46,3 +51,53 @@ def test_one_ongoing_scan_is_one_alert_updated(tmp_path):
     again = analyze([str(PCAPS / "portscan/evilfingers_nmap_UDP_SCAN.pcap")], state_dir=state).alerts
     assert len(first) == len(again) == 1
     assert again[0]["id"] == first[0]["id"] and again[0]["count"] == first[0]["count"] + 1
+
+
+def _tiny_scan_capture(path) -> None:
+    """A client that keeps opening HTTPS connections to new servers (handshake, data, FIN), and over one
+    minute tries seven ports of one host, each refused with RST: a connect scan amid normal work."""
+    from scapy.all import IP, TCP, Ether, wrpcap
+
+    client, victim, packets, t = "10.1.1.5", "10.1.3.9", [], 1_700_000_000.0
+
+    def at(packet, ts):
+        packet.time = ts
+        packets.append(packet)
+
+    def session(server: str, sport: int, ts: float) -> None:
+        at(Ether() / IP(src=client, dst=server) / TCP(sport=sport, dport=443, flags="S", seq=1), ts)
+        at(Ether() / IP(src=server, dst=client) / TCP(sport=443, dport=sport, flags="SA", seq=9, ack=2), ts + .01)
+        at(Ether() / IP(src=client, dst=server) / TCP(sport=sport, dport=443, flags="A", seq=2, ack=10), ts + .02)
+        at(Ether() / IP(src=client, dst=server) / TCP(sport=sport, dport=443, flags="FA", seq=2, ack=10), ts + .1)
+        at(Ether() / IP(src=server, dst=client) / TCP(sport=443, dport=sport, flags="FA", seq=10, ack=3), ts + .11)
+        at(Ether() / IP(src=client, dst=server) / TCP(sport=sport, dport=443, flags="A", seq=3, ack=11), ts + .12)
+
+    for i in range(30):  # browsing first: the source's walk sits at its floor
+        session(f"10.1.2.{i + 1}", 40000 + i, t + i)
+    for i, port in enumerate((21, 22, 23, 25, 110, 139, 445)):
+        ts = t + 60 + 10 * i
+        at(Ether() / IP(src=client, dst=victim) / TCP(sport=41000 + i, dport=port, flags="S", seq=1), ts)
+        at(Ether() / IP(src=victim, dst=client) / TCP(sport=port, dport=41000 + i, flags="RA", ack=2), ts + .001)
+        session(f"10.1.4.{i + 1}", 42000 + i, ts + 5)  # and browsing on between the probes
+    wrpcap(str(path), sorted(packets, key=lambda p: p.time))
+
+
+def test_seven_refused_ports_in_a_minute_from_a_busy_client_are_a_scan(tmp_path):
+    _tiny_scan_capture(tmp_path / "tiny.pcap")
+    result = analyze([str(tmp_path / "tiny.pcap")])
+    (scan,) = [a for a in result.alerts if a["type"] == "port_scan"]
+    assert scan["source"]["ip"] == "10.1.1.5" and "10.1.3.9" in scan["evidence"]["targets"]
+    assert {a["type"] for a in result.alerts} == {"port_scan"}
+
+
+@pytest.mark.parametrize("label", MORE_TUNNELS, ids=lambda r: r["path"])
+def test_every_dns_tunnel_of_the_second_set_is_seen_cold_from_its_client(label):
+    result = analyze([str(MORE / label["path"])])  # the default learning period: tunnels need none
+    tunnels = [a for a in result.alerts if a["type"] == "dns_tunneling"]
+    assert [a["source"]["ip"] for a in tunnels] == [label["actor_ip"]]
+
+
+@pytest.mark.parametrize("label", MORE_BENIGN, ids=lambda r: r["path"])
+def test_no_benign_capture_of_the_second_set_raises_any_alert(label):
+    result = analyze([str(MORE / label["path"])], learning_period_s=0, internal_networks=())
+    assert result.flows > 0 and result.alerts == []

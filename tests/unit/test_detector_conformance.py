@@ -24,7 +24,7 @@ from kubesonar.sensor.offline import read_captures
 from kubesonar.shared.alerts import SEVERITIES, rules
 from kubesonar.shared.detectors import Detector, batch_of
 from kubesonar.shared.dns import DnsMessages
-from kubesonar.shared.flow import FlowRecords
+from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
 from kubesonar.shared.inventory import PodInventory, endpoint_of
 from kubesonar.shared.pipeline import CoreConfig, detectors
 from kubesonar.shared.watchlist import WatchEntry
@@ -69,12 +69,14 @@ def phases(tmp_path_factory) -> tuple[Phase, Phase]:
 
     pods = {endpoint_of(p).workload_name: p["status"]["podIP"] for p in json.loads((root / "pods.json").read_text())["items"]}
 
-    def phase(name: str, planted: FlowRecords) -> Phase:
+    def phase(name: str, planted: FlowRecords, tunnel: bool) -> Phase:
         observed = list(read_captures([root / name]))
-        return Phase(inventory.enrich(FlowRecords.concat([o.flows for o in observed] + [planted])),
+        flows = inventory.enrich(FlowRecords.concat([o.flows for o in observed] + [planted]))
+        return Phase(FlowRecords.concat([flows, _icmp_flows(flows, tunnel)]),
                      inventory.enrich(DnsMessages.concat([o.dns for o in observed])))
 
-    return phase("learning.pcap", _planted_learning(pods)), phase("detection.pcap", _planted_attack(pods))
+    return (phase("learning.pcap", _planted_learning(pods), tunnel=False),
+            phase("detection.pcap", _planted_attack(pods), tunnel=True))
 
 
 def _planted_learning(pods: dict[str, str]) -> FlowRecords:
@@ -97,6 +99,30 @@ def _planted_attack(pods: dict[str, str]) -> FlowRecords:
         heartbeat_session(intruder, "203.0.113.88", t + 30 * S, minutes=3, dur=180,
                           tls={"ja3": IMPLANT_JA3, "sni": "updates.example"}),
     ])
+
+
+def _icmp_flows(flows: FlowRecords, tunnel: bool) -> FlowRecords:
+    """A pod's echo flows to an address outside, spread over the phase: plain pings while learning, an
+    ICMP tunnel in the attack (payloads of many sizes, no ping pattern). Built, not captured, until the
+    demo's sensor fills flow schema 4's ICMP columns."""
+    row = int(np.flatnonzero(flows["src_workload_name"] != "")[0])
+    times = np.linspace(flows["first_ts"].min(), flows["first_ts"].max(), 4)[:3].astype(np.int64)
+    icmp = flows.take(np.full(3, row))
+    c = icmp.columns
+    c["first_ts"] = c["conn_start"] = times
+    c["last_ts"] = times + 5_000_000_000
+    c["dst_addr"][:] = np.void(address_bytes("198.51.100.77"))
+    for name in ("namespace", "pod", "workload_kind", "workload_name", "node", "labels", "images"):
+        c[f"dst_{name}"][:] = ""
+    c["proto"][:], c["icmp_type"][:], c["icmp_code"][:], c["dst_port"][:], c["src_port"][:] = 1, 8, 0, 0, 4242
+    c["state"][:], c["packets_out"][:], c["packets_in"][:] = int(ConnState.ESTABLISHED), 6, 6
+    c["bytes_out"][:] = c["bytes_in"][:] = 6 * (28 + (400 if tunnel else 56))
+    c["icmp_sizes"][:], c["icmp_odd"][:] = (9, 12) if tunnel else (1, 0)
+    blank = FlowRecords.empty(3).columns  # no TLS or session gaps carried over from the row copied
+    for name in ("rpc_method", "tls_ja3", "tls_ja4", "tls_sni", "tls_alpn", "gaps_out", "gaps_in",
+                 "gap_mean_us_out", "gap_mean_us_in", "gap_cv_milli_out", "gap_cv_milli_in"):
+        c[name] = blank[name]
+    return icmp
 
 
 def _fresh(rule_id: str) -> Detector:

@@ -69,3 +69,40 @@ def test_state_carries_across_batches_and_repeats_are_not_trials():
     d2 = PortScanDetector().from_state(state)
     assert not d2.observe(batch_of(_flows("xx")))  # the same two contacts again: no new trials
     assert d2.observe(batch_of(_flows("xxxx")))  # two new ones make four
+
+
+def _mixed(rows, src="10.0.0.9", t0=0):
+    """Flows of (destination, port, refused) rows, one a second from ``t0`` seconds."""
+    n = len(rows)
+    f = FlowRecords.empty(n)
+    f.columns["src_addr"] = np.array([address_bytes(src)] * n, dtype="V16")
+    f.columns["dst_addr"] = np.array([address_bytes(dst) for dst, _, _ in rows], dtype="V16")
+    f.columns["dst_port"] = np.array([port for _, port, _ in rows], dtype=np.uint16)
+    f.columns["proto"] = np.full(n, 6, dtype=np.uint8)
+    f.columns["first_ts"] = (t0 + np.arange(n, dtype=np.int64)) * 1_000_000_000
+    f.columns["state"] = np.array([ConnState.REJECTED if refused else ConnState.CLOSED for *_, refused in rows],
+                                  dtype=np.uint8)
+    return f
+
+
+def test_a_busy_clients_small_vertical_scan_is_decided_by_its_walk_on_that_host():
+    """Seven ports of one host refused over a minute, while the client goes on reaching new web servers:
+    its successes elsewhere hold the source's walk at the floor, and the per-host walk decides."""
+    browsing = [(f"10.0.2.{i}", 443, False) for i in range(1, 41)]
+    scan = [row for i, port in enumerate((21, 22, 23, 25, 110, 139, 445))
+            for row in (("10.0.3.7", port, True), (f"10.0.4.{i}", 443, False))]  # a success between probes
+    d = PortScanDetector()
+    assert not d.observe(batch_of(_mixed(browsing)))
+    findings = []
+    for i in range(0, len(scan), 2):  # a batch every ten seconds
+        findings += d.observe(batch_of(_mixed(scan[i:i + 2], t0=100 + 5 * i)))
+    finding = findings[0]  # later batches add evidence to the same alert
+    assert finding.evidence["host_walk"]["target"] == "10.0.3.7"
+    assert finding.evidence["failed_first_contacts"] == 4  # decided at the fourth refused port
+    assert d.state.sources["10.0.0.9"].log_likelihood_ratio < math.log(99)  # the source walk alone would not
+
+
+def test_successes_on_the_same_host_take_failures_back():
+    """A client finding a host's services: refused and open ports alternate, so the host walk stays low."""
+    rows = [("10.0.3.7", port, port % 2 == 0) for port in range(8000, 8012)]
+    assert not PortScanDetector().observe(batch_of(_mixed(rows)))
