@@ -101,3 +101,37 @@ def test_every_dns_tunnel_of_the_second_set_is_seen_cold_from_its_client(label):
 def test_no_benign_capture_of_the_second_set_raises_any_alert(label):
     result = analyze([str(MORE / label["path"])], learning_period_s=0, internal_networks=())
     assert result.flows > 0 and result.alerts == []
+
+
+def _direct_dns_capture(path) -> None:
+    """dnscat2 without a domain: 40 CNAME questions of hex labels, no real top-level domain, sent straight
+    to the attacker's server, each answered; and beside it a host browsing through its resolver."""
+    import secrets
+
+    from scapy.all import DNS, DNSQR, DNSRR, IP, UDP, Ether, wrpcap
+
+    packets, t = [], 1_700_000_000.0
+
+    def ask(client: str, server: str, name: str, qtype: str, answer: str, ts: float, sport: int) -> None:
+        query = Ether() / IP(src=client, dst=server) / UDP(sport=sport, dport=53) / DNS(
+            id=sport, rd=1, qd=DNSQR(qname=name, qtype=qtype))
+        reply = Ether() / IP(src=server, dst=client) / UDP(sport=53, dport=sport) / DNS(
+            id=sport, qr=1, aa=1, qd=DNSQR(qname=name, qtype=qtype), an=DNSRR(rrname=name, type=qtype, rdata=answer))
+        query.time, reply.time = ts, ts + 0.02
+        packets.extend([query, reply])
+
+    for i in range(40):
+        name = f"dnscat.{secrets.token_hex(24)}.{secrets.token_hex(8)}"
+        ask("10.1.1.5", "203.0.113.53", name, "CNAME", f"{secrets.token_hex(20)}.x", t + 2 * i, 30000 + i)
+    for i, host in enumerate(["www.example.com", "cdn.example.net", "api.example.org"] * 5):
+        ask("10.1.1.6", "10.1.1.1", host, "A", "192.0.2.10", t + i, 31000 + i)
+    wrpcap(str(path), sorted(packets, key=lambda p: p.time))
+
+
+def test_a_tunnel_with_no_real_top_level_domain_sent_straight_to_its_server_is_seen(tmp_path):
+    _direct_dns_capture(tmp_path / "direct.pcap")
+    result = analyze([str(tmp_path / "direct.pcap")])
+    (tunnel,) = [a for a in result.alerts if a["type"] == "dns_tunneling"]
+    assert tunnel["source"]["ip"] == "10.1.1.5" and tunnel["evidence"]["server"] == "203.0.113.53"
+    assert "encoded_data_types" in tunnel["evidence"]["reasons"]
+    assert [a for a in result.alerts if a["source"]["ip"] == "10.1.1.6"] == []
