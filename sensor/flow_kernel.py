@@ -15,6 +15,7 @@ import numpy as np
 
 from kubesonar.sensor.flow_layout import (
     BATCH_SYN_SEQ,
+    BURST_TS_A,
     BYTES_A,
     BYTES_B,
     CLOSED_BITS,
@@ -57,10 +58,13 @@ _CLOSED_RST, _CLOSED_FIN_A, _CLOSED_FIN_B = 1, 2, 4
 _IDLE, _ACTIVE = int(EndReason.IDLE_TIMEOUT), int(EndReason.ACTIVE_TIMEOUT)
 _NEW_CONNECTION = int(EndReason.NEW_CONNECTION)
 _ICMP, _ICMPV6 = 1, 58
-# Gaps are measured between a side's small packets: keep-alives, heartbeats, check-ins and keystrokes
-# are small, bulk transfer is not. Small: 1 to 300 payload bytes (a bare ACK carries none), or an ICMP
-# message with at most 300 data bytes.
+# Gaps are measured between a side's bursts of small packets: keep-alives, heartbeats, check-ins and
+# keystrokes are small, bulk transfer is not. Small: 1 to 300 payload bytes (a bare ACK carries none),
+# or an ICMP message with at most 300 data bytes. A small packet within BURST_NS of the side's previous
+# one belongs to the same burst (one check-in is a request and its follow-ups, one TLS keep-alive two
+# records), so the gaps are a timer's period, not a mix of it and the milliseconds inside an exchange.
 SMALL_PAYLOAD = 300
+BURST_NS = 1_000_000_000
 _ICMP_SIZE_BUCKETS = 127  # a prime: sizes that collide differ by a multiple of it
 
 
@@ -166,8 +170,8 @@ def _start_connection(s, num, numf) -> None:
         num[s, c] = 0
     numf[s, GAP_SQ_A] = 0.0
     numf[s, GAP_SQ_A + 1] = 0.0
-    num[s, SMALL_TS_A] = -1
-    num[s, SMALL_TS_A + 1] = -1
+    for c in (SMALL_TS_A, SMALL_TS_A + 1, BURST_TS_A, BURST_TS_A + 1):
+        num[s, c] = -1
 
 
 @njit(cache=True, nogil=True)
@@ -175,11 +179,14 @@ def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, num, num
     """The connection-level figures one packet adds: a gap, an ICMP size, the ClientHello's code."""
     if small:
         last = num[s, SMALL_TS_A + side]
-        if last >= 0:
-            gap = ts - last
-            num[s, GAP_N_A + side] += 1
-            num[s, GAP_SUM_A + side] += gap
-            numf[s, GAP_SQ_A + side] += np.float64(gap) * np.float64(gap)
+        if last < 0 or ts - last > BURST_NS:  # a new burst: the gap runs from the previous burst's start
+            start = num[s, BURST_TS_A + side]
+            if start >= 0:
+                gap = ts - start
+                num[s, GAP_N_A + side] += 1
+                num[s, GAP_SUM_A + side] += gap
+                numf[s, GAP_SQ_A + side] += np.float64(gap) * np.float64(gap)
+            num[s, BURST_TS_A + side] = ts
         num[s, SMALL_TS_A + side] = ts
     if icmp_size >= 0:
         bucket = icmp_size % _ICMP_SIZE_BUCKETS

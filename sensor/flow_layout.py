@@ -7,12 +7,14 @@ INIT_IS_A, ICMP_TYPE, ICMP_CODE, ICMP_ERROR, SYN_SEQ, RPC, LIVE = 10, 11, 12, 13
 # per-batch scratch: which batch last touched the flow, what it saw of the 5-tuple in that batch
 STAMP, CLOSED_BITS, BATCH_SYN_SEQ, SEG_BATCH, DECIDED = 17, 18, 19, 20, 21
 # per connection, kept across interim records: the ClientHello's code (sensor/app_layer.py TlsClients);
-# per side, gaps between small packets (count, sum in ns, sum of squares in ns^2 stored as float64 bits,
-# time of the last small packet); ICMP data sizes seen (a 127-bit set of size % 127) and odd messages
+# per side, gaps between bursts of small packets (count, sum in ns, sum of squares in ns^2 stored as
+# float64 bits, time of the last small packet, start of the current burst); ICMP data sizes seen (a
+# 127-bit set of size % 127) and odd messages
 TLS = 22
 GAP_N_A, GAP_N_B, GAP_SUM_A, GAP_SUM_B, GAP_SQ_A, GAP_SQ_B, SMALL_TS_A, SMALL_TS_B = 23, 24, 25, 26, 27, 28, 29, 30
 ICMP_SIZES_LO, ICMP_SIZES_HI, ICMP_ODD = 31, 32, 33
-N_COLS = 34
+BURST_TS_A, BURST_TS_B = 34, 35
+N_COLS = 36
 
 # meta: allocation state shared with Python
 META_NEXT_SLOT, META_FREE_TOP, META_LIVE = 0, 1, 2

@@ -83,8 +83,9 @@ SCHEMA_4_COLUMNS: tuple[Column, ...] = (
     column
     for side, who in (("out", "initiator"), ("in", "responder"))
     for column in (
-        Column(f"gaps_{side}", "u4", f"gaps measured between the {who}'s small packets (1-300 payload bytes; "
-                                     "persistence in a session), cumulative over the connection"),
+        Column(f"gaps_{side}", "u4", f"gaps measured between the {who}'s bursts of small packets (1-300 "
+                                     "payload bytes, under 1 s apart; persistence in a session), cumulative "
+                                     "over the connection"),
         Column(f"gap_mean_us_{side}", "u8", "mean of those gaps, microseconds; 0 if none"),
         Column(f"gap_cv_milli_{side}", "u4", "their coefficient of variation (std / mean) x 1000; 0 if under 2"),
     )

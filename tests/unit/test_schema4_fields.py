@@ -108,30 +108,35 @@ def test_any_bytes_after_a_hello_header_parse_or_are_refused(body):
     assert len(hello.ja4().split("_")) == 3 and len(hello.ja3()) == 32
 
 
-def _tshark_gaps(path: Path, flow: tuple[str, int, str, int]) -> dict[str, tuple[int, float, float]]:
-    """(gaps, mean us, cv) per side from tshark's frame times of packets with 1-300 payload bytes."""
+def _tshark_gaps(path: Path, flow: tuple[str, int, str, int], transport: str) -> dict[str, tuple[int, float, float]]:
+    """(gaps, mean us, cv) per side from tshark's frame times of packets with 1-300 payload bytes: gaps
+    between the starts of bursts, a burst being small packets less than 1 s apart."""
     src, sport, dst, dport = flow
     rows = _tshark(path, ["frame.time_epoch", "ip.src"],
-                   f"ip.addr=={src} && ip.addr=={dst} && tcp.port=={sport} && tcp.port=={dport} "
-                   "&& tcp.len >= 1 && tcp.len <= 300")
+                   f"ip.addr=={src} && ip.addr=={dst} && {transport}.port=={sport} && {transport}.port=={dport} && "
+                   + ("tcp.len >= 1 && tcp.len <= 300" if transport == "tcp" else "udp.length >= 9 && udp.length <= 308"))
     out = {}
     for side, sender in (("out", src), ("in", dst)):
         times = np.array([float(t) for t, s in rows if s == sender])
-        gaps = np.diff(times) * 1e6
+        starts = times[np.concatenate([[True], np.diff(times) > 1.0])] if len(times) else times
+        gaps = np.diff(starts) * 1e6
         cv = gaps.std() / gaps.mean() if len(gaps) >= 2 else 0.0
         out[side] = (len(gaps), gaps.mean() if len(gaps) else 0.0, cv)
     return out
 
 
-@pytest.mark.parametrize("path, server_port", [
-    (MORE / "c2_beacon/corelight_strrat_4423258f.pcap", 8219),  # check-ins every 5 s in one session
-    (MORE / "c2_beacon/corelight_asyncrat_cd010953.pcap", 4041),  # TLS keep-alives every 10-13 s
+@pytest.mark.parametrize("path, server_port, transport", [
+    (MORE / "c2_beacon/corelight_strrat_4423258f.pcap", 8219, "tcp"),  # check-ins every 5 s in one session
+    (MORE / "c2_beacon/corelight_asyncrat_cd010953.pcap", 4041, "tcp"),  # TLS keep-alives every 10-13 s
+    (MORE / "benign/ja4_latest.pcapng", 443, "tcp"),  # browsers' short sessions: a few bursts or none
+    (MORE / "c2_beacon/zeek_merlinc2_quic.pcapng", 443, "udp"),  # HTTP/3 check-ins every 15 s
 ])
-def test_gaps_between_small_packets_equal_tsharks_frame_times(path, server_port):
-    rows = [r for r in _records(path).iter_dicts() if r["dst_port"] == server_port]
+def test_gaps_between_small_packets_equal_tsharks_frame_times(path, server_port, transport):
+    proto = 6 if transport == "tcp" else 17
+    rows = [r for r in _records(path).iter_dicts() if r["dst_port"] == server_port and r["proto"] == proto]
     assert rows
     for r in rows:
-        reference = _tshark_gaps(path, _client_key(r))
+        reference = _tshark_gaps(path, _client_key(r), transport)
         for side in ("out", "in"):
             gaps, mean_us, cv = reference[side]
             assert r[f"gaps_{side}"] == gaps
@@ -274,3 +279,12 @@ def test_hostile_payloads_in_hellos_and_icmp_are_counted_never_fatal(packets, sn
     assert table.tls.parsed + table.tls.unreadable == hellos
     assert records["icmp_odd"].sum() <= sum(1 for p, _, _ in packets if p == 1)
     assert (records["icmp_sizes"] <= 127).all()
+
+
+def test_a_beacons_period_inside_one_session_is_its_gap_mean():
+    """Merlin's agent checks in every 15 s over one QUIC flow (labels.csv); each check-in is a burst
+    of datagrams, so the gaps between bursts are the period and vary little."""
+    rows = [r for r in _records(MORE / "c2_beacon/zeek_merlinc2_quic.pcapng").iter_dicts() if r["dst_port"] == 443]
+    (flow,) = [r for r in rows if r["dst_ip"] == "24.199.110.233"]
+    assert flow["gaps_out"] >= 10  # 184 s of 15 s check-ins
+    assert abs(flow["gap_mean_us_out"] / 1e6 - 15.0) < 1.5  # the labelled period, to within 10%
