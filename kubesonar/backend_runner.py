@@ -112,6 +112,9 @@ def _record(metrics: BackendMetrics, result: ProcessResult) -> None:
     for alert in result.new_alerts:
         metrics.alerts.labels(alert["severity"], alert["type"]).inc()
     metrics.config_errors.inc(len(result.errors))
+    metrics.conflicts.inc(result.conflicts)
+    for fault in result.errors:  # met and gone on: a list that does not parse, a baseline reset, a conflict
+        log.warning("fault met: %s", fault)
 
 
 class _Ticker:

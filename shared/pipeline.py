@@ -14,6 +14,7 @@ per invocation, not per message (docs/cost.md). Store layout:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -85,7 +86,9 @@ class ProcessResult:
     allowlisted: int = 0
     stale: int = 0  # messages older than their sensor's sequence window: refused as replays (shared/applied.py)
     conflicts: int = 0  # messages whose key was applied with other content: refused (shared/applied.py)
-    errors: list[str] = field(default_factory=list)  # configuration faults met (a watchlist that does not parse)
+    # faults met that did not stop the batch: a list that does not parse, a baseline started afresh, a
+    # conflicting batch; every runtime shows them (analyze on stderr, the functions in logs and metrics)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def alerts(self) -> list[dict[str, Any]]:
@@ -152,8 +155,10 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
     try:
         if traffic:
             watchlist, errors = LOADER.load(deps.store)
+            resets: list[str] = []
             _apply_detectors(deps, cluster, traffic, watchlist, failed, fresh, digests or {}, detector_found,
-                             health_then_alerts)
+                             health_then_alerts, resets)
+            errors = [*errors, *resets]
         else:
             health_then_alerts()
     except StoreError as exc:  # nothing of theirs is applied: the transport redelivers them
@@ -180,12 +185,14 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
 
 def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]],
                      watchlist: list[WatchEntry], failed: dict[str, str], fresh: list[Batch],
-                     digests: dict[str, int], found: list[tuple[str, Finding]], before_write: Callable[[], None]
-                     ) -> None:
+                     digests: dict[str, int], found: list[tuple[str, Finding]], before_write: Callable[[], None],
+                     resets: list[str]) -> None:
     """One compare-and-swap update of the cluster's detectors document for all ``items``; their findings
     go to ``found`` and ``before_write`` runs before the write. A batch whose scoring raises is left out
-    (and reported in ``failed``) and the others are applied without it."""
+    (and reported in ``failed``) and the others are applied without it. ``resets`` gets why a stored
+    baseline could not be read and was started afresh."""
     now = deps.clock.now_ns()
+    key = f"state/{cluster}/detectors.json"
 
     def step(stored: dict | None) -> dict | None:
         doc = stored if stored is not None else _legacy_document(deps.store, cluster)
@@ -211,8 +218,9 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
             return stored if stored is not None else doc
         states = doc.get("detectors", {})
         runners = detectors(deps.config, watchlist)
+        resets.clear()
         for detector in runners:
-            detector.from_state(states.get(detector.rule_id))
+            resets.extend(f"{key}: {why}" for why in _read_state(detector, states))
         for item_id, batch in pending:
             if fresh and not new(item_id, batch):  # the same key twice in one invocation
                 continue
@@ -233,7 +241,19 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
         return {"layout": LAYOUT, "detectors": {d.rule_id: d.to_state() for d in runners},
                 "applied": applied.to_state(), "findings": replay_log}
 
-    update_document(deps.store, f"state/{cluster}/detectors.json", step, before_write=before_write)
+    update_document(deps.store, key, step, before_write=before_write)
+
+
+def _read_state(detector: Detector, states: dict[str, Any]) -> list[str]:
+    """Load the detector's stored state; why it was started afresh instead, if it was: a document it
+    cannot read, or an empty one where its state should be (never written by the core)."""
+    stored = states.get(detector.rule_id)
+    detector.from_state(stored)
+    if detector.reset_reason:
+        return [detector.reset_reason]
+    if detector.rule_id in states and not stored:
+        return [f"{detector.rule_id}: stored state is {json.dumps(stored)}, not a detector's state: started afresh"]
+    return []
 
 
 def _apply_health(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]],

@@ -62,9 +62,12 @@ def score(deliveries: list[Delivery], keys: dict[str, str]) -> list[str]:
     for message_id, why in outcome.retry:
         log("ERROR", "message failed; Pub/Sub redelivers it", message_id=message_id, error=why,
             batch=keys.get(message_id, ""))
+    for fault in outcome.result.errors:  # met and gone on: a list that does not parse, a baseline reset, a conflict
+        log("WARNING", "fault met", error=fault)
     log("INFO", "batches scored", messages=len(deliveries), applied=len(outcome.applied),
         poison=len(outcome.poison), flows=outcome.result.flows, batches=[keys.get(i, i) for i in outcome.applied],
-        new_alerts=[a["id"] for a in outcome.result.new_alerts], errors=outcome.result.errors)
+        new_alerts=[a["id"] for a in outcome.result.new_alerts], errors=outcome.result.errors,
+        faults=len(outcome.result.errors), conflicts=outcome.result.conflicts, stale=outcome.result.stale)
     return outcome.applied + [i for i, _ in outcome.poison]
 
 

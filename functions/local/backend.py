@@ -62,7 +62,7 @@ class LocalBackend:
         self.counters["alerts"] += len(result.alerts)
         if result.conflicts:  # a key applied before with other content: refused, shown
             self.counters["conflicts"] = self.counters.get("conflicts", 0) + result.conflicts
-            self.errors += [f"{key}: {e}" for e in result.errors if e not in self.errors]
+        self.errors += [e for e in result.errors if e not in self.errors]  # faults met: shown by the caller
         return result
 
     def alerts(self) -> list[dict[str, Any]]:
