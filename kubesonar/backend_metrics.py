@@ -40,8 +40,11 @@ class BackendMetrics:
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
         self.lag = Gauge("kubesonar_backend_consumer_lag", "Messages waiting in the queue for any replica",
                          registry=r)
-        self.config_errors = Counter("kubesonar_backend_config_errors", "Configuration faults met "
-                                     "(a watchlist that does not parse)", registry=r)
+        self.config_errors = Counter("kubesonar_backend_config_errors", "Faults met and gone on, each logged "
+                                     "(a list that does not parse, a baseline started afresh, a conflict)",
+                                     registry=r)
+        self.conflicts = Counter("kubesonar_backend_conflicts", "Messages whose key was applied with other "
+                                 "content, refused", registry=r)
         self.store_conflicts = Counter("kubesonar_backend_store_conflicts", "Compare-and-swap writes lost to "
                                        "another replica and retried (replicas contending for one cluster's "
                                        "state)", registry=r)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -27,6 +28,7 @@ from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, check_all_sensors
 from kubesonar.shared.ports import SystemClock
+from kubesonar.shared.signing import keyring_from_env
 
 log = logging.getLogger("kubesonar.backend")
 
@@ -112,6 +114,9 @@ def _record(metrics: BackendMetrics, result: ProcessResult) -> None:
     for alert in result.new_alerts:
         metrics.alerts.labels(alert["severity"], alert["type"]).inc()
     metrics.config_errors.inc(len(result.errors))
+    metrics.conflicts.inc(result.conflicts)
+    for fault in result.errors:  # met and gone on: a list that does not parse, a baseline reset, a conflict
+        log.warning("fault met: %s", fault)
 
 
 class _Ticker:
@@ -141,7 +146,8 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
     connection = shared_connection(address)
     # without --notify, alerts go out on the queue's own server (kubesonar.alerts.<severity>.<type>)
     notifiers = [_open_notifier(u) for u in settings.notify] or [NatsNotifier(connection)]
-    deps = Dependencies(open_store(settings.store), FanOutNotifier(notifiers), SystemClock(), _config(settings))
+    deps = Dependencies(open_store(settings.store), FanOutNotifier(notifiers), SystemClock(), _config(settings),
+                        keyring=keyring_from_env(os.environ))
     consumer = NatsConsumer(connection, Layout(address.name, settings.consumer), deps,
                             batch=settings.batch, max_deliveries=settings.max_deliveries,
                             ack_wait_s=settings.ack_wait_s)
@@ -200,7 +206,8 @@ def _run_directory(settings: BackendSettings, metrics: BackendMetrics, health: H
     if "://" in store:
         raise ConfigError(f"a file:// queue goes with a directory store, not {settings.store!r}")
     notifiers = [_open_notifier(u) for u in settings.notify]
-    backend = LocalBackend(store, _config(settings), notifier=FanOutNotifier(notifiers))
+    backend = LocalBackend(store, _config(settings), notifier=FanOutNotifier(notifiers),
+                           keyring=keyring_from_env(os.environ))
     ticker = _Ticker(backend.deps, metrics, settings.check_interval_s)
     health.connected = True
     log.info("backend on %s, store %s", queue, store)

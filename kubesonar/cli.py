@@ -83,8 +83,12 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
             internal: tuple[str, ...]) -> None:
     """Run the offline sensor and the detection core on CAPTURES; print the alerts raised."""
     import ipaddress
+    import logging
 
     from kubesonar.compose import analyze as run_analysis
+
+    # a baseline started afresh comes back in result.errors, shown once below as a warning line
+    logging.getLogger("kubesonar.shared.detectors").addHandler(logging.NullHandler())
 
     networks = None
     if internal:
@@ -104,6 +108,8 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
             click.echo(json.dumps(to_ocsf(alert, __version__) if fmt == "ocsf" else alert, sort_keys=True))
     else:
         _alert_table(result.alerts)
+    for fault in result.errors:  # the core went on without it: a broken list, a baseline started afresh
+        click.echo(f"kubesonar: warning: {fault}", err=True)
     for error in result.stats.errors:
         click.echo(f"kubesonar: error: {error}", err=True)
     if result.stats.errors:

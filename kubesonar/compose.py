@@ -42,6 +42,7 @@ class AnalysisResult:
     alerts: list[dict[str, Any]]
     flows: int
     stats: CaptureStats
+    errors: list[str] = field(default_factory=list)  # faults the core met and went on (ProcessResult.errors)
 
 
 def _batches(observed: Iterator[Observed], cluster: str, node: str, sequences: Iterator[int]) -> Iterator[bytes]:
@@ -69,6 +70,7 @@ def analyze(
         notifier = CollectingNotifier()
         stats = CaptureStats()
         touched: dict[str, dict[str, Any]] = {}
+        errors: list[str] = []
         flows = 0
         phases = [(list(learn), True), (list(captures), False)]
         sequences = itertools.count(_first_sequence())
@@ -86,11 +88,13 @@ def analyze(
             for message in _batches(observed, cluster, "offline", sequences):
                 batch = decode_batch(message)
                 flows += len(batch.flows)
-                for alert in process_batch(batch, deps).alerts:
+                result = process_batch(batch, deps)
+                for alert in result.alerts:
                     touched[alert["id"]] = alert
+                errors += [e for e in result.errors if e not in errors]
             if learning:
                 end_learning(store, cluster)
-        return AnalysisResult(sorted(touched.values(), key=lambda a: a["first_seen"]), flows, stats)
+        return AnalysisResult(sorted(touched.values(), key=lambda a: a["first_seen"]), flows, stats, errors)
 
 
 @dataclass

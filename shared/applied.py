@@ -7,17 +7,38 @@ below it (bit i: sequence top - i is fully applied), plus the parts applied of w
 several parts. A message older than the window is refused as a replay: it cannot be told from one,
 and a sensor's real messages arrive within minutes (docs/cost.md). Sensors unheard for a day are
 forgotten (a restarted sensor has a new id).
+
+A key says which message it is, not what it holds, so each sequence also keeps a 16-bit digest of the
+message that applied it (:func:`content_digest`; 1 KiB a sensor, slot i beside bit i). A message whose
+key was applied with other content is a ``CONFLICT``: counted and refused, never skipped as a
+redelivery. Windows sent in several parts keep no digest (0: unknown), so their parts are recognised by
+key alone, as are batches the core was handed decoded (the offline paths number their own).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
 WINDOW = 512  # sequences per sensor: at one window per 10 s, about 85 minutes
 FORGET_NS = 24 * 3600 * 1_000_000_000
+_DIGEST_BYTES = 2  # tells contents apart (1 in 65,536 conflicts passes unseen); forgery is the MAC's job
 
-NEW, APPLIED, TOO_OLD = "new", "applied", "too_old"
+NEW, APPLIED, TOO_OLD, CONFLICT = "new", "applied", "too_old", "conflict"
+
+
+def content_digest(message: bytes, parts: int = 1) -> int:
+    """The digest kept for a message's key, never 0: of its bytes, since a redelivery is the same bytes.
+    0 (unknown) for a part of a window sent in several parts, whose slot is shared."""
+    if parts != 1:
+        return 0
+    return int.from_bytes(hashlib.blake2b(message, digest_size=_DIGEST_BYTES).digest(), "big") or 1
+
+
+def _no_digests() -> bytearray:
+    return bytearray(WINDOW * _DIGEST_BYTES)
 
 
 @dataclass
@@ -26,6 +47,22 @@ class SensorLog:
     done: int = 0  # bit i set: sequence top - i fully applied
     parts: dict[int, list[int]] = field(default_factory=dict)  # sequence -> parts applied, until complete
     seen_ns: int = 0
+    digests: bytearray = field(default_factory=_no_digests)  # slot i: the digest of sequence top - i
+
+    def digest(self, age: int) -> int:
+        return int.from_bytes(self.digests[age * _DIGEST_BYTES : (age + 1) * _DIGEST_BYTES], "big")
+
+    def shift(self, jump: int) -> None:
+        """Move the window up by ``jump`` sequences (a jump past it clears it)."""
+        keep = max(WINDOW - jump, 0) if self.top >= 0 else 0
+        # shifting by the jump itself would allocate jump bits (a hostile sequence of 2**40 took 9 GB)
+        self.done = (self.done << jump) & ((1 << WINDOW) - 1) if keep else 0
+        self.digests = bytearray((WINDOW - keep) * _DIGEST_BYTES) + self.digests[: keep * _DIGEST_BYTES]
+
+
+def _digests(text: Any) -> bytearray:
+    raw = base64.b64decode(text) if isinstance(text, str) else b""
+    return bytearray((raw + bytes(WINDOW * _DIGEST_BYTES))[: WINDOW * _DIGEST_BYTES])
 
 
 class AppliedLog:
@@ -34,38 +71,43 @@ class AppliedLog:
         for sensor, s in (state or {}).items():
             self.sensors[sensor] = SensorLog(int(s["top"]), int(s["done"], 16),
                                              {int(k): list(v) for k, v in s.get("parts", {}).items()},
-                                             int(s.get("seen_ns", 0)))
+                                             int(s.get("seen_ns", 0)), _digests(s.get("digests")))
 
     def to_state(self) -> dict[str, Any]:
         return {sensor: {"top": s.top, "done": format(s.done, "x"), "seen_ns": s.seen_ns,
-                         **({"parts": {str(k): v for k, v in s.parts.items()}} if s.parts else {})}
+                         **({"parts": {str(k): v for k, v in s.parts.items()}} if s.parts else {}),
+                         **({"digests": base64.b64encode(s.digests).decode()} if any(s.digests) else {})}
                 for sensor, s in self.sensors.items()}
 
-    def status(self, sensor: str, sequence: int, part: int) -> str:
+    def status(self, sensor: str, sequence: int, part: int, digest: int = 0) -> str:
+        """NEW, APPLIED (a redelivery), TOO_OLD, or CONFLICT: applied, with a digest other than
+        ``digest`` (this message's, :func:`content_digest`; compared where both are known)."""
         s = self.sensors.get(sensor)
         if s is None or sequence > s.top:
             return NEW
         age = s.top - sequence
         if age >= WINDOW:
             return TOO_OLD
-        if (s.done >> age) & 1 or part in s.parts.get(sequence, ()):
+        if part in s.parts.get(sequence, ()):
             return APPLIED
-        return NEW
+        if not (s.done >> age) & 1:
+            return NEW
+        kept = s.digest(age)
+        return CONFLICT if digest and kept and digest != kept else APPLIED
 
-    def mark(self, sensor: str, sequence: int, part: int, parts: int, now_ns: int) -> None:
+    def mark(self, sensor: str, sequence: int, part: int, parts: int, now_ns: int, digest: int = 0) -> None:
         s = self.sensors.setdefault(sensor, SensorLog())
         s.seen_ns = max(s.seen_ns, now_ns)
         if sequence > s.top:
-            jump = sequence - s.top
-            # a jump past the window clears it; shifting by the jump itself would allocate jump bits
-            # (a hostile sequence of 2**40 took 9 GB)
-            s.done = (s.done << jump) & ((1 << WINDOW) - 1) if s.top >= 0 and jump < WINDOW else 0
+            s.shift(sequence - s.top)
             s.top = sequence
             s.parts = {q: p for q, p in s.parts.items() if s.top - q < WINDOW}
         got = sorted(set(s.parts.get(sequence, [])) | {part})
         if len(got) >= parts:
             s.parts.pop(sequence, None)
-            s.done |= 1 << (s.top - sequence)
+            age = s.top - sequence
+            s.done |= 1 << age
+            s.digests[age * _DIGEST_BYTES : (age + 1) * _DIGEST_BYTES] = digest.to_bytes(_DIGEST_BYTES, "big")
         else:
             s.parts[sequence] = got
 

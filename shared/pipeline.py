@@ -14,13 +14,15 @@ per invocation, not per message (docs/cost.md). Store layout:
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kubesonar.shared import identity, outbox
 from kubesonar.shared.alerts import Finding, merge_alert, new_alert
 from kubesonar.shared.allowlist import AllowEntry, is_allowed
-from kubesonar.shared.applied import APPLIED, NEW, TOO_OLD, AppliedLog
+from kubesonar.shared.applied import APPLIED, CONFLICT, NEW, TOO_OLD, AppliedLog, content_digest
 from kubesonar.shared.batch import Batch, decode_batch
 from kubesonar.shared.detectors import Detector, observe_all
 from kubesonar.shared.detectors.beaconing import BeaconingDetector
@@ -53,6 +55,7 @@ SECOND = 1_000_000_000
 _APPLIED_KEEP = 256  # findings of recent batches kept to replay on redelivery (completes a half-made alert)
 LAYOUT = 2  # of the state documents (module docstring)
 _STALE = "older than its sensor's sequence window: refused as a replay"
+_CONFLICT = "its key (sensor, sequence, part) was applied with other content: refused as a conflict"
 _BATCHES_KEEP = 64  # batch keys an alert remembers
 
 
@@ -87,7 +90,10 @@ class ProcessResult:
     updated_alerts: list[dict[str, Any]] = field(default_factory=list)
     allowlisted: int = 0
     stale: int = 0  # messages older than their sensor's sequence window: refused as replays (shared/applied.py)
-    errors: list[str] = field(default_factory=list)  # configuration faults met (a watchlist that does not parse)
+    conflicts: int = 0  # messages whose key was applied with other content: refused (shared/applied.py)
+    # faults met that did not stop the batch: a list that does not parse, a baseline started afresh, a
+    # conflicting batch; every runtime shows them (analyze on stderr, the functions in logs and metrics)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def alerts(self) -> list[dict[str, Any]]:
@@ -120,10 +126,12 @@ def detectors(config: CoreConfig, watchlist: list[WatchEntry] | None = None) -> 
     ]
 
 
-def process_batch(batch: Batch, deps: Dependencies) -> ProcessResult:
-    """Score one decoded batch (the offline paths); a failure raises."""
+def process_batch(batch: Batch, deps: Dependencies, digest: int = 0) -> ProcessResult:
+    """Score one decoded batch (the offline paths); a failure raises. ``digest``: the content digest of
+    its message (shared/applied.py), when the caller has the message."""
     failed: dict[str, str] = {}
-    result = _apply_cluster(_cluster(batch), [(batch_key(batch), batch)], deps, failed)
+    key = batch_key(batch)
+    result = _apply_cluster(_cluster(batch), [(key, batch)], deps, failed, {key: digest})
     if failed:
         raise StoreError(next(iter(failed.values())))
     return result
@@ -133,42 +141,69 @@ def _cluster(batch: Batch) -> str:
     return batch.header.cluster or "default"
 
 
-def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependencies, failed: dict[str, str]
-                   ) -> ProcessResult:
-    """Apply one cluster's batches: the detectors' document (only if some batch carries traffic), the
-    health document, then the alerts. ``failed`` gets the ids of batches that raised (to retry)."""
+def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependencies, failed: dict[str, str],
+                   digests: dict[str, int] | None = None) -> ProcessResult:
+    """Apply one cluster's batches. Their findings are worked out first, then written in this order: the
+    alerts, the health document, the detectors' document (only if some batch carries traffic). A batch
+    is applied when the last is written, so a failure before it (a full disk, a store down) leaves every
+    batch as it was: its redelivery, or a rerun, gives the same result. ``failed`` gets the ids of
+    batches not applied (to retry), or refused for good (counted, then acknowledged)."""
     traffic = [(i, b) for i, b in items if len(b.flows) or len(b.dns) or len(b.pods)]
-    findings: list[tuple[str, Finding]] = []
+    keys = {item_id: batch_key(batch) for item_id, batch in items}
     errors: list[str] = []
-    if traffic:
-        watchlist, errors = LOADER.load(deps.store)
-        fresh: list[Batch] = []
-        findings += _apply_detectors(deps, cluster, traffic, watchlist, failed, fresh)
+    raised = [ProcessResult(flows=0)]  # of the last attempt: a lost race works the findings out again
+    detector_found: list[tuple[str, Finding]] = []
+    fresh: list[Batch] = []
+
+    def raise_alerts(found: list[tuple[str, Finding]]) -> None:
+        raised[0] = ProcessResult(flows=0)
+        _raise(deps, cluster, [(finding, keys[item_id]) for item_id, finding in found], raised[0])
+
+    def health_then_alerts() -> None:
+        _apply_health(deps, cluster, [(i, b) for i, b in items if i not in failed],
+                      lambda health_found: raise_alerts(detector_found + health_found))
+
+    try:
+        if traffic:
+            watchlist, errors = LOADER.load(deps.store)
+            resets: list[str] = []
+            _apply_detectors(deps, cluster, traffic, watchlist, failed, fresh, digests or {}, detector_found,
+                             health_then_alerts, resets)
+            errors = [*errors, *resets]
+        else:
+            health_then_alerts()
+    except StoreError as exc:  # nothing of theirs is applied: the transport redelivers them
+        fresh.clear()
+        for item_id, _ in items:
+            failed.setdefault(item_id, str(exc))
+    if fresh:
         try:  # the service map's summary: batches applied for the first time only, so a redelivery adds nothing
             update_edge_summary(deps.store, cluster, [b.flows for b in fresh])
         except StoreError as exc:  # a map a little behind is no reason to score again
             errors = [*errors, f"edge summary not updated: {exc}"]
-    findings += _apply_health(deps, cluster, [(i, b) for i, b in items if i not in failed])
-    result = ProcessResult(flows=sum(len(b.flows) for i, b in items if i not in failed))
-    result.stale = sum(1 for i in failed if failed[i] == _STALE)
-    for i in [i for i in failed if failed[i] == _STALE]:
-        del failed[i]  # refused for good: acknowledged, counted, never retried
-    keys = {item_id: batch_key(batch) for item_id, batch in items}
-    try:
-        _raise(deps, cluster, [(finding, keys[item_id]) for item_id, finding in findings], result)
-    except StoreError as exc:  # the batches' state is applied; their redelivery replays the findings
-        failed.update({item_id: str(exc) for item_id, _ in findings})
-    result.errors += errors
+    result = raised[0]
+    result.flows = sum(len(b.flows) for i, b in items if i not in failed)
+    for item_id, why in [(i, why) for i, why in failed.items() if why in (_STALE, _CONFLICT)]:
+        del failed[item_id]  # refused for good: acknowledged, counted, never retried
+        if why == _STALE:
+            result.stale += 1
+        else:
+            result.conflicts += 1
+            errors = [*errors, f"batch {keys[item_id]}: {why}"]
+    result.errors += [e for e in errors if e not in result.errors]
     return result
 
 
 def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]],
-                     watchlist: list[WatchEntry], failed: dict[str, str], fresh: list[Batch]
-                     ) -> list[tuple[str, Finding]]:
-    """One compare-and-swap update of the cluster's detectors document for all ``items``. A batch whose
-    scoring raises is left out (and reported in ``failed``) and the others are applied without it."""
-    found: list[tuple[str, Finding]] = []
+                     watchlist: list[WatchEntry], failed: dict[str, str], fresh: list[Batch],
+                     digests: dict[str, int], found: list[tuple[str, Finding]], before_write: Callable[[], None],
+                     resets: list[str]) -> None:
+    """One compare-and-swap update of the cluster's detectors document for all ``items``; their findings
+    go to ``found`` and ``before_write`` runs before the write. A batch whose scoring raises is left out
+    (and reported in ``failed``) and the others are applied without it. ``resets`` gets why a stored
+    baseline could not be read and was started afresh."""
     now = deps.clock.now_ns()
+    key = f"state/{cluster}/detectors.json"
 
     def step(stored: dict | None) -> dict | None:
         doc = stored if stored is not None else _legacy_document(deps.store, cluster)
@@ -176,30 +211,37 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
         replay_log = dict(doc.get("findings", {}))
         found.clear()
         fresh.clear()
-        pending = []
-        for item_id, batch in items:
+
+        def new(item_id: str, batch: Batch) -> bool:
+            """Whether the batch is new; a redelivery's findings are replayed, a refusal noted."""
             h = batch.header
-            status = applied.status(h.sensor_id, h.sequence, h.part)
+            status = applied.status(h.sensor_id, h.sequence, h.part, digests.get(item_id, 0))
             if status == APPLIED:
                 found.extend((item_id, _finding(f)) for f in replay_log.get(batch_key(batch), ()))
-            elif status == NEW and item_id not in failed:
-                pending.append((item_id, batch))
             elif status == TOO_OLD:
                 failed[item_id] = _STALE
+            elif status == CONFLICT:
+                failed[item_id] = _CONFLICT
+            return status == NEW and item_id not in failed
+
+        pending = [(item_id, batch) for item_id, batch in items if new(item_id, batch)]
         if not pending:
             return stored if stored is not None else doc
         states = doc.get("detectors", {})
         runners = detectors(deps.config, watchlist)
+        resets.clear()
         for detector in runners:
-            detector.from_state(states.get(detector.rule_id))
+            resets.extend(f"{key}: {why}" for why in _read_state(detector, states))
         for item_id, batch in pending:
+            if fresh and not new(item_id, batch):  # the same key twice in one invocation
+                continue
             try:
                 made = [f for fs in observe_all(runners, batch) for f in fs]
             except Exception as exc:  # noqa: BLE001 - a batch that breaks a detector must not take the others
                 failed[item_id] = f"scoring failed: {type(exc).__name__}: {exc}"
                 return step(stored)  # start again from the stored state, without it
             h = batch.header
-            applied.mark(h.sensor_id, h.sequence, h.part, h.parts, now)
+            applied.mark(h.sensor_id, h.sequence, h.part, h.parts, now, digests.get(item_id, 0))
             fresh.append(batch)
             found.extend((item_id, f) for f in made)
             if made:
@@ -210,12 +252,28 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
         return {"layout": LAYOUT, "detectors": {d.rule_id: d.to_state() for d in runners},
                 "applied": applied.to_state(), "findings": replay_log}
 
-    update_document(deps.store, f"state/{cluster}/detectors.json", step)
-    return found
+    update_document(deps.store, key, step, before_write=before_write)
 
 
-def _apply_health(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]]) -> list[tuple[str, Finding]]:
-    """Heartbeats of all ``items`` in one update (repeating a heartbeat changes nothing: counters are cumulative)."""
+def _read_state(detector: Detector, states: dict[str, Any]) -> list[str]:
+    """Load the detector's stored state; why it was started afresh instead, if it was: a document it
+    cannot read, or an empty one where its state should be (never written by the core)."""
+    stored = states.get(detector.rule_id)
+    detector.from_state(stored)
+    if detector.reset_reason:
+        return [detector.reset_reason]
+    if detector.rule_id in states and not stored:
+        return [f"{detector.rule_id}: stored state is {json.dumps(stored)}, not a detector's state: started afresh"]
+    return []
+
+
+def _apply_health(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]],
+                  before_write: Callable[[list[tuple[str, Finding]]], None]) -> None:
+    """Heartbeats of all ``items`` in one update (repeating a heartbeat changes nothing: counters are
+    cumulative); ``before_write`` gets its findings before the write."""
+    if not items:
+        before_write([])
+        return
     health = SensorHealth(deps.config.sensor_silent_after_s)
     found: list[tuple[str, Finding]] = []
     now = deps.clock.now_ns()
@@ -232,9 +290,7 @@ def _apply_health(deps: Dependencies, cluster: str, items: list[tuple[str, Batch
             return stored
         return {"state": health.to_state()}
 
-    if items:
-        update_document(deps.store, f"state/{cluster}/sensor_health.json", step)
-    return found
+    update_document(deps.store, f"state/{cluster}/sensor_health.json", step, before_write=lambda: before_write(found))
 
 
 def _legacy_document(store: ObjectStore, cluster: str) -> dict:
@@ -306,17 +362,20 @@ def process_deliveries(deliveries: list[Delivery], deps: Dependencies) -> Delive
     """Score all messages of one invocation together: the entry point every queue adapter calls."""
     outcome = DeliveryOutcome(ProcessResult(flows=0))
     clusters: dict[str, list[tuple[str, Batch]]] = {}
+    digests: dict[str, int] = {}
     for delivery in deliveries:
         try:
-            batch = decode_batch(authenticate(delivery.data, deps.keyring))
+            message = authenticate(delivery.data, deps.keyring)
+            batch = decode_batch(message)
         except BatchFormatError as exc:
             outcome.poison.append((delivery.id, str(exc)))
             continue
+        digests[delivery.id] = content_digest(message, batch.header.parts)
         clusters.setdefault(_cluster(batch), []).append((delivery.id, batch))
     for cluster, items in clusters.items():
         failed: dict[str, str] = {}
         try:
-            _merge_result(outcome.result, _apply_cluster(cluster, items, deps, failed))
+            _merge_result(outcome.result, _apply_cluster(cluster, items, deps, failed, digests))
         except Exception as exc:  # noqa: BLE001 - the store failed: the transport redelivers them all
             failed = {item_id: f"{type(exc).__name__}: {exc}" for item_id, _ in items}
         outcome.retry += list(failed.items())
@@ -330,6 +389,7 @@ def _merge_result(into: ProcessResult, result: ProcessResult) -> None:
     into.updated_alerts += result.updated_alerts
     into.allowlisted += result.allowlisted
     into.stale += result.stale
+    into.conflicts += result.conflicts
     into.errors += [e for e in result.errors if e not in into.errors]
 
 

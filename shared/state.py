@@ -71,17 +71,21 @@ def check_shape(key: str, doc: Any) -> None:
 
 def update_document(
     store: ObjectStore, key: str, change: Callable[[Document | None], Document], attempts: int = 50,
-    backoff_s: float = 0.005,
+    backoff_s: float = 0.005, before_write: Callable[[], None] | None = None,
 ) -> Document:
     """Apply ``change`` to the current document (None if there is none) and write it back atomically.
 
     ``change`` must be a pure function of the document it is given: on a lost race it runs again on
     the newer document. Backoff is exponential with full jitter, capped at 0.5 s. When ``change``
-    returns the very document it was given (and one exists), nothing is written.
+    returns the very document it was given (and one exists), nothing is written. ``before_write`` runs
+    after each ``change`` and before its write (what must be written first, such as the alerts the
+    change found); if it raises, nothing is written.
     """
     for attempt in range(attempts):
         current, version = read_document(store, key)
         updated = change(current)
+        if before_write is not None:
+            before_write()
         if updated is current and current is not None:
             return current
         data = json.dumps(updated, separators=(",", ":"), sort_keys=True).encode()

@@ -75,7 +75,12 @@ def score_records(records: list[dict]) -> dict:
         logger.warning("message does not decode", extra={"message_id": message_id, "error": why})
     for message_id, why in outcome.retry:
         logger.error("message failed; SQS redelivers it", extra={"message_id": message_id, "error": why})
+    for fault in outcome.result.errors:  # met and gone on: a list that does not parse, a baseline reset, a conflict
+        logger.warning("fault met", extra={"error": fault})
     metrics.add_metric(name="DecodeErrors", unit=MetricUnit.Count, value=len(poison))
+    metrics.add_metric(name="Faults", unit=MetricUnit.Count, value=len(outcome.result.errors))
+    metrics.add_metric(name="Conflicts", unit=MetricUnit.Count, value=outcome.result.conflicts)
+    metrics.add_metric(name="Stale", unit=MetricUnit.Count, value=outcome.result.stale)
     metrics.add_metric(name="Batches", unit=MetricUnit.Count, value=len(outcome.applied))
     metrics.add_metric(name="Flows", unit=MetricUnit.Count, value=outcome.result.flows)
     metrics.add_metric(name="Alerts", unit=MetricUnit.Count, value=len(outcome.result.new_alerts))

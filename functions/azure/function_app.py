@@ -35,9 +35,12 @@ def score_batch(event: func.EventGridEvent) -> None:
         deadletter.put(f"undecodable/{re.sub(r'[^A-Za-z0-9._=@+-]', '_', event_id)}.json",
                        json.dumps({"id": event_id, "error": why, "subject": event.subject,
                                    "eventType": event.event_type, "data": event.get_json()}).encode())
+    for fault in outcome.result.errors:  # met and gone on: a list that does not parse, a baseline reset, a conflict
+        log.warning(json.dumps({"message": "fault met", "id": event.id, "error": fault}))
     _log("batch scored", id=event.id, subject=event.subject, flows=outcome.result.flows,
          decode_errors=len(poison + outcome.poison), new_alerts=[a["id"] for a in outcome.result.new_alerts],
-         errors=outcome.result.errors + [why for _, why in outcome.retry])
+         errors=outcome.result.errors + [why for _, why in outcome.retry], faults=len(outcome.result.errors),
+         conflicts=outcome.result.conflicts, stale=outcome.result.stale)
     if outcome.retry:  # Event Grid redelivers; what was applied is not applied twice
         raise RuntimeError(f"event {event.id} failed: {outcome.retry[0][1]}")
 

@@ -4,7 +4,9 @@ KUBESONAR_STORAGE_ACCOUNT_URL (https://ACCOUNT.blob.core.windows.net, reached wi
 identity) or KUBESONAR_STORAGE_CONNECTION_STRING (a connection string; Azurite in tests),
 KUBESONAR_STATE_CONTAINER, KUBESONAR_ALERTS_CONTAINER, KUBESONAR_DEADLETTER_CONTAINER,
 KUBESONAR_ALERTS_TOPIC_ENDPOINT (https://TOPIC-HOST/api/events), KUBESONAR_LEARNING_PERIOD_S,
-KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs; docs/detection.md).
+KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs; docs/detection.md),
+KUBESONAR_KEYRING (the keyring, a Key Vault reference the platform resolves, infra/azure): batches must then
+be signed (docs/hardening.md).
 Credentials are DefaultAzureCredential's: the app's system-assigned managed identity in Azure.
 """
 
@@ -21,6 +23,7 @@ from kubesonar.functions.azure.store import BlobObjectStore
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies
 from kubesonar.shared.ports import RoutedObjectStore, SystemClock
+from kubesonar.shared.signing import keyring_from_env
 
 
 def _blob_service(credential: DefaultAzureCredential) -> BlobServiceClient:
@@ -43,4 +46,5 @@ deps = Dependencies(
                       sensor_silent_after_s=float(os.environ.get("KUBESONAR_SENSOR_SILENT_AFTER_S", "60")),
                       internal_networks=tuple(filter(None, os.environ.get(
                           "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
+    keyring=keyring_from_env(os.environ),
 )

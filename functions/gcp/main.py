@@ -7,7 +7,9 @@ Two CloudEvent entry points over the same core call (docs/gcp.md says why the de
 A message that never decodes is counted, copied under `deadletter/` of the state bucket, and acked.
 Settings (environment): KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_ALERTS_TOPIC,
 KUBESONAR_FLOWS_SUBSCRIPTION, KUBESONAR_PULL_MAX_MESSAGES, KUBESONAR_LEARNING_PERIOD_S,
-KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS; STORAGE_EMULATOR_HOST and
+KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS; KUBESONAR_KEYRING (the keyring, which Cloud
+Run puts in the environment from Secret Manager, infra/gcp): batches must then be signed (docs/hardening.md);
+STORAGE_EMULATOR_HOST and
 PUBSUB_EMULATOR_HOST point the clients at emulators, as the libraries themselves honour them.
 """
 
@@ -34,6 +36,7 @@ from kubesonar.shared.pipeline import (
     process_deliveries,
 )
 from kubesonar.shared.ports import RoutedObjectStore, SystemClock
+from kubesonar.shared.signing import keyring_from_env
 
 _env = os.environ
 _gcs = storage.Client()
@@ -46,6 +49,7 @@ deps = Dependencies(
                       sensor_silent_after_s=float(_env.get("KUBESONAR_SENSOR_SILENT_AFTER_S", 60)),
                       internal_networks=tuple(filter(None, _env.get(
                           "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
+    keyring=keyring_from_env(_env),
 )
 _subscription = _env.get("KUBESONAR_FLOWS_SUBSCRIPTION", "")
 _pull_max = int(_env.get("KUBESONAR_PULL_MAX_MESSAGES", 10_000))
@@ -62,9 +66,12 @@ def score(deliveries: list[Delivery], keys: dict[str, str]) -> list[str]:
     for message_id, why in outcome.retry:
         log("ERROR", "message failed; Pub/Sub redelivers it", message_id=message_id, error=why,
             batch=keys.get(message_id, ""))
+    for fault in outcome.result.errors:  # met and gone on: a list that does not parse, a baseline reset, a conflict
+        log("WARNING", "fault met", error=fault)
     log("INFO", "batches scored", messages=len(deliveries), applied=len(outcome.applied),
         poison=len(outcome.poison), flows=outcome.result.flows, batches=[keys.get(i, i) for i in outcome.applied],
-        new_alerts=[a["id"] for a in outcome.result.new_alerts], errors=outcome.result.errors)
+        new_alerts=[a["id"] for a in outcome.result.new_alerts], errors=outcome.result.errors,
+        faults=len(outcome.result.errors), conflicts=outcome.result.conflicts, stale=outcome.result.stale)
     return outcome.applied + [i for i, _ in outcome.poison]
 
 

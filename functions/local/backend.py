@@ -13,6 +13,7 @@ from typing import Any
 
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
+from kubesonar.shared.applied import content_digest
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.errors import BatchFormatError, KubeSonarError
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, process_batch
@@ -39,7 +40,8 @@ class LocalBackend:
             self.counters["duplicates"] += 1
             return None
         try:
-            batch = decode_batch(authenticate(message, self.deps.keyring))
+            message = authenticate(message, self.deps.keyring)
+            batch = decode_batch(message)
         except BatchFormatError as exc:
             self.counters["decode_errors"] += 1
             self.errors.append(f"{key}: {exc}")
@@ -51,13 +53,16 @@ class LocalBackend:
         self.counters["flows"] += len(batch.flows)
         self.heartbeats[batch.header.sensor_id] = batch.header.counters
         try:
-            result = process_batch(batch, self.deps)
+            result = process_batch(batch, self.deps, content_digest(message, batch.header.parts))
         except KubeSonarError as exc:  # the state directory failed (full, read-only): counted, shown
             self.counters["process_errors"] = self.counters.get("process_errors", 0) + 1
             self.errors.append(f"{key}: {exc}")
             del self._seen[key]  # not applied: a redelivery may still succeed
             return None
         self.counters["alerts"] += len(result.alerts)
+        if result.conflicts:  # a key applied before with other content: refused, shown
+            self.counters["conflicts"] = self.counters.get("conflicts", 0) + result.conflicts
+        self.errors += [e for e in result.errors if e not in self.errors]  # faults met: shown by the caller
         return result
 
     def alerts(self) -> list[dict[str, Any]]:

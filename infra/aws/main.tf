@@ -271,7 +271,13 @@ data "aws_iam_policy_document" "lambda" {
   }
 
   statement {
-    sid       = "UseTheKey" # the queue, buckets and topic are encrypted with it
+    sid       = "ReadKeyring" # the cluster keys batches are signed with, read once per cold start
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.keyring.arn]
+  }
+
+  statement {
+    sid       = "UseTheKey" # the queue, buckets, topic and keyring are encrypted with it
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [aws_kms_key.this.arn]
   }
@@ -281,6 +287,21 @@ data "aws_iam_policy_document" "lambda" {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.lambda.arn}:*"]
   }
+}
+
+################################################################################
+# Keyring: the cluster keys batches are signed with (docs/hardening.md). The module makes the secret,
+# encrypted with the module's key; its value is written by the operator (README), so no key is in the
+# Terraform state. Until it holds a keyring the function fails at cold start and batches wait in the queue.
+################################################################################
+
+resource "aws_secretsmanager_secret" "keyring" {
+  #checkov:skip=CKV2_AWS_57:An HMAC keyring is rotated by adding a key, moving the sensors, then removing the old (docs/hardening.md), not by a rotation Lambda
+  name                    = "${var.name}-keyring"
+  description             = "KubeSonar: keyring the scoring function verifies sensor batches with"
+  kms_key_id              = aws_kms_key.this.arn
+  recovery_window_in_days = 7
+  tags                    = var.tags
 }
 
 resource "aws_iam_role_policy" "lambda" {
@@ -322,6 +343,7 @@ resource "aws_lambda_function" "scoring" {
       KUBESONAR_LEARNING_PERIOD_S     = tostring(var.learning_period_seconds)
       KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
       KUBESONAR_INTERNAL_NETWORKS     = join(",", var.internal_networks)
+      KUBESONAR_KEYRING_SECRET        = aws_secretsmanager_secret.keyring.name
       POWERTOOLS_SERVICE_NAME         = "kubesonar"
       POWERTOOLS_METRICS_NAMESPACE    = "KubeSonar"
     }

@@ -42,3 +42,8 @@ output "kms_key_arn" {
   description = "The key that encrypts the queue, buckets, topic and logs."
   value       = aws_kms_key.this.arn
 }
+
+output "keyring_secret_name" {
+  description = "Secrets Manager secret the function reads its keyring from: put the keyring in it (README, docs/hardening.md)."
+  value       = aws_secretsmanager_secret.keyring.name
+}

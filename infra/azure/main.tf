@@ -23,6 +23,8 @@ locals {
     KUBESONAR_LEARNING_PERIOD_S     = tostring(var.learning_period_seconds)
     KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
     KUBESONAR_INTERNAL_NETWORKS     = join(",", var.internal_networks)
+    # The keyring batches are verified with: a Key Vault reference the platform resolves with the app's identity
+    KUBESONAR_KEYRING = "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.this.name};SecretName=keyring)"
     # The host's storage through the app's identity, no connection string
     AzureWebJobsStorage__accountName = azurerm_storage_account.host.name
     # Application Insights takes telemetry only with an Entra token (local auth is off)
@@ -305,6 +307,26 @@ resource "azurerm_function_app_flex_consumption" "this" {
 }
 
 ################################################################################
+# Keyring: the cluster keys batches are signed with (docs/hardening.md), in a vault of its own. The
+# operator writes the secret "keyring" (README), so no key is in the Terraform state.
+################################################################################
+
+resource "azurerm_key_vault" "this" {
+  #checkov:skip=CKV_AZURE_109:The Flex Consumption app resolves its Key Vault reference without a VNet; every request is an Entra identity's, authorised by RBAC
+  #checkov:skip=CKV_AZURE_189:As above: a private endpoint needs a VNet this module does not own
+  #checkov:skip=CKV2_AZURE_32:As above
+  name                       = substr("${local.compact}kv${local.suffix}", 0, 24)
+  resource_group_name        = azurerm_resource_group.this.name
+  location                   = azurerm_resource_group.this.location
+  tenant_id                  = data.azurerm_client_config.current.tenant_id
+  sku_name                   = "standard"
+  enable_rbac_authorization  = true
+  purge_protection_enabled   = true
+  soft_delete_retention_days = 7
+  tags                       = var.tags
+}
+
+################################################################################
 # Role assignments, least privilege (tests/unit/test_azure_terraform.py checks them against the code)
 ################################################################################
 
@@ -328,6 +350,13 @@ resource "azurerm_role_assignment" "function_host_storage" {
   role_definition_name = "Storage Blob Data Owner"
   principal_id         = azurerm_function_app_flex_consumption.this.identity[0].principal_id
   description          = "Functions host: its package and the timer's blob leases (AzureWebJobsStorage through identity needs Owner)"
+}
+
+resource "azurerm_role_assignment" "function_keyring" {
+  scope                = azurerm_key_vault.this.id
+  role_definition_name = "Key Vault Secrets User"
+  principal_id         = azurerm_function_app_flex_consumption.this.identity[0].principal_id
+  description          = "Functions host: resolve the KUBESONAR_KEYRING Key Vault reference (the vault holds only the keyring)"
 }
 
 resource "azurerm_role_assignment" "function_telemetry" {

@@ -27,3 +27,8 @@ output "data_storage_account" {
   description = "The account with the state, alerts and deadletter containers."
   value       = azurerm_storage_account.data.name
 }
+
+output "key_vault_name" {
+  description = "Key Vault the function's keyring comes from: write the keyring as its secret \"keyring\" (README, docs/hardening.md)."
+  value       = azurerm_key_vault.this.name
+}

@@ -9,7 +9,9 @@ data "google_storage_project_service_account" "this" {
 locals {
   pubsub_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
   gcs_agent    = "serviceAccount:${data.google_storage_project_service_account.this.email_address}"
-  wi_pool      = coalesce(var.workload_identity_pool, "${var.project_id}.svc.id.goog")
+  # Secret Manager's service agent encrypts the keyring with the module's key
+  secrets_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-secretmanager.iam.gserviceaccount.com"
+  wi_pool       = coalesce(var.workload_identity_pool, "${var.project_id}.svc.id.goog")
   # flows: sensors publish; ticks: Cloud Scheduler's message that runs the function; alerts: subscribers read;
   # dead-letter: flows messages that failed max_delivery_attempts times
   topics  = toset(["flows", "ticks", "alerts", "dead-letter"])
@@ -39,7 +41,7 @@ resource "google_kms_crypto_key" "this" {
 }
 
 resource "google_kms_crypto_key_iam_member" "agents" {
-  for_each      = toset([local.pubsub_agent, local.gcs_agent])
+  for_each      = toset([local.pubsub_agent, local.gcs_agent, local.secrets_agent])
   crypto_key_id = google_kms_crypto_key.this.id
   role          = "roles/cloudkms.cryptoKeyEncrypterDecrypter"
   member        = each.value
@@ -209,6 +211,37 @@ resource "google_cloud_run_service_iam_member" "trigger_invokes" {
   member   = google_service_account.function.member
 }
 
+################################################################################
+# Keyring: the cluster keys batches are signed with (docs/hardening.md). The module makes the secret,
+# encrypted with the module's key; the operator adds its version (README), so no key is in the Terraform
+# state. Cloud Run puts the latest version in the function's KUBESONAR_KEYRING when an instance starts.
+################################################################################
+
+resource "google_secret_manager_secret" "keyring" {
+  project   = var.project_id
+  secret_id = "${var.name}-keyring"
+  labels    = var.labels
+
+  replication {
+    user_managed {
+      replicas {
+        location = var.region
+        customer_managed_encryption {
+          kms_key_name = google_kms_crypto_key.this.id
+        }
+      }
+    }
+  }
+  depends_on = [google_kms_crypto_key_iam_member.agents]
+}
+
+resource "google_secret_manager_secret_iam_member" "function_reads_keyring" {
+  project   = var.project_id
+  secret_id = google_secret_manager_secret.keyring.secret_id
+  role      = "roles/secretmanager.secretAccessor"
+  member    = google_service_account.function.member
+}
+
 resource "google_cloudfunctions2_function" "scoring" {
   project  = var.project_id
   name     = "${var.name}-scoring"
@@ -244,7 +277,14 @@ resource "google_cloudfunctions2_function" "scoring" {
       KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
       KUBESONAR_INTERNAL_NETWORKS     = join(",", var.internal_networks)
     }
+    secret_environment_variables {
+      key        = "KUBESONAR_KEYRING"
+      project_id = var.project_id
+      secret     = google_secret_manager_secret.keyring.secret_id
+      version    = "latest"
+    }
   }
+  depends_on = [google_secret_manager_secret_iam_member.function_reads_keyring]
 
   event_trigger {
     trigger_region        = var.region

@@ -32,3 +32,8 @@ output "dead_letter_subscription" {
   description = "Holds messages that failed max_delivery_attempts times, for inspection."
   value       = google_pubsub_subscription.dead_letter.id
 }
+
+output "keyring_secret_id" {
+  description = "Secret Manager secret the function's keyring comes from: add the keyring as its version (README, docs/hardening.md)."
+  value       = google_secret_manager_secret.keyring.id
+}

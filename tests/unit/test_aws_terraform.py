@@ -99,6 +99,8 @@ def test_the_function_is_the_handler_in_this_repository_built_for_its_runtime():
 
 def _environment_read(path: Path) -> set[str]:
     names = set()
+    if "keyring_from_env(os.environ" in path.read_text():  # names it reads, from shared/signing.py
+        names.add("KUBESONAR_KEYRING_SECRET")  # the one this module sets; the alternatives stay unset
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
             names.add(ast.literal_eval(node.slice))
@@ -143,8 +145,9 @@ def _granted(policy: str) -> tuple[set[str], list]:
 
 
 def test_the_function_is_granted_exactly_what_its_code_calls_on_named_resources():
-    code = _calls(sorted((REPO / "functions" / "aws").glob("*.py")), {"self._s3": "s3", "self._sns": "sns"})
-    assert code == {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "sns:Publish"}
+    code = _calls(sorted((REPO / "functions" / "aws").glob("*.py")),
+                  {"self._s3": "s3", "self._sns": "sns", "boto3.client('secretsmanager')": "secretsmanager"})
+    assert code == {"s3:GetObject", "s3:PutObject", "s3:ListBucket", "sns:Publish", "secretsmanager:GetSecretValue"}
     granted, resources = _granted("lambda")
     assert granted == code | set(PLATFORM_ACTIONS)
     assert all("*" != r and r != ['"*"'] for r in resources)
@@ -158,6 +161,17 @@ def test_the_sensor_is_granted_exactly_what_its_code_calls():
     assert all(r != ['"*"'] for r in resources)
     trust = _tf()["data"][("aws_iam_policy_document", "sensor_assume")]["statement"][0]
     assert "system:serviceaccount:${var.sensor_namespace}:${var.sensor_service_account}" in str(trust)
+
+
+def test_the_keyring_secret_is_encrypted_read_by_the_function_only_and_named_in_its_environment():
+    tf = _tf()
+    secret = tf["resource"][("aws_secretsmanager_secret", "keyring")]
+    assert "aws_kms_key.this" in str(secret["kms_key_id"])
+    env = tf["resource"][("aws_lambda_function", "scoring")]["environment"][0]["variables"]
+    assert "aws_secretsmanager_secret.keyring.name" in str(env["KUBESONAR_KEYRING_SECRET"])
+    doc = tf["data"][("aws_iam_policy_document", "lambda")]["statement"]
+    (read,) = [s for s in doc if "secretsmanager:GetSecretValue" in str(s["actions"])]
+    assert "aws_secretsmanager_secret.keyring.arn" in str(read["resources"]) and "*" not in str(read["resources"])
 
 
 def test_buckets_are_private_encrypted_and_versioned():

@@ -29,6 +29,8 @@ ROLE_DATA_ACTIONS = {
                                                                  "move/action")},
     "Storage Blob Data Owner": {f"{_BLOBS}/*"},
     "EventGrid Data Sender": {"Microsoft.EventGrid/events/send/action"},
+    "Key Vault Secrets User": {"Microsoft.KeyVault/vaults/secrets/getSecret/action",
+                               "Microsoft.KeyVault/vaults/secrets/readMetadata/action"},
 }
 # The data action each SDK call needs (Blob Storage REST operations' authorization; Event Grid publish).
 SDK_CALLS = {
@@ -43,6 +45,7 @@ PLATFORM_GRANTS = {
     "function_host_storage": "the Functions host keeps its package and the timer's leases with the app's identity",
     "function_telemetry": "Application Insights with local auth off takes the host's telemetry with an Entra token",
     "flows_topic_dead_letter": "Event Grid writes undeliverable events to the deadletter container as the topic",
+    "function_keyring": "the Functions host resolves the keyring's Key Vault reference with the app's identity",
 }
 
 
@@ -132,6 +135,8 @@ def test_the_subscription_delivers_to_the_event_grid_function_of_this_repository
 def _environment_read(paths: list[Path]) -> set[str]:
     names = set()
     for path in paths:
+        if "keyring_from_env(os.environ" in path.read_text():  # names it reads, from shared/signing.py
+            names.add("KUBESONAR_KEYRING")  # the one this module sets (a Key Vault reference); the others stay unset
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
                 names.add(ast.literal_eval(node.slice))
@@ -216,6 +221,16 @@ def test_every_grant_is_the_codes_or_a_named_platform_need_and_none_is_wider_tha
         assert grant["role_definition_name"] in ROLE_DATA_ACTIONS or name == "function_telemetry", name
         assert grant.get("description"), name
     assert grants["function_host_storage"]["scope"] == "${azurerm_storage_account.host.id}"  # not the data account
+
+
+def test_the_keyring_is_a_key_vault_reference_only_the_function_reads():
+    tf = _tf()["resource"]
+    vault = tf[("azurerm_key_vault", "this")]
+    assert vault["enable_rbac_authorization"] is True and vault["purge_protection_enabled"] is True
+    assert _locals()["app_settings"]["KUBESONAR_KEYRING"].startswith(
+        "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.this.name};SecretName=keyring)")
+    readers = {n: g for n, g in _assignments().items() if g["scope"] == "${azurerm_key_vault.this.id}"}
+    assert [(n, g["role_definition_name"]) for n, g in readers.items()] == [("function_keyring", "Key Vault Secrets User")]
 
 
 def test_storage_is_private_keyless_versioned_and_soft_deleting():

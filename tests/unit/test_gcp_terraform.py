@@ -113,6 +113,8 @@ def test_the_function_is_the_entry_point_in_this_repository():
 
 def _environment_read(path: Path) -> set[str]:
     names = set()
+    if "keyring_from_env(_env)" in path.read_text():  # names it reads, from shared/signing.py
+        names.add("KUBESONAR_KEYRING")  # the one this module sets (from Secret Manager); the others stay unset
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Subscript) and ast.unparse(node.value) in {"_env", "os.environ"}:
             names.add(ast.literal_eval(node.slice))
@@ -122,8 +124,22 @@ def _environment_read(path: Path) -> set[str]:
 
 
 def test_environment_variables_are_the_ones_the_function_reads():
-    env = _resources()[("google_cloudfunctions2_function", "scoring")]["service_config"][0]["environment_variables"]
-    assert _environment_read(REPO / "functions" / "gcp" / "main.py") == set(env)
+    service = _resources()[("google_cloudfunctions2_function", "scoring")]["service_config"][0]
+    secrets = {v["key"] for v in service["secret_environment_variables"]}
+    assert _environment_read(REPO / "functions" / "gcp" / "main.py") == set(service["environment_variables"]) | secrets
+    assert secrets == {"KUBESONAR_KEYRING"}
+
+
+def test_the_keyring_comes_from_secret_manager_encrypted_and_readable_by_the_function_only():
+    tf = _resources()
+    service = tf[("google_cloudfunctions2_function", "scoring")]["service_config"][0]
+    (keyring,) = service["secret_environment_variables"]
+    assert "google_secret_manager_secret.keyring.secret_id" in keyring["secret"] and keyring["version"] == "latest"
+    secret = tf[("google_secret_manager_secret", "keyring")]
+    assert "google_kms_crypto_key.this.id" in str(secret["replication"])
+    readers = [b for (t, _), b in tf.items() if t == "google_secret_manager_secret_iam_member"]
+    assert [(b["role"], b["member"]) for b in readers] == [
+        ("roles/secretmanager.secretAccessor", "${google_service_account.function.member}")]
 
 
 def _permissions_called(paths: list[Path]) -> set[str]:
@@ -154,7 +170,8 @@ def test_the_function_is_granted_what_its_code_calls_on_named_resources():
     assert by_role == {("google_pubsub_subscription_iam_member", "roles/pubsub.subscriber"),
                        ("google_pubsub_topic_iam_member", "roles/pubsub.publisher"),
                        ("google_storage_bucket_iam_member", "roles/storage.objectUser"),
-                       ("google_cloud_run_service_iam_member", "roles/run.invoker")}  # the trigger's delivery
+                       ("google_cloud_run_service_iam_member", "roles/run.invoker"),  # the trigger's delivery
+                       ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor")}  # keyring
 
 
 def test_the_sensor_may_only_publish_to_the_flows_topic():

@@ -148,3 +148,31 @@ def test_the_nats_chart_values_ask_for_a_jetstream_cluster_on_volumes():
     store = values["config"]["jetstream"]
     assert store["enabled"] and store["fileStore"]["enabled"] and store["fileStore"]["pvc"]["enabled"]
     assert not store["memoryStore"]["enabled"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_sensor_signs_with_the_keyring_secret_except_on_the_embedded_default(overlay):
+    docs = _render(overlay)
+    pod = _daemonset(overlay)["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "keyring"]
+    assert volume["secret"]["secretName"] == "kubesonar-keyring"
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "keyring"]
+    assert mount["readOnly"] is True
+    settings = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "kubesonar-sensor")["data"]
+    key_file = settings["KUBESONAR_SENSOR_KEY_FILE"]
+    if overlay == "local":  # its backend is on the node itself: unsigned, and the backend says so
+        assert key_file == ""
+    else:
+        assert key_file.startswith(mount["mountPath"] + "/")
+
+
+def test_the_onprem_backend_verifies_with_the_same_keyring():
+    backend = next(d for d in _render("onprem") if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in backend["volumes"] if v["name"] == "keyring"]
+    assert volume["secret"]["secretName"] == "kubesonar-keyring" and not volume["secret"].get("optional")
+    (container,) = backend["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "keyring"]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env["KUBESONAR_KEYRING_FILE"].startswith(mount["mountPath"] + "/")
+    assert backend["securityContext"]["fsGroup"] == backend["securityContext"]["runAsUser"]  # it can read the file
+    assert "keyring_from_env(os.environ)" in (REPO / "kubesonar" / "backend_runner.py").read_text()

@@ -1,0 +1,61 @@
+"""The Lambda shows the faults the core went on from (issue 19): a watchlist in the state bucket that
+does not parse is one "fault met" log line and the Faults metric, and the batch is still scored."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kubesonar.sensor.queues import window_messages
+from kubesonar.shared.batch import SQS_LIMIT, BatchHeader
+from kubesonar.shared.flow import FlowRecords
+
+from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
+
+REPO = Path(__file__).resolve().parents[2]
+EVENT = json.loads((REPO / "tests" / "fixtures" / "aws" / "sqs-event.json").read_text())
+
+
+class _Context:
+    function_name = "kubesonar-scoring"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:kubesonar-scoring"
+    aws_request_id = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+
+
+@pytest.fixture
+def handler(aws_endpoint, monkeypatch):  # noqa: F811
+    tag = uuid.uuid4().hex[:10]
+    s3, sns = client("s3", aws_endpoint), client("sns", aws_endpoint)
+    for bucket in (f"ks-state-{tag}", f"ks-alerts-{tag}"):
+        s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=f"ks-state-{tag}", Key="watchlists/bad.json", Body=b'{"entries": [')
+    env = {"KUBESONAR_STATE_BUCKET": f"ks-state-{tag}", "KUBESONAR_ALERTS_BUCKET": f"ks-alerts-{tag}",
+           "KUBESONAR_TOPIC_ARN": sns.create_topic(Name=f"kubesonar-alerts-{tag}")["TopicArn"],
+           "POWERTOOLS_METRICS_NAMESPACE": "KubeSonar"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    import kubesonar.functions.aws.handler as module
+
+    return importlib.reload(module)
+
+
+def test_a_broken_watchlist_is_logged_and_counted(capfd, caplog, handler):
+    flows = FlowRecords.empty(10)
+    flows.columns["first_ts"] = np.arange(10, dtype=np.int64) * 10**9
+    flows.columns["last_ts"] = flows.columns["first_ts"]
+    (message,) = window_messages(BatchHeader("prod", "node-1", "node-1/a", 1, 0, 1), flows, SQS_LIMIT)
+    record = copy.deepcopy(EVENT["Records"][0])
+    record["messageId"], record["body"] = "m0", base64.b64encode(message.data).decode()
+    assert handler.lambda_handler({"Records": [record]}, _Context()) == {"batchItemFailures": []}
+    faults = [r for r in caplog.records if r.getMessage() == "fault met"]
+    assert len(faults) == 1 and faults[0].error.startswith("watchlist bad:") and faults[0].levelname == "WARNING"
+    (emf,) = [json.loads(x) for x in capfd.readouterr().out.splitlines() if x.startswith('{"_aws"')]
+    assert emf["Faults"] == [1.0] and emf["Conflicts"] == [0.0] and emf["Flows"] == [10.0]
