@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -363,16 +362,13 @@ def _alert_table(alerts: list[dict]) -> None:
 def _write_flows(stream: Iterator[FlowRecords], fmt: str) -> None:
     out = click.get_text_stream("stdout")
     if fmt == "jsonl":
-        for records in stream:
-            out.writelines(json.dumps(row) + "\n" for row in records.iter_dicts())
+        from kubesonar.flow_text import write_jsonl
+
+        write_jsonl(stream, out)
     elif fmt == "csv":
-        writer = None
-        for records in stream:
-            for row in records.iter_dicts():
-                if writer is None:
-                    writer = csv.DictWriter(out, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
+        from kubesonar.flow_text import write_csv
+
+        write_csv(stream, out)
     else:
         from rich.console import Console
         from rich.table import Table
