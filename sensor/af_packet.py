@@ -29,6 +29,7 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_RX_RING = 5
 PACKET_STATISTICS = 6
 PACKET_VERSION = 10
+PACKET_IGNORE_OUTGOING = 23  # Linux 4.20
 PACKET_MR_PROMISC = 1
 TPACKET_V2 = 1
 ETH_P_ALL = 0x0003
@@ -84,14 +85,16 @@ class RingSocket:
     """One interface's capture socket and ring. ``read()`` returns the packets the kernel has written."""
 
     def __init__(self, interface: str, config: RingConfig | None = None,
-                 programs: dict[int, BpfProgram] | None = None):
+                 programs: dict[int, BpfProgram] | None = None, arrivals_only: bool = False):
         """``programs``: the BPF program for each link type (Ethernet framing or raw IP), compiled once by
-        the caller; without one for this interface's type, accept everything up to the snap length."""
+        the caller; without one for this interface's type, accept everything up to the snap length.
+        ``arrivals_only``: leave out the packets the interface sends."""
         self.interface = interface
         self.config = config or RingConfig()
         kind, self.linktype = interface_linktype(interface)
-        # loopback shows every packet twice, leaving and arriving: keep the arrival (as libpcap does)
-        self._skip_outgoing = _arphrd(interface) == _ARPHRD_LOOPBACK
+        # loopback shows every packet leaving and arriving: keep the arrival (as libpcap does)
+        self.arrivals_only = arrivals_only or _arphrd(interface) == _ARPHRD_LOOPBACK
+        self._skip_outgoing = self.arrivals_only
         self.stats = SocketStats()
         self._next = 0  # the next frame the kernel fills, in ring order
         self._pending = np.zeros(0, dtype=np.int64)  # frames handed out and not yet given back
@@ -125,6 +128,12 @@ class RingSocket:
         self._sec, self._nsec = words[_SEC // 4 :: step], words[_NSEC // 4 :: step]
         self._mac = np.frombuffer(self._map, dtype="<u2")[_MAC // 2 :: c.frame_size // 2]
         self._pkttype = self.ring[_PKTTYPE :: c.frame_size]
+        if self.arrivals_only:
+            try:  # the kernel then never writes them to the ring; read() filters where it cannot
+                s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+                self._skip_outgoing = False
+            except OSError:
+                pass
         s.bind((self.interface, ETH_P_ALL))
         index = socket.if_nametoindex(self.interface)
         # promiscuous for this socket only (undone when it closes): a bridge passes us forwarded frames

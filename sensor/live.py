@@ -47,6 +47,9 @@ class SensorSettings:
     max_pending_flows: int = 8_192  # publish early past this many waiting records; batch size cap
     timeouts: FlowTimeouts = LIVE_TIMEOUTS
     ring: RingConfig = field(default_factory=RingConfig)
+    # count each packet where it enters the node: a packet crossing two captured interfaces (pod to pod
+    # on a routed CNI) is kept where it arrives and not again where it leaves
+    arrivals_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.interfaces:
@@ -231,7 +234,8 @@ class LiveSensor:
             self._retire(self._sockets[name])
         for name in sorted(wanted - set(self._sockets)):
             try:
-                self._sockets[name] = RingSocket(name, self.settings.ring, self._programs)
+                self._sockets[name] = RingSocket(name, self.settings.ring, self._programs,
+                                                 arrivals_only=self.settings.arrivals_only)
             except CaptureError as exc:
                 self._fail(str(exc))
 
