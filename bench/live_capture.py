@@ -104,7 +104,7 @@ def _tcpdump(node, capture: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--flood", type=int, default=1_000_000)
+    parser.add_argument("--flood", type=int, default=1_000_000, help="distinct 5-tuples of the flood; 0: none")
     args = parser.parse_args()
 
     import numpy as np
@@ -118,7 +118,7 @@ def main() -> None:
     if not traffic.exists():
         write_synthetic_capture(traffic, packets=1_000_000)
     flood = OUT / f"flood-{args.flood}.pcap"
-    if not flood.exists():
+    if args.flood and not flood.exists():
         rng = np.random.default_rng(3)
         write_traffic(flood, [syn_flood(rng, (10 << 24) | 99, (10 << 24) | (1 << 8) | np.arange(1, 17), args.flood,
                                         10.0)], 1.7e9)
@@ -146,6 +146,8 @@ def main() -> None:
         print(f"\nsensor startup (imports and kernels, warm cache), {len(startup)} runs: "
               f"{', '.join(f'{s:.2f}' for s in sorted(startup))} s")
 
+        if not args.flood:
+            return
         with tempfile.TemporaryDirectory() as tmp:
             run = _kubesonar(node, flood, Path(tmp) / "queue")
             backend = LocalBackend(Path(tmp) / "state")

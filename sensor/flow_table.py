@@ -120,8 +120,12 @@ class FlowTable:
     """Turns packet batches into flow records with active and idle timeouts; memory is one row per open flow."""
 
     def __init__(self, timeouts: FlowTimeouts | None = None, initial_capacity: int = 1 << 14,
-                 max_flows: int | None = None):
+                 max_flows: int | None = None, expire_every_s: float = 0.0):
+        """``expire_every_s``: look for quiet flows at most this often (packet time): each look reads the
+        whole table, which a live ring's many small batches cannot afford each time; 0: every batch."""
         self.timeouts = timeouts or FlowTimeouts()
+        self._expire_every_ns = int(expire_every_s * SECOND)
+        self._expired_at_ns = 0
         # memory bound: past max_flows the least recently active flows are ended early (EVICTED) and
         # sent on as records, so a flood costs records, not memory, and its evidence is kept
         self.max_flows = max_flows
@@ -142,6 +146,9 @@ class FlowTable:
             return FlowRecords.empty()
         out = self._account(_Batch.of(pf, ts, rows))
         self.watermark_ns = max(self.watermark_ns, int(ts[rows].max()))
+        if self.watermark_ns - self._expired_at_ns < self._expire_every_ns:
+            return FlowRecords.concat([out, self._evict()])
+        self._expired_at_ns = self.watermark_ns
         return FlowRecords.concat([out, self.expire(self.watermark_ns), self._evict()])
 
     def _evict(self) -> FlowRecords:
