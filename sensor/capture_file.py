@@ -182,6 +182,14 @@ def _read_u32(data: np.ndarray, at: np.ndarray, order: str) -> np.ndarray:
     return words[at].astype(np.int64)
 
 
+def _read_u32s(data: np.ndarray, at: np.ndarray, count: int, order: str) -> np.ndarray:
+    """``count`` consecutive 32-bit fields at each offset, as an (n, count) array: one gather."""
+    size = 4 * count
+    rows = np.ndarray((max(len(data) - size + 1, 0),), dtype=np.dtype((order + "u4", (count,))), buffer=data,
+                      strides=(1,))
+    return rows[at].astype(np.int64)
+
+
 def _unsupported_linktype(name: str, linktype: int) -> CaptureError:
     supported = ", ".join(map(str, sorted(SUPPORTED_LINKTYPES)))
     return CaptureError(f"{name}: link type {linktype} is not supported (supported: {supported})")
@@ -206,7 +214,7 @@ class _PcapReader(_ChunkedReader):
         data = np.frombuffer(buf, dtype=np.uint8)
         count, pos, stop = walk_pcap(data, start, self.order == "<", self.max_caplen, self._offsets)
         rec = self._offsets[:count].copy()
-        ts_sec, ts_frac, caplen, wirelen = (_read_u32(data, rec + 4 * k, self.order) for k in range(4))
+        ts_sec, ts_frac, caplen, wirelen = _read_u32s(data, rec, 4, self.order).T
         batch = self._batch(data, rec, ts_sec, ts_frac, caplen, wirelen)
         if stop == STOP_CORRUPT:
             (bad,) = struct.unpack_from(self.order + "I", buf, pos + 8)
@@ -399,7 +407,7 @@ class _PcapngReader(_ChunkedReader):
         return out
 
     def _epb_batch(self, data: np.ndarray, blocks: np.ndarray) -> PacketBatch:
-        iface, hi, lo, caplen, wirelen = (_read_u32(data, blocks + 8 + 4 * k, self.order) for k in range(5))
+        iface, hi, lo, caplen, wirelen = _read_u32s(data, blocks + 8, 5, self.order).T
         units = np.where(hi >> 31, _OUT_OF_RANGE, (hi << 32) | lo)
         return self._batch(data, blocks + 28, iface, units, caplen, wirelen, blocks)
 

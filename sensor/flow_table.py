@@ -132,6 +132,7 @@ class FlowTable:
         self.evicted = 0
         self._t = _Table(initial_capacity)
         self._batches = 0
+        self._out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.watermark_ns = 0  # the latest packet time seen
 
     def __len__(self) -> int:
@@ -187,10 +188,7 @@ class FlowTable:
         """Run the compiled per-packet step over the batch, growing the table when it asks."""
         self._batches += 1
         n = len(b.order)
-        out_key = np.empty((n, 5), dtype=np.uint64)
-        out_tun = np.empty((n, 5), dtype=np.uint64)
-        out_num = np.empty((n, layout.N_COLS), dtype=np.int64)
-        out_reason = np.empty(n, dtype=np.uint8)
+        out_key, out_tun, out_num, out_reason = self._out_buffers(n)
         pf, t, done, n_out = b.fields, self._t, 0, 0
         while True:
             done, n_out = kernel.add_packets(
@@ -202,7 +200,17 @@ class FlowTable:
             if done == n:
                 break
             t.make_room()  # the table stopped for want of room; go on where it stopped
-        return _records(out_key[:n_out], out_tun[:n_out], out_num[:n_out], out_reason[:n_out])
+        # copies: the records must not share the buffers the next batch writes
+        return _records(out_key[:n_out].copy(), out_tun[:n_out].copy(), out_num[:n_out].copy(),
+                        out_reason[:n_out].copy())
+
+    def _out_buffers(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Room for as many records as the batch has packets, kept from batch to batch: a fresh
+        allocation of several MiB per batch cost more than the compiled step filling it."""
+        if self._out is None or len(self._out[0]) < n:
+            self._out = (np.empty((n, 5), dtype=np.uint64), np.empty((n, 5), dtype=np.uint64),
+                         np.empty((n, layout.N_COLS), dtype=np.int64), np.empty(n, dtype=np.uint8))
+        return self._out
 
     def _end_slots(self, slots: np.ndarray, reason) -> FlowRecords:
         if not len(slots):
