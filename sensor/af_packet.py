@@ -40,6 +40,7 @@ _PACKET_OUTGOING = 4
 # struct tpacket2_hdr: status u32 @0, len u32 @4, snaplen u32 @8, mac u16 @12, net u16 @14, sec u32 @16,
 # nsec u32 @20; struct sockaddr_ll follows at 32, its sll_pkttype at 32 + 10
 _STATUS, _LEN, _SNAPLEN, _SEC, _NSEC = 0, 4, 8, 16, 20
+_FIRST_LOOK = 512  # frames a read looks at first: a gathered read holds a few hundred at moderate rates
 _MAC, _PKTTYPE = 12, 42
 
 
@@ -148,12 +149,11 @@ class RingSocket:
         batch pointing into the ring; None if there are none. Call :meth:`release` once accounted."""
         self.release()
         c = self.config
-        frames = (self._next + np.arange(c.frames_per_read)) % c.frame_count
-        ours = (self._status[frames] & TP_STATUS_USER) != 0
-        n = int(np.argmin(ours)) if not ours.all() else len(ours)  # the run of filled frames, in order
-        if n == 0:
+        frames = self._filled(min(_FIRST_LOOK, c.frames_per_read))
+        if len(frames) == _FIRST_LOOK < c.frames_per_read:  # a busy ring: look further
+            frames = self._filled(c.frames_per_read)
+        if not len(frames):
             return None
-        frames = frames[:n]
         self._next = int(frames[-1] + 1) % c.frame_count
         self._pending = frames
         if self._skip_outgoing:
@@ -165,6 +165,12 @@ class RingSocket:
             ts=self._sec[frames].astype(np.int64) * 1_000_000_000 + self._nsec[frames],
             linktype=np.full(len(frames), self.linktype),
         )
+
+    def _filled(self, most: int) -> np.ndarray:
+        """The run of frames the kernel has filled from the next one on, in ring order, at most ``most``."""
+        frames = (self._next + np.arange(most)) % self.config.frame_count
+        ours = (self._status[frames] & TP_STATUS_USER) != 0
+        return frames[: int(np.argmin(ours)) if not ours.all() else most]
 
     def release(self) -> None:
         """Give the frames of the last batch back to the kernel."""

@@ -147,10 +147,13 @@ class FlowTable:
             return FlowRecords.empty()
         out = self._account(_Batch.of(pf, ts, rows))
         self.watermark_ns = max(self.watermark_ns, int(ts[rows].max()))
-        if self.watermark_ns - self._expired_at_ns < self._expire_every_ns:
-            return FlowRecords.concat([out, self._evict()])
-        self._expired_at_ns = self.watermark_ns
-        return FlowRecords.concat([out, self.expire(self.watermark_ns), self._evict()])
+        parts = [out]
+        if self.watermark_ns - self._expired_at_ns >= self._expire_every_ns:
+            self._expired_at_ns = self.watermark_ns
+            parts.append(self.expire(self.watermark_ns))
+        parts.append(self._evict())
+        parts = [p for p in parts if len(p)]  # most small batches end nothing: no copy then
+        return parts[0] if len(parts) == 1 else FlowRecords.concat(parts)
 
     def _evict(self) -> FlowRecords:
         if self.max_flows is None or len(self) <= self.max_flows:
