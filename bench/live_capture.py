@@ -13,6 +13,7 @@ speed varies between rounds, and so does what a capture must keep up with).
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import subprocess
@@ -23,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "out"
-sys.path.insert(0, str(REPO / "tests"))  # the namespace node helper
+sys.path.insert(0, str(REPO))  # the lab (lab/netns.py), never installed
 
 
 def _replay(node, capture: Path) -> tuple[int, float]:
@@ -43,6 +44,25 @@ def _peak_rss_mib(pid: int) -> float:
     return int(found.group(1)) / 1024 if found else 0.0  # a zombie has no memory left to report
 
 
+def _cpu_s(pid: int) -> float:
+    """User and system CPU seconds of a live process (/proc/PID/stat fields 14 and 15)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _startup_s(repeat: int = 5) -> list[float]:
+    """Wall seconds of a fresh process that imports what ``kubesonar sensor`` imports and loads the
+    per-packet kernels (warm cache or native module), as the sensor does before opening its rings."""
+    code = ("from kubesonar.cli import main\nfrom kubesonar.compose import build_sensor\n"
+            "from kubesonar.sensor.observe import warm_up\nwarm_up()")
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        runs.append(time.perf_counter() - start)
+    return runs
+
+
 def _kubesonar(node, capture: Path, queue: Path) -> dict:
     from kubesonar.shared.batch import decode_batch
 
@@ -50,12 +70,14 @@ def _kubesonar(node, capture: Path, queue: Path) -> dict:
                         "--queue", f"file://{queue}", "--spool", str(queue.parent / "spool"),
                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(3)  # numba's cache warm, ring mapped
+    cpu_before = _cpu_s(sensor.pid)
     sent, seconds = _replay(node, capture)
     peak = 0.0
     deadline = time.monotonic() + 6
     while time.monotonic() < deadline:  # the last windows drain; watch the memory meanwhile
         peak = max(peak, _peak_rss_mib(sensor.pid))
         time.sleep(0.1)
+    cpu = _cpu_s(sensor.pid) - cpu_before  # capture, flows and windows of the replay; not start or exit
     sensor.send_signal(signal.SIGTERM)
     while sensor.poll() is None:
         peak = max(peak, _peak_rss_mib(sensor.pid))
@@ -63,7 +85,7 @@ def _kubesonar(node, capture: Path, queue: Path) -> dict:
     batches = [decode_batch(p.read_bytes()) for p in sorted(queue.glob("*.ksfb"))]
     last = max(batches, key=lambda b: b.header.sequence).header.counters
     return {"sent": sent, "seconds": seconds, "captured": last["packets"], "kernel_drops": last["kernel_drops"],
-            "peak_rss_mib": peak, "flows": sum(len(b.flows) for b in batches), "batches": batches}
+            "peak_rss_mib": peak, "flows": sum(len(b.flows) for b in batches), "batches": batches, "cpu_s": cpu}
 
 
 def _tcpdump(node, capture: Path) -> dict:
@@ -82,21 +104,21 @@ def _tcpdump(node, capture: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--flood", type=int, default=1_000_000)
+    parser.add_argument("--flood", type=int, default=1_000_000, help="distinct 5-tuples of the flood; 0: none")
     args = parser.parse_args()
 
     import numpy as np
-    from netns.node import namespace_node
 
     from kubesonar.functions.local.backend import LocalBackend
     from kubesonar.sensor.synthetic import syn_flood, write_synthetic_capture, write_traffic
+    from lab.netns import namespace_node
 
     OUT.mkdir(exist_ok=True)
     traffic = OUT / "bench-full.pcap"
     if not traffic.exists():
         write_synthetic_capture(traffic, packets=1_000_000)
     flood = OUT / f"flood-{args.flood}.pcap"
-    if not flood.exists():
+    if args.flood and not flood.exists():
         rng = np.random.default_rng(3)
         write_traffic(flood, [syn_flood(rng, (10 << 24) | 99, (10 << 24) | (1 << 8) | np.arange(1, 17), args.flood,
                                         10.0)], 1.7e9)
@@ -113,13 +135,19 @@ def main() -> None:
                       f"{x['captured']:,}, kernel drops {x['kernel_drops']:,}")
         if args.rounds:
             print(f"\nlive capture of {traffic.name} replayed with tcpreplay --topspeed, every round:")
-            print("| engine | replay packets/s | captured | kernel drops |")
-            print("|---|---:|---:|---:|")
+            print("| engine | replay packets/s | captured | kernel drops | CPU per captured packet |")
+            print("|---|---:|---:|---:|---:|")
             for name, runs in results.items():
                 for x in runs:
+                    per_packet = f"{x['cpu_s'] / max(x['captured'], 1) * 1e6:.2f} µs" if "cpu_s" in x else ""
                     print(f"| {name} | {x['sent'] / x['seconds']:,.0f} | {x['captured']:,} of {x['sent']:,} | "
-                          f"{x['kernel_drops'] / x['sent']:.2%} |")
+                          f"{x['kernel_drops'] / x['sent']:.2%} | {per_packet} |")
+        startup = _startup_s()
+        print(f"\nsensor startup (imports and kernels, warm cache), {len(startup)} runs: "
+              f"{', '.join(f'{s:.2f}' for s in sorted(startup))} s")
 
+        if not args.flood:
+            return
         with tempfile.TemporaryDirectory() as tmp:
             run = _kubesonar(node, flood, Path(tmp) / "queue")
             backend = LocalBackend(Path(tmp) / "state")

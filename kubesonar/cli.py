@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import sys
@@ -191,17 +190,21 @@ def _capture_options(command: Callable) -> Callable:
                      help="Cap on the live flow table; past it the least recently active flows are sent early."),
         click.option("--duration", type=click.FloatRange(min=0.1), default=None,
                      help="Stop after this many seconds (default: run until SIGTERM or Ctrl-C)."),
+        click.option("--direction", type=click.Choice(["both", "in"]), default="both",
+                     help="in: count each packet where it enters the node, so one crossing two captured "
+                          "interfaces (pod to pod on a routed CNI) counts once; capture the uplink too "
+                          "(docs/sensor.md)."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _settings(interface, window, filter, cluster, node, max_flows):  # noqa: A002 - the option's name
+def _settings(interface, window, filter, cluster, node, max_flows, direction):  # noqa: A002 - the option's name
     from kubesonar.sensor.live import SensorSettings, default_node_name
 
     return SensorSettings(tuple(interface), window_s=window, capture_filter=filter, cluster=cluster,
-                          node=node or default_node_name(), max_flows=max_flows)
+                          node=node or default_node_name(), max_flows=max_flows, arrivals_only=direction == "in")
 
 
 def _run_until_signal(sensor, duration: float | None) -> None:
@@ -229,12 +232,12 @@ def _run_until_signal(sensor, duration: float | None) -> None:
               help="Watch this node's pods through the Kubernetes API (in-cluster configuration).")
 @click.option("--key-file", type=click.Path(dir_okay=False),
               help="Keyring (a mounted Kubernetes Secret) to sign batches with; docs/hardening.md.")
-def sensor(interface, window, filter, cluster, node, max_flows, duration, queue, spool,  # noqa: A002
+def sensor(interface, window, filter, cluster, node, max_flows, duration, direction, queue, spool,  # noqa: A002
            spool_max_bytes, pods, kubernetes, key_file) -> None:
     """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
     from kubesonar.compose import build_sensor
 
-    settings = _settings(interface, window, filter, cluster, node, max_flows)
+    settings = _settings(interface, window, filter, cluster, node, max_flows, direction)
     enrich, watcher = _enrichment(pods, kubernetes, settings.node)
     live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher, signer=_signer(key_file, cluster))
     click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to {queue}",
@@ -255,13 +258,14 @@ def sensor(interface, window, filter, cluster, node, max_flows, duration, queue,
               help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               help="json: one alert per line, as analyze prints them.")
-def watch(interface, window, filter, cluster, node, max_flows, duration, pods, state_dir, fmt) -> None:  # noqa: A002
+def watch(interface, window, filter, cluster, node, max_flows, duration, direction,  # noqa: A002
+          pods, state_dir, fmt) -> None:
     """Capture live traffic and run the detection core in this process; print alerts as they happen."""
     import tempfile
 
     from kubesonar.compose import build_watch
 
-    settings = _settings(interface, window, filter, cluster, node, max_flows)
+    settings = _settings(interface, window, filter, cluster, node, max_flows, direction)
     enrich, _ = _enrichment(pods, False, settings.node)
 
     def show(alert: dict) -> None:
@@ -369,16 +373,13 @@ def _alert_table(alerts: list[dict]) -> None:
 def _write_flows(stream: Iterator[FlowRecords], fmt: str) -> None:
     out = click.get_text_stream("stdout")
     if fmt == "jsonl":
-        for records in stream:
-            out.writelines(json.dumps(row) + "\n" for row in records.iter_dicts())
+        from kubesonar.flow_text import write_jsonl
+
+        write_jsonl(stream, out)
     elif fmt == "csv":
-        writer = None
-        for records in stream:
-            for row in records.iter_dicts():
-                if writer is None:
-                    writer = csv.DictWriter(out, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(row)
+        from kubesonar.flow_text import write_csv
+
+        write_csv(stream, out)
     else:
         from rich.console import Console
         from rich.table import Table

@@ -18,14 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from kubesonar.functions.local.notifier import CollectingNotifier
-from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.sensor.offline import CaptureStats, Observed, read_captures
-from kubesonar.shared.allowlist import load_allowlist
 from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch
-from kubesonar.shared.inventory import PodInventory
-from kubesonar.shared.pipeline import CoreConfig, Dependencies, end_learning, process_batch
-from kubesonar.shared.ports import SystemClock
+
+# the detection core, its stores and the allowlists are imported where used: the sensor never loads them
 
 RECORDS_PER_BATCH = 50_000
 _SENSOR_ID = "offline"
@@ -62,6 +58,13 @@ def analyze(
     cluster: str = "default", learning_period_s: float | None = None, allowlists: Iterable[str] = (),
     internal_networks: tuple[str, ...] | None = None,
 ) -> AnalysisResult:
+    from kubesonar.functions.local.notifier import CollectingNotifier
+    from kubesonar.functions.local.store import LocalObjectStore
+    from kubesonar.shared.allowlist import load_allowlist
+    from kubesonar.shared.inventory import PodInventory
+    from kubesonar.shared.pipeline import CoreConfig, Dependencies, end_learning, process_batch
+    from kubesonar.shared.ports import SystemClock
+
     inventory = PodInventory.load(pods) if pods else None
     allowed = tuple(entry for path in allowlists for entry in load_allowlist(path))
     with ExitStack() as stack:
@@ -117,6 +120,7 @@ def replay(captures: Iterable[str], publisher: Any, cluster: str = "default", no
     from kubesonar.sensor.queues import window_messages
     from kubesonar.shared.dns import DnsMessages
     from kubesonar.shared.flow import FlowRecords
+    from kubesonar.shared.inventory import PodInventory
 
     inventory = PodInventory.load(pods) if pods else None
     summary = ReplaySummary()

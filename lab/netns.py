@@ -23,8 +23,10 @@ def _ip(*args: str) -> None:
 @dataclass
 class Node:
     tag: str
-    bridge: str
+    bridge: str  # "" on a routed node
     pods: dict[str, str] = field(default_factory=dict)  # name -> address
+    host: str = ""  # the namespace of the node's own end of the veths; "" is this one
+    uplink: str = ""  # a routed node's link to the outside namespace, in ``host``
 
     def ns(self, pod: str) -> str:
         return f"ks{self.tag}-{pod}"
@@ -91,3 +93,52 @@ def namespace_node(pods: list[str]) -> Iterator[Node]:
                 subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
         subprocess.run(["ip", "link", "del", node.bridge], capture_output=True)
+
+
+@contextmanager
+def routed_node(pods: list[str], outside: str = "") -> Iterator[Node]:
+    """A node as routed CNIs build it (Calico's cali*, AWS's eni*, Cilium's lxc*): no bridge; each pod
+    has a /32 on a veth whose other end is in the node's namespace (``node.host``), which routes between
+    them and answers the pods' ARP (proxy ARP). A packet between two pods crosses two veths, arriving on
+    the sender's and leaving on the receiver's. ``outside``: one more namespace standing for the rest of
+    the network (another node), reached over the node's uplink ``ksu<tag>`` at 10.77.1.2."""
+    require_netns()
+    tag = "P" + uuid.uuid4().hex[:4]
+    node = Node(tag, "", host=f"ks{tag}-node")
+    made = [node.host]
+    host = ("-n", node.host)
+
+    def sysctl(ns: str, setting: str) -> None:
+        subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", setting], check=True)
+
+    try:
+        _ip("netns", "add", node.host)
+        sysctl(node.host, "net.ipv4.ip_forward=1")
+        _ip(*host, "link", "set", "lo", "up")
+        for i, pod in enumerate([*pods, outside] if outside else pods):
+            ns, pod_if = node.ns(pod), f"ksp{tag}{i}"
+            node.pods[pod] = address = f"{SUBNET}.{i + 2}" if pod != outside else "10.77.1.2"
+            host_if = f"ksu{tag}" if pod == outside else f"ksv{tag}{i}"
+            _ip("netns", "add", ns)
+            made.append(ns)
+            _ip("link", "add", host_if, "netns", node.host, "type", "veth", "peer", "name", pod_if, "netns", ns)
+            _ip(*host, "link", "set", host_if, "up")
+            _ip("-n", ns, "link", "set", pod_if, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            if pod == outside:
+                node.uplink = host_if
+                _ip(*host, "addr", "add", "10.77.1.1/24", "dev", host_if)
+                _ip("-n", ns, "addr", "add", f"{address}/24", "dev", pod_if)
+                _ip("-n", ns, "route", "add", f"{SUBNET}.0/24", "via", "10.77.1.1")
+                continue
+            sysctl(node.host, f"net.ipv4.conf.{host_if}.proxy_arp=1")
+            _ip(*host, "route", "add", f"{address}/32", "dev", host_if)
+            _ip("-n", ns, "addr", "add", f"{address}/32", "dev", pod_if)
+            _ip("-n", ns, "route", "add", f"{SUBNET}.0/24", "dev", pod_if)
+            _ip("-n", ns, "route", "add", "10.77.1.0/24", "dev", pod_if)
+        yield node
+    finally:
+        for ns in made:
+            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+                subprocess.run(["kill", "-9", pid], capture_output=True)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)

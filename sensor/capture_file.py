@@ -120,14 +120,27 @@ class _ChunkedReader:
     def _fail(self, what: str, at: int) -> CaptureError:
         return CaptureError(f"{self.name}: {what} at byte {at}; flows up to there were kept")
 
-    def _read(self, size: int) -> bytes:
+    def _chunk(self, tail: bytes | bytearray, size: int) -> bytearray:
+        """A new chunk: ``tail`` (the unread end of the last one), then up to ``size`` bytes read into it
+        in place. Each chunk is its own buffer, as the batches walked from it point into it."""
+        chunk = bytearray(len(tail) + size)
+        chunk[: len(tail)] = tail
+        view, got = memoryview(chunk), len(tail)
         try:
-            return _read_fully(self.handle, size)
+            while got < len(chunk):
+                n = self.handle.readinto(view[got:])
+                if not n:
+                    break
+                got += n
         except OSError as exc:
             raise CaptureError(f"{self.name}: read failed: {exc.strerror}") from exc
+        finally:
+            view.release()
+        del chunk[got:]  # at the end of the input: shrinks in place
+        return chunk
 
     def batches(self) -> Iterator[PacketBatch]:
-        buf = self.prefix + self._read(CHUNK_BYTES - len(self.prefix))
+        buf = self._chunk(self.prefix, CHUNK_BYTES - len(self.prefix))
         start = self.read_header(buf)
         while True:
             batch, start, need = self.walk(buf, start)
@@ -139,8 +152,8 @@ class _ChunkedReader:
                 self.progress(self.consumed + start)
             if need == _CONTINUE:
                 continue
-            more = self._read(max(CHUNK_BYTES, need))
-            if not more:
+            more = self._chunk(memoryview(buf)[start:], max(CHUNK_BYTES, need))
+            if len(more) == len(buf) - start:  # nothing more to read
                 if start < len(buf):
                     raise self._fail(
                         f"truncated record ({len(buf) - start} bytes left, record needs more)",
@@ -149,13 +162,12 @@ class _ChunkedReader:
                 self.finish()
                 return
             self.consumed += start
-            buf = buf[start:] + more
-            start = 0
+            buf, start = more, 0
 
-    def read_header(self, buf: bytes) -> int:
+    def read_header(self, buf: bytearray) -> int:
         raise NotImplementedError
 
-    def walk(self, buf: bytes, start: int) -> tuple[PacketBatch | None, int, int]:
+    def walk(self, buf: bytearray, start: int) -> tuple[PacketBatch | None, int, int]:
         """Parse whole records from ``buf[start:]``; return the batch, where to resume, bytes needed
         (or _CONTINUE when whole records remain)."""
         raise NotImplementedError
@@ -170,16 +182,24 @@ def _read_u32(data: np.ndarray, at: np.ndarray, order: str) -> np.ndarray:
     return words[at].astype(np.int64)
 
 
+def _read_u32s(data: np.ndarray, at: np.ndarray, count: int, order: str) -> np.ndarray:
+    """``count`` consecutive 32-bit fields at each offset, as an (n, count) array: one gather."""
+    size = 4 * count
+    rows = np.ndarray((max(len(data) - size + 1, 0),), dtype=np.dtype((order + "u4", (count,))), buffer=data,
+                      strides=(1,))
+    return rows[at].astype(np.int64)
+
+
 def _unsupported_linktype(name: str, linktype: int) -> CaptureError:
     supported = ", ".join(map(str, sorted(SUPPORTED_LINKTYPES)))
     return CaptureError(f"{name}: link type {linktype} is not supported (supported: {supported})")
 
 
 class _PcapReader(_ChunkedReader):
-    def read_header(self, buf: bytes) -> int:
+    def read_header(self, buf: bytearray) -> int:
         if len(buf) < 24:
             raise self._fail("truncated pcap file header", 0)
-        self.order, self.ts_scale = _PCAP_MAGICS[buf[:4]]
+        self.order, self.ts_scale = _PCAP_MAGICS[bytes(buf[:4])]
         _, _, _, _, _snaplen, linktype = struct.unpack_from(self.order + "HHiIII", buf, 4)
         self.linktype = linktype & 0x0FFFFFFF
         if self.linktype not in SUPPORTED_LINKTYPES:
@@ -190,11 +210,11 @@ class _PcapReader(_ChunkedReader):
         self._offsets = np.empty(CHUNK_BYTES // 16 + 1, dtype=np.int64)
         return 24
 
-    def walk(self, buf: bytes, start: int) -> tuple[PacketBatch | None, int, int]:
+    def walk(self, buf: bytearray, start: int) -> tuple[PacketBatch | None, int, int]:
         data = np.frombuffer(buf, dtype=np.uint8)
         count, pos, stop = walk_pcap(data, start, self.order == "<", self.max_caplen, self._offsets)
         rec = self._offsets[:count].copy()
-        ts_sec, ts_frac, caplen, wirelen = (_read_u32(data, rec + 4 * k, self.order) for k in range(4))
+        ts_sec, ts_frac, caplen, wirelen = _read_u32s(data, rec, 4, self.order).T
         batch = self._batch(data, rec, ts_sec, ts_frac, caplen, wirelen)
         if stop == STOP_CORRUPT:
             (bad,) = struct.unpack_from(self.order + "I", buf, pos + 8)
@@ -237,7 +257,7 @@ class _PcapngReader(_ChunkedReader):
     """pcapng: each section (SHB) has its own byte order and interface table; packets are read with
     the section they belong to."""
 
-    def read_header(self, buf: bytes) -> int:
+    def read_header(self, buf: bytearray) -> int:
         self.order = "<"
         self.interfaces: list[_Interface] = []
         self.unsupported: Counter[int] = Counter()  # link type -> packets skipped
@@ -251,7 +271,7 @@ class _PcapngReader(_ChunkedReader):
             raise CaptureError(f"{self.name}: packets skipped ({kinds}): link type not supported "
                                f"(supported: {', '.join(map(str, sorted(SUPPORTED_LINKTYPES)))})")
 
-    def _section_header(self, buf: bytes, pos: int) -> None:
+    def _section_header(self, buf: bytearray, pos: int) -> None:
         if pos + 12 > len(buf):
             raise self._fail("truncated section header", self.consumed + pos)
         bom = buf[pos + 8 : pos + 12]
@@ -263,7 +283,7 @@ class _PcapngReader(_ChunkedReader):
             raise self._fail("pcapng section header with an invalid byte-order magic", self.consumed + pos)
         self.interfaces = []
 
-    def _interface(self, buf: bytes, pos: int, length: int) -> None:
+    def _interface(self, buf: bytearray, pos: int, length: int) -> None:
         linktype, _, snaplen = struct.unpack_from(self.order + "HHI", buf, pos + 8)
         iface = _Interface(linktype=linktype, snaplen=snaplen)
         opt, end = pos + 16, pos + length - 4
@@ -295,7 +315,7 @@ class _PcapngReader(_ChunkedReader):
                 raise self._fail(f"interface time resolution 10^-{exp} s is not supported", self.consumed + pos)
             iface.ts_decimal = exp
 
-    def walk(self, buf: bytes, start: int) -> tuple[PacketBatch | None, int, int]:
+    def walk(self, buf: bytearray, start: int) -> tuple[PacketBatch | None, int, int]:
         data = np.frombuffer(buf, dtype=np.uint8)
         end = len(buf)
         pos = start
@@ -316,7 +336,7 @@ class _PcapngReader(_ChunkedReader):
         batch = self._epb_batch(data, blocks) if len(blocks) else self._slow_batch(data, slow)
         return batch, pos, need
 
-    def _walk_blocks(self, buf: bytes, data: np.ndarray, pos: int, epb: list[np.ndarray],
+    def _walk_blocks(self, buf: bytearray, data: np.ndarray, pos: int, epb: list[np.ndarray],
                      slow: list[_Slow]) -> tuple[int, int]:
         """Collect the packet blocks from ``pos`` on; return where to resume and the bytes needed."""
         end = len(buf)
@@ -346,7 +366,7 @@ class _PcapngReader(_ChunkedReader):
                 pos += blen
         return pos, need
 
-    def _other_block(self, buf: bytes, pos: int, slow: list[_Slow]) -> int:
+    def _other_block(self, buf: bytearray, pos: int, slow: list[_Slow]) -> int:
         """Handle a block that is not an EPB; return its length, or 0 when it is not all in ``buf``."""
         if struct.unpack_from("<I", buf, pos)[0] == _PCAPNG_SHB:
             self._section_header(buf, pos)
@@ -378,7 +398,7 @@ class _PcapngReader(_ChunkedReader):
         if len(overflow):
             raise self._fail("captured length runs past its block", self.consumed + int(blocks[overflow[0]]))
 
-    def _epb_tuples(self, buf: bytes, epb: list[int]) -> list[_Slow]:
+    def _epb_tuples(self, buf: bytearray, epb: list[int]) -> list[_Slow]:
         unpack = struct.Struct(self.order + "IIIII").unpack_from
         out = []
         for pos in epb:
@@ -387,7 +407,7 @@ class _PcapngReader(_ChunkedReader):
         return out
 
     def _epb_batch(self, data: np.ndarray, blocks: np.ndarray) -> PacketBatch:
-        iface, hi, lo, caplen, wirelen = (_read_u32(data, blocks + 8 + 4 * k, self.order) for k in range(5))
+        iface, hi, lo, caplen, wirelen = _read_u32s(data, blocks + 8, 5, self.order).T
         units = np.where(hi >> 31, _OUT_OF_RANGE, (hi << 32) | lo)
         return self._batch(data, blocks + 28, iface, units, caplen, wirelen, blocks)
 

@@ -121,14 +121,19 @@ class FlowTable:
     """Turns packet batches into flow records with active and idle timeouts; memory is one row per open flow."""
 
     def __init__(self, timeouts: FlowTimeouts | None = None, initial_capacity: int = 1 << 14,
-                 max_flows: int | None = None):
+                 max_flows: int | None = None, expire_every_s: float = 0.0):
+        """``expire_every_s``: look for quiet flows at most this often (packet time): each look reads the
+        whole table, which a live ring's many small batches cannot afford each time; 0: every batch."""
         self.timeouts = timeouts or FlowTimeouts()
+        self._expire_every_ns = int(expire_every_s * SECOND)
+        self._expired_at_ns = 0
         # memory bound: past max_flows the least recently active flows are ended early (EVICTED) and
         # sent on as records, so a flood costs records, not memory, and its evidence is kept
         self.max_flows = max_flows
         self.evicted = 0
         self._t = _Table(initial_capacity)
         self._batches = 0
+        self._out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.watermark_ns = 0  # the latest packet time seen
         self.tls = TlsClients()  # the ClientHello fingerprints open flows refer to by code
         self.tls_prune_at = 4096  # entries kept before those of ended flows are forgotten
@@ -145,7 +150,13 @@ class FlowTable:
             return FlowRecords.empty()
         out = self._account(_Batch.of(pf, ts, rows))
         self.watermark_ns = max(self.watermark_ns, int(ts[rows].max()))
-        records = FlowRecords.concat([out, self.expire(self.watermark_ns), self._evict()])
+        parts = [out]
+        if self.watermark_ns - self._expired_at_ns >= self._expire_every_ns:
+            self._expired_at_ns = self.watermark_ns
+            parts.append(self.expire(self.watermark_ns))
+        parts.append(self._evict())
+        parts = [p for p in parts if len(p)]  # most small batches end nothing: no copy then
+        records = parts[0] if len(parts) == 1 else FlowRecords.concat(parts)
         self._forget_ended_clients()
         return records
 
@@ -194,10 +205,7 @@ class FlowTable:
         """Run the compiled per-packet step over the batch, growing the table when it asks."""
         self._batches += 1
         n = len(b.order)
-        out_key = np.empty((n, 5), dtype=np.uint64)
-        out_tun = np.empty((n, 5), dtype=np.uint64)
-        out_num = np.empty((n, layout.N_COLS), dtype=np.int64)
-        out_reason = np.empty(n, dtype=np.uint8)
+        out_key, out_tun, out_num, out_reason = self._out_buffers(n)
         pf, t, done, n_out = b.fields, self._t, 0, 0
         while True:
             done, n_out = kernel.add_packets(
@@ -210,7 +218,17 @@ class FlowTable:
             if done == n:
                 break
             t.make_room()  # the table stopped for want of room; go on where it stopped
-        return _records(out_key[:n_out], out_tun[:n_out], out_num[:n_out], out_reason[:n_out], self.tls)
+        # copies: the records must not share the buffers the next batch writes
+        return _records(out_key[:n_out].copy(), out_tun[:n_out].copy(), out_num[:n_out].copy(),
+                        out_reason[:n_out].copy(), self.tls)
+
+    def _out_buffers(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Room for as many records as the batch has packets, kept from batch to batch: a fresh
+        allocation of several MiB per batch cost more than the compiled step filling it."""
+        if self._out is None or len(self._out[0]) < n:
+            self._out = (np.empty((n, 5), dtype=np.uint64), np.empty((n, 5), dtype=np.uint64),
+                         np.empty((n, layout.N_COLS), dtype=np.int64), np.empty(n, dtype=np.uint8))
+        return self._out
 
     def _end_slots(self, slots: np.ndarray, reason) -> FlowRecords:
         if not len(slots):

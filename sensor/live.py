@@ -47,6 +47,9 @@ class SensorSettings:
     max_pending_flows: int = 8_192  # publish early past this many waiting records; batch size cap
     timeouts: FlowTimeouts = LIVE_TIMEOUTS
     ring: RingConfig = field(default_factory=RingConfig)
+    # count each packet where it enters the node: a packet crossing two captured interfaces (pod to pod
+    # on a routed CNI) is kept where it arrives and not again where it leaves
+    arrivals_only: bool = False
 
     def __post_init__(self) -> None:
         if not self.interfaces:
@@ -106,7 +109,8 @@ class LiveSensor:
         # unique per process start, so a restarted sensor's sequence numbers never collide with its last life's
         self.sensor_id = f"{settings.node}/{time.time_ns():x}"
         warm_up()  # compile or load the kernels now, not at the first packet
-        self.table = FlowTable(settings.timeouts, max_flows=settings.max_flows)
+        # quiet flows looked for once a second of traffic (and at every window's end), not at every read
+        self.table = FlowTable(settings.timeouts, max_flows=settings.max_flows, expire_every_s=1.0)
         self._sockets: dict[str, RingSocket] = {}
         self._pending: list[FlowRecords] = []
         self._pending_dns: list[DnsMessages] = []
@@ -134,8 +138,11 @@ class LiveSensor:
         try:
             while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
                 timeout = max(0.0, min(0.2, next_window - time.monotonic()))
-                for ring in wait_readable(list(self._sockets.values()), timeout):
-                    self._read(ring)
+                read = [self._read(ring) for ring in wait_readable(list(self._sockets.values()), timeout)]
+                if read and max(read) < self.settings.ring.frames_per_read:
+                    # the rings are drained: let packets gather a moment, as TPACKET_V3's block timeout
+                    # does, so each read carries many (the per-read cost is most of a small read's)
+                    time.sleep(self.settings.ring.gather_s)
                 if self._pending_count >= self.settings.max_pending_flows:
                     self._publish(final_part=False)
                 if time.monotonic() >= next_window:
@@ -151,11 +158,12 @@ class LiveSensor:
                 ring.close()
             self._sockets.clear()
 
-    def _read(self, ring: RingSocket) -> None:
+    def _read(self, ring: RingSocket) -> int:
+        """Read and account what the ring holds; return the number of packets."""
         try:
             batch = ring.read()
             if batch is None:
-                return
+                return 0
             observed, fields = observe(batch, self.table, self.dns)
             self.counters.packets += len(batch)
             for reason, count in unplaced(batch, fields).items():
@@ -164,9 +172,11 @@ class LiveSensor:
             self._add(observed.flows)
             if len(observed.dns):
                 self._pending_dns.append(observed.dns)
+            return len(batch)
         except OSError as exc:  # the interface went away (a pod ended): drop it; the next refresh decides
             self._fail(f"capture on {ring.interface} stopped: {exc.strerror or exc}")
             self._retire(ring)
+            return 0
         finally:
             if ring.interface in self._sockets:
                 ring.release()
@@ -237,7 +247,8 @@ class LiveSensor:
             self._retire(self._sockets[name])
         for name in sorted(wanted - set(self._sockets)):
             try:
-                self._sockets[name] = RingSocket(name, self.settings.ring, self._programs)
+                self._sockets[name] = RingSocket(name, self.settings.ring, self._programs,
+                                                 arrivals_only=self.settings.arrivals_only)
             except CaptureError as exc:
                 self._fail(str(exc))
 

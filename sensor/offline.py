@@ -68,7 +68,7 @@ def read_captures(
                 stats.non_ip_packets += int((~fields.is_ip & ~fields.truncated).sum())
                 stats.truncated_packets += int(fields.truncated.sum())
                 stats.fragments += int(fields.fragment.sum())
-                stats.tunnelled_packets += int(np.count_nonzero(fields.tunnel_src.any(axis=1)))
+                stats.tunnelled_packets += int(np.count_nonzero(fields.tunnel_src[:, 0] | fields.tunnel_src[:, 1]))
                 stats.icmp_errors_attributed += int(fields.icmp_error.sum())
                 for reason, count in unplaced(batch, fields).items():
                     setattr(stats, f"unplaced_{reason}", getattr(stats, f"unplaced_{reason}") + count)

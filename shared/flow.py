@@ -202,10 +202,14 @@ class FlowRecords:
         Built column by column (each column converted once), then zipped into rows: a per-cell loop
         cost more than the whole flow engine on a large capture.
         """
-        columns = [self._readable_column(name) for name in _DICT_ORDER]
-        keys = [_RENAMED.get(name, name) for name in _DICT_ORDER]
-        for values in zip(*columns, strict=True):
+        columns = self.readable_columns()
+        keys = list(columns)
+        for values in zip(*columns.values(), strict=True):
             yield dict(zip(keys, values, strict=True))
+
+    def readable_columns(self) -> dict[str, list[Any]]:
+        """The values of :meth:`iter_dicts`, column by column, under the same names and in that order."""
+        return {_RENAMED.get(name, name): self._readable_column(name) for name in _DICT_ORDER}
 
     def _readable_column(self, name: str) -> list[Any]:
         if name == "flow_id":

@@ -1,0 +1,72 @@
+"""The column-wise JSON-lines and CSV writers write what json.dumps and csv.DictWriter write, row by row."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from kubesonar.flow_text import write_csv, write_jsonl
+from kubesonar.sensor.offline import flows_from_captures
+from kubesonar.shared.flow import FlowRecords
+
+from conftest import PCAPS
+
+# strings a template or a CSV row could mistake for its own syntax, and text JSON escapes
+AWKWARD = ["", "%s", "100%", "%%(x)s", 'say "hi"', "a,b", "line\nbreak", "tab\there", "naïve ✓", "back\\slash"]
+
+
+def _reference_jsonl(batches: list[FlowRecords]) -> str:
+    return "".join(json.dumps(row) + "\n" for records in batches for row in records.iter_dicts())
+
+
+def _reference_csv(batches: list[FlowRecords]) -> str:
+    out, writer = io.StringIO(), None
+    for records in batches:
+        for row in records.iter_dicts():
+            if writer is None:
+                writer = csv.DictWriter(out, fieldnames=list(row))
+                writer.writeheader()
+            writer.writerow(row)
+    return out.getvalue()
+
+
+def _written(writer, batches: list[FlowRecords]) -> str:
+    out = io.StringIO()
+    writer(iter(batches), out)
+    return out.getvalue()
+
+
+def _capture_batches() -> list[FlowRecords]:
+    # many DNS flows, then tunnelled ones (tunnel columns that vary): several batches
+    paths = [PCAPS.parent / "more" / "dns_tunnel" / "spiderlabs_ismdoor_aaaa.pcap", PCAPS / "benign" / "ndpi_vxlan.pcap"]
+    return list(flows_from_captures(paths))
+
+
+def _awkward(records: FlowRecords, rng: np.random.Generator) -> FlowRecords:
+    """The same records with string columns drawn from AWKWARD: some vary, one holds a single '%' text."""
+    columns = dict(records.columns)
+    n = len(records)
+    for name in ("src_pod", "dst_labels", "tls_sni"):
+        columns[name] = np.array([AWKWARD[k] for k in rng.integers(0, len(AWKWARD), n)], dtype=object)
+    columns["src_namespace"] = np.array(["50% off"] * n, dtype=object)
+    return FlowRecords(columns)
+
+
+@pytest.mark.parametrize("writer, reference", [(write_jsonl, _reference_jsonl), (write_csv, _reference_csv)])
+def test_writers_match_the_row_by_row_encoders(writer, reference):
+    rng = np.random.default_rng(7)
+    batches = _capture_batches()
+    assert sum(map(len, batches)) > 10
+    cases = [batches, [_awkward(b, rng) for b in batches], [batches[0].take(slice(0, 1))], [FlowRecords.empty()], []]
+    for case in cases:
+        assert _written(writer, case) == reference(case)
+
+
+def test_a_batch_larger_than_one_write_is_written_whole():
+    records = FlowRecords.concat(_capture_batches())
+    many = records.take(np.arange(20_000) % len(records))
+    assert _written(write_jsonl, [many]) == _reference_jsonl([many])
