@@ -46,11 +46,12 @@ _MAC, _PKTTYPE = 12, 42
 
 @dataclass(frozen=True)
 class RingConfig:
-    frame_size: int = 512  # bytes per slot: header, address, and snaplen bytes of packet
-    frame_count: int = 65_536  # slots; the ring takes frame_size * frame_count bytes (32 MiB)
+    frame_size: int = 1024  # bytes per slot: header, address, and snaplen bytes of packet
+    frame_count: int = 32_768  # slots; the ring takes frame_size * frame_count bytes (32 MiB)
     block_size: int = 128 << 10  # the kernel allocates the ring in blocks of this many bytes
-    snaplen: int = 400  # bytes kept of each packet: headers, tunnels, and the first payload bytes the
-    # DNS and JSON-RPC recognisers read (sensor/app_layer.py); nothing else reads payload
+    snaplen: int = 928  # bytes kept of each packet: headers, tunnels, and the first payload bytes the
+    # DNS, JSON-RPC, ClientHello and ICMP readers use (sensor/app_layer.py); nothing else reads payload.
+    # A TLS ClientHello is 140-701 bytes of frame in the shared captures; 400 bytes held 21 of 697.
     frames_per_read: int = 8_192  # hand over at most this many at once: bounds the engine's working memory
     gather_s: float = 0.005  # pause after draining the rings: 5 ms of a 1 M packets/s flood is 5,000 frames
 

@@ -1,7 +1,7 @@
 """The little the sensor reads beyond headers: DNS questions and answers, the name of a mining
 protocol's JSON-RPC method, a TLS ClientHello's fingerprints, and whether ICMP data looks like ping's.
 
-Privacy posture: the capture keeps at most ``snaplen`` bytes of a packet (400 by default). Payload is
+Privacy posture: the capture keeps at most ``snaplen`` bytes of a packet (928 by default). Payload is
 read only on packets a vectorised test picked out: UDP port 53 messages, parsed into names, types and
 codes (the ``dns`` table of the batch); TCP payloads that are JSON (``{``, ``[``) or an HTTP message
 whose body is, searched for a ``"method"`` from the fixed list in :mod:`kubesonar.shared.mining`; TCP

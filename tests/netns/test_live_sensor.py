@@ -71,7 +71,7 @@ def test_watch_reports_an_nmap_scan_within_two_windows_amid_normal_traffic():
 
 
 def test_watch_parses_dns_and_mining_payloads_live_within_the_snap_length():
-    """The live path reads DNS names (up to 255 bytes) and a Stratum request from the ring's 400 bytes."""
+    """The live path reads DNS names (up to 255 bytes) and a Stratum request from the ring's 928 bytes."""
     with namespace_node(["victim", "dns", "gpu", "pool"]) as node:
         dns = node.pods["dns"]
         node.add_address("pool", "203.0.113.77")
