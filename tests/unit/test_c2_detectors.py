@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 from c2_flows import IMPLANT_JA3, IMPLANT_JA4, KNOWN_JA4, S, c2_flows, heartbeat_session, shell_session
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
@@ -273,3 +275,14 @@ def test_a_new_detector_s_state_survives_json_and_a_bad_or_newer_document_is_dro
     assert newer.reset_reason and newer.to_state() == fresh().to_state()
     broken = {k: ({"oops": 1} if isinstance(v, (dict, list)) and k != "clock" else v) for k, v in state.items()}
     assert fresh().from_state(broken).reset_reason
+
+
+@given(st.binary(max_size=400) | st.text(alphabet="0123456789abcdef,#\n -:", max_size=400).map(str.encode))
+@settings(max_examples=300, deadline=None)
+def test_any_sslbl_file_parses_or_is_one_clear_error(data):
+    try:
+        entries = parse_sslbl_csv(data, "feed")
+    except ConfigError as exc:
+        assert str(exc).startswith("watchlist feed")
+    else:
+        assert all(e.kind == "ja3" and len(e.indicator) == 32 for e in entries)
