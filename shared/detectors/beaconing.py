@@ -5,9 +5,11 @@ judged by one test:
 - *repeated connections*: the intervals between a channel's connection starts (those over a second:
   retries and parallel connections are one check-in), over the last 64 connections kept across
   windows; their spread is MAD / median (``1 - MAD / median`` is RITA's dispersion score);
-- *one long session*: the gaps between the initiator's small packets inside one connection, which the
-  sensor keeps as a count, a mean and a coefficient of variation (flow schema 4: ``gaps_out``,
-  ``gap_mean_us_out``, ``gap_cv_milli_out``); their spread is that CV. A heartbeat every N seconds in a
+- *one long session*: the gaps between one side's small packets inside one connection, which the
+  sensor keeps per side as a count, a mean and a coefficient of variation (flow schema 4: ``gaps_out``,
+  ``gap_mean_us_out``, ``gap_cv_milli_out`` and their ``_in`` twins); their spread is that CV. The side
+  that keeps the clock best is judged: an implant's check-ins may be too big to count as small (an
+  HTTP POST with a body) while the server's short answers keep the same clock. A heartbeat every N seconds in a
   20-minute mTLS session is as much a beacon as 20 short connections.
 The test: at least 6 intervals (or gaps) a second or more apart, and a spread smaller than traffic
 without a clock would show but once in 100,000 tests. Connections and packets that users or request
@@ -235,7 +237,8 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         starts, lasts = flows["conn_start"][rows].tolist(), flows["last_ts"][rows].tolist()
         sizes = flows["bytes_out"][rows].tolist()
         # a session's gap statistics are cumulative: its latest record holds them all
-        gaps, src_ports = flows["gaps_out"][rows].tolist(), flows["src_port"][rows].tolist()
+        gaps = np.maximum(flows["gaps_out"][rows], flows["gaps_in"][rows]).tolist()
+        src_ports = flows["src_port"][rows].tolist()
         checked_in: dict[Channel, int] = {}
         sessions: dict[tuple[Channel, int, int], tuple[int, int]] = {}
         for i, row in enumerate(rows.tolist()):
@@ -322,12 +325,21 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
 
     def _session(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords,
                  row: int) -> Score | None:
-        """The in-session test: the initiator's gaps between small packets inside one connection."""
-        gaps, mean_s = int(flows["gaps_out"][row]), int(flows["gap_mean_us_out"][row]) / 1e6
-        if gaps < self.min_intervals or mean_s < 1.0:  # faster than a second: a stream's pace, not a check-in
+        """The in-session test: the gaps between small packets inside one connection, on the side that
+        keeps the clock best. An exchange is paced by one clock: when the implant's check-ins are too
+        big to count as small (an HTTP POST with a body), the server's small answers carry it."""
+        judged = []
+        for side in ("out", "in"):
+            gaps, mean_s = int(flows[f"gaps_{side}"][row]), int(flows[f"gap_mean_us_{side}"][row]) / 1e6
+            if gaps >= self.min_intervals and mean_s >= 1.0:  # under a second: a stream's pace, not a check-in
+                judged.append((int(flows[f"gap_cv_milli_{side}"][row]) / 1000.0 - cv_floor(gaps), side, gaps,
+                               mean_s))
+        if not judged:
             return None
-        cv, floor = int(flows["gap_cv_milli_out"][row]) / 1000.0, cv_floor(gaps)
+        _, side, gaps, mean_s = min(judged)
+        cv, floor = int(flows[f"gap_cv_milli_{side}"][row]) / 1000.0, cv_floor(gaps)
         evidence = {"kind": "session_beacon", "destination": channel.destination, "gaps": gaps,
+                    "side": "initiator" if side == "out" else "responder",
                     "mean_gap_s": round(mean_s, 2), "gap_cv": round(cv, 3), "poisson_floor": round(floor, 4),
                     "held_s": round((int(flows["last_ts"][row]) - int(flows["conn_start"][row])) / SECOND, 1)}
         return self._decided(channel, h, out, flows, row, cv <= floor, max(0.0, 1.0 - cv),

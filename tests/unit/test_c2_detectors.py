@@ -100,6 +100,17 @@ def test_a_heartbeat_inside_one_long_session_is_a_beacon_like_repeated_connectio
     assert _alarms(BeaconingDetector(learning_period_ns=0), [jittered])  # +-20% uniform jitter
 
 
+def test_the_responders_small_answers_carry_the_clock_when_the_check_ins_are_big():
+    """An implant POSTing a body every 45 s counts no small packets of its own; the server's short
+    answers keep the same clock (Caldera's Sandcat in more/ is such a session)."""
+    session = {"src": "10.1.0.7", "dst": "203.0.113.11", "t": T0, "dur": 30 * 60, "src_workload": WEB,
+               "gaps": {"out": (0, 0.0, 0.0), "in": (40, 45.0, 0.2)}}
+    (alarm,) = _alarms(BeaconingDetector(learning_period_ns=0), [session])
+    assert alarm.evidence["side"] == "responder" and alarm.evidence["gaps"] == 40
+    noisy = dict(session, gaps={"out": (0, 0.0, 0.0), "in": (40, 45.0, 1.0)})  # answers at no clock
+    assert _alarms(BeaconingDetector(learning_period_ns=0), [noisy]) == []
+
+
 @pytest.mark.parametrize("case", ["requests", "stream", "loose clock", "too few"])
 def test_sessions_without_a_clock_are_not_beacons(case):
     session = {"requests": heartbeat_session("10.1.0.5", "203.0.113.9", T0, every_s=5, cv=1.0),
