@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -260,6 +261,10 @@ def _benign_lines(run, all_rules: list[str]) -> list[str]:
     lines += ["", f"All detectors: {len(run.alerts)} false alarms, {run.per_100_workload_days():.2f} per 100 "
               "workload-days (target: at most 1)."]
     lines.append(f"The platform allowlist silenced {run.allowlisted} findings (the kubelet readers).")
+    by_workload = Counter((a["type"], a["source"].get("workload", "")) for a in run.alerts)
+    if by_workload:
+        lines += ["", "| false alarm | workload | count |", "|---|---|---:|"]
+        lines += [f"| `{rule}` | {workload} | {n} |" for (rule, workload), n in sorted(by_workload.items())]
     return lines
 
 
