@@ -1,6 +1,7 @@
 """Small programs the lab's scenarios run inside network namespaces (``python lab/lab_tools.py CMD``),
 where no packaged tool exists: a Stratum v1 mining client and a pool stand-in speaking the real
-protocol (newline-delimited JSON-RPC over TCP), an implant's TLS check-ins (in one session or one
+protocol (newline-delimited JSON-RPC over TCP), a DNS responder and tunnel-shaped questions of a chosen
+length (the live sensor's snap-length test), an implant's TLS check-ins (in one session or one
 connection each), a client driving a tunnel's local end, a jittered HTTP beacon and a steady HTTP
 client. The tunnels, shells and servers themselves are the real Debian programs (lab/scenarios.py). Every loop is bounded in count and time and stops by itself.
 """
@@ -8,6 +9,7 @@ client. The tunnels, shells and servers themselves are the real Debian programs 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -17,6 +19,8 @@ import ssl
 import threading
 import time
 import urllib.request
+
+from kubesonar.sensor.synthetic import dns_message
 
 # -- Stratum v1 ------------------------------------------------------------------------------------
 
@@ -70,6 +74,45 @@ def stratum_client(host: str, port: int, shares: int, worker: str = "rig1") -> N
             time.sleep(0.2)
             call(3 + i, "mining.submit", [f"wallet.{worker}", "4f2a", "08000002", "5f5e1000", f"{random.getrandbits(32):08x}"])
             reader.readline()
+
+
+# -- DNS -------------------------------------------------------------------------------------------
+
+
+def dns_server(host: str, seconds: float) -> None:
+    """Answers every question with NOERROR and no records (what a tunnel's server looks like from afar)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 53))
+    sock.settimeout(0.5)
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            data, peer = sock.recvfrom(4096)
+        except TimeoutError:
+            continue
+        if len(data) >= 12:
+            answer = bytearray(data)
+            answer[2] |= 0x80  # QR: a response
+            answer[3] = 0x80  # RA, NOERROR
+            sock.sendto(bytes(answer), peer)
+
+
+def dns_tunnel(server: str, domain: str, shape: str, count: int, interval: float) -> None:
+    """Questions shaped like a tunnel's: iodine (NULL, base32 labels) or dnscat2 (TXT, hex labels)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(1.0)
+    for i in range(count):
+        data = os.urandom(30)
+        if shape == "iodine":
+            label, qtype = base64.b32encode(data).decode().rstrip("=").lower(), 10
+        else:
+            label, qtype = data.hex(), 16
+        sock.sendto(dns_message(f"{label}.{i:x}.{domain}", qtype, ident=i & 0xFFFF), (server, 53))
+        try:
+            sock.recvfrom(4096)
+        except TimeoutError:
+            pass
+        time.sleep(interval)
 
 
 # -- TLS -------------------------------------------------------------------------------------------
@@ -163,6 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("host"), p.add_argument("port", type=int), p.add_argument("seconds", type=float)
     p = sub.add_parser("stratum-client")
     p.add_argument("host"), p.add_argument("port", type=int), p.add_argument("shares", type=int)
+    p = sub.add_parser("dns-server")
+    p.add_argument("host"), p.add_argument("seconds", type=float)
+    p = sub.add_parser("dns-tunnel")
+    p.add_argument("server"), p.add_argument("domain"), p.add_argument("shape", choices=["iodine", "dnscat2"])
+    p.add_argument("count", type=int), p.add_argument("interval", type=float)
     p = sub.add_parser("tls-beacon")
     p.add_argument("host"), p.add_argument("port", type=int), p.add_argument("mode", choices=["session", "connections"])
     p.add_argument("count", type=int), p.add_argument("interval", type=float), p.add_argument("jitter", type=float)
@@ -180,6 +228,10 @@ def main(argv: list[str] | None = None) -> None:
         stratum_pool(a.host, a.port, a.seconds)
     elif a.cmd == "stratum-client":
         stratum_client(a.host, a.port, a.shares)
+    elif a.cmd == "dns-server":
+        dns_server(a.host, a.seconds)
+    elif a.cmd == "dns-tunnel":
+        dns_tunnel(a.server, a.domain, a.shape, a.count, a.interval)
     elif a.cmd == "tls-beacon":
         tls_beacon(a.host, a.port, a.mode, a.count, a.interval, a.jitter, a.cert, a.key)
     elif a.cmd == "tunnel-client":
