@@ -33,8 +33,20 @@ from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.allowlist import AllowEntry, load_allowlist
 from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch
 from kubesonar.shared.dns import DnsMessages
-from kubesonar.shared.flow import ConnState, EndReason, FlowRecords
+from kubesonar.shared.flow import SCHEMA_4_NAMES, ConnState, EndReason, FlowRecords
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, process_batch
+from lab.benign_lookalikes import (
+    ENDPOINTS,
+    ENVOY,
+    GO_HTTP,
+    OPENSSL,
+    Sessions,
+    add_lookalikes,
+    cdn_pool,
+    cdn_questions,
+    egress_tls,
+    gaps,
+)
 
 SECOND = 1_000_000_000
 WINDOW_S = 600
@@ -78,6 +90,10 @@ WORKLOADS = [
     _w("logging/DaemonSet/fluent-bit", 6), _w("kube-system/Deployment/coredns", 2),
     _w("kube-system/Deployment/metrics-server", 1), _w("kube-system/DaemonSet/kube-proxy", 6),
     _w("cert-manager/Deployment/cert-manager", 1), _w("argocd/Deployment/argocd-repo-server", 1),
+    # the look-alikes of issue 17's signals (lab/benign_lookalikes.py)
+    _w("kube-system/DaemonSet/chrony", 6), _w("monitoring/Deployment/blackbox-exporter", 1),
+    _w("shop/Deployment/live-updates", 2), _w("observability/DaemonSet/otel-collector", 6),
+    _w("istio-system/Deployment/istiod", 1), _w("shop/Deployment/fraud-check", 2), _w("shop/Deployment/media-proxy", 2),
 ]
 NODES = [(10 << 24) | 11 + i for i in range(6)]  # 10.0.0.11 ..
 API_SERVER = (10 << 24) | (96 << 16) | 1  # the kubernetes Service
@@ -116,6 +132,13 @@ EGRESS = [("payments", "payments-api", 443, 0.2), ("notifications", "email-api",
           ("notifications", "sms-api", 443, 0.05), ("argocd-repo-server", "git", 443, 0.005),
           ("cert-manager", "acme", 443, 0.0005)]
 WEBHOOK_TARGETS = 600  # customer endpoints across the internet
+# the look-alikes' names (lab/benign_lookalikes.py); fraud-check asks its DoH servers' names, then uses DoH
+LOOKALIKE_NAMES = {
+    "chrony": ["time.cloudflare.com", "time.nist.gov", "ntp.se", "pool.ntp.org"],
+    "blackbox-exporter": [ENDPOINTS["shop-public"][1], "api.payments-provider.example"],
+    "live-updates": [ENDPOINTS["push"][1]], "otel-collector": [ENDPOINTS["otlp"][1]],
+    "prometheus": [ENDPOINTS["metrics"][1]], "fraud-check": ["cloudflare-dns.com", "dns.google"],
+}
 
 
 def _ip(text: str) -> int:
@@ -144,6 +167,8 @@ class Cluster:
             w.addresses = self._new_addresses(w.replicas)
         self.webhook_ips = rng.integers(_ip("11.0.0.0"), _ip("99.255.255.255"), WEBHOOK_TARGETS)
         self.retired: list[tuple[int, str, float]] = []  # (address, workload, retired at)
+        self.sessions = Sessions(rng, mean_life_s=6 * 3600)  # long-lived connections reconnect every few hours
+        self.cdn_names = cdn_pool(rng)
 
     def _new_addresses(self, n: int) -> list[int]:
         out = [(10 << 24) | (244 << 16) | (self._next + i) for i in range(n)]
@@ -172,17 +197,23 @@ class _Flows:
     parts: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def add(self, src, dst, dport, proto, start, duration, pkts_out, bytes_out, pkts_in, bytes_in,
-            state=ConnState.CLOSED, sport=None, rng=None) -> None:
+            state=ConnState.CLOSED, sport=None, rng=None, conn_start=None, extra: dict | None = None) -> None:
+        """Flows (scalars broadcast); ``conn_start`` for a long connection's later records (default: their
+        start), ``extra`` for schema-4 columns (TLS fingerprints, in-session gaps) by name."""
         n = max(np.size(x) for x in (src, dst, dport, start, duration, bytes_out, bytes_in, sport if sport is not None else 0))
         if not n or not np.size(start):
             return
         b = lambda x, dt=np.int64: np.broadcast_to(np.asarray(x, dtype=dt), (n,)).copy()  # noqa: E731
-        self.parts.append({
+        part = {
             "src": b(src), "dst": b(dst), "dport": b(dport), "proto": b(proto), "start": b(start, np.float64),
             "duration": b(duration, np.float64), "po": b(pkts_out), "bo": b(bytes_out), "pi": b(pkts_in),
             "bi": b(bytes_in), "state": b(int(state)),
             "sport": b(sport) if sport is not None else rng.integers(32768, 61000, n),
-        })
+        }
+        part["conn_start"] = part["start"] if conn_start is None else b(conn_start, np.float64)
+        for name, value in (extra or {}).items():
+            part[name] = b(value, object if isinstance(value, str) else np.int64)
+        self.parts.append(part)
 
 
 def _pick(rng, addresses, n):
@@ -208,6 +239,9 @@ def simulate_window(cluster: Cluster, t0: float, rng: np.random.Generator) -> tu
 
     for client, server, port, rate, segments in EDGES:
         connections(by[client], by[server].addresses, port, rate, segments)
+        if by[client].namespace == by[server].namespace == "shop" and f.parts:  # the mesh's mTLS between sidecars
+            f.parts[-1].update({k: np.full(len(f.parts[-1]["start"]), v, dtype=object) for k, v in
+                                ENVOY.columns(f"outbound_.{port}_._.{server}.shop.svc.cluster.local").items()})
     # failures against pods that just went away in a rollout: a few refused connections per client
     for address, name, at in [r for r in cluster.retired if t0 - 120 <= r[2] < t0 + WINDOW_S]:
         callers = [e[0] for e in EDGES if e[1] == name]
@@ -215,12 +249,13 @@ def simulate_window(cluster: Cluster, t0: float, rng: np.random.Generator) -> tu
             n = int(rng.integers(1, 4))
             f.add(_pick(rng, by[caller].addresses, n), address, 8080, 6, at + rng.uniform(0, 20, n), 0.001,
                   1, 60, 1, 40, ConnState.REJECTED, rng=rng)
-    # Prometheus scrapes every pod every 30 s on one long connection each (interim records per minute)
+    # Prometheus scrapes every pod every 30 s on one long connection each (interim records per minute),
+    # the cadence visible as in-session gaps
     targets = np.array([a for w in WORKLOADS for a in w.addresses])
     prom = by["prometheus"].addresses[0]
     for minute in range(WINDOW_S // 60):
         f.add(prom, targets, SCRAPED_PORT, 6, t0 + minute * 60.0, 59.0, 10, 2_000, 10, 60_000,
-              ConnState.ESTABLISHED, sport=40_000 + np.arange(len(targets)))
+              ConnState.ESTABLISHED, sport=40_000 + np.arange(len(targets)), extra=gaps(90.0, 30.0, 0.02))
     # metrics-server reads every kubelet every 60 s; controllers watch the API server
     for k in range(WINDOW_S // 60):
         f.add(by["metrics-server"].addresses[0], NODES, 10250, 6, t0 + k * 60.0 + rng.uniform(0, 1, len(NODES)),
@@ -233,22 +268,23 @@ def simulate_window(cluster: Cluster, t0: float, rng: np.random.Generator) -> tu
         n = rng.poisson(rate * load * WINDOW_S)
         f.add(_pick(rng, by[client].addresses, n), _pick(rng, [_ip(a) for a in SAAS[pool][0]], n), port, 6,
               t0 + rng.uniform(0, WINDOW_S, n), rng.exponential(0.4, n), 12, rng.integers(2_000, 8_000, n), 12,
-              rng.integers(3_000, 30_000, n), rng=rng)
+              rng.integers(3_000, 30_000, n), rng=rng, extra=egress_tls(client, pool).columns(SAAS[pool][1][0]))
     n = rng.poisson(0.4 * load * WINDOW_S)  # webhooks to customers
     f.add(_pick(rng, by["webhooks"].addresses, n), _pick(rng, cluster.webhook_ips, n), 443, 6,
           t0 + rng.uniform(0, WINDOW_S, n), rng.exponential(0.5, n), 10, rng.integers(1_500, 6_000, n), 8,
-          rng.integers(800, 3_000, n), rng=rng)
+          rng.integers(800, 3_000, n), rng=rng, extra=GO_HTTP.columns("hooks.customer.example"))
     # periodic egress by design: log shipping every 10 s from every node, rates every minute, licence every 5
     logs = [_ip(a) for a in SAAS["logs-saas"][0]]
     for k in range(WINDOW_S // 10):
         f.add(by["fluent-bit"].addresses, _pick(rng, logs, 6), 443, 6,
-              t0 + k * 10.0 + rng.uniform(0, 0.5, 6), 0.3, 14, rng.integers(8_000, 12_000, 6), 10, 900, rng=rng)
+              t0 + k * 10.0 + rng.uniform(0, 0.5, 6), 0.3, 14, rng.integers(8_000, 12_000, 6), 10, 900, rng=rng,
+              extra=OPENSSL.columns(SAAS["logs-saas"][1][0]))
     for k in range(WINDOW_S // 60):
         f.add(by["fx-rates"].addresses[0], _ip(SAAS["fx-api"][0][0]), 443, 6, [t0 + k * 60.0 + rng.uniform(0, 0.2)],
-              0.2, 10, 1_400, 10, 5_200, rng=rng)
+              0.2, 10, 1_400, 10, 5_200, rng=rng, extra=GO_HTTP.columns(SAAS["fx-api"][1][0]))
     for k in range(WINDOW_S // 300):
         f.add(by["license-agent"].addresses[0], _ip(SAAS["license"][0][0]), 443, 6, [t0 + k * 300.0], 0.3, 10,
-              1_100, 10, 2_400, rng=rng)
+              1_100, 10, 2_400, rng=rng, extra=OPENSSL.columns(SAAS["license"][1][0]))
     # CronJobs: cleanup every 15 minutes, reports hourly, backup nightly at 02:00 (about 2 GB)
     for k in range(WINDOW_S // 900 + 1):
         at = (math.floor(t0 / 900) + k) * 900.0
@@ -269,7 +305,9 @@ def simulate_window(cluster: Cluster, t0: float, rng: np.random.Generator) -> tu
         f.add(by["nightly-backup"].addresses[0], _pick(rng, by["postgres-orders"].addresses, 2), 5432, 6,
               [backup_at, backup_at + 1], 500.0, 200_000, 10_000_000, 1_400_000, 2_000_000_000, rng=rng)
         f.add(by["nightly-backup"].addresses[0], _pick(rng, stores, 40), 443, 6, backup_at + np.arange(40) * 12.0,
-              11.0, 40_000, rng.integers(45_000_000, 55_000_000, 40), 20_000, 1_200_000, rng=rng)
+              11.0, 40_000, rng.integers(45_000_000, 55_000_000, 40), 20_000, 1_200_000, rng=rng,
+              extra=GO_HTTP.columns(SAAS["object-storage"][1][0]))
+    add_lookalikes(f, cluster, t0, rng, cluster.sessions, NODES)
     dns = _dns(cluster, t0, rng, load)
     return _records(cluster, f), dns
 
@@ -285,46 +323,63 @@ def _dns(cluster: Cluster, t0: float, rng, load: float) -> list[dict]:
     for client, pool, *_ in EGRESS + [("fluent-bit", "logs-saas", 0, 0), ("fx-rates", "fx-api", 0, 0),
                                       ("license-agent", "license", 0, 0), ("nightly-backup", "object-storage", 0, 0)]:
         askers.setdefault(client, set()).add(f"@{pool}")
+    for client, names in LOOKALIKE_NAMES.items():
+        askers.setdefault(client, set()).update(f"={name}" for name in names)
     for client, wanted in askers.items():
         w = cluster.by_name[client]
         names = []
         for target in sorted(wanted):
             if target.startswith("@"):
                 names += SAAS[target[1:]][1]
+            elif target.startswith("="):
+                names.append(target[1:])
             else:
                 ns = cluster.by_name[target].namespace
                 names += [f"{target}.{ns}.svc.cluster.local", f"{target}.{w.namespace}.svc.cluster.local"]
         n = rng.poisson(20 * load)
         for _ in range(n):
             name = names[int(rng.integers(0, len(names)))]
-            rows.append(_dns_row(cluster, w, t0 + float(rng.uniform(0, WINDOW_S)), coredns, name, rng))
+            rows += _dns_exchange(cluster, w, t0 + float(rng.uniform(0, WINDOW_S)), coredns, name, rng, 1)
     # the storefront's browsers are not in the cluster, but image-resizer fetches from a CDN: asset hosts
     for _ in range(rng.poisson(15 * load)):
         host = f"d{rng.integers(1, 40):02d}{'abcdefgh'[rng.integers(0, 8)]}.cdn-provider.example"
-        rows.append(_dns_row(cluster, cluster.by_name["image-resizer"], t0 + float(rng.uniform(0, WINDOW_S)),
-                             coredns, host, rng))
+        rows += _dns_exchange(cluster, cluster.by_name["image-resizer"], t0 + float(rng.uniform(0, WINDOW_S)),
+                              coredns, host, rng, 2)
+    # media-proxy: hundreds of hashed CDN names, each answered by a CNAME chain
+    for host in cdn_questions(rng, load, cluster.cdn_names):
+        rows += _dns_exchange(cluster, cluster.by_name["media-proxy"], t0 + float(rng.uniform(0, WINDOW_S)), coredns,
+                              host, rng, int(rng.integers(2, 5)))
     return rows
 
 
-def _dns_row(cluster, w: Workload, ts: float, server: int, name: str, rng) -> dict:
+def _dns_exchange(cluster, w: Workload, ts: float, server: int, name: str, rng, answers: int) -> list[dict]:
+    """A question and its answer (``answers`` records: an address, or a CDN's CNAME chain)."""
     address = int(w.addresses[int(rng.integers(0, len(w.addresses)))])
     namespace, pod, kind, wname, _ = cluster.endpoint(address)
-    return {"ts": int(ts * SECOND), "client": _v16(np.array([address]))[0].tobytes(),
-            "server": _v16(np.array([server]))[0].tobytes(), "client_port": int(rng.integers(32768, 61000)),
-            "response": 0, "qname": name, "qtype": 1 if rng.random() < 0.5 else 28, "rcode": 0, "answers": 0,
-            "size": 30 + len(name), "client_namespace": namespace, "client_pod": pod, "client_workload_kind": kind,
-            "client_workload_name": wname}
+    query = {"ts": int(ts * SECOND), "client": _v16(np.array([address]))[0].tobytes(),
+             "server": _v16(np.array([server]))[0].tobytes(), "client_port": int(rng.integers(32768, 61000)),
+             "response": 0, "qname": name, "qtype": 1 if rng.random() < 0.5 else 28, "rcode": 0, "answers": 0,
+             "size": 30 + len(name), "client_namespace": namespace, "client_pod": pod, "client_workload_kind": kind,
+             "client_workload_name": wname}
+    answer = {**query, "ts": query["ts"] + int(rng.integers(200_000, 3_000_000)), "response": 1, "answers": answers,
+              "size": query["size"] + 16 + 40 * answers}
+    return [query, answer]
 
 
 def _records(cluster: Cluster, f: _Flows) -> FlowRecords:
     if not f.parts:
         return FlowRecords.empty()
-    c = {k: np.concatenate([p[k] for p in f.parts]) for k in f.parts[0]}
+    blank = FlowRecords.empty(1).columns
+    keys = dict.fromkeys(k for p in f.parts for k in p)
+    c = {k: np.concatenate([p[k] if k in p else np.full(len(p["start"]), blank[k][0], dtype=blank[k].dtype)
+                            for p in f.parts]) for k in keys}
     n = len(c["start"])
     rec = FlowRecords.empty(n)
     cols = rec.columns
     first = (c["start"] * SECOND).astype(np.int64)
-    cols["first_ts"], cols["conn_start"] = first, first
+    cols["first_ts"], cols["conn_start"] = first, (c["conn_start"] * SECOND).astype(np.int64)
+    for name in SCHEMA_4_NAMES & set(c):
+        cols[name] = c[name].astype(cols[name].dtype)
     cols["last_ts"] = first + (c["duration"] * SECOND).astype(np.int64)
     cols["src_addr"], cols["dst_addr"] = _v16(c["src"]), _v16(c["dst"])
     cols["src_port"], cols["dst_port"] = c["sport"].astype(np.uint16), c["dport"].astype(np.uint16)

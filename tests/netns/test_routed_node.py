@@ -58,7 +58,7 @@ def test_each_packet_counts_once_where_it_enters_a_routed_node(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         sensors = {
             direction: subprocess.Popen(
-                [*in_host, "kubesonar", "sensor", "-i", f"ksv{node.tag}*", "-i", node.uplink, "--direction",
+                [*in_host, "kubesonar", "sensor", "-i", f"{node.prefix}v{node.tag}*", "-i", node.uplink, "--direction",
                  direction, "--filter", "ip", "--window", "2", "--queue", f"file://{tmp_path / direction}",
                  "--spool", str(tmp_path / f"spool-{direction}"), "--duration", "14"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
