@@ -49,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -140,9 +141,11 @@ class ChannelHistory:
     bytes_out: list[int] = field(default_factory=list)
     last_ns: int = 0
     reported: bool = False
+    named_clock: bool = False  # kept a clock to a host it named while the cluster learned: an integration
 
     def copy(self) -> ChannelHistory:
-        return ChannelHistory(list(self.starts_ms), list(self.bytes_out), self.last_ns, self.reported)
+        return ChannelHistory(list(self.starts_ms), list(self.bytes_out), self.last_ns, self.reported,
+                              self.named_clock)
 
 
 @dataclass
@@ -189,7 +192,7 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
     def _decode(self, document: dict[str, Any]) -> BeaconingState:
         return BeaconingState(
             {Channel(src, addr, port, proto):
-             ChannelHistory(h["starts_ms"], h["bytes_out"], h["last_ns"], h["reported"])
+             ChannelHistory(h["starts_ms"], h["bytes_out"], h["last_ns"], h["reported"], h.get("named_clock", False))
              for src, addr, port, proto, h in document["channels"]},
             {a: DestinationUsers(d["subjects"], d["last_ns"]) for a, d in document["destinations"].items()})
 
@@ -347,11 +350,33 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
 
     def _decided(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords, row: int,
                  clock: bool, timing: float, first_ns: int, evidence: dict[str, Any]) -> Score:
-        alarm = clock and self._rare(out, channel)
+        """A clock to an address reached by no name (no SNI, or an IP as SNI; plain TCP and UDP) is judged
+        cold: implants are configured with their server's address. A clock to a host the workload named
+        in its ClientHello is what integrations, exporters and streams keep too, so it is compared with the
+        workload's past: kept while the cluster learned, it is known; new after, it is reported."""
+        named = _named_host(flows, row)
+        if named and clock and self._learning(first_ns):
+            h.named_clock = True
+        alarm = clock and self._rare(out, channel) and not (named and h.named_clock)
         fresh = alarm and not h.reported
         h.reported |= alarm
+        if named:
+            evidence = {**evidence, "sni": str(flows["tls_sni"][row])}
         return Score(channel, timing, alarm, source_endpoint(flows, row), first_ns, int(flows["last_ts"][row]),
-                     evidence, fresh=fresh, identity=("beacon", channel.destination), destination=_target(flows, row))
+                     evidence, fresh=fresh, identity=("beacon", channel.destination), destination=_target(flows, row),
+                     needs_baseline=named)
+
+
+def _named_host(flows: FlowRecords, row: int) -> bool:
+    """Whether the connection named its server: a ClientHello whose SNI is a host name, not an address."""
+    sni = str(flows["tls_sni"][row])
+    if not sni:
+        return False
+    try:
+        ipaddress.ip_address(sni)
+    except ValueError:
+        return True
+    return False
 
 
 def _target(flows: FlowRecords, row: int) -> dict[str, Any]:

@@ -6,6 +6,8 @@ in-process, shared by the checks (about 10 s for all after the sensor's compile)
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from lab.evaluate import evaluate_captures, label_rows
@@ -13,6 +15,10 @@ from lab.evaluate import evaluate_captures, label_rows
 from conftest import DATA
 
 LABELS = label_rows(DATA)
+# Attack captures the product does not detect yet (issue 17 is open on them; docs/detection-quality.md
+# lists why). Strict: the day one is detected, this test fails until it leaves the list.
+KNOWN_MISSES = {line.split("#")[0].strip() for line in
+                (Path(__file__).resolve().parents[2] / "lab" / "known_misses.txt").read_text().splitlines()} - {""}
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +33,20 @@ def test_both_label_sets_are_read():
     assert sum(p.startswith("more/") for p in paths) >= 30
 
 
-@pytest.mark.parametrize("label", LABELS, ids=lambda row: row["path"])
+def _cases():
+    for row in LABELS:
+        miss = row["path"] in KNOWN_MISSES
+        yield pytest.param(row, id=row["path"], marks=[pytest.mark.xfail(
+            strict=True, reason="not detected yet: lab/known_misses.txt")] if miss else [])
+
+
+def test_the_known_misses_are_labelled_attacks():
+    attacks = {row["path"] for row in LABELS if row["expected_alert"] not in ("none", "") and
+               not row["expected_alert"].startswith("not:")}
+    assert KNOWN_MISSES <= attacks, KNOWN_MISSES - attacks
+
+
+@pytest.mark.parametrize("label", _cases())
 def test_capture_meets_the_goal(label, outcomes):
     result = outcomes[label["path"]]
     assert not result.errors, result.errors

@@ -100,6 +100,22 @@ def test_a_heartbeat_inside_one_long_session_is_a_beacon_like_repeated_connectio
     assert _alarms(BeaconingDetector(learning_period_ns=0), [jittered])  # +-20% uniform jitter
 
 
+def test_a_clock_to_a_named_host_is_judged_against_the_workloads_past():
+    """Exporters, remote_write and webhooks keep a clock to a host they name in the ClientHello: kept
+    while the cluster learned, it stays quiet; a new one after is reported; an unnamed one is cold."""
+    d = BeaconingDetector(learning_period_ns=DAY)
+    hooks = {"sni": "hooks.example.com"}
+    learning = heartbeat_session("10.1.0.5", "203.0.113.20", T0, src_workload=WEB, tls=hooks)
+    assert _alarms(d, [learning]) == []  # learned, not reported
+    bare = heartbeat_session("10.1.0.5", "203.0.113.21", T0 + HOUR, src_workload=WEB, tls={"sni": "203.0.113.21"})
+    assert len(_alarms(d, [bare])) == 1  # an address as SNI is no name: cold, even while learning
+    after = T0 + 2 * DAY
+    assert _alarms(d, [heartbeat_session("10.1.0.5", "203.0.113.20", after, src_workload=WEB, tls=hooks)]) == []
+    (new,) = _alarms(d, [heartbeat_session("10.1.0.5", "203.0.113.22", after + HOUR, src_workload=WEB,
+                                           tls={"sni": "updates.example.net"})])
+    assert new.evidence["sni"] == "updates.example.net"
+
+
 def test_the_responders_small_answers_carry_the_clock_when_the_check_ins_are_big():
     """An implant POSTing a body every 45 s counts no small packets of its own; the server's short
     answers keep the same clock (Caldera's Sandcat in more/ is such a session)."""
@@ -266,7 +282,7 @@ def test_a_version_1_beaconing_document_is_migrated_without_its_learned_pairs():
     assert d.reset_reason is None
     state = d.to_state()
     assert state["state_version"] == 2 and state["channels"][0][4] == {
-        "starts_ms": [1, 60_001], "bytes_out": [900, 900], "last_ns": T0, "reported": False}
+        "starts_ms": [1, 60_001], "bytes_out": [900, 900], "last_ns": T0, "reported": False, "named_clock": False}
 
 
 @pytest.mark.parametrize("rule_id", ["long_connection", "reverse_shell", "tls_bare_ip", "new_tls_client"])

@@ -147,6 +147,16 @@ def test_cdn_heavy_browsing_mail_lookups_browser_probes_and_internal_zones_are_s
     assert _findings(rows) == []
 
 
+def test_a_cdns_own_zone_carries_no_ones_data_however_many_hashed_names():
+    """Sixty distinct per-edge names an hour under one CDN zone (a media proxy) read as encoded, but only
+    the CDN's servers answer them; the same names under a zone anyone can run are a channel."""
+    edge = [f"r{i}---sn-{_hex(10)}.googlevideo.com" for i in range(60)]
+    rows = [r for i, n in enumerate(edge) for r in _exchange(n, A, T0 + i * S, answer=60)]
+    assert _findings(rows) == []
+    own = [n.replace("googlevideo.com", "video-edge.example.com") for n in edge]
+    assert _findings([r for i, n in enumerate(own) for r in _exchange(n, CNAME, T0 + i * S, answer=60)])
+
+
 def test_a_tunnel_is_scored_again_when_it_comes_back_but_reported_once():
     d = DnsTunnelingDetector()
     rows = [r for i in range(12) for r in _exchange(f"{_hex(17)}.biillpi.com", TXT, T0 + i * S)]
