@@ -8,8 +8,11 @@ more down than up; only the receiving side's ACKs come back from an upload (a ra
 one ACK per one or two segments). What the cluster uploads on purpose (backups, image pushes, log
 shipping, object stores) goes over TLS to a named service; a stealer's gate, a raw socket or a TLS
 session to a bare address does not name one. Port 443 stays out because there TLS is the norm even
-where the sensor missed the hello (a session older than the sensor). Connections are summed across
-interim records and batches (bounded state), so a long upload crosses the bar once, whenever it does.
+where the sensor missed the hello (a session older than the sensor). A transfer sends as fast as the path
+allows from the start, while a stream (logs, metrics, replication) is paced by its producer: the bar must
+be crossed within 10 minutes of the connection's first packet (two of the sensor's 5-minute interim
+records; 1.7 kB/s on average), so a log stream of hours never adds up to an upload. Connections are
+summed across interim records and batches, and forgotten once older than that.
 
 *Mail and FTP*: an established session to an outside host on SMTP (25, 465, 587) or FTP (21), the
 protocols of stolen-credential and keylogger drops (Agent Tesla, HawkEye, Snake). A workload rarely
@@ -22,7 +25,8 @@ The FTP evidence adds what the data connections to the same host carried each wa
 Catches: stealer uploads over plain HTTP or to a bare address, bulk pushes over raw TCP or SSH to an
 outside address, credential drops by mail or FTP in any size. Misses: uploads over TLS to a named host
 (a cloud drive, a chat webhook: the volume baseline's job once learned), uploads under 1 MiB per
-connection or spread over many connections, UDP and QUIC uploads, mail through an in-cluster relay.
+connection or spread over many connections, a trickle under 1 MiB in its connection's first 10
+minutes, UDP and QUIC uploads, mail through an in-cluster relay.
 False positives: an offsite backup over SSH/rsync to an address, a plain-HTTP upload to one's own
 storage on a public address, an application sending its own mail through a provider's submission port:
 allowlist the workload with the destination (and port).
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
 
 UPLOAD_MIN_BYTES = 1 << 20  # a default web server's largest request body
 UPLOAD_RATIO = 10.0  # sent / received: a download or an exchange is below 1-10, an upload's ACKs far above
+TRANSFER_WINDOW_NS = 600 * 1_000_000_000  # a transfer starts at once: two of the sensor's 5-minute records
 SERVICES = {"mail": (25, 465, 587), "ftp": (21,)}
 _HTTPS = 443
 _SYN = int(TcpFlag.SYN)
@@ -121,11 +126,12 @@ def upload_scores(flows: FlowRecords, zones: Zones, uploads: dict[Connection, Ta
     scores = []
     for conn, row in touched.items():
         t = uploads[conn]
-        if t.sent < t.received:  # a download or an exchange so far: not worth keeping
+        transfer = t.last_ns - conn.start_ns <= TRANSFER_WINDOW_NS
+        if t.sent < t.received or not (transfer or t.reported):  # a download, an exchange, or a stream
             del uploads[conn]
             continue
         size, ratio = t.sent / UPLOAD_MIN_BYTES, t.sent / max(t.received, 1) / UPLOAD_RATIO
-        alarm = size >= 1.0 and ratio >= 1.0
+        alarm = t.reported or (size >= 1.0 and ratio >= 1.0 and transfer)  # reported: still the same theft
         fresh = alarm and not t.reported
         t.reported |= alarm
         evidence = {"kind": "upload", "destination": f"{conn.destination}:{conn.port}", "bytes_sent": t.sent,

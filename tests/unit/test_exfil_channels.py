@@ -124,3 +124,12 @@ def json_round_trip(document: dict) -> dict:
     import json
 
     return json.loads(json.dumps(document))
+
+
+def test_a_stream_paced_by_its_producer_never_adds_up_to_an_upload():
+    """A log shipper's plain TCP stream, 300 kB per 5-minute record for hours: 1 MiB only after the
+    connection's first 10 minutes, so it is a stream, not a transfer."""
+    d = cold()
+    stream = upload(port=514, out=300_000, **{"in": 2_000}, sport=52000, start=T0, name="fluent-bit")
+    assert all(findings(d, [dict(stream, t=T0 + k * 300 * S)]) == [] for k in range(24))
+    assert d.state.channels.uploads == {}, "a stream's tally is forgotten"
