@@ -139,6 +139,10 @@ def upload_scores(flows: FlowRecords, zones: Zones, uploads: dict[Connection, Ta
         scores.append(Score(conn, min(size, ratio), alarm, source_endpoint(flows, row), conn.start_ns, t.last_ns,
                             evidence, fresh=fresh, identity=("upload", conn.destination),
                             destination={"ip": conn.destination, "port": conn.port}, needs_baseline=False))
+    # connections that ended unreported, and streams, are past deciding: forget them
+    now = int(flows["last_ts"][rows].max())
+    for conn in [c for c, t in uploads.items() if not t.reported and now - c.start_ns > TRANSFER_WINDOW_NS]:
+        del uploads[conn]
     return scores
 
 

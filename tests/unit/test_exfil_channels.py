@@ -133,3 +133,11 @@ def test_a_stream_paced_by_its_producer_never_adds_up_to_an_upload():
     stream = upload(port=514, out=300_000, **{"in": 2_000}, sport=52000, start=T0, name="fluent-bit")
     assert all(findings(d, [dict(stream, t=T0 + k * 300 * S)]) == [] for k in range(24))
     assert d.state.channels.uploads == {}, "a stream's tally is forgotten"
+
+
+def test_connections_past_deciding_are_forgotten():
+    d = cold()
+    findings(d, [upload(out=5_000, **{"in": 1_000}, sport=53000 + k) for k in range(50)])  # small POSTs
+    assert len(d.state.channels.uploads) == 50
+    findings(d, [upload(out=5_000, **{"in": 1_000}, t=T0 + 3600 * S)])
+    assert len(d.state.channels.uploads) == 1, "an hour later only the new connection is tallied"
