@@ -16,6 +16,11 @@ three a second without pause; monitoring pings are a few a minute): ptunnel, icm
 exfiltration in echo payloads. *DNS*: more than 1 MiB of DNS questions to one registered domain in
 an hour (15,000 questions), whatever their shape; dns_tunneling judges their shape.
 
+*Cold judgments* (shared/detectors/exfil_channels.py, decided from the first window whatever the
+learning period): one TCP connection to an outside address carrying at least 1 MiB up and ten times
+more up than down, not TLS to a named host nor on port 443; an established SMTP (25, 465, 587) or FTP
+(21) session to an outside host from a workload that does not serve that protocol itself.
+
 Catches: bulk uploads from a compromised workload to a new or usual destination; ICMP and DNS
 channels with volume. Misses: theft spread thin over many destinations or hours (each under the
 bar); uploads to a destination inside the cluster's networks; data hidden in traffic the workload
@@ -38,11 +43,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Score, StateMigrationError, bounded, clock_from_v0
+from kubesonar.shared.detectors.exfil_channels import ChannelState, protocol_scores, service_servers, upload_scores
 from kubesonar.shared.detectors.unusual_destination import network_of
 from kubesonar.shared.dns import DnsMessages, registered_domain
 from kubesonar.shared.flow import IPPROTO_ICMP, IPPROTO_ICMPV6, FlowRecords, address_text
 from kubesonar.shared.identity import dns_client_endpoint, source_endpoint, subject_keys, workloads_seen
 from kubesonar.shared.netzones import Zones
+from kubesonar.shared.roles import merge_servers
 
 if TYPE_CHECKING:
     from kubesonar.shared.batch import Batch
@@ -107,6 +114,7 @@ class EgressBaseline:
 @dataclass
 class ExfiltrationState:
     subjects: dict[str, EgressBaseline] = field(default_factory=dict)  # by workload key or address
+    channels: ChannelState = field(default_factory=ChannelState)  # the baseline-free judgments' tallies
 
 
 @dataclass
@@ -114,6 +122,7 @@ class _Assessment:
     first_ts: int | None = None
     scores: list[Score] = field(default_factory=list)
     subjects: dict[str, EgressBaseline] = field(default_factory=dict)  # as this batch leaves them
+    channels: ChannelState | None = None  # as this batch leaves them; None: untouched
     changed: bool = False
 
 
@@ -141,7 +150,7 @@ class ExfiltrationDetector(Detector[ExfiltrationState, _Assessment]):
             "egress_hours": s.egress_hours, "last_active_hour": s.last_active_hour,
             "last_egress_hour": s.last_egress_hour, "latest_hour": s.latest_hour,
             "open_hours": [[*o, h.hour, h.first_ns, h.bytes, h.alarm, h.reported] for o, h in s.open_hours.items()],
-        } for key, s in state.subjects.items()}}
+        } for key, s in state.subjects.items()}, "channels": state.channels.encode()}
 
     def _decode(self, document: dict[str, Any]) -> ExfiltrationState:
         return ExfiltrationState({key: EgressBaseline(
@@ -149,7 +158,8 @@ class ExfiltrationDetector(Detector[ExfiltrationState, _Assessment]):
             {Outlet(kind, target): OpenHour(hour, first, size, alarm, reported)
              for kind, target, hour, first, size, alarm, reported in s["open_hours"]},
             s["last_ns"], s["active_hours"], s["egress_hours"], s["last_active_hour"], s["last_egress_hour"],
-            s["latest_hour"]) for key, s in document["subjects"].items()})
+            s["latest_hour"]) for key, s in document["subjects"].items()},
+            ChannelState.decode(document.get("channels")))
 
     def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
         def subject(s: dict[str, Any]) -> dict[str, Any]:
@@ -173,6 +183,7 @@ class ExfiltrationDetector(Detector[ExfiltrationState, _Assessment]):
             learning = self._learning(out.first_ts)
             self._mark_active(batch.flows, out)
             out.scores += self._volume(batch.flows, learning, out)
+            out.scores += self._channels(batch.flows, out)
         if len(batch.dns):
             out.scores += self._dns(batch.dns, out)
         return out
@@ -186,10 +197,17 @@ class ExfiltrationDetector(Detector[ExfiltrationState, _Assessment]):
         if assessment.first_ts is not None:
             self._start_clock(assessment.first_ts)
         for egress in flagged:  # protect the model: a flagged hour never joins the history
-            hour = assessment.subjects[egress.source].open_hours.get(Outlet(egress.kind, egress.target))
+            s = assessment.subjects.get(egress.source) if isinstance(egress, Egress) else None
+            hour = s.open_hours.get(Outlet(egress.kind, egress.target)) if s is not None else None
             if hour is not None:
                 hour.alarm = True
         self.state.subjects.update(assessment.subjects)
+        if assessment.channels is not None:
+            channels = assessment.channels
+            channels.uploads = bounded(channels.uploads, self.max_subjects)
+            channels.servers = {service: merge_servers({}, subjects, self.max_subjects)
+                                for service, subjects in channels.servers.items()}
+            self.state.channels = channels
         self.state.subjects = bounded(self.state.subjects, self.max_subjects)
         self.touched |= assessment.changed
 
@@ -200,6 +218,16 @@ class ExfiltrationDetector(Detector[ExfiltrationState, _Assessment]):
             s = out.subjects[key] = known.copy() if known is not None else EgressBaseline()
             out.changed |= known is None
         return s
+
+    def _channels(self, flows: FlowRecords, out: _Assessment) -> list[Score]:
+        """The baseline-free judgments (exfil_channels): uploads in one connection, mail and FTP out."""
+        known = self.state.channels
+        channels = ChannelState(dict(known.uploads), service_servers(flows, known.servers))
+        scores = upload_scores(flows, self.zones, channels.uploads) + protocol_scores(flows, self.zones,
+                                                                                     channels.servers)
+        if scores or channels.uploads != known.uploads or channels.servers != known.servers:
+            out.channels, out.changed = channels, True
+        return scores
 
     def _mark_active(self, flows: FlowRecords, out: _Assessment) -> None:
         """Count the hours each workload was seen at all: hours it sent nothing out are zeros of its
