@@ -14,6 +14,7 @@ leads off the machine, and every tool run is bounded in count and time.
 
 from __future__ import annotations
 
+import math
 import random
 import shutil
 import subprocess
@@ -262,7 +263,9 @@ def _reverse_shell(listener: list[str], shell: list[str], keystrokes: bool) -> C
                 else:
                     operator.stdin.write((command + "\n").encode())
                     operator.stdin.flush()
-                time.sleep(rng.uniform(1.0, 3.5))  # reading the output, thinking
+                # reading the output, thinking: people's think times are log-normal (a median of a
+                # couple of seconds, now and then much longer), bounded here so the scenario ends
+                time.sleep(min(8.0, rng.lognormvariate(math.log(2.0), 0.8)))
         finally:
             _stop(victim, operator)
 
@@ -376,7 +379,7 @@ def run_scenario(scenario: Scenario, workdir: Path | None = None) -> ScenarioRes
         (work / "site" / "index.html").write_text("<p>shop</p>\n")
         capture = work / "node.pcap"
         server = _serve_http(node, "web", web, 8080, work / "site")
-        dump = subprocess.Popen(["tcpdump", "-i", node.bridge, "-w", str(capture), "-U", "-s", "512"], **QUIET)
+        dump = subprocess.Popen(["tcpdump", "-i", node.bridge, "-w", str(capture), "-U", "-s", "928"], **QUIET)
         client = None
         try:
             time.sleep(1.5)  # servers listening, tcpdump capturing
