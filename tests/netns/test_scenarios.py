@@ -14,7 +14,6 @@ from lab.scenarios import SCENARIOS, run_scenario
 
 from conftest import require_tool
 
-
 # Scenarios the rules do not catch yet (issue 17 is open on them), with what was measured; they must still
 # name no bystander.
 KNOWN_MISSES = {
