@@ -71,4 +71,11 @@ export KUBESONAR_CHECKOV="$PWD/.venv-checkov/bin/checkov"
 .venv/bin/pip install -q -e '.[test]'
 echo "ruff check ."
 .venv/bin/ruff check .
+
+# numba compiles the per-packet kernels on first use and caches them; do it once here, a pcap and a
+# pcapng through `kubesonar flows`, so no test's time limit pays for the compile (tests/fuzz runs first)
+echo "compiling the per-packet kernels"
+for capture in tests/fixtures/captures/iputils_ping.pcap ../shared/data/more/benign/ja4_latest.pcapng; do
+  if [ -f "$capture" ]; then .venv/bin/kubesonar flows --format jsonl "$capture" >/dev/null; fi
+done
 PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
