@@ -263,6 +263,25 @@ def address_text(raw: bytes) -> str:
     return str(addr.ipv4_mapped or addr)
 
 
+def names_a_host(sni: np.ndarray) -> np.ndarray:
+    """Per flow, whether its ClientHello named a host: an SNI that is neither empty nor an address
+    written as a name (services are reached by name; implants and shells often by address)."""
+    named = np.zeros(len(sni), dtype=bool)
+    rows = np.flatnonzero(sni != "")
+    if len(rows):
+        values, which = np.unique(sni[rows].astype(str), return_inverse=True)
+        named[rows] = np.array([not _is_address(v.strip("[]")) for v in values])[which.ravel()]
+    return named
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def address_bytes(text: str) -> bytes:
     """An address as the 16 bytes flow records store (IPv4 mapped into IPv6)."""
     addr = ipaddress.ip_address(text)

@@ -49,7 +49,6 @@ Example:
 
 from __future__ import annotations
 
-import ipaddress
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Score, StateMigrationError, bounded, clock_from_v0
-from kubesonar.shared.flow import FlowRecords, address_text
+from kubesonar.shared.flow import FlowRecords, address_text, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
 
@@ -168,6 +167,7 @@ class _Assessment:
     scores: list[Score] = field(default_factory=list)
     channels: dict[Channel, ChannelHistory] = field(default_factory=dict)  # as this batch leaves them
     destinations: dict[str, DestinationUsers] = field(default_factory=dict)
+    named: np.ndarray | None = None  # per flow of the batch: its ClientHello named a host
 
 
 class BeaconingDetector(Detector[BeaconingState, _Assessment]):
@@ -221,6 +221,7 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         if not len(flows):
             return out
         out.first_ts = int(flows["first_ts"].min())
+        out.named = names_a_host(flows["tls_sni"])
         candidates = np.isin(flows["proto"], (6, 17)) & ~np.isin(flows["dst_port"], _IGNORED_PORTS)
         candidates &= ~np.isin(flows["src_workload_kind"], _SCHEDULED)  # a CronJob's clock is declared
         rows = np.flatnonzero(candidates)
@@ -354,7 +355,7 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         cold: implants are configured with their server's address. A clock to a host the workload named
         in its ClientHello is what integrations, exporters and streams keep too, so it is compared with the
         workload's past: kept while the cluster learned, it is known; new after, it is reported."""
-        named = _named_host(flows, row)
+        named = bool(out.named[row]) if out.named is not None else False
         if named and clock and self._learning(first_ns):
             h.named_clock = True
         alarm = clock and self._rare(out, channel) and not (named and h.named_clock)
@@ -365,18 +366,6 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         return Score(channel, timing, alarm, source_endpoint(flows, row), first_ns, int(flows["last_ts"][row]),
                      evidence, fresh=fresh, identity=("beacon", channel.destination), destination=_target(flows, row),
                      needs_baseline=named)
-
-
-def _named_host(flows: FlowRecords, row: int) -> bool:
-    """Whether the connection named its server: a ClientHello whose SNI is a host name, not an address."""
-    sni = str(flows["tls_sni"][row])
-    if not sni:
-        return False
-    try:
-        ipaddress.ip_address(sni)
-    except ValueError:
-        return True
-    return False
 
 
 def _target(flows: FlowRecords, row: int) -> dict[str, Any]:

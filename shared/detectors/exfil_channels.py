@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from kubesonar.shared.detectors.base import Score
-from kubesonar.shared.flow import IPPROTO_TCP, TcpFlag, address_text
+from kubesonar.shared.flow import IPPROTO_TCP, TcpFlag, address_text, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def upload_scores(flows: FlowRecords, zones: Zones, uploads: dict[Connection, Ta
     """Tally the batch's outside TCP connections not named by TLS into ``uploads`` (changed in place: the
     caller passes a copy) and score those that crossed the bar. Connections that lean down are dropped."""
     candidates = np.flatnonzero((flows["proto"] == IPPROTO_TCP) & (flows["bytes_out"] > 0)
-                                & (flows["tls_sni"] == "") & (flows["dst_port"] != _HTTPS))
+                                & ~names_a_host(flows["tls_sni"]) & (flows["dst_port"] != _HTTPS))
     rows = zones.outside(flows, candidates)
     if not len(rows):
         return []

@@ -39,7 +39,7 @@ import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score
 from kubesonar.shared.detectors.beaconing import CLOCK_SPREAD_CAP
-from kubesonar.shared.flow import IPPROTO_TCP, address_text
+from kubesonar.shared.flow import IPPROTO_TCP, address_text, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
 from kubesonar.shared.roles import merge_servers, servers_in
@@ -175,7 +175,7 @@ def _interactive(flows: FlowRecords) -> np.ndarray:
     mean_in_s = flows["gap_mean_us_in"] / 1e6
     return ((flows["proto"] == IPPROTO_TCP) & (flows["gaps_in"] >= MIN_GAPS_IN) & (flows["gaps_out"] >= MIN_GAPS_OUT)
             & (mean_in_s >= HUMAN_GAP_S[0]) & (mean_in_s <= HUMAN_GAP_S[1])
-            & (flows["gap_cv_milli_in"] > IRREGULAR_CV * 1000) & (flows["tls_sni"] == ""))
+            & (flows["gap_cv_milli_in"] > IRREGULAR_CV * 1000) & ~names_a_host(flows["tls_sni"]))
 
 
 def _gap_evidence(flows: FlowRecords, row: int) -> dict[str, Any]:

@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score
-from kubesonar.shared.flow import address_text
+from kubesonar.shared.flow import address_text, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
 from kubesonar.shared.roles import merge_servers, servers_in
@@ -112,17 +111,4 @@ class TlsBareIpDetector(Detector[TlsBareIpState, _Assessment]):
 def _unnamed_tls(flows: FlowRecords) -> np.ndarray:
     """Rows with a ClientHello seen that names no host: no SNI, or an address written as one."""
     hello = (flows["tls_ja3"] != "") | (flows["tls_ja4"] != "")
-    rows = np.flatnonzero(hello)
-    unnamed = np.zeros(len(flows), dtype=bool)
-    unnamed[rows] = [_not_a_name(str(sni)) for sni in flows["tls_sni"][rows]]
-    return unnamed
-
-
-def _not_a_name(sni: str) -> bool:
-    if not sni:
-        return True
-    try:
-        ipaddress.ip_address(sni.strip("[]"))
-    except ValueError:
-        return False
-    return True
+    return hello & ~names_a_host(flows["tls_sni"])

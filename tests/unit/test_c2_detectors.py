@@ -313,3 +313,13 @@ def test_any_sslbl_file_parses_or_is_one_clear_error(data):
         assert str(exc).startswith("watchlist feed")
     else:
         assert all(e.kind == "ja3" and len(e.indicator) == 32 for e in entries)
+
+
+def test_a_host_is_named_only_by_a_name():
+    """One definition for every rule: an empty SNI, or an address written as one, names no host."""
+    from kubesonar.shared.flow import names_a_host
+
+    sni = np.array(["api.example.com", "", "203.0.113.9", "[2001:db8::1]", "2001:db8::1", "api.example.com"],
+                   dtype=object)
+    assert names_a_host(sni).tolist() == [True, False, False, False, False, True]
+    assert names_a_host(np.array([], dtype=object)).tolist() == []
