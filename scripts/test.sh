@@ -78,4 +78,4 @@ echo "compiling the per-packet kernels"
 for capture in tests/fixtures/captures/iputils_ping.pcap ../shared/data/more/benign/ja4_latest.pcapng; do
   if [ -f "$capture" ]; then .venv/bin/kubesonar flows --format jsonl "$capture" >/dev/null; fi
 done
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"

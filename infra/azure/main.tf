@@ -314,7 +314,7 @@ resource "azurerm_function_app_flex_consumption" "this" {
 resource "azurerm_key_vault" "this" {
   #checkov:skip=CKV_AZURE_109:The Flex Consumption app resolves its Key Vault reference without a VNet; every request is an Entra identity's, authorised by RBAC
   #checkov:skip=CKV_AZURE_189:As above: a private endpoint needs a VNet this module does not own
-  #checkov:skip=CKV2_AZURE_32:As above
+  #checkov:skip=CKV2_AZURE_32:A private endpoint to the vault needs a VNet this module does not own (as CKV_AZURE_189)
   name                       = substr("${local.compact}kv${local.suffix}", 0, 24)
   resource_group_name        = azurerm_resource_group.this.name
   location                   = azurerm_resource_group.this.location

@@ -46,7 +46,7 @@ def test_the_known_misses_are_labelled_attacks():
     assert KNOWN_MISSES <= attacks, KNOWN_MISSES - attacks
 
 
-@pytest.mark.parametrize("label", _cases())
+@pytest.mark.parametrize("label", list(_cases()))
 def test_capture_meets_the_goal(label, outcomes):
     result = outcomes[label["path"]]
     assert not result.errors, result.errors
