@@ -75,6 +75,7 @@ class SensorCounters:
     packets: int = 0
     kernel_packets: int = 0
     kernel_drops: int = 0
+    ring_malformed: int = 0  # packets a V3 ring block claimed that lay outside it, skipped unread
     flows: int = 0
     evicted_flows: int = 0
     windows: int = 0
@@ -218,6 +219,7 @@ class LiveSensor:
                 pass
         self.counters.kernel_packets = self._retired.packets + sum(r.stats.packets for r in self._sockets.values())
         self.counters.kernel_drops = self._retired.drops + sum(r.stats.drops for r in self._sockets.values())
+        self.counters.ring_malformed = self._retired.malformed + sum(r.stats.malformed for r in self._sockets.values())
 
     def _send(self, flows: FlowRecords, closes_window: bool, dns: DnsMessages | None) -> None:
         now = time.time_ns()
@@ -260,6 +262,7 @@ class LiveSensor:
             pass
         self._retired.packets += ring.stats.packets
         self._retired.drops += ring.stats.drops
+        self._retired.malformed += ring.stats.malformed
         ring.close()
         self._sockets.pop(ring.interface, None)
 
