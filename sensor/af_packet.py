@@ -138,8 +138,10 @@ class RingSocket:
     def _setup(self, program: BpfProgram, fanout_group: int | None) -> None:
         c = self.config
         s = self._sock
-        # the filter goes on before the bind, so nothing unfiltered (or longer than snaplen) gets in
-        program.attach(s)
+        # the filter goes on before the bind, so nothing unfiltered (or longer than snaplen) gets in; a
+        # fanout member drops everything until it has joined its group, as a bound socket outside the
+        # group would see every packet, the other workers' included
+        (accept_all(0) if fanout_group is not None else program).attach(s)
         if c.version != "v2":
             try:
                 self._map_v3()
@@ -164,7 +166,8 @@ class RingSocket:
         s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("<iHH8s", index, PACKET_MR_PROMISC, 0, b""))
         if fanout_group is not None:  # after the bind: a group is joined on one interface
             mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
-            s.setsockopt(SOL_PACKET, PACKET_FANOUT, (fanout_group & 0xFFFF) | (mode << 16))
+            s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("<I", (fanout_group & 0xFFFF) | (mode << 16)))
+            program.attach(s)
 
     def _map_v3(self) -> None:
         c = self.config
