@@ -44,6 +44,8 @@ def unplaced(batch: PacketBatch, fields: PacketFields) -> dict[str, int]:
     network layer that is not IP (ARP, LLDP, an unknown EtherType), or an IP header cut by the capture.
     The counts add up to the packets that are not IP packets, so no packet vanishes uncounted."""
     left = ~fields.is_ip
+    if not left.any():  # the usual read: every packet joined a flow
+        return dict.fromkeys(UNPLACED_REASONS, 0)
     unknown_link = left & ~np.isin(batch.linktype, SUPPORTED_LINKTYPES)
     truncated = left & ~unknown_link & fields.truncated
     not_ip = left & ~unknown_link & ~fields.truncated
