@@ -24,7 +24,7 @@ from kubesonar.sensor.bpf import BpfProgram, accept_all
 from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.record_walk import walk_v3_blocks
-from kubesonar.sensor.ring_kernel import BLOCK_STATUS
+from kubesonar.sensor.ring_layout import BLOCK_STATUS
 from kubesonar.shared.errors import CaptureError, ConfigError
 
 SOL_PACKET = 263

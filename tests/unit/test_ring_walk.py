@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kubesonar.sensor.record_walk import walk_v3_blocks
-from kubesonar.sensor.ring_kernel import BLOCK_HEADER, PACKET_OUTGOING
+from kubesonar.sensor.ring_layout import BLOCK_HEADER, PACKET_OUTGOING
 
 BLOCK = 4096
 _HDR = 48 + 20  # tpacket3_hdr, sockaddr_ll
@@ -112,3 +112,22 @@ def test_scribbled_block_memory_never_reads_outside_the_ring(header_pokes, anywh
     claimed = struct.unpack_from("<I", block, 12)[0]
     assert taken == (1 if block[8] & 1 else 0) and n <= 64 and (not taken or n + bad <= claimed)
     assert ((offset >= BLOCK_HEADER) & (offset + caplen <= BLOCK)).all()
+
+
+def test_the_live_sensor_with_native_kernels_does_not_load_numba():
+    """numba and llvmlite take ~100 MiB: a V3 flood peaked at 353 MiB against a 256 MiB budget when the
+    socket module imported the ring layout from the kernel module, and with it numba."""
+    import subprocess
+    import sys
+
+    from kubesonar.sensor.record_walk import NATIVE
+
+    if not NATIVE:
+        import pytest
+
+        pytest.skip("no native module built (python -m kubesonar.sensor.build_native): the JIT needs numba")
+    code = ("import sys\nfrom kubesonar.cli import main\nfrom kubesonar.compose import build_sensor\n"
+            "from kubesonar.sensor import af_packet, capture, capture_workers, live\n"
+            "from kubesonar.sensor.observe import warm_up\nwarm_up()\n"
+            "print(sorted(m for m in ('numba', 'llvmlite') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
