@@ -187,8 +187,9 @@ class RingSocket:
             raise
         self.version = TPACKET_V3
         self._block_status = np.frombuffer(self._map, dtype="<u4")[BLOCK_STATUS // 4 :: c.block_size // 4]
-        # room for a read's packets, plus one block of the smallest packets (header, address, 14 bytes)
-        room = c.frames_per_read + c.block_size // 64
+        # room for a read's packets, and at least a block of the smallest ones (every packet takes more
+        # than 64 bytes of a block: header, address, frame), so a read always takes a whole block
+        room = max(c.frames_per_read, c.block_size // 64)
         self._out = [np.zeros(room, dtype=np.int64) for _ in range(4)]
         self._blocks = np.zeros(c.block_count, dtype=np.int64)
 
@@ -226,7 +227,7 @@ class RingSocket:
     def _read_v3(self) -> PacketBatch | None:
         c = self.config
         offset, caplen, wirelen, ts = self._out
-        # whole blocks, as many as the arrays hold: about frames_per_read packets, more when small
+        # whole blocks, as many as the arrays hold: at most frames_per_read packets
         n, taken, bad = walk_v3_blocks(self.ring, c.block_size, self._next, self._skip_outgoing, offset, caplen,
                                        wirelen, ts, self._blocks)
         if not taken:

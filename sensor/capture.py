@@ -10,7 +10,7 @@ import fnmatch
 import time
 from typing import TYPE_CHECKING
 
-from kubesonar.sensor.af_packet import RingSocket, SocketStats, list_interfaces, wait_readable
+from kubesonar.sensor.af_packet import TPACKET_V3, RingSocket, SocketStats, list_interfaces, wait_readable
 from kubesonar.sensor.app_layer import DnsParser
 from kubesonar.sensor.bpf import compile_filter
 from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
@@ -82,6 +82,9 @@ class Capture:
 
     def finish(self) -> None:
         """Read what the rings hold, end every open flow, close the rings."""
+        if any(ring.version == TPACKET_V3 for ring in self._sockets.values()):
+            # the block being filled is handed over only when it times out: let the last packets in
+            time.sleep(self.settings.ring.block_timeout_ms / 1000 * 2)
         for ring in list(self._sockets.values()):
             self._read(ring)
         self._add(self.table.flush(EndReason.END_OF_INPUT))
