@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
@@ -72,9 +73,18 @@ class CaptureWorkers:
 
     def read_ready(self, timeout_s: float) -> None:
         """Take what the workers sent, waiting at most ``timeout_s`` for something."""
-        for conn in wait(self._conns, timeout_s):
-            while conn.poll():
-                self._receive(self._conns.index(conn), conn.recv())
+        running = [c for c in self._conns if not isinstance(c, _Ended)]
+        if not running:
+            time.sleep(timeout_s)
+            return
+        for conn in wait(running, timeout_s):
+            worker = self._conns.index(conn)
+            try:
+                while conn.poll():
+                    self._receive(worker, conn.recv())
+            except (EOFError, OSError):  # the worker died: the others go on; its counters stay as last sent
+                self._fail(f"capture worker {worker} ended")
+                self._conns[worker] = _Ended()
 
     def take(self) -> tuple[list[FlowRecords], list[DnsMessages]]:
         taken = self.pending, self.pending_dns
@@ -99,13 +109,17 @@ class CaptureWorkers:
     def _ask(self, command: str, argument: int = 0) -> None:
         """Send a command to every worker and wait for each one's state after it."""
         for conn in self._conns:
-            conn.send((command, argument))
+            try:
+                conn.send((command, argument))
+            except OSError:
+                pass  # a worker that ended: recv says so below
         for i, conn in enumerate(self._conns):
-            while True:
+            while not isinstance(conn, _Ended):
                 try:
                     message = conn.recv()
-                except EOFError:
+                except (EOFError, OSError):
                     self._fail(f"capture worker {i} ended")
+                    self._conns[i] = _Ended()
                     break
                 self._receive(i, message)
                 if message[0] == _STATE:
@@ -124,6 +138,13 @@ class CaptureWorkers:
     def _fail(self, message: str) -> None:
         if len(self.errors) < 100:
             self.errors.append(message)
+
+
+class _Ended:
+    """Stands in for the pipe of a worker that died: left out of every wait, never sent to."""
+
+    def send(self, _message: tuple) -> None:
+        raise OSError("capture worker ended")
 
 
 def _work(settings: SensorSettings, sensor_pid: int, index: int, log_rings: bool, conn: Connection) -> None:
