@@ -1,13 +1,15 @@
 """Benchmark: the live sensor's capture rate and drops, against tcpdump on the same replay, and its
 memory under a flood of 1,000,000 distinct 5-tuples. Needs root, iproute2, tcpreplay and tcpdump.
 
-    sudo python bench/live_capture.py [--rounds 3]
+    sudo python bench/live_capture.py [--rounds 3] [--sensor v3/1 --sensor v2/1 --sensor v3/2]
 
 A node of network namespaces (tests/netns/node.py): tcpreplay --topspeed sends a capture from inside
 a pod namespace and the capture runs on that pod's interface, where every packet sent passes (past it,
 the veth's backlog drops what a CPU cannot forward, which would hide the capture's own drops). Rounds
-alternate kubesonar and tcpdump on the same replay; every round is printed (the replay's own
-speed varies between rounds, and so does what a capture must keep up with).
+alternate the sensor configurations (``--sensor RING/WORKERS``: the capture ring, TPACKET_V3 or V2,
+and the number of capture processes) and tcpdump on the same replay; every round is printed (the
+replay's own speed varies between rounds, and so does what a capture must keep up with). CPU and
+memory are summed over the sensor's processes (its workers are its children).
 """
 
 from __future__ import annotations
@@ -36,18 +38,41 @@ def _replay(node, capture: Path) -> tuple[int, float]:
     return sent, seconds
 
 
+def _tree(pid: int) -> list[int]:
+    """The process and its descendants (the sensor and its capture workers)."""
+    pids = [pid]
+    for p in pids:
+        try:
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pids += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return pids
+
+
 def _peak_rss_mib(pid: int) -> float:
-    try:
-        found = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    except OSError:
-        return 0.0
-    return int(found.group(1)) / 1024 if found else 0.0  # a zombie has no memory left to report
+    """Peak resident memory summed over the process tree (each process's own peak: an upper bound)."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            found = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{p}/status").read_text())
+        except OSError:
+            continue
+        total += int(found.group(1)) / 1024 if found else 0.0  # a zombie has no memory left to report
+    return total
 
 
 def _cpu_s(pid: int) -> float:
-    """User and system CPU seconds of a live process (/proc/PID/stat fields 14 and 15)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User and system CPU seconds of a live process tree (/proc/PID/stat fields 14 and 15), children
+    that ended and were waited for included (fields 16 and 17)."""
+    total = 0.0
+    for p in _tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _startup_s(repeat: int = 5) -> list[float]:
@@ -63,13 +88,16 @@ def _startup_s(repeat: int = 5) -> list[float]:
     return runs
 
 
-def _kubesonar(node, capture: Path, queue: Path) -> dict:
+def _kubesonar(node, capture: Path, queue: Path, config: str = "auto/1") -> dict:
     from kubesonar.shared.batch import decode_batch
 
-    sensor = node.start("replayer", "kubesonar", "sensor", "-i", node.interface("replayer"), "--window", "2",
-                        "--queue", f"file://{queue}", "--spool", str(queue.parent / "spool"),
-                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    time.sleep(3)  # numba's cache warm, ring mapped
+    ring, workers = config.split("/")
+    # the kubesonar installed beside this interpreter, whatever PATH sudo keeps
+    sensor = node.start("replayer", str(Path(sys.executable).parent / "kubesonar"), "sensor", "-i", node.interface("replayer"),
+                        "--window", "2", "--ring", ring, *(["--workers", workers] if workers != "1" else []),
+                        "--queue", f"file://{queue}",
+                        "--spool", str(queue.parent / "spool"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    time.sleep(3 + int(workers))  # numba's cache warm, rings mapped, workers started
     cpu_before = _cpu_s(sensor.pid)
     sent, seconds = _replay(node, capture)
     peak = 0.0
@@ -105,7 +133,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--flood", type=int, default=1_000_000, help="distinct 5-tuples of the flood; 0: none")
+    parser.add_argument("--sensor", action="append", metavar="RING/WORKERS",
+                        help="a sensor configuration to measure, e.g. v3/1, v2/1, v3/2 (repeat to compare; "
+                             "the flood uses the first) [default: auto/1]")
     args = parser.parse_args()
+    configs = args.sensor or ["auto/1"]
 
     import numpy as np
 
@@ -124,18 +156,20 @@ def main() -> None:
                                         10.0)], 1.7e9)
 
     with namespace_node(["replayer", "sink"]) as node:
-        results: dict[str, list[dict]] = {"kubesonar": [], "tcpdump": []}
+        results: dict[str, list[dict]] = {f"kubesonar {c}": [] for c in configs} | {"tcpdump": []}
         for r in range(args.rounds):
-            with tempfile.TemporaryDirectory() as tmp:
-                results["kubesonar"].append(_kubesonar(node, traffic, Path(tmp) / "queue"))
+            for config in configs:
+                with tempfile.TemporaryDirectory() as tmp:
+                    results[f"kubesonar {config}"].append(_kubesonar(node, traffic, Path(tmp) / "queue", config))
             results["tcpdump"].append(_tcpdump(node, traffic))
             for name in results:
                 x = results[name][-1]
-                print(f"round {r + 1} {name:9}: sent {x['sent']:,} in {x['seconds']:.2f} s, captured "
+                print(f"round {r + 1} {name:14}: sent {x['sent']:,} in {x['seconds']:.2f} s, captured "
                       f"{x['captured']:,}, kernel drops {x['kernel_drops']:,}")
         if args.rounds:
             print(f"\nlive capture of {traffic.name} replayed with tcpreplay --topspeed, every round:")
-            print("| engine | replay packets/s | captured | kernel drops | CPU per captured packet |")
+            print(f"(load average {os.getloadavg()[0]:.1f})")
+            print("| engine (ring/workers) | replay packets/s | captured | kernel drops | CPU per captured packet |")
             print("|---|---:|---:|---:|---:|")
             for name, runs in results.items():
                 for x in runs:
@@ -149,7 +183,7 @@ def main() -> None:
         if not args.flood:
             return
         with tempfile.TemporaryDirectory() as tmp:
-            run = _kubesonar(node, flood, Path(tmp) / "queue")
+            run = _kubesonar(node, flood, Path(tmp) / "queue", configs[0])
             backend = LocalBackend(Path(tmp) / "state")
             alerts = []
             for b in sorted(run["batches"], key=lambda b: (b.header.sequence, b.header.part)):
@@ -158,7 +192,7 @@ def main() -> None:
                 for message in encode_batch(b.header, b.flows):
                     result = backend.receive(f"{b.header.sequence}/{b.header.part}/{len(alerts)}", message)
                     alerts += result.new_alerts if result else []
-        print(f"\nflood of {args.flood:,} distinct 5-tuples: sent {run['sent']:,} at "
+        print(f"\nflood of {args.flood:,} distinct 5-tuples, kubesonar {configs[0]}: sent {run['sent']:,} at "
               f"{run['sent'] / run['seconds']:,.0f} packets/s; captured {run['captured']:,}, kernel drops "
               f"{run['kernel_drops']:,}; {run['flows']:,} flow records; sensor peak RSS {run['peak_rss_mib']:.0f} MiB; "
               f"alerts: {[(a['type'], a['source']['ip']) for a in alerts]}")

@@ -194,17 +194,33 @@ def _capture_options(command: Callable) -> Callable:
                      help="in: count each packet where it enters the node, so one crossing two captured "
                           "interfaces (pod to pod on a routed CNI) counts once; capture the uplink too "
                           "(docs/sensor.md)."),
+        click.option("--ring", type=click.Choice(["auto", "v3", "v2"]), default="auto",
+                     help="Capture ring: auto takes TPACKET_V3 and falls back to V2 where the kernel refuses it "
+                          "(each interface's choice is logged)."),
+        click.option("--workers", type=click.IntRange(1, 64), default=1,
+                     help="Capture processes, each with its own rings (one PACKET_FANOUT group per interface, "
+                          "hashed by flow) and flow table; about one per core the sensor may use."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _settings(interface, window, filter, cluster, node, max_flows, direction):  # noqa: A002 - the option's name
+def _settings(interface, window, filter, cluster, node, max_flows, direction, ring, workers):  # noqa: A002 - the option's name
+    import logging
+
+    from kubesonar.sensor.af_packet import RingConfig
     from kubesonar.sensor.live import SensorSettings, default_node_name
 
+    # which ring each interface got (TPACKET_V3, or V2 on an old kernel) goes to standard error
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("kubesonar: %(message)s"))
+    capture_log = logging.getLogger("kubesonar.sensor.af_packet")
+    capture_log.addHandler(handler)
+    capture_log.setLevel(logging.INFO)
     return SensorSettings(tuple(interface), window_s=window, capture_filter=filter, cluster=cluster,
-                          node=node or default_node_name(), max_flows=max_flows, arrivals_only=direction == "in")
+                          node=node or default_node_name(), max_flows=max_flows, arrivals_only=direction == "in",
+                          ring=RingConfig(version=ring), workers=workers)
 
 
 def _run_until_signal(sensor, duration: float | None) -> None:
@@ -232,12 +248,12 @@ def _run_until_signal(sensor, duration: float | None) -> None:
               help="Watch this node's pods through the Kubernetes API (in-cluster configuration).")
 @click.option("--key-file", type=click.Path(dir_okay=False),
               help="Keyring (a mounted Kubernetes Secret) to sign batches with; docs/hardening.md.")
-def sensor(interface, window, filter, cluster, node, max_flows, duration, direction, queue, spool,  # noqa: A002
-           spool_max_bytes, pods, kubernetes, key_file) -> None:
+def sensor(interface, window, filter, cluster, node, max_flows, duration, direction, ring, workers,  # noqa: A002
+           queue, spool, spool_max_bytes, pods, kubernetes, key_file) -> None:
     """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
     from kubesonar.compose import build_sensor
 
-    settings = _settings(interface, window, filter, cluster, node, max_flows, direction)
+    settings = _settings(interface, window, filter, cluster, node, max_flows, direction, ring, workers)
     enrich, watcher = _enrichment(pods, kubernetes, settings.node)
     live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher, signer=_signer(key_file, cluster))
     click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to {queue}",
@@ -258,14 +274,14 @@ def sensor(interface, window, filter, cluster, node, max_flows, duration, direct
               help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
               help="json: one alert per line, as analyze prints them.")
-def watch(interface, window, filter, cluster, node, max_flows, duration, direction,  # noqa: A002
+def watch(interface, window, filter, cluster, node, max_flows, duration, direction, ring, workers,  # noqa: A002
           pods, state_dir, fmt) -> None:
     """Capture live traffic and run the detection core in this process; print alerts as they happen."""
     import tempfile
 
     from kubesonar.compose import build_watch
 
-    settings = _settings(interface, window, filter, cluster, node, max_flows, direction)
+    settings = _settings(interface, window, filter, cluster, node, max_flows, direction, ring, workers)
     enrich, _ = _enrichment(pods, False, settings.node)
 
     def show(alert: dict) -> None:

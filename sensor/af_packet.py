@@ -1,15 +1,16 @@
-"""Live capture on Linux: an AF_PACKET socket with a memory-mapped TPACKET_V2 receive ring.
+"""Live capture on Linux: an AF_PACKET socket with a memory-mapped receive ring.
 
-The kernel writes each packet (cut to ``snaplen`` by the socket's BPF program) into the next
-fixed-size frame of a ring in memory shared with us and flags it as ours. Fixed frames make the ring
-an array: the frames ready for us are read as strided numpy views, handed to the flow engine as one
-:class:`PacketBatch` (offsets into the ring, no copy) and given back with one vectorised store. No
-per-packet Python, and no JIT (TPACKET_V3's variable-length blocks would need one to walk), which
-keeps the sensor's memory down.
+TPACKET_V3 where the kernel has it (Linux 3.2+): the kernel fills blocks of variable-length packets
+and hands a block over when it is full or its timeout passes; a compiled walk
+(sensor/ring_kernel.py) gathers the packets of the blocks handed over into one :class:`PacketBatch`
+(offsets into the ring, no copy), and the blocks are given back once the batch is accounted. Else
+TPACKET_V2: fixed frames, read as strided numpy views and given back with one vectorised store.
+Small packets take a V3 ring's room by their size, a V2 ring's by a whole frame each.
 """
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import select
@@ -22,6 +23,8 @@ import numpy as np
 from kubesonar.sensor.bpf import BpfProgram, accept_all
 from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from kubesonar.sensor.packets import PacketBatch
+from kubesonar.sensor.record_walk import walk_v3_blocks
+from kubesonar.sensor.ring_layout import BLOCK_STATUS
 from kubesonar.shared.errors import CaptureError, ConfigError
 
 SOL_PACKET = 263
@@ -31,7 +34,10 @@ PACKET_STATISTICS = 6
 PACKET_VERSION = 10
 PACKET_IGNORE_OUTGOING = 23  # Linux 4.20
 PACKET_MR_PROMISC = 1
-TPACKET_V2 = 1
+PACKET_FANOUT = 18
+PACKET_FANOUT_HASH = 0  # by the kernel's symmetric flow hash: both directions of a flow to one socket
+PACKET_FANOUT_FLAG_DEFRAG = 0x8000  # reassemble fragments first, so they hash with their flow
+TPACKET_V2, TPACKET_V3 = 1, 2
 ETH_P_ALL = 0x0003
 TP_STATUS_KERNEL = 0
 TP_STATUS_USER = 1
@@ -42,6 +48,8 @@ _PACKET_OUTGOING = 4
 _STATUS, _LEN, _SNAPLEN, _SEC, _NSEC = 0, 4, 8, 16, 20
 _FIRST_LOOK = 512  # frames a read looks at first: a gathered read holds a few hundred at moderate rates
 _MAC, _PKTTYPE = 12, 42
+RING_VERSIONS = ("auto", "v3", "v2")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -54,18 +62,31 @@ class RingConfig:
     # A TLS ClientHello is 140-701 bytes of frame in the shared captures; 400 bytes held 21 of 697.
     frames_per_read: int = 8_192  # hand over at most this many at once: bounds the engine's working memory
     gather_s: float = 0.005  # pause after draining the rings: 5 ms of a 1 M packets/s flood is 5,000 frames
+    version: str = "auto"  # "v3", falling back to "v2" where the kernel refuses it; or either, forced
+    block_timeout_ms: int = 5  # V3: the kernel hands a block over after this long even if not full
 
     def __post_init__(self) -> None:
         if self.block_size % self.frame_size or self.frame_count % (self.block_size // self.frame_size):
             raise ConfigError("ring: block size must hold whole frames and the frames whole blocks")
         if self.snaplen + 96 > self.frame_size:
             raise ConfigError(f"ring: a {self.frame_size}-byte frame cannot hold a {self.snaplen}-byte snap")
+        if self.version not in RING_VERSIONS:
+            raise ConfigError(f"ring version {self.version!r}: choose one of {', '.join(RING_VERSIONS)}")
+
+    @property
+    def ring_bytes(self) -> int:
+        return self.frame_size * self.frame_count
+
+    @property
+    def block_count(self) -> int:
+        return self.ring_bytes // self.block_size
 
 
 @dataclass
 class SocketStats:
     packets: int = 0  # seen by the kernel for this socket
     drops: int = 0  # the ring was full: lost
+    malformed: int = 0  # V3: packets a block claimed that lay outside it, skipped unread
 
 
 def _arphrd(name: str) -> int:
@@ -88,10 +109,12 @@ class RingSocket:
     """One interface's capture socket and ring. ``read()`` returns the packets the kernel has written."""
 
     def __init__(self, interface: str, config: RingConfig | None = None,
-                 programs: dict[int, BpfProgram] | None = None, arrivals_only: bool = False):
+                 programs: dict[int, BpfProgram] | None = None, arrivals_only: bool = False,
+                 fanout_group: int | None = None):
         """``programs``: the BPF program for each link type (Ethernet framing or raw IP), compiled once by
         the caller; without one for this interface's type, accept everything up to the snap length.
-        ``arrivals_only``: leave out the packets the interface sends."""
+        ``arrivals_only``: leave out the packets the interface sends. ``fanout_group``: join this
+        PACKET_FANOUT group (hash by flow), shared by the sockets of other workers on the interface."""
         self.interface = interface
         self.config = config or RingConfig()
         kind, self.linktype = interface_linktype(interface)
@@ -99,38 +122,38 @@ class RingSocket:
         self.arrivals_only = arrivals_only or _arphrd(interface) == _ARPHRD_LOOPBACK
         self._skip_outgoing = self.arrivals_only
         self.stats = SocketStats()
-        self._next = 0  # the next frame the kernel fills, in ring order
-        self._pending = np.zeros(0, dtype=np.int64)  # frames handed out and not yet given back
+        self.version = 0  # TPACKET_V3 or TPACKET_V2 once set up
+        self._next = 0  # the next frame (V2) or block (V3) the kernel fills, in ring order
+        self._pending = np.zeros(0, dtype=np.int64)  # frames or blocks handed out and not yet given back
         try:
             self._sock = socket.socket(socket.AF_PACKET, kind, socket.htons(ETH_P_ALL))
         except PermissionError:
             raise CaptureError("live capture needs CAP_NET_RAW (run as root or grant the capability)") from None
         try:
-            self._setup((programs or {}).get(self.linktype) or accept_all(self.config.snaplen))
+            self._setup((programs or {}).get(self.linktype) or accept_all(self.config.snaplen), fanout_group)
         except OSError as exc:
             self._sock.close()
             raise CaptureError(f"cannot capture on {interface}: {exc.strerror or exc}") from None
 
-    def _setup(self, program: BpfProgram) -> None:
+    def _setup(self, program: BpfProgram, fanout_group: int | None) -> None:
         c = self.config
         s = self._sock
-        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
-        # the filter goes on before the bind, so nothing unfiltered (or longer than snaplen) gets in
-        program.attach(s)
-        req = struct.pack("<4I", c.block_size, c.frame_count * c.frame_size // c.block_size, c.frame_size,
-                          c.frame_count)
-        s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
-        self._map = mmap.mmap(s.fileno(), c.frame_size * c.frame_count, mmap.MAP_SHARED,
-                              mmap.PROT_READ | mmap.PROT_WRITE)
-        self.ring = np.frombuffer(self._map, dtype=np.uint8)
-        # each header field of every frame as one strided view (frames are contiguous: blocks hold whole frames)
-        words = np.frombuffer(self._map, dtype="<u4")
-        step = c.frame_size // 4
-        self._status, self._len = words[_STATUS // 4 :: step], words[_LEN // 4 :: step]
-        self._snap = words[_SNAPLEN // 4 :: step]
-        self._sec, self._nsec = words[_SEC // 4 :: step], words[_NSEC // 4 :: step]
-        self._mac = np.frombuffer(self._map, dtype="<u2")[_MAC // 2 :: c.frame_size // 2]
-        self._pkttype = self.ring[_PKTTYPE :: c.frame_size]
+        # the filter goes on before the bind, so nothing unfiltered (or longer than snaplen) gets in; a
+        # fanout member drops everything until it has joined its group, as a bound socket outside the
+        # group would see every packet, the other workers' included
+        (accept_all(0) if fanout_group is not None else program).attach(s)
+        if c.version != "v2":
+            try:
+                self._map_v3()
+            except OSError as exc:
+                if c.version == "v3":
+                    raise
+                log.info("capture on %s: TPACKET_V3 refused (%s); using a TPACKET_V2 ring", self.interface,
+                         exc.strerror or exc)
+        if not self.version:
+            self._map_v2()
+        log.info("capture on %s: TPACKET_V%d ring of %d MiB", self.interface, 3 if self.version == TPACKET_V3 else 2,
+                 c.ring_bytes >> 20)
         if self.arrivals_only:
             try:  # the kernel then never writes them to the ring; read() filters where it cannot
                 s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
@@ -141,14 +164,83 @@ class RingSocket:
         index = socket.if_nametoindex(self.interface)
         # promiscuous for this socket only (undone when it closes): a bridge passes us forwarded frames
         s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("<iHH8s", index, PACKET_MR_PROMISC, 0, b""))
+        if fanout_group is not None:  # after the bind: a group is joined on one interface
+            mode = PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG
+            s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("<I", (fanout_group & 0xFFFF) | (mode << 16)))
+            program.attach(s)
+
+    def _map_v3(self) -> None:
+        c = self.config
+        self._sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
+        try:
+            # struct tpacket_req3: block size and count, frame size and count (unused by V3 but checked),
+            # block timeout (ms), private bytes per block, features
+            req = struct.pack("<7I", c.block_size, c.block_count, c.frame_size, c.frame_count,
+                              c.block_timeout_ms, 0, 0)
+            self._sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+            self._mmap()
+        except OSError:
+            try:  # back to V2 for the fallback: allowed while no ring is set
+                self._sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+            except OSError:
+                pass
+            raise
+        self.version = TPACKET_V3
+        self._block_status = np.frombuffer(self._map, dtype="<u4")[BLOCK_STATUS // 4 :: c.block_size // 4]
+        # room for a read's packets, and at least a block of the smallest ones (every packet takes more
+        # than 64 bytes of a block: header, address, frame), so a read always takes a whole block
+        room = max(c.frames_per_read, c.block_size // 64)
+        self._out = [np.zeros(room, dtype=np.int64) for _ in range(4)]
+        self._blocks = np.zeros(c.block_count, dtype=np.int64)
+
+    def _map_v2(self) -> None:
+        c = self.config
+        self._sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        req = struct.pack("<4I", c.block_size, c.block_count, c.frame_size, c.frame_count)
+        self._sock.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+        self._mmap()
+        self.version = TPACKET_V2
+        # each header field of every frame as one strided view (frames are contiguous: blocks hold whole frames)
+        words = np.frombuffer(self._map, dtype="<u4")
+        step = c.frame_size // 4
+        self._status, self._len = words[_STATUS // 4 :: step], words[_LEN // 4 :: step]
+        self._snap = words[_SNAPLEN // 4 :: step]
+        self._sec, self._nsec = words[_SEC // 4 :: step], words[_NSEC // 4 :: step]
+        self._mac = np.frombuffer(self._map, dtype="<u2")[_MAC // 2 :: c.frame_size // 2]
+        self._pkttype = self.ring[_PKTTYPE :: c.frame_size]
+
+    def _mmap(self) -> None:
+        self._map = mmap.mmap(self._sock.fileno(), self.config.ring_bytes, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+        self.ring = np.frombuffer(self._map, dtype=np.uint8)
 
     def fileno(self) -> int:
         return self._sock.fileno()
 
     def read(self) -> PacketBatch | None:
-        """The frames the kernel has filled since the last read (at most ``frames_per_read``), as one
-        batch pointing into the ring; None if there are none. Call :meth:`release` once accounted."""
+        """The packets the kernel has handed over since the last read (about ``frames_per_read`` at
+        most), as one batch pointing into the ring; None if there are none. Call :meth:`release` once
+        accounted."""
         self.release()
+        return self._read_v3() if self.version == TPACKET_V3 else self._read_v2()
+
+    def _read_v3(self) -> PacketBatch | None:
+        c = self.config
+        offset, caplen, wirelen, ts = self._out
+        # whole blocks, as many as the arrays hold: at most frames_per_read packets
+        n, taken, bad = walk_v3_blocks(self.ring, c.block_size, self._next, self._skip_outgoing, offset, caplen,
+                                       wirelen, ts, self._blocks)
+        if not taken:
+            return None
+        self.stats.malformed += bad
+        self._pending = self._blocks[:taken].copy()
+        self._next = (self._next + taken) % c.block_count
+        if not n:
+            return None
+        return PacketBatch(data=self.ring, offset=offset[:n].copy(), caplen=caplen[:n].copy(),
+                           wirelen=wirelen[:n].copy(), ts=ts[:n].copy(), linktype=np.full(n, self.linktype))
+
+    def _read_v2(self) -> PacketBatch | None:
         c = self.config
         frames = self._filled(min(_FIRST_LOOK, c.frames_per_read))
         if len(frames) == _FIRST_LOOK < c.frames_per_read:  # a busy ring: look further
@@ -174,21 +266,26 @@ class RingSocket:
         return frames[: int(np.argmin(ours)) if not ours.all() else most]
 
     def release(self) -> None:
-        """Give the frames of the last batch back to the kernel."""
+        """Give the frames (V2) or blocks (V3) of the last batch back to the kernel."""
         if len(self._pending):
-            self._status[self._pending] = TP_STATUS_KERNEL
+            status = self._block_status if self.version == TPACKET_V3 else self._status
+            status[self._pending] = TP_STATUS_KERNEL
             self._pending = self._pending[:0]
 
     def read_stats(self) -> SocketStats:
         """Add the kernel's counters since the last call (reading resets them) and return the totals."""
-        packets, drops = struct.unpack("<II", self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8))
+        # struct tpacket_stats (V2) and the head of struct tpacket_stats_v3 (V3): packets, drops
+        raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12 if self.version == TPACKET_V3 else 8)
+        packets, drops = struct.unpack_from("<II", raw)
         self.stats.packets += packets
         self.stats.drops += drops
         return self.stats
 
     def close(self) -> None:
-        self.release()
+        if self.version:
+            self.release()
         self.ring = self._status = self._len = self._snap = self._sec = self._nsec = self._mac = self._pkttype = None
+        self._block_status = None
         try:
             self._map.close()
         except (BufferError, AttributeError):

@@ -260,7 +260,7 @@ class DnsParser:
                 "size": int(min(pf.payload_len[i], 0xFFFF)),
             })
         self.parsed += len(out)
-        return DnsMessages.from_rows(out)
+        return DnsMessages.from_rows(out) if out else DnsMessages.empty()
 
 
 def _binary_question(payload: bytes) -> tuple[str, int] | None:

@@ -24,6 +24,7 @@ _SIGNATURES = {
                    "i8[:], b1[:], u8[:, :], u8[:, :], i8[:], i8[:], i8[:], i8[:], i8[:], i8[:], i8[:], i8, i8, i8, "
                    "i8, u8[:, :], u8[:, :], i8[:, :], f8[:, :], i8[:], i8[:], i8[:], u8[:, :], u8[:, :], i8[:, :], "
                    "u1[:], i8)",
+    "walk_v3_blocks": "UniTuple(i8, 3)(u1[:], i8, i8, b1, i8[:], i8[:], i8[:], i8[:], i8[:])",
     "release": "void(i8[:], u8[:, :], i8[:, :], i8[:], i8[:], i8[:])",
     "rehash": "void(i8[:], u8[:, :], i8[:, :], i8)",
 }
@@ -33,12 +34,12 @@ def build(output_dir: Path) -> Path:
     from numba.core.errors import NumbaPendingDeprecationWarning
     from numba.pycc import CC
 
-    from kubesonar.sensor import dissect_kernel, flow_kernel, walk_kernel
+    from kubesonar.sensor import dissect_kernel, flow_kernel, ring_kernel, walk_kernel
 
     kernels = {
         "walk_pcap": walk_kernel.walk_pcap, "walk_pcapng": walk_kernel.walk_pcapng,
         "dissect_batch": dissect_kernel.dissect_batch, "add_packets": flow_kernel.add_packets,
-        "release": flow_kernel.release, "rehash": flow_kernel.rehash,
+        "walk_v3_blocks": ring_kernel.walk_v3_blocks, "release": flow_kernel.release, "rehash": flow_kernel.rehash,
     }
     warnings.simplefilter("ignore", NumbaPendingDeprecationWarning)
     cc = CC("_native")

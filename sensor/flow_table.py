@@ -218,6 +218,8 @@ class FlowTable:
             if done == n:
                 break
             t.make_room()  # the table stopped for want of room; go on where it stopped
+        if not n_out:  # most live reads end no flow: building the empty columns cost more than the read
+            return FlowRecords.empty()
         # copies: the records must not share the buffers the next batch writes
         return _records(out_key[:n_out].copy(), out_tun[:n_out].copy(), out_num[:n_out].copy(),
                         out_reason[:n_out].copy(), self.tls)

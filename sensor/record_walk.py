@@ -23,17 +23,19 @@ try:
         release,
         walk_pcap,
         walk_pcapng,
+        walk_v3_blocks,
     )
 
     NATIVE = True
 except ImportError:
     from kubesonar.sensor.dissect_kernel import dissect_batch
     from kubesonar.sensor.flow_kernel import add_packets, rehash, release
+    from kubesonar.sensor.ring_kernel import walk_v3_blocks
     from kubesonar.sensor.walk_kernel import walk_pcap, walk_pcapng
 
     NATIVE = False
 
 __all__ = [
     "NATIVE", "STOP_CORRUPT", "STOP_FULL", "STOP_NEED_DATA", "STOP_OTHER_BLOCK", "add_packets",
-    "dissect_batch", "rehash", "release", "walk_pcap", "walk_pcapng",
+    "dissect_batch", "rehash", "release", "walk_v3_blocks", "walk_pcap", "walk_pcapng",
 ]

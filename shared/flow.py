@@ -149,6 +149,9 @@ def checked_columns(columns: dict[str, np.ndarray], dtypes: dict[str, np.dtype],
     return {n: np.asarray(columns[n], dtype=dtype) for n, dtype in dtypes.items()}
 
 
+_NO_RECORDS: dict[str, np.ndarray] | None = None
+
+
 class FlowRecords:
     """A batch of flow records as equal-length numpy columns, one per :data:`FLOW_COLUMNS` entry."""
 
@@ -159,6 +162,17 @@ class FlowRecords:
 
     @classmethod
     def empty(cls, n: int = 0) -> FlowRecords:
+        if n == 0:  # asked for at every live read that ends no flow: ~60 columns built and checked once
+            global _NO_RECORDS
+            if _NO_RECORDS is None:
+                _NO_RECORDS = cls._blank(0).columns
+            records = cls.__new__(cls)
+            records.columns = dict(_NO_RECORDS)  # zero-length arrays: nothing in them to share
+            return records
+        return cls._blank(n)
+
+    @classmethod
+    def _blank(cls, n: int) -> FlowRecords:
         cols: dict[str, np.ndarray] = {}
         for c in FLOW_COLUMNS:
             if c.dtype == "O":
