@@ -45,7 +45,8 @@ def test_flows_runs_with_a_read_only_package_and_no_home(tmp_path):
         pytest.skip("needs root and bind mounts to make the package read-only")
     try:
         env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
-        env |= {"HOME": str(UNWRITABLE), "TMPDIR": str(tmp_path)}
+        # the JIT path is the one that needs a cache directory, also where the native module was built
+        env |= {"HOME": str(UNWRITABLE), "TMPDIR": str(tmp_path), "KUBESONAR_NATIVE": "0"}
         kubesonar = Path(sys.executable).with_name("kubesonar")
         done = subprocess.run([str(kubesonar), "flows", "--format", "jsonl",
                                str(sensor_dir.parent / "examples/cluster-traffic.pcap")],
