@@ -318,8 +318,9 @@ def _connection_figures(cols: dict[str, np.ndarray], num: np.ndarray, out_col: n
     cols["opening"] = _opening(num, out_col)
 
 
-_OPENING_BY_KIND = np.full(max(vars(payload_kinds).get(k) for k in dir(payload_kinds) if k.isupper()) + 1,
-                           Opening.OTHER, dtype=np.uint8)
+# sensor/payload_kinds.py's kind of an initiator's first payload -> Opening (anything unnamed is OTHER)
+_OPENING_BY_KIND = np.full(max(v for k, v in vars(payload_kinds).items() if k.isupper()) + 1, Opening.OTHER,
+                           dtype=np.uint8)
 _OPENING_BY_KIND[[payload_kinds.HTTP, payload_kinds.HTTP_REQUEST]] = Opening.HTTP
 _OPENING_BY_KIND[[payload_kinds.TLS_CLIENT_HELLO, payload_kinds.TLS_RECORD]] = Opening.TLS
 
