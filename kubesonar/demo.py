@@ -110,12 +110,17 @@ def _normal_traffic(rng, ips, offset: float) -> list[dict[str, np.ndarray]]:
     return parts
 
 
+# what a client's first segment on 443 starts with (a TLS record header), so the demo's HTTPS is TLS to the
+# sensor (flow schema 5's opening); the rest of the record is not read
+TLS_RECORD = b"\x17\x03\x03\x00\x40"
+
+
 def _egress_day(rng, ips) -> list[dict[str, np.ndarray]]:
     """The learning day's sparse traffic out of the cluster: the payments API calls its gateway a few
     times an hour (irregularly, as payments come)."""
     calls = np.r_[0.0, rng.uniform(0, LEARN_S - PHASE_S, 119)]  # from the first second: the day is whole
     return [tcp_sessions(rng, ips["api"], np.array([GATEWAY_IP]), np.array([443]), len(calls), 6, 0.0,
-                         starts=np.sort(calls))]
+                         starts=np.sort(calls), opening=TLS_RECORD)]
 
 
 def _attacks(rng, ips, at: float) -> list[dict[str, np.ndarray]]:
@@ -133,18 +138,20 @@ def _attacks(rng, ips, at: float) -> list[dict[str, np.ndarray]]:
         # the intruder guesses the database's password: 80 short sessions in two minutes
         tcp_sessions(rng, intruder, ips["postgres"], np.full(1, 5432), 80, 2, 120.0, at + 90),
         # ... asks the instance metadata service for the node's credentials, and probes a kubelet
-        tcp_sessions(rng, intruder, np.array([METADATA_IP]), np.full(1, 80), 2, 2, 5.0, at + 40),
+        tcp_sessions(rng, intruder, np.array([METADATA_IP]), np.full(1, 80), 2, 2, 5.0, at + 40,
+                     opening=b"GET /latest/meta-data/iam/security-credentials/ HTTP/1.1\r\n\r\n"),
         tcp_sessions(rng, intruder, np.array([NODE_IP]), np.full(1, 10250), 3, 2, 5.0, at + 50),
         # ... tunnels data out through DNS TXT questions, beacons to its server, reaches a listed host
         dns_lookups(rng, intruder, len(tunnel), 60.0, at + 60, server=dns, names=tunnel, qtype=16, both_types=False),
-        tcp_sessions(rng, intruder, np.array([C2_IP]), np.array([443]), len(beacons), 4, 0.0, starts=beacons),
+        tcp_sessions(rng, intruder, np.array([C2_IP]), np.array([443]), len(beacons), 4, 0.0, starts=beacons,
+                     opening=TLS_RECORD),
         tcp_sessions(rng, intruder, np.array([LISTED_IP]), np.array([8080]), 1, 4, 5.0, at + 70),
         # the hijacked trainer resolves a pool and mines on it
         dns_lookups(rng, ips["trainer"], 1, 1.0, at + 100, server=dns, names=["xmr-eu1.nanopool.org"]),
         tcp_sessions(rng, ips["trainer"], np.array([POOL_IP]), np.array([14444]), 1, 8, 1.0, at + 101,
                      first_request=xmrig_login),
         # the payments API uploads 80 MB to a host it never used, and opens a port it never used
-        bulk_upload(int(ips["api"][0]), DROP_IP, 443, 80_000_000, at + 150, 60.0),
+        bulk_upload(int(ips["api"][0]), DROP_IP, 443, 80_000_000, at + 150, 60.0, first_bytes=TLS_RECORD),
         tcp_sessions(rng, ips["api"], np.array([GATEWAY_IP]), np.array([4444]), 1, 4, 5.0, at + 220),
     ]
 

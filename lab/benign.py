@@ -42,10 +42,12 @@ from lab.benign_lookalikes import (
     OPENSSL,
     Sessions,
     add_lookalikes,
+    add_opening_lookalikes,
     cdn_pool,
     cdn_questions,
     egress_tls,
     gaps,
+    openings,
 )
 
 SECOND = 1_000_000_000
@@ -314,6 +316,7 @@ def simulate_window(cluster: Cluster, t0: float, rng: np.random.Generator) -> tu
               11.0, 40_000, rng.integers(45_000_000, 55_000_000, 40), 20_000, 1_200_000, rng=rng,
               extra=GO_HTTP.columns(SAAS["object-storage"][1][0]))
     add_lookalikes(f, cluster, t0, rng, cluster.sessions, NODES)
+    add_opening_lookalikes(f, cluster, t0)
     dns = _dns(cluster, t0, rng, load)
     return _records(cluster, f), dns
 
@@ -386,6 +389,7 @@ def _records(cluster: Cluster, f: _Flows) -> FlowRecords:
     cols["first_ts"], cols["conn_start"] = first, (c["conn_start"] * SECOND).astype(np.int64)
     for name in SCHEMA_4_NAMES & set(c):
         cols[name] = c[name].astype(cols[name].dtype)
+    cols["opening"] = openings(c)
     cols["last_ts"] = first + (c["duration"] * SECOND).astype(np.int64)
     cols["src_addr"], cols["dst_addr"] = _v16(c["src"]), _v16(c["dst"])
     cols["src_port"], cols["dst_port"] = c["sport"].astype(np.uint16), c["dport"].astype(np.uint16)

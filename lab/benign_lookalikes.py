@@ -20,6 +20,16 @@ a shape with a beacon, a long C2 session, a tunnel or a new TLS client, and must
 
 Every egress client carries its own software's TLS fingerprint (one per client library, stable over the
 week), formatted as the sensor writes JA3 and JA4; none is a known-bad one.
+
+Every TCP connection carries its opening (flow schema 5) as its service opens (:func:`openings`), and
+the look-alikes of a protocol on a web port (:func:`add_opening_lookalikes`) stay silent:
+- plain HTTP on port 80 out: media-proxy fetching images users link over http://;
+- TLS whose ClientHello the sensor could not fingerprint (a post-quantum key share split over two
+  segments): no JA3, no SNI, still a TLS record on 443;
+- sessions the sensor joined mid-stream after a restart (the opening unknown) on 443.
+A steady plain-HTTP probe (http:// every 30 s), SSH to a git host every window and SMTP submission
+were tried as look-alikes too and left out: beaconing (a clock to a host named by no ClientHello) and
+exfiltration (mail out) report them by their own design, whatever their opening.
 """
 
 from __future__ import annotations
@@ -30,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kubesonar.shared.flow import ConnState
+from kubesonar.shared.flow import ConnState, Opening
 
 WINDOW_S = 600
 
@@ -202,3 +212,53 @@ def cdn_questions(rng: np.random.Generator, load: float, pool: list[str]) -> lis
     lookup is a first fetch or an expired one), popular names far more often than the rest (Zipf)."""
     picks = (rng.zipf(1.2, rng.poisson(300 * load)) - 1) % len(pool)
     return [pool[i] for i in picks]
+
+
+# how each port's service opens (flow schema 5): TLS services, plain HTTP ones, server-first ones; the
+# rest (databases, Kafka, Redis, SSH) open with the client's own protocol
+TLS_PORTS = (443, 4317, 6443, 8443, 10250, 15012)
+HTTP_PORTS = (80, 8080, 9090, 9093)
+SERVER_FIRST_PORTS = (21, 25, 587, 3306)
+
+
+MID_STREAM = 255  # a look-alike's ``opening``: the sensor joined the connection after its handshake
+
+
+def openings(c: dict[str, np.ndarray]) -> np.ndarray:
+    """The opening of each simulated flow: ``opening`` where a look-alike says it (:data:`MID_STREAM`
+    for a connection the sensor joined after its handshake), else its port's service's; unknown for UDP,
+    ICMP and connections that were never answered."""
+    port, n = c["dport"], len(c["dport"])
+    tls = np.zeros(n, dtype=bool)
+    for name in ("tls_ja3", "tls_ja4"):
+        if name in c:
+            tls |= c[name] != ""
+    opening = np.select([tls | np.isin(port, TLS_PORTS), np.isin(port, HTTP_PORTS), np.isin(port, SERVER_FIRST_PORTS)],
+                        [Opening.TLS, Opening.HTTP, Opening.RESPONDER_FIRST], Opening.OTHER).astype(np.uint8)
+    unknown = (c["proto"] != 6) | (c["state"] == ConnState.REJECTED) | (c["state"] == ConnState.ATTEMPTED)
+    if "opening" in c:
+        opening = np.where(c["opening"] > 0, c["opening"], opening).astype(np.uint8)
+        unknown |= c["opening"] == MID_STREAM
+    return np.where(unknown, np.uint8(Opening.UNKNOWN), opening)
+
+
+def add_opening_lookalikes(f, cluster, t0: float) -> None:
+    """This window's look-alikes of a protocol on a web port, into ``f``; drawn from their own generator
+    so the rest of the week is the same with or without them."""
+    rng = np.random.default_rng(int(t0))
+    by, tcp = cluster.by_name, 6
+    proxy, cdn = by["media-proxy"].addresses, [_ip(a) for a in ENDPOINTS["cdn"][0]]
+    n = rng.poisson(20)  # images users link over http://, fetched as they are asked for
+    f.add(np.asarray(proxy)[rng.integers(0, len(proxy), n)], np.asarray(cdn)[rng.integers(0, len(cdn), n)], 80, tcp,
+          t0 + rng.uniform(0, WINDOW_S, n), rng.exponential(0.4, n), 10, rng.integers(500, 900, n), 30,
+          rng.integers(20_000, 300_000, n), rng=rng, extra={"opening": int(Opening.HTTP)})
+    # DoH through a ClientHello the sensor could not fingerprint (split over two segments): TLS, no JA3
+    doh = _ip(ENDPOINTS["doh-cloudflare"][0][0])
+    n = rng.poisson(6)
+    f.add(np.asarray(by["fraud-check"].addresses)[rng.integers(0, len(by["fraud-check"].addresses), n)], doh, 443, tcp,
+          t0 + rng.uniform(0, WINDOW_S, n), rng.exponential(2.0, n), 12, 3_000, 12, 6_000, rng=rng,
+          extra={"opening": int(Opening.TLS)})
+    # a remote_write session the sensor joined mid-stream after a restart: the opening unknown
+    if int(t0) % 86_400 < WINDOW_S:
+        f.add(by["prometheus"].addresses[0], _ip(ENDPOINTS["metrics"][0][0]), 443, tcp, t0, 300.0, 400, 2_000_000,
+              400, 15_000, ConnState.ESTABLISHED, rng=rng, conn_start=t0 - 3_600.0, extra={"opening": MID_STREAM})

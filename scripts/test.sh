@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Set up and run the test suite on a fresh Debian machine: the tools the tests drive (tshark,
 # tcpdump, nmap, masscan, hping3, hydra with OpenSSH's sshd, curl, iproute2 for network namespaces,
-# the lab's tunnels, shells and TLS server (iodine, dns2tcp, ptunnel-ng, ncat, socat, openssl),
+# the lab's tunnels, shells, name server and TLS server (iodine, dns2tcp, ptunnel-ng, ncat, socat, dnsmasq,
+# openssl),
 # chromium and chromium-driver for the console),
 # a virtual environment with the project and its test extras, then pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(tshark tcpdump nmap masscan hping3 hydra openssh-server openssh-client curl iproute2 procps iputils-ping
-      iodine dns2tcp ptunnel-ng ncat socat openssl  # lab/scenarios.py runs them against their own servers
+      iodine dns2tcp ptunnel-ng ncat socat openssl dnsmasq-base  # lab/scenarios.py runs them against their own servers
       chromium chromium-driver)  # the console's tests drive headless Chromium through Selenium
 missing=()
 for tool in tshark tcpdump nmap masscan hping3 hydra ssh-keygen curl ip sysctl ping dns2tcpc dns2tcpd ptunnel-ng ncat \
             socat openssl chromium chromedriver; do
   command -v "$tool" >/dev/null || missing+=("$tool")
 done
-for daemon in sshd iodine iodined; do  # in /usr/sbin, off a user's PATH
+for daemon in sshd iodine iodined dnsmasq; do  # in /usr/sbin, off a user's PATH
   [ -x "/usr/sbin/$daemon" ] || missing+=("$daemon")
 done
 if ((${#missing[@]})); then

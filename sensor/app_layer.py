@@ -2,8 +2,10 @@
 protocol's JSON-RPC method, a TLS ClientHello's fingerprints, and whether ICMP data looks like ping's.
 
 Privacy posture: the capture keeps at most ``snaplen`` bytes of a packet (928 by default). Payload is
-read only on packets a vectorised test picked out: UDP port 53 messages, parsed into names, types and
-codes (the ``dns`` table of the batch); TCP payloads that are JSON (``{``, ``[``) or an HTTP message
+read only on packets a vectorised test picked out: UDP port 53 messages, and TCP port 53 segments that
+start with DNS's two-byte length prefix (RFC 1035 4.2.2: zone transfers, truncated answers retried, and
+tunnels that pick TCP), parsed into names, types and codes (the ``dns`` table of the batch); TCP
+payloads that are JSON (``{``, ``[``) or an HTTP message
 whose body is, searched for a ``"method"`` from the fixed list in :mod:`kubesonar.shared.mining`; TCP
 payloads that start with a TLS ClientHello (:mod:`kubesonar.sensor.tls_hello`); and ICMP messages,
 whose data is compared with ping's fill patterns. What leaves the node is the DNS fields and, per flow,
@@ -23,7 +25,7 @@ from kubesonar.sensor.dissect import PacketFields
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.tls_hello import NotAClientHello, parse_client_hello
 from kubesonar.shared.dns import DnsMessages
-from kubesonar.shared.flow import IPPROTO_ICMPV6, IPPROTO_UDP
+from kubesonar.shared.flow import IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 from kubesonar.shared.mining import MONERO_KEYS, RPC_CODES
 
 DNS_PORT = 53
@@ -215,7 +217,9 @@ def _fill_pattern(data: np.ndarray, start: int) -> np.ndarray:
 
 
 class DnsParser:
-    """UDP port 53 payloads into :class:`DnsMessages`; unparseable ones are counted, never fatal."""
+    """DNS on port 53 into :class:`DnsMessages`: UDP payloads, and TCP segments that start with a
+    message's length prefix (every message a segment holds whole, and the question of one it holds
+    only the start of: a long answer split over segments). Unparseable ones are counted, never fatal."""
 
     def __init__(self, max_messages: int = 65_536):
         self.max_messages = max_messages  # per call: bounds the memory of a DNS flood
@@ -235,32 +239,61 @@ class DnsParser:
         if len(rows) > self.max_messages:
             self.dropped += len(rows) - self.max_messages
             rows = rows[: self.max_messages]
-        out = []
+        out: list[dict] = []
         for i in rows.tolist():
-            payload = _payload(batch, pf, i)
-            try:
-                msg = dpkt.dns.DNS(payload)
-                qname, qtype, answers = msg.qd[0].name, int(msg.qd[0].type), len(msg.an)
-            except UnicodeDecodeError:  # binary labels (iodine's base128): dpkt insists on UTF-8
-                question = _binary_question(payload)
-                if question is None:
+            self._message(_payload(batch, pf, i), int(min(pf.payload_len[i], 0xFFFF)), pf, i, ts, out, False)
+        tcp = pf.is_ip & (pf.proto == IPPROTO_TCP) & ((pf.sport == DNS_PORT) | (pf.dport == DNS_PORT))
+        for i in np.flatnonzero(tcp & (pf.payload_len >= 14) & (pf.payload_pos + 14 <= batch.caplen)).tolist():
+            for message, size in _tcp_messages(_payload(batch, pf, i)):
+                if len(out) >= self.max_messages:
+                    self.dropped += 1
+                elif int.from_bytes(message[4:6], "big") != 1:  # one question, as for UDP
                     self.malformed += 1
-                    continue
-                (qname, qtype), answers = question, int.from_bytes(payload[6:8], "big")
-            except (dpkt.UnpackError, IndexError, ValueError):
-                self.malformed += 1
-                continue
-            response, rcode = bool(payload[2] & 0x80), payload[3] & 0x0F  # QR bit, RCODE (RFC 1035 4.1.1)
-            client, server = (pf.dst[i], pf.src[i]) if response else (pf.src[i], pf.dst[i])
-            out.append({
-                "ts": int(ts[i]), "client": _address(client), "server": _address(server),
-                "client_port": int(pf.dport[i] if response else pf.sport[i]), "response": int(response),
-                "qname": qname.lower().rstrip("."), "qtype": qtype,
-                "rcode": rcode if response else 0, "answers": answers,
-                "size": int(min(pf.payload_len[i], 0xFFFF)),
-            })
+                else:
+                    self._message(message, size, pf, i, ts, out, len(message) < size)
         self.parsed += len(out)
         return DnsMessages.from_rows(out) if out else DnsMessages.empty()
+
+    def _message(self, payload: bytes, size: int, pf: PacketFields, i: int, ts: np.ndarray, out: list[dict],
+                 cut: bool) -> None:
+        """One message's fields into ``out``; one ``cut`` short (a TCP segment holding only its start)
+        gives its question and header counts."""
+        try:
+            if cut:
+                raise dpkt.NeedData("the rest of the message is in later segments")
+            msg = dpkt.dns.DNS(payload)
+            qname, qtype, answers = msg.qd[0].name, int(msg.qd[0].type), len(msg.an)
+        except (UnicodeDecodeError, dpkt.NeedData) as exc:  # binary labels (iodine's base128): dpkt insists on UTF-8
+            question = _binary_question(payload) if cut or isinstance(exc, UnicodeDecodeError) else None
+            if question is None:
+                self.malformed += 1
+                return
+            (qname, qtype), answers = question, int.from_bytes(payload[6:8], "big")
+        except (dpkt.UnpackError, IndexError, ValueError):
+            self.malformed += 1
+            return
+        response, rcode = bool(payload[2] & 0x80), payload[3] & 0x0F  # QR bit, RCODE (RFC 1035 4.1.1)
+        client, server = (pf.dst[i], pf.src[i]) if response else (pf.src[i], pf.dst[i])
+        out.append({
+            "ts": int(ts[i]), "client": _address(client), "server": _address(server),
+            "client_port": int(pf.dport[i] if response else pf.sport[i]), "response": int(response),
+            "qname": qname.lower().rstrip("."), "qtype": qtype,
+            "rcode": rcode if response else 0, "answers": answers, "size": size,
+        })
+
+
+def _tcp_messages(payload: bytes) -> list[tuple[bytes, int]]:
+    """The DNS messages a TCP segment starting at a length prefix holds, each with its declared size:
+    every whole one, and the start of the last when the segment ends inside it (at least its header).
+    A segment continuing a message begins with no prefix; what it yields fails the parse and is counted."""
+    messages, pos = [], 0
+    while pos + 14 <= len(payload):
+        size = int.from_bytes(payload[pos : pos + 2], "big")
+        if size < 12:
+            break
+        messages.append((payload[pos + 2 : pos + 2 + size], size))
+        pos += 2 + size
+    return messages
 
 
 def _binary_question(payload: bytes) -> tuple[str, int] | None:

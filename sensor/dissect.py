@@ -184,15 +184,20 @@ def _payload_kinds(view: _View, out: PacketFields) -> None:
     if not len(rows):
         return
     sub, pos, size = view.take(rows), out.payload_pos[rows], out.payload_len[rows]
-    head = np.column_stack([sub.u8(pos + k) for k in range(6)])
-    head[np.arange(6) >= size[:, None]] = -1  # not payload
+    head = np.column_stack([sub.u8(pos + k) for k in range(8)])
+    head[np.arange(8) >= size[:, None]] = -1  # not payload
     def starts(text: bytes) -> np.ndarray:
         return (head[:, : len(text)] == np.frombuffer(text, np.uint8)).all(axis=1)
 
+    capitals = np.cumprod((head >= ord("A")) & (head <= ord("Z")), axis=1).sum(axis=1)  # leading capitals
+    spaced = head[np.arange(len(head)), np.minimum(capitals, 7)] == ord(" ")
     kind = np.select(
         [(head[:, 0] == ord("{")) | (head[:, 0] == ord("[")), starts(b"POST ") | starts(b"PUT ") | starts(b"HTTP/"),
-         (head[:, 0] == 0x16) & (head[:, 1] == 3) & (head[:, 5] == 1) & (size >= 9)],
-        [payload_kinds.JSON, payload_kinds.HTTP, payload_kinds.TLS_CLIENT_HELLO], payload_kinds.NONE)
+         (head[:, 0] == 0x16) & (head[:, 1] == 3) & (head[:, 5] == 1) & (size >= 9),
+         (head[:, 0] >= 0x14) & (head[:, 0] <= 0x17) & (head[:, 1] == 3) & (size >= 5),
+         (capitals >= 3) & (capitals <= 7) & spaced],
+        [payload_kinds.JSON, payload_kinds.HTTP, payload_kinds.TLS_CLIENT_HELLO, payload_kinds.TLS_RECORD,
+         payload_kinds.HTTP_REQUEST], payload_kinds.NONE)
     out.payload_kind[rows] = kind
 
 

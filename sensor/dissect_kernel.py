@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from kubesonar.sensor.jit import njit
-from kubesonar.sensor.payload_kinds import HTTP, ICMP, JSON, NONE, TLS_CLIENT_HELLO
+from kubesonar.sensor.payload_kinds import HTTP, HTTP_REQUEST, ICMP, JSON, NONE, TLS_CLIENT_HELLO, TLS_RECORD
 
 _MAPPED = np.uint64(0xFFFF << 32)
 
@@ -209,7 +209,25 @@ def _payload_kind(data, base, caplen, is_ip, proto, icmp_type, error, pos, size)
     if first == 0x16 and size >= 9 and _rd(data, base, caplen, pos + 1, 1) == 3 and _rd(
             data, base, caplen, pos + 5, 1) == 1:
         return TLS_CLIENT_HELLO
+    if 0x14 <= first <= 0x17 and size >= 5 and _rd(data, base, caplen, pos + 1, 1) == 3:
+        return TLS_RECORD
+    if _request_line(data, base, caplen, pos, size):
+        return HTTP_REQUEST
     return NONE
+
+
+@njit(cache=True, nogil=True)
+def _request_line(data, base, caplen, pos, size) -> bool:
+    """Whether the payload starts as an HTTP request line does: a method of 3 to 7 capital letters, a space."""
+    for k in range(8):
+        if k >= size:
+            return False
+        c = _rd(data, base, caplen, pos + k, 1)
+        if c == 0x20:
+            return k >= 3
+        if c < 0x41 or c > 0x5A:
+            return False
+    return False
 
 
 @njit(cache=True, nogil=True)

@@ -14,7 +14,10 @@ TLS = 22
 GAP_N_A, GAP_N_B, GAP_SUM_A, GAP_SUM_B, GAP_SQ_A, GAP_SQ_B, SMALL_TS_A, SMALL_TS_B = 23, 24, 25, 26, 27, 28, 29, 30
 ICMP_SIZES_LO, ICMP_SIZES_HI, ICMP_ODD = 31, 32, 33
 BURST_TS_A, BURST_TS_B = 34, 35
-N_COLS = 36
+# per connection: how each side's first TCP payload starts (1 + sensor/payload_kinds.py's kind, 0: none yet)
+# and who sent the first payload (1 + side; 3 + side when no SYN was seen before it: joined mid-stream)
+OPEN_A, OPEN_B, FIRST_SPEAKER = 36, 37, 38
+N_COLS = 39
 
 # meta: allocation state shared with Python
 META_NEXT_SLOT, META_FREE_TOP, META_LIVE = 0, 1, 2

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from kubesonar.sensor import flow_layout as layout
+from kubesonar.sensor import payload_kinds
 from kubesonar.sensor import record_walk as kernel
 from kubesonar.sensor.app_layer import TlsClients
 from kubesonar.sensor.dissect import PacketFields
 from kubesonar.shared.flow import (
     EndReason,
     FlowRecords,
+    Opening,
     TcpFlag,
     connection_state,
 )
@@ -211,9 +213,9 @@ class FlowTable:
             done, n_out = kernel.add_packets(
                 b.order, pf.src, pf.dst, pf.sport, pf.dport, pf.proto, pf.ip_len, pf.tcp_flags, pf.tcp_seq,
                 pf.icmp_type, pf.icmp_code, pf.icmp_error, pf.tunnel_src, pf.tunnel_dst, pf.tunnel_id,
-                pf.rpc_code, pf.payload_len, pf.tls_code, pf.icmp_size, pf.icmp_odd, b.ts, done, self._batches,
-                self.timeouts.idle_ns, self.timeouts.active_ns, t.key, t.tun, t.num, t.num.view(np.float64),
-                t.index, t.free, t.meta, out_key, out_tun, out_num, out_reason, n_out,
+                pf.rpc_code, pf.payload_len, pf.payload_kind, pf.tls_code, pf.icmp_size, pf.icmp_odd, b.ts, done,
+                self._batches, self.timeouts.idle_ns, self.timeouts.active_ns, t.key, t.tun, t.num,
+                t.num.view(np.float64), t.index, t.free, t.meta, out_key, out_tun, out_num, out_reason, n_out,
             )
             if done == n:
                 break
@@ -315,3 +317,20 @@ def _connection_figures(cols: dict[str, np.ndarray], num: np.ndarray, out_col: n
         num[:, layout.ICMP_SIZES_HI].view(np.uint64))
     cols["icmp_sizes"] = np.minimum(sizes, 255).astype(np.uint8)
     cols["icmp_odd"] = np.minimum(num[:, layout.ICMP_ODD], 0xFFFFFFFF).astype(np.uint32)
+    cols["opening"] = _opening(num, out_col)
+
+
+# sensor/payload_kinds.py's kind of an initiator's first payload -> Opening (anything unnamed is OTHER)
+_OPENING_BY_KIND = np.full(max(v for k, v in vars(payload_kinds).items() if k.isupper()) + 1, Opening.OTHER,
+                           dtype=np.uint8)
+_OPENING_BY_KIND[[payload_kinds.HTTP, payload_kinds.HTTP_REQUEST]] = Opening.HTTP
+_OPENING_BY_KIND[[payload_kinds.TLS_CLIENT_HELLO, payload_kinds.TLS_RECORD]] = Opening.TLS
+
+
+def _opening(num: np.ndarray, out_col: np.ndarray) -> np.ndarray:
+    """Opening per record, from who spoke first and the initiator's first payload kind."""
+    rows = np.arange(len(num))
+    speaker = num[:, layout.FIRST_SPEAKER]
+    first_kind = np.maximum(num[rows, layout.OPEN_A + out_col] - 1, 0)
+    opening = np.where(speaker - 1 == out_col, _OPENING_BY_KIND[first_kind], np.uint8(Opening.RESPONDER_FIRST))
+    return np.where((speaker == 0) | (speaker >= 3), np.uint8(Opening.UNKNOWN), opening).astype(np.uint8)

@@ -1,8 +1,11 @@
 """What the dissection pass finds a payload starts with, so the application layer (sensor/app_layer.py)
-reads only the few packets that matter. Shared by the compiled and the vectorised dissection."""
+reads only the few packets that matter and the flow table knows how each side opened a connection.
+Shared by the compiled and the vectorised dissection."""
 
 NONE = 0
 JSON = 1  # a TCP payload starting with { or [
 HTTP = 2  # a TCP payload starting with "POST ", "PUT " or "HTTP/" (a request with a body, or a response)
 TLS_CLIENT_HELLO = 3  # a TCP payload starting with a TLS handshake record holding a ClientHello
 ICMP = 4  # an ICMP message that is not an error
+HTTP_REQUEST = 5  # another HTTP request line: 3 to 7 capital letters and a space ("GET ", "HEAD ", "PRI ")
+TLS_RECORD = 6  # another TLS record header: content type 20-23, version 3.x

@@ -91,9 +91,10 @@ def _concat(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def tcp_sessions(rng, pods, services, ports, n, data, duration, offset=0.0, first_request: bytes | None = None,
-                 starts=None) -> dict[str, np.ndarray]:
+                 starts=None, opening: bytes = b"") -> dict[str, np.ndarray]:
     """n TCP sessions from random ``pods`` to random ``services`` (with their ``ports``) in the window;
-    ``first_request`` is the client's first data segment, ``starts`` the sessions' start times."""
+    ``first_request`` is the client's first data segment, ``starts`` the sessions' start times,
+    ``opening`` what the first data segment starts with (its size unchanged: the rest is zeros)."""
     client = rng.choice(pods, n)
     svc = rng.integers(0, len(services), n)
     server, dport = services[svc], ports[svc]
@@ -120,9 +121,12 @@ def tcp_sessions(rng, pods, services, ports, n, data, duration, offset=0.0, firs
     fc = from_client.ravel()
     rep = lambda x: np.repeat(x, steps)  # noqa: E731
     content = None
-    if first_request is not None and data >= 2:
+    if (first_request is not None or opening) and data >= 2:
         content = np.full((n, steps), b"", dtype=object)
-        content[:, 4] = first_request  # 3 + 1: the first data segment from the client
+        if opening:
+            content[:, 3] = [opening.ljust(int(size), b"\0") for size in payload[:, 3]]
+        if first_request is not None:
+            content[:, 4] = first_request  # 3 + 1: the first data segment from the client
         content = content.ravel()
     return _packets(np.where(fc, rep(client), rep(server)), np.where(fc, rep(server), rep(client)),
                     np.where(fc, rep(sport), rep(dport)), np.where(fc, rep(dport), rep(sport)), 6,
@@ -130,15 +134,17 @@ def tcp_sessions(rng, pods, services, ports, n, data, duration, offset=0.0, firs
 
 
 def bulk_upload(client: int, server: int, port: int, size: int, start: float, duration: float,
-                sport: int = 45_000) -> dict[str, np.ndarray]:
-    """One TCP session sending ``size`` bytes from client to server in full segments, acked every other."""
+                sport: int = 45_000, first_bytes: bytes = b"") -> dict[str, np.ndarray]:
+    """One TCP session sending ``size`` bytes from client to server in full segments, acked every other;
+    the first segment starts with ``first_bytes`` (what the protocol opens with)."""
     segments = max(1, size // 1448)
     n_acks = segments // 2
     t_data = start + 0.001 + np.linspace(0, duration, segments)
     parts = [
         _packets(client, server, sport, port, 6, _SYN, 0, [start]),
         _packets(server, client, port, sport, 6, _SYN | _ACK, 0, [start + 0.0005]),
-        _packets(client, server, sport, port, 6, _ACK | _PSH, 1448, t_data),
+        _packets(client, server, sport, port, 6, _ACK | _PSH, 1448, t_data[:1], [first_bytes.ljust(1448, b"\0")]),
+        _packets(client, server, sport, port, 6, _ACK | _PSH, 1448, t_data[1:]),
         _packets(server, client, port, sport, 6, _ACK, 0, t_data[1::2][:n_acks] + 0.0002),
         _packets(client, server, sport, port, 6, _FIN | _ACK, 0, [start + duration + 0.01]),
         _packets(server, client, port, sport, 6, _FIN | _ACK, 0, [start + duration + 0.011]),

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-FLOW_SCHEMA_VERSION = 4  # 2 added src_images / dst_images; 3 rpc_method and the dns table; 4 TLS, gaps, ICMP
+FLOW_SCHEMA_VERSION = 5  # 2 added src_images / dst_images; 3 rpc_method and the dns table; 4 TLS, gaps, ICMP; 5 opening
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -52,6 +52,17 @@ class EndReason(IntEnum):
     END_OF_INPUT = 3
     EVICTED = 4
     NEW_CONNECTION = 5  # a new TCP connection (SYN) reused the 5-tuple of a closed one
+
+
+class Opening(IntEnum):
+    """How a TCP connection opened: what its initiator's first payload starts with, or that the responder
+    spoke first. What a port's service expects (HTTP on 80, TLS on 443), never the payload itself."""
+
+    UNKNOWN = 0  # no payload yet, not TCP, or the connection was joined mid-stream (its handshake unseen)
+    HTTP = 1  # an HTTP request line (a method of 3-7 capitals and a space, or a response line)
+    TLS = 2  # a TLS record (a ClientHello, or any record of content type 20-23 and version 3.x)
+    OTHER = 3  # anything else: a binary or text protocol of its own, JSON-RPC, SSH
+    RESPONDER_FIRST = 4  # the responder sent before the initiator: a server-first protocol (SMTP, FTP, MySQL)
 
 
 class TcpFlag(IntFlag):
@@ -94,6 +105,12 @@ SCHEMA_4_COLUMNS: tuple[Column, ...] = (
     Column("icmp_odd", "u4", "ICMP messages whose payload is not a ping pattern, or non-echo ones with data"),
 )
 SCHEMA_4_NAMES = frozenset(c.name for c in SCHEMA_4_COLUMNS)
+# Schema 5: how the connection opened, so a port's service can be checked against what was spoken on it.
+SCHEMA_5_COLUMNS: tuple[Column, ...] = (
+    Column("opening", "u1", "Opening: what the initiator's first TCP payload starts with (HTTP request, TLS "
+                            "record, other) or that the responder spoke first; 0 unknown"),
+)
+SCHEMA_5_NAMES = frozenset(c.name for c in SCHEMA_5_COLUMNS)
 
 ENDPOINT_FIELDS = ("namespace", "pod", "workload_kind", "workload_name", "node", "labels", "images")
 
@@ -120,7 +137,7 @@ FLOW_COLUMNS: tuple[Column, ...] = (
     Column("tunnel_dst", "V16", "outer destination of the tunnel; zero if none"),
     Column("tunnel_id", "u4", "VXLAN VNI or Geneve VNI"),
     Column("rpc_method", "O", "mining JSON-RPC method seen in the flow's payload (shared/mining.py), '' if none"),
-) + SCHEMA_4_COLUMNS + tuple(
+) + SCHEMA_4_COLUMNS + SCHEMA_5_COLUMNS + tuple(
     Column(f"{side}_{field}", "O", f"{'initiator' if side == 'src' else 'responder'} {field}, '' if unknown")
     for side in ("src", "dst")
     for field in ENDPOINT_FIELDS
@@ -131,8 +148,9 @@ COLUMN_NAMES = tuple(c.name for c in FLOW_COLUMNS)
 SCHEMA_COLUMNS: dict[int, tuple[Column, ...]] = {
     1: tuple(c for c in FLOW_COLUMNS if not c.name.endswith("_images") and c.name != "rpc_method"),
     2: tuple(c for c in FLOW_COLUMNS if c.name != "rpc_method"),
-    3: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_4_NAMES),
-    4: FLOW_COLUMNS,
+    3: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_4_NAMES | SCHEMA_5_NAMES),
+    4: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_5_NAMES),
+    5: FLOW_COLUMNS,
 }
 _DTYPES = {c.name: np.dtype(c.dtype) for c in FLOW_COLUMNS}
 _EMPTY_ADDR = bytes(16)

@@ -14,8 +14,14 @@ period (a day by default: a workload deployed this morning is still learning tod
 What was reported is never learned: the attacker's port stays unusual. Reports are rate-limited to one
 finding an hour per workload and kind; the alert counts the rest and its evidence lists the latest.
 
+*Cold judgment* (shared/detectors/protocol_mismatch.py, decided from the first window whatever the
+learning period): a connection to an outside host on a web port that opened otherwise than the port's
+service does (cleartext HTTP on 443 or 8443, TLS or a protocol of its own on 80), reported once per
+workload and destination.
+
 Catches: a compromised pod reaching a C2 on an odd port (4444, 7080, 8443 where it only used 443),
-a reverse shell out, a database pod suddenly talking to the internet. Misses: C2 over the ports a
+a reverse shell out, a database pod suddenly talking to the internet; from the first window, C2 that
+borrows a web port for another protocol. Misses: C2 over the ports a
 workload already uses, to a network it already reaches or, for busy workloads, any new network.
 False positives: new integrations released after learning (a new API, a new port); allowlist by
 workload and port.
@@ -37,7 +43,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from kubesonar.shared.detectors.base import Detector, Score, bounded, clock_from_v0
+from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
+from kubesonar.shared.detectors.protocol_mismatch import mismatch_scores
 from kubesonar.shared.flow import address_text
 from kubesonar.shared.identity import source_endpoint, subject_keys, workloads_seen
 from kubesonar.shared.netzones import Zones
@@ -84,6 +91,7 @@ class DestinationBaseline:
 @dataclass
 class UnusualDestinationState:
     subjects: dict[str, DestinationBaseline] = field(default_factory=dict)  # by workload key or address
+    mismatches: dict[Pair, None] = field(default_factory=dict)  # (subject, address:port) reported, oldest first
 
 
 @dataclass
@@ -113,13 +121,16 @@ class UnusualDestinationDetector(Detector[UnusualDestinationState, _Assessment])
     def _encode(self, state: UnusualDestinationState) -> dict[str, Any]:
         return {"subjects": {key: {"since_ns": b.since_ns, "last_ns": b.last_ns, "ports": b.ports,
                                    "networks": b.networks, "flagged": [list(f) for f in b.flagged],
-                                   "last_report": b.last_report} for key, b in state.subjects.items()}}
+                                   "last_report": b.last_report} for key, b in state.subjects.items()},
+                "mismatches": [list(p) for p in state.mismatches]}
 
     def _decode(self, document: dict[str, Any]) -> UnusualDestinationState:
         return UnusualDestinationState({
             key: DestinationBaseline(b["since_ns"], b["last_ns"], b["ports"], b["networks"],
                                      [(port, net) for port, net in b["flagged"]], b["last_report"])
-            for key, b in document["subjects"].items()})
+            for key, b in document["subjects"].items()},
+            # a document written before the cold judgment existed has reported none
+            dict.fromkeys(Pair(*p) for p in document.get("mismatches", [])))
 
     def _from_v0(self, document: dict[str, Any]) -> dict[str, Any]:
         def flagged(text: str) -> list[str]:
@@ -139,6 +150,7 @@ class UnusualDestinationDetector(Detector[UnusualDestinationState, _Assessment])
         if not len(flows):
             return out
         out.first_ts = int(flows["first_ts"].min())
+        out.scores += mismatch_scores(flows, self.zones, self.state.mismatches)
         cluster_learning = self._learning(out.first_ts)
         subjects = out.subjects
         for key, ts in workloads_seen(flows).items():  # a workload's history starts when it is first seen
@@ -214,6 +226,12 @@ class UnusualDestinationDetector(Detector[UnusualDestinationState, _Assessment])
         if assessment.first_ts is None:
             return
         self._start_clock(assessment.first_ts)
+        reported = [s.subject for s in assessment.scores if s.fresh and isinstance(s.subject, Pair)]
+        if reported:
+            self.touched = True
+            self.state.mismatches.update(dict.fromkeys(reported))
+            if len(self.state.mismatches) > self.max_subjects:
+                self.state.mismatches = dict.fromkeys(list(self.state.mismatches)[-self.max_subjects:])
         subjects = self.state.subjects
         new = [key for key in assessment.subjects if key not in subjects]
         self.touched |= assessment.changed or bool(new)

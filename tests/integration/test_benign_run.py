@@ -3,13 +3,15 @@ learning day with the platform allowlist, and without it only what api_server_ac
 (metrics-server reading each kubelet). The shop's periodic integrations name their hosts in the
 ClientHello, so beaconing learns their clocks while the cluster learns. The run holds the look-alikes of issue
 17's signals (lab/benign_lookalikes.py): NTP, health checks, scrapes and remote_write, websockets and
-gRPC streams with steady heartbeats, the mesh's mTLS, CDN-heavy DNS, DoH."""
+gRPC streams with steady heartbeats, the mesh's mTLS, CDN-heavy DNS, DoH, and plain HTTP, websockets,
+unfingerprinted TLS and a session joined mid-stream on the web ports."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from kubesonar.shared.allowlist import load_allowlist
+from kubesonar.shared.flow import Opening
 from lab.benign import NODES, PLATFORM_ALLOWLIST, WORKLOADS, Cluster, run_benign, simulate_window
 from lab.benign_lookalikes import ENVOY
 
@@ -47,3 +49,11 @@ def test_the_look_alikes_are_in_the_traffic():
     assert ((cols["dst_port"] == 123) & (cols["proto"] == 17)).sum() > 100
     cdn = [row for row in dns if row["qname"].endswith(("cloudfront.net", "akamaiedge.net")) and row["response"]]
     assert len({row["qname"] for row in cdn}) > 30 and min(row["answers"] for row in cdn) >= 2
+    # the web ports as flow schema 5 sees them: plain HTTP on 80 out (image fetches),
+    # TLS on 443 with and without a fingerprint, a session joined mid-stream; nothing else on them
+    out = ~np.isin(cols["dst_addr"], cols["src_addr"])
+    web = {port: set(cols["opening"][out & (cols["dst_port"] == port) & (cols["proto"] == 6)].tolist())
+           for port in (80, 443)}
+    assert web[80] == {Opening.HTTP} and Opening.TLS in web[443] and web[443] <= {Opening.TLS, Opening.UNKNOWN}
+    assert ((cols["dst_port"] == 80) & out).sum() > 5
+    assert ((cols["opening"] == Opening.TLS) & (cols["tls_ja3"] == "") & (cols["dst_port"] == 443)).any()

@@ -1,0 +1,69 @@
+"""unusual_destination's cold judgment: a web port reached with another protocol (T1571), on a real
+capture through the whole pipeline, and its edges on flows built as the sensor writes them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from c2_flows import S, c2_flows
+
+from kubesonar.compose import analyze
+from kubesonar.shared.detectors import batch_of
+from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
+from kubesonar.shared.flow import Opening
+
+from conftest import DATA
+
+DAY_NS = 24 * 3600 * S
+T = 1_767_225_600 * S
+
+
+def _mismatches(findings) -> list:
+    return [f for f in findings if f.evidence.get("kind") == "protocol_mismatch"]
+
+
+def test_empires_tls_on_port_80_is_reported_cold_from_the_agent():
+    outcome = analyze([str(DATA / "more/c2_beacon/spiderlabs_ps-empire.pcap")])
+    found = [a for a in outcome.alerts if a["type"] == "unusual_destination"]
+    assert [(a["source"]["ip"], a["evidence"]["kind"], a["evidence"]["destination"], a["evidence"]["expected"],
+             a["evidence"]["opened_with"]) for a in found] == [
+        ("10.200.201.29", "protocol_mismatch", "18.220.208.40:80", "http", ["tls"])]
+
+
+@pytest.mark.parametrize("port, opening, reported", [
+    (80, Opening.TLS, True), (80, Opening.OTHER, True), (80, Opening.RESPONDER_FIRST, True),
+    (443, Opening.HTTP, True), (8443, Opening.HTTP, True), (443, Opening.OTHER, True),
+    (80, Opening.HTTP, False), (443, Opening.TLS, False), (8443, Opening.TLS, False),
+    (443, Opening.UNKNOWN, False),  # joined mid-stream, or no payload yet: nothing to judge
+    (8080, Opening.TLS, False), (4444, Opening.OTHER, False),  # not a web port's service
+])
+def test_a_web_port_is_judged_by_how_its_connection_opened(port, opening, reported):
+    d = UnusualDestinationDetector(learning_period_ns=DAY_NS)  # learning: only the cold judgment speaks
+    flows = c2_flows([{"src": "10.0.0.5", "dst": "203.0.113.9", "t": T, "dport": port, "opening": opening}])
+    assert bool(_mismatches(d.observe(batch_of(flows)))) == reported
+
+
+def test_inside_the_cluster_is_not_judged_and_a_destination_is_reported_once():
+    d = UnusualDestinationDetector(learning_period_ns=DAY_NS)
+    inside = c2_flows([{"src": "10.0.0.5", "dst": "10.0.0.9", "t": T, "dport": 80, "opening": Opening.OTHER}])
+    assert not _mismatches(d.observe(batch_of(inside)))
+    rat = [{"src": "10.0.0.5", "dst": "203.0.113.9", "t": T + k * 60 * S, "dport": 80, "opening": Opening.OTHER}
+           for k in range(3)]
+    (first,) = _mismatches(d.observe(batch_of(c2_flows(rat[:2]))))
+    assert first.evidence["connections"] == 2
+    # the state goes through its JSON document; the same destination later is not reported again
+    d = UnusualDestinationDetector(learning_period_ns=DAY_NS).from_state(json.loads(json.dumps(d.to_state())))
+    assert not _mismatches(d.observe(batch_of(c2_flows(rat[2:]))))
+    other = c2_flows([{"src": "10.0.0.5", "dst": "203.0.113.10", "t": T + DAY_NS, "dport": 443,
+                       "opening": Opening.HTTP}])
+    assert len(_mismatches(d.observe(batch_of(other)))) == 1
+
+
+def test_a_state_written_before_the_cold_judgment_loads_with_nothing_reported():
+    d = UnusualDestinationDetector(learning_period_ns=DAY_NS)
+    document = d.to_state()
+    del document["mismatches"]
+    d = UnusualDestinationDetector(learning_period_ns=DAY_NS).from_state(document)
+    flows = c2_flows([{"src": "10.0.0.5", "dst": "203.0.113.9", "t": T, "dport": 80, "opening": Opening.TLS}])
+    assert len(_mismatches(d.observe(batch_of(flows)))) == 1
