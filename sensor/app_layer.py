@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import re
 
-import dpkt
 import numpy as np
 
 from kubesonar.sensor import payload_kinds
@@ -258,6 +257,8 @@ class DnsParser:
                  cut: bool) -> None:
         """One message's fields into ``out``; one ``cut`` short (a TCP segment holding only its start)
         gives its question and header counts."""
+        import dpkt  # here, not at the top: its 50 ms of import are paid only where DNS is seen
+
         try:
             if cut:
                 raise dpkt.NeedData("the rest of the message is in later segments")
