@@ -7,10 +7,11 @@ start with DNS's two-byte length prefix (RFC 1035 4.2.2: zone transfers, truncat
 tunnels that pick TCP), parsed into names, types and codes (the ``dns`` table of the batch); TCP
 payloads that are JSON (``{``, ``[``) or an HTTP message
 whose body is, searched for a ``"method"`` from the fixed list in :mod:`kubesonar.shared.mining`; TCP
-payloads that start with a TLS ClientHello (:mod:`kubesonar.sensor.tls_hello`); and ICMP messages,
-whose data is compared with ping's fill patterns. What leaves the node is the DNS fields and, per flow,
-the method's name, the JA3/JA4 fingerprints, server name and ALPN list, and two ICMP counts; never
-payload bytes.
+payloads that start with a TLS ClientHello (:mod:`kubesonar.sensor.tls_hello`); TCP payloads that
+start with an HTTP request, for the host its Host header names (:mod:`kubesonar.sensor.http_request`);
+and ICMP messages, whose data is compared with ping's fill patterns. What leaves the node is the DNS
+fields and, per flow, the method's name, the JA3/JA4 fingerprints, server name and ALPN list, the
+initiator's HTTP Host, and two ICMP counts; never payload bytes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from kubesonar.sensor import payload_kinds
 from kubesonar.sensor.dissect import PacketFields
+from kubesonar.sensor.http_request import request_host
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.tls_hello import NotAClientHello, parse_client_hello
 from kubesonar.shared.dns import DnsMessages
@@ -133,6 +135,60 @@ class TlsClients:
                 continue
             self.parsed += 1
             codes[i] = self.code((hello.ja3(), hello.ja4(), hello.server_name, hello.alpn_text()))
+        return codes
+
+
+class HttpHosts:
+    """The distinct hosts named in the HTTP requests of open flows, each under a small code the compiled
+    flow table keeps per flow and side (0: none), as :class:`TlsClients` keeps ClientHellos."""
+
+    def __init__(self, max_per_call: int = 8192):
+        self._codes: dict[str, int] = {}
+        self._names: list[str] = [""]
+        self.max_per_call = max_per_call  # bounds the Python work a flood of requests can cause
+        self.read = 0
+        self.dropped = 0  # past max_per_call in one read: not read
+
+    def __len__(self) -> int:
+        return len(self._names) - 1
+
+    def code(self, host: str) -> int:
+        found = self._codes.get(host)
+        if found is None:
+            found = self._codes[host] = len(self._names)
+            self._names.append(host)
+        return found
+
+    def column(self, codes: np.ndarray) -> np.ndarray:
+        """http_host for each code."""
+        return np.array(self._names, dtype=object)[codes]
+
+    def keep_only(self, codes: np.ndarray) -> np.ndarray:
+        """Forget every host but those of ``codes`` (open flows'); return old code -> new code."""
+        remap = np.zeros(len(self._names), dtype=np.int64)
+        kept = np.unique(codes[codes > 0])
+        remap[kept] = np.arange(1, len(kept) + 1)
+        self._names = [""] + [self._names[c] for c in kept.tolist()]
+        self._codes = {name: k for k, name in enumerate(self._names) if k}
+        return remap
+
+    def host_codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
+        """Per packet, the code of the host named by the HTTP request its TCP payload starts with (0: no
+        request, no Host header in the captured bytes, or a value that is not a host). Every request
+        packet is read; the flow table keeps the host of each side's first payload only."""
+        codes = np.zeros(len(batch), dtype=np.int64)
+        rows = np.flatnonzero((pf.payload_kind == payload_kinds.HTTP_REQUEST) | (pf.payload_kind == payload_kinds.HTTP))
+        if len(rows) > self.max_per_call:
+            self.dropped += len(rows) - self.max_per_call
+            rows = rows[: self.max_per_call]
+        for i in rows.tolist():
+            payload = _payload(batch, pf, i)
+            if payload.startswith(b"HTTP/"):  # a response names no host
+                continue
+            self.read += 1
+            host = request_host(payload)
+            if host:
+                codes[i] = self.code(host)
         return codes
 
 

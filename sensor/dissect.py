@@ -70,6 +70,7 @@ class PacketFields:
     # what sensor/app_layer.py reads from the few packets whose payload matters
     rpc_code: np.ndarray  # int64 mining JSON-RPC method recognised in the payload, 0 none
     tls_code: np.ndarray  # int64 the ClientHello's fingerprints in the flow table's TlsClients, 0 none
+    host_code: np.ndarray  # int64 the host an HTTP request's Host header names, in the table's HttpHosts; 0 none
     icmp_size: np.ndarray  # int64 data bytes of an ICMP message that is not an error, -1 otherwise
     icmp_odd: np.ndarray  # int64 1: that data is not a ping pattern, or a message type carrying none does
 
@@ -86,6 +87,7 @@ class PacketFields:
             icmp_type=np.full(n, -1, dtype=np.int64), icmp_code=np.full(n, -1, dtype=np.int64),
             icmp_error=z(bool), fragment=z(bool), truncated=z(bool), tunnel_src=w(), tunnel_dst=w(),
             tunnel_id=z(), payload_pos=z(), payload_len=z(), payload_kind=z(), rpc_code=z(), tls_code=z(),
+            host_code=z(),
             icmp_size=np.full(n, -1, dtype=np.int64), icmp_odd=z(),
         )
 

@@ -28,6 +28,7 @@ from kubesonar.sensor.flow_layout import (
     GAP_N_A,
     GAP_SQ_A,
     GAP_SUM_A,
+    HOST_A,
     ICMP_CODE,
     ICMP_ERROR,
     ICMP_ODD,
@@ -169,7 +170,7 @@ def _start_record(s, ts, rec_start, conn_start, num, tun) -> None:
 def _start_connection(s, num, numf) -> None:
     """Reset what a connection accumulates over all its records (interim ones carry it on)."""
     for c in (TLS, GAP_N_A, GAP_N_A + 1, GAP_SUM_A, GAP_SUM_A + 1, ICMP_SIZES_LO, ICMP_SIZES_HI, ICMP_ODD,
-              OPEN_A, OPEN_A + 1, FIRST_SPEAKER):
+              OPEN_A, OPEN_A + 1, FIRST_SPEAKER, HOST_A, HOST_A + 1):
         num[s, c] = 0
     numf[s, GAP_SQ_A] = 0.0
     numf[s, GAP_SQ_A + 1] = 0.0
@@ -178,11 +179,14 @@ def _start_connection(s, num, numf) -> None:
 
 
 @njit(cache=True, nogil=True)
-def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, tcp_payload, kind, num, numf) -> None:
+def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, host_code, tcp_payload, kind, num,
+                     numf) -> None:
     """The connection-level figures one packet adds: a gap, an ICMP size, the ClientHello's code, how a
-    side opened (its first TCP payload's kind) and who spoke first."""
+    side opened (its first TCP payload's kind, and the host it named if that is an HTTP request) and who
+    spoke first."""
     if tcp_payload and num[s, OPEN_A + side] == 0:
         num[s, OPEN_A + side] = 1 + kind
+        num[s, HOST_A + side] = host_code
         if num[s, FIRST_SPEAKER] == 0:  # a connection whose handshake was not seen was joined mid-stream
             handshake = ((num[s, FLAGS_A] | num[s, FLAGS_B]) & _SYN) != 0
             num[s, FIRST_SPEAKER] = (1 if handshake else 3) + side
@@ -210,8 +214,8 @@ def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, tcp_payl
 
 @njit(cache=True, nogil=True)
 def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq, icmp_type, icmp_code,
-                icmp_error, tunnel_src, tunnel_dst, tunnel_id, rpc_code, payload_len, payload_kind, tls_code, icmp_size,
-                icmp_odd, ts_all, start, batch, idle_ns, active_ns, key, tun, num, numf, index, free, meta,
+                icmp_error, tunnel_src, tunnel_dst, tunnel_id, rpc_code, payload_len, payload_kind, tls_code, host_code,
+                icmp_size, icmp_odd, ts_all, start, batch, idle_ns, active_ns, key, tun, num, numf, index, free, meta,
                 out_key, out_tun, out_num, out_reason, n_out) -> tuple[int, int]:
     """Account packets ``order[start:]``; return (next packet to do, records written to out_*).
 
@@ -324,6 +328,6 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
         pl = payload_len[i]
         small = (1 <= pl <= SMALL_PAYLOAD) or ((pr == _ICMP or pr == _ICMPV6) and not err and it >= 0
                                                and pl <= SMALL_PAYLOAD)
-        _account_payload(s, from_b, ts, small, icmp_size[i], icmp_odd[i], tls_code[i], pr == 6 and pl > 0,
-                         payload_kind[i], num, numf)
+        _account_payload(s, from_b, ts, small, icmp_size[i], icmp_odd[i], tls_code[i], host_code[i],
+                         pr == 6 and pl > 0, payload_kind[i], num, numf)
     return len(order), n_out

@@ -17,7 +17,10 @@ BURST_TS_A, BURST_TS_B = 34, 35
 # per connection: how each side's first TCP payload starts (1 + sensor/payload_kinds.py's kind, 0: none yet)
 # and who sent the first payload (1 + side; 3 + side when no SYN was seen before it: joined mid-stream)
 OPEN_A, OPEN_B, FIRST_SPEAKER = 36, 37, 38
-N_COLS = 39
+# per connection and side: the code of the host its first payload's HTTP request names (sensor/app_layer.py
+# HttpHosts; 0: none)
+HOST_A, HOST_B = 39, 40
+N_COLS = 41
 
 # meta: allocation state shared with Python
 META_NEXT_SLOT, META_FREE_TOP, META_LIVE = 0, 1, 2

@@ -21,7 +21,7 @@ import numpy as np
 from kubesonar.sensor import flow_layout as layout
 from kubesonar.sensor import payload_kinds
 from kubesonar.sensor import record_walk as kernel
-from kubesonar.sensor.app_layer import TlsClients
+from kubesonar.sensor.app_layer import HttpHosts, TlsClients
 from kubesonar.sensor.dissect import PacketFields
 from kubesonar.shared.flow import (
     EndReason,
@@ -138,7 +138,8 @@ class FlowTable:
         self._out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.watermark_ns = 0  # the latest packet time seen
         self.tls = TlsClients()  # the ClientHello fingerprints open flows refer to by code
-        self.tls_prune_at = 4096  # entries kept before those of ended flows are forgotten
+        self.hosts = HttpHosts()  # the HTTP request hosts open flows refer to by code
+        self.tls_prune_at = 4096  # entries kept (of either registry) before those of ended flows are forgotten
 
     def __len__(self) -> int:
         return int(self._t.meta[layout.META_LIVE])
@@ -163,13 +164,18 @@ class FlowTable:
         return records
 
     def _forget_ended_clients(self) -> None:
-        """Keep the ClientHello strings only of open flows, so a long-running sensor's memory stays
-        bounded by its open flows; checked when the registry outgrows them."""
-        if len(self.tls) <= max(self.tls_prune_at, 2 * len(self)):
-            return
-        live = self._t.live_slots()
-        remap = self.tls.keep_only(self._t.num[live, layout.TLS])
-        self._t.num[live, layout.TLS] = remap[self._t.num[live, layout.TLS]]
+        """Keep the ClientHello strings and HTTP hosts only of open flows, so a long-running sensor's
+        memory stays bounded by its open flows; checked when a registry outgrows them."""
+        bound = max(self.tls_prune_at, 2 * len(self))
+        if len(self.tls) > bound:
+            live = self._t.live_slots()
+            remap = self.tls.keep_only(self._t.num[live, layout.TLS])
+            self._t.num[live, layout.TLS] = remap[self._t.num[live, layout.TLS]]
+        if len(self.hosts) > bound:
+            live = self._t.live_slots()
+            sides = slice(layout.HOST_A, layout.HOST_B + 1)
+            remap = self.hosts.keep_only(self._t.num[live, sides].ravel())
+            self._t.num[live, sides] = remap[self._t.num[live, sides]]
 
     def _evict(self) -> FlowRecords:
         if self.max_flows is None or len(self) <= self.max_flows:
@@ -213,8 +219,8 @@ class FlowTable:
             done, n_out = kernel.add_packets(
                 b.order, pf.src, pf.dst, pf.sport, pf.dport, pf.proto, pf.ip_len, pf.tcp_flags, pf.tcp_seq,
                 pf.icmp_type, pf.icmp_code, pf.icmp_error, pf.tunnel_src, pf.tunnel_dst, pf.tunnel_id,
-                pf.rpc_code, pf.payload_len, pf.payload_kind, pf.tls_code, pf.icmp_size, pf.icmp_odd, b.ts, done,
-                self._batches, self.timeouts.idle_ns, self.timeouts.active_ns, t.key, t.tun, t.num,
+                pf.rpc_code, pf.payload_len, pf.payload_kind, pf.tls_code, pf.host_code, pf.icmp_size, pf.icmp_odd,
+                b.ts, done, self._batches, self.timeouts.idle_ns, self.timeouts.active_ns, t.key, t.tun, t.num,
                 t.num.view(np.float64), t.index, t.free, t.meta, out_key, out_tun, out_num, out_reason, n_out,
             )
             if done == n:
@@ -224,7 +230,7 @@ class FlowTable:
             return FlowRecords.empty()
         # copies: the records must not share the buffers the next batch writes
         return _records(out_key[:n_out].copy(), out_tun[:n_out].copy(), out_num[:n_out].copy(),
-                        out_reason[:n_out].copy(), self.tls)
+                        out_reason[:n_out].copy(), self.tls, self.hosts)
 
     def _out_buffers(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Room for as many records as the batch has packets, kept from batch to batch: a fresh
@@ -238,7 +244,7 @@ class FlowTable:
         if not len(slots):
             return FlowRecords.empty()
         t = self._t
-        records = _records(t.key[slots], t.tun[slots], t.num[slots], reason, self.tls)
+        records = _records(t.key[slots], t.tun[slots], t.num[slots], reason, self.tls, self.hosts)
         t.release(slots)
         return records
 
@@ -254,7 +260,8 @@ def _addr(halves: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(halves, dtype=">u8").view("V16").ravel()
 
 
-def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason, tls: TlsClients) -> FlowRecords:
+def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason, tls: TlsClients,
+             hosts: HttpHosts) -> FlowRecords:
     """Records from table rows (see :mod:`kubesonar.sensor.flow_kernel` for the layout)."""
     n = len(key)
     init_is_a = num[:, layout.INIT_IS_A] != 0
@@ -293,6 +300,9 @@ def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason, tls: Tls
     if rpc.any():
         cols["rpc_method"] = _RPC_NAMES[rpc]
     _connection_figures(cols, num, out_col, tls)
+    host = num[rows, layout.HOST_A + out_col]  # the initiator's: a responder's request names no server
+    if host.any():
+        cols["http_host"] = hosts.column(host)
     return rec
 
 

@@ -105,10 +105,13 @@ SCHEMA_4_COLUMNS: tuple[Column, ...] = (
     Column("icmp_odd", "u4", "ICMP messages whose payload is not a ping pattern, or non-echo ones with data"),
 )
 SCHEMA_4_NAMES = frozenset(c.name for c in SCHEMA_4_COLUMNS)
-# Schema 5: how the connection opened, so a port's service can be checked against what was spoken on it.
+# Schema 5: how the connection opened, so a port's service can be checked against what was spoken on it,
+# and the host a plain-HTTP client named, as tls_sni is for TLS.
 SCHEMA_5_COLUMNS: tuple[Column, ...] = (
     Column("opening", "u1", "Opening: what the initiator's first TCP payload starts with (HTTP request, TLS "
                             "record, other) or that the responder spoke first; 0 unknown"),
+    Column("http_host", "O", "host named by the Host header of the initiator's first payload when that is an "
+                             "HTTP request (lower case, port stripped), '' if none"),
 )
 SCHEMA_5_NAMES = frozenset(c.name for c in SCHEMA_5_COLUMNS)
 

@@ -223,9 +223,9 @@ def test_mining_json_rpc_in_http_bodies_is_named_as_tshark_reads_it():
 
 
 def test_forgetting_ended_flows_clients_changes_no_record():
-    """The fingerprint table is pruned to the open flows' entries; pruning after every batch must give
-    the same records as never pruning (codes of open flows are renumbered, not lost)."""
-    path = MORE / "mining/jsiwek_coinhive.pcap"  # 21 ClientHellos among many flows
+    """The fingerprint and HTTP host tables are pruned to the open flows' entries; pruning after every
+    batch must give the same records as never pruning (codes of open flows are renumbered, not lost)."""
+    path = MORE / "mining/jsiwek_coinhive.pcap"  # 21 ClientHellos and 10 plain-HTTP requests among many flows
 
     def run(prune_at: int) -> FlowRecords:
         table, parts = FlowTable(), []
@@ -233,10 +233,11 @@ def test_forgetting_ended_flows_clients_changes_no_record():
         for batch in read_capture(path):
             parts.append(observe(batch, table, DnsParser())[0].flows)
             assert prune_at or len(table.tls) <= max(prune_at, 2 * len(table))
+            assert prune_at or len(table.hosts) <= max(prune_at, 2 * len(table))
         return FlowRecords.concat([*parts, table.flush()])
 
     kept, pruned = run(1 << 30), run(0)
-    assert pruned.equals(kept) and (kept["tls_ja3"] != "").sum() >= 10
+    assert pruned.equals(kept) and (kept["tls_ja3"] != "").sum() >= 10 and (kept["http_host"] != "").sum() >= 5
 
 
 def _frames(payloads: list[tuple[int, int, bytes]]) -> list[bytes]:
