@@ -298,15 +298,22 @@ def address_text(raw: bytes) -> str:
     return str(addr.ipv4_mapped or addr)
 
 
-def names_a_host(sni: np.ndarray) -> np.ndarray:
-    """Per flow, whether its ClientHello named a host: an SNI that is neither empty nor an address
-    written as a name (services are reached by name; implants and shells often by address)."""
-    named = np.zeros(len(sni), dtype=bool)
-    rows = np.flatnonzero(sni != "")
+def names_a_host(names: np.ndarray) -> np.ndarray:
+    """Per flow, whether ``names`` (an SNI column, or :func:`client_named`'s) names a host: neither empty
+    nor an address written as a name (services are reached by name; implants and shells often by address)."""
+    named = np.zeros(len(names), dtype=bool)
+    rows = np.flatnonzero(names != "")
     if len(rows):
-        values, which = np.unique(sni[rows].astype(str), return_inverse=True)
+        values, which = np.unique(names[rows].astype(str), return_inverse=True)
         named[rows] = np.array([not _is_address(v.strip("[]")) for v in values])[which.ravel()]
     return named
+
+
+def client_named(flows: FlowRecords) -> np.ndarray:
+    """Per flow, what its client asked for by name: the ClientHello's SNI, else the Host of its first
+    plain-HTTP request (schema 5), else ''. Pass it to :func:`names_a_host` to know whether that is a name."""
+    sni = flows["tls_sni"]
+    return np.where(sni != "", sni, flows["http_host"])
 
 
 def _is_address(text: str) -> bool:

@@ -23,8 +23,8 @@ IMPLANT_JA3 = "72a589da586844d7f0818ce684948eea"  # Cobalt Strike's, per The DFI
 def c2_flows(rows: list[dict[str, Any]]) -> FlowRecords:
     """Flow records from dicts: src, dst, t (ns), and optionally dport, sport, held (s: the connection
     began that long before ``t``), dur (s), out/in (bytes), flags_in, tls (ja3, ja4, sni, alpn), gaps
-    (out, in: (count, mean s, cv)), opening (flow schema 5's Opening; default: TLS with a ClientHello,
-    else unknown), src_workload, dst_workload (namespace, kind, name)."""
+    (out, in: (count, mean s, cv)), http_host (schema 5: a plain-HTTP request's Host), opening (flow
+    schema 5's Opening; default: TLS with a ClientHello, HTTP with an http_host, else unknown), src_workload, dst_workload (namespace, kind, name)."""
     rec = FlowRecords.empty(len(rows))
     c = rec.columns
     for i, r in enumerate(rows):
@@ -42,7 +42,9 @@ def c2_flows(rows: list[dict[str, Any]]) -> FlowRecords:
         tls = r.get("tls", {})
         for field in ("ja3", "ja4", "sni", "alpn"):
             c[f"tls_{field}"][i] = tls.get(field, "")
-        c["opening"][i] = int(r.get("opening", Opening.TLS if tls else Opening.UNKNOWN))
+        c["http_host"][i] = r.get("http_host", "")
+        default = Opening.TLS if tls else (Opening.HTTP if "http_host" in r else Opening.UNKNOWN)
+        c["opening"][i] = int(r.get("opening", default))
         for side, (count, mean_s, cv) in r.get("gaps", {}).items():
             c[f"gaps_{side}"][i], c[f"gap_mean_us_{side}"][i] = count, int(mean_s * 1e6)
             c[f"gap_cv_milli_{side}"][i] = int(cv * 1000)

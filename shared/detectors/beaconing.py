@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Score, StateMigrationError, bounded, clock_from_v0
-from kubesonar.shared.flow import FlowRecords, address_text, names_a_host
+from kubesonar.shared.flow import FlowRecords, address_text, client_named, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
 
@@ -191,7 +191,7 @@ class _Assessment:
     scores: list[Score] = field(default_factory=list)
     channels: dict[Channel, ChannelHistory] = field(default_factory=dict)  # as this batch leaves them
     destinations: dict[str, DestinationUsers] = field(default_factory=dict)
-    named: np.ndarray | None = None  # per flow of the batch: its ClientHello named a host
+    named: np.ndarray | None = None  # per flow of the batch: its client named a host (SNI or HTTP Host)
 
 
 class BeaconingDetector(Detector[BeaconingState, _Assessment]):
@@ -245,7 +245,7 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         if not len(flows):
             return out
         out.first_ts = int(flows["first_ts"].min())
-        out.named = names_a_host(flows["tls_sni"])
+        out.named = names_a_host(client_named(flows))
         candidates = np.isin(flows["proto"], (6, 17)) & ~np.isin(flows["dst_port"], _IGNORED_PORTS)
         candidates &= ~np.isin(flows["src_workload_kind"], _SCHEDULED)  # a CronJob's clock is declared
         rows = np.flatnonzero(candidates)
@@ -375,18 +375,20 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
 
     def _decided(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords, row: int,
                  clock: bool, timing: float, first_ns: int, evidence: dict[str, Any]) -> Score:
-        """A clock to an address reached by no name (no SNI, or an IP as SNI; plain TCP and UDP) is judged
-        cold: implants are configured with their server's address. A clock to a host the workload named
-        in its ClientHello is what integrations, exporters and streams keep too, so it is compared with the
-        workload's past: kept while the cluster learned, it is known; new after, it is reported."""
+        """A clock to an address reached by no name (no SNI or HTTP Host, or an IP as one; other TCP and
+        UDP) is judged cold: implants are configured with their server's address. A clock to a host the
+        workload named, in its ClientHello or its plain-HTTP request's Host, is what integrations,
+        exporters, uptime probes and streams keep too, so it is compared with the workload's past: kept
+        while the cluster learned, it is known; new after, it is reported."""
         named = bool(out.named[row]) if out.named is not None else False
         if named and clock and self._learning(first_ns):
             h.named_clock = True
         alarm = clock and self._rare(out, channel) and not (named and h.named_clock)
         fresh = alarm and not h.reported
         h.reported |= alarm
-        if named:
-            evidence = {**evidence, "sni": str(flows["tls_sni"][row])}
+        if named:  # the name, under the field that carried it
+            sni = str(flows["tls_sni"][row])
+            evidence = {**evidence, **({"sni": sni} if sni else {"http_host": str(flows["http_host"][row])})}
         return Score(channel, timing, alarm, source_endpoint(flows, row), first_ns, int(flows["last_ts"][row]),
                      evidence, fresh=fresh, identity=("beacon", channel.destination), destination=_target(flows, row),
                      needs_baseline=named)

@@ -107,7 +107,10 @@ def service_servers(flows: FlowRecords, known: dict[str, dict[str, int]]) -> dic
 
 def upload_scores(flows: FlowRecords, zones: Zones, uploads: dict[Connection, Tally]) -> list[Score]:
     """Tally the batch's outside TCP connections not named by TLS into ``uploads`` (changed in place: the
-    caller passes a copy) and score those that crossed the bar. Connections that lean down are dropped."""
+    caller passes a copy) and score those that crossed the bar. Connections that lean down are dropped.
+    An HTTP Host does not name a connection out of this rule, as an SNI does: stealers post to their
+    gate's name in plain HTTP (``more/exfil``'s Predator names its gate), while what a cluster uploads on
+    purpose goes over TLS."""
     candidates = np.flatnonzero((flows["proto"] == IPPROTO_TCP) & (flows["bytes_out"] > 0)
                                 & ~names_a_host(flows["tls_sni"]) & (flows["dst_port"] != _HTTPS))
     rows = zones.outside(flows, candidates)

@@ -8,8 +8,9 @@ types into it. What the flow shows (flow schema 4's gap statistics of each side'
   loosest spread beaconing still judges a clock (the two rules split the timing between them);
 - *two-way*: at least 8 such gaps from the responder and 4 from the initiator (the shell's answers);
 - to a host outside the cluster, on a port that is not a service the workload uses (one it reached
-  outside before this batch), and not a TLS session naming a host (SNI): services are reached by name,
-  shells by address and port.
+  outside before this batch), and not a session that named a host (a TLS SNI, or the Host of a
+  plain-HTTP request it opened with: a websocket or a long poll): services are reached by name, shells
+  by address and port.
 The source's role decides: a workload that answers other hosts' connections (shared/roles.py) opening
 such a session is the signal, and is reported; a client-only workload's session is scored 0.5 and kept
 as evidence, not reported (developers' interactive tools, chat bots on a push socket). The role is
@@ -39,7 +40,7 @@ import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score
 from kubesonar.shared.detectors.beaconing import CLOCK_SPREAD_CAP
-from kubesonar.shared.flow import IPPROTO_TCP, address_text, names_a_host
+from kubesonar.shared.flow import IPPROTO_TCP, address_text, client_named, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
 from kubesonar.shared.roles import merge_servers, servers_in
@@ -171,11 +172,13 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
 
 def _interactive(flows: FlowRecords) -> np.ndarray:
     """Rows of TCP sessions whose responder types at human pace and whose initiator answers, not
-    opened with a TLS ClientHello naming a host."""
+    opened naming a host. A plain-HTTP request's Host counts as an SNI does: a session that opens with
+    an HTTP request to a name is a web client's (a websocket, a long poll, server-sent events), and a
+    shell that bothers to dress as one could as well send an SNI; a shell opens with no request."""
     mean_in_s = flows["gap_mean_us_in"] / 1e6
     return ((flows["proto"] == IPPROTO_TCP) & (flows["gaps_in"] >= MIN_GAPS_IN) & (flows["gaps_out"] >= MIN_GAPS_OUT)
             & (mean_in_s >= HUMAN_GAP_S[0]) & (mean_in_s <= HUMAN_GAP_S[1])
-            & (flows["gap_cv_milli_in"] > IRREGULAR_CV * 1000) & ~names_a_host(flows["tls_sni"]))
+            & (flows["gap_cv_milli_in"] > IRREGULAR_CV * 1000) & ~names_a_host(client_named(flows)))
 
 
 def _gap_evidence(flows: FlowRecords, row: int) -> dict[str, Any]:

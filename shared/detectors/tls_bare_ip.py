@@ -109,6 +109,9 @@ class TlsBareIpDetector(Detector[TlsBareIpState, _Assessment]):
 
 
 def _unnamed_tls(flows: FlowRecords) -> np.ndarray:
-    """Rows with a ClientHello seen that names no host: no SNI, or an address written as one."""
+    """Rows with a ClientHello seen that names no host: no SNI, or an address written as one. Only the
+    SNI counts, never an HTTP Host: the rule is about what a TLS client puts in its hello, and a
+    connection that opened with plain HTTP has no hello (a CONNECT's tunnelled hello is judged on its own
+    SNI)."""
     hello = (flows["tls_ja3"] != "") | (flows["tls_ja4"] != "")
     return hello & ~names_a_host(flows["tls_sni"])

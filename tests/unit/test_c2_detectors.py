@@ -23,7 +23,7 @@ from kubesonar.shared.detectors.reverse_shell import ReverseShellDetector
 from kubesonar.shared.detectors.tls_bare_ip import TlsBareIpDetector
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
 from kubesonar.shared.errors import ConfigError
-from kubesonar.shared.flow import FlowRecords
+from kubesonar.shared.flow import FlowRecords, Opening
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, detectors, process_batch
 from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.watchlist import LOADER, parse_sslbl_csv
@@ -116,6 +116,29 @@ def test_a_clock_to_a_named_host_is_judged_against_the_workloads_past():
     assert new.evidence["sni"] == "updates.example.net"
 
 
+def _probe(dst: str, start: int, host: str | None, every_s: int = 30, count: int = 20) -> list[dict]:
+    """A plain-HTTP check every ``every_s`` seconds, a new connection each, naming ``host`` (None: no Host)."""
+    named = {} if host is None else {"http_host": host}
+    return [{"src": "10.1.0.5", "dst": dst, "t": start + k * every_s * S, "dport": 80, "out": 300, "in": 900,
+             "opening": Opening.HTTP, "src_workload": WEB, **named} for k in range(count)]
+
+
+def test_a_plain_http_clock_to_a_named_host_is_judged_as_a_named_tls_one():
+    """An uptime probe or integration polling http://name every 30 s names its host in the Host header as
+    a TLS client does in its SNI: kept while the cluster learned, it is known; a new named one after is
+    reported with its name; one to an address (an IP Host, or none) is judged cold, learning or not."""
+    d = BeaconingDetector(learning_period_ns=DAY)
+    assert _alarms(d, _probe("203.0.113.30", T0, "status.example.com")) == []  # learned
+    assert _alarms(d, _probe("203.0.113.30", T0 + 2 * DAY, "status.example.com")) == []
+    (new,) = _alarms(d, _probe("203.0.113.31", T0 + 2 * DAY, "poll.example.net"))
+    assert new.evidence["http_host"] == "poll.example.net" and "sni" not in new.evidence
+    for host in ("203.0.113.32", "[2001:db8::32]", None):  # an address is no name, nor is a missing Host
+        (cold,) = _alarms(d, _probe("203.0.113.32", T0 + 3 * DAY, host))
+        assert "http_host" not in cold.evidence and cold.evidence["kind"] == "beacon"
+        (during,) = _alarms(BeaconingDetector(learning_period_ns=DAY), _probe("203.0.113.33", T0, host))
+        assert during.evidence["kind"] == "beacon"
+
+
 def test_the_responders_small_answers_carry_the_clock_when_the_check_ins_are_big():
     """An implant POSTing a body every 45 s counts no small packets of its own; the server's short
     answers keep the same clock (Caldera's Sandcat in more/ is such a session)."""
@@ -184,12 +207,14 @@ def test_a_server_workload_typing_into_a_shell_outside_is_reported_a_client_only
     assert [(s.alarm, s.fresh) for s in again] == [(True, False)]  # its port was never learned as used
 
 
-@pytest.mark.parametrize("case", ["machine pace", "a clock", "named TLS", "port in use", "inside"])
+@pytest.mark.parametrize("case", ["machine pace", "a clock", "named TLS", "named HTTP", "port in use",
+                                  "inside"])
 def test_sessions_that_are_not_a_person_in_a_shell_are_not_reverse_shells(case):
     shell = shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S, src_workload=WEB)
     session = {"machine pace": dict(shell, gaps={"in": (400, 0.02, 1.5), "out": (400, 0.02, 1.5)}),
                "a clock": dict(shell, gaps={"in": (40, 4.0, 0.1), "out": (40, 4.0, 0.1)}),
                "named TLS": dict(shell, tls={"ja4": KNOWN_JA4, "sni": "chat.example"}),
+               "named HTTP": dict(shell, http_host="chat.example"),  # a websocket to a name
                "port in use": shell,
                "inside": dict(shell, dst="10.1.0.40")}[case]
     d = ReverseShellDetector()
@@ -323,3 +348,14 @@ def test_a_host_is_named_only_by_a_name():
                    dtype=object)
     assert names_a_host(sni).tolist() == [True, False, False, False, False, True]
     assert names_a_host(np.array([], dtype=object)).tolist() == []
+
+
+def test_a_client_names_its_host_by_sni_or_else_by_its_plain_http_requests_host():
+    from kubesonar.shared.flow import client_named, names_a_host
+
+    flows = c2_flows([{"src": "10.1.0.5", "dst": "203.0.113.9", "t": T0, **extra} for extra in (
+        {"tls": {"sni": "api.example.com"}}, {"http_host": "status.example.com"}, {"http_host": "203.0.113.9"},
+        {"http_host": "[2001:db8::1]"}, {}, {"tls": {"sni": "203.0.113.9"}})])
+    assert client_named(flows).tolist() == ["api.example.com", "status.example.com", "203.0.113.9",
+                                            "[2001:db8::1]", "", "203.0.113.9"]
+    assert names_a_host(client_named(flows)).tolist() == [True, True, False, False, False, False]

@@ -19,7 +19,7 @@ SYN_ACK_FIN_PSH = 0x1B
 
 def flows(rows: list[dict]) -> FlowRecords:
     """TCP records from dicts: src, dst, port, t, out, in; optional sport, start (the connection's first
-    packet, for interim records), sni, rpc, flags_in; the source is the pod 'shop/Deployment/<name>'."""
+    packet, for interim records), sni, http_host, rpc, flags_in; the source is the pod 'shop/Deployment/<name>'."""
     rec = FlowRecords.empty(len(rows))
     c = rec.columns
     for i, r in enumerate(rows):
@@ -32,6 +32,7 @@ def flows(rows: list[dict]) -> FlowRecords:
         c["flags_out"][i], c["flags_in"][i] = SYN_ACK_FIN_PSH, r.get("flags_in", SYN_ACK_FIN_PSH)
         c["state"][i] = int(ConnState.CLOSED)
         c["tls_sni"][i], c["rpc_method"][i] = r.get("sni", ""), r.get("rpc", "")
+        c["http_host"][i] = r.get("http_host", "")
         if r.get("name"):
             c["src_namespace"][i], c["src_workload_kind"][i], c["src_workload_name"][i] = "shop", "Deployment", r["name"]
     return rec
@@ -56,6 +57,12 @@ def test_an_upload_in_one_connection_is_reported_while_the_cluster_learns():
     assert f.type == "exfiltration" and f.source["workload"] == "shop/Deployment/web"
     assert f.evidence["kind"] == "upload" and f.evidence["bytes_sent"] == 1_380_000
     assert f.destination == {"ip": OUTSIDE, "port": 80}
+
+
+def test_an_upload_to_a_gate_named_in_plain_http_is_still_an_upload():
+    """Stealers post to their gate's name (more/exfil's Predator): an HTTP Host is no SNI here."""
+    (f,) = findings(cold(), [upload(http_host="hostss.mcdir.ru")])
+    assert f.evidence["kind"] == "upload"
 
 
 def test_downloads_exchanges_small_posts_and_named_tls_are_not_uploads():
