@@ -387,7 +387,7 @@ def _records(cluster: Cluster, f: _Flows) -> FlowRecords:
     cols = rec.columns
     first = (c["start"] * SECOND).astype(np.int64)
     cols["first_ts"], cols["conn_start"] = first, (c["conn_start"] * SECOND).astype(np.int64)
-    for name in SCHEMA_4_NAMES & set(c):
+    for name in (SCHEMA_4_NAMES | {"http_host"}) & set(c):
         cols[name] = c[name].astype(cols[name].dtype)
     cols["opening"] = openings(c)
     cols["last_ts"] = first + (c["duration"] * SECOND).astype(np.int64)

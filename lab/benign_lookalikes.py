@@ -26,10 +26,13 @@ the look-alikes of a protocol on a web port (:func:`add_opening_lookalikes`) sta
 - plain HTTP on port 80 out: media-proxy fetching images users link over http://;
 - TLS whose ClientHello the sensor could not fingerprint (a post-quantum key share split over two
   segments): no JA3, no SNI, still a TLS record on 443;
-- sessions the sensor joined mid-stream after a restart (the opening unknown) on 443.
-A steady plain-HTTP probe (http:// every 30 s), SSH to a git host every window and SMTP submission
-were tried as look-alikes too and left out: beaconing (a clock to a host named by no ClientHello) and
-exfiltration (mail out) report them by their own design, whatever their opening.
+- sessions the sensor joined mid-stream after a restart (the opening unknown) on 443;
+- a steady plain-HTTP probe: the blackbox exporter checks http://status.partner.example every 30 s, a
+  new connection each, naming the host in its Host header (flow schema 5's ``http_host``), from the
+  learning day on: a clock to a named host, learned as the TLS probes are.
+SSH to a git host every window and SMTP submission were tried as look-alikes too and left out:
+beaconing (a clock to a host named by no ClientHello or HTTP Host) and exfiltration (mail out) report
+them by their own design, whatever their opening.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ ENDPOINTS = {
     "cdn": ([f"198.18.{90 + j}.{i}" for j in range(3) for i in range(1, 41)], ""),
     "doh-cloudflare": (["1.1.1.1"], "cloudflare-dns.com"),
     "doh-google": (["8.8.8.8"], "dns.google"),
+    "status-page": (["198.18.85.4"], "status.partner.example"),  # probed over plain HTTP: a Host, no SNI
 }
 # (gaps between the small packets of a session, their mean and CV x 1000, as the sensor exports them)
 CDN_DOMAINS = ("cloudfront.net", "akamaiedge.net", "googlevideo.com", "fastly.net")
@@ -262,3 +266,9 @@ def add_opening_lookalikes(f, cluster, t0: float) -> None:
     if int(t0) % 86_400 < WINDOW_S:
         f.add(by["prometheus"].addresses[0], _ip(ENDPOINTS["metrics"][0][0]), 443, tcp, t0, 300.0, 400, 2_000_000,
               400, 15_000, ConnState.ESTABLISHED, rng=rng, conn_start=t0 - 3_600.0, extra={"opening": MID_STREAM})
+    # the blackbox exporter's http:// probe every 30 s, one clock across windows (last: the draws above
+    # stay what they were without it)
+    addresses, host = ENDPOINTS["status-page"]
+    at = t0 + 11.0 + 30.0 * np.arange(WINDOW_S // 30)
+    f.add(by["blackbox-exporter"].addresses[0], _ip(addresses[0]), 80, tcp, at + rng.normal(0, 0.01, len(at)), 0.05,
+          6, 420, 5, 1_900, rng=rng, extra={"opening": int(Opening.HTTP), "http_host": host})

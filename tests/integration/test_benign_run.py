@@ -4,7 +4,8 @@ learning day with the platform allowlist, and without it only what api_server_ac
 ClientHello, so beaconing learns their clocks while the cluster learns. The run holds the look-alikes of issue
 17's signals (lab/benign_lookalikes.py): NTP, health checks, scrapes and remote_write, websockets and
 gRPC streams with steady heartbeats, the mesh's mTLS, CDN-heavy DNS, DoH, and plain HTTP, websockets,
-unfingerprinted TLS and a session joined mid-stream on the web ports."""
+unfingerprinted TLS and a session joined mid-stream on the web ports, and an http:// probe every 30 s
+that names its host only in the HTTP Host header."""
 
 from __future__ import annotations
 
@@ -57,3 +58,7 @@ def test_the_look_alikes_are_in_the_traffic():
     assert web[80] == {Opening.HTTP} and Opening.TLS in web[443] and web[443] <= {Opening.TLS, Opening.UNKNOWN}
     assert ((cols["dst_port"] == 80) & out).sum() > 5
     assert ((cols["opening"] == Opening.TLS) & (cols["tls_ja3"] == "") & (cols["dst_port"] == 443)).any()
+    # the plain-HTTP probe: a new connection every 30 s to port 80, named by its Host alone
+    probe = cols["http_host"] == "status.partner.example"
+    assert probe.sum() == 20 and set(cols["dst_port"][probe].tolist()) == {80} and not cols["tls_sni"][probe].any()
+    assert set(cols["src_workload_name"][probe].tolist()) == {"blackbox-exporter"}
