@@ -70,3 +70,27 @@ def test_a_batch_larger_than_one_write_is_written_whole():
     records = FlowRecords.concat(_capture_batches())
     many = records.take(np.arange(20_000) % len(records))
     assert _written(write_jsonl, [many]) == _reference_jsonl([many])
+
+
+def test_every_value_a_column_can_hold_is_written_as_json_dumps_writes_it():
+    """Integers at their dtype's ends and between (negative ones too), times that repeat and ones that
+    do not, tunnel addresses some rows lack, IPv6 ones: the digit-by-digit text must not drift."""
+    rng = np.random.default_rng(11)
+    n = 300
+    records = FlowRecords.empty(n)
+    columns = dict(records.columns)
+    for name, values in columns.items():
+        if values.dtype.kind in "iu" and name not in ("state", "end_reason"):
+            info = np.iinfo(values.dtype)
+            drawn = rng.integers(info.min, info.max, n, dtype=values.dtype, endpoint=True)
+            ends = np.array([info.min, info.max, 0, 1, 9, 10, 99, 100], dtype=values.dtype)
+            columns[name] = np.where(rng.random(n) < 0.3, rng.choice(ends, n), drawn)
+    columns["first_ts"] = rng.integers(0, 2**62, n)
+    columns["last_ts"] = np.full(n, 1_767_225_600_017_150_000)
+    columns["state"] = rng.integers(0, 7, n).astype(np.uint8)
+    addresses = rng.integers(0, 256, (n, 16), dtype=np.uint8)
+    addresses[::3, :12] = np.frombuffer(b"\0" * 10 + b"\xff\xff", dtype=np.uint8)  # IPv4-mapped
+    addresses[::4] = 0  # no tunnel
+    columns["tunnel_src"] = addresses.view("V16").ravel()
+    records = FlowRecords(columns)
+    assert _written(write_jsonl, [records]) == _reference_jsonl([records])
