@@ -73,8 +73,8 @@ def test_a_batch_larger_than_one_write_is_written_whole():
 
 
 def test_every_value_a_column_can_hold_is_written_as_json_dumps_writes_it():
-    """Integers at their dtype's ends and between (negative ones too), times that repeat and ones that
-    do not, tunnel addresses some rows lack, IPv6 ones: the digit-by-digit text must not drift."""
+    """Integers at their dtype's ends and between (negative ones too), times that repeat (within a
+    column and from one column to the next) and ones that do not, tunnel addresses some rows lack, IPv6 ones: the digit-by-digit text must not drift."""
     rng = np.random.default_rng(11)
     n = 300
     records = FlowRecords.empty(n)
@@ -86,6 +86,8 @@ def test_every_value_a_column_can_hold_is_written_as_json_dumps_writes_it():
             ends = np.array([info.min, info.max, 0, 1, 9, 10, 99, 100], dtype=values.dtype)
             columns[name] = np.where(rng.random(n) < 0.3, rng.choice(ends, n), drawn)
     columns["first_ts"] = rng.integers(0, 2**62, n)
+    columns["first_ts"][::5] = 10**9  # "1.0", narrower than the texts that replace it below
+    columns["conn_start"] = np.where(rng.random(n) < 0.5, columns["first_ts"], columns["conn_start"])
     columns["last_ts"] = np.full(n, 1_767_225_600_017_150_000)
     columns["state"] = rng.integers(0, 7, n).astype(np.uint8)
     addresses = rng.integers(0, 256, (n, 16), dtype=np.uint8)
