@@ -389,9 +389,10 @@ def _alert_table(alerts: list[dict]) -> None:
 def _write_flows(stream: Iterator[FlowRecords], fmt: str) -> None:
     out = click.get_text_stream("stdout")
     if fmt == "jsonl":
-        from kubesonar.flow_text import write_jsonl
+        from kubesonar.flow_text import write_jsonl_bytes
 
-        write_jsonl(stream, out)
+        out.flush()  # the lines go under it, as bytes
+        write_jsonl_bytes(stream, click.get_binary_stream("stdout"))
     elif fmt == "csv":
         from kubesonar.flow_text import write_csv
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from json.encoder import encode_basestring_ascii
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -36,10 +36,22 @@ _NO_ADDRESS = {bytes(16): '""'}  # a tunnel column's "no tunnel"
 
 
 def write_jsonl(stream: Iterable[FlowRecords], out: TextIO) -> None:
+    for lines in _jsonl_chunks(stream):
+        out.write(lines.decode("ascii"))
+
+
+def write_jsonl_bytes(stream: Iterable[FlowRecords], out: BinaryIO) -> None:
+    """The lines of :func:`write_jsonl`, to a binary stream: decoding the ASCII text only for a text
+    stream to encode it again cost 30 ms a 20,000-flow capture."""
+    for lines in _jsonl_chunks(stream):
+        out.write(lines)
+
+
+def _jsonl_chunks(stream: Iterable[FlowRecords]) -> Iterator[bytes]:
     texts = _JsonTexts()
     for records in stream:
         for start in range(0, len(records), _ROWS_PER_WRITE):
-            out.write(_jsonl_rows(records.take(slice(start, start + _ROWS_PER_WRITE)), texts).decode("ascii"))
+            yield _jsonl_rows(records.take(slice(start, start + _ROWS_PER_WRITE)), texts)
 
 
 def write_csv(stream: Iterable[FlowRecords], out: TextIO) -> None:

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from kubesonar.flow_text import write_csv, write_jsonl
+from kubesonar.flow_text import write_csv, write_jsonl, write_jsonl_bytes
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.shared.flow import FlowRecords
 
@@ -96,3 +96,10 @@ def test_every_value_a_column_can_hold_is_written_as_json_dumps_writes_it():
     columns["tunnel_src"] = addresses.view("V16").ravel()
     records = FlowRecords(columns)
     assert _written(write_jsonl, [records]) == _reference_jsonl([records])
+
+
+def test_the_bytes_writer_writes_the_text_writers_lines():
+    batches = _capture_batches()
+    out = io.BytesIO()
+    write_jsonl_bytes(iter(batches), out)
+    assert out.getvalue() == _reference_jsonl(batches).encode("ascii")
