@@ -72,6 +72,13 @@ def test_a_batch_larger_than_one_write_is_written_whole():
     assert _written(write_jsonl, [many]) == _reference_jsonl([many])
 
 
+def test_small_batches_joined_before_writing_keep_their_order():
+    records = FlowRecords.concat(_capture_batches())
+    many = records.take(np.arange(12_000) % len(records))
+    batches = [many.take(slice(start, start + 1_500)) for start in range(0, 12_000, 1_500)]
+    assert _written(write_jsonl, batches) == _reference_jsonl([many])
+
+
 def test_every_value_a_column_can_hold_is_written_as_json_dumps_writes_it():
     """Integers at their dtype's ends and between (negative ones too), times that repeat (within a
     column and from one column to the next) and ones that do not, tunnel addresses some rows lack, IPv6 ones: the digit-by-digit text must not drift."""
