@@ -145,12 +145,12 @@ class _JsonTexts:
         if (ns == ns[0]).all():
             return json.dumps(float(seconds[0]))
         if self._times is None or self._times[0] is not records:
-            texts = _float_bytes(seconds)
+            texts = _seconds_bytes(ns, seconds)
         else:
             _, ns_before, texts = self._times
             new = np.flatnonzero(ns != ns_before)
             if len(new):
-                fresh = _float_bytes(seconds[new])
+                fresh = _seconds_bytes(ns[new], seconds[new])
                 texts = texts.astype(max(texts.dtype, fresh.dtype, key=lambda dtype: dtype.itemsize))
                 texts[new] = fresh
         self._times = (records, ns, texts)
@@ -165,6 +165,31 @@ class _JsonTexts:
             if raw not in cache:
                 cache[raw] = '"' + address_text(raw) + '"'
         return list(map(cache.__getitem__, distinct))
+
+def _seconds_bytes(ns: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """json.dumps of each ``ns / 1e9`` (``seconds``). A capture's times are mostly whole microseconds,
+    and there (1 s to 2**33 s) the microsecond decimal is float.__repr__'s text: it parses back to the
+    same double when ``micros / 1e6`` does (micros < 2**53 is exact, so that division is rounded once,
+    as parsing is), and no shorter decimal can, doubles there being under 1e-6 apart. The rest: repr."""
+    micros, below = np.divmod(ns, 1000)
+    easy = (below == 0) & (ns >= 10**9) & (ns < 2**33 * 10**9)
+    easy &= micros.astype(np.float64) / 1e6 == seconds
+    if not easy.any():
+        return _float_bytes(seconds)
+    whole, fraction = np.divmod(micros[easy], 10**6)
+    digits = (fraction.astype(np.uint64)[:, None] // _POWERS[5::-1]) % np.uint64(10)
+    kept = np.cumsum(digits[:, ::-1] != 0, axis=1)[:, ::-1] > 0  # trailing zeros go: "1.5", not "1.500000"
+    kept[:, 0] = True  # but one digit stays: "2.0"
+    point = np.full((len(whole), 1), ord("."), dtype=np.uint8)
+    laid = np.hstack([_int_matrix(whole), point, np.where(kept, digits + ord("0"), 0).astype(np.uint8)])
+    texts = np.ascontiguousarray(laid).view(f"S{laid.shape[1]}").ravel()
+    if easy.all():
+        return texts
+    rest = _float_bytes(seconds[~easy])
+    out = np.empty(len(ns), dtype=max(texts.dtype, rest.dtype, key=lambda dtype: dtype.itemsize))
+    out[easy], out[~easy] = texts, rest
+    return out
+
 
 def _float_bytes(values: np.ndarray) -> np.ndarray:
     texts = list(map(float.__repr__, values.tolist()))
@@ -213,18 +238,18 @@ def _int_texts(column: np.ndarray) -> _Texts:
     negative = column < 0 if column.dtype.kind == "i" else None
     if negative is not None and negative.any():
         # |int64 min| wraps to itself, which reads right as unsigned
-        magnitude = np.abs(column.astype(np.int64)).view(np.uint64)
-    else:
-        negative = None
-        magnitude = column.astype(np.uint64)
-    width = len(str(int(magnitude.max())))
-    powers = _POWERS[width - 1 :: -1]
+        return np.hstack([np.where(negative, np.uint8(ord("-")), np.uint8(0))[:, None],
+                          _int_matrix(np.abs(column.astype(np.int64)).view(np.uint64))])
+    return _int_matrix(column.astype(np.uint64))
+
+
+def _int_matrix(magnitude: np.ndarray) -> np.ndarray:
+    """Decimal digits of non-negative integers, right-aligned, NUL where a shorter one has none."""
+    magnitude = magnitude.astype(np.uint64, copy=False)
+    powers = _POWERS[len(str(int(magnitude.max()))) - 1 :: -1]
     digits = (magnitude[:, None] // powers) % np.uint64(10)
     written = (magnitude[:, None] >= powers) | (powers == 1)  # no leading zeros; zero itself is written
-    texts = np.where(written, digits + np.uint64(ord("0")), 0).astype(np.uint8)
-    if negative is None:
-        return texts
-    return np.hstack([np.where(negative, np.uint8(ord("-")), np.uint8(0))[:, None], texts])
+    return np.where(written, digits + np.uint64(ord("0")), 0).astype(np.uint8)
 
 
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)

@@ -110,3 +110,22 @@ def test_the_bytes_writer_writes_the_text_writers_lines():
     out = io.BytesIO()
     write_jsonl_bytes(iter(batches), out)
     assert out.getvalue() == _reference_jsonl(batches).encode("ascii")
+
+
+def test_times_are_written_as_float_repr_writes_them():
+    """Whole microseconds (the usual capture time, written from its digits), whole seconds, times
+    under a second and near 2**33 s where that shortcut ends, and nanosecond ones, mixed in a column."""
+    rng = np.random.default_rng(5)
+    n = 400
+    micros = 1_767_225_600_000_000 + rng.integers(0, 10**9, n)
+    micros[::7] -= micros[::7] % 10**6  # whole seconds: "1767225600.0"
+    micros[1::7] -= micros[1::7] % 1000  # trailing zeros
+    ns = micros * 1000
+    ns[2::7] += rng.integers(1, 1000, len(ns[2::7]))  # nanoseconds
+    ns[3::7] = rng.integers(0, 10**9, len(ns[3::7]))  # under a second
+    ns[4::7] = 2**33 * 10**9 + rng.integers(-(10**12), 10**12, len(ns[4::7])) // 1000 * 1000
+    records = FlowRecords.empty(n)
+    columns = dict(records.columns)
+    columns["first_ts"], columns["last_ts"] = ns, ns[::-1].copy()
+    records = FlowRecords(columns)
+    assert _written(write_jsonl, [records]) == _reference_jsonl([records])
