@@ -244,7 +244,7 @@ class FlowRecords:
 
     def readable_columns(self) -> dict[str, list[Any]]:
         """The values of :meth:`iter_dicts`, column by column, under the same names and in that order."""
-        return {_RENAMED.get(name, name): self._readable_column(name) for name in _DICT_ORDER}
+        return {key: self._readable_column(name) for name, key in DICT_FIELDS}
 
     def _readable_column(self, name: str) -> list[Any]:
         if name == "flow_id":
@@ -265,11 +265,14 @@ class FlowRecords:
 
 
 _ADDRESS_COLUMNS = frozenset(c.name for c in FLOW_COLUMNS if c.dtype == "V16")
-_TIME_COLUMNS = frozenset(("first_ts", "last_ts", "conn_start"))
+TIME_COLUMNS = frozenset(("first_ts", "last_ts", "conn_start"))  # readable as seconds (float)
+_TIME_COLUMNS = TIME_COLUMNS
 _RENAMED = {"src_addr": "src_ip", "dst_addr": "dst_ip"}
 _DICT_ORDER = ("flow_id", "src_addr", "src_port", "dst_addr", "dst_port") + tuple(
     n for n in COLUMN_NAMES if n not in ("src_addr", "src_port", "dst_addr", "dst_port")
 )
+# (column, key) of each readable field in :meth:`FlowRecords.iter_dicts` order; "flow_id" is derived
+DICT_FIELDS: tuple[tuple[str, str], ...] = tuple((name, _RENAMED.get(name, name)) for name in _DICT_ORDER)
 
 
 class _AddressFormatter:

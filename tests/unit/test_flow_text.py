@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from kubesonar.flow_text import write_csv, write_jsonl
+from kubesonar.flow_text import write_csv, write_jsonl, write_jsonl_bytes
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.shared.flow import FlowRecords
 
@@ -70,3 +70,62 @@ def test_a_batch_larger_than_one_write_is_written_whole():
     records = FlowRecords.concat(_capture_batches())
     many = records.take(np.arange(20_000) % len(records))
     assert _written(write_jsonl, [many]) == _reference_jsonl([many])
+
+
+def test_small_batches_joined_before_writing_keep_their_order():
+    records = FlowRecords.concat(_capture_batches())
+    many = records.take(np.arange(12_000) % len(records))
+    batches = [many.take(slice(start, start + 1_500)) for start in range(0, 12_000, 1_500)]
+    assert _written(write_jsonl, batches) == _reference_jsonl([many])
+
+
+def test_every_value_a_column_can_hold_is_written_as_json_dumps_writes_it():
+    """Integers at their dtype's ends and between (negative ones too), times that repeat (within a
+    column and from one column to the next) and ones that do not, tunnel addresses some rows lack, IPv6 ones: the digit-by-digit text must not drift."""
+    rng = np.random.default_rng(11)
+    n = 300
+    records = FlowRecords.empty(n)
+    columns = dict(records.columns)
+    for name, values in columns.items():
+        if values.dtype.kind in "iu" and name not in ("state", "end_reason"):
+            info = np.iinfo(values.dtype)
+            drawn = rng.integers(info.min, info.max, n, dtype=values.dtype, endpoint=True)
+            ends = np.array([info.min, info.max, 0, 1, 9, 10, 99, 100], dtype=values.dtype)
+            columns[name] = np.where(rng.random(n) < 0.3, rng.choice(ends, n), drawn)
+    columns["first_ts"] = rng.integers(0, 2**62, n)
+    columns["first_ts"][::5] = 10**9  # "1.0", narrower than the texts that replace it below
+    columns["conn_start"] = np.where(rng.random(n) < 0.5, columns["first_ts"], columns["conn_start"])
+    columns["last_ts"] = np.full(n, 1_767_225_600_017_150_000)
+    columns["state"] = rng.integers(0, 7, n).astype(np.uint8)
+    addresses = rng.integers(0, 256, (n, 16), dtype=np.uint8)
+    addresses[::3, :12] = np.frombuffer(b"\0" * 10 + b"\xff\xff", dtype=np.uint8)  # IPv4-mapped
+    addresses[::4] = 0  # no tunnel
+    columns["tunnel_src"] = addresses.view("V16").ravel()
+    records = FlowRecords(columns)
+    assert _written(write_jsonl, [records]) == _reference_jsonl([records])
+
+
+def test_the_bytes_writer_writes_the_text_writers_lines():
+    batches = _capture_batches()
+    out = io.BytesIO()
+    write_jsonl_bytes(iter(batches), out)
+    assert out.getvalue() == _reference_jsonl(batches).encode("ascii")
+
+
+def test_times_are_written_as_float_repr_writes_them():
+    """Whole microseconds (the usual capture time, written from its digits), whole seconds, times
+    under a second and near 2**33 s where that shortcut ends, and nanosecond ones, mixed in a column."""
+    rng = np.random.default_rng(5)
+    n = 400
+    micros = 1_767_225_600_000_000 + rng.integers(0, 10**9, n)
+    micros[::7] -= micros[::7] % 10**6  # whole seconds: "1767225600.0"
+    micros[1::7] -= micros[1::7] % 1000  # trailing zeros
+    ns = micros * 1000
+    ns[2::7] += rng.integers(1, 1000, len(ns[2::7]))  # nanoseconds
+    ns[3::7] = rng.integers(0, 10**9, len(ns[3::7]))  # under a second
+    ns[4::7] = 2**33 * 10**9 + rng.integers(-(10**12), 10**12, len(ns[4::7])) // 1000 * 1000
+    records = FlowRecords.empty(n)
+    columns = dict(records.columns)
+    columns["first_ts"], columns["last_ts"] = ns, ns[::-1].copy()
+    records = FlowRecords(columns)
+    assert _written(write_jsonl, [records]) == _reference_jsonl([records])
