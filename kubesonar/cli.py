@@ -56,8 +56,6 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
         _write_flows(stream, fmt)
     for error in stats.errors:
         click.echo(f"kubesonar: error: {error}", err=True)
-    global _without_teardown
-    _without_teardown = True
     if stats.errors:
         sys.exit(1)
 
@@ -453,22 +451,3 @@ def run() -> None:
     except KubeSonarError as exc:
         click.echo(f"kubesonar: error: {exc}", err=True)
         sys.exit(1)
-    except SystemExit as done:
-        if _without_teardown and isinstance(done.code, int | None):
-            _exit_now(done.code or 0)
-        raise  # and where stdout cannot be flushed (a closed pipe), the usual way, which reports it
-
-
-# set by a command that leaves nothing to clean up (no threads, files or atexit work of its own): flows
-_without_teardown = False
-
-
-def _exit_now(code: int) -> None:
-    """End the process without the interpreter's teardown of every module and object (numpy's, click's):
-    ~30 ms of a 0.6 s ``kubesonar flows`` run, for memory the kernel takes back at once anyway."""
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:
-        return
-    os._exit(code)
