@@ -140,17 +140,22 @@ def _metadata(node: Node, work: Path) -> None:
 
 
 def _beacon(node: Node, work: Path) -> None:
+    _http_check_ins(node, work, 8443, count=25, period_s=2.0)
+
+
+def _http_check_ins(node: Node, work: Path, port: int, count: int, period_s: float) -> None:
+    """An implant fetching its task over cleartext HTTP from the C2 on ``port``, ``count`` times, every
+    ``period_s`` seconds (+-20%)."""
     node.add_address("c2", C2_IP)
     (work / "c2").mkdir()
     (work / "c2" / "task").write_text("sleep\n")
-    server = _serve_http(node, "c2", C2_IP, 8443, work / "c2")
+    server = _serve_http(node, "c2", C2_IP, port, work / "c2")
     try:
         time.sleep(1.0)
-        node.run("implant", *TOOL, "beacon", f"http://{C2_IP}:8443/task", "25", "2.0", "0.2", check=True,
-                 capture_output=True, timeout=120)
+        node.run("implant", *TOOL, "beacon", f"http://{C2_IP}:{port}/task", str(count), str(period_s), "0.2",
+                 check=True, capture_output=True, timeout=30 + 2 * count * period_s)
     finally:
-        server.kill()
-        server.wait(timeout=10)
+        _stop(server)
 
 
 def _stop(*procs: subprocess.Popen | None) -> None:
@@ -343,16 +348,7 @@ def _rat_on_port_80(node: Node, work: Path) -> None:
 
 def _http_on_443(node: Node, work: Path) -> None:
     """A check-in over cleartext HTTP on port 443, as a malleable HTTP profile on a TLS port does."""
-    node.add_address("c2", C2_IP)
-    (work / "c2").mkdir()
-    (work / "c2" / "task").write_text("sleep\n")
-    server = _serve_http(node, "c2", C2_IP, 443, work / "c2")
-    try:
-        time.sleep(1.0)
-        node.run("implant", *TOOL, "beacon", f"http://{C2_IP}:443/task", "3", "0.5", "0.2", check=True,
-                 capture_output=True, timeout=60)
-    finally:
-        _stop(server)
+    _http_check_ins(node, work, 443, count=3, period_s=0.5)
 
 
 def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
