@@ -3,6 +3,7 @@ APIs. Code under test reaches it through AWS_ENDPOINT_URL, as production reaches
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -11,8 +12,20 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
+
+# an SQS event as Lambda delivers it, and the context it passes (powertools reads these fields)
+EVENT = json.loads((Path(__file__).resolve().parent / "fixtures" / "aws" / "sqs-event.json").read_text())
+
+
+class LambdaContext:
+    function_name = "kubesonar-scoring"
+    memory_limit_in_mb = 512
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:kubesonar-scoring"
+    aws_request_id = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 

@@ -8,7 +8,6 @@ import copy
 import importlib
 import json
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,17 +16,7 @@ from kubesonar.sensor.queues import window_messages
 from kubesonar.shared.batch import SQS_LIMIT, BatchHeader
 from kubesonar.shared.flow import FlowRecords
 
-from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
-
-REPO = Path(__file__).resolve().parents[2]
-EVENT = json.loads((REPO / "tests" / "fixtures" / "aws" / "sqs-event.json").read_text())
-
-
-class _Context:
-    function_name = "kubesonar-scoring"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:kubesonar-scoring"
-    aws_request_id = "52fdfc07-2182-154f-163f-5f0f9a621d72"
+from aws_emulator import EVENT, LambdaContext, aws_endpoint, client  # noqa: F401 - the fixture
 
 
 @pytest.fixture
@@ -54,7 +43,7 @@ def test_a_broken_watchlist_is_logged_and_counted(capfd, caplog, handler):
     (message,) = window_messages(BatchHeader("prod", "node-1", "node-1/a", 1, 0, 1), flows, SQS_LIMIT)
     record = copy.deepcopy(EVENT["Records"][0])
     record["messageId"], record["body"] = "m0", base64.b64encode(message.data).decode()
-    assert handler.lambda_handler({"Records": [record]}, _Context()) == {"batchItemFailures": []}
+    assert handler.lambda_handler({"Records": [record]}, LambdaContext()) == {"batchItemFailures": []}
     faults = [r for r in caplog.records if r.getMessage() == "fault met"]
     assert len(faults) == 1 and faults[0].error.startswith("watchlist bad:") and faults[0].levelname == "WARNING"
     (emf,) = [json.loads(x) for x in capfd.readouterr().out.splitlines() if x.startswith('{"_aws"')]

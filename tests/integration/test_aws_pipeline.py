@@ -22,17 +22,8 @@ from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.pipeline import CoreConfig, detectors
 
-from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
+from aws_emulator import EVENT, LambdaContext, aws_endpoint, client  # noqa: F401 - the fixture
 from conftest import PCAPS, REPO
-
-EVENT = json.loads((REPO / "tests" / "fixtures" / "aws" / "sqs-event.json").read_text())
-
-
-class _Context:  # what Lambda passes; powertools reads these
-    function_name = "kubesonar-scoring"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:kubesonar-scoring"
-    aws_request_id = "52fdfc07-2182-154f-163f-5f0f9a621d72"
 
 
 @pytest.fixture
@@ -106,7 +97,7 @@ def test_real_batches_flow_from_the_sensor_through_sqs_and_lambda_to_s3_and_sns(
     sent = _publish_capture(b, PCAPS / "portscan/evilfingers_nmap_TCP_SYN_SCAN.pcap")
     assert sent >= 1
     event = _received_event(b, sent)
-    out = b["handler"].lambda_handler(event, _Context())
+    out = b["handler"].lambda_handler(event, LambdaContext())
     assert out == {"batchItemFailures": []}
     (alert,) = _alerts(b)
     assert (alert["type"], alert["source"]["ip"], alert["cluster"]) == ("port_scan", "192.168.1.10", "prod")
@@ -130,10 +121,10 @@ def test_a_poison_message_fails_alone_and_a_redelivery_duplicates_nothing(backen
     poison.update(messageId="poison-1", body=base64.b64encode(b"KSFB" + os.urandom(200)).decode())
     not_base64 = dict(copy.deepcopy(poison), messageId="poison-2", body="{not base64}")
     mixed = {"Records": [poison, *event["Records"], not_base64]}
-    out = b["handler"].lambda_handler(mixed, _Context())
+    out = b["handler"].lambda_handler(mixed, LambdaContext())
     assert sorted(f["itemIdentifier"] for f in out["batchItemFailures"]) == ["poison-1", "poison-2"]
     assert len(_alerts(b)) == 1 and len(_notifications(b)) == 1
-    again = b["handler"].lambda_handler(event, _Context())  # SQS delivered the good ones again
+    again = b["handler"].lambda_handler(event, LambdaContext())  # SQS delivered the good ones again
     assert again == {"batchItemFailures": []}
     (alert,) = _alerts(b)
     assert alert["count"] == 1 and _notifications(b) == []
@@ -143,7 +134,7 @@ def _invoke_in_a_fresh_container(env: dict, event: dict) -> dict:
     os.environ.update(env)
     import kubesonar.functions.aws.handler as handler
 
-    return handler.lambda_handler(event, _Context())
+    return handler.lambda_handler(event, LambdaContext())
 
 
 def test_sixteen_concurrent_invocations_lose_no_baseline_update(backend):
@@ -176,13 +167,13 @@ def test_the_schedule_reports_a_sensor_that_went_silent(backend):
                          counters={"packets": 10, "kernel_packets": 10, "kernel_drops": 0})
     (heartbeat,) = window_messages(header, FlowRecords.empty(), LIMIT)
     record = dict(copy.deepcopy(EVENT["Records"][0]), body=base64.b64encode(heartbeat.data).decode())
-    assert b["handler"].lambda_handler({"Records": [record]}, _Context()) == {"batchItemFailures": []}
+    assert b["handler"].lambda_handler({"Records": [record]}, LambdaContext()) == {"batchItemFailures": []}
     schedule = json.loads((REPO / "tests" / "fixtures" / "aws" / "scheduled-event.json").read_text())
-    assert b["handler"].lambda_handler(schedule, _Context())["new_alerts"] == []  # not yet
+    assert b["handler"].lambda_handler(schedule, LambdaContext())["new_alerts"] == []  # not yet
     time.sleep(1.8)  # past 4/3 of the 1 s bound (shared/health.py)
-    (alert_id,) = b["handler"].lambda_handler(schedule, _Context())["new_alerts"]
+    (alert_id,) = b["handler"].lambda_handler(schedule, LambdaContext())["new_alerts"]
     (alert,) = _alerts(b)
     assert (alert["id"], alert["type"], alert["source"]["node"]) == (alert_id, "sensor_silent", "node-7")
     (note,) = _notifications(b)
     assert note["MessageAttributes"]["type"]["Value"] == "sensor_silent"
-    assert b["handler"].lambda_handler(schedule, _Context())["new_alerts"] == []  # once per silence
+    assert b["handler"].lambda_handler(schedule, LambdaContext())["new_alerts"] == []  # once per silence

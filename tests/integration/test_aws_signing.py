@@ -9,7 +9,6 @@ import importlib
 import json
 import os
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,18 +18,11 @@ from kubesonar.shared.batch import SQS_LIMIT, BatchHeader
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.signing import Key, Keyring
 
-from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
+from aws_emulator import EVENT, LambdaContext, aws_endpoint, client  # noqa: F401 - the fixture
 
-REPO = Path(__file__).resolve().parents[2]
-EVENT = json.loads((REPO / "tests" / "fixtures" / "aws" / "sqs-event.json").read_text())
 SECRET = os.urandom(32)
 
 
-class _Context:
-    function_name = "kubesonar-scoring"
-    memory_limit_in_mb = 512
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:kubesonar-scoring"
-    aws_request_id = "52fdfc07-2182-154f-163f-5f0f9a621d72"
 
 
 @pytest.fixture
@@ -74,5 +66,5 @@ def test_only_batches_signed_with_the_clusters_key_are_scored(handler):
     good = Keyring([Key("prod-1", "prod", SECRET)], "prod-1").sign
     forged = Keyring([Key("prod-1", "prod", os.urandom(32))], "prod-1").sign
     bodies = [_message(good, "node-1/a1"), _message(None, "node-1/a2"), _message(forged, "node-1/a3")]
-    result = handler.lambda_handler(_event(bodies), _Context())
+    result = handler.lambda_handler(_event(bodies), LambdaContext())
     assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == ["m1", "m2"]
