@@ -14,22 +14,12 @@ from collections import Counter
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.flow import FlowRecords, address_text
-from netns.node import namespace_node
+from netns.node import POD_TRAFFIC, namespace_node
 
 from conftest import REPO, require_tool
 
 WINDOW_S = 3.0
 
-_TRAFFIC = """
-import socket, sys, time, urllib.request
-web, seconds = sys.argv[1], float(sys.argv[2])
-end = time.time() + seconds
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-while time.time() < end:
-    urllib.request.urlopen(f"http://{web}:8080/", timeout=2).read()
-    udp.sendto(b"x" * 64, (web, 5353))
-    time.sleep(0.05)
-"""
 
 
 def _lines(stream, into: queue.Queue) -> None:
@@ -50,7 +40,7 @@ def test_watch_reports_an_nmap_scan_within_two_windows_amid_normal_traffic():
         threading.Thread(target=_lines, args=(watch.stdout, lines), daemon=True).start()
         try:
             time.sleep(2)
-            client = node.start("client", sys.executable, "-c", _TRAFFIC, web, "15")
+            client = node.start("client", sys.executable, "-c", POD_TRAFFIC, web, "15")
             time.sleep(4)
             node.run("scanner", "nmap", "-n", "-Pn", "-T4", "-sS", "-p", "1-500", web,
                      check=True, capture_output=True, timeout=60)
@@ -129,7 +119,7 @@ def test_live_flow_totals_equal_a_tcpdump_capture_and_every_window_has_a_heartbe
                                    "--duration", "14"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             time.sleep(2)
-            node.run("client", sys.executable, "-c", _TRAFFIC, web, "6", check=True, timeout=30)
+            node.run("client", sys.executable, "-c", POD_TRAFFIC, web, "6", check=True, timeout=30)
             node.run("client", "ping", "-c", "5", "-i", "0.2", web, check=True, capture_output=True)
             _, err = sensor.communicate(timeout=60)
         finally:

@@ -12,20 +12,9 @@ from collections import Counter
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.flow import FlowRecords
-from netns.node import routed_node
+from netns.node import POD_TRAFFIC, routed_node
 
 from conftest import require_tool
-
-_TRAFFIC = """
-import socket, sys, time, urllib.request
-web, seconds = sys.argv[1], float(sys.argv[2])
-end = time.time() + seconds
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-while time.time() < end:
-    urllib.request.urlopen(f"http://{web}:8080/", timeout=2).read()
-    udp.sendto(b"x" * 64, (web, 5353))
-    time.sleep(0.05)
-"""
 
 
 def _packets(records: FlowRecords, hosts: set[str]) -> Counter:
@@ -66,7 +55,7 @@ def test_each_packet_counts_once_where_it_enters_a_routed_node(tmp_path):
         }
         try:
             _first_heartbeats([tmp_path / d for d in sensors])
-            clients = [node.start(pod, sys.executable, "-c", _TRAFFIC, web, "3") for pod in ("client", "far")]
+            clients = [node.start(pod, sys.executable, "-c", POD_TRAFFIC, web, "3") for pod in ("client", "far")]
             node.run("far", "ping", "-c", "5", "-i", "0.2", web, check=True, capture_output=True)
             assert all(c.wait(timeout=30) == 0 for c in clients)
             errors = {d: s.communicate(timeout=60)[1] for d, s in sensors.items()}

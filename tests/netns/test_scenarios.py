@@ -6,12 +6,10 @@ expects, and no pod that did nothing wrong is named by any rule."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from lab.netns import LabUnavailable, require_netns
 from lab.scenarios import SCENARIOS, run_scenario
+from netns.node import require_lab
 
 from conftest import require_tool
 
@@ -25,12 +23,7 @@ KNOWN_MISSES = {
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_scenario_names_the_attacker_and_nobody_else(scenario, tmp_path):
-    try:
-        require_netns()
-    except LabUnavailable as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"{exc}; CI runs as root")
-        pytest.skip(str(exc))
+    require_lab()
     for tool in ("tcpdump", *scenario.needs):
         require_tool(tool)  # a name on the PATH or an absolute path (the daemons in /usr/sbin)
     result = run_scenario(scenario, tmp_path)
