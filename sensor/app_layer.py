@@ -81,35 +81,23 @@ def rpc_method_codes(batch: PacketBatch, pf: PacketFields) -> np.ndarray:
     return codes
 
 
-class TlsClients:
-    """The distinct ClientHello fingerprints of the open flows, each under a small code the compiled flow
-    table keeps per flow (0: none); records turn codes back into strings. Cut or malformed hellos are
-    counted, never fatal."""
+class CodeBook:
+    """Distinct values under small codes, which the compiled flow table keeps per flow (0: none; the
+    ``empty`` value); records turn codes back into values. Pruned to the open flows' codes."""
 
-    def __init__(self, max_per_call: int = 8192):
-        self._codes: dict[tuple[str, str, str, str], int] = {}
-        self._names: list[tuple[str, str, str, str]] = [("", "", "", "")]
-        self.max_per_call = max_per_call  # bounds the Python work a flood of crafted hellos can cause
-        self.parsed = 0
-        self.unreadable = 0  # cut by the snap length, spread over segments, or malformed
-        self.dropped = 0  # past max_per_call in one read: not parsed
+    def __init__(self, empty):
+        self._codes: dict = {}
+        self._names: list = [empty]
 
     def __len__(self) -> int:
         return len(self._names) - 1
 
-    def code(self, names: tuple[str, str, str, str]) -> int:
-        found = self._codes.get(names)
+    def code(self, value) -> int:
+        found = self._codes.get(value)
         if found is None:
-            found = self._codes[names] = len(self._names)
-            self._names.append(names)
+            found = self._codes[value] = len(self._names)
+            self._names.append(value)
         return found
-
-    def columns(self, codes: np.ndarray) -> tuple[np.ndarray, ...]:
-        """tls_ja3, tls_ja4, tls_sni, tls_alpn for each code."""
-        table = np.empty((len(self._names), 4), dtype=object)
-        table[:] = self._names
-        rows = table[codes]
-        return tuple(rows[:, k] for k in range(4))
 
     def keep_only(self, codes: np.ndarray) -> np.ndarray:
         """Forget every entry but ``codes`` (those of open flows); return old code -> new code."""
@@ -117,8 +105,27 @@ class TlsClients:
         kept = np.unique(codes[codes > 0])
         remap[kept] = np.arange(1, len(kept) + 1)
         self._names = [self._names[0]] + [self._names[c] for c in kept.tolist()]
-        self._codes = {names: k for k, names in enumerate(self._names) if k}
+        self._codes = {value: k for k, value in enumerate(self._names) if k}
         return remap
+
+
+class TlsClients(CodeBook):
+    """The distinct ClientHello fingerprints (JA3, JA4, SNI, ALPN) of the open flows. Cut or malformed
+    hellos are counted, never fatal."""
+
+    def __init__(self, max_per_call: int = 8192):
+        super().__init__(("", "", "", ""))
+        self.max_per_call = max_per_call  # bounds the Python work a flood of crafted hellos can cause
+        self.parsed = 0
+        self.unreadable = 0  # cut by the snap length, spread over segments, or malformed
+        self.dropped = 0  # past max_per_call in one read: not parsed
+
+    def columns(self, codes: np.ndarray) -> tuple[np.ndarray, ...]:
+        """tls_ja3, tls_ja4, tls_sni, tls_alpn for each code."""
+        table = np.empty((len(self._names), 4), dtype=object)
+        table[:] = self._names
+        rows = table[codes]
+        return tuple(rows[:, k] for k in range(4))
 
     def hello_codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
         """Per packet, the code of the TLS ClientHello its TCP payload starts with (0: none)."""
@@ -138,39 +145,18 @@ class TlsClients:
         return codes
 
 
-class HttpHosts:
-    """The distinct hosts named in the HTTP requests of open flows, each under a small code the compiled
-    flow table keeps per flow and side (0: none), as :class:`TlsClients` keeps ClientHellos."""
+class HttpHosts(CodeBook):
+    """The distinct hosts named in the HTTP requests of open flows, kept per flow and side."""
 
     def __init__(self, max_per_call: int = 8192):
-        self._codes: dict[str, int] = {}
-        self._names: list[str] = [""]
+        super().__init__("")
         self.max_per_call = max_per_call  # bounds the Python work a flood of requests can cause
         self.read = 0
         self.dropped = 0  # past max_per_call in one read: not read
 
-    def __len__(self) -> int:
-        return len(self._names) - 1
-
-    def code(self, host: str) -> int:
-        found = self._codes.get(host)
-        if found is None:
-            found = self._codes[host] = len(self._names)
-            self._names.append(host)
-        return found
-
     def column(self, codes: np.ndarray) -> np.ndarray:
         """http_host for each code."""
         return np.array(self._names, dtype=object)[codes]
-
-    def keep_only(self, codes: np.ndarray) -> np.ndarray:
-        """Forget every host but those of ``codes`` (open flows'); return old code -> new code."""
-        remap = np.zeros(len(self._names), dtype=np.int64)
-        kept = np.unique(codes[codes > 0])
-        remap[kept] = np.arange(1, len(kept) + 1)
-        self._names = [""] + [self._names[c] for c in kept.tolist()]
-        self._codes = {name: k for k, name in enumerate(self._names) if k}
-        return remap
 
     def host_codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
         """Per packet, the code of the host named by the HTTP request its TCP payload starts with (0: no
