@@ -9,12 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from test_aws_pipeline import _Context, _notifications, _publish_capture, _received_event, backend  # noqa: F401
+from test_aws_pipeline import _notifications, _publish_capture, _received_event, backend  # noqa: F401
 
 from kubesonar.shared import lists_store
 from kubesonar.shared.pipeline import process_deliveries
 
-from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
+from aws_emulator import LambdaContext, aws_endpoint, client  # noqa: F401 - the fixture
 from conftest import PCAPS
 
 KUBESONAR = str(Path(sys.executable).with_name("kubesonar"))
@@ -33,7 +33,7 @@ def test_a_false_positive_marked_from_the_cli_silences_the_function(backend):  #
     b = backend
     alerts_url, state_url = f"s3://{b['names']['alerts']}", f"s3://{b['names']['state']}"
     sent = _publish_capture(b, SCAN)
-    b["handler"].lambda_handler(_received_event(b, sent), _Context())
+    b["handler"].lambda_handler(_received_event(b, sent), LambdaContext())
     assert len(_notifications(b)) == 1
     (alert,) = [json.loads(line) for line in _ks(b, "alerts", "list", "--store", alerts_url, "--format",
                                                  "json").stdout.splitlines()]
