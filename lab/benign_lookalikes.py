@@ -29,7 +29,10 @@ the look-alikes of a protocol on a web port (:func:`add_opening_lookalikes`) sta
 - sessions the sensor joined mid-stream after a restart (the opening unknown) on 443;
 - a steady plain-HTTP probe: the blackbox exporter checks http://status.partner.example every 30 s, a
   new connection each, naming the host in its Host header (flow schema 5's ``http_host``), from the
-  learning day on: a clock to a named host, learned as the TLS probes are.
+  learning day on: a clock to a named host, learned as the TLS probes are;
+- plain HTTP off port 80, by name: shipping posts labels to a carrier's API at
+  http://api.carrier.example:8081 as orders ship, a new connection each (an address in that Host
+  would be unusual_destination's protocol_mismatch).
 SSH to a git host every window and SMTP submission were tried as look-alikes too and left out:
 beaconing (a clock to a host named by no ClientHello or HTTP Host) and exfiltration (mail out) report
 them by their own design, whatever their opening.
@@ -88,6 +91,7 @@ ENDPOINTS = {
     "doh-cloudflare": (["1.1.1.1"], "cloudflare-dns.com"),
     "doh-google": (["8.8.8.8"], "dns.google"),
     "status-page": (["198.18.85.4"], "status.partner.example"),  # probed over plain HTTP: a Host, no SNI
+    "carrier-api": (["198.18.86.7"], "api.carrier.example:8081"),  # plain HTTP off port 80, reached by name
 }
 # (gaps between the small packets of a session, their mean and CV x 1000, as the sensor exports them)
 CDN_DOMAINS = ("cloudfront.net", "akamaiedge.net", "googlevideo.com", "fastly.net")
@@ -272,3 +276,8 @@ def add_opening_lookalikes(f, cluster, t0: float) -> None:
     at = t0 + 11.0 + 30.0 * np.arange(WINDOW_S // 30)
     f.add(by["blackbox-exporter"].addresses[0], _ip(addresses[0]), 80, tcp, at + rng.normal(0, 0.01, len(at)), 0.05,
           6, 420, 5, 1_900, rng=rng, extra={"opening": int(Opening.HTTP), "http_host": host})
+    addresses, host = ENDPOINTS["carrier-api"]  # the sensor keeps the Host without its port
+    n = rng.poisson(8)
+    f.add(np.asarray(by["shipping"].addresses)[rng.integers(0, len(by["shipping"].addresses), n)], _ip(addresses[0]),
+          8081, tcp, t0 + rng.uniform(0, WINDOW_S, n), rng.exponential(0.3, n), 8, rng.integers(900, 3_000, n), 6,
+          rng.integers(400, 1_200, n), rng=rng, extra={"opening": int(Opening.HTTP), "http_host": host.split(":")[0]})

@@ -31,6 +31,26 @@ def test_empires_tls_on_port_80_is_reported_cold_from_the_agent():
         ("10.200.201.29", "protocol_mismatch", "18.220.208.40:80", "http", ["tls"])]
 
 
+def test_trickbots_http_to_an_address_on_7080_is_reported_cold_from_the_infected_host():
+    outcome = analyze([str(DATA / "pcaps/c2_beacon/ndpi_trickbot.pcap")])
+    found = [a for a in outcome.alerts if a["type"] == "unusual_destination"]
+    assert [(a["source"]["ip"], a["evidence"]["destination"], a["evidence"]["expected"],
+             a["evidence"]["opened_with"]) for a in found] == [
+        ("10.12.29.101", "82.118.225.196:7080", "http to a named host", ["http"])]
+
+
+@pytest.mark.parametrize("port, host, reported", [
+    (7080, "203.0.113.9", True), (8082, "", True), (8080, "203.0.113.9", True), (449, "[2001:db8::9]", True),
+    (7080, "api.example.com", False), (8081, "Api.Example.com", False),  # a service reached by name
+    (80, "203.0.113.9", False),  # port 80's own protocol, by address or not
+])
+def test_cleartext_http_off_port_80_pairs_with_a_host_name(port, host, reported):
+    d = UnusualDestinationDetector(learning_period_ns=DAY_NS)
+    flows = c2_flows([{"src": "10.0.0.5", "dst": "203.0.113.9", "t": T, "dport": port, "http_host": host,
+                       "opening": Opening.HTTP}])
+    assert bool(_mismatches(d.observe(batch_of(flows)))) == reported
+
+
 @pytest.mark.parametrize("port, opening, reported", [
     (80, Opening.TLS, True), (80, Opening.OTHER, True), (80, Opening.RESPONDER_FIRST, True),
     (443, Opening.HTTP, True), (8443, Opening.HTTP, True), (443, Opening.OTHER, True),
