@@ -15,6 +15,8 @@ import numpy as np
 
 from kubesonar.sensor.flow_layout import (
     BATCH_SYN_SEQ,
+    BEAT_A,
+    BEAT_AT_A,
     BURST_TS_A,
     BYTES_A,
     BYTES_B,
@@ -68,6 +70,10 @@ _ICMP, _ICMPV6 = 1, 58
 # records), so the gaps are a timer's period, not a mix of it and the milliseconds inside an exchange.
 SMALL_PAYLOAD = 300
 BURST_NS = 1_000_000_000
+# A timer keeps its period to within scheduling and network delay; a burst within BEAT_TOLERANCE of one
+# period after the last beat is the next beat (5%: 50 ms at 1 s, 1.5 s at 30 s).
+BEAT_TOLERANCE = 0.05
+_COUNT_MAX = 0xFFFF
 _ICMP_SIZE_BUCKETS = 127  # a prime: sizes that collide differ by a multiple of it
 
 
@@ -170,12 +176,40 @@ def _start_record(s, ts, rec_start, conn_start, num, tun) -> None:
 def _start_connection(s, num, numf) -> None:
     """Reset what a connection accumulates over all its records (interim ones carry it on)."""
     for c in (TLS, GAP_N_A, GAP_N_A + 1, GAP_SUM_A, GAP_SUM_A + 1, ICMP_SIZES_LO, ICMP_SIZES_HI, ICMP_ODD,
-              OPEN_A, OPEN_A + 1, FIRST_SPEAKER, HOST_A, HOST_A + 1):
+              OPEN_A, OPEN_A + 1, FIRST_SPEAKER, HOST_A, HOST_A + 1, BEAT_A, BEAT_A + 1, BEAT_AT_A, BEAT_AT_A + 1):
         num[s, c] = 0
     numf[s, GAP_SQ_A] = 0.0
     numf[s, GAP_SQ_A + 1] = 0.0
     for c in (SMALL_TS_A, SMALL_TS_A + 1, BURST_TS_A, BURST_TS_A + 1):
         num[s, c] = -1
+
+
+@njit(cache=True, nogil=True)
+def _track_beat(s, side, ts, gap, num) -> None:
+    """Follow the timer that may start a side's bursts, through the other bursts between its beats.
+
+    A RAT's keep-alive or an implant's heartbeat fires every P seconds while commands, their output and
+    replies to the other side make bursts of their own in between, so the gaps between bursts are a mix
+    and their CV says nothing. Here a candidate period P (the gap that started the run) is kept with the
+    time of the last beat: a burst about P after it (within BEAT_TOLERANCE) is the next beat; one sooner
+    is a burst between beats, counted; one later means no timer runs at P, and the latest gap becomes
+    the candidate. Bounded: one packed word and one time per side."""
+    word = num[s, BEAT_A + side]
+    period = (word >> 32) * 1000
+    beats, between = (word >> 16) & _COUNT_MAX, word & _COUNT_MAX
+    if period > 0:
+        since = ts - num[s, BEAT_AT_A + side]
+        slack = np.int64(period * BEAT_TOLERANCE)
+        if since < period - slack:
+            num[s, BEAT_A + side] = word - between + min(between + 1, _COUNT_MAX)
+            return
+        if since <= period + slack:
+            num[s, BEAT_A + side] = word - (beats << 16) + (min(beats + 1, _COUNT_MAX) << 16)
+            num[s, BEAT_AT_A + side] = ts
+            return
+    micros = gap // 1000
+    num[s, BEAT_A + side] = (micros << 32) if micros < (1 << 31) else 0  # a gap past 35 minutes: no timer
+    num[s, BEAT_AT_A + side] = ts
 
 
 @njit(cache=True, nogil=True)
@@ -199,6 +233,7 @@ def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, host_cod
                 num[s, GAP_N_A + side] += 1
                 num[s, GAP_SUM_A + side] += gap
                 numf[s, GAP_SQ_A + side] += np.float64(gap) * np.float64(gap)
+                _track_beat(s, side, ts, gap, num)
             num[s, BURST_TS_A + side] = ts
         num[s, SMALL_TS_A + side] = ts
     if icmp_size >= 0:

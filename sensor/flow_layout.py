@@ -20,7 +20,10 @@ OPEN_A, OPEN_B, FIRST_SPEAKER = 36, 37, 38
 # per connection and side: the code of the host its first payload's HTTP request names (sensor/app_layer.py
 # HttpHosts; 0: none)
 HOST_A, HOST_B = 39, 40
-N_COLS = 41
+# per connection and side, the timer that starts its bursts (sensor/flow_kernel.py _track_beat): the
+# candidate period in microseconds << 32 | bursts on it << 16 | bursts between them; when the last one came
+BEAT_A, BEAT_B, BEAT_AT_A, BEAT_AT_B = 41, 42, 43, 44
+N_COLS = 45
 
 # meta: allocation state shared with Python
 META_NEXT_SLOT, META_FREE_TOP, META_LIVE = 0, 1, 2

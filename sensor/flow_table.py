@@ -309,7 +309,7 @@ def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason, tls: Tls
 
 
 def _connection_figures(cols: dict[str, np.ndarray], num: np.ndarray, out_col: np.ndarray, tls: TlsClients) -> None:
-    """The schema 4 columns, cumulative over the connection (docs/flow-format.md)."""
+    """The schema 4 and 6 columns, cumulative over the connection (docs/flow-format.md)."""
     codes = num[:, layout.TLS]
     if codes.any():
         cols["tls_ja3"], cols["tls_ja4"], cols["tls_sni"], cols["tls_alpn"] = tls.columns(codes)
@@ -325,6 +325,10 @@ def _connection_figures(cols: dict[str, np.ndarray], num: np.ndarray, out_col: n
         cols[f"gaps_{side}"] = np.minimum(gaps, 0xFFFFFFFF).astype(np.uint32)
         cols[f"gap_mean_us_{side}"] = np.round(mean / 1000).astype(np.uint64)
         cols[f"gap_cv_milli_{side}"] = np.minimum(np.round(cv * 1000), 0xFFFFFFFF).astype(np.uint32)
+        beat = num[rows, layout.BEAT_A + col]
+        cols[f"beat_period_us_{side}"] = (beat >> 32).astype(np.uint32)
+        cols[f"beats_{side}"] = ((beat >> 16) & 0xFFFF).astype(np.uint32)
+        cols[f"beat_between_{side}"] = (beat & 0xFFFF).astype(np.uint32)
     sizes = np.bitwise_count(num[:, layout.ICMP_SIZES_LO].view(np.uint64)) + np.bitwise_count(
         num[:, layout.ICMP_SIZES_HI].view(np.uint64))
     cols["icmp_sizes"] = np.minimum(sizes, 255).astype(np.uint8)

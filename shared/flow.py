@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-FLOW_SCHEMA_VERSION = 5  # 2 added src_images / dst_images; 3 rpc_method and the dns table; 4 TLS, gaps, ICMP; 5 opening
+FLOW_SCHEMA_VERSION = 6  # 2 added src_images / dst_images; 3 rpc_method and the dns table; 4 TLS, gaps, ICMP; 5 opening
+# and http_host; 6 the burst timer (beat_*)
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -114,6 +115,19 @@ SCHEMA_5_COLUMNS: tuple[Column, ...] = (
                              "HTTP request (lower case, port stripped), '' if none"),
 )
 SCHEMA_5_NAMES = frozenset(c.name for c in SCHEMA_5_COLUMNS)
+# Schema 6: the timer behind a side's bursts, followed through the other bursts between its beats
+# (sensor/flow_kernel.py _track_beat): a keep-alive inside a session that also carries commands.
+SCHEMA_6_COLUMNS: tuple[Column, ...] = tuple(
+    column
+    for side, who in (("out", "initiator"), ("in", "responder"))
+    for column in (
+        Column(f"beat_period_us_{side}", "u4", f"period of the latest run of the {who}'s burst timer (the gap "
+                                               "that started it), microseconds; 0 if none"),
+        Column(f"beats_{side}", "u4", "bursts that came on that period (within 5%) after the run started"),
+        Column(f"beat_between_{side}", "u4", "bursts between those beats in the run (commands, replies)"),
+    )
+)
+SCHEMA_6_NAMES = frozenset(c.name for c in SCHEMA_6_COLUMNS)
 
 ENDPOINT_FIELDS = ("namespace", "pod", "workload_kind", "workload_name", "node", "labels", "images")
 
@@ -140,7 +154,7 @@ FLOW_COLUMNS: tuple[Column, ...] = (
     Column("tunnel_dst", "V16", "outer destination of the tunnel; zero if none"),
     Column("tunnel_id", "u4", "VXLAN VNI or Geneve VNI"),
     Column("rpc_method", "O", "mining JSON-RPC method seen in the flow's payload (shared/mining.py), '' if none"),
-) + SCHEMA_4_COLUMNS + SCHEMA_5_COLUMNS + tuple(
+) + SCHEMA_4_COLUMNS + SCHEMA_5_COLUMNS + SCHEMA_6_COLUMNS + tuple(
     Column(f"{side}_{field}", "O", f"{'initiator' if side == 'src' else 'responder'} {field}, '' if unknown")
     for side in ("src", "dst")
     for field in ENDPOINT_FIELDS
@@ -149,11 +163,14 @@ FLOW_COLUMNS: tuple[Column, ...] = (
 COLUMN_NAMES = tuple(c.name for c in FLOW_COLUMNS)
 # the columns each flow schema version carries, in wire order; a reader fills the missing ones with ''
 SCHEMA_COLUMNS: dict[int, tuple[Column, ...]] = {
-    1: tuple(c for c in FLOW_COLUMNS if not c.name.endswith("_images") and c.name != "rpc_method"),
-    2: tuple(c for c in FLOW_COLUMNS if c.name != "rpc_method"),
-    3: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_4_NAMES | SCHEMA_5_NAMES),
-    4: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_5_NAMES),
-    5: FLOW_COLUMNS,
+    1: tuple(c for c in FLOW_COLUMNS if not c.name.endswith("_images") and c.name != "rpc_method"
+             and c.name not in SCHEMA_4_NAMES | SCHEMA_5_NAMES | SCHEMA_6_NAMES),
+    2: tuple(c for c in FLOW_COLUMNS if c.name != "rpc_method" and c.name not in SCHEMA_4_NAMES | SCHEMA_5_NAMES
+             | SCHEMA_6_NAMES),
+    3: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_4_NAMES | SCHEMA_5_NAMES | SCHEMA_6_NAMES),
+    4: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_5_NAMES | SCHEMA_6_NAMES),
+    5: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_6_NAMES),
+    6: FLOW_COLUMNS,
 }
 _DTYPES = {c.name: np.dtype(c.dtype) for c in FLOW_COLUMNS}
 _EMPTY_ADDR = bytes(16)

@@ -23,7 +23,7 @@ IMPLANT_JA3 = "72a589da586844d7f0818ce684948eea"  # Cobalt Strike's, per The DFI
 def c2_flows(rows: list[dict[str, Any]]) -> FlowRecords:
     """Flow records from dicts: src, dst, t (ns), and optionally dport, sport, held (s: the connection
     began that long before ``t``), dur (s), out/in (bytes), flags_in, tls (ja3, ja4, sni, alpn), gaps
-    (out, in: (count, mean s, cv)), http_host (schema 5: a plain-HTTP request's Host), opening (flow
+    (out, in: (count, mean s, cv)), beats (out, in: (beats, bursts between, period s)), http_host (schema 5: a plain-HTTP request's Host), opening (flow
     schema 5's Opening; default: TLS with a ClientHello, HTTP with an http_host, else unknown), src_workload, dst_workload (namespace, kind, name)."""
     rec = FlowRecords.empty(len(rows))
     c = rec.columns
@@ -48,6 +48,9 @@ def c2_flows(rows: list[dict[str, Any]]) -> FlowRecords:
         for side, (count, mean_s, cv) in r.get("gaps", {}).items():
             c[f"gaps_{side}"][i], c[f"gap_mean_us_{side}"][i] = count, int(mean_s * 1e6)
             c[f"gap_cv_milli_{side}"][i] = int(cv * 1000)
+        for side, (beats, between, period_s) in r.get("beats", {}).items():  # schema 6's burst timer
+            c[f"beats_{side}"][i], c[f"beat_between_{side}"][i] = beats, between
+            c[f"beat_period_us_{side}"][i] = int(period_s * 1e6)
         for side in ("src", "dst"):
             if r.get(f"{side}_workload"):
                 c[f"{side}_namespace"][i], c[f"{side}_workload_kind"][i], c[f"{side}_workload_name"][i] = \

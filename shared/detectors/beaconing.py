@@ -10,7 +10,10 @@ judged by one test:
   ``gap_mean_us_out``, ``gap_cv_milli_out`` and their ``_in`` twins); their spread is that CV. The side
   that keeps the clock best is judged: an implant's check-ins may be too big to count as small (an
   HTTP POST with a body) while the server's short answers keep the same clock. A heartbeat every N seconds in a
-  20-minute mTLS session is as much a beacon as 20 short connections.
+  20-minute mTLS session is as much a beacon as 20 short connections. A session that also carries
+  commands mixes the timer with the exchanges between its beats, so the sensor follows each side's
+  burst timer too (flow schema 6, ``beat_*``): MIN_BEATS bursts on one period, through no more bursts
+  between them than on it, are a clock whatever the gaps' CV.
 The test: at least 6 intervals (or gaps) a second or more apart, and a spread smaller than traffic
 without a clock would show but once in 100,000 tests. Connections and packets that users or request
 load cause arrive like a Poisson process: exponential intervals, whose MAD / median is 0.69 and CV 1
@@ -75,6 +78,11 @@ POISSON_MAD_FLOOR = ((6, 0.0097), (8, 0.0243), (10, 0.0495), (12, 0.0702), (16, 
 POISSON_CV_FLOOR = ((6, 0.0872), (8, 0.1423), (10, 0.2156), (12, 0.2560), (16, 0.3260), (20, 0.3844),
                     (24, 0.4422), (32, 0.4897), (48, 0.5689), (64, 0.6225), (128, 0.7131), (256, 0.7851))
 CLOCK_SPREAD_CAP = 0.35  # a clock with +-60% uniform jitter: CV 0.6 / sqrt(3); looser is not judged a clock
+# A session's burst timer (flow schema 6, sensor/flow_kernel.py _track_beat) is a clock when this many
+# bursts came on its period, with no more bursts between them than on it: Poisson bursts of any rate
+# reach 8 in about 5e-5 of sessions of 2,048 bursts, 10 in a few per million, 11 in none of 400,000
+# (bench/beacon_null.py); 12 leaves room for sessions of a day.
+MIN_BEATS = 12
 
 
 def mad_floor(intervals: int) -> float:
@@ -370,8 +378,14 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
                     "side": "initiator" if side == "out" else "responder",
                     "mean_gap_s": round(mean_s, 2), "gap_cv": round(cv, 3), "poisson_floor": round(floor, 4),
                     "held_s": round((int(flows["last_ts"][row]) - int(flows["conn_start"][row])) / SECOND, 1)}
-        return self._decided(channel, h, out, flows, row, cv <= floor, max(0.0, 1.0 - cv),
-                             int(flows["conn_start"][row]), evidence)
+        clock, timing = cv <= floor, max(0.0, 1.0 - cv)
+        timer = None if clock else _timer(flows, row)
+        if timer is not None:  # the gaps mix a timer with the exchanges between its beats: the timer is the clock
+            side, beats, between, period_s = timer
+            evidence.update(side="initiator" if side == "out" else "responder", beats=beats, beats_between=between,
+                            beat_period_s=round(period_s, 2))
+            clock, timing = True, beats / (beats + between)
+        return self._decided(channel, h, out, flows, row, clock, timing, int(flows["conn_start"][row]), evidence)
 
     def _decided(self, channel: Channel, h: ChannelHistory, out: _Assessment, flows: FlowRecords, row: int,
                  clock: bool, timing: float, first_ns: int, evidence: dict[str, Any]) -> Score:
@@ -392,6 +406,22 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         return Score(channel, timing, alarm, source_endpoint(flows, row), first_ns, int(flows["last_ts"][row]),
                      evidence, fresh=fresh, identity=("beacon", channel.destination), destination=_target(flows, row),
                      needs_baseline=named)
+
+
+def _timer(flows: FlowRecords, row: int) -> tuple[str, int, int, float] | None:
+    """(side, beats, bursts between them, period in s) of a session's burst timer that counts as a clock
+    (MIN_BEATS on a period of a second or more, no more bursts between them than on it), the side with
+    more beats; None if neither side has one."""
+    timers = []
+    for side in ("out", "in"):
+        beats, between = int(flows[f"beats_{side}"][row]), int(flows[f"beat_between_{side}"][row])
+        period_s = int(flows[f"beat_period_us_{side}"][row]) / 1e6
+        if beats >= MIN_BEATS and between <= beats and period_s >= 1.0:
+            timers.append((beats, side, between, period_s))
+    if not timers:
+        return None
+    beats, side, between, period_s = max(timers)
+    return side, beats, between, period_s
 
 
 def _target(flows: FlowRecords, row: int) -> dict[str, Any]:

@@ -21,7 +21,14 @@ from kubesonar.shared.batch import (
     encode_batch,
 )
 from kubesonar.shared.errors import BatchFormatError
-from kubesonar.shared.flow import FLOW_COLUMNS, FlowRecords
+from kubesonar.shared.flow import (
+    FLOW_COLUMNS,
+    SCHEMA_4_NAMES,
+    SCHEMA_5_NAMES,
+    SCHEMA_6_NAMES,
+    SCHEMA_COLUMNS,
+    FlowRecords,
+)
 
 U = st.integers
 
@@ -198,11 +205,13 @@ def test_a_window_of_real_flows_splits_under_each_queue_limit(tmp_path):
 def test_a_schema_1_message_from_an_older_sensor_decodes_with_images_unknown(records):
     old = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=1), records)
     flows = FlowRecords.concat([b.flows for b in _decode_all(old)])
+    carried = {c.name for c in SCHEMA_COLUMNS[1]}  # schema 1 predates images, rpc_method and schemas 4 to 6
+    assert not carried & (SCHEMA_4_NAMES | SCHEMA_5_NAMES | SCHEMA_6_NAMES) and "rpc_method" not in carried
     for col in FLOW_COLUMNS:
-        if col.name.endswith("_images") or col.name == "rpc_method":
-            assert (flows[col.name] == "").all()
-        else:
+        if col.name in carried:
             assert np.array_equal(flows[col.name], records[col.name])
+        else:
+            assert (flows[col.name] == ("" if col.dtype == "O" else 0)).all(), col.name
     assert len(old[0]) < len(encode_batch(BatchHeader("c", "n", "s", 1, 0, 1), records)[0]) or not len(records)
 
 

@@ -90,6 +90,27 @@ def test_what_compares_with_the_past_stays_silent_while_learning():
 # -- beaconing inside one session --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("beats, between, period_s, reported", [
+    (13, 6, 13.5, True),  # AsyncRAT's keep-alive through its commands (the capture's own figures)
+    (40, 40, 30.0, True),  # as many exchanges as beats
+    (11, 0, 13.5, False),  # under MIN_BEATS: Poisson bursts reach 10 now and then
+    (20, 21, 13.5, False),  # more bursts between than on the beat: a busy session, not a timer
+    (30, 0, 0.9, False),  # under a second is a stream's pace
+])
+def test_a_timer_through_the_other_bursts_of_a_session_is_a_beacon(beats, between, period_s, reported):
+    """The gaps between bursts mix the timer with the exchanges between its beats (CV 0.53, no clock by
+    CV); the sensor's burst timer (flow schema 6) keeps the timer apart."""
+    session = {"src": "10.1.0.5", "dst": "203.0.113.9", "t": T0, "held": 200, "dport": 4041, "src_workload": WEB,
+               "gaps": {"out": (beats + between, 9.2, 0.53)}, "beats": {"out": (beats, between, period_s)}}
+    alarms = _alarms(BeaconingDetector(learning_period_ns=DAY), [session])
+    assert bool(alarms) == reported
+    if reported:
+        (alarm,) = alarms
+        assert (alarm.evidence["kind"], alarm.evidence["beats"], alarm.evidence["beats_between"]) == (
+            "session_beacon", beats, between)
+        assert alarm.evidence["beat_period_s"] == period_s
+
+
 def test_a_heartbeat_inside_one_long_session_is_a_beacon_like_repeated_connections():
     d = BeaconingDetector(learning_period_ns=0)
     (alarm,) = _alarms(d, [heartbeat_session("10.1.0.5", "203.0.113.9", T0, minutes=20, every_s=5, cv=0.02,

@@ -108,21 +108,44 @@ def test_any_bytes_after_a_hello_header_parse_or_are_refused(body):
     assert len(hello.ja4().split("_")) == 3 and len(hello.ja3()) == 32
 
 
-def _tshark_gaps(path: Path, flow: tuple[str, int, str, int], transport: str) -> dict[str, tuple[int, float, float]]:
-    """(gaps, mean us, cv) per side from tshark's frame times of packets with 1-300 payload bytes: gaps
-    between the starts of bursts, a burst being small packets less than 1 s apart."""
+def _tshark_burst_starts(path: Path, flow: tuple[str, int, str, int], transport: str) -> dict[str, np.ndarray]:
+    """Per side, the starts (ns) of its bursts from tshark's frame times of packets with 1-300 payload
+    bytes, a burst being small packets less than 1 s apart."""
     src, sport, dst, dport = flow
     rows = _tshark(path, ["frame.time_epoch", "ip.src"],
                    f"ip.addr=={src} && ip.addr=={dst} && {transport}.port=={sport} && {transport}.port=={dport} && "
                    + ("tcp.len >= 1 && tcp.len <= 300" if transport == "tcp" else "udp.length >= 9 && udp.length <= 308"))
     out = {}
     for side, sender in (("out", src), ("in", dst)):
-        times = np.array([float(t) for t, s in rows if s == sender])
-        starts = times[np.concatenate([[True], np.diff(times) > 1.0])] if len(times) else times
-        gaps = np.diff(starts) * 1e6
+        # whole nanoseconds from the text, as the sensor holds them (a float64 of epoch seconds loses them)
+        times = np.array([int(t.replace(".", "").ljust(19, "0")[:19]) for t, s in rows if s == sender], dtype=np.int64)
+        out[side] = times[np.concatenate([[True], np.diff(times) > 1_000_000_000])] if len(times) else times
+    return out
+
+
+def _tshark_gaps(path: Path, flow: tuple[str, int, str, int], transport: str) -> dict[str, tuple[int, float, float]]:
+    """(gaps, mean us, cv) per side: gaps between the starts of bursts."""
+    out = {}
+    for side, starts in _tshark_burst_starts(path, flow, transport).items():
+        gaps = np.diff(starts) / 1e3
         cv = gaps.std() / gaps.mean() if len(gaps) >= 2 else 0.0
         out[side] = (len(gaps), gaps.mean() if len(gaps) else 0.0, cv)
     return out
+
+
+def _reference_timer(starts: np.ndarray, tolerance: float = 0.05) -> tuple[int, int, int]:
+    """(period us, beats, bursts between) of the last run of the burst timer, as docs/flow-format.md
+    describes it: a burst about one period (within 5%) after the last beat is a beat, one sooner is
+    between, one later starts a new run whose period is the gap before it."""
+    period = anchor = beats = between = 0
+    for before, now in zip(starts[:-1].tolist(), starts[1:].tolist(), strict=True):
+        if period and now - anchor < period - int(period * tolerance):
+            between += 1
+        elif period and now - anchor <= period + int(period * tolerance):
+            beats, anchor = beats + 1, now
+        else:
+            period, anchor, beats, between = (now - before) // 1000 * 1000, now, 0, 0
+    return period // 1000, beats, between
 
 
 @pytest.mark.parametrize("path, server_port, transport", [
@@ -142,6 +165,27 @@ def test_gaps_between_small_packets_equal_tsharks_frame_times(path, server_port,
             assert r[f"gaps_{side}"] == gaps
             assert abs(r[f"gap_mean_us_{side}"] - mean_us) <= 1  # rounded to the microsecond
             assert abs(r[f"gap_cv_milli_{side}"] - cv * 1000) <= 1
+
+
+@pytest.mark.parametrize("path, server_port, transport", [
+    (MORE / "c2_beacon/corelight_asyncrat_cd010953.pcap", 4041, "tcp"),  # keep-alives through commands
+    (MORE / "c2_beacon/corelight_strrat_4423258f.pcap", 8219, "tcp"),
+    (MORE / "c2_beacon/zeek_merlinc2_quic.pcapng", 443, "udp"),
+    (MORE / "benign/ja4_latest.pcapng", 443, "tcp"),
+    (PCAPS / "c2_beacon/chrissanders_ratinfected.pcapng", 4433, "tcp"),
+])
+def test_the_burst_timer_equals_one_followed_over_tsharks_frame_times(path, server_port, transport):
+    proto = 6 if transport == "tcp" else 17
+    rows = [r for r in _records(path).iter_dicts() if r["dst_port"] == server_port and r["proto"] == proto]
+    assert rows
+    for r in rows:
+        for side, starts in _tshark_burst_starts(path, _client_key(r), transport).items():
+            period_us, beats, between = _reference_timer(starts)
+            assert (r[f"beat_period_us_{side}"], r[f"beats_{side}"], r[f"beat_between_{side}"]) == (
+                period_us, beats, between)
+    if "asyncrat" in path.name:  # the figures the rule reads: a 13.53 s keep-alive, 13 beats, 6 bursts between
+        (rat,) = rows
+        assert (round(rat["beat_period_us_out"] / 1e6, 2), rat["beats_out"], rat["beat_between_out"]) == (13.53, 13, 6)
 
 
 def test_interim_records_carry_the_connections_figures_so_far():
