@@ -139,3 +139,46 @@ def test_a_flood_of_distinct_tuples_stays_within_the_cap_and_every_probe_is_stil
     detector = PortScanDetector()
     (finding,) = detector.observe(batch_of(records))
     assert finding.source["ip"] == "10.0.0.99" and finding.evidence["target_count"] == 16
+
+
+def test_ending_many_flows_at_once_gives_the_records_that_ending_them_a_few_at_a_time_gives(tmp_path):
+    """A mass end (a window's expiry, the shutdown after a flood) is gathered from the table in chunks:
+    the records must be those of flows ended in groups small enough to be gathered whole."""
+    import tracemalloc
+
+    import numpy as np
+
+    from kubesonar.sensor.capture_file import read_capture
+    from kubesonar.sensor.dissect import dissect
+    from kubesonar.sensor.flow_table import FlowTable
+    from kubesonar.sensor.synthetic import syn_flood, write_traffic
+    from kubesonar.shared.flow import EndReason, FlowRecords
+
+    rng = np.random.default_rng(7)
+    path = tmp_path / "flood.pcap"
+    write_traffic(path, [syn_flood(rng, (10 << 24) | 99, (10 << 24) | (1 << 8) | np.arange(1, 5), 20_000, 2.0)], 1.7e9)
+    timeouts = FlowTimeouts(idle_s=10)
+    at_once, in_groups = FlowTable(timeouts), FlowTable(timeouts)
+    first = None
+    for batch in read_capture(path):
+        first = int(batch.ts.min()) if first is None else first
+        for table in (at_once, in_groups):
+            table.add(dissect(batch), batch.ts)
+    groups = [in_groups.expire(first + int((10 + t) * 1e9)) for t in (0.5, 1.0, 1.5, 2.5)]
+    assert max(map(len, groups)) < 8192 < 20_000 == sum(map(len, groups))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    whole = at_once.flush()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    # the records hold their own columns, not the table rows they were read from (41 numbers a row)
+    assert held < 1.1 * sum(column.nbytes for column in whole.columns.values())
+
+    def in_order(records):
+        records = records.take(np.lexsort((records["dst_port"], records["src_port"], records["dst_addr"].view("u1")
+                                           .reshape(-1, 16)[:, -1], records["first_ts"])))
+        records.columns["end_reason"][:] = EndReason.UNKNOWN
+        return records
+
+    assert (whole["end_reason"] == EndReason.END_OF_INPUT).all()
+    assert in_order(whole).equals(in_order(FlowRecords.concat(groups)))
