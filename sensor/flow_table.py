@@ -187,8 +187,9 @@ class FlowTable:
         self.evicted += len(oldest)
         return self._end_slots(oldest, EndReason.EVICTED)
 
-    def expire(self, now_ns: int) -> FlowRecords:
-        """End flows quiet for longer than their timeout at time ``now_ns``."""
+    def expire(self, now_ns: int, most: int | None = None) -> FlowRecords:
+        """End flows quiet for longer than their timeout at time ``now_ns``, at most ``most`` of them
+        (call again for the rest: a mass expiry handed on in parts is never all in memory at once)."""
         t = self.timeouts
         # the few columns read, straight from the table: gathering every column of each live flow at
         # each batch cost more than the flows that end
@@ -203,11 +204,11 @@ class FlowTable:
             from_responder = np.where(num[:, layout.INIT_IS_A] != 0, num[:, layout.PKTS_B], num[:, layout.PKTS_A])
             due |= (from_responder == 0) & (quiet_ns > int(t.unanswered_s * SECOND))
         due &= num[:, layout.LIVE] != 0
-        return self._end_slots(np.flatnonzero(due), EndReason.IDLE_TIMEOUT)
+        return self._end_slots(np.flatnonzero(due)[:most], EndReason.IDLE_TIMEOUT)
 
-    def flush(self, reason: EndReason = EndReason.END_OF_INPUT) -> FlowRecords:
-        """End every open flow (end of a capture, or shutdown)."""
-        return self._end_slots(self._t.live_slots(), reason)
+    def flush(self, reason: EndReason = EndReason.END_OF_INPUT, most: int | None = None) -> FlowRecords:
+        """End every open flow (end of a capture, or shutdown), at most ``most`` a call."""
+        return self._end_slots(self._t.live_slots()[:most], reason)
 
     # -- batch accounting ----------------------------------------------------------------------------
 

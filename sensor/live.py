@@ -154,7 +154,9 @@ class LiveSensor:
                     next_window += self.settings.window_s
                     capture.refresh_interfaces()
         finally:
-            capture.finish()
+            while capture.finish(self.settings.max_pending_flows):  # the table's flows, a batch at a time
+                self._take()
+                self._publish(final_part=False)
             self._take()
             self._publish(final_part=True)
 
@@ -170,7 +172,11 @@ class LiveSensor:
             self._pending_count += len(records)
 
     def _close_window(self) -> None:
-        self.capture.expire(time.time_ns())
+        now = time.time_ns()
+        # a mass expiry (the end of a flood) ends and publishes a batch at a time, never all at once
+        while self.capture.expire(now, self.settings.max_pending_flows):
+            self._take()
+            self._publish(final_part=False)
         self._take()
         self._publish(final_part=True)
 
