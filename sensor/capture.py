@@ -45,8 +45,11 @@ class Capture:
         """``fanout_of``: the sensor process whose workers share each interface (None: not shared)."""
         self.settings = settings
         self.fanout_of = fanout_of
-        # quiet flows looked for once a second of traffic (and at every window's end), not at every read
-        self.table = FlowTable(settings.timeouts, max_flows=settings.max_flows, expire_every_s=1.0)
+        # quiet flows looked for once a second of traffic (and at every window's end), not at every read.
+        # Room for the cap and a read's new flows from the start: the table never grows by copying, and
+        # rows never used cost no memory (the kernel maps a page at its first write)
+        self.table = FlowTable(settings.timeouts, initial_capacity=settings.max_flows + settings.ring.frames_per_read,
+                               max_flows=settings.max_flows, expire_every_s=1.0)
         self.dns = DnsParser(max_messages=settings.max_pending_flows)
         self.counts = dict.fromkeys(CAPTURE_COUNTERS, 0)
         self.errors: list[str] = []
@@ -77,21 +80,29 @@ class Capture:
         self.pending, self.pending_dns, self.pending_count = [], [], 0
         return taken
 
-    def expire(self, now_ns: int) -> None:
-        self._add(self.table.expire(now_ns))
+    def expire(self, now_ns: int, most: int | None = None) -> bool:
+        """End the flows quiet at ``now_ns``, at most ``most`` a call; True while more may be due (take
+        and hand on what ended, then call again)."""
+        ended = self.table.expire(now_ns, most)
+        self._add(ended)
+        return most is not None and len(ended) == most
 
-    def finish(self) -> None:
-        """Read what the rings hold, end every open flow, close the rings."""
-        if any(ring.version == TPACKET_V3 for ring in self._sockets.values()):
-            # the block being filled is handed over only when it times out: let the last packets in
-            time.sleep(self.settings.ring.block_timeout_ms / 1000 * 2)
-        for ring in list(self._sockets.values()):
-            self._read(ring)
-        self._add(self.table.flush(EndReason.END_OF_INPUT))
-        self.counters()  # the last heartbeat still counts the interfaces it read
-        self._finished = True
-        for ring in list(self._sockets.values()):
-            self._retire(ring)
+    def finish(self, most: int | None = None) -> bool:
+        """Read what the rings hold and close them, then end the open flows, at most ``most`` a call;
+        True while flows are left (take and hand on what ended, then call again)."""
+        if not self._finished:
+            if any(ring.version == TPACKET_V3 for ring in self._sockets.values()):
+                # the block being filled is handed over only when it times out: let the last packets in
+                time.sleep(self.settings.ring.block_timeout_ms / 1000 * 2)
+            for ring in list(self._sockets.values()):
+                self._read(ring)
+            self.counters()  # the last heartbeat still counts the interfaces it read
+            self._finished = True
+            for ring in list(self._sockets.values()):
+                self._retire(ring)
+        ended = self.table.flush(EndReason.END_OF_INPUT, most)
+        self._add(ended)
+        return most is not None and len(ended) == most
 
     def counters(self) -> dict[str, int]:
         """The capture's health counters, the kernel's read now."""

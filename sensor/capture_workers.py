@@ -91,15 +91,18 @@ class CaptureWorkers:
         self.pending, self.pending_dns, self.pending_count = [], [], 0
         return taken
 
-    def expire(self, now_ns: int) -> None:
+    def expire(self, now_ns: int, most: int | None = None) -> bool:
+        """Each worker ends what is due and sends it in parts of its share (``most`` is for one capture)."""
         self._ask("expire", now_ns)
+        return False
 
-    def finish(self) -> None:
+    def finish(self, most: int | None = None) -> bool:
         self._ask("finish")
         for process in self._procs:
             process.join(timeout=10)
             if process.is_alive():  # pragma: no cover - a stuck worker must not keep the sensor from exiting
                 process.kill()
+        return False
 
     def counters(self) -> dict[str, int]:
         total = {name: sum(c[name] for c in self._counts) for name in CAPTURE_COUNTERS}
@@ -172,12 +175,15 @@ def _work(settings: SensorSettings, sensor_pid: int, index: int, log_rings: bool
                     command, argument = conn.recv()
                 except EOFError:
                     command, argument = "finish", 0
+                # a mass end goes in parts of the worker's share, never all in memory at once
                 if command == "expire":
-                    capture.expire(argument)
+                    while capture.expire(argument, share):
+                        conn.send((_PUSH, *capture.take()))
                 elif command == "refresh":
                     capture.refresh_interfaces()
                 elif command == "finish":
-                    capture.finish()
+                    while capture.finish(share):
+                        conn.send((_PUSH, *capture.take()))
                 errors, capture.errors = capture.errors, []
                 conn.send((_STATE, *capture.take(), capture.counters(), errors))
                 if command == "finish":

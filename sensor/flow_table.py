@@ -187,8 +187,9 @@ class FlowTable:
         self.evicted += len(oldest)
         return self._end_slots(oldest, EndReason.EVICTED)
 
-    def expire(self, now_ns: int) -> FlowRecords:
-        """End flows quiet for longer than their timeout at time ``now_ns``."""
+    def expire(self, now_ns: int, most: int | None = None) -> FlowRecords:
+        """End flows quiet for longer than their timeout at time ``now_ns``, at most ``most`` of them
+        (call again for the rest: a mass expiry handed on in parts is never all in memory at once)."""
         t = self.timeouts
         # the few columns read, straight from the table: gathering every column of each live flow at
         # each batch cost more than the flows that end
@@ -203,11 +204,11 @@ class FlowTable:
             from_responder = np.where(num[:, layout.INIT_IS_A] != 0, num[:, layout.PKTS_B], num[:, layout.PKTS_A])
             due |= (from_responder == 0) & (quiet_ns > int(t.unanswered_s * SECOND))
         due &= num[:, layout.LIVE] != 0
-        return self._end_slots(np.flatnonzero(due), EndReason.IDLE_TIMEOUT)
+        return self._end_slots(np.flatnonzero(due)[:most], EndReason.IDLE_TIMEOUT)
 
-    def flush(self, reason: EndReason = EndReason.END_OF_INPUT) -> FlowRecords:
-        """End every open flow (end of a capture, or shutdown)."""
-        return self._end_slots(self._t.live_slots(), reason)
+    def flush(self, reason: EndReason = EndReason.END_OF_INPUT, most: int | None = None) -> FlowRecords:
+        """End every open flow (end of a capture, or shutdown), at most ``most`` a call."""
+        return self._end_slots(self._t.live_slots()[:most], reason)
 
     # -- batch accounting ----------------------------------------------------------------------------
 
@@ -246,9 +247,22 @@ class FlowTable:
         if not len(slots):
             return FlowRecords.empty()
         t = self._t
-        records = _records(t.key[slots], t.tun[slots], t.num[slots], reason, self.tls, self.hosts)
+        if len(slots) <= _END_CHUNK:
+            records = _records(t.key[slots], t.tun[slots], t.num[slots], reason, self.tls, self.hosts)
+        else:
+            # a mass end (a window's expiry or the shutdown after a flood: the whole table) gathers the
+            # table rows a chunk at a time into the records, not all of them at once beside the records
+            records = FlowRecords.empty(len(slots))
+            for lo in range(0, len(slots), _END_CHUNK):
+                some = slots[lo : lo + _END_CHUNK]
+                part = _records(t.key[some], t.tun[some], t.num[some], reason, self.tls, self.hosts)
+                for name, column in records.columns.items():
+                    column[lo : lo + len(some)] = part.columns[name]
         t.release(slots)
         return records
+
+
+_END_CHUNK = 8_192  # table rows gathered at a time when many flows end at once
 
 
 _RPC_NAMES = np.array(RPC_METHODS, dtype=object)
@@ -281,8 +295,9 @@ def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason, tls: Tls
     cols["src_port"] = np.where(init_is_a, port_a, port_b).astype(np.uint16)
     cols["dst_port"] = np.where(init_is_a, port_b, port_a).astype(np.uint16)
     cols["proto"] = proto.astype(np.uint8)
-    cols["first_ts"] = num[:, layout.FIRST_TS]
-    cols["last_ts"] = num[:, layout.LAST_TS]
+    # copies, not views: a view of one column keeps all of ``num`` (41 columns a row) alive with the records
+    cols["first_ts"] = num[:, layout.FIRST_TS].copy()
+    cols["last_ts"] = num[:, layout.LAST_TS].copy()
     cols["packets_out"] = pkts[rows, out_col].astype(np.uint64)
     cols["packets_in"] = pkts[rows, 1 - out_col].astype(np.uint64)
     cols["bytes_out"] = byts[rows, out_col].astype(np.uint64)
@@ -297,7 +312,7 @@ def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason, tls: Tls
     cols["tunnel_src"] = _addr(tun[:, 0:2])
     cols["tunnel_dst"] = _addr(tun[:, 2:4])
     cols["tunnel_id"] = tun[:, 4].astype(np.uint32)
-    cols["conn_start"] = num[:, layout.CONN_START]
+    cols["conn_start"] = num[:, layout.CONN_START].copy()
     rpc = num[:, layout.RPC]
     if rpc.any():
         cols["rpc_method"] = _RPC_NAMES[rpc]

@@ -154,7 +154,9 @@ class LiveSensor:
                     next_window += self.settings.window_s
                     capture.refresh_interfaces()
         finally:
-            capture.finish()
+            while capture.finish(self.settings.max_pending_flows):  # the table's flows, a batch at a time
+                self._take()
+                self._publish(final_part=False)
             self._take()
             self._publish(final_part=True)
 
@@ -170,29 +172,33 @@ class LiveSensor:
             self._pending_count += len(records)
 
     def _close_window(self) -> None:
-        self.capture.expire(time.time_ns())
+        now = time.time_ns()
+        # a mass expiry (the end of a flood) ends and publishes a batch at a time, never all at once
+        while self.capture.expire(now, self.settings.max_pending_flows):
+            self._take()
+            self._publish(final_part=False)
         self._take()
         self._publish(final_part=True)
 
     def _publish(self, final_part: bool) -> None:
         """Hand the waiting records to the sink, in batches of at most ``max_pending_flows`` (a mass
         expiry after a flood must not become one huge batch in memory); always at least one batch."""
-        flows = FlowRecords.concat(self._pending)
+        # one part (a mass expiry) is taken as it is; the batches are gathered in time order one at a
+        # time, so the records are held once, not again sorted beside themselves
+        flows = self._pending[0] if len(self._pending) == 1 else FlowRecords.concat(self._pending)
         self._pending, self._pending_count = [], 0
-        if len(flows):
-            flows = flows.take(np.argsort(flows["first_ts"], kind="stable"))
+        order = np.argsort(flows["first_ts"], kind="stable")
         dns = DnsMessages.concat(self._pending_dns)
         self._pending_dns = []
         if len(dns) and self.enrich:
             dns = self.enrich(dns)
         capture = self.capture.counters()
         step = self.settings.max_pending_flows
-        chunks = [flows.take(slice(lo, lo + step)) for lo in range(0, len(flows), step)] or [flows]
-        del flows
-        for i, chunk in enumerate(chunks):
+        starts = range(0, len(flows), step) or [0]
+        for i, lo in enumerate(starts):
+            chunk = flows.take(order[lo : lo + step])
             self._send(self.enrich(chunk) if self.enrich and len(chunk) else chunk,
-                       final_part and i == len(chunks) - 1, dns if i == 0 else None, capture)
-            chunks[i] = None  # let it go before the next one is encoded
+                       final_part and i == len(starts) - 1, dns if i == 0 else None, capture)
 
     def _send(self, flows: FlowRecords, closes_window: bool, dns: DnsMessages | None,
               capture: dict[str, int]) -> None:

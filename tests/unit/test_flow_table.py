@@ -139,3 +139,88 @@ def test_a_flood_of_distinct_tuples_stays_within_the_cap_and_every_probe_is_stil
     detector = PortScanDetector()
     (finding,) = detector.observe(batch_of(records))
     assert finding.source["ip"] == "10.0.0.99" and finding.evidence["target_count"] == 16
+
+
+def test_ending_many_flows_at_once_gives_the_records_that_ending_them_a_few_at_a_time_gives(tmp_path):
+    """A mass end (a window's expiry, the shutdown after a flood) is gathered from the table in chunks:
+    the records must be those of flows ended in groups small enough to be gathered whole."""
+    import tracemalloc
+
+    import numpy as np
+
+    from kubesonar.sensor.capture_file import read_capture
+    from kubesonar.sensor.dissect import dissect
+    from kubesonar.sensor.flow_table import FlowTable
+    from kubesonar.sensor.synthetic import syn_flood, write_traffic
+    from kubesonar.shared.flow import EndReason, FlowRecords
+
+    rng = np.random.default_rng(7)
+    path = tmp_path / "flood.pcap"
+    write_traffic(path, [syn_flood(rng, (10 << 24) | 99, (10 << 24) | (1 << 8) | np.arange(1, 5), 20_000, 2.0)], 1.7e9)
+    timeouts = FlowTimeouts(idle_s=10)
+    at_once, in_groups = FlowTable(timeouts), FlowTable(timeouts)
+    first = None
+    for batch in read_capture(path):
+        first = int(batch.ts.min()) if first is None else first
+        for table in (at_once, in_groups):
+            table.add(dissect(batch), batch.ts)
+    groups = [in_groups.expire(first + int((10 + t) * 1e9)) for t in (0.5, 1.0, 1.5, 2.5)]
+    assert max(map(len, groups)) < 8192 < 20_000 == sum(map(len, groups))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    whole = at_once.flush()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    # the records hold their own columns, not the table rows they were read from (41 numbers a row)
+    assert held < 1.1 * sum(column.nbytes for column in whole.columns.values())
+
+    def in_order(records):
+        records = records.take(np.lexsort((records["dst_port"], records["src_port"], records["dst_addr"].view("u1")
+                                           .reshape(-1, 16)[:, -1], records["first_ts"])))
+        records.columns["end_reason"][:] = EndReason.UNKNOWN
+        return records
+
+    assert (whole["end_reason"] == EndReason.END_OF_INPUT).all()
+    assert in_order(whole).equals(in_order(FlowRecords.concat(groups)))
+
+
+def test_a_mass_end_is_handed_on_in_parts_of_at_most_the_batch_size_and_loses_nothing(tmp_path):
+    """A window's expiry and the shutdown end flows a part at a time (the sensor publishes each part
+    before ending the next), so a flood's table is never all records in memory at once."""
+    import numpy as np
+
+    from kubesonar.sensor.capture import Capture
+    from kubesonar.sensor.capture_file import read_capture
+    from kubesonar.sensor.live import SensorSettings
+    from kubesonar.sensor.observe import observe
+    from kubesonar.sensor.synthetic import syn_flood, write_traffic
+    from kubesonar.shared.flow import EndReason, FlowRecords
+
+    rng = np.random.default_rng(11)
+    path = tmp_path / "flood.pcap"
+    write_traffic(path, [syn_flood(rng, (10 << 24) | 99, (10 << 24) | (1 << 8) | np.arange(1, 5), 9_000, 2.0)], 1.7e9)
+    settings = SensorSettings(interfaces=("none",), timeouts=FlowTimeouts(idle_s=10, unanswered_s=5.0))
+    capture = Capture(settings)  # no interface opened: packets go straight to its table
+    first = None
+    for batch in read_capture(path):
+        observe(batch, capture.table, capture.dns)
+        first = int(batch.ts.min()) if first is None else first
+    capture.take()
+
+    def parts(end, most):
+        out = []
+        while True:
+            more = end(most)
+            out += capture.take()[0]
+            if not more:
+                return out
+
+    cut = first + int(1.5e9)  # the probes of the first 1.5 s are unanswered for 5 s at cut + 5 s
+    expired = parts(lambda most: capture.expire(cut + int(5e9), most), 1000)
+    finished = parts(lambda most: capture.finish(most), 1000)
+    assert max(map(len, expired + finished)) <= 1000 and len(expired) > 1 and len(finished) > 1
+    expired, finished = FlowRecords.concat(expired), FlowRecords.concat(finished)
+    assert (expired["last_ts"] < cut).all() and (finished["last_ts"] >= cut).all()
+    assert len(expired) + len(finished) == 9_000 and len(capture.table) == 0
+    assert (expired["end_reason"] == EndReason.IDLE_TIMEOUT).all()
+    assert (finished["end_reason"] == EndReason.END_OF_INPUT).all()
