@@ -93,6 +93,12 @@ def cv_floor(gaps: int) -> float:
     return _floor(POISSON_CV_FLOOR, gaps)
 
 
+def cv_floors(gaps: np.ndarray) -> np.ndarray:
+    """:func:`cv_floor` of each count: the spread under which that many gaps are a clock."""
+    sizes, quantiles = zip(*POISSON_CV_FLOOR, strict=True)
+    return np.minimum(CLOCK_SPREAD_CAP, np.interp(gaps, sizes, quantiles))
+
+
 def _floor(table: tuple[tuple[int, float], ...], n: int) -> float:
     sizes, quantiles = zip(*table, strict=True)
     return min(CLOCK_SPREAD_CAP, float(np.interp(n, sizes, quantiles)))

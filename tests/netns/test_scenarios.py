@@ -15,10 +15,7 @@ from conftest import require_tool
 
 # Scenarios the rules do not catch yet (issue 17 is open on them), with what was measured; they must still
 # name no bystander.
-KNOWN_MISSES = {
-    "socat reverse shell (pty)": "typed key by key, each command is one burst whose gaps include the typing: "
-                                 "the operator's gaps measured CV 0.29, under reverse_shell's 0.35",
-}
+KNOWN_MISSES: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])

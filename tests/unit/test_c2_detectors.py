@@ -228,6 +228,20 @@ def test_a_server_workload_typing_into_a_shell_outside_is_reported_a_client_only
     assert [(s.alarm, s.fresh) for s in again] == [(True, False)]  # its port was never learned as used
 
 
+@pytest.mark.parametrize("gaps, cv, shell", [
+    (9, 0.29, True),  # a pty shell typed key by key: the typing evens out the think times (lab scenario)
+    (9, 0.15, False),  # under beaconing's floor for 9 gaps (0.18): a clock, beaconing's to judge
+    (40, 0.30, False), (40, 0.40, True),  # past 24 gaps the floor is the cap, 0.35
+])
+def test_shells_and_clocks_split_the_timing_at_beaconings_floor_for_that_many_gaps(gaps, cv, shell):
+    assert cv_floor(9) < 0.29 and cv_floor(40) == 0.35
+    d = ReverseShellDetector()
+    scores_of(d, c2_flows([_served("10.1.0.5", T0)]))
+    session = shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S, src_workload=WEB,
+                            gaps={"in": (gaps, 4.0, cv), "out": (gaps, 4.1, 1.0)})
+    assert bool(_alarms(d, [session])) == shell
+
+
 @pytest.mark.parametrize("case", ["machine pace", "a clock", "named TLS", "named HTTP", "port in use",
                                   "inside"])
 def test_sessions_that_are_not_a_person_in_a_shell_are_not_reverse_shells(case):
