@@ -187,7 +187,8 @@ def _capture_options(command: Callable) -> Callable:
         click.option("--node", default=None, callback=_cluster_name,
                      help="Node name [default: NODE_NAME, else the host name]."),
         click.option("--max-flows", type=click.IntRange(1024), default=65_536,
-                     help="Cap on the live flow table; past it the least recently active flows are sent early."),
+                     help="Cap on the live flow table (with --workers, shared: each worker holds its share); past "
+                          "it the least recently active flows are sent early."),
         click.option("--duration", type=click.FloatRange(min=0.1), default=None,
                      help="Stop after this many seconds (default: run until SIGTERM or Ctrl-C)."),
         click.option("--direction", type=click.Choice(["both", "in"]), default="both",

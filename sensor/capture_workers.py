@@ -14,6 +14,7 @@ in that moment can be split. Both leave records for one flow, never a packet cou
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -150,6 +151,13 @@ class _Ended:
         raise OSError("capture worker ended")
 
 
+def worker_settings(settings: SensorSettings) -> SensorSettings:
+    """One worker's settings: the sensor's, with its share of ``--max-flows``. The fanout hash gives each
+    worker about 1/N of the flows, so N tables of max_flows / N bound the node's memory as one table of
+    max_flows does (N full tables would hold N times the cap)."""
+    return dataclasses.replace(settings, max_flows=max(1, settings.max_flows // settings.workers))
+
+
 def _work(settings: SensorSettings, sensor_pid: int, index: int, log_rings: bool, conn: Connection) -> None:
     """A worker: capture until the sensor says finish (or goes away); signals are the sensor's to take."""
     from kubesonar.sensor.live import _steady_heap
@@ -164,7 +172,7 @@ def _work(settings: SensorSettings, sensor_pid: int, index: int, log_rings: bool
         logging.getLogger(_RING_LOG).setLevel(logging.INFO)
     _steady_heap()
     warm_up()
-    capture = Capture(settings, fanout_of=sensor_pid)
+    capture = Capture(worker_settings(settings), fanout_of=sensor_pid)
     share = max(1, settings.max_pending_flows // settings.workers)  # a worker sends on its own past its share
     try:
         while True:

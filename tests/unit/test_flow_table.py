@@ -224,3 +224,30 @@ def test_a_mass_end_is_handed_on_in_parts_of_at_most_the_batch_size_and_loses_no
     assert len(expired) + len(finished) == 9_000 and len(capture.table) == 0
     assert (expired["end_reason"] == EndReason.IDLE_TIMEOUT).all()
     assert (finished["end_reason"] == EndReason.END_OF_INPUT).all()
+
+
+def test_capture_workers_share_the_nodes_flow_cap(tmp_path):
+    """--max-flows bounds the node: with N workers each table holds max_flows / N (the fanout hash gives
+    each about 1/N of the flows), so a flood costs the memory of one full table, not N."""
+    import numpy as np
+
+    from kubesonar.sensor.capture import Capture
+    from kubesonar.sensor.capture_file import read_capture
+    from kubesonar.sensor.capture_workers import worker_settings
+    from kubesonar.sensor.live import SensorSettings
+    from kubesonar.sensor.observe import observe
+    from kubesonar.sensor.synthetic import syn_flood, write_traffic
+    from kubesonar.shared.flow import EndReason, FlowRecords
+
+    path = tmp_path / "flood.pcap"
+    rng = np.random.default_rng(5)
+    write_traffic(path, [syn_flood(rng, (10 << 24) | 99, (10 << 24) | (1 << 8) | np.arange(1, 5), 6_000, 2.0)], 1.7e9)
+    settings = SensorSettings(interfaces=("none",), max_flows=4_096, workers=4)
+    capture = Capture(worker_settings(settings))  # one worker's table; no interface opened
+    most, ended = 0, []
+    for batch in read_capture(path):
+        ended.append(observe(batch, capture.table, capture.dns)[0].flows)
+        most = max(most, len(capture.table))
+    records = FlowRecords.concat(ended)
+    assert capture.table.max_flows == 1_024 and most <= 1_024 < 6_000
+    assert (records["end_reason"] == EndReason.EVICTED).sum() >= 6_000 - 1_024  # evicted, sent on, not lost
