@@ -208,7 +208,8 @@ def _track_beat(s, side, ts, gap, num) -> None:
             num[s, BEAT_AT_A + side] = ts
             return
     micros = gap // 1000
-    num[s, BEAT_A + side] = (micros << 32) if micros < (1 << 31) else 0  # a gap past 35 minutes: no timer
+    # no timer on a gap past 35 minutes, or on time running backwards (records out of order in a capture)
+    num[s, BEAT_A + side] = (micros << 32) if 0 < micros < (1 << 31) else 0
     num[s, BEAT_AT_A + side] = ts
 
 

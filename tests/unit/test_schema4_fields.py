@@ -188,6 +188,36 @@ def test_the_burst_timer_equals_one_followed_over_tsharks_frame_times(path, serv
         assert (round(rat["beat_period_us_out"] / 1e6, 2), rat["beats_out"], rat["beat_between_out"]) == (13.53, 13, 6)
 
 
+def _kernel_timer(starts: list[int]) -> tuple[int, int, int]:
+    from kubesonar.sensor import flow_layout as layout
+    from kubesonar.sensor.flow_kernel import _track_beat
+
+    num = np.zeros((1, layout.N_COLS), dtype=np.int64)
+    for before, now in zip(starts[:-1], starts[1:], strict=False):
+        _track_beat(0, 0, now, now - before, num)
+    word = int(num[0, layout.BEAT_A])
+    return word >> 32, (word >> 16) & 0xFFFF, word & 0xFFFF
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(1_000_000_001, 120_000_000_000), min_size=2, max_size=60),
+       st.integers(1_000_000_000, 30_000_000_000), st.floats(0.0, 0.2))
+def test_the_kernels_burst_timer_follows_the_documented_rule(gaps, period, share_on_beat):
+    """Any sequence of burst starts, part of them on a clock: the compiled timer equals the rule as
+    docs/flow-format.md states it."""
+    starts, t = [0], 0
+    for k, gap in enumerate(gaps):  # a share of the bursts come one period apart
+        t += period if k % 5 < share_on_beat * 25 else gap
+        starts.append(t)
+    assert _kernel_timer(starts) == _reference_timer(np.array(starts))
+
+
+@given(st.lists(st.integers(-10**12, 10**12), min_size=2, max_size=40))
+def test_time_running_backwards_never_makes_a_negative_or_huge_period(times):
+    period_us, beats, between = _kernel_timer(times)
+    assert 0 <= period_us < 1 << 31 and beats + between <= len(times)
+
+
 def test_interim_records_carry_the_connections_figures_so_far():
     path = MORE / "c2_beacon/corelight_asyncrat_cd010953.pcap"
     whole = {r["flow_id"]: r for r in _records(path).iter_dicts() if r["dst_port"] == 4041}
