@@ -93,7 +93,9 @@ class CaptureWorkers:
         return taken
 
     def expire(self, now_ns: int, most: int | None = None) -> bool:
-        """Each worker ends what is due and sends it in parts of its share (``most`` is for one capture)."""
+        """Each worker ends what is due and sends it in parts of its share (``most`` is for one capture).
+        The parts gather here until every worker has answered, so with workers a mass expiry is bounded
+        by the node's ``--max-flows`` (the workers' tables together), not by one batch."""
         self._ask("expire", now_ns)
         return False
 

@@ -173,7 +173,8 @@ class LiveSensor:
 
     def _close_window(self) -> None:
         now = time.time_ns()
-        # a mass expiry (the end of a flood) ends and publishes a batch at a time, never all at once
+        # a mass expiry (the end of a flood) ends and publishes a batch at a time, never all at once (with
+        # --workers the workers' parts gather first: bounded by the node's --max-flows, CaptureWorkers.expire)
         while self.capture.expire(now, self.settings.max_pending_flows):
             self._take()
             self._publish(final_part=False)

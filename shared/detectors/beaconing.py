@@ -12,8 +12,9 @@ judged by one test:
   HTTP POST with a body) while the server's short answers keep the same clock. A heartbeat every N seconds in a
   20-minute mTLS session is as much a beacon as 20 short connections. A session that also carries
   commands mixes the timer with the exchanges between its beats, so the sensor follows each side's
-  burst timer too (flow schema 6, ``beat_*``): MIN_BEATS bursts on one period, through no more bursts
-  between them than on it, are a clock whatever the gaps' CV.
+  burst timer too (flow schema 6, ``beat_*``): for a channel reached by address, MIN_BEATS bursts on
+  one period, through no more bursts between them than on it, over at least half the session's gaps,
+  are a clock whatever the gaps' CV.
 The test: at least 6 intervals (or gaps) a second or more apart, and a spread smaller than traffic
 without a clock would show but once in 100,000 tests. Connections and packets that users or request
 load cause arrive like a Poisson process: exponential intervals, whose MAD / median is 0.69 and CV 1
@@ -79,9 +80,9 @@ POISSON_CV_FLOOR = ((6, 0.0872), (8, 0.1423), (10, 0.2156), (12, 0.2560), (16, 0
                     (24, 0.4422), (32, 0.4897), (48, 0.5689), (64, 0.6225), (128, 0.7131), (256, 0.7851))
 CLOCK_SPREAD_CAP = 0.35  # a clock with +-60% uniform jitter: CV 0.6 / sqrt(3); looser is not judged a clock
 # A session's burst timer (flow schema 6, sensor/flow_kernel.py _track_beat) is a clock when this many
-# bursts came on its period, with no more bursts between them than on it: Poisson bursts of any rate
-# reach 8 in about 5e-5 of sessions of 2,048 bursts, 10 in a few per million, 11 in none of 400,000
-# (bench/beacon_null.py); 12 leaves room for sessions of a day.
+# bursts came on its period, with no more bursts between them than on it: Poisson small packets at 0.05
+# to 2 a second reach 8 beats in up to 7e-5 of sessions of 2,048 packets (280 to 1,950 bursts), 10 in up
+# to 1e-5, 11 in none of 400,000 (bench/beacon_null.py); 12 leaves room for longer ones.
 MIN_BEATS = 12
 
 
@@ -374,22 +375,29 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         for side in ("out", "in"):
             gaps, mean_s = int(flows[f"gaps_{side}"][row]), int(flows[f"gap_mean_us_{side}"][row]) / 1e6
             if gaps >= self.min_intervals and mean_s >= 1.0:  # under a second: a stream's pace, not a check-in
-                judged.append((int(flows[f"gap_cv_milli_{side}"][row]) / 1000.0 - cv_floor(gaps), side, gaps,
-                               mean_s))
+                judged.append((int(flows[f"gap_cv_milli_{side}"][row]) / 1000.0 - cv_floor(gaps), side))
         if not judged:
             return None
-        _, side, gaps, mean_s = min(judged)
-        cv, floor = int(flows[f"gap_cv_milli_{side}"][row]) / 1000.0, cv_floor(gaps)
+        side = min(judged)[1]
+        clock = _cv(flows, row, side) <= cv_floor(int(flows[f"gaps_{side}"][row]))
+        timer = None
+        # the burst timer is judged for channels reached by address only (out.named: an SNI or HTTP Host
+        # names a host): a named session's keep-alives are compared with the workload's past as its other
+        # clocks are, and a cluster learned before flow schema 6 had no timer to learn
+        named = bool(out.named[row]) if out.named is not None else False
+        if not clock and not named:
+            timer = _timer(flows, row)
+            side = timer[0] if timer is not None else side
+        gaps, cv = int(flows[f"gaps_{side}"][row]), _cv(flows, row, side)
         evidence = {"kind": "session_beacon", "destination": channel.destination, "gaps": gaps,
                     "side": "initiator" if side == "out" else "responder",
-                    "mean_gap_s": round(mean_s, 2), "gap_cv": round(cv, 3), "poisson_floor": round(floor, 4),
+                    "mean_gap_s": round(int(flows[f"gap_mean_us_{side}"][row]) / 1e6, 2), "gap_cv": round(cv, 3),
+                    "poisson_floor": round(cv_floor(gaps), 4),
                     "held_s": round((int(flows["last_ts"][row]) - int(flows["conn_start"][row])) / SECOND, 1)}
-        clock, timing = cv <= floor, max(0.0, 1.0 - cv)
-        timer = None if clock else _timer(flows, row)
+        timing = max(0.0, 1.0 - cv)
         if timer is not None:  # the gaps mix a timer with the exchanges between its beats: the timer is the clock
-            side, beats, between, period_s = timer
-            evidence.update(side="initiator" if side == "out" else "responder", beats=beats, beats_between=between,
-                            beat_period_s=round(period_s, 2))
+            _, beats, between, period_s = timer
+            evidence.update(beats=beats, beats_between=between, beat_period_s=round(period_s, 2))
             clock, timing = True, beats / (beats + between)
         return self._decided(channel, h, out, flows, row, clock, timing, int(flows["conn_start"][row]), evidence)
 
@@ -414,15 +422,23 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
                      needs_baseline=named)
 
 
+def _cv(flows: FlowRecords, row: int, side: str) -> float:
+    return int(flows[f"gap_cv_milli_{side}"][row]) / 1000.0
+
+
 def _timer(flows: FlowRecords, row: int) -> tuple[str, int, int, float] | None:
-    """(side, beats, bursts between them, period in s) of a session's burst timer that counts as a clock
-    (MIN_BEATS on a period of a second or more, no more bursts between them than on it), the side with
-    more beats; None if neither side has one."""
+    """(side, beats, bursts between them, period in s) of a session's burst timer that counts as a clock,
+    the side with more beats; None if neither side has one. A clock: MIN_BEATS on a period of a second
+    or more, no more bursts between them than on it, and a run that spans at least half the side's
+    gaps: the timer paces the session, not one idle stretch of it (an SSH or VPN keep-alive fires only
+    while nobody types or sends)."""
     timers = []
     for side in ("out", "in"):
         beats, between = int(flows[f"beats_{side}"][row]), int(flows[f"beat_between_{side}"][row])
         period_s = int(flows[f"beat_period_us_{side}"][row]) / 1e6
-        if beats >= MIN_BEATS and between <= beats and period_s >= 1.0:
+        spanned = beats + between + 1  # the run's gaps: its candidate, its beats, the bursts between
+        if (beats >= MIN_BEATS and between <= beats and period_s >= 1.0
+                and 2 * spanned >= int(flows[f"gaps_{side}"][row])):
             timers.append((beats, side, between, period_s))
     if not timers:
         return None

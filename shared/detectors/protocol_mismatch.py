@@ -10,8 +10,8 @@ Strike's HTTP profiles on 8443, RATs' binary protocols on 80 or 443); browsers, 
 managers speak the port's protocol, and a proxy is reached on its own port.
 
 Off port 80, cleartext HTTP pairs with a name: a service on another port is reached as
-``Host: api.example.com:8081``, and a proxy request names its target. HTTP whose Host is an address (or
-absent) on any other port is a client with a hard-coded address list speaking HTTP where no web server
+``Host: api.example.com:8081``, and a proxy request names its target. HTTP whose Host is an address
+on any other port is a client with a hard-coded address list speaking HTTP where no web server
 is expected: the IP:port lists of Trickbot and Emotet (8082, 7080, 8080), stagers fetching the next
 stage from ``http://IP:PORT/``. Judged per connection
 whose handshake the sensor saw (one joined mid-stream has no known opening), whatever the source's role,
@@ -55,12 +55,15 @@ UNNAMED_HTTP = "http to a named host"  # the evidence's "expected" for cleartext
 
 def mismatched(flows: FlowRecords) -> np.ndarray:
     """Rows of TCP connections to a web port that opened otherwise than its service does, and of cleartext
-    HTTP to an address (no host name) on any port but 80."""
+    HTTP whose Host is an address on any port but 80."""
     opening, port = flows["opening"], flows["dst_port"]
     expected = _EXPECTED[port]
     tcp = flows["proto"] == IPPROTO_TCP
     wrong = tcp & (expected != 0) & (opening != Opening.UNKNOWN) & (opening != expected)
-    http_off_80 = np.flatnonzero(tcp & (expected == 0) & (opening == Opening.HTTP) & (port != HTTP_PORT))
+    # an address the client wrote as its Host; an empty Host is no evidence: the sensor did not see one
+    # whole (a request cut by the snap length or split over segments, HTTP/1.0, RTSP, IRC's NICK)
+    http_off_80 = np.flatnonzero(tcp & (expected == 0) & (opening == Opening.HTTP) & (port != HTTP_PORT)
+                                 & (flows["http_host"] != ""))
     unnamed = http_off_80[~names_a_host(flows["http_host"][http_off_80])]
     return np.union1d(np.flatnonzero(wrong), unnamed)
 

@@ -5,8 +5,8 @@ types into it. What the flow shows (flow schema 4's gap statistics of each side'
 - *human-timed*: the responder's small packets (the attacker's keystrokes or command lines) come at
   human pace, their mean gap between 0.1 s (below human reaction time: machine traffic) and 60 s
   (past it nobody is at the keyboard), and irregular: a coefficient of variation over the spread
-  under which beaconing judges that many gaps a clock (its Poisson floor for n gaps, at most 0.35), so
-  the two rules split the timing between them with no gap left: a session is a clock or it is not;
+  under which beaconing judges that many gaps a clock (its Poisson floor for n gaps, at most 0.35) and
+  over a timer's with +-40% jitter (0.23): a jittered implant timer is not a person either;
 - *two-way*: at least 8 such gaps from the responder and 4 from the initiator (the shell's answers);
 - to a host outside the cluster, on a port that is not a service the workload uses (one it reached
   outside before this batch), and not a session that named a host (a TLS SNI, or the Host of a
@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -51,10 +52,12 @@ if TYPE_CHECKING:
     from kubesonar.shared.flow import FlowRecords
 
 HUMAN_GAP_S = (0.1, 60.0)  # human reaction time up to nobody at the keyboard
-# irregular: no clock, i.e. past the spread under which beaconing judges that many gaps a clock
-# (beaconing.cv_floors, at most 0.35), so the two rules split the timing between them and leave no gap.
-# Ten think times drawn from a person vary by about 0.4 to 1; typing key by key adds a near-constant
-# few seconds to each, which brings a real pty session's CV down to about 0.3 (lab scenario)
+# irregular: past the spread under which beaconing judges that many gaps a clock (beaconing.cv_floors,
+# at most 0.35) and past a timer's with +-40% uniform jitter (0.4 / sqrt 3 = 0.23): under 20 gaps the
+# Poisson floor alone would call a jittered implant timer a person. Ten think times drawn from a person
+# vary by about 0.4 to 1; typing key by key adds a near-constant few seconds to each, which brings a
+# real pty session's CV down to about 0.3 (lab scenario)
+JITTERED_TIMER_CV = 0.4 / math.sqrt(3)
 MIN_GAPS_IN, MIN_GAPS_OUT = 8, 4
 _PORTS_KEPT = 64  # per subject: the ports it reached outside
 
@@ -180,7 +183,8 @@ def _interactive(flows: FlowRecords) -> np.ndarray:
     mean_in_s = flows["gap_mean_us_in"] / 1e6
     return ((flows["proto"] == IPPROTO_TCP) & (flows["gaps_in"] >= MIN_GAPS_IN) & (flows["gaps_out"] >= MIN_GAPS_OUT)
             & (mean_in_s >= HUMAN_GAP_S[0]) & (mean_in_s <= HUMAN_GAP_S[1])
-            & (flows["gap_cv_milli_in"] > cv_floors(flows["gaps_in"]) * 1000) & ~names_a_host(client_named(flows)))
+            & (flows["gap_cv_milli_in"] > np.maximum(cv_floors(flows["gaps_in"]), JITTERED_TIMER_CV) * 1000)
+            & ~names_a_host(client_named(flows)))
 
 
 def _gap_evidence(flows: FlowRecords, row: int) -> dict[str, Any]:

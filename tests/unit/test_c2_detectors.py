@@ -90,18 +90,19 @@ def test_what_compares_with_the_past_stays_silent_while_learning():
 # -- beaconing inside one session --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("beats, between, period_s, reported", [
-    (13, 6, 13.5, True),  # AsyncRAT's keep-alive through its commands (the capture's own figures)
-    (40, 40, 30.0, True),  # as many exchanges as beats
-    (11, 0, 13.5, False),  # under MIN_BEATS: Poisson bursts reach 10 now and then
-    (20, 21, 13.5, False),  # more bursts between than on the beat: a busy session, not a timer
-    (30, 0, 0.9, False),  # under a second is a stream's pace
+@pytest.mark.parametrize("beats, between, gaps, period_s, extra, reported", [
+    (13, 6, 21, 13.5, {}, True),  # AsyncRAT's keep-alive through its commands (the capture's own figures)
+    (40, 40, 81, 30.0, {}, True),  # as many exchanges as beats
+    (11, 0, 12, 13.5, {}, False),  # under MIN_BEATS: Poisson bursts reach 10 now and then
+    (20, 21, 42, 13.5, {}, False),  # more bursts between than on the beat: a busy session, not a timer
+    (12, 0, 437, 30.0, {}, False),  # an SSH keep-alive over the idle end of an hour's typing: one stretch
+    (13, 6, 21, 13.5, {"tls": {"ja4": IMPLANT_JA4, "sni": "ws.example"}}, False),  # named: judged on its past
 ])
-def test_a_timer_through_the_other_bursts_of_a_session_is_a_beacon(beats, between, period_s, reported):
+def test_a_timer_through_the_other_bursts_of_a_session_is_a_beacon(beats, between, gaps, period_s, extra, reported):
     """The gaps between bursts mix the timer with the exchanges between its beats (CV 0.53, no clock by
     CV); the sensor's burst timer (flow schema 6) keeps the timer apart."""
     session = {"src": "10.1.0.5", "dst": "203.0.113.9", "t": T0, "held": 200, "dport": 4041, "src_workload": WEB,
-               "gaps": {"out": (beats + between, 9.2, 0.53)}, "beats": {"out": (beats, between, period_s)}}
+               "gaps": {"out": (gaps, 9.2, 0.53)}, "beats": {"out": (beats, between, period_s)}, **extra}
     alarms = _alarms(BeaconingDetector(learning_period_ns=DAY), [session])
     assert bool(alarms) == reported
     if reported:
@@ -231,10 +232,11 @@ def test_a_server_workload_typing_into_a_shell_outside_is_reported_a_client_only
 @pytest.mark.parametrize("gaps, cv, shell", [
     (9, 0.29, True),  # a pty shell typed key by key: the typing evens out the think times (lab scenario)
     (9, 0.15, False),  # under beaconing's floor for 9 gaps (0.18): a clock, beaconing's to judge
+    (9, 0.21, False),  # past the floor but a timer jittered +-40% spreads so far (0.23): not a person
     (40, 0.30, False), (40, 0.40, True),  # past 24 gaps the floor is the cap, 0.35
 ])
 def test_shells_and_clocks_split_the_timing_at_beaconings_floor_for_that_many_gaps(gaps, cv, shell):
-    assert cv_floor(9) < 0.29 and cv_floor(40) == 0.35
+    assert cv_floor(9) < 0.21 < 0.4 / np.sqrt(3) < 0.29 and cv_floor(40) == 0.35
     d = ReverseShellDetector()
     scores_of(d, c2_flows([_served("10.1.0.5", T0)]))
     session = shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S, src_workload=WEB,

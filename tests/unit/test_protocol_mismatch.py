@@ -40,9 +40,10 @@ def test_trickbots_http_to_an_address_on_7080_is_reported_cold_from_the_infected
 
 
 @pytest.mark.parametrize("port, host, reported", [
-    (7080, "203.0.113.9", True), (8082, "", True), (8080, "203.0.113.9", True), (449, "[2001:db8::9]", True),
+    (7080, "203.0.113.9", True), (8082, "198.51.100.7", True), (8080, "203.0.113.9", True), (449, "[2001:db8::9]", True),
     (7080, "api.example.com", False), (8081, "Api.Example.com", False),  # a service reached by name
     (80, "203.0.113.9", False),  # port 80's own protocol, by address or not
+    (8080, "", False), (554, "", False),  # no Host seen (a request cut by the snap, RTSP): no evidence
 ])
 def test_cleartext_http_off_port_80_pairs_with_a_host_name(port, host, reported):
     d = UnusualDestinationDetector(learning_period_ns=DAY_NS)
