@@ -13,7 +13,7 @@ from kubesonar.sensor.jit import njit
 from kubesonar.sensor.walk_codes import STOP_CORRUPT, STOP_FULL, STOP_NEED_DATA, STOP_OTHER_BLOCK
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _u32(buf: np.ndarray, at: int, little: bool) -> int:
     b0, b1, b2, b3 = np.int64(buf[at]), np.int64(buf[at + 1]), np.int64(buf[at + 2]), np.int64(buf[at + 3])
     if little:
