@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 _SIGNATURES = {
-    "walk_pcap": "UniTuple(i8, 3)(u1[:], i8, b1, i8, i8[:])",
+    "walk_pcap": "UniTuple(i8, 3)(u1[:], i8, b1, i8, i8, i8[:], i8[:], i8[:], i8[:])",
     "walk_pcapng": "UniTuple(i8, 3)(u1[:], i8, b1, i8, i8[:])",
     "dissect_batch": "void(u1[:], i8[:], i8[:], i8[:], i8[:], b1[:], u8[:, :], u8[:, :], i8[:], i8[:], i8[:], "
                      "i8[:], i8[:], i8[:], i8[:], i8[:], b1[:], b1[:], b1[:], u8[:, :], u8[:, :], i8[:], i8[:], "
