@@ -7,7 +7,6 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC
 
 import click
 
@@ -412,7 +411,7 @@ def _write_flows(stream: Iterator[FlowRecords], fmt: str) -> None:
 
 def _cell(name: str, value: object) -> str:
     if name == "first_ts":
-        from datetime import datetime
+        from datetime import UTC, datetime
 
         return datetime.fromtimestamp(float(value), tz=UTC).strftime("%H:%M:%S.%f")
     return str(value)

@@ -15,6 +15,8 @@ import inspect
 import warnings
 from pathlib import Path
 
+from kubesonar.sensor import numba_cache as _numba_cache  # noqa: F401 - before numba is imported
+
 _SIGNATURES = {
     "walk_pcap": "UniTuple(i8, 3)(u1[:], i8, b1, i8, i8, i8[:], i8[:], i8[:], i8[:])",
     "walk_pcapng": "UniTuple(i8, 3)(u1[:], i8, b1, i8, i8[:])",

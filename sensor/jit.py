@@ -2,7 +2,7 @@
 
 Only the JIT path imports this: a built native module (sensor/build_native.py) needs no numba at all.
 Where numba may keep its cache (a read-only root filesystem has no room beside the package) is chosen
-by sensor/numba_cache.py, which the package imports before anything imports numba.
+by sensor/numba_cache.py, imported here before numba.
 """
 
 from __future__ import annotations
