@@ -30,6 +30,7 @@ _SIGNATURES = {
     "walk_v3_blocks": "UniTuple(i8, 3)(u1[:], i8, i8, b1, i8[:], i8[:], i8[:], i8[:], i8[:])",
     "release": "void(i8[:], u8[:, :], i8[:, :], i8[:], i8[:], i8[:])",
     "rehash": "void(i8[:], u8[:, :], i8[:, :], i8)",
+    "ping_data": "void(i8[:, :], i8[:], b1[:])",
 }
 
 
@@ -47,12 +48,13 @@ def build(output_dir: Path) -> Path:
     from numba.core.errors import NumbaPendingDeprecationWarning
     from numba.pycc import CC
 
-    from kubesonar.sensor import dissect_kernel, flow_kernel, ring_kernel, walk_kernel
+    from kubesonar.sensor import dissect_kernel, flow_kernel, ping_kernel, ring_kernel, walk_kernel
 
     kernels = {
         "walk_pcap": walk_kernel.walk_pcap, "walk_pcapng": walk_kernel.walk_pcapng,
         "dissect_batch": dissect_kernel.dissect_batch, "add_packets": flow_kernel.add_packets,
         "walk_v3_blocks": ring_kernel.walk_v3_blocks, "release": flow_kernel.release, "rehash": flow_kernel.rehash,
+        "ping_data": ping_kernel.ping_data,
     }
     warnings.simplefilter("ignore", NumbaPendingDeprecationWarning)
     cc = CC("_native")
