@@ -179,8 +179,12 @@ class _View:
 def dissect(batch: PacketBatch) -> PacketFields:
     """Header fields of every packet of the batch, read by the compiled pass (sensor/dissect_kernel.py)."""
     out = PacketFields.for_kernel(len(batch))
+    # the native kernels take contiguous arrays (sensor/build_native.py); a pcapng reader's columns
+    # may be strided views of its header reads
+    data, offset, caplen, wirelen, linktype = map(
+        np.ascontiguousarray, (batch.data, batch.offset, batch.caplen, batch.wirelen, batch.linktype))
     dissect_batch(
-        batch.data, batch.offset, batch.caplen, batch.wirelen, batch.linktype, out.is_ip, out.src, out.dst,
+        data, offset, caplen, wirelen, linktype, out.is_ip, out.src, out.dst,
         out.sport, out.dport, out.proto, out.ip_len, out.tcp_flags, out.tcp_seq, out.icmp_type, out.icmp_code,
         out.icmp_error, out.fragment, out.truncated, out.tunnel_src, out.tunnel_dst, out.tunnel_id,
         out.payload_pos, out.payload_len, out.payload_kind,

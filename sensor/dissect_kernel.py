@@ -77,7 +77,7 @@ def _link(data, base, caplen, linktype, p) -> tuple[int, int]:
     return l3, et
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True)
 def _ip_transport(data, base, caplen, wirelen, l3, et):
     """(is_ip, s0, s1, d0, d1, sport, dport, proto, ip_len, flags, seq, icmp_type, icmp_code, fragment,
     truncated, payload_pos, payload_len, l4) of the IP packet at ``l3``."""
@@ -158,7 +158,7 @@ def _ip_transport(data, base, caplen, wirelen, l3, et):
             truncated, payload_pos, payload_len, l4)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _packet(data, base, caplen, wirelen, linktype, p):
     """Fields of the packet at ``p`` (tunnels not opened), with the ICMP error flag."""
     l3, et = _link(data, base, caplen, linktype, p)
