@@ -177,7 +177,7 @@ def _seconds_bytes(ns: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     if not easy.any():
         return _float_bytes(seconds)
     whole, fraction = np.divmod(micros[easy], 10**6)
-    digits = (fraction.astype(np.uint64)[:, None] // _POWERS[5::-1]) % np.uint64(10)
+    digits = _six_digits(fraction)
     kept = np.cumsum(digits[:, ::-1] != 0, axis=1)[:, ::-1] > 0  # trailing zeros go: "1.5", not "1.500000"
     kept[:, 0] = True  # but one digit stays: "2.0"
     point = np.full((len(whole), 1), ord("."), dtype=np.uint8)
@@ -189,6 +189,19 @@ def _seconds_bytes(ns: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     out = np.empty(len(ns), dtype=max(texts.dtype, rest.dtype, key=lambda dtype: dtype.itemsize))
     out[easy], out[~easy] = texts, rest
     return out
+
+
+def _six_digits(fraction: np.ndarray) -> np.ndarray:
+    """The six decimal digits of each microsecond fraction, leading zeros kept, as an (n, 6) matrix:
+    dividing by the scalar 10 (a multiplication in numpy) rather than by a row of powers of ten."""
+    rest = fraction.astype(np.uint64)
+    digits = np.empty((6, len(rest)), dtype=np.uint64)
+    ten = np.uint64(10)
+    for place in range(5, -1, -1):
+        higher = rest // ten
+        digits[place] = rest - higher * ten
+        rest = higher
+    return digits.T
 
 
 def _float_bytes(values: np.ndarray) -> np.ndarray:
@@ -226,9 +239,6 @@ def _enum_texts(column: np.ndarray, enum: type[ConnState] | type[EndReason]) -> 
     if (column == column[0]).all():
         return table[column[0]].decode("ascii")
     return _matrix(table[column])
-
-
-_POWERS = np.array([10**k for k in range(20)], dtype=np.uint64)
 
 
 def _int_texts(column: np.ndarray) -> _Texts:
