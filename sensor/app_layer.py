@@ -269,9 +269,11 @@ class DnsParser:
         self.dropped = 0
 
     def parse(self, batch: PacketBatch, pf: PacketFields, ts: np.ndarray) -> DnsMessages:
-        dns = pf.is_ip & (pf.proto == IPPROTO_UDP) & ((pf.sport == DNS_PORT) | (pf.dport == DNS_PORT))
-        dns &= (pf.payload_len >= 12) & ~pf.icmp_error & (pf.payload_pos + 12 <= batch.caplen)
-        rows = np.flatnonzero(dns)
+        # port 53 first, over the whole batch; the other tests on those few packets only
+        port53 = np.flatnonzero((pf.sport == DNS_PORT) | (pf.dport == DNS_PORT))
+        ip, proto, size = pf.is_ip[port53], pf.proto[port53], pf.payload_len[port53]
+        room = batch.caplen[port53] - pf.payload_pos[port53]  # captured payload bytes
+        rows = port53[ip & (proto == IPPROTO_UDP) & (size >= 12) & ~pf.icmp_error[port53] & (room >= 12)]
         if len(rows):  # a message asks one question (RFC 9619); anything else is not worth a parse
             at = batch.offset[rows] + pf.payload_pos[rows] + 4
             questions = batch.data[at].astype(np.int64) << 8 | batch.data[at + 1]
@@ -283,8 +285,7 @@ class DnsParser:
         out: list[dict] = []
         for i in rows.tolist():
             self._message(_payload(batch, pf, i), int(min(pf.payload_len[i], 0xFFFF)), pf, i, ts, out, False)
-        tcp = pf.is_ip & (pf.proto == IPPROTO_TCP) & ((pf.sport == DNS_PORT) | (pf.dport == DNS_PORT))
-        for i in np.flatnonzero(tcp & (pf.payload_len >= 14) & (pf.payload_pos + 14 <= batch.caplen)).tolist():
+        for i in port53[ip & (proto == IPPROTO_TCP) & (size >= 14) & (room >= 14)].tolist():
             for message, size in _tcp_messages(_payload(batch, pf, i)):
                 if len(out) >= self.max_messages:
                     self.dropped += 1
