@@ -48,11 +48,13 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
     """Print the bidirectional flows of pcap/pcapng CAPTURES (read in order, as one stream)."""
     import gc
 
+    from kubesonar.allocator import keep_freed_blocks
     from kubesonar.sensor.offline import CaptureStats, flows_from_captures  # numba: not for the live sensor
 
     # what starting made (modules, classes, functions) is never garbage: the collections a long read
     # triggers need not walk it again (2% of a 1M-packet capture's CPU)
     gc.freeze()
+    keep_freed_blocks()
     stats = CaptureStats()
     timeouts = FlowTimeouts(active_s=active_timeout, idle_s=idle_timeout)
     with _progress(captures) as advance:
