@@ -11,14 +11,16 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from kubesonar.shared.alerts import SEVERITIES
 from kubesonar.shared.errors import KubeSonarError, StoreError
-from kubesonar.shared.ports import ObjectStore
 from kubesonar.shared.triage import STATUSES
+
+if TYPE_CHECKING:  # every start of the CLI registers these commands: only what their options need
+    from kubesonar.shared.ports import ObjectStore
 
 _STORE = click.option("--store", "store_url", required=True, envvar="KUBESONAR_STORE",
                       help="Where alerts live: a directory, s3://BUCKET[/PREFIX], gs://, az://, nats://.")

@@ -177,7 +177,7 @@ def _seconds_bytes(ns: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     if not easy.any():
         return _float_bytes(seconds)
     whole, fraction = np.divmod(micros[easy], 10**6)
-    digits = (fraction.astype(np.uint64)[:, None] // _POWERS[5::-1]) % np.uint64(10)
+    digits = _six_digits(fraction)
     kept = np.cumsum(digits[:, ::-1] != 0, axis=1)[:, ::-1] > 0  # trailing zeros go: "1.5", not "1.500000"
     kept[:, 0] = True  # but one digit stays: "2.0"
     point = np.full((len(whole), 1), ord("."), dtype=np.uint8)
@@ -189,6 +189,19 @@ def _seconds_bytes(ns: np.ndarray, seconds: np.ndarray) -> np.ndarray:
     out = np.empty(len(ns), dtype=max(texts.dtype, rest.dtype, key=lambda dtype: dtype.itemsize))
     out[easy], out[~easy] = texts, rest
     return out
+
+
+def _six_digits(fraction: np.ndarray) -> np.ndarray:
+    """The six decimal digits of each microsecond fraction, leading zeros kept, as an (n, 6) matrix:
+    dividing by the scalar 10 (a multiplication in numpy) rather than by a row of powers of ten."""
+    rest = fraction.astype(np.uint64)
+    digits = np.empty((6, len(rest)), dtype=np.uint64)
+    ten = np.uint64(10)
+    for place in range(5, -1, -1):
+        higher = rest // ten
+        digits[place] = rest - higher * ten
+        rest = higher
+    return digits.T
 
 
 def _float_bytes(values: np.ndarray) -> np.ndarray:
@@ -228,9 +241,6 @@ def _enum_texts(column: np.ndarray, enum: type[ConnState] | type[EndReason]) -> 
     return _matrix(table[column])
 
 
-_POWERS = np.array([10**k for k in range(20)], dtype=np.uint64)
-
-
 def _int_texts(column: np.ndarray) -> _Texts:
     """Decimal texts of an integer column, right-aligned in a matrix of its widest one, NUL-padded."""
     if (column == column[0]).all():
@@ -244,12 +254,22 @@ def _int_texts(column: np.ndarray) -> _Texts:
 
 
 def _int_matrix(magnitude: np.ndarray) -> np.ndarray:
-    """Decimal digits of non-negative integers, right-aligned, NUL where a shorter one has none."""
-    magnitude = magnitude.astype(np.uint64, copy=False)
-    powers = _POWERS[len(str(int(magnitude.max()))) - 1 :: -1]
-    digits = (magnitude[:, None] // powers) % np.uint64(10)
-    written = (magnitude[:, None] >= powers) | (powers == 1)  # no leading zeros; zero itself is written
-    return np.where(written, digits + np.uint64(ord("0")), 0).astype(np.uint8)
+    """Decimal digits of non-negative integers, right-aligned, NUL where a shorter one has none.
+
+    Digit by digit from the right, dividing by the scalar 10 (numpy divides by a scalar with a
+    multiplication): dividing the matrix by a row of powers of ten cost three times as much."""
+    rest = magnitude.astype(np.uint64)  # a copy, divided down below
+    width = len(str(int(rest.max())))
+    digits = np.empty((width, len(rest)), dtype=np.uint8)
+    ten = np.uint64(10)
+    for place in range(width):
+        higher = rest // ten
+        digit = (rest - higher * ten).astype(np.uint8) + np.uint8(ord("0"))
+        if place:
+            digit[rest == 0] = 0  # no leading zeros; zero itself is written
+        digits[width - 1 - place] = digit
+        rest = higher
+    return digits.T
 
 
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)

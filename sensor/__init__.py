@@ -1,3 +1,5 @@
-"""KubeSonar sensor: packets to bidirectional flow records, and publishing them."""
+"""KubeSonar sensor: packets to bidirectional flow records, and publishing them.
 
-from kubesonar.sensor import numba_cache as _numba_cache  # noqa: F401 - before any module imports numba
+numba's cache directory is chosen by sensor/jit.py, the one module that imports numba, not here: with
+the native kernels a start needs neither numba nor that directory's probe of the filesystem.
+"""

@@ -24,6 +24,8 @@ from kubesonar.sensor import payload_kinds
 from kubesonar.sensor.dissect import PacketFields
 from kubesonar.sensor.http_request import request_host
 from kubesonar.sensor.packets import PacketBatch
+from kubesonar.sensor.ping_fill import CLOCK_SKEW_S, MAX_PERIOD, MICROSECONDS, PATTERN_WINDOW, WINDOWS_PING
+from kubesonar.sensor.record_walk import ping_data
 from kubesonar.sensor.tls_hello import NotAClientHello, parse_client_hello
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
@@ -183,11 +185,6 @@ class HttpHosts(CodeBook):
 _ICMP4_WITH_BODY = (3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 _ICMP6_WITH_BODY = (1, 2, 3, 4, *range(130, 154))
 _JUDGED_BYTES = 16  # shorter echo data holds too little to tell a pattern from a payload
-_PATTERN_WINDOW = 112  # data bytes compared with the patterns; the snap length bounds it anyway
-_MAX_PERIOD = 16  # ping -p takes up to 16 pattern bytes; a zero fill has period 1
-_WINDOWS_PING = np.frombuffer(b"abcdefghijklmnopqrstuvw", dtype=np.uint8).astype(np.int64)
-_CLOCK_SKEW_S = 366 * 86_400  # how far a sender's clock may be from the capture's and still be a clock
-_MICROSECONDS = 1_000_000
 
 
 def icmp_shapes(batch: PacketBatch, pf: PacketFields) -> tuple[np.ndarray, np.ndarray]:
@@ -213,25 +210,28 @@ def icmp_shapes(batch: PacketBatch, pf: PacketFields) -> tuple[np.ndarray, np.nd
     odd[rows] = (~echo & ~bodied & (pf.payload_len[rows] > 0)).astype(np.int64)
     echoes = rows[echo & (pf.payload_len[rows] > _JUDGED_BYTES)]
     if len(echoes):
-        data = _leading_bytes(batch, pf, echoes, _PATTERN_WINDOW)
+        data = _leading_bytes(batch, pf, echoes, PATTERN_WINDOW)
         judged = data[:, _JUDGED_BYTES - 1] >= 0  # the capture holds what a timestamp would be
-        odd[echoes] = judged & ~_ping_data(data, batch.ts[echoes] // 1_000_000_000)
+        ping = np.empty(len(echoes), dtype=bool)
+        ping_data(data, batch.ts[echoes] // 1_000_000_000, ping)  # compiled: sensor/ping_kernel.py
+        odd[echoes] = judged & ~ping
     return size, odd
 
 
-def _ping_data(data: np.ndarray, now_s: np.ndarray) -> np.ndarray:
-    """Rows of echo data bytes (-1 past what was captured) that ping would have sent."""
+def ping_data_vectorised(data: np.ndarray, now_s: np.ndarray) -> np.ndarray:
+    """Rows of echo data bytes (-1 past what was captured) that ping would have sent: the numpy
+    reference the compiled judge is tested against."""
     def word(at: int, size: int, little: bool) -> np.ndarray:
         part = np.maximum(data[:, at : at + size], 0).astype(np.float64)  # exact below 2^53: any clock
         weights = 256.0 ** (np.arange(size) if little else np.arange(size)[::-1])
         return (part * weights).sum(axis=1)
 
     def clock(seconds: np.ndarray) -> np.ndarray:
-        return np.abs(seconds - now_s) <= _CLOCK_SKEW_S
+        return np.abs(seconds - now_s) <= CLOCK_SKEW_S
 
-    timeval_64 = clock(word(0, 8, True)) & (word(8, 8, True) < _MICROSECONDS)
-    timeval_32 = (clock(word(0, 4, True)) & (word(4, 4, True) < _MICROSECONDS)) | (
-        clock(word(0, 4, False)) & (word(4, 4, False) < _MICROSECONDS))
+    timeval_64 = clock(word(0, 8, True)) & (word(8, 8, True) < MICROSECONDS)
+    timeval_32 = (clock(word(0, 4, True)) & (word(4, 4, True) < MICROSECONDS)) | (
+        clock(word(0, 4, False)) & (word(4, 4, False) < MICROSECONDS))
     ping = np.zeros(len(data), dtype=bool)
     for after_clock, start in ((timeval_64, 16), (timeval_32, 8), (np.ones(len(data), dtype=bool), 0)):
         rows = np.flatnonzero(after_clock & ~ping)  # each row is compared once or twice, not three times
@@ -246,9 +246,9 @@ def _fill_pattern(data: np.ndarray, start: int) -> np.ndarray:
     seen = tail >= 0
     k = np.arange(tail.shape[1])
     counting = ((tail == (tail[:, :1] + k) % 256) | ~seen).all(axis=1)
-    windows = ((tail == _WINDOWS_PING[(k + start) % len(_WINDOWS_PING)]) | ~seen).all(axis=1)
+    windows = ((tail == WINDOWS_PING[(k + start) % len(WINDOWS_PING)]) | ~seen).all(axis=1)
     # every period at once: byte k against byte k - period, where both exist
-    periods = np.arange(1, _MAX_PERIOD + 1)[:, None]
+    periods = np.arange(1, MAX_PERIOD + 1)[:, None]
     earlier = k[None, :] - periods
     compared = earlier >= 0
     same = (tail[:, None, :] == tail[:, np.maximum(earlier, 0)]) | ~seen[:, None, :] | ~compared
@@ -269,9 +269,11 @@ class DnsParser:
         self.dropped = 0
 
     def parse(self, batch: PacketBatch, pf: PacketFields, ts: np.ndarray) -> DnsMessages:
-        dns = pf.is_ip & (pf.proto == IPPROTO_UDP) & ((pf.sport == DNS_PORT) | (pf.dport == DNS_PORT))
-        dns &= (pf.payload_len >= 12) & ~pf.icmp_error & (pf.payload_pos + 12 <= batch.caplen)
-        rows = np.flatnonzero(dns)
+        # port 53 first, over the whole batch; the other tests on those few packets only
+        port53 = np.flatnonzero((pf.sport == DNS_PORT) | (pf.dport == DNS_PORT))
+        ip, proto, size = pf.is_ip[port53], pf.proto[port53], pf.payload_len[port53]
+        room = batch.caplen[port53] - pf.payload_pos[port53]  # captured payload bytes
+        rows = port53[ip & (proto == IPPROTO_UDP) & (size >= 12) & ~pf.icmp_error[port53] & (room >= 12)]
         if len(rows):  # a message asks one question (RFC 9619); anything else is not worth a parse
             at = batch.offset[rows] + pf.payload_pos[rows] + 4
             questions = batch.data[at].astype(np.int64) << 8 | batch.data[at + 1]
@@ -283,8 +285,7 @@ class DnsParser:
         out: list[dict] = []
         for i in rows.tolist():
             self._message(_payload(batch, pf, i), int(min(pf.payload_len[i], 0xFFFF)), pf, i, ts, out, False)
-        tcp = pf.is_ip & (pf.proto == IPPROTO_TCP) & ((pf.sport == DNS_PORT) | (pf.dport == DNS_PORT))
-        for i in np.flatnonzero(tcp & (pf.payload_len >= 14) & (pf.payload_pos + 14 <= batch.caplen)).tolist():
+        for i in port53[ip & (proto == IPPROTO_TCP) & (size >= 14) & (room >= 14)].tolist():
             for message, size in _tcp_messages(_payload(batch, pf, i)):
                 if len(out) >= self.max_messages:
                     self.dropped += 1

@@ -11,42 +11,60 @@ kernels are compiled by numba on first use (sensor/record_walk.py chooses).
 from __future__ import annotations
 
 import argparse
+import inspect
 import warnings
 from pathlib import Path
 
+from kubesonar.sensor import numba_cache as _numba_cache  # noqa: F401 - before numba is imported
+
+# Contiguous arrays only ([::1]): with any layout every index went through a stride read at run
+# time, which cost a fifth of dissection and a tenth of the flow step against numba's JIT, which
+# specialises on the arrays it is given. Callers hand over contiguous arrays (sensor/dissect.py).
 _SIGNATURES = {
-    "walk_pcap": "UniTuple(i8, 3)(u1[:], i8, b1, i8, i8[:])",
-    "walk_pcapng": "UniTuple(i8, 3)(u1[:], i8, b1, i8, i8[:])",
-    "dissect_batch": "void(u1[:], i8[:], i8[:], i8[:], i8[:], b1[:], u8[:, :], u8[:, :], i8[:], i8[:], i8[:], "
-                     "i8[:], i8[:], i8[:], i8[:], i8[:], b1[:], b1[:], b1[:], u8[:, :], u8[:, :], i8[:], i8[:], "
-                     "i8[:], i8[:])",
-    "add_packets": "UniTuple(i8, 2)(i8[:], u8[:, :], u8[:, :], i8[:], i8[:], i8[:], i8[:], i8[:], i8[:], i8[:], "
-                   "i8[:], b1[:], u8[:, :], u8[:, :], i8[:], i8[:], i8[:], i8[:], i8[:], i8[:], i8[:], i8[:], i8[:], "
-                   "i8, i8, i8, i8, u8[:, :], u8[:, :], i8[:, :], f8[:, :], i8[:], i8[:], i8[:], u8[:, :], u8[:, :], "
-                   "i8[:, :], u1[:], i8)",
-    "walk_v3_blocks": "UniTuple(i8, 3)(u1[:], i8, i8, b1, i8[:], i8[:], i8[:], i8[:], i8[:])",
-    "release": "void(i8[:], u8[:, :], i8[:, :], i8[:], i8[:], i8[:])",
-    "rehash": "void(i8[:], u8[:, :], i8[:, :], i8)",
+    "walk_pcap": "UniTuple(i8, 3)(u1[::1], i8, b1, i8, i8, i8[::1], i8[::1], i8[::1], i8[::1])",
+    "walk_pcapng": "UniTuple(i8, 3)(u1[::1], i8, b1, i8, i8[::1])",
+    "dissect_batch": "void(u1[::1], i8[::1], i8[::1], i8[::1], i8[::1], b1[::1], u8[:, ::1], u8[:, ::1], i8[::1], "
+                     "i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], b1[::1], b1[::1], b1[::1], "
+                     "u8[:, ::1], u8[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1])",
+    "add_packets": "UniTuple(i8, 2)(i8[::1], u8[:, ::1], u8[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], "
+                   "i8[::1], i8[::1], i8[::1], b1[::1], u8[:, ::1], u8[:, ::1], i8[::1], i8[::1], i8[::1], i8[::1], "
+                   "i8[::1], i8[::1], i8[::1], i8[::1], i8[::1], i8, i8, i8, i8, u8[:, ::1], u8[:, ::1], i8[:, ::1], "
+                   "f8[:, ::1], i8[::1], i8[::1], i8[::1], u8[:, ::1], u8[:, ::1], i8[:, ::1], u1[::1], i8)",
+    "walk_v3_blocks": "UniTuple(i8, 3)(u1[::1], i8, i8, b1, i8[::1], i8[::1], i8[::1], i8[::1], i8[::1])",
+    "release": "void(i8[::1], u8[:, ::1], i8[:, ::1], i8[::1], i8[::1], i8[::1])",
+    "rehash": "void(i8[::1], u8[:, ::1], i8[:, ::1], i8)",
+    "ping_data": "void(i8[:, ::1], i8[::1], b1[::1])",
 }
+
+
+def _entry(dispatcher):
+    """A function that only calls ``dispatcher``, exported in its place: pycc compiles what it exports
+    with numba's runtime (NRT), whose atomic reference counts of every array handed to an inlined
+    helper took 40% of dissection; the kernels themselves are compiled without it (sensor/jit.py)."""
+    arguments = ", ".join(inspect.signature(dispatcher.py_func).parameters)
+    scope = {"kernel": dispatcher}
+    exec(f"def entry({arguments}):\n    return kernel({arguments})\n", scope)
+    return scope["entry"]
 
 
 def build(output_dir: Path) -> Path:
     from numba.core.errors import NumbaPendingDeprecationWarning
     from numba.pycc import CC
 
-    from kubesonar.sensor import dissect_kernel, flow_kernel, ring_kernel, walk_kernel
+    from kubesonar.sensor import dissect_kernel, flow_kernel, ping_kernel, ring_kernel, walk_kernel
 
     kernels = {
         "walk_pcap": walk_kernel.walk_pcap, "walk_pcapng": walk_kernel.walk_pcapng,
         "dissect_batch": dissect_kernel.dissect_batch, "add_packets": flow_kernel.add_packets,
         "walk_v3_blocks": ring_kernel.walk_v3_blocks, "release": flow_kernel.release, "rehash": flow_kernel.rehash,
+        "ping_data": ping_kernel.ping_data,
     }
     warnings.simplefilter("ignore", NumbaPendingDeprecationWarning)
     cc = CC("_native")
     cc.output_dir = str(output_dir)
     cc.verbose = False
     for name, dispatcher in kernels.items():
-        cc.export(name, _SIGNATURES[name])(dispatcher.py_func)
+        cc.export(name, _SIGNATURES[name])(_entry(dispatcher))
     cc.compile()
     return next(output_dir.glob("_native*.so"))
 

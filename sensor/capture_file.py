@@ -120,24 +120,23 @@ class _ChunkedReader:
     def _fail(self, what: str, at: int) -> CaptureError:
         return CaptureError(f"{self.name}: {what} at byte {at}; flows up to there were kept")
 
-    def _chunk(self, tail: bytes | bytearray, size: int) -> bytearray:
+    def _chunk(self, tail: bytes | memoryview, size: int) -> memoryview:
         """A new chunk: ``tail`` (the unread end of the last one), then up to ``size`` bytes read into it
-        in place. Each chunk is its own buffer, as the batches walked from it point into it."""
-        chunk = bytearray(len(tail) + size)
+        in place. Each chunk is its own buffer, as the batches walked from it point into it; an
+        uninitialised one (numpy's), as every byte used is read into it: zeroing 4 MiB a chunk first
+        cost as much as the record walk."""
+        chunk = memoryview(np.empty(len(tail) + size, dtype=np.uint8))
         chunk[: len(tail)] = tail
-        view, got = memoryview(chunk), len(tail)
+        got = len(tail)
         try:
             while got < len(chunk):
-                n = self.handle.readinto(view[got:])
+                n = self.handle.readinto(chunk[got:])
                 if not n:
                     break
                 got += n
         except OSError as exc:
             raise CaptureError(f"{self.name}: read failed: {exc.strerror}") from exc
-        finally:
-            view.release()
-        del chunk[got:]  # at the end of the input: shrinks in place
-        return chunk
+        return chunk[:got]  # shorter only at the end of the input
 
     def batches(self) -> Iterator[PacketBatch]:
         buf = self._chunk(self.prefix, CHUNK_BYTES - len(self.prefix))
@@ -164,10 +163,10 @@ class _ChunkedReader:
             self.consumed += start
             buf, start = more, 0
 
-    def read_header(self, buf: bytearray) -> int:
+    def read_header(self, buf: memoryview) -> int:
         raise NotImplementedError
 
-    def walk(self, buf: bytearray, start: int) -> tuple[PacketBatch | None, int, int]:
+    def walk(self, buf: memoryview, start: int) -> tuple[PacketBatch | None, int, int]:
         """Parse whole records from ``buf[start:]``; return the batch, where to resume, bytes needed
         (or _CONTINUE when whole records remain)."""
         raise NotImplementedError
@@ -196,7 +195,7 @@ def _unsupported_linktype(name: str, linktype: int) -> CaptureError:
 
 
 class _PcapReader(_ChunkedReader):
-    def read_header(self, buf: bytearray) -> int:
+    def read_header(self, buf: memoryview) -> int:
         if len(buf) < 24:
             raise self._fail("truncated pcap file header", 0)
         self.order, self.ts_scale = _PCAP_MAGICS[bytes(buf[:4])]
@@ -207,15 +206,15 @@ class _PcapReader(_ChunkedReader):
         # libpcap caps the header's snaplen at MAXIMUM_SNAPLEN and refuses longer records: a file cannot
         # make us allocate more than that per packet, whatever it claims
         self.max_caplen = MAX_SNAPLEN
-        self._offsets = np.empty(CHUNK_BYTES // 16 + 1, dtype=np.int64)
+        # offset, caplen, wirelen, ts of each record the walk finds (a record is 16 bytes or more)
+        self._columns = np.empty((4, CHUNK_BYTES // 16 + 1), dtype=np.int64)
         return 24
 
-    def walk(self, buf: bytearray, start: int) -> tuple[PacketBatch | None, int, int]:
+    def walk(self, buf: memoryview, start: int) -> tuple[PacketBatch | None, int, int]:
         data = np.frombuffer(buf, dtype=np.uint8)
-        count, pos, stop = walk_pcap(data, start, self.order == "<", self.max_caplen, self._offsets)
-        rec = self._offsets[:count].copy()
-        ts_sec, ts_frac, caplen, wirelen = _read_u32s(data, rec, 4, self.order).T
-        batch = self._batch(data, rec, ts_sec, ts_frac, caplen, wirelen)
+        count, pos, stop = walk_pcap(data, start, self.order == "<", self.max_caplen, self.ts_scale, *self._columns)
+        offset, caplen, wirelen, ts = self._columns[:, :count].copy()  # the next walk writes over them
+        batch = PacketBatch(data, offset, caplen, wirelen, ts, np.full(count, self.linktype, dtype=np.int64))
         if stop == STOP_CORRUPT:
             (bad,) = struct.unpack_from(self.order + "I", buf, pos + 8)
             self._pending_error = self._fail(
@@ -228,16 +227,6 @@ class _PcapReader(_ChunkedReader):
         if pos + 16 <= len(buf):  # a record whose data is not read yet
             need = 16 + struct.unpack_from(self.order + "I", buf, pos + 8)[0]
         return batch, pos, need
-
-    def _batch(self, data, rec, ts_sec, ts_frac, caplen, wirelen) -> PacketBatch:
-        return PacketBatch(
-            data=data,
-            offset=rec + 16,
-            caplen=caplen,
-            wirelen=np.maximum(wirelen, caplen),
-            ts=ts_sec * 1_000_000_000 + ts_frac * self.ts_scale,
-            linktype=np.full(len(rec), self.linktype, dtype=np.int64),
-        )
 
 
 @dataclass
@@ -257,7 +246,7 @@ class _PcapngReader(_ChunkedReader):
     """pcapng: each section (SHB) has its own byte order and interface table; packets are read with
     the section they belong to."""
 
-    def read_header(self, buf: bytearray) -> int:
+    def read_header(self, buf: memoryview) -> int:
         self.order = "<"
         self.interfaces: list[_Interface] = []
         self.unsupported: Counter[int] = Counter()  # link type -> packets skipped
@@ -271,7 +260,7 @@ class _PcapngReader(_ChunkedReader):
             raise CaptureError(f"{self.name}: packets skipped ({kinds}): link type not supported "
                                f"(supported: {', '.join(map(str, sorted(SUPPORTED_LINKTYPES)))})")
 
-    def _section_header(self, buf: bytearray, pos: int) -> None:
+    def _section_header(self, buf: memoryview, pos: int) -> None:
         if pos + 12 > len(buf):
             raise self._fail("truncated section header", self.consumed + pos)
         bom = buf[pos + 8 : pos + 12]
@@ -283,7 +272,7 @@ class _PcapngReader(_ChunkedReader):
             raise self._fail("pcapng section header with an invalid byte-order magic", self.consumed + pos)
         self.interfaces = []
 
-    def _interface(self, buf: bytearray, pos: int, length: int) -> None:
+    def _interface(self, buf: memoryview, pos: int, length: int) -> None:
         linktype, _, snaplen = struct.unpack_from(self.order + "HHI", buf, pos + 8)
         iface = _Interface(linktype=linktype, snaplen=snaplen)
         opt, end = pos + 16, pos + length - 4
@@ -315,7 +304,7 @@ class _PcapngReader(_ChunkedReader):
                 raise self._fail(f"interface time resolution 10^-{exp} s is not supported", self.consumed + pos)
             iface.ts_decimal = exp
 
-    def walk(self, buf: bytearray, start: int) -> tuple[PacketBatch | None, int, int]:
+    def walk(self, buf: memoryview, start: int) -> tuple[PacketBatch | None, int, int]:
         data = np.frombuffer(buf, dtype=np.uint8)
         end = len(buf)
         pos = start
@@ -336,7 +325,7 @@ class _PcapngReader(_ChunkedReader):
         batch = self._epb_batch(data, blocks) if len(blocks) else self._slow_batch(data, slow)
         return batch, pos, need
 
-    def _walk_blocks(self, buf: bytearray, data: np.ndarray, pos: int, epb: list[np.ndarray],
+    def _walk_blocks(self, buf: memoryview, data: np.ndarray, pos: int, epb: list[np.ndarray],
                      slow: list[_Slow]) -> tuple[int, int]:
         """Collect the packet blocks from ``pos`` on; return where to resume and the bytes needed."""
         end = len(buf)
@@ -366,7 +355,7 @@ class _PcapngReader(_ChunkedReader):
                 pos += blen
         return pos, need
 
-    def _other_block(self, buf: bytearray, pos: int, slow: list[_Slow]) -> int:
+    def _other_block(self, buf: memoryview, pos: int, slow: list[_Slow]) -> int:
         """Handle a block that is not an EPB; return its length, or 0 when it is not all in ``buf``."""
         if struct.unpack_from("<I", buf, pos)[0] == _PCAPNG_SHB:
             self._section_header(buf, pos)
@@ -398,7 +387,7 @@ class _PcapngReader(_ChunkedReader):
         if len(overflow):
             raise self._fail("captured length runs past its block", self.consumed + int(blocks[overflow[0]]))
 
-    def _epb_tuples(self, buf: bytearray, epb: list[int]) -> list[_Slow]:
+    def _epb_tuples(self, buf: memoryview, epb: list[int]) -> list[_Slow]:
         unpack = struct.Struct(self.order + "IIIII").unpack_from
         out = []
         for pos in epb:

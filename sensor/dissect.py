@@ -91,6 +91,27 @@ class PacketFields:
             icmp_size=np.full(n, -1, dtype=np.int64), icmp_odd=z(),
         )
 
+    @classmethod
+    def for_kernel(cls, n: int) -> PacketFields:
+        """Fields for dissect_batch, which writes every header field of every packet: those are left
+        uninitialised (zeroing 160 bytes a packet first cost more than a tenth of the pass), the
+        application layer's are blank."""
+        def e(dtype=np.int64):
+            return np.empty(n, dtype=dtype)
+
+        def w():
+            return np.empty((n, 2), dtype=np.uint64)
+
+        def z():
+            return np.zeros(n, dtype=np.int64)
+
+        return cls(
+            is_ip=e(bool), src=w(), dst=w(), sport=e(), dport=e(), proto=e(), ip_len=e(), tcp_flags=e(), tcp_seq=e(),
+            icmp_type=e(), icmp_code=e(), icmp_error=e(bool), fragment=e(bool), truncated=e(bool), tunnel_src=w(),
+            tunnel_dst=w(), tunnel_id=e(), payload_pos=e(), payload_len=e(), payload_kind=e(), rpc_code=z(),
+            tls_code=z(), host_code=z(), icmp_size=np.full(n, -1, dtype=np.int64), icmp_odd=z(),
+        )
+
     def assign(self, rows: np.ndarray, other: PacketFields, keep: np.ndarray) -> None:
         """Overwrite ``rows[keep]`` with ``other[keep]`` field by field."""
         target = rows[keep]
@@ -157,9 +178,13 @@ class _View:
 
 def dissect(batch: PacketBatch) -> PacketFields:
     """Header fields of every packet of the batch, read by the compiled pass (sensor/dissect_kernel.py)."""
-    out = PacketFields.blank(len(batch))
+    out = PacketFields.for_kernel(len(batch))
+    # the native kernels take contiguous arrays (sensor/build_native.py); a pcapng reader's columns
+    # may be strided views of its header reads
+    data, offset, caplen, wirelen, linktype = map(
+        np.ascontiguousarray, (batch.data, batch.offset, batch.caplen, batch.wirelen, batch.linktype))
     dissect_batch(
-        batch.data, batch.offset, batch.caplen, batch.wirelen, batch.linktype, out.is_ip, out.src, out.dst,
+        data, offset, caplen, wirelen, linktype, out.is_ip, out.src, out.dst,
         out.sport, out.dport, out.proto, out.ip_len, out.tcp_flags, out.tcp_seq, out.icmp_type, out.icmp_code,
         out.icmp_error, out.fragment, out.truncated, out.tunnel_src, out.tunnel_dst, out.tunnel_id,
         out.payload_pos, out.payload_len, out.payload_kind,

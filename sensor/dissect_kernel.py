@@ -30,7 +30,7 @@ def _rd(data, base, caplen, pos, size) -> int:
             | np.int64(data[at + 3]))
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _rd64(data, base, caplen, pos) -> np.uint64:
     if pos < 0 or pos + 8 > caplen:
         return np.uint64(0)
@@ -40,7 +40,7 @@ def _rd64(data, base, caplen, pos) -> np.uint64:
     return v
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _link(data, base, caplen, linktype, p) -> tuple[int, int]:
     """Position of the network header and its EtherType (0 where unknown)."""
     l3, et = p, 0
@@ -158,7 +158,7 @@ def _ip_transport(data, base, caplen, wirelen, l3, et):
             truncated, payload_pos, payload_len, l4)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _packet(data, base, caplen, wirelen, linktype, p):
     """Fields of the packet at ``p`` (tunnels not opened), with the ICMP error flag."""
     l3, et = _link(data, base, caplen, linktype, p)
@@ -176,7 +176,7 @@ def _packet(data, base, caplen, wirelen, linktype, p):
     return f + (False,)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _starts(data, base, caplen, pos, size, text) -> bool:
     if size < len(text):
         return False
@@ -191,7 +191,7 @@ _PUT = np.frombuffer(b"PUT ", np.uint8)
 _HTTP = np.frombuffer(b"HTTP/", np.uint8)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _payload_kind(data, base, caplen, is_ip, proto, icmp_type, error, pos, size) -> int:
     """sensor/payload_kinds.py: what the payload at ``pos`` (``size`` bytes on the wire) starts with."""
     if not is_ip or error:
@@ -216,7 +216,7 @@ def _payload_kind(data, base, caplen, is_ip, proto, icmp_type, error, pos, size)
     return NONE
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _request_line(data, base, caplen, pos, size) -> bool:
     """Whether the payload starts as an HTTP request line does: a method of 3 to 7 capital letters, a space."""
     for k in range(8):

@@ -77,7 +77,7 @@ _COUNT_MAX = 0xFFFF
 _ICMP_SIZE_BUCKETS = 127  # a prime: sizes that collide differ by a multiple of it
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _hash(k0, k1, k2, k3, k4) -> np.uint64:
     h = np.uint64(0x9E3779B97F4A7C15)
     for k in (k0, k1, k2, k3, k4):
@@ -87,7 +87,7 @@ def _hash(k0, k1, k2, k3, k4) -> np.uint64:
     return h
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def find(index, key, k0, k1, k2, k3, k4) -> tuple[int, int]:
     """(slot or -1, index position where the key is or would go)."""
     mask = len(index) - 1
@@ -132,16 +132,18 @@ def rehash(index, key, num, used) -> None:
             index[at] = s + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _emit(s, reason, key, tun, num, out_key, out_tun, out_num, out_reason, n_out) -> int:
-    out_key[n_out] = key[s]
-    out_tun[n_out] = tun[s]
-    out_num[n_out] = num[s]
+    for c in range(5):  # element by element: a row assignment may copy, which needs numba's allocator
+        out_key[n_out, c] = key[s, c]
+        out_tun[n_out, c] = tun[s, c]
+    for c in range(num.shape[1]):
+        out_num[n_out, c] = num[s, c]
     out_reason[n_out] = reason
     return n_out + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _by_ports(port_a, port_b, proto, first_sender_is_a) -> int:
     if proto == _ICMP or proto == _ICMPV6 or (port_a == 0 and port_b == 0):
         return first_sender_is_a
@@ -158,7 +160,7 @@ def _by_ports(port_a, port_b, proto, first_sender_is_a) -> int:
     return first_sender_is_a
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _start_record(s, ts, rec_start, conn_start, num, tun) -> None:
     num[s, FIRST_TS] = ts
     num[s, REC_START] = rec_start
@@ -172,7 +174,7 @@ def _start_record(s, ts, rec_start, conn_start, num, tun) -> None:
         tun[s, c] = 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _start_connection(s, num, numf) -> None:
     """Reset what a connection accumulates over all its records (interim ones carry it on)."""
     for c in (TLS, GAP_N_A, GAP_N_A + 1, GAP_SUM_A, GAP_SUM_A + 1, ICMP_SIZES_LO, ICMP_SIZES_HI, ICMP_ODD,
@@ -184,7 +186,7 @@ def _start_connection(s, num, numf) -> None:
         num[s, c] = -1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _track_beat(s, side, ts, gap, num) -> None:
     """Follow the timer that may start a side's bursts, through the other bursts between its beats.
 
@@ -213,7 +215,7 @@ def _track_beat(s, side, ts, gap, num) -> None:
     num[s, BEAT_AT_A + side] = ts
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, host_code, tcp_payload, kind, num,
                      numf) -> None:
     """The connection-level figures one packet adds: a gap, an ICMP size, the ClientHello's code, how a

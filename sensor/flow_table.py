@@ -99,6 +99,10 @@ class _Table:
         kernel.release(self.index, self.key, self.num, self.free, self.meta, slots.astype(np.int64))
 
 
+# ended records as table rows: key, tun, num, end reason (sensor/flow_kernel.py's layout)
+_Rows = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
 def _index_size(capacity: int) -> int:
     return 1 << max(4, (2 * capacity - 1).bit_length())
 
@@ -151,17 +155,31 @@ class FlowTable:
         rows = np.flatnonzero(pf.is_ip)
         if not len(rows):
             return FlowRecords.empty()
-        out = self._account(_Batch.of(pf, ts, rows))
+        parts: list[_Rows | FlowRecords] = [self._account(_Batch.of(pf, ts, rows))]
         self.watermark_ns = max(self.watermark_ns, int(ts[rows].max()))
-        parts = [out]
         if self.watermark_ns - self._expired_at_ns >= self._expire_every_ns:
             self._expired_at_ns = self.watermark_ns
-            parts.append(self.expire(self.watermark_ns))
-        parts.append(self._evict())
-        parts = [p for p in parts if len(p)]  # most small batches end nothing: no copy then
-        records = parts[0] if len(parts) == 1 else FlowRecords.concat(parts)
+            parts.append(self._ended(self._quiet_slots(self.watermark_ns), EndReason.IDLE_TIMEOUT))
+        parts.append(self._ended(self._evicted_slots(), EndReason.EVICTED))  # after the quiet ones left
+        records = self._joined(parts)
         self._forget_ended_clients()
         return records
+
+    def _ended(self, slots: np.ndarray, reason) -> _Rows | FlowRecords:
+        """The rows of ``slots``, out of the table; a mass end's records instead (made a chunk at a time)."""
+        return self._end_slots(slots, reason) if len(slots) > _END_CHUNK else self._take_slots(slots, reason)
+
+    def _joined(self, parts: list[_Rows | FlowRecords]) -> FlowRecords:
+        """One set of records for a batch's ended rows: built for each part and joined, they cost twice."""
+        if any(isinstance(p, FlowRecords) for p in parts):  # a mass end among them
+            built = [p if isinstance(p, FlowRecords) else _records(*p, self.tls, self.hosts) for p in parts
+                     if len(p if isinstance(p, FlowRecords) else p[0])]
+            return FlowRecords.concat(built)
+        parts = [p for p in parts if len(p[0])]  # most small batches end nothing: no records built then
+        if not parts:
+            return FlowRecords.empty()
+        key, tun, num, reason = (np.concatenate(a) for a in zip(*parts)) if len(parts) > 1 else parts[0]
+        return _records(key, tun, num, reason, self.tls, self.hosts)
 
     def _forget_ended_clients(self) -> None:
         """Keep the ClientHello strings and HTTP hosts only of open flows, so a long-running sensor's
@@ -177,19 +195,22 @@ class FlowTable:
             remap = self.hosts.keep_only(self._t.num[live, sides].ravel())
             self._t.num[live, sides] = remap[self._t.num[live, sides]]
 
-    def _evict(self) -> FlowRecords:
+    def _evicted_slots(self) -> np.ndarray:
         if self.max_flows is None or len(self) <= self.max_flows:
-            return FlowRecords.empty()
+            return np.zeros(0, dtype=np.int64)
         live = self._t.live_slots()
         excess = len(live) - self.max_flows * 9 // 10  # room for the next batch's new flows
         last_ts = self._t.num[live, layout.LAST_TS]
         oldest = live[np.argpartition(last_ts, excess - 1)[:excess]]
         self.evicted += len(oldest)
-        return self._end_slots(oldest, EndReason.EVICTED)
+        return oldest
 
     def expire(self, now_ns: int, most: int | None = None) -> FlowRecords:
         """End flows quiet for longer than their timeout at time ``now_ns``, at most ``most`` of them
         (call again for the rest: a mass expiry handed on in parts is never all in memory at once)."""
+        return self._end_slots(self._quiet_slots(now_ns)[:most], EndReason.IDLE_TIMEOUT)
+
+    def _quiet_slots(self, now_ns: int) -> np.ndarray:
         t = self.timeouts
         # the few columns read, straight from the table: gathering every column of each live flow at
         # each batch cost more than the flows that end
@@ -204,7 +225,7 @@ class FlowTable:
             from_responder = np.where(num[:, layout.INIT_IS_A] != 0, num[:, layout.PKTS_B], num[:, layout.PKTS_A])
             due |= (from_responder == 0) & (quiet_ns > int(t.unanswered_s * SECOND))
         due &= num[:, layout.LIVE] != 0
-        return self._end_slots(np.flatnonzero(due)[:most], EndReason.IDLE_TIMEOUT)
+        return np.flatnonzero(due)
 
     def flush(self, reason: EndReason = EndReason.END_OF_INPUT, most: int | None = None) -> FlowRecords:
         """End every open flow (end of a capture, or shutdown), at most ``most`` a call."""
@@ -212,8 +233,9 @@ class FlowTable:
 
     # -- batch accounting ----------------------------------------------------------------------------
 
-    def _account(self, b: _Batch) -> FlowRecords:
-        """Run the compiled per-packet step over the batch, growing the table when it asks."""
+    def _account(self, b: _Batch) -> _Rows:
+        """Run the compiled per-packet step over the batch, growing the table when it asks; return the
+        rows of the records it ended."""
         self._batches += 1
         n = len(b.order)
         out_key, out_tun, out_num, out_reason = self._out_buffers(n)
@@ -229,11 +251,8 @@ class FlowTable:
             if done == n:
                 break
             t.make_room()  # the table stopped for want of room; go on where it stopped
-        if not n_out:  # most live reads end no flow: building the empty columns cost more than the read
-            return FlowRecords.empty()
         # copies: the records must not share the buffers the next batch writes
-        return _records(out_key[:n_out].copy(), out_tun[:n_out].copy(), out_num[:n_out].copy(),
-                        out_reason[:n_out].copy(), self.tls, self.hosts)
+        return out_key[:n_out].copy(), out_tun[:n_out].copy(), out_num[:n_out].copy(), out_reason[:n_out].copy()
 
     def _out_buffers(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Room for as many records as the batch has packets, kept from batch to batch: a fresh
@@ -246,20 +265,24 @@ class FlowTable:
     def _end_slots(self, slots: np.ndarray, reason) -> FlowRecords:
         if not len(slots):
             return FlowRecords.empty()
-        t = self._t
         if len(slots) <= _END_CHUNK:
-            records = _records(t.key[slots], t.tun[slots], t.num[slots], reason, self.tls, self.hosts)
-        else:
-            # a mass end (a window's expiry or the shutdown after a flood: the whole table) gathers the
-            # table rows a chunk at a time into the records, not all of them at once beside the records
-            records = FlowRecords.empty(len(slots))
-            for lo in range(0, len(slots), _END_CHUNK):
-                some = slots[lo : lo + _END_CHUNK]
-                part = _records(t.key[some], t.tun[some], t.num[some], reason, self.tls, self.hosts)
-                for name, column in records.columns.items():
-                    column[lo : lo + len(some)] = part.columns[name]
-        t.release(slots)
+            return _records(*self._take_slots(slots, reason), self.tls, self.hosts)
+        # a mass end (a window's expiry or the shutdown after a flood: the whole table) gathers the
+        # table rows a chunk at a time into the records, not all of them at once beside the records
+        records = FlowRecords.empty(len(slots))
+        for lo in range(0, len(slots), _END_CHUNK):
+            part = _records(*self._take_slots(slots[lo : lo + _END_CHUNK], reason), self.tls, self.hosts)
+            for name, column in records.columns.items():
+                column[lo : lo + len(part)] = part.columns[name]
         return records
+
+    def _take_slots(self, slots: np.ndarray, reason) -> _Rows:
+        """The table rows of ``slots`` (copies), which leave the table."""
+        t = self._t
+        rows = t.key[slots], t.tun[slots], t.num[slots], np.full(len(slots), reason, dtype=np.uint8)
+        if len(slots):
+            t.release(slots)
+        return rows
 
 
 _END_CHUNK = 8_192  # table rows gathered at a time when many flows end at once

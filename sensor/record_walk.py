@@ -19,6 +19,7 @@ try:
     from kubesonar.sensor._native import (
         add_packets,
         dissect_batch,
+        ping_data,
         rehash,
         release,
         walk_pcap,
@@ -30,6 +31,7 @@ try:
 except ImportError:
     from kubesonar.sensor.dissect_kernel import dissect_batch
     from kubesonar.sensor.flow_kernel import add_packets, rehash, release
+    from kubesonar.sensor.ping_kernel import ping_data
     from kubesonar.sensor.ring_kernel import walk_v3_blocks
     from kubesonar.sensor.walk_kernel import walk_pcap, walk_pcapng
 
@@ -37,5 +39,5 @@ except ImportError:
 
 __all__ = [
     "NATIVE", "STOP_CORRUPT", "STOP_FULL", "STOP_NEED_DATA", "STOP_OTHER_BLOCK", "add_packets",
-    "dissect_batch", "rehash", "release", "walk_v3_blocks", "walk_pcap", "walk_pcapng",
+    "dissect_batch", "ping_data", "rehash", "release", "walk_v3_blocks", "walk_pcap", "walk_pcapng",
 ]

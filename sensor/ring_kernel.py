@@ -31,7 +31,7 @@ from kubesonar.sensor.ring_layout import (
 )
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _u32(buf: np.ndarray, at: int) -> int:
     return (np.int64(buf[at]) | (np.int64(buf[at + 1]) << 8) | (np.int64(buf[at + 2]) << 16)
             | (np.int64(buf[at + 3]) << 24))

@@ -7,7 +7,6 @@ segments, is not fingerprinted: a hash of part of the message would name a clien
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 HANDSHAKE, CLIENT_HELLO = 0x16, 0x01
@@ -41,6 +40,8 @@ class ClientHello:
                          "-".join(str(v) for v in self.point_formats)))
 
     def ja3(self) -> str:
+        import hashlib  # here, as in _hash12: loading OpenSSL cost every start 2-3 ms, most captures hold no hello
+
         return hashlib.md5(self.ja3_string().encode(), usedforsecurity=False).hexdigest()
 
     def ja4(self) -> str:
@@ -61,6 +62,8 @@ class ClientHello:
 
 
 def _hash12(text: str, present: bool) -> str:
+    import hashlib
+
     return hashlib.sha256(text.encode()).hexdigest()[:12] if present else _EMPTY_HASH
 
 

@@ -2,7 +2,7 @@
 
 Each record's position depends on the previous record's length, so this cannot be vectorised; it is
 compiled with numba when numba is installed (a few ns a record) and runs as plain Python otherwise.
-Everything after it, reading the fields of the records found, is vectorised numpy.
+A classic pcap record's header is read in the same pass; pcapng blocks are read vectorised after it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from kubesonar.sensor.jit import njit
 from kubesonar.sensor.walk_codes import STOP_CORRUPT, STOP_FULL, STOP_NEED_DATA, STOP_OTHER_BLOCK
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, inline="always")
 def _u32(buf: np.ndarray, at: int, little: bool) -> int:
     b0, b1, b2, b3 = np.int64(buf[at]), np.int64(buf[at + 1]), np.int64(buf[at + 2]), np.int64(buf[at + 3])
     if little:
@@ -22,21 +22,27 @@ def _u32(buf: np.ndarray, at: int, little: bool) -> int:
 
 
 @njit(cache=True, nogil=True)
-def walk_pcap(buf: np.ndarray, pos: int, little: bool, max_caplen: int, out: np.ndarray) -> tuple[int, int, int]:
-    """Record offsets of a classic pcap chunk into ``out``; return (count, stop position, stop reason)."""
+def walk_pcap(buf: np.ndarray, pos: int, little: bool, max_caplen: int, ts_scale: int, offset: np.ndarray,
+              caplen: np.ndarray, wirelen: np.ndarray, ts: np.ndarray) -> tuple[int, int, int]:
+    """The packets of a classic pcap chunk: each one's data offset, captured and wire length (at least
+    the captured one) and time in ns (``ts_scale`` ns a unit of the fraction) into the output arrays;
+    return (count, stop position, stop reason)."""
     end = len(buf)
     n = 0
     while pos + 16 <= end:
-        if n == len(out):
+        if n == len(offset):
             return n, pos, STOP_FULL
-        caplen = _u32(buf, pos + 8, little)
-        if caplen > max_caplen:
+        cap = _u32(buf, pos + 8, little)
+        if cap > max_caplen:
             return n, pos, STOP_CORRUPT
-        if pos + 16 + caplen > end:
+        if pos + 16 + cap > end:
             break
-        out[n] = pos
+        offset[n] = pos + 16
+        caplen[n] = cap
+        wirelen[n] = max(_u32(buf, pos + 12, little), cap)
+        ts[n] = _u32(buf, pos, little) * 1_000_000_000 + _u32(buf, pos + 4, little) * ts_scale
         n += 1
-        pos += 16 + caplen
+        pos += 16 + cap
     return n, pos, STOP_NEED_DATA
 
 

@@ -7,11 +7,13 @@ from __future__ import annotations
 import re
 from enum import IntEnum
 from functools import lru_cache
-
-from publicsuffixlist import PublicSuffixList
+from typing import TYPE_CHECKING
 
 from kubesonar.shared.flow import Column
 from kubesonar.shared.table import Table
+
+if TYPE_CHECKING:
+    from publicsuffixlist import PublicSuffixList
 
 
 class QType(IntEnum):
@@ -62,6 +64,8 @@ def _suffixes() -> PublicSuffixList:
     """The list the package bundles (no network), loaded on first use: ~0.1 s a function's cold start
     need not pay before DNS arrives. ICANN suffixes only, so names under a cloud's private suffixes
     (s3.amazonaws.com) group under the cloud's domain."""
+    from publicsuffixlist import PublicSuffixList  # here: its import cost every start of the CLI 1-2 ms
+
     return PublicSuffixList(only_icann=True)
 
 
