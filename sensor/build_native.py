@@ -47,11 +47,19 @@ def _entry(dispatcher):
     return scope["entry"]
 
 
+def _returning(value: int):
+    """A function that returns ``value``, compiled as a literal."""
+    scope: dict = {}
+    exec(f"def built_from():\n    return {int(value)}\n", scope)
+    return scope["built_from"]
+
+
 def build(output_dir: Path) -> Path:
     from numba.core.errors import NumbaPendingDeprecationWarning
     from numba.pycc import CC
 
     from kubesonar.sensor import dissect_kernel, flow_kernel, ping_kernel, ring_kernel, walk_kernel
+    from kubesonar.sensor.record_walk import source_digest
 
     kernels = {
         "walk_pcap": walk_kernel.walk_pcap, "walk_pcapng": walk_kernel.walk_pcapng,
@@ -65,6 +73,7 @@ def build(output_dir: Path) -> Path:
     cc.verbose = False
     for name, dispatcher in kernels.items():
         cc.export(name, _SIGNATURES[name])(_entry(dispatcher))
+    cc.export("built_from", "i8()")(_returning(source_digest()))  # record_walk refuses a stale module
     cc.compile()
     return next(output_dir.glob("_native*.so"))
 

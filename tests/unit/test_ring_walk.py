@@ -131,3 +131,30 @@ def test_the_live_sensor_with_native_kernels_does_not_load_numba():
             "from kubesonar.sensor.observe import warm_up\nwarm_up()\n"
             "print(sorted(m for m in ('numba', 'llvmlite') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+def test_the_native_modules_source_digest_covers_every_module_the_kernels_import():
+    """A native module built before a kernel (or a constant it imports) changed is refused for the JIT
+    kernels (sensor/record_walk.py): every module the kernel modules import must be in the digest."""
+    import ast
+
+    from kubesonar.sensor.record_walk import KERNEL_SOURCES, source_digest
+
+    listed = {p.resolve() for p in KERNEL_SOURCES}
+    sensor = next(p for p in KERNEL_SOURCES if p.name == "flow_kernel.py").parent
+    pending, seen = [p for p in listed if p.name.endswith("_kernel.py")], set()
+    while pending:
+        path = pending.pop()
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kubesonar."):
+                base = sensor.parent.joinpath(*node.module.split(".")[1:])
+                modules = [base.with_suffix(".py")] if base.with_suffix(".py").exists() else [
+                    base / f"{alias.name}.py" for alias in node.names]  # from package import module
+                for imported in (m.resolve() for m in modules):
+                    if imported.name == "numba_cache.py":  # where numba caches: not compiled into a kernel
+                        continue
+                    assert imported in listed, f"{path.name} imports {node.module}, missing from KERNEL_SOURCES"
+                    if imported not in seen:
+                        pending.append(imported)
+    assert isinstance(source_digest(), int) and 0 <= source_digest() < 1 << 32
