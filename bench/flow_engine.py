@@ -170,12 +170,15 @@ def main() -> None:
           f"native kernels: {native}; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
           flush=True)
 
+    from kubesonar.shared.flow import COLUMN_NAMES
+
     _compile_bytecode()
     _ours(str(small))  # warm the page cache, imports and compiled code
     whole = _whole_processes(str(big), args.repeat)
     ks_wall, ks_cpu = whole["kubesonar"]
+    fields = len(COLUMN_NAMES) + 1  # every column of the record (addresses as text) and the flow id
     print("\nWhole process on the same capture. What each one produces: kubesonar, one JSON line per "
-          "bidirectional flow (48 fields, to /dev/null); softflowd, NetFlow v5 export (48 bytes a record) of its unidirectional "
+          f"bidirectional flow ({fields} fields, to /dev/null); softflowd, NetFlow v5 export (48 bytes a record) of its unidirectional "
           "flows over UDP to the discard port; tcpdump, the packets rewritten to /dev/null.")
     print("| tool | wall s | CPU s | kubesonar's speed relative to it (wall) | (CPU) |")
     print("|---|---:|---:|---:|---:|")
