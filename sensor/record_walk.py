@@ -10,7 +10,6 @@ KUBESONAR_NATIVE=0 uses the JIT kernels even where the native module exists.
 
 from __future__ import annotations
 
-import logging
 import os
 import zlib
 from pathlib import Path
@@ -52,6 +51,8 @@ try:
     )
 
     if built_from() != source_digest():  # built before a kernel changed: it would not do what the code says
+        import logging  # here: a module of 2 ms that the usual start needs nowhere else
+
         logging.getLogger(__name__).warning("the native kernels were built from other sources than these: "
                                             "using the JIT kernels (rebuild: python -m kubesonar.sensor.build_native)")
         raise ImportError("stale native module")
