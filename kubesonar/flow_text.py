@@ -2,12 +2,13 @@
 
 The text is byte for byte what ``json.dumps`` and ``csv.DictWriter`` write for
 :meth:`FlowRecords.iter_dicts`, built without a dict or an encoder call per row. JSON lines are laid
-out as bytes by numpy: each column becomes a matrix of one row's text per line (integers digit by
-digit, strings and addresses once per distinct value), padded with NUL (which JSON text never holds
-raw); the lines are those matrices side by side, the padding deleted. A column holding one value
-across a batch is folded into the constant text between the columns that vary.
+out by a compiled kernel (sensor/text_kernel.py) into one buffer: integers, flow ids, IPv4 addresses
+and times (float.__repr__'s shortest digits) it writes from their numbers; every other text (strings
+and IPv6 addresses once per distinct value, enum names, times before 1972) is made here and it copies. A
+column holding one value across a batch is folded into the constant text between the columns that vary.
 Writing a row at a time cost more than the whole flow engine on a large capture; a text per value
-(``int.__repr__`` through ``map``) still cost a third of the whole process.
+(``int.__repr__`` through ``map``) still cost a third of the whole process, numpy byte matrices side by
+side a sixth.
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from itertools import chain
 from json.encoder import encode_basestring_ascii
-from typing import Any, BinaryIO, TextIO
+from typing import Any, BinaryIO, NamedTuple, TextIO
 
 import numpy as np
 
+from kubesonar.sensor.record_walk import json_lines
+from kubesonar.sensor.text_layout import DECIMAL, FLOW_ID, IPV4, MIN_SECONDS_NS, SECONDS, TEXT, UNSIGNED, WIDEST
 from kubesonar.shared.flow import (
     DICT_FIELDS,
     TIME_COLUMNS,
@@ -35,11 +38,12 @@ _ROWS_HELD = 4096  # small batches are joined up to this many rows first; more c
 _ENUMS = {"state": ConnState, "end_reason": EndReason}
 _ADDRESSES_KEPT = 1 << 16
 _NO_ADDRESS = {bytes(16): '""'}  # a tunnel column's "no tunnel"
+_V4_MAPPED = np.frombuffer(b"\0" * 10 + b"\xff\xff", dtype=np.uint8)
 
 
 def write_jsonl(stream: Iterable[FlowRecords], out: TextIO) -> None:
     for lines in _jsonl_chunks(stream):
-        out.write(lines.decode("ascii"))
+        out.write(str(lines, "ascii"))
 
 
 def write_jsonl_bytes(stream: Iterable[FlowRecords], out: BinaryIO) -> None:
@@ -49,9 +53,9 @@ def write_jsonl_bytes(stream: Iterable[FlowRecords], out: BinaryIO) -> None:
         out.write(lines)
 
 
-def _jsonl_chunks(stream: Iterable[FlowRecords]) -> Iterator[bytes]:
+def _jsonl_chunks(stream: Iterable[FlowRecords]) -> Iterator[memoryview | bytes]:
     """The lines of _ROWS_HELD records or more at a time: a capture's batches end a few hundred
-    flows each, and each column laid out costs a few numpy calls whatever its length."""
+    flows each, and each column costs a few numpy calls whatever its length."""
     texts = _JsonTexts()
     pending: list[FlowRecords] = []
     held = 0
@@ -81,16 +85,24 @@ def write_csv(stream: Iterable[FlowRecords], out: TextIO) -> None:
         writer.writerows(zip(*columns.values(), strict=True))
 
 
-# a column's JSON texts: one text for every row, or a byte matrix of one row's text per line, NUL-padded
-_Texts = str | np.ndarray
+class _Field(NamedTuple):
+    """A field the JSON-lines kernel writes (sensor/text_layout.py): a value per row, how to write it,
+    and the texts that negative values stand for (-1 - v is the index of v's text)."""
+
+    kind: int
+    values: np.ndarray  # int64
+    texts: list[str]
 
 
-def _jsonl_rows(records: FlowRecords, texts: _JsonTexts) -> bytes:
-    """The JSON lines of a batch (ASCII: json.dumps escapes everything else, NUL included)."""
-    rows = len(records)
-    if not rows:
+# a column's JSON text: one text for every row, or a field that varies
+_Texts = str | _Field
+
+
+def _jsonl_rows(records: FlowRecords, texts: _JsonTexts) -> memoryview | bytes:
+    """The JSON lines of a batch (ASCII: json.dumps escapes everything else)."""
+    if not len(records):
         return b""
-    parts: list[bytes | np.ndarray] = []
+    lines = _Lines(len(records))
     fixed = ""
     for index, (name, key) in enumerate(DICT_FIELDS):
         fixed += ("{" if index == 0 else ", ") + json.dumps(key) + ": "
@@ -98,63 +110,89 @@ def _jsonl_rows(records: FlowRecords, texts: _JsonTexts) -> bytes:
         if isinstance(column, str):
             fixed += column
         else:
-            parts += [fixed.encode("ascii"), column]
+            lines.add(fixed, column)
             fixed = ""
-    parts.append((fixed + "}\n").encode("ascii"))
-    lines = np.empty((rows, sum(len(p) if isinstance(p, bytes) else p.shape[1] for p in parts)), dtype=np.uint8)
-    at = 0
-    for part in parts:
-        if isinstance(part, bytes):
-            lines[:, at : at + len(part)] = np.frombuffer(part, dtype=np.uint8)
-            at += len(part)
-        else:
-            lines[:, at : at + part.shape[1]] = part
-            at += part.shape[1]
-    # the padding out: bytes.replace deletes a single byte at memchr speed, a boolean mask was slower
-    return lines.tobytes().replace(b"\0", b"")
+    return lines.laid_out(fixed + "}\n")
+
+
+class _Lines:
+    """The kernel's input: the varying fields' values and kinds, the constant texts between them, one
+    table of every text, and how long a line can get."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.fields: list[_Field] = []
+        self.table: list[str] = []
+        self.before: list[int] = []  # the table's index of the constant text before each field
+        self.widest = 0
+
+    def add(self, fixed: str, field: _Field) -> None:
+        self.before.append(self._text(fixed))
+        shift = len(self.table)
+        if shift and field.texts:  # the field's text k is the table's shift + k
+            field = field._replace(values=np.where(field.values < 0, field.values - shift, field.values))
+        self.table += field.texts
+        self.fields.append(field)
+        self.widest += max(WIDEST[field.kind], max(map(len, field.texts), default=0))
+
+    def laid_out(self, end: str) -> memoryview:
+        self.before.append(self._text(end))
+        values = np.empty((len(self.fields), self.rows), dtype=np.int64)
+        for row, field in zip(values, self.fields, strict=True):
+            row[:] = field.values
+        kinds = np.array([field.kind for field in self.fields], dtype=np.int64)
+        table = np.frombuffer(bytearray("".join(self.table).encode("ascii")), dtype=np.uint8)
+        starts = np.zeros(len(self.table) + 1, dtype=np.int64)
+        np.cumsum(list(map(len, self.table)), out=starts[1:])
+        out = np.empty(self.rows * self.widest, dtype=np.uint8)
+        size = json_lines(values, kinds, np.array(self.before, dtype=np.int64), table, starts, out)
+        return memoryview(out)[:size]
+
+    def _text(self, text: str) -> int:
+        self.table.append(text)
+        self.widest += len(text)
+        return len(self.table) - 1
 
 
 class _JsonTexts:
-    """Column texts, with what the batches of one output share cached: addresses and times repeat."""
+    """Column texts, with what the batches of one output share cached: addresses repeat."""
 
     def __init__(self) -> None:
         self._addresses: dict[bytes, str] = dict(_NO_ADDRESS)
-        self._times: tuple[FlowRecords, np.ndarray, np.ndarray] | None = None  # the last time column laid
 
     def column(self, records: FlowRecords, name: str) -> _Texts:
         if name == "flow_id":
-            return _hex_texts(records.flow_id)
+            return _Field(FLOW_ID, records.flow_id.view(np.int64), [])
         column = records[name]
         if name in TIME_COLUMNS:
-            return self._time_texts(records, column)
+            return _seconds_texts(column)
         if name in _ENUMS:
             return _enum_texts(column, _ENUMS[name])
         if column.dtype.kind in "iu":
             return _int_texts(column)
         if column.dtype.kind == "V":
-            if not column.view(np.uint8).any():
-                return '""'
-            return _distinct_texts(column.tolist(), self._address_texts)
+            return self._address_field(column)
         return _distinct_texts(column.tolist(), _object_texts)
 
-    def _time_texts(self, records: FlowRecords, ns: np.ndarray) -> _Texts:
-        """Seconds as json.dumps writes them. Each distinct time once would cost more (they rarely
-        repeat), but a time column mostly repeats the one before it (conn_start is first_ts except in
-        interim records): only the times that differ from it are written anew."""
-        seconds = ns / 1e9
-        if (ns == ns[0]).all():
-            return json.dumps(float(seconds[0]))
-        if self._times is None or self._times[0] is not records:
-            texts = _seconds_bytes(ns, seconds)
-        else:
-            _, ns_before, texts = self._times
-            new = np.flatnonzero(ns != ns_before)
-            if len(new):
-                fresh = _seconds_bytes(ns[new], seconds[new])
-                texts = texts.astype(max(texts.dtype, fresh.dtype, key=lambda dtype: dtype.itemsize))
-                texts[new] = fresh
-        self._times = (records, ns, texts)
-        return _matrix(texts)
+    def _address_field(self, column: np.ndarray) -> _Texts:
+        """IPv4 addresses (the usual ones) as their 32 bits, the kernel writes them; the others as
+        texts, each distinct one made once."""
+        raw = np.ascontiguousarray(column).view(np.uint8).reshape(len(column), 16)
+        if not raw.any():
+            return '""'
+        mapped = (raw[:, :12] == _V4_MAPPED).all(axis=1)
+        values = np.ascontiguousarray(raw[:, 12:]).view(">u4").ravel().astype(np.int64)
+        if mapped.all():
+            if (values == values[0]).all():
+                return self._address_texts([column[0].tobytes()])[0]
+            return _Field(IPV4, values, [])
+        others = np.flatnonzero(~mapped)
+        which = dict.fromkeys(column[others].tolist())
+        distinct = list(which)
+        which.update(zip(distinct, range(len(distinct))))
+        values[others] = -1 - np.fromiter(map(which.__getitem__, column[others].tolist()), dtype=np.int64,
+                                          count=len(others))
+        return _Field(IPV4, values, self._address_texts(distinct))
 
     def _address_texts(self, distinct: list[bytes]) -> list[str]:
         cache = self._addresses
@@ -166,49 +204,18 @@ class _JsonTexts:
                 cache[raw] = '"' + address_text(raw) + '"'
         return list(map(cache.__getitem__, distinct))
 
-def _seconds_bytes(ns: np.ndarray, seconds: np.ndarray) -> np.ndarray:
-    """json.dumps of each ``ns / 1e9`` (``seconds``). A capture's times are mostly whole microseconds,
-    and there (1 s to 2**33 s) the microsecond decimal is float.__repr__'s text: it parses back to the
-    same double when ``micros / 1e6`` does (micros < 2**53 is exact, so that division is rounded once,
-    as parsing is), and no shorter decimal can, doubles there being under 1e-6 apart. The rest: repr."""
-    micros, below = np.divmod(ns, 1000)
-    easy = (below == 0) & (ns >= 10**9) & (ns < 2**33 * 10**9)
-    easy &= micros.astype(np.float64) / 1e6 == seconds
-    if not easy.any():
-        return _float_bytes(seconds)
-    whole, fraction = np.divmod(micros[easy], 10**6)
-    digits = _six_digits(fraction)
-    kept = np.cumsum(digits[:, ::-1] != 0, axis=1)[:, ::-1] > 0  # trailing zeros go: "1.5", not "1.500000"
-    kept[:, 0] = True  # but one digit stays: "2.0"
-    point = np.full((len(whole), 1), ord("."), dtype=np.uint8)
-    laid = np.hstack([_int_matrix(whole), point, np.where(kept, digits + ord("0"), 0).astype(np.uint8)])
-    texts = np.ascontiguousarray(laid).view(f"S{laid.shape[1]}").ravel()
-    if easy.all():
-        return texts
-    rest = _float_bytes(seconds[~easy])
-    out = np.empty(len(ns), dtype=max(texts.dtype, rest.dtype, key=lambda dtype: dtype.itemsize))
-    out[easy], out[~easy] = texts, rest
-    return out
 
-
-def _six_digits(fraction: np.ndarray) -> np.ndarray:
-    """The six decimal digits of each microsecond fraction, leading zeros kept, as an (n, 6) matrix:
-    dividing by the scalar 10 (a multiplication in numpy) rather than by a row of powers of ten."""
-    rest = fraction.astype(np.uint64)
-    digits = np.empty((6, len(rest)), dtype=np.uint64)
-    ten = np.uint64(10)
-    for place in range(5, -1, -1):
-        higher = rest // ten
-        digits[place] = rest - higher * ten
-        rest = higher
-    return digits.T
-
-
-def _float_bytes(values: np.ndarray) -> np.ndarray:
-    texts = list(map(float.__repr__, values.tolist()))
-    if not np.isfinite(values).all():  # json writes Infinity and NaN
-        texts = list(map(json.dumps, values.tolist()))
-    return np.array(texts, dtype=bytes)
+def _seconds_texts(ns: np.ndarray) -> _Texts:
+    """json.dumps of each ``ns / 1e9``: the kernel writes float.__repr__'s digits of the times it can
+    (all but those before 1972); the others are texts."""
+    if (ns == ns[0]).all():
+        return json.dumps(float(ns[0] / 1e9))
+    values = ns.astype(np.int64)  # a copy
+    early = np.flatnonzero(ns < MIN_SECONDS_NS)
+    if not len(early):
+        return _Field(SECONDS, values, [])
+    values[early] = -1 - np.arange(len(early))
+    return _Field(SECONDS, values, list(map(json.dumps, (ns[early] / 1e9).tolist())))
 
 
 def _object_texts(distinct: list[Any]) -> list[str]:
@@ -222,62 +229,23 @@ def _distinct_texts(values: list[Any], encode: Callable[[list[Any]], list[str]])
         return encode(values[:1])[0]
     which = dict.fromkeys(values)
     distinct = list(which)
-    which.update(zip(distinct, range(len(distinct))))
-    table = np.array(encode(distinct), dtype=bytes)
-    return _matrix(table[np.fromiter(map(which.__getitem__, values), dtype=np.intp, count=len(values))])
-
-
-def _matrix(texts: np.ndarray) -> np.ndarray:
-    """Fixed-width byte strings (NUL-padded) as a byte matrix."""
-    return texts.view(np.uint8).reshape(len(texts), texts.dtype.itemsize)
+    which.update(zip(distinct, range(-1, -1 - len(distinct), -1)))
+    return _Field(TEXT, np.fromiter(map(which.__getitem__, values), dtype=np.int64, count=len(values)),
+                  encode(distinct))
 
 
 def _enum_texts(column: np.ndarray, enum: type[ConnState] | type[EndReason]) -> _Texts:
     if column.max() >= len(enum):  # values are 0..len-1; past them, what the enum says of it
         enum(int(column.max()))
-    table = np.array([json.dumps(member.name.lower()) for member in enum], dtype=bytes)
+    names = [json.dumps(member.name.lower()) for member in enum]
     if (column == column[0]).all():
-        return table[column[0]].decode("ascii")
-    return _matrix(table[column])
+        return names[column[0]]
+    return _Field(TEXT, -1 - column.astype(np.int64), names)
 
 
 def _int_texts(column: np.ndarray) -> _Texts:
-    """Decimal texts of an integer column, right-aligned in a matrix of its widest one, NUL-padded."""
     if (column == column[0]).all():
         return str(int(column[0]))
-    negative = column < 0 if column.dtype.kind == "i" else None
-    if negative is not None and negative.any():
-        # |int64 min| wraps to itself, which reads right as unsigned
-        return np.hstack([np.where(negative, np.uint8(ord("-")), np.uint8(0))[:, None],
-                          _int_matrix(np.abs(column.astype(np.int64)).view(np.uint64))])
-    return _int_matrix(column.astype(np.uint64))
-
-
-def _int_matrix(magnitude: np.ndarray) -> np.ndarray:
-    """Decimal digits of non-negative integers, right-aligned, NUL where a shorter one has none.
-
-    Digit by digit from the right, dividing by the scalar 10 (numpy divides by a scalar with a
-    multiplication): dividing the matrix by a row of powers of ten cost three times as much."""
-    rest = magnitude.astype(np.uint64)  # a copy, divided down below
-    width = len(str(int(rest.max())))
-    digits = np.empty((width, len(rest)), dtype=np.uint8)
-    ten = np.uint64(10)
-    for place in range(width):
-        higher = rest // ten
-        digit = (rest - higher * ten).astype(np.uint8) + np.uint8(ord("0"))
-        if place:
-            digit[rest == 0] = 0  # no leading zeros; zero itself is written
-        digits[width - 1 - place] = digit
-        rest = higher
-    return digits.T
-
-
-_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
-
-
-def _hex_texts(ids: np.ndarray) -> np.ndarray:
-    """``f'"{i:016x}"'`` of each id."""
-    nibbles = ids[:, None] >> np.arange(60, -4, -4, dtype=np.uint64) & np.uint64(15)
-    quote = np.full((len(ids), 1), ord('"'), dtype=np.uint8)
-    return np.hstack([quote, _HEX_DIGITS[nibbles], quote])
-
+    if column.dtype == np.uint64:
+        return _Field(UNSIGNED, column.view(np.int64), [])
+    return _Field(DECIMAL, column.astype(np.int64), [])

@@ -34,6 +34,7 @@ _SIGNATURES = {
     "release": "void(i8[::1], u8[:, ::1], i8[:, ::1], i8[::1], i8[::1], i8[::1])",
     "rehash": "void(i8[::1], u8[:, ::1], i8[:, ::1], i8)",
     "ping_data": "void(i8[:, ::1], i8[::1], b1[::1])",
+    "json_lines": "i8(i8[:, ::1], i8[::1], i8[::1], u1[::1], i8[::1], u1[::1])",
 }
 
 
@@ -58,14 +59,14 @@ def build(output_dir: Path) -> Path:
     from numba.core.errors import NumbaPendingDeprecationWarning
     from numba.pycc import CC
 
-    from kubesonar.sensor import dissect_kernel, flow_kernel, ping_kernel, ring_kernel, walk_kernel
+    from kubesonar.sensor import dissect_kernel, flow_kernel, ping_kernel, ring_kernel, text_kernel, walk_kernel
     from kubesonar.sensor.record_walk import source_digest
 
     kernels = {
         "walk_pcap": walk_kernel.walk_pcap, "walk_pcapng": walk_kernel.walk_pcapng,
         "dissect_batch": dissect_kernel.dissect_batch, "add_packets": flow_kernel.add_packets,
         "walk_v3_blocks": ring_kernel.walk_v3_blocks, "release": flow_kernel.release, "rehash": flow_kernel.rehash,
-        "ping_data": ping_kernel.ping_data,
+        "ping_data": ping_kernel.ping_data, "json_lines": text_kernel.json_lines,
     }
     warnings.simplefilter("ignore", NumbaPendingDeprecationWarning)
     cc = CC("_native")

@@ -21,22 +21,23 @@ _MAPPED = np.uint64(0xFFFF << 32)
 def _rd(data, base, caplen, pos, size) -> int:
     if pos < 0 or pos + size > caplen:
         return 0
-    at = base + pos
+    at = np.uint64(base + pos)  # unsigned: numba checks a signed index for counting from the end
     if size == 1:
         return np.int64(data[at])
     if size == 2:
-        return (np.int64(data[at]) << 8) | np.int64(data[at + 1])
-    return ((np.int64(data[at]) << 24) | (np.int64(data[at + 1]) << 16) | (np.int64(data[at + 2]) << 8)
-            | np.int64(data[at + 3]))
+        return (np.int64(data[at]) << 8) | np.int64(data[at + np.uint64(1)])
+    return ((np.int64(data[at]) << 24) | (np.int64(data[at + np.uint64(1)]) << 16)
+            | (np.int64(data[at + np.uint64(2)]) << 8) | np.int64(data[at + np.uint64(3)]))
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _rd64(data, base, caplen, pos) -> np.uint64:
     if pos < 0 or pos + 8 > caplen:
         return np.uint64(0)
+    at = np.uint64(base + pos)
     v = np.uint64(0)
     for k in range(8):
-        v = (v << np.uint64(8)) | np.uint64(data[base + pos + k])
+        v = (v << np.uint64(8)) | np.uint64(data[at + np.uint64(k)])
     return v
 
 

@@ -262,7 +262,7 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
     """
     capacity = len(num)
     for j in range(start, len(order)):
-        i = order[j]
+        i = np.uint64(order[j])  # unsigned indices: numba checks a signed one for counting from the end
         ts = ts_all[i]
         s0, s1, d0, d1 = src[i, 0], src[i, 1], dst[i, 0], dst[i, 1]
         sp, dp = np.uint64(sport[i]), np.uint64(dport[i])
@@ -293,33 +293,35 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
                 return j, n_out
             index[at] = s + 1
             meta[META_LIVE] += 1
-            key[s, 0], key[s, 1], key[s, 2], key[s, 3], key[s, 4] = k0, k1, k2, k3, k4
-            num[s, LIVE] = 1
-            _start_record(s, ts, ts, ts, num, tun)
-            _start_connection(s, num, numf)
-            num[s, LAST_TS] = ts
-            num[s, STAMP] = batch
-            num[s, CLOSED_BITS] = 0
-            num[s, BATCH_SYN_SEQ] = -1
-            num[s, SEG_BATCH] = batch
-            num[s, DECIDED] = 0
-            num[s, INIT_IS_A] = _by_ports(pa, pb, pr, (1 - from_b) ^ (1 if err else 0))
+            row = np.uint64(s)
+            key[row, 0], key[row, 1], key[row, 2], key[row, 3], key[row, 4] = k0, k1, k2, k3, k4
+            num[row, LIVE] = 1
+            _start_record(row, ts, ts, ts, num, tun)
+            _start_connection(row, num, numf)
+            num[row, LAST_TS] = ts
+            num[row, STAMP] = batch
+            num[row, CLOSED_BITS] = 0
+            num[row, BATCH_SYN_SEQ] = -1
+            num[row, SEG_BATCH] = batch
+            num[row, DECIDED] = 0
+            num[row, INIT_IS_A] = _by_ports(pa, pb, pr, (1 - from_b) ^ (1 if err else 0))
         else:
-            first_in_batch = num[s, STAMP] != batch
+            row = np.uint64(s)
+            first_in_batch = num[row, STAMP] != batch
             if first_in_batch:  # what the 5-tuple saw before this batch is the live record's
-                num[s, STAMP] = batch
-                f = num[s, FLAGS_A] | num[s, FLAGS_B]
+                num[row, STAMP] = batch
+                f = num[row, FLAGS_A] | num[row, FLAGS_B]
                 bits = _CLOSED_RST if f & _RST else 0
-                if num[s, FLAGS_A] & _FIN:
+                if num[row, FLAGS_A] & _FIN:
                     bits |= _CLOSED_FIN_A
-                if num[s, FLAGS_B] & _FIN:
+                if num[row, FLAGS_B] & _FIN:
                     bits |= _CLOSED_FIN_B
-                num[s, CLOSED_BITS] = bits
-                num[s, BATCH_SYN_SEQ] = num[s, SYN_SEQ]
-            idle_break = ts - num[s, LAST_TS] > idle_ns
+                num[row, CLOSED_BITS] = bits
+                num[row, BATCH_SYN_SEQ] = num[row, SYN_SEQ]
+            idle_break = ts - num[row, LAST_TS] > idle_ns
             reuse_break = False
-            if syn_only and tcp_seq[i] != num[s, BATCH_SYN_SEQ]:
-                bits = num[s, CLOSED_BITS]
+            if syn_only and tcp_seq[i] != num[row, BATCH_SYN_SEQ]:
+                bits = num[row, CLOSED_BITS]
                 reuse_break = (bits & _CLOSED_RST) != 0 or (bits & (_CLOSED_FIN_A | _CLOSED_FIN_B)) == (
                     _CLOSED_FIN_A | _CLOSED_FIN_B)
             if idle_break or reuse_break:
@@ -327,45 +329,45 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
                     reason = _IDLE if idle_break else _NEW_CONNECTION
                 else:
                     reason = _NEW_CONNECTION if reuse_break else _IDLE
-                n_out = _emit(s, reason, key, tun, num, out_key, out_tun, out_num, out_reason, n_out)
-                _start_record(s, ts, ts, ts, num, tun)
-                _start_connection(s, num, numf)
-                num[s, SEG_BATCH] = batch
-                num[s, DECIDED] = 0
-                num[s, INIT_IS_A] = _by_ports(pa, pb, pr, (1 - from_b) ^ (1 if err else 0))
+                n_out = _emit(row, reason, key, tun, num, out_key, out_tun, out_num, out_reason, n_out)
+                _start_record(row, ts, ts, ts, num, tun)
+                _start_connection(row, num, numf)
+                num[row, SEG_BATCH] = batch
+                num[row, DECIDED] = 0
+                num[row, INIT_IS_A] = _by_ports(pa, pb, pr, (1 - from_b) ^ (1 if err else 0))
             else:
-                epoch = (ts - num[s, REC_START]) // active_ns
+                epoch = (ts - num[row, REC_START]) // active_ns
                 if epoch != 0:
-                    n_out = _emit(s, _ACTIVE, key, tun, num, out_key, out_tun, out_num, out_reason, n_out)
-                    _start_record(s, ts, num[s, REC_START] + epoch * active_ns, num[s, CONN_START], num, tun)
+                    n_out = _emit(row, _ACTIVE, key, tun, num, out_key, out_tun, out_num, out_reason, n_out)
+                    _start_record(row, ts, num[row, REC_START] + epoch * active_ns, num[row, CONN_START], num, tun)
         # the packet joins the record of slot s
-        if not num[s, DECIDED] and num[s, SEG_BATCH] == batch and (opener or answer):
-            num[s, DECIDED] = 1
-            num[s, INIT_IS_A] = (1 - from_b) if opener else from_b
-        num[s, LAST_TS] = ts
-        num[s, PKTS_A + from_b] += 1
-        num[s, BYTES_A + from_b] += ip_len[i]
-        num[s, FLAGS_A + from_b] |= flags
+        if not num[row, DECIDED] and num[row, SEG_BATCH] == batch and (opener or answer):
+            num[row, DECIDED] = 1
+            num[row, INIT_IS_A] = (1 - from_b) if opener else from_b
+        num[row, LAST_TS] = ts
+        num[row, PKTS_A + from_b] += 1
+        num[row, BYTES_A + from_b] += ip_len[i]
+        num[row, FLAGS_A + from_b] |= flags
         if flags & _RST:
-            num[s, CLOSED_BITS] |= _CLOSED_RST
+            num[row, CLOSED_BITS] |= _CLOSED_RST
         if flags & _FIN:
-            num[s, CLOSED_BITS] |= _CLOSED_FIN_B if from_b else _CLOSED_FIN_A
+            num[row, CLOSED_BITS] |= _CLOSED_FIN_B if from_b else _CLOSED_FIN_A
         if syn_only:
-            num[s, SYN_SEQ] = tcp_seq[i]
-            num[s, BATCH_SYN_SEQ] = tcp_seq[i]
+            num[row, SYN_SEQ] = tcp_seq[i]
+            num[row, BATCH_SYN_SEQ] = tcp_seq[i]
         if err:
-            num[s, ICMP_ERROR] = 1
-        if it >= 0 and num[s, ICMP_TYPE] == NO_ICMP:
-            num[s, ICMP_TYPE] = it
-            num[s, ICMP_CODE] = icmp_code[i]
-        if (tunnel_src[i, 0] | tunnel_src[i, 1]) != 0 and (tun[s, 0] | tun[s, 1] | tun[s, 2] | tun[s, 3]) == 0:
-            tun[s, 0], tun[s, 1] = tunnel_src[i, 0], tunnel_src[i, 1]
-            tun[s, 2], tun[s, 3] = tunnel_dst[i, 0], tunnel_dst[i, 1]
-            tun[s, 4] = np.uint64(tunnel_id[i])
-        num[s, RPC] = max(num[s, RPC], rpc_code[i])
+            num[row, ICMP_ERROR] = 1
+        if it >= 0 and num[row, ICMP_TYPE] == NO_ICMP:
+            num[row, ICMP_TYPE] = it
+            num[row, ICMP_CODE] = icmp_code[i]
+        if (tunnel_src[i, 0] | tunnel_src[i, 1]) != 0 and (tun[row, 0] | tun[row, 1] | tun[row, 2] | tun[row, 3]) == 0:
+            tun[row, 0], tun[row, 1] = tunnel_src[i, 0], tunnel_src[i, 1]
+            tun[row, 2], tun[row, 3] = tunnel_dst[i, 0], tunnel_dst[i, 1]
+            tun[row, 4] = np.uint64(tunnel_id[i])
+        num[row, RPC] = max(num[row, RPC], rpc_code[i])
         pl = payload_len[i]
         small = (1 <= pl <= SMALL_PAYLOAD) or ((pr == _ICMP or pr == _ICMPV6) and not err and it >= 0
                                                and pl <= SMALL_PAYLOAD)
-        _account_payload(s, from_b, ts, small, icmp_size[i], icmp_odd[i], tls_code[i], host_code[i],
+        _account_payload(row, from_b, ts, small, icmp_size[i], icmp_odd[i], tls_code[i], host_code[i],
                          pr == 6 and pl > 0, payload_kind[i], num, numf)
     return len(order), n_out

@@ -1,4 +1,5 @@
-"""The compiled kernels of the per-packet path, from the native module when it was built, else JIT.
+"""The compiled kernels of the per-packet path (and of the flows' JSON text), from the native module
+when it was built, else JIT.
 
 The native module (``kubesonar.sensor._native``, built by ``python -m kubesonar.sensor.build_native``
 at image and zip build) holds the kernels compiled ahead of time: loading it takes milliseconds and
@@ -9,7 +10,6 @@ KUBESONAR_NATIVE=0 uses the JIT kernels even where the native module exists.
 
 from __future__ import annotations
 
-import logging
 import os
 import zlib
 from pathlib import Path
@@ -20,7 +20,8 @@ _SENSOR = Path(__file__).resolve().parent
 # what the kernels are compiled from: a native module built from other versions of these is stale
 KERNEL_SOURCES = tuple(_SENSOR / f for f in (
     "walk_kernel.py", "dissect_kernel.py", "flow_kernel.py", "ring_kernel.py", "ping_kernel.py", "ping_fill.py",
-    "flow_layout.py", "ring_layout.py", "walk_codes.py", "payload_kinds.py", "jit.py")) + (
+    "text_kernel.py", "text_layout.py", "flow_layout.py", "ring_layout.py", "walk_codes.py", "payload_kinds.py",
+    "jit.py")) + (
     _SENSOR.parent / "shared" / "flow.py",)
 
 
@@ -40,6 +41,7 @@ try:
         add_packets,
         built_from,
         dissect_batch,
+        json_lines,
         ping_data,
         rehash,
         release,
@@ -49,6 +51,8 @@ try:
     )
 
     if built_from() != source_digest():  # built before a kernel changed: it would not do what the code says
+        import logging  # here: a module of 2 ms that the usual start needs nowhere else
+
         logging.getLogger(__name__).warning("the native kernels were built from other sources than these: "
                                             "using the JIT kernels (rebuild: python -m kubesonar.sensor.build_native)")
         raise ImportError("stale native module")
@@ -58,11 +62,12 @@ except (ImportError, OSError):
     from kubesonar.sensor.flow_kernel import add_packets, rehash, release
     from kubesonar.sensor.ping_kernel import ping_data
     from kubesonar.sensor.ring_kernel import walk_v3_blocks
+    from kubesonar.sensor.text_kernel import json_lines
     from kubesonar.sensor.walk_kernel import walk_pcap, walk_pcapng
 
     NATIVE = False
 
 __all__ = [
     "NATIVE", "STOP_CORRUPT", "STOP_FULL", "STOP_NEED_DATA", "STOP_OTHER_BLOCK", "add_packets",
-    "dissect_batch", "ping_data", "rehash", "release", "walk_v3_blocks", "walk_pcap", "walk_pcapng",
+    "dissect_batch", "json_lines", "ping_data", "rehash", "release", "walk_v3_blocks", "walk_pcap", "walk_pcapng",
 ]

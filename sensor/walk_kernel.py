@@ -15,7 +15,9 @@ from kubesonar.sensor.walk_codes import STOP_CORRUPT, STOP_FULL, STOP_NEED_DATA,
 
 @njit(cache=True, nogil=True, inline="always")
 def _u32(buf: np.ndarray, at: int, little: bool) -> int:
-    b0, b1, b2, b3 = np.int64(buf[at]), np.int64(buf[at + 1]), np.int64(buf[at + 2]), np.int64(buf[at + 3])
+    i = np.uint64(at)  # unsigned: numba checks a signed index for counting from the end at every read
+    b0, b1, b2, b3 = (np.int64(buf[i]), np.int64(buf[i + np.uint64(1)]), np.int64(buf[i + np.uint64(2)]),
+                      np.int64(buf[i + np.uint64(3)]))
     if little:
         return b0 | (b1 << 8) | (b2 << 16) | (b3 << 24)
     return b3 | (b2 << 8) | (b1 << 16) | (b0 << 24)

@@ -129,3 +129,24 @@ def test_times_are_written_as_float_repr_writes_them():
     columns["first_ts"], columns["last_ts"] = ns, ns[::-1].copy()
     records = FlowRecords(columns)
     assert _written(write_jsonl, [records]) == _reference_jsonl([records])
+
+
+def test_times_written_by_the_kernel_are_float_repr_at_every_width():
+    """The kernel's shortest digits against float.__repr__: any nanosecond from 1972 to int64's end,
+    the ends of each power of two's range, and doubles exactly halfway between two decimals of the
+    last place (Python's dtoa takes the even digit there)."""
+    rng = np.random.default_rng(3)
+    n = 20_000
+    whole = rng.integers(2**26, 2**33, n)
+    halves = 2 ** rng.integers(1, 14, n)
+    edges = np.concatenate([np.arange(-3000, 3000) + 2**p * 10**9 for p in range(26, 34)])
+    ns = np.concatenate([
+        rng.integers(2**26 * 10**9, 2**63 - 1, n),
+        whole * 10**9 + rng.integers(0, halves) * 10**9 // halves,
+        edges, np.arange(2**63 - 3000, 2**63 - 1, dtype=np.int64), np.arange(10**9 - 50, 10**9 + 50),
+    ])
+    records = FlowRecords.empty(len(ns))
+    columns = dict(records.columns)
+    columns["last_ts"] = ns
+    records = FlowRecords(columns)
+    assert _written(write_jsonl, [records]) == _reference_jsonl([records])
