@@ -142,6 +142,7 @@ def test_the_native_modules_source_digest_covers_every_module_the_kernels_import
 
     listed = {p.resolve() for p in KERNEL_SOURCES}
     sensor = next(p for p in KERNEL_SOURCES if p.name == "flow_kernel.py").parent
+    assert {p.resolve() for p in sensor.glob("*_kernel.py")} <= listed  # every kernel module, a new one too
     pending, seen = [p for p in listed if p.name.endswith("_kernel.py")], set()
     while pending:
         path = pending.pop()
