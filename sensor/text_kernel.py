@@ -41,13 +41,19 @@ def _digits(value, out, at):
     while width < np.uint64(20) and value >= bound:  # 10**20 is past uint64: the bound wraps there
         bound *= ten
         width += np.uint64(1)
-    rest = value
+    return _padded_digits(value, width, out, at)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _padded_digits(value, width, out, at):
+    """The last ``width`` decimal digits of ``value`` (a uint64), zeros in front where it has fewer."""
+    ten = np.uint64(10)
     place = at + width
     while place > at:
         place -= np.uint64(1)
-        higher = rest // ten
-        out[place] = np.uint8(_ZERO + (rest - higher * ten))
-        rest = higher
+        higher = value // ten
+        out[place] = np.uint8(_ZERO + (value - higher * ten))
+        value = higher
     return at + width
 
 
@@ -93,13 +99,7 @@ def _seconds(ns, out, at):
     at = _byte(_DOT, out, at)
     if width == np.uint64(0):
         return _byte(_ZERO, out, at)
-    place = at + width
-    while place > at:
-        place -= np.uint64(1)
-        higher = nearest // ten
-        out[place] = np.uint8(_ZERO + (nearest - higher * ten))
-        nearest = higher
-    return at + width
+    return _padded_digits(nearest, width, out, at)
 
 
 @njit(cache=True, nogil=True, inline="always")
