@@ -87,22 +87,21 @@ MIN_BEATS = 12
 
 
 def mad_floor(intervals: int) -> float:
-    return _floor(POISSON_MAD_FLOOR, intervals)
+    return float(_floor(POISSON_MAD_FLOOR, intervals))
 
 
 def cv_floor(gaps: int) -> float:
-    return _floor(POISSON_CV_FLOOR, gaps)
+    return float(_floor(POISSON_CV_FLOOR, gaps))
 
 
 def cv_floors(gaps: np.ndarray) -> np.ndarray:
     """:func:`cv_floor` of each count: the spread under which that many gaps are a clock."""
-    sizes, quantiles = zip(*POISSON_CV_FLOOR, strict=True)
-    return np.minimum(CLOCK_SPREAD_CAP, np.interp(gaps, sizes, quantiles))
+    return _floor(POISSON_CV_FLOOR, gaps)
 
 
-def _floor(table: tuple[tuple[int, float], ...], n: int) -> float:
+def _floor(table: tuple[tuple[int, float], ...], n):
     sizes, quantiles = zip(*table, strict=True)
-    return min(CLOCK_SPREAD_CAP, float(np.interp(n, sizes, quantiles)))
+    return np.minimum(CLOCK_SPREAD_CAP, np.interp(n, sizes, quantiles))
 
 
 _IGNORED_PORTS = (53, 123)
@@ -375,7 +374,7 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         for side in ("out", "in"):
             gaps, mean_s = int(flows[f"gaps_{side}"][row]), int(flows[f"gap_mean_us_{side}"][row]) / 1e6
             if gaps >= self.min_intervals and mean_s >= 1.0:  # under a second: a stream's pace, not a check-in
-                judged.append((int(flows[f"gap_cv_milli_{side}"][row]) / 1000.0 - cv_floor(gaps), side))
+                judged.append((_cv(flows, row, side) - cv_floor(gaps), side))
         if not judged:
             return None
         side = min(judged)[1]
