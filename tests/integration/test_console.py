@@ -88,12 +88,16 @@ def _rows(driver) -> list:
 
 
 def test_triage_through_the_page_lands_in_the_store_and_the_cli(console, browser, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
     base, store = console
-    wait = WebDriverWait(browser, 20)
+    # each action reloads the page: an element found just before the reload is gone when its text is read,
+    # which Chromium reports as a stale element or as an inspector error ("Node with given id does not
+    # belong to the document"); the wait looks again until its condition holds, or fails at 20 s
+    wait = WebDriverWait(browser, 20, ignored_exceptions=(StaleElementReferenceException, WebDriverException))
     browser.get(f"{base}/alerts")
     assert browser.current_url.endswith("/login")  # not signed in
     browser.find_element(By.ID, "login-user").send_keys("ana")
