@@ -22,6 +22,7 @@ import numpy as np
 
 from kubesonar.sensor import payload_kinds
 from kubesonar.sensor.dissect import PacketFields
+from kubesonar.sensor.hello_segments import HelloSegments
 from kubesonar.sensor.http_request import request_host
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.ping_fill import CLOCK_SKEW_S, MAX_PERIOD, MICROSECONDS, PATTERN_WINDOW, WINDOWS_PING
@@ -119,8 +120,9 @@ class TlsClients(CodeBook):
         super().__init__(("", "", "", ""))
         self.max_per_call = max_per_call  # bounds the Python work a flood of crafted hellos can cause
         self.parsed = 0
-        self.unreadable = 0  # cut by the snap length, spread over segments, or malformed
+        self.unreadable = 0  # cut by the snap length, malformed, or begun and never made whole
         self.dropped = 0  # past max_per_call in one read: not parsed
+        self.segments = HelloSegments()  # hellos longer than a segment, until their record is whole
 
     def columns(self, codes: np.ndarray) -> tuple[np.ndarray, ...]:
         """tls_ja3, tls_ja4, tls_sni, tls_alpn for each code."""
@@ -130,21 +132,36 @@ class TlsClients(CodeBook):
         return tuple(rows[:, k] for k in range(4))
 
     def hello_codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
-        """Per packet, the code of the TLS ClientHello its TCP payload starts with (0: none)."""
+        """Per packet, the code of the TLS ClientHello its TCP payload starts with, or, for a hello
+        longer than one segment, that the segment completes (0: none)."""
         codes = np.zeros(len(batch), dtype=np.int64)
         rows = np.flatnonzero(pf.payload_kind == payload_kinds.TLS_CLIENT_HELLO)
         if len(rows) > self.max_per_call:
             self.dropped += len(rows) - self.max_per_call
             rows = rows[: self.max_per_call]
+        abandoned = self.segments.abandoned
         for i in rows.tolist():
-            try:
-                hello = parse_client_hello(_payload(batch, pf, i))
-            except NotAClientHello:
-                self.unreadable += 1
-                continue
-            self.parsed += 1
-            codes[i] = self.code((hello.ja3(), hello.ja4(), hello.server_name, hello.alpn_text()))
+            payload = _payload(batch, pf, i)
+            if not self.segments.begin(batch, pf, i, payload):
+                self._read(payload, codes, i)
+        for i, record in self.segments.continue_(batch, pf):
+            self._read(record, codes, i)
+        self.unreadable += self.segments.abandoned - abandoned
         return codes
+
+    def finish(self) -> None:
+        """The end of the input: hellos still waiting for their segments are unreadable."""
+        self.unreadable += len(self.segments)
+        self.segments.abandon_all()
+
+    def _read(self, record: bytes, codes: np.ndarray, row: int) -> None:
+        try:
+            hello = parse_client_hello(record)
+        except NotAClientHello:
+            self.unreadable += 1
+            return
+        self.parsed += 1
+        codes[row] = self.code((hello.ja3(), hello.ja4(), hello.server_name, hello.alpn_text()))
 
 
 class HttpHosts(CodeBook):

@@ -1,7 +1,11 @@
 """Classic BPF programs for capture sockets: a filter expression compiled by libpcap, or accept-all.
 
 Both end in ``ret #snaplen``, so the kernel copies no more than ``snaplen`` bytes of a packet into the
-ring: headers are all the flow engine reads, and payload beyond them is never captured.
+ring: headers are all the flow engine reads, and payload beyond them is never captured. One kind of
+packet is kept longer (:func:`keep_client_hellos`): a TCP segment that starts a TLS ClientHello, up
+to the end of that record and no further, because today's hellos (a post-quantum key share makes
+them 1.5-2 KB) outgrow the snap length and would give no fingerprint. A hello is the client's offer
+in clear (ciphers, extensions, the server's name), never application data.
 """
 
 from __future__ import annotations
@@ -42,6 +46,77 @@ class BpfProgram:
 
 def accept_all(snaplen: int) -> BpfProgram:
     return BpfProgram(((_BPF_RET_K, 0, 0, snaplen),))
+
+
+def capture_program(expression: str, linktype_raw: bool, snaplen: int) -> BpfProgram:
+    """The program a capture socket runs: the filter, with ClientHellos kept whole (see the module)."""
+    return keep_client_hellos(compile_filter(expression, linktype_raw, snaplen), linktype_raw, snaplen)
+
+
+# classic BPF opcodes (linux/filter.h)
+_LD_W_LEN, _LD_H_ABS, _LD_B_ABS, _LD_H_IND, _LD_B_IND, _LD_MEM = 0x80, 0x28, 0x30, 0x48, 0x50, 0x60
+_LDX_IMM, _LDX_MSH, _LDX_MEM, _ST, _STX = 0x01, 0xB1, 0x61, 0x02, 0x03
+_ADD_K, _ADD_X, _SUB_K, _AND_K, _LSH_K, _RSH_K = 0x04, 0x0C, 0x14, 0x54, 0x64, 0x74
+_JA, _JEQ_K, _JGE_K, _JGE_X, _JSET_K = 0x05, 0x15, 0x35, 0x3D, 0x45
+_TAX, _TXA, _RET_A = 0x07, 0x87, 0x16
+_KEEP, _NEXT = "keep", None
+
+
+def keep_client_hellos(program: BpfProgram, linktype_raw: bool, snaplen: int) -> BpfProgram:
+    """``program`` with each accepting ``ret #snaplen`` sent on to a test: a TCP segment over IPv4, or
+    IPv6 with no extension header, whose payload starts a TLS handshake record holding a ClientHello
+    is kept to the record's end (when that is past ``snaplen``); any other packet, ``snaplen`` as
+    before. Every load is guarded by the packet's length first: an out-of-range load ends a classic
+    BPF program with 0, which would drop the packet."""
+    tail = _hello_test(0 if linktype_raw else 14, snaplen)
+    head = [(_JA, 0, 0, len(program.instructions) - i - 1) if insn == (_BPF_RET_K, 0, 0, snaplen) else insn
+            for i, insn in enumerate(program.instructions)]
+    return BpfProgram(tuple(head) + tail, program.expression)
+
+
+def _hello_test(link: int, snaplen: int) -> tuple[tuple[int, int, int, int], ...]:
+    """The test :func:`keep_client_hellos` appends, for a link header of ``link`` bytes."""
+    code: list[tuple] = [(_LD_W_LEN, _NEXT, _NEXT, 0), (_ST, _NEXT, _NEXT, 0),  # M[0] = the packet's length
+                         (_JGE_K, _NEXT, _KEEP, link + 49)]  # room for IP, TCP and a record header at least
+    if link:  # Ethernet: the EtherType says IPv4 or IPv6
+        code += [(_LD_H_ABS, _NEXT, _NEXT, 12), (_JEQ_K, "v4", _NEXT, 0x0800), (_JEQ_K, "v6", _KEEP, 0x86DD)]
+    else:  # raw IP: the version nibble does
+        code += [(_LD_B_ABS, _NEXT, _NEXT, 0), (_AND_K, _NEXT, _NEXT, 0xF0), (_JEQ_K, "v4", _NEXT, 0x40),
+                 (_JEQ_K, "v6", _KEEP, 0x60)]
+    code += [("v4", _LD_B_ABS, _NEXT, _NEXT, link + 9), (_JEQ_K, _NEXT, _KEEP, 6),  # TCP
+             (_LD_H_ABS, _NEXT, _NEXT, link + 6), (_JSET_K, _KEEP, _NEXT, 0x1FFF),  # not a later fragment
+             (_LDX_MSH, _NEXT, _NEXT, link), (_JA, "tcp", _NEXT, 0),  # X = the IPv4 header's length
+             ("v6", _LD_B_ABS, _NEXT, _NEXT, link + 6), (_JEQ_K, _NEXT, _KEEP, 6), (_LDX_IMM, _NEXT, _NEXT, 40),
+             # the TCP header is whole: length >= link + X + 20
+             ("tcp", _STX, _NEXT, _NEXT, 1), (_TXA, _NEXT, _NEXT, 0), (_ADD_K, _NEXT, _NEXT, link + 20),
+             (_TAX, _NEXT, _NEXT, 0), (_LD_MEM, _NEXT, _NEXT, 0), (_JGE_X, _NEXT, _KEEP, 0),
+             # X = the IP and TCP headers' length; then the record header is whole: length >= link + X + 9
+             (_LDX_MEM, _NEXT, _NEXT, 1), (_LD_B_IND, _NEXT, _NEXT, link + 12), (_RSH_K, _NEXT, _NEXT, 4),
+             (_LSH_K, _NEXT, _NEXT, 2), (_ADD_X, _NEXT, _NEXT, 0), (_TAX, _NEXT, _NEXT, 0), (_ST, _NEXT, _NEXT, 1),
+             (_ADD_K, _NEXT, _NEXT, link + 9), (_TAX, _NEXT, _NEXT, 0), (_LD_MEM, _NEXT, _NEXT, 0),
+             (_JGE_X, _NEXT, _KEEP, 0), (_LDX_MEM, _NEXT, _NEXT, 1),
+             # content type 22 (handshake), version 3.x, handshake type 1 (ClientHello)
+             (_LD_B_IND, _NEXT, _NEXT, link), (_JEQ_K, _NEXT, _KEEP, 0x16),
+             (_LD_B_IND, _NEXT, _NEXT, link + 1), (_JEQ_K, _NEXT, _KEEP, 3),
+             (_LD_B_IND, _NEXT, _NEXT, link + 5), (_JEQ_K, _NEXT, _KEEP, 1),
+             # keep through the record's end: link + headers + 5 + its length, when past the snap length
+             (_LD_H_IND, _NEXT, _NEXT, link + 3), (_ADD_K, _NEXT, _NEXT, link + 5), (_ADD_X, _NEXT, _NEXT, 0),
+             (_JGE_K, _NEXT, _KEEP, snaplen + 1), (_RET_A, _NEXT, _NEXT, 0),
+             (_KEEP, _BPF_RET_K, _NEXT, _NEXT, snaplen)]
+    return _assemble(code)
+
+
+def _assemble(code: list[tuple]) -> tuple[tuple[int, int, int, int], ...]:
+    """Instructions whose jump targets are labels (``_NEXT``: the next one) into relative offsets; an
+    instruction of five fields carries its own label first."""
+    labels = {insn[0]: at for at, insn in enumerate(code) if len(insn) == 5}
+    out = []
+    for at, insn in enumerate(code):
+        op, jt, jf, k = insn[-4:]
+        if op == _JA and jt is not _NEXT:  # an unconditional jump: its offset is k
+            op, jt, jf, k = _JA, _NEXT, _NEXT, labels[jt] - at - 1
+        out.append((op, 0 if jt is _NEXT else labels[jt] - at - 1, 0 if jf is _NEXT else labels[jf] - at - 1, k))
+    return tuple(out)
 
 
 def compile_filter(expression: str, raw_ip: bool, snaplen: int) -> BpfProgram:
