@@ -129,7 +129,8 @@ class RingSocket:
         self._next = 0  # the next frame (V2) or block (V3) the kernel fills, in ring order
         self._pending = np.zeros(0, dtype=np.int64)  # frames or blocks handed out and not yet given back
         try:
-            self._sock = socket.socket(socket.AF_PACKET, kind, socket.htons(ETH_P_ALL))
+            # protocol 0: the socket receives nothing until it is bound to its interface (with ETH_P_ALL)
+            self._sock = socket.socket(socket.AF_PACKET, kind, 0)
         except PermissionError:
             raise CaptureError("live capture needs CAP_NET_RAW (run as root or grant the capability)") from None
         try:

@@ -96,6 +96,7 @@ class Capture:
                 time.sleep(self.settings.ring.block_timeout_ms / 1000 * 2)
             for ring in list(self._sockets.values()):
                 self._read(ring)
+            self.table.tls.finish()  # hellos still waiting for segments never get them
             self.counters()  # the last heartbeat still counts the interfaces it read
             self._finished = True
             for ring in list(self._sockets.values()):

@@ -7,6 +7,7 @@ whole), once split over several segments (segmentation forced on the client's ve
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,3 +88,62 @@ def test_chromiums_hello_is_named_live_as_a_full_capture_names_it(tmp_path, segm
     assert len(live) >= 2 and live == offline
     for ja4, ja3, sni, alpn in live.values():
         assert ja4.startswith("t13d") and len(ja3) == 32 and sni == SERVER_NAME and alpn.startswith("h2")
+
+
+_UDP_SINK = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.settimeout(1)
+end = time.time() + float(sys.argv[3])
+while time.time() < end:
+    try:
+        s.recv(65536)
+    except TimeoutError:
+        pass
+"""
+
+
+def test_chromiums_quic_hello_is_named_live_as_a_full_capture_names_it(tmp_path):
+    """HTTP/3 forced on: Chromium's Initial packets carry its hello (over two datagrams, the CRYPTO
+    frames out of order); the server pod only swallows them, so the client retries a few times."""
+    chromium = require_tool("chromium")
+    require_tool("tcpdump")
+    with namespace_node(["client", "server"]) as node:
+        server_ip = node.pods["server"]
+        sink = node.start("server", sys.executable, "-c", _UDP_SINK, server_ip, str(PORT), "30")
+        dump = subprocess.Popen(["tcpdump", "-i", node.bridge, "-w", str(tmp_path / "full.pcap"), "-U", "-s", "0",
+                                 f"udp port {PORT}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sensor = subprocess.Popen(
+            ["kubesonar", "sensor", "-i", node.bridge, "--window", "2", "--queue", f"file://{tmp_path / 'queue'}",
+             "--spool", str(tmp_path / "spool"), "--duration", "12"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not any((tmp_path / "queue").glob("*.ksfb")):
+                assert time.monotonic() < deadline and sensor.poll() is None, "the sensor never published"
+                time.sleep(0.1)
+            node.run("client", "timeout", "6", chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
+                     "--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}", "--enable-quic",
+                     f"--origin-to-force-quic-on={SERVER_NAME}:{PORT}", "--ignore-certificate-errors",
+                     f"--host-resolver-rules=MAP {SERVER_NAME} {server_ip}", "--dump-dom",
+                     f"https://{SERVER_NAME}:{PORT}/", capture_output=True, timeout=60)
+            _, errors = sensor.communicate(timeout=60)
+        finally:
+            sensor.kill()
+            time.sleep(0.3)
+            dump.terminate()
+            dump.wait(timeout=10)
+            sink.kill()
+    assert sensor.returncode == 0, errors
+    live = _quic_hellos(FlowRecords.concat([decode_batch(p.read_bytes()).flows
+                                            for p in sorted((tmp_path / "queue").glob("*.ksfb"))]), server_ip)
+    offline = _quic_hellos(FlowRecords.concat(list(flows_from_captures([tmp_path / "full.pcap"]))), server_ip)
+    assert live and live == offline
+    for ja4, ja3, sni, alpn in live.values():
+        assert ja4.startswith("q13d") and len(ja3) == 32 and sni == SERVER_NAME and alpn == "h3"
+
+
+def _quic_hellos(records: FlowRecords, server: str) -> dict[int, tuple[str, str, str, str]]:
+    return {r["src_port"]: (r["tls_ja4"], r["tls_ja3"], r["tls_sni"], r["tls_alpn"])
+            for r in records.iter_dicts() if r["dst_ip"] == server and r["proto"] == 17 and r["tls_ja4"]}
