@@ -16,6 +16,11 @@ tcpreplay tops out near 450,000 packets/s on a 2-core VM; ``--sender trafgen`` (
 ring) sends ``--packets`` frames looped from the capture's first 2,000, faster, from ``--sender-cpus``
 processes on the first CPUs, the capture pinned to the others when any are left. Either way the
 sending CPU also runs the veth's receive path and copies every packet into the capture's ring.
+``--capture-at node`` captures on the node's end of the pod's veth instead, in the node's namespace as
+a hostNetwork DaemonSet does, with that end taken off the bridge: the node's stack drops the frames
+(not addressed to it) instead of the bridge flooding them through a second veth to the sink, the
+shortest path a sent packet can take past a capture. There the veth's backlog can drop packets
+before the capture sees them: every round prints how many.
 """
 
 from __future__ import annotations
@@ -39,21 +44,35 @@ sys.path.insert(0, str(REPO))  # the lab (lab/netns.py), never installed
 
 
 @dataclass(frozen=True)
-class Sender:
+class Replay:
+    """How the capture is sent, and where it is captured."""
+
     tool: str = "tcpreplay"
     cpus: int = 0  # trafgen's processes, on CPUs 0..cpus-1; 0: tcpreplay, unpinned
     packets: int = 0  # trafgen's total
+    at_node: bool = False  # on the node's end of the pod's veth, taken off the bridge; else the pod's end
 
-    def capture_cpus(self) -> list[str]:
-        """taskset's prefix for the capture: the CPUs the sender leaves, or none to pin to."""
+    def interface(self, node) -> str:
+        return node.node_interface("replayer") if self.at_node else node.interface("replayer")
+
+    def start_capture(self, node, *cmd: str, **kw) -> subprocess.Popen:
+        """The capture, pinned to the CPUs the sender leaves when it leaves any, in the pod's namespace
+        or the node's (as a hostNetwork DaemonSet captures a pod's egress)."""
         left = range(self.cpus, os.cpu_count() or 1) if self.cpus else ()
-        return ["taskset", "-c", ",".join(map(str, left))] if left else []
+        pinned = ["taskset", "-c", ",".join(map(str, left))] if left else []
+        return subprocess.Popen([*pinned, *cmd], **kw) if self.at_node else node.start("replayer", *pinned, *cmd, **kw)
 
 
-def _replay(node, capture: Path, sender: Sender) -> tuple[int, float]:
-    """Send at top speed from the 'replayer' pod; return (packets sent, seconds)."""
-    if sender.tool == "trafgen":
-        return _trafgen(node, capture, sender)
+def _replay(node, capture: Path, sender: Replay) -> tuple[int, float, int]:
+    """Send at top speed from the 'replayer' pod; return (packets sent, seconds, packets the node's end of
+    the veth dropped before its taps: its backlog overflowed, which only a capture there would miss)."""
+    dropped = Path(f"/sys/class/net/{node.node_interface('replayer')}/statistics/rx_dropped")
+    before = int(dropped.read_text())
+    sent, seconds = _trafgen(node, capture, sender) if sender.tool == "trafgen" else _tcpreplay(node, capture)
+    return sent, seconds, int(dropped.read_text()) - before
+
+
+def _tcpreplay(node, capture: Path) -> tuple[int, float]:
     out = node.run("replayer", "tcpreplay", "--topspeed", "-i", node.interface("replayer"), str(capture),
                    capture_output=True, text=True, timeout=600, check=True).stdout
     sent = int(re.search(r"Actual: (\d+) packets", out).group(1))
@@ -61,12 +80,13 @@ def _replay(node, capture: Path, sender: Sender) -> tuple[int, float]:
     return sent, seconds
 
 
-def _trafgen(node, config: Path, sender: Sender) -> tuple[int, float]:
+def _trafgen(node, config: Path, sender: Replay) -> tuple[int, float]:
     """trafgen's processes each send their share as fast as their ring goes; the slowest one's time is
-    the replay's. ``-q``: through the qdisc, as a pod's socket sends (trafgen's default bypass skips the
-    taps of the sending interface, where the capture is); ``-Q``: leave IRQ affinity alone."""
+    the replay's. ``-q``: through the qdisc, as a pod's socket sends, when the capture is on the pod's
+    end (trafgen's default bypass skips the sending interface's taps); ``-Q``: leave IRQ affinity alone."""
+    qdisc = [] if sender.at_node else ["-q"]
     done = node.run("replayer", "trafgen", "-o", node.interface("replayer"), "-i", str(config), "-n", str(sender.packets),
-                    "-P", str(sender.cpus), "-q", "-Q", capture_output=True, text=True, timeout=600, check=True)
+                    "-P", str(sender.cpus), *qdisc, "-Q", capture_output=True, text=True, timeout=600, check=True)
     per_cpu = re.findall(r"(\d+) sec, (\d+) usec on CPU\d+ \((\d+) packets\)", done.stdout + done.stderr)
     return sum(int(n) for _, _, n in per_cpu), max(int(s) + int(us) / 1e6 for s, us, _ in per_cpu)
 
@@ -169,19 +189,18 @@ def _startup_s(repeat: int = 5) -> list[float]:
     return runs
 
 
-def _kubesonar(node, capture: Path, queue: Path, config: str = "auto/1", sender: Sender = Sender()) -> dict:
+def _kubesonar(node, capture: Path, queue: Path, config: str = "auto/1", sender: Replay = Replay()) -> dict:
     from kubesonar.shared.batch import decode_batch
 
     ring, workers = config.split("/")
     # the kubesonar installed beside this interpreter, whatever PATH sudo keeps
-    sensor = node.start("replayer", *sender.capture_cpus(), str(Path(sys.executable).parent / "kubesonar"), "sensor",
-                        "-i", node.interface("replayer"),
+    sensor = sender.start_capture(node, str(Path(sys.executable).parent / "kubesonar"), "sensor", "-i", sender.interface(node),
                         "--window", "2", "--ring", ring, *(["--workers", workers] if workers != "1" else []),
                         "--queue", f"file://{queue}",
                         "--spool", str(queue.parent / "spool"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(3 + int(workers))  # numba's cache warm, rings mapped, workers started
     cpu_before, jiffies = _cpu_s(sensor.pid), _cpu_jiffies()
-    sent, seconds = _replay(node, capture, sender)
+    sent, seconds, unseen = _replay(node, capture, sender)
     split = _cpu_split(jiffies, _cpu_jiffies())
     peak = 0.0
     deadline = time.monotonic() + 6
@@ -197,15 +216,15 @@ def _kubesonar(node, capture: Path, queue: Path, config: str = "auto/1", sender:
     last = max(batches, key=lambda b: b.header.sequence).header.counters
     return {"sent": sent, "seconds": seconds, "captured": last["packets"], "kernel_drops": last["kernel_drops"],
             "peak_rss_mib": peak, "flows": sum(len(b.flows) for b in batches), "batches": batches, "cpu_s": cpu,
-            "cpu_split": split}
+            "cpu_split": split, "unseen": unseen}
 
 
-def _tcpdump(node, capture: Path, sender: Sender = Sender()) -> dict:
-    dump = node.start("replayer", *sender.capture_cpus(), "tcpdump", "-i", node.interface("replayer"), "-w", "/dev/null",
-                      "-s", "256", stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+def _tcpdump(node, capture: Path, sender: Replay = Replay()) -> dict:
+    dump = sender.start_capture(node, "tcpdump", "-i", sender.interface(node), "-w", "/dev/null", "-s", "256",
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(2)
     cpu_before, jiffies = _cpu_s(dump.pid), _cpu_jiffies()  # taskset execs tcpdump in its place
-    sent, seconds = _replay(node, capture, sender)
+    sent, seconds, unseen = _replay(node, capture, sender)
     split = _cpu_split(jiffies, _cpu_jiffies())
     time.sleep(2)
     cpu = _cpu_s(dump.pid) - cpu_before
@@ -214,7 +233,7 @@ def _tcpdump(node, capture: Path, sender: Sender = Sender()) -> dict:
     captured = int(re.search(r"(\d+) packets captured", err).group(1))
     dropped = int(re.search(r"(\d+) packets dropped by kernel", err).group(1))
     return {"sent": sent, "seconds": seconds, "captured": captured, "kernel_drops": dropped, "cpu_s": cpu,
-            "cpu_split": split}
+            "cpu_split": split, "unseen": unseen}
 
 
 def main() -> None:
@@ -228,9 +247,12 @@ def main() -> None:
                         help="what replays the capture [default: tcpreplay]")
     parser.add_argument("--sender-cpus", type=int, default=1, help="trafgen's processes, one a CPU [default: 1]")
     parser.add_argument("--packets", type=int, default=3_000_000, help="trafgen's packets a replay [default: 3,000,000]")
+    parser.add_argument("--capture-at", choices=["pod", "node"], default="pod",
+                        help="the pod's end of its veth, or the node's, off the bridge [default: pod]")
     args = parser.parse_args()
     configs = args.sensor or ["auto/1"]
-    sender = Sender("trafgen", args.sender_cpus, args.packets) if args.sender == "trafgen" else Sender()
+    at_node = args.capture_at == "node"
+    sender = Replay("trafgen", args.sender_cpus, args.packets, at_node) if args.sender == "trafgen" else Replay(at_node=at_node)
 
     import numpy as np
 
@@ -257,6 +279,8 @@ def main() -> None:
         traffic = replayed  # what the table names
 
     with namespace_node(["replayer", "sink"]) as node:
+        if at_node:  # the node's stack drops what is not addressed to it; the bridge would flood it to the sink
+            subprocess.run(["ip", "link", "set", node.node_interface("replayer"), "nomaster"], check=True)
         results: dict[str, list[dict]] = {f"kubesonar {c}": [] for c in configs} | {"tcpdump": []}
         for r in range(args.rounds):
             for config in configs:
@@ -266,11 +290,12 @@ def main() -> None:
             for name in results:
                 x = results[name][-1]
                 print(f"round {r + 1} {name:14}: sent {x['sent']:,} in {x['seconds']:.2f} s, captured "
-                      f"{x['captured']:,}, kernel drops {x['kernel_drops']:,}; CPUs while sending: {x['cpu_split']}")
+                      f"{x['captured']:,}, kernel drops {x['kernel_drops']:,}, dropped by the node's end before "
+                      f"its taps {x['unseen']:,}; CPUs while sending: {x['cpu_split']}")
         if args.rounds:
             how = ("tcpreplay --topspeed" if sender.tool == "tcpreplay" else
-                   f"trafgen -P {sender.cpus} -q ({sender.packets:,} packets, capture pinned: "
-                   f"{' '.join(sender.capture_cpus()[2:]) or 'no'})")
+                   f"trafgen from {sender.cpus} CPU(s) ({sender.packets:,} packets)")
+            how += f", captured on the {args.capture_at}'s end of the veth"
             print(f"\nlive capture of {traffic.name} replayed with {how}, every round:")
             print(f"(load average {os.getloadavg()[0]:.1f})")
             print("| engine (ring/workers) | replay packets/s | captured | kernel drops | CPU per captured packet |")
