@@ -290,8 +290,9 @@ def main() -> None:
             for name in results:
                 x = results[name][-1]
                 print(f"round {r + 1} {name:14}: sent {x['sent']:,} in {x['seconds']:.2f} s, captured "
-                      f"{x['captured']:,}, kernel drops {x['kernel_drops']:,}, dropped by the node's end before "
-                      f"its taps {x['unseen']:,}; CPUs while sending: {x['cpu_split']}")
+                      f"{x['captured']:,}, kernel drops {x['kernel_drops']:,}"
+                      + (f", dropped by the node's end before its taps {x['unseen']:,}" if at_node else "")
+                      + f"; CPUs while sending: {x['cpu_split']}")
         if args.rounds:
             how = ("tcpreplay --topspeed" if sender.tool == "tcpreplay" else
                    f"trafgen from {sender.cpus} CPU(s) ({sender.packets:,} packets)")

@@ -41,7 +41,8 @@ class Node:
         return f"{self.prefix}p{self.tag}{list(self.pods).index(pod)}"
 
     def node_interface(self, pod: str) -> str:
-        """The node's end of the pod's veth pair (on the bridge, or in ``host`` on a routed node)."""
+        """The node's end of the pod's veth pair: on the bridge, or in ``host`` on a routed node (where the
+        ``outside`` namespace's link is ``uplink`` instead)."""
         return f"{self.prefix}v{self.tag}{list(self.pods).index(pod)}"
 
     def run(self, pod: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
