@@ -2,7 +2,7 @@
 memory under a flood of 1,000,000 distinct 5-tuples. Needs root, iproute2, tcpreplay and tcpdump.
 
     sudo python bench/live_capture.py [--rounds 3] [--sensor v3/1 --sensor v2/1 --sensor v3/2]
-                                      [--sender trafgen [--sender-cpus 1] [--packets 3000000]]
+                                      [--sender trafgen [--sender-cpus 1] [--packets 3000000]] [--capture-at node]
 
 A node of network namespaces (tests/netns/node.py): tcpreplay --topspeed sends a capture from inside
 a pod namespace and the capture runs on that pod's interface, where every packet sent passes (past it,
@@ -63,12 +63,12 @@ class Replay:
         return subprocess.Popen([*pinned, *cmd], **kw) if self.at_node else node.start("replayer", *pinned, *cmd, **kw)
 
 
-def _replay(node, capture: Path, sender: Replay) -> tuple[int, float, int]:
+def _replay(node, capture: Path, replay: Replay) -> tuple[int, float, int]:
     """Send at top speed from the 'replayer' pod; return (packets sent, seconds, packets the node's end of
     the veth dropped before its taps: its backlog overflowed, which only a capture there would miss)."""
     dropped = Path(f"/sys/class/net/{node.node_interface('replayer')}/statistics/rx_dropped")
     before = int(dropped.read_text())
-    sent, seconds = _trafgen(node, capture, sender) if sender.tool == "trafgen" else _tcpreplay(node, capture)
+    sent, seconds = _trafgen(node, capture, replay) if replay.tool == "trafgen" else _tcpreplay(node, capture)
     return sent, seconds, int(dropped.read_text()) - before
 
 
@@ -80,13 +80,13 @@ def _tcpreplay(node, capture: Path) -> tuple[int, float]:
     return sent, seconds
 
 
-def _trafgen(node, config: Path, sender: Replay) -> tuple[int, float]:
+def _trafgen(node, config: Path, replay: Replay) -> tuple[int, float]:
     """trafgen's processes each send their share as fast as their ring goes; the slowest one's time is
     the replay's. ``-q``: through the qdisc, as a pod's socket sends, when the capture is on the pod's
     end (trafgen's default bypass skips the sending interface's taps); ``-Q``: leave IRQ affinity alone."""
-    qdisc = [] if sender.at_node else ["-q"]
-    done = node.run("replayer", "trafgen", "-o", node.interface("replayer"), "-i", str(config), "-n", str(sender.packets),
-                    "-P", str(sender.cpus), *qdisc, "-Q", capture_output=True, text=True, timeout=600, check=True)
+    qdisc = [] if replay.at_node else ["-q"]
+    done = node.run("replayer", "trafgen", "-o", node.interface("replayer"), "-i", str(config), "-n", str(replay.packets),
+                    "-P", str(replay.cpus), *qdisc, "-Q", capture_output=True, text=True, timeout=600, check=True)
     per_cpu = re.findall(r"(\d+) sec, (\d+) usec on CPU\d+ \((\d+) packets\)", done.stdout + done.stderr)
     return sum(int(n) for _, _, n in per_cpu), max(int(s) + int(us) / 1e6 for s, us, _ in per_cpu)
 
@@ -189,18 +189,18 @@ def _startup_s(repeat: int = 5) -> list[float]:
     return runs
 
 
-def _kubesonar(node, capture: Path, queue: Path, config: str = "auto/1", sender: Replay = Replay()) -> dict:
+def _kubesonar(node, capture: Path, queue: Path, config: str = "auto/1", replay: Replay = Replay()) -> dict:
     from kubesonar.shared.batch import decode_batch
 
     ring, workers = config.split("/")
     # the kubesonar installed beside this interpreter, whatever PATH sudo keeps
-    sensor = sender.start_capture(node, str(Path(sys.executable).parent / "kubesonar"), "sensor", "-i", sender.interface(node),
-                        "--window", "2", "--ring", ring, *(["--workers", workers] if workers != "1" else []),
-                        "--queue", f"file://{queue}",
-                        "--spool", str(queue.parent / "spool"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    sensor = replay.start_capture(node, str(Path(sys.executable).parent / "kubesonar"), "sensor", "-i", replay.interface(node),
+                                  "--window", "2", "--ring", ring, *(["--workers", workers] if workers != "1" else []),
+                                  "--queue", f"file://{queue}", "--spool", str(queue.parent / "spool"),
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(3 + int(workers))  # numba's cache warm, rings mapped, workers started
     cpu_before, jiffies = _cpu_s(sensor.pid), _cpu_jiffies()
-    sent, seconds, unseen = _replay(node, capture, sender)
+    sent, seconds, unseen = _replay(node, capture, replay)
     split = _cpu_split(jiffies, _cpu_jiffies())
     peak = 0.0
     deadline = time.monotonic() + 6
@@ -219,12 +219,12 @@ def _kubesonar(node, capture: Path, queue: Path, config: str = "auto/1", sender:
             "cpu_split": split, "unseen": unseen}
 
 
-def _tcpdump(node, capture: Path, sender: Replay = Replay()) -> dict:
-    dump = sender.start_capture(node, "tcpdump", "-i", sender.interface(node), "-w", "/dev/null", "-s", "256",
+def _tcpdump(node, capture: Path, replay: Replay = Replay()) -> dict:
+    dump = replay.start_capture(node, "tcpdump", "-i", replay.interface(node), "-w", "/dev/null", "-s", "256",
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(2)
     cpu_before, jiffies = _cpu_s(dump.pid), _cpu_jiffies()  # taskset execs tcpdump in its place
-    sent, seconds, unseen = _replay(node, capture, sender)
+    sent, seconds, unseen = _replay(node, capture, replay)
     split = _cpu_split(jiffies, _cpu_jiffies())
     time.sleep(2)
     cpu = _cpu_s(dump.pid) - cpu_before
@@ -252,7 +252,7 @@ def main() -> None:
     args = parser.parse_args()
     configs = args.sensor or ["auto/1"]
     at_node = args.capture_at == "node"
-    sender = Replay("trafgen", args.sender_cpus, args.packets, at_node) if args.sender == "trafgen" else Replay(at_node=at_node)
+    replay = Replay("trafgen", args.sender_cpus, args.packets, at_node) if args.sender == "trafgen" else Replay(at_node=at_node)
 
     import numpy as np
 
@@ -272,11 +272,10 @@ def main() -> None:
         write_traffic(flood, [syn_flood(rng, (10 << 24) | 99, (10 << 24) | (1 << 8) | np.arange(1, 17), args.flood,
                                         10.0)], 1.7e9)
 
-    replayed = traffic
-    if sender.tool == "trafgen":
-        replayed = OUT / f"{traffic.stem}.trafgen"
-        _trafgen_config(traffic, replayed)
-        traffic = replayed  # what the table names
+    source = traffic
+    if replay.tool == "trafgen":
+        source = OUT / f"{traffic.stem}.trafgen"
+        _trafgen_config(traffic, source)
 
     with namespace_node(["replayer", "sink"]) as node:
         if at_node:  # the node's stack drops what is not addressed to it; the bridge would flood it to the sink
@@ -285,8 +284,8 @@ def main() -> None:
         for r in range(args.rounds):
             for config in configs:
                 with tempfile.TemporaryDirectory() as tmp:
-                    results[f"kubesonar {config}"].append(_kubesonar(node, replayed, Path(tmp) / "queue", config, sender))
-            results["tcpdump"].append(_tcpdump(node, replayed, sender))
+                    results[f"kubesonar {config}"].append(_kubesonar(node, source, Path(tmp) / "queue", config, replay))
+            results["tcpdump"].append(_tcpdump(node, source, replay))
             for name in results:
                 x = results[name][-1]
                 print(f"round {r + 1} {name:14}: sent {x['sent']:,} in {x['seconds']:.2f} s, captured "
@@ -294,10 +293,10 @@ def main() -> None:
                       + (f", dropped by the node's end before its taps {x['unseen']:,}" if at_node else "")
                       + f"; CPUs while sending: {x['cpu_split']}")
         if args.rounds:
-            how = ("tcpreplay --topspeed" if sender.tool == "tcpreplay" else
-                   f"trafgen from {sender.cpus} CPU(s) ({sender.packets:,} packets)")
+            how = ("tcpreplay --topspeed" if replay.tool == "tcpreplay" else
+                   f"trafgen from {replay.cpus} CPU(s) ({replay.packets:,} packets)")
             how += f", captured on the {args.capture_at}'s end of the veth"
-            print(f"\nlive capture of {traffic.name} replayed with {how}, every round:")
+            print(f"\nlive capture of {source.name} replayed with {how}, every round:")
             print(f"(load average {os.getloadavg()[0]:.1f})")
             print("| engine (ring/workers) | replay packets/s | captured | kernel drops | CPU per captured packet |")
             print("|---|---:|---:|---:|---:|")
