@@ -27,8 +27,10 @@ from kubesonar.sensor.http_request import request_host
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.ping_fill import CLOCK_SKEW_S, MAX_PERIOD, MICROSECONDS, PATTERN_WINDOW, WINDOWS_PING
 from kubesonar.sensor.quic_initial import MIN_DATAGRAM, NotAnInitial, QuicHellos, client_initial_frames, crypto_data
+from kubesonar.sensor.quic_initial import V1 as QUIC_V1
+from kubesonar.sensor.quic_initial import V2 as QUIC_V2
 from kubesonar.sensor.record_walk import ping_data
-from kubesonar.sensor.tls_hello import NotAClientHello, parse_client_hello
+from kubesonar.sensor.tls_hello import NotAClientHello, parse_client_hello, parse_handshake
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP
 from kubesonar.shared.mining import MONERO_KEYS, RPC_CODES
@@ -120,10 +122,10 @@ class TlsClients(CodeBook):
     def __init__(self, max_per_call: int = 8192):
         super().__init__(("", "", "", ""))
         self.max_per_call = max_per_call  # bounds the Python work a flood of crafted hellos can cause
-        self.max_quic_per_call = 1024  # each QUIC candidate costs a key derivation and a decryption
+        self.max_quic_per_call = 256  # each QUIC datagram read costs up to 4 key derivations and decryptions
         self.parsed = 0
         self.unreadable = 0  # cut by the snap length, malformed, or begun and never made whole
-        self.dropped = 0  # past max_per_call in one read: not parsed
+        self.dropped = 0  # past max_per_call in one read (QUIC: datagrams past max_quic_per_call): not read
         self.segments = HelloSegments()  # hellos longer than a segment, until their record is whole
         self.quic = QuicHellos()  # QUIC clients' CRYPTO streams, until their hello is whole
 
@@ -152,8 +154,8 @@ class TlsClients(CodeBook):
             except NotAnInitial:
                 continue  # frames that do not parse: what the packet held is not read
             for dcid, parts in packets:
-                if record := self.quic.add(side_key(pf, i), int(batch.ts[i]), dcid, parts):
-                    self._read(record, codes, i, transport="q")
+                if message := self.quic.add(side_key(pf, i), int(batch.ts[i]), dcid, parts):
+                    self._read(message, codes, i, transport="q")
         self.unreadable += self.segments.abandoned + self.quic.abandoned - abandoned
         return codes
 
@@ -164,7 +166,10 @@ class TlsClients(CodeBook):
                               & (batch.caplen >= pf.payload_pos + pf.payload_len))
         if not len(rows):
             return rows
-        rows = rows[_leading_bytes(batch, pf, rows, 1)[:, 0] & 0xC0 == 0xC0]
+        head = _leading_bytes(batch, pf, rows, 5)  # the long header's first byte and version
+        version = (head[:, 1] << 24) | (head[:, 2] << 16) | (head[:, 3] << 8) | head[:, 4]
+        kind = head[:, 0] & 0xF0  # long header, fixed bit, and the Initial type: 00 in version 1, 01 in 2
+        rows = rows[((kind == 0xC0) & (version == QUIC_V1)) | ((kind == 0xD0) & (version == QUIC_V2))]
         if len(rows) > self.max_quic_per_call:
             self.dropped += len(rows) - self.max_quic_per_call
             rows = rows[: self.max_quic_per_call]
@@ -176,9 +181,10 @@ class TlsClients(CodeBook):
         self.segments.abandon_all()
         self.quic.abandon_all()
 
-    def _read(self, record: bytes, codes: np.ndarray, row: int, transport: str = "t") -> None:
+    def _read(self, hello_bytes: bytes, codes: np.ndarray, row: int, transport: str = "t") -> None:
+        """A TCP hello comes with its record header; a QUIC one is the handshake message alone."""
         try:
-            hello = parse_client_hello(record)
+            hello = parse_client_hello(hello_bytes) if transport == "t" else parse_handshake(hello_bytes)
         except NotAClientHello:
             self.unreadable += 1
             return

@@ -57,6 +57,9 @@ def capture_program(expression: str, linktype_raw: bool, snaplen: int) -> BpfPro
     A filter so long that the test would take it past the kernel's 4,096 instructions runs alone,
     with a warning: its hellos are cut at the snap length as before."""
     program = compile_filter(expression, linktype_raw, snaplen)
+    if len(program.instructions) > BPF_MAXINSNS:
+        raise ConfigError(f"the capture filter {expression!r} compiles to {len(program.instructions)} BPF "
+                          f"instructions, over the kernel's {BPF_MAXINSNS}: simplify it")
     kept = keep_client_hellos(program, linktype_raw, snaplen)
     if len(kept.instructions) <= BPF_MAXINSNS:
         return kept

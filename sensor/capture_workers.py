@@ -23,7 +23,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import TYPE_CHECKING
 
-from kubesonar.sensor.bpf import compile_filter
+from kubesonar.sensor.bpf import capture_program
 from kubesonar.sensor.capture import CAPTURE_COUNTERS, Capture
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class CaptureWorkers:
     """The capture processes, driven as one :class:`Capture` is by the sensor loop."""
 
     def __init__(self, settings: SensorSettings, workers: int):
-        compile_filter(settings.capture_filter, False, settings.ring.snaplen)  # a bad filter fails here, once
+        capture_program(settings.capture_filter, False, settings.ring.snaplen)  # a bad filter fails here, once
         self.settings = settings
         self.workers = workers
         self.pending: list[FlowRecords] = []

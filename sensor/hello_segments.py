@@ -55,7 +55,7 @@ class HelloSegments:
 
     max_pending: int = 512
     timeout_s: float = 10.0
-    max_rows: int = 1024  # segments read one by one per batch, at most
+    max_rows: int = 1024  # segments read one by one per batch past four a hello, at most
     joined: int = 0  # hellos made whole from two or more segments
     abandoned: int = 0  # begun, never made whole: a segment lost or cut, too many pending, too slow
     repeated: int = 0  # segments that look like a first one but repeat or continue a hello held or joined
@@ -66,13 +66,18 @@ class HelloSegments:
         """(row, bytes to parse) for each hello of the batch, in capture order: the payload of each row
         of ``starts`` (segments starting with a ClientHello's record header) that is not the start of
         a longer hello, and each longer hello once a segment makes its record whole (its last row)."""
-        self._expire(int(batch.ts.max(initial=0)))
+        if len(batch):
+            self._expire(int(batch.ts.min()))
         continuations = self._continuations(batch, pf, starts)
         rows = np.union1d(starts, continuations)
         is_start = np.isin(rows, starts)
         for i, start in zip(rows.tolist(), is_start.tolist(), strict=True):
             key = side_key(pf, i)
             partial = self._pending.get(key)
+            if partial is not None and abs(int(batch.ts[i]) - partial.started_ns) > self.timeout_s * SECOND:
+                del self._pending[key]  # too late: judged at this packet's time, wherever the batch ends
+                self.abandoned += 1
+                partial = None
             if partial is not None:
                 step = self._continue(partial, batch, pf, i)
                 if step != _DROPPED:
@@ -151,7 +156,7 @@ class HelloSegments:
         that brings bytes past those held and before the record's end, at most ``max_rows`` of them.
         Vectorised, so a flood of retransmissions on a held connection is never read one by one; a
         hello whose segments fall past ``max_rows`` goes unread (counted)."""
-        ranges = [(p.next_seq, p.end_seq) for p in self._pending.values()]
+        ranges = [(p.next_seq, p.next_seq + (p.end_seq - p.next_seq) % _WRAP) for p in self._pending.values()]
         if len(starts):
             at = batch.offset[starts] + pf.payload_pos[starts]
             whole_header = batch.caplen[starts] >= pf.payload_pos[starts] + RECORD_HEADER
@@ -174,7 +179,8 @@ class HelloSegments:
         hi = np.maximum.accumulate(np.array([r[1] for r in ranges], dtype=np.int64))
         seq, end = pf.tcp_seq[rows], pf.tcp_seq[rows] + pf.payload_len[rows]
         k = np.searchsorted(lo, end, side="left") - 1  # the ranges whose next byte the segment may bring
-        return rows[(k >= 0) & (seq < hi[np.maximum(k, 0)])][: self.max_rows]
+        # a few segments per hello are the work: the bound grows with the hellos, a flood's rows do not
+        return rows[(k >= 0) & (seq < hi[np.maximum(k, 0)])][: self.max_rows + 4 * len(ranges)]
 
     def _remember(self, key: bytes, start_seq: int) -> None:
         if len(self._joined_starts) >= self.max_pending:
@@ -182,7 +188,9 @@ class HelloSegments:
         self._joined_starts[key] = start_seq
 
     def _expire(self, now_ns: int) -> None:
-        """Hellos held past ``timeout_s``, or begun after ``now_ns`` (a clock stepped back), never end."""
+        """Hellos begun ``timeout_s`` before the batch's first packet (or after it: a clock stepped
+        back) never end. The same test at each packet that touches a hello makes the result the same
+        wherever a capture is cut into batches; this one frees what no packet touches again."""
         late = [key for key, p in self._pending.items() if abs(now_ns - p.started_ns) > self.timeout_s * SECOND]
         for key in late:
             del self._pending[key]

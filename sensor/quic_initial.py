@@ -23,6 +23,7 @@ _LABEL_PREFIX = {V1: "quic", V2: "quicv2"}
 _INITIAL_TYPE = {V1: 0, V2: 1}  # the long header's packet type of an Initial
 MIN_DATAGRAM = 1200  # a client pads the datagrams carrying its Initial packets to this many bytes (RFC 9000 14.1)
 MAX_HELLO = 1 << 16  # the CRYPTO stream kept per connection: a ClientHello runs to a few kilobytes
+MAX_PACKETS = 4  # Initial packets opened per datagram: a client coalesces one, with 0-RTT or Handshake ones after
 _CRYPTO, _PADDING, _PING, _ACK, _ACK_ECN, _CLOSE = 0x06, 0x00, 0x01, 0x02, 0x03, 0x1C
 
 
@@ -37,9 +38,10 @@ def looks_like_initial(first: int, version: int) -> bool:
 
 def client_initial_frames(datagram: bytes) -> list[tuple[bytes, bytes]]:
     """(Destination Connection ID, decrypted frames) of each client Initial packet in the datagram
-    (packets may be coalesced); stops at the first packet that is no Initial the client sealed."""
+    (packets may be coalesced); stops at the first packet that is no Initial the client sealed, and
+    after MAX_PACKETS (each costs a key derivation and a decryption)."""
     out, pos = [], 0
-    while pos < len(datagram):
+    while pos < len(datagram) and len(out) < MAX_PACKETS:
         try:
             dcid, frames, pos = _open_initial(datagram, pos)
         except NotAnInitial:
@@ -171,66 +173,96 @@ class _Reader:
 
 @dataclass
 class _Stream:
-    parts: dict[int, bytes]
+    data: bytearray  # the stream from offset 0, as far as it is contiguous
+    parts: dict[int, bytes]  # frames past a gap, waiting for it to fill (bounded)
     started_ns: int
+
+
+MAX_PARTS = 64  # frames held past a gap, per stream: Chromium scatters a hello over about a dozen
 
 
 @dataclass
 class QuicHellos:
     """The CRYPTO streams of QUIC connections whose ClientHello is not whole yet, per client side and
-    Destination Connection ID; bounded in number, in bytes each, and in time."""
+    Destination Connection ID; bounded in number (the oldest gives way), in bytes and frames each, and
+    in time. A connection whose hello was read is remembered, so its retransmitted Initials (a lost
+    server answer makes the client send them again) are not read twice."""
 
     max_pending: int = 512
     timeout_s: float = 10.0
     abandoned: int = 0
+    repeated: int = 0  # Initials of a connection whose hello was already read
     _pending: dict[bytes, _Stream] = field(default_factory=dict)
+    _read: dict[bytes, None] = field(default_factory=dict)  # recent connections whose hello was read
 
     def add(self, key: bytes, ts_ns: int, dcid: bytes, parts: list[tuple[int, bytes]]) -> bytes | None:
-        """Add a packet's CRYPTO data; the ClientHello as a TLS record once it is whole, else None."""
+        """Add a packet's CRYPTO data; the ClientHello handshake message once it is whole, else None."""
         key += dcid
+        if key in self._read:
+            self.repeated += 1
+            return None
         stream = self._pending.get(key)
+        if stream is not None and abs(ts_ns - stream.started_ns) > self.timeout_s * 1e9:
+            del self._pending[key]
+            self.abandoned += 1
+            stream = None
         if stream is None:
+            if not parts:  # an Initial with no CRYPTO frame (an ACK alone) begins nothing
+                return None
             self._expire(ts_ns)
             if len(self._pending) >= self.max_pending:  # the oldest gives way
                 del self._pending[next(iter(self._pending))]
                 self.abandoned += 1
-            stream = self._pending[key] = _Stream({}, ts_ns)
+            stream = self._pending[key] = _Stream(bytearray(), {}, ts_ns)
         for offset, data in parts:
-            if offset + len(data) <= MAX_HELLO:
-                stream.parts.setdefault(offset, data)
-        hello = _contiguous(stream.parts)
-        if len(hello) < 4:
+            _place(stream, offset, data)
+        data = stream.data
+        if len(data) < 4:
             return None
-        need = 4 + int.from_bytes(hello[1:4], "big")
-        if hello[0] != 1 or need > MAX_HELLO:  # the stream must open with a ClientHello
+        need = 4 + int.from_bytes(data[1:4], "big")
+        if data[0] != 1 or need > MAX_HELLO:  # the stream must open with a ClientHello of bounded size
             del self._pending[key]
             self.abandoned += 1
             return None
-        if len(hello) < need:
+        if len(data) < need:
             return None
         del self._pending[key]
-        return b"\x16\x03\x01" + need.to_bytes(2, "big") + hello[:need]  # as a TLS record carries it
+        if len(self._read) >= self.max_pending:
+            del self._read[next(iter(self._read))]
+        self._read[key] = None
+        return bytes(data[:need])
 
     def abandon_all(self) -> None:
         self.abandoned += len(self._pending)
         self._pending.clear()
 
     def _expire(self, now_ns: int) -> None:
-        late = [k for k, s in self._pending.items() if abs(now_ns - s.started_ns) > self.timeout_s * 1e9]
-        for k in late:
-            del self._pending[k]
-        self.abandoned += len(late)
+        """Streams begun more than ``timeout_s`` ago, oldest first (the dict keeps the order they began)."""
+        while self._pending:
+            key, stream = next(iter(self._pending.items()))
+            if abs(now_ns - stream.started_ns) <= self.timeout_s * 1e9:
+                break
+            del self._pending[key]
+            self.abandoned += 1
 
     def __len__(self) -> int:
         return len(self._pending)
 
 
-def _contiguous(parts: dict[int, bytes]) -> bytes:
-    """The stream's bytes from offset 0 up to the first gap."""
-    out = bytearray()
-    for offset in sorted(parts):
-        data = parts[offset]
-        if offset > len(out):
+def _place(stream: _Stream, offset: int, data: bytes) -> None:
+    """Put a CRYPTO frame's bytes where they belong: onto the contiguous end, or aside past a gap
+    (bounded: bytes past MAX_HELLO and frames past MAX_PARTS are let go; the hello then never ends)."""
+    if offset + len(data) > MAX_HELLO:
+        return
+    if offset > len(stream.data):
+        if len(stream.parts) < MAX_PARTS:
+            stream.parts.setdefault(offset, data)
+        return
+    stream.data += data[len(stream.data) - offset :]
+    while stream.parts:  # frames held past the gap that now join
+        joined = [k for k in stream.parts if k <= len(stream.data)]
+        if not joined:
             break
-        out += data[len(out) - offset :]
-    return bytes(out)
+        for k in sorted(joined):
+            part = stream.parts.pop(k)
+            stream.data += part[len(stream.data) - k :]

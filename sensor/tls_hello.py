@@ -130,7 +130,18 @@ def parse_client_hello(payload: bytes) -> ClientHello:
         raise NotAClientHello("the ClientHello continues in another record")
     if 9 + message_len > len(payload):
         raise NotAClientHello("the ClientHello is cut (snap length or TCP segmentation)")
-    r = _Reader(payload, 9, 9 + message_len)
+    return parse_handshake(payload[5:])
+
+
+def parse_handshake(message: bytes) -> ClientHello:
+    """The ClientHello handshake message (type, 3-byte length, body) that starts ``message``, as QUIC's
+    CRYPTO stream carries it (no record header). Raises :class:`NotAClientHello` when it is not whole."""
+    if len(message) < 4 or message[0] != CLIENT_HELLO:
+        raise NotAClientHello("not a ClientHello handshake message")
+    message_len = int.from_bytes(message[1:4], "big")
+    if 4 + message_len > len(message):
+        raise NotAClientHello("the ClientHello is cut")
+    r = _Reader(message, 4, 4 + message_len)
     version = r.u16()
     r.take(32)  # random
     r.vector(1)  # session id

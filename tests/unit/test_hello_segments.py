@@ -116,7 +116,7 @@ def _batch(frames: list, snap: int = 65535):
     caplen = np.array([min(len(r), snap) for r in raw], dtype=np.int64)
     return PacketBatch(data=data, offset=np.concatenate([[0], np.cumsum(caplen)[:-1]]).astype(np.int64), caplen=caplen,
                        wirelen=np.array([len(r) for r in raw], dtype=np.int64),
-                       ts=1_700_000_000 * 10**9 + np.arange(len(raw), dtype=np.int64) * 10_000_000,
+                       ts=1_700_000_000 * 10**9 + np.arange(len(raw), dtype=np.int64) * 10_000,
                        linktype=np.ones(len(raw), dtype=np.int64))
 
 
@@ -205,3 +205,46 @@ def test_a_record_announcing_more_than_its_whole_message_is_read_at_once():
     padded = hello[:3] + (int.from_bytes(hello[3:5], "big") + 300).to_bytes(2, "big") + hello[5:]
     rows, counts = _observed([_tcp(1000, padded)], [])
     assert [sni for _, sni, _ in rows] == [SERVER_NAME] and counts == (1, 0)
+
+
+def _timed_batch(frames: list, times_s: list[float]):
+    batch = _batch(frames)
+    batch.ts[:] = (1_700_000_000 + np.array(times_s)) * 1e9
+    return batch
+
+
+def test_a_hellos_timeout_is_judged_at_each_packet_wherever_the_batches_end():
+    """The second segment 2 s after the first is in time even with a packet 11 s later in the same
+    read; one 12 s after is too late, whatever the cut."""
+    hello = _openssl_hello()
+    for gap, read in ((2.0, 1), (12.0, 0)):
+        frames = [_tcp(1000, hello[:1000]), _tcp(2000, hello[1000:]), _tcp(9, b"x", sport=41000)]
+        times = [0.0, gap, gap + 11.0]
+        for cut in (None, 1, 2):
+            table = FlowTable()
+            pieces = [(0, 3)] if cut is None else [(0, cut), (cut, 3)]
+            for lo, hi in pieces:
+                batch = _timed_batch(frames[lo:hi], times[lo:hi])
+                observe(batch, table, DnsParser())
+            assert table.tls.parsed == read, (gap, cut)
+
+
+def test_thousands_of_hellos_in_one_read_are_all_joined():
+    hellos = [_openssl_hello(40 + k % 3) for k in range(3)]
+    frames = []
+    for k in range(1500):
+        hello = hellos[k % 3]
+        frames += [_tcp(1000, hello[:1000], sport=20000 + k), _tcp(2000, hello[1000:], sport=20000 + k)]
+    table = FlowTable()
+    observe(_batch(frames), table, DnsParser())
+    assert (table.tls.parsed, table.tls.unreadable) == (1500, 0)
+
+
+def test_a_hello_across_the_sequence_wrap_with_a_flood_of_retransmissions():
+    hello = _openssl_hello()
+    isn = (1 << 32) - 100
+    frames = [_tcp(isn, hello[:1000])] + [_tcp(isn + 10, hello[10:60]) for _ in range(3000)]
+    frames.append(_tcp((isn + 1000) % (1 << 32), hello[1000:]))
+    table = FlowTable()
+    observe(_batch(frames), table, DnsParser())
+    assert (table.tls.parsed, table.tls.unreadable) == (1, 0)
