@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-import json
-import os
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import gc
 
-import click
+# what loading the command makes (modules, classes, functions) is never garbage, yet its thousands of
+# objects set off collections that walked all of them again and again: 2-3 ms of every start. On again
+# at the end of this module, as it was.
+_COLLECTING = gc.isenabled()
+gc.disable()
 
-from kubesonar.sensor.flow_table import FlowTimeouts
-from kubesonar.shared.errors import KubeSonarError
-from kubesonar.shared.flow import FlowRecords
+import json  # noqa: E402 - these imports, after the collector is paused
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+import click  # noqa: E402
+
+from kubesonar.sensor.flow_table import FlowTimeouts  # noqa: E402
+from kubesonar.shared.errors import KubeSonarError  # noqa: E402
+from kubesonar.shared.flow import FlowRecords  # noqa: E402
 
 _TABLE_COLUMNS = ("first_ts", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "packets_out",
                   "bytes_out", "packets_in", "bytes_in", "state")
@@ -46,14 +54,16 @@ def main() -> None:
               help="Seconds of silence that end a flow.")
 def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeout: float) -> None:
     """Print the bidirectional flows of pcap/pcapng CAPTURES (read in order, as one stream)."""
-    import gc
-
+    collecting = gc.isenabled()
+    gc.disable()  # while its modules load, as this module's
     from kubesonar.allocator import keep_freed_blocks
     from kubesonar.sensor.offline import CaptureStats, flows_from_captures  # numba: not for the live sensor
 
     # what starting made (modules, classes, functions) is never garbage: the collections a long read
     # triggers need not walk it again (2% of a 1M-packet capture's CPU)
     gc.freeze()
+    if collecting:
+        gc.enable()
     keep_freed_blocks()
     stats = CaptureStats()
     timeouts = FlowTimeouts(active_s=active_timeout, idle_s=idle_timeout)
@@ -450,6 +460,8 @@ def _progress(captures: tuple[str, ...]) -> Iterator[Callable[[int], None] | Non
 
 
 __import__("kubesonar.cli_alerts").cli_alerts.register(main)  # triage: alerts, allowlist, watchlist
+if _COLLECTING:
+    gc.enable()
 
 
 def run() -> None:
