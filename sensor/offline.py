@@ -50,14 +50,16 @@ def read_captures(
     timeouts: FlowTimeouts | None = None,
     stats: CaptureStats | None = None,
     progress: Callable[[int], None] | None = None,
+    held_rows: int = 0,
 ) -> Iterator[Observed]:
     """Yield flow records and DNS messages from capture files read one after the other into one flow table.
 
     A capture that is missing or corrupt is recorded in ``stats.errors`` (and counted); the flows read
-    before the fault are kept and the remaining captures are still read.
+    before the fault are kept and the remaining captures are still read. ``held_rows``: flow records
+    come this many or more at a time (sensor/flow_table.py), later than the DNS messages of their batch.
     """
     stats = stats if stats is not None else CaptureStats()
-    table = FlowTable(timeouts)
+    table = FlowTable(timeouts, held_rows=held_rows)
     parser = DnsParser()
     for path in paths:
         try:
@@ -89,13 +91,16 @@ def read_captures(
         yield Observed(records, DnsMessages.empty())
 
 
+_HELD_ROWS = 4096  # as many as the JSON-lines writer joins before it writes (kubesonar/flow_text.py)
+
+
 def flows_from_captures(
     paths: Iterable[str | os.PathLike[str]],
     timeouts: FlowTimeouts | None = None,
     stats: CaptureStats | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Iterator[FlowRecords]:
-    """The flow records alone of :func:`read_captures`."""
-    for observed in read_captures(paths, timeouts, stats, progress):
+    """The flow records alone of :func:`read_captures`, a few thousand at a time."""
+    for observed in read_captures(paths, timeouts, stats, progress, held_rows=_HELD_ROWS):
         if len(observed.flows):
             yield observed.flows
