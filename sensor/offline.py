@@ -16,6 +16,8 @@ from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.errors import CaptureError
 from kubesonar.shared.flow import FlowRecords
 
+_INITIAL_FLOWS = 1 << 16
+
 
 @dataclass
 class CaptureStats:
@@ -59,7 +61,9 @@ def read_captures(
     come this many or more at a time (sensor/flow_table.py), later than the DNS messages of their batch.
     """
     stats = stats if stats is not None else CaptureStats()
-    table = FlowTable(timeouts, held_rows=held_rows)
+    # room for as many flows as the live sensor's default bound from the start: rows never used cost no
+    # memory (their pages are never touched), while growing past 16,384 flows copied the whole table
+    table = FlowTable(timeouts, initial_capacity=_INITIAL_FLOWS, held_rows=held_rows)
     parser = DnsParser()
     for path in paths:
         try:
