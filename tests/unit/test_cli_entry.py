@@ -29,7 +29,7 @@ def test_the_plain_form_is_read_here():
     ["flows", "--format", "jsonl", "--idle-timeout", "0", CAPTURE],
     ["flows", "--format", "jsonl", "--idle-timeout", "nan", CAPTURE],
     ["flows", "--format", "jsonl", "--idle-timeout", "soon", CAPTURE],
-    ["flows", "--format", "jsonl", os.path.dirname(CAPTURE)], ["flows", "--format", "jsonl", "caf\u00e9.pcap"],
+    ["flows", "--format", "jsonl", os.path.dirname(__file__)], ["flows", "--format", "jsonl", "caf\u00e9.pcap"],
 ])
 def test_every_other_form_goes_to_click(args):
     assert _plain_flows(args) is None
