@@ -24,8 +24,8 @@ week), formatted as the sensor writes JA3 and JA4; none is a known-bad one.
 Every TCP connection carries its opening (flow schema 5) as its service opens (:func:`openings`), and
 the look-alikes of a protocol on a web port (:func:`add_opening_lookalikes`) stay silent:
 - plain HTTP on port 80 out: media-proxy fetching images users link over http://;
-- TLS whose ClientHello the sensor could not fingerprint (a post-quantum key share split over two
-  segments): no JA3, no SNI, still a TLS record on 443;
+- TLS whose ClientHello the sensor could not fingerprint (since the sensor joins a hello's segments,
+  one whose segment was lost, or a hello split over records): no JA3, no SNI, still a TLS record on 443;
 - sessions the sensor joined mid-stream after a restart (the opening unknown) on 443;
 - a steady plain-HTTP probe: the blackbox exporter checks http://status.partner.example every 30 s, a
   new connection each, naming the host in its Host header (flow schema 5's ``http_host``), from the
@@ -260,7 +260,7 @@ def add_opening_lookalikes(f, cluster, t0: float) -> None:
     f.add(np.asarray(proxy)[rng.integers(0, len(proxy), n)], np.asarray(cdn)[rng.integers(0, len(cdn), n)], 80, tcp,
           t0 + rng.uniform(0, WINDOW_S, n), rng.exponential(0.4, n), 10, rng.integers(500, 900, n), 30,
           rng.integers(20_000, 300_000, n), rng=rng, extra={"opening": int(Opening.HTTP)})
-    # DoH through a ClientHello the sensor could not fingerprint (split over two segments): TLS, no JA3
+    # DoH through a ClientHello the sensor could not fingerprint (a segment lost): TLS, no JA3
     doh = _ip(ENDPOINTS["doh-cloudflare"][0][0])
     n = rng.poisson(6)
     f.add(np.asarray(by["fraud-check"].addresses)[rng.integers(0, len(by["fraud-check"].addresses), n)], doh, 443, tcp,

@@ -40,6 +40,11 @@ class Node:
         """The pod's end of its veth pair, inside its namespace."""
         return f"{self.prefix}p{self.tag}{list(self.pods).index(pod)}"
 
+    def node_interface(self, pod: str) -> str:
+        """The node's end of the pod's veth pair: on the bridge, or in ``host`` on a routed node (where the
+        ``outside`` namespace's link is ``uplink`` instead)."""
+        return f"{self.prefix}v{self.tag}{list(self.pods).index(pod)}"
+
     def run(self, pod: str, *cmd: str, **kw) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.ns(pod), *cmd], **kw)
 

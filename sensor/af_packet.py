@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kubesonar.sensor.bpf import BpfProgram, accept_all
+from kubesonar.sensor.bpf import BpfProgram, accept_all, capture_program
 from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.record_walk import walk_v3_blocks
@@ -129,11 +129,14 @@ class RingSocket:
         self._next = 0  # the next frame (V2) or block (V3) the kernel fills, in ring order
         self._pending = np.zeros(0, dtype=np.int64)  # frames or blocks handed out and not yet given back
         try:
-            self._sock = socket.socket(socket.AF_PACKET, kind, socket.htons(ETH_P_ALL))
+            # protocol 0: the socket receives nothing until it is bound to its interface (with ETH_P_ALL)
+            self._sock = socket.socket(socket.AF_PACKET, kind, 0)
         except PermissionError:
             raise CaptureError("live capture needs CAP_NET_RAW (run as root or grant the capability)") from None
         try:
-            self._setup((programs or {}).get(self.linktype) or accept_all(self.config.snaplen), fanout_group)
+            program = (programs or {}).get(self.linktype) or capture_program("", self.linktype == LINKTYPE_RAW,
+                                                                              self.config.snaplen)
+            self._setup(program, fanout_group)
         except OSError as exc:
             self._sock.close()
             raise CaptureError(f"cannot capture on {interface}: {exc.strerror or exc}") from None

@@ -22,9 +22,11 @@ import numpy as np
 
 from kubesonar.sensor import payload_kinds
 from kubesonar.sensor.dissect import PacketFields
+from kubesonar.sensor.hello_segments import HelloSegments, side_key
 from kubesonar.sensor.http_request import request_host
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.ping_fill import CLOCK_SKEW_S, MAX_PERIOD, MICROSECONDS, PATTERN_WINDOW, WINDOWS_PING
+from kubesonar.sensor.quic_initial import MIN_DATAGRAM, NotAnInitial, QuicHellos, client_initial_frames, crypto_data
 from kubesonar.sensor.record_walk import ping_data
 from kubesonar.sensor.tls_hello import NotAClientHello, parse_client_hello
 from kubesonar.shared.dns import DnsMessages
@@ -118,9 +120,12 @@ class TlsClients(CodeBook):
     def __init__(self, max_per_call: int = 8192):
         super().__init__(("", "", "", ""))
         self.max_per_call = max_per_call  # bounds the Python work a flood of crafted hellos can cause
+        self.max_quic_per_call = 1024  # each QUIC candidate costs a key derivation and a decryption
         self.parsed = 0
-        self.unreadable = 0  # cut by the snap length, spread over segments, or malformed
+        self.unreadable = 0  # cut by the snap length, malformed, or begun and never made whole
         self.dropped = 0  # past max_per_call in one read: not parsed
+        self.segments = HelloSegments()  # hellos longer than a segment, until their record is whole
+        self.quic = QuicHellos()  # QUIC clients' CRYPTO streams, until their hello is whole
 
     def columns(self, codes: np.ndarray) -> tuple[np.ndarray, ...]:
         """tls_ja3, tls_ja4, tls_sni, tls_alpn for each code."""
@@ -130,21 +135,55 @@ class TlsClients(CodeBook):
         return tuple(rows[:, k] for k in range(4))
 
     def hello_codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
-        """Per packet, the code of the TLS ClientHello its TCP payload starts with (0: none)."""
+        """Per packet, the code of the TLS ClientHello its TCP payload starts with, or, for a hello
+        longer than one segment, that the segment completes (0: none)."""
         codes = np.zeros(len(batch), dtype=np.int64)
         rows = np.flatnonzero(pf.payload_kind == payload_kinds.TLS_CLIENT_HELLO)
         if len(rows) > self.max_per_call:
             self.dropped += len(rows) - self.max_per_call
             rows = rows[: self.max_per_call]
-        for i in rows.tolist():
+        abandoned = self.segments.abandoned + self.quic.abandoned
+        for i, record in self.segments.hellos(batch, pf, rows):
+            self._read(record, codes, i)
+        for i in self._quic_initials(batch, pf).tolist():
             try:
-                hello = parse_client_hello(_payload(batch, pf, i))
-            except NotAClientHello:
-                self.unreadable += 1
-                continue
-            self.parsed += 1
-            codes[i] = self.code((hello.ja3(), hello.ja4(), hello.server_name, hello.alpn_text()))
+                datagram = _payload(batch, pf, i)
+                packets = [(dcid, crypto_data(frames)) for dcid, frames in client_initial_frames(datagram)]
+            except NotAnInitial:
+                continue  # frames that do not parse: what the packet held is not read
+            for dcid, parts in packets:
+                if record := self.quic.add(side_key(pf, i), int(batch.ts[i]), dcid, parts):
+                    self._read(record, codes, i, transport="q")
+        self.unreadable += self.segments.abandoned + self.quic.abandoned - abandoned
         return codes
+
+    def _quic_initials(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
+        """Rows that may carry a QUIC client's Initial packets: a whole UDP datagram of at least 1,200
+        bytes starting with a long header (version and type are read by sensor/quic_initial.py)."""
+        rows = np.flatnonzero((pf.proto == IPPROTO_UDP) & (pf.payload_len >= MIN_DATAGRAM)
+                              & (batch.caplen >= pf.payload_pos + pf.payload_len))
+        if not len(rows):
+            return rows
+        rows = rows[_leading_bytes(batch, pf, rows, 1)[:, 0] & 0xC0 == 0xC0]
+        if len(rows) > self.max_quic_per_call:
+            self.dropped += len(rows) - self.max_quic_per_call
+            rows = rows[: self.max_quic_per_call]
+        return rows
+
+    def finish(self) -> None:
+        """The end of the input: hellos still waiting for their segments are unreadable."""
+        self.unreadable += len(self.segments) + len(self.quic)
+        self.segments.abandon_all()
+        self.quic.abandon_all()
+
+    def _read(self, record: bytes, codes: np.ndarray, row: int, transport: str = "t") -> None:
+        try:
+            hello = parse_client_hello(record)
+        except NotAClientHello:
+            self.unreadable += 1
+            return
+        self.parsed += 1
+        codes[row] = self.code((hello.ja3(), hello.ja4(transport), hello.server_name, hello.alpn_text()))
 
 
 class HttpHosts(CodeBook):

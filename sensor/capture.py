@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from kubesonar.sensor.af_packet import TPACKET_V3, RingSocket, SocketStats, list_interfaces, wait_readable
 from kubesonar.sensor.app_layer import DnsParser
-from kubesonar.sensor.bpf import compile_filter
+from kubesonar.sensor.bpf import capture_program
 from kubesonar.sensor.dissect import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from kubesonar.sensor.flow_table import FlowTable
 from kubesonar.sensor.observe import observe, unplaced
@@ -57,8 +57,8 @@ class Capture:
         self.pending_dns: list[DnsMessages] = []
         self.pending_count = 0
         self._sockets: dict[str, RingSocket] = {}
-        self._programs = {linktype: compile_filter(settings.capture_filter, linktype == LINKTYPE_RAW,
-                                                   settings.ring.snaplen)
+        self._programs = {linktype: capture_program(settings.capture_filter, linktype == LINKTYPE_RAW,
+                                                    settings.ring.snaplen)
                           for linktype in (LINKTYPE_ETHERNET, LINKTYPE_RAW)}
         self._retired = SocketStats()  # kernel counters of sockets closed so far: totals never go back
         self._finished = False
@@ -96,6 +96,7 @@ class Capture:
                 time.sleep(self.settings.ring.block_timeout_ms / 1000 * 2)
             for ring in list(self._sockets.values()):
                 self._read(ring)
+            self.table.tls.finish()  # hellos still waiting for segments never get them
             self.counters()  # the last heartbeat still counts the interfaces it read
             self._finished = True
             for ring in list(self._sockets.values()):

@@ -55,7 +55,7 @@ class PacketFields:
     proto: np.ndarray  # int64
     ip_len: np.ndarray  # int64 IP bytes
     tcp_flags: np.ndarray  # int64
-    tcp_seq: np.ndarray  # int64, tells a retransmitted SYN from a new connection on the same ports
+    tcp_seq: np.ndarray  # int64: a SYN's tells a retransmission from a new connection; hello segments join by it
     icmp_type: np.ndarray  # int64, -1 when not ICMP
     icmp_code: np.ndarray  # int64
     icmp_error: np.ndarray  # bool: an ICMP error, keyed by (and sent toward the initiator of) the flow it quotes
@@ -338,7 +338,7 @@ def _transport(view: _View, l4: np.ndarray, out: PacketFields) -> None:
     out.dport[:] = view.read_where(ports_ok, l4 + 2, 2)
     tcp = first & (out.proto == IPPROTO_TCP) & view.has(l4, 14)
     out.tcp_flags[:] = view.read_where(tcp, l4 + 13, 1)
-    out.tcp_seq[:] = view.read_where(tcp & ((out.tcp_flags & 0x02) != 0), l4 + 4, 4)  # SYNs only: see flow_table
+    out.tcp_seq[:] = view.read_where(tcp, l4 + 4, 4)
     udp = ports_ok & (out.proto == IPPROTO_UDP)
     header = np.where(tcp, (view.read_where(tcp, l4 + 12, 1) >> 4) * 4, np.where(udp, 8, 0))
     out.payload_pos[:] = np.where(tcp | udp, l4 + header, 0)

@@ -141,8 +141,7 @@ def _ip_transport(data, base, caplen, wirelen, l3, et):
         if proto == 6 and l4 + 14 <= caplen:
             tcp = True
             flags = _rd(data, base, caplen, l4 + 13, 1)
-            if flags & 0x02:
-                seq = _rd(data, base, caplen, l4 + 4, 4)
+            seq = _rd(data, base, caplen, l4 + 4, 4)
         icmp = (proto == 1 or proto == 58) and l4 + 2 <= caplen
         if tcp or udp or icmp:  # an ICMP message's data follows its 8-byte header
             header = (_rd(data, base, caplen, l4 + 12, 1) >> 4) * 4 if tcp else 8

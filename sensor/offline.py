@@ -96,6 +96,8 @@ def read_captures(
             stats.capture_errors += 1
             stats.errors.append(str(exc))
     records = table.flush()
+    table.tls.finish()
+    stats.tls_client_hellos, stats.tls_unreadable = table.tls.parsed, table.tls.unreadable
     stats.flows += len(records)
     if len(records):
         yield Observed(records, DnsMessages.empty())

@@ -1,5 +1,6 @@
-"""A TLS ClientHello, read from the first bytes of a TCP payload, into the strings that name the client:
-JA3 (Salesforce), JA4 (FoxIO, TLS over TCP), the server name and the ALPN list.
+"""A TLS ClientHello, read from the first bytes of a TCP payload (or a QUIC client's CRYPTO stream:
+sensor/quic_initial.py), into the strings that name the client: JA3 (Salesforce), JA4 (FoxIO), the
+server name and the ALPN list.
 
 Only these strings leave the node. A ClientHello cut by the snap length, or spread over several TCP
 segments, is not fingerprinted: a hash of part of the message would name a client that does not exist.
@@ -44,13 +45,15 @@ class ClientHello:
 
         return hashlib.md5(self.ja3_string().encode(), usedforsecurity=False).hexdigest()
 
-    def ja4(self) -> str:
+    def ja4(self, transport: str = "t") -> str:
+        """``transport``: ``t`` for TLS over TCP, ``q`` for QUIC."""
         ciphers = [c for c in self.ciphers if not is_grease(c)]
         extensions = [e for e in self.extensions if not is_grease(e)]
         offered = [v for v in self.supported_versions if not is_grease(v)]
         version = _JA4_VERSIONS.get(max(offered) if offered else self.version, "00")
         sni = "d" if _EXT_SNI in extensions else "i"
-        head = f"t{version}{sni}{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}{_alpn_chars(self.alpn)}"
+        counts = f"{min(len(ciphers), 99):02d}{min(len(extensions), 99):02d}"
+        head = f"{transport}{version}{sni}{counts}{_alpn_chars(self.alpn)}"
         cipher_text = ",".join(f"{c:04x}" for c in sorted(ciphers))
         ext_text = ",".join(f"{e:04x}" for e in sorted(e for e in extensions if e not in (_EXT_SNI, _EXT_ALPN)))
         if self.signature_algorithms:
