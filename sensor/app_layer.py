@@ -160,8 +160,9 @@ class TlsClients(CodeBook):
     def _quic_initials(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
         """Rows that may carry a QUIC client's Initial packets: a whole UDP datagram of at least 1,200
         bytes starting with a long header (version and type are read by sensor/quic_initial.py)."""
-        rows = np.flatnonzero((pf.proto == IPPROTO_UDP) & (pf.payload_len >= MIN_DATAGRAM)
-                              & (batch.caplen >= pf.payload_pos + pf.payload_len))
+        rows = np.flatnonzero(pf.proto == IPPROTO_UDP)  # the other tests on those rows alone
+        size = pf.payload_len[rows]
+        rows = rows[(size >= MIN_DATAGRAM) & (batch.caplen[rows] >= pf.payload_pos[rows] + size)]
         if not len(rows):
             return rows
         rows = rows[_leading_bytes(batch, pf, rows, 1)[:, 0] & 0xC0 == 0xC0]
