@@ -162,8 +162,9 @@ class TlsClients(CodeBook):
     def _quic_initials(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
         """Rows that may carry a QUIC client's Initial packets: a whole UDP datagram of at least 1,200
         bytes starting with a long header (version and type are read by sensor/quic_initial.py)."""
-        rows = np.flatnonzero((pf.proto == IPPROTO_UDP) & (pf.payload_len >= MIN_DATAGRAM)
-                              & (batch.caplen >= pf.payload_pos + pf.payload_len))
+        rows = np.flatnonzero(pf.proto == IPPROTO_UDP)  # the other tests on those rows alone
+        size = pf.payload_len[rows]
+        rows = rows[(size >= MIN_DATAGRAM) & (batch.caplen[rows] >= pf.payload_pos[rows] + size)]
         if not len(rows):
             return rows
         head = _leading_bytes(batch, pf, rows, 5)  # the long header's first byte and version
@@ -229,6 +230,11 @@ class HttpHosts(CodeBook):
 # router and neighbour discovery, MLD, timestamps, address masks): data there is protocol, not a channel
 _ICMP4_WITH_BODY = (3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
 _ICMP6_WITH_BODY = (1, 2, 3, 4, *range(130, 154))
+# by type (one byte; 255, and whatever an index past it reads, is neither): a look-up, where np.isin
+# sorted the batch's ICMP types twice a batch, 5 ms a million packets
+_BODIED4, _BODIED6 = np.zeros(256, dtype=bool), np.zeros(256, dtype=bool)
+_BODIED4[list(_ICMP4_WITH_BODY)] = True
+_BODIED6[list(_ICMP6_WITH_BODY)] = True
 _JUDGED_BYTES = 16  # shorter echo data holds too little to tell a pattern from a payload
 
 
@@ -251,7 +257,8 @@ def icmp_shapes(batch: PacketBatch, pf: PacketFields) -> tuple[np.ndarray, np.nd
     size[rows] = pf.payload_len[rows]
     kind, v6 = pf.icmp_type[rows], pf.proto[rows] == IPPROTO_ICMPV6
     echo = np.where(v6, (kind == 128) | (kind == 129), (kind == 0) | (kind == 8))
-    bodied = np.where(v6, np.isin(kind, _ICMP6_WITH_BODY), np.isin(kind, _ICMP4_WITH_BODY))
+    by_type = np.minimum(kind, 255)
+    bodied = np.where(v6, _BODIED6[by_type], _BODIED4[by_type])
     odd[rows] = (~echo & ~bodied & (pf.payload_len[rows] > 0)).astype(np.int64)
     echoes = rows[echo & (pf.payload_len[rows] > _JUDGED_BYTES)]
     if len(echoes):

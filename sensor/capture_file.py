@@ -151,17 +151,18 @@ class _ChunkedReader:
                 self.progress(self.consumed + start)
             if need == _CONTINUE:
                 continue
-            more = self._chunk(memoryview(buf)[start:], max(CHUNK_BYTES, need))
-            if len(more) == len(buf) - start:  # nothing more to read
-                if start < len(buf):
+            # the chunk goes before the next is made (the caller is done with its batch), so the next
+            # takes its memory rather than pages touched for the first time: its unread end is copied out
+            tail, batch, buf = bytes(memoryview(buf)[start:]), None, None
+            buf = self._chunk(tail, max(CHUNK_BYTES, need))
+            if len(buf) == len(tail):  # nothing more to read
+                if tail:
                     raise self._fail(
-                        f"truncated record ({len(buf) - start} bytes left, record needs more)",
-                        self.consumed + start,
-                    )
+                        f"truncated record ({len(tail)} bytes left, record needs more)", self.consumed + start)
                 self.finish()
                 return
             self.consumed += start
-            buf, start = more, 0
+            start = 0
 
     def read_header(self, buf: memoryview) -> int:
         raise NotImplementedError

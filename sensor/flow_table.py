@@ -127,9 +127,11 @@ class FlowTable:
     """Turns packet batches into flow records with active and idle timeouts; memory is one row per open flow."""
 
     def __init__(self, timeouts: FlowTimeouts | None = None, initial_capacity: int = 1 << 14,
-                 max_flows: int | None = None, expire_every_s: float = 0.0):
+                 max_flows: int | None = None, expire_every_s: float = 0.0, held_rows: int = 0):
         """``expire_every_s``: look for quiet flows at most this often (packet time): each look reads the
-        whole table, which a live ring's many small batches cannot afford each time; 0: every batch."""
+        whole table, which a live ring's many small batches cannot afford each time; 0: every batch.
+        ``held_rows``: ended rows kept back until this many, then made into records at once (a reader
+        with no one waiting for each batch's records); 0: each batch's records at once."""
         self.timeouts = timeouts or FlowTimeouts()
         self._expire_every_ns = int(expire_every_s * SECOND)
         self._expired_at_ns = 0
@@ -144,6 +146,11 @@ class FlowTable:
         self.tls = TlsClients()  # the ClientHello fingerprints open flows refer to by code
         self.hosts = HttpHosts()  # the HTTP request hosts open flows refer to by code
         self.tls_prune_at = 4096  # entries kept (of either registry) before those of ended flows are forgotten
+        # records cost some 60 numpy calls whatever their number: a capture's 4 MiB batches end a few
+        # hundred flows each, and built per batch they cost twice what they cost a few thousand at a time
+        self.held_rows = held_rows
+        self._held: list[_Rows] = []
+        self._held_count = 0
 
     def __len__(self) -> int:
         return int(self._t.meta[layout.META_LIVE])
@@ -162,6 +169,8 @@ class FlowTable:
             parts.append(self._ended(self._quiet_slots(self.watermark_ns), EndReason.IDLE_TIMEOUT))
         parts.append(self._ended(self._evicted_slots(), EndReason.EVICTED))  # after the quiet ones left
         records = self._joined(parts)
+        if self._held and self._forgetting_due():  # held rows' codes are read before the registries forget
+            records = self._held_records()  # nothing was built this batch while rows were held
         self._forget_ended_clients()
         return records
 
@@ -170,16 +179,41 @@ class FlowTable:
         return self._end_slots(slots, reason) if len(slots) > _END_CHUNK else self._take_slots(slots, reason)
 
     def _joined(self, parts: list[_Rows | FlowRecords]) -> FlowRecords:
-        """One set of records for a batch's ended rows: built for each part and joined, they cost twice."""
+        """One set of records for a batch's ended rows: built for each part and joined, they cost twice.
+        Held rows come first; they stay held while fewer than ``held_rows``."""
         if any(isinstance(p, FlowRecords) for p in parts):  # a mass end among them
+            parts = [*self._take_held(), *parts]
             built = [p if isinstance(p, FlowRecords) else _records(*p, self.tls, self.hosts) for p in parts
                      if len(p if isinstance(p, FlowRecords) else p[0])]
             return FlowRecords.concat(built)
         parts = [p for p in parts if len(p[0])]  # most small batches end nothing: no records built then
+        if self.held_rows:
+            self._held += parts
+            self._held_count += sum(len(p[0]) for p in parts)
+            if self._held_count < self.held_rows:
+                return FlowRecords.empty()
+            parts = self._take_held()
+        if not parts:
+            return FlowRecords.empty()
+        return self._joined_rows(parts)
+
+    def _take_held(self) -> list[_Rows]:
+        held, self._held, self._held_count = self._held, [], 0
+        return held
+
+    def _held_records(self) -> FlowRecords:
+        """The records of the held rows, which leave the hold."""
+        return self._joined_rows(self._take_held())
+
+    def _joined_rows(self, parts: list[_Rows]) -> FlowRecords:
         if not parts:
             return FlowRecords.empty()
         key, tun, num, reason = (np.concatenate(a) for a in zip(*parts)) if len(parts) > 1 else parts[0]
         return _records(key, tun, num, reason, self.tls, self.hosts)
+
+    def _forgetting_due(self) -> bool:
+        bound = max(self.tls_prune_at, 2 * len(self))
+        return len(self.tls) > bound or len(self.hosts) > bound
 
     def _forget_ended_clients(self) -> None:
         """Keep the ClientHello strings and HTTP hosts only of open flows, so a long-running sensor's
@@ -208,7 +242,7 @@ class FlowTable:
     def expire(self, now_ns: int, most: int | None = None) -> FlowRecords:
         """End flows quiet for longer than their timeout at time ``now_ns``, at most ``most`` of them
         (call again for the rest: a mass expiry handed on in parts is never all in memory at once)."""
-        return self._end_slots(self._quiet_slots(now_ns)[:most], EndReason.IDLE_TIMEOUT)
+        return self._after_held(self._end_slots(self._quiet_slots(now_ns)[:most], EndReason.IDLE_TIMEOUT))
 
     def _quiet_slots(self, now_ns: int) -> np.ndarray:
         t = self.timeouts
@@ -229,7 +263,14 @@ class FlowTable:
 
     def flush(self, reason: EndReason = EndReason.END_OF_INPUT, most: int | None = None) -> FlowRecords:
         """End every open flow (end of a capture, or shutdown), at most ``most`` a call."""
-        return self._end_slots(self._t.live_slots()[:most], reason)
+        return self._after_held(self._end_slots(self._t.live_slots()[:most], reason))
+
+    def _after_held(self, records: FlowRecords) -> FlowRecords:
+        """``records``, after those of the rows still held."""
+        if not self._held:
+            return records
+        held = self._held_records()
+        return FlowRecords.concat([held, records]) if len(records) else held
 
     # -- batch accounting ----------------------------------------------------------------------------
 

@@ -23,16 +23,16 @@ class Observed:
     dns: DnsMessages
 
 
-def observe(batch: PacketBatch, table: FlowTable, dns: DnsParser) -> tuple[Observed, PacketFields]:
+def observe(batch: PacketBatch, table: FlowTable, dns: DnsParser | None) -> tuple[Observed, PacketFields]:
     """Dissect a packet batch, read the few payloads that matter (mining RPC methods, TLS ClientHellos,
-    HTTP requests' hosts, ICMP data, DNS), and account it in the flow table: records complete only as
-    flows end, so they lag the DNS messages of the same packets."""
+    HTTP requests' hosts, ICMP data, DNS unless ``dns`` is None), and account it in the flow table:
+    records complete only as flows end, so they lag the DNS messages of the same packets."""
     fields = dissect(batch)
     fields.rpc_code[:] = rpc_method_codes(batch, fields)
     fields.tls_code[:] = table.tls.hello_codes(batch, fields)
     fields.host_code[:] = table.hosts.host_codes(batch, fields)
     fields.icmp_size[:], fields.icmp_odd[:] = icmp_shapes(batch, fields)
-    messages = dns.parse(batch, fields, batch.ts)
+    messages = dns.parse(batch, fields, batch.ts) if dns is not None else DnsMessages.empty()
     return Observed(table.add(fields, batch.ts), messages), fields
 
 

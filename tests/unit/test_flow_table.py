@@ -251,3 +251,32 @@ def test_capture_workers_share_the_nodes_flow_cap(tmp_path):
     records = FlowRecords.concat(ended)
     assert capture.table.max_flows == 1_024 and most <= 1_024 < 6_000
     assert (records["end_reason"] == EndReason.EVICTED).sum() >= 6_000 - 1_024  # evicted, sent on, not lost
+
+
+
+@pytest.mark.parametrize("held_rows", [1, 7, 10_000])
+def test_held_rows_give_the_records_each_batch_gives_even_as_the_registries_forget(tmp_path, monkeypatch,
+                                                                                  held_rows):
+    """Records of held rows are built later, in bigger sets: the same records in the same order, with the
+    HTTP hosts of their flows although the registry forgets ended flows' entries at nearly every batch."""
+    from kubesonar.sensor import capture_file
+    from kubesonar.sensor.app_layer import DnsParser
+    from kubesonar.sensor.flow_table import FlowTable
+    from kubesonar.sensor.observe import observe
+    from kubesonar.shared.flow import FlowRecords
+
+    path = _write(tmp_path / "h.pcap", [
+        (i, IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000 + i, dport=80, flags="PA")
+         / Raw(f"GET / HTTP/1.1\r\nHost: h{i}.example\r\n\r\n".encode())) for i in range(60)])
+    monkeypatch.setattr(capture_file, "CHUNK_BYTES", 700)  # a handful of packets per batch
+
+    def records(held: int) -> FlowRecords:
+        table, parts = FlowTable(FlowTimeouts(idle_s=0.5), held_rows=held), []
+        table.tls_prune_at = 1  # each flow ends before the next begins: the hosts of ended ones are forgotten
+        for batch in capture_file.read_capture(path):
+            parts.append(observe(batch, table, DnsParser())[0].flows)
+        return FlowRecords.concat([*parts, table.flush()])
+
+    each_batch, held = records(0), records(held_rows)
+    assert sorted(each_batch["http_host"].tolist()) == sorted(f"h{i}.example" for i in range(60))
+    assert held.equals(each_batch)
