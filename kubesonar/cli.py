@@ -1,146 +1,472 @@
-"""The ``kubesonar`` command's entry point; the commands themselves are kubesonar/cli_commands.py's (click).
-
-``kubesonar flows --format jsonl CAPTURE...`` in its plain form is read here without click, whose
-import took a tenth of a large capture's whole run: only the three options of ``flows`` (once each,
-as ``--name value``), values that click takes as they are, readable files that are not directories, and
-no KUBESONAR_FLOWS_* (or other) setting in the environment that click would read. Anything else, help
-and every error of usage included, goes to click, so what the command accepts and says stays click's.
-"""
+"""The ``kubesonar`` command. Every option is also an environment variable: KUBESONAR_<COMMAND>_<OPTION>."""
 
 from __future__ import annotations
 
-import errno
 import gc
-import math
-import os
-import stat
-import sys
-from typing import Any
 
-from kubesonar.shared.errors import KubeSonarError
+# what loading the command makes (modules, classes, functions) is never garbage, yet its thousands of
+# objects set off collections that walked all of them again and again: 2-3 ms of every start. On again
+# at the end of this module, as it was.
+_COLLECTING = gc.isenabled()
+gc.disable()
 
-_FLOWS_OPTIONS = {"--format": "fmt", "--active-timeout": "active_s", "--idle-timeout": "idle_s"}
-# what click reads from the environment for ``flows``: its options, the group's --version and --help,
-# shell completion
-_CLICK_SETTINGS = ("KUBESONAR_FLOWS_", "KUBESONAR_VERSION", "KUBESONAR_HELP")
+import json  # noqa: E402 - these imports, after the collector is paused
+import os  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+import click  # noqa: E402
+
+from kubesonar.sensor.flow_table import FlowTimeouts  # noqa: E402
+from kubesonar.shared.errors import KubeSonarError  # noqa: E402
+from kubesonar.shared.flow import FlowRecords  # noqa: E402
+
+_TABLE_COLUMNS = ("first_ts", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "packets_out",
+                  "bytes_out", "packets_in", "bytes_in", "state")
+_PROGRESS_MIN_BYTES = 16 << 20
+
+
+def _cluster_name(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a name the backend would refuse (or file under another name): shared/names.py."""
+    from kubesonar.shared.names import MAX_CLUSTER, MAX_NODE, name_fault
+
+    if value is not None:
+        fault = name_fault(param.name or "", value, MAX_CLUSTER if param.name == "cluster" else MAX_NODE)
+        if fault:
+            raise click.BadParameter(fault)
+    return value
+
+
+@click.group(context_settings={"auto_envvar_prefix": "KUBESONAR", "show_default": True})
+@click.version_option(package_name="kubesonar")
+def main() -> None:
+    """KubeSonar: network threat detection for Kubernetes."""
+
+
+@main.command()
+@click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "table"]), default="table",
+              help="jsonl: one JSON object per flow; csv: one row per flow; table: for people.")
+@click.option("--active-timeout", type=click.FloatRange(min=0.001), default=FlowTimeouts.active_s,
+              help="Seconds after which a long flow gets an interim record.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0.001), default=FlowTimeouts.idle_s,
+              help="Seconds of silence that end a flow.")
+def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeout: float) -> None:
+    """Print the bidirectional flows of pcap/pcapng CAPTURES (read in order, as one stream)."""
+    collecting = gc.isenabled()
+    gc.disable()  # while its modules load, as this module's
+    from kubesonar.allocator import keep_freed_blocks
+    from kubesonar.sensor.offline import CaptureStats, flows_from_captures  # numba: not for the live sensor
+
+    # what starting made (modules, classes, functions) is never garbage: the collections a long read
+    # triggers need not walk it again (2% of a 1M-packet capture's CPU)
+    gc.freeze()
+    if collecting:
+        gc.enable()
+    keep_freed_blocks()
+    stats = CaptureStats()
+    timeouts = FlowTimeouts(active_s=active_timeout, idle_s=idle_timeout)
+    with _progress(captures) as advance:
+        stream = flows_from_captures(captures, timeouts=timeouts, stats=stats, progress=advance)
+        _write_flows(stream, fmt)
+    for error in stats.errors:
+        click.echo(f"kubesonar: error: {error}", err=True)
+    if stats.errors:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--pods", type=click.Path(dir_okay=False), help="Output of 'kubectl get pods -A -o json'.")
+@click.option("--learn", multiple=True, type=click.Path(dir_okay=False),
+              help="Capture to learn from first (repeat for several); novelty detectors stay silent on it.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False),
+              help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
+@click.option("--cluster", default="default", callback=_cluster_name, help="Cluster name alerts are filed under.")
+@click.option("--allowlist", multiple=True, type=click.Path(dir_okay=False),
+              help="YAML allowlist file (repeat for several); see docs/allowlists.md.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "ocsf"]), default="table",
+              help="json: one alert per line; ocsf: one OCSF 1.3.0 Detection Finding per line.")
+@click.option("--learning-period", type=click.FloatRange(min=0), default=None,
+              help="Seconds of data time novelty detectors learn from the first flow [default: 86400]; 0: none.")
+@click.option("--internal-network", "internal", multiple=True,
+              help="A CIDR inside the cluster or VPC (repeat for several) [default: the private ranges]; "
+                   "'none': every address is outside. See docs/detection.md.")
+def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...], state_dir: str | None,
+            cluster: str, allowlist: tuple[str, ...], fmt: str, learning_period: float | None,
+            internal: tuple[str, ...]) -> None:
+    """Run the offline sensor and the detection core on CAPTURES; print the alerts raised."""
+    import ipaddress
+    import logging
+
+    from kubesonar.compose import analyze as run_analysis
+
+    # a baseline started afresh comes back in result.errors, shown once below as a warning line
+    logging.getLogger("kubesonar.shared.detectors").addHandler(logging.NullHandler())
+
+    networks = None
+    if internal:
+        networks = () if internal == ("none",) else internal
+        for cidr in networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise click.BadParameter(f"{cidr!r} is not a CIDR network", param_hint="--internal-network") from None
+    result = run_analysis(captures, learn=learn, pods=pods, state_dir=state_dir, cluster=cluster,
+                          allowlists=allowlist, learning_period_s=learning_period, internal_networks=networks)
+    if fmt in ("json", "ocsf"):
+        from kubesonar import __version__
+        from kubesonar.shared.ocsf import to_ocsf
+
+        for alert in result.alerts:
+            click.echo(json.dumps(to_ocsf(alert, __version__) if fmt == "ocsf" else alert, sort_keys=True))
+    else:
+        _alert_table(result.alerts)
+    for fault in result.errors:  # the core went on without it: a broken list, a baseline started afresh
+        click.echo(f"kubesonar: warning: {fault}", err=True)
+    for error in result.stats.errors:
+        click.echo(f"kubesonar: error: {error}", err=True)
+    if result.stats.errors:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("captures", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--queue", required=True,
+              help="Where batches go: file://DIR, an SQS queue URL, pubsub://projects/P/topics/T, "
+                   "eventgrid://TOPIC-HOSTNAME, nats://HOST:PORT/SUBJECT (docs/sensor.md).")
+@click.option("--cluster", default="default", callback=_cluster_name, help="Cluster name the batches are filed under.")
+@click.option("--node", default="replay", callback=_cluster_name, help="Node name the batches come from.")
+@click.option("--pods", type=click.Path(dir_okay=False), help="Output of 'kubectl get pods -A -o json'.")
+@click.option("--window", type=click.FloatRange(0.5, 3600), default=10.0,
+              help="Seconds of capture time per batch, as the live sensor's window.")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="Keyring to sign batches with (docs/hardening.md); default: unsigned.")
+def replay(captures: tuple[str, ...], queue: str, cluster: str, node: str, pods: str | None,
+           window: float, key_file: str | None) -> None:
+    """Publish CAPTURES to a queue as a sensor would have: real windows of real traffic, for driving any
+    backend (tests, a new deployment)."""
+    from kubesonar.compose import replay as run_replay
+    from kubesonar.sensor.queues import open_publisher
+
+    def show(summary) -> None:
+        if sys.stderr.isatty():
+            click.echo(f"\r{summary.windows} windows, {summary.messages} messages", err=True, nl=False)
+
+    summary = run_replay(captures, open_publisher(queue), cluster=cluster, node=node, pods=pods,
+                         window_s=window, progress=show, signer=_signer(key_file, cluster))
+    click.echo(f"published {summary.messages} messages ({summary.flows} flows, {summary.dns} DNS messages, "
+               f"{summary.bytes} bytes) in {summary.windows} windows to {queue}", err=True)
+    for error in summary.stats.errors:
+        click.echo(f"kubesonar: error: {error}", err=True)
+    if summary.stats.errors:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--workdir", type=click.Path(file_okay=False),
+              help="Keep the generated captures, pod list and state here (default: a temporary directory).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+def demo(workdir: str | None, fmt: str) -> None:
+    """Simulate a small cluster (learning, then a new workload and a port scan) and show the alerts."""
+    import time
+
+    from kubesonar.demo import run_demo
+
+    started = time.perf_counter()
+    result, truth = run_demo(workdir)
+    if fmt == "json":
+        for alert in result.alerts:
+            click.echo(json.dumps(alert, sort_keys=True))
+        return
+    click.echo(f"demo cluster: {result.flows} flows scored after a learning day; planted: a port scan from "
+               f"{truth['scanner']}; the new workload {truth['new_workload']}, which reads instance metadata, "
+               "probes a kubelet, brute-forces the database, tunnels through DNS, beacons and reaches a "
+               f"watchlisted host; {truth['crypto_mining']} mining; {truth['exfiltration']} uploading 80 MB "
+               "and opening a new port")
+    _alert_table(result.alerts)
+    click.echo(f"({time.perf_counter() - started:.1f} s)")
+
+
+def _capture_options(command: Callable) -> Callable:
+    """Options shared by the live commands (each also KUBESONAR_<COMMAND>_<OPTION>)."""
+    options = [
+        click.option("--interface", "-i", "interface", multiple=True, required=True,
+                     help="Interface to capture on, or a shell pattern such as 'veth*' matched every window "
+                          "(repeat for several; in the environment, separate them with spaces)."),
+        click.option("--window", type=click.FloatRange(0.5, 3600), default=10.0,
+                     help="Seconds per window: flows are published (and a heartbeat sent) this often."),
+        click.option("--filter", default="", help="tcpdump-style capture filter (needs libpcap)."),
+        click.option("--cluster", default="default", callback=_cluster_name,
+                     help="Cluster name batches and alerts are filed under."),
+        click.option("--node", default=None, callback=_cluster_name,
+                     help="Node name [default: NODE_NAME, else the host name]."),
+        click.option("--max-flows", type=click.IntRange(1024), default=65_536,
+                     help="Cap on the live flow table (with --workers, shared: each worker holds its share); past "
+                          "it the least recently active flows are sent early."),
+        click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+                     help="Stop after this many seconds (default: run until SIGTERM or Ctrl-C)."),
+        click.option("--direction", type=click.Choice(["both", "in"]), default="both",
+                     help="in: count each packet where it enters the node, so one crossing two captured "
+                          "interfaces (pod to pod on a routed CNI) counts once; capture the uplink too "
+                          "(docs/sensor.md)."),
+        click.option("--ring", type=click.Choice(["auto", "v3", "v2"]), default="auto",
+                     help="Capture ring: auto takes TPACKET_V3 and falls back to V2 where the kernel refuses it "
+                          "(each interface's choice is logged)."),
+        click.option("--workers", type=click.IntRange(1, 64), default=1,
+                     help="Capture processes, each with its own rings (one PACKET_FANOUT group per interface, "
+                          "hashed by flow) and flow table; about one per core the sensor may use."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _settings(interface, window, filter, cluster, node, max_flows, direction, ring, workers):  # noqa: A002 - the option's name
+    import logging
+
+    from kubesonar.sensor.af_packet import RingConfig
+    from kubesonar.sensor.live import SensorSettings, default_node_name
+
+    # which ring each interface got (TPACKET_V3, or V2 on an old kernel) goes to standard error
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("kubesonar: %(message)s"))
+    capture_log = logging.getLogger("kubesonar.sensor.af_packet")
+    capture_log.addHandler(handler)
+    capture_log.setLevel(logging.INFO)
+    return SensorSettings(tuple(interface), window_s=window, capture_filter=filter, cluster=cluster,
+                          node=node or default_node_name(), max_flows=max_flows, arrivals_only=direction == "in",
+                          ring=RingConfig(version=ring), workers=workers)
+
+
+def _run_until_signal(sensor, duration: float | None) -> None:
+    import signal
+    import threading
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sensor.run(stop, duration_s=duration)
+
+
+@main.command()
+@_capture_options
+@click.option("--queue", required=True,
+              help="Where batches go: file://DIR, an SQS queue URL, pubsub://projects/P/topics/T, an Event "
+                   "Grid topic endpoint or nats://HOST:PORT/SUBJECT (docs/sensor.md).")
+@click.option("--spool", type=click.Path(file_okay=False), default="/var/lib/kubesonar/spool",
+              help="Directory that holds batches while the queue cannot be reached.")
+@click.option("--spool-max-bytes", type=click.IntRange(min=1 << 20), default=256 << 20,
+              help="Bound of the spool; beyond it the oldest batches are dropped and counted.")
+@click.option("--pods", type=click.Path(dir_okay=False),
+              help="Static pod inventory ('kubectl get pods -A -o json') instead of watching the API.")
+@click.option("--kubernetes/--no-kubernetes", default=False,
+              help="Watch this node's pods through the Kubernetes API (in-cluster configuration).")
+@click.option("--key-file", type=click.Path(dir_okay=False),
+              help="Keyring (a mounted Kubernetes Secret) to sign batches with; docs/hardening.md.")
+def sensor(interface, window, filter, cluster, node, max_flows, duration, direction, ring, workers,  # noqa: A002
+           queue, spool, spool_max_bytes, pods, kubernetes, key_file) -> None:
+    """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
+    from kubesonar.compose import build_sensor
+
+    settings = _settings(interface, window, filter, cluster, node, max_flows, direction, ring, workers)
+    enrich, watcher = _enrichment(pods, kubernetes, settings.node)
+    live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher, signer=_signer(key_file, cluster))
+    click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to {queue}",
+               err=True)
+    try:
+        _run_until_signal(live, duration)
+    finally:
+        if watcher:
+            watcher.stop()
+    for error in live.errors:
+        click.echo(f"kubesonar: error: {error}", err=True)
+
+
+@main.command()
+@_capture_options
+@click.option("--pods", type=click.Path(dir_okay=False), help="Output of 'kubectl get pods -A -o json'.")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False),
+              help="Directory for baselines and alerts (kept between runs); default: a fresh temporary one.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              help="json: one alert per line, as analyze prints them.")
+def watch(interface, window, filter, cluster, node, max_flows, duration, direction, ring, workers,  # noqa: A002
+          pods, state_dir, fmt) -> None:
+    """Capture live traffic and run the detection core in this process; print alerts as they happen."""
+    import tempfile
+
+    from kubesonar.compose import build_watch
+
+    settings = _settings(interface, window, filter, cluster, node, max_flows, direction, ring, workers)
+    enrich, _ = _enrichment(pods, False, settings.node)
+
+    def show(alert: dict) -> None:
+        if fmt == "json":
+            click.echo(json.dumps(alert, sort_keys=True))
+        else:
+            _alert_table([alert])
+        sys.stdout.flush()
+
+    with tempfile.TemporaryDirectory(prefix="kubesonar-watch-") as tmp:
+        live, backend = build_watch(settings, state_dir or tmp, enrich, show)
+        click.echo(f"kubesonar watch: capturing on {', '.join(interface)}; alerts appear here", err=True)
+        _run_until_signal(live, duration)
+    for error in live.errors + backend.errors:
+        click.echo(f"kubesonar: error: {error}", err=True)
+
+
+def _signer(key_file: str | None, cluster: str) -> Callable[[bytes], bytes] | None:
+    """The keyring's signing function, checked to speak for ``cluster``; None without a key file."""
+    if not key_file:
+        return None
+    from kubesonar.shared.signing import Keyring
+
+    keyring = Keyring.load(key_file)
+    keyring.check_signs_for(cluster)
+    return keyring.sign
+
+
+@main.command()
+@click.option("--queue", required=True,
+              help="Where batches arrive: nats://HOST:PORT/SUBJECT (a replica of the shared consumer) or "
+                   "file://DIR (the embedded default's queue directory). See docs/onprem.md.")
+@click.option("--store", required=True,
+              help="Baselines and alerts: nats://HOST:PORT/BUCKET (JetStream KV), a directory, s3://BUCKET, "
+                   "gs://BUCKET, az://ACCOUNT/CONTAINER.")
+@click.option("--notify", multiple=True,
+              help="Where new alerts go, nats://HOST:PORT[/SUBJECT-PREFIX] (repeat for several) [default with a "
+                   "NATS queue: its server, on kubesonar.alerts.<severity>.<type>].")
+@click.option("--consumer", default="kubesonar-backend", help="Durable consumer the replicas share (NATS).")
+@click.option("--batch", type=click.IntRange(1, 1000), default=64,
+              help="Messages fetched and scored together in one step.")
+@click.option("--max-deliveries", type=click.IntRange(1, 100), default=5,
+              help="Deliveries of a failing message before it goes to the dead-letter stream.")
+@click.option("--ack-wait", type=click.FloatRange(5, 3600), default=120.0,
+              help="Seconds before a message fetched by a replica that went away is delivered again.")
+@click.option("--listen", default="0.0.0.0:9100", help="HOST:PORT of /metrics, /healthz and /readyz.")
+@click.option("--check-interval", type=click.FloatRange(min=1), default=60.0,
+              help="Seconds between sensor-health checks (silent sensors).")
+@click.option("--learning-period", type=click.FloatRange(min=0), default=24 * 3600.0,
+              help="Seconds of data time novelty detectors learn from the first flow.")
+@click.option("--sensor-silent-after", type=click.FloatRange(min=1), default=60.0,
+              help="Seconds without a heartbeat after which a sensor is silent.")
+@click.option("--internal-network", "internal", multiple=True,
+              help="A CIDR inside the cluster (repeat for several) [default: the private ranges].")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+              help="Stop after this many seconds (default: run until SIGTERM).")
+def backend(queue, store, notify, consumer, batch, max_deliveries, ack_wait, listen, check_interval,
+            learning_period, sensor_silent_after, internal, duration) -> None:
+    """Run the backend as a long-running process: batches from a queue, scored into a store."""
+    import logging
+
+    from kubesonar.backend_runner import BackendSettings, run_backend
+    from kubesonar.shared.netzones import PRIVATE_NETWORKS
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_backend(BackendSettings(queue, store, tuple(notify), consumer, batch, max_deliveries, ack_wait, listen,
+                                check_interval, learning_period, sensor_silent_after,
+                                tuple(internal) or PRIVATE_NETWORKS, duration))
+
+
+def _enrichment(pods: str | None, use_kube: bool, node: str):
+    """(enrich function or None, Kubernetes watcher or None) for a live command."""
+    if pods and use_kube:
+        raise click.UsageError("--pods and --kubernetes are alternatives; choose one")
+    if pods:
+        from kubesonar.shared.inventory import PodInventory
+
+        return PodInventory.load(pods).enrich, None
+    if use_kube:
+        from kubesonar.sensor.kube import KubeWatcher
+
+        watcher = KubeWatcher.in_cluster(node)
+        watcher.start()
+        return watcher.enrich, watcher
+    return None, None
+
+
+def _alert_table(alerts: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    out = click.get_text_stream("stdout")
+    console = Console(width=None if out.isatty() else 160)
+    if not alerts:
+        console.print("no alerts")
+        return
+    table = Table("severity", "type", "source", "first seen", "count", "evidence", box=None)
+    for a in alerts:
+        source = a["source"].get("workload") or a["source"].get("ip")
+        evidence = ", ".join(f"{k}={v}" for k, v in a["evidence"].items() if not isinstance(v, list))
+        table.add_row(a["severity"], a["type"], source, a["first_seen"], str(a["count"]), evidence)
+    console.print(table)
+
+
+def _write_flows(stream: Iterator[FlowRecords], fmt: str) -> None:
+    out = click.get_text_stream("stdout")
+    if fmt == "jsonl":
+        from kubesonar.flow_text import write_jsonl_bytes
+
+        out.flush()  # the lines go under it, as bytes
+        write_jsonl_bytes(stream, click.get_binary_stream("stdout"))
+    elif fmt == "csv":
+        from kubesonar.flow_text import write_csv
+
+        write_csv(stream, out)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*_TABLE_COLUMNS, box=None)
+        rows = sorted((row for records in stream for row in records.iter_dicts()), key=lambda r: r["first_ts"])
+        for row in rows:
+            table.add_row(*(_cell(name, row[name]) for name in _TABLE_COLUMNS))
+        if table.row_count:
+            Console(width=None if out.isatty() else 160).print(table)
+
+
+def _cell(name: str, value: object) -> str:
+    if name == "first_ts":
+        from datetime import UTC, datetime
+
+        return datetime.fromtimestamp(float(value), tz=UTC).strftime("%H:%M:%S.%f")
+    return str(value)
+
+
+@contextmanager
+def _progress(captures: tuple[str, ...]) -> Iterator[Callable[[int], None] | None]:
+    """A progress bar on stderr when it is a terminal and the captures are large."""
+    sizes = [os.path.getsize(p) if os.path.isfile(p) else 0 for p in captures]
+    if not sys.stderr.isatty() or sum(sizes) < _PROGRESS_MIN_BYTES:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn, TransferSpeedColumn
+
+    done_before = {"files": 0, "bytes": 0, "last": 0}
+    with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), TimeRemainingColumn(), transient=True,
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("reading captures", total=sum(sizes))
+
+        def advance(consumed_in_file: int) -> None:
+            if consumed_in_file < done_before["last"]:  # the next file began
+                done_before["bytes"] += done_before["last"]
+            done_before["last"] = consumed_in_file
+            bar.update(task, completed=done_before["bytes"] + consumed_in_file)
+
+        yield advance
+
+
+__import__("kubesonar.cli_alerts").cli_alerts.register(main)  # triage: alerts, allowlist, watchlist
+if _COLLECTING:
+    gc.enable()
 
 
 def run() -> None:
-    plain = _plain_flows(sys.argv[1:])
-    if plain is None:
-        from kubesonar.cli_commands import main
-
-        try:
-            main()
-        except KubeSonarError as exc:
-            import click
-
-            click.echo(f"kubesonar: error: {exc}", err=True)
-            sys.exit(1)
-        return
-    captures, timeouts = plain
     try:
-        errors = _flows(captures, timeouts)
+        main()
     except KubeSonarError as exc:
-        _say(f"kubesonar: error: {exc}")
+        click.echo(f"kubesonar: error: {exc}", err=True)
         sys.exit(1)
-    except OSError as exc:  # as click: a closed pipe (``| head``) ends the command quietly
-        if exc.errno != errno.EPIPE:
-            raise
-        sys.stdout, sys.stderr = _QuietFlush(sys.stdout), _QuietFlush(sys.stderr)
-        sys.exit(1)
-    except (EOFError, KeyboardInterrupt):
-        _say("")  # as click: end the terminal's ^C line, then say so
-        _say("Aborted!")
-        sys.exit(1)
-    for error in errors:
-        _say(f"kubesonar: error: {error}")
-    if errors:
-        sys.exit(1)
-
-
-def _flows(captures: tuple[str, ...], timeouts: dict[str, float]) -> list[str]:
-    collecting = gc.isenabled()
-    gc.disable()  # while the modules load: what they make is never garbage
-    from kubesonar.flows_command import print_flows
-    from kubesonar.sensor.flow_table import FlowTimeouts
-
-    if collecting:
-        gc.enable()
-    return print_flows(captures, "jsonl", FlowTimeouts(**timeouts), sys.stdout, lambda: sys.stdout.buffer)
-
-
-def _plain_flows(args: list[str]) -> tuple[tuple[str, ...], dict[str, float]] | None:
-    """(captures, timeouts given) of a plain ``flows --format jsonl`` command line, else None."""
-    if not args or args[0] != "flows" or sys.stdout is None or sys.stderr is None:
-        return None
-    if not all(arg.isascii() and arg.isprintable() for arg in args):  # click's texts could differ
-        return None
-    if any(name.startswith(_CLICK_SETTINGS) or (name.startswith("_") and name.endswith("_COMPLETE"))
-           for name in os.environ):
-        return None
-    given: dict[str, str] = {}
-    captures: list[str] = []
-    rest = iter(args[1:])
-    for arg in rest:
-        if arg in _FLOWS_OPTIONS and _FLOWS_OPTIONS[arg] not in given:
-            value = next(rest, None)
-            if value is None:
-                return None
-            given[_FLOWS_OPTIONS[arg]] = value
-        elif arg.startswith("-") and arg != "-":  # any other option, a repeated one, --help, --
-            return None
-        else:
-            captures.append(arg)
-    if given.pop("fmt", None) != "jsonl" or not captures or not all(map(_plain_capture, captures)):
-        return None
-    timeouts = {}
-    for name, text in given.items():
-        try:
-            seconds = float(text)  # as click's FloatRange(min=0.001)
-        except ValueError:
-            return None
-        if not (math.isfinite(seconds) and seconds >= 0.001):
-            return None
-        timeouts[name] = seconds
-    return tuple(captures), timeouts
-
-
-def _plain_capture(path: str) -> bool:
-    """What click.Path(dir_okay=False) takes as it is: a path that is not there, or a readable file."""
-    try:
-        found = os.stat(path)
-    except OSError:
-        return True
-    return not stat.S_ISDIR(found.st_mode) and os.access(path, os.R_OK)
-
-
-def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
-class _QuietFlush:
-    """A stream whose flush ignores a closed pipe: the interpreter's last flush of it then says nothing."""
-
-    def __init__(self, wrapped: Any) -> None:
-        self.wrapped = wrapped
-
-    def flush(self) -> None:
-        try:
-            self.wrapped.flush()
-        except OSError as exc:
-            if exc.errno != errno.EPIPE:
-                raise
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.wrapped, name)
-
-
-def __getattr__(name: str) -> Any:
-    """The commands (``main``, the click group, and the rest) are kubesonar/cli_commands.py's."""
-    if name.startswith("__"):  # what the import system asks of every module (``from ... import run``)
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from kubesonar import cli_commands
-
-    return getattr(cli_commands, name)
