@@ -69,6 +69,8 @@ def hello_frames() -> list[bytes]:
     OpenSSL's ClientHello over three TCP segments, and a QUIC client Initial carrying it."""
     import ssl
 
+    from quic_packets import crypto_frame, seal_initial
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.set_alpn_protocols([f"p{i:03d}" + "x" * 28 for i in range(40)])  # past one segment
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
@@ -79,7 +81,7 @@ def hello_frames() -> list[bytes]:
         pass
     hello = outgoing.read()
     out = [_tcp_frame(7_000 + k, hello[k : k + 700]) for k in range(0, len(hello), 700)]
-    return out + [_udp_frame(quic_initial(b"\x0f" * 8, hello[5:]))]
+    return out + [_udp_frame(seal_initial(b"\x0f" * 8, crypto_frame(0, hello[5:])))]
 
 
 def _tcp_frame(seq: int, payload: bytes) -> bytes:
@@ -96,28 +98,6 @@ def _ip_frame(proto: int, l4: bytes) -> bytes:
                      bytes([10, 0, 1, 9]))
     ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
     return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + l4
-
-
-def quic_initial(dcid: bytes, message: bytes) -> bytes:
-    """A QUIC version 1 client Initial carrying ``message`` in one CRYPTO frame, sealed as RFC 9001 5
-    says (keys from the sensor's derivation, checked against tshark elsewhere), padded past 1,200 bytes."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    from kubesonar.sensor.quic_initial import V1, _client_keys
-
-    key, iv, hp = _client_keys(V1, dcid)
-    frames = b"\x06\x00" + (0x4000 | len(message)).to_bytes(2, "big") + message
-    frames += bytes(max(0, 1200 - len(frames)))
-    header = bytes((0xC1,)) + V1.to_bytes(4, "big") + bytes((len(dcid),)) + dcid + b"\x00\x00" + (
-        0x4000 | (2 + len(frames) + 16)).to_bytes(2, "big") + b"\x00\x00"
-    sealed = AESGCM(key).encrypt(iv, frames, header)  # packet number 0: the nonce is the IV
-    mask = Cipher(algorithms.AES(hp), modes.ECB()).encryptor().update(sealed[2:18])  # noqa: S305
-    protected = bytearray(header)
-    protected[0] ^= mask[0] & 0x0F
-    protected[-2] ^= mask[1]
-    protected[-1] ^= mask[2]
-    return bytes(protected) + sealed
 
 
 def _pcapng_blocks(data: bytes) -> list[bytes] | None:

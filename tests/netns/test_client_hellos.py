@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,37 @@ from conftest import require_tool
 
 SERVER_NAME = "hello.lab.test"
 PORT = 8443
+
+
+@contextmanager
+def _live_sensor_and_full_capture(node, tmp_path: Path, transport: str):
+    """The live sensor on the bridge (its ring open once it has published a first window) and tcpdump's
+    full-length capture of the same traffic, both ended once the block's traffic is done."""
+    dump = subprocess.Popen(["tcpdump", "-i", node.bridge, "-w", str(tmp_path / "full.pcap"), "-U", "-s", "0",
+                             f"{transport} port {PORT}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sensor = subprocess.Popen(
+        ["kubesonar", "sensor", "-i", node.bridge, "--window", "2", "--queue", f"file://{tmp_path / 'queue'}",
+         "--spool", str(tmp_path / "spool"), "--duration", "12"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any((tmp_path / "queue").glob("*.ksfb")):
+            assert time.monotonic() < deadline and sensor.poll() is None, "the sensor never published"
+            time.sleep(0.1)
+        yield
+        _, errors = sensor.communicate(timeout=60)
+        assert sensor.returncode == 0, errors
+    finally:
+        sensor.kill()
+        time.sleep(0.3)
+        dump.terminate()
+        dump.wait(timeout=10)
+
+
+def _chromium(chromium: str, tmp_path: Path, server_ip: str, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    return (chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            f"--user-data-dir={tmp_path / 'profile'}", "--ignore-certificate-errors", *extra,
+            f"--host-resolver-rules=MAP {SERVER_NAME} {server_ip}", "--dump-dom", f"https://{SERVER_NAME}:{PORT}/")
 
 
 def _tls_hellos(records: FlowRecords, server: str) -> dict[int, tuple[str, str, str, str]]:
@@ -52,30 +84,13 @@ def test_chromiums_hello_is_named_live_as_a_full_capture_names_it(tmp_path, segm
         server = node.start("server", openssl, "s_server", "-accept", f"{server_ip}:{PORT}", "-cert",
                             str(tmp_path / "cert.pem"), "-key", str(tmp_path / "key.pem"), "-www",
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        dump = subprocess.Popen(["tcpdump", "-i", node.bridge, "-w", str(tmp_path / "full.pcap"), "-U", "-s", "0",
-                                 f"tcp port {PORT}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        sensor = subprocess.Popen(
-            ["kubesonar", "sensor", "-i", node.bridge, "--window", "2", "--queue", f"file://{tmp_path / 'queue'}",
-             "--spool", str(tmp_path / "spool"), "--duration", "12"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 60
-            while not any((tmp_path / "queue").glob("*.ksfb")):  # the ring is open once it has published
-                assert time.monotonic() < deadline and sensor.poll() is None, "the sensor never published"
-                time.sleep(0.1)
-            for _ in range(2):  # two page loads: two connections at least
-                node.run("client", chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
-                         "--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}",
-                         "--ignore-certificate-errors", f"--host-resolver-rules=MAP {SERVER_NAME} {server_ip}",
-                         "--dump-dom", f"https://{SERVER_NAME}:{PORT}/", check=True, capture_output=True, timeout=60)
-            _, errors = sensor.communicate(timeout=60)
+            with _live_sensor_and_full_capture(node, tmp_path, "tcp"):
+                for _ in range(2):  # two page loads: two connections at least
+                    node.run("client", *_chromium(chromium, tmp_path, server_ip), check=True, capture_output=True,
+                             timeout=60)
         finally:
-            sensor.kill()
-            time.sleep(0.3)
-            dump.terminate()
-            dump.wait(timeout=10)
             server.kill()
-    assert sensor.returncode == 0, errors
     lengths = _hello_lengths(tmp_path / "full.pcap")
     assert lengths and all(record > 1448 for _, record in lengths), "a hello longer than a segment"
     if segmented:
@@ -112,30 +127,13 @@ def test_chromiums_quic_hello_is_named_live_as_a_full_capture_names_it(tmp_path)
     with namespace_node(["client", "server"]) as node:
         server_ip = node.pods["server"]
         sink = node.start("server", sys.executable, "-c", _UDP_SINK, server_ip, str(PORT), "30")
-        dump = subprocess.Popen(["tcpdump", "-i", node.bridge, "-w", str(tmp_path / "full.pcap"), "-U", "-s", "0",
-                                 f"udp port {PORT}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        sensor = subprocess.Popen(
-            ["kubesonar", "sensor", "-i", node.bridge, "--window", "2", "--queue", f"file://{tmp_path / 'queue'}",
-             "--spool", str(tmp_path / "spool"), "--duration", "12"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 60
-            while not any((tmp_path / "queue").glob("*.ksfb")):
-                assert time.monotonic() < deadline and sensor.poll() is None, "the sensor never published"
-                time.sleep(0.1)
-            node.run("client", "timeout", "6", chromium, "--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-background-networking", f"--user-data-dir={tmp_path / 'profile'}", "--enable-quic",
-                     f"--origin-to-force-quic-on={SERVER_NAME}:{PORT}", "--ignore-certificate-errors",
-                     f"--host-resolver-rules=MAP {SERVER_NAME} {server_ip}", "--dump-dom",
-                     f"https://{SERVER_NAME}:{PORT}/", capture_output=True, timeout=60)
-            _, errors = sensor.communicate(timeout=60)
+            with _live_sensor_and_full_capture(node, tmp_path, "udp"):
+                quic = ("--enable-quic", f"--origin-to-force-quic-on={SERVER_NAME}:{PORT}")
+                node.run("client", "timeout", "6", *_chromium(chromium, tmp_path, server_ip, quic),
+                         capture_output=True, timeout=60)
         finally:
-            sensor.kill()
-            time.sleep(0.3)
-            dump.terminate()
-            dump.wait(timeout=10)
             sink.kill()
-    assert sensor.returncode == 0, errors
     live = _quic_hellos(FlowRecords.concat([decode_batch(p.read_bytes()).flows
                                             for p in sorted((tmp_path / "queue").glob("*.ksfb"))]), server_ip)
     offline = _quic_hellos(FlowRecords.concat(list(flows_from_captures([tmp_path / "full.pcap"]))), server_ip)

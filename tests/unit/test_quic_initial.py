@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from quic_packets import crypto_frame, seal_initial
 
 from kubesonar.sensor.app_layer import DnsParser
 from kubesonar.sensor.flow_table import FlowTable
@@ -114,41 +115,11 @@ def test_quic_hellos_are_counted_with_tls_ones():
     assert stats.tls_client_hellos == 1 and stats.tls_unreadable == 0
 
 
-def _seal_initial(dcid: bytes, frames: bytes, pn: int = 0) -> bytes:
-    """A client Initial packet (version 1) carrying ``frames``, sealed as RFC 9001 5 says, padded to
-    make a 1,200-byte datagram."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    from kubesonar.sensor.quic_initial import V1, _client_keys
-
-    key, iv, hp = _client_keys(V1, dcid)
-    frames += bytes(max(0, 1200 - len(frames)))  # PADDING frames: the datagram past 1,200 bytes
-    length = 2 + len(frames) + 16  # packet number, frames, tag
-    header = bytes((0xC1,)) + V1.to_bytes(4, "big") + bytes((len(dcid),)) + dcid + b"\x00\x00" + (
-        0x4000 | length).to_bytes(2, "big") + pn.to_bytes(2, "big")
-    nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
-    sealed = AESGCM(key).encrypt(nonce, frames, header)
-    mask = Cipher(algorithms.AES(hp), modes.ECB()).encryptor().update(sealed[2:18])  # noqa: S305
-    protected = bytearray(header)
-    protected[0] ^= mask[0] & 0x0F
-    protected[-2] ^= mask[1]
-    protected[-1] ^= mask[2]
-    return bytes(protected) + sealed
-
-
-def _crypto(offset: int, data: bytes) -> bytes:
-    def varint(v: int) -> bytes:
-        return (0x8000_0000 | v).to_bytes(4, "big")
-
-    return b"\x06" + varint(offset) + varint(len(data)) + data
-
-
 def test_a_sealed_initial_made_here_is_read_as_the_captures_are():
     hello = _datagrams(QUIC_CAPTURES[0])[0]
     (dcid, frames), = client_initial_frames(hello)
     stream = b"".join(data for _, data in sorted(crypto_data(frames)))
-    ((got_dcid, got_frames),) = client_initial_frames(_seal_initial(b"\x01" * 8, _crypto(0, stream)))
+    ((got_dcid, got_frames),) = client_initial_frames(seal_initial(b"\x01" * 8, crypto_frame(0, stream)))
     assert got_dcid == b"\x01" * 8 and crypto_data(got_frames)[0] == (0, stream)
 
 
@@ -156,9 +127,9 @@ def test_hostile_sealed_initials_are_bounded_and_never_fatal():
     """A hello announcing 64 KiB (it once overflowed the record it was wrapped in), frames past a gap
     by the thousand, and Initials sent again: none raises, memory stays bounded, none is read twice."""
     stream = b"\x01\x00\xff\xfc" + bytes(65_532)  # a ClientHello of exactly 64 KiB
-    datagrams = [_seal_initial(b"\x02" * 8, _crypto(k, stream[k : k + 1000]), pn=n)
+    datagrams = [seal_initial(b"\x02" * 8, crypto_frame(k, stream[k : k + 1000]), pn=n)
                  for n, k in enumerate(range(0, len(stream), 1000))]
-    datagrams += [_seal_initial(b"\x03" * 8, _crypto(100 + k, b"x"), pn=k) for k in range(2000)]  # past a gap
+    datagrams += [seal_initial(b"\x03" * 8, crypto_frame(100 + k, b"x"), pn=k) for k in range(2000)]  # past a gap
     table = FlowTable()
     for lo in range(0, len(datagrams), 200):
         observe(_udp_batch(datagrams[lo : lo + 200]), table, DnsParser())
