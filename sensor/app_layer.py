@@ -21,14 +21,19 @@ import re
 import numpy as np
 
 from kubesonar.sensor import payload_kinds
-from kubesonar.sensor.dissect import PacketFields
+from kubesonar.sensor.dissect import PacketFields, captured_payload
 from kubesonar.sensor.hello_segments import HelloSegments, side_key
 from kubesonar.sensor.http_request import request_host
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.ping_fill import CLOCK_SKEW_S, MAX_PERIOD, MICROSECONDS, PATTERN_WINDOW, WINDOWS_PING
-from kubesonar.sensor.quic_initial import MIN_DATAGRAM, NotAnInitial, QuicHellos, client_initial_frames, crypto_data
-from kubesonar.sensor.quic_initial import V1 as QUIC_V1
-from kubesonar.sensor.quic_initial import V2 as QUIC_V2
+from kubesonar.sensor.quic_initial import (
+    INITIAL_FIRST,
+    MIN_DATAGRAM,
+    NotAnInitial,
+    QuicHellos,
+    client_initial_frames,
+    crypto_data,
+)
 from kubesonar.sensor.record_walk import ping_data
 from kubesonar.sensor.tls_hello import NotAClientHello, parse_client_hello, parse_handshake
 from kubesonar.shared.dns import DnsMessages
@@ -42,12 +47,6 @@ _JSON_STARTS = frozenset(b"{[")
 # over HTTP, as getwork and a node's RPC speak it
 _HTTP_STARTS = (b"POST ", b"PUT ", b"HTTP/")
 _HEADERS_END = b"\r\n\r\n"
-
-
-def _payload(batch: PacketBatch, pf: PacketFields, i: int) -> bytes:
-    start = int(batch.offset[i] + pf.payload_pos[i])
-    end = int(batch.offset[i] + min(batch.caplen[i], pf.payload_pos[i] + pf.payload_len[i]))
-    return batch.data[start:end].tobytes() if end > start else b""
 
 
 def _leading_bytes(batch: PacketBatch, pf: PacketFields, rows: np.ndarray, count: int) -> np.ndarray:
@@ -75,7 +74,7 @@ def rpc_method_codes(batch: PacketBatch, pf: PacketFields) -> np.ndarray:
     of that JSON counts, never the word elsewhere."""
     codes = np.zeros(len(batch), dtype=np.int64)
     for i in np.flatnonzero((pf.payload_kind == payload_kinds.JSON) | (pf.payload_kind == payload_kinds.HTTP)).tolist():
-        payload = _json_body(_payload(batch, pf, i))
+        payload = _json_body(captured_payload(batch, pf, i))
         match = _METHOD.search(payload)
         if not match:
             continue
@@ -124,7 +123,7 @@ class TlsClients(CodeBook):
         self.max_per_call = max_per_call  # bounds the Python work a flood of crafted hellos can cause
         self.max_quic_per_call = 256  # each QUIC datagram read costs up to 4 key derivations and decryptions
         self.parsed = 0
-        self.unreadable = 0  # cut by the snap length, malformed, or begun and never made whole
+        self.malformed = 0  # read whole, or cut by the snap length, and refused by the parser
         self.dropped = 0  # past max_per_call in one read (QUIC: datagrams past max_quic_per_call): not read
         self.segments = HelloSegments()  # hellos longer than a segment, until their record is whole
         self.quic = QuicHellos()  # QUIC clients' CRYPTO streams, until their hello is whole
@@ -144,20 +143,23 @@ class TlsClients(CodeBook):
         if len(rows) > self.max_per_call:
             self.dropped += len(rows) - self.max_per_call
             rows = rows[: self.max_per_call]
-        abandoned = self.segments.abandoned + self.quic.abandoned
         for i, record in self.segments.hellos(batch, pf, rows):
             self._read(record, codes, i)
         for i in self._quic_initials(batch, pf).tolist():
             try:
-                datagram = _payload(batch, pf, i)
+                datagram = captured_payload(batch, pf, i)
                 packets = [(dcid, crypto_data(frames)) for dcid, frames in client_initial_frames(datagram)]
             except NotAnInitial:
                 continue  # frames that do not parse: what the packet held is not read
             for dcid, parts in packets:
                 if message := self.quic.add(side_key(pf, i), int(batch.ts[i]), dcid, parts):
                     self._read(message, codes, i, transport="q")
-        self.unreadable += self.segments.abandoned + self.quic.abandoned - abandoned
         return codes
+
+    @property
+    def unreadable(self) -> int:
+        """Hellos refused by the parser, and those begun and never made whole (over TCP or QUIC)."""
+        return self.malformed + self.segments.abandoned + self.quic.abandoned
 
     def _quic_initials(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
         """Rows that may carry a QUIC client's Initial packets: a whole UDP datagram of at least 1,200
@@ -169,8 +171,10 @@ class TlsClients(CodeBook):
             return rows
         head = _leading_bytes(batch, pf, rows, 5)  # the long header's first byte and version
         version = (head[:, 1] << 24) | (head[:, 2] << 16) | (head[:, 3] << 8) | head[:, 4]
-        kind = head[:, 0] & 0xF0  # long header, fixed bit, and the Initial type: 00 in version 1, 01 in 2
-        rows = rows[((kind == 0xC0) & (version == QUIC_V1)) | ((kind == 0xD0) & (version == QUIC_V2))]
+        initial = np.zeros(len(rows), dtype=bool)
+        for number, first in INITIAL_FIRST.items():
+            initial |= ((head[:, 0] & 0xF0) == first) & (version == number)
+        rows = rows[initial]
         if len(rows) > self.max_quic_per_call:
             self.dropped += len(rows) - self.max_quic_per_call
             rows = rows[: self.max_quic_per_call]
@@ -178,7 +182,6 @@ class TlsClients(CodeBook):
 
     def finish(self) -> None:
         """The end of the input: hellos still waiting for their segments are unreadable."""
-        self.unreadable += len(self.segments) + len(self.quic)
         self.segments.abandon_all()
         self.quic.abandon_all()
 
@@ -187,7 +190,7 @@ class TlsClients(CodeBook):
         try:
             hello = parse_client_hello(hello_bytes) if transport == "t" else parse_handshake(hello_bytes)
         except NotAClientHello:
-            self.unreadable += 1
+            self.malformed += 1
             return
         self.parsed += 1
         codes[row] = self.code((hello.ja3(), hello.ja4(transport), hello.server_name, hello.alpn_text()))
@@ -216,7 +219,7 @@ class HttpHosts(CodeBook):
             self.dropped += len(rows) - self.max_per_call
             rows = rows[: self.max_per_call]
         for i in rows.tolist():
-            payload = _payload(batch, pf, i)
+            payload = captured_payload(batch, pf, i)
             if payload.startswith(b"HTTP/"):  # a response names no host
                 continue
             self.read += 1
@@ -336,9 +339,9 @@ class DnsParser:
             rows = rows[: self.max_messages]
         out: list[dict] = []
         for i in rows.tolist():
-            self._message(_payload(batch, pf, i), int(min(pf.payload_len[i], 0xFFFF)), pf, i, ts, out, False)
+            self._message(captured_payload(batch, pf, i), int(min(pf.payload_len[i], 0xFFFF)), pf, i, ts, out, False)
         for i in port53[ip & (proto == IPPROTO_TCP) & (size >= 14) & (room >= 14)].tolist():
-            for message, size in _tcp_messages(_payload(batch, pf, i)):
+            for message, size in _tcp_messages(captured_payload(batch, pf, i)):
                 if len(out) >= self.max_messages:
                     self.dropped += 1
                 elif int.from_bytes(message[4:6], "big") != 1:  # one question, as for UDP

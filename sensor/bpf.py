@@ -18,6 +18,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from kubesonar.sensor.quic_initial import INITIAL_FIRST, MIN_DATAGRAM, V1, V2
 from kubesonar.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,8 @@ def accept_all(snaplen: int) -> BpfProgram:
 
 def capture_program(expression: str, linktype_raw: bool, snaplen: int) -> BpfProgram:
     """The program a capture socket runs: the filter, with ClientHellos kept whole (see the module).
-    A filter so long that the test would take it past the kernel's 4,096 instructions runs alone,
-    with a warning: its hellos are cut at the snap length as before."""
+    A filter over the kernel's 4,096 instructions is refused; one that the test would take past them
+    runs alone, with a warning: its hellos are cut at the snap length as before."""
     program = compile_filter(expression, linktype_raw, snaplen)
     if len(program.instructions) > BPF_MAXINSNS:
         raise ConfigError(f"the capture filter {expression!r} compiles to {len(program.instructions)} BPF "
@@ -71,11 +72,10 @@ def capture_program(expression: str, linktype_raw: bool, snaplen: int) -> BpfPro
 # classic BPF opcodes (linux/filter.h)
 _LD_W_LEN, _LD_H_ABS, _LD_B_ABS, _LD_W_IND, _LD_H_IND, _LD_B_IND, _LD_MEM = 0x80, 0x28, 0x30, 0x40, 0x48, 0x50, 0x60
 _LDX_IMM, _LDX_MSH, _LDX_MEM, _ST, _STX = 0x01, 0xB1, 0x61, 0x02, 0x03
-_ADD_K, _ADD_X, _SUB_K, _AND_K, _LSH_K, _RSH_K = 0x04, 0x0C, 0x14, 0x54, 0x64, 0x74
+_ADD_K, _ADD_X, _AND_K, _LSH_K, _RSH_K = 0x04, 0x0C, 0x54, 0x64, 0x74
 _JA, _JEQ_K, _JGE_K, _JGE_X, _JSET_K = 0x05, 0x15, 0x35, 0x3D, 0x45
 _TAX, _TXA, _RET_A = 0x07, 0x87, 0x16
 _KEEP, _NEXT = "keep", None
-QUIC_MIN_DATAGRAM = 1200  # sensor/quic_initial.py MIN_DATAGRAM (not imported: the capture path loads no crypto)
 BPF_MAXINSNS = 4096  # the kernel's limit on a classic program
 MAX_KEPT = 14 + 60 + 60 + 5 + (1 << 14)  # Ethernet, the largest IPv4 and TCP headers, a record of 2^14 bytes
 QUIC_MAX_KEPT = 14 + 60 + 8 + 1500  # an Initial's datagram fits an Ethernet MTU: clients do not probe larger
@@ -129,15 +129,15 @@ def _hello_test(link: int, snaplen: int) -> tuple[tuple[int, int, int, int], ...
              (_JGE_K, _NEXT, _KEEP, snaplen + 1), (_JGE_K, "most", _NEXT, MAX_KEPT + 1), (_RET_A, _NEXT, _NEXT, 0),
              ("most", _BPF_RET_K, _NEXT, _NEXT, MAX_KEPT),
              # UDP: a datagram of QUIC's least Initial size (length >= link + X + 8 + 1200) ...
-             ("udp", _TXA, _NEXT, _NEXT, 0), (_ADD_K, _NEXT, _NEXT, link + 8 + QUIC_MIN_DATAGRAM),
+             ("udp", _TXA, _NEXT, _NEXT, 0), (_ADD_K, _NEXT, _NEXT, link + 8 + MIN_DATAGRAM),
              (_TAX, _NEXT, _NEXT, 0), (_LD_MEM, _NEXT, _NEXT, 0), (_JGE_X, _NEXT, _KEEP, 0),
              (_LDX_MEM, _NEXT, _NEXT, 1),
              # ... opening with an Initial packet's long header: version 1 (type bits 00) or 2 (type bits 01)
              (_LD_B_IND, _NEXT, _NEXT, link + 8), (_AND_K, _NEXT, _NEXT, 0xF0), (_ST, _NEXT, _NEXT, 2),
-             (_LD_W_IND, _NEXT, _NEXT, link + 9), (_JEQ_K, "quic1", _NEXT, 0x00000001),
-             (_JEQ_K, "quic2", _KEEP, 0x6B3343CF),
-             ("quic1", _LD_MEM, _NEXT, _NEXT, 2), (_JEQ_K, "whole", _KEEP, 0xC0),
-             ("quic2", _LD_MEM, _NEXT, _NEXT, 2), (_JEQ_K, "whole", _KEEP, 0xD0),
+             (_LD_W_IND, _NEXT, _NEXT, link + 9), (_JEQ_K, "quic1", _NEXT, V1),
+             (_JEQ_K, "quic2", _KEEP, V2),
+             ("quic1", _LD_MEM, _NEXT, _NEXT, 2), (_JEQ_K, "whole", _KEEP, INITIAL_FIRST[V1]),
+             ("quic2", _LD_MEM, _NEXT, _NEXT, 2), (_JEQ_K, "whole", _KEEP, INITIAL_FIRST[V2]),
              ("whole", _BPF_RET_K, _NEXT, _NEXT, QUIC_MAX_KEPT),  # the datagram (the kernel keeps what it holds)
              (_KEEP, _BPF_RET_K, _NEXT, _NEXT, snaplen)]
     return _assemble(code)

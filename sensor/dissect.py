@@ -119,6 +119,13 @@ class PacketFields:
             getattr(self, f.name)[target] = getattr(other, f.name)[keep]
 
 
+def captured_payload(batch: PacketBatch, pf: PacketFields, i: int) -> bytes:
+    """The payload bytes of packet ``i`` that the capture holds (the snap length may have cut the rest)."""
+    start = int(batch.offset[i] + pf.payload_pos[i])
+    end = int(batch.offset[i] + min(batch.caplen[i], pf.payload_pos[i] + pf.payload_len[i]))
+    return batch.data[start:end].tobytes() if end > start else b""
+
+
 class _View:
     """Packets of a batch addressed by per-row positions relative to each packet's start.
 

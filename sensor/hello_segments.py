@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kubesonar.sensor.dissect import PacketFields
+from kubesonar.sensor.dissect import PacketFields, captured_payload
 from kubesonar.sensor.packets import PacketBatch
 from kubesonar.sensor.tls_hello import CLIENT_HELLO, HANDSHAKE
 from kubesonar.shared.flow import IPPROTO_TCP
@@ -91,17 +91,16 @@ class HelloSegments:
                         self.joined += 1
                         yield i, bytes(partial.data)
                     continue
-                if step == _DROPPED:  # a gap before it, or the snap length cut what the hello needs
-                    del self._pending[key]
-                    self.abandoned += 1
-                    partial = None
+                del self._pending[key]  # dropped: a gap before it, or the snap length cut what the hello needs
+                self.abandoned += 1
+                partial = None
             if not start:
                 continue
             seq = int(pf.tcp_seq[i])
             if (partial is not None and partial.start_seq == seq) or self._joined_starts.get(key) == seq:
                 self.repeated += 1  # the first segment again: a retransmission of a hello held or already read
                 continue
-            payload = _payload(batch, pf, i)
+            payload = captured_payload(batch, pf, i)
             if partial is not None:  # a new hello on this side: the held one will never end
                 del self._pending[key]
                 self.abandoned += 1
@@ -205,12 +204,6 @@ def _sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     both = np.concatenate((a, b))
     both.sort()
     return both[np.concatenate(([True], both[1:] != both[:-1]))]
-
-
-def _payload(batch: PacketBatch, pf: PacketFields, i: int) -> bytes:
-    start = int(batch.offset[i] + pf.payload_pos[i])
-    end = int(batch.offset[i] + min(batch.caplen[i], pf.payload_pos[i] + pf.payload_len[i]))
-    return batch.data[start:end].tobytes() if end > start else b""
 
 
 def side_key(pf: PacketFields, i: int) -> bytes:

@@ -20,11 +20,13 @@ V1, V2 = 0x00000001, 0x6B3343CF
 _SALTS = {V1: bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a"),
           V2: bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")}
 _LABEL_PREFIX = {V1: "quic", V2: "quicv2"}
-_INITIAL_TYPE = {V1: 0, V2: 1}  # the long header's packet type of an Initial
+# an Initial's first byte, its top four bits (which header protection leaves clear): long header, fixed
+# bit, and the packet type, 00 in version 1 and 01 in version 2 (RFC 9369 3.2)
+INITIAL_FIRST = {V1: 0xC0, V2: 0xD0}
 MIN_DATAGRAM = 1200  # a client pads the datagrams carrying its Initial packets to this many bytes (RFC 9000 14.1)
 MAX_HELLO = 1 << 16  # the CRYPTO stream kept per connection: a ClientHello runs to a few kilobytes
 MAX_PACKETS = 4  # Initial packets opened per datagram: a client coalesces one, with 0-RTT or Handshake ones after
-_CRYPTO, _PADDING, _PING, _ACK, _ACK_ECN, _CLOSE = 0x06, 0x00, 0x01, 0x02, 0x03, 0x1C
+_CRYPTO, _PADDING, _PING, _ACK, _ACK_ECN = 0x06, 0x00, 0x01, 0x02, 0x03
 
 
 class NotAnInitial(ValueError):
@@ -33,7 +35,7 @@ class NotAnInitial(ValueError):
 
 def looks_like_initial(first: int, version: int) -> bool:
     """A long header of version 1 or 2 whose type is Initial (bits the header protection leaves clear)."""
-    return first & 0xC0 == 0xC0 and version in _SALTS and (first >> 4) & 0x03 == _INITIAL_TYPE[version]
+    return first & 0xF0 == INITIAL_FIRST.get(version)
 
 
 def client_initial_frames(datagram: bytes) -> list[tuple[bytes, bytes]]:
