@@ -8,9 +8,12 @@ standard input (``-``) works as well as a file.
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
 import struct
 import sys
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -84,14 +87,68 @@ def _read_stream(handle: BinaryIO, name: str, progress: ProgressFn | None) -> It
         magic = _read_fully(handle, 4)
     except OSError as exc:
         raise CaptureError(f"cannot read capture {name!r}: {exc.strerror}") from exc
-    if magic in _PCAP_MAGICS:
+    if magic[:2] == _GZIP_MAGIC:
+        yield from _read_gzip(handle, name, progress, magic)
+    elif magic in _PCAP_MAGICS:
         yield from _PcapReader(handle, name, progress, magic).batches()
     elif len(magic) == 4 and struct.unpack("<I", magic)[0] == _PCAPNG_SHB:
         yield from _PcapngReader(handle, name, progress, magic).batches()
     elif not magic:
         raise CaptureError(f"{name}: empty file, not a capture")
+    elif compression := next((tool for start, tool in _OTHER_COMPRESSIONS if magic.startswith(start)), None):
+        raise CaptureError(f"{name}: {compression}-compressed; decompress it first "
+                           f"({compression} -d, or {compression} -dc FILE | kubesonar flows -)")
     else:
         raise CaptureError(f"{name}: not a pcap or pcapng file (starts with {magic.hex()})")
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+# compressions tcpdump and Wireshark users meet that Python's standard library cannot stream here
+_OTHER_COMPRESSIONS = ((b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zX", "xz"), (b"BZh", "bzip2"),
+                       (b"\x04\x22\x4d\x18", "lz4"))
+
+
+def _read_gzip(handle: BinaryIO, name: str, progress: ProgressFn | None, magic: bytes) -> Iterator[PacketBatch]:
+    """A gzip-compressed capture (``.pcap.gz``, ``.pcapng.gz``, as Wireshark reads them), decompressed
+    as it is read: memory holds a chunk at a time, so a compression bomb costs time, never memory.
+    Progress counts compressed bytes, as the file's size does."""
+    raw = _Prefixed(magic, handle)
+    inner = gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb")
+    try:
+        inner_magic = _read_fully(inner, 4)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise CaptureError(f"{name}: gzip-compressed, but not readable: {_reason(exc)}") from exc
+    compressed_progress = (lambda _decompressed: progress(raw.consumed)) if progress else None
+    if inner_magic[:2] == _GZIP_MAGIC:
+        raise CaptureError(f"{name}: compressed twice (gzip inside gzip); decompress it first")
+    yield from _read_stream(_Prefixed(inner_magic, inner), name, compressed_progress)
+
+
+class _Prefixed(io.RawIOBase):
+    """Bytes already read from a stream (a format's magic), then the rest of it: a pipe cannot seek
+    back. ``consumed`` counts the bytes handed out."""
+
+    def __init__(self, prefix: bytes, stream: BinaryIO):
+        self._prefix, self._stream, self.consumed = prefix, stream, 0
+        self._read_some = getattr(stream, "readinto1", stream.readinto)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        if self._prefix:
+            n = min(len(self._prefix), len(view))
+            view[:n], self._prefix = self._prefix[:n], self._prefix[n:]
+        else:  # one read at a time: a fault after some bytes leaves those bytes handed out
+            n = self._read_some(view) or 0
+        self.consumed += n
+        return n
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong reading: an OS error's text, or a decompressor's (whose OSError has no strerror)."""
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def _read_fully(handle: BinaryIO, size: int) -> bytes:
@@ -116,12 +173,13 @@ class _ChunkedReader:
         self.prefix = prefix  # the magic, already read to tell the format
         self.consumed = 0  # file offset of the first byte of the current chunk
         self._pending_error: CaptureError | None = None  # raised once the packets before it are out
+        self._read_error: CaptureError | None = None  # raised once the chunk read before it is walked
 
     def _hand_over(self, error: CaptureError) -> CaptureError:
         """``error``, no longer held by the reader: held, the frames of its traceback (which hold the
         reader, and the caller's flow table) and the error would make a reference cycle, kept in memory
         until the cyclic collector ran; a fuzzing run's peak memory grew past 1 GB so."""
-        self._pending_error = None
+        self._pending_error = self._read_error = None
         return error
 
     def _fail(self, what: str, at: int) -> CaptureError:
@@ -141,8 +199,10 @@ class _ChunkedReader:
                 if not n:
                     break
                 got += n
-        except OSError as exc:
-            raise CaptureError(f"{self.name}: read failed: {exc.strerror}") from exc
+        except (OSError, EOFError, zlib.error) as exc:  # the last two: a gzip stream cut short or corrupt
+            # the bytes read before the fault are walked first; their whole records are kept
+            self._read_error = CaptureError(f"{self.name}: read failed ({_reason(exc)}); flows up to there "
+                                               "were kept")
         return chunk[:got]  # shorter only at the end of the input
 
     def batches(self) -> Iterator[PacketBatch]:
@@ -158,6 +218,8 @@ class _ChunkedReader:
                 self.progress(self.consumed + start)
             if need == _CONTINUE:
                 continue
+            if self._read_error:
+                raise self._hand_over(self._read_error)
             # the chunk goes before the next is made (the caller is done with its batch), so the next
             # takes its memory rather than pages touched for the first time: its unread end is copied out
             tail, batch, buf = bytes(memoryview(buf)[start:]), None, None

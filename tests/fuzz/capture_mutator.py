@@ -3,6 +3,7 @@ block is changed, duplicated, dropped or moved, so mutations reach past the fram
 
 from __future__ import annotations
 
+import gzip
 import random
 import struct
 
@@ -195,6 +196,9 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         if len(data) < 24:
             break
         data = mutate_pcapng(data, rng) if data[:4] == b"\x0a\x0d\x0d\x0a" else mutate_pcap(data, rng)
+    if rng.random() < 0.2:  # a .pcap.gz: the decompressing reader, its stream cut or damaged at times
+        data = gzip.compress(data, mtime=0)
+        data = rng.choice([data, data[: rng.randrange(len(data))], _flip(data, rng, 10)])
     return data
 
 

@@ -265,7 +265,7 @@ def _cyclic_frames_after(read) -> list:
         gc.enable()
 
 
-@pytest.mark.parametrize("fault", ["corrupt record"])
+@pytest.mark.parametrize("fault", ["corrupt record", "cut gzip stream"])
 def test_a_capture_error_holds_no_flow_table_in_a_reference_cycle(tmp_path, fault):
     """A fault the reader held until its packets were out was raised from where the reader kept it: the
     error's traceback held the reader and the flow table's frames, and they it, so each faulty capture's
