@@ -206,6 +206,13 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
     key = f"state/{cluster}/detectors.json"
 
     def step(stored: dict | None) -> dict | None:
+        # a loop, not a recursive closure: one that calls itself holds itself, and with it the batches,
+        # in a reference cycle that outlives every invocation until the cyclic collector runs
+        while (document := attempt(stored)) is _AGAIN:
+            pass
+        return document
+
+    def attempt(stored: dict | None) -> dict | None | object:
         doc = stored if stored is not None else _legacy_document(deps.store, cluster)
         applied = AppliedLog(doc.get("applied"))
         replay_log = dict(doc.get("findings", {}))
@@ -239,7 +246,7 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
                 made = [f for fs in observe_all(runners, batch) for f in fs]
             except Exception as exc:  # noqa: BLE001 - a batch that breaks a detector must not take the others
                 failed[item_id] = f"scoring failed: {type(exc).__name__}: {exc}"
-                return step(stored)  # start again from the stored state, without it
+                return _AGAIN  # start again from the stored state, without it
             h = batch.header
             applied.mark(h.sensor_id, h.sequence, h.part, h.parts, now, digests.get(item_id, 0))
             fresh.append(batch)
@@ -253,6 +260,9 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
                 "applied": applied.to_state(), "findings": replay_log}
 
     update_document(deps.store, key, step, before_write=before_write)
+
+
+_AGAIN = object()  # _apply_detectors: a batch was left out; apply the rest from the stored state again
 
 
 def _read_state(detector: Detector, states: dict[str, Any]) -> list[str]:

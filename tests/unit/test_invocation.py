@@ -170,3 +170,25 @@ def test_baselines_of_the_per_detector_layout_carry_over(tmp_path):
     # without the old baselines the same capture looks different: the test can fail
     fresh = analyze([str(detect)], pods=str(pods), cluster="demo", state_dir=str(tmp_path / "fresh"))
     assert sorted((a["type"], a["source"]["workload"] or a["source"]["ip"], a["count"]) for a in fresh.alerts) != got
+
+
+def test_an_invocation_leaves_nothing_for_the_cyclic_collector(deps):
+    """Everything an invocation made is freed when it returns: the detectors document's update step
+    once retried by calling itself, a closure holding itself and with it every batch of the invocation,
+    freed only when the cyclic collector ran (a warm Lambda or the backend kept them meanwhile)."""
+    import gc
+
+    deliveries = _scan_deliveries()
+    process_deliveries(deliveries[:1], deps)  # what loads once (modules, caches) is not the invocation's
+    gc.collect()
+    gc.disable()
+    try:
+        assert len(process_deliveries(deliveries[1:], deps).applied) == len(deliveries) - 1
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = sorted({type(o).__name__ for o in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
