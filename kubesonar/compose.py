@@ -39,6 +39,9 @@ class AnalysisResult:
     flows: int
     stats: CaptureStats
     errors: list[str] = field(default_factory=list)  # faults the core met and went on (ProcessResult.errors)
+    # flows whose responder is outside the cluster (shared/netzones.py): the only ones beaconing,
+    # exfiltration, reverse shells and unusual destinations judge
+    outside_flows: int = 0
 
 
 def _batches(observed: Iterator[Observed], cluster: str, node: str, sequences: Iterator[int]) -> Iterator[bytes]:
@@ -62,6 +65,7 @@ def analyze(
     from kubesonar.functions.local.store import LocalObjectStore
     from kubesonar.shared.allowlist import load_allowlist
     from kubesonar.shared.inventory import PodInventory
+    from kubesonar.shared.netzones import Zones
     from kubesonar.shared.pipeline import CoreConfig, Dependencies, end_learning, process_batch
     from kubesonar.shared.ports import SystemClock
 
@@ -74,7 +78,7 @@ def analyze(
         stats = CaptureStats()
         touched: dict[str, dict[str, Any]] = {}
         errors: list[str] = []
-        flows = 0
+        flows = outside = 0
         phases = [(list(learn), True), (list(captures), False)]
         sequences = itertools.count(_first_sequence())
         for paths, learning in phases:
@@ -91,13 +95,15 @@ def analyze(
             for message in _batches(observed, cluster, "offline", sequences):
                 batch = decode_batch(message)
                 flows += len(batch.flows)
+                if not learning:
+                    outside += len(Zones(config.internal_networks).outside(batch.flows, np.arange(len(batch.flows))))
                 result = process_batch(batch, deps)
                 for alert in result.alerts:
                     touched[alert["id"]] = alert
                 errors += [e for e in result.errors if e not in errors]
             if learning:
                 end_learning(store, cluster)
-        return AnalysisResult(sorted(touched.values(), key=lambda a: a["first_seen"]), flows, stats, errors)
+        return AnalysisResult(sorted(touched.values(), key=lambda a: a["first_seen"]), flows, stats, errors, outside)
 
 
 @dataclass

@@ -116,5 +116,9 @@ def test_analyze_takes_the_learning_period_and_internal_networks():
     assert [json.loads(x)["type"] for x in judged.stdout.splitlines()] == ["beaconing"]
     inside = _run("analyze", rat, "--learning-period", "0", "--format", "json")  # 172.16/12 is internal
     assert inside.returncode == 0 and inside.stdout == ""
+    assert "every flow's responder is a private address" in inside.stderr  # and the user is told why
+    assert "private address" not in judged.stderr
+    public = _run("analyze", str(PCAPS / "mining/nesfit_xmr-eu1.nanopool.org.pcapng"), "--format", "json")
+    assert public.returncode == 0 and "private address" not in public.stderr
     bad = _run("analyze", rat, "--internal-network", "10.0.0.0/33")
     assert bad.returncode == 2 and "is not a CIDR network" in bad.stderr and "Traceback" not in bad.stderr
