@@ -86,8 +86,9 @@ def _read_stream(handle: BinaryIO, name: str, progress: ProgressFn | None) -> It
     try:
         magic = _read_fully(handle, 4)
     except OSError as exc:
-        raise CaptureError(f"cannot read capture {name!r}: {exc.strerror}") from exc
-    if magic[:2] == _GZIP_MAGIC:
+        raise CaptureError(f"cannot read capture {name!r}: {_reason(exc)}") from exc
+    compression = _compression(magic)
+    if compression == "gzip":
         yield from _read_gzip(handle, name, progress, magic)
     elif magic in _PCAP_MAGICS:
         yield from _PcapReader(handle, name, progress, magic).batches()
@@ -95,41 +96,49 @@ def _read_stream(handle: BinaryIO, name: str, progress: ProgressFn | None) -> It
         yield from _PcapngReader(handle, name, progress, magic).batches()
     elif not magic:
         raise CaptureError(f"{name}: empty file, not a capture")
-    elif compression := next((tool for start, tool in _OTHER_COMPRESSIONS if magic.startswith(start)), None):
+    elif compression:
         raise CaptureError(f"{name}: {compression}-compressed; decompress it first "
                            f"({compression} -d, or {compression} -dc FILE | kubesonar flows -)")
     else:
         raise CaptureError(f"{name}: not a pcap or pcapng file (starts with {magic.hex()})")
 
 
+# a compressed capture is read as it is decompressed, as Wireshark reads it: gzip; zstd, xz, bzip2 and
+# lz4 are named in the error (python-zstandard's reader ends a cut stream as if it were whole)
 _GZIP_MAGIC = b"\x1f\x8b"
-# compressions tcpdump and Wireshark users meet that Python's standard library cannot stream here
-_OTHER_COMPRESSIONS = ((b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zX", "xz"), (b"BZh", "bzip2"),
-                       (b"\x04\x22\x4d\x18", "lz4"))
+_OTHER_COMPRESSIONS = {b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zX": "xz", b"BZh": "bzip2", b"\x04\x22\x4d\x18": "lz4"}
+
+
+def _compression(magic: bytes) -> str | None:
+    if magic.startswith(_GZIP_MAGIC):
+        return "gzip"
+    return next((tool for start, tool in _OTHER_COMPRESSIONS.items() if magic.startswith(start)), None)
 
 
 def _read_gzip(handle: BinaryIO, name: str, progress: ProgressFn | None, magic: bytes) -> Iterator[PacketBatch]:
-    """A gzip-compressed capture (``.pcap.gz``, ``.pcapng.gz``, as Wireshark reads them), decompressed
-    as it is read: memory holds a chunk at a time, so a compression bomb costs time, never memory.
-    Progress counts compressed bytes, as the file's size does."""
+    """A gzip-compressed capture (``.pcap.gz``, ``.pcapng.gz``), decompressed as it is read: memory
+    holds a chunk at a time, so a compression bomb costs time, never memory. Progress counts
+    compressed bytes, as the file's size does."""
     raw = _Prefixed(magic, handle)
-    inner = gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb")
+    inner = _Prefixed(b"", gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb"),
+                      faults=(EOFError, zlib.error))  # a stream cut short, corrupt data
     try:
         inner_magic = _read_fully(inner, 4)
-    except (OSError, EOFError, zlib.error) as exc:
+    except OSError as exc:
         raise CaptureError(f"{name}: gzip-compressed, but not readable: {_reason(exc)}") from exc
+    if _compression(inner_magic):
+        raise CaptureError(f"{name}: compressed twice (gzip outside); decompress it first")
     compressed_progress = (lambda _decompressed: progress(raw.consumed)) if progress else None
-    if inner_magic[:2] == _GZIP_MAGIC:
-        raise CaptureError(f"{name}: compressed twice (gzip inside gzip); decompress it first")
     yield from _read_stream(_Prefixed(inner_magic, inner), name, compressed_progress)
 
 
 class _Prefixed(io.RawIOBase):
     """Bytes already read from a stream (a format's magic), then the rest of it: a pipe cannot seek
-    back. ``consumed`` counts the bytes handed out."""
+    back. ``consumed`` counts the bytes handed out. A decompressor's ``faults`` (a stream cut short,
+    corrupt data) are OSErrors, as any other read's."""
 
-    def __init__(self, prefix: bytes, stream: BinaryIO):
-        self._prefix, self._stream, self.consumed = prefix, stream, 0
+    def __init__(self, prefix: bytes, stream: BinaryIO, faults: tuple[type[Exception], ...] = ()):
+        self._prefix, self._stream, self._faults, self.consumed = prefix, stream, faults, 0
         self._read_some = getattr(stream, "readinto1", stream.readinto)
 
     def readable(self) -> bool:
@@ -141,7 +150,10 @@ class _Prefixed(io.RawIOBase):
             n = min(len(self._prefix), len(view))
             view[:n], self._prefix = self._prefix[:n], self._prefix[n:]
         else:  # one read at a time: a fault after some bytes leaves those bytes handed out
-            n = self._read_some(view) or 0
+            try:
+                n = self._read_some(view) or 0
+            except self._faults as exc:
+                raise OSError(_reason(exc)) from exc
         self.consumed += n
         return n
 
@@ -199,8 +211,7 @@ class _ChunkedReader:
                 if not n:
                     break
                 got += n
-        except (OSError, EOFError, zlib.error) as exc:  # the last two: a gzip stream cut short or corrupt
-            # the bytes read before the fault are walked first; their whole records are kept
+        except OSError as exc:  # the bytes read before the fault are walked first; their whole records are kept
             self._read_error = CaptureError(f"{self.name}: read failed ({_reason(exc)}); flows up to there "
                                                "were kept")
         return chunk[:got]  # shorter only at the end of the input
