@@ -19,6 +19,14 @@ import numpy as np
 from fuzz import batch_mutator, capture_mutator, config_mutator
 
 CASE_SECONDS = 60
+# how far memory in use may climb over a campaign: each input is read with bounded memory, and what one
+# case held must be freed when it is done (a reference cycle kept every faulty capture's flow table)
+GROWTH_BOUND_MB = 256
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return int(status.read().split("VmRSS:")[1].split()[0]) / 1024
 
 
 @dataclass
@@ -53,6 +61,7 @@ def _run(target: str, seed: int, cases: int, seconds: float, one: Callable[[rand
 
     report = Report(target)
     started = time.perf_counter()
+    floor_mb = _rss_mb()
     with tempfile.TemporaryDirectory(prefix=f"kubesonar-fuzz-{target}-") as tmp:
         for case in range(cases):
             if time.perf_counter() - started > seconds:
@@ -69,6 +78,11 @@ def _run(target: str, seed: int, cases: int, seconds: float, one: Callable[[rand
                 report.findings.append(f"{target} seed {seed} case {case}: {type(exc).__name__}: {exc} "
                                        f"({Path(where.filename).name}:{where.lineno})")
             report.cases += 1
+            grown_mb = _rss_mb() - floor_mb
+            if grown_mb > GROWTH_BOUND_MB:
+                report.findings.append(f"{target} seed {seed} case {case}: memory in use grew {grown_mb:.0f} MB "
+                                       f"over {report.cases} cases (bound {GROWTH_BOUND_MB} MB)")
+                break
     report.seconds = time.perf_counter() - started
     return report
 

@@ -1,7 +1,8 @@
 """Bounded structure-aware fuzzing in CI (fixed seeds, well under 60 s in all); ``bench/fuzz.py`` runs
 the same campaigns for longer. The rule: any input gives a result or the project's own one-line error
 (exit 0, 1 or 2 at the command line); never a traceback, a hang past 60 s, or more than
-:data:`MEMORY_BOUND_MB` of memory."""
+:data:`MEMORY_BOUND_MB` of memory; in process, memory in use never climbs past
+``campaign.GROWTH_BOUND_MB`` over a campaign."""
 
 from __future__ import annotations
 
