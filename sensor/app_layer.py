@@ -72,7 +72,7 @@ def rpc_method_codes(batch: PacketBatch, pf: PacketFields) -> np.ndarray:
     """Per packet, the code of the mining JSON-RPC method its payload carries (0: none): a JSON
     payload, or the JSON body of an HTTP request or response, on any port. Only a ``"method"`` member
     of that JSON counts, never the word elsewhere."""
-    codes = np.zeros(len(batch), dtype=np.int64)
+    codes = np.zeros(len(batch), dtype=pf.rpc_code.dtype)
     for i in np.flatnonzero((pf.payload_kind == payload_kinds.JSON) | (pf.payload_kind == payload_kinds.HTTP)).tolist():
         payload = _json_body(captured_payload(batch, pf, i))
         match = _METHOD.search(payload)
@@ -138,7 +138,7 @@ class TlsClients(CodeBook):
     def hello_codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
         """Per packet, the code of the TLS ClientHello its TCP payload starts with, or, for a hello
         longer than one segment, that the segment completes (0: none)."""
-        codes = np.zeros(len(batch), dtype=np.int64)
+        codes = np.zeros(len(batch), dtype=pf.tls_code.dtype)
         rows = np.flatnonzero(pf.payload_kind == payload_kinds.TLS_CLIENT_HELLO)
         if len(rows) > self.max_per_call:
             self.dropped += len(rows) - self.max_per_call
@@ -213,7 +213,7 @@ class HttpHosts(CodeBook):
         """Per packet, the code of the host named by the HTTP request its TCP payload starts with (0: no
         request, no Host header in the captured bytes, or a value that is not a host). Every request
         packet is read; the flow table keeps the host of each side's first payload only."""
-        codes = np.zeros(len(batch), dtype=np.int64)
+        codes = np.zeros(len(batch), dtype=pf.host_code.dtype)
         rows = np.flatnonzero((pf.payload_kind == payload_kinds.HTTP_REQUEST) | (pf.payload_kind == payload_kinds.HTTP))
         if len(rows) > self.max_per_call:
             self.dropped += len(rows) - self.max_per_call
@@ -252,8 +252,8 @@ def icmp_shapes(batch: PacketBatch, pf: PacketFields) -> tuple[np.ndarray, np.nd
     in a message of a type that defines none (not echo, not an error, not discovery or timestamp).
     Only the captured bytes are compared; echo data of 16 bytes or fewer is never odd.
     """
-    size = np.full(len(batch), -1, dtype=np.int64)
-    odd = np.zeros(len(batch), dtype=np.int64)
+    size = np.full(len(batch), -1, dtype=pf.icmp_size.dtype)
+    odd = np.zeros(len(batch), dtype=pf.icmp_odd.dtype)
     rows = np.flatnonzero(pf.payload_kind == payload_kinds.ICMP)
     if not len(rows):
         return size, odd
@@ -262,7 +262,7 @@ def icmp_shapes(batch: PacketBatch, pf: PacketFields) -> tuple[np.ndarray, np.nd
     echo = np.where(v6, (kind == 128) | (kind == 129), (kind == 0) | (kind == 8))
     by_type = np.minimum(kind, 255)
     bodied = np.where(v6, _BODIED6[by_type], _BODIED4[by_type])
-    odd[rows] = (~echo & ~bodied & (pf.payload_len[rows] > 0)).astype(np.int64)
+    odd[rows] = ~echo & ~bodied & (pf.payload_len[rows] > 0)
     echoes = rows[echo & (pf.payload_len[rows] > _JUDGED_BYTES)]
     if len(echoes):
         data = _leading_bytes(batch, pf, echoes, PATTERN_WINDOW)

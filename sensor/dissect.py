@@ -41,6 +41,23 @@ ICMP_ECHO_REQUESTS = (8, 128)
 ICMP_ECHO_REPLIES = (0, 129)
 _PORTED = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
 
+# Each column in the narrowest type its values take: the compiled dissection writes a batch's columns
+# and the compiled flow step reads them back, some 30,000 packets a batch, and at 8 bytes a number they
+# were ~230 bytes a packet, past what the core's cache holds (issue 18). Readers widen before arithmetic
+# that can leave the type (a sequence number plus a length, a port shifted into a pair).
+_DTYPES = {
+    "is_ip": bool, "sport": np.uint16, "dport": np.uint16, "proto": np.uint8,
+    "ip_len": np.uint32,  # an IPv4 total length of 0 (segmentation offload) takes the 32-bit wire length
+    "tcp_flags": np.uint8, "tcp_seq": np.uint32, "icmp_type": np.int16, "icmp_code": np.int16,
+    "icmp_error": bool, "fragment": bool, "truncated": bool, "tunnel_id": np.uint32,
+    "payload_pos": np.int32,  # within the captured bytes, or a few KiB past them
+    "payload_len": np.uint32, "payload_kind": np.uint8, "rpc_code": np.uint8, "tls_code": np.int32,
+    "host_code": np.int32, "icmp_size": np.int64, "icmp_odd": np.uint8,
+}
+_ADDRESSES = ("src", "dst", "tunnel_src", "tunnel_dst")  # (n, 2) uint64
+_ABSENT = {"icmp_type": -1, "icmp_code": -1, "icmp_size": -1}  # what a packet without the field holds; else 0
+_APP_LAYER = ("rpc_code", "tls_code", "host_code", "icmp_size", "icmp_odd")  # filled after dissection
+
 
 @dataclass
 class PacketFields:
@@ -50,67 +67,66 @@ class PacketFields:
     is_ip: np.ndarray  # bool: an IP header was parsed; the packet makes or joins a flow
     src: np.ndarray  # (n, 2) uint64
     dst: np.ndarray  # (n, 2) uint64
-    sport: np.ndarray  # int64
-    dport: np.ndarray  # int64
-    proto: np.ndarray  # int64
-    ip_len: np.ndarray  # int64 IP bytes
-    tcp_flags: np.ndarray  # int64
-    tcp_seq: np.ndarray  # int64: a SYN's tells a retransmission from a new connection; hello segments join by it
-    icmp_type: np.ndarray  # int64, -1 when not ICMP
-    icmp_code: np.ndarray  # int64
+    sport: np.ndarray  # uint16
+    dport: np.ndarray  # uint16
+    proto: np.ndarray  # uint8
+    ip_len: np.ndarray  # uint32 IP bytes
+    tcp_flags: np.ndarray  # uint8
+    tcp_seq: np.ndarray  # uint32: a SYN's tells a retransmission from a new connection; hello segments join by it
+    icmp_type: np.ndarray  # int16, -1 when not ICMP
+    icmp_code: np.ndarray  # int16
     icmp_error: np.ndarray  # bool: an ICMP error, keyed by (and sent toward the initiator of) the flow it quotes
     fragment: np.ndarray  # bool: a non-first fragment, counted without L4
     truncated: np.ndarray  # bool: the capture cut a header this packet needed
     tunnel_src: np.ndarray  # (n, 2) uint64, zero unless decapsulated
     tunnel_dst: np.ndarray  # (n, 2) uint64
-    tunnel_id: np.ndarray  # int64 VNI
-    payload_pos: np.ndarray  # int64 where the TCP/UDP payload (ICMP: the data after the 8-byte header) starts
-    payload_len: np.ndarray  # int64 payload bytes on the wire (the capture may hold fewer)
-    payload_kind: np.ndarray  # int64 what the payload starts with (sensor/payload_kinds.py)
+    tunnel_id: np.ndarray  # uint32 VNI
+    payload_pos: np.ndarray  # int32 where the TCP/UDP payload (ICMP: the data after the 8-byte header) starts
+    payload_len: np.ndarray  # uint32 payload bytes on the wire (the capture may hold fewer)
+    payload_kind: np.ndarray  # uint8 what the payload starts with (sensor/payload_kinds.py)
     # what sensor/app_layer.py reads from the few packets whose payload matters
-    rpc_code: np.ndarray  # int64 mining JSON-RPC method recognised in the payload, 0 none
-    tls_code: np.ndarray  # int64 the ClientHello's fingerprints in the flow table's TlsClients, 0 none
-    host_code: np.ndarray  # int64 the host an HTTP request's Host header names, in the table's HttpHosts; 0 none
+    rpc_code: np.ndarray  # uint8 mining JSON-RPC method recognised in the payload, 0 none
+    tls_code: np.ndarray  # int32 the ClientHello's fingerprints in the flow table's TlsClients, 0 none
+    host_code: np.ndarray  # int32 the host an HTTP request's Host header names, in the table's HttpHosts; 0 none
     icmp_size: np.ndarray  # int64 data bytes of an ICMP message that is not an error, -1 otherwise
-    icmp_odd: np.ndarray  # int64 1: that data is not a ping pattern, or a message type carrying none does
+    icmp_odd: np.ndarray  # uint8 1: that data is not a ping pattern, or a message type carrying none does
 
     @classmethod
-    def blank(cls, n: int) -> PacketFields:
-        def z(dtype=np.int64):
-            return np.zeros(n, dtype=dtype)
+    def blank(cls, n: int, wide: bool = False) -> PacketFields:
+        """Fields of ``n`` packets holding nothing; ``wide``: every number int64, as the vectorised
+        reference computes them (:meth:`narrowed` checks they fit)."""
+        def column(name: str) -> np.ndarray:
+            if name in _ADDRESSES:
+                return np.zeros((n, 2), dtype=np.uint64)
+            dtype = _DTYPES[name]
+            return np.full(n, _ABSENT.get(name, 0), dtype=np.int64 if wide and dtype is not bool else dtype)
 
-        def w():
-            return np.zeros((n, 2), dtype=np.uint64)
-
-        return cls(
-            is_ip=z(bool), src=w(), dst=w(), sport=z(), dport=z(), proto=z(), ip_len=z(), tcp_flags=z(), tcp_seq=z(),
-            icmp_type=np.full(n, -1, dtype=np.int64), icmp_code=np.full(n, -1, dtype=np.int64),
-            icmp_error=z(bool), fragment=z(bool), truncated=z(bool), tunnel_src=w(), tunnel_dst=w(),
-            tunnel_id=z(), payload_pos=z(), payload_len=z(), payload_kind=z(), rpc_code=z(), tls_code=z(),
-            host_code=z(),
-            icmp_size=np.full(n, -1, dtype=np.int64), icmp_odd=z(),
-        )
+        return cls(**{f.name: column(f.name) for f in fields(cls)})
 
     @classmethod
     def for_kernel(cls, n: int) -> PacketFields:
         """Fields for dissect_batch, which writes every header field of every packet: those are left
-        uninitialised (zeroing 160 bytes a packet first cost more than a tenth of the pass), the
-        application layer's are blank."""
-        def e(dtype=np.int64):
-            return np.empty(n, dtype=dtype)
+        uninitialised (zeroing them first cost more than a tenth of the pass), the application
+        layer's are blank."""
+        def column(name: str) -> np.ndarray:
+            if name in _ADDRESSES:
+                return np.empty((n, 2), dtype=np.uint64)
+            if name in _APP_LAYER:
+                return np.full(n, _ABSENT.get(name, 0), dtype=_DTYPES[name])
+            return np.empty(n, dtype=_DTYPES[name])
 
-        def w():
-            return np.empty((n, 2), dtype=np.uint64)
+        return cls(**{f.name: column(f.name) for f in fields(cls)})
 
-        def z():
-            return np.zeros(n, dtype=np.int64)
-
-        return cls(
-            is_ip=e(bool), src=w(), dst=w(), sport=e(), dport=e(), proto=e(), ip_len=e(), tcp_flags=e(), tcp_seq=e(),
-            icmp_type=e(), icmp_code=e(), icmp_error=e(bool), fragment=e(bool), truncated=e(bool), tunnel_src=w(),
-            tunnel_dst=w(), tunnel_id=e(), payload_pos=e(), payload_len=e(), payload_kind=e(), rpc_code=z(),
-            tls_code=z(), host_code=z(), icmp_size=np.full(n, -1, dtype=np.int64), icmp_odd=z(),
-        )
+    def narrowed(self) -> PacketFields:
+        """These fields in the columns' own types; a value the type cannot hold raises, never wraps."""
+        out = {}
+        for f in fields(self):
+            wide = getattr(self, f.name)
+            narrow = wide.astype(_DTYPES.get(f.name, wide.dtype))
+            if not np.array_equal(narrow, wide):
+                raise OverflowError(f"{f.name} holds values past {narrow.dtype}")
+            out[f.name] = narrow
+        return PacketFields(**out)
 
     def assign(self, rows: np.ndarray, other: PacketFields, keep: np.ndarray) -> None:
         """Overwrite ``rows[keep]`` with ``other[keep]`` field by field."""
@@ -121,8 +137,9 @@ class PacketFields:
 
 def captured_payload(batch: PacketBatch, pf: PacketFields, i: int) -> bytes:
     """The payload bytes of packet ``i`` that the capture holds (the snap length may have cut the rest)."""
-    start = int(batch.offset[i] + pf.payload_pos[i])
-    end = int(batch.offset[i] + min(batch.caplen[i], pf.payload_pos[i] + pf.payload_len[i]))
+    pos, size = int(pf.payload_pos[i]), int(pf.payload_len[i])  # Python ints: the columns are narrow
+    start = int(batch.offset[i]) + pos
+    end = int(batch.offset[i]) + min(int(batch.caplen[i]), pos + size)
     return batch.data[start:end].tobytes() if end > start else b""
 
 
@@ -205,7 +222,7 @@ def dissect_vectorised(batch: PacketBatch) -> PacketFields:
     view = _View(batch.data, batch.offset, batch.caplen, batch.wirelen)
     out = _dissect(view, batch.linktype, np.zeros(len(batch), dtype=np.int64), tunnels=True)
     _payload_kinds(view, out)
-    return out
+    return out.narrowed()
 
 
 def _payload_kinds(view: _View, out: PacketFields) -> None:
@@ -237,7 +254,7 @@ def _payload_kinds(view: _View, out: PacketFields) -> None:
 
 def _dissect(view: _View, linktype: np.ndarray, pos: np.ndarray, tunnels: bool) -> PacketFields:
     n = len(pos)
-    out = PacketFields.blank(n)
+    out = PacketFields.blank(n, wide=True)
     l3, ethertype = _link_layer(view, linktype, pos)
     l4 = _ip_layer(view, l3, ethertype, out)
     _transport(view, l4, out)
@@ -376,7 +393,7 @@ def _attribute_icmp_errors(view: _View, l4: np.ndarray, out: PacketFields) -> No
     inner_l3 = l4[rows] + 8
     version = sub.u8(inner_l3) >> 4
     ethertype = np.select([version == 4, version == 6], [ETH_IPV4, ETH_IPV6], 0)
-    inner = PacketFields.blank(len(rows))
+    inner = PacketFields.blank(len(rows), wide=True)
     inner_l4 = _ip_layer(sub, inner_l3, ethertype, inner)
     _transport(sub, inner_l4, inner)
     keep = inner.is_ip

@@ -364,8 +364,8 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
             tun[row, 0], tun[row, 1] = tunnel_src[i, 0], tunnel_src[i, 1]
             tun[row, 2], tun[row, 3] = tunnel_dst[i, 0], tunnel_dst[i, 1]
             tun[row, 4] = np.uint64(tunnel_id[i])
-        num[row, RPC] = max(num[row, RPC], rpc_code[i])
-        pl = payload_len[i]
+        num[row, RPC] = max(num[row, RPC], np.int64(rpc_code[i]))
+        pl = np.int64(payload_len[i])
         small = (1 <= pl <= SMALL_PAYLOAD) or ((pr == _ICMP or pr == _ICMPV6) and not err and it >= 0
                                                and pl <= SMALL_PAYLOAD)
         _account_payload(row, from_b, ts, small, icmp_size[i], icmp_odd[i], tls_code[i], host_code[i],

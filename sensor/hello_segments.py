@@ -164,22 +164,23 @@ class HelloSegments:
             whole_header = batch.caplen[starts] >= pf.payload_pos[starts] + RECORD_HEADER
             last = len(batch.data) - 1
             record = batch.data[np.minimum(at + 3, last)].astype(np.int64) << 8 | batch.data[np.minimum(at + 4, last)]
-            first = pf.tcp_seq[starts] + ((pf.tcp_flags[starts] & _SYN) != 0)
+            first = pf.tcp_seq[starts].astype(np.int64) + ((pf.tcp_flags[starts] & _SYN) != 0)  # past 2^32
             ends = first + np.where(whole_header, RECORD_HEADER + record, 0)
             ranges += list(zip((first + pf.payload_len[starts]).tolist(), ends.tolist(), strict=True))
         if not ranges:
             return np.zeros(0, dtype=np.int64)
         ports = {_ports(key) for key in self._pending}
-        ports.update((pf.sport[starts] << 16 | pf.dport[starts]).tolist())
+        ports.update(_port_pairs(pf, starts).tolist())
         rows = np.flatnonzero((pf.proto == IPPROTO_TCP) & (pf.payload_len > 0)
-                              & np.isin(pf.sport << 16 | pf.dport, np.array(sorted(ports), dtype=np.int64)))
+                              & np.isin(_port_pairs(pf, slice(None)), np.array(sorted(ports), dtype=np.int64)))
         if not len(rows):
             return rows
         ranges += [(lo - _WRAP, hi - _WRAP) for lo, hi in ranges if hi > _WRAP]  # a range across 2^32
         ranges.sort()
         lo = np.array([r[0] for r in ranges], dtype=np.int64)
         hi = np.maximum.accumulate(np.array([r[1] for r in ranges], dtype=np.int64))
-        seq, end = pf.tcp_seq[rows], pf.tcp_seq[rows] + pf.payload_len[rows]
+        seq = pf.tcp_seq[rows].astype(np.int64)
+        end = seq + pf.payload_len[rows]
         k = np.searchsorted(lo, end, side="left") - 1  # the ranges whose next byte the segment may bring
         # a few segments per hello are the work: the bound grows with the hellos, a flood's rows do not
         return rows[(k >= 0) & (seq < hi[np.maximum(k, 0)])][: self.max_rows + 4 * len(ranges)]
@@ -206,10 +207,15 @@ def _sorted_union(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return both[np.concatenate(([True], both[1:] != both[:-1]))]
 
 
+def _port_pairs(pf: PacketFields, rows) -> np.ndarray:
+    """Source port << 16 | destination port, widened first: the columns are 16-bit."""
+    return pf.sport[rows].astype(np.int64) << 16 | pf.dport[rows]
+
+
 def side_key(pf: PacketFields, i: int) -> bytes:
     """One side of one flow: source, destination, ports and tunnel (both addresses are 16 bytes)."""
     addresses = np.ascontiguousarray(np.concatenate([pf.src[i], pf.dst[i]]), dtype=">u8").tobytes()
-    ports = int(pf.sport[i] << 16 | pf.dport[i]).to_bytes(4, "big")
+    ports = (int(pf.sport[i]) << 16 | int(pf.dport[i])).to_bytes(4, "big")
     return addresses + ports + (int(pf.tunnel_id[i]) & 0xFFFFFFFF).to_bytes(4, "big")
 
 
