@@ -112,7 +112,7 @@ class PacketFields:
             if name in _ADDRESSES:
                 return np.empty((n, 2), dtype=np.uint64)
             if name in _APP_LAYER:
-                return np.full(n, _ABSENT.get(name, 0), dtype=_DTYPES[name])
+                return np.full(n, _ABSENT[name], _DTYPES[name]) if name in _ABSENT else np.zeros(n, _DTYPES[name])
             return np.empty(n, dtype=_DTYPES[name])
 
         return cls(**{f.name: column(f.name) for f in fields(cls)})

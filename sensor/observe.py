@@ -28,10 +28,11 @@ def observe(batch: PacketBatch, table: FlowTable, dns: DnsParser | None) -> tupl
     HTTP requests' hosts, ICMP data, DNS unless ``dns`` is None), and account it in the flow table:
     records complete only as flows end, so they lag the DNS messages of the same packets."""
     fields = dissect(batch)
-    fields.rpc_code[:] = rpc_method_codes(batch, fields)
-    fields.tls_code[:] = table.tls.hello_codes(batch, fields)
-    fields.host_code[:] = table.hosts.host_codes(batch, fields)
-    fields.icmp_size[:], fields.icmp_odd[:] = icmp_shapes(batch, fields)
+    # the readers' columns, in the fields' types, take the blank ones' place: no copy of each a batch
+    fields.rpc_code = rpc_method_codes(batch, fields)
+    fields.tls_code = table.tls.hello_codes(batch, fields)
+    fields.host_code = table.hosts.host_codes(batch, fields)
+    fields.icmp_size, fields.icmp_odd = icmp_shapes(batch, fields)
     messages = dns.parse(batch, fields, batch.ts) if dns is not None else DnsMessages.empty()
     return Observed(table.add(fields, batch.ts), messages), fields
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from kubesonar.sensor.app_layer import DnsParser
 from kubesonar.sensor.capture_file import read_capture
+from kubesonar.sensor.dissect import PacketFields
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
 from kubesonar.sensor.observe import Observed, observe, unplaced
 from kubesonar.shared.dns import DnsMessages
@@ -78,7 +79,7 @@ def read_captures(
                 stats.non_ip_packets += len(batch) - int(np.count_nonzero(fields.is_ip | fields.truncated))
                 stats.truncated_packets += int(np.count_nonzero(fields.truncated))
                 stats.fragments += int(np.count_nonzero(fields.fragment))
-                stats.tunnelled_packets += int(np.count_nonzero(fields.tunnel_src[:, 0] | fields.tunnel_src[:, 1]))
+                stats.tunnelled_packets += _tunnelled(fields)
                 stats.icmp_errors_attributed += int(np.count_nonzero(fields.icmp_error))
                 for reason, count in unplaced(batch, fields).items():
                     setattr(stats, f"unplaced_{reason}", getattr(stats, f"unplaced_{reason}") + count)
@@ -101,6 +102,13 @@ def read_captures(
     stats.flows += len(records)
     if len(records):
         yield Observed(records, DnsMessages.empty())
+
+
+def _tunnelled(fields: PacketFields) -> int:
+    """Packets that came out of a VXLAN or Geneve tunnel: counted only in a batch that has one (a
+    batch's largest tunnel address takes a third of the time of the count)."""
+    outer = fields.tunnel_src
+    return int(np.count_nonzero(outer[:, 0] | outer[:, 1])) if len(outer) and outer.max() else 0
 
 
 _HELD_ROWS = 4096  # as many as the JSON-lines writer joins before it writes (kubesonar/flow_text.py)
