@@ -119,7 +119,7 @@ class _Batch:
     @classmethod
     def of(cls, pf: PacketFields, ts: np.ndarray, rows: np.ndarray) -> _Batch:
         # the times are gathered once, and not at all when every packet is an IP packet (the usual
-        # batch): each gather of a capture batch's times cost as much as a tenth of the flow step
+        # batch): gathered twice, a capture batch's 30,000 cost 50 us, 1.6 ms a million packets
         t = ts if len(rows) == len(ts) else ts[rows]
         if len(t) > 1 and not (t[1:] >= t[:-1]).all():
             return cls(rows[np.argsort(t, kind="stable")], pf, ts, int(t.max()))
