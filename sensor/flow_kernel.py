@@ -336,8 +336,11 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
                 num[row, DECIDED] = 0
                 num[row, INIT_IS_A] = _by_ports(pa, pb, pr, (1 - from_b) ^ (1 if err else 0))
             else:
-                epoch = (ts - num[row, REC_START]) // active_ns
-                if epoch != 0:
+                since = ts - num[row, REC_START]
+                # past the active timeout (or before the record's start: time went back) the record ends; the
+                # 64-bit division, some 6% of this step, only then: within it the epoch is 0
+                if since < 0 or since >= active_ns:
+                    epoch = since // active_ns
                     n_out = _emit(row, _ACTIVE, key, tun, num, out_key, out_tun, out_num, out_reason, n_out)
                     _start_record(row, ts, num[row, REC_START] + epoch * active_ns, num[row, CONN_START], num, tun)
         # the packet joins the record of slot s
