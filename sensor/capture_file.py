@@ -121,7 +121,7 @@ def _read_gzip(handle: BinaryIO, name: str, progress: ProgressFn | None, magic: 
     compressed bytes, as the file's size does."""
     raw = _Prefixed(magic, handle)
     inner = _Prefixed(b"", gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb"),
-                      faults=(EOFError, zlib.error))  # a stream cut short, corrupt data
+                      faults=(EOFError, zlib.error), piece=_DECOMPRESSED_PIECE)
     try:
         inner_magic = _read_fully(inner, 4)
     except OSError as exc:
@@ -132,20 +132,29 @@ def _read_gzip(handle: BinaryIO, name: str, progress: ProgressFn | None, magic: 
     yield from _read_stream(_Prefixed(inner_magic, inner), name, compressed_progress)
 
 
+# a decompressor that meets corrupt data drops what that call made: read in pieces, a fault costs at
+# most one piece of the records before it
+_DECOMPRESSED_PIECE = 64 << 10
+
+
 class _Prefixed(io.RawIOBase):
     """Bytes already read from a stream (a format's magic), then the rest of it: a pipe cannot seek
     back. ``consumed`` counts the bytes handed out. A decompressor's ``faults`` (a stream cut short,
-    corrupt data) are OSErrors, as any other read's."""
+    corrupt data) are OSErrors, as any other read's; ``piece`` bounds each read."""
 
-    def __init__(self, prefix: bytes, stream: BinaryIO, faults: tuple[type[Exception], ...] = ()):
+    def __init__(self, prefix: bytes, stream: BinaryIO, faults: tuple[type[Exception], ...] = (),
+                 piece: int = 0):
         self._prefix, self._stream, self._faults, self.consumed = prefix, stream, faults, 0
         self._read_some = getattr(stream, "readinto1", stream.readinto)
+        self._piece = piece
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
         view = memoryview(buffer).cast("B")
+        if self._piece:
+            view = view[: self._piece]
         if self._prefix:
             n = min(len(self._prefix), len(view))
             view[:n], self._prefix = self._prefix[:n], self._prefix[n:]
@@ -218,7 +227,12 @@ class _ChunkedReader:
 
     def batches(self) -> Iterator[PacketBatch]:
         buf = self._chunk(self.prefix, CHUNK_BYTES - len(self.prefix))
-        start = self.read_header(buf)
+        try:
+            start = self.read_header(buf)
+        except CaptureError:
+            if self._read_error:  # the header is cut by the failed read, not by the file
+                raise self._hand_over(self._read_error) from None
+            raise
         while True:
             batch, start, need = self.walk(buf, start)
             if batch is not None and len(batch):
@@ -236,6 +250,8 @@ class _ChunkedReader:
             tail, batch, buf = bytes(memoryview(buf)[start:]), None, None
             buf = self._chunk(tail, max(CHUNK_BYTES, need))
             if len(buf) == len(tail):  # nothing more to read
+                if self._read_error:  # not the end: the read failed before it got a byte
+                    raise self._hand_over(self._read_error)
                 if tail:
                     raise self._fail(
                         f"truncated record ({len(tail)} bytes left, record needs more)", self.consumed + start)

@@ -1,5 +1,6 @@
 """gzip-compressed captures (``.pcap.gz``, ``.pcapng.gz``) are read as Wireshark reads them, streamed;
-a cut or corrupt one keeps every whole record before the fault; other compressions are named."""
+a cut one keeps every whole record before the cut, a corrupt one those before the last read's 64 KiB;
+other compressions are named."""
 
 from __future__ import annotations
 
@@ -121,4 +122,49 @@ def test_gzip_of_no_capture_is_a_clear_error(tmp_path, content):
     path = tmp_path / "c.gz"
     path.write_bytes(content)
     with pytest.raises(CaptureError, match=rf"^{path}: "):
+        list(read_capture(path))
+
+
+def _pcap_of_exactly(size: int) -> bytes:
+    """A classic pcap of exactly ``size`` bytes: UDP packets, the last one's padding making up the rest."""
+    import struct
+
+    from scapy.all import IP, UDP, Ether, Raw
+
+    def record(i: int, padding: int) -> bytes:
+        frame = bytes(Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / UDP(sport=1000 + i, dport=53) / Raw(b"x" * padding))
+        return struct.pack("<IIII", 1_700_000_000 + i, 0, len(frame), len(frame)) + frame
+
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    i = 0
+    while size - len(out) >= 2 * len(record(0, 100)):
+        out += record(i, 100)
+        i += 1
+    out += record(i, size - len(out) - len(record(i, 0)))
+    assert len(out) == size
+    return out
+
+
+@pytest.mark.parametrize("damage", ["trailer cut", "checksum zeroed"])
+def test_damage_found_on_a_chunk_boundary_is_an_error(tmp_path, damage):
+    """The capture ends exactly where a chunk does, so the damage shows on the next chunk's first read,
+    which got no byte: that is a failed read, not the end of the input."""
+    packed = bytearray(gzip.compress(_pcap_of_exactly(capture_file.CHUNK_BYTES)))
+    if damage == "trailer cut":
+        del packed[-4:]
+    else:
+        packed[-8:-4] = bytes(4)
+    path = tmp_path / "c.pcap.gz"
+    path.write_bytes(packed)
+    stats = CaptureStats()
+    flows = flows_of(path, stats=stats)
+    assert len(flows) > 100 and stats.capture_errors == 1 and "read failed" in stats.errors[0]
+
+
+def test_a_failed_read_inside_the_file_header_is_named_as_such(tmp_path):
+    """A stored (level 0) gzip cut 12 bytes into its data: the pcap header is cut by the failed read."""
+    packed = gzip.compress(_pcap_of_exactly(4096), compresslevel=0)
+    path = tmp_path / "c.pcap.gz"
+    path.write_bytes(packed[: 10 + 5 + 12])  # gzip header, stored block header, 12 bytes of the pcap
+    with pytest.raises(CaptureError, match="read failed"):
         list(read_capture(path))
