@@ -125,13 +125,13 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
         _alert_table(result.alerts)
     for fault in result.errors:  # the core went on without it: a broken list, a baseline started afresh
         click.echo(f"kubesonar: warning: {fault}", err=True)
-    if not internal and result.flows and not result.outside_flows:
+    if not internal and result.outside_with_no_internal_network and not result.outside_flows:
         # a capture taken outside a cluster (a lab, an office LAN) is all private addresses: silence from
         # the outbound rules then says nothing about it, and the user should know
-        click.echo("kubesonar: note: every flow's responder is a private address, inside the cluster by default, "
-                   "and beaconing, exfiltration, reverse shells and unusual destinations judge only traffic "
-                   "leaving it; for a capture taken outside a cluster, pass --internal-network none (or the "
-                   "cluster's own ranges)", err=True)
+        click.echo("kubesonar: note: every flow's responder is inside the cluster's networks (by default the "
+                   "private ranges), and beaconing, exfiltration, reverse shells and unusual destinations judge "
+                   "only traffic leaving them; for a capture taken outside a cluster, pass --internal-network "
+                   "none (or the cluster's own ranges)", err=True)
     for error in result.stats.errors:
         click.echo(f"kubesonar: error: {error}", err=True)
     if result.stats.errors:

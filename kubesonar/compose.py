@@ -39,9 +39,11 @@ class AnalysisResult:
     flows: int
     stats: CaptureStats
     errors: list[str] = field(default_factory=list)  # faults the core met and went on (ProcessResult.errors)
-    # flows whose responder is outside the cluster (shared/netzones.py): the only ones beaconing,
-    # exfiltration, reverse shells and unusual destinations judge
+    # of the scored captures' flows (not the learning ones): those whose responder is outside the
+    # cluster (shared/netzones.py), the only ones beaconing, exfiltration, reverse shells and unusual
+    # destinations judge; and those that would be with no internal network (not special-use, not a pod)
     outside_flows: int = 0
+    outside_with_no_internal_network: int = 0
 
 
 def _batches(observed: Iterator[Observed], cluster: str, node: str, sequences: Iterator[int]) -> Iterator[bytes]:
@@ -78,7 +80,7 @@ def analyze(
         stats = CaptureStats()
         touched: dict[str, dict[str, Any]] = {}
         errors: list[str] = []
-        flows = outside = 0
+        flows = outside = outside_if_none = 0
         phases = [(list(learn), True), (list(captures), False)]
         sequences = itertools.count(_first_sequence())
         for paths, learning in phases:
@@ -96,14 +98,17 @@ def analyze(
                 batch = decode_batch(message)
                 flows += len(batch.flows)
                 if not learning:
-                    outside += len(Zones(config.internal_networks).outside(batch.flows, np.arange(len(batch.flows))))
+                    rows = np.arange(len(batch.flows))
+                    outside += len(Zones(config.internal_networks).outside(batch.flows, rows))
+                    outside_if_none += len(Zones(()).outside(batch.flows, rows))
                 result = process_batch(batch, deps)
                 for alert in result.alerts:
                     touched[alert["id"]] = alert
                 errors += [e for e in result.errors if e not in errors]
             if learning:
                 end_learning(store, cluster)
-        return AnalysisResult(sorted(touched.values(), key=lambda a: a["first_seen"]), flows, stats, errors, outside)
+        return AnalysisResult(sorted(touched.values(), key=lambda a: a["first_seen"]), flows, stats, errors, outside,
+                              outside_if_none)
 
 
 @dataclass

@@ -116,9 +116,26 @@ def test_analyze_takes_the_learning_period_and_internal_networks():
     assert [json.loads(x)["type"] for x in judged.stdout.splitlines()] == ["beaconing"]
     inside = _run("analyze", rat, "--learning-period", "0", "--format", "json")  # 172.16/12 is internal
     assert inside.returncode == 0 and inside.stdout == ""
-    assert "every flow's responder is a private address" in inside.stderr  # and the user is told why
-    assert "private address" not in judged.stderr
-    public = _run("analyze", str(PCAPS / "mining/nesfit_xmr-eu1.nanopool.org.pcapng"), "--format", "json")
-    assert public.returncode == 0 and "private address" not in public.stderr
+    note = "every flow's responder is inside the cluster's networks"
+    assert note in inside.stderr  # and the user is told why
+    assert note not in judged.stderr
+    public = str(PCAPS / "mining/nesfit_xmr-eu1.nanopool.org.pcapng")
+    assert note not in _run("analyze", public, "--format", "json").stderr
+    # the note speaks of the captures scored, not of those learned from
+    learned_public = _run("analyze", rat, "--learn", public, "--learning-period", "0", "--format", "json")
+    assert note in learned_public.stderr
     bad = _run("analyze", rat, "--internal-network", "10.0.0.0/33")
     assert bad.returncode == 2 and "is not a CIDR network" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_analyze_says_nothing_of_networks_when_no_flow_would_leave_them(tmp_path):
+    """Multicast and loopback flows are inside whatever the internal networks: no note."""
+    from scapy.all import IP, UDP, Ether, Raw, wrpcap
+
+    packets = [Ether() / IP(src="192.168.1.5", dst="224.0.0.251") / UDP(sport=5353, dport=5353) / Raw(b"q" * 20),
+               Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=40000, dport=8080) / Raw(b"x")]
+    for i, p in enumerate(packets):
+        p.time = 1_700_000_000 + i
+    wrpcap(str(tmp_path / "local.pcap"), packets)
+    done = _run("analyze", str(tmp_path / "local.pcap"), "--format", "json")
+    assert done.returncode == 0 and "cluster's networks" not in done.stderr
