@@ -89,9 +89,11 @@ def _run(target: str, seed: int, cases: int, seconds: float, one: Callable[[rand
 
 def captures(seed: int, cases: int, seconds: float) -> Report:
     """Mutated pcap/pcapng through the offline sensor; faults must land in the stats as CaptureErrors."""
+    from kubesonar.sensor.observe import warm_up
     from kubesonar.sensor.offline import CaptureStats, read_captures
 
     bases = capture_mutator.seeds()
+    warm_up()  # numba compiling the kernels (a cold cache: ~150 MB) is not a case's memory
 
     def one(rng: random.Random, tmp: Path) -> bool:
         path = tmp / "case.cap"
