@@ -125,9 +125,11 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
         _alert_table(result.alerts)
     for fault in result.errors:  # the core went on without it: a broken list, a baseline started afresh
         click.echo(f"kubesonar: warning: {fault}", err=True)
-    if not internal and result.outside_with_no_internal_network and not result.outside_flows:
+    all_inside = result.outside_with_no_internal_network and not result.outside_flows
+    if all_inside and not internal and not result.stats.errors:
         # a capture taken outside a cluster (a lab, an office LAN) is all private addresses: silence from
-        # the outbound rules then says nothing about it, and the user should know
+        # the outbound rules then says nothing about it, and the user should know (not beside a capture's
+        # fault, which is the one line a failed run prints)
         click.echo("kubesonar: note: every flow's responder is inside the cluster's networks (by default the "
                    "private ranges), and beaconing, exfiltration, reverse shells and unusual destinations judge "
                    "only traffic leaving them; for a capture taken outside a cluster, pass --internal-network "
