@@ -91,6 +91,7 @@ def analyze(
                 options["internal_networks"] = internal_networks
             config = CoreConfig(learning=learning, allowlist=allowed, **options)
             deps = Dependencies(store, notifier, SystemClock(), config)
+            zones, no_internal_network = Zones(config.internal_networks), Zones(())
             observed = read_captures(paths, stats=stats)
             if inventory is not None:
                 observed = (Observed(inventory.enrich(o.flows), inventory.enrich(o.dns)) for o in observed)
@@ -99,8 +100,8 @@ def analyze(
                 flows += len(batch.flows)
                 if not learning:
                     rows = np.arange(len(batch.flows))
-                    outside += len(Zones(config.internal_networks).outside(batch.flows, rows))
-                    outside_if_none += len(Zones(()).outside(batch.flows, rows))
+                    outside += len(zones.outside(batch.flows, rows))
+                    outside_if_none += len(no_internal_network.outside(batch.flows, rows))
                 result = process_batch(batch, deps)
                 for alert in result.alerts:
                     touched[alert["id"]] = alert

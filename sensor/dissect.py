@@ -59,6 +59,14 @@ _ABSENT = {"icmp_type": -1, "icmp_code": -1, "icmp_size": -1}  # what a packet w
 _APP_LAYER = ("rpc_code", "tls_code", "host_code", "icmp_size", "icmp_odd")  # filled after dissection
 
 
+def _blank_column(name: str, n: int, wide: bool = False) -> np.ndarray:
+    """A column of ``n`` packets holding nothing (0, or the field's marker of absence)."""
+    if name in _ADDRESSES:
+        return np.zeros((n, 2), dtype=np.uint64)
+    dtype = _DTYPES[name]
+    return np.full(n, _ABSENT.get(name, 0), dtype=np.int64 if wide and dtype is not bool else dtype)
+
+
 @dataclass
 class PacketFields:
     """Per-packet header fields; an address is two 64-bit halves, [high, low], of its 16 bytes read
@@ -95,13 +103,7 @@ class PacketFields:
     def blank(cls, n: int, wide: bool = False) -> PacketFields:
         """Fields of ``n`` packets holding nothing; ``wide``: every number int64, as the vectorised
         reference computes them (:meth:`narrowed` checks they fit)."""
-        def column(name: str) -> np.ndarray:
-            if name in _ADDRESSES:
-                return np.zeros((n, 2), dtype=np.uint64)
-            dtype = _DTYPES[name]
-            return np.full(n, _ABSENT.get(name, 0), dtype=np.int64 if wide and dtype is not bool else dtype)
-
-        return cls(**{f.name: column(f.name) for f in fields(cls)})
+        return cls(**{f.name: _blank_column(f.name, n, wide) for f in fields(cls)})
 
     @classmethod
     def for_kernel(cls, n: int) -> PacketFields:
@@ -109,11 +111,9 @@ class PacketFields:
         uninitialised (zeroing them first cost more than a tenth of the pass), the application
         layer's are blank."""
         def column(name: str) -> np.ndarray:
-            if name in _ADDRESSES:
-                return np.empty((n, 2), dtype=np.uint64)
             if name in _APP_LAYER:
-                return np.full(n, _ABSENT[name], _DTYPES[name]) if name in _ABSENT else np.zeros(n, _DTYPES[name])
-            return np.empty(n, dtype=_DTYPES[name])
+                return _blank_column(name, n)
+            return np.empty((n, 2) if name in _ADDRESSES else n, dtype=_DTYPES.get(name, np.uint64))
 
         return cls(**{f.name: column(f.name) for f in fields(cls)})
 
