@@ -88,7 +88,9 @@ def _ensure_native() -> bool:
 
 def _compile_bytecode() -> None:
     """Write the package's .pyc files, as pip does when it installs a wheel (and the image does): an
-    editable checkout under PYTHONDONTWRITEBYTECODE would otherwise compile every module at each start."""
+    editable checkout under PYTHONDONTWRITEBYTECODE would otherwise compile every module at each start.
+    Forced: compileall takes a .pyc written in the same second as its source's last change for current
+    (it compares seconds), the import system does not (it also compares sizes) and compiles anew."""
     import compileall
 
     import kubesonar.functions
@@ -96,7 +98,7 @@ def _compile_bytecode() -> None:
     import kubesonar.shared
 
     for package in (kubesonar, kubesonar.sensor, kubesonar.shared, kubesonar.functions):
-        compileall.compile_dir(Path(package.__file__).parent, quiet=1)
+        compileall.compile_dir(Path(package.__file__).parent, quiet=1, force=True)
 
 
 def _timed(cmd: list[str]) -> tuple[float, float]:
@@ -176,6 +178,7 @@ def main() -> None:
     truth = write_synthetic_capture(big, packets=args.packets, flows=args.flows)
     # the same traffic rate for a quarter of the time: memory must not depend on the capture's length
     write_synthetic_capture(small, packets=args.packets // 4, flows=args.flows // 4, duration_s=150.0)
+    os.sync()  # the kernel writes the fresh captures back now, not on the CPUs during the timed runs
     print(f"capture: {truth.packets} packets, {truth.flows} flows, {big.stat().st_size / 1e6:.0f} MB; "
           f"native kernels: {native}; load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores",
           flush=True)
