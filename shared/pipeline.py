@@ -153,11 +153,12 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
     errors: list[str] = []
     raised = [ProcessResult(flows=0)]  # of the last attempt: a lost race works the findings out again
     detector_found: list[tuple[str, Finding]] = []
+    replayed: set[str] = set()  # keys of batches applied before, whose findings are replayed
     fresh: list[Batch] = []
 
     def raise_alerts(found: list[tuple[str, Finding]]) -> None:
         raised[0] = ProcessResult(flows=0)
-        _raise(deps, cluster, [(finding, keys[item_id]) for item_id, finding in found], raised[0])
+        _raise(deps, cluster, [(finding, keys[item_id]) for item_id, finding in found], raised[0], replayed=replayed)
 
     def health_then_alerts() -> None:
         _apply_health(deps, cluster, [(i, b) for i, b in items if i not in failed],
@@ -168,7 +169,7 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
             watchlist, errors = LOADER.load(deps.store)
             resets: list[str] = []
             _apply_detectors(deps, cluster, traffic, watchlist, failed, fresh, digests or {}, detector_found,
-                             health_then_alerts, resets)
+                             health_then_alerts, resets, replayed)
             errors = [*errors, *resets]
         else:
             health_then_alerts()
@@ -197,11 +198,11 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
 def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]],
                      watchlist: list[WatchEntry], failed: dict[str, str], fresh: list[Batch],
                      digests: dict[str, int], found: list[tuple[str, Finding]], before_write: Callable[[], None],
-                     resets: list[str]) -> None:
+                     resets: list[str], replayed: set[str]) -> None:
     """One compare-and-swap update of the cluster's detectors document for all ``items``; their findings
     go to ``found`` and ``before_write`` runs before the write. A batch whose scoring raises is left out
     (and reported in ``failed``) and the others are applied without it. ``resets`` gets why a stored
-    baseline could not be read and was started afresh."""
+    baseline could not be read and was started afresh; ``replayed`` the keys of batches applied before."""
     now = deps.clock.now_ns()
     key = f"state/{cluster}/detectors.json"
 
@@ -218,6 +219,7 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
         replay_log = dict(doc.get("findings", {}))
         found.clear()
         fresh.clear()
+        replayed.clear()
 
         def new(item_id: str, batch: Batch) -> bool:
             """Whether the batch is new; a redelivery's findings are replayed, a refusal noted."""
@@ -225,6 +227,8 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
             status = applied.status(h.sensor_id, h.sequence, h.part, digests.get(item_id, 0))
             if status == APPLIED:
                 found.extend((item_id, _finding(f)) for f in replay_log.get(batch_key(batch), ()))
+                if all(batch_key(b) != batch_key(batch) for b in fresh):  # not the same key twice in this one
+                    replayed.add(batch_key(batch))
             elif status == TOO_OLD:
                 failed[item_id] = _STALE
             elif status == CONFLICT:
@@ -318,11 +322,12 @@ def _legacy_document(store: ObjectStore, cluster: str) -> dict:
 
 
 def _raise(deps: Dependencies, cluster: str, findings: list[tuple[Finding, str]], result: ProcessResult,
-           drain: bool = False) -> None:
+           drain: bool = False, replayed: set[str] | frozenset[str] = frozenset()) -> None:
     """Findings that no allowlist (given, or in the store) silences become (or update) their alerts, one
     write per alert however many batches of the invocation found it. Those owing a notification (new,
     escalated, reopened) go through the outbox (shared/outbox.py), which also delivers what a dead
-    invocation left owing: in invocations with findings, and on the schedule's tick (``drain``)."""
+    invocation left owing: in invocations with findings, and on the schedule's tick (``drain``). Findings
+    of ``replayed`` batches are never merged again into an alert that exists (_upsert_alert)."""
     stored, list_errors = ALLOW_LOADER.load(deps.store)
     result.errors += [e for e in list_errors if e not in result.errors]
     allow = [*deps.config.allowlist, *stored]
@@ -336,7 +341,7 @@ def _raise(deps: Dependencies, cluster: str, findings: list[tuple[Finding, str]]
     owed: list[str] = []
     claim = outbox.new_claim()
     for alert_id, group in by_alert.items():
-        alert, created, reason = _upsert_alert(deps.store, cluster, group, deps.clock, claim)
+        alert, created, reason = _upsert_alert(deps.store, cluster, group, deps.clock, claim, replayed)
         if created:
             result.new_alerts.append(alert)
         elif alert is not None:
@@ -460,17 +465,20 @@ def _finding(d: dict[str, Any]) -> Finding:
 
 
 def _upsert_alert(store: ObjectStore, cluster: str, findings: list[tuple[Finding, str]], clock: Clock,
-                  claim: str = "") -> tuple[dict | None, bool, str | None]:
+                  claim: str = "", replayed: set[str] | frozenset[str] = frozenset()
+                  ) -> tuple[dict | None, bool, str | None]:
     """Create or update one alert with its findings (each with the key of the batch that made it), in one
     write: (alert, created, why it owes a notification); (None, False, None) when every one of those
-    batches was already merged into it. Triage fields survive the merge (shared/triage.py)."""
+    batches was already merged into it. A ``replayed`` batch was merged when it was applied (the alerts
+    are written before the detectors' document), even once its key has left the alert's last
+    ``_BATCHES_KEEP``: it is never merged twice. Triage fields survive the merge (shared/triage.py)."""
     outcome: list = [False, False, None]  # created, replayed, reason
 
     def change(alert: dict | None) -> dict:
         outcome[:] = [alert is None, True, None]
         updated = None if alert is None else normalize(alert)
         for finding, key in findings:
-            if updated is not None and key in updated.get("batches", ()):
+            if updated is not None and (key in updated.get("batches", ()) or key in replayed):
                 continue
             outcome[1] = False
             updated = new_alert(finding, cluster) if updated is None else merge_alert(updated, finding)
