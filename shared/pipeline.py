@@ -409,10 +409,15 @@ def _merge_result(into: ProcessResult, result: ProcessResult) -> None:
 
 
 def check_all_sensors(deps: Dependencies) -> ProcessResult:
-    """The schedule's tick over every cluster that has sent heartbeats (an adapter's timer calls this)."""
+    """The schedule's tick over every cluster that has sent heartbeats (an adapter's timer calls this). A
+    cluster whose check fails (a document that cannot be read, a store error) is one of ``errors``: the
+    other clusters are still checked, and their outboxes drained."""
     total = ProcessResult(flows=0)
     for cluster in clusters_with_sensors(deps.store):
-        _merge_result(total, check_sensors(deps, cluster))
+        try:
+            _merge_result(total, check_sensors(deps, cluster))
+        except StoreError as exc:
+            total.errors.append(f"sensor check of cluster {cluster} failed: {exc}")
     return total
 
 

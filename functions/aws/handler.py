@@ -95,7 +95,11 @@ def score_records(records: list[dict]) -> dict:
 def check_sensor_health() -> dict:
     """The schedule's tick: sensors of every cluster silent for too long raise sensor_silent, even when
     no batch arrives at all (a whole cluster gone quiet)."""
-    raised = [a["id"] for a in check_all_sensors(deps).new_alerts]
+    result = check_all_sensors(deps)
+    raised = [a["id"] for a in result.new_alerts]
+    for fault in result.errors:  # a cluster that could not be checked, a notification deferred
+        logger.warning("fault met", extra={"error": fault})
+    metrics.add_metric(name="Faults", unit=MetricUnit.Count, value=len(result.errors))
     metrics.add_metric(name="Alerts", unit=MetricUnit.Count, value=len(raised))
     logger.info("sensor health checked", extra={"new_alerts": raised})
     return {"new_alerts": raised}
