@@ -14,6 +14,7 @@ per invocation, not per message (docs/cost.md). Store layout:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -41,7 +42,7 @@ from kubesonar.shared.detectors.tls_bare_ip import TlsBareIpDetector
 from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
 from kubesonar.shared.edges import update_edge_summary
-from kubesonar.shared.errors import BatchFormatError, StoreError
+from kubesonar.shared.errors import BatchFormatError, ConfigError, StoreError
 from kubesonar.shared.health import SensorHealth
 from kubesonar.shared.lists_store import ALLOW_LOADER
 from kubesonar.shared.netzones import PRIVATE_NETWORKS, Zones
@@ -72,6 +73,16 @@ class CoreConfig:
     # only traffic leaving them (shared/netzones.py)
     internal_networks: tuple[str, ...] = PRIVATE_NETWORKS
     watchlist: tuple[WatchEntry, ...] = ()  # entries given directly; those in the store are added
+
+    def __post_init__(self) -> None:
+        # checked here, at a function's cold start: a network that does not parse would otherwise fail the
+        # scoring of every message, each retried into the dead-letter queue
+        for network in self.internal_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"internal network {network!r} is not a CIDR network (such as 10.0.0.0/8); "
+                                  "check KUBESONAR_INTERNAL_NETWORKS") from None
 
 
 @dataclass

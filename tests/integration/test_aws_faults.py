@@ -72,3 +72,12 @@ def test_a_cluster_whose_health_document_is_broken_does_not_stop_the_others_chec
     assert len(handler.lambda_handler(schedule, LambdaContext())["new_alerts"]) == 1  # prod's node-7
     faults = [r for r in caplog.records if r.getMessage() == "fault met"]
     assert len(faults) == 1 and "state/aaa/sensor_health.json" in faults[0].error
+
+
+def test_an_internal_network_that_does_not_parse_stops_the_cold_start_with_one_clear_line(handler, monkeypatch):
+    """Not every message failing its scoring and retried into the dead-letter queue."""
+    from kubesonar.shared.errors import ConfigError
+
+    monkeypatch.setenv("KUBESONAR_INTERNAL_NETWORKS", "10.0.0.0/8,10.1.2.300/24")
+    with pytest.raises(ConfigError, match=r"internal network '10.1.2.300/24' is not a CIDR network"):
+        importlib.reload(handler)
