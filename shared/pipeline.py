@@ -247,8 +247,8 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
             return status == NEW and item_id not in failed
 
         pending = [(item_id, batch) for item_id, batch in items if new(item_id, batch)]
-        if not pending:
-            return stored if stored is not None else doc
+        if not pending:  # nothing to apply: on a new cluster nothing to write either (an empty document is refused)
+            return stored if stored is not None else doc or None
         states = doc.get("detectors", {})
         runners = detectors(deps.config, watchlist)
         resets.clear()

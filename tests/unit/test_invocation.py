@@ -126,6 +126,26 @@ def test_a_message_whose_scoring_fails_is_retried_without_reapplying_the_others(
     assert all(log.status("n1/s", seq, 0) == APPLIED for seq in range(4))
 
 
+def test_a_new_clusters_first_message_whose_scoring_fails_leaves_no_document_that_refuses_the_rest(deps, monkeypatch):
+    """With nothing left to apply on a cluster that has no detectors document, nothing is written: an
+    empty document would be refused by every later read, and the cluster's messages retried for good."""
+    from kubesonar.shared.detectors.port_scan import PortScanDetector
+
+    good = _scan_deliveries()
+    original = PortScanDetector.score
+
+    def breaks(self, batch):
+        raise RuntimeError("a detector bug")
+
+    monkeypatch.setattr(PortScanDetector, "score", breaks)
+    failed = process_deliveries([good[0]], deps)
+    assert [i for i, _ in failed.retry] == [good[0].id] and not failed.applied
+    assert read_document(deps.store, "state/c1/detectors.json") == (None, None)
+    monkeypatch.setattr(PortScanDetector, "score", original)
+    rest = process_deliveries(good[1:], deps)
+    assert rest.applied == [d.id for d in good[1:]] and not rest.retry
+
+
 def test_the_applied_log_knows_parts_gaps_and_refuses_what_is_older_than_its_window():
     log = AppliedLog()
     log.mark("s", 10, 0, 2, now_ns=1)
