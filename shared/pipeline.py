@@ -83,7 +83,7 @@ class CoreConfig:
                 ipaddress.ip_network(network, strict=False)
             except ValueError:
                 raise ConfigError(f"internal network {network!r} is not a CIDR network (such as 10.0.0.0/8); "
-                                  "check KUBESONAR_INTERNAL_NETWORKS") from None
+                                  "check KUBESONAR_INTERNAL_NETWORKS or --internal-network") from None
 
 
 @dataclass
