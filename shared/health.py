@@ -44,6 +44,8 @@ class SensorHealth:
             return []
         node = header.node or header.sensor_id
         prev = self._state["nodes"].get(node, {})
+        if header.window_end_ns <= prev.get("window_end_ns", header.window_end_ns - 1):
+            return []  # a window no later than the last recorded: a redelivery or a replay, no sign of life
         same = prev.get("sensor_id") == header.sensor_id
         drops = c.get("kernel_drops", 0) - (prev.get("kernel_drops", 0) if same else 0)
         seen = c.get("kernel_packets", 0) - (prev.get("kernel_packets", 0) if same else 0)

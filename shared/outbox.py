@@ -179,7 +179,11 @@ def _send(deps: Dependencies, cluster: str, alert: dict[str, Any], reason: str, 
     if dest.rate_limit:
         admitted, held = ratelimit.admit(deps.store, cluster, dest, alert["type"], now)
         if held:
-            _post(dest, _OUTPUTS[dest.kind].digest(dest.name, held, dest.window_s), now)
+            try:
+                _post(dest, _OUTPUTS[dest.kind].digest(dest.name, held, dest.window_s), now)
+            except DeliveryFailed:
+                ratelimit.give_back(deps.store, cluster, dest, held)  # told in a later digest, not lost
+                raise
         if not admitted:
             return  # counted in the next digest: that is this destination's confirmation
     _post(dest, _OUTPUTS[dest.kind].payload(_public(alert), reason, console_url), now)
@@ -237,5 +241,6 @@ def _flush_digests(deps: Dependencies, cluster: str, routing: Routing, now: int)
         try:
             _post(dest, _OUTPUTS[dest.kind].digest(dest.name, held, dest.window_s), now)
         except DeliveryFailed as exc:
+            ratelimit.give_back(deps.store, cluster, dest, held)  # told in a later digest, not lost
             errors.append(f"digest to {dest.name} failed: {exc}")
     return errors

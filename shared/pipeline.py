@@ -14,6 +14,7 @@ per invocation, not per message (docs/cost.md). Store layout:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ from kubesonar.shared import identity, outbox
 from kubesonar.shared.alerts import Finding, merge_alert, new_alert
 from kubesonar.shared.allowlist import AllowEntry, is_allowed
 from kubesonar.shared.applied import APPLIED, CONFLICT, NEW, TOO_OLD, AppliedLog, content_digest
-from kubesonar.shared.batch import Batch, decode_batch
+from kubesonar.shared.batch import MAX_ROWS_PER_MESSAGE, Batch, decode_batch
 from kubesonar.shared.detectors import Detector, observe_all
 from kubesonar.shared.detectors.beaconing import BeaconingDetector
 from kubesonar.shared.detectors.brute_force import BruteForceDetector
@@ -41,7 +42,7 @@ from kubesonar.shared.detectors.tls_bare_ip import TlsBareIpDetector
 from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
 from kubesonar.shared.edges import update_edge_summary
-from kubesonar.shared.errors import BatchFormatError, StoreError
+from kubesonar.shared.errors import BatchFormatError, ConfigError, StoreError
 from kubesonar.shared.health import SensorHealth
 from kubesonar.shared.lists_store import ALLOW_LOADER
 from kubesonar.shared.netzones import PRIVATE_NETWORKS, Zones
@@ -57,6 +58,7 @@ LAYOUT = 2  # of the state documents (module docstring)
 _STALE = "older than its sensor's sequence window: refused as a replay"
 _CONFLICT = "its key (sensor, sequence, part) was applied with other content: refused as a conflict"
 _BATCHES_KEEP = 64  # batch keys an alert remembers
+ROWS_HELD = MAX_ROWS_PER_MESSAGE  # decoded rows an invocation applies at once (process_deliveries)
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,16 @@ class CoreConfig:
     # only traffic leaving them (shared/netzones.py)
     internal_networks: tuple[str, ...] = PRIVATE_NETWORKS
     watchlist: tuple[WatchEntry, ...] = ()  # entries given directly; those in the store are added
+
+    def __post_init__(self) -> None:
+        # checked here, at a function's cold start: a network that does not parse would otherwise fail the
+        # scoring of every message, each retried into the dead-letter queue
+        for network in self.internal_networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ConfigError(f"internal network {network!r} is not a CIDR network (such as 10.0.0.0/8); "
+                                  "check KUBESONAR_INTERNAL_NETWORKS or --internal-network") from None
 
 
 @dataclass
@@ -153,11 +165,12 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
     errors: list[str] = []
     raised = [ProcessResult(flows=0)]  # of the last attempt: a lost race works the findings out again
     detector_found: list[tuple[str, Finding]] = []
+    replayed: set[str] = set()  # keys of batches applied before, whose findings are replayed
     fresh: list[Batch] = []
 
     def raise_alerts(found: list[tuple[str, Finding]]) -> None:
         raised[0] = ProcessResult(flows=0)
-        _raise(deps, cluster, [(finding, keys[item_id]) for item_id, finding in found], raised[0])
+        _raise(deps, cluster, [(finding, keys[item_id]) for item_id, finding in found], raised[0], replayed=replayed)
 
     def health_then_alerts() -> None:
         _apply_health(deps, cluster, [(i, b) for i, b in items if i not in failed],
@@ -168,7 +181,7 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
             watchlist, errors = LOADER.load(deps.store)
             resets: list[str] = []
             _apply_detectors(deps, cluster, traffic, watchlist, failed, fresh, digests or {}, detector_found,
-                             health_then_alerts, resets)
+                             health_then_alerts, resets, replayed)
             errors = [*errors, *resets]
         else:
             health_then_alerts()
@@ -197,11 +210,11 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
 def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]],
                      watchlist: list[WatchEntry], failed: dict[str, str], fresh: list[Batch],
                      digests: dict[str, int], found: list[tuple[str, Finding]], before_write: Callable[[], None],
-                     resets: list[str]) -> None:
+                     resets: list[str], replayed: set[str]) -> None:
     """One compare-and-swap update of the cluster's detectors document for all ``items``; their findings
     go to ``found`` and ``before_write`` runs before the write. A batch whose scoring raises is left out
     (and reported in ``failed``) and the others are applied without it. ``resets`` gets why a stored
-    baseline could not be read and was started afresh."""
+    baseline could not be read and was started afresh; ``replayed`` the keys of batches applied before."""
     now = deps.clock.now_ns()
     key = f"state/{cluster}/detectors.json"
 
@@ -218,6 +231,7 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
         replay_log = dict(doc.get("findings", {}))
         found.clear()
         fresh.clear()
+        replayed.clear()
 
         def new(item_id: str, batch: Batch) -> bool:
             """Whether the batch is new; a redelivery's findings are replayed, a refusal noted."""
@@ -225,6 +239,8 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
             status = applied.status(h.sensor_id, h.sequence, h.part, digests.get(item_id, 0))
             if status == APPLIED:
                 found.extend((item_id, _finding(f)) for f in replay_log.get(batch_key(batch), ()))
+                if all(batch_key(b) != batch_key(batch) for b in fresh):  # not the same key twice in this one
+                    replayed.add(batch_key(batch))
             elif status == TOO_OLD:
                 failed[item_id] = _STALE
             elif status == CONFLICT:
@@ -232,8 +248,8 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
             return status == NEW and item_id not in failed
 
         pending = [(item_id, batch) for item_id, batch in items if new(item_id, batch)]
-        if not pending:
-            return stored if stored is not None else doc
+        if not pending:  # nothing to apply: on a new cluster nothing to write either (an empty document is refused)
+            return stored if stored is not None else doc or None
         states = doc.get("detectors", {})
         runners = detectors(deps.config, watchlist)
         resets.clear()
@@ -318,11 +334,12 @@ def _legacy_document(store: ObjectStore, cluster: str) -> dict:
 
 
 def _raise(deps: Dependencies, cluster: str, findings: list[tuple[Finding, str]], result: ProcessResult,
-           drain: bool = False) -> None:
+           drain: bool = False, replayed: set[str] | frozenset[str] = frozenset()) -> None:
     """Findings that no allowlist (given, or in the store) silences become (or update) their alerts, one
     write per alert however many batches of the invocation found it. Those owing a notification (new,
     escalated, reopened) go through the outbox (shared/outbox.py), which also delivers what a dead
-    invocation left owing: in invocations with findings, and on the schedule's tick (``drain``)."""
+    invocation left owing: in invocations with findings, and on the schedule's tick (``drain``). Findings
+    of ``replayed`` batches are never merged again into an alert that exists (_upsert_alert)."""
     stored, list_errors = ALLOW_LOADER.load(deps.store)
     result.errors += [e for e in list_errors if e not in result.errors]
     allow = [*deps.config.allowlist, *stored]
@@ -336,7 +353,7 @@ def _raise(deps: Dependencies, cluster: str, findings: list[tuple[Finding, str]]
     owed: list[str] = []
     claim = outbox.new_claim()
     for alert_id, group in by_alert.items():
-        alert, created, reason = _upsert_alert(deps.store, cluster, group, deps.clock, claim)
+        alert, created, reason = _upsert_alert(deps.store, cluster, group, deps.clock, claim, replayed)
         if created:
             result.new_alerts.append(alert)
         elif alert is not None:
@@ -369,10 +386,13 @@ class DeliveryOutcome:
 
 
 def process_deliveries(deliveries: list[Delivery], deps: Dependencies) -> DeliveryOutcome:
-    """Score all messages of one invocation together: the entry point every queue adapter calls."""
+    """Score all messages of one invocation together: the entry point every queue adapter calls. They are
+    applied together up to ``ROWS_HELD`` decoded rows at a time: a decoded full message holds some 40 MB,
+    and an invocation holding all of them outgrew the function (16 messages of 131,072 flows: 825 MB)."""
     outcome = DeliveryOutcome(ProcessResult(flows=0))
     clusters: dict[str, list[tuple[str, Batch]]] = {}
     digests: dict[str, int] = {}
+    held = 0
     for delivery in deliveries:
         try:
             message = authenticate(delivery.data, deps.keyring)
@@ -382,6 +402,16 @@ def process_deliveries(deliveries: list[Delivery], deps: Dependencies) -> Delive
             continue
         digests[delivery.id] = content_digest(message, batch.header.parts)
         clusters.setdefault(_cluster(batch), []).append((delivery.id, batch))
+        held += len(batch.flows) + len(batch.dns) + len(batch.pods)
+        if held >= ROWS_HELD:
+            _apply_held(clusters, digests, deps, outcome)
+            clusters, held = {}, 0
+    _apply_held(clusters, digests, deps, outcome)
+    return outcome
+
+
+def _apply_held(clusters: dict[str, list[tuple[str, Batch]]], digests: dict[str, int], deps: Dependencies,
+                outcome: DeliveryOutcome) -> None:
     for cluster, items in clusters.items():
         failed: dict[str, str] = {}
         try:
@@ -390,7 +420,6 @@ def process_deliveries(deliveries: list[Delivery], deps: Dependencies) -> Delive
             failed = {item_id: f"{type(exc).__name__}: {exc}" for item_id, _ in items}
         outcome.retry += list(failed.items())
         outcome.applied += [item_id for item_id, _ in items if item_id not in failed]
-    return outcome
 
 
 def _merge_result(into: ProcessResult, result: ProcessResult) -> None:
@@ -404,10 +433,15 @@ def _merge_result(into: ProcessResult, result: ProcessResult) -> None:
 
 
 def check_all_sensors(deps: Dependencies) -> ProcessResult:
-    """The schedule's tick over every cluster that has sent heartbeats (an adapter's timer calls this)."""
+    """The schedule's tick over every cluster that has sent heartbeats (an adapter's timer calls this). A
+    cluster whose check fails (a document that cannot be read, a store error) is one of ``errors``: the
+    other clusters are still checked, and their outboxes drained."""
     total = ProcessResult(flows=0)
     for cluster in clusters_with_sensors(deps.store):
-        _merge_result(total, check_sensors(deps, cluster))
+        try:
+            _merge_result(total, check_sensors(deps, cluster))
+        except StoreError as exc:
+            total.errors.append(f"sensor check of cluster {cluster} failed: {exc}")
     return total
 
 
@@ -460,17 +494,20 @@ def _finding(d: dict[str, Any]) -> Finding:
 
 
 def _upsert_alert(store: ObjectStore, cluster: str, findings: list[tuple[Finding, str]], clock: Clock,
-                  claim: str = "") -> tuple[dict | None, bool, str | None]:
+                  claim: str = "", replayed: set[str] | frozenset[str] = frozenset()
+                  ) -> tuple[dict | None, bool, str | None]:
     """Create or update one alert with its findings (each with the key of the batch that made it), in one
     write: (alert, created, why it owes a notification); (None, False, None) when every one of those
-    batches was already merged into it. Triage fields survive the merge (shared/triage.py)."""
+    batches was already merged into it. A ``replayed`` batch was merged when it was applied (the alerts
+    are written before the detectors' document), even once its key has left the alert's last
+    ``_BATCHES_KEEP``: it is never merged twice. Triage fields survive the merge (shared/triage.py)."""
     outcome: list = [False, False, None]  # created, replayed, reason
 
     def change(alert: dict | None) -> dict:
         outcome[:] = [alert is None, True, None]
         updated = None if alert is None else normalize(alert)
         for finding, key in findings:
-            if updated is not None and key in updated.get("batches", ()):
+            if updated is not None and (key in updated.get("batches", ()) or key in replayed):
                 continue
             outcome[1] = False
             updated = new_alert(finding, cluster) if updated is None else merge_alert(updated, finding)

@@ -77,7 +77,8 @@ def update_document(
 
     ``change`` must be a pure function of the document it is given: on a lost race it runs again on
     the newer document. Backoff is exponential with full jitter, capped at 0.5 s. When ``change``
-    returns the very document it was given (and one exists), nothing is written. ``before_write`` runs
+    returns the very document it was given, or None where there is none, nothing is written (a ``null``
+    document would be refused by every later read). ``before_write`` runs
     after each ``change`` and before its write (what must be written first, such as the alerts the
     change found); if it raises, nothing is written.
     """
@@ -86,7 +87,7 @@ def update_document(
         updated = change(current)
         if before_write is not None:
             before_write()
-        if updated is current and current is not None:
+        if updated is current:
             return current
         data = json.dumps(updated, separators=(",", ":"), sort_keys=True).encode()
         try:

@@ -23,9 +23,11 @@ import boto3
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 
 from kubesonar.functions.aws.notifier import SnsNotifier
 from kubesonar.functions.aws.store import S3ObjectStore
+from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import (
     CoreConfig,
@@ -43,7 +45,13 @@ _s3 = boto3.client("s3")
 
 
 def _secret(name: str) -> str:
-    return boto3.client("secretsmanager").get_secret_value(SecretId=name)["SecretString"]
+    try:
+        text = boto3.client("secretsmanager").get_secret_value(SecretId=name).get("SecretString")
+    except (BotoCoreError, ClientError) as exc:  # Terraform leaves the secret without a value: put the keyring in
+        raise ConfigError(f"keyring secret {name}: Secrets Manager cannot give its value: {exc}") from None
+    if text is None:
+        raise ConfigError(f"keyring secret {name}: holds no text (put the keyring document in; docs/hardening.md)")
+    return text
 
 
 deps = Dependencies(
@@ -95,7 +103,11 @@ def score_records(records: list[dict]) -> dict:
 def check_sensor_health() -> dict:
     """The schedule's tick: sensors of every cluster silent for too long raise sensor_silent, even when
     no batch arrives at all (a whole cluster gone quiet)."""
-    raised = [a["id"] for a in check_all_sensors(deps).new_alerts]
+    result = check_all_sensors(deps)
+    raised = [a["id"] for a in result.new_alerts]
+    for fault in result.errors:  # a cluster that could not be checked, a notification deferred
+        logger.warning("fault met", extra={"error": fault})
+    metrics.add_metric(name="Faults", unit=MetricUnit.Count, value=len(result.errors))
     metrics.add_metric(name="Alerts", unit=MetricUnit.Count, value=len(raised))
     logger.info("sensor health checked", extra={"new_alerts": raised})
     return {"new_alerts": raised}

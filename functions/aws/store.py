@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import StoredObject, check_key
@@ -29,7 +29,12 @@ class S3ObjectStore:
             if _code(exc) in ("NoSuchKey", "404"):
                 return None
             raise _store_error("read", key, exc) from None
-        return StoredObject(obj["Body"].read(), obj["ETag"])
+        except BotoCoreError as exc:  # S3 not reached, or the answer cut: the store failed all the same
+            raise StoreError(f"S3 could not read {key!r}: {exc}") from None
+        try:
+            return StoredObject(obj["Body"].read(), obj["ETag"])
+        except BotoCoreError as exc:
+            raise StoreError(f"S3 could not read {key!r}: {exc}") from None
 
     def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
         condition = {"IfNoneMatch": "*"} if create_only else {"IfMatch": if_version} if if_version else {}
@@ -40,6 +45,8 @@ class S3ObjectStore:
             if _code(exc) in _CONFLICT_CODES or (if_version and _code(exc) in ("NoSuchKey", "404")):
                 raise VersionConflict(f"{key}: changed since it was read") from None
             raise _store_error("write", key, exc) from None
+        except BotoCoreError as exc:
+            raise StoreError(f"S3 could not write {key!r}: {exc}") from None
         return response["ETag"]
 
     def list(self, prefix: str) -> Iterator[str]:
@@ -50,6 +57,8 @@ class S3ObjectStore:
                     yield item["Key"][len(self.prefix):]
         except ClientError as exc:
             raise _store_error("list", prefix, exc) from None
+        except BotoCoreError as exc:
+            raise StoreError(f"S3 could not list {prefix!r}: {exc}") from None
 
 
 def _code(exc: ClientError) -> str:

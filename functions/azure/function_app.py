@@ -48,7 +48,10 @@ def score_batch(event: func.EventGridEvent) -> None:
 @app.timer_trigger(arg_name="timer", schedule="0 */1 * * * *", run_on_startup=False)
 def check_sensor_health(timer: func.TimerRequest) -> None:
     """Sensors silent for too long raise sensor_silent, even when no batch arrives at all."""
-    _log("sensor health checked", new_alerts=[a["id"] for a in check_all_sensors(deps).new_alerts])
+    checked = check_all_sensors(deps)
+    for fault in checked.errors:  # a cluster that could not be checked, a notification deferred
+        log.warning(json.dumps({"message": "fault met", "error": fault}))
+    _log("sensor health checked", new_alerts=[a["id"] for a in checked.new_alerts], faults=len(checked.errors))
 
 
 def _log(message: str, **fields: object) -> None:

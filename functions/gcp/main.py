@@ -79,8 +79,11 @@ def score(deliveries: list[Delivery], keys: dict[str, str]) -> list[str]:
 def on_tick(event: CloudEvent) -> None:
     started = time.perf_counter()
     pulled = drain(_subscription, _pull_max, score)
-    raised = [a["id"] for a in check_all_sensors(deps).new_alerts]
-    log("INFO", "sensor health checked", new_alerts=raised, pulled=pulled,
+    checked = check_all_sensors(deps)
+    for fault in checked.errors:  # a cluster that could not be checked, a notification deferred
+        log("WARNING", "fault met", error=fault)
+    raised = [a["id"] for a in checked.new_alerts]
+    log("INFO", "sensor health checked", new_alerts=raised, pulled=pulled, faults=len(checked.errors),
         seconds=round(time.perf_counter() - started, 3))
 
 

@@ -2,9 +2,9 @@
 (ifGenerationMatch=0 to create, =<generation> to replace), so concurrent invocations never lose an update.
 
 The client library retries an upload only when it carries a precondition; so a create whose first
-attempt landed but whose answer was lost comes back as 412 on the retry. A 412 on create is therefore
-checked by reading the object back: every write carries a token of its own in the object's metadata,
-and our token means we won. (Equal bytes would not do: two writers often create the same document.)
+attempt landed but whose answer was lost comes back as 412 on the retry. A 412 on a create or a replace
+is therefore checked by reading the object back: every write carries a token of its own in the object's
+metadata, and our token means we won. (Equal bytes would not do: two writers often create the same document.)
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class GcsObjectStore:
         try:
             blob.upload_from_string(data, content_type="application/json", **condition)
         except gexc.PreconditionFailed:
-            if create_only and (landed := self._written_by(blob)) is not None:
+            if (create_only or if_version) and (landed := self._written_by(blob)) is not None:
                 return landed  # our own first attempt landed; its answer was lost
             raise VersionConflict(f"{key}: changed since it was read") from None
         except (gexc.GoogleAPIError, ValueError) as exc:

@@ -63,3 +63,16 @@ def due_digests(store: ObjectStore, cluster: str, dests: list[Destination], now_
 
     update_document(store, _key(cluster), change)
     return taken
+
+
+def give_back(store: ObjectStore, cluster: str, dest: Destination, held: dict[str, int]) -> None:
+    """Held counts whose digest could not be sent: counted again, so the next digest tells them."""
+
+    def change(doc: dict | None) -> dict:
+        doc = dict(doc or {})
+        window = dict(doc.get(dest.name) or {"start_ns": 0, "sent": 0, "held": {}})
+        window["held"] = {t: window["held"].get(t, 0) + held.get(t, 0) for t in sorted({*window["held"], *held})}
+        doc[dest.name] = window
+        return doc
+
+    update_document(store, _key(cluster), change)

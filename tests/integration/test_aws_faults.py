@@ -48,3 +48,36 @@ def test_a_broken_watchlist_is_logged_and_counted(capfd, caplog, handler):
     assert len(faults) == 1 and faults[0].error.startswith("watchlist bad:") and faults[0].levelname == "WARNING"
     (emf,) = [json.loads(x) for x in capfd.readouterr().out.splitlines() if x.startswith('{"_aws"')]
     assert emf["Faults"] == [1.0] and emf["Conflicts"] == [0.0] and emf["Flows"] == [10.0]
+
+
+def test_a_cluster_whose_health_document_is_broken_does_not_stop_the_others_check(caplog, handler, monkeypatch):
+    """The schedule's tick checks every cluster: one cluster's document that cannot be read is a fault met,
+    logged, and the other clusters' silent sensors are still reported."""
+    import os
+    import time
+
+    from conftest import REPO
+
+    monkeypatch.setenv("KUBESONAR_SENSOR_SILENT_AFTER_S", "1")
+    handler = importlib.reload(handler)
+    client("s3", os.environ["AWS_ENDPOINT_URL"]).put_object(
+        Bucket=os.environ["KUBESONAR_STATE_BUCKET"], Key="state/aaa/sensor_health.json", Body=b"[]")
+    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, 0, 1,
+                         counters={"packets": 10, "kernel_packets": 10, "kernel_drops": 0})
+    (heartbeat,) = window_messages(header, FlowRecords.empty(), SQS_LIMIT)
+    record = dict(copy.deepcopy(EVENT["Records"][0]), body=base64.b64encode(heartbeat.data).decode())
+    assert handler.lambda_handler({"Records": [record]}, LambdaContext()) == {"batchItemFailures": []}
+    time.sleep(1.8)  # past 4/3 of the 1 s bound (shared/health.py)
+    schedule = json.loads((REPO / "tests" / "fixtures" / "aws" / "scheduled-event.json").read_text())
+    assert len(handler.lambda_handler(schedule, LambdaContext())["new_alerts"]) == 1  # prod's node-7
+    faults = [r for r in caplog.records if r.getMessage() == "fault met"]
+    assert len(faults) == 1 and "state/aaa/sensor_health.json" in faults[0].error
+
+
+def test_an_internal_network_that_does_not_parse_stops_the_cold_start_with_one_clear_line(handler, monkeypatch):
+    """Not every message failing its scoring and retried into the dead-letter queue."""
+    from kubesonar.shared.errors import ConfigError
+
+    monkeypatch.setenv("KUBESONAR_INTERNAL_NETWORKS", "10.0.0.0/8,10.1.2.300/24")
+    with pytest.raises(ConfigError, match=r"internal network '10.1.2.300/24' is not a CIDR network"):
+        importlib.reload(handler)

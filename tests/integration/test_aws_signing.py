@@ -68,3 +68,14 @@ def test_only_batches_signed_with_the_clusters_key_are_scored(handler):
     bodies = [_message(good, "node-1/a1"), _message(None, "node-1/a2"), _message(forged, "node-1/a3")]
     result = handler.lambda_handler(_event(bodies), LambdaContext())
     assert [f["itemIdentifier"] for f in result["batchItemFailures"]] == ["m1", "m2"]
+
+
+def test_a_keyring_secret_with_no_value_yet_stops_the_cold_start_with_one_line_naming_it(handler, monkeypatch):
+    """As Terraform leaves it (docs/hardening.md): the secret exists, no keyring was put in it yet."""
+    from kubesonar.shared.errors import ConfigError
+
+    name = f"kubesonar-keyring-empty-{uuid.uuid4().hex[:8]}"
+    client("secretsmanager", os.environ["AWS_ENDPOINT_URL"]).create_secret(Name=name)
+    monkeypatch.setenv("KUBESONAR_KEYRING_SECRET", name)
+    with pytest.raises(ConfigError, match=f"keyring secret {name}: "):
+        importlib.reload(handler)

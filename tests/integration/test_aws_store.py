@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 
 import pytest
@@ -19,3 +20,23 @@ class TestS3ObjectStore(ObjectStoreContract):
         bucket = f"kubesonar-state-{uuid.uuid4().hex[:12]}"
         s3.create_bucket(Bucket=bucket)
         return S3ObjectStore(s3, bucket)
+
+
+def test_an_s3_that_cannot_be_reached_is_a_store_error():
+    """The port's contract: the core tells a failed store (StoreError) from a bug, so botocore's own
+    errors (no connection, a cut answer) must not pass through as they are."""
+    import boto3
+    import botocore.config
+
+    from kubesonar.shared.errors import StoreError
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+                      aws_secret_access_key="testing", config=botocore.config.Config(retries={"max_attempts": 1}))
+    store = S3ObjectStore(s3, "kubesonar-state")
+    for call in (lambda: store.get("state/c/doc.json"), lambda: store.put("state/c/doc.json", b"{}"),
+                 lambda: list(store.list("state/"))):
+        with pytest.raises(StoreError, match="S3 could not"):
+            call()

@@ -210,6 +210,21 @@ def test_the_timer_reports_a_sensor_that_went_silent(backend):
     assert len(_alerts(b)) == 1 and len(b["alerts"].received) == 1  # once per silence
 
 
+def test_a_cluster_whose_health_document_is_broken_does_not_stop_the_others_check(backend, caplog):
+    b = backend
+    b["containers"]["state"].upload_blob("state/aaa/sensor_health.json", b"[]")  # checked before prod
+    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, 0, 1,
+                         counters={"packets": 10, "kernel_packets": 10, "kernel_drops": 0})
+    _publish(b, window_messages(header, FlowRecords.empty(), LIMIT))
+    b["flows"].wait_idle()
+    time.sleep(1.5)
+    b["app"].check_sensor_health(None)
+    (alert,) = _alerts(b)
+    assert (alert["type"], alert["source"]["node"]) == ("sensor_silent", "node-7")
+    faults = [json.loads(r.getMessage()) for r in caplog.records if '"fault met"' in r.getMessage()]
+    assert len(faults) == 1 and "state/aaa/sensor_health.json" in faults[0]["error"]
+
+
 def test_the_app_indexes_as_the_python_worker_reads_it(backend):
     functions = {f.get_function_name(): json.loads(f.get_function_json()) for f in backend["app"].app.get_functions()}
     bindings = {name: [(b["type"], b["direction"]) for b in f["bindings"]] for name, f in functions.items()}

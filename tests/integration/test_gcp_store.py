@@ -12,6 +12,7 @@ from google.api_core.exceptions import PreconditionFailed
 
 from kubesonar.functions.gcp.store import GcsObjectStore
 from kubesonar.shared.errors import VersionConflict
+from kubesonar.shared.ports import StoredObject
 
 
 @pytest.fixture
@@ -86,3 +87,29 @@ def test_a_gs_url_opens_the_bucket_under_its_prefix(bucket):
     store.put("state/c/doc.json", b"{}", create_only=True)
     assert [b.name for b in client.list_blobs(name)] == ["team-a/state/c/doc.json"]
     assert list(store.list("state/")) == ["state/c/doc.json"]
+
+
+def test_a_retried_replace_whose_first_attempt_landed_is_ours(bucket):
+    """As a create: the library retries a replace (ifGenerationMatch) whose answer was lost, and the retry
+    meets our own write. A conflict there would have the caller apply its change again on its own write
+    (an edge summary counted twice, a comment added twice)."""
+    client, name = bucket
+    store = GcsObjectStore(client, name)
+    first = store.put("state/c/doc.json", b'{"v": 1}', create_only=True)
+    session = client._http
+    real_request, calls = session.request, []
+
+    def lose_the_first_answer(method, url, *args, **kwargs):
+        response = real_request(method, url, *args, **kwargs)
+        calls.append(response.status_code)
+        if len(calls) == 1:
+            raise ConnectionError("connection reset after the upload landed")
+        return response
+
+    session.request = lose_the_first_answer
+    try:
+        version = store.put("state/c/doc.json", b'{"v": 2}', if_version=first)
+    finally:
+        session.request = real_request
+    assert calls[:2] == [200, 412]  # landed, then the retry met it
+    assert store.get("state/c/doc.json") == StoredObject(b'{"v": 2}', version)

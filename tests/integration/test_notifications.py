@@ -187,6 +187,21 @@ def test_the_rate_limit_holds_alerts_and_sends_a_digest(tmp_path, receiver):
     assert [d["text"] for d in digest] == ["KubeSonar digest: 3 more alerts of type port_scan in the last 10 minutes"]
 
 
+def test_a_digest_that_could_not_be_sent_is_sent_later(tmp_path, receiver):
+    """The held counts are taken from the rate document before the digest is posted: a failed post must
+    give them back, or the alerts it counts are never told to that destination."""
+    deps = _deps(tmp_path, receiver, rate_limit=2, window="10m")
+    for n in range(5):
+        process_batch(scan_batch(n + 1, 1000 + 20 * n, src=f"10.0.0.{20 + n}"), deps)
+    deps.clock.advance(601)
+    receiver.fail_next = 2  # both quick attempts of the digest
+    assert any("digest to soc-slack failed" in e for e in check_all_sensors(deps).errors)
+    deps.clock.advance(601)
+    check_all_sensors(deps)
+    digest = [d for d in receiver.bodies("/slack") if d["text"].startswith("KubeSonar digest")]
+    assert [d["text"] for d in digest] == ["KubeSonar digest: 3 more alerts of type port_scan in the last 10 minutes"]
+
+
 class _DiesBeforeDelivering(LocalObjectStore):
     def get(self, key: str):
         if key == ROUTING_KEY:

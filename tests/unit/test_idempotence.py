@@ -10,11 +10,13 @@ import pytest
 
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
+from kubesonar.shared.alert_query import triage_alert
 from kubesonar.shared.batch import Batch, BatchHeader
 from kubesonar.shared.errors import StoreError
 from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
 from kubesonar.shared.pipeline import Dependencies, process_batch
 from kubesonar.shared.ports import SystemClock
+from kubesonar.shared.triage import TriageChange
 
 
 def _scan(sequence: int, first_port: int) -> Batch:
@@ -46,6 +48,22 @@ def test_a_redelivered_batch_changes_nothing(tmp_path):
     process_batch(_scan(2, 2000), deps)  # the next batch is new: the alert counts it
     (alert,) = [v for k, v in _documents(tmp_path).items() if k.startswith("alerts/")]
     assert alert["count"] == 2
+
+
+def test_a_redelivery_older_than_the_alerts_last_merged_batches_is_not_merged_again(tmp_path):
+    """An alert remembers the keys of its last 64 batches; a batch merged before those, redelivered
+    (a Lambda that timed out after its writes, a dead-letter redrive), must neither count again nor
+    reopen the alert once resolved."""
+    deps = Dependencies(LocalObjectStore(tmp_path), CollectingNotifier(), SystemClock())
+    for sequence in range(1, 67):
+        process_batch(_scan(sequence, 1000 + 20 * sequence), deps)
+    (alert,) = [v for k, v in _documents(tmp_path).items() if k.startswith("alerts/")]
+    assert alert["count"] == 66 and "node-1/abc/1/0" not in alert["batches"] and len(deps.notifier.sent) == 1
+    triage_alert(deps.store, alert["id"], TriageChange(status="resolved"), "alice", SystemClock().now_ns())
+    again = process_batch(_scan(1, 1020), deps)
+    (alert,) = [v for k, v in _documents(tmp_path).items() if k.startswith("alerts/")]
+    assert (alert["count"], alert["status"]) == (66, "resolved")
+    assert again.alerts == [] and len(deps.notifier.sent) == 1
 
 
 class _FailingAlertWrites(LocalObjectStore):

@@ -126,6 +126,43 @@ def test_a_message_whose_scoring_fails_is_retried_without_reapplying_the_others(
     assert all(log.status("n1/s", seq, 0) == APPLIED for seq in range(4))
 
 
+def test_a_new_clusters_first_message_whose_scoring_fails_leaves_no_document_that_refuses_the_rest(deps, monkeypatch):
+    """With nothing left to apply on a cluster that has no detectors document, nothing is written: an
+    empty document would be refused by every later read, and the cluster's messages retried for good."""
+    from kubesonar.shared.detectors.port_scan import PortScanDetector
+
+    good = _scan_deliveries()
+    original = PortScanDetector.score
+
+    def breaks(self, batch):
+        raise RuntimeError("a detector bug")
+
+    monkeypatch.setattr(PortScanDetector, "score", breaks)
+    failed = process_deliveries([good[0]], deps)
+    assert [i for i, _ in failed.retry] == [good[0].id] and not failed.applied
+    assert read_document(deps.store, "state/c1/detectors.json") == (None, None)
+    monkeypatch.setattr(PortScanDetector, "score", original)
+    rest = process_deliveries(good[1:], deps)
+    assert rest.applied == [d.id for d in good[1:]] and not rest.retry
+
+
+def test_an_invocation_of_many_rows_is_applied_a_bounded_number_of_rows_at_a_time(deps, monkeypatch):
+    """What an invocation holds decoded is bounded (pipeline.ROWS_HELD, a full message's rows), not the sum
+    of its messages: a flood's full messages, 100 to an invocation, would outgrow the function."""
+    from kubesonar.shared import pipeline
+
+    good = _scan_deliveries(windows=8)
+    monkeypatch.setattr(pipeline, "ROWS_HELD", 300, raising=False)
+    held, apply = [], pipeline._apply_cluster
+    monkeypatch.setattr(pipeline, "_apply_cluster", lambda cluster, items, *rest: (
+        held.append(sum(len(b.flows) for _, b in items)), apply(cluster, items, *rest))[1])
+    outcome = process_deliveries(good, deps)
+    largest = max(held)
+    assert len(held) > 1 and largest < 300 + 2 * sum(held) / len(good)
+    assert outcome.applied == [d.id for d in good] and not outcome.retry
+    assert [a["type"] for a in outcome.result.new_alerts] == ["port_scan"]
+
+
 def test_the_applied_log_knows_parts_gaps_and_refuses_what_is_older_than_its_window():
     log = AppliedLog()
     log.mark("s", 10, 0, 2, now_ns=1)

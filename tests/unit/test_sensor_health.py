@@ -66,3 +66,20 @@ def test_the_scheduled_check_sees_a_whole_cluster_go_silent_and_a_restart_is_not
     clock.now += 60 * S
     assert _types(check_sensors(deps, "c")) == []  # once per silence
     assert [a["type"] for a in deps.notifier.sent] == ["sensor_silent"]
+
+
+def test_a_heartbeat_delivered_again_is_no_sign_of_life(tmp_path):
+    """A redelivered or replayed heartbeat (a window no later than the node's last one recorded, of this
+    sensor or an earlier one) must not keep a node whose sensor stopped from being reported silent."""
+    clock = Clock()
+    deps = Dependencies(LocalObjectStore(tmp_path), CollectingNotifier(), clock)
+    for seq in range(3):
+        process_batch(_heartbeat("node-1", seq, 10 + seq, 0), deps)
+        clock.now += 10 * S
+    silent = []
+    for _ in range(8):  # the sensor stopped; its last heartbeat, and one of a sensor before it, come again
+        clock.now += 15 * S
+        silent += _types(process_batch(_heartbeat("node-1", 2, 12, 0), deps))
+        silent += _types(process_batch(_heartbeat("node-1", 0, 10, 0, sensor="before"), deps))
+        silent += _types(check_sensors(deps, "c"))
+    assert silent == ["sensor_silent"] and [a["type"] for a in deps.notifier.sent] == ["sensor_silent"]
