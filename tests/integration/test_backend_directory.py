@@ -43,3 +43,69 @@ def test_the_directory_backend_consumes_the_queue_into_the_store(tmp_path):
     scans = [a for a in stored if a["type"] == "port_scan"]
     assert len(scans) == 1 and scans[0]["source"]["ip"] == "172.16.0.8"
     assert {a["id"] for a in printed} == {a["id"] for a in stored}
+
+
+def _backend_in_process(queue: Path, state: Path, seconds: float, *, max_deliveries: int = 5) -> list:
+    """`kubesonar backend --queue file://QUEUE --store STATE` run here for ``seconds``; its LocalBackends."""
+    from kubesonar.backend_runner import BackendSettings, run_backend
+    from kubesonar.functions.local import backend as local
+
+    made = []
+
+    class Watched(local.LocalBackend):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    original, local.LocalBackend = local.LocalBackend, Watched
+    try:
+        run_backend(BackendSettings(f"file://{queue}", str(state), max_deliveries=max_deliveries,
+                                    listen=f"127.0.0.1:{free_port()}", duration_s=seconds), install_signals=False)
+    finally:
+        local.LocalBackend = original
+    return made
+
+
+def _replayed_queue(queue: Path) -> list[str]:
+    from kubesonar.compose import replay
+    from kubesonar.sensor.queues.directory import open_directory_queue
+
+    replay([PCAPS / "portscan" / "chrissanders_synscan.pcapng"], open_directory_queue(f"file://{queue}"),
+           cluster="node1")
+    return sorted(p.name for p in queue.glob("*.ksfb"))
+
+
+def test_a_batch_the_store_fails_on_is_kept_then_applied_not_deleted(tmp_path):
+    """The runner took a message the store failed on (LocalBackend counts it and leaves it unapplied) for
+    an applied one and deleted its file: a corrupt state document, a full or read-only disk lost every
+    batch that met it. It is kept and tried again, as a nak on NATS."""
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    sent = _replayed_queue(queue)
+    LocalObjectStore(state).put("state/node1/detectors.json", b"not json")
+    _backend_in_process(queue, state, 2.0)
+    assert sorted(p.name for p in queue.glob("*.ksfb")) == sent  # none applied, none lost
+
+    (state / "state" / "node1" / "detectors.json").unlink()  # the store repaired
+    _backend_in_process(queue, state, 3.0)
+    assert not list(queue.glob("*.ksfb")) and not (queue / "dead").exists()
+    listed = subprocess.run([KUBESONAR, "alerts", "list", "--store", str(state), "--format", "json"],
+                            capture_output=True, text=True, timeout=120, check=True).stdout
+    assert [a["source"]["ip"] for a in map(json.loads, listed.splitlines()) if a["type"] == "port_scan"] == \
+        ["172.16.0.8"]
+
+
+def test_a_batch_that_keeps_failing_goes_to_dead_after_max_deliveries(tmp_path, caplog):
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    sent = _replayed_queue(queue)
+    LocalObjectStore(state).put("state/node1/detectors.json", b"not json")
+    (queue / "zz-garbage-00000000000000000000-00000.ksfb").write_bytes(b"not a batch")
+    with caplog.at_level("WARNING", logger="kubesonar.backend"):
+        made = _backend_in_process(queue, state, 4.0, max_deliveries=2)  # tried at once, then after 1 s
+    assert not list(queue.glob("*.ksfb"))
+    assert sorted(p.name for p in (queue / "dead").iterdir()) == [*sent, "zz-garbage-00000000000000000000-00000.ksfb"]
+    assert "not a JSON document" in caplog.text and "zz-garbage-00000000000000000000-00000.ksfb: message of 11 bytes" in caplog.text  # each says why
+    assert made[0].errors == []  # logged, then let go: a process that runs for months keeps no list of them
