@@ -118,7 +118,10 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
 
         def do_POST(self) -> None:
             url = urlparse(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
+            declared = self.headers.get("Content-Length") or "0"
+            if not (declared.isascii() and declared.isdigit()):  # rfile.read(-1) would read until the client closes
+                return self._send(400, "Content-Length is not a byte count", "text/plain")
+            length = int(declared)
             if length > _MAX_FORM:
                 return self._send(413, "form too large", "text/plain")
             form = {k: v[-1] for k, v in parse_qs(self.rfile.read(length).decode("utf-8", "replace")).items()}

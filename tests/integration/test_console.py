@@ -213,3 +213,43 @@ def test_a_trusted_header_names_the_user(demo, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def served(demo, tmp_path):
+    """The console on a copy of the demo's store, in this process (token mode): its URL and store."""
+    import threading
+
+    from kubesonar.console.auth import ConsoleAuth
+    from kubesonar.console.server import serve
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    store = copy_store(demo[0], tmp_path / "store")
+    server = serve(LocalObjectStore(store), "127.0.0.1", 0, ConsoleAuth(TOKEN))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", store
+    server.shutdown()
+    server.server_close()
+
+
+def _raw(base: str, head: str, body: bytes = b"") -> str:
+    """Send a request as written, close our side, and read the status line (empty: no answer)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head.encode("latin-1") + b"\r\n\r\n" + body)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0].decode("latin-1")
+
+
+def test_a_post_whose_length_is_not_a_byte_count_is_refused_unread(served):
+    """``Content-Length: -1`` passed the size check and read(-1) took the body until the client closed,
+    unbounded and before sign-in; a length that is not a number left the request unanswered."""
+    base, _ = served
+    body = b"user=eve&token=guess&pad=" + b"x" * (1 << 20)  # far over the 16 KiB a form may have
+    assert _raw(base, "POST /login HTTP/1.0\r\nContent-Length: -1", body) == "HTTP/1.0 400 Bad Request"
+    assert _raw(base, "POST /login HTTP/1.0\r\nContent-Length: many", body) == "HTTP/1.0 400 Bad Request"
+    assert _raw(base, "POST /login HTTP/1.0\r\nContent-Length: 20", b"user=eve&token=guess") == \
+        "HTTP/1.0 403 Forbidden"
