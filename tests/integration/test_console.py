@@ -253,3 +253,19 @@ def test_a_post_whose_length_is_not_a_byte_count_is_refused_unread(served):
     assert _raw(base, "POST /login HTTP/1.0\r\nContent-Length: many", body) == "HTTP/1.0 400 Bad Request"
     assert _raw(base, "POST /login HTTP/1.0\r\nContent-Length: 20", b"user=eve&token=guess") == \
         "HTTP/1.0 403 Forbidden"
+
+
+def test_a_token_or_csrf_token_with_a_non_ascii_letter_is_refused_not_left_unanswered(served):
+    """hmac.compare_digest raises TypeError for a str with a non-ASCII character: a guessed token or CSRF
+    token with one (a form is UTF-8, a header latin-1) ended the request with no answer, not a 403."""
+    base, store = served
+    assert _request(f"{base}/login", "user=eve&token=jalapeño".encode())[0] == 403
+    assert _request(f"{base}/alerts", headers={"Authorization": "Bearer jalapeño".encode().decode("latin-1")})[0] \
+        == 303
+    assert _raw(base, "GET /alerts HTTP/1.0\r\nCookie: kubesonar_session=eve|\xe9") == "HTTP/1.0 303 See Other"
+    (first,) = json.loads(subprocess.run([KUBESONAR, "alerts", "list", "--store", store, "--format", "json"],
+                                         capture_output=True, text=True, check=True,
+                                         timeout=60).stdout.splitlines()[0]),
+    status, _ = _request(f"{base}/alerts/{first['id']}", "action=resolved&csrf=jalapeño".encode(),
+                         {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 403
