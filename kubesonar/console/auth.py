@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from http.cookies import SimpleCookie
+from urllib.parse import quote, unquote
 
 COOKIE = "kubesonar_session"
 _USER = re.compile(r"^[\w .@+-]{1,64}$")
@@ -42,10 +42,13 @@ class ConsoleAuth:
         if bearer.startswith("Bearer ") and self._same(bearer[7:].strip(), self.token):
             return lowered.get("x-kubesonar-user", "token") if _USER.match(lowered.get("x-kubesonar-user", "token")) \
                 else None
-        cookie = SimpleCookie(lowered.get("cookie", ""))
-        if COOKIE in cookie:
-            user, _, signature = cookie[COOKIE].value.rpartition("|")
-            if user and self._same(signature, self._sign("session|" + user)):
+        # read by hand: SimpleCookie drops the whole header for one cookie it cannot parse (another
+        # application's on the same host), and the name is percent-encoded (a space, any letter)
+        for part in lowered.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            quoted, _, signature = value.rpartition("|")
+            user = unquote(quoted)
+            if name == COOKIE and user and self._same(signature, self._sign("session|" + user)):
                 return user
         return None
 
@@ -54,7 +57,7 @@ class ConsoleAuth:
         if self.trusted_header or not self._same(token.strip(), self.token) or not _USER.match(user.strip()):
             return None
         user = user.strip()
-        return f"{COOKIE}={user}|{self._sign('session|' + user)}; Path=/; HttpOnly; SameSite=Strict"
+        return f"{COOKIE}={quote(user)}|{self._sign('session|' + user)}; Path=/; HttpOnly; SameSite=Strict"
 
     def csrf(self, user: str) -> str:
         return self._sign("csrf|" + user)

@@ -269,3 +269,37 @@ def test_a_token_or_csrf_token_with_a_non_ascii_letter_is_refused_not_left_unans
     status, _ = _request(f"{base}/alerts/{first['id']}", "action=resolved&csrf=jalapeño".encode(),
                          {"Authorization": f"Bearer {TOKEN}"})
     assert status == 403
+
+
+def test_a_name_with_a_space_or_any_letter_stays_signed_in(served, browser):
+    """The sign-in accepts names with spaces and any letter, but the cookie carried the name as it was:
+    SimpleCookie could not read 'Ana Lima|...' back (each page went back to the sign-in), and a name
+    outside latin-1 could not be a header at all (the sign-in went unanswered)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _ = served
+    browser.get(f"{base}/login")
+    browser.find_element(By.ID, "login-user").send_keys("Łucja Ana Lima")
+    browser.find_element(By.ID, "login-token").send_keys(TOKEN)
+    browser.find_element(By.ID, "login-submit").click()
+    WebDriverWait(browser, 20).until(ec.presence_of_element_located((By.ID, "alerts")))
+    browser.get(f"{base}/map")
+    assert "signed in as Łucja Ana Lima" in browser.page_source and browser.current_url.endswith("/map")
+
+
+def test_another_applications_cookie_does_not_sign_one_out(served):
+    """Cookies are not kept per port: one that SimpleCookie cannot parse (a JSON value, set by another
+    application on the same host) made it ignore the whole header, our session with it."""
+    import http.client
+
+    base, _ = served
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("POST", "/login", "user=ana&token=" + TOKEN,
+                       {"Content-Type": "application/x-www-form-urlencoded"})
+    session = connection.getresponse().getheader("Set-Cookie").split(";")[0]
+    connection.close()
+    status, page = _request(f"{base}/alerts", headers={"Cookie": f'prefs={{"theme": "dark"}}; {session}'})
+    assert status == 200 and "signed in as ana" in page
