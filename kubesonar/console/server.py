@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
@@ -99,7 +100,7 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
                     svg = render(edges, list_alerts(store))
                     return self._send(200, pages.layout("Service map", pages.map_page(svg, edges), user))
             except KubeSonarError as exc:
-                return self._send(404, pages.layout("Not found", f'<div class="error">{exc}</div>', user))
+                return self._send(404, pages.layout("Not found", f'<div class="error">{escape(str(exc))}</div>', user))
             return self._send(404, "not found", "text/plain")
 
         def _list(self, user: str, query: dict[str, str]) -> None:
@@ -141,7 +142,8 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
             try:
                 done = self._triage(alert_id, form, user)
             except KubeSonarError as exc:
-                return self._send(400, pages.layout("Not changed", f'<div class="error" id="error">{exc}</div>'
+                why = escape(str(exc))  # it may repeat what was posted
+                return self._send(400, pages.layout("Not changed", f'<div class="error" id="error">{why}</div>'
                                                     f'<p><a href="/alerts/{quote(alert_id)}">back</a></p>', user))
             return self._redirect(f"/alerts/{quote(alert_id)}?done={quote(done)}")
 

@@ -303,3 +303,27 @@ def test_another_applications_cookie_does_not_sign_one_out(served):
     connection.close()
     status, page = _request(f"{base}/alerts", headers={"Cookie": f'prefs={{"theme": "dark"}}; {session}'})
     assert status == 200 and "signed in as ana" in page
+
+
+def test_error_pages_escape_what_they_repeat(served):
+    """The 404 and 400 pages put the error's text into the page as it was, and it repeats the id asked
+    for and the tag posted: markup there was markup on the page."""
+    base, store = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    host, port = base.removeprefix("http://").split(":")
+    import http.client
+
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", "/alerts/<svg/onload=alert(1)>", headers=auth)  # as written, not %-encoded
+    answer = connection.getresponse()
+    page = answer.read().decode()
+    connection.close()
+    assert answer.status == 404 and "<svg" not in page and "&lt;svg/onload=alert(1)&gt;" in page
+    (first,) = json.loads(subprocess.run([KUBESONAR, "alerts", "list", "--store", store, "--format", "json"],
+                                         capture_output=True, text=True, check=True,
+                                         timeout=60).stdout.splitlines()[0]),
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', _request(f"{base}/alerts/{first['id']}", headers=auth)[1])
+    tag = "<b id=injected>" + "x" * 64
+    status, page = _request(f"{base}/alerts/{first['id']}",
+                            urllib.parse.urlencode({"action": "tag", "tag": tag, "csrf": csrf.group(1)}).encode(), auth)
+    assert status == 400 and "must be 1 to 64 characters" in page and "<b id=injected>" not in page
