@@ -327,3 +327,16 @@ def test_error_pages_escape_what_they_repeat(served):
     status, page = _request(f"{base}/alerts/{first['id']}",
                             urllib.parse.urlencode({"action": "tag", "tag": tag, "csrf": csrf.group(1)}).encode(), auth)
     assert status == 400 and "must be 1 to 64 characters" in page and "<b id=injected>" not in page
+
+
+def test_a_snooze_past_any_date_is_a_400_not_an_unanswered_request(served):
+    """A snooze whose end is past year 9999 raised ValueError deep in the change: no answer, a traceback."""
+    base, store = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    (first,) = json.loads(subprocess.run([KUBESONAR, "alerts", "list", "--store", store, "--format", "json"],
+                                         capture_output=True, text=True, check=True,
+                                         timeout=60).stdout.splitlines()[0]),
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', _request(f"{base}/alerts/{first['id']}", headers=auth)[1])
+    status, page = _request(f"{base}/alerts/{first['id']}", f"action=snooze&snooze=99999999w&csrf={csrf.group(1)}"
+                            .encode(), auth)
+    assert status == 400 and "longer than 100 years" in page
