@@ -16,7 +16,7 @@ from kubesonar.console.auth import ConsoleAuth
 from kubesonar.console.servicemap import render
 from kubesonar.shared.alert_query import AlertFilter, find_key, get_alert, list_alerts, triage_alert
 from kubesonar.shared.edges import read_edges
-from kubesonar.shared.errors import KubeSonarError
+from kubesonar.shared.errors import AlertNotFound, KubeSonarError, StoreError
 from kubesonar.shared.ports import ObjectStore
 from kubesonar.shared.triage import TriageChange, parse_duration_s, record
 
@@ -43,6 +43,11 @@ def _form_change(action: str, form: dict[str, str]) -> TriageChange:
     if action == "comment":
         return TriageChange(comment=form.get("comment", ""))
     raise KubeSonarError(f"unknown action {action!r}")
+
+
+def _status(exc: KubeSonarError, otherwise: int) -> int:
+    """404 for an alert that is not there, 503 for a store that failed (no fault of the asker's)."""
+    return 404 if isinstance(exc, AlertNotFound) else 503 if isinstance(exc, StoreError) else otherwise
 
 
 def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> type[BaseHTTPRequestHandler]:
@@ -100,7 +105,9 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
                     svg = render(edges, list_alerts(store))
                     return self._send(200, pages.layout("Service map", pages.map_page(svg, edges), user))
             except KubeSonarError as exc:
-                return self._send(404, pages.layout("Not found", f'<div class="error">{escape(str(exc))}</div>', user))
+                status = _status(exc, 404)
+                return self._send(status, pages.layout("Not found" if status == 404 else "Store unavailable",
+                                                       f'<div class="error">{escape(str(exc))}</div>', user))
             return self._send(404, "not found", "text/plain")
 
         def _list(self, user: str, query: dict[str, str]) -> None:
@@ -143,8 +150,9 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
                 done = self._triage(alert_id, form, user)
             except KubeSonarError as exc:
                 why = escape(str(exc))  # it may repeat what was posted
-                return self._send(400, pages.layout("Not changed", f'<div class="error" id="error">{why}</div>'
-                                                    f'<p><a href="/alerts/{quote(alert_id)}">back</a></p>', user))
+                return self._send(_status(exc, 400), pages.layout(
+                    "Not changed", f'<div class="error" id="error">{why}</div>'
+                                   f'<p><a href="/alerts/{quote(alert_id)}">back</a></p>', user))
             return self._redirect(f"/alerts/{quote(alert_id)}?done={quote(done)}")
 
         def _triage(self, alert_id: str, form: dict[str, str], user: str) -> str:

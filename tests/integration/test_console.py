@@ -340,3 +340,21 @@ def test_a_snooze_past_any_date_is_a_400_not_an_unanswered_request(served):
     status, page = _request(f"{base}/alerts/{first['id']}", f"action=snooze&snooze=99999999w&csrf={csrf.group(1)}"
                             .encode(), auth)
     assert status == 400 and "longer than 100 years" in page
+
+
+def test_a_store_fault_is_a_503_not_a_404_or_a_400(served):
+    """Every KubeSonarError was 'Not found' (404) on a page and the poster's fault (400) on an action,
+    a store that failed included: a monitor or a script read a broken store as a missing page."""
+    base, store = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    first = next(Path(store, "alerts").rglob("*.json"))
+    alert_id = first.stem
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', _request(f"{base}/alerts/{alert_id}", headers=auth)[1])
+    assert _request(f"{base}/alerts/ffffffffffff", headers=auth)[0] == 404
+    first.write_text("not json")
+    status, page = _request(f"{base}/alerts", headers=auth)
+    assert status == 503 and "is not a JSON document" in page
+    assert _request(f"{base}/alerts/{alert_id}", headers=auth)[0] == 503
+    assert _request(f"{base}/alerts/{alert_id}", f"action=resolved&csrf={csrf.group(1)}".encode(), auth)[0] == 503
+    assert _request(f"{base}/alerts/{alert_id}", f"action=snooze&snooze=soon&csrf={csrf.group(1)}".encode(),
+                    auth)[0] == 400
