@@ -105,9 +105,9 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
                     svg = render(edges, list_alerts(store))
                     return self._send(200, pages.layout("Service map", pages.map_page(svg, edges), user))
             except KubeSonarError as exc:
-                status = _status(exc, 404)
+                status, why = _status(exc, 404), escape(str(exc), quote=False)  # it may repeat the id asked for
                 return self._send(status, pages.layout("Not found" if status == 404 else "Store unavailable",
-                                                       f'<div class="error">{escape(str(exc))}</div>', user))
+                                                       f'<div class="error">{why}</div>', user))
             return self._send(404, "not found", "text/plain")
 
         def _list(self, user: str, query: dict[str, str]) -> None:
@@ -149,7 +149,7 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
             try:
                 done = self._triage(alert_id, form, user)
             except KubeSonarError as exc:
-                why = escape(str(exc))  # it may repeat what was posted
+                why = escape(str(exc), quote=False)  # it may repeat what was posted
                 return self._send(_status(exc, 400), pages.layout(
                     "Not changed", f'<div class="error" id="error">{why}</div>'
                                    f'<p><a href="/alerts/{quote(alert_id)}">back</a></p>', user))
