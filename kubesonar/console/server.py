@@ -26,6 +26,7 @@ _SECURITY = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data
              "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
              "Cache-Control": "no-store"}
 _MAX_FORM = 16 << 10
+_IDLE_S = 30.0  # a connection that sends nothing for this long is closed: each one holds a thread
 ALLOWLIST_NAME = "console"  # where false positives marked in the console add their entries
 
 
@@ -53,6 +54,7 @@ def _status(exc: KubeSonarError, otherwise: int) -> int:
 def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "kubesonar-console"
+        timeout = _IDLE_S
 
         def log_message(self, *_: Any) -> None:
             pass

@@ -358,3 +358,26 @@ def test_a_store_fault_is_a_503_not_a_404_or_a_400(served):
     assert _request(f"{base}/alerts/{alert_id}", f"action=resolved&csrf={csrf.group(1)}".encode(), auth)[0] == 503
     assert _request(f"{base}/alerts/{alert_id}", f"action=snooze&snooze=soon&csrf={csrf.group(1)}".encode(),
                     auth)[0] == 400
+
+
+def test_a_connection_that_sends_nothing_is_closed(demo, tmp_path, monkeypatch):
+    """The handler had no timeout: every connection that sent nothing (or half a request) held a thread
+    for good, before any sign-in, so anyone who could reach the port could pile them up."""
+    import threading
+
+    from kubesonar.console import server as console_server
+    from kubesonar.console.auth import ConsoleAuth
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    monkeypatch.setattr(console_server, "_IDLE_S", 1.0, raising=False)
+    server = console_server.serve(LocalObjectStore(copy_store(demo[0], tmp_path / "store")), "127.0.0.1", 0,
+                                  ConsoleAuth(TOKEN))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as s:
+            s.sendall(b"GET /alerts HTTP/1.0\r\n")  # and nothing more
+            started = time.monotonic()
+            assert s.recv(1024) == b"" and time.monotonic() - started < 5  # closed by the server
+    finally:
+        server.shutdown()
+        server.server_close()
