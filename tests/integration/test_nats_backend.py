@@ -237,3 +237,27 @@ def test_sigterm_drains_and_exits_cleanly(nats, backends):  # noqa: F811
     assert backend._status("/healthz") == 200
     assert backend.stop(signal.SIGTERM) == 0
     assert "draining" in Path(backend.err.name).read_text()
+
+
+def test_a_poison_message_near_the_max_payload_is_dead_lettered_and_the_backend_goes_on(nats, backends):  # noqa: F811
+    """Its copy in the dead-letter stream, with our headers added, went over the server's max payload; the
+    server answered with -ERR 'Maximum Payload Violation', nats-py closed the connection for good, and the
+    backend failed every step after (while /healthz said 200): one message stopped all scoring."""
+    backend = backends("one")
+    big = b"KSFB" + b"x" * (1024 * 1024 - 104)  # the server takes it: it fits with its one header
+
+    async def publish(js):
+        await js.publish(SUBJECT, big, headers={"Nats-Msg-Id": "big/1/0"})
+
+    jetstream(nats.url, publish)
+    deadline = time.monotonic() + 60
+    while not stream_messages(nats.url, "KUBESONAR_BATCHES_DEAD"):
+        assert time.monotonic() < deadline, backend.stderr()
+        time.sleep(0.2)
+    (dead,) = stream_messages(nats.url, "KUBESONAR_BATCHES_DEAD")
+    assert dead.headers["KubeSonar-Reason"].startswith("does not decode") and big.startswith(dead.data)
+    assert dead.headers["KubeSonar-Truncated"] == f"{len(dead.data)} of {len(big)} bytes kept"
+    windows = replay(nats.url, SCAN)
+    wait_drained(nats.url)
+    assert backend.metric("kubesonar_backend_messages_total", 'outcome="applied"') == windows
+    assert backend.metric("kubesonar_backend_loop_errors_total") == 0
