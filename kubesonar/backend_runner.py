@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kubesonar.backend_metrics import BackendMetrics, Health, serve
-from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.errors import ConfigError, QueueUnavailable
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, check_all_sensors
 from kubesonar.shared.ports import SystemClock
@@ -191,6 +191,9 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
             try:
                 consumer.run(stopping, on_step)
             except Exception as exc:  # the server away: unready, wait, go on (messages come back)
+                if connection.nc.is_closed:  # for good (the client reconnects only until then): start afresh
+                    raise QueueUnavailable(f"the NATS connection is closed for good ({type(exc).__name__} {exc}): "
+                                           "exiting, to be started again") from None
                 metrics.loop_errors.inc()
                 health.connected = False
                 health.beat()
