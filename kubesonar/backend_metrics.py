@@ -21,6 +21,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from kubesonar.shared.errors import ConfigError
+
 
 class BackendMetrics:
     def __init__(self) -> None:
@@ -75,6 +77,8 @@ class Health:
 def serve(address: str, metrics: BackendMetrics, health: Health) -> ThreadingHTTPServer:
     """Serve the three endpoints on ``HOST:PORT`` in a daemon thread; returns the server (``.shutdown()``)."""
     host, _, port = address.rpartition(":")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"--listen {address!r} is not HOST:PORT")
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -97,6 +101,9 @@ def serve(address: str, metrics: BackendMetrics, health: Health) -> ThreadingHTT
         def log_message(self, *_: Any) -> None:  # probes every few seconds: not worth a log line each
             return
 
-    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+    try:
+        server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)
+    except OSError as exc:  # taken, or not an address of this host
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -109,3 +109,20 @@ def test_a_batch_that_keeps_failing_goes_to_dead_after_max_deliveries(tmp_path, 
     assert sorted(p.name for p in (queue / "dead").iterdir()) == [*sent, "zz-garbage-00000000000000000000-00000.ksfb"]
     assert "not a JSON document" in caplog.text and "zz-garbage-00000000000000000000-00000.ksfb: message of 11 bytes" in caplog.text  # each says why
     assert made[0].errors == []  # logged, then let go: a process that runs for months keeps no list of them
+
+
+def test_a_listen_address_that_cannot_be_used_is_one_line(tmp_path):
+    """A --listen that is no HOST:PORT, or a port already taken, was a traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for listen, message in (("nonsense", "--listen 'nonsense' is not HOST:PORT"),
+                                (f"127.0.0.1:{port}", f"cannot listen on 127.0.0.1:{port}")):
+            done = subprocess.run([KUBESONAR, "backend", "--queue", f"file://{tmp_path / 'queue'}", "--store",
+                                   str(tmp_path / "state"), "--listen", listen, "--duration", "1"],
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert done.returncode == 1 and done.stderr.startswith("kubesonar: error: ") and message in done.stderr
+            assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
