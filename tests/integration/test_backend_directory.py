@@ -45,7 +45,8 @@ def test_the_directory_backend_consumes_the_queue_into_the_store(tmp_path):
     assert {a["id"] for a in printed} == {a["id"] for a in stored}
 
 
-def _backend_in_process(queue: Path, state: Path, seconds: float, *, max_deliveries: int = 5) -> list:
+def _backend_in_process(queue: Path, state: Path, seconds: float, *, max_deliveries: int = 5,
+                        check_interval_s: float = 60.0, sensor_silent_after_s: float = 60.0) -> list:
     """`kubesonar backend --queue file://QUEUE --store STATE` run here for ``seconds``; its LocalBackends."""
     from kubesonar.backend_runner import BackendSettings, run_backend
     from kubesonar.functions.local import backend as local
@@ -60,6 +61,7 @@ def _backend_in_process(queue: Path, state: Path, seconds: float, *, max_deliver
     original, local.LocalBackend = local.LocalBackend, Watched
     try:
         run_backend(BackendSettings(f"file://{queue}", str(state), max_deliveries=max_deliveries,
+                                    check_interval_s=check_interval_s, sensor_silent_after_s=sensor_silent_after_s,
                                     listen=f"127.0.0.1:{free_port()}", duration_s=seconds), install_signals=False)
     finally:
         local.LocalBackend = original
@@ -126,3 +128,24 @@ def test_a_listen_address_that_cannot_be_used_is_one_line(tmp_path):
                                   capture_output=True, text=True, timeout=120, check=False)
             assert done.returncode == 1 and done.stderr.startswith("kubesonar: error: ") and message in done.stderr
             assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_one_clusters_unreadable_health_document_stops_neither_the_backend_nor_the_others_check(tmp_path, caplog):
+    """The scheduled check once raised out of the directory loop at the first cluster whose health document
+    could not be read: the process ended at every check, and clusters after it were never checked."""
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    _replayed_queue(queue)
+    store = LocalObjectStore(state)
+    store.put("state/aaa-broken/sensor_health.json", b"not json")
+    heard = {"sensor_id": "n1/1", "last_seen_ns": time.time_ns() - 10**12, "window_end_ns": 0, "kernel_drops": 0,
+             "kernel_packets": 1, "silent": False, "dropping": False}  # last heard 1,000 s ago
+    store.put("state/node1/sensor_health.json", json.dumps({"state": {"nodes": {"n1": heard}}}).encode())
+    with caplog.at_level("WARNING", logger="kubesonar.backend"):
+        _backend_in_process(queue, state, 4.0, check_interval_s=1.0, sensor_silent_after_s=1.0)
+    assert not list(queue.glob("*.ksfb"))  # it went on scoring
+    assert "state/aaa-broken/sensor_health.json is not a JSON document" in caplog.text  # and said why
+    listed = subprocess.run([KUBESONAR, "alerts", "list", "--store", str(state), "--format", "json",
+                             "--type", "sensor_silent"], capture_output=True, text=True, timeout=120, check=True)
+    assert [a["cluster"] for a in map(json.loads, listed.stdout.splitlines())] == ["node1"]
