@@ -23,6 +23,8 @@ from prometheus_client import (
 
 from kubesonar.shared.errors import ConfigError
 
+_IDLE_S = 30.0  # a connection that sends nothing for this long is closed: each one holds a thread
+
 
 class BackendMetrics:
     def __init__(self) -> None:
@@ -81,6 +83,8 @@ def serve(address: str, metrics: BackendMetrics, health: Health) -> ThreadingHTT
         raise ConfigError(f"--listen {address!r} is not HOST:PORT")
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = _IDLE_S
+
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)

@@ -149,3 +149,24 @@ def test_one_clusters_unreadable_health_document_stops_neither_the_backend_nor_t
     listed = subprocess.run([KUBESONAR, "alerts", "list", "--store", str(state), "--format", "json",
                              "--type", "sensor_silent"], capture_output=True, text=True, timeout=120, check=True)
     assert [a["cluster"] for a in map(json.loads, listed.stdout.splitlines())] == ["node1"]
+
+
+def test_a_metrics_connection_that_sends_nothing_is_closed(monkeypatch):
+    """/metrics, /healthz and /readyz listen on 0.0.0.0 in the cluster, and their handler had no timeout:
+    each connection that sent nothing held a thread for good."""
+    import socket
+
+    from kubesonar import backend_metrics
+
+    monkeypatch.setattr(backend_metrics, "_IDLE_S", 1.0, raising=False)
+    port = free_port()
+    server = backend_metrics.serve(f"127.0.0.1:{port}", backend_metrics.BackendMetrics(),
+                                   backend_metrics.Health(liveness_s=300))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n")  # and nothing more
+            started = time.monotonic()
+            assert s.recv(1024) == b"" and time.monotonic() - started < 5  # closed by the server
+    finally:
+        server.shutdown()
+        server.server_close()
