@@ -21,6 +21,10 @@ from prometheus_client import (
     generate_latest,
 )
 
+from kubesonar.shared.errors import ConfigError
+
+_IDLE_S = 30.0  # a connection that sends nothing for this long is closed: each one holds a thread
+
 
 class BackendMetrics:
     def __init__(self) -> None:
@@ -75,8 +79,12 @@ class Health:
 def serve(address: str, metrics: BackendMetrics, health: Health) -> ThreadingHTTPServer:
     """Serve the three endpoints on ``HOST:PORT`` in a daemon thread; returns the server (``.shutdown()``)."""
     host, _, port = address.rpartition(":")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError(f"--listen {address!r} is not HOST:PORT")
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = _IDLE_S
+
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._reply(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
@@ -97,6 +105,9 @@ def serve(address: str, metrics: BackendMetrics, health: Health) -> ThreadingHTT
         def log_message(self, *_: Any) -> None:  # probes every few seconds: not worth a log line each
             return
 
-    server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), Handler)
+    try:
+        server = ThreadingHTTPServer((host.strip("[]") or "0.0.0.0", int(port)), Handler)
+    except OSError as exc:  # taken, or not an address of this host
+        raise ConfigError(f"cannot listen on {address}: {exc.strerror or exc}") from None
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -4,7 +4,9 @@
   durable pull consumer (functions/nats/consumer.py); run as many as the traffic needs.
 - ``--queue file://DIR`` with a directory store: the embedded default's consumer (functions/local/
   backend.py, the same that ``kubesonar watch`` runs in one process) taking the queue directory's files
-  in name order. One process per directory.
+  in name order. One process per directory. A file that does not decode moves to ``dead/``; one the
+  store fails on stays and is tried again (after 1, 5, 15 s ...), and after ``max_deliveries`` attempts
+  moves to ``dead/`` too.
 
 Both serve /metrics, /healthz and /readyz, run the sensor-health check every ``check_interval_s``, print
 each new alert as a JSON line, and on SIGTERM finish the messages in hand before they exit.
@@ -24,13 +26,14 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kubesonar.backend_metrics import BackendMetrics, Health, serve
-from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.errors import ConfigError, QueueUnavailable
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, check_all_sensors
 from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.signing import keyring_from_env
 
 log = logging.getLogger("kubesonar.backend")
+_RETRY_S = (1.0, 5.0, 15.0, 30.0, 60.0)  # a file queue's failed message waits this long, as a NATS nak does
 
 
 @dataclass(frozen=True)
@@ -188,6 +191,9 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
             try:
                 consumer.run(stopping, on_step)
             except Exception as exc:  # the server away: unready, wait, go on (messages come back)
+                if connection.nc.is_closed:  # for good (the client reconnects only until then): start afresh
+                    raise QueueUnavailable(f"the NATS connection is closed for good ({type(exc).__name__} {exc}): "
+                                           "exiting, to be started again") from None
                 metrics.loop_errors.inc()
                 health.connected = False
                 health.beat()
@@ -211,18 +217,39 @@ def _run_directory(settings: BackendSettings, metrics: BackendMetrics, health: H
     ticker = _Ticker(backend.deps, metrics, settings.check_interval_s)
     health.connected = True
     log.info("backend on %s, store %s", queue, store)
+    failures: dict[str, tuple[int, float]] = {}  # a file not applied: (attempts, when to try it again)
+
+    def dead_letter(path: Path) -> None:
+        (queue / "dead").mkdir(exist_ok=True)
+        path.replace(queue / "dead" / path.name)
+        metrics.messages.labels("dead_lettered").inc()
+
     while not stopping():
-        files = sorted(queue.glob("*.ksfb"))[: settings.batch]
+        now = time.monotonic()
+        files = [p for p in sorted(queue.glob("*.ksfb")) if failures.get(p.name, (0, now))[1] <= now][: settings.batch]
         started = time.perf_counter()
         for path in files:
-            decode_errors = backend.counters["decode_errors"]
+            decode_errors, process_errors = backend.counters["decode_errors"], backend.counters.get("process_errors", 0)
             result = backend.receive(path.name, path.read_bytes())
+            why = "; ".join(backend.errors)
+            backend.errors.clear()  # logged here, not kept: this process runs for months
             if backend.counters["decode_errors"] > decode_errors:
                 metrics.decode_errors.inc()
-                (queue / "dead").mkdir(exist_ok=True)
-                path.replace(queue / "dead" / path.name)
-                metrics.messages.labels("dead_lettered").inc()
+                dead_letter(path)
+                log.warning("dead-lettered %s", why)
                 continue
+            if backend.counters.get("process_errors", 0) > process_errors:  # not applied: kept, as a nak
+                attempts = failures.get(path.name, (0, 0.0))[0] + 1
+                failures[path.name] = (attempts, time.monotonic() + _RETRY_S[min(attempts, len(_RETRY_S)) - 1])
+                if attempts >= settings.max_deliveries:
+                    del failures[path.name]
+                    dead_letter(path)
+                    log.warning("dead-lettered after %d attempts: %s", attempts, why)
+                else:
+                    metrics.messages.labels("retried").inc()
+                    log.error("retrying: %s", why)
+                continue
+            failures.pop(path.name, None)
             path.unlink()
             metrics.messages.labels("applied").inc()
             if result is not None:

@@ -337,7 +337,7 @@ def report_command(store_url: str, out: str) -> None:
 
     with _opened(store_url) as store:
         html = build_report(store)
-    Path(out).write_text(html)
+    Path(out).write_text(html, encoding="utf-8")  # what its <meta charset> says, whatever the locale
     click.echo(f"wrote {out} ({len(html) // 1024} KiB)")
 
 

@@ -33,6 +33,8 @@ class LoopThread:
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise TimeoutError(f"no answer within {timeout:g} s") from None
+        finally:
+            del future  # it holds the coroutine's error, whose traceback holds this frame: no cycle
 
     def close(self, timeout: float = 5.0) -> None:
         if self.loop.is_running():

@@ -27,6 +27,7 @@ _HISTORY_KEEP = 200  # entries an alert keeps (the oldest go first; the first on
 _COMMENTS_KEEP = 200
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_MAX_DURATION_S = 100 * 365 * 86400  # a snooze's end must still be a date (year 9999 at most)
 
 
 def iso(ns: int) -> str:
@@ -42,7 +43,10 @@ def parse_duration_s(text: str) -> int:
     match = _DURATION.match(text.strip())
     if not match or int(match.group(1)) == 0:
         raise TriageError(f"duration {text!r} is not a number and a unit, like 30m, 4h, 2d or 1w")
-    return int(match.group(1)) * _UNIT_S[match.group(2)]
+    seconds = int(match.group(1)) * _UNIT_S[match.group(2)]
+    if seconds > _MAX_DURATION_S:
+        raise TriageError(f"duration {text!r} is longer than 100 years")
+    return seconds
 
 
 def normalize(alert: dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from kubesonar.functions.nats.streams import Layout, ensure_streams
 from kubesonar.shared.pipeline import Delivery, DeliveryOutcome, Dependencies, process_deliveries
 
 _NAK_DELAY_S = (1.0, 5.0, 15.0, 30.0, 60.0)
+_DEAD_HEADROOM = 8 * 1024  # our headers on a dead letter: its body is cut to fit the server's max payload
 
 
 @dataclass
@@ -91,8 +92,14 @@ class NatsConsumer:
                    "KubeSonar-Stream-Sequence": str(message.metadata.sequence.stream),
                    "Nats-Msg-Id": f"dead/{message.metadata.sequence.stream}"}
         if _key(message):
-            headers["KubeSonar-Batch-Key"] = _key(message)
-        await self._conn.js.publish(self.layout.dead_subject, message.data or b"", headers=headers)
+            headers["KubeSonar-Batch-Key"] = _key(message)[:1000]
+        # a message near the max payload no longer fits with these headers, and the server answers an
+        # oversized publish by closing the connection (nats-py does not reconnect after that -ERR)
+        data, room = message.data or b"", self._conn.nc.max_payload - _DEAD_HEADROOM
+        if len(data) > room:
+            headers["KubeSonar-Truncated"] = f"{room} of {len(data)} bytes kept"
+            data = data[:room]
+        await self._conn.js.publish(self.layout.dead_subject, data, headers=headers)
         await message.term()
         report.dead_lettered.append((_key(message) or str(message.metadata.sequence.stream), why))
 

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from http.cookies import SimpleCookie
+from urllib.parse import quote, unquote
 
 COOKIE = "kubesonar_session"
 _USER = re.compile(r"^[\w .@+-]{1,64}$")
@@ -27,6 +27,11 @@ class ConsoleAuth:
     def _sign(self, text: str) -> str:
         return hmac.new(self._secret + self.token.encode(), text.encode(), hashlib.sha256).hexdigest()
 
+    @staticmethod
+    def _same(given: str, expected: str) -> bool:
+        # bytes: compare_digest refuses str with a non-ASCII character (TypeError, a request left unanswered)
+        return hmac.compare_digest(given.encode(), expected.encode())
+
     def user(self, headers: dict[str, str]) -> str | None:
         """The signed-in user, or None."""
         lowered = {k.lower(): v for k, v in headers.items()}
@@ -34,25 +39,28 @@ class ConsoleAuth:
             value = lowered.get(self.trusted_header.lower(), "").strip()
             return value if _USER.match(value) else None
         bearer = lowered.get("authorization", "")
-        if bearer.startswith("Bearer ") and hmac.compare_digest(bearer[7:].strip(), self.token):
+        if bearer.startswith("Bearer ") and self._same(bearer[7:].strip(), self.token):
             return lowered.get("x-kubesonar-user", "token") if _USER.match(lowered.get("x-kubesonar-user", "token")) \
                 else None
-        cookie = SimpleCookie(lowered.get("cookie", ""))
-        if COOKIE in cookie:
-            user, _, signature = cookie[COOKIE].value.rpartition("|")
-            if user and hmac.compare_digest(signature, self._sign("session|" + user)):
+        # read by hand: SimpleCookie drops the whole header for one cookie it cannot parse (another
+        # application's on the same host), and the name is percent-encoded (a space, any letter)
+        for part in lowered.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            quoted, _, signature = value.rpartition("|")
+            user = unquote(quoted)
+            if name == COOKIE and user and self._same(signature, self._sign("session|" + user)):
                 return user
         return None
 
     def sign_in(self, token: str, user: str) -> str | None:
         """A Set-Cookie value when the token is right and the name acceptable, else None."""
-        if self.trusted_header or not hmac.compare_digest(token.strip(), self.token) or not _USER.match(user.strip()):
+        if self.trusted_header or not self._same(token.strip(), self.token) or not _USER.match(user.strip()):
             return None
         user = user.strip()
-        return f"{COOKIE}={user}|{self._sign('session|' + user)}; Path=/; HttpOnly; SameSite=Strict"
+        return f"{COOKIE}={quote(user)}|{self._sign('session|' + user)}; Path=/; HttpOnly; SameSite=Strict"
 
     def csrf(self, user: str) -> str:
         return self._sign("csrf|" + user)
 
     def csrf_ok(self, user: str, given: str) -> bool:
-        return hmac.compare_digest(self.csrf(user), given or "")
+        return self._same(given or "", self.csrf(user))

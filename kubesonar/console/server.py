@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from html import escape
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
@@ -15,7 +16,7 @@ from kubesonar.console.auth import ConsoleAuth
 from kubesonar.console.servicemap import render
 from kubesonar.shared.alert_query import AlertFilter, find_key, get_alert, list_alerts, triage_alert
 from kubesonar.shared.edges import read_edges
-from kubesonar.shared.errors import KubeSonarError
+from kubesonar.shared.errors import AlertNotFound, KubeSonarError, StoreError
 from kubesonar.shared.ports import ObjectStore
 from kubesonar.shared.triage import TriageChange, parse_duration_s, record
 
@@ -25,6 +26,7 @@ _SECURITY = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data
              "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer",
              "Cache-Control": "no-store"}
 _MAX_FORM = 16 << 10
+_IDLE_S = 30.0  # a connection that sends nothing for this long is closed: each one holds a thread
 ALLOWLIST_NAME = "console"  # where false positives marked in the console add their entries
 
 
@@ -44,9 +46,15 @@ def _form_change(action: str, form: dict[str, str]) -> TriageChange:
     raise KubeSonarError(f"unknown action {action!r}")
 
 
+def _status(exc: KubeSonarError, otherwise: int) -> int:
+    """404 for an alert that is not there, 503 for a store that failed (no fault of the asker's)."""
+    return 404 if isinstance(exc, AlertNotFound) else 503 if isinstance(exc, StoreError) else otherwise
+
+
 def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "kubesonar-console"
+        timeout = _IDLE_S
 
         def log_message(self, *_: Any) -> None:
             pass
@@ -99,7 +107,9 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
                     svg = render(edges, list_alerts(store))
                     return self._send(200, pages.layout("Service map", pages.map_page(svg, edges), user))
             except KubeSonarError as exc:
-                return self._send(404, pages.layout("Not found", f'<div class="error">{exc}</div>', user))
+                status, why = _status(exc, 404), escape(str(exc), quote=False)  # it may repeat the id asked for
+                return self._send(status, pages.layout("Not found" if status == 404 else "Store unavailable",
+                                                       f'<div class="error">{why}</div>', user))
             return self._send(404, "not found", "text/plain")
 
         def _list(self, user: str, query: dict[str, str]) -> None:
@@ -118,7 +128,10 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
 
         def do_POST(self) -> None:
             url = urlparse(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
+            declared = self.headers.get("Content-Length") or "0"
+            if not (declared.isascii() and declared.isdigit()):  # rfile.read(-1) would read until the client closes
+                return self._send(400, "Content-Length is not a byte count", "text/plain")
+            length = int(declared)
             if length > _MAX_FORM:
                 return self._send(413, "form too large", "text/plain")
             form = {k: v[-1] for k, v in parse_qs(self.rfile.read(length).decode("utf-8", "replace")).items()}
@@ -138,8 +151,10 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
             try:
                 done = self._triage(alert_id, form, user)
             except KubeSonarError as exc:
-                return self._send(400, pages.layout("Not changed", f'<div class="error" id="error">{exc}</div>'
-                                                    f'<p><a href="/alerts/{quote(alert_id)}">back</a></p>', user))
+                why = escape(str(exc), quote=False)  # it may repeat what was posted
+                return self._send(_status(exc, 400), pages.layout(
+                    "Not changed", f'<div class="error" id="error">{why}</div>'
+                                   f'<p><a href="/alerts/{quote(alert_id)}">back</a></p>', user))
             return self._redirect(f"/alerts/{quote(alert_id)}?done={quote(done)}")
 
         def _triage(self, alert_id: str, form: dict[str, str], user: str) -> str:

@@ -52,12 +52,14 @@ class NatsQueue:
             raise QueueUnavailable(f"NATS {self.address.server} is not reachable (reconnecting)")
         publishes = [js.publish(self.subject, m.data, timeout=self.timeout_s, headers={"Nats-Msg-Id": m.key})
                      for m in messages]
-        for result in await asyncio.gather(*publishes, return_exceptions=True):
-            if isinstance(result, nats.js.errors.NoStreamResponseError):
-                raise QueueUnavailable(f"no JetStream stream takes subject {self.subject} on {self.address.server}: "
-                                       "start `kubesonar backend`, which creates it")
-            if isinstance(result, BaseException):
-                raise result
+        failures = [r for r in await asyncio.gather(*publishes, return_exceptions=True) if isinstance(r, BaseException)]
+        if any(isinstance(f, nats.js.errors.NoStreamResponseError) for f in failures):
+            raise QueueUnavailable(f"no JetStream stream takes subject {self.subject} on {self.address.server}: "
+                                   "start `kubesonar backend`, which creates it")
+        if failures:
+            # popped, never named: a local holding the error would be held by its traceback (this frame),
+            # a reference cycle kept, with the batch, until the cyclic collector runs
+            raise failures.pop(0)
 
     async def _connected(self) -> Any:
         if self._nc is not None and not self._nc.is_closed:

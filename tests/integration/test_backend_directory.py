@@ -43,3 +43,130 @@ def test_the_directory_backend_consumes_the_queue_into_the_store(tmp_path):
     scans = [a for a in stored if a["type"] == "port_scan"]
     assert len(scans) == 1 and scans[0]["source"]["ip"] == "172.16.0.8"
     assert {a["id"] for a in printed} == {a["id"] for a in stored}
+
+
+def _backend_in_process(queue: Path, state: Path, seconds: float, *, max_deliveries: int = 5,
+                        check_interval_s: float = 60.0, sensor_silent_after_s: float = 60.0) -> list:
+    """`kubesonar backend --queue file://QUEUE --store STATE` run here for ``seconds``; its LocalBackends."""
+    from kubesonar.backend_runner import BackendSettings, run_backend
+    from kubesonar.functions.local import backend as local
+
+    made = []
+
+    class Watched(local.LocalBackend):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    original, local.LocalBackend = local.LocalBackend, Watched
+    try:
+        run_backend(BackendSettings(f"file://{queue}", str(state), max_deliveries=max_deliveries,
+                                    check_interval_s=check_interval_s, sensor_silent_after_s=sensor_silent_after_s,
+                                    listen=f"127.0.0.1:{free_port()}", duration_s=seconds), install_signals=False)
+    finally:
+        local.LocalBackend = original
+    return made
+
+
+def _replayed_queue(queue: Path) -> list[str]:
+    from kubesonar.compose import replay
+    from kubesonar.sensor.queues.directory import open_directory_queue
+
+    replay([PCAPS / "portscan" / "chrissanders_synscan.pcapng"], open_directory_queue(f"file://{queue}"),
+           cluster="node1")
+    return sorted(p.name for p in queue.glob("*.ksfb"))
+
+
+def test_a_batch_the_store_fails_on_is_kept_then_applied_not_deleted(tmp_path):
+    """The runner took a message the store failed on (LocalBackend counts it and leaves it unapplied) for
+    an applied one and deleted its file: a corrupt state document, a full or read-only disk lost every
+    batch that met it. It is kept and tried again, as a nak on NATS."""
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    sent = _replayed_queue(queue)
+    LocalObjectStore(state).put("state/node1/detectors.json", b"not json")
+    _backend_in_process(queue, state, 2.0)
+    assert sorted(p.name for p in queue.glob("*.ksfb")) == sent  # none applied, none lost
+
+    (state / "state" / "node1" / "detectors.json").unlink()  # the store repaired
+    _backend_in_process(queue, state, 3.0)
+    assert not list(queue.glob("*.ksfb")) and not (queue / "dead").exists()
+    listed = subprocess.run([KUBESONAR, "alerts", "list", "--store", str(state), "--format", "json"],
+                            capture_output=True, text=True, timeout=120, check=True).stdout
+    assert [a["source"]["ip"] for a in map(json.loads, listed.splitlines()) if a["type"] == "port_scan"] == \
+        ["172.16.0.8"]
+
+
+def test_a_batch_that_keeps_failing_goes_to_dead_after_max_deliveries(tmp_path, caplog):
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    sent = _replayed_queue(queue)
+    LocalObjectStore(state).put("state/node1/detectors.json", b"not json")
+    (queue / "zz-garbage-00000000000000000000-00000.ksfb").write_bytes(b"not a batch")
+    with caplog.at_level("WARNING", logger="kubesonar.backend"):
+        made = _backend_in_process(queue, state, 4.0, max_deliveries=2)  # tried at once, then after 1 s
+    assert not list(queue.glob("*.ksfb"))
+    assert sorted(p.name for p in (queue / "dead").iterdir()) == [*sent, "zz-garbage-00000000000000000000-00000.ksfb"]
+    assert "not a JSON document" in caplog.text and "zz-garbage-00000000000000000000-00000.ksfb: message of 11 bytes" in caplog.text  # each says why
+    assert made[0].errors == []  # logged, then let go: a process that runs for months keeps no list of them
+
+
+def test_a_listen_address_that_cannot_be_used_is_one_line(tmp_path):
+    """A --listen that is no HOST:PORT, or a port already taken, was a traceback."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for listen, message in (("nonsense", "--listen 'nonsense' is not HOST:PORT"),
+                                (f"127.0.0.1:{port}", f"cannot listen on 127.0.0.1:{port}")):
+            done = subprocess.run([KUBESONAR, "backend", "--queue", f"file://{tmp_path / 'queue'}", "--store",
+                                   str(tmp_path / "state"), "--listen", listen, "--duration", "1"],
+                                  capture_output=True, text=True, timeout=120, check=False)
+            assert done.returncode == 1 and done.stderr.startswith("kubesonar: error: ") and message in done.stderr
+            assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_one_clusters_unreadable_health_document_stops_neither_the_backend_nor_the_others_check(tmp_path, caplog):
+    """The scheduled check once raised out of the directory loop at the first cluster whose health document
+    could not be read: the process ended at every check, and clusters after it were never checked."""
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    _replayed_queue(queue)
+    store = LocalObjectStore(state)
+    store.put("state/aaa-broken/sensor_health.json", b"not json")
+    heard = {"sensor_id": "n1/1", "last_seen_ns": time.time_ns() - 10**12, "window_end_ns": 0, "kernel_drops": 0,
+             "kernel_packets": 1, "silent": False, "dropping": False}  # last heard 1,000 s ago
+    store.put("state/node1/sensor_health.json", json.dumps({"state": {"nodes": {"n1": heard}}}).encode())
+    with caplog.at_level("WARNING", logger="kubesonar.backend"):
+        _backend_in_process(queue, state, 4.0, check_interval_s=1.0, sensor_silent_after_s=1.0)
+    assert not list(queue.glob("*.ksfb"))  # it went on scoring
+    assert "state/aaa-broken/sensor_health.json is not a JSON document" in caplog.text  # and said why
+    listed = subprocess.run([KUBESONAR, "alerts", "list", "--store", str(state), "--format", "json",
+                             "--type", "sensor_silent"], capture_output=True, text=True, timeout=120, check=True)
+    assert [a["cluster"] for a in map(json.loads, listed.stdout.splitlines())] == ["node1"]
+
+
+def test_a_metrics_connection_that_sends_nothing_is_closed(monkeypatch):
+    """/metrics, /healthz and /readyz listen on 0.0.0.0 in the cluster, and their handler had no timeout:
+    each connection that sent nothing held a thread for good."""
+    import socket
+
+    from kubesonar import backend_metrics
+
+    monkeypatch.setattr(backend_metrics, "_IDLE_S", 1.0, raising=False)
+    port = free_port()
+    server = backend_metrics.serve(f"127.0.0.1:{port}", backend_metrics.BackendMetrics(),
+                                   backend_metrics.Health(liveness_s=300))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n")  # and nothing more
+            started = time.monotonic()
+            assert s.recv(1024) == b"" and time.monotonic() - started < 5  # closed by the server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -102,6 +102,7 @@ def test_update_then_show_and_filter_by_triage_state(store):
     (["alerts", "update", "ffffffffffff", "--status", "resolved"], "no alert has id 'ffffffffffff'"),
     (["alerts", "update", "{first}", "--status", "closed"], "'closed' is not one of"),
     (["alerts", "update", "{first}", "--snooze", "soon"], "kubesonar: error: duration 'soon' is not a number"),
+    (["alerts", "update", "{first}", "--snooze", "99999999w"], "kubesonar: error: duration '99999999w' is longer than"),
     (["alerts", "update", "{first}"], "kubesonar: error: nothing to change"),
     (["alerts", "update", "{first}", "--allowlist", "x", "--status", "resolved"], "--allowlist goes with"),
     (["allowlist", "add", "--rule", "no_such_rule", "--reason", "r", "--namespace", "a"],

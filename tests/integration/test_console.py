@@ -213,3 +213,171 @@ def test_a_trusted_header_names_the_user(demo, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def served(demo, tmp_path):
+    """The console on a copy of the demo's store, in this process (token mode): its URL and store."""
+    import threading
+
+    from kubesonar.console.auth import ConsoleAuth
+    from kubesonar.console.server import serve
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    store = copy_store(demo[0], tmp_path / "store")
+    server = serve(LocalObjectStore(store), "127.0.0.1", 0, ConsoleAuth(TOKEN))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", store
+    server.shutdown()
+    server.server_close()
+
+
+def _raw(base: str, head: str, body: bytes = b"") -> str:
+    """Send a request as written, close our side, and read the status line (empty: no answer)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(head.encode("latin-1") + b"\r\n\r\n" + body)
+        s.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := s.recv(65536):
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0].decode("latin-1")
+
+
+def test_a_post_whose_length_is_not_a_byte_count_is_refused_unread(served):
+    """``Content-Length: -1`` passed the size check and read(-1) took the body until the client closed,
+    unbounded and before sign-in; a length that is not a number left the request unanswered."""
+    base, _ = served
+    body = b"user=eve&token=guess&pad=" + b"x" * (1 << 20)  # far over the 16 KiB a form may have
+    assert _raw(base, "POST /login HTTP/1.0\r\nContent-Length: -1", body) == "HTTP/1.0 400 Bad Request"
+    assert _raw(base, "POST /login HTTP/1.0\r\nContent-Length: many", body) == "HTTP/1.0 400 Bad Request"
+    assert _raw(base, "POST /login HTTP/1.0\r\nContent-Length: 20", b"user=eve&token=guess") == \
+        "HTTP/1.0 403 Forbidden"
+
+
+def test_a_token_or_csrf_token_with_a_non_ascii_letter_is_refused_not_left_unanswered(served):
+    """hmac.compare_digest raises TypeError for a str with a non-ASCII character: a guessed token or CSRF
+    token with one (a form is UTF-8, a header latin-1) ended the request with no answer, not a 403."""
+    base, store = served
+    assert _request(f"{base}/login", "user=eve&token=jalapeño".encode())[0] == 403
+    assert _request(f"{base}/alerts", headers={"Authorization": "Bearer jalapeño".encode().decode("latin-1")})[0] \
+        == 303
+    assert _raw(base, "GET /alerts HTTP/1.0\r\nCookie: kubesonar_session=eve|\xe9") == "HTTP/1.0 303 See Other"
+    (first,) = json.loads(subprocess.run([KUBESONAR, "alerts", "list", "--store", store, "--format", "json"],
+                                         capture_output=True, text=True, check=True,
+                                         timeout=60).stdout.splitlines()[0]),
+    status, _ = _request(f"{base}/alerts/{first['id']}", "action=resolved&csrf=jalapeño".encode(),
+                         {"Authorization": f"Bearer {TOKEN}"})
+    assert status == 403
+
+
+def test_a_name_with_a_space_or_any_letter_stays_signed_in(served, browser):
+    """The sign-in accepts names with spaces and any letter, but the cookie carried the name as it was:
+    SimpleCookie could not read 'Ana Lima|...' back (each page went back to the sign-in), and a name
+    outside latin-1 could not be a header at all (the sign-in went unanswered)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, _ = served
+    browser.get(f"{base}/login")
+    browser.find_element(By.ID, "login-user").send_keys("Łucja Ana Lima")
+    browser.find_element(By.ID, "login-token").send_keys(TOKEN)
+    browser.find_element(By.ID, "login-submit").click()
+    WebDriverWait(browser, 20).until(ec.presence_of_element_located((By.ID, "alerts")))
+    browser.get(f"{base}/map")
+    assert "signed in as Łucja Ana Lima" in browser.page_source and browser.current_url.endswith("/map")
+
+
+def test_another_applications_cookie_does_not_sign_one_out(served):
+    """Cookies are not kept per port: one that SimpleCookie cannot parse (a JSON value, set by another
+    application on the same host) made it ignore the whole header, our session with it."""
+    import http.client
+
+    base, _ = served
+    host, port = base.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("POST", "/login", "user=ana&token=" + TOKEN,
+                       {"Content-Type": "application/x-www-form-urlencoded"})
+    session = connection.getresponse().getheader("Set-Cookie").split(";")[0]
+    connection.close()
+    status, page = _request(f"{base}/alerts", headers={"Cookie": f'prefs={{"theme": "dark"}}; {session}'})
+    assert status == 200 and "signed in as ana" in page
+
+
+def test_error_pages_escape_what_they_repeat(served):
+    """The 404 and 400 pages put the error's text into the page as it was, and it repeats the id asked
+    for and the tag posted: markup there was markup on the page."""
+    base, store = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    host, port = base.removeprefix("http://").split(":")
+    import http.client
+
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    connection.request("GET", "/alerts/<svg/onload=alert(1)>", headers=auth)  # as written, not %-encoded
+    answer = connection.getresponse()
+    page = answer.read().decode()
+    connection.close()
+    assert answer.status == 404 and "<svg" not in page and "&lt;svg/onload=alert(1)&gt;" in page
+    (first,) = json.loads(subprocess.run([KUBESONAR, "alerts", "list", "--store", store, "--format", "json"],
+                                         capture_output=True, text=True, check=True,
+                                         timeout=60).stdout.splitlines()[0]),
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', _request(f"{base}/alerts/{first['id']}", headers=auth)[1])
+    tag = "<b id=injected>" + "x" * 64
+    status, page = _request(f"{base}/alerts/{first['id']}",
+                            urllib.parse.urlencode({"action": "tag", "tag": tag, "csrf": csrf.group(1)}).encode(), auth)
+    assert status == 400 and "must be 1 to 64 characters" in page and "<b id=injected>" not in page
+
+
+def test_a_snooze_past_any_date_is_a_400_not_an_unanswered_request(served):
+    """A snooze whose end is past year 9999 raised ValueError deep in the change: no answer, a traceback."""
+    base, store = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    (first,) = json.loads(subprocess.run([KUBESONAR, "alerts", "list", "--store", store, "--format", "json"],
+                                         capture_output=True, text=True, check=True,
+                                         timeout=60).stdout.splitlines()[0]),
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', _request(f"{base}/alerts/{first['id']}", headers=auth)[1])
+    status, page = _request(f"{base}/alerts/{first['id']}", f"action=snooze&snooze=99999999w&csrf={csrf.group(1)}"
+                            .encode(), auth)
+    assert status == 400 and "longer than 100 years" in page
+
+
+def test_a_store_fault_is_a_503_not_a_404_or_a_400(served):
+    """Every KubeSonarError was 'Not found' (404) on a page and the poster's fault (400) on an action,
+    a store that failed included: a monitor or a script read a broken store as a missing page."""
+    base, store = served
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    first = next(Path(store, "alerts").rglob("*.json"))
+    alert_id = first.stem
+    csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', _request(f"{base}/alerts/{alert_id}", headers=auth)[1])
+    assert _request(f"{base}/alerts/ffffffffffff", headers=auth)[0] == 404
+    first.write_text("not json")
+    status, page = _request(f"{base}/alerts", headers=auth)
+    assert status == 503 and "is not a JSON document" in page
+    assert _request(f"{base}/alerts/{alert_id}", headers=auth)[0] == 503
+    assert _request(f"{base}/alerts/{alert_id}", f"action=resolved&csrf={csrf.group(1)}".encode(), auth)[0] == 503
+    assert _request(f"{base}/alerts/{alert_id}", f"action=snooze&snooze=soon&csrf={csrf.group(1)}".encode(),
+                    auth)[0] == 400
+
+
+def test_a_connection_that_sends_nothing_is_closed(demo, tmp_path, monkeypatch):
+    """The handler had no timeout: every connection that sent nothing (or half a request) held a thread
+    for good, before any sign-in, so anyone who could reach the port could pile them up."""
+    import threading
+
+    from kubesonar.console import server as console_server
+    from kubesonar.console.auth import ConsoleAuth
+    from kubesonar.functions.local.store import LocalObjectStore
+
+    monkeypatch.setattr(console_server, "_IDLE_S", 1.0, raising=False)
+    server = console_server.serve(LocalObjectStore(copy_store(demo[0], tmp_path / "store")), "127.0.0.1", 0,
+                                  ConsoleAuth(TOKEN))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as s:
+            s.sendall(b"GET /alerts HTTP/1.0\r\n")  # and nothing more
+            started = time.monotonic()
+            assert s.recv(1024) == b"" and time.monotonic() - started < 5  # closed by the server
+    finally:
+        server.shutdown()
+        server.server_close()

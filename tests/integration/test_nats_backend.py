@@ -237,3 +237,71 @@ def test_sigterm_drains_and_exits_cleanly(nats, backends):  # noqa: F811
     assert backend._status("/healthz") == 200
     assert backend.stop(signal.SIGTERM) == 0
     assert "draining" in Path(backend.err.name).read_text()
+
+
+def test_a_poison_message_near_the_max_payload_is_dead_lettered_and_the_backend_goes_on(nats, backends):  # noqa: F811
+    """Its copy in the dead-letter stream, with our headers added, went over the server's max payload; the
+    server answered with -ERR 'Maximum Payload Violation', nats-py closed the connection for good, and the
+    backend failed every step after (while /healthz said 200): one message stopped all scoring."""
+    backend = backends("one")
+    big = b"KSFB" + b"x" * (1024 * 1024 - 104)  # the server takes it: it fits with its one header
+
+    async def publish(js):
+        await js.publish(SUBJECT, big, headers={"Nats-Msg-Id": "big/1/0"})
+
+    jetstream(nats.url, publish)
+    deadline = time.monotonic() + 60
+    while not stream_messages(nats.url, "KUBESONAR_BATCHES_DEAD"):
+        assert time.monotonic() < deadline, backend.stderr()
+        time.sleep(0.2)
+    (dead,) = stream_messages(nats.url, "KUBESONAR_BATCHES_DEAD")
+    assert dead.headers["KubeSonar-Reason"].startswith("does not decode") and big.startswith(dead.data)
+    assert dead.headers["KubeSonar-Truncated"] == f"{len(dead.data)} of {len(big)} bytes kept"
+    windows = replay(nats.url, SCAN)
+    wait_drained(nats.url)
+    assert backend.metric("kubesonar_backend_messages_total", 'outcome="applied"') == windows
+    assert backend.metric("kubesonar_backend_loop_errors_total") == 0
+
+
+def test_a_connection_closed_for_good_ends_the_backend(nats):  # noqa: F811
+    """nats-py reconnects after a network fault but not after a server's -ERR: the connection is then
+    closed for good. The loop failed every step from then on, unready but alive to /healthz, so nothing
+    restarted it; now it exits and its orchestrator starts it afresh."""
+    import threading
+
+    from kubesonar.backend_runner import BackendSettings, run_backend
+    from kubesonar.functions.nats import connection as shared
+    from kubesonar.shared.errors import QueueUnavailable
+
+    ended: list = []
+
+    def run() -> None:
+        try:
+            run_backend(BackendSettings(f"{nats.url}/{SUBJECT}", f"{nats.url}/{BUCKET}", duration_s=30,
+                                        listen=f"127.0.0.1:{free_port()}"), install_signals=False)
+            ended.append("returned")
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            ended.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not any(c.connected for c in shared._SHARED.values()) or not _has_consumer(nats.url):
+        assert time.monotonic() < deadline and thread.is_alive(), ended
+        time.sleep(0.2)
+    (connection,) = shared._SHARED.values()
+    connection.run(connection.nc.close())  # as nats-py does on a server's -ERR
+    thread.join(timeout=15)
+    assert not thread.is_alive(), "the backend went on with a closed connection"
+    assert isinstance(ended[0], QueueUnavailable) and "closed for good" in str(ended[0])
+
+
+def _has_consumer(url: str) -> bool:
+    async def look(js):
+        try:
+            await js.consumer_info("KUBESONAR_BATCHES", "kubesonar-backend")
+            return True
+        except Exception:  # noqa: BLE001 - not yet made
+            return False
+
+    return jetstream(url, look)

@@ -107,3 +107,44 @@ def _spool_through_a_restart(nats, inner, tmp_path) -> None:  # noqa: F811 - the
 
     spool.publish(before)  # a resend within the duplicate window: the server drops it
     assert len(_stored(nats.url)) == len(messages)
+
+
+def _cyclic_frames_after(work) -> list[str]:
+    """Frames only a reference cycle still holds once ``work()`` is done (the collector off meanwhile)."""
+    import gc
+    import types
+
+    gc.collect()
+    gc.disable()
+    try:
+        work()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return [o.f_code.co_name for o in gc.garbage if isinstance(o, types.FrameType)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_a_refused_send_leaves_no_reference_cycle(nats):  # noqa: F811
+    """The publisher raised a gathered error from a local (``raise result``), and the loop thread waited on
+    a future that kept it: each error's traceback held those frames and they the error, so every send
+    refused during an outage lived on, with its batch, until the cyclic collector ran."""
+    from nats.js.api import StreamConfig
+
+    async def small_stream(js):
+        await js.add_stream(StreamConfig(name="KUBESONAR_BATCHES", subjects=[SUBJECT], max_msg_size=64))
+
+    jetstream(nats.url, small_stream)
+    publisher = open_publisher(f"{nats.url}/{SUBJECT}")
+    try:
+        publisher.send([Message("s/0/0", b"x")])  # connected, and the stream takes a small one
+
+        def refused() -> None:
+            with pytest.raises(QueueUnavailable, match="size exceeds"):
+                publisher.send([Message("s/0/1", b"x" * 200), Message("s/0/2", b"y" * 200)])
+
+        assert _cyclic_frames_after(refused) == []
+    finally:
+        publisher.close()

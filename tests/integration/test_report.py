@@ -41,3 +41,18 @@ def test_the_report_is_one_self_contained_file(tmp_path):
     talkers = re.search(r'<table id="talkers">(.*?)</table>', html, re.S).group(1)
     assert "payments/Deployment/api" in talkers  # the 80 MB upload
     assert 'data-node="default/Deployment/debug-tools"' in html and 'class="node alerted"' in html
+
+
+def test_the_report_is_written_as_utf_8_whatever_the_locale(tmp_path):
+    """The file was written in the locale's encoding: under an ASCII locale (LC_ALL=C without UTF-8 mode)
+    the map's arrows raised UnicodeEncodeError, and under latin-1 the page would contradict its
+    <meta charset="utf-8">."""
+    import os
+
+    store, _ = build_demo_store(tmp_path / "demo")
+    out = tmp_path / "report.html"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    done = subprocess.run([KUBESONAR, "report", "--store", str(store), "--out", str(out)], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    assert '<meta charset="utf-8">' in out.read_text(encoding="utf-8") and "→" in out.read_text(encoding="utf-8")
