@@ -1,6 +1,12 @@
-"""Small helpers shared by tests: run the engine on a file, read records as dicts."""
+"""Small helpers shared by tests: run the engine on a file, read records as dicts, find reference cycles."""
 
 from __future__ import annotations
+
+import gc
+import socket
+import time
+import types
+from collections.abc import Callable
 
 from kubesonar.sensor.flow_table import FlowTimeouts
 from kubesonar.sensor.offline import CaptureStats, flows_from_captures
@@ -23,3 +29,29 @@ def scores_of(detector, flows, pods=None, dns=None) -> list:
     scores = detector.score(batch)
     detector.learn(batch, {s.subject for s in scores if s.flagged})
     return scores
+
+
+def cyclic_garbage_after(work: Callable[[], object]) -> list[str]:
+    """What only a reference cycle still holds once ``work()`` is done, found with the cyclic collector
+    off while it runs (so nothing is collected early): type names, frames with their function's."""
+    gc.collect()
+    gc.disable()
+    try:
+        work()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        return sorted(f"frame {o.f_code.co_name}" if isinstance(o, types.FrameType) else type(o).__name__
+                      for o in gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def assert_idle_connection_closed(port: int, partial_request: bytes) -> None:
+    """A server on 127.0.0.1:``port`` closes a connection that sends ``partial_request`` and then nothing
+    within 5 s (its idle bound set lower by the test), rather than holding a thread for it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(partial_request)
+        started = time.monotonic()
+        assert s.recv(1024) == b"" and time.monotonic() - started < 5  # closed by the server

@@ -19,6 +19,7 @@ import pytest
 from demo_store import KUBESONAR, build_demo_store, copy_store
 
 from conftest import require_tool
+from helpers import assert_idle_connection_closed
 
 TOKEN = "console-test-token"
 CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -382,10 +383,7 @@ def test_a_connection_that_sends_nothing_is_closed(demo, tmp_path, monkeypatch):
                                   ConsoleAuth(TOKEN))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        with socket.create_connection(("127.0.0.1", server.server_address[1]), timeout=5) as s:
-            s.sendall(b"GET /alerts HTTP/1.0\r\n")  # and nothing more
-            started = time.monotonic()
-            assert s.recv(1024) == b"" and time.monotonic() - started < 5  # closed by the server
+        assert_idle_connection_closed(server.server_address[1], b"GET /alerts HTTP/1.0\r\n")  # and nothing more
     finally:
         server.shutdown()
         server.server_close()

@@ -4,6 +4,7 @@ API; and the emulator is shown to enforce the generation preconditions the store
 from __future__ import annotations
 
 import uuid
+from contextlib import contextmanager
 
 import pytest
 from contract.object_store import ObjectStoreContract
@@ -47,12 +48,10 @@ def test_the_emulator_ignores_the_precondition_on_resumable_uploads(bucket):
     client.bucket(name).blob("big").upload_from_string(big, if_generation_match=0)  # no 412 here
 
 
-def test_a_retried_create_whose_first_attempt_landed_is_ours(bucket):
-    """The library retries a conditional upload; the retry meets the object its first attempt wrote.
-    Replayed here with the library's own retry: the first attempt's answer is dropped by a transport that
-    sends the request and then raises, as a connection reset after the write would."""
-    client, name = bucket
-    store = GcsObjectStore(client, name)
+@contextmanager
+def _first_answer_lost(client):
+    """The client's transport sends each request, but the first one's answer is lost (it raises, as a
+    connection reset after the write would), so the library retries; yields the statuses it met."""
     session = client._http
     real_request, calls = session.request, []
 
@@ -65,9 +64,19 @@ def test_a_retried_create_whose_first_attempt_landed_is_ours(bucket):
 
     session.request = lose_the_first_answer
     try:
-        version = store.put("state/c/doc.json", b'{"v": 1}', create_only=True)
+        yield calls
     finally:
         session.request = real_request
+
+
+def test_a_retried_create_whose_first_attempt_landed_is_ours(bucket):
+    """The library retries a conditional upload; the retry meets the object its first attempt wrote.
+    Replayed here with the library's own retry: the first attempt's answer is dropped by a transport that
+    sends the request and then raises, as a connection reset after the write would."""
+    client, name = bucket
+    store = GcsObjectStore(client, name)
+    with _first_answer_lost(client) as calls:
+        version = store.put("state/c/doc.json", b'{"v": 1}', create_only=True)
     assert calls[:2] == [200, 412]  # landed, then the retry met it
     assert store.get("state/c/doc.json").version == version
 
@@ -96,20 +105,7 @@ def test_a_retried_replace_whose_first_attempt_landed_is_ours(bucket):
     client, name = bucket
     store = GcsObjectStore(client, name)
     first = store.put("state/c/doc.json", b'{"v": 1}', create_only=True)
-    session = client._http
-    real_request, calls = session.request, []
-
-    def lose_the_first_answer(method, url, *args, **kwargs):
-        response = real_request(method, url, *args, **kwargs)
-        calls.append(response.status_code)
-        if len(calls) == 1:
-            raise ConnectionError("connection reset after the upload landed")
-        return response
-
-    session.request = lose_the_first_answer
-    try:
+    with _first_answer_lost(client) as calls:
         version = store.put("state/c/doc.json", b'{"v": 2}', if_version=first)
-    finally:
-        session.request = real_request
     assert calls[:2] == [200, 412]  # landed, then the retry met it
     assert store.get("state/c/doc.json") == StoredObject(b'{"v": 2}', version)

@@ -207,11 +207,7 @@ def test_poison_and_a_message_that_keeps_failing_end_in_the_dead_letter_stream(n
         await js.publish(SUBJECT, b"KSFB but not really", headers={"Nats-Msg-Id": "garbage/1/0"})
 
     jetstream(nats.url, publish_garbage)
-    deadline = time.monotonic() + 60
-    while not stream_messages(nats.url, "KUBESONAR_BATCHES_DEAD"):
-        assert time.monotonic() < deadline, backend.stderr()
-        time.sleep(0.2)
-    (dead,) = stream_messages(nats.url, "KUBESONAR_BATCHES_DEAD")
+    dead = _the_dead_letter(nats.url, backend)
     assert dead.data == b"KSFB but not really" and dead.headers["KubeSonar-Batch-Key"] == "garbage/1/0"
     assert dead.headers["KubeSonar-Reason"].startswith("does not decode")
     assert backend.metric("kubesonar_backend_decode_errors_total") == 1
@@ -250,11 +246,7 @@ def test_a_poison_message_near_the_max_payload_is_dead_lettered_and_the_backend_
         await js.publish(SUBJECT, big, headers={"Nats-Msg-Id": "big/1/0"})
 
     jetstream(nats.url, publish)
-    deadline = time.monotonic() + 60
-    while not stream_messages(nats.url, "KUBESONAR_BATCHES_DEAD"):
-        assert time.monotonic() < deadline, backend.stderr()
-        time.sleep(0.2)
-    (dead,) = stream_messages(nats.url, "KUBESONAR_BATCHES_DEAD")
+    dead = _the_dead_letter(nats.url, backend)
     assert dead.headers["KubeSonar-Reason"].startswith("does not decode") and big.startswith(dead.data)
     assert dead.headers["KubeSonar-Truncated"] == f"{len(dead.data)} of {len(big)} bytes kept"
     windows = replay(nats.url, SCAN)
@@ -305,3 +297,13 @@ def _has_consumer(url: str) -> bool:
             return False
 
     return jetstream(url, look)
+
+
+def _the_dead_letter(url: str, backend):
+    """The one message the backend moved to the dead-letter stream, waited for up to 60 s."""
+    deadline = time.monotonic() + 60
+    while not stream_messages(url, "KUBESONAR_BATCHES_DEAD"):
+        assert time.monotonic() < deadline, backend.stderr()
+        time.sleep(0.2)
+    (dead,) = stream_messages(url, "KUBESONAR_BATCHES_DEAD")
+    return dead

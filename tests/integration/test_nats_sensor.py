@@ -13,6 +13,7 @@ from kubesonar.sensor.spool import SpoolingPublisher
 from kubesonar.shared.errors import ConfigError, QueueUnavailable
 
 from conftest import PCAPS
+from helpers import cyclic_garbage_after
 from nats_server import jetstream, nats  # noqa: F401 - the fixture
 
 SUBJECT = "kubesonar.batches"
@@ -109,23 +110,6 @@ def _spool_through_a_restart(nats, inner, tmp_path) -> None:  # noqa: F811 - the
     assert len(_stored(nats.url)) == len(messages)
 
 
-def _cyclic_frames_after(work) -> list[str]:
-    """Frames only a reference cycle still holds once ``work()`` is done (the collector off meanwhile)."""
-    import gc
-    import types
-
-    gc.collect()
-    gc.disable()
-    try:
-        work()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        return [o.f_code.co_name for o in gc.garbage if isinstance(o, types.FrameType)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-
 
 def test_a_refused_send_leaves_no_reference_cycle(nats):  # noqa: F811
     """The publisher raised a gathered error from a local (``raise result``), and the loop thread waited on
@@ -145,6 +129,6 @@ def test_a_refused_send_leaves_no_reference_cycle(nats):  # noqa: F811
             with pytest.raises(QueueUnavailable, match="size exceeds"):
                 publisher.send([Message("s/0/1", b"x" * 200), Message("s/0/2", b"y" * 200)])
 
-        assert _cyclic_frames_after(refused) == []
+        assert cyclic_garbage_after(refused) == []
     finally:
         publisher.close()

@@ -20,7 +20,7 @@ from kubesonar.sensor.capture_file import MAX_SNAPLEN, read_capture
 from kubesonar.sensor.offline import CaptureStats, read_captures
 from kubesonar.shared.errors import CaptureError
 
-from helpers import flows_of
+from helpers import cyclic_garbage_after, flows_of
 
 T0 = 1_700_000_000
 
@@ -246,24 +246,6 @@ def test_a_record_at_the_snaplen_cap_is_read(tmp_path):
     assert stats.errors == [] and len(flows) == 1
 
 
-def _cyclic_frames_after(read) -> list:
-    """The frames only a reference cycle still holds once ``read()`` is done (found with the cyclic
-    collector off while it runs, so none is collected early)."""
-    import gc
-    import types
-
-    gc.collect()
-    gc.disable()
-    try:
-        read()
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        return [o.f_code.co_name for o in gc.garbage if isinstance(o, types.FrameType)]
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-
 
 @pytest.mark.parametrize("fault", ["corrupt record", "cut gzip stream"])
 def test_a_capture_error_holds_no_flow_table_in_a_reference_cycle(tmp_path, fault):
@@ -285,7 +267,7 @@ def test_a_capture_error_holds_no_flow_table_in_a_reference_cycle(tmp_path, faul
         for _ in read_captures([path], stats=stats):
             pass
 
-    assert _cyclic_frames_after(read) == []
+    assert cyclic_garbage_after(read) == []
     assert stats.capture_errors == 1 and stats.packets >= 5
 
 

@@ -21,6 +21,7 @@ from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.state import read_document
 
 from conftest import PCAPS, REPO
+from helpers import cyclic_garbage_after
 
 
 class CountingStore:
@@ -213,19 +214,8 @@ def test_an_invocation_leaves_nothing_for_the_cyclic_collector(deps):
     """Everything an invocation made is freed when it returns: the detectors document's update step
     once retried by calling itself, a closure holding itself and with it every batch of the invocation,
     freed only when the cyclic collector ran (a warm Lambda or the backend kept them meanwhile)."""
-    import gc
-
     deliveries = _scan_deliveries()
     process_deliveries(deliveries[:1], deps)  # what loads once (modules, caches) is not the invocation's
-    gc.collect()
-    gc.disable()
-    try:
-        assert len(process_deliveries(deliveries[1:], deps).applied) == len(deliveries) - 1
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        left = sorted({type(o).__name__ for o in gc.garbage})
-    finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
-        gc.enable()
-    assert left == []
+    outcome = []
+    assert cyclic_garbage_after(lambda: outcome.append(process_deliveries(deliveries[1:], deps))) == []
+    assert len(outcome[0].applied) == len(deliveries) - 1
