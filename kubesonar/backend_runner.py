@@ -87,11 +87,16 @@ def _config(settings: BackendSettings) -> CoreConfig:
 def run_backend(settings: BackendSettings, install_signals: bool = True) -> None:
     """Run until SIGTERM/SIGINT (or ``duration_s``); the kind of queue chooses the consumer."""
     stop = threading.Event()
+    metrics, health = BackendMetrics(), Health(liveness_s=max(300.0, settings.ack_wait_s))
+
+    def on_signal(*_: Any) -> None:  # unready at once, not when the step in hand ends: no new work sent here
+        health.draining = True
+        stop.set()
+
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, on_signal)
     deadline = None if settings.duration_s is None else time.monotonic() + settings.duration_s
-    metrics, health = BackendMetrics(), Health(liveness_s=max(300.0, settings.ack_wait_s))
     http = serve(settings.listen, metrics, health)
 
     def stopping() -> bool:
