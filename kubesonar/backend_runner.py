@@ -4,9 +4,9 @@
   durable pull consumer (functions/nats/consumer.py); run as many as the traffic needs.
 - ``--queue file://DIR`` with a directory store: the embedded default's consumer (functions/local/
   backend.py, the same that ``kubesonar watch`` runs in one process) taking the queue directory's files
-  in name order. One process per directory. A file that does not decode moves to ``dead/``; one the
-  store fails on stays and is tried again (after 1, 5, 15 s ...), and after ``max_deliveries`` attempts
-  moves to ``dead/`` too.
+  in name order. One process per directory. A file that does not decode moves to ``dead/``; one that
+  fails while scored (the store, or any fault) stays and is tried again (after 1, 5, 15 s ...), and after
+  ``max_deliveries`` attempts moves to ``dead/`` too.
 
 Both serve /metrics, /healthz and /readyz, run the sensor-health check every ``check_interval_s``, print
 each new alert as a JSON line, and on SIGTERM finish the messages in hand before they exit.

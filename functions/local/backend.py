@@ -54,9 +54,11 @@ class LocalBackend:
         self.heartbeats[batch.header.sensor_id] = batch.header.counters
         try:
             result = process_batch(batch, self.deps, content_digest(message, batch.header.parts))
-        except KubeSonarError as exc:  # the state directory failed (full, read-only): counted, shown
+        except Exception as exc:  # noqa: BLE001 - the state directory failed (full, read-only) or a fault of
+            # ours: counted, shown, retried by the caller; raised, it ended the process on this file at each start
             self.counters["process_errors"] = self.counters.get("process_errors", 0) + 1
-            self.errors.append(f"{key}: {exc}")
+            self.errors.append(f"{key}: {exc}" if isinstance(exc, KubeSonarError) else
+                               f"{key}: {type(exc).__name__}: {exc}")
             del self._seen[key]  # not applied: a redelivery may still succeed
             return None
         self.counters["alerts"] += len(result.alerts)

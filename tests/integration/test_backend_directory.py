@@ -167,6 +167,30 @@ def test_readiness_drops_at_sigterm_not_when_the_step_in_hand_ends(tmp_path):
     assert seen == {"before": 200, "during": 503}
 
 
+def test_an_unexpected_fault_while_scoring_is_retried_then_dead_lettered_not_a_crash(tmp_path, caplog,
+                                                                                    monkeypatch):
+    """LocalBackend caught only KubeSonarError: anything else raised while scoring one file (a fault of
+    ours) ended the process, and the restarted one met the same file first: a crash loop. It is now a
+    failed message, as on NATS: logged with why, retried, dead after --max-deliveries; the rest applied."""
+    from kubesonar.functions.local import backend as local
+
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    sent = _replayed_queue(queue)
+    scored = local.process_batch
+
+    def faulty(batch, deps, digest=0):
+        if batch.header.sequence == 0:
+            raise RuntimeError("a fault of ours")
+        return scored(batch, deps, digest)
+
+    monkeypatch.setattr(local, "process_batch", faulty)
+    with caplog.at_level("WARNING", logger="kubesonar.backend"):
+        _backend_in_process(queue, state, 4.0, max_deliveries=2)  # tried at once, then after 1 s
+    assert not list(queue.glob("*.ksfb")) and [p.name for p in (queue / "dead").iterdir()] == sent[:1]
+    assert "retrying: " in caplog.text and "RuntimeError: a fault of ours" in caplog.text
+    assert "dead-lettered after 2 attempts" in caplog.text
+
+
 def test_a_listen_address_that_cannot_be_used_is_one_line(tmp_path):
     """A --listen that is no HOST:PORT, or a port already taken, was a traceback."""
     import socket
