@@ -199,7 +199,7 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
                 if connection.nc.is_closed:  # for good (the client reconnects only until then): start afresh
                     raise QueueUnavailable(f"the NATS connection is closed for good ({type(exc).__name__} {exc}): "
                                            "exiting, to be started again") from None
-                if consumer.gone():  # deleted by hand: every fetch fails until a start makes it again
+                if connection.connected and consumer.gone():  # deleted by hand: fetches fail until a start makes it
                     raise QueueUnavailable(f"the durable consumer {settings.consumer} of {consumer.layout.stream} "
                                            "no longer exists: exiting, to be started again (a start makes it)"
                                            ) from None

@@ -111,9 +111,9 @@ class NatsConsumer:
 
     def gone(self) -> bool:
         """Whether the server says the durable consumer (or its stream) no longer exists: an operator
-        deleted it. A server away or busy is not that (None of it is known then)."""
+        deleted it. A server away or busy is not that (nothing is known then)."""
         try:
-            self._conn.run(self._conn.js.consumer_info(self.layout.stream, self.layout.consumer))
+            self._conn.run(self._conn.js.consumer_info(self.layout.stream, self.layout.consumer, timeout=2.0))
         except nats.js.errors.NotFoundError:
             return True
         except Exception:  # noqa: BLE001 - unreachable, timed out: not known to be gone
