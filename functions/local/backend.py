@@ -51,6 +51,10 @@ class LocalBackend:
             self.counters["decode_errors"] += 1
             self._fault(f"{key}: {exc}")
             return None
+        except Exception as exc:  # noqa: BLE001 - a fault of ours, not the message's: retried, like one below
+            self.counters["process_errors"] = self.counters.get("process_errors", 0) + 1
+            self._fault(f"{key}: {type(exc).__name__}: {exc}")
+            return None
         self._seen[key] = None
         if len(self._seen) > self._remember:
             self._seen.popitem(last=False)

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import PCAPS
 from helpers import assert_idle_connection_closed
 from nats_server import free_port
@@ -167,8 +169,9 @@ def test_readiness_drops_at_sigterm_not_when_the_step_in_hand_ends(tmp_path):
     assert seen == {"before": 200, "during": 503}
 
 
+@pytest.mark.parametrize("stage", ["decode_batch", "process_batch"])
 def test_an_unexpected_fault_while_scoring_is_retried_then_dead_lettered_not_a_crash(tmp_path, caplog,
-                                                                                    monkeypatch):
+                                                                                    monkeypatch, stage):
     """LocalBackend caught only KubeSonarError: anything else raised while scoring one file (a fault of
     ours) ended the process, and the restarted one met the same file first: a crash loop. It is now a
     failed message, as on NATS: logged with why, retried, dead after --max-deliveries; the rest applied."""
@@ -176,14 +179,20 @@ def test_an_unexpected_fault_while_scoring_is_retried_then_dead_lettered_not_a_c
 
     queue, state = tmp_path / "queue", tmp_path / "state"
     sent = _replayed_queue(queue)
-    scored = local.process_batch
+    decode, scored = local.decode_batch, local.process_batch
 
-    def faulty(batch, deps, digest=0):
+    def faulty_decode(message):
+        batch = decode(message)
+        if batch.header.sequence == 0:
+            raise RuntimeError("a fault of ours")
+        return batch
+
+    def faulty_scoring(batch, deps, digest=0):
         if batch.header.sequence == 0:
             raise RuntimeError("a fault of ours")
         return scored(batch, deps, digest)
 
-    monkeypatch.setattr(local, "process_batch", faulty)
+    monkeypatch.setattr(local, stage, faulty_decode if stage == "decode_batch" else faulty_scoring)
     with caplog.at_level("WARNING", logger="kubesonar.backend"):
         _backend_in_process(queue, state, 4.0, max_deliveries=2)  # tried at once, then after 1 s
     assert not list(queue.glob("*.ksfb")) and [p.name for p in (queue / "dead").iterdir()] == sent[:1]
