@@ -4,9 +4,9 @@
   durable pull consumer (functions/nats/consumer.py); run as many as the traffic needs.
 - ``--queue file://DIR`` with a directory store: the embedded default's consumer (functions/local/
   backend.py, the same that ``kubesonar watch`` runs in one process) taking the queue directory's files
-  in name order. One process per directory. A file that does not decode moves to ``dead/``; one the
-  store fails on stays and is tried again (after 1, 5, 15 s ...), and after ``max_deliveries`` attempts
-  moves to ``dead/`` too.
+  in name order. One process per directory. A file that does not decode moves to ``dead/``; one that
+  fails while scored (the store, or any fault) stays and is tried again (after 1, 5, 15 s ...), and after
+  ``max_deliveries`` attempts moves to ``dead/`` too.
 
 Both serve /metrics, /healthz and /readyz, run the sensor-health check every ``check_interval_s``, print
 each new alert as a JSON line, and on SIGTERM finish the messages in hand before they exit.
@@ -87,11 +87,16 @@ def _config(settings: BackendSettings) -> CoreConfig:
 def run_backend(settings: BackendSettings, install_signals: bool = True) -> None:
     """Run until SIGTERM/SIGINT (or ``duration_s``); the kind of queue chooses the consumer."""
     stop = threading.Event()
+    metrics, health = BackendMetrics(), Health(liveness_s=max(300.0, settings.ack_wait_s))
+
+    def on_signal(*_: Any) -> None:  # unready at once, not when the step in hand ends: no new work sent here
+        health.draining = True
+        stop.set()
+
     if install_signals:
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, on_signal)
     deadline = None if settings.duration_s is None else time.monotonic() + settings.duration_s
-    metrics, health = BackendMetrics(), Health(liveness_s=max(300.0, settings.ack_wait_s))
     http = serve(settings.listen, metrics, health)
 
     def stopping() -> bool:
@@ -194,6 +199,10 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
                 if connection.nc.is_closed:  # for good (the client reconnects only until then): start afresh
                     raise QueueUnavailable(f"the NATS connection is closed for good ({type(exc).__name__} {exc}): "
                                            "exiting, to be started again") from None
+                if connection.connected and consumer.gone():  # deleted by hand: fetches fail until a start makes it
+                    raise QueueUnavailable(f"the durable consumer {settings.consumer} of {consumer.layout.stream} "
+                                           "no longer exists: exiting, to be started again (a start makes it)"
+                                           ) from None
                 metrics.loop_errors.inc()
                 health.connected = False
                 health.beat()

@@ -171,9 +171,10 @@ def update_command(alert_id: str, store_url: str, status: str | None, assignee: 
             match = subject_match(alert)
             snippet = add_allow_entry(lists, allowlist_name, alert["type"], f"false positive ({who}): "
                                       f"{comment or alert['title']}", match)
-            click.echo(f"added to allowlist {allowlist_name}:\n{snippet.rstrip()}")
+            click.echo(f"added to allowlist {allowlist_name}:\n{snippet.rstrip()}" if snippet else
+                       f"allowlist {allowlist_name} already has an entry for this rule and subject: none added")
         alert = triage_alert(store, alert_id, change, who, time.time_ns())
-        if allowlist_name:
+        if allowlist_name and snippet:
             from kubesonar.shared.alert_query import find_key
             from kubesonar.shared.state import update_document
 
@@ -223,7 +224,9 @@ def allowlist_add(store_url: str, name: str, rule: str, reason: str, namespace: 
     match = {k: v for k, v in (("namespace", namespace), ("workload", workload), ("label", label),
                                ("cidr", cidr), ("port", port)) if v}
     with _opened(store_url) as store:
-        click.echo(add_allow_entry(store, name, rule, reason, match).rstrip())
+        snippet = add_allow_entry(store, name, rule, reason, match)
+    click.echo(snippet.rstrip() if snippet else f"allowlist {name} already has an entry of this rule and scope: "
+               "none added")
 
 
 @allowlist_group.command("remove")

@@ -89,6 +89,8 @@ def _update_text(store: ObjectStore, key: str, change: Callable[[str | None], st
     for _ in range(attempts):
         obj = store.get(key)
         text = change(obj.data.decode() if obj else None)
+        if obj is not None and text == obj.data.decode():  # nothing changed: nothing to write
+            return text
         try:
             if obj is None:
                 store.put(key, text.encode(), create_only=True)
@@ -100,26 +102,36 @@ def _update_text(store: ObjectStore, key: str, change: Callable[[str | None], st
     raise StoreError(f"gave up updating {key}: it kept changing under us")
 
 
-def add_allow_entry(store: ObjectStore, name: str, rule: str, reason: str, match: dict[str, str]) -> str:
+def add_allow_entry(store: ObjectStore, name: str, rule: str, reason: str, match: dict[str, str]) -> str | None:
     """Append one entry to allowlist ``name`` (created when missing), validated with the whole list
-    before it is written; returns the entry as YAML, for the user to see what now silences alerts."""
+    before it is written; returns the entry as YAML, for the user to see what now silences alerts. None
+    when the list already has an entry of this rule and scope (two people marking one false positive):
+    nothing is written."""
     import yaml
 
     entry = {"rule": rule, "reason": reason, "match": match} if reason else {"rule": rule, "match": match}
     snippet = yaml.safe_dump([entry], sort_keys=False)
     key = allowlist_key(name)
+    added = False
 
     def append(text: str | None) -> str:
+        nonlocal added
         base = (text or "").rstrip("\n")
         if base.strip() in ("", "[]"):
             base = ""
         new = f"{base}\n{snippet}" if base else snippet
-        parse_allowlist_text(new, key)
-        return new
+        entries = parse_allowlist_text(new, key)
+        added = _scope(entries[-1]) not in {_scope(e) for e in entries[:-1]}  # checked inside the CAS: no race
+        return new if added else text or ""
 
     _update_text(store, key, append)
     ALLOW_LOADER.forget()
-    return snippet
+    return snippet if added else None
+
+
+def _scope(entry: AllowEntry) -> tuple:
+    """What an entry silences (its reason and place aside)."""
+    return entry.rules, entry.namespace, entry.workload, entry.label, entry.cidr, entry.ports
 
 
 def remove_allow_entry(store: ObjectStore, name: str, number: int) -> dict:

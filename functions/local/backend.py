@@ -20,19 +20,24 @@ from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, p
 from kubesonar.shared.ports import Notifier, SystemClock
 from kubesonar.shared.signing import Keyring, authenticate
 
+# what `kubesonar watch` keeps in memory for months: the latest alerts, faults and sensors heard (a sensor
+# id is new at each sensor start), never one more per alert, fault or restart
+ALERTS_KEEP = 1000
+ERRORS_KEEP = 100
+HEARTBEATS_KEEP = 1000
+
 
 class LocalBackend:
     def __init__(self, state_dir: str | Path, config: CoreConfig | None = None, remember: int = 100_000,
                  keyring: Keyring | None = None, notifier: Notifier | None = None):
-        # a long-running process passes its own notifier: the collecting one keeps every alert in memory
-        self.notifier = notifier or CollectingNotifier()
+        self.notifier = notifier or CollectingNotifier(keep=ALERTS_KEEP)
         self.deps = Dependencies(LocalObjectStore(Path(state_dir)), self.notifier, SystemClock(),
                                  config or CoreConfig(), keyring=keyring)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._remember = remember
         self.counters = {"messages": 0, "duplicates": 0, "decode_errors": 0, "flows": 0, "alerts": 0}
         self.errors: list[str] = []
-        self.heartbeats: dict[str, dict[str, int]] = {}  # sensor id -> its latest health counters
+        self.heartbeats: OrderedDict[str, dict[str, int]] = OrderedDict()  # sensor id -> its latest counters
 
     def receive(self, key: str, message: bytes) -> ProcessResult | None:
         """Score one message; None for a duplicate or a message that does not decode (counted)."""
@@ -44,7 +49,11 @@ class LocalBackend:
             batch = decode_batch(message)
         except BatchFormatError as exc:
             self.counters["decode_errors"] += 1
-            self.errors.append(f"{key}: {exc}")
+            self._fault(f"{key}: {exc}")
+            return None
+        except Exception as exc:  # noqa: BLE001 - a fault of ours, not the message's: retried, like one below
+            self.counters["process_errors"] = self.counters.get("process_errors", 0) + 1
+            self._fault(f"{key}: {type(exc).__name__}: {exc}")
             return None
         self._seen[key] = None
         if len(self._seen) > self._remember:
@@ -52,18 +61,28 @@ class LocalBackend:
         self.counters["messages"] += 1
         self.counters["flows"] += len(batch.flows)
         self.heartbeats[batch.header.sensor_id] = batch.header.counters
+        self.heartbeats.move_to_end(batch.header.sensor_id)
+        if len(self.heartbeats) > HEARTBEATS_KEEP:  # the sensor heard from least recently (a restarted one)
+            self.heartbeats.popitem(last=False)
         try:
             result = process_batch(batch, self.deps, content_digest(message, batch.header.parts))
-        except KubeSonarError as exc:  # the state directory failed (full, read-only): counted, shown
+        except Exception as exc:  # noqa: BLE001 - the state directory failed (full, read-only) or a fault of
+            # ours: counted, shown, retried by the caller; raised, it ended the process on this file at each start
             self.counters["process_errors"] = self.counters.get("process_errors", 0) + 1
-            self.errors.append(f"{key}: {exc}")
+            self._fault(f"{key}: {exc}" if isinstance(exc, KubeSonarError) else f"{key}: {type(exc).__name__}: {exc}")
             del self._seen[key]  # not applied: a redelivery may still succeed
             return None
         self.counters["alerts"] += len(result.alerts)
         if result.conflicts:  # a key applied before with other content: refused, shown
             self.counters["conflicts"] = self.counters.get("conflicts", 0) + result.conflicts
-        self.errors += [e for e in result.errors if e not in self.errors]  # faults met: shown by the caller
+        for fault in result.errors:  # faults met: shown by the caller
+            if fault not in self.errors:
+                self._fault(fault)
         return result
+
+    def _fault(self, error: str) -> None:
+        self.errors.append(error)
+        del self.errors[:-ERRORS_KEEP]  # the latest; the counters count them all
 
     def alerts(self) -> list[dict[str, Any]]:
         return getattr(self.notifier, "sent", [])

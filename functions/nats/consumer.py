@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 
 from kubesonar.functions.nats.connection import NatsConnection
 from kubesonar.functions.nats.streams import Layout, ensure_streams
@@ -107,6 +108,17 @@ class NatsConsumer:
         """Messages in the stream not yet delivered to any replica (the consumer's backlog)."""
         info = self._conn.run(self._conn.js.consumer_info(self.layout.stream, self.layout.consumer))
         return int(info.num_pending or 0)
+
+    def gone(self) -> bool:
+        """Whether the server says the durable consumer (or its stream) no longer exists: an operator
+        deleted it. A server away or busy is not that (nothing is known then)."""
+        try:
+            self._conn.run(self._conn.js.consumer_info(self.layout.stream, self.layout.consumer, timeout=2.0))
+        except nats.js.errors.NotFoundError:
+            return True
+        except Exception:  # noqa: BLE001 - unreachable, timed out: not known to be gone
+            return False
+        return False
 
     def run(self, stop: Callable[[], bool], on_step: Callable[[StepReport], None]) -> None:
         """Steps until ``stop()``; the step in hand is finished and settled first (graceful drain)."""

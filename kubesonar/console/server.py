@@ -168,10 +168,12 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
                 alert = get_alert(store, alert_id)
                 match = subject_match(alert)
                 snippet = add_allow_entry(lists, ALLOWLIST_NAME, alert["type"], f"false positive ({user})", match)
-                note = f" Added to allowlist {ALLOWLIST_NAME}: {' '.join(snippet.split())}"
+                note = (f" Added to allowlist {ALLOWLIST_NAME}: {' '.join(snippet.split())}" if snippet else
+                        f" Allowlist {ALLOWLIST_NAME} already has an entry for this rule and subject: none added.")
                 triage_alert(store, alert_id, change, user, time.time_ns())
-                update_document(store, find_key(store, alert_id), lambda a: record(
-                    a, user, time.time_ns(), {"allowlist": [None, f"{ALLOWLIST_NAME}: {json.dumps(match)}"]}))
+                if snippet:
+                    update_document(store, find_key(store, alert_id), lambda a: record(
+                        a, user, time.time_ns(), {"allowlist": [None, f"{ALLOWLIST_NAME}: {json.dumps(match)}"]}))
             else:
                 triage_alert(store, alert_id, change, user, time.time_ns())
             return f"Saved: {action}.{note}"

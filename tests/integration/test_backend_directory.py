@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import PCAPS
 from helpers import assert_idle_connection_closed
 from nats_server import free_port
@@ -112,6 +114,90 @@ def test_a_batch_that_keeps_failing_goes_to_dead_after_max_deliveries(tmp_path, 
     assert sorted(p.name for p in (queue / "dead").iterdir()) == [*sent, "zz-garbage-00000000000000000000-00000.ksfb"]
     assert "not a JSON document" in caplog.text and "zz-garbage-00000000000000000000-00000.ksfb: message of 11 bytes" in caplog.text  # each says why
     assert made[0].errors == []  # logged, then let go: a process that runs for months keeps no list of them
+
+
+def test_readiness_drops_at_sigterm_not_when_the_step_in_hand_ends(tmp_path):
+    """/readyz said 200 until the step in hand ended, however long it took: a Service went on sending
+    work to a replica told to stop. Here a step is held while SIGTERM arrives."""
+    import os
+    import threading
+    import urllib.request
+
+    from kubesonar.backend_runner import BackendSettings, run_backend
+    from kubesonar.functions.local import backend as local
+
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    _replayed_queue(queue)
+    port, in_step, release, seen = free_port(), threading.Event(), threading.Event(), {}
+
+    def readyz() -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                return r.status
+        except OSError as exc:
+            return getattr(exc, "code", 0)
+
+    class Held(local.LocalBackend):
+        def receive(self, key, message):
+            in_step.set()
+            while not release.is_set():  # a long step (sleep lets the signal handler run meanwhile)
+                time.sleep(0.05)
+            return super().receive(key, message)
+
+    def signal_mid_step() -> None:
+        in_step.wait(60)
+        seen["before"] = readyz()
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while readyz() == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seen["during"] = readyz()
+        release.set()
+
+    helper = threading.Thread(target=signal_mid_step, daemon=True)
+    original, local.LocalBackend = local.LocalBackend, Held
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        helper.start()
+        run_backend(BackendSettings(f"file://{queue}", str(state), listen=f"127.0.0.1:{port}", duration_s=60))
+    finally:
+        release.set()
+        local.LocalBackend = original
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    helper.join(10)
+    assert seen == {"before": 200, "during": 503}
+
+
+@pytest.mark.parametrize("stage", ["decode_batch", "process_batch"])
+def test_an_unexpected_fault_while_scoring_is_retried_then_dead_lettered_not_a_crash(tmp_path, caplog,
+                                                                                    monkeypatch, stage):
+    """LocalBackend caught only KubeSonarError: anything else raised while scoring one file (a fault of
+    ours) ended the process, and the restarted one met the same file first: a crash loop. It is now a
+    failed message, as on NATS: logged with why, retried, dead after --max-deliveries; the rest applied."""
+    from kubesonar.functions.local import backend as local
+
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    sent = _replayed_queue(queue)
+    decode, scored = local.decode_batch, local.process_batch
+
+    def faulty_decode(message):
+        batch = decode(message)
+        if batch.header.sequence == 0:
+            raise RuntimeError("a fault of ours")
+        return batch
+
+    def faulty_scoring(batch, deps, digest=0):
+        if batch.header.sequence == 0:
+            raise RuntimeError("a fault of ours")
+        return scored(batch, deps, digest)
+
+    monkeypatch.setattr(local, stage, faulty_decode if stage == "decode_batch" else faulty_scoring)
+    with caplog.at_level("WARNING", logger="kubesonar.backend"):
+        _backend_in_process(queue, state, 4.0, max_deliveries=2)  # tried at once, then after 1 s
+    assert not list(queue.glob("*.ksfb")) and [p.name for p in (queue / "dead").iterdir()] == sent[:1]
+    assert "retrying: " in caplog.text and "RuntimeError: a fault of ours" in caplog.text
+    assert "dead-lettered after 2 attempts" in caplog.text
 
 
 def test_a_listen_address_that_cannot_be_used_is_one_line(tmp_path):

@@ -134,6 +134,22 @@ def test_an_unreachable_store_is_one_line(tmp_path):
     assert done.returncode == 1 and "cannot use" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+def test_a_second_false_positive_of_the_same_alert_adds_no_second_allowlist_entry(store):
+    """Two people marking one alert as a false positive, allowlist asked for, wrote two identical entries."""
+    (mining,) = _lines(ks("alerts", "list", "--store", store, "--type", "crypto_mining", "--format", "json").stdout)
+    for who in ("ana", "bo"):
+        out = ks("alerts", "update", mining["id"], "--store", store, "--status", "false_positive", "--allowlist",
+                 "triage", "--by", who).stdout
+    assert "already has an entry for this rule and subject: none added" in out
+    listed = ks("allowlist", "list", "--store", store).stdout.splitlines()
+    assert [x for x in listed if x.startswith("triage ")] == [listed[0]] and "false positive (ana)" in listed[0]
+    again = ks("allowlist", "add", "--store", store, "--name", "triage", "--rule", "crypto_mining", "--reason", "r",
+               "--namespace", "ml", "--workload", "Deployment/trainer").stdout
+    assert "none added" in again and len(ks("allowlist", "list", "--store", store).stdout.splitlines()) == 1
+    alert = json.loads(ks("alerts", "show", mining["id"], "--store", store, "--format", "json").stdout)
+    assert [h["by"] for h in alert["history"] if "allowlist" in h["changes"]] == ["ana"]  # bo's added none
+
+
 def test_false_positive_adds_the_allowlist_entry_it_was_asked_for_and_shows_it(store):
     (mining,) = _lines(ks("alerts", "list", "--store", store, "--type", "crypto_mining", "--format", "json").stdout)
     out = ks("alerts", "update", mining["id"], "--store", store, "--status", "false_positive", "--allowlist",

@@ -195,6 +195,23 @@ def test_actions_need_the_token_and_a_csrf_token(console):
     assert _request(f"{base}/static/../../etc/passwd")[0] == 404
 
 
+def test_two_people_marking_one_false_positive_add_one_allowlist_entry(console):
+    base, store = console
+    (first,) = json.loads(subprocess.run([KUBESONAR, "alerts", "list", "--store", store, "--format", "json",
+                                          "--type", "port_scan"], capture_output=True, text=True, check=True,
+                                         timeout=60).stdout.splitlines()[0]),
+    for user in ("bo", "cy"):
+        auth = {"Authorization": f"Bearer {TOKEN}", "X-KubeSonar-User": user}
+        page = _request(f"{base}/alerts/{first['id']}", headers=auth)[1]
+        csrf = re.search(r'name="csrf" value="([0-9a-f]+)"', page).group(1)
+        status, _ = _request(f"{base}/alerts/{first['id']}",
+                             f"action=false_positive&allowlist=1&csrf={csrf}".encode(), auth)
+        assert status == 303
+    listed = subprocess.run([KUBESONAR, "allowlist", "list", "--store", store], capture_output=True, text=True,
+                            check=True, timeout=60).stdout.splitlines()
+    assert len(listed) == 1 and "port_scan" in listed[0] and "false positive (bo)" in listed[0]
+
+
 def test_a_trusted_header_names_the_user(demo, tmp_path):
     import threading
 

@@ -288,6 +288,46 @@ def test_a_connection_closed_for_good_ends_the_backend(nats):  # noqa: F811
     assert isinstance(ended[0], QueueUnavailable) and "closed for good" in str(ended[0])
 
 
+def test_a_deleted_durable_consumer_ends_the_backend_and_the_next_start_makes_it_again(nats, backends):  # noqa: F811
+    """An operator deleting the durable consumer left every fetch failing (503, no responders) for good,
+    the replica unready but alive to /healthz, so nothing restarted it. It now exits, as for a connection
+    closed for good, and the next start makes the consumer again and consumes."""
+    import threading
+
+    from kubesonar.backend_runner import BackendSettings, run_backend
+    from kubesonar.shared.errors import QueueUnavailable
+
+    ended: list = []
+
+    def run() -> None:
+        try:
+            run_backend(BackendSettings(f"{nats.url}/{SUBJECT}", f"{nats.url}/{BUCKET}", duration_s=30,
+                                        listen=f"127.0.0.1:{free_port()}"), install_signals=False)
+            ended.append("returned")
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            ended.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not _has_consumer(nats.url):
+        assert time.monotonic() < deadline and thread.is_alive(), ended
+        time.sleep(0.2)
+
+    async def delete(js):
+        await js.delete_consumer("KUBESONAR_BATCHES", "kubesonar-backend")
+
+    jetstream(nats.url, delete)
+    thread.join(timeout=20)
+    assert not thread.is_alive(), "the backend went on without its consumer"
+    assert isinstance(ended[0], QueueUnavailable) and "no longer exists" in str(ended[0])
+    windows = replay(nats.url, SCAN)  # while no replica runs: kept in the stream
+    backend = backends("again")  # as Kubernetes restarts it: ready once the consumer is made
+    assert _has_consumer(nats.url)
+    wait_drained(nats.url)
+    assert backend.metric("kubesonar_backend_messages_total", 'outcome="applied"') == windows
+
+
 def _has_consumer(url: str) -> bool:
     async def look(js):
         try:
