@@ -259,24 +259,10 @@ def test_a_connection_closed_for_good_ends_the_backend(nats):  # noqa: F811
     """nats-py reconnects after a network fault but not after a server's -ERR: the connection is then
     closed for good. The loop failed every step from then on, unready but alive to /healthz, so nothing
     restarted it; now it exits and its orchestrator starts it afresh."""
-    import threading
-
-    from kubesonar.backend_runner import BackendSettings, run_backend
     from kubesonar.functions.nats import connection as shared
     from kubesonar.shared.errors import QueueUnavailable
 
-    ended: list = []
-
-    def run() -> None:
-        try:
-            run_backend(BackendSettings(f"{nats.url}/{SUBJECT}", f"{nats.url}/{BUCKET}", duration_s=30,
-                                        listen=f"127.0.0.1:{free_port()}"), install_signals=False)
-            ended.append("returned")
-        except Exception as exc:  # noqa: BLE001 - what the test looks at
-            ended.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, ended = _backend_in_a_thread(nats.url)
     deadline = time.monotonic() + 30
     while not any(c.connected for c in shared._SHARED.values()) or not _has_consumer(nats.url):
         assert time.monotonic() < deadline and thread.is_alive(), ended
@@ -292,23 +278,9 @@ def test_a_deleted_durable_consumer_ends_the_backend_and_the_next_start_makes_it
     """An operator deleting the durable consumer left every fetch failing (503, no responders) for good,
     the replica unready but alive to /healthz, so nothing restarted it. It now exits, as for a connection
     closed for good, and the next start makes the consumer again and consumes."""
-    import threading
-
-    from kubesonar.backend_runner import BackendSettings, run_backend
     from kubesonar.shared.errors import QueueUnavailable
 
-    ended: list = []
-
-    def run() -> None:
-        try:
-            run_backend(BackendSettings(f"{nats.url}/{SUBJECT}", f"{nats.url}/{BUCKET}", duration_s=30,
-                                        listen=f"127.0.0.1:{free_port()}"), install_signals=False)
-            ended.append("returned")
-        except Exception as exc:  # noqa: BLE001 - what the test looks at
-            ended.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, ended = _backend_in_a_thread(nats.url)
     deadline = time.monotonic() + 30
     while not _has_consumer(nats.url):
         assert time.monotonic() < deadline and thread.is_alive(), ended
@@ -347,3 +319,25 @@ def _the_dead_letter(url: str, backend):
         time.sleep(0.2)
     (dead,) = stream_messages(url, "KUBESONAR_BATCHES_DEAD")
     return dead
+
+
+def _backend_in_a_thread(url: str):
+    """``run_backend`` for up to 30 s in a thread of this process (so the test can reach its connection):
+    the thread, and a list that gets what it returned or raised."""
+    import threading
+
+    from kubesonar.backend_runner import BackendSettings, run_backend
+
+    ended: list = []
+
+    def run() -> None:
+        try:
+            run_backend(BackendSettings(f"{url}/{SUBJECT}", f"{url}/{BUCKET}", duration_s=30,
+                                        listen=f"127.0.0.1:{free_port()}"), install_signals=False)
+            ended.append("returned")
+        except Exception as exc:  # noqa: BLE001 - what the test looks at
+            ended.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, ended
