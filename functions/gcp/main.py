@@ -27,6 +27,7 @@ from kubesonar.functions.gcp.drain import attributes_key, drain
 from kubesonar.functions.gcp.log import log
 from kubesonar.functions.gcp.notifier import PubSubNotifier
 from kubesonar.functions.gcp.store import GcsObjectStore
+from kubesonar.shared.env_numbers import count_setting, seconds_setting
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import (
     CoreConfig,
@@ -45,14 +46,14 @@ deps = Dependencies(
                             {"alerts/": GcsObjectStore(_gcs, _env["KUBESONAR_ALERTS_BUCKET"])}),
     notifier=PubSubNotifier(pubsub_v1.PublisherClient(), _env["KUBESONAR_ALERTS_TOPIC"]),
     clock=SystemClock(),
-    config=CoreConfig(learning_period_s=float(_env.get("KUBESONAR_LEARNING_PERIOD_S", 24 * 3600)),
-                      sensor_silent_after_s=float(_env.get("KUBESONAR_SENSOR_SILENT_AFTER_S", 60)),
+    config=CoreConfig(learning_period_s=seconds_setting(_env, "KUBESONAR_LEARNING_PERIOD_S", 24 * 3600),
+                      sensor_silent_after_s=seconds_setting(_env, "KUBESONAR_SENSOR_SILENT_AFTER_S", 60),
                       internal_networks=tuple(filter(None, _env.get(
                           "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
     keyring=keyring_from_env(_env),
 )
 _subscription = _env.get("KUBESONAR_FLOWS_SUBSCRIPTION", "")
-_pull_max = int(_env.get("KUBESONAR_PULL_MAX_MESSAGES", 10_000))
+_pull_max = count_setting(_env, "KUBESONAR_PULL_MAX_MESSAGES", 10_000)
 
 
 def score(deliveries: list[Delivery], keys: dict[str, str]) -> list[str]:
