@@ -1,6 +1,7 @@
-"""Each cloud notifier keeps an alert under its channel's message limit (SNS 256 KB, Pub/Sub 10 MB, Event
-Grid 1 MB per event), against the emulators: an alert grown past it by comments was refused at every
-notification attempt, so never announced. The cut alert keeps its newest comments and says what was cut."""
+"""Each notifier keeps an alert under its channel's message limit (SNS 256 KB, Pub/Sub 10 MB, Event Grid
+1 MB per event, NATS its max payload), against the emulators: an alert grown past it by comments was
+refused at every notification attempt, so never announced. The cut alert keeps its newest comments and
+says what was cut."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from alert_fixtures import grown_alert
 from gcp_emulator import gcp_emulators  # noqa: F401 - the fixture
 
 from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
+from nats_server import nats  # noqa: F401 - the fixture
 
 
 def _check_cut(sent: dict, whole: dict, limit: int) -> None:
@@ -89,3 +91,21 @@ def test_event_grid_gets_an_alert_over_1_mb_cut_to_fit(eventgrid, monkeypatch):
     EventGridNotifier(publisher).notify(alert)
     (event,) = eventgrid.received
     _check_cut(event["data"], alert, EVENT_LIMIT)
+
+
+def test_nats_gets_an_alert_over_the_max_payload_cut_to_fit(nats):  # noqa: F811
+    from kubesonar.functions.nats.connection import NatsConnection
+    from kubesonar.functions.nats.notifier import _HEADROOM, NatsNotifier
+    from kubesonar.functions.nats.streams import Layout, ensure_streams
+    from kubesonar.shared.nats_address import parse_nats_url
+
+    connection = NatsConnection(parse_nats_url(nats.url + "/kubesonar.flows"))
+    try:
+        connection.run(ensure_streams(connection.js, Layout("kubesonar.flows"), 1, 5, 30.0))
+        alert = grown_alert(6000)  # 2.4 MB of JSON; nats-server's max payload is 1 MB by default
+        notifier = NatsNotifier(connection)
+        notifier.notify(alert)
+        kept = connection.run(connection.js.get_last_msg("KUBESONAR_ALERTS", notifier.subject(alert)))
+        _check_cut(json.loads(kept.data), alert, connection.nc.max_payload - _HEADROOM)
+    finally:
+        connection.close()
