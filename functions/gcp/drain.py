@@ -6,7 +6,10 @@ then acknowledges what was applied and nacks the rest at once (redelivered later
 max delivery attempts, its dead-letter policy moves it aside). Holding a whole backlog (10,000 messages of
 up to 381 KB: 3.8 GB) and acknowledging only at the end outgrew the function's memory and its time limit,
 and a tick killed at its limit had acknowledged nothing. No round starts once the time left is shorter
-than the longest round so far. The core bounds the decoded rows it holds at once (ROWS_HELD).
+than the longest round so far, nor after a round of which nothing was applied (the store is down: each
+round would spend a delivery attempt of its messages, nacked ones coming back after 10 s, and the
+subscription's five would be gone within one tick). The core bounds the decoded rows it holds at once
+(ROWS_HELD).
 """
 
 from __future__ import annotations
@@ -42,11 +45,10 @@ def drain(subscription: str, max_messages: int, score: Callable[[list[Delivery],
     while pulled < max_messages and deadline - time.monotonic() > longest_round:
         started = time.monotonic()
         received, drained = _pull_round(subscription, max_messages - pulled, first=not pulled)
-        if received:
-            _score_and_ack(subscription, received, score)
+        applied = _score_and_ack(subscription, received, score) if received else 0
         pulled += len(received)
         longest_round = max(longest_round, time.monotonic() - started)
-        if drained:
+        if drained or (received and not applied):
             break
     return pulled
 
@@ -72,13 +74,15 @@ def _pull_round(subscription: str, most: int, first: bool) -> tuple[list, bool]:
 
 
 def _score_and_ack(subscription: str, received: list,
-                   score: Callable[[list[Delivery], dict[str, str]], list[str]]) -> None:
+                   score: Callable[[list[Delivery], dict[str, str]], list[str]]) -> int:
+    """Scores a round, acks what was applied (or dead-lettered) and nacks the rest; returns how many acked."""
     ack_ids = {r.message.message_id: r.ack_id for r in received}
     done = set(score([Delivery(r.message.message_id, r.message.data) for r in received],
                      {r.message.message_id: attributes_key(r.message.attributes) for r in received}))
     _in_chunks(_subscriber.acknowledge, subscription, [a for m, a in ack_ids.items() if m in done])
     _in_chunks(lambda **kw: _subscriber.modify_ack_deadline(ack_deadline_seconds=0, **kw), subscription,
                [a for m, a in ack_ids.items() if m not in done])
+    return len(done & ack_ids.keys())
 
 
 def attributes_key(attributes: dict[str, str]) -> str:

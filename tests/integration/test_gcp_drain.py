@@ -66,3 +66,11 @@ def test_no_round_starts_when_less_time_is_left_than_one_took(flood):
     assert pulled == 10  # one round of 1 MB: 1.0 s of scoring left 0.5 s, less than it took
     rest = drain(flood, 10_000, lambda d, k: [x.id for x in d])
     assert rest == 20  # what the first drain acknowledged stays acknowledged
+
+
+def test_a_round_of_which_nothing_was_applied_ends_the_drain(flood):
+    """A store that is down fails every round: going on would spend the messages' delivery attempts (the
+    nacked ones come back within seconds) and dead-letter them within one tick."""
+    calls: list[int] = []
+    pulled = drain(flood, 10_000, lambda d, k: calls.append(len(d)) or [])
+    assert pulled == 10 and calls == [10]
