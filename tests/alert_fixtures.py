@@ -74,3 +74,18 @@ def start_receiver() -> tuple[Receiver, ThreadingHTTPServer]:
     threading.Thread(target=server.serve_forever, daemon=True).start()
     receiver.url = f"http://127.0.0.1:{server.server_address[1]}"
     return receiver, server
+
+
+def grown_alert(comment_bytes: int, comments: int = 200) -> dict:
+    """A port_scan alert that has grown under triage: `comments` comments of `comment_bytes` each (the most
+    an alert keeps is 200, of any length), each repeated in its history entry, as shared/triage.py writes."""
+    from kubesonar.shared.alerts import Finding, new_alert
+
+    finding = Finding("port_scan", {"ip": "10.0.0.9", "namespace": "shop", "workload": "cart"}, T0_NS, T0_NS,
+                      {"ports": list(range(1000, 1020))})
+    alert = new_alert(finding, "prod")
+    texts = [f"{i:03d} " + "x" * (comment_bytes - 4) for i in range(comments)]
+    alert["comments"] = [{"at": "2026-01-01T00:00:00.000Z", "by": "ana", "text": t} for t in texts]
+    alert["history"] = [{"at": "2026-01-01T00:00:00.000Z", "by": "ana", "changes": {"comment": [None, t]}}
+                        for t in texts]
+    return alert

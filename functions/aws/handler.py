@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from kubesonar.functions.aws.notifier import SnsNotifier
 from kubesonar.functions.aws.store import S3ObjectStore
+from kubesonar.shared.env_numbers import seconds_setting
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import (
@@ -59,8 +60,8 @@ deps = Dependencies(
                             {"alerts/": S3ObjectStore(_s3, os.environ["KUBESONAR_ALERTS_BUCKET"])}),
     notifier=SnsNotifier(boto3.client("sns"), os.environ["KUBESONAR_TOPIC_ARN"]),
     clock=SystemClock(),
-    config=CoreConfig(learning_period_s=float(os.environ.get("KUBESONAR_LEARNING_PERIOD_S", 24 * 3600)),
-                      sensor_silent_after_s=float(os.environ.get("KUBESONAR_SENSOR_SILENT_AFTER_S", 60)),
+    config=CoreConfig(learning_period_s=seconds_setting(os.environ, "KUBESONAR_LEARNING_PERIOD_S", 24 * 3600),
+                      sensor_silent_after_s=seconds_setting(os.environ, "KUBESONAR_SENSOR_SILENT_AFTER_S", 60),
                       internal_networks=tuple(filter(None, os.environ.get(
                           "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
     keyring=keyring_from_env(os.environ, _secret),

@@ -20,6 +20,7 @@ from azure.storage.blob import BlobServiceClient
 
 from kubesonar.functions.azure.notifier import EventGridNotifier
 from kubesonar.functions.azure.store import BlobObjectStore
+from kubesonar.shared.env_numbers import seconds_setting
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies
 from kubesonar.shared.ports import RoutedObjectStore, SystemClock
@@ -42,8 +43,8 @@ deps = Dependencies(
                                 os.environ["KUBESONAR_ALERTS_CONTAINER"]))}),
     notifier=EventGridNotifier(EventGridPublisherClient(os.environ["KUBESONAR_ALERTS_TOPIC_ENDPOINT"], _credential)),
     clock=SystemClock(),
-    config=CoreConfig(learning_period_s=float(os.environ.get("KUBESONAR_LEARNING_PERIOD_S", "86400")),
-                      sensor_silent_after_s=float(os.environ.get("KUBESONAR_SENSOR_SILENT_AFTER_S", "60")),
+    config=CoreConfig(learning_period_s=seconds_setting(os.environ, "KUBESONAR_LEARNING_PERIOD_S", 86400),
+                      sensor_silent_after_s=seconds_setting(os.environ, "KUBESONAR_SENSOR_SILENT_AFTER_S", 60),
                       internal_networks=tuple(filter(None, os.environ.get(
                           "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
     keyring=keyring_from_env(os.environ),

@@ -6,7 +6,8 @@ Two CloudEvent entry points over the same core call (docs/gcp.md says why the de
 - `on_message`: one pushed message per request (push subscription or Eventarc); raising means retry.
 A message that never decodes is counted, copied under `deadletter/` of the state bucket, and acked.
 Settings (environment): KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_ALERTS_TOPIC,
-KUBESONAR_FLOWS_SUBSCRIPTION, KUBESONAR_PULL_MAX_MESSAGES, KUBESONAR_LEARNING_PERIOD_S,
+KUBESONAR_FLOWS_SUBSCRIPTION, KUBESONAR_PULL_MAX_MESSAGES, KUBESONAR_DRAIN_SECONDS (how long a tick
+starts new rounds of pulling and scoring: under the function's timeout), KUBESONAR_LEARNING_PERIOD_S,
 KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS; KUBESONAR_KEYRING (the keyring, which Cloud
 Run puts in the environment from Secret Manager, infra/gcp): batches must then be signed (docs/hardening.md);
 STORAGE_EMULATOR_HOST and
@@ -27,6 +28,7 @@ from kubesonar.functions.gcp.drain import attributes_key, drain
 from kubesonar.functions.gcp.log import log
 from kubesonar.functions.gcp.notifier import PubSubNotifier
 from kubesonar.functions.gcp.store import GcsObjectStore
+from kubesonar.shared.env_numbers import count_setting, seconds_setting
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import (
     CoreConfig,
@@ -45,14 +47,15 @@ deps = Dependencies(
                             {"alerts/": GcsObjectStore(_gcs, _env["KUBESONAR_ALERTS_BUCKET"])}),
     notifier=PubSubNotifier(pubsub_v1.PublisherClient(), _env["KUBESONAR_ALERTS_TOPIC"]),
     clock=SystemClock(),
-    config=CoreConfig(learning_period_s=float(_env.get("KUBESONAR_LEARNING_PERIOD_S", 24 * 3600)),
-                      sensor_silent_after_s=float(_env.get("KUBESONAR_SENSOR_SILENT_AFTER_S", 60)),
+    config=CoreConfig(learning_period_s=seconds_setting(_env, "KUBESONAR_LEARNING_PERIOD_S", 24 * 3600),
+                      sensor_silent_after_s=seconds_setting(_env, "KUBESONAR_SENSOR_SILENT_AFTER_S", 60),
                       internal_networks=tuple(filter(None, _env.get(
                           "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
     keyring=keyring_from_env(_env),
 )
 _subscription = _env.get("KUBESONAR_FLOWS_SUBSCRIPTION", "")
-_pull_max = int(_env.get("KUBESONAR_PULL_MAX_MESSAGES", 10_000))
+_pull_max = count_setting(_env, "KUBESONAR_PULL_MAX_MESSAGES", 10_000)
+_drain_s = seconds_setting(_env, "KUBESONAR_DRAIN_SECONDS", 240)  # the module's timeout is 300 s
 
 
 def score(deliveries: list[Delivery], keys: dict[str, str]) -> list[str]:
@@ -78,7 +81,7 @@ def score(deliveries: list[Delivery], keys: dict[str, str]) -> list[str]:
 @functions_framework.cloud_event
 def on_tick(event: CloudEvent) -> None:
     started = time.perf_counter()
-    pulled = drain(_subscription, _pull_max, score)
+    pulled = drain(_subscription, _pull_max, score, deadline=time.monotonic() + _drain_s)
     checked = check_all_sensors(deps)
     for fault in checked.errors:  # a cluster that could not be checked, a notification deferred
         log("WARNING", "fault met", error=fault)

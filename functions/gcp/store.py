@@ -13,12 +13,17 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import google.auth.exceptions
+import requests
 from google.api_core import exceptions as gexc
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import StoredObject, check_key
 
 _TOKEN = "kubesonar-write"
+# GCS not reached, or its answer cut: google-cloud-storage 2.x raises the transport's own errors once its
+# retries are spent (3.x wraps them in RetryError, a GoogleAPIError)
+_FAILED = (gexc.GoogleAPIError, requests.RequestException, google.auth.exceptions.TransportError)
 
 
 class GcsObjectStore:
@@ -31,7 +36,7 @@ class GcsObjectStore:
             data = blob.download_as_bytes()  # one request; the generation comes back in its headers
         except gexc.NotFound:
             return None
-        except gexc.GoogleAPIError as exc:
+        except _FAILED as exc:
             raise StoreError(f"GCS could not read {key!r}: {exc}") from None
         return StoredObject(data, str(blob.generation))
 
@@ -46,13 +51,16 @@ class GcsObjectStore:
             if (create_only or if_version) and (landed := self._written_by(blob)) is not None:
                 return landed  # our own first attempt landed; its answer was lost
             raise VersionConflict(f"{key}: changed since it was read") from None
-        except (gexc.GoogleAPIError, ValueError) as exc:
+        except (*_FAILED, ValueError) as exc:
             raise StoreError(f"GCS could not write {key!r}: {exc}") from None
         return str(blob.generation)
 
     def _written_by(self, blob: Any) -> str | None:
         """The generation of the object if this very write (its token) made it, else None."""
-        current = self._bucket.get_blob(blob.name)
+        try:
+            current = self._bucket.get_blob(blob.name)
+        except _FAILED as exc:
+            raise StoreError(f"GCS could not read {blob.name!r} back after a 412: {exc}") from None
         mine = current is not None and (current.metadata or {}).get(_TOKEN) == blob.metadata[_TOKEN]
         return str(current.generation) if mine else None
 
@@ -60,5 +68,5 @@ class GcsObjectStore:
         try:
             for blob in self._bucket.client.list_blobs(self.bucket, prefix=self.prefix + prefix):
                 yield blob.name[len(self.prefix):]
-        except gexc.GoogleAPIError as exc:
+        except _FAILED as exc:
             raise StoreError(f"GCS could not list {prefix!r}: {exc}") from None

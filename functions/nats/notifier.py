@@ -2,11 +2,11 @@
 (``kubesonar.alerts.high.>``, ``kubesonar.alerts.*.port_scan``); the KUBESONAR_ALERTS stream keeps them
 (another prefix, which no stream keeps, gets a plain publish).
 ``Nats-Msg-Id`` is the alert id and its notification's sequence, so a replica that replays a batch cannot
-announce the same notification twice, while an escalation is a new one."""
+announce the same notification twice, while an escalation is a new one. An alert over the server's max
+payload (1 MB by default) is cut to fit (shared/alert_fit.py); it says what was cut."""
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -14,6 +14,9 @@ import nats.js.errors
 
 from kubesonar.functions.nats.connection import NatsConnection
 from kubesonar.functions.nats.streams import ALERTS_PREFIX
+from kubesonar.shared.alert_fit import alert_json, fit_alert
+
+_HEADROOM = 4096  # our headers (the alert id, the cluster) and the subject, counted in the max payload
 
 
 def _token(value: str) -> str:
@@ -31,7 +34,8 @@ class NatsNotifier:
         # one id per notification of an alert (new, then escalated or reopened: the outbox's sequence)
         msg_id = f"{alert['id']}/{(alert.get('notify') or {}).get('seq', 0)}"
         headers = {"Nats-Msg-Id": msg_id, "KubeSonar-Cluster": alert.get("cluster") or "default"}
-        self._conn.run(self._publish(self.subject(alert), json.dumps(alert, sort_keys=True).encode(), headers))
+        data = alert_json(fit_alert(alert, self._conn.nc.max_payload - _HEADROOM))
+        self._conn.run(self._publish(self.subject(alert), data, headers))
 
     async def _publish(self, subject: str, data: bytes, headers: dict[str, str]) -> None:
         try:

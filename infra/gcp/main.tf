@@ -273,6 +273,7 @@ resource "google_cloudfunctions2_function" "scoring" {
       KUBESONAR_ALERTS_TOPIC          = google_pubsub_topic.this["alerts"].id
       KUBESONAR_FLOWS_SUBSCRIPTION    = google_pubsub_subscription.flows.id
       KUBESONAR_PULL_MAX_MESSAGES     = tostring(var.pull_max_messages)
+      KUBESONAR_DRAIN_SECONDS         = tostring(floor(var.function_timeout_seconds * 0.8))
       KUBESONAR_LEARNING_PERIOD_S     = tostring(var.learning_period_seconds)
       KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
       KUBESONAR_INTERNAL_NETWORKS     = join(",", var.internal_networks)

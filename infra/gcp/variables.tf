@@ -45,7 +45,7 @@ variable "schedule" {
 }
 
 variable "pull_max_messages" {
-  description = "Most messages one tick pulls and scores together (memory bound: at most 375 KB each)."
+  description = "Most messages one tick pulls; it scores and acknowledges them in rounds of at most 64 MiB."
   type        = number
   default     = 10000
 }

@@ -81,3 +81,15 @@ def test_an_internal_network_that_does_not_parse_stops_the_cold_start_with_one_c
     monkeypatch.setenv("KUBESONAR_INTERNAL_NETWORKS", "10.0.0.0/8,10.1.2.300/24")
     with pytest.raises(ConfigError, match=r"internal network '10.1.2.300/24' is not a CIDR network"):
         importlib.reload(handler)
+
+
+@pytest.mark.parametrize("name, value", [("KUBESONAR_LEARNING_PERIOD_S", "1d"),
+                                         ("KUBESONAR_SENSOR_SILENT_AFTER_S", "nan")])
+def test_a_setting_that_is_not_a_number_stops_the_cold_start_naming_the_variable(handler, monkeypatch, name, value):
+    """float() alone raised a bare ValueError ("could not convert string to float: '1d'") naming neither
+    the variable nor the setting (and took "nan" as a period no timestamp ever passes)."""
+    from kubesonar.shared.errors import ConfigError
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"{name}='{value}' is not a number of seconds"):
+        importlib.reload(handler)

@@ -225,6 +225,17 @@ def test_a_cluster_whose_health_document_is_broken_does_not_stop_the_others_chec
     assert len(faults) == 1 and "state/aaa/sensor_health.json" in faults[0]["error"]
 
 
+def test_a_setting_that_is_not_a_number_stops_the_cold_start_naming_the_variable(backend, monkeypatch):
+    """float() alone raised a bare ValueError ("could not convert string to float: '60s'") naming neither
+    the variable nor the setting."""
+    from kubesonar.functions.azure import runtime
+    from kubesonar.shared.errors import ConfigError
+
+    monkeypatch.setenv("KUBESONAR_SENSOR_SILENT_AFTER_S", "60s")
+    with pytest.raises(ConfigError, match="KUBESONAR_SENSOR_SILENT_AFTER_S='60s' is not a number of seconds"):
+        importlib.reload(runtime)
+
+
 def test_the_app_indexes_as_the_python_worker_reads_it(backend):
     functions = {f.get_function_name(): json.loads(f.get_function_json()) for f in backend["app"].app.get_functions()}
     bindings = {name: [(b["type"], b["direction"]) for b in f["bindings"]] for name, f in functions.items()}

@@ -229,3 +229,23 @@ def _health_nodes(document: dict) -> dict:
     if "nodes" in document:
         return document["nodes"]
     return next((_health_nodes(v) for v in document.values() if isinstance(v, dict) and _health_nodes(v)), {})
+
+
+@pytest.mark.parametrize("name, value", [("KUBESONAR_PULL_MAX_MESSAGES", "10k"),
+                                         ("KUBESONAR_PULL_MAX_MESSAGES", "0"),
+                                         ("KUBESONAR_LEARNING_PERIOD_S", "1d")])
+def test_a_setting_that_is_not_a_number_stops_the_cold_start_naming_the_variable(gcp_emulators, monkeypatch,  # noqa: F811
+                                                                                  name, value):
+    """int()/float() alone raised a bare ValueError naming neither the variable nor the setting (and a pull
+    bound of 0 drained nothing, silently)."""
+    import importlib
+    import sys
+
+    from kubesonar.shared.errors import ConfigError
+
+    d = Deployment()
+    for k, v in {**d.function_env(d.subscription("flows-drain")), name: value}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.delitem(sys.modules, "kubesonar.functions.gcp.main", raising=False)
+    with pytest.raises(ConfigError, match=f"{name}='{value}' is not a "):
+        importlib.import_module("kubesonar.functions.gcp.main")

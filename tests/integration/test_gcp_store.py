@@ -109,3 +109,32 @@ def test_a_retried_replace_whose_first_attempt_landed_is_ours(bucket):
         version = store.put("state/c/doc.json", b'{"v": 2}', if_version=first)
     assert calls[:2] == [200, 412]  # landed, then the retry met it
     assert store.get("state/c/doc.json") == StoredObject(b'{"v": 2}', version)
+
+
+def test_a_gcs_that_cannot_be_reached_is_a_store_error(monkeypatch):
+    """The port's contract, as the S3 store's: the core tells a failed store (StoreError) from a bug.
+    google-cloud-storage 2.x (which the >=2.16 requirement allows) raises requests' own ConnectionError once
+    its retries are spent, on a read as on a write; 3.x wraps it in RetryError. The library's retries
+    (120 s) are cut to 1 s here: its timeout in 3.x, its deadline in 2.x."""
+    import socket
+
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    from kubesonar.shared.errors import StoreError
+
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    monkeypatch.setattr(DEFAULT_RETRY, "_timeout", 1.0)
+    monkeypatch.setattr(DEFAULT_RETRY, "_deadline", 1.0)
+    client = storage.Client(project="kubesonar-test", credentials=AnonymousCredentials(),
+                            client_options={"api_endpoint": url})
+    store = GcsObjectStore(client, "kubesonar-state")
+    for call in (lambda: store.get("state/c/doc.json"), lambda: store.put("state/c/doc.json", b"{}"),
+                 lambda: store.put("state/c/doc.json", b"{}", create_only=True),
+                 lambda: store.put("state/c/doc.json", b"{}", if_version="7"),
+                 lambda: list(store.list("state/"))):
+        with pytest.raises(StoreError, match="GCS could not"):
+            call()

@@ -120,6 +120,8 @@ def _environment_read(path: Path) -> set[str]:
             names.add(ast.literal_eval(node.slice))
         if isinstance(node, ast.Call) and ast.unparse(node.func) in {"_env.get", "os.environ.get"}:
             names.add(ast.literal_eval(node.args[0]))
+        if isinstance(node, ast.Call) and ast.unparse(node.func) in {"seconds_setting", "count_setting"}:
+            names.add(ast.literal_eval(node.args[1]))  # shared/env_numbers.py: (env, name, default)
     return names
 
 
