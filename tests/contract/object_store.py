@@ -3,12 +3,33 @@ give it a ``store`` fixture (a fresh, empty store per test)."""
 
 from __future__ import annotations
 
+import socket
 import threading
 
 import pytest
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.state import read_document, update_document
+
+
+def unreachable_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        return closed.getsockname()[1]
+
+
+def assert_every_call_is_a_store_error(store, match: str, version: str | None = None) -> None:
+    """The port's contract for a store that cannot be reached: every call is a StoreError (the core tells
+    a failed store from a bug), never the SDK's own error; ``version`` a conditional replace's."""
+    calls = [lambda: store.get("state/c/doc.json"), lambda: store.put("state/c/doc.json", b"{}"),
+             lambda: list(store.list("state/"))]
+    if version is not None:
+        calls += [lambda: store.put("state/c/doc.json", b"{}", create_only=True),
+                  lambda: store.put("state/c/doc.json", b"{}", if_version=version)]
+    for call in calls:
+        with pytest.raises(StoreError, match=match):
+            call()
 
 
 class ObjectStoreContract:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import pytest
-from contract.object_store import ObjectStoreContract
+from contract.object_store import ObjectStoreContract, assert_every_call_is_a_store_error, unreachable_port
 
 from kubesonar.functions.aws.store import S3ObjectStore
 
@@ -28,15 +27,8 @@ def test_an_s3_that_cannot_be_reached_is_a_store_error():
     import boto3
     import botocore.config
 
-    from kubesonar.shared.errors import StoreError
 
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
-    s3 = boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{unreachable_port()}", region_name="us-east-1", aws_access_key_id="testing",
                       aws_secret_access_key="testing", config=botocore.config.Config(retries={"max_attempts": 1}))
     store = S3ObjectStore(s3, "kubesonar-state")
-    for call in (lambda: store.get("state/c/doc.json"), lambda: store.put("state/c/doc.json", b"{}"),
-                 lambda: list(store.list("state/"))):
-        with pytest.raises(StoreError, match="S3 could not"):
-            call()
+    assert_every_call_is_a_store_error(store, "S3 could not")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from contract.object_store import ObjectStoreContract
+from contract.object_store import ObjectStoreContract, assert_every_call_is_a_store_error, unreachable_port
 
 from kubesonar.functions.azure.store import BlobObjectStore
 from kubesonar.shared.errors import StoreError
@@ -41,25 +41,17 @@ def test_a_missing_container_is_a_store_error_not_a_traceback(azurite):  # noqa:
 def test_a_blob_storage_that_cannot_be_reached_is_a_store_error():
     """The port's contract, as the S3 and GCS stores': azure-core's ServiceRequestError (no connection) is
     an AzureError, which the store turns into StoreError. Its retries are cut to none here."""
-    import socket
 
     from azure.storage.blob import BlobServiceClient
 
     from azure_emulator import ACCOUNT, ACCOUNT_KEY
 
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
+    port = unreachable_port()
     service = BlobServiceClient.from_connection_string(
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
         f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};", retry_total=0)
     store = BlobObjectStore(service.get_container_client("kubesonar-state"))
-    for call in (lambda: store.get("state/c/doc.json"), lambda: store.put("state/c/doc.json", b"{}"),
-                 lambda: store.put("state/c/doc.json", b"{}", create_only=True),
-                 lambda: store.put("state/c/doc.json", b"{}", if_version='"0x1"'),
-                 lambda: list(store.list("state/"))):
-        with pytest.raises(StoreError, match="Blob Storage could not"):
-            call()
+    assert_every_call_is_a_store_error(store, "Blob Storage could not", version='"0x1"')
 
 
 def test_az_store_urls_open_blob_storage(azurite, monkeypatch):  # noqa: F811

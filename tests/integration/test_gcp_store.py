@@ -7,7 +7,7 @@ import uuid
 from contextlib import contextmanager
 
 import pytest
-from contract.object_store import ObjectStoreContract
+from contract.object_store import ObjectStoreContract, assert_every_call_is_a_store_error, unreachable_port
 from gcp_emulator import gcp_emulators, storage_client  # noqa: F401 - the fixture
 from google.api_core.exceptions import PreconditionFailed
 
@@ -116,25 +116,16 @@ def test_a_gcs_that_cannot_be_reached_is_a_store_error(monkeypatch):
     google-cloud-storage 2.x (which the >=2.16 requirement allows) raises requests' own ConnectionError once
     its retries are spent, on a read as on a write; 3.x wraps it in RetryError. The library's retries
     (120 s) are cut to 1 s here: its timeout in 3.x, its deadline in 2.x."""
-    import socket
 
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    from kubesonar.shared.errors import StoreError
 
-    with socket.socket() as closed:  # a port nothing listens on
-        closed.bind(("127.0.0.1", 0))
-        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    url = f"http://127.0.0.1:{unreachable_port()}"
     monkeypatch.setattr(DEFAULT_RETRY, "_timeout", 1.0)
     monkeypatch.setattr(DEFAULT_RETRY, "_deadline", 1.0)
     client = storage.Client(project="kubesonar-test", credentials=AnonymousCredentials(),
                             client_options={"api_endpoint": url})
     store = GcsObjectStore(client, "kubesonar-state")
-    for call in (lambda: store.get("state/c/doc.json"), lambda: store.put("state/c/doc.json", b"{}"),
-                 lambda: store.put("state/c/doc.json", b"{}", create_only=True),
-                 lambda: store.put("state/c/doc.json", b"{}", if_version="7"),
-                 lambda: list(store.list("state/"))):
-        with pytest.raises(StoreError, match="GCS could not"):
-            call()
+    assert_every_call_is_a_store_error(store, "GCS could not", version="7")
