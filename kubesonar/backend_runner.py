@@ -233,13 +233,32 @@ def _run_directory(settings: BackendSettings, metrics: BackendMetrics, health: H
         path.replace(queue / "dead" / path.name)
         metrics.messages.labels("dead_lettered").inc()
 
+    def not_applied(path: Path, why: str) -> None:
+        """Kept, as a nak: tried again after 1, 5, 15 s..., dead after ``max_deliveries`` attempts."""
+        attempts = failures.get(path.name, (0, 0.0))[0] + 1
+        failures[path.name] = (attempts, time.monotonic() + _RETRY_S[min(attempts, len(_RETRY_S)) - 1])
+        if attempts >= settings.max_deliveries:
+            del failures[path.name]
+            dead_letter(path)
+            log.warning("dead-lettered after %d attempts: %s", attempts, why)
+        else:
+            metrics.messages.labels("retried").inc()
+            log.error("retrying: %s", why)
+
     while not stopping():
         now = time.monotonic()
         files = [p for p in sorted(queue.glob("*.ksfb")) if failures.get(p.name, (0, now))[1] <= now][: settings.batch]
         started = time.perf_counter()
         for path in files:
             decode_errors, process_errors = backend.counters["decode_errors"], backend.counters.get("process_errors", 0)
-            result = backend.receive(path.name, path.read_bytes())
+            try:
+                message = path.read_bytes()
+            except FileNotFoundError:  # taken since the listing (by another process on the same directory)
+                continue
+            except OSError as exc:  # unreadable now (a directory, a fault of the disk): not the process's end
+                not_applied(path, f"{path.name} cannot be read: {exc.strerror or exc}")
+                continue
+            result = backend.receive(path.name, message)
             why = "; ".join(backend.errors)
             backend.errors.clear()  # logged here, not kept: this process runs for months
             if backend.counters["decode_errors"] > decode_errors:
@@ -247,16 +266,8 @@ def _run_directory(settings: BackendSettings, metrics: BackendMetrics, health: H
                 dead_letter(path)
                 log.warning("dead-lettered %s", why)
                 continue
-            if backend.counters.get("process_errors", 0) > process_errors:  # not applied: kept, as a nak
-                attempts = failures.get(path.name, (0, 0.0))[0] + 1
-                failures[path.name] = (attempts, time.monotonic() + _RETRY_S[min(attempts, len(_RETRY_S)) - 1])
-                if attempts >= settings.max_deliveries:
-                    del failures[path.name]
-                    dead_letter(path)
-                    log.warning("dead-lettered after %d attempts: %s", attempts, why)
-                else:
-                    metrics.messages.labels("retried").inc()
-                    log.error("retrying: %s", why)
+            if backend.counters.get("process_errors", 0) > process_errors:
+                not_applied(path, why)
                 continue
             failures.pop(path.name, None)
             path.unlink()

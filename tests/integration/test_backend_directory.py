@@ -200,6 +200,20 @@ def test_an_unexpected_fault_while_scoring_is_retried_then_dead_lettered_not_a_c
     assert "dead-lettered after 2 attempts" in caplog.text
 
 
+def test_a_queue_file_that_cannot_be_read_is_retried_then_dead_lettered_not_a_crash(tmp_path, caplog):
+    """Reading a queue file that fails (here a directory named like one: root reads any file) ended the
+    process with the error, and the restarted one met it first again. It is now a message not applied:
+    retried, dead after --max-deliveries, and the others applied."""
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    sent = _replayed_queue(queue)
+    (queue / "0-unreadable.ksfb").mkdir()  # listed first
+    with caplog.at_level("WARNING", logger="kubesonar.backend"):
+        _backend_in_process(queue, state, 4.0, max_deliveries=2)  # tried at once, then after 1 s
+    assert not list(queue.glob("*.ksfb")) and [p.name for p in (queue / "dead").iterdir()] == ["0-unreadable.ksfb"]
+    assert "0-unreadable.ksfb cannot be read: Is a directory" in caplog.text
+    assert "dead-lettered after 2 attempts" in caplog.text and len(sent) > 1
+
+
 def test_a_listen_address_that_cannot_be_used_is_one_line(tmp_path):
     """A --listen that is no HOST:PORT, or a port already taken, was a traceback."""
     import socket
