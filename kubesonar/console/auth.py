@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Mapping
 from urllib.parse import quote, unquote
 
 COOKIE = "kubesonar_session"
@@ -32,12 +33,14 @@ class ConsoleAuth:
         # bytes: compare_digest refuses str with a non-ASCII character (TypeError, a request left unanswered)
         return hmac.compare_digest(given.encode(), expected.encode())
 
-    def user(self, headers: dict[str, str]) -> str | None:
-        """The signed-in user, or None."""
-        lowered = {k.lower(): v for k, v in headers.items()}
+    def user(self, headers: Mapping[str, str]) -> str | None:
+        """The signed-in user, or None. ``headers`` as received, each copy of a repeated header in it (an
+        http.server request's ``headers``)."""
         if self.trusted_header:
-            value = lowered.get(self.trusted_header.lower(), "").strip()
-            return value if _USER.match(value) else None
+            # exactly one copy: a proxy that adds its header to what the client sent leaves two, one the client's
+            given = [v.strip() for k, v in headers.items() if k.lower() == self.trusted_header.lower()]
+            return given[0] if len(given) == 1 and _USER.match(given[0]) else None
+        lowered = {k.lower(): v for k, v in headers.items()}
         bearer = lowered.get("authorization", "")
         if bearer.startswith("Bearer ") and self._same(bearer[7:].strip(), self.token):
             return lowered.get("x-kubesonar-user", "token") if _USER.match(lowered.get("x-kubesonar-user", "token")) \

@@ -73,7 +73,7 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
             self._send(303, "", headers={"Location": where, **({"Set-Cookie": cookie} if cookie else {})})
 
         def _user(self) -> str | None:
-            user = auth.user(dict(self.headers.items()))
+            user = auth.user(self.headers)
             if user is None:
                 if auth.trusted_header:
                     self._send(401, f"missing {auth.trusted_header}: sign in through the proxy", "text/plain")

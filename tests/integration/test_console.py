@@ -228,6 +228,9 @@ def test_a_trusted_header_names_the_user(demo, tmp_path):
         status, page = _request(f"{base}/alerts", headers={"X-Forwarded-User": "bo@example.org"})
         assert status == 200 and "signed in as bo@example.org" in page
         assert _request(f"{base}/alerts", headers={"Authorization": "Bearer anything"})[0] == 401
+        # two copies (the client's own and the proxy's, where the proxy appends): refused, not the last taken
+        assert _raw(base, "GET /alerts HTTP/1.0\r\nX-Forwarded-User: admin\r\nX-Forwarded-User: bo@example.org") \
+            == "HTTP/1.0 401 Unauthorized"
     finally:
         server.shutdown()
         server.server_close()
