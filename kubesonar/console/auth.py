@@ -65,5 +65,13 @@ class ConsoleAuth:
     def csrf(self, user: str) -> str:
         return self._sign("csrf|" + user)
 
+    def note_signature(self, user: str, note: str) -> str:
+        """What vouches for a note the console itself put in a redirect (the "Saved" banner): a link
+        made elsewhere cannot make the page say something."""
+        return self._sign(f"note|{user}|{note}")
+
+    def note_ok(self, user: str, note: str, given: str) -> bool:
+        return self._same(given or "", self.note_signature(user, note))
+
     def csrf_ok(self, user: str, given: str) -> bool:
         return self._same(given or "", self.csrf(user))

@@ -100,7 +100,9 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
                     return self._list(user, query)
                 if url.path.startswith("/alerts/"):
                     alert = get_alert(store, url.path[len("/alerts/"):])
-                    body = pages.alert_detail(alert, auth.csrf(user), query.get("done", ""))
+                    done = query.get("done", "")
+                    body = pages.alert_detail(alert, auth.csrf(user),
+                                              done if auth.note_ok(user, done, query.get("sig", "")) else "")
                     return self._send(200, pages.layout(alert["title"], body, user))
                 if url.path == "/map":
                     edges = read_edges(store)
@@ -155,7 +157,7 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
                 return self._send(_status(exc, 400), pages.layout(
                     "Not changed", f'<div class="error" id="error">{why}</div>'
                                    f'<p><a href="/alerts/{quote(alert_id)}">back</a></p>', user))
-            return self._redirect(f"/alerts/{quote(alert_id)}?done={quote(done)}")
+            return self._redirect(f"/alerts/{quote(alert_id)}?done={quote(done)}&sig={auth.note_signature(user, done)}")
 
         def _triage(self, alert_id: str, form: dict[str, str], user: str) -> str:
             from kubesonar.shared.lists_store import add_allow_entry, subject_match

@@ -123,6 +123,7 @@ def test_triage_through_the_page_lands_in_the_store_and_the_cli(console, browser
     assert browser.find_element(By.ID, "mitre-link").get_attribute("href").startswith("https://attack.mitre.org/")
     browser.find_element(By.ID, "action-acknowledged").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "alert-status"), "acknowledged"))
+    assert browser.find_element(By.ID, "flash").text == "Saved: acknowledged."  # the console's own note, signed
     browser.find_element(By.ID, "assignee-input").send_keys("team-sec")
     browser.find_element(By.ID, "action-assign").click()
     wait.until(ec.text_to_be_present_in_element((By.ID, "alert-assignee"), "team-sec"))
@@ -185,8 +186,9 @@ def test_actions_need_the_token_and_a_csrf_token(console):
     status, _ = _request(f"{base}/alerts/{first['id']}", f"action=false_positive&allowlist=1&csrf={csrf}".encode(),
                          auth)
     assert status == 303
-    page = _request(f"{base}/alerts/{first['id']}?done=x", headers=auth)[1]
+    page = _request(f"{base}/alerts/{first['id']}?done=Call+us+at+555-0100", headers=auth)[1]
     assert '<span class="status" id="alert-status">false_positive</span>' in page
+    assert 'id="flash"' not in page  # a note the console did not write (a link made elsewhere) is not shown
     entry = Path(store, "allowlists", "console.yaml").read_text()
     assert "rule: port_scan" in entry and "workload: Deployment/frontend" in entry and "false positive (bo)" in entry
     status, page = _request(f"{base}/alerts/{first['id']}", f"action=snooze&snooze=soon&csrf={csrf}".encode(), auth)
