@@ -28,12 +28,11 @@ from urllib.parse import urlparse
 from kubesonar.backend_metrics import BackendMetrics, Health, serve
 from kubesonar.shared.errors import ConfigError, QueueUnavailable
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
-from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, check_all_sensors
+from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, check_all_sensors, retry_delay_s
 from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.signing import keyring_from_env
 
 log = logging.getLogger("kubesonar.backend")
-_RETRY_S = (1.0, 5.0, 15.0, 30.0, 60.0)  # a file queue's failed message waits this long, as a NATS nak does
 
 
 @dataclass(frozen=True)
@@ -236,7 +235,7 @@ def _run_directory(settings: BackendSettings, metrics: BackendMetrics, health: H
     def not_applied(path: Path, why: str) -> None:
         """Kept, as a nak: tried again after 1, 5, 15 s..., dead after ``max_deliveries`` attempts."""
         attempts = failures.get(path.name, (0, 0.0))[0] + 1
-        failures[path.name] = (attempts, time.monotonic() + _RETRY_S[min(attempts, len(_RETRY_S)) - 1])
+        failures[path.name] = (attempts, time.monotonic() + retry_delay_s(attempts))
         if attempts >= settings.max_deliveries:
             del failures[path.name]
             dead_letter(path)

@@ -373,6 +373,15 @@ class Delivery:
     data: bytes
 
 
+_RETRY_DELAYS_S = (1.0, 5.0, 15.0, 30.0, 60.0)
+
+
+def retry_delay_s(attempts: int) -> float:
+    """How long a message not applied waits before it is tried again, after its ``attempts``-th try (a
+    NATS nak's delay; the file queue's wait)."""
+    return _RETRY_DELAYS_S[min(attempts, len(_RETRY_DELAYS_S)) - 1]
+
+
 @dataclass
 class DeliveryOutcome:
     """What became of an invocation's deliveries. ``poison`` never decodes: count it, dead-letter it, do

@@ -25,16 +25,13 @@ class S3ObjectStore:
     def get(self, key: str) -> StoredObject | None:
         try:
             obj = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + check_key(key))
+            return StoredObject(obj["Body"].read(), obj["ETag"])
         except ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404"):
                 return None
             raise _store_error("read", key, exc) from None
         except BotoCoreError as exc:  # S3 not reached, or the answer cut: the store failed all the same
-            raise StoreError(f"S3 could not read {key!r}: {exc}") from None
-        try:
-            return StoredObject(obj["Body"].read(), obj["ETag"])
-        except BotoCoreError as exc:
-            raise StoreError(f"S3 could not read {key!r}: {exc}") from None
+            raise _store_error("read", key, exc) from None
 
     def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
         condition = {"IfNoneMatch": "*"} if create_only else {"IfMatch": if_version} if if_version else {}
@@ -46,7 +43,7 @@ class S3ObjectStore:
                 raise VersionConflict(f"{key}: changed since it was read") from None
             raise _store_error("write", key, exc) from None
         except BotoCoreError as exc:
-            raise StoreError(f"S3 could not write {key!r}: {exc}") from None
+            raise _store_error("write", key, exc) from None
         return response["ETag"]
 
     def list(self, prefix: str) -> Iterator[str]:
@@ -58,12 +55,14 @@ class S3ObjectStore:
         except ClientError as exc:
             raise _store_error("list", prefix, exc) from None
         except BotoCoreError as exc:
-            raise StoreError(f"S3 could not list {prefix!r}: {exc}") from None
+            raise _store_error("list", prefix, exc) from None
 
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _store_error(what: str, key: str, exc: ClientError) -> StoreError:
-    return StoreError(f"S3 could not {what} {key!r}: {_code(exc)} {exc.response.get('Error', {}).get('Message', '')}")
+def _store_error(what: str, key: str, exc: ClientError | BotoCoreError) -> StoreError:
+    why = (f"{_code(exc)} {exc.response.get('Error', {}).get('Message', '')}" if isinstance(exc, ClientError)
+           else str(exc))
+    return StoreError(f"S3 could not {what} {key!r}: {why}")

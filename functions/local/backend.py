@@ -52,8 +52,7 @@ class LocalBackend:
             self._fault(f"{key}: {exc}")
             return None
         except Exception as exc:  # noqa: BLE001 - a fault of ours, not the message's: retried, like one below
-            self.counters["process_errors"] = self.counters.get("process_errors", 0) + 1
-            self._fault(f"{key}: {type(exc).__name__}: {exc}")
+            self._not_applied(key, exc)
             return None
         self._seen[key] = None
         if len(self._seen) > self._remember:
@@ -68,9 +67,8 @@ class LocalBackend:
             result = process_batch(batch, self.deps, content_digest(message, batch.header.parts))
         except Exception as exc:  # noqa: BLE001 - the state directory failed (full, read-only) or a fault of
             # ours: counted, shown, retried by the caller; raised, it ended the process on this file at each start
-            self.counters["process_errors"] = self.counters.get("process_errors", 0) + 1
-            self._fault(f"{key}: {exc}" if isinstance(exc, KubeSonarError) else f"{key}: {type(exc).__name__}: {exc}")
-            del self._seen[key]  # not applied: a redelivery may still succeed
+            self._not_applied(key, exc)
+            del self._seen[key]  # a redelivery may still succeed
             return None
         self.counters["alerts"] += len(result.alerts)
         if result.conflicts:  # a key applied before with other content: refused, shown
@@ -79,6 +77,10 @@ class LocalBackend:
             if fault not in self.errors:
                 self._fault(fault)
         return result
+
+    def _not_applied(self, key: str, exc: Exception) -> None:
+        self.counters["process_errors"] = self.counters.get("process_errors", 0) + 1
+        self._fault(f"{key}: {exc}" if isinstance(exc, KubeSonarError) else f"{key}: {type(exc).__name__}: {exc}")
 
     def _fault(self, error: str) -> None:
         self.errors.append(error)

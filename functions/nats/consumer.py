@@ -22,9 +22,8 @@ import nats.js.errors
 
 from kubesonar.functions.nats.connection import NatsConnection
 from kubesonar.functions.nats.streams import Layout, ensure_streams
-from kubesonar.shared.pipeline import Delivery, DeliveryOutcome, Dependencies, process_deliveries
+from kubesonar.shared.pipeline import Delivery, DeliveryOutcome, Dependencies, process_deliveries, retry_delay_s
 
-_NAK_DELAY_S = (1.0, 5.0, 15.0, 30.0, 60.0)
 _DEAD_HEADROOM = 8 * 1024  # our headers on a dead letter: its body is cut to fit the server's max payload
 
 
@@ -83,7 +82,7 @@ class NatsConsumer:
                 settles.append(self._dead_letter(message, f"failed {deliveries} times: {why}", report))
             else:
                 report.retried.append((_key(message), why))
-                settles.append(message.nak(delay=_NAK_DELAY_S[min(deliveries, len(_NAK_DELAY_S)) - 1]))
+                settles.append(message.nak(delay=retry_delay_s(deliveries)))
         await asyncio.gather(*settles)
         await self._conn.nc.flush()
 
