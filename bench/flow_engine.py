@@ -6,6 +6,8 @@ per flow. One run, one machine, same capture; runs interleaved, each tool's best
 
 softflowd and tcpdump come from apt (installed here when missing, as root). The native kernels are
 built first (python -m kubesonar.sensor.build_native) when a C compiler is there, as the image does.
+The whole-process ``kubesonar`` is the package installed from its wheel into bench/out/venv, as the
+image installs it; the checkout's editable install is timed beside it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,35 @@ def _ensure_native() -> bool:
     return found.stdout.strip() == "True"
 
 
+def _installed(checkout: Path) -> Path | None:
+    """``kubesonar`` installed from its wheel into a venv of its own, as the image installs it (with the
+    sensor and nats extras, native kernels built, bytecode compiled), or None where that fails (no
+    index, no compiler). The checkout's editable install is timed beside it: its import hook and .pth
+    files cost every start some 13 ms that no user's install pays."""
+    venv, wheels = OUT / "venv", OUT / "wheels"
+    python = str(venv / "bin" / "python")
+    shutil.rmtree(wheels, ignore_errors=True)
+
+    def run(*step: str) -> bool:
+        # from OUT: in the checkout, its own kubesonar/ directory would shadow the installed package
+        done = subprocess.run(step, check=False, capture_output=True, text=True, cwd=OUT)
+        if done.returncode != 0:
+            print(f"(installing from the wheel failed at `{' '.join(step[:4])}`: {done.stderr.strip()[-300:]}; "
+                  "timing the editable checkout only)")
+        return done.returncode == 0
+
+    if not (run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(checkout))
+            and run(sys.executable, "-m", "venv", "--clear", str(venv))):
+        return None
+    wheel = next(wheels.glob("kubesonar-*.whl"))
+    print("installing kubesonar from its wheel into bench/out/venv, as the image does ...", flush=True)
+    if (run(python, "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{wheel}[sensor,nats]")
+            and run(python, "-m", "kubesonar.sensor.build_native")
+            and run(python, "-m", "compileall", "-q", "-f", str(venv / "lib"))):
+        return venv / "bin" / "kubesonar"
+    return None
+
+
 def _compile_bytecode() -> None:
     """Write the package's .pyc files, as pip does when it installs a wheel (and the image does): an
     editable checkout under PYTHONDONTWRITEBYTECODE would otherwise compile every module at each start.
@@ -121,10 +152,13 @@ def _timed(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
-def _whole_processes(path: str, repeat: int) -> dict[str, tuple[float, float]]:
+def _whole_processes(path: str, repeat: int, installed: Path | None) -> dict[str, tuple[float, float]]:
     """Best wall and best CPU time of each tool over ``repeat`` interleaved runs."""
-    kubesonar = str(Path(sys.executable).with_name("kubesonar"))
-    commands = {"kubesonar": [kubesonar, "flows", "--format", "jsonl", path]}
+    checkout = [str(Path(sys.executable).with_name("kubesonar")), "flows", "--format", "jsonl", path]
+    commands = {"kubesonar": [str(installed), *checkout[1:]]} if installed else {"kubesonar": checkout}
+    if installed:
+        commands["kubesonar, editable checkout"] = checkout
+        _same_output(commands["kubesonar"], checkout)
     if shutil.which("softflowd"):
         # softflowd 1.1.0 never exits after reading a file when its control socket path is longer than
         # about 12 characters, so keep it short
@@ -138,6 +172,13 @@ def _whole_processes(path: str, repeat: int) -> dict[str, tuple[float, float]]:
             runs[name].append(_timed(cmd))
             Path("/tmp/ks.c").unlink(missing_ok=True)
     return {name: (min(w for w, _ in r), min(c for _, c in r)) for name, r in runs.items()}
+
+
+def _same_output(installed: list[str], checkout: list[str]) -> None:
+    """Both installs must print the same flows, or the timing compares two programs."""
+    outputs = {subprocess.run(cmd, check=True, capture_output=True).stdout for cmd in (installed, checkout)}
+    if len(outputs) != 1:
+        sys.exit("the installed wheel and the checkout print different flows: rebuild the wheel")
 
 
 def _peak_rss_mib(path: str) -> float:
@@ -186,8 +227,9 @@ def main() -> None:
     from kubesonar.shared.flow import COLUMN_NAMES
 
     _compile_bytecode()
+    installed = _installed(Path(__file__).resolve().parents[1])
     _ours(str(small))  # warm the page cache, imports and compiled code
-    whole = _whole_processes(str(big), args.repeat)
+    whole = _whole_processes(str(big), args.repeat, installed)
     ks_wall, ks_cpu = whole["kubesonar"]
     fields = len(COLUMN_NAMES) + 1  # every column of the record (addresses as text) and the flow id
     print("\nWhole process on the same capture. What each one produces: kubesonar, one JSON line per "
