@@ -55,6 +55,11 @@ class BackendMetrics:
         ProcessCollector(registry=r)  # process_cpu_seconds_total, resident memory: capacity per replica
         self.loop_errors = Counter("kubesonar_backend_loop_errors", "Steps that failed (server unreachable)",
                                    registry=r)
+        self.disconnects = Counter("kubesonar_backend_disconnects", "Times the connection to the queue's "
+                                   "server was lost (the client reconnects by itself: a short outage fails "
+                                   "no step)", registry=r)
+        self.connected = Gauge("kubesonar_backend_connected", "1 while connected to the queue's server",
+                               registry=r)
 
 
 class Health:

@@ -160,16 +160,19 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
                             ack_wait_s=settings.ack_wait_s)
     ticker = _Ticker(deps, metrics, settings.check_interval_s)
     health.connected = True
-    lag_at, conflicts_seen = 0.0, 0
+    metrics.connected.set_function(lambda: int(connection.connected))
+    lag_at, conflicts_seen, disconnects_seen = 0.0, 0, 0
     log.info("backend on %s (stream %s, consumer %s), store %s", settings.queue, consumer.layout.stream,
              settings.consumer, settings.store)
 
     def on_step(report: StepReport) -> None:
-        nonlocal lag_at, conflicts_seen
+        nonlocal lag_at, conflicts_seen, disconnects_seen
         health.beat()
         conflicts = getattr(deps.store, "conflicts", 0)
         metrics.store_conflicts.inc(conflicts - conflicts_seen)
         conflicts_seen = conflicts
+        metrics.disconnects.inc(connection.disconnects - disconnects_seen)
+        disconnects_seen = connection.disconnects
         health.connected = connection.connected
         if report.outcome is not None:
             outcome = report.outcome
@@ -224,6 +227,7 @@ def _run_directory(settings: BackendSettings, metrics: BackendMetrics, health: H
                            keyring=keyring_from_env(os.environ))
     ticker = _Ticker(backend.deps, metrics, settings.check_interval_s)
     health.connected = True
+    metrics.connected.set(1)  # a directory: nothing to lose
     log.info("backend on %s, store %s", queue, store)
     failures: dict[str, tuple[int, float]] = {}  # a file not applied: (attempts, when to try it again)
 

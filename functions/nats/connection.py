@@ -21,10 +21,16 @@ class NatsConnection:
     def __init__(self, address: NatsAddress, name: str = "kubesonar-backend", timeout_s: float = TIMEOUT_S):
         self.address, self.timeout_s = address, timeout_s
         self._loop = LoopThread("nats")
+        self.disconnects = 0  # losses of the connection; the client reconnects by itself, so no call fails
+
+        async def disconnected() -> None:
+            self.disconnects += 1
+
         try:
             self.nc = self._loop.run(nats.connect(**address.connect_options(), name=name, connect_timeout=timeout_s,
                                                   allow_reconnect=True, max_reconnect_attempts=-1,
-                                                  reconnect_time_wait=1), timeout=timeout_s * 2)
+                                                  reconnect_time_wait=1, disconnected_cb=disconnected),
+                                     timeout=timeout_s * 2)
         except Exception as exc:  # refused, unreachable, bad credentials: one clear line
             self._loop.close()
             raise ConfigError(f"cannot connect to NATS at {address.server}: {type(exc).__name__} {exc}") from None

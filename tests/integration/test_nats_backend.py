@@ -255,6 +255,26 @@ def test_a_poison_message_near_the_max_payload_is_dead_lettered_and_the_backend_
     assert backend.metric("kubesonar_backend_loop_errors_total") == 0
 
 
+def test_a_server_restart_is_counted_and_loses_nothing(nats, backends):  # noqa: F811
+    """nats-py reconnects by itself after a short outage, so no step fails and loop_errors stayed 0: an
+    operator's dashboard showed nothing. The connection's losses are now counted, and whether it is up is
+    a gauge; the windows published before and after the outage are all applied."""
+    backend = backends("one")
+    assert backend.metric("kubesonar_backend_connected") == 1
+    windows = replay(nats.url, SCAN)
+    wait_drained(nats.url)
+    nats.restart()  # the JetStream store is kept: the stream and the durable consumer come back
+    deadline = time.monotonic() + 60
+    while backend.metric("kubesonar_backend_disconnects_total") < 1 or \
+            backend.metric("kubesonar_backend_connected") != 1:
+        assert time.monotonic() < deadline, backend.stderr()
+        time.sleep(0.5)
+    windows += replay(nats.url, SCAN)
+    wait_drained(nats.url)
+    assert backend.metric("kubesonar_backend_messages_total", 'outcome="applied"') == windows
+    assert backend.metric("kubesonar_backend_disconnects_total") == 1
+
+
 def test_a_connection_closed_for_good_ends_the_backend(nats):  # noqa: F811
     """nats-py reconnects after a network fault but not after a server's -ERR: the connection is then
     closed for good. The loop failed every step from then on, unready but alive to /healthz, so nothing
