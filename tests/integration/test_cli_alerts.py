@@ -134,6 +134,21 @@ def test_an_unreachable_store_is_one_line(tmp_path):
     assert done.returncode == 1 and "cannot use" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+def test_a_fault_that_is_not_the_store_is_not_blamed_on_the_store(store):
+    """A document the command cannot work with was reported as "store ... could not be reached": a user
+    would look at the network, not at the alert. Only failures of the store's own calls say that."""
+    key = next(Path(store, "alerts").rglob("*.json"))
+    alert = json.loads(key.read_text())
+    key.write_text(json.dumps({**alert, "last_seen": "yesterday"}))  # a string, as the shape check wants
+    done = ks("alerts", "list", "--store", store, "--since", "1h", check=False)
+    assert done.returncode == 1 and "could not be reached" not in done.stderr, done.stderr
+    assert done.stderr.startswith("kubesonar: error: unexpected ValueError: ") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = ks("alerts", "show", alert["id"][:4], "--store", store, check=False)  # a KubeSonarError keeps its words
+    assert done.returncode == 1 and done.stderr.startswith("kubesonar: error: alert id '") and \
+        "could not be reached" not in done.stderr, done.stderr
+
+
 def test_a_second_false_positive_of_the_same_alert_adds_no_second_allowlist_entry(store):
     """Two people marking one alert as a false positive, allowlist asked for, wrote two identical entries."""
     (mining,) = _lines(ks("alerts", "list", "--store", store, "--type", "crypto_mining", "--format", "json").stdout)
