@@ -67,12 +67,13 @@ def main() -> None:
     # full messages: each window a slice of the capture, a day apart (new traffic for the baseline)
     messages = []
     per = args.flows_per_message
+    sent = time.time_ns()  # header windows are when a sensor sends them: the core refuses a day-old one
     for n in range(args.messages):
         lo = (n * per) % max(1, len(records) - per)
         part = records.take(slice(lo, lo + per))
         shifted = FlowRecords(dict(part.columns, first_ts=part["first_ts"] + n * 86_400 * 10**9,
                                    conn_start=part["conn_start"] + n * 86_400 * 10**9))
-        messages += window_messages(BatchHeader("bench", "node-1", "node-1/bench", n, 0, 1), shifted, LIMIT)
+        messages += window_messages(BatchHeader("bench", "node-1", "node-1/bench", n, sent - 10**10, sent), shifted, LIMIT)
     full = messages
     flows_per_message = statistics.mean(len(decode_batch(m.data).flows) for m in full)
     body_kib = statistics.mean(len(base64.b64encode(m.data)) for m in full) / 1024

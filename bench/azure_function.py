@@ -62,9 +62,10 @@ def _messages(nodes: int, windows: int, busy: bool):
     data = Path(os.environ.get("KUBESONAR_DATA", REPO.parent / "shared" / "data"))
     flows = FlowRecords.concat(list(flows_from_captures([data / "pcaps/benign/chrissanders_http_espn.pcapng"])))
     out = []
+    sent = time.time_ns() - windows * 10**10  # windows end as they are sent: the core refuses a day-old one
     for w in range(windows):
         for n in range(nodes):
-            header = BatchHeader("prod", f"node-{n}", f"node-{n}/b1", w, w * 10**10, (w + 1) * 10**10,
+            header = BatchHeader("prod", f"node-{n}", f"node-{n}/b1", w, sent + w * 10**10, sent + (w + 1) * 10**10,
                                  counters={"packets": 100, "kernel_packets": 100, "kernel_drops": 0})
             out += window_messages(header, flows if busy else FlowRecords.empty(), LIMIT)
     return out, len(flows) if busy else 0

@@ -36,7 +36,7 @@ class BackendMetrics:
         self.alerts = Counter("kubesonar_backend_alerts", "New alerts raised", ["severity", "type"], registry=r)
         self.decode_errors = Counter("kubesonar_backend_decode_errors", "Messages that do not decode", registry=r)
         self.stale = Counter("kubesonar_backend_stale", "Messages older than their sensor's sequence window, "
-                             "refused as replays", registry=r)
+                             "or whose window ended 23 hours ago or more, refused as replays", registry=r)
         self.redeliveries = Counter("kubesonar_backend_redeliveries", "Messages delivered more than once",
                                     registry=r)
         self.latency = Histogram("kubesonar_backend_processing_seconds", "Time to score and settle one fetched "

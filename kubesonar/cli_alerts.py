@@ -20,7 +20,7 @@ from kubesonar.shared.errors import KubeSonarError, StoreError
 from kubesonar.shared.triage import STATUSES
 
 if TYPE_CHECKING:  # every start of the CLI registers these commands: only what their options need
-    from kubesonar.shared.ports import ObjectStore
+    from kubesonar.shared.ports import ObjectStore, StoredObject
 
 _STORE = click.option("--store", "store_url", required=True, envvar="KUBESONAR_STORE",
                       help="Where alerts live: a directory, s3://BUCKET[/PREFIX], gs://, az://, nats://.")
@@ -28,15 +28,48 @@ _STORE = click.option("--store", "store_url", required=True, envvar="KUBESONAR_S
 
 @contextmanager
 def _opened(url: str) -> Iterator[ObjectStore]:
-    """The store; any failure to reach it is one line (a StoreError), not an SDK's traceback."""
+    """The store. A failure to open or reach it is one line saying so (a StoreError), not an SDK's
+    traceback; any other fault of the command is what it is: a KubeSonarError keeps its message, and
+    anything else is one line naming its type, never blamed on the store."""
     from kubesonar.stores import open_store
 
+    with _reaching(url):
+        store = open_store(url)
     try:
-        yield open_store(url)
-    except (KubeSonarError, click.ClickException):
+        yield _Reached(store, url)
+    except (KubeSonarError, click.ClickException, click.exceptions.Exit, click.Abort):
         raise
-    except Exception as exc:  # SDKs raise their own kinds for an unreachable endpoint
+    except Exception as exc:  # a fault of ours (a bug, a document we cannot read), not the store's
+        raise KubeSonarError(f"unexpected {type(exc).__name__}: {exc}") from exc
+
+
+@contextmanager
+def _reaching(url: str) -> Iterator[None]:
+    try:
+        yield
+    except KubeSonarError:
+        raise
+    except Exception as exc:  # SDKs raise their own kinds for an unreachable endpoint or refused credentials
         raise StoreError(f"store {url} could not be reached: {type(exc).__name__}: {exc}") from None
+
+
+class _Reached:
+    """A store whose calls fail as :func:`_reaching` says: only what goes wrong inside them is the store's."""
+
+    def __init__(self, store: ObjectStore, url: str):
+        self._store, self._url = store, url
+
+    def get(self, key: str) -> StoredObject | None:
+        with _reaching(self._url):
+            return self._store.get(key)
+
+    def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
+        with _reaching(self._url):
+            return self._store.put(key, data, if_version=if_version, create_only=create_only)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        with _reaching(self._url):  # listing is lazy: its pages are fetched as they are read
+            yield from self._store.list(prefix)
 
 
 def _who(by: str | None) -> str:

@@ -128,7 +128,9 @@ def replay(captures: Iterable[str], publisher: Any, cluster: str = "default", no
     """The offline sensor publishing a capture as a live sensor would have: its flows cut into windows of
     ``window_s`` seconds of capture time (a flow is reported in the window in which it ended, DNS messages
     in the window of their time), one batch per window, each with its heartbeat counters, sent through
-    ``publisher`` (any queue kind). Windows without traffic are not sent."""
+    ``publisher`` (any queue kind). Windows without traffic are not sent. A header's window times are
+    when it is sent, as a live sensor's are: the core refuses a message whose window ended a day ago as a
+    replay (shared/applied.py), and a capture may be years old; the rows keep their capture times."""
     from kubesonar.sensor.queues import window_messages
     from kubesonar.shared.dns import DnsMessages
     from kubesonar.shared.flow import FlowRecords
@@ -146,11 +148,12 @@ def replay(captures: Iterable[str], publisher: Any, cluster: str = "default", no
     dns_window = dns["ts"] // window_ns
     sensor_id = sensor_id or f"{node}/replay-{time.time_ns():x}"
     windows = np.unique(np.concatenate([flow_window, dns_window]))
+    sent = 0
     for sequence, window in enumerate(windows.tolist()):
+        sent = max(time.time_ns(), sent + 1)  # each window later than the last, as a sensor's
         in_flows, in_dns = np.flatnonzero(flow_window == window), np.flatnonzero(dns_window == window)
         counters = {"packets": summary.stats.packets} if sequence == len(windows) - 1 else {}
-        header = BatchHeader(cluster, node, sensor_id, sequence, window * window_ns, (window + 1) * window_ns,
-                             counters=counters)
+        header = BatchHeader(cluster, node, sensor_id, sequence, sent - window_ns, sent, counters=counters)
         messages = window_messages(header, flows.take(in_flows), publisher.limit, dns=dns.take(in_dns), signer=signer)
         publisher.send(messages)
         summary.windows += 1

@@ -5,8 +5,18 @@ does not scale (a 1,000-node cluster sends 100 messages a second), but a sensor 
 per sensor it is enough to keep the highest sequence seen and a bitmap of the ``WINDOW`` sequences
 below it (bit i: sequence top - i is fully applied), plus the parts applied of windows that came in
 several parts. A message older than the window is refused as a replay: it cannot be told from one,
-and a sensor's real messages arrive within minutes (docs/cost.md). Sensors unheard for a day are
-forgotten (a restarted sensor has a new id).
+and a sensor's real messages arrive within minutes (docs/cost.md). Sensors unheard for a day
+(``FORGET_NS``) are forgotten (a restarted sensor has a new id).
+
+Forgetting must not let a replay in: a captured message of a sensor silent for a day would be new again.
+So a delivered message whose window ended ``MAX_AGE_NS`` ago or more is refused too (``TOO_OLD``), its
+sensor known or not. The rule: a header's window times are its sender's clock when it sent the window
+(signed with it), and the core's memory of a sensor lasts at least ``FORGET_NS`` past the end of every
+window it applied (:meth:`AppliedLog.mark`), longer than any window it takes; a window ending as far
+ahead of the core's clock is refused too, so that memory stays bounded. A live sensor stamps the
+window it captured, ``kubesonar replay`` the time it publishes (its rows keep their capture times, what
+the detectors judge). Batches ``analyze`` makes and hands the core decoded (:func:`process_batch`) came
+through no transport, so nothing could replay them: they give no age and are never refused by it.
 
 A key says which message it is, not what it holds, so each sequence also keeps a 16-bit digest of the
 message that applied it (:func:`content_digest`; 1 KiB a sensor, slot i beside bit i). A message whose
@@ -24,6 +34,8 @@ from typing import Any
 
 WINDOW = 512  # sequences per sensor: at one window per 10 s, about 85 minutes
 FORGET_NS = 24 * 3600 * 1_000_000_000
+# an hour short of FORGET_NS: the clocks of the core's concurrent invocations may differ a little
+MAX_AGE_NS = FORGET_NS - 3600 * 1_000_000_000
 _DIGEST_BYTES = 2  # tells contents apart (1 in 65,536 conflicts passes unseen); forgery is the MAC's job
 
 NEW, APPLIED, TOO_OLD, CONFLICT = "new", "applied", "too_old", "conflict"
@@ -79,9 +91,14 @@ class AppliedLog:
                          **({"digests": base64.b64encode(s.digests).decode()} if any(s.digests) else {})}
                 for sensor, s in self.sensors.items()}
 
-    def status(self, sensor: str, sequence: int, part: int, digest: int = 0) -> str:
+    def status(self, sensor: str, sequence: int, part: int, digest: int = 0, age_ns: int = 0) -> str:
         """NEW, APPLIED (a redelivery), TOO_OLD, or CONFLICT: applied, with a digest other than
-        ``digest`` (this message's, :func:`content_digest`; compared where both are known)."""
+        ``digest`` (this message's, :func:`content_digest`; compared where both are known). ``age_ns``:
+        how long ago the message's window ended, by the core's clock (0 for a batch handed decoded)."""
+        # its sensor may have been forgotten since: it cannot be told from a replay. A window as far ahead
+        # (a clock a day off) is refused too: it would keep its sensor remembered that much longer (mark)
+        if not -MAX_AGE_NS < age_ns < MAX_AGE_NS:
+            return TOO_OLD
         s = self.sensors.get(sensor)
         if s is None or sequence > s.top:
             return NEW
@@ -95,9 +112,12 @@ class AppliedLog:
         kept = s.digest(age)
         return CONFLICT if digest and kept and digest != kept else APPLIED
 
-    def mark(self, sensor: str, sequence: int, part: int, parts: int, now_ns: int, digest: int = 0) -> None:
+    def mark(self, sensor: str, sequence: int, part: int, parts: int, now_ns: int, digest: int = 0,
+             window_end_ns: int = 0) -> None:
+        """Note the message applied. Its sensor is heard at the later of ``now_ns`` and the message's
+        window end, so a sensor whose clock runs ahead is kept until its windows are too old to take."""
         s = self.sensors.setdefault(sensor, SensorLog())
-        s.seen_ns = max(s.seen_ns, now_ns)
+        s.seen_ns = max(s.seen_ns, now_ns, window_end_ns)
         if sequence > s.top:
             s.shift(sequence - s.top)
             s.top = sequence

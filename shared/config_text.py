@@ -10,6 +10,7 @@ nor memory depends on what a file claims.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -94,3 +95,56 @@ def load_json(data: bytes | str, where: str) -> Any:
         raise ConfigError(f"{where}: not JSON: line {exc.lineno}: {exc.msg}") from None
     except RecursionError:
         raise ConfigError(f"{where}: nested too deeply") from None
+
+
+_BREAK = re.compile(r"\r\n|[\r\n\x85\u2028\u2029]")  # what YAML counts as a line break (its marks' lines)
+
+
+def block_item_span(text: str, root: yaml.SequenceNode, index: int) -> tuple[int, int] | None:
+    """Where item ``index`` of the block sequence ``root`` (composed from ``text``) is written: (start,
+    end) offsets of whole lines, to cut it out and leave every other line as it was. Its lines are its
+    dash's line through its last line of content, with the comment lines right above it at the dash's
+    indentation (no blank line between: its own note, such as "# ticket 123") and those right after
+    it indented deeper (inside it); a comment after a blank line, or one above the next item, is not
+    its. None for a flow sequence ([...]), which has no lines of its own per item."""
+    if root.flow_style:
+        return None
+    starts = [0] + [m.end() for m in _BREAK.finditer(text)]
+    lines = [text[a:b] for a, b in zip(starts, [*starts[1:], len(text)], strict=True)]
+    dash = _dash_line(lines, root.value[index])
+    if dash is None:
+        return None
+    column = _indent(lines[dash])
+    stop = _dash_line(lines, root.value[index + 1]) if index + 1 < len(root.value) else len(lines)
+    if stop is None:
+        return None
+    end = stop
+    while end > dash + 1 and (not lines[end - 1].strip() or _comment(lines[end - 1], column)):
+        end -= 1  # blank lines, and the next item's notes, are not this item's
+    start = dash
+    while start > 0 and _comment(lines[start - 1], column) and _indent(lines[start - 1]) == column:
+        start -= 1
+    return starts[start], starts[end] if end < len(starts) else len(text)
+
+
+def _dash_line(lines: list[str], item: yaml.Node) -> int | None:
+    """The line of an item's "-": its own first line, or the line above it that holds only the dash."""
+    line = item.start_mark.line
+    if lines[line][: item.start_mark.column].strip().startswith("-"):
+        return line
+    for above in range(line - 1, -1, -1):
+        stripped = lines[above].strip()
+        if stripped == "-" or stripped.startswith("- #"):
+            return above
+        if stripped and not stripped.startswith("#"):
+            return None
+    return None
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" "))
+
+
+def _comment(line: str, column: int) -> bool:
+    """A comment line at ``column`` or left of it (deeper ones belong to the item above)."""
+    return line.lstrip(" ").startswith("#") and _indent(line) <= column

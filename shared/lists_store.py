@@ -116,10 +116,8 @@ def add_allow_entry(store: ObjectStore, name: str, rule: str, reason: str, match
 
     def append(text: str | None) -> str:
         nonlocal added
-        base = (text or "").rstrip("\n")
-        if base.strip() in ("", "[]"):
-            base = ""
-        new = f"{base}\n{snippet}" if base else snippet
+        base = _without_empty_list(text or "", key).rstrip("\n")
+        new = f"{base}\n{snippet}" if base.strip() else snippet
         entries = parse_allowlist_text(new, key)
         added = _scope(entries[-1]) not in {_scope(e) for e in entries[:-1]}  # checked inside the CAS: no race
         return new if added else text or ""
@@ -129,13 +127,28 @@ def add_allow_entry(store: ObjectStore, name: str, rule: str, reason: str, match
     return snippet if added else None
 
 
+def _without_empty_list(text: str, key: str) -> str:
+    """``text`` without an empty flow list (``[]``), its comments kept: an entry appended after it would
+    not parse."""
+    import yaml
+
+    from kubesonar.shared.config_text import compose_yaml
+
+    root = compose_yaml(text, key)
+    if isinstance(root, yaml.SequenceNode) and root.flow_style and not root.value:
+        return text[: root.start_mark.index] + text[root.end_mark.index :]
+    return text
+
+
 def _scope(entry: AllowEntry) -> tuple:
     """What an entry silences (its reason and place aside)."""
     return entry.rules, entry.namespace, entry.workload, entry.label, entry.cidr, entry.ports
 
 
 def remove_allow_entry(store: ObjectStore, name: str, number: int) -> dict:
-    """Remove entry ``number`` (1-based, as ``allowlist list`` shows) of allowlist ``name``."""
+    """Remove entry ``number`` (1-based, as ``allowlist list`` shows) of allowlist ``name``. Only the
+    entry's own lines go (its note comment right above it included, shared/config_text.py
+    :func:`block_item_span`): every other line, comments and blank lines, stays as the user wrote it."""
     import yaml
 
     key = allowlist_key(name)
@@ -144,17 +157,34 @@ def remove_allow_entry(store: ObjectStore, name: str, number: int) -> dict:
     def drop(text: str | None) -> str:
         if text is None:
             raise ConfigError(f"there is no allowlist {name!r}")
-        entries = yaml.safe_load(text) or []
+        entries = parse_allowlist_text(text, key)  # a list changed into one that does not parse: its line
         if not 1 <= number <= len(entries):
             raise ConfigError(f"allowlist {name!r} has {len(entries)} entries; there is no entry {number}")
-        removed[:] = [entries.pop(number - 1)]
-        new = yaml.safe_dump(entries, sort_keys=False) if entries else "[]\n"
-        parse_allowlist_text(new, key)
+        removed[:] = [yaml.safe_load(text)[number - 1]]
+        kept = [_written(e) for i, e in enumerate(entries) if i != number - 1]
+        new = _cut_entry(text, key, number - 1)
+        if new is None or [_written(e) for e in parse_allowlist_text(new, key)] != kept:
+            # a list in flow style ([...]), or one laid out so its lines cannot be told apart: written anew
+            rest = [e for i, e in enumerate(yaml.safe_load(text)) if i != number - 1]
+            new = yaml.safe_dump(rest, sort_keys=False) if rest else "[]\n"
         return new
 
     _update_text(store, key, drop)
     ALLOW_LOADER.forget()
     return removed[0]
+
+
+def _cut_entry(text: str, key: str, index: int) -> str | None:
+    """``text`` without the lines of entry ``index``; None when they cannot be told apart."""
+    from kubesonar.shared.config_text import block_item_span, compose_yaml
+
+    span = block_item_span(text, compose_yaml(text, key), index)
+    return None if span is None else text[: span[0]] + text[span[1] :]
+
+
+def _written(entry: AllowEntry) -> tuple:
+    """What an entry says (its place aside, which moves when a line above it goes)."""
+    return _scope(entry), entry.reason
 
 
 def read_allowlists(store: ObjectStore) -> dict[str, list[AllowEntry]]:

@@ -55,7 +55,7 @@ from kubesonar.shared.watchlist import LOADER, WatchEntry
 SECOND = 1_000_000_000
 _APPLIED_KEEP = 256  # findings of recent batches kept to replay on redelivery (completes a half-made alert)
 LAYOUT = 2  # of the state documents (module docstring)
-_STALE = "older than its sensor's sequence window: refused as a replay"
+_STALE = "older than its sensor's sequence window, or than the core's memory: refused as a replay"
 _CONFLICT = "its key (sensor, sequence, part) was applied with other content: refused as a conflict"
 _BATCHES_KEEP = 64  # batch keys an alert remembers
 ROWS_HELD = MAX_ROWS_PER_MESSAGE  # decoded rows an invocation applies at once (process_deliveries)
@@ -101,7 +101,9 @@ class ProcessResult:
     new_alerts: list[dict[str, Any]] = field(default_factory=list)
     updated_alerts: list[dict[str, Any]] = field(default_factory=list)
     allowlisted: int = 0
-    stale: int = 0  # messages older than their sensor's sequence window: refused as replays (shared/applied.py)
+    # messages older than their sensor's sequence window, or whose window ended too long ago for the core
+    # to remember whether it applied them: refused as replays (shared/applied.py)
+    stale: int = 0
     conflicts: int = 0  # messages whose key was applied with other content: refused (shared/applied.py)
     # faults met that did not stop the batch: a list that does not parse, a baseline started afresh, a
     # conflicting batch; every runtime shows them (analyze on stderr, the functions in logs and metrics)
@@ -138,12 +140,13 @@ def detectors(config: CoreConfig, watchlist: list[WatchEntry] | None = None) -> 
     ]
 
 
-def process_batch(batch: Batch, deps: Dependencies, digest: int = 0) -> ProcessResult:
+def process_batch(batch: Batch, deps: Dependencies, digest: int = 0, delivered: bool = False) -> ProcessResult:
     """Score one decoded batch (the offline paths); a failure raises. ``digest``: the content digest of
-    its message (shared/applied.py), when the caller has the message."""
+    its message (shared/applied.py), when the caller has the message; ``delivered``: the message came
+    through a transport (a file queue), so it could be a replay, refused when its window is too old."""
     failed: dict[str, str] = {}
     key = batch_key(batch)
-    result = _apply_cluster(_cluster(batch), [(key, batch)], deps, failed, {key: digest})
+    result = _apply_cluster(_cluster(batch), [(key, batch)], deps, failed, {key: digest}, delivered)
     if failed:
         raise StoreError(next(iter(failed.values())))
     return result
@@ -154,12 +157,13 @@ def _cluster(batch: Batch) -> str:
 
 
 def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependencies, failed: dict[str, str],
-                   digests: dict[str, int] | None = None) -> ProcessResult:
+                   digests: dict[str, int] | None = None, delivered: bool = True) -> ProcessResult:
     """Apply one cluster's batches. Their findings are worked out first, then written in this order: the
     alerts, the health document, the detectors' document (only if some batch carries traffic). A batch
     is applied when the last is written, so a failure before it (a full disk, a store down) leaves every
     batch as it was: its redelivery, or a rerun, gives the same result. ``failed`` gets the ids of
-    batches not applied (to retry), or refused for good (counted, then acknowledged)."""
+    batches not applied (to retry), or refused for good (counted, then acknowledged). ``delivered``: the
+    batches came through a transport, so one whose window ended too long ago is refused (shared/applied.py)."""
     traffic = [(i, b) for i, b in items if len(b.flows) or len(b.dns) or len(b.pods)]
     keys = {item_id: batch_key(batch) for item_id, batch in items}
     errors: list[str] = []
@@ -181,7 +185,7 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
             watchlist, errors = LOADER.load(deps.store)
             resets: list[str] = []
             _apply_detectors(deps, cluster, traffic, watchlist, failed, fresh, digests or {}, detector_found,
-                             health_then_alerts, resets, replayed)
+                             health_then_alerts, resets, replayed, delivered)
             errors = [*errors, *resets]
         else:
             health_then_alerts()
@@ -210,7 +214,7 @@ def _apply_cluster(cluster: str, items: list[tuple[str, Batch]], deps: Dependenc
 def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Batch]],
                      watchlist: list[WatchEntry], failed: dict[str, str], fresh: list[Batch],
                      digests: dict[str, int], found: list[tuple[str, Finding]], before_write: Callable[[], None],
-                     resets: list[str], replayed: set[str]) -> None:
+                     resets: list[str], replayed: set[str], delivered: bool) -> None:
     """One compare-and-swap update of the cluster's detectors document for all ``items``; their findings
     go to ``found`` and ``before_write`` runs before the write. A batch whose scoring raises is left out
     (and reported in ``failed``) and the others are applied without it. ``resets`` gets why a stored
@@ -236,7 +240,8 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
         def new(item_id: str, batch: Batch) -> bool:
             """Whether the batch is new; a redelivery's findings are replayed, a refusal noted."""
             h = batch.header
-            status = applied.status(h.sensor_id, h.sequence, h.part, digests.get(item_id, 0))
+            age = now - h.window_end_ns if delivered else 0
+            status = applied.status(h.sensor_id, h.sequence, h.part, digests.get(item_id, 0), age)
             if status == APPLIED:
                 found.extend((item_id, _finding(f)) for f in replay_log.get(batch_key(batch), ()))
                 if all(batch_key(b) != batch_key(batch) for b in fresh):  # not the same key twice in this one
@@ -264,7 +269,8 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
                 failed[item_id] = f"scoring failed: {type(exc).__name__}: {exc}"
                 return _AGAIN  # start again from the stored state, without it
             h = batch.header
-            applied.mark(h.sensor_id, h.sequence, h.part, h.parts, now, digests.get(item_id, 0))
+            applied.mark(h.sensor_id, h.sequence, h.part, h.parts, now, digests.get(item_id, 0),
+                         h.window_end_ns if delivered else 0)
             fresh.append(batch)
             found.extend((item_id, f) for f in made)
             if made:

@@ -13,6 +13,10 @@ from kubesonar.sensor.offline import CaptureStats, flows_from_captures
 from kubesonar.shared.flow import FlowRecords
 
 NO_TIMEOUTS = FlowTimeouts(active_s=1e9, idle_s=1e9)
+# A batch window that ended as the test run started, as a live sensor stamps what it sends: the core
+# refuses a delivered message whose window ended a day ago as a replay (shared/applied.py).
+_STARTED_NS = time.time_ns()
+LIVE_WINDOW = (_STARTED_NS - 10_000_000_000, _STARTED_NS)
 
 
 def flows_of(path, timeouts: FlowTimeouts = NO_TIMEOUTS, stats: CaptureStats | None = None) -> list[dict]:

@@ -64,13 +64,15 @@ class LocalBackend:
         if len(self.heartbeats) > HEARTBEATS_KEEP:  # the sensor heard from least recently (a restarted one)
             self.heartbeats.popitem(last=False)
         try:
-            result = process_batch(batch, self.deps, content_digest(message, batch.header.parts))
+            result = process_batch(batch, self.deps, content_digest(message, batch.header.parts), delivered=True)
         except Exception as exc:  # noqa: BLE001 - the state directory failed (full, read-only) or a fault of
             # ours: counted, shown, retried by the caller; raised, it ended the process on this file at each start
             self._not_applied(key, exc)
             del self._seen[key]  # a redelivery may still succeed
             return None
         self.counters["alerts"] += len(result.alerts)
+        if result.stale:  # a window too old to tell from a replay (shared/applied.py): refused, counted
+            self.counters["stale"] = self.counters.get("stale", 0) + result.stale
         if result.conflicts:  # a key applied before with other content: refused, shown
             self.counters["conflicts"] = self.counters.get("conflicts", 0) + result.conflicts
         for fault in result.errors:  # faults met: shown by the caller

@@ -17,6 +17,7 @@ from kubesonar.shared.batch import SQS_LIMIT, BatchHeader
 from kubesonar.shared.flow import FlowRecords
 
 from aws_emulator import EVENT, LambdaContext, aws_endpoint, client  # noqa: F401 - the fixture
+from helpers import LIVE_WINDOW
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def test_a_broken_watchlist_is_logged_and_counted(capfd, caplog, handler):
     flows = FlowRecords.empty(10)
     flows.columns["first_ts"] = np.arange(10, dtype=np.int64) * 10**9
     flows.columns["last_ts"] = flows.columns["first_ts"]
-    (message,) = window_messages(BatchHeader("prod", "node-1", "node-1/a", 1, 0, 1), flows, SQS_LIMIT)
+    (message,) = window_messages(BatchHeader("prod", "node-1", "node-1/a", 1, *LIVE_WINDOW), flows, SQS_LIMIT)
     record = copy.deepcopy(EVENT["Records"][0])
     record["messageId"], record["body"] = "m0", base64.b64encode(message.data).decode()
     assert handler.lambda_handler({"Records": [record]}, LambdaContext()) == {"batchItemFailures": []}
@@ -62,7 +63,7 @@ def test_a_cluster_whose_health_document_is_broken_does_not_stop_the_others_chec
     handler = importlib.reload(handler)
     client("s3", os.environ["AWS_ENDPOINT_URL"]).put_object(
         Bucket=os.environ["KUBESONAR_STATE_BUCKET"], Key="state/aaa/sensor_health.json", Body=b"[]")
-    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, 0, 1,
+    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, *LIVE_WINDOW,
                          counters={"packets": 10, "kernel_packets": 10, "kernel_drops": 0})
     (heartbeat,) = window_messages(header, FlowRecords.empty(), SQS_LIMIT)
     record = dict(copy.deepcopy(EVENT["Records"][0]), body=base64.b64encode(heartbeat.data).decode())

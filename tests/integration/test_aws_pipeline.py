@@ -13,6 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
+from alert_fixtures import ManualClock
 
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.sensor.queues import window_messages
@@ -24,6 +25,7 @@ from kubesonar.shared.pipeline import CoreConfig, detectors
 
 from aws_emulator import EVENT, LambdaContext, aws_endpoint, client  # noqa: F401 - the fixture
 from conftest import PCAPS, REPO
+from helpers import LIVE_WINDOW
 
 
 @pytest.fixture
@@ -52,10 +54,10 @@ def backend(aws_endpoint, monkeypatch):  # noqa: F811
             "env": env, "endpoint": aws_endpoint}
 
 
-def _publish_capture(b, capture, sensor="node-1/18ebe3a3", sequence=0) -> int:
+def _publish_capture(b, capture, sensor="node-1/18ebe3a3", sequence=0, window=LIVE_WINDOW) -> int:
     """The sensor's path: flows -> window messages -> spooling publisher -> SQS."""
     flows = FlowRecords.concat(list(flows_from_captures([capture])))
-    header = BatchHeader("prod", "node-1", sensor, sequence, 0, 1)
+    header = BatchHeader("prod", sensor.split("/")[0], sensor, sequence, *window)
     messages = window_messages(header, flows, LIMIT)
     publisher = SpoolingPublisher(SqsQueue(b["flows"], client("sqs", b["endpoint"])), f"/tmp/spool-{uuid.uuid4().hex}")
     publisher.publish(messages)
@@ -130,6 +132,45 @@ def test_a_poison_message_fails_alone_and_a_redelivery_duplicates_nothing(backen
     assert alert["count"] == 1 and _notifications(b) == []
 
 
+def _state(b, key: str) -> dict:
+    return json.loads(b["s3"].get_object(Bucket=b["names"]["state"], Key=key)["Body"].read())
+
+
+def _stale(printed: str) -> list[list[float]]:
+    """The Stale metric of each invocation, from the metrics powertools printed (CloudWatch's EMF)."""
+    docs = [json.loads(line) for line in printed.splitlines() if line.startswith("{") and '"_aws"' in line]
+    return [d["Stale"] for d in docs if "Stale" in d]
+
+
+def test_a_message_replayed_after_its_sensor_was_forgotten_is_refused_as_stale(backend, capsys):
+    """The core forgets a sensor unheard for a day (shared/applied.py FORGET_NS). A captured message of
+    one that fell silent was then new again: replayed, its flows were added to the service map a second
+    time and the detectors learnt them again. Its window ended a day ago: it is refused as a replay,
+    counted, acknowledged, never applied."""
+    b = backend
+    clock = ManualClock(LIVE_WINDOW[1] + 2 * 10**9)  # the core's clock, two seconds after the window ended
+    b["handler"].deps.clock = clock
+    captured = _received_event(b, _publish_capture(b, PCAPS / "portscan/evilfingers_nmap_TCP_SYN_SCAN.pcap"))
+    assert b["handler"].lambda_handler(captured, LambdaContext()) == {"batchItemFailures": []}
+    (alert,) = _alerts(b)
+    edges = _state(b, "summary/prod/edges.json")
+
+    clock.advance(25 * 3600)  # node-1's sensor silent for a day; node-2's traffic has the core forget it
+    now = (clock.ns - 10 * 10**9, clock.ns)
+    later = _received_event(b, _publish_capture(b, PCAPS / "benign/ndpi_ssh.pcap", "node-2/5f1", window=now))
+    assert b["handler"].lambda_handler(later, LambdaContext()) == {"batchItemFailures": []}
+    assert "node-1/18ebe3a3" not in _state(b, "state/prod/detectors.json")["applied"]
+    with_node_2 = _state(b, "summary/prod/edges.json")
+    capsys.readouterr()
+
+    out = b["handler"].lambda_handler(captured, LambdaContext())  # the attacker sends the captured message
+    assert out == {"batchItemFailures": []}  # acknowledged: retrying it would change nothing
+    assert _stale(capsys.readouterr().out) == [[1.0]]
+    assert _state(b, "summary/prod/edges.json") == with_node_2 != edges
+    assert "node-1/18ebe3a3" not in _state(b, "state/prod/detectors.json")["applied"]
+    assert _alerts(b) == [alert]
+
+
 def _invoke_in_a_fresh_container(env: dict, event: dict) -> dict:
     os.environ.update(env)
     import kubesonar.functions.aws.handler as handler
@@ -146,7 +187,7 @@ def test_sixteen_concurrent_invocations_lose_no_baseline_update(backend):
         flows.columns["src_namespace"][:] = "team"
         flows.columns["src_workload_kind"][:] = "Deployment"
         flows.columns["src_workload_name"] = np.array([f"w{n}-{i}" for i in range(6)], dtype=object)
-        (message,) = window_messages(BatchHeader("prod", f"node-{n}", f"node-{n}/1", 0, 0, 1), flows, LIMIT)
+        (message,) = window_messages(BatchHeader("prod", f"node-{n}", f"node-{n}/1", 0, *LIVE_WINDOW), flows, LIMIT)
         record = dict(copy.deepcopy(EVENT["Records"][0]), messageId=f"m-{n}",
                       body=base64.b64encode(message.data).decode())
         events.append({"Records": [record]})
@@ -163,7 +204,7 @@ def test_the_schedule_reports_a_sensor_that_went_silent(backend):
     import time
 
     b = backend
-    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, 0, 1,
+    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, *LIVE_WINDOW,
                          counters={"packets": 10, "kernel_packets": 10, "kernel_drops": 0})
     (heartbeat,) = window_messages(header, FlowRecords.empty(), LIMIT)
     record = dict(copy.deepcopy(EVENT["Records"][0]), body=base64.b64encode(heartbeat.data).decode())

@@ -19,6 +19,7 @@ from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.signing import Key, Keyring
 
 from aws_emulator import EVENT, LambdaContext, aws_endpoint, client  # noqa: F401 - the fixture
+from helpers import LIVE_WINDOW
 
 SECRET = os.urandom(32)
 
@@ -49,7 +50,7 @@ def _message(signer=None, sensor="node-1/a1") -> bytes:
     flows = FlowRecords.empty(10)
     flows.columns["first_ts"] = np.arange(10, dtype=np.int64) * 10**9
     flows.columns["last_ts"] = flows.columns["first_ts"]
-    (message,) = window_messages(BatchHeader("prod", "node-1", sensor, 1, 0, 1), flows, SQS_LIMIT, signer=signer)
+    (message,) = window_messages(BatchHeader("prod", "node-1", sensor, 1, *LIVE_WINDOW), flows, SQS_LIMIT, signer=signer)
     return message.data
 
 

@@ -27,6 +27,7 @@ from kubesonar.shared.flow import FlowRecords
 from azure_emulator import azurite, new_container  # noqa: F401 - the fixture
 from conftest import PCAPS, REPO
 from eventgrid_standin import EventGridStandIn
+from helpers import LIVE_WINDOW
 
 _AZURE_ENV = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_FEDERATED_TOKEN_FILE",
               "AZURE_AUTHORITY_HOST", "MSI_ENDPOINT", "MSI_SECRET", "IDENTITY_SERVER_THUMBPRINT", "IMDS_ENDPOINT")
@@ -86,7 +87,7 @@ def _capture_messages(capture, sensor="node-1/18ebe3a3", sequence=0):
     from kubesonar.sensor.offline import flows_from_captures
 
     flows = FlowRecords.concat(list(flows_from_captures([capture])))
-    return window_messages(BatchHeader("prod", "node-1", sensor, sequence, 0, 1), flows, LIMIT)
+    return window_messages(BatchHeader("prod", "node-1", sensor, sequence, *LIVE_WINDOW), flows, LIMIT)
 
 
 def test_replayed_scan_goes_through_event_grid_and_the_function_to_blobs_and_the_alerts_topic(backend):
@@ -184,7 +185,7 @@ def test_sixteen_concurrent_invocations_lose_no_baseline_update(backend):
         flows.columns["src_namespace"][:] = "team"
         flows.columns["src_workload_kind"][:] = "Deployment"
         flows.columns["src_workload_name"] = np.array([f"w{n}-{i}" for i in range(6)], dtype=object)
-        messages += window_messages(BatchHeader("prod", f"node-{n}", f"node-{n}/1", 0, 0, 1), flows, LIMIT)
+        messages += window_messages(BatchHeader("prod", f"node-{n}", f"node-{n}/1", 0, *LIVE_WINDOW), flows, LIMIT)
     _publish(b, messages)  # one request; the stand-in invokes the function 16 at a time
     b["flows"].wait_idle()
     assert b["flows"].counters.delivered == 16 and b["flows"].counters.failed == 0
@@ -194,7 +195,7 @@ def test_sixteen_concurrent_invocations_lose_no_baseline_update(backend):
 
 def test_the_timer_reports_a_sensor_that_went_silent(backend):
     b = backend
-    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, 0, 1,
+    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, *LIVE_WINDOW,
                          counters={"packets": 10, "kernel_packets": 10, "kernel_drops": 0})
     _publish(b, window_messages(header, FlowRecords.empty(), LIMIT))
     b["flows"].wait_idle()
@@ -213,7 +214,7 @@ def test_the_timer_reports_a_sensor_that_went_silent(backend):
 def test_a_cluster_whose_health_document_is_broken_does_not_stop_the_others_check(backend, caplog):
     b = backend
     b["containers"]["state"].upload_blob("state/aaa/sensor_health.json", b"[]")  # checked before prod
-    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, 0, 1,
+    header = BatchHeader("prod", "node-7", "node-7/5f1", 0, *LIVE_WINDOW,
                          counters={"packets": 10, "kernel_packets": 10, "kernel_drops": 0})
     _publish(b, window_messages(header, FlowRecords.empty(), LIMIT))
     b["flows"].wait_idle()

@@ -20,6 +20,7 @@ from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.signing import Key, Keyring
 
 from azure_emulator import azurite  # noqa: F401 - the fixture
+from helpers import LIVE_WINDOW
 
 SECRET = os.urandom(32)
 
@@ -43,7 +44,7 @@ def _messages(signer, sensor: str) -> list:
     flows = FlowRecords.empty(10)
     flows.columns["first_ts"] = np.arange(10, dtype=np.int64) * 10**9
     flows.columns["last_ts"] = flows.columns["first_ts"]
-    return window_messages(BatchHeader("prod", "node-1", sensor, 1, 0, 1), flows, LIMIT, signer=signer)
+    return window_messages(BatchHeader("prod", "node-1", sensor, 1, *LIVE_WINDOW), flows, LIMIT, signer=signer)
 
 
 def test_only_batches_signed_with_the_clusters_key_are_scored(signed, caplog):

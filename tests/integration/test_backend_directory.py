@@ -187,10 +187,10 @@ def test_an_unexpected_fault_while_scoring_is_retried_then_dead_lettered_not_a_c
             raise RuntimeError("a fault of ours")
         return batch
 
-    def faulty_scoring(batch, deps, digest=0):
+    def faulty_scoring(batch, deps, digest=0, delivered=False):
         if batch.header.sequence == 0:
             raise RuntimeError("a fault of ours")
-        return scored(batch, deps, digest)
+        return scored(batch, deps, digest, delivered)
 
     monkeypatch.setattr(local, stage, faulty_decode if stage == "decode_batch" else faulty_scoring)
     with caplog.at_level("WARNING", logger="kubesonar.backend"):

@@ -134,6 +134,21 @@ def test_an_unreachable_store_is_one_line(tmp_path):
     assert done.returncode == 1 and "cannot use" in done.stderr and len(done.stderr.strip().splitlines()) == 1
 
 
+def test_a_fault_that_is_not_the_store_is_not_blamed_on_the_store(store):
+    """A document the command cannot work with was reported as "store ... could not be reached": a user
+    would look at the network, not at the alert. Only failures of the store's own calls say that."""
+    key = next(Path(store, "alerts").rglob("*.json"))
+    alert = json.loads(key.read_text())
+    key.write_text(json.dumps({**alert, "last_seen": "yesterday"}))  # a string, as the shape check wants
+    done = ks("alerts", "list", "--store", store, "--since", "1h", check=False)
+    assert done.returncode == 1 and "could not be reached" not in done.stderr, done.stderr
+    assert done.stderr.startswith("kubesonar: error: unexpected ValueError: ") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = ks("alerts", "show", alert["id"][:4], "--store", store, check=False)  # a KubeSonarError keeps its words
+    assert done.returncode == 1 and done.stderr.startswith("kubesonar: error: alert id '") and \
+        "could not be reached" not in done.stderr, done.stderr
+
+
 def test_a_second_false_positive_of_the_same_alert_adds_no_second_allowlist_entry(store):
     """Two people marking one alert as a false positive, allowlist asked for, wrote two identical entries."""
     (mining,) = _lines(ks("alerts", "list", "--store", store, "--type", "crypto_mining", "--format", "json").stdout)
@@ -163,6 +178,70 @@ def test_false_positive_adds_the_allowlist_entry_it_was_asked_for_and_shows_it(s
     assert alert["history"][-1]["changes"]["allowlist"][1].startswith("triage: ")
     ks("allowlist", "remove", "--name", "triage", "1", "--store", store)
     assert "triage 1" not in ks("allowlist", "list", "--store", store).stdout
+
+
+_ANNOTATED = """\
+# Allowlists of the platform team; ask #sec before adding.
+
+# ticket 123: the backup job walks every pod
+- rule: port_scan
+  reason: backup job
+  match:
+    namespace: backup   # not the workload: it is renamed each release
+# ticket 456
+- rule: [brute_force, port_scan]
+  reason: load test
+  match:
+    namespace: perf
+    # until the load test moves
+- rule: crypto_mining
+  reason: the trainer's pool
+  match: {namespace: ml}
+
+# keep this list short
+"""
+
+
+def test_allowlist_remove_takes_only_the_entrys_lines(store):
+    """Remove rewrote the file from its parsed entries: every comment and blank line the user wrote went.
+    Now only the entry's own lines go, its note just above it included."""
+    path = Path(store, "allowlists", "team.yaml")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(_ANNOTATED)
+    out = ks("allowlist", "remove", "--name", "team", "2", "--store", store).stdout
+    assert json.loads(out.removeprefix("removed: ")) == {"rule": ["brute_force", "port_scan"], "reason": "load test",
+                                                         "match": {"namespace": "perf"}}
+    assert path.read_text() == _ANNOTATED.replace(_ANNOTATED[_ANNOTATED.index("# ticket 456"):
+                                                              _ANNOTATED.index("- rule: crypto_mining")], "")
+    ks("allowlist", "remove", "--name", "team", "2", "--store", store)
+    ks("allowlist", "remove", "--name", "team", "1", "--store", store)
+    assert path.read_text() == "# Allowlists of the platform team; ask #sec before adding.\n\n\n# keep this list short\n"
+    assert "team" not in ks("allowlist", "list", "--store", store).stdout
+    ks("allowlist", "add", "--name", "team", "--rule", "port_scan", "--reason", "r", "--namespace", "a", "--store", store)
+    assert path.read_text().startswith("# Allowlists of the platform team; ask #sec before adding.\n\n\n"
+                                       "# keep this list short\n- rule: port_scan\n")
+
+
+def test_allowlist_add_keeps_the_comments_of_an_empty_list(store):
+    path = Path(store, "allowlists", "team.yaml")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("# ticket 9: nothing allowed yet\n[]\n")
+    ks("allowlist", "add", "--name", "team", "--rule", "port_scan", "--reason", "r", "--namespace", "a", "--store", store)
+    assert path.read_text() == "# ticket 9: nothing allowed yet\n- rule: port_scan\n  reason: r\n  match:\n    namespace: a\n"
+
+
+@pytest.mark.parametrize("text, number, message", [
+    ("- rule: port_scan\n  match: {namespace: a\n", "1", "kubesonar: error: allowlists/team.yaml line 3: not valid YAML"),
+    ("# ticket 1\n- rule: port_scan\n  match: {namespace: a}\n", "2",
+     "kubesonar: error: allowlist 'team' has 1 entries; there is no entry 2"),
+])
+def test_allowlist_remove_of_bad_input_is_one_line_and_changes_nothing(store, text, number, message):
+    path = Path(store, "allowlists", "team.yaml")
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(text)
+    done = ks("allowlist", "remove", "--name", "team", number, "--store", store, check=False)
+    assert done.returncode == 1 and done.stderr.startswith(message) and len(done.stderr.splitlines()) == 1, done.stderr
+    assert path.read_text() == text
 
 
 def test_watchlist_commands(store):

@@ -26,6 +26,7 @@ from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.flow import FlowRecords
 
 from conftest import PCAPS
+from helpers import LIVE_WINDOW
 
 SCAN = PCAPS / "portscan/evilfingers_nmap_TCP_SYN_SCAN.pcap"
 
@@ -92,7 +93,7 @@ def _inbox(g) -> list:
 def _heartbeats(cluster: str, nodes: int, flows: FlowRecords | None = None) -> list:
     """One window message from each of `nodes` sensors: heartbeat only, or carrying `flows`."""
     return [m for n in range(nodes) for m in window_messages(
-        BatchHeader(cluster, f"node-{n}", f"node-{n}/s", 0, 0, 10_000_000_000,
+        BatchHeader(cluster, f"node-{n}", f"node-{n}/s", 0, *LIVE_WINDOW,
                     counters={"kernel_packets": 1000, "kernel_drops": 0}), flows or FlowRecords.empty(),
         PubSubQueue.limit)]
 
@@ -110,7 +111,7 @@ def test_a_replayed_scan_ends_as_an_alert_in_gcs_and_on_the_alerts_topic(gcp):
 
 
 def test_redelivery_changes_nothing_and_notifies_once(gcp):
-    messages = window_messages(BatchHeader("redeliver", "node-1", "node-1/r", 0, 0, 10_000_000_000),
+    messages = window_messages(BatchHeader("redeliver", "node-1", "node-1/r", 0, *LIVE_WINDOW),
                                _scan_flows(), PubSubQueue.limit)
     queue = PubSubQueue(f"pubsub://{gcp['d'].topic('flows')}")
     queue.send(messages)

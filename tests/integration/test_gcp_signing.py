@@ -19,6 +19,8 @@ from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.signing import Key, Keyring
 
+from helpers import LIVE_WINDOW
+
 SECRET = os.urandom(32)
 
 
@@ -37,7 +39,7 @@ def _message(signer, sensor: str) -> bytes:
     flows = FlowRecords.empty(10)
     flows.columns["first_ts"] = np.arange(10, dtype=np.int64) * 10**9
     flows.columns["last_ts"] = flows.columns["first_ts"]
-    (message,) = window_messages(BatchHeader("prod", "node-1", sensor, 1, 0, 1), flows, PubSubQueue.limit,
+    (message,) = window_messages(BatchHeader("prod", "node-1", sensor, 1, *LIVE_WINDOW), flows, PubSubQueue.limit,
                                  signer=signer)
     return message.data
 

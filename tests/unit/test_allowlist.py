@@ -83,3 +83,27 @@ def test_the_cli_reports_a_bad_allowlist_in_one_line(tmp_path):
     out = subprocess.run(["kubesonar", "analyze", "--allowlist", str(tmp_path / "bad.yaml"), SCAN],
                          capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and "bad.yaml line 2" in out.stderr
+
+
+@pytest.mark.parametrize("before, number, after", [
+    # an indented list, the dash alone on its line, a block scalar with a blank line in it
+    ("  # mine\n  - rule: port_scan\n    match: {namespace: a}\n  -\n    rule: port_scan\n    reason: |\n      two\n\n"
+     "      lines\n    match: {namespace: b}\n", 2, "  # mine\n  - rule: port_scan\n    match: {namespace: a}\n"),
+    # Windows line ends stay as they were
+    ("# a\r\n- rule: port_scan\r\n  match: {namespace: a}\r\n# b\r\n- rule: port_scan\r\n  match: {namespace: b}\r\n",
+     1, "# b\r\n- rule: port_scan\r\n  match: {namespace: b}\r\n"),
+    # the last entry of a file with no final line end
+    ("- rule: port_scan\n  match: {namespace: a}\n- rule: port_scan\n  match: {namespace: b}", 2,
+     "- rule: port_scan\n  match: {namespace: a}\n"),
+    # a list in flow style has no lines per entry: written anew
+    ("[{rule: port_scan, match: {namespace: a}}, {rule: port_scan, match: {namespace: b}}]\n", 1,
+     "- rule: port_scan\n  match:\n    namespace: b\n"),
+])
+def test_remove_keeps_every_line_but_the_entrys(tmp_path, before, number, after):
+    from kubesonar.functions.local.store import LocalObjectStore
+    from kubesonar.shared.lists_store import allowlist_key, remove_allow_entry
+
+    store = LocalObjectStore(tmp_path)
+    store.put(allowlist_key("x"), before.encode())
+    remove_allow_entry(store, "x", number)
+    assert store.get(allowlist_key("x")).data.decode() == after

@@ -24,6 +24,7 @@ from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.state import read_document
 
 from conftest import PCAPS
+from helpers import LIVE_WINDOW
 
 KUBESONAR = Path(sys.executable).with_name("kubesonar")
 
@@ -38,7 +39,7 @@ def _scan_message(sequence: int, ports: int, first_port: int = 1) -> bytes:
     flows.columns["dst_port"] = np.arange(first_port, first_port + ports, dtype=np.uint16)
     flows.columns["proto"][:] = 6
     flows.columns["state"][:] = ConnState.REJECTED
-    (message,) = encode_batch(BatchHeader("c", "n", "n/1", sequence, 0, 1), flows)
+    (message,) = encode_batch(BatchHeader("c", "n", "n/1", sequence, *LIVE_WINDOW), flows)
     return message
 
 

@@ -21,6 +21,7 @@ from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.state import read_document
 
 from conftest import PCAPS
+from helpers import LIVE_WINDOW
 
 KUBESONAR = Path(sys.executable).with_name("kubesonar")
 
@@ -29,7 +30,7 @@ def _message(sensor: str = "n/1") -> bytes:
     flows = FlowRecords.empty(5)
     flows.columns["first_ts"] = 10**18 + np.arange(5, dtype=np.int64)
     flows.columns["last_ts"] = flows.columns["first_ts"]
-    (message,) = encode_batch(BatchHeader("c", "n", sensor, 1, 0, 1), flows)
+    (message,) = encode_batch(BatchHeader("c", "n", sensor, 1, *LIVE_WINDOW), flows)
     return message
 
 

@@ -13,7 +13,7 @@ from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.sensor.queues import window_messages
-from kubesonar.shared.applied import APPLIED, NEW, TOO_OLD, WINDOW, AppliedLog
+from kubesonar.shared.applied import APPLIED, FORGET_NS, MAX_AGE_NS, NEW, TOO_OLD, WINDOW, AppliedLog
 from kubesonar.shared.batch import SQS_LIMIT, BatchHeader
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.pipeline import CoreConfig, Delivery, Dependencies, detectors, process_deliveries
@@ -21,7 +21,7 @@ from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.state import read_document
 
 from conftest import PCAPS, REPO
-from helpers import cyclic_garbage_after
+from helpers import LIVE_WINDOW, cyclic_garbage_after
 
 
 class CountingStore:
@@ -51,14 +51,14 @@ def _scan_deliveries(node: str = "n1", windows: int = 4) -> list[Delivery]:
     out = []
     for seq in range(windows):
         part = flows.take(slice(seq * size, (seq + 1) * size))
-        header = BatchHeader("c1", node, f"{node}/s", seq, 0, 1,
+        header = BatchHeader("c1", node, f"{node}/s", seq, *LIVE_WINDOW,
                              counters={"packets": 1, "kernel_packets": 1, "kernel_drops": 0})
         out += [Delivery(f"{node}-{seq}-{m.key}", m.data) for m in window_messages(header, part, SQS_LIMIT)]
     return out
 
 
 def _heartbeats(n: int) -> list[Delivery]:
-    return [Delivery(f"hb-{i}", window_messages(BatchHeader("c1", f"idle-{i}", f"idle-{i}/s", 0, 0, 1,
+    return [Delivery(f"hb-{i}", window_messages(BatchHeader("c1", f"idle-{i}", f"idle-{i}/s", 0, *LIVE_WINDOW,
             counters={"packets": 0, "kernel_packets": 0, "kernel_drops": 0}), FlowRecords.empty(), SQS_LIMIT)[0].data)
             for i in range(n)]
 
@@ -181,11 +181,26 @@ def test_the_applied_log_knows_parts_gaps_and_refuses_what_is_older_than_its_win
 def test_a_replay_older_than_the_window_is_refused_and_counted(deps):
     first = _scan_deliveries(windows=1)
     process_deliveries(first, deps)
-    later = BatchHeader("c1", "n1", "n1/s", WINDOW + 5, 0, 1)
+    later = BatchHeader("c1", "n1", "n1/s", WINDOW + 5, *LIVE_WINDOW)
     process_deliveries([Delivery("later", window_messages(later, FlowRecords.concat(list(flows_from_captures(
         [PCAPS / "portscan/evilfingers_nmap_UDP_SCAN.pcap"]))), SQS_LIMIT)[0].data)], deps)
     replayed = process_deliveries(first, deps)
     assert replayed.result.stale == 1 and not replayed.retry and replayed.applied == [first[0].id]
+
+
+def test_a_window_that_ended_longer_ago_than_the_memory_is_refused_known_sensor_or_not():
+    """The log forgets a sensor unheard for FORGET_NS; a message whose window ended that long ago may be
+    one it forgot, so it is TOO_OLD (an hour's margin for the clocks of concurrent invocations)."""
+    hour = 3600 * 10**9
+    log = AppliedLog()
+    assert log.status("s", 1, 0, age_ns=MAX_AGE_NS) == TOO_OLD and log.status("s", 1, 0, age_ns=MAX_AGE_NS - 1) == NEW
+    assert log.status("s", 1, 0, age_ns=-MAX_AGE_NS) == TOO_OLD  # a clock a day ahead: kept for ever otherwise
+    # a sensor whose clock runs two hours ahead is kept until its windows are too old to take
+    log.mark("s", 1, 0, 1, now_ns=0, window_end_ns=2 * hour)
+    log.forget_older_than(FORGET_NS + hour // 2)
+    assert log.status("s", 1, 0, age_ns=FORGET_NS + hour // 2 - 2 * hour) == APPLIED
+    log.forget_older_than(FORGET_NS + 2 * hour)
+    assert log.to_state() == {}
 
 
 def test_baselines_of_the_per_detector_layout_carry_over(tmp_path):

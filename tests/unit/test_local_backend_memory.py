@@ -9,13 +9,15 @@ from alert_fixtures import scan_batch
 from kubesonar.functions.local import backend as local
 from kubesonar.shared.batch import BatchHeader, encode_batch
 
+from helpers import LIVE_WINDOW
+
 
 def _restarted_scanners(n: int) -> list[bytes]:
     """One message per sensor life (a new sensor id each), from a scanner of its own: a new alert each."""
     messages = []
     for i in range(n):
         flows = scan_batch(1, src=f"10.0.{i // 250}.{i % 250 + 1}").flows
-        messages += encode_batch(BatchHeader("c", "n", f"n/{i:x}", 1, 0, 1, flow_count=len(flows)), flows)
+        messages += encode_batch(BatchHeader("c", "n", f"n/{i:x}", 1, *LIVE_WINDOW, flow_count=len(flows)), flows)
     return messages
 
 

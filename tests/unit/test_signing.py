@@ -26,6 +26,8 @@ from kubesonar.shared.pipeline import Delivery, Dependencies, process_deliveries
 from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.signing import Key, Keyring, SignatureError
 
+from helpers import LIVE_WINDOW
+
 REPO = Path(__file__).resolve().parents[2]
 KUBESONAR = Path(sys.executable).with_name("kubesonar")
 
@@ -41,7 +43,7 @@ def _messages(cluster="prod", node="node-1", sensor="node-1/abc", signer=None, l
     flows = FlowRecords.empty(50)
     flows.columns["first_ts"] = np.arange(50, dtype=np.int64) * 10**9
     flows.columns["last_ts"] = flows.columns["first_ts"]
-    return window_messages(BatchHeader(cluster, node, sensor, 1, 0, 1), flows, limit, signer=signer)
+    return window_messages(BatchHeader(cluster, node, sensor, 1, *LIVE_WINDOW), flows, limit, signer=signer)
 
 
 def _process(tmp_path, data: list[bytes], keyring: Keyring | None):
