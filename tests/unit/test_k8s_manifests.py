@@ -3,6 +3,8 @@ against each Kubernetes version the README claims; the DaemonSet keeps its secur
 
 from __future__ import annotations
 
+import ast
+import re
 import subprocess
 from pathlib import Path
 
@@ -52,13 +54,41 @@ def test_the_daemonset_runs_everywhere_with_the_least_it_needs(overlay):
         assert any(line.strip().startswith(f"# {capability}:") for line in lines[at - 3 : at])
 
 
-def test_rbac_is_read_only_and_the_settings_are_the_sensors_options():
-    docs = _render("local")
-    role = next(d for d in docs if d["kind"] == "ClusterRole")
-    assert {v for rule in role["rules"] for v in rule["verbs"]} == {"get", "list", "watch"}
-    assert {r for rule in role["rules"] for r in rule["resources"]} == {
-        "pods", "namespaces", "nodes", "services", "endpointslices"}
-    settings = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+_API_GROUPS = {"self._core": "", "self._discovery": "discovery.k8s.io"}  # sensor/kube.py's API clients
+_API_CALL = re.compile(r"(read|list)_(?:namespaced_)?([a-z_]+?)(?:_for_all_namespaces)?")
+
+
+def _grant(client_method: str, verb: str | None = None) -> tuple[str, str, str]:
+    """(API group, resource, verb) a client call needs: ``self._core.read_namespaced_service`` is a get on
+    services; a list function handed to ``watch.stream`` is a watch."""
+    client, _, method = client_method.rpartition(".")
+    action, kind = _API_CALL.fullmatch(method).groups()
+    return _API_GROUPS[client], kind.replace("_", "") + "s", verb or {"read": "get", "list": "list"}[action]
+
+
+def _api_calls_of_the_sensor() -> set[tuple[str, str, str]]:
+    needed = set()
+    for node in ast.walk(ast.parse((REPO / "sensor" / "kube.py").read_text())):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        target = ast.unparse(node.func)
+        if target.rpartition(".")[0] in _API_GROUPS:
+            needed.add(_grant(target))
+        if node.func.attr == "stream" and node.args and ast.unparse(node.args[0]).rpartition(".")[0] in _API_GROUPS:
+            needed.add(_grant(ast.unparse(node.args[0]), "watch"))
+    return needed
+
+
+def test_rbac_grants_exactly_the_api_calls_the_sensor_makes():
+    role = next(d for d in _render("local") if d["kind"] == "ClusterRole")
+    granted = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    assert {verb for _, _, verb in granted} <= {"get", "list", "watch"}  # read-only
+    assert granted == _api_calls_of_the_sensor()  # a missing grant is a 403 at run time; an extra one, excess
+
+
+def test_the_settings_are_the_sensors_options():
+    settings = next(d for d in _render("local") if d["kind"] == "ConfigMap")["data"]
     from click.testing import CliRunner
 
     from kubesonar.cli import main
