@@ -129,3 +129,9 @@ variable "alert_email_addresses" {
   type        = list(string)
   default     = []
 }
+
+variable "keyring_writer_object_ids" {
+  description = "Entra object ids allowed to write the keyring secret (Key Vault Secrets Officer on the vault, which holds nothing else); null: whoever runs Terraform. The vault authorises by RBAC only, so without this grant no one can put the keyring in it."
+  type        = list(string)
+  default     = null
+}
