@@ -21,7 +21,7 @@ variable "tags" {
 }
 
 variable "function_deployed" {
-  description = "Whether the function app's code is published (func azure functionapp publish); Event Grid checks that the function exists when the subscription is created, so apply once with false, publish, then apply with true."
+  description = "Whether the function app's code is published (functions/azure/build.py, then az functionapp deployment source config-zip); Event Grid checks that the function exists when the subscription is created, so apply once with false, publish, then apply with true."
   type        = bool
   default     = false
 }
