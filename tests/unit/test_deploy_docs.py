@@ -13,7 +13,8 @@ import pytest
 from conftest import REPO
 
 CLOUDS = {"aws": "AWS", "gcp": "GCP", "azure": "Azure"}  # the tag of a cloud's line in docs/hardening.md
-_OUTPUT = re.compile(r"terraform output (?:-raw )?([a-z0-9_]+)")
+_OUTPUT = re.compile(r"terraform (?:-chdir=\S+ )?output (?:-raw )?([a-z0-9_]+)")
+_CHDIR = re.compile(r"terraform -chdir=(\S+)")
 _TARGET = re.compile(r"-target=module\.kubesonar\.([a-z0-9_]+)\.([a-z0-9_]+)")
 
 
@@ -37,6 +38,13 @@ def test_every_output_the_steps_read_is_one_the_example_has(cloud):
     assert told, cloud
     missing = told - set(_outputs(REPO / "infra" / cloud / "examples" / "minimal" / "main.tf"))
     assert not missing, f"infra/{cloud}/examples/minimal has no output {sorted(missing)}"
+
+
+@pytest.mark.parametrize("cloud", CLOUDS)
+def test_the_steps_run_from_the_repository_root_in_the_clouds_example(cloud):
+    page = (REPO / "docs" / f"{cloud}.md").read_text()
+    assert "cd infra" not in page  # a later step's infra/k8s/... or build/... path would then miss
+    assert set(_CHDIR.findall(page)) == {f"infra/{cloud}/examples/minimal"}
 
 
 @pytest.mark.parametrize("cloud", CLOUDS)
