@@ -469,6 +469,28 @@ def _progress(captures: tuple[str, ...]) -> Iterator[Callable[[int], None] | Non
 
 
 __import__("kubesonar.cli_alerts").cli_alerts.register(main)  # triage: alerts, allowlist, watchlist
+
+
+def _name_environment_after_flags(group: click.Group, prefix: str = "KUBESONAR") -> None:
+    """Make KUBESONAR_<COMMAND>_<OPTION> hold for every option, <OPTION> being its flag: click's automatic
+    name follows the parameter's name instead, so ``--format`` (stored as ``fmt``) read only
+    KUBESONAR_FLOWS_FMT and the documented KUBESONAR_FLOWS_FORMAT was silently ignored. The automatic name
+    and any explicit one still work."""
+    for name, command in group.commands.items():
+        command_prefix = f"{prefix}_{name.upper().replace('-', '_')}"
+        for param in command.params:
+            flags = [o for o in param.opts if o.startswith("--")] if isinstance(param, click.Option) else []
+            if not flags or param.name is None:
+                continue
+            documented = f"{command_prefix}_{flags[0][2:].upper().replace('-', '_')}"
+            given = [param.envvar] if isinstance(param.envvar, str) else list(param.envvar or ())
+            if documented != f"{command_prefix}_{param.name.upper()}" and documented not in given:
+                param.envvar = [*given, documented]
+        if isinstance(command, click.Group):
+            _name_environment_after_flags(command, command_prefix)
+
+
+_name_environment_after_flags(main)
 # frozen, not walked: enabled as it stood, the collector would at once walk every object made while it
 # was paused (far past its threshold), 4-5 ms of every start, to find none of them garbage
 gc.freeze()

@@ -359,6 +359,14 @@ resource "azurerm_role_assignment" "function_keyring" {
   description          = "Functions host: resolve the KUBESONAR_KEYRING Key Vault reference (the vault holds only the keyring)"
 }
 
+resource "azurerm_role_assignment" "keyring_writers" {
+  for_each             = toset(var.keyring_writer_object_ids != null ? var.keyring_writer_object_ids : [data.azurerm_client_config.current.object_id])
+  scope                = azurerm_key_vault.this.id
+  role_definition_name = "Key Vault Secrets Officer"
+  principal_id         = each.value
+  description          = "Operator: write the keyring secret (docs/hardening.md); an RBAC vault gives its creator no data access"
+}
+
 resource "azurerm_role_assignment" "function_telemetry" {
   scope                = azurerm_application_insights.this.id
   role_definition_name = "Monitoring Metrics Publisher"

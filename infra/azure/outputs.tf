@@ -4,7 +4,7 @@ output "resource_group_name" {
 }
 
 output "function_app_name" {
-  description = "Publish the code here: func azure functionapp publish <this> (from functions/azure/)."
+  description = "Deploy the code here: az functionapp deployment source config-zip -n <this> --src build/kubesonar-azure.zip (functions/azure/build.py)."
   value       = azurerm_function_app_flex_consumption.this.name
 }
 

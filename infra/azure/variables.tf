@@ -21,7 +21,7 @@ variable "tags" {
 }
 
 variable "function_deployed" {
-  description = "Whether the function app's code is published (func azure functionapp publish); Event Grid checks that the function exists when the subscription is created, so apply once with false, publish, then apply with true."
+  description = "Whether the function app's code is published (functions/azure/build.py, then az functionapp deployment source config-zip); Event Grid checks that the function exists when the subscription is created, so apply once with false, publish, then apply with true."
   type        = bool
   default     = false
 }
@@ -128,4 +128,10 @@ variable "alert_email_addresses" {
   description = "Who the metric alerts (dead-lettered events, function failures) e-mail."
   type        = list(string)
   default     = []
+}
+
+variable "keyring_writer_object_ids" {
+  description = "Entra object ids allowed to write the keyring secret (Key Vault Secrets Officer on the vault, which holds nothing else); null: whoever runs Terraform. The vault authorises by RBAC only, so without this grant no one can put the keyring in it."
+  type        = list(string)
+  default     = null
 }

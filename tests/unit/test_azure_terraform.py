@@ -31,6 +31,7 @@ ROLE_DATA_ACTIONS = {
     "EventGrid Data Sender": {"Microsoft.EventGrid/events/send/action"},
     "Key Vault Secrets User": {"Microsoft.KeyVault/vaults/secrets/getSecret/action",
                                "Microsoft.KeyVault/vaults/secrets/readMetadata/action"},
+    "Key Vault Secrets Officer": {"Microsoft.KeyVault/vaults/secrets/*"},
 }
 # The data action each SDK call needs (Blob Storage REST operations' authorization; Event Grid publish).
 SDK_CALLS = {
@@ -46,6 +47,7 @@ PLATFORM_GRANTS = {
     "function_telemetry": "Application Insights with local auth off takes the host's telemetry with an Entra token",
     "flows_topic_dead_letter": "Event Grid writes undeliverable events to the deadletter container as the topic",
     "function_keyring": "the Functions host resolves the keyring's Key Vault reference with the app's identity",
+    "keyring_writers": "the operator writes the keyring into the vault, which authorises by RBAC alone",
 }
 
 
@@ -198,7 +200,7 @@ def test_the_function_is_granted_the_least_role_its_code_needs_on_each_container
                                                                _least_role(topic_needs))
     function_grants = {n for n, g in grants.items() if "azurerm_function_app_flex_consumption" in g["principal_id"]}
     assert function_grants == {"function_containers", "function_alerts_topic"} | (set(PLATFORM_GRANTS) - {
-        "flows_topic_dead_letter"})
+        "flows_topic_dead_letter", "keyring_writers"})
 
 
 def test_the_sensor_may_send_to_the_flows_topic_only():
@@ -231,8 +233,13 @@ def test_the_keyring_is_a_key_vault_reference_only_the_function_reads():
     assert vault["enable_rbac_authorization"] is True and vault["purge_protection_enabled"] is True
     assert _locals()["app_settings"]["KUBESONAR_KEYRING"].startswith(
         "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.this.name};SecretName=keyring)")
-    readers = {n: g for n, g in _assignments().items() if g["scope"] == "${azurerm_key_vault.this.id}"}
-    assert [(n, g["role_definition_name"]) for n, g in readers.items()] == [("function_keyring", "Key Vault Secrets User")]
+    grants = {n: g for n, g in _assignments().items() if g["scope"] == "${azurerm_key_vault.this.id}"}
+    assert {(n, g["role_definition_name"]) for n, g in grants.items()} == {
+        ("function_keyring", "Key Vault Secrets User"), ("keyring_writers", "Key Vault Secrets Officer")}
+    # someone can write it: an RBAC vault gives whoever made it no data access, and hardening.md's
+    # `az keyvault secret set` answered Forbidden; by default the one who runs Terraform
+    writers = grants["keyring_writers"]
+    assert "var.keyring_writer_object_ids" in writers["for_each"] and "current.object_id" in writers["for_each"]
 
 
 def test_storage_is_private_keyless_versioned_and_soft_deleting():

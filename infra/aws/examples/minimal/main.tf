@@ -45,3 +45,8 @@ output "topic_arn" {
   description = "Subscribe to alerts here."
   value       = module.kubesonar.topic_arn
 }
+
+output "keyring_secret_name" {
+  description = "Put the keyring in this secret before the function runs (docs/hardening.md)."
+  value       = module.kubesonar.keyring_secret_name
+}

@@ -28,7 +28,7 @@ variable "aks_oidc_issuer_url" {
 }
 
 variable "function_deployed" {
-  description = "Set to true once `func azure functionapp publish` has run."
+  description = "Set to true once the package is deployed (az functionapp deployment source config-zip, docs/azure.md)."
   type        = bool
   default     = false
 }
@@ -55,4 +55,14 @@ output "sensor_client_id" {
 output "function_app_name" {
   description = "Where to publish functions/azure."
   value       = module.kubesonar.function_app_name
+}
+
+output "alerts_topic_id" {
+  description = "Subscribe to alerts here."
+  value       = module.kubesonar.alerts_topic_id
+}
+
+output "key_vault_name" {
+  description = "Write the keyring as its secret \"keyring\" before publishing the function (docs/hardening.md)."
+  value       = module.kubesonar.key_vault_name
 }

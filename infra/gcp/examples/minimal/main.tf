@@ -43,3 +43,8 @@ output "alerts_topic" {
   description = "Subscribe to alerts here."
   value       = module.kubesonar.alerts_topic
 }
+
+output "keyring_secret_id" {
+  description = "Add the keyring as this secret's version before the function is created (docs/gcp.md, docs/hardening.md)."
+  value       = module.kubesonar.keyring_secret_id
+}
