@@ -37,7 +37,25 @@ data "aws_iam_policy_document" "key" {
     resources = ["*"]
     principals {
       type        = "Service"
-      identifiers = ["sns.amazonaws.com", "sqs.amazonaws.com", "cloudwatch.amazonaws.com", "logs.${data.aws_region.current.name}.amazonaws.com"]
+      identifiers = ["sns.amazonaws.com", "sqs.amazonaws.com", "cloudwatch.amazonaws.com"]
+    }
+  }
+
+  # CloudWatch Logs checks the key (DescribeKey) and encrypts with it when the log group is created: with
+  # Decrypt and GenerateDataKey alone, creating the encrypted group can be refused. The actions are the
+  # ones AWS's "Encrypt log data in CloudWatch Logs using AWS KMS" gives, held to this account's groups.
+  statement {
+    sid       = "LogsUseIt"
+    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["logs.${data.aws_region.current.name}.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "kms:EncryptionContext:aws:logs:arn"
+      values   = ["arn:${local.partition}:logs:${data.aws_region.current.name}:${local.account}:log-group:*"]
     }
   }
 }

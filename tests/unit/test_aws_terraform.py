@@ -176,6 +176,30 @@ def test_the_keyring_secret_is_encrypted_read_by_the_function_only_and_named_in_
     assert "aws_secretsmanager_secret.keyring.arn" in str(read["resources"]) and "*" not in str(read["resources"])
 
 
+# What each AWS service that uses the module's key needs in the key policy, as its documentation says.
+KEY_USERS = {
+    # "Encrypt log data in CloudWatch Logs using AWS KMS": without Describe and Encrypt, creating the
+    # encrypted log group can be refused
+    "logs.${data.aws_region.current.name}.amazonaws.com": {"kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*",
+                                                           "kms:GenerateDataKey*", "kms:Describe*"},
+    "sqs.amazonaws.com": {"kms:Decrypt", "kms:GenerateDataKey*"},  # SQS SSE with a customer managed key
+    "sns.amazonaws.com": {"kms:Decrypt", "kms:GenerateDataKey*"},  # SNS SSE
+    "cloudwatch.amazonaws.com": {"kms:Decrypt", "kms:GenerateDataKey*"},  # alarms publishing to the topic
+}
+
+
+def test_every_service_using_the_key_is_granted_what_its_documentation_names():
+    statements = _tf()["data"][("aws_iam_policy_document", "key")]["statement"]
+    granted: dict[str, set[str]] = {}
+    for statement in statements:
+        for principal in statement.get("principals", []):
+            if _unquote(principal["type"]) == "Service":
+                for service in _unquote(principal["identifiers"]):
+                    granted.setdefault(service, set()).update(_unquote(statement["actions"]))
+    for service, needs in KEY_USERS.items():
+        assert needs <= granted.get(service, set()), f"{service} lacks {needs - granted.get(service, set())}"
+
+
 def test_buckets_are_private_encrypted_and_versioned():
     tf = _tf()["resource"]
     block = tf[("aws_s3_bucket_public_access_block", "this")]
