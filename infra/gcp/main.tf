@@ -341,6 +341,7 @@ resource "google_iam_workload_identity_pool_provider" "cluster" {
   oidc {
     # no allowed_audiences: tokens must then name this provider (https://iam.googleapis.com/<its name>)
     issuer_uri = var.cluster_issuer
+    jwks_json  = var.cluster_jwks # null: Google fetches the keys from the issuer
   }
 }
 

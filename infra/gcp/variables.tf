@@ -74,6 +74,12 @@ variable "internal_networks" {
   default     = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]
 }
 
+variable "cluster_jwks" {
+  description = "The cluster's token signing keys (`kubectl get --raw /openid/v1/jwks`) for an issuer Google cannot reach; null, the default, fetches them from the issuer. Given here, they must be renewed when the cluster rotates its signing key."
+  type        = string
+  default     = null
+}
+
 variable "sensor_namespace" {
   description = "Namespace of the sensor's Kubernetes service account."
   type        = string

@@ -201,7 +201,7 @@ def test_the_sensor_is_its_kubernetes_service_account_federated_through_a_pool_n
     assert provider["attribute_mapping"] == {"google.subject": "assertion.sub"}
     assert provider["attribute_condition"] == 'assertion.sub == \\"${local.sensor_subject}\\"'
     (oidc,) = provider["oidc"]
-    assert oidc["issuer_uri"] == "${var.cluster_issuer}"
+    assert oidc["issuer_uri"] == "${var.cluster_issuer}" and oidc["jwks_json"] == "${var.cluster_jwks}"
     assert not oidc.get("allowed_audiences")  # the token names the provider (the overlay's audience)
     assert "cluster_issuer" in _blocks("variable") and "default" not in _blocks("variable")["cluster_issuer"]
     # one mechanism: no Google service account, no GKE Workload Identity binding
