@@ -11,7 +11,9 @@ locals {
   gcs_agent    = "serviceAccount:${data.google_storage_project_service_account.this.email_address}"
   # Secret Manager's service agent encrypts the keyring with the module's key
   secrets_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-secretmanager.iam.gserviceaccount.com"
-  wi_pool       = coalesce(var.workload_identity_pool, "${var.project_id}.svc.id.goog")
+  # the `sub` of the sensor's Kubernetes service-account tokens, and the IAM principal the pool maps it to
+  sensor_subject   = "system:serviceaccount:${var.sensor_namespace}:${var.sensor_service_account}"
+  sensor_principal = "principal://iam.googleapis.com/${google_iam_workload_identity_pool.sensors.name}/subject/${local.sensor_subject}"
   # flows: sensors publish; ticks: Cloud Scheduler's message that runs the function; alerts: subscribers read;
   # dead-letter: flows messages that failed max_delivery_attempts times
   topics  = toset(["flows", "ticks", "alerts", "dead-letter"])
@@ -311,26 +313,43 @@ resource "google_cloud_scheduler_job" "tick" {
 }
 
 ################################################################################
-# The sensor: Workload Identity for kubesonar/kubesonar-sensor, allowed only to publish to flows
+# The sensor: Workload Identity Federation with Kubernetes. The sensor runs on the host network, where
+# Workload Identity Federation for GKE cannot reach it (its metadata requests get the node's account,
+# docs/gcp.md), so it exchanges its projected service-account token at Google's STS itself. The pool
+# trusts the cluster's token issuer, only for the sensor's service account, allowed only to publish to flows.
 ################################################################################
 
-resource "google_service_account" "sensor" {
-  project      = var.project_id
-  account_id   = "${var.name}-sensor"
-  display_name = "KubeSonar node sensor (publishes flow batches)"
+resource "google_iam_workload_identity_pool" "sensors" {
+  project                   = var.project_id
+  workload_identity_pool_id = "${var.name}-sensors"
+  display_name              = "KubeSonar sensors"
+  description               = "Kubernetes clusters whose sensors publish flow batches"
 }
 
-resource "google_service_account_iam_member" "sensor_workload_identity" {
-  service_account_id = google_service_account.sensor.name
-  role               = "roles/iam.workloadIdentityUser"
-  member             = "serviceAccount:${local.wi_pool}[${var.sensor_namespace}/${var.sensor_service_account}]"
+resource "google_iam_workload_identity_pool_provider" "cluster" {
+  project                            = var.project_id
+  workload_identity_pool_id          = google_iam_workload_identity_pool.sensors.workload_identity_pool_id
+  workload_identity_pool_provider_id = "${var.name}-cluster"
+  display_name                       = "KubeSonar cluster"
+  description                        = "The cluster's service-account token issuer"
+  attribute_mapping = {
+    "google.subject" = "assertion.sub"
+  }
+  # any other service account of the cluster is refused at the token exchange
+  attribute_condition = "assertion.sub == \"${local.sensor_subject}\""
+
+  oidc {
+    # no allowed_audiences: tokens must then name this provider (https://iam.googleapis.com/<its name>)
+    issuer_uri = var.cluster_issuer
+    jwks_json  = var.cluster_jwks # null: Google fetches the keys from the issuer
+  }
 }
 
 resource "google_pubsub_topic_iam_member" "sensor_publishes_flows" {
   project = var.project_id
   topic   = google_pubsub_topic.this["flows"].name
   role    = "roles/pubsub.publisher"
-  member  = google_service_account.sensor.member
+  member  = local.sensor_principal
 }
 
 ################################################################################

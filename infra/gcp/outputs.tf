@@ -3,9 +3,29 @@ output "queue_url" {
   value       = "pubsub://${google_pubsub_topic.this["flows"].id}"
 }
 
-output "sensor_service_account_email" {
-  description = "Annotate the sensor's Kubernetes service account with this (iam.gke.io/gcp-service-account)."
-  value       = google_service_account.sensor.email
+output "sensor_credential_configuration" {
+  description = "The sensors' credential configuration file, as `gcloud iam workload-identity-pools create-cred-config` writes it: write it to infra/k8s/overlays/gcp/credential-configuration.json."
+  value = jsonencode({
+    universe_domain    = "googleapis.com"
+    type               = "external_account"
+    audience           = "//iam.googleapis.com/${google_iam_workload_identity_pool_provider.cluster.name}"
+    subject_token_type = "urn:ietf:params:oauth:token-type:jwt"
+    token_url          = "https://sts.googleapis.com/v1/token"
+    credential_source = {
+      file   = "/var/run/service-account/token" # where infra/k8s/overlays/gcp projects the token
+      format = { type = "text" }
+    }
+  })
+}
+
+output "sensor_token_audience" {
+  description = "The audience of the sensor's projected service-account token (identity.yaml in infra/k8s/overlays/gcp)."
+  value       = "https://iam.googleapis.com/${google_iam_workload_identity_pool_provider.cluster.name}"
+}
+
+output "sensor_principal" {
+  description = "The IAM principal the sensors publish as (roles/pubsub.publisher on the flows topic, nothing else)."
+  value       = local.sensor_principal
 }
 
 output "alerts_topic" {

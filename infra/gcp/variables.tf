@@ -74,6 +74,12 @@ variable "internal_networks" {
   default     = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]
 }
 
+variable "cluster_jwks" {
+  description = "The cluster's token signing keys (`kubectl get --raw /openid/v1/jwks`) for an issuer Google cannot reach; null, the default, fetches them from the issuer. Given here, they must be renewed when the cluster rotates its signing key."
+  type        = string
+  default     = null
+}
+
 variable "sensor_namespace" {
   description = "Namespace of the sensor's Kubernetes service account."
   type        = string
@@ -81,15 +87,19 @@ variable "sensor_namespace" {
 }
 
 variable "sensor_service_account" {
-  description = "Name of the sensor's Kubernetes service account (Workload Identity maps it to the sensor's Google service account)."
+  description = "Name of the sensor's Kubernetes service account: the only one whose tokens the workload identity pool accepts."
   type        = string
   default     = "kubesonar-sensor"
 }
 
-variable "workload_identity_pool" {
-  description = "The GKE cluster's Workload Identity pool; null means the project's own, PROJECT_ID.svc.id.goog."
+variable "cluster_issuer" {
+  description = "The service-account token issuer of the cluster the sensors run in (`kubectl get --raw /.well-known/openid-configuration`, field issuer); on GKE https://container.googleapis.com/v1/projects/PROJECT/locations/LOCATION/clusters/CLUSTER. Google fetches its keys from there, so it must be reachable from the internet: GKE's, EKS's and AKS's (OIDC issuer enabled) are."
   type        = string
-  default     = null
+
+  validation {
+    condition     = startswith(var.cluster_issuer, "https://")
+    error_message = "cluster_issuer is an https:// URL (the issuer field of the cluster's /.well-known/openid-configuration)."
+  }
 }
 
 variable "alert_retention_days" {

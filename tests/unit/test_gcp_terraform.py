@@ -176,14 +176,37 @@ def test_the_function_is_granted_what_its_code_calls_on_named_resources():
                        ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor")}  # keyring
 
 
+def _locals() -> dict:
+    with open(GCP / "main.tf") as f:
+        return {k: _unquote(v) for block in hcl2.load(f).get("locals", []) for k, v in block.items()}
+
+
 def test_the_sensor_may_only_publish_to_the_flows_topic():
     assert _permissions_called([REPO / "sensor" / "queues" / "pubsub.py"]) == {"pubsub.topics.publish"}
-    (grant,) = _grants("${google_service_account.sensor.member}")
+    (grant,) = _grants("${local.sensor_principal}")
     assert (grant["type"], grant["role"]) == ("google_pubsub_topic_iam_member", "roles/pubsub.publisher")
     assert 'this["flows"]' in grant["topic"]
-    wi = _resources()[("google_service_account_iam_member", "sensor_workload_identity")]
-    assert wi["role"] == "roles/iam.workloadIdentityUser"
-    assert wi["member"] == "serviceAccount:${local.wi_pool}[${var.sensor_namespace}/${var.sensor_service_account}]"
+
+
+def test_the_sensor_is_its_kubernetes_service_account_federated_through_a_pool_not_gkes_metadata_server():
+    """Workload Identity Federation for GKE cannot serve a pod on the host network (docs/gcp.md): the pool
+    trusts the cluster's token issuer, for the sensor's service account only, and the flows topic's
+    publisher is the pool's principal for that subject."""
+    tf, named = _resources(), _locals()
+    assert named["sensor_subject"] == "system:serviceaccount:${var.sensor_namespace}:${var.sensor_service_account}"
+    assert named["sensor_principal"] == (
+        "principal://iam.googleapis.com/${google_iam_workload_identity_pool.sensors.name}/subject/${local.sensor_subject}")
+    provider = tf[("google_iam_workload_identity_pool_provider", "cluster")]
+    assert "google_iam_workload_identity_pool.sensors" in provider["workload_identity_pool_id"]
+    assert provider["attribute_mapping"] == {"google.subject": "assertion.sub"}
+    assert provider["attribute_condition"] == 'assertion.sub == \\"${local.sensor_subject}\\"'
+    (oidc,) = provider["oidc"]
+    assert oidc["issuer_uri"] == "${var.cluster_issuer}" and oidc["jwks_json"] == "${var.cluster_jwks}"
+    assert not oidc.get("allowed_audiences")  # the token names the provider (the overlay's audience)
+    assert "cluster_issuer" in _blocks("variable") and "default" not in _blocks("variable")["cluster_issuer"]
+    # one mechanism: no Google service account, no GKE Workload Identity binding
+    assert not [k for k in tf if k[0] in ("google_service_account_iam_member", "google_service_account_iam_binding")]
+    assert ("google_service_account", "sensor") not in tf and "workload_identity_pool" not in _blocks("variable")
 
 
 def test_topics_and_buckets_are_encrypted_private_versioned_with_lifecycle():

@@ -13,7 +13,12 @@ terraform {
 }
 
 variable "project_id" {
-  description = "Your Google Cloud project (its GKE cluster has Workload Identity enabled)."
+  description = "Your Google Cloud project."
+  type        = string
+}
+
+variable "cluster_issuer" {
+  description = "Your cluster's service-account token issuer: kubectl get --raw /.well-known/openid-configuration | jq -r .issuer"
   type        = string
 }
 
@@ -26,6 +31,7 @@ module "kubesonar" {
   source = "../../"
 
   project_id          = var.project_id
+  cluster_issuer      = var.cluster_issuer
   source_archive_path = "${path.module}/../../../../build/kubesonar-gcp.zip"
 }
 
@@ -34,9 +40,14 @@ output "queue_url" {
   value       = module.kubesonar.queue_url
 }
 
-output "sensor_service_account_email" {
-  description = "Annotate the sensor's service account with this (iam.gke.io/gcp-service-account)."
-  value       = module.kubesonar.sensor_service_account_email
+output "sensor_credential_configuration" {
+  description = "Write this to infra/k8s/overlays/gcp/credential-configuration.json."
+  value       = module.kubesonar.sensor_credential_configuration
+}
+
+output "sensor_token_audience" {
+  description = "The audience of the sensor's projected token (identity.yaml in infra/k8s/overlays/gcp)."
+  value       = module.kubesonar.sensor_token_audience
 }
 
 output "alerts_topic" {
