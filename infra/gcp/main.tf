@@ -244,6 +244,29 @@ resource "google_secret_manager_secret_iam_member" "function_reads_keyring" {
   member    = google_service_account.function.member
 }
 
+# Cloud Build builds the function as an account of its own. The default one is, in projects made since
+# July 2024, the Compute Engine default account, which an organisation that disables default grants
+# leaves with no role: the build could not read the source and terraform apply failed. These three
+# roles are the ones Google's "build service account" page names (source, build logs, the image).
+resource "google_service_account" "build" {
+  project      = var.project_id
+  account_id   = "${var.name}-build"
+  display_name = "KubeSonar function build (Cloud Build)"
+}
+
+resource "google_storage_bucket_iam_member" "build_reads_source" {
+  bucket = google_storage_bucket.this["source"].name
+  role   = "roles/storage.objectViewer"
+  member = google_service_account.build.member
+}
+
+resource "google_project_iam_member" "build" {
+  for_each = toset(["roles/logging.logWriter", "roles/artifactregistry.writer"])
+  project  = var.project_id
+  role     = each.value
+  member   = google_service_account.build.member
+}
+
 resource "google_cloudfunctions2_function" "scoring" {
   project  = var.project_id
   name     = "${var.name}-scoring"
@@ -251,8 +274,9 @@ resource "google_cloudfunctions2_function" "scoring" {
   labels   = var.labels
 
   build_config {
-    runtime     = "python312"
-    entry_point = "on_tick"
+    runtime         = "python312"
+    entry_point     = "on_tick"
+    service_account = google_service_account.build.id
     source {
       storage_source {
         bucket = google_storage_bucket.this["source"].name
@@ -287,7 +311,11 @@ resource "google_cloudfunctions2_function" "scoring" {
       version    = "latest"
     }
   }
-  depends_on = [google_secret_manager_secret_iam_member.function_reads_keyring]
+  depends_on = [
+    google_secret_manager_secret_iam_member.function_reads_keyring,
+    google_storage_bucket_iam_member.build_reads_source,
+    google_project_iam_member.build,
+  ]
 
   event_trigger {
     trigger_region        = var.region

@@ -176,6 +176,19 @@ def test_the_function_is_granted_what_its_code_calls_on_named_resources():
                        ("google_secret_manager_secret_iam_member", "roles/secretmanager.secretAccessor")}  # keyring
 
 
+def test_the_function_is_built_as_an_account_of_its_own_with_the_roles_a_build_needs():
+    """The default build account is, in projects made since July 2024, the Compute Engine default one,
+    which an organisation that disables default grants leaves with no role: the build failed."""
+    tf = _resources()
+    build = tf[("google_cloudfunctions2_function", "scoring")]["build_config"][0]
+    assert build["service_account"] == "${google_service_account.build.id}"
+    grants = {(g["type"], g["role"], g.get("for_each")) for g in _grants("${google_service_account.build.member}")}
+    assert grants == {("google_storage_bucket_iam_member", "roles/storage.objectViewer", None),  # the source
+                      ("google_project_iam_member", "${each.value}",
+                       '${toset(["roles/logging.logWriter", "roles/artifactregistry.writer"])}')}
+    assert 'this["source"]' in tf[("google_storage_bucket_iam_member", "build_reads_source")]["bucket"]
+
+
 def _locals() -> dict:
     with open(GCP / "main.tf") as f:
         return {k: _unquote(v) for block in hcl2.load(f).get("locals", []) for k, v in block.items()}
