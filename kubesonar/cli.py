@@ -238,12 +238,14 @@ def _settings(interface, window, filter, cluster, node, max_flows, direction, ri
     from kubesonar.sensor.af_packet import RingConfig
     from kubesonar.sensor.live import SensorSettings, default_node_name
 
-    # which ring each interface got (TPACKET_V3, or V2 on an old kernel) goes to standard error
+    # which ring each interface got (TPACKET_V3, or V2 on an old kernel) and when the queue goes away and
+    # comes back go to standard error
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("kubesonar: %(message)s"))
-    capture_log = logging.getLogger("kubesonar.sensor.af_packet")
-    capture_log.addHandler(handler)
-    capture_log.setLevel(logging.INFO)
+    for name in ("kubesonar.sensor.af_packet", "kubesonar.sensor.spool"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     return SensorSettings(tuple(interface), window_s=window, capture_filter=filter, cluster=cluster,
                           node=node or default_node_name(), max_flows=max_flows, arrivals_only=direction == "in",
                           ring=RingConfig(version=ring), workers=workers)

@@ -89,3 +89,23 @@ def test_an_unreachable_pubsub_fails_the_send_within_seconds(monkeypatch):
     ended, raised = _send_within(lambda: queue.send(messages), SEND_BOUND_S)
     assert ended, f"the send still waited after {SEND_BOUND_S} s"
     assert isinstance(raised, QueueUnavailable), raised
+
+
+def test_a_silent_queue_holds_up_one_window_then_windows_go_straight_to_the_spool(tmp_path, monkeypatch):
+    """What the capture loop waits per window while SQS is black-holed: the first window's tries, then
+    nothing until the outage backoff has passed."""
+    from kubesonar.sensor.spool import SpoolingPublisher
+
+    with silent_endpoint() as endpoint:
+        for k, v in CREDENTIALS.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        publisher = SpoolingPublisher(SqsQueue(f"{endpoint}/123456789012/flows"), tmp_path / "spool")
+        waited = []
+        for sequence in range(4):
+            started = time.monotonic()
+            ended, raised = _send_within(lambda s=sequence: publisher.publish(_messages(s)), 3 * SEND_BOUND_S)
+            assert ended and raised is None, raised
+            waited.append(time.monotonic() - started)
+        assert publisher.stats.spooled == 4 and publisher.stats.sent == 0
+        assert all(w < 0.5 for w in waited[1:]), waited
