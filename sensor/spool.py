@@ -10,7 +10,8 @@ directory is gone and cannot be made again, the disk is full), the message is dr
 
 The capture loop waits while a window is published, so an outage costs it little: once the queue has
 failed, windows go straight to disk until a backoff (1 s doubling to 30 s) has passed, and then one
-try (no retries) says whether it is back.
+try (no retries) says whether it is back. A spool that drains after an outage drains for at most
+``drain_budget_s`` a publish; the windows that arrive meanwhile wait behind it, so order is kept.
 """
 
 from __future__ import annotations
@@ -62,14 +63,15 @@ class _Corrupt(Exception):
 
 class SpoolingPublisher:
     def __init__(self, inner: Publisher, directory: str | os.PathLike[str], max_bytes: int = 256 << 20,
-                 attempts: int = 3, max_wait_s: float = 0.5, outage_backoff_s: tuple[float, float] = OUTAGE_BACKOFF_S):
+                 attempts: int = 3, max_wait_s: float = 0.5, drain_budget_s: float = 1.0,
+                 outage_backoff_s: tuple[float, float] = OUTAGE_BACKOFF_S):
         self.inner, self.limit = inner, inner.limit
         self.directory = Path(directory)
         if max_bytes < self.limit + ENTRY_OVERHEAD:
             raise ConfigError(f"spool bound {max_bytes} bytes is smaller than one message "
                               f"({self.limit} bytes and {ENTRY_OVERHEAD} for its key)")
         self.max_bytes = max_bytes
-        self.outage_backoff_s = outage_backoff_s
+        self.drain_budget_s, self.outage_backoff_s = drain_budget_s, outage_backoff_s
         self._failed_tries = 0  # since the queue last took a message
         self._retry_at = 0.0  # monotonic time before which the queue is not tried
         try:
@@ -90,7 +92,8 @@ class SpoolingPublisher:
 
     def publish(self, messages: list[Message]) -> None:
         """Send now if the queue is reachable and nothing waits before these; else spool them."""
-        if time.monotonic() >= self._retry_at and self.drain():
+        # drain at least one more than this publish adds, so a slow queue still empties the spool
+        if time.monotonic() >= self._retry_at and self.drain(self.drain_budget_s, at_least=len(messages) + 1):
             try:
                 self._send(messages)
                 self._up()
@@ -102,9 +105,14 @@ class SpoolingPublisher:
             self._spool(m)
         self._entries()
 
-    def drain(self) -> bool:
-        """Deliver spooled messages oldest first; True once the spool is empty."""
-        for path, _size in self._entries():
+    def drain(self, budget_s: float | None = None, at_least: int = 1) -> bool:
+        """Deliver spooled messages oldest first, for at most ``budget_s`` once ``at_least`` have gone;
+        True once the spool is empty."""
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        for i, (path, _size) in enumerate(self._entries()):
+            if i >= at_least and deadline is not None and time.monotonic() >= deadline:
+                self._entries()
+                return False  # the rest next time: the capture loop is waiting
             try:
                 message = _read(path)
             except FileNotFoundError:

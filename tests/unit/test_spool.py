@@ -140,6 +140,30 @@ def test_the_backoff_grows_while_the_queue_stays_down(tmp_path):
     assert publisher.stats.spooled == sequence and publisher.stats.dropped == 0
 
 
+def test_a_spool_drains_a_little_each_window_in_order(tmp_path):
+    """After a long outage the capture loop does not wait for the whole spool: each publish drains for its
+    budget (and always one message more than it adds, so the spool empties), newer windows wait behind."""
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1,
+                                  drain_budget_s=0.0, outage_backoff_s=(0.0, 0.0))
+    _break(queue_dir)
+    for sequence in range(40):
+        publisher.publish(_one_part(sequence))
+    assert publisher.stats.depth == 40
+    _mend(queue_dir)
+    publisher.publish(_one_part(40))
+    assert publisher.stats.depth == 39  # two went, the new window waits behind the rest
+    publishes = 1
+    while publisher.stats.depth:
+        publisher.publish(_one_part(40 + publishes))
+        publishes += 1
+    assert publishes <= 41 and publisher.stats.sent == 40 + publishes
+    delivered = sorted(queue_dir.glob("*.ksfb"), key=lambda p: p.stat().st_mtime_ns)
+    sequences = [int(p.stem.rsplit("-", 2)[1]) for p in delivered]
+    assert sequences == sorted(sequences) == list(range(40 + publishes))  # oldest first, none twice
+
+
 def test_a_restarted_sensor_resumes_its_spool(tmp_path):
     queue_dir = tmp_path / "queue"
     queue_dir.mkdir()
