@@ -73,6 +73,23 @@ def test_without_a_stream_a_send_is_unavailable_and_says_what_to_start(nats):  #
         publisher.close()
 
 
+def test_a_server_down_from_the_start_fails_a_send_at_once_and_quietly(caplog):
+    """nats-py retries a first connection forever: a sensor started while NATS was down waited out the
+    send's whole timeout every window, logging a traceback a second."""
+    from nats_server import free_port
+
+    publisher = open_publisher(f"nats://127.0.0.1:{free_port()}/{SUBJECT}")  # nothing listens there
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(QueueUnavailable, match="Connect call failed"):
+                publisher.send([Message("s/0/0", b"x")])
+            assert time.monotonic() - started < 3
+    finally:
+        publisher.close()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("nats")] == []
+
+
 def test_a_server_restart_is_spooled_and_drained_with_nothing_lost(nats, tmp_path):  # noqa: F811
     url = f"{nats.url}/{SUBJECT}"
     _create_stream(nats.url)
