@@ -122,7 +122,7 @@ class KubeWatcher:
                 self.stats["kube_errors"] += 1
                 self.last_error = error
             if failures:
-                self._stop.wait(random.uniform(0, min(30.0, 0.2 * 2**failures)))  # full jitter
+                self._stop.wait(backoff_s(failures))
 
     def _relist(self) -> str:
         listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector)
@@ -211,6 +211,13 @@ class KubeWatcher:
             name = replace(api, namespace="kube-system", workload_name=svc["metadata"]["name"])
             found.update(dict.fromkeys(_service_ips(svc), name))
         return found
+
+
+def backoff_s(failures: int) -> float:
+    """Full jitter, 0.2 s doubling to 30 s. The exponent is capped: past 1,023 failures in a row (about
+    four hours of an API server that refuses watches) 2**failures no longer converts to a float, and the
+    OverflowError ended the watch thread for good, leaving enrichment frozen."""
+    return random.uniform(0, min(30.0, 0.2 * 2 ** min(failures, 8)))
 
 
 def _service_ips(service: dict[str, Any]) -> list[bytes]:
