@@ -31,6 +31,7 @@ from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, check_all_sensors, retry_delay_s
 from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.signing import keyring_from_env
+from kubesonar.shared.url_credentials import without_credentials
 
 log = logging.getLogger("kubesonar.backend")
 
@@ -67,7 +68,7 @@ class FanOutNotifier:
 
 def _open_notifier(url: str) -> Any:
     if not url.startswith("nats://"):
-        raise ConfigError(f"notify URL {url!r} is not nats://HOST:PORT[/SUBJECT-PREFIX]")
+        raise ConfigError(f"notify URL {without_credentials(url)!r} is not nats://HOST:PORT[/SUBJECT-PREFIX]")
     from kubesonar.functions.nats.connection import shared_connection
     from kubesonar.functions.nats.notifier import NatsNotifier
     from kubesonar.functions.nats.streams import ALERTS_PREFIX
@@ -162,8 +163,8 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
     health.connected = True
     metrics.connected.set_function(lambda: int(connection.connected))
     lag_at, conflicts_seen, disconnects_seen = 0.0, 0, 0
-    log.info("backend on %s (stream %s, consumer %s), store %s", settings.queue, consumer.layout.stream,
-             settings.consumer, settings.store)
+    log.info("backend on %s (stream %s, consumer %s), store %s", without_credentials(settings.queue),
+             consumer.layout.stream, settings.consumer, without_credentials(settings.store))
 
     def on_step(report: StepReport) -> None:
         nonlocal lag_at, conflicts_seen, disconnects_seen
@@ -221,14 +222,14 @@ def _run_directory(settings: BackendSettings, metrics: BackendMetrics, health: H
     queue = Path(urlparse(settings.queue).path)
     store = settings.store.removeprefix("file://")
     if "://" in store:
-        raise ConfigError(f"a file:// queue goes with a directory store, not {settings.store!r}")
+        raise ConfigError(f"a file:// queue goes with a directory store, not {without_credentials(settings.store)!r}")
     notifiers = [_open_notifier(u) for u in settings.notify]
     backend = LocalBackend(store, _config(settings), notifier=FanOutNotifier(notifiers),
                            keyring=keyring_from_env(os.environ))
     ticker = _Ticker(backend.deps, metrics, settings.check_interval_s)
     health.connected = True
     metrics.connected.set(1)  # a directory: nothing to lose
-    log.info("backend on %s, store %s", queue, store)
+    log.info("backend on %s, store %s", queue, store)  # a directory and a path: no credentials to hide
     failures: dict[str, tuple[int, float]] = {}  # a file not applied: (attempts, when to try it again)
 
     def dead_letter(path: Path) -> None:

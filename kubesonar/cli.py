@@ -158,6 +158,7 @@ def replay(captures: tuple[str, ...], queue: str, cluster: str, node: str, pods:
     backend (tests, a new deployment)."""
     from kubesonar.compose import replay as run_replay
     from kubesonar.sensor.queues import open_publisher
+    from kubesonar.shared.url_credentials import without_credentials
 
     def show(summary) -> None:
         if sys.stderr.isatty():
@@ -166,7 +167,7 @@ def replay(captures: tuple[str, ...], queue: str, cluster: str, node: str, pods:
     summary = run_replay(captures, open_publisher(queue), cluster=cluster, node=node, pods=pods,
                          window_s=window, progress=show, signer=_signer(key_file, cluster))
     click.echo(f"published {summary.messages} messages ({summary.flows} flows, {summary.dns} DNS messages, "
-               f"{summary.bytes} bytes) in {summary.windows} windows to {queue}", err=True)
+               f"{summary.bytes} bytes) in {summary.windows} windows to {without_credentials(queue)}", err=True)
     for error in summary.stats.errors:
         click.echo(f"kubesonar: error: {error}", err=True)
     if summary.stats.errors:
@@ -238,12 +239,14 @@ def _settings(interface, window, filter, cluster, node, max_flows, direction, ri
     from kubesonar.sensor.af_packet import RingConfig
     from kubesonar.sensor.live import SensorSettings, default_node_name
 
-    # which ring each interface got (TPACKET_V3, or V2 on an old kernel) goes to standard error
+    # which ring each interface got (TPACKET_V3, or V2 on an old kernel) and when the queue goes away and
+    # comes back go to standard error
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("kubesonar: %(message)s"))
-    capture_log = logging.getLogger("kubesonar.sensor.af_packet")
-    capture_log.addHandler(handler)
-    capture_log.setLevel(logging.INFO)
+    for name in ("kubesonar.sensor.af_packet", "kubesonar.sensor.spool"):
+        logger = logging.getLogger(name)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
     return SensorSettings(tuple(interface), window_s=window, capture_filter=filter, cluster=cluster,
                           node=node or default_node_name(), max_flows=max_flows, arrivals_only=direction == "in",
                           ring=RingConfig(version=ring), workers=workers)
@@ -278,12 +281,13 @@ def sensor(interface, window, filter, cluster, node, max_flows, duration, direct
            queue, spool, spool_max_bytes, pods, kubernetes, key_file) -> None:
     """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
     from kubesonar.compose import build_sensor
+    from kubesonar.shared.url_credentials import without_credentials
 
     settings = _settings(interface, window, filter, cluster, node, max_flows, direction, ring, workers)
     enrich, watcher = _enrichment(pods, kubernetes, settings.node)
     live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher, signer=_signer(key_file, cluster))
-    click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to {queue}",
-               err=True)
+    click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to "
+               f"{without_credentials(queue)}", err=True)
     try:
         _run_until_signal(live, duration)
     finally:

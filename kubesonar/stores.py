@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.ports import ObjectStore
+from kubesonar.shared.url_credentials import without_credentials
 
 
 @dataclass(frozen=True)
@@ -43,15 +44,16 @@ STORE_KINDS: tuple[StoreKind, ...] = (
 def open_store(url: str) -> ObjectStore:
     """The object store a URL names; a URL of no known form, or a store that cannot be opened, is a
     ConfigError saying which."""
+    shown = without_credentials(url)
     for kind in STORE_KINDS:
         if kind.pattern.match(url):
             module, _, name = kind.opener.partition(":")
             try:
                 opener = getattr(importlib.import_module(module), name)
             except ImportError as exc:
-                raise ConfigError(f"store {url!r} needs a package this installation lacks: {exc.name}") from None
+                raise ConfigError(f"store {shown!r} needs a package this installation lacks: {exc.name}") from None
             return opener(url)
-    raise ConfigError(f"store URL {url!r} is not one of: " + ", ".join(k.form for k in STORE_KINDS))
+    raise ConfigError(f"store URL {shown!r} is not one of: " + ", ".join(k.form for k in STORE_KINDS))
 
 
 def _open_directory(url: str) -> ObjectStore:

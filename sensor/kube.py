@@ -2,9 +2,9 @@
 
 A background thread lists this node's pods (field selector ``spec.nodeName``), then watches from the
 list's resourceVersion; a watch that expires (410 Gone) or fails is followed by a fresh list, after a
-backoff with jitter when the API server is unreachable. Every change updates the address -> pod map
-used to enrich flows and queues a pod event (added, modified, deleted) for the next batch. Addresses
-of deleted pods stay resolvable for ``linger_s`` so the flows of their last window are still named.
+backoff with jitter when the API server is unreachable or watches do not hold. Every change updates the
+address -> pod map used to enrich flows and queues a pod event (added, modified, deleted) for the next
+batch. Addresses of deleted pods stay resolvable for ``linger_s`` so the flows of their last window are still named.
 The API server (service ``default/kubernetes`` and its endpoints) and the cluster DNS service resolve
 as ``Service`` endpoints.
 """
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from kubernetes.client import ApiClient
 
 _MAX_EVENTS = 1000  # per window; beyond it events are counted as dropped (the map stays exact)
+_WATCH_HELD_S = 10.0  # a watch that ended sooner is a failure to back off from, even without an error
 
 
 class KubeWatcher:
@@ -98,27 +99,30 @@ class KubeWatcher:
     def _run(self) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        failures = 0
+        failures = 0  # rounds since a watch last held: a list that works is not enough (RBAC without
+        # "watch", a proxy that closes the stream), or every node's sensor relists in a loop
         while not self._stop.is_set():
+            watching_since = None
+            error = ""
             try:
                 version = self._relist()
-                failures = 0
+                watching_since = time.monotonic()
                 self._follow(version)
                 self.stats["kube_watch_restarts"] += 1
             except ApiException as exc:
                 if exc.status != 410:  # 410: the watch expired; a fresh list is the cure
-                    failures += 1
-                    self._failed(f"Kubernetes API: {exc.status} {exc.reason}", failures)
+                    error = f"Kubernetes API: {exc.status} {exc.reason}"
                 else:
                     self.stats["kube_watch_restarts"] += 1
             except Exception as exc:  # noqa: BLE001 - connection errors of every kind: back off, resync
-                failures += 1
-                self._failed(f"Kubernetes API unreachable: {exc}", failures)
-
-    def _failed(self, message: str, failures: int) -> None:
-        self.stats["kube_errors"] += 1
-        self.last_error = message
-        self._stop.wait(random.uniform(0, min(30.0, 0.2 * 2**failures)))  # full jitter
+                error = f"Kubernetes API unreachable: {exc}"
+            held = watching_since is not None and time.monotonic() - watching_since >= _WATCH_HELD_S
+            failures = 0 if held and not error else failures + 1
+            if error:
+                self.stats["kube_errors"] += 1
+                self.last_error = error
+            if failures:
+                self._stop.wait(backoff_s(failures))
 
     def _relist(self) -> str:
         listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector)
@@ -207,6 +211,13 @@ class KubeWatcher:
             name = replace(api, namespace="kube-system", workload_name=svc["metadata"]["name"])
             found.update(dict.fromkeys(_service_ips(svc), name))
         return found
+
+
+def backoff_s(failures: int) -> float:
+    """Full jitter, 0.2 s doubling to 30 s. The exponent is capped: past 1,023 failures in a row (about
+    four hours of an API server that refuses watches) 2**failures no longer converts to a float, and the
+    OverflowError ended the watch thread for good, leaving enrichment frozen."""
+    return random.uniform(0, min(30.0, 0.2 * 2 ** min(failures, 8)))
 
 
 def _service_ips(service: dict[str, Any]) -> list[bytes]:

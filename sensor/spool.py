@@ -7,14 +7,21 @@ deleted directory) never leave the counters drifting. An entry that cannot be a 
 a key that is not UTF-8 or not a batch key, a name that is not ours, a directory) is moved to
 ``quarantine/`` and counted; the sensor keeps publishing. If the spool cannot be written at all (the
 directory is gone and cannot be made again, the disk is full), the message is dropped and counted.
+
+The capture loop waits while a window is published, so an outage costs it little: once the queue has
+failed, windows go straight to disk until a backoff (1 s doubling to 30 s) has passed, and then one
+try (no retries) says whether it is back. A spool that drains after an outage drains for at most
+``drain_budget_s`` a publish; the windows that arrive meanwhile wait behind it, so order is kept.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +37,9 @@ ENTRY_OVERHEAD = _KEY_LEN.size + MAX_KEY_BYTES  # an entry is key length, key, m
 _NAME = re.compile(r"\d{20}\.spool\Z")
 QUARANTINE = "quarantine"
 QUARANTINE_KEEP = 32  # the newest quarantined entries kept for a look; older ones are deleted
+OUTAGE_BACKOFF_S = (1.0, 30.0)  # after a failed try the queue is left alone this long, doubling to the cap
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,13 +63,17 @@ class _Corrupt(Exception):
 
 class SpoolingPublisher:
     def __init__(self, inner: Publisher, directory: str | os.PathLike[str], max_bytes: int = 256 << 20,
-                 attempts: int = 3, max_wait_s: float = 0.5):
+                 attempts: int = 3, max_wait_s: float = 0.5, drain_budget_s: float = 1.0,
+                 outage_backoff_s: tuple[float, float] = OUTAGE_BACKOFF_S):
         self.inner, self.limit = inner, inner.limit
         self.directory = Path(directory)
         if max_bytes < self.limit + ENTRY_OVERHEAD:
             raise ConfigError(f"spool bound {max_bytes} bytes is smaller than one message "
                               f"({self.limit} bytes and {ENTRY_OVERHEAD} for its key)")
         self.max_bytes = max_bytes
+        self.drain_budget_s, self.outage_backoff_s = drain_budget_s, outage_backoff_s
+        self._failed_tries = 0  # since the queue last took a message
+        self._retry_at = 0.0  # monotonic time before which the queue is not tried
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -78,20 +92,27 @@ class SpoolingPublisher:
 
     def publish(self, messages: list[Message]) -> None:
         """Send now if the queue is reachable and nothing waits before these; else spool them."""
-        if self.drain():
+        # drain at least one more than this publish adds, so a slow queue still empties the spool
+        if time.monotonic() >= self._retry_at and self.drain(self.drain_budget_s, at_least=len(messages) + 1):
             try:
-                self._retrying(self.inner.send, messages)
+                self._send(messages)
+                self._up()
                 self.stats.sent += len(messages)
                 return
-            except QueueUnavailable:
-                pass
+            except QueueUnavailable as exc:
+                self._down(exc)
         for m in messages:
             self._spool(m)
         self._entries()
 
-    def drain(self) -> bool:
-        """Deliver spooled messages oldest first; True once the spool is empty."""
-        for path, _size in self._entries():
+    def drain(self, budget_s: float | None = None, at_least: int = 1) -> bool:
+        """Deliver spooled messages oldest first, for at most ``budget_s`` once ``at_least`` have gone;
+        True once the spool is empty."""
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        for i, (path, _size) in enumerate(self._entries()):
+            if i >= at_least and deadline is not None and time.monotonic() >= deadline:
+                self._entries()
+                return False  # the rest next time: the capture loop is waiting
             try:
                 message = _read(path)
             except FileNotFoundError:
@@ -100,15 +121,37 @@ class SpoolingPublisher:
                 self._quarantine(path, str(exc))
                 continue
             try:
-                self._retrying(self.inner.send, [message])
-            except QueueUnavailable:
+                self._send([message])
+            except QueueUnavailable as exc:
+                self._down(exc)
                 self._entries()
                 return False
+            self._up()
             path.unlink(missing_ok=True)
             self.stats.sent += 1
             self.stats.drained += 1
         self._entries()
         return True
+
+    def _send(self, messages: list[Message]) -> None:
+        if self._failed_tries:  # the queue was down a moment ago: one try says whether it is back
+            self.inner.send(messages)
+        else:
+            self._retrying(self.inner.send, messages)
+
+    def _down(self, exc: QueueUnavailable) -> None:
+        self._failed_tries += 1
+        base, cap = self.outage_backoff_s
+        self._retry_at = time.monotonic() + min(cap, base * 2 ** (self._failed_tries - 1))
+        self._note(str(exc))
+        if self._failed_tries == 1:
+            log.warning("queue unreachable, spooling to %s: %s", self.directory, exc)
+
+    def _up(self) -> None:
+        if self._failed_tries:
+            log.warning("queue reachable again after %d failed tries; %d batches spooled to send",
+                        self._failed_tries, self.stats.depth)
+        self._failed_tries, self._retry_at = 0, 0.0
 
     def _spool(self, message: Message) -> None:
         key = message.key.encode()

@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.url_credentials import without_credentials
 
 _OPTIONS = ("creds", "nkey", "ca", "cert", "key", "tls", "replicas")
 _NAME = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -35,6 +36,11 @@ class NatsAddress:
     key: str | None = None
     tls: bool = False
     replicas: int = 1  # copies of the streams and buckets this process creates (3 in a 3-server cluster)
+
+    @property
+    def shown(self) -> str:
+        """The server as logs and errors name it: without credentials."""
+        return without_credentials(self.server)
 
     def connect_options(self) -> dict[str, Any]:
         """Keyword arguments for ``nats.connect`` (the server list, TLS context, credentials)."""
@@ -54,24 +60,25 @@ class NatsAddress:
 def parse_nats_url(url: str, what: str = "subject") -> NatsAddress:
     """Read a ``nats://`` URL; ``what`` names its path ("subject" or "bucket") for error messages."""
     parsed = urlparse(url)
+    shown = without_credentials(url)  # errors name the URL, never its password or token
     if parsed.scheme != "nats" or not parsed.hostname:
-        raise ConfigError(f"{url!r} is not nats://HOST[:PORT]/{what.upper()}")
+        raise ConfigError(f"{shown!r} is not nats://HOST[:PORT]/{what.upper()}")
     name = parsed.path.strip("/")
     if name and not _NAME.match(name):
-        raise ConfigError(f"{url!r}: {what} {name!r} must be dot-separated tokens of letters, digits, _ and -")
+        raise ConfigError(f"{shown!r}: {what} {name!r} must be dot-separated tokens of letters, digits, _ and -")
     query = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
     unknown = set(query) - set(_OPTIONS)
     if unknown:
-        raise ConfigError(f"{url!r}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(_OPTIONS)}")
+        raise ConfigError(f"{shown!r}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(_OPTIONS)}")
     values = {k: query.get(k) or os.environ.get(f"KUBESONAR_NATS_{k.upper()}") or None for k in _OPTIONS}
     for option in ("creds", "nkey", "ca", "cert", "key"):
         if values[option] and not os.path.isfile(values[option]):
-            raise ConfigError(f"{url!r}: the {option} file {values[option]} does not exist")
+            raise ConfigError(f"{shown!r}: the {option} file {values[option]} does not exist")
     netloc = parsed.netloc.rpartition("@")
     port = parsed.port or 4222
     server = f"nats://{netloc[0] + '@' if netloc[0] else ''}{parsed.hostname}:{port}"
     tls = str(values.pop("tls") or "").lower() in ("1", "true", "yes")
     replicas = str(values.pop("replicas") or "1")
     if replicas not in ("1", "2", "3", "4", "5"):
-        raise ConfigError(f"{url!r}: replicas must be 1 to 5, not {replicas!r}")
+        raise ConfigError(f"{shown!r}: replicas must be 1 to 5, not {replicas!r}")
     return NatsAddress(server, name, tls=tls, replicas=int(replicas), **values)

@@ -33,7 +33,7 @@ class NatsConnection:
                                      timeout=timeout_s * 2)
         except Exception as exc:  # refused, unreachable, bad credentials: one clear line
             self._loop.close()
-            raise ConfigError(f"cannot connect to NATS at {address.server}: {type(exc).__name__} {exc}") from None
+            raise ConfigError(f"cannot connect to NATS at {address.shown}: {type(exc).__name__} {exc}") from None
         self.js = self.nc.jetstream(timeout=timeout_s)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:

@@ -23,6 +23,7 @@ from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.identity import batch_key, split_batch_key
 from kubesonar.shared.pod_events import PodEvents
 from kubesonar.shared.signing import OVERHEAD as SIGNATURE_OVERHEAD
+from kubesonar.shared.url_credentials import without_credentials
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def queue_kind(url: str) -> QueueKind:
     for kind in QUEUE_KINDS:
         if kind.pattern.match(url):
             return kind
-    raise ConfigError(f"queue URL {url!r} is not one of: " + ", ".join(k.form for k in QUEUE_KINDS))
+    shown = without_credentials(url)
+    raise ConfigError(f"queue URL {shown!r} is not one of: " + ", ".join(k.form for k in QUEUE_KINDS))
 
 
 def parse_queue_url(url: str) -> QueueTarget:
@@ -95,8 +97,8 @@ def open_publisher(url: str) -> Publisher:
     try:
         factory = getattr(importlib.import_module(module), name)
     except ImportError as exc:
-        raise ConfigError(f"publishing to {kind.name} ({url}) needs a package this installation lacks: "
-                          f"{exc.name}; install kubesonar[sensor]") from None
+        raise ConfigError(f"publishing to {kind.name} ({without_credentials(url)}) needs a package this installation "
+                          f"lacks: {exc.name}; install kubesonar[sensor]") from None
     return factory(url)
 
 

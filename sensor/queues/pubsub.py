@@ -1,7 +1,11 @@
 """The sensor's Pub/Sub publisher. The message data is the raw batch bytes; cluster, node, sensor,
 sequence and part travel as attributes. Credentials come from Application Default Credentials: on GKE,
 Workload Identity's metadata server (no key files). PUBSUB_EMULATOR_HOST, when set, points the client
-at an emulator, as the library itself honours it."""
+at an emulator, as the library itself honours it.
+
+The capture loop waits while a window is sent: a publish gives up after :data:`_PUBLISH_TIMEOUT_S`, the
+client's own retries included (the spooling publisher retries briefly and then spools). With the
+client's 60 s a window sent to an unreachable Pub/Sub held capture for three minutes."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from kubesonar.shared.errors import ConfigError, QueueUnavailable
 from kubesonar.shared.identity import split_batch_key
 
 _TOPIC = re.compile(r"^pubsub://(projects/[^/]+/topics/[^/]+)$")
-_PUBLISH_TIMEOUT_S = 60.0
+_PUBLISH_TIMEOUT_S = 5.0
 
 
 class PubSubQueue:
@@ -28,8 +32,9 @@ class PubSubQueue:
         self._publisher = client or _publisher_client()
 
     def send(self, messages: list[Message]) -> None:
-        pending = [self._publisher.publish(self.topic, m.data, **_attributes(m)) for m in messages]
         try:
+            pending = [self._publisher.publish(self.topic, m.data, timeout=_PUBLISH_TIMEOUT_S, **_attributes(m))
+                       for m in messages]
             for future in pending:
                 future.result(timeout=_PUBLISH_TIMEOUT_S)
         except Exception as exc:

@@ -1,7 +1,11 @@
 """The sensor's SQS publisher. Message bodies are base64 (SQS bodies are text), so a batch message
 may be at most 3/4 of the queue's 256 KiB; SendMessageBatch takes up to 10 messages and 256 KiB a
 call. Credentials come from boto3's default chain: on EKS, IRSA's web-identity token
-(AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE, set by the pod identity webhook)."""
+(AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE, set by the pod identity webhook).
+
+The capture loop waits while a window is sent, so the client gives up within seconds and does not retry
+on its own: the spooling publisher retries briefly and then spools. botocore's defaults (60 s to connect,
+60 s a read, five attempts) held one send to a silent endpoint for minutes."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from kubesonar.shared.errors import QueueUnavailable
 SQS_MAX_BYTES = 262_144
 _ENTRY_OVERHEAD = 64  # message attribute bytes per entry, rounded up
 LIMIT = (SQS_MAX_BYTES - _ENTRY_OVERHEAD) * 3 // 4 - 4  # largest batch message whose base64 fits
+CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 3, 5  # SendMessageBatch answers in milliseconds; 256 KiB goes out in one
 
 
 class SqsQueue:
@@ -22,8 +27,11 @@ class SqsQueue:
     def __init__(self, url: str, client: Any = None):
         if client is None:
             import boto3
+            from botocore.config import Config
 
-            client = boto3.client("sqs", region_name=_region(url))
+            config = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S,
+                            retries={"total_max_attempts": 1})
+            client = boto3.client("sqs", region_name=_region(url), config=config)
         self._sqs, self.url = client, url
 
     def send(self, messages: list[Message]) -> None:

@@ -25,6 +25,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kube"
 class _ApiServer(BaseHTTPRequestHandler):
     lists = 0
     watches = 0
+    watch_answer = ""  # "", "forbidden" or "closed"
     requests: list = []
     closing = threading.Event()
 
@@ -59,6 +60,21 @@ class _ApiServer(BaseHTTPRequestHandler):
 
     def _watch(self, query: dict) -> None:
         type(self).watches += 1
+        if type(self).watch_answer == "forbidden":  # RBAC that grants list but not watch
+            body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
+                               "code": 403, "message": 'pods is forbidden: cannot watch resource "pods"'}).encode()
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if type(self).watch_answer == "closed":  # a proxy that ends every watch at once, no event, no error
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -79,6 +95,7 @@ class _ApiServer(BaseHTTPRequestHandler):
 @pytest.fixture
 def api_server():
     _ApiServer.lists = _ApiServer.watches = 0
+    _ApiServer.watch_answer = ""
     _ApiServer.requests = []
     _ApiServer.closing = threading.Event()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiServer)
@@ -160,3 +177,22 @@ def test_an_unreachable_api_server_is_counted_and_retried_not_fatal():
     finally:
         watcher.stop()
     assert json.dumps(watcher.counters())
+
+
+@pytest.mark.parametrize("answer", ["forbidden", "closed"])
+def test_a_watch_that_fails_or_ends_at_once_backs_off_instead_of_relisting_in_a_loop(api_server, answer):
+    """A list that works followed by a watch that does not (RBAC without "watch", a proxy closing the
+    stream) must not become a loop of full relists: on a large cluster every node's sensor would do it."""
+    _ApiServer.watch_answer = answer
+    watcher = KubeWatcher(_client(api_server), "node-1")
+    watcher.start()
+    try:
+        assert watcher.wait_synced(10)
+        time.sleep(4.0)
+    finally:
+        watcher.stop()
+    # backoff with full jitter, 0.2 s doubling: about 5 lists in 4 s, 10 only by a rare run of short draws
+    assert 2 <= _ApiServer.lists <= 10, _ApiServer.lists
+    assert _names(watcher, "10.244.1.11") == ["shop/Deployment/frontend"]  # the listed pods still resolve
+    if answer == "forbidden":
+        assert watcher.stats["kube_errors"] >= 2 and "403" in watcher.last_error

@@ -73,6 +73,23 @@ def test_without_a_stream_a_send_is_unavailable_and_says_what_to_start(nats):  #
         publisher.close()
 
 
+def test_a_server_down_from_the_start_fails_a_send_at_once_and_quietly(caplog):
+    """nats-py retries a first connection forever: a sensor started while NATS was down waited out the
+    send's whole timeout every window, logging a traceback a second."""
+    from nats_server import free_port
+
+    publisher = open_publisher(f"nats://127.0.0.1:{free_port()}/{SUBJECT}")  # nothing listens there
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            with pytest.raises(QueueUnavailable, match="Connect call failed"):
+                publisher.send([Message("s/0/0", b"x")])
+            assert time.monotonic() - started < 3
+    finally:
+        publisher.close()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("nats")] == []
+
+
 def test_a_server_restart_is_spooled_and_drained_with_nothing_lost(nats, tmp_path):  # noqa: F811
     url = f"{nats.url}/{SUBJECT}"
     _create_stream(nats.url)
@@ -132,3 +149,30 @@ def test_a_refused_send_leaves_no_reference_cycle(nats):  # noqa: F811
         assert cyclic_garbage_after(refused) == []
     finally:
         publisher.close()
+
+
+def test_the_sensor_never_logs_the_password_in_its_queue_url(tmp_path):
+    """The start-up line, the outage warning and the errors name the server without its credentials."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from nats_server import free_port
+
+    kubesonar = str(Path(sys.executable).with_name("kubesonar"))  # this environment's command
+
+    url = f"nats://sensor:s3cret-pw@127.0.0.1:{free_port()}/{SUBJECT}"  # nothing listens there
+    result = subprocess.run([kubesonar, "sensor", "-i", "lo", "--queue", url, "--spool", str(tmp_path / "spool"),
+                             "--window", "0.5", "--duration", "2"], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "NODE_NAME": "node-1"})
+    assert result.returncode == 0, result.stderr
+    assert "publishing to nats://***@127.0.0.1" in result.stderr
+    assert "queue unreachable" in result.stderr and "Connect call failed" in result.stderr
+    assert "s3cret-pw" not in result.stderr + result.stdout
+    with pytest.raises(QueueUnavailable) as raised:
+        open_publisher(url).send([Message("s/0/0", b"x")])
+    assert "s3cret-pw" not in str(raised.value) and "***@127.0.0.1" in str(raised.value)
+    with pytest.raises(ConfigError) as refused:
+        open_publisher(url.replace(SUBJECT, "bad subject"))
+    assert "s3cret-pw" not in str(refused.value)

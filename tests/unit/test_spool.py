@@ -3,13 +3,15 @@ order, and the spool never holds more than its bound. Beyond the bound the oldes
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from kubesonar.functions.local.backend import LocalBackend
 from kubesonar.sensor.queues import Message, open_publisher, parse_queue_url, window_messages
 from kubesonar.sensor.queues.directory import DirectoryQueue
-from kubesonar.sensor.spool import SpoolingPublisher
+from kubesonar.sensor.spool import OUTAGE_BACKOFF_S, SpoolingPublisher
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.flow import FlowRecords
@@ -39,8 +41,9 @@ def test_an_outage_mid_stream_loses_nothing_and_the_spool_stays_in_bound(tmp_pat
     queue_dir = tmp_path / "queue"
     queue_dir.mkdir()
     bound = 64 << 10
+    # no outage backoff: the queue is tried again at every window, so it is used as soon as it is back
     publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", max_bytes=bound, attempts=2,
-                                  max_wait_s=0.01)
+                                  max_wait_s=0.01, outage_backoff_s=(0.0, 0.0))
     sent = []
     for sequence in range(30):
         if sequence == 8:
@@ -81,6 +84,84 @@ def test_beyond_the_bound_the_oldest_are_dropped_and_counted(tmp_path):
     assert {m.file_name for m in newest} <= delivered  # the newest survive
     assert windows[0][0].file_name not in delivered  # the oldest went first
     assert len(delivered) + publisher.stats.dropped == sum(len(w) for w in windows)
+
+
+def _one_part(sequence: int) -> list[Message]:
+    header = BatchHeader("c", "node-1", "node-1/abc", sequence, 0, 1, counters={"packets": sequence})
+    return window_messages(header, FlowRecords.empty(4), limit=8192)
+
+
+def test_an_outage_is_tried_once_then_windows_go_to_disk_until_the_backoff_passes(tmp_path):
+    """A window published while the queue is down waits (retries, timeouts) in the capture loop: during an
+    outage only the first window and then one try a backoff pays that, not every window."""
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    tries = []
+
+    class Counted(DirectoryQueue):
+        def send(self, messages):
+            tries.append(len(messages))
+            super().send(messages)
+
+    publisher = SpoolingPublisher(Counted(queue_dir, limit=8192), tmp_path / "spool", attempts=3, max_wait_s=0.01)
+    _break(queue_dir)
+    for sequence in range(10):
+        publisher.publish(_one_part(sequence))
+    assert len(tries) == 3 and publisher.stats.retries == 2  # the first window's three attempts, then none
+    assert publisher.stats.spooled == 10 and "Not a directory" in publisher.errors[-1]
+    _mend(queue_dir)
+    time.sleep(OUTAGE_BACKOFF_S[0] * 1.05)  # past the first backoff: one try finds the queue back
+    publisher.publish(_one_part(10))
+    assert publisher.stats.depth == 0 and publisher.stats.drained == 10 and publisher.stats.sent == 11
+    assert len(list(queue_dir.glob("*.ksfb"))) == 11
+
+
+def test_the_backoff_grows_while_the_queue_stays_down(tmp_path):
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    tries = []
+
+    class Counted(DirectoryQueue):
+        def send(self, messages):
+            tries.append(time.monotonic())
+            super().send(messages)
+
+    publisher = SpoolingPublisher(Counted(queue_dir, limit=8192), tmp_path / "spool", attempts=3, max_wait_s=0.01,
+                                  outage_backoff_s=(0.05, 0.4))
+    _break(queue_dir)
+    end = time.monotonic() + 1.0
+    sequence = 0
+    while time.monotonic() < end:  # a window every 10 ms for a second
+        publisher.publish(_one_part(sequence))
+        sequence += 1
+        time.sleep(0.01)
+    # three attempts, then single tries 0.05, 0.1, 0.2, 0.4 s apart: not three every 0.05 s
+    assert 5 <= len(tries) <= 8, len(tries)
+    assert publisher.stats.spooled == sequence and publisher.stats.dropped == 0
+
+
+def test_a_spool_drains_a_little_each_window_in_order(tmp_path):
+    """After a long outage the capture loop does not wait for the whole spool: each publish drains for its
+    budget (and always one message more than it adds, so the spool empties), newer windows wait behind."""
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1,
+                                  drain_budget_s=0.0, outage_backoff_s=(0.0, 0.0))
+    _break(queue_dir)
+    for sequence in range(40):
+        publisher.publish(_one_part(sequence))
+    assert publisher.stats.depth == 40
+    _mend(queue_dir)
+    publisher.publish(_one_part(40))
+    assert publisher.stats.depth == 39  # two went, the new window waits behind the rest
+    publishes = 1
+    while publisher.stats.depth:
+        publisher.publish(_one_part(40 + publishes))
+        publishes += 1
+    assert publishes <= 41 and publisher.stats.sent == 40 + publishes
+    delivered = sorted(queue_dir.glob("*.ksfb"), key=lambda p: p.stat().st_mtime_ns)
+    sequences = [int(p.stem.rsplit("-", 2)[1]) for p in delivered]
+    assert sequences == sorted(sequences) == list(range(40 + publishes))  # oldest first, none twice
 
 
 def test_a_restarted_sensor_resumes_its_spool(tmp_path):

@@ -1,0 +1,111 @@
+"""The sensor's publishers against a queue that answers slowly or not at all. The capture loop waits
+while a window is sent, so a send must fail within seconds (the spool takes the batch), never after the
+SDK's own minutes of timeouts and retries: meanwhile the ring overflows, and a pod told to stop is killed
+before its last window is spooled."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from kubesonar.sensor.queues import Message, window_messages
+from kubesonar.sensor.queues.sqs import LIMIT, SqsQueue
+from kubesonar.shared.batch import BatchHeader
+from kubesonar.shared.errors import QueueUnavailable
+from kubesonar.shared.flow import FlowRecords
+
+from aws_emulator import CREDENTIALS, aws_endpoint, client  # noqa: F401 - the fixture
+
+SEND_BOUND_S = 12.0  # what one send may cost the capture loop, at most
+
+
+@contextmanager
+def silent_endpoint() -> Iterator[str]:
+    """A TCP port on 127.0.0.1 that accepts connections (the kernel's backlog) and never answers: a queue
+    endpoint behind a dead load balancer, a black-holed route."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _messages(sequence: int = 0) -> list[Message]:
+    header = BatchHeader("prod", "node-1", "node-1/18ebe3a3", sequence, 0, 1, counters={"packets": 1})
+    return window_messages(header, FlowRecords.empty(3), LIMIT)
+
+
+def _send_within(send, bound_s: float) -> tuple[bool, BaseException | None]:
+    """(whether ``send`` ended within ``bound_s``, what it raised)."""
+    raised: list[BaseException | None] = [None]
+
+    def run() -> None:
+        try:
+            send()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            raised[0] = exc
+
+    thread = threading.Thread(target=run, daemon=True)  # left behind if it hangs: the test has failed then
+    thread.start()
+    thread.join(bound_s)
+    return not thread.is_alive(), raised[0]
+
+
+def test_a_silent_sqs_endpoint_fails_the_send_within_seconds(monkeypatch):
+    with silent_endpoint() as endpoint:
+        for k, v in CREDENTIALS.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        queue = SqsQueue(f"{endpoint}/123456789012/flows")  # the client the sensor builds for itself
+        started = time.monotonic()
+        ended, raised = _send_within(lambda: queue.send(_messages()), SEND_BOUND_S)
+        assert ended, f"the send still waited after {SEND_BOUND_S} s"
+        assert isinstance(raised, QueueUnavailable), raised
+        assert time.monotonic() - started < SEND_BOUND_S
+
+
+def test_the_sensor_built_client_still_delivers(aws_endpoint, monkeypatch):  # noqa: F811
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_endpoint)
+    sqs = client("sqs", aws_endpoint)
+    url = sqs.create_queue(QueueName=f"flows-{uuid.uuid4().hex[:10]}")["QueueUrl"]
+    SqsQueue(url).send(_messages(7))
+    got = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"])["Messages"]
+    assert [m["MessageAttributes"]["key"]["StringValue"] for m in got] == ["node-1/18ebe3a3/7/0"]
+
+
+
+def test_an_unreachable_pubsub_fails_the_send_within_seconds(monkeypatch):
+    from gcp_emulator import PROJECT, free_port
+
+    from kubesonar.sensor.queues.pubsub import PubSubQueue
+
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there
+    queue = PubSubQueue(f"pubsub://projects/{PROJECT}/topics/flows")
+    header = BatchHeader("prod", "node-7", "node-7/abc", 1, 0, 1)
+    messages = window_messages(header, FlowRecords.empty(), PubSubQueue.limit)
+    ended, raised = _send_within(lambda: queue.send(messages), SEND_BOUND_S)
+    assert ended, f"the send still waited after {SEND_BOUND_S} s"
+    assert isinstance(raised, QueueUnavailable), raised
+
+
+def test_a_silent_queue_holds_up_one_window_then_windows_go_straight_to_the_spool(tmp_path, monkeypatch):
+    """What the capture loop waits per window while SQS is black-holed: the first window's tries, then
+    nothing until the outage backoff has passed."""
+    from kubesonar.sensor.spool import SpoolingPublisher
+
+    with silent_endpoint() as endpoint:
+        for k, v in CREDENTIALS.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+        publisher = SpoolingPublisher(SqsQueue(f"{endpoint}/123456789012/flows"), tmp_path / "spool")
+        waited = []
+        for sequence in range(4):
+            started = time.monotonic()
+            ended, raised = _send_within(lambda s=sequence: publisher.publish(_messages(s)), 3 * SEND_BOUND_S)
+            assert ended and raised is None, raised
+            waited.append(time.monotonic() - started)
+        assert publisher.stats.spooled == 4 and publisher.stats.sent == 0
+        assert all(w < 0.5 for w in waited[1:]), waited
