@@ -5,7 +5,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from contract.object_store import ObjectStoreContract, assert_every_call_is_a_store_error, unreachable_port
+from botocore.exceptions import ReadTimeoutError
+from contract.object_store import (
+    ObjectStoreContract,
+    assert_every_call_is_a_store_error,
+    first_answer_lost_on,
+    unreachable_port,
+)
 
 from kubesonar.functions.aws.store import S3ObjectStore
 
@@ -19,6 +25,13 @@ class TestS3ObjectStore(ObjectStoreContract):
         bucket = f"kubesonar-state-{uuid.uuid4().hex[:12]}"
         s3.create_bucket(Bucket=bucket)
         return S3ObjectStore(s3, bucket)
+
+    @pytest.fixture
+    def first_answer_lost(self, store):
+        """botocore retries a PUT that timed out (standard and legacy modes alike); its requests go through
+        the endpoint's http_session."""
+        return lambda: first_answer_lost_on(store._s3._endpoint.http_session, "send",
+                                            ReadTimeoutError(endpoint_url="after the upload landed"))
 
 
 def test_an_s3_that_cannot_be_reached_is_a_store_error():

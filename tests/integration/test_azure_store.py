@@ -5,7 +5,13 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from contract.object_store import ObjectStoreContract, assert_every_call_is_a_store_error, unreachable_port
+from azure.core.exceptions import ServiceResponseError
+from contract.object_store import (
+    ObjectStoreContract,
+    assert_every_call_is_a_store_error,
+    first_answer_lost_on,
+    unreachable_port,
+)
 
 from kubesonar.functions.azure.store import BlobObjectStore
 from kubesonar.shared.errors import StoreError
@@ -17,6 +23,13 @@ class TestBlobObjectStore(ObjectStoreContract):
     @pytest.fixture
     def store(self, azurite):  # noqa: F811
         return BlobObjectStore(new_container(azurite, f"state-{uuid.uuid4().hex[:12]}"))
+
+    @pytest.fixture
+    def first_answer_lost(self, store):
+        """azure-storage-blob's retry policy retries a PUT whose answer was lost (ServiceResponseError); its
+        requests go through the pipeline's transport, under the storage SDK's wrapper."""
+        return lambda: first_answer_lost_on(store._container._pipeline._transport._transport, "send",
+                                            ServiceResponseError("read timed out after the upload landed"))
 
 
 def test_the_conditions_are_blob_storages_own(azurite):  # noqa: F811
