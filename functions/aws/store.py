@@ -1,5 +1,9 @@
 """S3 as the core's object store: conditional writes are S3's own (If-None-Match: * to create,
-If-Match on the ETag to replace), so concurrent Lambda invocations never lose an update."""
+If-Match on the ETag to replace), so concurrent Lambda invocations never lose an update.
+
+botocore retries a PUT whose answer was lost (a read timeout, a closed connection, a 500/502/503/504; its
+standard and legacy retry modes alike, for every operation), so a failed condition is checked by reading
+the object's metadata back (shared/write_token.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import StoredObject, check_key
+from kubesonar.shared.write_token import Current, WriteToken
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -35,16 +40,30 @@ class S3ObjectStore:
 
     def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
         condition = {"IfNoneMatch": "*"} if create_only else {"IfMatch": if_version} if if_version else {}
+        token = WriteToken()
         try:
             response = self._s3.put_object(Bucket=self.bucket, Key=self.prefix + check_key(key), Body=data,
-                                           ContentType="application/json", **condition)
+                                           ContentType="application/json", Metadata=token.metadata, **condition)
         except ClientError as exc:
-            if _code(exc) in _CONFLICT_CODES or (if_version and _code(exc) in ("NoSuchKey", "404")):
-                raise VersionConflict(f"{key}: changed since it was read") from None
+            if _code(exc) in _CONFLICT_CODES:
+                return token.landed_or_conflict(key, lambda: self._current(key))
+            if if_version and _code(exc) in ("NoSuchKey", "404"):
+                raise VersionConflict(f"{key}: gone since it was read") from None
             raise _store_error("write", key, exc) from None
         except BotoCoreError as exc:
             raise _store_error("write", key, exc) from None
         return response["ETag"]
+
+    def _current(self, key: str) -> Current:
+        try:
+            head = self._s3.head_object(Bucket=self.bucket, Key=self.prefix + key)
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404"):
+                return None
+            raise _store_error("read back", key, exc) from None
+        except BotoCoreError as exc:
+            raise _store_error("read back", key, exc) from None
+        return head.get("Metadata"), head["ETag"]
 
     def list(self, prefix: str) -> Iterator[str]:
         paginator = self._s3.get_paginator("list_objects_v2")

@@ -1,5 +1,10 @@
 """Blob Storage as the core's object store: conditional writes are Blob Storage's ETags (If-None-Match: *
-to create, If-Match on the ETag to replace), so concurrent invocations never lose an update."""
+to create, If-Match on the ETag to replace), so concurrent invocations never lose an update.
+
+azure-storage-blob's retry policy (ExponentialRetry, not azure-core's RetryPolicy) retries a PUT whose
+answer was lost (ServiceResponseError: a read timeout, a reset connection) or that met a 408 or a 5xx
+other than 501/505, so a failed condition is checked by reading the blob's metadata back
+(shared/write_token.py)."""
 
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from azure.storage.blob import ContentSettings
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import StoredObject, check_key
+from kubesonar.shared.write_token import Current, WriteToken
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -41,11 +47,13 @@ class BlobObjectStore:
     def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
         name = self.prefix + check_key(key)
         condition = {"etag": if_version, "match_condition": MatchConditions.IfNotModified} if if_version else {}
+        token = WriteToken()
         try:
             result = self._container.get_blob_client(name).upload_blob(data, overwrite=not create_only,
-                                                                       content_settings=_JSON, **condition)
+                                                                       content_settings=_JSON,
+                                                                       metadata=token.metadata, **condition)
         except (ResourceExistsError, ResourceModifiedError):
-            raise VersionConflict(f"{key}: changed since it was read") from None
+            return token.landed_or_conflict(key, lambda: self._current(key))
         except ResourceNotFoundError as exc:
             if if_version and exc.error_code == "BlobNotFound":  # deleted since read: that version is gone
                 raise VersionConflict(f"{key}: gone since it was read") from None
@@ -53,6 +61,15 @@ class BlobObjectStore:
         except AzureError as exc:
             raise _store_error("write", key, exc) from None
         return result["etag"]
+
+    def _current(self, key: str) -> Current:
+        try:
+            properties = self._container.get_blob_client(self.prefix + key).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        except AzureError as exc:
+            raise _store_error("read back", key, exc) from None
+        return properties.metadata, properties.etag
 
     def list(self, prefix: str) -> Iterator[str]:
         try:

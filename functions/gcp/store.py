@@ -1,15 +1,13 @@
 """Cloud Storage as the core's object store: compare-and-swap on object generations
 (ifGenerationMatch=0 to create, =<generation> to replace), so concurrent invocations never lose an update.
 
-The client library retries an upload only when it carries a precondition; so a create whose first
-attempt landed but whose answer was lost comes back as 412 on the retry. A 412 on a create or a replace
-is therefore checked by reading the object back: every write carries a token of its own in the object's
-metadata, and our token means we won. (Equal bytes would not do: two writers often create the same document.)
+The client library retries an upload whose answer was lost (2.x only one with a precondition, 3.x every
+one); so a create or a replace whose first attempt landed comes back as 412 on the retry, which is
+checked by reading the object's metadata back (shared/write_token.py).
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,8 +17,8 @@ from google.api_core import exceptions as gexc
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import StoredObject, check_key
+from kubesonar.shared.write_token import Current, WriteToken
 
-_TOKEN = "kubesonar-write"
 # GCS not reached, or its answer cut: google-cloud-storage 2.x raises the transport's own errors once its
 # retries are spent (3.x wraps them in RetryError, a GoogleAPIError)
 _FAILED = (gexc.GoogleAPIError, requests.RequestException, google.auth.exceptions.TransportError)
@@ -41,28 +39,26 @@ class GcsObjectStore:
         return StoredObject(data, str(blob.generation))
 
     def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
-        blob = self._bucket.blob(self.prefix + check_key(key))
-        blob.metadata = {_TOKEN: uuid.uuid4().hex}
+        blob, token = self._bucket.blob(self.prefix + check_key(key)), WriteToken()
+        blob.metadata = token.metadata
         condition = {"if_generation_match": 0} if create_only else (
             {"if_generation_match": int(if_version)} if if_version else {})
         try:
             blob.upload_from_string(data, content_type="application/json", **condition)
         except gexc.PreconditionFailed:
-            if (create_only or if_version) and (landed := self._written_by(blob)) is not None:
-                return landed  # our own first attempt landed; its answer was lost
-            raise VersionConflict(f"{key}: changed since it was read") from None
+            if not (create_only or if_version):
+                raise VersionConflict(f"{key}: changed since it was read") from None
+            return token.landed_or_conflict(key, lambda: self._current(blob.name))
         except (*_FAILED, ValueError) as exc:
             raise StoreError(f"GCS could not write {key!r}: {exc}") from None
         return str(blob.generation)
 
-    def _written_by(self, blob: Any) -> str | None:
-        """The generation of the object if this very write (its token) made it, else None."""
+    def _current(self, name: str) -> Current:
         try:
-            current = self._bucket.get_blob(blob.name)
+            current = self._bucket.get_blob(name)
         except _FAILED as exc:
-            raise StoreError(f"GCS could not read {blob.name!r} back after a 412: {exc}") from None
-        mine = current is not None and (current.metadata or {}).get(_TOKEN) == blob.metadata[_TOKEN]
-        return str(current.generation) if mine else None
+            raise StoreError(f"GCS could not read {name!r} back after a 412: {exc}") from None
+        return None if current is None else (current.metadata, str(current.generation))
 
     def list(self, prefix: str) -> Iterator[str]:
         try:
