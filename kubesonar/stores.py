@@ -4,7 +4,9 @@ Each kind is one entry of :data:`STORE_KINDS`: its URL form and the function tha
 only when used. A plain path or ``file://DIR`` is the embedded default (a local directory);
 ``s3://BUCKET[/PREFIX]`` is S3, ``az://ACCOUNT/CONTAINER[/PREFIX]`` Blob Storage, ``gs://BUCKET[/PREFIX]``
 Cloud Storage, and each new backend (``nats://``) adds one entry.
-Credentials come from each SDK's default chain.
+Credentials come from each SDK's default chain. KUBESONAR_STORE_RETRY_S (seconds, default
+:data:`~kubesonar.shared.ports.STORE_RETRY_S`) bounds how long a Cloud Storage or Blob Storage call keeps
+retrying before it fails; botocore's own 3 attempts bound S3's.
 """
 
 from __future__ import annotations
@@ -54,6 +56,15 @@ def open_store(url: str) -> ObjectStore:
     raise ConfigError(f"store URL {url!r} is not one of: " + ", ".join(k.form for k in STORE_KINDS))
 
 
+def _retry_s() -> float:
+    import os
+
+    from kubesonar.shared.env_numbers import seconds_setting
+    from kubesonar.shared.ports import STORE_RETRY_S
+
+    return seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S)
+
+
 def _open_directory(url: str) -> ObjectStore:
     from pathlib import Path
 
@@ -84,18 +95,19 @@ def _open_blob(url: str) -> ObjectStore:
 
     from azure.storage.blob import BlobServiceClient
 
-    from kubesonar.functions.azure.store import BlobObjectStore
+    from kubesonar.functions.azure.store import BlobObjectStore, retry_within
 
     parsed = urlparse(url)
     container, _, prefix = parsed.path.strip("/").partition("/")
     connection_string = os.environ.get("KUBESONAR_STORAGE_CONNECTION_STRING")
+    retry = retry_within(_retry_s())
     if connection_string:
-        service = BlobServiceClient.from_connection_string(connection_string)
+        service = BlobServiceClient.from_connection_string(connection_string, retry_policy=retry)
     else:
         from azure.identity import DefaultAzureCredential
 
         service = BlobServiceClient(f"https://{parsed.netloc}.blob.core.windows.net",
-                                    credential=DefaultAzureCredential())
+                                    credential=DefaultAzureCredential(), retry_policy=retry)
     prefix = prefix.strip("/")
     return BlobObjectStore(service.get_container_client(container), prefix + "/" if prefix else "")
 
@@ -107,4 +119,4 @@ def _open_gcs(url: str) -> ObjectStore:
 
     parsed = urlparse(url)
     prefix = parsed.path.strip("/")
-    return GcsObjectStore(storage.Client(), parsed.netloc, prefix + "/" if prefix else "")
+    return GcsObjectStore(storage.Client(), parsed.netloc, prefix + "/" if prefix else "", retry_s=_retry_s())

@@ -17,6 +17,11 @@ from kubesonar.shared.errors import StoreError
 
 _KEY = re.compile(r"^[A-Za-z0-9._=@+-]+(/[A-Za-z0-9._=@+-]+)*$")
 
+# How long a cloud store's SDK may keep retrying one call before the store gives up with StoreError
+# (KUBESONAR_STORE_RETRY_S): google-cloud-storage's and azure-storage-blob's own defaults took 75 s and
+# 82 s to fail on a refused port, too long for a CLI command or a function invocation.
+STORE_RETRY_S = 20.0
+
 
 @dataclass(frozen=True)
 class StoredObject:

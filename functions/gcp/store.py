@@ -14,9 +14,10 @@ from typing import Any
 import google.auth.exceptions
 import requests
 from google.api_core import exceptions as gexc
+from google.cloud.storage.retry import DEFAULT_RETRY
 
 from kubesonar.shared.errors import StoreError, VersionConflict
-from kubesonar.shared.ports import StoredObject, check_key
+from kubesonar.shared.ports import STORE_RETRY_S, StoredObject, check_key
 from kubesonar.shared.write_token import Current, WriteToken
 
 # GCS not reached, or its answer cut: google-cloud-storage 2.x raises the transport's own errors once its
@@ -25,13 +26,15 @@ _FAILED = (gexc.GoogleAPIError, requests.RequestException, google.auth.exception
 
 
 class GcsObjectStore:
-    def __init__(self, client: Any, bucket: str, prefix: str = ""):
+    def __init__(self, client: Any, bucket: str, prefix: str = "", retry_s: float = STORE_RETRY_S):
         self._bucket, self.bucket, self.prefix = client.bucket(bucket), bucket, prefix
+        # the library's own retries run to a 120 s timeout (75 s measured on a refused port)
+        self._retry = DEFAULT_RETRY.with_timeout(retry_s)
 
     def get(self, key: str) -> StoredObject | None:
         blob = self._bucket.blob(self.prefix + check_key(key))
         try:
-            data = blob.download_as_bytes()  # one request; the generation comes back in its headers
+            data = blob.download_as_bytes(retry=self._retry)  # one request; the generation comes back in its headers
         except gexc.NotFound:
             return None
         except _FAILED as exc:
@@ -44,7 +47,7 @@ class GcsObjectStore:
         condition = {"if_generation_match": 0} if create_only else (
             {"if_generation_match": int(if_version)} if if_version else {})
         try:
-            blob.upload_from_string(data, content_type="application/json", **condition)
+            blob.upload_from_string(data, content_type="application/json", retry=self._retry, **condition)
         except gexc.PreconditionFailed:
             if not (create_only or if_version):
                 raise VersionConflict(f"{key}: changed since it was read") from None
@@ -55,14 +58,15 @@ class GcsObjectStore:
 
     def _current(self, name: str) -> Current:
         try:
-            current = self._bucket.get_blob(name)
+            current = self._bucket.get_blob(name, retry=self._retry)
         except _FAILED as exc:
             raise StoreError(f"GCS could not read {name!r} back after a 412: {exc}") from None
         return None if current is None else (current.metadata, str(current.generation))
 
     def list(self, prefix: str) -> Iterator[str]:
         try:
-            for blob in self._bucket.client.list_blobs(self.bucket, prefix=self.prefix + prefix):
+            for blob in self._bucket.client.list_blobs(self.bucket, prefix=self.prefix + prefix,
+                                                         retry=self._retry):
                 yield blob.name[len(self.prefix):]
         except _FAILED as exc:
             raise StoreError(f"GCS could not list {prefix!r}: {exc}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -14,6 +15,7 @@ from contract.object_store import (
 )
 
 from kubesonar.functions.aws.store import S3ObjectStore
+from kubesonar.shared.errors import StoreError
 
 from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
 
@@ -45,3 +47,16 @@ def test_an_s3_that_cannot_be_reached_is_a_store_error():
                       aws_secret_access_key="testing", config=botocore.config.Config(retries={"max_attempts": 1}))
     store = S3ObjectStore(s3, "kubesonar-state")
     assert_every_call_is_a_store_error(store, "S3 could not")
+
+
+def test_an_s3_that_cannot_be_reached_fails_within_botocores_attempts():
+    """botocore bounds its own retries (standard mode: 3 attempts, backoff under 1 s then 2 s): an S3 store
+    on a default client fails fast, so it needs no KUBESONAR_STORE_RETRY_S (0.1 s measured)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{unreachable_port()}", region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="S3 could not"):
+        S3ObjectStore(s3, "kubesonar-state").put("state/c/doc.json", b"{}", create_only=True)
+    assert time.monotonic() - started < 5

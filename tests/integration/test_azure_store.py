@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -65,6 +66,36 @@ def test_a_blob_storage_that_cannot_be_reached_is_a_store_error():
         f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};", retry_total=0)
     store = BlobObjectStore(service.get_container_client("kubesonar-state"))
     assert_every_call_is_a_store_error(store, "Blob Storage could not", version='"0x1"')
+
+
+def test_a_blob_storage_that_cannot_be_reached_fails_within_the_retry_setting(monkeypatch):
+    """azure-storage-blob's own retries (15 + 3**n s, 3 retries) ran 82 s on a refused port before
+    the StoreError: too long for a CLI command or a function invocation. KUBESONAR_STORE_RETRY_S bounds them."""
+    from kubesonar.stores import open_store
+
+    from azure_emulator import ACCOUNT, ACCOUNT_KEY
+
+    monkeypatch.setenv("KUBESONAR_STORAGE_CONNECTION_STRING", (
+        f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+        f"BlobEndpoint=http://127.0.0.1:{unreachable_port()}/{ACCOUNT};"))
+    monkeypatch.setenv("KUBESONAR_STORE_RETRY_S", "3")
+    store = open_store(f"az://{ACCOUNT}/kubesonar-state")
+    for call in (lambda: store.get("state/c/doc.json"), lambda: store.put("state/c/doc.json", b"{}", create_only=True)):
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="Blob Storage could not"):
+            call()
+        assert time.monotonic() - started < 3 + 2
+
+
+def test_retries_fit_the_setting_jitter_included():
+    from kubesonar.functions.azure.store import retry_within
+
+    for retry_s in (0, 1, 2, 6, 20, 60):
+        policy = retry_within(retry_s)
+        worst = [policy.initial_backoff + policy.increment_base ** n + policy.random_jitter_range
+                 for n in range(1, policy.total_retries + 1)]
+        assert sum(worst) <= retry_s
+    assert retry_within(0).total_retries == 0 and retry_within(20).total_retries == 4
 
 
 def test_az_store_urls_open_blob_storage(azurite, monkeypatch):  # noqa: F811

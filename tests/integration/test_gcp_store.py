@@ -3,6 +3,7 @@ API; and the emulator is shown to enforce the generation preconditions the store
 
 from __future__ import annotations
 
+import time
 import uuid
 
 import pytest
@@ -17,6 +18,7 @@ from gcp_emulator import gcp_emulators, storage_client  # noqa: F401 - the fixtu
 from google.api_core.exceptions import PreconditionFailed
 
 from kubesonar.functions.gcp.store import GcsObjectStore
+from kubesonar.shared.errors import StoreError
 
 
 @pytest.fixture
@@ -67,21 +69,33 @@ def test_a_gs_url_opens_the_bucket_under_its_prefix(bucket):
     assert list(store.list("state/")) == ["state/c/doc.json"]
 
 
-def test_a_gcs_that_cannot_be_reached_is_a_store_error(monkeypatch):
+def test_a_gcs_that_cannot_be_reached_is_a_store_error():
     """The port's contract, as the S3 store's: the core tells a failed store (StoreError) from a bug.
     google-cloud-storage 2.x (which the >=2.16 requirement allows) raises requests' own ConnectionError once
-    its retries are spent, on a read as on a write; 3.x wraps it in RetryError. The library's retries
-    (120 s) are cut to 1 s here: its timeout in 3.x, its deadline in 2.x."""
+    its retries are spent, on a read as on a write; 3.x wraps it in RetryError. The store's retries are
+    cut to 1 s here."""
 
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
 
     url = f"http://127.0.0.1:{unreachable_port()}"
-    monkeypatch.setattr(DEFAULT_RETRY, "_timeout", 1.0)
-    monkeypatch.setattr(DEFAULT_RETRY, "_deadline", 1.0)
     client = storage.Client(project="kubesonar-test", credentials=AnonymousCredentials(),
                             client_options={"api_endpoint": url})
-    store = GcsObjectStore(client, "kubesonar-state")
+    store = GcsObjectStore(client, "kubesonar-state", retry_s=1)
     assert_every_call_is_a_store_error(store, "GCS could not", version="7")
+
+
+def test_a_gcs_that_cannot_be_reached_fails_within_the_retry_setting(monkeypatch):
+    """The library's own retries ran 75 s (to its 120 s timeout) on a refused port before the StoreError:
+    too long for a CLI command or a function invocation. KUBESONAR_STORE_RETRY_S bounds them."""
+    from kubesonar.stores import open_store
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{unreachable_port()}")
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "kubesonar-test")
+    monkeypatch.setenv("KUBESONAR_STORE_RETRY_S", "3")
+    store = open_store("gs://kubesonar-state")
+    for call in (lambda: store.get("state/c/doc.json"), lambda: store.put("state/c/doc.json", b"{}", create_only=True)):
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="GCS could not"):
+            call()
+        assert time.monotonic() - started < 3 + 2  # an attempt may start just before the 3 s are up
