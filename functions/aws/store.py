@@ -1,9 +1,11 @@
 """S3 as the core's object store: conditional writes are S3's own (If-None-Match: * to create,
 If-Match on the ETag to replace), so concurrent Lambda invocations never lose an update.
 
-botocore retries a PUT whose answer was lost (a read timeout, a closed connection, a 500/502/503/504; its
-standard and legacy retry modes alike, for every operation), so a failed condition is checked by reading
-the object's metadata back (shared/write_token.py)."""
+botocore retries any operation, a conditional PUT included, whose answer was lost: standard mode
+(retries/standard.py TransientRetryableChecker: ReadTimeoutError, ConnectionClosedError and the rest of its
+ConnectionError family, 500/502/503/504, RequestTimeout) and legacy mode (data/_retry.json: the same
+socket errors and 5xx) alike. So a failed condition is checked by reading the object's metadata back
+(shared/write_token.py)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
 """Blob Storage as the core's object store: conditional writes are Blob Storage's ETags (If-None-Match: *
 to create, If-Match on the ETag to replace), so concurrent invocations never lose an update.
 
-azure-storage-blob's retry policy (ExponentialRetry, not azure-core's RetryPolicy) retries a PUT whose
-answer was lost (ServiceResponseError: a read timeout, a reset connection) or that met a 408 or a 5xx
-other than 501/505, so a failed condition is checked by reading the blob's metadata back
-(shared/write_token.py)."""
+azure-storage-blob retries with its own policy (_shared/policies.py StorageRetryPolicy, ExponentialRetry
+by default; azure-core's RetryPolicy is not in its pipeline), for any method, PUT included: after
+ServiceResponseError (the request went out, its answer was lost: a read timeout, a reset connection),
+ServiceRequestError, 408, and 5xx but 501/505. So a failed condition is checked by reading the blob's
+metadata back (shared/write_token.py)."""
 
 from __future__ import annotations
 

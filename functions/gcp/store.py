@@ -1,9 +1,11 @@
 """Cloud Storage as the core's object store: compare-and-swap on object generations
 (ifGenerationMatch=0 to create, =<generation> to replace), so concurrent invocations never lose an update.
 
-The client library retries an upload whose answer was lost (2.x only one with a precondition, 3.x every
-one); so a create or a replace whose first attempt landed comes back as 412 on the retry, which is
-checked by reading the object's metadata back (shared/write_token.py).
+Every call goes with the library's DEFAULT_RETRY (its predicate: connection errors, timeouts, 408,
+429, 500/502/503/504), cut to ``retry_s`` from its 120 s; on an upload too (3.x's default there as well;
+2.x's retried only one with a precondition). So a create or a replace whose first attempt landed but
+whose answer was lost comes back as 412 on the retry, which is checked by reading the object's metadata
+back (shared/write_token.py).
 """
 
 from __future__ import annotations
