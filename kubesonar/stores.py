@@ -6,7 +6,8 @@ only when used. A plain path or ``file://DIR`` is the embedded default (a local 
 Cloud Storage, and each new backend (``nats://``) adds one entry.
 Credentials come from each SDK's default chain. KUBESONAR_STORE_RETRY_S (seconds, default
 :data:`~kubesonar.shared.ports.STORE_RETRY_S`) bounds how long a Cloud Storage or Blob Storage call keeps
-retrying before it fails; botocore's own 3 attempts bound S3's.
+retrying before it fails, and each request's connect and read timeouts (S3 keeps botocore's own bounded
+attempts).
 """
 
 from __future__ import annotations
@@ -81,11 +82,12 @@ def _open_directory(url: str) -> ObjectStore:
 def _open_s3(url: str) -> ObjectStore:
     import boto3
 
-    from kubesonar.functions.aws.store import S3ObjectStore
+    from kubesonar.functions.aws.store import S3ObjectStore, client_config
 
     parsed = urlparse(url)
     prefix = parsed.path.strip("/")
-    return S3ObjectStore(boto3.client("s3"), parsed.netloc, prefix + "/" if prefix else "")
+    return S3ObjectStore(boto3.client("s3", config=client_config(_retry_s())), parsed.netloc,
+                         prefix + "/" if prefix else "")
 
 
 def _open_blob(url: str) -> ObjectStore:
@@ -95,19 +97,19 @@ def _open_blob(url: str) -> ObjectStore:
 
     from azure.storage.blob import BlobServiceClient
 
-    from kubesonar.functions.azure.store import BlobObjectStore, retry_within
+    from kubesonar.functions.azure.store import BlobObjectStore, client_options
 
     parsed = urlparse(url)
     container, _, prefix = parsed.path.strip("/").partition("/")
     connection_string = os.environ.get("KUBESONAR_STORAGE_CONNECTION_STRING")
-    retry = retry_within(_retry_s())
+    options = client_options(_retry_s())
     if connection_string:
-        service = BlobServiceClient.from_connection_string(connection_string, retry_policy=retry)
+        service = BlobServiceClient.from_connection_string(connection_string, **options)
     else:
         from azure.identity import DefaultAzureCredential
 
         service = BlobServiceClient(f"https://{parsed.netloc}.blob.core.windows.net",
-                                    credential=DefaultAzureCredential(), retry_policy=retry)
+                                    credential=DefaultAzureCredential(), **options)
     prefix = prefix.strip("/")
     return BlobObjectStore(service.get_container_client(container), prefix + "/" if prefix else "")
 

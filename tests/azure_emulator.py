@@ -61,9 +61,9 @@ def azurite():
 def new_container(connection_string: str, name: str):
     from azure.storage.blob import BlobServiceClient
 
-    from kubesonar.functions.azure.store import retry_within
+    from kubesonar.functions.azure.store import client_options
 
-    container = BlobServiceClient.from_connection_string(connection_string, retry_policy=retry_within()
+    container = BlobServiceClient.from_connection_string(connection_string, **client_options()
                                                          ).get_container_client(name)
     container.create_container()
     return container

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kubesonar.shared.errors import StoreError, VersionConflict
-from kubesonar.shared.ports import StoredObject, check_key
+from kubesonar.shared.ports import STORE_RETRY_S, StoredObject, check_key, store_request_timeout_s
 from kubesonar.shared.write_token import Current, WriteToken
 
 if TYPE_CHECKING:
@@ -23,6 +24,13 @@ if TYPE_CHECKING:
 
 # 412: the condition did not hold; 409: a concurrent conditional write to the same key won
 _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+
+
+def client_config(retry_s: float = STORE_RETRY_S) -> Config:
+    """The S3 client's config: its 3 attempts (standard mode's) share ``retry_s`` of connect and read
+    timeouts (its own 60 s each took 180 s on a silent port); its retries' sleeps stay its own (< 3 s)."""
+    timeout = store_request_timeout_s(retry_s, attempts=3)
+    return Config(connect_timeout=timeout, read_timeout=timeout)
 
 
 class S3ObjectStore:

@@ -19,7 +19,7 @@ from google.api_core import exceptions as gexc
 from google.cloud.storage.retry import DEFAULT_RETRY
 
 from kubesonar.shared.errors import StoreError, VersionConflict
-from kubesonar.shared.ports import STORE_RETRY_S, StoredObject, check_key
+from kubesonar.shared.ports import STORE_RETRY_S, StoredObject, check_key, store_request_timeout_s
 from kubesonar.shared.write_token import Current, WriteToken
 
 # GCS not reached, or its answer cut: google-cloud-storage 2.x raises the transport's own errors once its
@@ -30,13 +30,16 @@ _FAILED = (gexc.GoogleAPIError, requests.RequestException, google.auth.exception
 class GcsObjectStore:
     def __init__(self, client: Any, bucket: str, prefix: str = "", retry_s: float = STORE_RETRY_S):
         self._bucket, self.bucket, self.prefix = client.bucket(bucket), bucket, prefix
-        # the library's own retries run to a 120 s timeout (75 s measured on a refused port)
+        # the library's own retries run to a 120 s timeout, each request's to 60 s (75-116 s measured on a
+        # refused port, 60 s on a silent one)
         self._retry = DEFAULT_RETRY.with_timeout(retry_s)
+        self._timeout = store_request_timeout_s(retry_s)
 
     def get(self, key: str) -> StoredObject | None:
         blob = self._bucket.blob(self.prefix + check_key(key))
         try:
-            data = blob.download_as_bytes(retry=self._retry)  # one request; the generation comes back in its headers
+            # one request; the generation comes back in its headers
+            data = blob.download_as_bytes(retry=self._retry, timeout=self._timeout)
         except gexc.NotFound:
             return None
         except _FAILED as exc:
@@ -49,7 +52,8 @@ class GcsObjectStore:
         condition = {"if_generation_match": 0} if create_only else (
             {"if_generation_match": int(if_version)} if if_version else {})
         try:
-            blob.upload_from_string(data, content_type="application/json", retry=self._retry, **condition)
+            blob.upload_from_string(data, content_type="application/json", retry=self._retry, timeout=self._timeout,
+                                    **condition)
         except gexc.PreconditionFailed:
             if not (create_only or if_version):
                 raise VersionConflict(f"{key}: changed since it was read") from None
@@ -60,7 +64,7 @@ class GcsObjectStore:
 
     def _current(self, name: str) -> Current:
         try:
-            current = self._bucket.get_blob(name, retry=self._retry)
+            current = self._bucket.get_blob(name, retry=self._retry, timeout=self._timeout)
         except _FAILED as exc:
             raise StoreError(f"GCS could not read {name!r} back after a 412: {exc}") from None
         return None if current is None else (current.metadata, str(current.generation))
@@ -68,7 +72,7 @@ class GcsObjectStore:
     def list(self, prefix: str) -> Iterator[str]:
         try:
             for blob in self._bucket.client.list_blobs(self.bucket, prefix=self.prefix + prefix,
-                                                         retry=self._retry):
+                                                         retry=self._retry, timeout=self._timeout):
                 yield blob.name[len(self.prefix):]
         except _FAILED as exc:
             raise StoreError(f"GCS could not list {prefix!r}: {exc}") from None

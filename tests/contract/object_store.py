@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -21,6 +22,29 @@ def unreachable_port() -> int:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         return closed.getsockname()[1]
+
+
+@contextmanager
+def endpoint_that_cannot_be_reached(kind: str) -> Iterator[int]:
+    """A port on 127.0.0.1 that is ``refused`` (nothing listens) or ``silent`` (connections wait in its
+    backlog and nothing is ever answered, as a host that has hung)."""
+    if kind == "refused":
+        yield unreachable_port()
+        return
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield server.getsockname()[1]
+
+
+def assert_calls_fail_within(store, seconds: float, match: str) -> None:
+    """A read and a create of a store that cannot be reached are each a StoreError within ``seconds``."""
+    for call in (lambda: store.get("state/c/doc.json"),
+                 lambda: store.put("state/c/doc.json", b"{}", create_only=True)):
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=match):
+            call()
+        assert time.monotonic() - started < seconds
 
 
 def assert_every_call_is_a_store_error(store, match: str, version: str | None = None) -> None:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 from botocore.exceptions import ReadTimeoutError
 from contract.object_store import (
     ObjectStoreContract,
+    assert_calls_fail_within,
     assert_every_call_is_a_store_error,
+    endpoint_that_cannot_be_reached,
     first_answer_lost_on,
     unreachable_port,
 )
 
 from kubesonar.functions.aws.store import S3ObjectStore
-from kubesonar.shared.errors import StoreError
-from kubesonar.shared.ports import STORE_RETRY_S
 
 from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
 
@@ -50,16 +49,16 @@ def test_an_s3_that_cannot_be_reached_is_a_store_error():
     assert_every_call_is_a_store_error(store, "S3 could not")
 
 
-def test_an_s3_that_cannot_be_reached_fails_within_botocores_attempts():
-    """botocore bounds its own retries, so the S3 store needs no KUBESONAR_STORE_RETRY_S of its own: on a
-    refused port a default client fails in 0.1 s (standard mode: 3 attempts, backoff under 1 s then 2 s) and
-    in 9 s with AWS_RETRY_MODE=legacy (5 attempts, backoff under 1, 2, 4, 8 s): both within the budget the
-    other stores get."""
-    import boto3
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_an_s3_that_cannot_be_reached_fails_within_the_retry_setting(monkeypatch, kind):
+    """botocore bounds its own retries (standard mode: 3 attempts, sleeps under 1 s then 2 s; 0.1 s on a
+    refused port, 9 s in legacy mode's 5 attempts), but each request waited 60 s on a silent port (180 s
+    in all). The client's timeouts share KUBESONAR_STORE_RETRY_S among its 3 attempts."""
+    from kubesonar.stores import open_store
 
-    s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{unreachable_port()}", region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
-    started = time.monotonic()
-    with pytest.raises(StoreError, match="S3 could not"):
-        S3ObjectStore(s3, "kubesonar-state").put("state/c/doc.json", b"{}", create_only=True)
-    assert time.monotonic() - started < STORE_RETRY_S
+    with endpoint_that_cannot_be_reached(kind) as port:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1", "KUBESONAR_STORE_RETRY_S": "3"}.items():
+            monkeypatch.setenv(name, value)
+        assert_calls_fail_within(open_store("s3://kubesonar-state"), 2 * 3 + 2, "S3 could not")
