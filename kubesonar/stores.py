@@ -4,7 +4,10 @@ Each kind is one entry of :data:`STORE_KINDS`: its URL form and the function tha
 only when used. A plain path or ``file://DIR`` is the embedded default (a local directory);
 ``s3://BUCKET[/PREFIX]`` is S3, ``az://ACCOUNT/CONTAINER[/PREFIX]`` Blob Storage, ``gs://BUCKET[/PREFIX]``
 Cloud Storage, and each new backend (``nats://``) adds one entry.
-Credentials come from each SDK's default chain.
+Credentials come from each SDK's default chain. KUBESONAR_STORE_RETRY_S (seconds, default
+:data:`~kubesonar.shared.ports.STORE_RETRY_S`) bounds how long a Cloud Storage or Blob Storage call keeps
+retrying before it fails, and each request's connect and read timeouts (S3 keeps botocore's own bounded
+attempts).
 """
 
 from __future__ import annotations
@@ -56,6 +59,15 @@ def open_store(url: str) -> ObjectStore:
     raise ConfigError(f"store URL {shown!r} is not one of: " + ", ".join(k.form for k in STORE_KINDS))
 
 
+def _retry_s() -> float:
+    import os
+
+    from kubesonar.shared.env_numbers import seconds_setting
+    from kubesonar.shared.ports import STORE_RETRY_S
+
+    return seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S)
+
+
 def _open_directory(url: str) -> ObjectStore:
     from pathlib import Path
 
@@ -72,11 +84,12 @@ def _open_directory(url: str) -> ObjectStore:
 def _open_s3(url: str) -> ObjectStore:
     import boto3
 
-    from kubesonar.functions.aws.store import S3ObjectStore
+    from kubesonar.functions.aws.store import S3ObjectStore, client_config
 
     parsed = urlparse(url)
     prefix = parsed.path.strip("/")
-    return S3ObjectStore(boto3.client("s3"), parsed.netloc, prefix + "/" if prefix else "")
+    return S3ObjectStore(boto3.client("s3", config=client_config(_retry_s())), parsed.netloc,
+                         prefix + "/" if prefix else "")
 
 
 def _open_blob(url: str) -> ObjectStore:
@@ -86,18 +99,19 @@ def _open_blob(url: str) -> ObjectStore:
 
     from azure.storage.blob import BlobServiceClient
 
-    from kubesonar.functions.azure.store import BlobObjectStore
+    from kubesonar.functions.azure.store import BlobObjectStore, client_options
 
     parsed = urlparse(url)
     container, _, prefix = parsed.path.strip("/").partition("/")
     connection_string = os.environ.get("KUBESONAR_STORAGE_CONNECTION_STRING")
+    options = client_options(_retry_s())
     if connection_string:
-        service = BlobServiceClient.from_connection_string(connection_string)
+        service = BlobServiceClient.from_connection_string(connection_string, **options)
     else:
         from azure.identity import DefaultAzureCredential
 
         service = BlobServiceClient(f"https://{parsed.netloc}.blob.core.windows.net",
-                                    credential=DefaultAzureCredential())
+                                    credential=DefaultAzureCredential(), **options)
     prefix = prefix.strip("/")
     return BlobObjectStore(service.get_container_client(container), prefix + "/" if prefix else "")
 
@@ -109,4 +123,4 @@ def _open_gcs(url: str) -> ObjectStore:
 
     parsed = urlparse(url)
     prefix = parsed.path.strip("/")
-    return GcsObjectStore(storage.Client(), parsed.netloc, prefix + "/" if prefix else "")
+    return GcsObjectStore(storage.Client(), parsed.netloc, prefix + "/" if prefix else "", retry_s=_retry_s())

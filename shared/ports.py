@@ -17,6 +17,18 @@ from kubesonar.shared.errors import StoreError
 
 _KEY = re.compile(r"^[A-Za-z0-9._=@+-]+(/[A-Za-z0-9._=@+-]+)*$")
 
+# How long a cloud store's SDK may keep retrying one call (KUBESONAR_STORE_RETRY_S): its retries' sleeps
+# fit it, and so do its requests' connect and read timeouts, so a store that cannot be reached fails
+# within about twice it. The SDKs' own defaults failed after 75-116 s on a refused port and 60-180 s on a
+# silent one, too long for a CLI command or a function invocation.
+STORE_RETRY_S = 20.0
+
+
+def store_request_timeout_s(retry_s: float, attempts: int = 1) -> float:
+    """Each request's connect and read timeout when ``attempts`` requests share ``retry_s`` (1 s at least:
+    a budget of 0 means no retry, not no wait)."""
+    return max(retry_s / attempts, 1.0)
+
 
 @dataclass(frozen=True)
 class StoredObject:

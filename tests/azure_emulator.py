@@ -61,6 +61,9 @@ def azurite():
 def new_container(connection_string: str, name: str):
     from azure.storage.blob import BlobServiceClient
 
-    container = BlobServiceClient.from_connection_string(connection_string).get_container_client(name)
+    from kubesonar.functions.azure.store import client_options
+
+    container = BlobServiceClient.from_connection_string(connection_string, **client_options()
+                                                         ).get_container_client(name)
     container.create_container()
     return container

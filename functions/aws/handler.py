@@ -26,7 +26,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kubesonar.functions.aws.notifier import SnsNotifier
-from kubesonar.functions.aws.store import S3ObjectStore
+from kubesonar.functions.aws.store import S3ObjectStore, client_config
 from kubesonar.shared.env_numbers import seconds_setting
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
@@ -42,7 +42,7 @@ from kubesonar.shared.signing import keyring_from_env
 
 logger = Logger(service="kubesonar")
 metrics = Metrics(namespace="KubeSonar", service="kubesonar")
-_s3 = boto3.client("s3")
+_s3 = boto3.client("s3", config=client_config())
 
 
 def _secret(name: str) -> str:

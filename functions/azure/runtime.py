@@ -19,7 +19,7 @@ from azure.identity import DefaultAzureCredential
 from azure.storage.blob import BlobServiceClient
 
 from kubesonar.functions.azure.notifier import EventGridNotifier
-from kubesonar.functions.azure.store import BlobObjectStore
+from kubesonar.functions.azure.store import BlobObjectStore, client_options
 from kubesonar.shared.env_numbers import seconds_setting
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies
@@ -30,8 +30,9 @@ from kubesonar.shared.signing import keyring_from_env
 def _blob_service(credential: DefaultAzureCredential) -> BlobServiceClient:
     connection_string = os.environ.get("KUBESONAR_STORAGE_CONNECTION_STRING")
     if connection_string:
-        return BlobServiceClient.from_connection_string(connection_string)
-    return BlobServiceClient(os.environ["KUBESONAR_STORAGE_ACCOUNT_URL"], credential=credential)
+        return BlobServiceClient.from_connection_string(connection_string, **client_options())
+    return BlobServiceClient(os.environ["KUBESONAR_STORAGE_ACCOUNT_URL"], credential=credential,
+                             **client_options())
 
 
 _credential = DefaultAzureCredential()

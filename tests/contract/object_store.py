@@ -1,14 +1,19 @@
 """The contract every ObjectStore adapter passes: import this class into an adapter's test module and
-give it a ``store`` fixture (a fresh, empty store per test)."""
+give it a ``store`` fixture (a fresh, empty store per test), and, for a store whose client retries a write,
+a ``first_answer_lost`` fixture made with :func:`first_answer_lost_on`."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from kubesonar.shared.errors import StoreError, VersionConflict
+from kubesonar.shared.ports import StoredObject
 from kubesonar.shared.state import read_document, update_document
 
 
@@ -17,6 +22,30 @@ def unreachable_port() -> int:
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))
         return closed.getsockname()[1]
+
+
+@contextmanager
+def endpoint_that_cannot_be_reached(kind: str) -> Iterator[int]:
+    """A port on 127.0.0.1 that is ``refused`` (nothing listens) or ``silent`` (connections wait in its
+    backlog and nothing is ever answered, as a host that has hung)."""
+    if kind == "refused":
+        yield unreachable_port()
+        return
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield server.getsockname()[1]
+
+
+def assert_calls_fail_within(store, seconds: float, match: str) -> None:
+    """A read and a create of a store that cannot be reached are each a StoreError within ``seconds``."""
+    for call in (lambda: store.get("state/c/doc.json"),
+                 lambda: store.put("state/c/doc.json", b"{}", create_only=True)):
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=match):
+            call()
+        took = time.monotonic() - started
+        assert took < seconds, f"a store that cannot be reached took {took:.1f} s to fail"
 
 
 def assert_every_call_is_a_store_error(store, match: str, version: str | None = None) -> None:
@@ -32,7 +61,33 @@ def assert_every_call_is_a_store_error(store, match: str, version: str | None = 
             call()
 
 
+@contextmanager
+def first_answer_lost_on(transport: object, method: str, lost: Exception) -> Iterator[list[int]]:
+    """The lost answer of a write that landed, replayed with the SDK's own retry: ``transport.method``
+    (the call that sends a request and returns its response) sends the first request and then raises
+    ``lost``, as a timeout or a reset connection after the write would; the SDK retries it. Yields the
+    HTTP statuses the requests met, in order."""
+    real, statuses = getattr(transport, method), []
+
+    def send(*args, **kwargs):
+        response = real(*args, **kwargs)
+        statuses.append(response.status_code)
+        if len(statuses) == 1:
+            raise lost
+        return response
+
+    setattr(transport, method, send)
+    try:
+        yield statuses
+    finally:
+        setattr(transport, method, real)
+
+
 class ObjectStoreContract:
+    @pytest.fixture
+    def first_answer_lost(self):
+        pytest.skip("this store's client retries no write")
+
     def test_get_of_a_missing_key_is_none(self, store):
         assert store.get("nothing/here") is None
 
@@ -50,6 +105,22 @@ class ObjectStoreContract:
         with pytest.raises(VersionConflict):
             store.put("k", b"three", if_version=v1)  # stale
         assert store.get("k").data == b"two"
+
+    def test_the_same_bytes_created_by_another_writer_still_conflict(self, store):
+        store.put("a/b.json", b"1", create_only=True)
+        with pytest.raises(VersionConflict):
+            store.put("a/b.json", b"1", create_only=True)
+
+    @pytest.mark.parametrize("write", ["create", "replace"])
+    def test_a_conditional_write_whose_answer_was_lost_is_ours(self, store, first_answer_lost, write):
+        """The SDK retries a write whose answer was lost, and the retry meets that write: its condition
+        fails (412; 409 on a Blob Storage create). That is our write, not a conflict: update_document would
+        otherwise apply its change again on its own write (an edge summary counted twice)."""
+        condition = {"create_only": True} if write == "create" else {"if_version": store.put("a/b.json", b"1")}
+        with first_answer_lost() as statuses:
+            version = store.put("a/b.json", b"2", **condition)
+        assert statuses[0] < 300 and statuses[1] in (409, 412)  # landed, then the retry met it
+        assert store.get("a/b.json") == StoredObject(b"2", version)
 
     def test_replace_of_a_missing_key_conflicts(self, store):
         v = store.put("x", b"1")

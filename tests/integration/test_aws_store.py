@@ -5,7 +5,15 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from contract.object_store import ObjectStoreContract, assert_every_call_is_a_store_error, unreachable_port
+from botocore.exceptions import ReadTimeoutError
+from contract.object_store import (
+    ObjectStoreContract,
+    assert_calls_fail_within,
+    assert_every_call_is_a_store_error,
+    endpoint_that_cannot_be_reached,
+    first_answer_lost_on,
+    unreachable_port,
+)
 
 from kubesonar.functions.aws.store import S3ObjectStore
 
@@ -20,6 +28,13 @@ class TestS3ObjectStore(ObjectStoreContract):
         s3.create_bucket(Bucket=bucket)
         return S3ObjectStore(s3, bucket)
 
+    @pytest.fixture
+    def first_answer_lost(self, store):
+        """botocore retries a PUT that timed out (standard and legacy modes alike); its requests go through
+        the endpoint's http_session."""
+        return lambda: first_answer_lost_on(store._s3._endpoint.http_session, "send",
+                                            ReadTimeoutError(endpoint_url="after the upload landed"))
+
 
 def test_an_s3_that_cannot_be_reached_is_a_store_error():
     """The port's contract: the core tells a failed store (StoreError) from a bug, so botocore's own
@@ -32,3 +47,18 @@ def test_an_s3_that_cannot_be_reached_is_a_store_error():
                       aws_secret_access_key="testing", config=botocore.config.Config(retries={"max_attempts": 1}))
     store = S3ObjectStore(s3, "kubesonar-state")
     assert_every_call_is_a_store_error(store, "S3 could not")
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_an_s3_that_cannot_be_reached_fails_within_the_retry_setting(monkeypatch, kind):
+    """botocore bounds its own retries (standard mode: 3 attempts, sleeps under 1 s then 2 s; 0.1 s on a
+    refused port, 9 s in legacy mode's 5 attempts), but each request waited 60 s on a silent port (180 s
+    in all). The client's timeouts share KUBESONAR_STORE_RETRY_S among its 3 attempts."""
+    from kubesonar.stores import open_store
+
+    with endpoint_that_cannot_be_reached(kind) as port:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": "us-east-1", "KUBESONAR_STORE_RETRY_S": "3"}.items():
+            monkeypatch.setenv(name, value)
+        assert_calls_fail_within(open_store("s3://kubesonar-state"), 2 * 3 + 2, "S3 could not")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from contract.object_store import ObjectStoreContract, assert_every_call_is_a_store_error, unreachable_port
+from azure.core.exceptions import ServiceResponseError
+from contract.object_store import (
+    ObjectStoreContract,
+    assert_calls_fail_within,
+    assert_every_call_is_a_store_error,
+    endpoint_that_cannot_be_reached,
+    first_answer_lost_on,
+    unreachable_port,
+)
 
 from kubesonar.functions.azure.store import BlobObjectStore
 from kubesonar.shared.errors import StoreError
@@ -17,6 +25,13 @@ class TestBlobObjectStore(ObjectStoreContract):
     @pytest.fixture
     def store(self, azurite):  # noqa: F811
         return BlobObjectStore(new_container(azurite, f"state-{uuid.uuid4().hex[:12]}"))
+
+    @pytest.fixture
+    def first_answer_lost(self, store):
+        """azure-storage-blob's retry policy retries a PUT whose answer was lost (ServiceResponseError); its
+        requests go through the pipeline's transport, under the storage SDK's wrapper."""
+        return lambda: first_answer_lost_on(store._container._pipeline._transport._transport, "send",
+                                            ServiceResponseError("read timed out after the upload landed"))
 
 
 def test_the_conditions_are_blob_storages_own(azurite):  # noqa: F811
@@ -52,6 +67,34 @@ def test_a_blob_storage_that_cannot_be_reached_is_a_store_error():
         f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};", retry_total=0)
     store = BlobObjectStore(service.get_container_client("kubesonar-state"))
     assert_every_call_is_a_store_error(store, "Blob Storage could not", version='"0x1"')
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_a_blob_storage_that_cannot_be_reached_fails_within_the_retry_setting(monkeypatch, kind):
+    """azure-storage-blob's own retries (15 + 3**n s, 3 retries) ran 82 s on a refused port, its timeouts
+    (20 s to connect, 60 s a read) 122 s on a silent one, before the StoreError: too long for a CLI
+    command or a function invocation. KUBESONAR_STORE_RETRY_S bounds both."""
+    from kubesonar.stores import open_store
+
+    from azure_emulator import ACCOUNT, ACCOUNT_KEY
+
+    with endpoint_that_cannot_be_reached(kind) as port:
+        monkeypatch.setenv("KUBESONAR_STORAGE_CONNECTION_STRING", (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"))
+        monkeypatch.setenv("KUBESONAR_STORE_RETRY_S", "3")
+        assert_calls_fail_within(open_store(f"az://{ACCOUNT}/kubesonar-state"), 2 * 3 + 2, "Blob Storage could not")
+
+
+def test_retries_fit_the_setting_jitter_included():
+    from kubesonar.functions.azure.store import retry_within
+
+    for retry_s in (0, 1, 2, 6, 20, 60):
+        policy = retry_within(retry_s)
+        worst = [policy.initial_backoff + policy.increment_base ** n + policy.random_jitter_range
+                 for n in range(1, policy.total_retries + 1)]
+        assert sum(worst) <= retry_s
+    assert [retry_within(s).total_retries for s in (0, 3, 20, 60)] == [0, 1, 3, 3]
 
 
 def test_az_store_urls_open_blob_storage(azurite, monkeypatch):  # noqa: F811

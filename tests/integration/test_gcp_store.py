@@ -4,16 +4,21 @@ API; and the emulator is shown to enforce the generation preconditions the store
 from __future__ import annotations
 
 import uuid
-from contextlib import contextmanager
 
 import pytest
-from contract.object_store import ObjectStoreContract, assert_every_call_is_a_store_error, unreachable_port
+import requests
+from contract.object_store import (
+    ObjectStoreContract,
+    assert_calls_fail_within,
+    assert_every_call_is_a_store_error,
+    endpoint_that_cannot_be_reached,
+    first_answer_lost_on,
+    unreachable_port,
+)
 from gcp_emulator import gcp_emulators, storage_client  # noqa: F401 - the fixture
 from google.api_core.exceptions import PreconditionFailed
 
 from kubesonar.functions.gcp.store import GcsObjectStore
-from kubesonar.shared.errors import VersionConflict
-from kubesonar.shared.ports import StoredObject
 
 
 @pytest.fixture
@@ -26,6 +31,12 @@ class TestGcsObjectStore(ObjectStoreContract):
     @pytest.fixture
     def store(self, bucket):
         return GcsObjectStore(*bucket)
+
+    @pytest.fixture
+    def first_answer_lost(self, bucket):
+        """google-cloud-storage retries a write with a precondition: its requests go through client._http."""
+        return lambda: first_answer_lost_on(bucket[0]._http, "request",
+                                            requests.ReadTimeout("read timed out after the upload landed"))
 
 
 def test_the_emulator_answers_412_on_the_upload_path_the_client_takes(bucket):
@@ -48,46 +59,6 @@ def test_the_emulator_ignores_the_precondition_on_resumable_uploads(bucket):
     client.bucket(name).blob("big").upload_from_string(big, if_generation_match=0)  # no 412 here
 
 
-@contextmanager
-def _first_answer_lost(client):
-    """The client's transport sends each request, but the first one's answer is lost (it raises, as a
-    connection reset after the write would), so the library retries; yields the statuses it met."""
-    session = client._http
-    real_request, calls = session.request, []
-
-    def lose_the_first_answer(method, url, *args, **kwargs):
-        response = real_request(method, url, *args, **kwargs)
-        calls.append(response.status_code)
-        if len(calls) == 1:
-            raise ConnectionError("connection reset after the upload landed")
-        return response
-
-    session.request = lose_the_first_answer
-    try:
-        yield calls
-    finally:
-        session.request = real_request
-
-
-def test_a_retried_create_whose_first_attempt_landed_is_ours(bucket):
-    """The library retries a conditional upload; the retry meets the object its first attempt wrote.
-    Replayed here with the library's own retry: the first attempt's answer is dropped by a transport that
-    sends the request and then raises, as a connection reset after the write would."""
-    client, name = bucket
-    store = GcsObjectStore(client, name)
-    with _first_answer_lost(client) as calls:
-        version = store.put("state/c/doc.json", b'{"v": 1}', create_only=True)
-    assert calls[:2] == [200, 412]  # landed, then the retry met it
-    assert store.get("state/c/doc.json").version == version
-
-
-def test_the_same_bytes_created_by_another_writer_still_conflict(bucket):
-    store = GcsObjectStore(*bucket)
-    store.put("state/c/doc.json", b'{"v": 1}', create_only=True)
-    with pytest.raises(VersionConflict):
-        store.put("state/c/doc.json", b'{"v": 1}', create_only=True)  # equal bytes, another writer
-
-
 def test_a_gs_url_opens_the_bucket_under_its_prefix(bucket):
     from kubesonar.stores import open_store
 
@@ -98,34 +69,31 @@ def test_a_gs_url_opens_the_bucket_under_its_prefix(bucket):
     assert list(store.list("state/")) == ["state/c/doc.json"]
 
 
-def test_a_retried_replace_whose_first_attempt_landed_is_ours(bucket):
-    """As a create: the library retries a replace (ifGenerationMatch) whose answer was lost, and the retry
-    meets our own write. A conflict there would have the caller apply its change again on its own write
-    (an edge summary counted twice, a comment added twice)."""
-    client, name = bucket
-    store = GcsObjectStore(client, name)
-    first = store.put("state/c/doc.json", b'{"v": 1}', create_only=True)
-    with _first_answer_lost(client) as calls:
-        version = store.put("state/c/doc.json", b'{"v": 2}', if_version=first)
-    assert calls[:2] == [200, 412]  # landed, then the retry met it
-    assert store.get("state/c/doc.json") == StoredObject(b'{"v": 2}', version)
-
-
-def test_a_gcs_that_cannot_be_reached_is_a_store_error(monkeypatch):
+def test_a_gcs_that_cannot_be_reached_is_a_store_error():
     """The port's contract, as the S3 store's: the core tells a failed store (StoreError) from a bug.
     google-cloud-storage 2.x (which the >=2.16 requirement allows) raises requests' own ConnectionError once
-    its retries are spent, on a read as on a write; 3.x wraps it in RetryError. The library's retries
-    (120 s) are cut to 1 s here: its timeout in 3.x, its deadline in 2.x."""
+    its retries are spent, on a read as on a write; 3.x wraps it in RetryError. The store's retries are
+    cut to 1 s here."""
 
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
-    from google.cloud.storage.retry import DEFAULT_RETRY
-
 
     url = f"http://127.0.0.1:{unreachable_port()}"
-    monkeypatch.setattr(DEFAULT_RETRY, "_timeout", 1.0)
-    monkeypatch.setattr(DEFAULT_RETRY, "_deadline", 1.0)
     client = storage.Client(project="kubesonar-test", credentials=AnonymousCredentials(),
                             client_options={"api_endpoint": url})
-    store = GcsObjectStore(client, "kubesonar-state")
+    store = GcsObjectStore(client, "kubesonar-state", retry_s=1)
     assert_every_call_is_a_store_error(store, "GCS could not", version="7")
+
+
+@pytest.mark.parametrize("kind", ["refused", "silent"])
+def test_a_gcs_that_cannot_be_reached_fails_within_the_retry_setting(monkeypatch, kind):
+    """The library's own retries ran 75-116 s (to its 120 s timeout) on a refused port, and one request
+    waited 60 s on a silent one, before the StoreError: too long for a CLI command or a function
+    invocation. KUBESONAR_STORE_RETRY_S bounds both."""
+    from kubesonar.stores import open_store
+
+    with endpoint_that_cannot_be_reached(kind) as port:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "kubesonar-test")
+        monkeypatch.setenv("KUBESONAR_STORE_RETRY_S", "3")
+        assert_calls_fail_within(open_store("gs://kubesonar-state"), 2 * 3 + 2, "GCS could not")

@@ -31,8 +31,8 @@ SENSOR_PLATFORM_ACTIONS = {
     "kms:GenerateDataKey": "the queue is encrypted with the module's key",
     "kms:Decrypt": "... SQS asks for both to send to an encrypted queue",
 }
-# IAM authorises some operations under another action's name.
-_IAM_NAME = {"SendMessageBatch": "SendMessage", "ListObjectsV2": "ListBucket"}
+# IAM authorises some operations under another action's name (HeadObject: s3:GetObject).
+_IAM_NAME = {"SendMessageBatch": "SendMessage", "ListObjectsV2": "ListBucket", "HeadObject": "GetObject"}
 
 
 def _unquote(value):

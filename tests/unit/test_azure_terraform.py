@@ -36,6 +36,7 @@ ROLE_DATA_ACTIONS = {
 # The data action each SDK call needs (Blob Storage REST operations' authorization; Event Grid publish).
 SDK_CALLS = {
     "download_blob": f"{_BLOBS}/read",  # Get Blob
+    "get_blob_properties": f"{_BLOBS}/read",  # Get Blob Properties (the write token read back)
     "list_blob_names": f"{_BLOBS}/read",  # List Blobs
     "upload_blob": f"{_BLOBS}/write",  # Put Blob, conditional or not
     "get_blob_client": None,  # builds a client, no request
