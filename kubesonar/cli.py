@@ -243,7 +243,7 @@ def _settings(interface, window, filter, cluster, node, max_flows, direction, ri
     # comes back go to standard error
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("kubesonar: %(message)s"))
-    for name in ("kubesonar.sensor.af_packet", "kubesonar.sensor.spool"):
+    for name in ("kubesonar.sensor.af_packet", "kubesonar.sensor.spool", "kubesonar.sensor.queues.refusals"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)

@@ -171,9 +171,11 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
     """The live sensor: capture -> flows -> enrichment -> batch messages -> spool -> the queue's publisher."""
     from kubesonar.sensor.live import LiveSensor
     from kubesonar.sensor.queues import open_publisher, window_messages
+    from kubesonar.sensor.queues.refusals import DropRefused
     from kubesonar.sensor.spool import SpoolingPublisher
 
-    publisher = SpoolingPublisher(open_publisher(queue), spool, max_bytes=spool_max_bytes)
+    queue_publisher = DropRefused(open_publisher(queue))
+    publisher = SpoolingPublisher(queue_publisher, spool, max_bytes=spool_max_bytes)
 
     def publish(window: Any) -> None:
         publisher.publish(window_messages(window.header, window.flows, publisher.limit, window.pods, window.dns,
@@ -182,7 +184,7 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
     def spool_counters() -> dict[str, int]:
         s = publisher.stats
         counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "spool_quarantined": s.quarantined,
-                    "publish_retries": s.retries}
+                    "publish_retries": s.retries, "queue_refused": queue_publisher.refused}
         return counters | (watcher.counters() if watcher else {})
 
     return LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,
