@@ -167,9 +167,14 @@ def replay(captures: Iterable[str], publisher: Any, cluster: str = "default", no
 
 
 def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, enrich: Any = None,
-                 watcher: Any = None, signer: Any = None) -> Any:
+                 watcher: Any = None, signer: Any = None, health_file: str | None = None) -> Any:
     """The live sensor: capture -> flows -> enrichment -> batch messages -> spool -> the queue's publisher."""
     from kubesonar.sensor.live import LiveSensor
+    from kubesonar.sensor.liveness import Heartbeat, stale_after
+
+    heartbeat = Heartbeat(health_file, stale_after(settings.window_s)).beat if health_file else None
+    if heartbeat:
+        heartbeat()  # alive while it starts: a file left by the container's last life may be stale
     from kubesonar.sensor.queues import open_publisher, window_messages
     from kubesonar.sensor.queues.refusals import DropRefused
     from kubesonar.sensor.spool import SpoolingPublisher
@@ -188,7 +193,7 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
         return counters | (watcher.counters() if watcher else {})
 
     return LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,
-                      pod_events=watcher.take_events if watcher else None)
+                      pod_events=watcher.take_events if watcher else None, heartbeat=heartbeat)
 
 
 def build_watch(settings: Any, state_dir: str, enrich: Any, show: Any) -> tuple[Any, Any]:

@@ -110,8 +110,11 @@ class LiveSensor:
     def __init__(self, settings: SensorSettings, sink: WindowSink,
                  enrich: Callable[[FlowRecords], FlowRecords] | None = None,
                  extra_counters: Callable[[], dict[str, int]] | None = None,
-                 pod_events: Callable[[], PodEvents] | None = None):
+                 pod_events: Callable[[], PodEvents] | None = None,
+                 heartbeat: Callable[[], None] | None = None):
         self.settings = settings
+        # called whenever the sink takes a batch (each window at least): sensor/liveness.py
+        self.heartbeat = heartbeat or (lambda: None)
         self.sink = sink
         self.enrich = enrich
         self.extra_counters = extra_counters
@@ -145,6 +148,7 @@ class LiveSensor:
         _steady_heap()
         capture = self.capture
         capture.refresh_interfaces()  # workers start here: the duration counts from when rings are open
+        self.heartbeat()
         deadline = time.monotonic() + duration_s if duration_s else None
         if not capture.interfaces:
             capture.finish()
@@ -276,6 +280,7 @@ class LiveSensor:
         header = BatchHeader(self.settings.cluster, self.settings.node, self.sensor_id, self._sequence,
                              self._window_start, now, counters=counters)
         self.sink(Window(header, flows, self.pod_events() if self.pod_events else None, dns))
+        self.heartbeat()
         self.counters.flows += len(flows)
         self.counters.windows += closes_window
         self._sequence += 1
