@@ -133,6 +133,7 @@ class LiveSensor:
         self._pending_dns: list[DnsMessages] = []
         self._pending_count = 0
         self._sink_failing = False
+        self._held_pods: PodEvents | None = None
         self._sequence = 0
         self._window_start = time.time_ns()
 
@@ -279,12 +280,25 @@ class LiveSensor:
         counters |= self.extra_counters() if self.extra_counters else {}
         header = BatchHeader(self.settings.cluster, self.settings.node, self.sensor_id, self._sequence,
                              self._window_start, now, counters=counters)
-        self.sink(Window(header, flows, self.pod_events() if self.pod_events else None, dns))
+        pods = self._take_pods()
+        try:
+            self.sink(Window(header, flows, pods, dns))
+        except BaseException:
+            self._held_pods = pods  # sent with the next batch, not lost with this one
+            raise
         self.heartbeat()
         self.counters.flows += len(flows)
         self.counters.windows += closes_window
         self._sequence += 1
         self._window_start = now
+
+
+    def _take_pods(self) -> PodEvents | None:
+        if not self.pod_events:
+            return None
+        held, self._held_pods = self._held_pods, None
+        taken = self.pod_events()
+        return taken if held is None else PodEvents.concat([held, taken])
 
 
 def _steady_heap() -> None:

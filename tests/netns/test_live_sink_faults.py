@@ -9,10 +9,12 @@ import socket
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from kubesonar.sensor.flow_table import FlowTimeouts
 from kubesonar.sensor.live import LiveSensor, SensorSettings, Window
+from kubesonar.shared.pod_events import PodEvents
 
 WINDOW_S = 0.5
 QUICK = FlowTimeouts(active_s=5.0, idle_s=5.0, ended_s=0.2, unanswered_s=0.3)  # a lone datagram ends in 0.3 s
@@ -37,18 +39,30 @@ def _datagrams(to: int, ports: range) -> None:
             s.sendto(b"x", ("127.0.0.1", to))
 
 
-def _sensor(sink) -> LiveSensor:
+class PodWatch:
+    """One pod event for each batch: each must reach the sink, failures or not."""
+
+    def __init__(self) -> None:
+        self.taken = 0
+
+    def __call__(self) -> PodEvents:
+        self.taken += 1
+        return PodEvents({c.name: np.zeros(1, dtype=c.dtype) for c in PodEvents.COLUMNS})
+
+
+def _sensor(sink, pods=None) -> LiveSensor:
     if not hasattr(socket, "AF_PACKET"):
         pytest.skip("AF_PACKET: Linux only")
     try:
-        return LiveSensor(SensorSettings(("lo",), window_s=WINDOW_S, timeouts=QUICK, node="node-1"), sink)
+        return LiveSensor(SensorSettings(("lo",), window_s=WINDOW_S, timeouts=QUICK, node="node-1"), sink,
+                          pod_events=pods)
     except PermissionError:
         pytest.skip("capturing needs CAP_NET_RAW")
 
 
 def test_a_failing_sink_loses_no_window_and_capture_goes_on(caplog):
-    sink = FlakySink()
-    sensor = _sensor(sink)
+    sink, pods = FlakySink(), PodWatch()
+    sensor = _sensor(sink, pods)
     stop, raised = threading.Event(), []
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as listener:
         listener.bind(("127.0.0.1", 0))
@@ -77,6 +91,7 @@ def test_a_failing_sink_loses_no_window_and_capture_goes_on(caplog):
     ports = {int(p) for w in sink.windows for p in w.flows["src_port"]}
     assert set(range(41000, 41020)) <= ports, f"lost: {sorted(set(range(41000, 41020)) - ports)}"
     assert sensor.counters.sink_errors >= 3
+    assert sum(len(w.pods) for w in sink.windows) == pods.taken, "pod events taken for a failed batch were lost"
     failures = [r for r in caplog.records if "publishing a window failed" in r.getMessage()]
     assert len(failures) == 1 and "disk on fire" in failures[0].exc_text
 
