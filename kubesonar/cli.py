@@ -243,7 +243,7 @@ def _settings(interface, window, filter, cluster, node, max_flows, direction, ri
     # comes back go to standard error
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("kubesonar: %(message)s"))
-    for name in ("kubesonar.sensor.af_packet", "kubesonar.sensor.spool"):
+    for name in ("kubesonar.sensor.af_packet", "kubesonar.sensor.spool", "kubesonar.sensor.queues.refusals"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -277,15 +277,20 @@ def _run_until_signal(sensor, duration: float | None) -> None:
               help="Watch this node's pods through the Kubernetes API (in-cluster configuration).")
 @click.option("--key-file", type=click.Path(dir_okay=False),
               help="Keyring (a mounted Kubernetes Secret) to sign batches with; docs/hardening.md.")
+@click.option("--health-file", type=click.Path(dir_okay=False),
+              help="File the sensor loop rewrites as it publishes, for a liveness probe: `python -m "
+                   "kubesonar.sensor.liveness FILE` fails once it is 3 windows and 2 minutes stale "
+                   "(docs/sensor.md). Off by default.")
 def sensor(interface, window, filter, cluster, node, max_flows, duration, direction, ring, workers,  # noqa: A002
-           queue, spool, spool_max_bytes, pods, kubernetes, key_file) -> None:
+           queue, spool, spool_max_bytes, pods, kubernetes, key_file, health_file) -> None:
     """Capture live traffic and publish a batch of flows (and a heartbeat) every window."""
     from kubesonar.compose import build_sensor
     from kubesonar.shared.url_credentials import without_credentials
 
     settings = _settings(interface, window, filter, cluster, node, max_flows, direction, ring, workers)
     enrich, watcher = _enrichment(pods, kubernetes, settings.node)
-    live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher, signer=_signer(key_file, cluster))
+    live = build_sensor(settings, queue, spool, spool_max_bytes, enrich, watcher, signer=_signer(key_file, cluster),
+                        health_file=health_file)
     click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to "
                f"{without_credentials(queue)}", err=True)
     try:

@@ -167,13 +167,20 @@ def replay(captures: Iterable[str], publisher: Any, cluster: str = "default", no
 
 
 def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, enrich: Any = None,
-                 watcher: Any = None, signer: Any = None) -> Any:
+                 watcher: Any = None, signer: Any = None, health_file: str | None = None) -> Any:
     """The live sensor: capture -> flows -> enrichment -> batch messages -> spool -> the queue's publisher."""
     from kubesonar.sensor.live import LiveSensor
+    from kubesonar.sensor.liveness import Heartbeat, stale_after
+
+    heartbeat = Heartbeat(health_file, stale_after(settings.window_s)).beat if health_file else None
+    if heartbeat:
+        heartbeat()  # alive while it starts: a file left by the container's last life may be stale
     from kubesonar.sensor.queues import open_publisher, window_messages
+    from kubesonar.sensor.queues.refusals import DropRefused
     from kubesonar.sensor.spool import SpoolingPublisher
 
-    publisher = SpoolingPublisher(open_publisher(queue), spool, max_bytes=spool_max_bytes)
+    queue_publisher = DropRefused(open_publisher(queue))
+    publisher = SpoolingPublisher(queue_publisher, spool, max_bytes=spool_max_bytes)
 
     def publish(window: Any) -> None:
         publisher.publish(window_messages(window.header, window.flows, publisher.limit, window.pods, window.dns,
@@ -182,11 +189,11 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
     def spool_counters() -> dict[str, int]:
         s = publisher.stats
         counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "spool_quarantined": s.quarantined,
-                    "publish_retries": s.retries}
+                    "publish_retries": s.retries, "queue_refused": queue_publisher.refused}
         return counters | (watcher.counters() if watcher else {})
 
     return LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,
-                      pod_events=watcher.take_events if watcher else None)
+                      pod_events=watcher.take_events if watcher else None, heartbeat=heartbeat)
 
 
 def build_watch(settings: Any, state_dir: str, enrich: Any, show: Any) -> tuple[Any, Any]:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from kubesonar.sensor.bpf import capture_program
 from kubesonar.sensor.capture import CAPTURE_COUNTERS, Capture
+from kubesonar.shared.errors import CaptureError
 
 if TYPE_CHECKING:
     from kubesonar.sensor.live import SensorSettings
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
 
 _STATE, _PUSH = "state", "push"
 _RING_LOG = "kubesonar.sensor.af_packet"
+# A worker answers a command in milliseconds (an expiry of its whole table in well under a second); one
+# that has not answered in a minute is stuck, and the sensor loop waiting on it forever stopped
+# publishing while the pod looked alive. Its first answer may wait for the kernels to compile.
+ANSWER_TIMEOUT_S, START_TIMEOUT_S = 60.0, 600.0
 
 
 class CaptureWorkers:
@@ -49,6 +54,7 @@ class CaptureWorkers:
         self._counts = [dict.fromkeys(CAPTURE_COUNTERS, 0) for _ in range(workers)]
         self._conns: list[Connection] = []
         self._procs: list[multiprocessing.Process] = []
+        self.answer_timeout_s = ANSWER_TIMEOUT_S
 
     def _start(self) -> None:
         # spawn, not fork: the sensor may already run threads (the pod watch), which a fork would copy mid-step
@@ -70,6 +76,8 @@ class CaptureWorkers:
     def refresh_interfaces(self) -> None:
         if not self._procs:
             self._start()
+            self._ask("refresh", timeout_s=max(START_TIMEOUT_S, self.answer_timeout_s))
+            return
         self._ask("refresh")
 
     def read_ready(self, timeout_s: float) -> None:
@@ -112,8 +120,11 @@ class CaptureWorkers:
         total["interfaces"] = self.interfaces  # every worker captures every interface
         return total
 
-    def _ask(self, command: str, argument: int = 0) -> None:
-        """Send a command to every worker and wait for each one's state after it."""
+    def _ask(self, command: str, argument: int = 0, timeout_s: float | None = None) -> None:
+        """Send a command to every worker and wait for each one's state after it; a worker that does
+        not answer within the timeout is killed and raises CaptureError (the sensor exits, and
+        Kubernetes restarts it)."""
+        timeout_s = self.answer_timeout_s if timeout_s is None else timeout_s
         for conn in self._conns:
             try:
                 conn.send((command, argument))
@@ -122,6 +133,8 @@ class CaptureWorkers:
         for i, conn in enumerate(self._conns):
             while not isinstance(conn, _Ended):
                 try:
+                    if not conn.poll(timeout_s):
+                        self._stuck(i, command, timeout_s)
                     message = conn.recv()
                 except (EOFError, OSError):
                     self._fail(f"capture worker {i} ended")
@@ -130,6 +143,13 @@ class CaptureWorkers:
                 self._receive(i, message)
                 if message[0] == _STATE:
                     break
+
+    def _stuck(self, worker: int, command: str, timeout_s: float) -> None:
+        self._procs[worker].kill()
+        self._conns[worker] = _Ended()
+        message = f"capture worker {worker} did not answer {command!r} within {timeout_s:g} s: stopped it"
+        self._fail(message)
+        raise CaptureError(message)
 
     def _receive(self, worker: int, message: tuple) -> None:
         kind, flows, dns = message[:3]

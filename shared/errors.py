@@ -31,6 +31,15 @@ class QueueUnavailable(KubeSonarError):
     """The queue a sensor publishes to could not be reached or refused a message; worth retrying."""
 
 
+class MessageRefused(KubeSonarError):
+    """The queue refused messages for what they are (too large, a malformed attribute): sending them again
+    would be refused again. The rest of the send was delivered. ``refused`` maps each key to the reason."""
+
+    def __init__(self, refused: dict[str, str]):
+        super().__init__("; ".join(f"{key}: {why}" for key, why in refused.items()))
+        self.refused = refused
+
+
 class AlertNotFound(KubeSonarError):
     """No alert has the id given."""
 

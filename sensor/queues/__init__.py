@@ -41,7 +41,9 @@ class Publisher(Protocol):
     limit: int  # the largest message the queue takes, in bytes
 
     def send(self, messages: list[Message]) -> None:
-        """Deliver all, in order, or raise QueueUnavailable (some may have been delivered)."""
+        """Deliver all, in order, or raise QueueUnavailable (some may have been delivered). A message the
+        queue refuses for what it is does not stop the rest: it is named in a MessageRefused raised once
+        the others are delivered (sensor/queues/refusals.py drops it)."""
         ...
 
 

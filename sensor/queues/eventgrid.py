@@ -19,11 +19,14 @@ from typing import Any
 
 from kubesonar.sensor.queues import Message
 from kubesonar.shared.batch import EVENT_GRID_LIMIT, read_header
-from kubesonar.shared.errors import ConfigError, QueueUnavailable
+from kubesonar.shared.errors import ConfigError, MessageRefused, QueueUnavailable
 
 EVENT_TYPE = "KubeSonar.FlowBatch"
 REQUEST_MAX_BYTES = 1_000_000  # 1 MB per request and per event, read as decimal to be safe either way
 _ENVELOPE_BYTES = 2048  # id, subject, topic, eventType, eventTime, dataVersion and JSON punctuation
+# what Event Grid answers about the events themselves (a malformed event, one over 1 MB): the same on
+# every try. 401, 403 and 404 are about the topic or the credentials, and heal.
+_EVENTS_REFUSED = frozenset({400, 413})
 LIMIT = EVENT_GRID_LIMIT  # (REQUEST_MAX_BYTES - _ENVELOPE_BYTES) // 4 * 3: the base64 of a batch fits
 
 
@@ -50,11 +53,27 @@ class EventGridQueue:
         self._client = client
 
     def send(self, messages: list[Message]) -> None:
+        refused: dict[str, str] = {}
         for group in _requests([_event(m) for m in messages]):
-            try:
-                self._client.send(group)
-            except Exception as exc:
-                raise QueueUnavailable(f"Event Grid {self.url}: {type(exc).__name__}: {str(exc)[:300]}") from None
+            why = self._send(group)
+            if why and len(group) == 1:
+                refused[group[0].id] = why
+            elif why:  # a request refused whole names no event: one at a time finds which (the rest go again)
+                refused |= {event.id: alone for event in group if (alone := self._send([event]))}
+        if refused:
+            raise MessageRefused(refused)
+
+    def _send(self, events: list[Any]) -> str:
+        """Send one request; why Event Grid refused its events for good (400, 413), or "". A refusal about
+        the topic or the credentials (401, 403, 404), or no answer, raises QueueUnavailable."""
+        try:
+            self._client.send(events)
+        except Exception as exc:
+            status = getattr(exc, "status_code", None)
+            if status in _EVENTS_REFUSED:
+                return f"Event Grid {status}: {str(getattr(exc, 'reason', '') or exc)[:300]}"
+            raise QueueUnavailable(f"Event Grid {self.url}: {type(exc).__name__}: {str(exc)[:300]}") from None
+        return ""
 
 
 def _event(message: Message) -> Any:

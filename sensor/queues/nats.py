@@ -17,7 +17,7 @@ import nats
 import nats.js.errors
 
 from kubesonar.sensor.queues import Message
-from kubesonar.shared.errors import ConfigError, QueueUnavailable
+from kubesonar.shared.errors import ConfigError, MessageRefused, QueueUnavailable
 from kubesonar.shared.loop_thread import LoopThread
 from kubesonar.shared.nats_address import NatsAddress, parse_nats_url
 from kubesonar.shared.url_credentials import without_credentials
@@ -44,7 +44,7 @@ class NatsQueue:
     def send(self, messages: list[Message]) -> None:
         try:
             self._loop.run(self._send(messages), timeout=self.timeout_s * (2 + len(messages)))
-        except (QueueUnavailable, ConfigError):
+        except (QueueUnavailable, ConfigError, MessageRefused):
             raise
         except Exception as exc:  # down, timed out, refused: the spool keeps the batch
             # a string, never the error itself in a local: its traceback holds this frame (a cycle)
@@ -57,7 +57,10 @@ class NatsQueue:
             raise QueueUnavailable(f"NATS {self.address.shown} is not reachable (reconnecting)")
         publishes = [js.publish(self.subject, m.data, timeout=self.timeout_s, headers={"Nats-Msg-Id": m.key})
                      for m in messages]
-        failures = [r for r in await asyncio.gather(*publishes, return_exceptions=True) if isinstance(r, BaseException)]
+        results = await asyncio.gather(*publishes, return_exceptions=True)
+        refused = {m.key: _refusal(r) for m, r in zip(messages, results, strict=True) if _refusal(r)}
+        failures = [r for r in results if isinstance(r, BaseException) and not _refusal(r)]
+        del results
         if any(isinstance(f, nats.js.errors.NoStreamResponseError) for f in failures):
             raise QueueUnavailable(f"no JetStream stream takes subject {self.subject} on {self.address.shown}: "
                                    "start `kubesonar backend`, which creates it")
@@ -65,6 +68,8 @@ class NatsQueue:
             # popped, never named: a local holding the error would be held by its traceback (this frame),
             # a reference cycle kept, with the batch, until the cyclic collector runs
             raise failures.pop(0)
+        if refused:
+            raise MessageRefused(refused)
 
     async def _connected(self) -> Any:
         if self._nc is not None and not self._nc.is_closed:
@@ -94,6 +99,19 @@ class NatsQueue:
             with contextlib.suppress(Exception):  # closing a dead connection
                 self._loop.run(self._nc.drain(), timeout=self.timeout_s)
         self._loop.close()
+
+
+# JetStream's "message size exceeds maximum allowed": the stream's max_msg_size, the same on every try
+_MESSAGE_TOO_LARGE = 10054
+
+
+def _refusal(result: object) -> str:
+    """Why the server refused this message for good, or "" (delivered, or a fault that may heal)."""
+    if isinstance(result, nats.errors.MaxPayloadError):
+        return f"larger than the server's max_payload: {result}"
+    if isinstance(result, nats.js.errors.APIError) and result.err_code == _MESSAGE_TOO_LARGE:
+        return f"JetStream {result.err_code}: {result.description}"
+    return ""
 
 
 def open_nats_queue(url: str) -> NatsQueue:

@@ -14,7 +14,7 @@ from typing import Any
 
 from kubesonar.sensor.queues import Message
 from kubesonar.shared.batch import PUBSUB_PUSH_LIMIT, read_header
-from kubesonar.shared.errors import ConfigError, QueueUnavailable
+from kubesonar.shared.errors import ConfigError, MessageRefused, QueueUnavailable
 from kubesonar.shared.identity import split_batch_key
 
 _TOPIC = re.compile(r"^pubsub://(projects/[^/]+/topics/[^/]+)$")
@@ -32,13 +32,50 @@ class PubSubQueue:
         self._publisher = client or _publisher_client()
 
     def send(self, messages: list[Message]) -> None:
+        refused: dict[str, str] = {}
         try:
-            pending = [self._publisher.publish(self.topic, m.data, timeout=_PUBLISH_TIMEOUT_S, **_attributes(m))
-                       for m in messages]
-            for future in pending:
-                future.result(timeout=_PUBLISH_TIMEOUT_S)
+            pending = []
+            for m in messages:
+                why = self._publish(m, pending)
+                if why:
+                    refused[m.key] = why
+            invalid = [m for m, future in pending if self._refused(future)]
+            if len(invalid) > 1 and len(invalid) == len(pending):
+                # a request refused whole names no message: one at a time finds which (the rest go again)
+                invalid = [m for m in invalid if self._refused_alone(m)]
+            refused |= {m.key: "Pub/Sub InvalidArgument" for m in invalid}
         except Exception as exc:
             raise QueueUnavailable(f"Pub/Sub {self.topic}: {type(exc).__name__}: {exc}") from None
+        if refused:
+            raise MessageRefused(refused)
+
+    def _publish(self, message: Message, pending: list) -> str:
+        """Publish one message, its future added to ``pending``; why the client refuses it outright, or ""."""
+        from google.cloud.pubsub_v1.publisher.exceptions import MessageTooLargeError
+
+        try:
+            pending.append((message, self._publisher.publish(self.topic, message.data, timeout=_PUBLISH_TIMEOUT_S,
+                                                             **_attributes(message))))
+        except MessageTooLargeError as exc:
+            return f"Pub/Sub: {exc}"
+        return ""
+
+    def _refused_alone(self, message: Message) -> bool:
+        alone: list = []
+        self._publish(message, alone)
+        return self._refused(alone[0][1])
+
+    @staticmethod
+    def _refused(future: Any) -> bool:
+        """Wait for a publish: True if Pub/Sub refused it as invalid (the request's messages, not the topic,
+        whose name the URL's form has checked); any other fault raises."""
+        from google.api_core.exceptions import InvalidArgument
+
+        try:
+            future.result(timeout=_PUBLISH_TIMEOUT_S)
+        except InvalidArgument:
+            return True
+        return False
 
 
 def _publisher_client() -> Any:

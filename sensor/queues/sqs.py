@@ -13,12 +13,17 @@ import base64
 from typing import Any
 
 from kubesonar.sensor.queues import Message
-from kubesonar.shared.errors import QueueUnavailable
+from kubesonar.shared.errors import MessageRefused, QueueUnavailable
 
 SQS_MAX_BYTES = 262_144
 _ENTRY_OVERHEAD = 64  # message attribute bytes per entry, rounded up
 LIMIT = (SQS_MAX_BYTES - _ENTRY_OVERHEAD) * 3 // 4 - 4  # largest batch message whose base64 fits
 CONNECT_TIMEOUT_S, READ_TIMEOUT_S = 3, 5  # SendMessageBatch answers in milliseconds; 256 KiB goes out in one
+# refusals about the message itself, the same on every try: too large for the queue, a body or attribute
+# it will not take. A missing queue, denied credentials or KMS key, throttling and the service's own
+# faults may heal, and stay retryable.
+_MESSAGE_FAULTS = frozenset({"InvalidParameterValue", "InvalidMessageContents", "InvalidAttributeName",
+                             "InvalidAttributeValue", "MessageTooLong"})
 
 
 class SqsQueue:
@@ -35,18 +40,50 @@ class SqsQueue:
         self._sqs, self.url = client, url
 
     def send(self, messages: list[Message]) -> None:
+        refused: dict[str, str] = {}
         for group in _groups(messages):
-            entries = [{"Id": str(i), "MessageBody": base64.b64encode(m.data).decode("ascii"),
-                        "MessageAttributes": {"key": {"DataType": "String", "StringValue": m.key}}}
-                       for i, m in enumerate(group)]
-            try:
-                response = self._sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
-            except Exception as exc:  # noqa: BLE001 - endpoint down, throttled, credentials: all retryable here
+            refused |= self._send_group(group)
+        if refused:
+            raise MessageRefused(refused)
+
+    def _send_group(self, group: list[Message]) -> dict[str, str]:
+        """Send up to 10 messages; the keys of those SQS refuses for good, with why. Anything that may
+        heal raises QueueUnavailable."""
+        try:
+            entries = [_entry(i, m) for i, m in enumerate(group)]
+            response = self._sqs.send_message_batch(QueueUrl=self.url, Entries=entries)
+        except Exception as exc:  # noqa: BLE001 - endpoint down, throttled, credentials: retryable unless about a message
+            code, why = _error(exc)
+            if code not in _MESSAGE_FAULTS:
                 raise QueueUnavailable(f"SQS {self.url}: {exc}") from None
-            if response.get("Failed"):
-                failed = response["Failed"][0]
-                raise QueueUnavailable(f"SQS refused {len(response['Failed'])} message(s): "
-                                       f"{failed.get('Code')} {failed.get('Message', '')}")
+            response = None
+        if response is None:
+            if len(group) == 1:
+                return {group[0].key: f"SQS {code}: {why}"}
+            # the call names no entry (moto refuses a whole batch for one oversized message): one at a time
+            # finds it; the others are delivered, some perhaps twice (receivers deduplicate by key)
+            return {key: reason for m in group for key, reason in self._send_group([m]).items()}
+        refused: dict[str, str] = {}
+        healing: list[str] = []
+        for failed in response.get("Failed", []):
+            reason = f"SQS {failed.get('Code')}: {failed.get('Message', '')}"
+            if failed.get("SenderFault") and failed.get("Code") in _MESSAGE_FAULTS:
+                refused[group[int(failed["Id"])].key] = reason
+            else:
+                healing.append(reason)
+        if healing:
+            raise QueueUnavailable(f"SQS refused {len(healing)} message(s): {healing[0]}")
+        return refused
+
+
+def _entry(index: int, message: Message) -> dict[str, Any]:
+    return {"Id": str(index), "MessageBody": base64.b64encode(message.data).decode("ascii"),
+            "MessageAttributes": {"key": {"DataType": "String", "StringValue": message.key}}}
+
+
+def _error(exc: Exception) -> tuple[str, str]:
+    error = getattr(exc, "response", None) or {}
+    return error.get("Error", {}).get("Code", ""), error.get("Error", {}).get("Message", str(exc))
 
 
 def _groups(messages: list[Message]) -> list[list[Message]]:

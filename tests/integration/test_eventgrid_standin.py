@@ -72,6 +72,20 @@ def test_the_largest_batches_fit_one_event_each_and_requests_stay_under_one_mega
     assert len(topic.received) == 3 and topic.counters.refused == {}
 
 
+def test_an_event_grid_refuses_for_good_is_named_and_the_rest_are_delivered(topic):
+    """An event over 1 MB is answered 413 on every try: named in MessageRefused (dropped and counted in
+    front of the spool), not an outage that holds the spool's head; the others are delivered."""
+    from kubesonar.shared.errors import MessageRefused
+
+    header = BatchHeader("prod", "node-1", "node-1/1", 0, 0, 1)
+    (data,) = encode_batch(header, FlowRecords.empty(0), limit=LIMIT)
+    huge, small = Message("node-1/1/0/0", data + os.urandom(1024 * 1024)), Message("node-1/1/1/0", data)
+    with pytest.raises(MessageRefused) as refused:
+        open_publisher(f"eventgrid://{topic.host}").send([huge, small])
+    assert list(refused.value.refused) == [huge.key] and "413" in refused.value.refused[huge.key]
+    assert [e["id"] for e in topic.received] == [small.key]
+
+
 def test_an_unreachable_topic_is_queue_unavailable_for_the_spool(topic):
     url = f"eventgrid://{topic.host}"
     topic.close()

@@ -39,6 +39,28 @@ def test_messages_carry_the_batch_and_its_attributes(gcp_emulators):  # noqa: F8
                                                  "sequence": "42", "part": "0"}
 
 
+def test_a_message_pubsub_refuses_for_good_is_named_and_the_rest_are_delivered(gcp_emulators):  # noqa: F811
+    """A message the client refuses (past the 10 MB a publish request may be) fails the same way on every try:
+    named in MessageRefused (dropped and counted in front of the spool), the others delivered."""
+    from google.cloud import pubsub_v1
+
+    from kubesonar.sensor.queues import Message
+    from kubesonar.shared.errors import MessageRefused
+
+    topic = f"projects/{PROJECT}/topics/flows-{uuid.uuid4().hex[:8]}"
+    subscription = topic.replace("/topics/", "/subscriptions/")
+    pubsub_v1.PublisherClient().create_topic(name=topic)
+    subscriber = pubsub_v1.SubscriberClient()
+    subscriber.create_subscription(name=subscription, topic=topic)
+    (small,) = _messages()
+    huge = Message("node-7/abc/43/0", small.data + bytes(10_500_000))
+    with pytest.raises(MessageRefused) as refused:
+        open_publisher(f"pubsub://{topic}").send([huge, small])
+    assert list(refused.value.refused) == [huge.key]
+    (received,) = subscriber.pull(subscription=subscription, max_messages=10, timeout=30).received_messages
+    assert received.message.data == small.data
+
+
 def test_an_unreachable_pubsub_spools(tmp_path, monkeypatch):
     from kubesonar.sensor.queues import pubsub
 

@@ -10,7 +10,7 @@ import pytest
 from kubesonar.compose import replay
 from kubesonar.sensor.queues import Message, open_publisher, parse_queue_url
 from kubesonar.sensor.spool import SpoolingPublisher
-from kubesonar.shared.errors import ConfigError, QueueUnavailable
+from kubesonar.shared.errors import ConfigError, MessageRefused, QueueUnavailable
 
 from conftest import PCAPS
 from helpers import cyclic_garbage_after
@@ -143,10 +143,29 @@ def test_a_refused_send_leaves_no_reference_cycle(nats):  # noqa: F811
         publisher.send([Message("s/0/0", b"x")])  # connected, and the stream takes a small one
 
         def refused() -> None:
-            with pytest.raises(QueueUnavailable, match="size exceeds"):
+            with pytest.raises(MessageRefused, match="size exceeds"):
                 publisher.send([Message("s/0/1", b"x" * 200), Message("s/0/2", b"y" * 200)])
 
         assert cyclic_garbage_after(refused) == []
+    finally:
+        publisher.close()
+
+
+def test_a_message_the_stream_refuses_for_good_is_named_and_the_rest_are_delivered(nats):  # noqa: F811
+    """A message over the stream's max_msg_size is refused the same way on every try: named in
+    MessageRefused (dropped and counted in front of the spool), not an outage that holds the spool's head."""
+    from nats.js.api import StreamConfig
+
+    async def small_stream(js):
+        await js.add_stream(StreamConfig(name="KUBESONAR_BATCHES", subjects=[SUBJECT], max_msg_size=64))
+
+    jetstream(nats.url, small_stream)
+    publisher = open_publisher(f"{nats.url}/{SUBJECT}")
+    try:
+        with pytest.raises(MessageRefused) as refused:
+            publisher.send([Message("s/0/0", b"x"), Message("s/0/1", b"x" * 200), Message("s/0/2", b"y")])
+        assert list(refused.value.refused) == ["s/0/1"] and "10054" in refused.value.refused["s/0/1"]
+        assert _stored(nats.url) == ["s/0/0", "s/0/2"]
     finally:
         publisher.close()
 

@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import numpy as np
+
 from kubesonar.sensor.queues import Message, window_messages
 from kubesonar.sensor.queues.sqs import LIMIT, SqsQueue
 from kubesonar.shared.batch import BatchHeader
@@ -109,3 +111,43 @@ def test_a_silent_queue_holds_up_one_window_then_windows_go_straight_to_the_spoo
             waited.append(time.monotonic() - started)
         assert publisher.stats.spooled == 4 and publisher.stats.sent == 0
         assert all(w < 0.5 for w in waited[1:]), waited
+
+
+def test_a_message_sqs_refuses_for_good_is_dropped_and_counted_and_the_windows_behind_it_go_on(
+        aws_endpoint, tmp_path, monkeypatch):  # noqa: F811
+    """A queue whose MaximumMessageSize is 1024 bytes refuses a big window's batch (moto: InvalidParameterValue,
+    the same on every try). Retried as an outage, it held the spool's head and every later window waited
+    behind it; dropped and counted, the next window is delivered at once."""
+    from kubesonar.compose import build_sensor
+    from kubesonar.sensor.live import SensorSettings, Window
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_endpoint)
+    sqs = client("sqs", aws_endpoint)
+    url = sqs.create_queue(QueueName=f"small-{uuid.uuid4().hex[:10]}",
+                           Attributes={"MaximumMessageSize": "1024"})["QueueUrl"]
+    live = build_sensor(SensorSettings(("lo",), node="node-1"), url, str(tmp_path / "spool"), 1 << 20)
+    big = BatchHeader("prod", "node-1", "node-1/18ebe3a3", 0, 0, 1)
+    small = BatchHeader("prod", "node-1", "node-1/18ebe3a3", 1, 1, 2)
+    flows = FlowRecords.empty(100)
+    flows.columns["first_ts"] = np.random.default_rng(7).integers(0, 2**62, 100)  # incompressible
+    live.sink(Window(big, flows))  # far past 1024 bytes
+    live.sink(Window(small, FlowRecords.empty(0)))
+    got = sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"], MaxNumberOfMessages=10)
+    assert [m["MessageAttributes"]["key"]["StringValue"] for m in got.get("Messages", [])] == ["node-1/18ebe3a3/1/0"]
+    counters = live.extra_counters()
+    assert (counters["queue_refused"], counters["spool_depth"], counters["spool_dropped"]) == (1, 0, 0)
+
+
+def test_a_missing_sqs_queue_stays_retryable(aws_endpoint):  # noqa: F811
+    """A refusal about the queue (or the credentials) heals once it is fixed: the spool keeps the batch."""
+    from kubesonar.shared.errors import MessageRefused
+
+    queue = SqsQueue(f"{aws_endpoint}/123456789012/missing-{uuid.uuid4().hex[:10]}")
+    try:
+        queue.send(_messages())
+    except MessageRefused as exc:
+        raise AssertionError(f"a missing queue was taken for a refused message: {exc}") from None
+    except QueueUnavailable:
+        pass
+    else:
+        raise AssertionError("a missing queue took the message")

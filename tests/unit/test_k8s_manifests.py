@@ -227,3 +227,29 @@ def test_the_onprem_backend_verifies_with_the_same_keyring():
     assert env["KUBESONAR_KEYRING_FILE"].startswith(mount["mountPath"] + "/")
     assert backend["securityContext"]["fsGroup"] == backend["securityContext"]["runAsUser"]  # it can read the file
     assert "keyring_from_env(os.environ)" in (REPO / "kubesonar" / "backend_runner.py").read_text()
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_sensor_is_restarted_when_its_loop_stops_moving(overlay, tmp_path):
+    """The livenessProbe reads the file the sensor is told to write, in a volume it can write to, with the
+    module that judges it; and that command, run here, tells a fresh heartbeat from a stale one."""
+    import sys
+
+    from kubesonar.sensor.liveness import Heartbeat
+
+    (container,) = _daemonset(overlay)["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    health_file = env["KUBESONAR_SENSOR_HEALTH_FILE"]
+    probe = container["livenessProbe"]
+    command = probe["exec"]["command"]
+    assert command == ["python", "-m", "kubesonar.sensor.liveness", health_file]
+    assert any(health_file.startswith(m["mountPath"] + "/") and not m.get("readOnly")
+               for m in container["volumeMounts"]), "the sensor cannot write its health file under a read-only root"
+    assert probe["periodSeconds"] * probe["failureThreshold"] <= 120 and probe["timeoutSeconds"] >= 5
+    here = [sys.executable, *command[1:-1], str(tmp_path / "alive")]
+    assert subprocess.run(here, capture_output=True).returncode == 1  # no file yet: not alive
+    Heartbeat(tmp_path / "alive", stale_after_s=60).beat()
+    assert subprocess.run(here, capture_output=True).returncode == 0
+    Heartbeat(tmp_path / "alive", stale_after_s=-1).beat()
+    stale = subprocess.run(here, capture_output=True, text=True)
+    assert stale.returncode == 1 and "past its deadline" in stale.stderr
