@@ -65,8 +65,9 @@ QUEUE_KINDS: tuple[QueueKind, ...] = (
               "kubesonar.sensor.queues.eventgrid:EventGridQueue", "eventgrid://TOPIC-HOSTNAME"),
     QueueKind("nats", re.compile(r"^nats://[^/?#]+/[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*(\?.*)?$"),
               1024 * 1024 - 16 * 1024, "kubesonar.sensor.queues.nats:open_nats_queue", "nats://HOST:PORT/SUBJECT"),
-    QueueKind("sqs", re.compile(r"^https?://(sqs\.[a-z0-9-]+\.amazonaws\.com(\.cn)?|[^/]+)/\d{12}/[A-Za-z0-9_-]{1,80}"
-                                r"(\.fifo)?$"), SQS_LIMIT, "kubesonar.sensor.queues.sqs:SqsQueue",
+    # a standard queue only: a FIFO queue (NAME.fifo) refuses every message that carries no MessageGroupId
+    QueueKind("sqs", re.compile(r"^https?://(sqs\.[a-z0-9-]+\.amazonaws\.com(\.cn)?|[^/]+)/\d{12}/[A-Za-z0-9_-]{1,80}$"),
+              SQS_LIMIT, "kubesonar.sensor.queues.sqs:SqsQueue",
               "an SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME)"),
 )
 
@@ -84,6 +85,9 @@ def queue_kind(url: str) -> QueueKind:
         if kind.pattern.match(url):
             return kind
     shown = without_credentials(url)
+    if url.endswith(".fifo"):
+        raise ConfigError(f"queue URL {shown!r} names an SQS FIFO queue: the sensor sends to a standard queue "
+                          "(infra/aws makes one); a FIFO queue would refuse every batch")
     raise ConfigError(f"queue URL {shown!r} is not one of: " + ", ".join(k.form for k in QUEUE_KINDS))
 
 

@@ -193,3 +193,10 @@ def test_queue_urls(url, kind):
 def test_a_bad_queue_url_lists_the_forms(url):
     with pytest.raises(ConfigError, match="file://"):
         open_publisher(url)
+
+
+def test_an_sqs_fifo_queue_is_refused_at_start():
+    """The publisher sends no MessageGroupId, so a FIFO queue refused every batch; with refusals now
+    dropped and counted (not spooled), a sensor pointed at one would have lost every window."""
+    with pytest.raises(ConfigError, match="FIFO"):
+        open_publisher("https://sqs.eu-west-1.amazonaws.com/123456789012/kubesonar-flows.fifo")
