@@ -1,7 +1,9 @@
 """The sensor's Pub/Sub publisher. The message data is the raw batch bytes; cluster, node, sensor,
-sequence and part travel as attributes. Credentials come from Application Default Credentials: on GKE,
-Workload Identity's metadata server (no key files). PUBSUB_EMULATOR_HOST, when set, points the client
-at an emulator, as the library itself honours it.
+sequence and part travel as attributes. Credentials come from Application Default Credentials: in the
+DaemonSet, a credential configuration that exchanges the pod's projected service-account token at
+Google's STS (Workload Identity Federation with Kubernetes; GKE's metadata server cannot serve a
+hostNetwork pod: docs/gcp.md), no key files. PUBSUB_EMULATOR_HOST, when set, points the client at an
+emulator, as the library itself honours it.
 
 The capture loop waits while a window is sent: a publish gives up after :data:`_PUBLISH_TIMEOUT_S`, the
 client's own retries included (the spooling publisher retries briefly and then spools). With the
@@ -79,7 +81,7 @@ class PubSubQueue:
 
 
 def _publisher_client() -> Any:
-    from google.auth.exceptions import DefaultCredentialsError
+    from google.auth.exceptions import DefaultCredentialsError, TransportError
     from google.cloud import pubsub_v1
 
     # A publish request fills up to Pub/Sub's 10 MB request cap with messages of at most `limit` bytes
@@ -88,8 +90,11 @@ def _publisher_client() -> Any:
     try:
         return pubsub_v1.PublisherClient(batch_settings=settings)
     except DefaultCredentialsError as exc:
-        raise ConfigError(f"no Google credentials for Pub/Sub (Workload Identity on GKE, or "
-                          f"GOOGLE_APPLICATION_CREDENTIALS elsewhere): {exc}") from None
+        raise ConfigError(f"no Google credentials for Pub/Sub (GOOGLE_APPLICATION_CREDENTIALS: the credential "
+                          f"configuration infra/k8s/overlays/gcp ships, docs/gcp.md): {exc}") from None
+    except TransportError as exc:  # without a project set, the library asks the network for one here
+        raise ConfigError(f"Google's token service could not be reached to find the project while the Pub/Sub "
+                          f"client was made; set GOOGLE_CLOUD_PROJECT (the gcp overlay does): {exc}") from None
 
 
 def _attributes(message: Message) -> dict[str, str]:

@@ -169,6 +169,23 @@ def test_the_sensors_publisher_starts_from_the_overlays_environment_without_a_ne
     assert isinstance(queue._publisher._transport._credentials, identity_pool.Credentials)
 
 
+def test_a_publisher_that_cannot_reach_googles_token_service_at_start_is_one_clear_error(overlay_environment,
+                                                                                        monkeypatch):
+    """Without GOOGLE_CLOUD_PROJECT the library asks the network for the project while the publisher is
+    built; out of reach, that was a TransportError traceback at the sensor's start."""
+    from kubesonar.sensor.queues.pubsub import PubSubQueue
+    from kubesonar.shared.errors import ConfigError
+
+    def no_network(host, *args, **kwargs):
+        raise OSError(f"no route to {host}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+    _, env = overlay_environment
+    with pytest.raises(ConfigError, match="GOOGLE_CLOUD_PROJECT"):
+        PubSubQueue(env["KUBESONAR_SENSOR_QUEUE"])
+
+
 class _TokenExchange(BaseHTTPRequestHandler):
     """Answers an STS token exchange as sts.googleapis.com does, keeping the form it was sent."""
 
