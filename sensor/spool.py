@@ -2,11 +2,15 @@
 disk and drain, oldest first, once it is back. Nothing is lost within the bound; beyond it the oldest
 messages are dropped and counted. Delivery is at least once (receivers deduplicate by message key).
 
-The directory is the truth: depth and size are re-read from it, so files that vanish (an operator, a
-deleted directory) never leave the counters drifting. An entry that cannot be a message (empty, cut,
-a key that is not UTF-8 or not a batch key, a name that is not ours, a directory) is moved to
-``quarantine/`` and counted; the sensor keeps publishing. If the spool cannot be written at all (the
-directory is gone and cannot be made again, the disk is full), the message is dropped and counted.
+The directory is the truth, read once at start into an in-memory index (:class:`SpoolIndex`) that the
+spool's own writes and deletes keep up to date, so a publish costs the same with 10 or 300,000 entries
+spooled. When the directory changes behind the spool's back (its modification time or inode moves: an
+operator, a deleted directory) the index is read again; a file it names that is gone anyway is dropped
+from it when the spool next reaches it, so the counters never drift for long. An entry that cannot
+be a message (empty, cut, a key that is not UTF-8 or not a batch key, a name that is not ours, a
+directory) is moved to ``quarantine/`` and counted; the sensor keeps publishing. If the spool cannot
+be written at all (the directory is gone and cannot be made again, the disk is full), the message is
+dropped and counted.
 
 The capture loop waits while a window is published, so an outage costs it little: once the queue has
 failed, windows go straight to disk until a backoff (1 s doubling to 30 s) has passed, and then one
@@ -20,6 +24,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import struct
 import time
 from dataclasses import dataclass
@@ -28,6 +33,7 @@ from pathlib import Path
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
 
 from kubesonar.sensor.queues import Message, Publisher
+from kubesonar.sensor.spool_index import SpoolIndex
 from kubesonar.shared.errors import BatchFormatError, ConfigError, QueueUnavailable
 from kubesonar.shared.identity import split_batch_key
 
@@ -84,14 +90,17 @@ class SpoolingPublisher:
         self._retrying = Retrying(stop=stop_after_attempt(attempts), wait=wait_random_exponential(0.02, max_wait_s),
                                   retry=retry_if_exception_type(QueueUnavailable), reraise=True,
                                   before_sleep=self._count_retry)
-        entries = self._entries()  # a restarted sensor resumes its spool
-        self._next = int(entries[-1][0].name.split(".")[0]) + 1 if entries else 0
+        self._index = self._scan()  # a restarted sensor resumes its spool
+        last = self._index.last_sequence()
+        self._next = 0 if last is None else last + 1
+        self._settle()
 
     def _count_retry(self, _state) -> None:
         self.stats.retries += 1
 
     def publish(self, messages: list[Message]) -> None:
         """Send now if the queue is reachable and nothing waits before these; else spool them."""
+        self._refresh()
         # drain at least one more than this publish adds, so a slow queue still empties the spool
         if time.monotonic() >= self._retry_at and self.drain(self.drain_budget_s, at_least=len(messages) + 1):
             try:
@@ -103,34 +112,43 @@ class SpoolingPublisher:
                 self._down(exc)
         for m in messages:
             self._spool(m)
-        self._entries()
+        self._settle()
 
     def drain(self, budget_s: float | None = None, at_least: int = 1) -> bool:
         """Deliver spooled messages oldest first, for at most ``budget_s`` once ``at_least`` have gone;
         True once the spool is empty."""
+        self._refresh()
+        try:
+            return self._drain(budget_s, at_least)
+        finally:
+            self._settle()
+
+    def _drain(self, budget_s: float | None, at_least: int) -> bool:
         deadline = None if budget_s is None else time.monotonic() + budget_s
-        for i, (path, _size) in enumerate(self._entries()):
+        for i, (slot, sequence, _size, _written) in enumerate(self._index.entries()):
             if i >= at_least and deadline is not None and time.monotonic() >= deadline:
-                self._entries()
                 return False  # the rest next time: the capture loop is waiting
+            path = self._path(sequence)
             try:
                 message = _read(path)
             except FileNotFoundError:
-                continue  # gone meanwhile: the next scan counts without it
+                self._index.remove(slot)  # gone behind the spool's back: nothing to send
+                continue
             except (_Corrupt, OSError) as exc:
                 self._quarantine(path, str(exc))
+                self._index.remove(slot)
                 continue
             try:
                 self._send([message])
             except QueueUnavailable as exc:
                 self._down(exc)
-                self._entries()
                 return False
             self._up()
-            path.unlink(missing_ok=True)
+            # delivered: out of the index even if the file stays (a restart sends it again, deduplicated)
+            self._index.remove(slot)
+            _remove(path)
             self.stats.sent += 1
             self.stats.drained += 1
-        self._entries()
         return True
 
     def _send(self, messages: list[Message]) -> None:
@@ -150,7 +168,7 @@ class SpoolingPublisher:
     def _up(self) -> None:
         if self._failed_tries:
             log.warning("queue reachable again after %d failed tries; %d batches spooled to send",
-                        self._failed_tries, self.stats.depth)
+                        self._failed_tries, self._index.count)
         self._failed_tries, self._retry_at = 0, 0.0
 
     def _spool(self, message: Message) -> None:
@@ -159,25 +177,24 @@ class SpoolingPublisher:
         if size > self.max_bytes or len(key) > MAX_KEY_BYTES:
             self._drop_new(size, f"message {message.key[:80]!r} of {size} bytes does not fit the spool")
             return
-        entries = self._entries()
-        held = sum(s for _, s in entries)
-        for old, old_size in entries:
-            if held + size <= self.max_bytes:
+        for slot, sequence, old_size, _written in self._index.entries():
+            if self._index.bytes + size <= self.max_bytes:
                 break
             try:
-                old.unlink()
+                self._path(sequence).unlink()
             except FileNotFoundError:
-                pass
+                pass  # gone behind the spool's back: not a drop
             except OSError:
                 continue
-            held -= old_size
-            self.stats.dropped += 1
-            self.stats.dropped_bytes += old_size
-        if held + size > self.max_bytes:  # older entries could not be removed: never pass the bound
+            else:
+                self.stats.dropped += 1
+                self.stats.dropped_bytes += old_size
+            self._index.remove(slot)
+        if self._index.bytes + size > self.max_bytes:  # older entries could not be removed: never pass the bound
             self._drop_new(size, f"the spool {self.directory} is full and its oldest entries cannot be removed")
             return
-        path = self.directory / f"{self._next:020d}.spool"
-        self._next += 1
+        sequence, self._next = self._next, self._next + 1
+        path = self._path(sequence)
         tmp = path.with_suffix(".tmp")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)  # it may have been deleted meanwhile
@@ -191,8 +208,9 @@ class SpoolingPublisher:
             self.stats.write_errors += 1
             self._drop_new(size, f"cannot write to the spool {self.directory}: {exc.strerror}")
             return
+        self._index.add(sequence, size, time.time())
         self.stats.spooled += 1
-        self.stats.peak_bytes = max(self.stats.peak_bytes, held + size)
+        self.stats.peak_bytes = max(self.stats.peak_bytes, self._index.bytes)
 
     def _drop_new(self, size: int, why: str) -> None:
         self.stats.dropped += 1
@@ -202,30 +220,53 @@ class SpoolingPublisher:
     def _note(self, why: str) -> None:
         self.errors = (self.errors + [why])[-16:]
 
-    def _entries(self) -> list[tuple[Path, int]]:
-        """The spooled messages, oldest first, with their sizes; sets depth from what is really there.
-        Entries that are not ours are quarantined on the way."""
-        found: list[tuple[Path, int]] = []
-        try:
-            candidates = sorted(self.directory.glob("*.spool"))
+    def _path(self, sequence: int) -> Path:
+        return self.directory / f"{sequence:020d}.spool"
+
+    def _scan(self) -> SpoolIndex:
+        """The spooled messages on disk, oldest first, with their sizes and write times. Entries that
+        are not ours are quarantined on the way."""
+        index = SpoolIndex()
+        try:  # names only: a month of heartbeats is 300,000 of them
+            names = sorted(name for name in os.listdir(self.directory) if name.endswith(".spool"))
         except OSError:
-            candidates = []
-        for path in candidates:
-            if not _NAME.match(path.name):
-                self._quarantine(path, "not a spool entry name")
+            names = []
+        directory = str(self.directory)  # not a Path a name: pathlib interns every part, for good
+        for name in names:
+            if not _NAME.match(name):
+                self._quarantine(self.directory / name, "not a spool entry name")
                 continue
             try:
-                st = path.lstat()
+                st = os.lstat(os.path.join(directory, name))
             except FileNotFoundError:
                 continue
-            if not path.is_file() or path.is_symlink() or st.st_size < _KEY_LEN.size + 1:
-                self._quarantine(path, "not a spool entry (a directory, a link or too short)")
+            if not stat.S_ISREG(st.st_mode) or st.st_size < _KEY_LEN.size + 1:
+                self._quarantine(self.directory / name, "not a spool entry (a directory, a link or too short)")
                 continue
-            found.append((path, st.st_size))
-        self.stats.depth = len(found)
-        self.stats.depth_bytes = sum(s for _, s in found)
+            index.add(int(name[:20]), st.st_size, st.st_mtime)
+        return index
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.directory.stat()
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino, st.st_mtime_ns
+
+    def _refresh(self) -> None:
+        """Read the directory again if something else changed it since the spool last did. (Before
+        Linux 6.13's fine-grained timestamps a change within the clock tick of the spool's own goes
+        unseen here; the index drops the files it names that are gone when it reaches them.)"""
+        if self._signature() != self._seen:
+            self._index = self._scan()
+            self._settle()
+
+    def _settle(self) -> None:
+        """Counters from the index, and the directory as the spool left it."""
+        self.stats.depth = self._index.count
+        self.stats.depth_bytes = self._index.bytes
         self.stats.peak_bytes = max(self.stats.peak_bytes, self.stats.depth_bytes)
-        return found
+        self._seen = self._signature()
 
     def _quarantine(self, path: Path, why: str) -> None:
         """Move an unreadable entry aside (kept for a look, the newest few) and count it."""

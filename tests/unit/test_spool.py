@@ -3,6 +3,7 @@ order, and the spool never holds more than its bound. Beyond the bound the oldes
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
@@ -193,3 +194,52 @@ def test_queue_urls(url, kind):
 def test_a_bad_queue_url_lists_the_forms(url):
     with pytest.raises(ConfigError, match="file://"):
         open_publisher(url)
+
+
+def _heartbeats(spool, count: int) -> int:
+    """``count`` heartbeat-sized entries written straight to the spool directory; their bytes."""
+    spool.mkdir()
+    key = b"node-1/abc/0/0"
+    entry = len(key).to_bytes(2, "little") + key + b"x" * 880
+    for n in range(count):
+        (spool / f"{n:020d}.spool").write_bytes(entry)
+    return count * len(entry)
+
+
+def test_a_publish_does_not_list_a_large_spool(tmp_path, monkeypatch):
+    """A publish that listed the spool directory took 0.5 s with 10,000 heartbeats spooled and 9.7 s
+    with 100,000, most of a 10 s window: the spool lists it once, at start, and keeps an index."""
+    held = _heartbeats(tmp_path / "spool", 2000)
+    queue_dir = tmp_path / "queue"
+    queue_dir.write_text("not a directory")  # the queue is down
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
+    assert publisher.stats.depth == 2000 and publisher.stats.depth_bytes == held
+    listings = []
+    for name in ("scandir", "listdir"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda path=".", real=real: listings.append(path) or real(path))
+    for sequence in range(5):
+        publisher.publish(_one_part(sequence))
+    assert listings == []
+    monkeypatch.undo()
+    on_disk = list((tmp_path / "spool").glob("*.spool"))
+    assert publisher.stats.depth == len(on_disk) == 2005
+    assert publisher.stats.depth_bytes == sum(p.stat().st_size for p in on_disk)
+
+
+def test_an_entry_gone_behind_the_spools_back_is_dropped_from_the_index(tmp_path):
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    _break(queue_dir)
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
+    for sequence in range(3):
+        publisher.publish(_one_part(sequence))
+    spool = tmp_path / "spool"
+    seen = spool.stat()
+    min(spool.glob("*.spool")).unlink()
+    os.utime(spool, ns=(seen.st_atime_ns, seen.st_mtime_ns))  # a change the directory's time does not show
+    _mend(queue_dir)
+    assert publisher.drain()
+    s = publisher.stats
+    assert s.depth == s.depth_bytes == 0 and s.drained == 2 and s.dropped == 0
+    assert sorted(int(p.stem.rsplit("-", 2)[1]) for p in queue_dir.glob("*.ksfb")) == [1, 2]
