@@ -12,6 +12,10 @@ directory) is moved to ``quarantine/`` and counted; the sensor keeps publishing.
 be written at all (the directory is gone and cannot be made again, the disk is full), the message is
 dropped and counted.
 
+A batch is worth sending only while the backend takes it: it refuses as a replay any whose window ended
+``MAX_AGE_NS`` (23 h) ago or more (shared/applied.py). Entries written that long ago (their windows ended
+earlier still) are expired: deleted, counted and logged, never sent.
+
 The capture loop waits while a window is published, so an outage costs it little: once the queue has
 failed, windows go straight to disk until a backoff (1 s doubling to 30 s) has passed, and then one
 try (no retries) says whether it is back. A spool that drains after an outage drains for at most
@@ -27,6 +31,7 @@ import shutil
 import stat
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +39,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from kubesonar.sensor.queues import Message, Publisher
 from kubesonar.sensor.spool_index import SpoolIndex
+from kubesonar.shared.applied import MAX_AGE_NS
 from kubesonar.shared.errors import BatchFormatError, ConfigError, QueueUnavailable
 from kubesonar.shared.identity import split_batch_key
 
@@ -56,6 +62,8 @@ class SpoolStats:
     drained: int = 0  # spooled messages delivered later
     dropped: int = 0  # messages dropped: the oldest, to keep the bound, or any the spool could not write
     dropped_bytes: int = 0
+    expired: int = 0  # messages spooled too long ago for the backend to take (MAX_AGE_NS), deleted unsent
+    expired_bytes: int = 0
     quarantined: int = 0  # spool entries that could not be read as messages
     write_errors: int = 0  # messages the spool could not write (they are also counted in dropped)
     depth: int = 0  # messages on disk now
@@ -70,7 +78,8 @@ class _Corrupt(Exception):
 class SpoolingPublisher:
     def __init__(self, inner: Publisher, directory: str | os.PathLike[str], max_bytes: int = 256 << 20,
                  attempts: int = 3, max_wait_s: float = 0.5, drain_budget_s: float = 1.0,
-                 outage_backoff_s: tuple[float, float] = OUTAGE_BACKOFF_S):
+                 outage_backoff_s: tuple[float, float] = OUTAGE_BACKOFF_S,
+                 clock: Callable[[], float] = time.time):
         self.inner, self.limit = inner, inner.limit
         self.directory = Path(directory)
         if max_bytes < self.limit + ENTRY_OVERHEAD:
@@ -78,6 +87,7 @@ class SpoolingPublisher:
                               f"({self.limit} bytes and {ENTRY_OVERHEAD} for its key)")
         self.max_bytes = max_bytes
         self.drain_budget_s, self.outage_backoff_s = drain_budget_s, outage_backoff_s
+        self._clock = clock  # write times, as the files' mtimes: seconds since the epoch
         self._failed_tries = 0  # since the queue last took a message
         self._retry_at = 0.0  # monotonic time before which the queue is not tried
         try:
@@ -94,6 +104,7 @@ class SpoolingPublisher:
         last = self._index.last_sequence()
         self._next = 0 if last is None else last + 1
         self._settle()
+        self._expire()
 
     def _count_retry(self, _state) -> None:
         self.stats.retries += 1
@@ -101,6 +112,7 @@ class SpoolingPublisher:
     def publish(self, messages: list[Message]) -> None:
         """Send now if the queue is reachable and nothing waits before these; else spool them."""
         self._refresh()
+        self._expire()
         # drain at least one more than this publish adds, so a slow queue still empties the spool
         if time.monotonic() >= self._retry_at and self.drain(self.drain_budget_s, at_least=len(messages) + 1):
             try:
@@ -118,6 +130,7 @@ class SpoolingPublisher:
         """Deliver spooled messages oldest first, for at most ``budget_s`` once ``at_least`` have gone;
         True once the spool is empty."""
         self._refresh()
+        self._expire()
         try:
             return self._drain(budget_s, at_least)
         finally:
@@ -208,9 +221,33 @@ class SpoolingPublisher:
             self.stats.write_errors += 1
             self._drop_new(size, f"cannot write to the spool {self.directory}: {exc.strerror}")
             return
-        self._index.add(sequence, size, time.time())
+        self._index.add(sequence, size, self._clock())
         self.stats.spooled += 1
         self.stats.peak_bytes = max(self.stats.peak_bytes, self._index.bytes)
+
+    def _expire(self) -> None:
+        """Delete the entries written ``MAX_AGE_NS`` ago or more: the backend would refuse them."""
+        written_before = self._clock() - MAX_AGE_NS / 1e9
+        count = size_total = 0
+        for slot, sequence, size, written in self._index.entries():
+            if written > written_before:
+                break  # oldest first: the rest are younger
+            try:
+                self._path(sequence).unlink()
+            except FileNotFoundError:
+                pass  # gone behind the spool's back
+            except OSError:
+                continue
+            else:
+                count, size_total = count + 1, size_total + size
+            self._index.remove(slot)
+        if count:
+            self.stats.expired += count
+            self.stats.expired_bytes += size_total
+            log.warning("deleted %d spooled batches (%d bytes) written %.0f h ago or more, unsent: the backend "
+                        "refuses them as replays; %d expired since the start", count, size_total,
+                        MAX_AGE_NS / 3.6e12, self.stats.expired)
+            self._settle()
 
     def _drop_new(self, size: int, why: str) -> None:
         self.stats.dropped += 1

@@ -3,16 +3,20 @@ order, and the spool never holds more than its bound. Beyond the bound the oldes
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 import numpy as np
 import pytest
 
+from kubesonar.compose import build_sensor
 from kubesonar.functions.local.backend import LocalBackend
+from kubesonar.sensor.live import SensorSettings
 from kubesonar.sensor.queues import Message, open_publisher, parse_queue_url, window_messages
 from kubesonar.sensor.queues.directory import DirectoryQueue
 from kubesonar.sensor.spool import OUTAGE_BACKOFF_S, SpoolingPublisher
+from kubesonar.shared.applied import MAX_AGE_NS
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.flow import FlowRecords
@@ -243,3 +247,56 @@ def test_an_entry_gone_behind_the_spools_back_is_dropped_from_the_index(tmp_path
     s = publisher.stats
     assert s.depth == s.depth_bytes == 0 and s.drained == 2 and s.dropped == 0
     assert sorted(int(p.stem.rsplit("-", 2)[1]) for p in queue_dir.glob("*.ksfb")) == [1, 2]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_what_the_backend_would_refuse_is_expired_not_sent(tmp_path, caplog):
+    """The backend refuses as a replay a batch whose window ended MAX_AGE_NS (23 h) ago or more: a spool
+    that outlived that sent every such batch anyway, to be counted stale."""
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    _break(queue_dir)
+    clock = _Clock()
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1,
+                                  outage_backoff_s=(0.0, 0.0), clock=clock)
+    for sequence in range(3):
+        publisher.publish(_one_part(sequence))
+    old_bytes = publisher.stats.depth_bytes
+    clock.now += MAX_AGE_NS / 1e9 - 60
+    publisher.publish(_one_part(3))
+    assert publisher.stats.depth == 4 and publisher.stats.expired == 0
+    clock.now += 60
+    _mend(queue_dir)
+    with caplog.at_level(logging.WARNING, logger="kubesonar.sensor.spool"):
+        publisher.publish(_one_part(4))
+    s = publisher.stats
+    assert s.expired == 3 and s.expired_bytes == old_bytes and s.dropped == 0 and s.depth == 0
+    assert sorted(int(p.stem.rsplit("-", 2)[1]) for p in queue_dir.glob("*.ksfb")) == [3, 4]
+    expiries = [r.getMessage() for r in caplog.records if "expired" in r.getMessage()]
+    assert len(expiries) == 1 and "deleted 3 spooled batches" in expiries[0]
+
+
+def test_a_restart_over_old_entries_expires_them_and_reports_it(tmp_path):
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    _break(queue_dir)
+    first = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
+    for sequence in range(3):
+        first.publish(_one_part(sequence))
+    written = time.time() - MAX_AGE_NS / 1e9 - 1  # a sensor down for a day, its spool kept
+    for path in sorted((tmp_path / "spool").glob("*.spool"))[:2]:
+        os.utime(path, (written, written))
+    _mend(queue_dir)
+    settings = SensorSettings(("lo",), node="node-1")
+    sensor = build_sensor(settings, queue_dir.as_uri(), str(tmp_path / "spool"), 1 << 20)
+    assert sensor.extra_counters()["spool_expired"] == 2  # in the heartbeat's counters
+    second = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
+    assert second.drain() and second.stats.drained == 1
+    assert [int(p.stem.rsplit("-", 2)[1]) for p in queue_dir.glob("*.ksfb")] == [2]
