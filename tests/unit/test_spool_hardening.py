@@ -3,7 +3,9 @@ the sensor keeps publishing, counters follow the directory, and the bound is nev
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -126,3 +128,34 @@ def test_the_bound_is_never_passed_even_by_the_key(tmp_path):
 def test_a_bound_below_one_message_and_its_key_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="smaller than one message"):
         _publisher(tmp_path, tmp_path / "q", bound=LIMIT)
+
+
+def test_a_write_cut_by_a_crash_is_removed_at_start(tmp_path):
+    """A crash between writing an entry's temporary file and renaming it left the file for good, outside
+    the bound: a spool that crashed often filled the disk past --spool-max-bytes."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    cut = spool / "00000000000000000007.tmp"
+    cut.write_bytes(b"\x0e\x00node-1/abc/7/0" + b"x" * (64 << 10))
+    queue_dir = _down_queue(tmp_path)
+    publisher = _publisher(tmp_path, queue_dir)
+    assert not cut.exists()
+    publisher.publish(_window(1))
+    assert publisher.stats.depth_bytes == sum(p.stat().st_size for p in spool.iterdir() if p.is_file())
+
+
+def test_an_entry_is_durable_once_spooled(tmp_path, monkeypatch):
+    """The rename that publishes an entry is durable only once its directory is synced: without it a
+    power loss could lose an entry the spool had counted as spooled."""
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append("rename") or real_replace(a, b))
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
+        "sync directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "sync file") or real_fsync(fd))
+    queue_dir = _down_queue(tmp_path)
+    publisher = _publisher(tmp_path, queue_dir)
+    for sequence in range(3):
+        publisher.publish(_window(sequence))
+    monkeypatch.undo()
+    assert publisher.stats.spooled == 3
+    assert events == ["sync file", "rename", "sync directory"] * 3
