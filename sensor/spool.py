@@ -51,6 +51,7 @@ _PARTIAL = re.compile(r"\d{20}\.tmp\Z")
 QUARANTINE = "quarantine"
 QUARANTINE_KEEP = 32  # the newest quarantined entries kept for a look; older ones are deleted
 OUTAGE_BACKOFF_S = (1.0, 30.0)  # after a failed try the queue is left alone this long, doubling to the cap
+WRITE_ERROR_LOG_S = 60.0  # write errors are logged at the first and then at most this often, with the count
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class SpoolStats:
     expired: int = 0  # messages spooled too long ago for the backend to take (MAX_AGE_NS), deleted unsent
     expired_bytes: int = 0
     quarantined: int = 0  # spool entries that could not be read as messages
-    write_errors: int = 0  # messages the spool could not write (they are also counted in dropped)
+    write_errors: int = 0  # messages the spool could not write or make room for (also counted in dropped)
     depth: int = 0  # messages on disk now
     depth_bytes: int = 0
     peak_bytes: int = 0
@@ -91,6 +92,7 @@ class SpoolingPublisher:
         self._clock = clock  # write times, as the files' mtimes: seconds since the epoch
         self._failed_tries = 0  # since the queue last took a message
         self._retry_at = 0.0  # monotonic time before which the queue is not tried
+        self._write_error_log_at = 0.0  # monotonic time before which write errors are counted, not logged
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -205,7 +207,7 @@ class SpoolingPublisher:
                 self.stats.dropped_bytes += old_size
             self._index.remove(slot)
         if self._index.bytes + size > self.max_bytes:  # older entries could not be removed: never pass the bound
-            self._drop_new(size, f"the spool {self.directory} is full and its oldest entries cannot be removed")
+            self._write_failed(size, f"the spool {self.directory} is full and its oldest entries cannot be removed")
             return
         sequence, self._next = self._next, self._next + 1
         path = self._path(sequence)
@@ -219,8 +221,7 @@ class SpoolingPublisher:
             os.replace(tmp, path)
         except OSError as exc:
             _remove(tmp)
-            self.stats.write_errors += 1
-            self._drop_new(size, f"cannot write to the spool {self.directory}: {exc.strerror}")
+            self._write_failed(size, f"cannot write to the spool {self.directory}: {exc.strerror}")
             return
         self._index.add(sequence, size, self._clock())
         self.stats.spooled += 1
@@ -262,6 +263,17 @@ class SpoolingPublisher:
                         "refuses them as replays; %d expired since the start", count, size_total,
                         MAX_AGE_NS / 3.6e12, self.stats.expired)
             self._settle()
+
+    def _write_failed(self, size: int, why: str) -> None:
+        """Drop a message the spool cannot write (disk full, read-only); say so at the first and then at
+        most every WRITE_ERROR_LOG_S, not at every message of every window."""
+        self.stats.write_errors += 1
+        self._drop_new(size, why)
+        now = time.monotonic()
+        if now >= self._write_error_log_at:
+            log.warning("%s: batch dropped (%d batches dropped since the start because the spool could not "
+                        "take them)", why, self.stats.write_errors)
+            self._write_error_log_at = now + WRITE_ERROR_LOG_S
 
     def _drop_new(self, size: int, why: str) -> None:
         self.stats.dropped += 1

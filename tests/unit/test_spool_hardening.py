@@ -3,13 +3,16 @@ the sensor keeps publishing, counters follow the directory, and the bound is nev
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import stat
+import time
 
 import numpy as np
 import pytest
 
+from kubesonar.sensor import spool as spool_module
 from kubesonar.sensor.queues import Message, window_messages
 from kubesonar.sensor.queues.directory import DirectoryQueue
 from kubesonar.sensor.spool import ENTRY_OVERHEAD, QUARANTINE, SpoolingPublisher
@@ -159,3 +162,27 @@ def test_an_entry_is_durable_once_spooled(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert publisher.stats.spooled == 3
     assert events == ["sync file", "rename", "sync directory"] * 3
+
+
+def test_write_errors_are_logged_at_the_first_and_then_at_most_once_a_minute(tmp_path, caplog, monkeypatch):
+    """A spool that could not be written (disk full, read-only) dropped every batch with only a counter to
+    show for it: nothing in the log said the sensor was losing its windows."""
+    monkeypatch.setattr(spool_module, "WRITE_ERROR_LOG_S", 0.5, raising=False)  # a minute, shortened
+    queue_dir = _down_queue(tmp_path)
+    publisher = _publisher(tmp_path, queue_dir)
+    (tmp_path / "spool").rename(tmp_path / "gone")
+    (tmp_path / "spool").write_text("a file where the directory was")  # every write fails
+
+    def reports():
+        return [r.getMessage() for r in caplog.records if "batch dropped" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="kubesonar.sensor.spool"):
+        for sequence in range(5):
+            publisher.publish(_window(sequence))
+        assert len(reports()) == 1
+        assert "cannot write to the spool" in reports()[0] and "(1 batches dropped" in reports()[0]
+        before = publisher.stats.write_errors
+        assert before == sum(len(_window(n)) for n in range(5)) > 1
+        time.sleep(0.6)
+        publisher.publish(_window(5))
+    assert len(reports()) == 2 and f"({before + 1} batches dropped" in reports()[1]
