@@ -103,9 +103,8 @@ class SpoolingPublisher:
         self._retrying = Retrying(stop=stop_after_attempt(attempts), wait=wait_random_exponential(0.02, max_wait_s),
                                   retry=retry_if_exception_type(QueueUnavailable), reraise=True,
                                   before_sleep=self._count_retry)
+        self._next = 0
         self._index = self._scan()  # a restarted sensor resumes its spool
-        last = self._index.last_sequence()
-        self._next = 0 if last is None else last + 1
         self._settle()
         self._expire()
 
@@ -315,6 +314,8 @@ class SpoolingPublisher:
                 self._quarantine(self.directory / name, "not a spool entry (a directory, a link or too short)")
                 continue
             index.add(int(name[:20]), st.st_size, st.st_mtime)
+        last = index.last_sequence()  # new names follow every name found, never overwrite one
+        self._next = max(self._next, 0 if last is None else last + 1)
         return index
 
     def _signature(self) -> tuple[int, int, int] | None:

@@ -186,3 +186,19 @@ def test_write_errors_are_logged_at_the_first_and_then_at_most_once_a_minute(tmp
         time.sleep(0.6)
         publisher.publish(_window(5))
     assert len(reports()) == 2 and f"({before + 1} batches dropped" in reports()[1]
+
+
+def test_entries_put_in_the_spool_meanwhile_are_read_and_never_overwritten(tmp_path):
+    """The index is read again when something else changes the directory; new names follow the ones
+    found (an operator moving a node's spool to another, for instance)."""
+    queue_dir = _down_queue(tmp_path)
+    publisher = _publisher(tmp_path, queue_dir)
+    publisher.publish(_window(1))
+    spool = tmp_path / "spool"
+    moved_in = spool / "00000000000000000100.spool"
+    moved_in.write_bytes(min(spool.glob("*.spool")).read_bytes())
+    second = _window(2)
+    publisher.publish(second)
+    names = sorted(p.name for p in spool.glob("*.spool"))
+    assert publisher.stats.depth == len(names) == len(_window(1)) + 1 + len(second)
+    assert names[-len(second) - 1 :] == [moved_in.name] + [f"{100 + n:020d}.spool" for n in range(1, len(second) + 1)]
