@@ -188,8 +188,9 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
 
     def spool_counters() -> dict[str, int]:
         s = publisher.stats
-        counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "spool_quarantined": s.quarantined,
-                    "publish_retries": s.retries, "queue_refused": queue_publisher.refused}
+        counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "spool_expired": s.expired,
+                    "spool_quarantined": s.quarantined, "publish_retries": s.retries,
+                    "queue_refused": queue_publisher.refused}
         return counters | (watcher.counters() if watcher else {})
 
     return LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,

@@ -3,15 +3,20 @@ order, and the spool never holds more than its bound. Beyond the bound the oldes
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 
 import numpy as np
 import pytest
 
+from kubesonar.compose import build_sensor
 from kubesonar.functions.local.backend import LocalBackend
+from kubesonar.sensor.live import SensorSettings
 from kubesonar.sensor.queues import Message, open_publisher, parse_queue_url, window_messages
 from kubesonar.sensor.queues.directory import DirectoryQueue
 from kubesonar.sensor.spool import OUTAGE_BACKOFF_S, SpoolingPublisher
+from kubesonar.shared.applied import MAX_AGE_NS
 from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.flow import FlowRecords
@@ -200,3 +205,105 @@ def test_an_sqs_fifo_queue_is_refused_at_start():
     dropped and counted (not spooled), a sensor pointed at one would have lost every window."""
     with pytest.raises(ConfigError, match="FIFO"):
         open_publisher("https://sqs.eu-west-1.amazonaws.com/123456789012/kubesonar-flows.fifo")
+
+
+def _heartbeats(spool, count: int) -> int:
+    """``count`` heartbeat-sized entries written straight to the spool directory; their bytes."""
+    spool.mkdir()
+    key = b"node-1/abc/0/0"
+    entry = len(key).to_bytes(2, "little") + key + b"x" * 880
+    for n in range(count):
+        (spool / f"{n:020d}.spool").write_bytes(entry)
+    return count * len(entry)
+
+
+def test_a_publish_does_not_list_a_large_spool(tmp_path, monkeypatch):
+    """A publish that listed the spool directory took 0.5 s with 10,000 heartbeats spooled and 9.7 s
+    with 100,000, most of a 10 s window: the spool lists it once, at start, and keeps an index."""
+    held = _heartbeats(tmp_path / "spool", 2000)
+    queue_dir = tmp_path / "queue"
+    queue_dir.write_text("not a directory")  # the queue is down
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
+    assert publisher.stats.depth == 2000 and publisher.stats.depth_bytes == held
+    listings = []
+    for name in ("scandir", "listdir"):
+        real = getattr(os, name)
+        monkeypatch.setattr(os, name, lambda path=".", real=real: listings.append(path) or real(path))
+    for sequence in range(5):
+        publisher.publish(_one_part(sequence))
+    assert listings == []
+    monkeypatch.undo()
+    on_disk = list((tmp_path / "spool").glob("*.spool"))
+    assert publisher.stats.depth == len(on_disk) == 2005
+    assert publisher.stats.depth_bytes == sum(p.stat().st_size for p in on_disk)
+
+
+def test_an_entry_gone_behind_the_spools_back_is_dropped_from_the_index(tmp_path):
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    _break(queue_dir)
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
+    for sequence in range(3):
+        publisher.publish(_one_part(sequence))
+    spool = tmp_path / "spool"
+    seen = spool.stat()
+    min(spool.glob("*.spool")).unlink()
+    os.utime(spool, ns=(seen.st_atime_ns, seen.st_mtime_ns))  # a change the directory's time does not show
+    _mend(queue_dir)
+    assert publisher.drain()
+    s = publisher.stats
+    assert s.depth == s.depth_bytes == 0 and s.drained == 2 and s.dropped == 0
+    assert sorted(int(p.stem.rsplit("-", 2)[1]) for p in queue_dir.glob("*.ksfb")) == [1, 2]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_what_the_backend_would_refuse_is_expired_not_sent(tmp_path, caplog):
+    """The backend refuses as a replay a batch whose window ended MAX_AGE_NS (23 h) ago or more: a spool
+    that outlived that sent every such batch anyway, to be counted stale."""
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    _break(queue_dir)
+    clock = _Clock()
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1,
+                                  outage_backoff_s=(0.0, 0.0), clock=clock)
+    for sequence in range(3):
+        publisher.publish(_one_part(sequence))
+    old_bytes = publisher.stats.depth_bytes
+    clock.now += MAX_AGE_NS / 1e9 - 60
+    publisher.publish(_one_part(3))
+    assert publisher.stats.depth == 4 and publisher.stats.expired == 0
+    clock.now += 60
+    _mend(queue_dir)
+    with caplog.at_level(logging.WARNING, logger="kubesonar.sensor.spool"):
+        publisher.publish(_one_part(4))
+    s = publisher.stats
+    assert s.expired == 3 and s.expired_bytes == old_bytes and s.dropped == 0 and s.depth == 0
+    assert sorted(int(p.stem.rsplit("-", 2)[1]) for p in queue_dir.glob("*.ksfb")) == [3, 4]
+    expiries = [r.getMessage() for r in caplog.records if "expired" in r.getMessage()]
+    assert len(expiries) == 1 and "deleted 3 spooled batches" in expiries[0]
+
+
+def test_a_restart_over_old_entries_expires_them_and_reports_it(tmp_path):
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    _break(queue_dir)
+    first = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
+    for sequence in range(3):
+        first.publish(_one_part(sequence))
+    written = time.time() - MAX_AGE_NS / 1e9 - 1  # a sensor down for a day, its spool kept
+    for path in sorted((tmp_path / "spool").glob("*.spool"))[:2]:
+        os.utime(path, (written, written))
+    _mend(queue_dir)
+    settings = SensorSettings(("lo",), node="node-1")
+    sensor = build_sensor(settings, queue_dir.as_uri(), str(tmp_path / "spool"), 1 << 20)
+    assert sensor.extra_counters()["spool_expired"] == 2  # in the heartbeat's counters
+    second = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
+    assert second.drain() and second.stats.drained == 1
+    assert [int(p.stem.rsplit("-", 2)[1]) for p in queue_dir.glob("*.ksfb")] == [2]

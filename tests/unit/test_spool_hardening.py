@@ -3,11 +3,16 @@ the sensor keeps publishing, counters follow the directory, and the bound is nev
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import stat
+import time
 
 import numpy as np
 import pytest
 
+from kubesonar.sensor import spool as spool_module
 from kubesonar.sensor.queues import Message, window_messages
 from kubesonar.sensor.queues.directory import DirectoryQueue
 from kubesonar.sensor.spool import ENTRY_OVERHEAD, QUARANTINE, SpoolingPublisher
@@ -126,3 +131,74 @@ def test_the_bound_is_never_passed_even_by_the_key(tmp_path):
 def test_a_bound_below_one_message_and_its_key_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="smaller than one message"):
         _publisher(tmp_path, tmp_path / "q", bound=LIMIT)
+
+
+def test_a_write_cut_by_a_crash_is_removed_at_start(tmp_path):
+    """A crash between writing an entry's temporary file and renaming it left the file for good, outside
+    the bound: a spool that crashed often filled the disk past --spool-max-bytes."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    cut = spool / "00000000000000000007.tmp"
+    cut.write_bytes(b"\x0e\x00node-1/abc/7/0" + b"x" * (64 << 10))
+    queue_dir = _down_queue(tmp_path)
+    publisher = _publisher(tmp_path, queue_dir)
+    assert not cut.exists()
+    publisher.publish(_window(1))
+    assert publisher.stats.depth_bytes == sum(p.stat().st_size for p in spool.iterdir() if p.is_file())
+
+
+def test_an_entry_is_durable_once_spooled(tmp_path, monkeypatch):
+    """The rename that publishes an entry is durable only once its directory is synced: without it a
+    power loss could lose an entry the spool had counted as spooled."""
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append("rename") or real_replace(a, b))
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(
+        "sync directory" if stat.S_ISDIR(os.fstat(fd).st_mode) else "sync file") or real_fsync(fd))
+    queue_dir = _down_queue(tmp_path)
+    publisher = _publisher(tmp_path, queue_dir)
+    for sequence in range(3):
+        publisher.publish(_window(sequence))
+    monkeypatch.undo()
+    assert publisher.stats.spooled == 3
+    assert events == ["sync file", "rename", "sync directory"] * 3
+
+
+def test_write_errors_are_logged_at_the_first_and_then_at_most_once_a_minute(tmp_path, caplog, monkeypatch):
+    """A spool that could not be written (disk full, read-only) dropped every batch with only a counter to
+    show for it: nothing in the log said the sensor was losing its windows."""
+    monkeypatch.setattr(spool_module, "WRITE_ERROR_LOG_S", 0.5, raising=False)  # a minute, shortened
+    queue_dir = _down_queue(tmp_path)
+    publisher = _publisher(tmp_path, queue_dir)
+    (tmp_path / "spool").rename(tmp_path / "gone")
+    (tmp_path / "spool").write_text("a file where the directory was")  # every write fails
+
+    def reports():
+        return [r.getMessage() for r in caplog.records if "batch dropped" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING, logger="kubesonar.sensor.spool"):
+        for sequence in range(5):
+            publisher.publish(_window(sequence))
+        assert len(reports()) == 1
+        assert "cannot write to the spool" in reports()[0] and "(1 batches dropped" in reports()[0]
+        before = publisher.stats.write_errors
+        assert before == sum(len(_window(n)) for n in range(5)) > 1
+        time.sleep(0.6)
+        publisher.publish(_window(5))
+    assert len(reports()) == 2 and f"({before + 1} batches dropped" in reports()[1]
+
+
+def test_entries_put_in_the_spool_meanwhile_are_read_and_never_overwritten(tmp_path):
+    """The index is read again when something else changes the directory; new names follow the ones
+    found (an operator moving a node's spool to another, for instance)."""
+    queue_dir = _down_queue(tmp_path)
+    publisher = _publisher(tmp_path, queue_dir)
+    publisher.publish(_window(1))
+    spool = tmp_path / "spool"
+    moved_in = spool / "00000000000000000100.spool"
+    moved_in.write_bytes(min(spool.glob("*.spool")).read_bytes())
+    second = _window(2)
+    publisher.publish(second)
+    names = sorted(p.name for p in spool.glob("*.spool"))
+    assert publisher.stats.depth == len(names) == len(_window(1)) + 1 + len(second)
+    assert names[-len(second) - 1 :] == [moved_in.name] + [f"{100 + n:020d}.spool" for n in range(1, len(second) + 1)]
