@@ -1,7 +1,7 @@
 """How long a publish takes with N heartbeat-sized entries already spooled (the queue down), how long a
 start takes over them, and what the spool keeps in memory for them (and needs at most while starting).
 
-    python -m lab.bench_spool 10000 100000 300000
+    python bench/spool_backlog.py 10000 100000 300000
 """
 
 from __future__ import annotations
