@@ -112,7 +112,8 @@ def run_backend(settings: BackendSettings, install_signals: bool = True) -> None
         elif settings.queue.startswith("file://"):
             _run_directory(settings, metrics, health, stopping)
         else:
-            raise ConfigError(f"backend queue {settings.queue!r} is not nats://HOST:PORT/SUBJECT or file://DIR")
+            raise ConfigError(f"backend queue {without_credentials(settings.queue)!r} is not nats://HOST:PORT/SUBJECT "
+                              "or file://DIR")
     finally:
         http.shutdown()
 
@@ -150,7 +151,8 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
 
     address = parse_nats_url(settings.queue, "subject")
     if not address.name:
-        raise ConfigError(f"backend queue {settings.queue!r}: name the subject, e.g. nats://nats:4222/kubesonar.batches")
+        raise ConfigError(f"backend queue {without_credentials(settings.queue)!r}: name the subject, "
+                          "e.g. nats://nats:4222/kubesonar.batches")
     connection = shared_connection(address)
     # without --notify, alerts go out on the queue's own server (kubesonar.alerts.<severity>.<type>)
     notifiers = [_open_notifier(u) for u in settings.notify] or [NatsNotifier(connection)]
