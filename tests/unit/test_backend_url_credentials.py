@@ -35,3 +35,12 @@ def test_a_store_the_alert_commands_cannot_reach_is_named_without_its_credential
     with pytest.raises(StoreError) as failed, _reaching(f"nats://sensor:{SECRET}@127.0.0.1:4222/kubesonar"):
         raise OSError("connection reset")
     assert SECRET not in str(failed.value) and "***@127.0.0.1" in str(failed.value)
+
+
+def test_a_nats_store_url_without_a_bucket_is_named_without_its_credentials():
+    from kubesonar.shared.errors import ConfigError
+    from kubesonar.stores import open_store
+
+    with pytest.raises(ConfigError) as refused:
+        open_store(f"nats://sensor:{SECRET}@127.0.0.1:4222")
+    assert SECRET not in str(refused.value) and "***@127.0.0.1" in str(refused.value)
