@@ -120,6 +120,7 @@ def run_backend(settings: BackendSettings, install_signals: bool = True) -> None
 
 def _record(metrics: BackendMetrics, result: ProcessResult) -> None:
     metrics.flows.inc(result.flows)
+    metrics.stale.inc(result.stale)  # both consumers: the NATS one and the directory one
     for alert in result.new_alerts:
         metrics.alerts.labels(alert["severity"], alert["type"]).inc()
     metrics.config_errors.inc(len(result.errors))
@@ -183,7 +184,6 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
             metrics.messages.labels("dead_lettered").inc(len(report.dead_lettered))
             metrics.messages.labels("retried").inc(len(report.retried))
             metrics.decode_errors.inc(len(outcome.poison))
-            metrics.stale.inc(outcome.result.stale)
             metrics.redeliveries.inc(report.redeliveries)
             metrics.latency.observe(report.seconds)
             _record(metrics, outcome.result)
