@@ -55,6 +55,9 @@ def _messages(count: int, per: int, sensors: int, clusters: int) -> tuple[list, 
     records = FlowRecords.concat(list(flows_from_captures([capture])))
     records = records.take(np.argsort(records["first_ts"], kind="stable"))
     messages, flows = [], 0
+    # header windows end when they are sent, as a sensor's: the core refuses one that ended a day ago as a
+    # replay, and the capture's times are older (every message would be refused, not processed)
+    sent = time.time_ns() - (count // max(1, sensors) + 1) * 10 * 10**9
     for n in range(count):
         sensor, sequence = n % sensors, n // sensors
         lo = (n * per) % max(1, len(records) - per)
@@ -63,7 +66,7 @@ def _messages(count: int, per: int, sensors: int, clusters: int) -> tuple[list, 
         part = FlowRecords(dict(part.columns, first_ts=part["first_ts"] + shift, last_ts=part["last_ts"] + shift,
                                 conn_start=part["conn_start"] + shift))
         header = BatchHeader(f"cluster-{sensor % clusters}", f"node-{sensor}", f"node-{sensor}/bench", sequence,
-                             int(part["first_ts"].min()), int(part["last_ts"].max()))
+                             sent + shift, sent + shift + 10 * 10**9)
         messages += window_messages(header, part, LIMIT)
         flows += len(part)
     return messages, flows

@@ -112,13 +112,15 @@ def run_backend(settings: BackendSettings, install_signals: bool = True) -> None
         elif settings.queue.startswith("file://"):
             _run_directory(settings, metrics, health, stopping)
         else:
-            raise ConfigError(f"backend queue {settings.queue!r} is not nats://HOST:PORT/SUBJECT or file://DIR")
+            raise ConfigError(f"backend queue {without_credentials(settings.queue)!r} is not nats://HOST:PORT/SUBJECT "
+                              "or file://DIR")
     finally:
         http.shutdown()
 
 
 def _record(metrics: BackendMetrics, result: ProcessResult) -> None:
     metrics.flows.inc(result.flows)
+    metrics.stale.inc(result.stale)  # both consumers: the NATS one and the directory one
     for alert in result.new_alerts:
         metrics.alerts.labels(alert["severity"], alert["type"]).inc()
     metrics.config_errors.inc(len(result.errors))
@@ -150,7 +152,8 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
 
     address = parse_nats_url(settings.queue, "subject")
     if not address.name:
-        raise ConfigError(f"backend queue {settings.queue!r}: name the subject, e.g. nats://nats:4222/kubesonar.batches")
+        raise ConfigError(f"backend queue {without_credentials(settings.queue)!r}: name the subject, "
+                          "e.g. nats://nats:4222/kubesonar.batches")
     connection = shared_connection(address)
     # without --notify, alerts go out on the queue's own server (kubesonar.alerts.<severity>.<type>)
     notifiers = [_open_notifier(u) for u in settings.notify] or [NatsNotifier(connection)]
@@ -181,7 +184,6 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
             metrics.messages.labels("dead_lettered").inc(len(report.dead_lettered))
             metrics.messages.labels("retried").inc(len(report.retried))
             metrics.decode_errors.inc(len(outcome.poison))
-            metrics.stale.inc(outcome.result.stale)
             metrics.redeliveries.inc(report.redeliveries)
             metrics.latency.observe(report.seconds)
             _record(metrics, outcome.result)

@@ -18,6 +18,7 @@ import click
 from kubesonar.shared.alerts import SEVERITIES
 from kubesonar.shared.errors import KubeSonarError, StoreError
 from kubesonar.shared.triage import STATUSES
+from kubesonar.shared.url_credentials import without_credentials
 
 if TYPE_CHECKING:  # every start of the CLI registers these commands: only what their options need
     from kubesonar.shared.ports import ObjectStore, StoredObject
@@ -50,7 +51,8 @@ def _reaching(url: str) -> Iterator[None]:
     except KubeSonarError:
         raise
     except Exception as exc:  # SDKs raise their own kinds for an unreachable endpoint or refused credentials
-        raise StoreError(f"store {url} could not be reached: {type(exc).__name__}: {exc}") from None
+        raise StoreError(f"store {without_credentials(url)} could not be reached: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 class _Reached:

@@ -201,9 +201,10 @@ def open_nats_store(url: str) -> NatsObjectStore:
     from kubesonar.functions.nats.connection import shared_connection
     from kubesonar.shared.errors import ConfigError
     from kubesonar.shared.nats_address import parse_nats_url
+    from kubesonar.shared.url_credentials import without_credentials
 
     address = parse_nats_url(url, "bucket")
     if not address.name or "." in address.name:
-        raise ConfigError(f"store URL {url!r}: name the KV bucket (letters, digits, _ and -), "
+        raise ConfigError(f"store URL {without_credentials(url)!r}: name the KV bucket (letters, digits, _ and -), "
                           "e.g. nats://nats:4222/kubesonar")
     return NatsObjectStore(shared_connection(address), address.name, address.replicas)

@@ -27,7 +27,9 @@ class Layout:
     subject: str
     consumer: str = "kubesonar-backend"
     duplicate_window_s: float = 600.0  # a spool drains well within ten minutes of the server's return
-    max_age_s: float = 7 * DAY_S  # unconsumed batches older than a week are of no use to detection
+    # unconsumed batches older than a week are dropped; the core already refuses those whose window ended
+    # 23 hours ago (shared/applied.py), and a stream made with this age is left as it is
+    max_age_s: float = 7 * DAY_S
 
     @property
     def stream(self) -> str:

@@ -267,3 +267,43 @@ def test_a_metrics_connection_that_sends_nothing_is_closed(monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_window_too_old_to_take_is_counted_stale_in_the_metrics(tmp_path):
+    """A delivered batch whose window ended a day ago is refused as a replay (shared/applied.py); the
+    directory backend counts it in kubesonar_backend_stale_total, as the NATS one does (docs/onprem.md)."""
+    import threading
+    import urllib.request
+
+    from kubesonar.backend_runner import BackendSettings, run_backend
+    from kubesonar.sensor.offline import flows_from_captures
+    from kubesonar.sensor.queues import window_messages
+    from kubesonar.sensor.queues.directory import open_directory_queue
+    from kubesonar.shared.batch import BatchHeader
+    from kubesonar.shared.flow import FlowRecords
+
+    queue, state, port = tmp_path / "queue", tmp_path / "state", free_port()
+    day_ago = time.time_ns() - 25 * 3600 * 10**9
+    publisher = open_directory_queue(f"file://{queue}")
+    flows = FlowRecords.concat(list(flows_from_captures([PCAPS / "portscan" / "chrissanders_synscan.pcapng"])))
+    publisher.send(window_messages(BatchHeader("c", "node-1", "node-1/old", 0, day_ago - 10**10, day_ago),
+                                   flows.take(slice(0, 10)), publisher.limit))
+    runner = threading.Thread(target=run_backend, args=(BackendSettings(
+        f"file://{queue}", str(state), listen=f"127.0.0.1:{port}", duration_s=10),), kwargs={"install_signals": False})
+    runner.start()
+    try:
+        deadline, scraped = time.monotonic() + 9, {}
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    scraped = {line.split()[0]: float(line.split()[1]) for line in r.read().decode().splitlines()
+                               if line and not line.startswith("#")}
+            except OSError:
+                pass
+            if scraped.get('kubesonar_backend_messages_total{outcome="applied"}'):
+                break
+            time.sleep(0.2)
+        assert scraped.get('kubesonar_backend_messages_total{outcome="applied"}') == 1, scraped
+        assert scraped.get("kubesonar_backend_stale_total") == 1
+    finally:
+        runner.join(timeout=60)
