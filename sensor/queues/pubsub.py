@@ -42,8 +42,10 @@ class PubSubQueue:
                 if why:
                     refused[m.key] = why
             invalid = [m for m, future in pending if self._refused(future)]
-            if len(invalid) > 1 and len(invalid) == len(pending):
-                # a request refused whole names no message: one at a time finds which (the rest go again)
+            if len(invalid) > 1:
+                # a request refused whole names no message: one at a time finds which (the rest go again).
+                # Not only when every message failed: a send spans several requests past ~9 MB or 100
+                # messages, or when the 50 ms timer splits it, and one of them may be refused alone
                 invalid = [m for m in invalid if self._refused_alone(m)]
             refused |= {m.key: "Pub/Sub InvalidArgument" for m in invalid}
         except Exception as exc:
