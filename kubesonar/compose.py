@@ -172,9 +172,14 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
     from kubesonar.sensor.live import LiveSensor
     from kubesonar.sensor.liveness import Heartbeat, stale_after
 
-    heartbeat = Heartbeat(health_file, stale_after(settings.window_s)).beat if health_file else None
-    if heartbeat:
-        heartbeat()  # alive while it starts: a file left by the container's last life may be stale
+    beats = Heartbeat(health_file, stale_after(settings.window_s)) if health_file else None
+    heartbeat = beats.beat if beats else None
+    if beats:
+        # alive while it starts (a file left by the container's last life may be stale), for as long as
+        # the capture workers' first answer may take: without the native module, kernels compile then
+        from kubesonar.sensor.capture_workers import START_TIMEOUT_S
+
+        beats.beat(ahead_s=max(beats.stale_after_s, START_TIMEOUT_S))
     from kubesonar.sensor.queues import open_publisher, window_messages
     from kubesonar.sensor.queues.refusals import DropRefused
     from kubesonar.sensor.spool import SpoolingPublisher

@@ -33,14 +33,15 @@ class Heartbeat:
         self._last = float("-inf")
         self.error = ""  # why the file could not be written, if it could not
 
-    def beat(self) -> None:
+    def beat(self, ahead_s: float | None = None) -> None:
+        """Push the deadline ``ahead_s`` (default ``stale_after_s``) from now."""
         now = time.monotonic()
         if now - self._last < _BEAT_EVERY_S:
             return
         self._last = now
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            tmp.write_text(f"{time.time() + self.stale_after_s:.3f}\n")
+            tmp.write_text(f"{time.time() + (self.stale_after_s if ahead_s is None else ahead_s):.3f}\n")
             os.replace(tmp, self.path)
         except OSError as exc:  # the probe then fails and says so: the sensor cannot be told alive
             self.error = f"cannot write {self.path}: {exc.strerror}"

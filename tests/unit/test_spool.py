@@ -307,3 +307,15 @@ def test_a_restart_over_old_entries_expires_them_and_reports_it(tmp_path):
     second = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
     assert second.drain() and second.stats.drained == 1
     assert [int(p.stem.rsplit("-", 2)[1]) for p in queue_dir.glob("*.ksfb")] == [2]
+
+
+def test_the_first_heartbeat_covers_the_start_of_a_sensor_whose_kernels_compile(tmp_path):
+    """The probe restarted a sensor 3 windows and 2 minutes after its start, while its capture workers
+    may take 10 minutes to answer first when the kernels compile (no native module): it never started."""
+    from kubesonar.sensor.capture_workers import START_TIMEOUT_S
+
+    queue_dir = tmp_path / "queue"
+    queue_dir.mkdir()
+    build_sensor(SensorSettings(("lo",), node="node-1"), queue_dir.as_uri(), str(tmp_path / "spool"), 1 << 20,
+                 health_file=str(tmp_path / "alive"))
+    assert float((tmp_path / "alive").read_text()) >= time.time() + START_TIMEOUT_S - 5
