@@ -115,18 +115,20 @@ class SpoolingPublisher:
         """Send now if the queue is reachable and nothing waits before these; else spool them."""
         self._refresh()
         self._expire()
-        # drain at least one more than this publish adds, so a slow queue still empties the spool
-        if time.monotonic() >= self._retry_at and self.drain(self.drain_budget_s, at_least=len(messages) + 1):
-            try:
-                self._send(messages)
-                self._up()
-                self.stats.sent += len(messages)
-                return
-            except QueueUnavailable as exc:
-                self._down(exc)
-        for m in messages:
-            self._spool(m)
-        self._settle()
+        try:
+            # drain at least one more than this publish adds, so a slow queue still empties the spool
+            if time.monotonic() >= self._retry_at and self._drain(self.drain_budget_s, len(messages) + 1):
+                try:
+                    self._send(messages)
+                    self._up()
+                    self.stats.sent += len(messages)
+                    return
+                except QueueUnavailable as exc:
+                    self._down(exc)
+            for m in messages:
+                self._spool(m)
+        finally:
+            self._settle()
 
     def drain(self, budget_s: float | None = None, at_least: int = 1) -> bool:
         """Deliver spooled messages oldest first, for at most ``budget_s`` once ``at_least`` have gone;

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,13 +239,19 @@ def test_a_publish_does_not_list_a_large_spool(tmp_path, monkeypatch):
     assert publisher.stats.depth_bytes == sum(p.stat().st_size for p in on_disk)
 
 
-def test_an_entry_gone_behind_the_spools_back_is_dropped_from_the_index(tmp_path):
+def _spooled(tmp_path, windows: int, **options) -> tuple[Path, SpoolingPublisher]:
+    """A queue directory that is down and a publisher that has spooled ``windows`` one-part windows."""
     queue_dir = tmp_path / "queue"
     queue_dir.mkdir()
     _break(queue_dir)
-    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
-    for sequence in range(3):
+    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1, **options)
+    for sequence in range(windows):
         publisher.publish(_one_part(sequence))
+    return queue_dir, publisher
+
+
+def test_an_entry_gone_behind_the_spools_back_is_dropped_from_the_index(tmp_path):
+    queue_dir, publisher = _spooled(tmp_path, 3)
     spool = tmp_path / "spool"
     seen = spool.stat()
     min(spool.glob("*.spool")).unlink()
@@ -267,14 +274,8 @@ class _Clock:
 def test_what_the_backend_would_refuse_is_expired_not_sent(tmp_path, caplog):
     """The backend refuses as a replay a batch whose window ended MAX_AGE_NS (23 h) ago or more: a spool
     that outlived that sent every such batch anyway, to be counted stale."""
-    queue_dir = tmp_path / "queue"
-    queue_dir.mkdir()
-    _break(queue_dir)
     clock = _Clock()
-    publisher = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1,
-                                  outage_backoff_s=(0.0, 0.0), clock=clock)
-    for sequence in range(3):
-        publisher.publish(_one_part(sequence))
+    queue_dir, publisher = _spooled(tmp_path, 3, outage_backoff_s=(0.0, 0.0), clock=clock)
     old_bytes = publisher.stats.depth_bytes
     clock.now += MAX_AGE_NS / 1e9 - 60
     publisher.publish(_one_part(3))
@@ -291,12 +292,7 @@ def test_what_the_backend_would_refuse_is_expired_not_sent(tmp_path, caplog):
 
 
 def test_a_restart_over_old_entries_expires_them_and_reports_it(tmp_path):
-    queue_dir = tmp_path / "queue"
-    queue_dir.mkdir()
-    _break(queue_dir)
-    first = SpoolingPublisher(DirectoryQueue(queue_dir, limit=8192), tmp_path / "spool", attempts=1)
-    for sequence in range(3):
-        first.publish(_one_part(sequence))
+    queue_dir, _first = _spooled(tmp_path, 3)
     written = time.time() - MAX_AGE_NS / 1e9 - 1  # a sensor down for a day, its spool kept
     for path in sorted((tmp_path / "spool").glob("*.spool"))[:2]:
         os.utime(path, (written, written))
