@@ -1,10 +1,13 @@
-"""Kubernetes enrichment for the live sensor: watch (not poll) the pods of this node.
+"""Kubernetes enrichment for the live sensor: watch (not poll) the pods of this node, as an informer does.
 
 A background thread lists this node's pods (field selector ``spec.nodeName``), then watches from the
-list's resourceVersion; a watch that expires (410 Gone) or fails is followed by a fresh list, after a
-backoff with jitter when the API server is unreachable or watches do not hold. Every change updates the
-address -> pod map used to enrich flows and queues a pod event (added, modified, deleted) for the next
-batch. Addresses of deleted pods stay resolvable for ``linger_s`` so the flows of their last window are still named.
+list's resourceVersion. It remembers the newest resourceVersion seen (every event's object, every
+bookmark), so a watch that ends normally (its timeout, the server closing it cleanly) is followed by a
+watch from there, without a list. Only an expired version (410 Gone) or an error brings a new list,
+served from the API server's watch cache (``_relist`` says which versions and why), after a backoff with
+jitter when the API server is unreachable or watches do not hold. Every change updates the address -> pod
+map used to enrich flows and queues a pod event (added, modified, deleted) for the next batch. Addresses
+of deleted pods stay resolvable for ``linger_s`` so the flows of their last window are still named.
 The API server (service ``default/kubernetes`` and its endpoints) and the cluster DNS service resolve
 as ``Service`` endpoints.
 """
@@ -48,8 +51,10 @@ class KubeWatcher:
         self._stop = threading.Event()
         self._watch = None
         self._thread: threading.Thread | None = None
-        self.stats = {"kube_lists": 0, "kube_watch_restarts": 0, "kube_errors": 0, "pod_events": 0,
-                      "pod_events_dropped": 0}
+        self._version = ""  # the newest resourceVersion seen: of the last list, event or bookmark
+        self._resume = False  # the last watch ended normally: the next one starts at _version, no list
+        self.stats = {"kube_lists": 0, "kube_watch_restarts": 0, "kube_watch_resumes": 0, "kube_errors": 0,
+                      "pod_events": 0, "pod_events_dropped": 0}
         self.last_error = ""
 
     @classmethod
@@ -99,15 +104,20 @@ class KubeWatcher:
     def _run(self) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        failures = 0  # rounds since a watch last held: a list that works is not enough (RBAC without
-        # "watch", a proxy that closes the stream), or every node's sensor relists in a loop
+        failures = 0  # rounds since a watch last held: a list or a watch that opens is not enough (RBAC
+        # without "watch", a proxy that closes the stream), or every node's sensor lists or watches in a loop
         while not self._stop.is_set():
             watching_since = None
             error = ""
+            resume, self._resume = self._resume, False  # anything but a normal end lists again
             try:
-                version = self._relist()
+                if resume:
+                    self.stats["kube_watch_resumes"] += 1
+                else:
+                    self._relist()
                 watching_since = time.monotonic()
-                self._follow(version)
+                self._follow()
+                self._resume = True
                 self.stats["kube_watch_restarts"] += 1
             except ApiException as exc:
                 if exc.status != 410:  # 410: the watch expired; a fresh list is the cure
@@ -124,8 +134,21 @@ class KubeWatcher:
             if failures:
                 self._stop.wait(backoff_s(failures))
 
-    def _relist(self) -> str:
-        listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector)
+    def _relist(self) -> None:
+        # The version asked for decides who answers (kubernetes.io/docs/reference/using-api/api-concepts,
+        # "Resource versions", "Semantics for get and list"). None is "Most Recent": a quorum read from etcd
+        # that scans every pod of the cluster to keep this node's, on every node. "0" is "Any", served from
+        # the watch cache but possibly older than versions the client already saw (HA, a lagging cache):
+        # fine at start, when nothing was seen and the watch from the list's version brings every later
+        # change ("Efficient detection of changes"). A relist (after a 410 or an error) asks for the newest
+        # version seen, resourceVersionMatch=NotOlderThan, which the page recommends over a quorum read:
+        # from the cache too, and never back in time, which the diff below would report as pods deleted and
+        # added again (a cache behind that version answers 504 after a short wait: an error, retried after
+        # the backoff). client-go's reflector lists "" after a 410 because its lists are paged, where a
+        # version means Exact and can be Gone again; one node's pods come in one page.
+        listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector,
+                                                        resource_version=self._version or "0",
+                                                        resource_version_match="NotOlderThan")
         services = self._cluster_services()
         pods = {p["metadata"]["uid"]: p for p in (self._api.sanitize_for_serialization(i) for i in listed.items)}
         with self._lock:
@@ -141,22 +164,23 @@ class KubeWatcher:
             self._services = services
             self._rebuild()
         self.stats["kube_lists"] += 1
-        return listed.metadata.resource_version
+        self._version = listed.metadata.resource_version
 
-    def _follow(self, version: str) -> None:
+    def _follow(self) -> None:
         from kubernetes import watch
 
         self._watch = watch.Watch()
         for event in self._watch.stream(self._core.list_pod_for_all_namespaces, field_selector=self._selector,
-                                        resource_version=version, timeout_seconds=self._watch_timeout_s,
+                                        resource_version=self._version, timeout_seconds=self._watch_timeout_s,
                                         allow_watch_bookmarks=True):
             kind = event["type"]
-            if kind not in ("ADDED", "MODIFIED", "DELETED"):
-                continue  # BOOKMARK: only moves the resourceVersion on
             pod = event["raw_object"]
-            with self._lock:
-                self._apply(PodEventType[kind], pod)
-                self._rebuild()
+            if kind in ("ADDED", "MODIFIED", "DELETED"):
+                with self._lock:
+                    self._apply(PodEventType[kind], pod)
+                    self._rebuild()
+            # a bookmark carries only this: it keeps a quiet watch's version recent enough to resume
+            self._version = (pod.get("metadata") or {}).get("resourceVersion") or self._version
             if self._stop.is_set():
                 break
 

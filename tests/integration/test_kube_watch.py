@@ -1,7 +1,8 @@
 """Kubernetes enrichment with the real kubernetes client against an API server stand-in over HTTP on
 127.0.0.1, serving responses in the API's JSON shapes (tests/fixtures/kube): a pod list, a watch stream
 (a pod added, then given an IP, another changing IP, one deleted, a bookmark), the watch expiring
-(410 Gone), a fresh list, and the API server and DNS services."""
+(410 Gone), a fresh list, and the API server and DNS services. The stand-in records every request, so
+the tests see which watches were resumed from a remembered resourceVersion and which needed a list."""
 
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ from kubesonar.shared.flow import FlowRecords, address_bytes
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kube"
 
 
+WATCH_LINES = (FIXTURES / "pods-watch-1.jsonl").read_bytes().splitlines()
+
+
 class _ApiServer(BaseHTTPRequestHandler):
     lists = 0
     watches = 0
     watch_answer = ""  # "", "forbidden" or "closed"
+    watch_script: list = [WATCH_LINES]  # the lines of each watch in turn; later watches are quiet
     requests: list = []
     closing = threading.Event()
 
@@ -79,11 +84,14 @@ class _ApiServer(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
-        lines = (FIXTURES / "pods-watch-1.jsonl").read_bytes().splitlines() if type(self).watches == 1 else []
+        script = type(self).watch_script
+        lines = script[type(self).watches - 1] if type(self).watches <= len(script) else []
         for line in lines:
             self._chunk(line + b"\n")
             time.sleep(0.05)
-        if not lines:  # a quiet watch: hold it open until the timeout the client asked for, or the end
+        if not lines or b'"ERROR"' not in lines[-1]:
+            # hold the watch open until the timeout the client asked for (or the end), then close it
+            # cleanly: the normal end of every watch
             type(self).closing.wait(float(query.get("timeoutSeconds", "1")))
         self._chunk(b"")
 
@@ -96,6 +104,7 @@ class _ApiServer(BaseHTTPRequestHandler):
 def api_server():
     _ApiServer.lists = _ApiServer.watches = 0
     _ApiServer.watch_answer = ""
+    _ApiServer.watch_script = [WATCH_LINES]
     _ApiServer.requests = []
     _ApiServer.closing = threading.Event()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiServer)
@@ -191,8 +200,54 @@ def test_a_watch_that_fails_or_ends_at_once_backs_off_instead_of_relisting_in_a_
         time.sleep(4.0)
     finally:
         watcher.stop()
-    # backoff with full jitter, 0.2 s doubling: about 5 lists in 4 s, 10 only by a rare run of short draws
-    assert 2 <= _ApiServer.lists <= 10, _ApiServer.lists
+    # backoff with full jitter, 0.2 s doubling: about 5 rounds in 4 s, 10 only by a rare run of short draws
+    assert 2 <= _ApiServer.watches <= 10, _ApiServer.watches
     assert _names(watcher, "10.244.1.11") == ["shop/Deployment/frontend"]  # the listed pods still resolve
-    if answer == "forbidden":
+    if answer == "forbidden":  # an error: each round lists again
         assert watcher.stats["kube_errors"] >= 2 and "403" in watcher.last_error
+        assert _ApiServer.lists == _ApiServer.watches
+    else:  # a clean end, however short: the next watch resumes where this one was, without a list
+        assert _ApiServer.lists == 1 and watcher.stats["kube_watch_resumes"] == _ApiServer.watches - 1
+        assert all(q.get("resourceVersion") == "48210" for q in _watch_requests())
+
+
+def _watch_requests() -> list[dict]:
+    return [q for path, q in _ApiServer.requests if path == "/api/v1/pods" and q.get("watch") in ("true", "True")]
+
+
+def _list_requests() -> list[dict]:
+    return [q for path, q in _ApiServer.requests if path == "/api/v1/pods" and q.get("watch") not in ("true", "True")]
+
+
+def test_watches_that_end_normally_resume_from_the_last_version_seen_and_only_a_410_relists(api_server, monkeypatch):
+    """An informer's behaviour: one list, then each watch that ends normally (its timeout, the server closing
+    it cleanly) is followed by a watch from the newest resourceVersion seen, an event's or a bookmark's.
+    Relisting every 300 s instead read every pod of the cluster from etcd, once per node."""
+    from kubesonar.sensor import kube
+
+    monkeypatch.setattr(kube, "_WATCH_HELD_S", 0.5)  # 1 s watches count as held: no backoff between them
+    added, modified, bookmark, moved, deleted, gone = WATCH_LINES
+    _ApiServer.watch_script = [[added, modified], [bookmark], [moved, deleted], [], [gone]]
+    watcher = KubeWatcher(_client(api_server), "node-1", watch_timeout_s=1)
+    watcher.start()
+    try:
+        _until(lambda: len(_watch_requests()) >= 6, timeout_s=20)
+    finally:
+        watcher.stop()
+    assert [q.get("resourceVersion") for q in _watch_requests()[:6]] == [
+        "48210",  # the list's
+        "48232",  # the last event's (a pod given its address)
+        "48235",  # the bookmark's
+        "48250",  # a deletion's
+        "48250",  # a quiet watch moves nothing on
+        "48300"]  # the 410 (too old resource version): the fresh list's
+    lists = _list_requests()
+    assert len(lists) == 2, lists
+    # the first list may come from the API server's watch cache ("0": any version; nothing was seen yet);
+    # the relist after the 410 from the cache too, but never older than what was seen
+    assert lists[0]["resourceVersion"] == "0"
+    assert (lists[1]["resourceVersion"], lists[1]["resourceVersionMatch"]) == ("48250", "NotOlderThan")
+    assert watcher.stats["kube_lists"] == 2 and watcher.stats["kube_watch_resumes"] == 4
+    assert watcher.stats["kube_errors"] == 0
+    assert _names(watcher, "10.244.1.40", "10.244.1.51", "10.244.1.60") == [
+        "default/Deployment/debug-tools", "shop/Deployment/frontend", "shop/Deployment/cart"]
