@@ -9,7 +9,7 @@ jitter when the API server is unreachable or watches do not hold. Every change u
 map used to enrich flows and queues a pod event (added, modified, deleted) for the next batch. Addresses
 of deleted pods stay resolvable for ``linger_s`` so the flows of their last window are still named.
 The API server (service ``default/kubernetes`` and its endpoints) and the cluster DNS service resolve
-as ``Service`` endpoints.
+as ``Service`` endpoints, re-read at every list and every resumed watch.
 """
 
 from __future__ import annotations
@@ -112,6 +112,7 @@ class KubeWatcher:
             resume, self._resume = self._resume, False  # anything but a normal end lists again
             try:
                 if resume:
+                    self._refresh_services()
                     self.stats["kube_watch_resumes"] += 1
                 else:
                     self._relist()
@@ -165,6 +166,14 @@ class KubeWatcher:
             self._rebuild()
         self.stats["kube_lists"] += 1
         self._version = listed.metadata.resource_version
+
+    def _refresh_services(self) -> None:
+        """The API server's and DNS addresses, re-read at every watch end as when each one meant a list:
+        a replaced control-plane node changes the EndpointSlices, and no pod watch tells."""
+        services = self._cluster_services()
+        with self._lock:
+            self._services = services
+            self._rebuild()
 
     def _follow(self) -> None:
         from kubernetes import watch

@@ -249,5 +249,8 @@ def test_watches_that_end_normally_resume_from_the_last_version_seen_and_only_a_
     assert (lists[1]["resourceVersion"], lists[1]["resourceVersionMatch"]) == ("48250", "NotOlderThan")
     assert watcher.stats["kube_lists"] == 2 and watcher.stats["kube_watch_resumes"] == 4
     assert watcher.stats["kube_errors"] == 0
+    # the API server's addresses are still re-read at every watch end, as when each one listed
+    services = [path for path, _ in _ApiServer.requests if path == "/api/v1/namespaces/default/services/kubernetes"]
+    assert len(services) == len(_watch_requests()), (len(services), len(_watch_requests()))
     assert _names(watcher, "10.244.1.40", "10.244.1.51", "10.244.1.60") == [
         "default/Deployment/debug-tools", "shop/Deployment/frontend", "shop/Deployment/cart"]
