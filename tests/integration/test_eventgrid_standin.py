@@ -152,3 +152,24 @@ def test_a_refused_window_between_good_ones_is_still_dropped_not_held(topic, tmp
     assert queue.refused == 3 and spool.stats.depth == 0
     assert [e["id"] for e in topic.received] == [f"node-1/1/{s}/0" for s in (0, 2, 4)]
     assert not queue.refusing_all and queue.holds == 0
+
+
+def test_a_bad_window_drained_part_by_part_counts_as_one_window_not_a_refusing_topic(topic, tmp_path):
+    """The spool sends a window's parts one send each: a window whose three parts are each over 1 MB (413) is
+    one bad window, dropped, not three refused sends in a row that would hold every window behind it."""
+    from azure.core.credentials import AzureKeyCredential
+
+    from kubesonar.sensor.queues.refusals import DropRefused
+    from kubesonar.sensor.spool import SpoolingPublisher
+
+    client = EventGridPublisherClient(topic.endpoint, AzureKeyCredential("the-key"), retry_total=0)
+    queue = DropRefused(EventGridQueue(f"eventgrid://{topic.host}", client=client))
+    spool = SpoolingPublisher(queue, tmp_path / "spool", max_wait_s=0.01, outage_backoff_s=(0.0, 0.0))
+    (data,) = encode_batch(BatchHeader("prod", "node-1", "node-1/1", 0, 0, 1), FlowRecords.empty(0), limit=LIMIT)
+    topic.key = "another-key"  # an outage (401): both windows go to the spool
+    spool.publish([Message(f"node-1/1/0/{part}", data + os.urandom(1024 * 1024)) for part in range(3)])
+    spool.publish([Message("node-1/1/1/0", data)])
+    assert spool.stats.depth == 4
+    topic.key = "the-key"
+    assert spool.drain()
+    assert queue.refused == 3 and not queue.refusing_all and [e["id"] for e in topic.received] == ["node-1/1/1/0"]
