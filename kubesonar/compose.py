@@ -183,8 +183,9 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
     from kubesonar.sensor.queues import open_publisher, window_messages
     from kubesonar.sensor.queues.refusals import DropRefused
     from kubesonar.sensor.spool import SpoolingPublisher
+    from kubesonar.shared.url_credentials import without_credentials
 
-    queue_publisher = DropRefused(open_publisher(queue))
+    queue_publisher = DropRefused(open_publisher(queue), queue=without_credentials(queue))
     publisher = SpoolingPublisher(queue_publisher, spool, max_bytes=spool_max_bytes)
 
     def publish(window: Any) -> None:
@@ -195,7 +196,8 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
         s = publisher.stats
         counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "spool_expired": s.expired,
                     "spool_quarantined": s.quarantined, "publish_retries": s.retries,
-                    "queue_refused": queue_publisher.refused}
+                    "queue_refused": queue_publisher.refused, "queue_refusing_all": int(queue_publisher.refusing_all),
+                    "queue_refusal_holds": queue_publisher.holds}
         return counters | (watcher.counters() if watcher else {})
 
     return LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,

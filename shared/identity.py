@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kubesonar.shared.errors import BatchFormatError
+from kubesonar.shared.names import MAX_SENSOR_ID
 
 if TYPE_CHECKING:
     from kubesonar.shared.dns import DnsMessages
@@ -49,6 +50,11 @@ def endpoint(ip: str, namespace: str, pod: str, kind: str, name: str, node: str,
     # the workload key's form inline: an endpoint is built per flow row in places
     return {"ip": ip, "namespace": namespace, "pod": pod, "workload": f"{namespace}/{kind}/{name}" if name else "",
             "node": node, "labels": labels}
+
+
+# the longest batch key: a sensor id as long as names allow, the largest sequence (uint64) and part (uint32)
+# of the batch header. Names are ASCII, so as many bytes as characters.
+MAX_BATCH_KEY = MAX_SENSOR_ID + len(f"/{2**64 - 1}/{2**32 - 1}")
 
 
 def batch_key(sensor_id: str, sequence: int, part: int) -> str:

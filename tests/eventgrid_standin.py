@@ -6,7 +6,9 @@ only what it says:
   ``Authorization: Bearer`` (a token this service issued for Event Grid's audience) or ``aeg-sas-key``
   (only when the topic allows local auth; the module's topics do not); a request or event over 1 MB is
   answered 413; an event without Event Grid schema's fields (id, subject, eventType, eventTime, data,
-  dataVersion, each typed) or a CloudEvents body is answered 400.
+  dataVersion, each typed) or a CloudEvents body is answered 400. A topic whose input schema is set to
+  CloudEvents (``input_schema = CLOUD_EVENTS``, a deploy mistake) answers 400 to every Event Grid schema
+  request, with the body Event Grid sends then (:data:`SCHEMA_MISMATCH`).
 - delivery: each event to the subscriber as the Functions host hands it to a Python function (the
   ``azure.functions`` library's own Event Grid converter builds the ``func.EventGridEvent``), one event
   per invocation, up to ``concurrency`` at once; an exception is retried on a bounded schedule, then the
@@ -39,6 +41,13 @@ EVENTGRID_AUDIENCE = "https://eventgrid.azure.net"
 _TOKENS: dict[str, str] = {}  # token -> audience; one tenant for every stand-in of the process
 _TOKENS_LOCK = threading.Lock()
 _FIELDS = {"id": str, "subject": str, "eventType": str, "eventTime": str, "dataVersion": str}
+EVENT_GRID_SCHEMA, CLOUD_EVENTS = "EventGridSchema", "CloudEventSchemaV1_0"  # a topic's inputSchema
+# What Event Grid answers a request of Event Grid schema events (a JSON array) on a CloudEvents topic: 400,
+# error code BadRequest with an InputJsonInvalid detail (the message as quoted in Azure/azure-sdk-for-python
+# issue 15941, the body's form as in microsoft/onefuzz issue 3285)
+SCHEMA_MISMATCH = ("This resource is configured to receive event in 'CloudEventV10' schema. The JSON received does "
+                   "not conform to the expected schema. Token Expected: StartObject, Actual Token Received: "
+                   "StartArray. Report '{report}' to our forums for assistance or raise a support ticket.")
 
 
 @dataclass
@@ -56,6 +65,7 @@ class EventGridStandIn:
                  subscriber: Callable[[Any], None] | None = None, dead_letter: Any = None,
                  max_attempts: int = 4, retry_delays_s: tuple[float, ...] = (0.05, 0.1, 0.2), concurrency: int = 16):
         self.topic, self.subscription, self.key = topic, subscription, key
+        self.input_schema = EVENT_GRID_SCHEMA
         self.subscriber, self.dead_letter = subscriber, dead_letter
         self.max_attempts, self.retry_delays_s = max_attempts, retry_delays_s
         self.identity_header = secrets.token_hex(16)
@@ -128,6 +138,9 @@ class EventGridStandIn:
             return 401, "no credential: Authorization: Bearer or aeg-sas-key"
         if len(body) > MAX_BYTES:
             return 413, f"request of {len(body)} bytes is over 1 MB"
+        if self.input_schema == CLOUD_EVENTS and body.lstrip().startswith(b"["):
+            report = f"{uuid.uuid4()}:0:{datetime.now(UTC):%m/%d/%Y %I:%M:%S %p} (UTC)"
+            return 400, SCHEMA_MISMATCH.format(report=report)
         if "cloudevents" in headers.get("Content-Type", ""):
             return 400, "this topic's input schema is the Event Grid schema, not CloudEvents"
         try:
@@ -244,7 +257,9 @@ def _handler(standin: EventGridStandIn) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def _answer(self, status: int, why: str) -> None:
-            body = json.dumps({"error": {"code": str(status), "message": why}}).encode() if why else b""
+            error = {"code": "BadRequest", "message": why, "details": [{"code": "InputJsonInvalid", "message": why}]} \
+                if status == 400 else {"code": str(status), "message": why}
+            body = json.dumps({"error": error}).encode() if why else b""
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

@@ -71,9 +71,18 @@ class EventGridQueue:
         except Exception as exc:
             status = getattr(exc, "status_code", None)
             if status in _EVENTS_REFUSED:
-                return f"Event Grid {status}: {str(getattr(exc, 'reason', '') or exc)[:300]}"
+                return f"Event Grid {status} {_reason(exc)[:300]}"
             raise QueueUnavailable(f"Event Grid {self.url}: {type(exc).__name__}: {str(exc)[:300]}") from None
         return ""
+
+
+def _reason(exc: Exception) -> str:
+    """Event Grid's error code and message (what was wrong: a schema mismatch names the topic's schema), not
+    only the HTTP reason phrase."""
+    error = getattr(exc, "error", None)
+    if getattr(error, "message", None):
+        return f"{error.code}: {error.message}"
+    return str(getattr(exc, "reason", "") or exc)
 
 
 def _event(message: Message) -> Any:

@@ -1,10 +1,19 @@
-"""Messages a queue refuses for good are dropped, counted and logged, in front of any publisher.
+"""Messages a queue refuses for good are dropped, counted and logged, in front of any publisher; a queue
+that refuses every window is held as an outage instead.
 
 A refusal about the message itself (too large for the queue, an attribute it will not take) fails the
 same way on every try. Treated as an outage, it held the head of the spool: every window behind it
 waited, retried and spooled until the spool's bound dropped the oldest. A refusal about the queue or
 the credentials (a missing queue, a denied key) stays QueueUnavailable: those heal, and the spool keeps
 the batches meanwhile.
+
+A queue that refuses everything is misconfigured (an Event Grid topic whose input schema is not the
+Event Grid schema answers 400 to every event), and dropping would lose every window until someone fixes
+it. So once :data:`WINDOWS_TO_HOLD` windows in a row are refused whole (every message of each, nothing
+taken in between), refusals are no longer dropped: the send raises QueueUnavailable, the spool keeps the
+batches, and the first message the queue takes again ends it. Windows are counted, not sends: the spool
+drains a window's parts one send each, and a single bad window must not look like several. Holding is
+the safe side: a hold the queue did not need ends at its next acceptance, with nothing lost.
 """
 
 from __future__ import annotations
@@ -12,20 +21,58 @@ from __future__ import annotations
 import logging
 
 from kubesonar.sensor.queues import Message, Publisher
-from kubesonar.shared.errors import MessageRefused
+from kubesonar.shared.errors import MessageRefused, QueueUnavailable
+from kubesonar.shared.identity import split_batch_key
 
 log = logging.getLogger(__name__)
 
+# The first window refused whole is dropped: it may be the one bad window among good ones. A second one in
+# a row, with nothing taken between, is a queue that refuses what the sensor sends: held from there on.
+WINDOWS_TO_HOLD = 2
+
 
 class DropRefused:
-    def __init__(self, inner: Publisher):
-        self.inner, self.limit = inner, inner.limit
+    def __init__(self, inner: Publisher, queue: str = "the queue"):
+        self.inner, self.limit, self.queue = inner, inner.limit, queue
         self.refused = 0  # messages dropped because the queue refused them for good (a heartbeat counter)
+        self.refusing_all = False  # the queue refuses every window: batches are held (a heartbeat gauge)
+        self.holds = 0  # times the queue was found refusing every window (a heartbeat counter)
+        self._refused_windows: set[tuple[str, int]] = set()  # refused whole since the queue last took one
 
     def send(self, messages: list[Message]) -> None:
         try:
             self.inner.send(messages)
         except MessageRefused as exc:
+            if len(exc.refused) < len({m.key for m in messages}):
+                self._taken()  # the queue takes messages: the refused ones are bad, not the queue
+            else:
+                self._refused_windows |= {_window(m.key) for m in messages}
+                if self.refusing_all or len(self._refused_windows) >= WINDOWS_TO_HOLD:
+                    self._hold(exc)
             self.refused += len(exc.refused)
             for key, why in exc.refused.items():
                 log.error("the queue refused message %s for good, dropped: %s", key, why)
+        else:
+            self._taken()
+
+    def _hold(self, exc: MessageRefused) -> None:
+        why = next(iter(exc.refused.values()), "")
+        if not self.refusing_all:
+            self.refusing_all, self.holds = True, self.holds + 1
+            log.error("%s refused every message of %d windows in a row: it is misconfigured, not fed bad "
+                      "messages, so its batches are kept in the spool until it takes one again (fix the "
+                      "queue; nothing more is dropped meanwhile). Its refusal: %s", self.queue,
+                      len(self._refused_windows), why)
+        raise QueueUnavailable(f"{self.queue} refuses every window, batches held: {why}") from None
+
+    def _taken(self) -> None:
+        if self.refusing_all:
+            log.warning("%s takes messages again: the batches held while it refused every window are sent",
+                        self.queue)
+        self.refusing_all = False
+        self._refused_windows.clear()
+
+
+def _window(key: str) -> tuple[str, int]:
+    sensor, sequence, _part = split_batch_key(key)
+    return sensor, sequence

@@ -4,7 +4,9 @@ the sensor's publisher keeps every event and request under the 1 MB limit with t
 from __future__ import annotations
 
 import os
+import time
 
+import numpy as np
 import pytest
 from azure.core.credentials import AzureKeyCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError
@@ -13,11 +15,12 @@ from azure.identity import DefaultAzureCredential
 
 from kubesonar.sensor.queues import Message, open_publisher
 from kubesonar.sensor.queues.eventgrid import LIMIT, EventGridQueue
+from kubesonar.sensor.spool import OUTAGE_BACKOFF_S
 from kubesonar.shared.batch import BatchHeader, encode_batch
 from kubesonar.shared.errors import QueueUnavailable
 from kubesonar.shared.flow import FlowRecords
 
-from eventgrid_standin import EventGridStandIn
+from eventgrid_standin import CLOUD_EVENTS, EVENT_GRID_SCHEMA, EventGridStandIn
 
 
 @pytest.fixture
@@ -93,3 +96,80 @@ def test_an_unreachable_topic_is_queue_unavailable_for_the_spool(topic):
     (data,) = encode_batch(header, FlowRecords.empty(0), limit=LIMIT)
     with pytest.raises(QueueUnavailable, match="Event Grid"):
         open_publisher(url).send([Message("node-1/1/0/0", data)])
+
+
+def _window(sequence: int, flows: int = 0):
+    from kubesonar.sensor.live import Window
+
+    records, rng = FlowRecords.empty(flows), np.random.default_rng(sequence)
+    records.columns["first_ts"] = rng.integers(0, 2**62, flows)  # incompressible
+    records.columns["bytes_out"] = rng.integers(0, 2**62, flows).astype(np.uint64)
+    return Window(BatchHeader("prod", "node-1", "node-1/1", sequence, sequence, sequence + 1), records)
+
+
+def test_a_topic_that_refuses_every_event_keeps_the_batches_in_the_spool_until_it_is_fixed(topic, tmp_path, caplog):
+    """A topic deployed with the CloudEvents input schema answers 400 to every event. Dropped as refusals, every
+    window was lost until someone fixed it; from the second window refused whole in a row the batches are held
+    in the spool, the heartbeat says so, and once the topic is fixed they are all delivered, in order."""
+    from kubesonar.compose import build_sensor
+    from kubesonar.sensor.live import SensorSettings
+
+    url = f"eventgrid://{topic.host}"
+    live = build_sensor(SensorSettings(("lo",), node="node-1"), url, str(tmp_path / "spool"), 1 << 20)
+    topic.input_schema = CLOUD_EVENTS
+    with caplog.at_level("ERROR", logger="kubesonar.sensor.queues.refusals"):
+        for sequence in range(4):
+            live.sink(_window(sequence, flows=40_000 if sequence == 1 else 0))  # window 1 in two parts
+    counters = live.extra_counters()
+    # window 0 may have been a lone bad one: dropped; window 1 was the second refused whole: held from there
+    assert (counters["queue_refused"], counters["spool_depth"], counters["spool_dropped"], topic.received) == (1, 4, 0, [])
+    assert (counters["queue_refusing_all"], counters["queue_refusal_holds"]) == (1, 1)
+    (error,) = [r.getMessage() for r in caplog.records if "misconfigured" in r.getMessage()]
+    assert url in error and "400 BadRequest" in error and "'CloudEventV10' schema" in error
+
+    topic.input_schema = EVENT_GRID_SCHEMA  # the deploy fixed
+    time.sleep(OUTAGE_BACKOFF_S[0] * 1.2)  # the spool tries the queue again once its backoff has passed
+    live.sink(_window(4))
+    counters = live.extra_counters()
+    assert (counters["queue_refusing_all"], counters["spool_depth"], counters["spool_dropped"]) == (0, 0, 0)
+    assert counters["queue_refused"] == 1 and counters["queue_refusal_holds"] == 1
+    sequences = [int(e["id"].split("/")[2]) for e in topic.received]
+    assert sequences == sorted(sequences) and set(sequences) == {1, 2, 3, 4} and sequences.count(1) > 1
+
+
+def test_a_refused_window_between_good_ones_is_still_dropped_not_held(topic, tmp_path):
+    """One window refused whole (an event over 1 MB, answered 413), then one taken: the queue is not refusing
+    everything, so the refusal is dropped and counted and nothing waits behind it."""
+    from kubesonar.sensor.queues.refusals import DropRefused
+    from kubesonar.sensor.spool import SpoolingPublisher
+
+    queue = DropRefused(open_publisher(f"eventgrid://{topic.host}"))
+    spool = SpoolingPublisher(queue, tmp_path / "spool")
+    (data,) = encode_batch(BatchHeader("prod", "node-1", "node-1/1", 0, 0, 1), FlowRecords.empty(0), limit=LIMIT)
+    for sequence in range(6):
+        bad = sequence % 2 == 1
+        spool.publish([Message(f"node-1/1/{sequence}/0", data + os.urandom(1024 * 1024) if bad else data)])
+    assert queue.refused == 3 and spool.stats.depth == 0
+    assert [e["id"] for e in topic.received] == [f"node-1/1/{s}/0" for s in (0, 2, 4)]
+    assert not queue.refusing_all and queue.holds == 0
+
+
+def test_a_bad_window_drained_part_by_part_counts_as_one_window_not_a_refusing_topic(topic, tmp_path):
+    """The spool sends a window's parts one send each: a window whose three parts are each over 1 MB (413) is
+    one bad window, dropped, not three refused sends in a row that would hold every window behind it."""
+    from azure.core.credentials import AzureKeyCredential
+
+    from kubesonar.sensor.queues.refusals import DropRefused
+    from kubesonar.sensor.spool import SpoolingPublisher
+
+    client = EventGridPublisherClient(topic.endpoint, AzureKeyCredential("the-key"), retry_total=0)
+    queue = DropRefused(EventGridQueue(f"eventgrid://{topic.host}", client=client))
+    spool = SpoolingPublisher(queue, tmp_path / "spool", max_wait_s=0.01, outage_backoff_s=(0.0, 0.0))
+    (data,) = encode_batch(BatchHeader("prod", "node-1", "node-1/1", 0, 0, 1), FlowRecords.empty(0), limit=LIMIT)
+    topic.key = "another-key"  # an outage (401): both windows go to the spool
+    spool.publish([Message(f"node-1/1/0/{part}", data + os.urandom(1024 * 1024)) for part in range(3)])
+    spool.publish([Message("node-1/1/1/0", data)])
+    assert spool.stats.depth == 4
+    topic.key = "the-key"
+    assert spool.drain()
+    assert queue.refused == 3 and not queue.refusing_all and [e["id"] for e in topic.received] == ["node-1/1/1/0"]
