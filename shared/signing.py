@@ -139,7 +139,10 @@ class Keyring:
         key_id = data[len(MAGIC) + 1 : len(MAGIC) + 1 + id_len].decode("ascii", "replace")
         key = self._keys.get(key_id)
         if key is None:
-            raise SignatureError("unknown_key", f"key id {key_id[:64]!r} is not in the keyring")
+            # after a rotation, what a sensor spooled or the queue held under the removed key comes back so
+            raise SignatureError("unknown_key", f"key id {key_id[:64]!r} is not in the keyring (removed too early? "
+                                                "batches signed before a rotation wait in spools and queues up to "
+                                                "23 h: docs/hardening.md)")
         head, mac, message = data[: start - MAC_BYTES], data[start - MAC_BYTES : start], data[start:]
         if not hmac.compare_digest(mac, _mac(key.secret, head, message)):
             raise SignatureError("bad_mac", f"the MAC does not match key {key_id!r}")
