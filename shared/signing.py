@@ -8,7 +8,8 @@ The MAC covers everything before it and the whole batch message, so no byte can 
 key belongs to one cluster: a message is accepted only if the batch header's cluster is the key's, and
 its sensor id begins with its node name (``<node>/...``), so a node's key speaks for its own cluster
 and a sensor for its own node only. Two keys per cluster may be active at once, for rotation: sensors
-move to the new key while the backend accepts both, then the old one is removed.
+move to the new key while the backend accepts both, then the old one is removed, once no batch signed
+with it still waits in a sensor's spool or the queue (docs/hardening.md says how to tell).
 
 Keyring document (a Kubernetes Secret's file for the sensor; the function's encrypted environment,
 a file or the cloud's secret manager for the backend)::

@@ -134,3 +134,14 @@ def test_once_the_old_key_is_removed_they_are_refused_counted_and_logged_naming_
     assert len(refusals) == 3
     assert all(f"unknown_key: key id {OLD!r} is not in the keyring" in line for line in refusals), refusals
     assert all("removed too early?" in line and "docs/hardening.md" in line for line in refusals)  # what to read
+
+
+def test_refused_ones_are_taken_when_the_old_key_is_put_back_and_they_are_redriven(tmp_path, monkeypatch):
+    """The way back from a key removed too early (docs/hardening.md): dead-lettered, not lost."""
+    queue = _rotated_while_cut_off(tmp_path)
+    _run_backend(tmp_path, queue, [NEW], monkeypatch, settled=4)
+    for path in (queue / "dead").iterdir():
+        path.replace(queue / path.name)
+    metrics = _run_backend(tmp_path, queue, [OLD, NEW], monkeypatch, settled=3)
+    assert metrics.get('kubesonar_backend_messages_total{outcome="applied"}') == 3, metrics
+    assert metrics.get("kubesonar_backend_decode_errors_total") == 0 and not list(queue.glob("*.ksfb"))
