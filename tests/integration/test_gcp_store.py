@@ -114,5 +114,8 @@ def test_the_functions_cloud_storage_honours_the_retry_setting_of_its_environmen
                             "KUBESONAR_STORE_RETRY_S": "3"}.items():
             monkeypatch.setenv(name, value)
         monkeypatch.delitem(sys.modules, "kubesonar.functions.gcp.main", raising=False)
-        main = importlib.import_module("kubesonar.functions.gcp.main")  # a cold start
-        assert_calls_fail_within(main.deps.store, 2 * 3 + 2, "GCS could not")
+        try:
+            main = importlib.import_module("kubesonar.functions.gcp.main")  # a cold start
+            assert_calls_fail_within(main.deps.store, 2 * 3 + 2, "GCS could not")
+        finally:
+            sys.modules.pop("kubesonar.functions.gcp.main", None)  # built for a port that is gone
