@@ -8,7 +8,8 @@ The MAC covers everything before it and the whole batch message, so no byte can 
 key belongs to one cluster: a message is accepted only if the batch header's cluster is the key's, and
 its sensor id begins with its node name (``<node>/...``), so a node's key speaks for its own cluster
 and a sensor for its own node only. Two keys per cluster may be active at once, for rotation: sensors
-move to the new key while the backend accepts both, then the old one is removed.
+move to the new key while the backend accepts both, then the old one is removed, once no batch signed
+with it still waits in a sensor's spool or the queue (docs/hardening.md says how to tell).
 
 Keyring document (a Kubernetes Secret's file for the sensor; the function's encrypted environment,
 a file or the cloud's secret manager for the backend)::
@@ -139,7 +140,10 @@ class Keyring:
         key_id = data[len(MAGIC) + 1 : len(MAGIC) + 1 + id_len].decode("ascii", "replace")
         key = self._keys.get(key_id)
         if key is None:
-            raise SignatureError("unknown_key", f"key id {key_id[:64]!r} is not in the keyring")
+            # after a rotation, what a sensor spooled or the queue held under the removed key comes back so
+            raise SignatureError("unknown_key", f"key id {key_id[:64]!r} is not in the keyring (removed too early? "
+                                                "batches signed before a rotation wait in spools and queues up to "
+                                                "23 h: docs/hardening.md)")
         head, mac, message = data[: start - MAC_BYTES], data[start - MAC_BYTES : start], data[start:]
         if not hmac.compare_digest(mac, _mac(key.secret, head, message)):
             raise SignatureError("bad_mac", f"the MAC does not match key {key_id!r}")

@@ -6,7 +6,8 @@ records that fail are reported back (ReportBatchItemFailures), so a poison messa
 ends in the dead-letter queue while the rest of its batch succeeds. Settings (environment):
 KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_TOPIC_ARN, KUBESONAR_LEARNING_PERIOD_S,
 KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs inside the
-cluster or VPC; docs/detection.md); an EventBridge schedule's event runs the sensor-health check instead;
+cluster or VPC; docs/detection.md), KUBESONAR_STORE_RETRY_S (how long one S3 call may take, retries
+included; under the function's timeout); an EventBridge schedule's event runs the sensor-health check instead;
 KUBESONAR_KEYRING_SECRET (a Secrets Manager secret holding the keyring; or KUBESONAR_KEYRING with the
 document itself in the encrypted environment): batches must then be signed (docs/hardening.md);
 AWS_ENDPOINT_URL points every client elsewhere (tests use it to reach an emulator).
@@ -37,12 +38,12 @@ from kubesonar.shared.pipeline import (
     check_all_sensors,
     process_deliveries,
 )
-from kubesonar.shared.ports import RoutedObjectStore, SystemClock
+from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
 from kubesonar.shared.signing import keyring_from_env
 
 logger = Logger(service="kubesonar")
 metrics = Metrics(namespace="KubeSonar", service="kubesonar")
-_s3 = boto3.client("s3", config=client_config())
+_s3 = boto3.client("s3", config=client_config(seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S)))
 
 
 def _secret(name: str) -> str:

@@ -5,6 +5,7 @@ identity) or KUBESONAR_STORAGE_CONNECTION_STRING (a connection string; Azurite i
 KUBESONAR_STATE_CONTAINER, KUBESONAR_ALERTS_CONTAINER, KUBESONAR_DEADLETTER_CONTAINER,
 KUBESONAR_ALERTS_TOPIC_ENDPOINT (https://TOPIC-HOST/api/events), KUBESONAR_LEARNING_PERIOD_S,
 KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs; docs/detection.md),
+KUBESONAR_STORE_RETRY_S (how long one Blob Storage call may keep retrying: under the function's timeout),
 KUBESONAR_KEYRING (the keyring, a Key Vault reference the platform resolves, infra/azure): batches must then
 be signed (docs/hardening.md).
 Credentials are DefaultAzureCredential's: the app's system-assigned managed identity in Azure.
@@ -23,16 +24,16 @@ from kubesonar.functions.azure.store import BlobObjectStore, client_options
 from kubesonar.shared.env_numbers import seconds_setting
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies
-from kubesonar.shared.ports import RoutedObjectStore, SystemClock
+from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
 from kubesonar.shared.signing import keyring_from_env
 
 
 def _blob_service(credential: DefaultAzureCredential) -> BlobServiceClient:
+    options = client_options(seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S))
     connection_string = os.environ.get("KUBESONAR_STORAGE_CONNECTION_STRING")
     if connection_string:
-        return BlobServiceClient.from_connection_string(connection_string, **client_options())
-    return BlobServiceClient(os.environ["KUBESONAR_STORAGE_ACCOUNT_URL"], credential=credential,
-                             **client_options())
+        return BlobServiceClient.from_connection_string(connection_string, **options)
+    return BlobServiceClient(os.environ["KUBESONAR_STORAGE_ACCOUNT_URL"], credential=credential, **options)
 
 
 _credential = DefaultAzureCredential()

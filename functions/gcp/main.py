@@ -8,7 +8,8 @@ A message that never decodes is counted, copied under `deadletter/` of the state
 Settings (environment): KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_ALERTS_TOPIC,
 KUBESONAR_FLOWS_SUBSCRIPTION, KUBESONAR_PULL_MAX_MESSAGES, KUBESONAR_DRAIN_SECONDS (how long a tick
 starts new rounds of pulling and scoring: under the function's timeout), KUBESONAR_LEARNING_PERIOD_S,
-KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS; KUBESONAR_KEYRING (the keyring, which Cloud
+KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS, KUBESONAR_STORE_RETRY_S (how long one
+Cloud Storage call may keep retrying: under the function's timeout); KUBESONAR_KEYRING (the keyring, which Cloud
 Run puts in the environment from Secret Manager, infra/gcp): batches must then be signed (docs/hardening.md);
 STORAGE_EMULATOR_HOST and
 PUBSUB_EMULATOR_HOST point the clients at emulators, as the libraries themselves honour them.
@@ -37,14 +38,15 @@ from kubesonar.shared.pipeline import (
     check_all_sensors,
     process_deliveries,
 )
-from kubesonar.shared.ports import RoutedObjectStore, SystemClock
+from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
 from kubesonar.shared.signing import keyring_from_env
 
 _env = os.environ
 _gcs = storage.Client()
+_store_retry_s = seconds_setting(_env, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S)
 deps = Dependencies(
-    store=RoutedObjectStore(GcsObjectStore(_gcs, _env["KUBESONAR_STATE_BUCKET"]),
-                            {"alerts/": GcsObjectStore(_gcs, _env["KUBESONAR_ALERTS_BUCKET"])}),
+    store=RoutedObjectStore(GcsObjectStore(_gcs, _env["KUBESONAR_STATE_BUCKET"], retry_s=_store_retry_s),
+                            {"alerts/": GcsObjectStore(_gcs, _env["KUBESONAR_ALERTS_BUCKET"], retry_s=_store_retry_s)}),
     notifier=PubSubNotifier(pubsub_v1.PublisherClient(), _env["KUBESONAR_ALERTS_TOPIC"]),
     clock=SystemClock(),
     config=CoreConfig(learning_period_s=seconds_setting(_env, "KUBESONAR_LEARNING_PERIOD_S", 24 * 3600),

@@ -362,8 +362,17 @@ resource "aws_lambda_function" "scoring" {
       KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
       KUBESONAR_INTERNAL_NETWORKS     = join(",", var.internal_networks)
       KUBESONAR_KEYRING_SECRET        = aws_secretsmanager_secret.keyring.name
+      KUBESONAR_STORE_RETRY_S         = tostring(var.store_retry_s)
       POWERTOOLS_SERVICE_NAME         = "kubesonar"
       POWERTOOLS_METRICS_NAMESPACE    = "KubeSonar"
+    }
+  }
+
+  lifecycle {
+    # a precondition, not a variable validation: Terraform before 1.9 lets a validation read its own variable only
+    precondition {
+      condition     = 2 * var.store_retry_s < var.lambda_timeout
+      error_message = "store_retry_s (${var.store_retry_s}) must be under half of lambda_timeout (${var.lambda_timeout}): an unreachable S3 fails within about twice it, and a call must end inside the invocation."
     }
   }
 

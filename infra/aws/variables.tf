@@ -32,6 +32,17 @@ variable "lambda_timeout" {
   default     = 60
 }
 
+variable "store_retry_s" {
+  description = "Seconds an S3 call may keep retrying (KUBESONAR_STORE_RETRY_S): its attempts share this in connect and read timeouts, so an unreachable S3 fails within about twice it. Twice it must stay under lambda_timeout, so a retrying call ends inside the invocation."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.store_retry_s > 0
+    error_message = "store_retry_s must be more than 0 seconds."
+  }
+}
+
 variable "lambda_reserved_concurrency" {
   description = "Upper bound on concurrent scoring invocations (the queue buffers the rest)."
   type        = number

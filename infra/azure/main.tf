@@ -23,6 +23,7 @@ locals {
     KUBESONAR_LEARNING_PERIOD_S     = tostring(var.learning_period_seconds)
     KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
     KUBESONAR_INTERNAL_NETWORKS     = join(",", var.internal_networks)
+    KUBESONAR_STORE_RETRY_S         = tostring(var.store_retry_s)
     # The keyring batches are verified with: a Key Vault reference the platform resolves with the app's identity
     KUBESONAR_KEYRING = "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.this.name};SecretName=keyring)"
     # The host's storage through the app's identity, no connection string

@@ -106,6 +106,17 @@ variable "internal_networks" {
   default     = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]
 }
 
+variable "store_retry_s" {
+  description = "Seconds a Blob Storage call may keep retrying (KUBESONAR_STORE_RETRY_S): its retries' sleeps and its requests' timeouts fit it, so an unreachable account fails within about twice it. Twice it must stay under the Flex Consumption plan's function timeout (30 minutes; host.json sets none), so a retrying call ends inside the invocation."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.store_retry_s > 0 && 2 * var.store_retry_s < 1800
+    error_message = "store_retry_s: more than 0 and under 900 seconds (twice it must stay under the function's 30-minute timeout)."
+  }
+}
+
 variable "soft_delete_retention_days" {
   description = "Days deleted blobs and containers stay recoverable."
   type        = number

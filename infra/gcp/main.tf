@@ -303,12 +303,20 @@ resource "google_cloudfunctions2_function" "scoring" {
       KUBESONAR_LEARNING_PERIOD_S     = tostring(var.learning_period_seconds)
       KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
       KUBESONAR_INTERNAL_NETWORKS     = join(",", var.internal_networks)
+      KUBESONAR_STORE_RETRY_S         = tostring(var.store_retry_s)
     }
     secret_environment_variables {
       key        = "KUBESONAR_KEYRING"
       project_id = var.project_id
       secret     = google_secret_manager_secret.keyring.secret_id
       version    = "latest"
+    }
+  }
+  lifecycle {
+    # a precondition, not a variable validation: Terraform before 1.9 lets a validation read its own variable only
+    precondition {
+      condition     = 2 * var.store_retry_s <= var.function_timeout_seconds - floor(var.function_timeout_seconds * 0.8)
+      error_message = "store_retry_s (${var.store_retry_s}) must be at most a tenth of function_timeout_seconds (${var.function_timeout_seconds}): an unreachable bucket fails within about twice it, and a call started as the drain ends (at 80%) must end inside the invocation."
     }
   }
   depends_on = [

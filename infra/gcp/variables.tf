@@ -32,6 +32,17 @@ variable "function_timeout_seconds" {
   default     = 300
 }
 
+variable "store_retry_s" {
+  description = "Seconds a Cloud Storage call may keep retrying (KUBESONAR_STORE_RETRY_S); each request's timeout is the same, so an unreachable bucket fails within about twice it. Twice it must stay under the fifth of function_timeout_seconds left after a tick stops starting new rounds (KUBESONAR_DRAIN_SECONDS, 80%), so a retrying call ends inside the invocation."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.store_retry_s > 0
+    error_message = "store_retry_s must be more than 0 seconds."
+  }
+}
+
 variable "function_max_instances" {
   description = "Most instances at once: ticks that overlap (a long drain) run side by side, compare-and-swap keeps them consistent."
   type        = number

@@ -62,3 +62,21 @@ def test_an_s3_that_cannot_be_reached_fails_within_the_retry_setting(monkeypatch
                             "AWS_DEFAULT_REGION": "us-east-1", "KUBESONAR_STORE_RETRY_S": "3"}.items():
             monkeypatch.setenv(name, value)
         assert_calls_fail_within(open_store("s3://kubesonar-state"), 2 * 3 + 2, "S3 could not")
+
+
+def test_the_functions_s3_honours_the_retry_setting_of_its_environment(monkeypatch):
+    """The Lambda built its S3 client with the default 20 s whatever KUBESONAR_STORE_RETRY_S said, so the
+    Terraform module's store_retry_s reached nothing: with 3 s, a read of a silent S3 took 20 s to fail."""
+    import importlib
+
+    with endpoint_that_cannot_be_reached("silent") as port:
+        for name, value in {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                            "KUBESONAR_STATE_BUCKET": "ks-state", "KUBESONAR_ALERTS_BUCKET": "ks-alerts",
+                            "KUBESONAR_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:ks-alerts",
+                            "KUBESONAR_STORE_RETRY_S": "3"}.items():
+            monkeypatch.setenv(name, value)
+        import kubesonar.functions.aws.handler as handler
+
+        handler = importlib.reload(handler)  # a cold start
+        assert_calls_fail_within(handler.deps.store, 2 * 3 + 2, "S3 could not")

@@ -106,3 +106,26 @@ def test_az_store_urls_open_blob_storage(azurite, monkeypatch):  # noqa: F811
     store.put("alerts/prod/1.json", b"{}", create_only=True)
     assert list(container.list_blob_names()) == ["team-a/alerts/prod/1.json"]
     assert list(store.list("alerts/")) == ["alerts/prod/1.json"]
+
+
+def test_the_functions_blob_storage_honours_the_retry_setting_of_its_environment(monkeypatch):
+    """The function app built its Blob client with the default 20 s whatever KUBESONAR_STORE_RETRY_S said,
+    so the Terraform module's store_retry_s reached nothing: with 3 s, a read of a silent account took 30 s
+    to fail."""
+    import importlib
+
+    from azure_emulator import ACCOUNT, ACCOUNT_KEY
+
+    with endpoint_that_cannot_be_reached("silent") as port:
+        for name, value in {"KUBESONAR_STORAGE_CONNECTION_STRING": (
+                                f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={ACCOUNT_KEY};"
+                                f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};"),
+                            "KUBESONAR_STATE_CONTAINER": "state", "KUBESONAR_ALERTS_CONTAINER": "alerts",
+                            "KUBESONAR_DEADLETTER_CONTAINER": "deadletter",
+                            "KUBESONAR_ALERTS_TOPIC_ENDPOINT": f"https://127.0.0.1:{unreachable_port()}/api/events",
+                            "KUBESONAR_STORE_RETRY_S": "3"}.items():
+            monkeypatch.setenv(name, value)
+        from kubesonar.functions.azure import runtime
+
+        runtime = importlib.reload(runtime)  # a cold start
+        assert_calls_fail_within(runtime.deps.store, 2 * 3 + 2, "Blob Storage could not")

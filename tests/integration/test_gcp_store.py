@@ -97,3 +97,25 @@ def test_a_gcs_that_cannot_be_reached_fails_within_the_retry_setting(monkeypatch
         monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "kubesonar-test")
         monkeypatch.setenv("KUBESONAR_STORE_RETRY_S", "3")
         assert_calls_fail_within(open_store("gs://kubesonar-state"), 2 * 3 + 2, "GCS could not")
+
+
+def test_the_functions_cloud_storage_honours_the_retry_setting_of_its_environment(monkeypatch):
+    """The function built its stores with the default 20 s whatever KUBESONAR_STORE_RETRY_S said, so the
+    Terraform module's store_retry_s reached nothing: with 3 s, a read of a silent bucket took 20 s to fail."""
+    import importlib
+    import sys
+
+    with endpoint_that_cannot_be_reached("silent") as port:
+        for name, value in {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}",
+                            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{unreachable_port()}",
+                            "GOOGLE_CLOUD_PROJECT": "kubesonar-test", "KUBESONAR_STATE_BUCKET": "ks-state",
+                            "KUBESONAR_ALERTS_BUCKET": "ks-alerts",
+                            "KUBESONAR_ALERTS_TOPIC": "projects/kubesonar-test/topics/ks-alerts",
+                            "KUBESONAR_STORE_RETRY_S": "3"}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.delitem(sys.modules, "kubesonar.functions.gcp.main", raising=False)
+        try:
+            main = importlib.import_module("kubesonar.functions.gcp.main")  # a cold start
+            assert_calls_fail_within(main.deps.store, 2 * 3 + 2, "GCS could not")
+        finally:
+            sys.modules.pop("kubesonar.functions.gcp.main", None)  # built for a port that is gone

@@ -228,3 +228,27 @@ def test_checkov_fails_no_check_that_is_not_skipped_in_the_code_with_a_reason():
     assert summary["failed"] == 0 and summary["parsing_errors"] == 0 and summary["passed"] > 100
     for skipped in results["skipped_checks"]:
         assert len(skipped["check_result"].get("suppress_comment", "")) > 20, skipped["check_id"]  # a stated reason
+
+
+def test_the_function_gets_the_store_retry_setting_and_twice_it_fits_the_timeout():
+    """KUBESONAR_STORE_RETRY_S could not be set through the module. An unreachable S3 fails within about
+    twice it (a conditional write reads back after its own attempts), so twice it must end inside the
+    invocation: a precondition, as a validation reads only its own variable before Terraform 1.9."""
+    from kubesonar.shared.ports import STORE_RETRY_S
+
+    from terraform_conditions import holds
+
+    tf = _tf()
+    variable, function = tf["variable"]["store_retry_s"], tf["resource"][("aws_lambda_function", "scoring")]
+    assert variable["type"] == "number" and variable["default"] == STORE_RETRY_S
+    assert function["environment"][0]["variables"]["KUBESONAR_STORE_RETRY_S"] == "${tostring(var.store_retry_s)}"
+    conditions = [v["condition"] for v in variable["validation"]]
+    conditions += [p["condition"] for p in function["lifecycle"][0]["precondition"]]
+
+    def accepted(**values) -> bool:
+        defaults = {"store_retry_s": STORE_RETRY_S, "lambda_timeout": tf["variable"]["lambda_timeout"]["default"]}
+        return all(holds(c, defaults | values) for c in conditions)
+
+    assert accepted() and accepted(store_retry_s=29) and accepted(lambda_timeout=10, store_retry_s=4.5)
+    assert not accepted(store_retry_s=0) and not accepted(store_retry_s=-1)
+    assert not accepted(store_retry_s=30) and not accepted(lambda_timeout=30)  # twice 20 s outlives 30 s

@@ -273,3 +273,23 @@ def test_checkov_fails_no_check_that_is_not_skipped_in_the_code_with_a_reason():
     assert summary["failed"] == 0 and summary["parsing_errors"] == 0 and summary["passed"] > 20
     for skipped in results["skipped_checks"]:
         assert len(skipped["check_result"].get("suppress_comment", "")) > 20, skipped["check_id"]  # a stated reason
+
+
+def test_the_function_gets_the_store_retry_setting_and_twice_it_fits_the_timeout():
+    """KUBESONAR_STORE_RETRY_S could not be set through the module. An unreachable account fails within
+    about twice it, which must end inside the invocation: the Flex Consumption plan's 30 minutes (host.json
+    sets no functionTimeout, and the module has no variable for it)."""
+    from kubesonar.shared.ports import STORE_RETRY_S
+
+    from terraform_conditions import holds
+
+    variable = _tf()["variable"]["store_retry_s"]
+    assert variable["type"] == "number" and variable["default"] == STORE_RETRY_S
+    assert _locals()["app_settings"]["KUBESONAR_STORE_RETRY_S"] == "${tostring(var.store_retry_s)}"
+    assert "functionTimeout" not in json.loads((REPO / "functions" / "azure" / "host.json").read_text())
+
+    def accepted(retry_s: float) -> bool:
+        return all(holds(v["condition"], {"store_retry_s": retry_s}) for v in variable["validation"])
+
+    assert accepted(STORE_RETRY_S) and accepted(899)
+    assert not accepted(0) and not accepted(900)

@@ -245,3 +245,31 @@ def test_checkov_fails_no_check_that_is_not_skipped_in_the_code_with_a_reason():
     assert summary["failed"] == 0 and summary["parsing_errors"] == 0 and summary["passed"] >= 20
     for skipped in results["skipped_checks"]:
         assert len(skipped["check_result"].get("suppress_comment", "")) > 20, skipped["check_id"]
+
+
+def test_the_function_gets_the_store_retry_setting_and_twice_it_fits_after_the_drain():
+    """KUBESONAR_STORE_RETRY_S could not be set through the module. An unreachable bucket fails within about
+    twice it, and a tick starts rounds until KUBESONAR_DRAIN_SECONDS (80% of the timeout): twice it must
+    fit the fifth left, so a call started as the drain ends still ends inside the invocation."""
+    from kubesonar.shared.ports import STORE_RETRY_S
+
+    from terraform_conditions import holds
+
+    variable = _blocks("variable")["store_retry_s"]
+    function = _resources()[("google_cloudfunctions2_function", "scoring")]
+    service = function["service_config"][0]
+    assert variable["type"] == "number" and variable["default"] == STORE_RETRY_S
+    assert service["environment_variables"]["KUBESONAR_STORE_RETRY_S"] == "${tostring(var.store_retry_s)}"
+    assert service["environment_variables"]["KUBESONAR_DRAIN_SECONDS"] == \
+        "${tostring(floor(var.function_timeout_seconds * 0.8))}"  # the precondition's 80%
+    conditions = [v["condition"] for v in variable["validation"]]
+    conditions += [p["condition"] for p in function["lifecycle"][0]["precondition"]]
+
+    def accepted(**values) -> bool:
+        timeout = _blocks("variable")["function_timeout_seconds"]["default"]
+        return all(holds(c, {"store_retry_s": STORE_RETRY_S, "function_timeout_seconds": timeout} | values)
+                   for c in conditions)
+
+    assert accepted() and accepted(store_retry_s=30) and accepted(function_timeout_seconds=60, store_retry_s=6)
+    assert not accepted(store_retry_s=0) and not accepted(store_retry_s=31)
+    assert not accepted(function_timeout_seconds=120)  # 40 s of calls after a drain that ends at 96 s
