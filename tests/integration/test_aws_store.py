@@ -32,8 +32,9 @@ class TestS3ObjectStore(ObjectStoreContract):
     def first_answer_lost(self, store):
         """botocore retries a PUT that timed out (standard and legacy modes alike); its requests go through
         the endpoint's http_session."""
-        return lambda: first_answer_lost_on(store._s3._endpoint.http_session, "send",
-                                            ReadTimeoutError(endpoint_url="after the upload landed"))
+        return lambda meanwhile=None: first_answer_lost_on(
+            store._s3._endpoint.http_session, "send", ReadTimeoutError(endpoint_url="after the upload landed"),
+            meanwhile)
 
 
 def test_an_s3_that_cannot_be_reached_is_a_store_error():

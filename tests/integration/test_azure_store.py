@@ -30,8 +30,9 @@ class TestBlobObjectStore(ObjectStoreContract):
     def first_answer_lost(self, store):
         """azure-storage-blob's retry policy retries a PUT whose answer was lost (ServiceResponseError); its
         requests go through the pipeline's transport, under the storage SDK's wrapper."""
-        return lambda: first_answer_lost_on(store._container._pipeline._transport._transport, "send",
-                                            ServiceResponseError("read timed out after the upload landed"))
+        return lambda meanwhile=None: first_answer_lost_on(
+            store._container._pipeline._transport._transport, "send",
+            ServiceResponseError("read timed out after the upload landed"), meanwhile)
 
 
 def test_the_conditions_are_blob_storages_own(azurite):  # noqa: F811

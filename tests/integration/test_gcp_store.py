@@ -35,8 +35,8 @@ class TestGcsObjectStore(ObjectStoreContract):
     @pytest.fixture
     def first_answer_lost(self, bucket):
         """google-cloud-storage retries a write with a precondition: its requests go through client._http."""
-        return lambda: first_answer_lost_on(bucket[0]._http, "request",
-                                            requests.ReadTimeout("read timed out after the upload landed"))
+        return lambda meanwhile=None: first_answer_lost_on(
+            bucket[0]._http, "request", requests.ReadTimeout("read timed out after the upload landed"), meanwhile)
 
 
 def test_the_emulator_answers_412_on_the_upload_path_the_client_takes(bucket):
