@@ -16,6 +16,7 @@ import pytest
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import StoredObject
 from kubesonar.shared.state import read_document, update_document
+from kubesonar.shared.write_token import LINEAGE_KEY
 
 
 def unreachable_port() -> int:
@@ -93,6 +94,29 @@ def first_answer_lost_on(transport: object, method: str, lost: Exception,
         yield statuses
     finally:
         setattr(transport, method, real)
+
+
+@contextmanager
+def requests_sent(transport: object, method: str) -> Iterator[list[int]]:
+    """The HTTP statuses of the requests this thread sends through ``transport.method`` in the block."""
+    real, statuses, caller = getattr(transport, method), [], threading.get_ident()
+
+    def send(*args, **kwargs):
+        response = real(*args, **kwargs)
+        if threading.get_ident() == caller:
+            statuses.append(response.status_code)
+        return response
+
+    setattr(transport, method, send)
+    try:
+        yield statuses
+    finally:
+        setattr(transport, method, real)
+
+
+def lineage_of(metadata: dict[str, str]) -> list[str]:
+    """The tokens an object's metadata says it was built on, newest first."""
+    return [entry.partition("=")[0] for entry in metadata.get(LINEAGE_KEY, "").split()]
 
 
 class ObjectStoreContract:

@@ -12,11 +12,15 @@ from contract.object_store import (
     assert_every_call_is_a_store_error,
     endpoint_that_cannot_be_reached,
     first_answer_lost_on,
+    lineage_of,
+    requests_sent,
     unreachable_port,
 )
 
 from kubesonar.functions.azure.store import BlobObjectStore
 from kubesonar.shared.errors import StoreError
+from kubesonar.shared.state import update_document
+from kubesonar.shared.write_token import METADATA_KEY
 
 from azure_emulator import azurite, new_container  # noqa: F401 - the fixture
 
@@ -107,3 +111,20 @@ def test_az_store_urls_open_blob_storage(azurite, monkeypatch):  # noqa: F811
     store.put("alerts/prod/1.json", b"{}", create_only=True)
     assert list(container.list_blob_names()) == ["team-a/alerts/prod/1.json"]
     assert list(store.list("alerts/")) == ["alerts/prod/1.json"]
+
+
+def test_a_replace_carries_the_lineage_of_what_it_read_at_no_request_more(azurite):  # noqa: F811
+    """A replace is built on the version update_document read, and carries that version's token: the
+    metadata came with download_blob, so Blob Storage sees the read and the write, nothing more."""
+    from azure.storage.blob import BlobServiceClient
+
+    container = new_container(azurite, f"state-{uuid.uuid4().hex[:12]}")
+    update_document(BlobObjectStore(container), "doc.json", lambda doc: {"n": 1})
+    first = container.get_blob_client("doc.json").get_blob_properties().metadata[METADATA_KEY]
+    # as another process: it knows the blob only from its read
+    another = BlobObjectStore(BlobServiceClient.from_connection_string(azurite).get_container_client(
+        container.container_name))
+    with requests_sent(another._container._pipeline._transport._transport, "send") as sent:
+        update_document(another, "doc.json", lambda doc: {"n": doc["n"] + 1})
+    assert sent == [206, 201]  # the download (a range, as the SDK asks), the upload
+    assert lineage_of(container.get_blob_client("doc.json").get_blob_properties().metadata) == [first]

@@ -13,12 +13,16 @@ from contract.object_store import (
     assert_every_call_is_a_store_error,
     endpoint_that_cannot_be_reached,
     first_answer_lost_on,
+    lineage_of,
+    requests_sent,
     unreachable_port,
 )
 from gcp_emulator import gcp_emulators, storage_client  # noqa: F401 - the fixture
 from google.api_core.exceptions import PreconditionFailed
 
 from kubesonar.functions.gcp.store import GcsObjectStore
+from kubesonar.shared.state import update_document
+from kubesonar.shared.write_token import METADATA_KEY
 
 
 @pytest.fixture
@@ -97,3 +101,22 @@ def test_a_gcs_that_cannot_be_reached_fails_within_the_retry_setting(monkeypatch
         monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "kubesonar-test")
         monkeypatch.setenv("KUBESONAR_STORE_RETRY_S", "3")
         assert_calls_fail_within(open_store("gs://kubesonar-state"), 2 * 3 + 2, "GCS could not")
+
+
+def test_a_replace_carries_the_lineage_of_what_it_read_at_one_request_more(bucket):
+    """A replace is built on the version update_document read, and carries that version's token. A
+    download does not return the metadata: it costs a metadata read, unless this store wrote that version."""
+    client, name = bucket
+    writer = GcsObjectStore(client, name)
+    update_document(writer, "doc.json", lambda doc: {"n": 1})
+    first = client.bucket(name).get_blob("doc.json").metadata[METADATA_KEY]
+    another = GcsObjectStore(storage_client(), name)  # as another process: it knows only its read
+    with requests_sent(another._bucket.client._http, "request") as sent:
+        update_document(another, "doc.json", lambda doc: {"n": doc["n"] + 1})
+    assert sent == [200, 200, 200]  # the download, the metadata, the upload
+    second = client.bucket(name).get_blob("doc.json").metadata
+    assert lineage_of(second) == [first]
+    with requests_sent(another._bucket.client._http, "request") as sent:
+        update_document(another, "doc.json", lambda doc: {"n": doc["n"] + 1})
+    assert sent == [200, 200]  # it wrote the version it replaces: it knows its metadata
+    assert lineage_of(client.bucket(name).get_blob("doc.json").metadata) == [second[METADATA_KEY], first]
