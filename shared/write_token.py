@@ -23,10 +23,10 @@ returns as its change made it, as after any success.
 Only a conditional replace carries a lineage, and only that of the very version it is conditioned on:
 its bytes were built on that version, so every token in an object's lineage is a write whose change the
 object holds. An unconditional put or a create starts a lineage afresh. The metadata of the version
-replaced comes from the store's last read of the key (:class:`Lineages`, as update_document reads just
-before it writes; S3 and Blob Storage reads return metadata anyway), else from a read of the metadata
-(Cloud Storage's downloads do not return it). Objects written before lineages had only their token,
-which a replace carries forward all the same.
+replaced comes from the store's last read or write of the key (:class:`Lineages`: update_document reads
+just before it writes, and S3 and Blob Storage reads return the metadata), else from a read of the
+metadata, one request more (Cloud Storage's downloads do not return it). Objects written before lineages
+had only their token, which a replace carries forward all the same.
 
 Alternatives not taken: a "superseded" error from put (every caller of put would have to learn it, and
 the ones that catch VersionConflict would apply again); tokens in the document itself (no size limit,
