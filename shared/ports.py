@@ -41,7 +41,8 @@ class ObjectStore(Protocol):
         """The object and its version, or None if there is none."""
 
     def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
-        """Write; return the new version. Raise VersionConflict when a condition does not hold."""
+        """Write; return the version it made (after a lost answer, possibly one that another writer has
+        replaced since, building on it). Raise VersionConflict when a condition does not hold."""
 
     def list(self, prefix: str) -> Iterator[str]:
         """Keys that start with ``prefix``, in lexicographic order."""

@@ -5,7 +5,8 @@ botocore retries any operation, a conditional PUT included, whose answer was los
 (retries/standard.py TransientRetryableChecker: ReadTimeoutError, ConnectionClosedError and the rest of its
 ConnectionError family, 500/502/503/504, RequestTimeout) and legacy mode (data/_retry.json: the same
 socket errors and 5xx) alike. So a failed condition is checked by reading the object's metadata back
-(shared/write_token.py)."""
+(shared/write_token.py); a replace carries the tokens of the version it replaces, from the metadata
+get_object returned with it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import STORE_RETRY_S, StoredObject, check_key, store_request_timeout_s
-from kubesonar.shared.write_token import Current, WriteToken
+from kubesonar.shared.write_token import Current, Lineages
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -36,11 +37,14 @@ def client_config(retry_s: float = STORE_RETRY_S) -> Config:
 class S3ObjectStore:
     def __init__(self, client: S3Client | Any, bucket: str, prefix: str = ""):
         self._s3, self.bucket, self.prefix = client, bucket, prefix
+        self._lineages = Lineages()
 
     def get(self, key: str) -> StoredObject | None:
         try:
             obj = self._s3.get_object(Bucket=self.bucket, Key=self.prefix + check_key(key))
-            return StoredObject(obj["Body"].read(), obj["ETag"])
+            data = obj["Body"].read()
+            self._lineages.note(key, obj.get("Metadata"), obj["ETag"])
+            return StoredObject(data, obj["ETag"])
         except ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404"):
                 return None
@@ -50,9 +54,9 @@ class S3ObjectStore:
 
     def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
         condition = {"IfNoneMatch": "*"} if create_only else {"IfMatch": if_version} if if_version else {}
-        token = WriteToken()
+        token = self._lineages.token_for(check_key(key), if_version, lambda: self._current(key))
         try:
-            response = self._s3.put_object(Bucket=self.bucket, Key=self.prefix + check_key(key), Body=data,
+            response = self._s3.put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data,
                                            ContentType="application/json", Metadata=token.metadata, **condition)
         except ClientError as exc:
             if _code(exc) in _CONFLICT_CODES:
@@ -62,6 +66,7 @@ class S3ObjectStore:
             raise _store_error("write", key, exc) from None
         except BotoCoreError as exc:
             raise _store_error("write", key, exc) from None
+        self._lineages.note(key, token.metadata, response["ETag"])
         return response["ETag"]
 
     def _current(self, key: str) -> Current:

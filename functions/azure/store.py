@@ -5,7 +5,8 @@ azure-storage-blob retries with its own policy (_shared/policies.py StorageRetry
 by default; azure-core's RetryPolicy is not in its pipeline), for any method, PUT included: after
 ServiceResponseError (the request went out, its answer was lost: a read timeout, a reset connection),
 ServiceRequestError, 408, and 5xx but 501/505. So a failed condition is checked by reading the blob's
-metadata back (shared/write_token.py)."""
+metadata back (shared/write_token.py); a replace carries the tokens of the version it replaces, from the
+metadata download_blob returned with it."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from azure.storage.blob import ContentSettings, ExponentialRetry
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import STORE_RETRY_S, StoredObject, check_key, store_request_timeout_s
-from kubesonar.shared.write_token import Current, WriteToken
+from kubesonar.shared.write_token import Current, Lineages
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
@@ -55,11 +56,14 @@ def retry_within(retry_s: float = STORE_RETRY_S) -> ExponentialRetry:
 class BlobObjectStore:
     def __init__(self, container: ContainerClient, prefix: str = ""):
         self._container, self.prefix = container, prefix
+        self._lineages = Lineages()
 
     def get(self, key: str) -> StoredObject | None:
         try:
             download = self._container.download_blob(self.prefix + check_key(key))
-            return StoredObject(download.readall(), download.properties.etag)
+            data = download.readall()
+            self._lineages.note(key, download.properties.metadata, download.properties.etag)
+            return StoredObject(data, download.properties.etag)
         except ResourceNotFoundError:
             return None
         except AzureError as exc:
@@ -68,7 +72,7 @@ class BlobObjectStore:
     def put(self, key: str, data: bytes, *, if_version: str | None = None, create_only: bool = False) -> str:
         name = self.prefix + check_key(key)
         condition = {"etag": if_version, "match_condition": MatchConditions.IfNotModified} if if_version else {}
-        token = WriteToken()
+        token = self._lineages.token_for(key, if_version, lambda: self._current(key))
         try:
             result = self._container.get_blob_client(name).upload_blob(data, overwrite=not create_only,
                                                                        content_settings=_JSON,
@@ -81,6 +85,7 @@ class BlobObjectStore:
             raise _store_error("write", key, exc) from None
         except AzureError as exc:
             raise _store_error("write", key, exc) from None
+        self._lineages.note(key, token.metadata, result["etag"])
         return result["etag"]
 
     def _current(self, key: str) -> Current:

@@ -1,20 +1,22 @@
 """The contract every ObjectStore adapter passes: import this class into an adapter's test module and
 give it a ``store`` fixture (a fresh, empty store per test), and, for a store whose client retries a write,
-a ``first_answer_lost`` fixture made with :func:`first_answer_lost_on`."""
+a ``first_answer_lost`` fixture made with :func:`first_answer_lost_on` (a callable that takes its
+``meanwhile``)."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 
 import pytest
 
 from kubesonar.shared.errors import StoreError, VersionConflict
 from kubesonar.shared.ports import StoredObject
 from kubesonar.shared.state import read_document, update_document
+from kubesonar.shared.write_token import LINEAGE_KEY
 
 
 def unreachable_port() -> int:
@@ -62,17 +64,28 @@ def assert_every_call_is_a_store_error(store, match: str, version: str | None = 
 
 
 @contextmanager
-def first_answer_lost_on(transport: object, method: str, lost: Exception) -> Iterator[list[int]]:
+def first_answer_lost_on(transport: object, method: str, lost: Exception,
+                         meanwhile: Callable[[], None] | None = None) -> Iterator[list[int]]:
     """The lost answer of a write that landed, replayed with the SDK's own retry: ``transport.method``
     (the call that sends a request and returns its response) sends the first request and then raises
-    ``lost``, as a timeout or a reset connection after the write would; the SDK retries it. Yields the
-    HTTP statuses the requests met, in order."""
-    real, statuses = getattr(transport, method), []
+    ``lost``, as a timeout or a reset connection after the write would; the SDK retries it. ``meanwhile``
+    is what another writer does between the landing and the retry (its requests go out unhindered and
+    uncounted). Yields the HTTP statuses the requests met, in order. Requests of other threads pass
+    uncounted too: google-cloud-storage 3.x checks that a bucket exists from a thread of its own."""
+    real, statuses, writer = getattr(transport, method), [], threading.get_ident()
 
     def send(*args, **kwargs):
+        if threading.get_ident() != writer:
+            return real(*args, **kwargs)
         response = real(*args, **kwargs)
         statuses.append(response.status_code)
         if len(statuses) == 1:
+            if meanwhile is not None:
+                setattr(transport, method, real)
+                try:
+                    meanwhile()
+                finally:
+                    setattr(transport, method, send)
             raise lost
         return response
 
@@ -81,6 +94,29 @@ def first_answer_lost_on(transport: object, method: str, lost: Exception) -> Ite
         yield statuses
     finally:
         setattr(transport, method, real)
+
+
+@contextmanager
+def requests_sent(transport: object, method: str) -> Iterator[list[int]]:
+    """The HTTP statuses of the requests this thread sends through ``transport.method`` in the block."""
+    real, statuses, caller = getattr(transport, method), [], threading.get_ident()
+
+    def send(*args, **kwargs):
+        response = real(*args, **kwargs)
+        if threading.get_ident() == caller:
+            statuses.append(response.status_code)
+        return response
+
+    setattr(transport, method, send)
+    try:
+        yield statuses
+    finally:
+        setattr(transport, method, real)
+
+
+def lineage_of(metadata: dict[str, str]) -> list[str]:
+    """The tokens an object's metadata says it was built on, newest first."""
+    return [entry.partition("=")[0] for entry in metadata.get(LINEAGE_KEY, "").split()]
 
 
 class ObjectStoreContract:
@@ -121,6 +157,49 @@ class ObjectStoreContract:
             version = store.put("a/b.json", b"2", **condition)
         assert statuses[0] < 300 and statuses[1] in (409, 412)  # landed, then the retry met it
         assert store.get("a/b.json") == StoredObject(b"2", version)
+
+    @pytest.mark.parametrize("write", ["create", "replace"])
+    def test_a_lost_answer_is_ours_even_once_another_writer_built_on_it(self, store, first_answer_lost, write):
+        """Our write lands, its answer is lost, and before the SDK's retry another writer reads our object
+        and replaces it: the retry's condition fails and the object read back is the other writer's. Our
+        write landed all the same; put returns the version it landed as, already superseded."""
+        condition = {"create_only": True} if write == "create" else {"if_version": store.put("a/b.json", b"1")}
+        seen = []
+
+        def another_writer_builds_on_ours():
+            seen.append(store.get("a/b.json"))
+            store.put("a/b.json", seen[0].data + b"+3", if_version=seen[0].version)
+
+        with first_answer_lost(meanwhile=another_writer_builds_on_ours) as statuses:
+            version = store.put("a/b.json", b"2", **condition)
+        assert statuses[0] < 300 and statuses[1] in (409, 412)  # landed, then the retry met the other write
+        assert seen[0].data == b"2" and version == seen[0].version  # the version our write landed as
+        assert store.get("a/b.json").data == b"2+3"
+        with pytest.raises(VersionConflict):  # superseded: building on it again is a lost race
+            store.put("a/b.json", b"4", if_version=version)
+
+    @pytest.mark.parametrize("exists", [False, True], ids=["create", "replace"])
+    def test_a_change_whose_landed_write_was_built_on_is_applied_once(self, store, first_answer_lost, exists):
+        """update_document's view of the case above: an edge summary counted twice, a comment added twice,
+        if the lost answer were taken for a lost race and the change applied again on the newer document."""
+        key = "state/c/doc.json"
+
+        def add(name):
+            return lambda doc: {"by": [*(doc or {}).get("by", []), name]}
+
+        if exists:
+            update_document(store, key, add("first"))
+        armed: list[list[int]] = []
+        with ExitStack() as answer_lost:
+            def lose_the_answer_of_our_write():  # armed by our write only, not by update_document's read
+                if not armed:
+                    armed.append(answer_lost.enter_context(first_answer_lost(
+                        meanwhile=lambda: update_document(store, key, add("other")))))
+
+            written = update_document(store, key, add("ours"), before_write=lose_the_answer_of_our_write)
+        assert armed[0][0] < 300 and armed[0][1] in (409, 412)  # landed, then the retry met the other write
+        assert written == {"by": ["first", "ours"][1 - exists:]}
+        assert read_document(store, key)[0] == {"by": ["first", "ours", "other"][1 - exists:]}
 
     def test_replace_of_a_missing_key_conflicts(self, store):
         v = store.put("x", b"1")

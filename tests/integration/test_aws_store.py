@@ -12,10 +12,14 @@ from contract.object_store import (
     assert_every_call_is_a_store_error,
     endpoint_that_cannot_be_reached,
     first_answer_lost_on,
+    lineage_of,
+    requests_sent,
     unreachable_port,
 )
 
 from kubesonar.functions.aws.store import S3ObjectStore
+from kubesonar.shared.state import update_document
+from kubesonar.shared.write_token import METADATA_KEY
 
 from aws_emulator import aws_endpoint, client  # noqa: F401 - the fixture
 
@@ -32,8 +36,9 @@ class TestS3ObjectStore(ObjectStoreContract):
     def first_answer_lost(self, store):
         """botocore retries a PUT that timed out (standard and legacy modes alike); its requests go through
         the endpoint's http_session."""
-        return lambda: first_answer_lost_on(store._s3._endpoint.http_session, "send",
-                                            ReadTimeoutError(endpoint_url="after the upload landed"))
+        return lambda meanwhile=None: first_answer_lost_on(
+            store._s3._endpoint.http_session, "send", ReadTimeoutError(endpoint_url="after the upload landed"),
+            meanwhile)
 
 
 def test_an_s3_that_cannot_be_reached_is_a_store_error():
@@ -80,3 +85,17 @@ def test_the_functions_s3_honours_the_retry_setting_of_its_environment(monkeypat
 
         handler = importlib.reload(handler)  # a cold start
         assert_calls_fail_within(handler.deps.store, 2 * 3 + 2, "S3 could not")
+
+
+def test_a_replace_carries_the_lineage_of_what_it_read_at_no_request_more(aws_endpoint):  # noqa: F811
+    """A replace is built on the version update_document read, and carries that version's token: the
+    metadata came with get_object, so S3 sees the read and the write, nothing more."""
+    s3, bucket = client("s3", aws_endpoint), f"kubesonar-state-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    update_document(S3ObjectStore(s3, bucket), "doc.json", lambda doc: {"n": 1})
+    first = s3.head_object(Bucket=bucket, Key="doc.json")["Metadata"][METADATA_KEY]
+    another = S3ObjectStore(client("s3", aws_endpoint), bucket)  # as another process: it knows only its read
+    with requests_sent(another._s3._endpoint.http_session, "send") as sent:
+        update_document(another, "doc.json", lambda doc: {"n": doc["n"] + 1})
+    assert sent == [200, 200]
+    assert lineage_of(s3.head_object(Bucket=bucket, Key="doc.json")["Metadata"]) == [first]

@@ -12,11 +12,15 @@ from contract.object_store import (
     assert_every_call_is_a_store_error,
     endpoint_that_cannot_be_reached,
     first_answer_lost_on,
+    lineage_of,
+    requests_sent,
     unreachable_port,
 )
 
 from kubesonar.functions.azure.store import BlobObjectStore
 from kubesonar.shared.errors import StoreError
+from kubesonar.shared.state import update_document
+from kubesonar.shared.write_token import METADATA_KEY
 
 from azure_emulator import azurite, new_container  # noqa: F401 - the fixture
 
@@ -30,8 +34,9 @@ class TestBlobObjectStore(ObjectStoreContract):
     def first_answer_lost(self, store):
         """azure-storage-blob's retry policy retries a PUT whose answer was lost (ServiceResponseError); its
         requests go through the pipeline's transport, under the storage SDK's wrapper."""
-        return lambda: first_answer_lost_on(store._container._pipeline._transport._transport, "send",
-                                            ServiceResponseError("read timed out after the upload landed"))
+        return lambda meanwhile=None: first_answer_lost_on(
+            store._container._pipeline._transport._transport, "send",
+            ServiceResponseError("read timed out after the upload landed"), meanwhile)
 
 
 def test_the_conditions_are_blob_storages_own(azurite):  # noqa: F811
@@ -129,3 +134,20 @@ def test_the_functions_blob_storage_honours_the_retry_setting_of_its_environment
 
         runtime = importlib.reload(runtime)  # a cold start
         assert_calls_fail_within(runtime.deps.store, 2 * 3 + 2, "Blob Storage could not")
+
+
+def test_a_replace_carries_the_lineage_of_what_it_read_at_no_request_more(azurite):  # noqa: F811
+    """A replace is built on the version update_document read, and carries that version's token: the
+    metadata came with download_blob, so Blob Storage sees the read and the write, nothing more."""
+    from azure.storage.blob import BlobServiceClient
+
+    container = new_container(azurite, f"state-{uuid.uuid4().hex[:12]}")
+    update_document(BlobObjectStore(container), "doc.json", lambda doc: {"n": 1})
+    first = container.get_blob_client("doc.json").get_blob_properties().metadata[METADATA_KEY]
+    # as another process: it knows the blob only from its read
+    another = BlobObjectStore(BlobServiceClient.from_connection_string(azurite).get_container_client(
+        container.container_name))
+    with requests_sent(another._container._pipeline._transport._transport, "send") as sent:
+        update_document(another, "doc.json", lambda doc: {"n": doc["n"] + 1})
+    assert sent == [206, 201]  # the download (a range, as the SDK asks), the upload
+    assert lineage_of(container.get_blob_client("doc.json").get_blob_properties().metadata) == [first]

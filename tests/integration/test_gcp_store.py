@@ -13,12 +13,16 @@ from contract.object_store import (
     assert_every_call_is_a_store_error,
     endpoint_that_cannot_be_reached,
     first_answer_lost_on,
+    lineage_of,
+    requests_sent,
     unreachable_port,
 )
 from gcp_emulator import gcp_emulators, storage_client  # noqa: F401 - the fixture
 from google.api_core.exceptions import PreconditionFailed
 
 from kubesonar.functions.gcp.store import GcsObjectStore
+from kubesonar.shared.state import update_document
+from kubesonar.shared.write_token import METADATA_KEY
 
 
 @pytest.fixture
@@ -35,8 +39,8 @@ class TestGcsObjectStore(ObjectStoreContract):
     @pytest.fixture
     def first_answer_lost(self, bucket):
         """google-cloud-storage retries a write with a precondition: its requests go through client._http."""
-        return lambda: first_answer_lost_on(bucket[0]._http, "request",
-                                            requests.ReadTimeout("read timed out after the upload landed"))
+        return lambda meanwhile=None: first_answer_lost_on(
+            bucket[0]._http, "request", requests.ReadTimeout("read timed out after the upload landed"), meanwhile)
 
 
 def test_the_emulator_answers_412_on_the_upload_path_the_client_takes(bucket):
@@ -119,3 +123,22 @@ def test_the_functions_cloud_storage_honours_the_retry_setting_of_its_environmen
             assert_calls_fail_within(main.deps.store, 2 * 3 + 2, "GCS could not")
         finally:
             sys.modules.pop("kubesonar.functions.gcp.main", None)  # built for a port that is gone
+
+
+def test_a_replace_carries_the_lineage_of_what_it_read_at_one_request_more(bucket):
+    """A replace is built on the version update_document read, and carries that version's token. A
+    download does not return the metadata: it costs a metadata read, unless this store wrote that version."""
+    client, name = bucket
+    writer = GcsObjectStore(client, name)
+    update_document(writer, "doc.json", lambda doc: {"n": 1})
+    first = client.bucket(name).get_blob("doc.json").metadata[METADATA_KEY]
+    another = GcsObjectStore(storage_client(), name)  # as another process: it knows only its read
+    with requests_sent(another._bucket.client._http, "request") as sent:
+        update_document(another, "doc.json", lambda doc: {"n": doc["n"] + 1})
+    assert sent == [200, 200, 200]  # the download, the metadata, the upload
+    second = client.bucket(name).get_blob("doc.json").metadata
+    assert lineage_of(second) == [first]
+    with requests_sent(another._bucket.client._http, "request") as sent:
+        update_document(another, "doc.json", lambda doc: {"n": doc["n"] + 1})
+    assert sent == [200, 200]  # it wrote the version it replaces: it knows its metadata
+    assert lineage_of(client.bucket(name).get_blob("doc.json").metadata) == [second[METADATA_KEY], first]
