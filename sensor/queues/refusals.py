@@ -46,8 +46,10 @@ class DropRefused:
             if len(exc.refused) < len({m.key for m in messages}):
                 self._taken()  # the queue takes messages: the refused ones are bad, not the queue
             else:
+                if self.refusing_all:  # held already: a window more to remember would only grow the set
+                    self._hold(exc)
                 self._refused_windows |= {_window(m.key) for m in messages}
-                if self.refusing_all or len(self._refused_windows) >= WINDOWS_TO_HOLD:
+                if len(self._refused_windows) >= WINDOWS_TO_HOLD:
                     self._hold(exc)
             self.refused += len(exc.refused)
             for key, why in exc.refused.items():

@@ -173,3 +173,21 @@ def test_a_bad_window_drained_part_by_part_counts_as_one_window_not_a_refusing_t
     topic.key = "the-key"
     assert spool.drain()
     assert queue.refused == 3 and not queue.refusing_all and [e["id"] for e in topic.received] == ["node-1/1/1/0"]
+
+
+def test_a_queue_held_for_days_keeps_no_record_of_each_window_it_refused(topic):
+    """While a topic refuses every window, the spool offers it its head, and once the spool's bound drops that
+    the next one: over days of a misconfigured topic, thousands of windows. Each was remembered in the set of
+    windows refused since the last acceptance, which only has to tell two windows from one."""
+    from kubesonar.sensor.queues.refusals import WINDOWS_TO_HOLD, DropRefused
+
+    queue = DropRefused(open_publisher(f"eventgrid://{topic.host}"))
+    topic.input_schema = CLOUD_EVENTS
+    (data,) = encode_batch(BatchHeader("prod", "node-1", "node-1/1", 0, 0, 1), FlowRecords.empty(0), limit=LIMIT)
+    for sequence in range(40):
+        try:
+            queue.send([Message(f"node-1/1/{sequence}/0", data)])
+        except QueueUnavailable:
+            pass
+    assert queue.refusing_all and queue.refused == 1 and queue.holds == 1
+    assert len(queue._refused_windows) <= WINDOWS_TO_HOLD
