@@ -12,8 +12,11 @@ Event Grid schema answers 400 to every event), and dropping would lose every win
 it. So once :data:`WINDOWS_TO_HOLD` windows in a row are refused whole (every message of each, nothing
 taken in between), refusals are no longer dropped: the send raises QueueUnavailable, the spool keeps the
 batches, and the first message the queue takes again ends it. Windows are counted, not sends: the spool
-drains a window's parts one send each, and a single bad window must not look like several. Holding is
-the safe side: a hold the queue did not need ends at its next acceptance, with nothing lost.
+drains a window's parts one send each, and a single bad window must not look like several. Holding errs
+on the safe side, but not at no cost: the spool offers the queue only its oldest window, so a hold started
+by two bad windows in a row on a queue that takes the rest is never ended by an acceptance; it lasts until
+the spool's bound drops them (spool_dropped) or they expire (23 h), and the heartbeats wait behind them
+(docs/sensor.md, Queues).
 """
 
 from __future__ import annotations
