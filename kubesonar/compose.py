@@ -181,11 +181,12 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
 
         beats.beat(ahead_s=max(beats.stale_after_s, START_TIMEOUT_S))
     from kubesonar.sensor.queues import open_publisher, window_messages
-    from kubesonar.sensor.queues.refusals import DropRefused
+    from kubesonar.sensor.queues.refusals import REFUSING_ALL_MARKER, DropRefused
     from kubesonar.sensor.spool import SpoolingPublisher
     from kubesonar.shared.url_credentials import without_credentials
 
-    queue_publisher = DropRefused(open_publisher(queue), queue=without_credentials(queue))
+    queue_publisher = DropRefused(open_publisher(queue), queue=without_credentials(queue),
+                                  marker=Path(spool, REFUSING_ALL_MARKER))
     publisher = SpoolingPublisher(queue_publisher, spool, max_bytes=spool_max_bytes)
 
     def publish(window: Any) -> None:

@@ -144,12 +144,22 @@ class KubeWatcher:
         # change ("Efficient detection of changes"). A relist (after a 410 or an error) asks for the newest
         # version seen, resourceVersionMatch=NotOlderThan, which the page recommends over a quorum read:
         # from the cache too, and never back in time, which the diff below would report as pods deleted and
-        # added again (a cache behind that version answers 504 after a short wait: an error, retried after
-        # the backoff). client-go's reflector lists "" after a 410 because its lists are paged, where a
-        # version means Exact and can be Gone again; one node's pods come in one page.
-        listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector,
-                                                        resource_version=self._version or "0",
-                                                        resource_version_match="NotOlderThan")
+        # added again (a cache behind that version answers 504 after a short wait, and the list goes
+        # without a version, below). client-go's reflector lists "" after a 410 because its lists are paged,
+        # where a version means Exact and can be Gone again; one node's pods come in one page.
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector,
+                                                            resource_version=self._version or "0",
+                                                            resource_version_match="NotOlderThan")
+        except ApiException as exc:
+            if not _too_large(exc):
+                raise
+            # Every version seen is newer than the API server's own: etcd was restored from a backup, and
+            # the 504 would come back at every round for good. client-go's reflector lists without a
+            # version then (relistResourceVersion), a quorum read that starts over from etcd's present.
+            listed = self._core.list_pod_for_all_namespaces(field_selector=self._selector)
         services = self._cluster_services()
         pods = {p["metadata"]["uid"]: p for p in (self._api.sanitize_for_serialization(i) for i in listed.items)}
         with self._lock:
@@ -251,6 +261,14 @@ def backoff_s(failures: int) -> float:
     four hours of an API server that refuses watches) 2**failures no longer converts to a float, and the
     OverflowError ended the watch thread for good, leaving enrichment frozen."""
     return random.uniform(0, min(30.0, 0.2 * 2 ** min(failures, 8)))
+
+
+def _too_large(exc: Exception) -> bool:
+    """The API server's "Too large resource version" (504, cause ResourceVersionTooLarge; older servers say
+    it in the message only), as client-go's apierrors.IsTooLargeResourceVersion reads it."""
+    body = str(getattr(exc, "body", "") or "")
+    return getattr(exc, "status", None) == 504 and (
+        "ResourceVersionTooLarge" in body or "Too large resource version" in body)
 
 
 def _service_ips(service: dict[str, Any]) -> list[bytes]:

@@ -12,13 +12,19 @@ Event Grid schema answers 400 to every event), and dropping would lose every win
 it. So once :data:`WINDOWS_TO_HOLD` windows in a row are refused whole (every message of each, nothing
 taken in between), refusals are no longer dropped: the send raises QueueUnavailable, the spool keeps the
 batches, and the first message the queue takes again ends it. Windows are counted, not sends: the spool
-drains a window's parts one send each, and a single bad window must not look like several. Holding is
-the safe side: a hold the queue did not need ends at its next acceptance, with nothing lost.
+drains a window's parts one send each, and a single bad window must not look like several. Holding errs
+on the safe side, but not at no cost: the spool offers the queue only its oldest window, so a hold started
+by two bad windows in a row on a queue that takes the rest is never ended by an acceptance; it lasts until
+the spool's bound drops them (spool_dropped) or they expire (23 h), and the heartbeats wait behind them
+(docs/sensor.md, Queues). A hold is marked by a file (``marker``, in the spool's directory), so a sensor
+restarted meanwhile holds still: what it drains first is a held window, not one bad window to drop.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from kubesonar.sensor.queues import Message, Publisher
 from kubesonar.shared.errors import MessageRefused, QueueUnavailable
@@ -29,15 +35,21 @@ log = logging.getLogger(__name__)
 # The first window refused whole is dropped: it may be the one bad window among good ones. A second one in
 # a row, with nothing taken between, is a queue that refuses what the sensor sends: held from there on.
 WINDOWS_TO_HOLD = 2
+REFUSING_ALL_MARKER = "queue-refusing-all"  # the marker's name in the spool's directory (not a spool entry's)
 
 
 class DropRefused:
-    def __init__(self, inner: Publisher, queue: str = "the queue"):
+    def __init__(self, inner: Publisher, queue: str = "the queue", marker: str | os.PathLike[str] | None = None):
         self.inner, self.limit, self.queue = inner, inner.limit, queue
         self.refused = 0  # messages dropped because the queue refused them for good (a heartbeat counter)
-        self.refusing_all = False  # the queue refuses every window: batches are held (a heartbeat gauge)
         self.holds = 0  # times the queue was found refusing every window (a heartbeat counter)
         self._refused_windows: set[tuple[str, int]] = set()  # refused whole since the queue last took one
+        self._marker = None if marker is None else Path(marker)  # exists while a hold lasts, across restarts
+        # the queue refuses every window: batches are held (a heartbeat gauge)
+        self.refusing_all = self._marker is not None and self._marker.exists()
+        if self.refusing_all:
+            log.warning("%s refused every window before the restart (%s): its batches stay held until it "
+                        "takes one", self.queue, self._marker)
 
     def send(self, messages: list[Message]) -> None:
         try:
@@ -46,8 +58,10 @@ class DropRefused:
             if len(exc.refused) < len({m.key for m in messages}):
                 self._taken()  # the queue takes messages: the refused ones are bad, not the queue
             else:
+                if self.refusing_all:  # held already: a window more to remember would only grow the set
+                    self._hold(exc)
                 self._refused_windows |= {_window(m.key) for m in messages}
-                if self.refusing_all or len(self._refused_windows) >= WINDOWS_TO_HOLD:
+                if len(self._refused_windows) >= WINDOWS_TO_HOLD:
                     self._hold(exc)
             self.refused += len(exc.refused)
             for key, why in exc.refused.items():
@@ -59,6 +73,7 @@ class DropRefused:
         why = next(iter(exc.refused.values()), "")
         if not self.refusing_all:
             self.refusing_all, self.holds = True, self.holds + 1
+            self._mark(True)
             log.error("%s refused every message of %d windows in a row: it is misconfigured, not fed bad "
                       "messages, so its batches are kept in the spool until it takes one again (fix the "
                       "queue; nothing more is dropped meanwhile). Its refusal: %s", self.queue,
@@ -69,8 +84,21 @@ class DropRefused:
         if self.refusing_all:
             log.warning("%s takes messages again: the batches held while it refused every window are sent",
                         self.queue)
+            self._mark(False)
         self.refusing_all = False
         self._refused_windows.clear()
+
+    def _mark(self, holding: bool) -> None:
+        """The marker follows the hold; if it cannot be written the hold still holds, until a restart."""
+        if self._marker is None:
+            return
+        try:
+            if holding:
+                self._marker.touch()
+            else:
+                self._marker.unlink(missing_ok=True)
+        except OSError as exc:
+            log.warning("cannot %s %s: %s", "write" if holding else "remove", self._marker, exc.strerror)
 
 
 def _window(key: str) -> tuple[str, int]:

@@ -173,3 +173,51 @@ def test_a_bad_window_drained_part_by_part_counts_as_one_window_not_a_refusing_t
     topic.key = "the-key"
     assert spool.drain()
     assert queue.refused == 3 and not queue.refusing_all and [e["id"] for e in topic.received] == ["node-1/1/1/0"]
+
+
+def test_a_queue_held_for_days_keeps_no_record_of_each_window_it_refused(topic):
+    """While a topic refuses every window, the spool offers it its head, and once the spool's bound drops that
+    the next one: over days of a misconfigured topic, thousands of windows. Each was remembered in the set of
+    windows refused since the last acceptance, which only has to tell two windows from one."""
+    from kubesonar.sensor.queues.refusals import WINDOWS_TO_HOLD, DropRefused
+
+    queue = DropRefused(open_publisher(f"eventgrid://{topic.host}"))
+    topic.input_schema = CLOUD_EVENTS
+    (data,) = encode_batch(BatchHeader("prod", "node-1", "node-1/1", 0, 0, 1), FlowRecords.empty(0), limit=LIMIT)
+    for sequence in range(40):
+        try:
+            queue.send([Message(f"node-1/1/{sequence}/0", data)])
+        except QueueUnavailable:
+            pass
+    assert queue.refusing_all and queue.refused == 1 and queue.holds == 1
+    assert len(queue._refused_windows) <= WINDOWS_TO_HOLD
+
+
+def test_a_hold_outlives_a_restart_of_the_sensor(topic, tmp_path):
+    """The sensor restarts (a node reboot, a rollout) while its topic still refuses every window: the held
+    batches are in the spool, but the rule's memory was not. The first one the restarted spool offered was
+    taken for the one bad window and dropped; a held batch is never dropped, whatever the restarts."""
+    from kubesonar.compose import build_sensor
+    from kubesonar.sensor.live import SensorSettings
+
+    url, spool = f"eventgrid://{topic.host}", str(tmp_path / "spool")
+    topic.input_schema = CLOUD_EVENTS
+    live = build_sensor(SensorSettings(("lo",), node="node-1"), url, spool, 1 << 20)
+    for sequence in range(3):
+        live.sink(_window(sequence))
+    assert (live.extra_counters()["queue_refused"], live.extra_counters()["spool_depth"]) == (1, 2)  # 0 dropped
+
+    restarted = build_sensor(SensorSettings(("lo",), node="node-1"), url, spool, 1 << 20)
+    restarted.sink(_window(3))
+    counters = restarted.extra_counters()
+    assert (counters["queue_refused"], counters["spool_depth"], counters["queue_refusing_all"]) == (0, 3, 1)
+    assert counters["spool_quarantined"] == 0  # the hold's marker in the spool's directory is not an entry
+
+    topic.input_schema = EVENT_GRID_SCHEMA  # the topic fixed: every held window is delivered, and the hold ends
+    time.sleep(OUTAGE_BACKOFF_S[0] * 1.2)
+    restarted.sink(_window(4))
+    counters = restarted.extra_counters()
+    assert (counters["queue_refusing_all"], counters["spool_depth"], counters["queue_refused"]) == (0, 0, 0)
+    assert [int(e["id"].split("/")[2]) for e in topic.received] == [1, 2, 3, 4]
+    again = build_sensor(SensorSettings(("lo",), node="node-1"), url, spool, 1 << 20)
+    assert again.extra_counters()["queue_refusing_all"] == 0  # what was held is over: a restart starts afresh

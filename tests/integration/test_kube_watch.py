@@ -33,6 +33,7 @@ class _ApiServer(BaseHTTPRequestHandler):
     watch_script: list = [WATCH_LINES]  # the lines of each watch in turn; later watches are quiet
     requests: list = []
     closing = threading.Event()
+    restored_at = 0  # once set: etcd restored from a backup, its resourceVersions back at this one
 
     def log_message(self, *_):
         pass
@@ -49,6 +50,8 @@ class _ApiServer(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = {k: v[0] for k, v in parse_qs(url.query).items()}
         type(self).requests.append((url.path, query))
+        if url.path == "/api/v1/pods" and type(self).restored_at:
+            return self._restored(query)
         if url.path == "/api/v1/pods" and query.get("watch") in ("true", "True"):
             return self._watch(query)
         if url.path == "/api/v1/pods":
@@ -62,6 +65,35 @@ class _ApiServer(BaseHTTPRequestHandler):
         if url.path in routes:
             return self._json(routes[url.path])
         self.send_error(404)
+
+    def _restored(self, query: dict) -> None:
+        """An API server whose etcd went back to an older snapshot: a version newer than its own is answered
+        as the watch cache does after waiting for it, 504 ResourceVersionTooLarge; others are served."""
+        current, asked = type(self).restored_at, int(query.get("resourceVersion") or 0)
+        if asked > current:
+            body = json.dumps({
+                "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Timeout", "code": 504,
+                "message": f"Too large resource version: {asked}, current: {current}",
+                "details": {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                            "retryAfterSeconds": 1}}).encode()
+            self.send_response(504)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if query.get("watch") in ("true", "True"):
+            type(self).watch_script = []  # quiet from here on
+            return self._watch(query)
+        type(self).lists += 1
+        listed = json.loads((FIXTURES / "pods-list-2.json").read_bytes())
+        listed["metadata"]["resourceVersion"] = str(current)
+        body = json.dumps(listed).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _watch(self, query: dict) -> None:
         type(self).watches += 1
@@ -107,6 +139,7 @@ def api_server():
     _ApiServer.watch_script = [WATCH_LINES]
     _ApiServer.requests = []
     _ApiServer.closing = threading.Event()
+    _ApiServer.restored_at = 0
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -254,3 +287,26 @@ def test_watches_that_end_normally_resume_from_the_last_version_seen_and_only_a_
     assert len(services) == len(_watch_requests()), (len(services), len(_watch_requests()))
     assert _names(watcher, "10.244.1.40", "10.244.1.51", "10.244.1.60") == [
         "default/Deployment/debug-tools", "shop/Deployment/frontend", "shop/Deployment/cart"]
+
+
+def test_versions_the_api_server_no_longer_has_are_dropped_for_a_list_of_its_newest(api_server, monkeypatch):
+    """etcd restored from a backup: its resourceVersions went back, and every version the sensor saw is now
+    newer than the API server's own. A watch or a list from one is answered 504 ResourceVersionTooLarge, for
+    ever; relisting from the newest version seen failed at every round and froze enrichment. client-go's
+    reflector then lists without a version (a quorum read), and so does the sensor, once."""
+    from kubesonar.sensor import kube
+
+    monkeypatch.setattr(kube, "_WATCH_HELD_S", 0.5)
+    _ApiServer.watch_script = [[]]
+    watcher = KubeWatcher(_client(api_server), "node-1", watch_timeout_s=1)
+    watcher.start()
+    try:
+        assert watcher.wait_synced(10)
+        _ApiServer.restored_at = 1000
+        _until(lambda: any(q.get("resourceVersion") == "1000" for q in _watch_requests()), timeout_s=15)
+    finally:
+        watcher.stop()
+    lists = _list_requests()
+    assert lists[-1].get("resourceVersion") in (None, "") and "resourceVersionMatch" not in lists[-1]
+    assert watcher.stats["kube_lists"] == 2
+    assert _names(watcher, "10.244.1.60") == ["shop/Deployment/cart"]  # the restored API server's pods
