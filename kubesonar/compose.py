@@ -198,7 +198,7 @@ def build_sensor(settings: Any, queue: str, spool: str, spool_max_bytes: int, en
         counters = {"spool_depth": s.depth, "spool_dropped": s.dropped, "spool_expired": s.expired,
                     "spool_quarantined": s.quarantined, "publish_retries": s.retries,
                     "queue_refused": queue_publisher.refused, "queue_refusing_all": int(queue_publisher.refusing_all),
-                    "queue_refusal_holds": queue_publisher.holds}
+                    "queue_refusal_holds": queue_publisher.holds, "queue_hold_probes": queue_publisher.probes}
         return counters | (watcher.counters() if watcher else {})
 
     return LiveSensor(settings, publish, enrich=enrich, extra_counters=spool_counters,

@@ -19,11 +19,15 @@ earlier still) are expired: deleted, counted and logged, never sent.
 The capture loop waits while a window is published, so an outage costs it little: once the queue has
 failed, windows go straight to disk until a backoff (1 s doubling to 30 s) has passed, and then one
 try (no retries) says whether it is back. A spool that drains after an outage drains for at most
-``drain_budget_s`` a publish; the windows that arrive meanwhile wait behind it, so order is kept.
+``drain_budget_s`` a publish; the windows that arrive meanwhile wait behind it, so order is kept, but for
+one window: while the queue refuses every window (QueueRefusingAll, sensor/queues/refusals.py) a try offers
+a newer one than the oldest, the window being published or a spooled one at most ``PROBE_REACH`` from the
+oldest, to learn whether the queue works and the held windows at the head are bad on their own.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -39,8 +43,8 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 
 from kubesonar.sensor.queues import Message, Publisher
 from kubesonar.sensor.spool_index import SpoolIndex
-from kubesonar.shared.applied import MAX_AGE_NS
-from kubesonar.shared.errors import BatchFormatError, ConfigError, QueueUnavailable
+from kubesonar.shared.applied import MAX_AGE_NS, WINDOW
+from kubesonar.shared.errors import BatchFormatError, ConfigError, QueueRefusingAll, QueueUnavailable
 from kubesonar.shared.identity import split_batch_key
 
 _KEY_LEN = struct.Struct("<H")
@@ -51,6 +55,10 @@ _PARTIAL = re.compile(r"\d{20}\.tmp\Z")
 QUARANTINE = "quarantine"
 QUARANTINE_KEEP = 32  # the newest quarantined entries kept for a look; older ones are deleted
 OUTAGE_BACKOFF_S = (1.0, 30.0)  # after a failed try the queue is left alone this long, doubling to the cap
+# A probe is at most this many entries from the oldest: the backend refuses as a replay a window WINDOW
+# sequences below the newest it took, and a sensor's held windows are spooled in order, one entry or more
+# each, so every held window ahead of the probe is still taken (half, for windows a sensor skipped).
+PROBE_REACH = WINDOW // 2
 WRITE_ERROR_LOG_S = 60.0  # write errors are logged at the first and then at most this often, with the count
 
 log = logging.getLogger(__name__)
@@ -92,6 +100,8 @@ class SpoolingPublisher:
         self._clock = clock  # write times, as the files' mtimes: seconds since the epoch
         self._failed_tries = 0  # since the queue last took a message
         self._retry_at = 0.0  # monotonic time before which the queue is not tried
+        self._held = False  # the queue refused every window at the last try: the next try is a probe
+        self._held_below: int | None = None  # a probe was taken: the entries below this sequence were held
         self._write_error_log_at = 0.0  # monotonic time before which write errors are counted, not logged
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -116,15 +126,22 @@ class SpoolingPublisher:
         self._refresh()
         self._expire()
         try:
-            # drain at least one more than this publish adds, so a slow queue still empties the spool
-            if time.monotonic() >= self._retry_at and self._drain(self.drain_budget_s, len(messages) + 1):
-                try:
-                    self._send(messages)
-                    self._up()
-                    self.stats.sent += len(messages)
-                    return
-                except QueueUnavailable as exc:
-                    self._down(exc)
+            if time.monotonic() >= self._retry_at:
+                if self._held and self._index.count < PROBE_REACH:  # these are the newest: the probe
+                    if self._probe(messages, self._next):
+                        self.stats.sent += len(messages)
+                        self._drain(self.drain_budget_s, 1)
+                        return
+                # drain at least one more than this publish adds, so a slow queue still empties the spool
+                elif (not self._held or self._probe_spooled()) and self._drain(self.drain_budget_s,
+                                                                                 len(messages) + 1):
+                    try:
+                        self._send(messages)
+                        self._up()
+                        self.stats.sent += len(messages)
+                        return
+                    except QueueUnavailable as exc:
+                        self._down(exc)
             for m in messages:
                 self._spool(m)
         finally:
@@ -136,13 +153,57 @@ class SpoolingPublisher:
         self._refresh()
         self._expire()
         try:
+            if self._held and not self._probe_spooled():
+                return False
             return self._drain(budget_s, at_least)
         finally:
             self._settle()
 
+    def _probe(self, messages: list[Message], held_below: int) -> bool:
+        """Offer a queue that refused every window one newer than the held entries (those below
+        ``held_below``), in place of the oldest: two bad windows at the head would otherwise hold the spool
+        while the queue takes the rest. Order is given up for this window only (receivers deduplicate)."""
+        try:
+            self.inner.probe(messages)  # type: ignore[attr-defined] - only DropRefused raises QueueRefusingAll
+        except QueueUnavailable as exc:
+            self._down(exc)
+            return False
+        self._up()
+        self._held_below = held_below
+        return True
+
+    def _probe_spooled(self) -> bool:
+        """The probe from the spool: its newest entry, or the one PROBE_REACH from the oldest if that is
+        nearer (True once it is taken, or if there is none)."""
+        reach = min(self._index.count, PROBE_REACH) - 1
+        entry = next(itertools.islice(self._index.entries(), reach, None), None) if reach >= 0 else None
+        if entry is None:
+            self._held = False
+            return True
+        slot, sequence, _size, _written = entry
+        path = self._path(sequence)
+        try:
+            message = _read(path)
+        except FileNotFoundError:
+            self._index.remove(slot)
+            return False  # the next newest at the next try
+        except (_Corrupt, OSError) as exc:
+            self._quarantine(path, str(exc))
+            self._index.remove(slot)
+            return False
+        if not self._probe([message], sequence):
+            return False
+        self._index.remove(slot)
+        _remove(path)
+        self.stats.sent += 1
+        self.stats.drained += 1
+        return True
+
     def _drain(self, budget_s: float | None, at_least: int) -> bool:
         deadline = None if budget_s is None else time.monotonic() + budget_s
         for i, (slot, sequence, _size, _written) in enumerate(self._index.entries()):
+            if self._held_below is not None and sequence >= self._held_below:
+                self._held_offered()
             if i >= at_least and deadline is not None and time.monotonic() >= deadline:
                 return False  # the rest next time: the capture loop is waiting
             path = self._path(sequence)
@@ -166,7 +227,14 @@ class SpoolingPublisher:
             _remove(path)
             self.stats.sent += 1
             self.stats.drained += 1
+        if self._held_below is not None:
+            self._held_offered()
         return True
+
+    def _held_offered(self) -> None:
+        """Every entry held before the probe was offered: the queue's refusals are judged as usual again."""
+        self._held_below = None
+        self.inner.held_offered()  # type: ignore[attr-defined]
 
     def _send(self, messages: list[Message]) -> None:
         if self._failed_tries:  # the queue was down a moment ago: one try says whether it is back
@@ -176,6 +244,7 @@ class SpoolingPublisher:
 
     def _down(self, exc: QueueUnavailable) -> None:
         self._failed_tries += 1
+        self._held = isinstance(exc, QueueRefusingAll)
         base, cap = self.outage_backoff_s
         self._retry_at = time.monotonic() + min(cap, base * 2 ** (self._failed_tries - 1))
         self._note(str(exc))
@@ -186,7 +255,7 @@ class SpoolingPublisher:
         if self._failed_tries:
             log.warning("queue reachable again after %d failed tries; %d batches spooled to send",
                         self._failed_tries, self._index.count)
-        self._failed_tries, self._retry_at = 0, 0.0
+        self._failed_tries, self._retry_at, self._held = 0, 0.0, False
 
     def _spool(self, message: Message) -> None:
         key = message.key.encode()

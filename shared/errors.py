@@ -31,6 +31,11 @@ class QueueUnavailable(KubeSonarError):
     """The queue a sensor publishes to could not be reached or refused a message; worth retrying."""
 
 
+class QueueRefusingAll(QueueUnavailable):
+    """The queue refuses every window the sensor sends (misconfigured): its batches are held in the spool, which
+    offers it its newest window now and then to learn whether it works again (sensor/queues/refusals.py)."""
+
+
 class MessageRefused(KubeSonarError):
     """The queue refused messages for what they are (too large, a malformed attribute): sending them again
     would be refused again. The rest of the send was delivered. ``refused`` maps each key to the reason."""

@@ -10,14 +10,20 @@ the batches meanwhile.
 A queue that refuses everything is misconfigured (an Event Grid topic whose input schema is not the
 Event Grid schema answers 400 to every event), and dropping would lose every window until someone fixes
 it. So once :data:`WINDOWS_TO_HOLD` windows in a row are refused whole (every message of each, nothing
-taken in between), refusals are no longer dropped: the send raises QueueUnavailable, the spool keeps the
-batches, and the first message the queue takes again ends it. Windows are counted, not sends: the spool
-drains a window's parts one send each, and a single bad window must not look like several. Holding errs
-on the safe side, but not at no cost: the spool offers the queue only its oldest window, so a hold started
-by two bad windows in a row on a queue that takes the rest is never ended by an acceptance; it lasts until
-the spool's bound drops them (spool_dropped) or they expire (23 h), and the heartbeats wait behind them
-(docs/sensor.md, Queues). A hold is marked by a file (``marker``, in the spool's directory), so a sensor
-restarted meanwhile holds still: what it drains first is a held window, not one bad window to drop.
+taken in between), refusals are no longer dropped: the send raises QueueRefusingAll (a QueueUnavailable),
+the spool keeps the batches, and the first message the queue takes again ends it. Windows are counted, not
+sends: the spool drains a window's parts one send each, and a single bad window must not look like several.
+
+The spool offers its oldest window first, and a hold may have been started by two bad windows in a row on a
+queue that takes the rest (its maximum message size lowered below the sensor's limit: heartbeats fit, busy
+windows do not); the head would never be taken, and everything, heartbeats included, would wait until the
+spool's bound dropped it or it expired (23 h). So while held, each try of the spool (once per backoff)
+offers a newer window instead, in :meth:`DropRefused.probe`. Taken, the queue works: the hold ends, and the
+held windows older than the probe that it refuses whole are bad on their own, dropped as refused (counted,
+logged each) until the spool has offered them all (:meth:`DropRefused.held_offered`); then the usual rule.
+Refused whole, the hold stands and nothing is dropped. A hold is marked by a file (``marker``, in the
+spool's directory), so a sensor restarted meanwhile holds still: what it drains first is a held window, not
+one bad window to drop.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import os
 from pathlib import Path
 
 from kubesonar.sensor.queues import Message, Publisher
-from kubesonar.shared.errors import MessageRefused, QueueUnavailable
+from kubesonar.shared.errors import MessageRefused, QueueRefusingAll
 from kubesonar.shared.identity import split_batch_key
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,8 @@ class DropRefused:
         self.inner, self.limit, self.queue = inner, inner.limit, queue
         self.refused = 0  # messages dropped because the queue refused them for good (a heartbeat counter)
         self.holds = 0  # times the queue was found refusing every window (a heartbeat counter)
+        self.probes = 0  # windows offered while held in place of the oldest (a heartbeat counter)
+        self._clearing = False  # a probe was taken: the held windows refused whole are dropped, not held
         self._refused_windows: set[tuple[str, int]] = set()  # refused whole since the queue last took one
         self._marker = None if marker is None else Path(marker)  # exists while a hold lasts, across restarts
         # the queue refuses every window: batches are held (a heartbeat gauge)
@@ -57,17 +65,39 @@ class DropRefused:
         except MessageRefused as exc:
             if len(exc.refused) < len({m.key for m in messages}):
                 self._taken()  # the queue takes messages: the refused ones are bad, not the queue
-            else:
+            elif not self._clearing:  # a held window refused after the queue took a newer one is bad on its own
                 if self.refusing_all:  # held already: a window more to remember would only grow the set
                     self._hold(exc)
                 self._refused_windows |= {_window(m.key) for m in messages}
                 if len(self._refused_windows) >= WINDOWS_TO_HOLD:
                     self._hold(exc)
-            self.refused += len(exc.refused)
-            for key, why in exc.refused.items():
-                log.error("the queue refused message %s for good, dropped: %s", key, why)
+            self._drop(exc)
         else:
             self._taken()
+
+    def probe(self, messages: list[Message]) -> None:
+        """While held, the spool offers a window newer than every held one in place of its oldest. Taken
+        (any of it), the queue works: the hold ends, and the held windows it refuses whole are bad on their
+        own, dropped as refused until :meth:`held_offered`. Refused whole, the hold stands: QueueRefusingAll,
+        and the window stays held."""
+        self.probes += 1
+        try:
+            self.inner.send(messages)
+        except MessageRefused as exc:
+            if len(exc.refused) >= len({m.key for m in messages}):
+                self._hold(exc)
+            self._drop(exc)
+        self._taken(probed=True)
+        self._clearing = True
+
+    def held_offered(self) -> None:
+        """The spool has offered every window it held before a probe the queue took: the usual rule again."""
+        self._clearing = False
+
+    def _drop(self, exc: MessageRefused) -> None:
+        self.refused += len(exc.refused)
+        for key, why in exc.refused.items():
+            log.error("the queue refused message %s for good, dropped: %s", key, why)
 
     def _hold(self, exc: MessageRefused) -> None:
         why = next(iter(exc.refused.values()), "")
@@ -76,14 +106,19 @@ class DropRefused:
             self._mark(True)
             log.error("%s refused every message of %d windows in a row: it is misconfigured, not fed bad "
                       "messages, so its batches are kept in the spool until it takes one again (fix the "
-                      "queue; nothing more is dropped meanwhile). Its refusal: %s", self.queue,
+                      "queue; nothing more is dropped meanwhile; a newer window is offered at each try, and "
+                      "if it is taken the held ones it refuses are dropped). Its refusal: %s", self.queue,
                       len(self._refused_windows), why)
-        raise QueueUnavailable(f"{self.queue} refuses every window, batches held: {why}") from None
+        raise QueueRefusingAll(f"{self.queue} refuses every window, batches held: {why}") from None
 
-    def _taken(self) -> None:
+    def _taken(self, probed: bool = False) -> None:
         if self.refusing_all:
-            log.warning("%s takes messages again: the batches held while it refused every window are sent",
-                        self.queue)
+            if probed:
+                log.warning("%s took a window newer than the held ones: it works, so the held windows it "
+                            "refuses are bad on their own, dropped as refused; the others are sent", self.queue)
+            else:
+                log.warning("%s takes messages again: the batches held while it refused every window are sent",
+                            self.queue)
             self._mark(False)
         self.refusing_all = False
         self._refused_windows.clear()

@@ -110,7 +110,8 @@ def _window(sequence: int, flows: int = 0):
 def test_a_topic_that_refuses_every_event_keeps_the_batches_in_the_spool_until_it_is_fixed(topic, tmp_path, caplog):
     """A topic deployed with the CloudEvents input schema answers 400 to every event. Dropped as refusals, every
     window was lost until someone fixed it; from the second window refused whole in a row the batches are held
-    in the spool, the heartbeat says so, and once the topic is fixed they are all delivered, in order."""
+    in the spool, the heartbeat says so (the newest window offered meanwhile is refused too: the hold stands,
+    nothing lost), and once the topic is fixed the window offered is delivered, then all the held ones in order."""
     from kubesonar.compose import build_sensor
     from kubesonar.sensor.live import SensorSettings
 
@@ -119,22 +120,24 @@ def test_a_topic_that_refuses_every_event_keeps_the_batches_in_the_spool_until_i
     topic.input_schema = CLOUD_EVENTS
     with caplog.at_level("ERROR", logger="kubesonar.sensor.queues.refusals"):
         for sequence in range(4):
+            if sequence == 3:  # the spool's backoff has passed: window 3 is offered in place of the oldest
+                time.sleep(OUTAGE_BACKOFF_S[0] * 1.2)
             live.sink(_window(sequence, flows=40_000 if sequence == 1 else 0))  # window 1 in two parts
     counters = live.extra_counters()
     # window 0 may have been a lone bad one: dropped; window 1 was the second refused whole: held from there
     assert (counters["queue_refused"], counters["spool_depth"], counters["spool_dropped"], topic.received) == (1, 4, 0, [])
-    assert (counters["queue_refusing_all"], counters["queue_refusal_holds"]) == (1, 1)
+    assert (counters["queue_refusing_all"], counters["queue_refusal_holds"], counters["queue_hold_probes"]) == (1, 1, 1)
     (error,) = [r.getMessage() for r in caplog.records if "misconfigured" in r.getMessage()]
     assert url in error and "400 BadRequest" in error and "'CloudEventV10' schema" in error
 
     topic.input_schema = EVENT_GRID_SCHEMA  # the deploy fixed
-    time.sleep(OUTAGE_BACKOFF_S[0] * 1.2)  # the spool tries the queue again once its backoff has passed
-    live.sink(_window(4))
+    time.sleep(OUTAGE_BACKOFF_S[0] * 2 * 1.2)  # the spool tries the queue again once its backoff (doubled) has passed
+    live.sink(_window(4))  # offered in place of the oldest: taken, so the hold ends and the held windows follow
     counters = live.extra_counters()
     assert (counters["queue_refusing_all"], counters["spool_depth"], counters["spool_dropped"]) == (0, 0, 0)
     assert counters["queue_refused"] == 1 and counters["queue_refusal_holds"] == 1
-    sequences = [int(e["id"].split("/")[2]) for e in topic.received]
-    assert sequences == sorted(sequences) and set(sequences) == {1, 2, 3, 4} and sequences.count(1) > 1
+    probe, *held = [int(e["id"].split("/")[2]) for e in topic.received]
+    assert probe == 4 and held == sorted(held) and set(held) == {1, 2, 3} and held.count(1) > 1
 
 
 def test_a_refused_window_between_good_ones_is_still_dropped_not_held(topic, tmp_path):
@@ -218,6 +221,27 @@ def test_a_hold_outlives_a_restart_of_the_sensor(topic, tmp_path):
     restarted.sink(_window(4))
     counters = restarted.extra_counters()
     assert (counters["queue_refusing_all"], counters["spool_depth"], counters["queue_refused"]) == (0, 0, 0)
-    assert [int(e["id"].split("/")[2]) for e in topic.received] == [1, 2, 3, 4]
+    assert [int(e["id"].split("/")[2]) for e in topic.received] == [4, 1, 2, 3]  # the window offered, then the held
     again = build_sensor(SensorSettings(("lo",), node="node-1"), url, spool, 1 << 20)
     assert again.extra_counters()["queue_refusing_all"] == 0  # what was held is over: a restart starts afresh
+
+
+def test_a_hold_longer_than_the_backends_replay_window_offers_a_window_within_it(topic, tmp_path, monkeypatch):
+    """The backend refuses as a replay a window WINDOW sequences below the newest it took (shared/applied.py):
+    after a long hold, the newest window offered first would have had every held window far behind it refused
+    (lost, where the hold kept them). The window offered is at most PROBE_REACH entries from the oldest."""
+    from kubesonar.sensor import spool as spool_module
+    from kubesonar.sensor.queues.refusals import DropRefused
+
+    monkeypatch.setattr(spool_module, "PROBE_REACH", 3)  # as 256 behaves with 512 windows held, in eight
+    queue = DropRefused(open_publisher(f"eventgrid://{topic.host}"))
+    spool = spool_module.SpoolingPublisher(queue, tmp_path / "spool", outage_backoff_s=(0.0, 0.0))
+    (data,) = encode_batch(BatchHeader("prod", "node-1", "node-1/1", 0, 0, 1), FlowRecords.empty(0), limit=LIMIT)
+    topic.input_schema = CLOUD_EVENTS
+    for sequence in range(8):
+        spool.publish([Message(f"node-1/1/{sequence}/0", data)])
+    assert (queue.refused, queue.probes, spool.stats.depth, topic.received) == (1, 6, 7, [])  # 0 dropped, 1 held
+    topic.input_schema = EVENT_GRID_SCHEMA
+    spool.publish([Message("node-1/1/8/0", data)])
+    assert [int(e["id"].split("/")[2]) for e in topic.received] == [3, 1, 2, 4, 5, 6, 7, 8]
+    assert (queue.refused, queue.refusing_all, spool.stats.depth) == (1, False, 0)

@@ -138,6 +138,48 @@ def test_a_message_sqs_refuses_for_good_is_dropped_and_counted_and_the_windows_b
     assert (counters["queue_refused"], counters["spool_depth"], counters["spool_dropped"]) == (1, 0, 0)
 
 
+def test_two_windows_in_a_row_over_a_lowered_maximum_message_size_do_not_freeze_the_heartbeats(
+        aws_endpoint, tmp_path, monkeypatch):  # noqa: F811
+    """An operator lowered the queue's MaximumMessageSize below the sensor's batch limit: heartbeats fit, busy
+    windows are refused (moto: InvalidParameterValue). Three busy windows in a row held the spool (the queue
+    looked misconfigured) and, as it offered only its oldest window, the heartbeats waited behind it for up to
+    23 h: the backend saw a silent sensor. Offered the newest window while held, the queue takes it, so the
+    held busy windows are dropped as refused and the heartbeats delivered."""
+    from kubesonar.compose import build_sensor
+    from kubesonar.sensor.live import SensorSettings, Window
+    from kubesonar.sensor.queues.refusals import REFUSING_ALL_MARKER
+    from kubesonar.sensor.spool import OUTAGE_BACKOFF_S
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_endpoint)
+    sqs = client("sqs", aws_endpoint)
+    url = sqs.create_queue(QueueName=f"lowered-{uuid.uuid4().hex[:10]}",
+                           Attributes={"MaximumMessageSize": "1024"})["QueueUrl"]
+    spool = tmp_path / "spool"
+    live = build_sensor(SensorSettings(("lo",), node="node-1"), url, str(spool), 1 << 20)
+
+    def window(sequence: int, flows: int) -> Window:
+        records = FlowRecords.empty(flows)
+        records.columns["first_ts"] = np.random.default_rng(sequence).integers(0, 2**62, flows)  # incompressible
+        return Window(BatchHeader("prod", "node-1", "node-1/18ebe3a3", sequence, sequence, sequence + 1), records)
+
+    for sequence in range(3):  # busy: far past 1024 bytes; the first is dropped, the second starts the hold
+        live.sink(window(sequence, 100))
+    counters = live.extra_counters()
+    assert (counters["queue_refused"], counters["queue_refusing_all"], counters["spool_depth"]) == (1, 1, 2)
+    for sequence in range(3, 6):  # quiet: heartbeats, each once the spool's backoff has passed
+        time.sleep(OUTAGE_BACKOFF_S[0] * 1.2)
+        live.sink(window(sequence, 0))
+    got = []
+    while batch := sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"], MaxNumberOfMessages=10,
+                                       WaitTimeSeconds=0).get("Messages", []):
+        got += [int(m["MessageAttributes"]["key"]["StringValue"].split("/")[2]) for m in batch]
+    counters = live.extra_counters()
+    assert sorted(got) == [3, 4, 5], f"heartbeats delivered: {got}, counters {counters}"
+    assert (counters["queue_refused"], counters["queue_refusing_all"], counters["spool_depth"]) == (3, 0, 0)
+    assert (counters["spool_dropped"], counters["queue_refusal_holds"], counters["queue_hold_probes"]) == (0, 1, 1)
+    assert not (spool / REFUSING_ALL_MARKER).exists()
+
+
 def test_a_missing_sqs_queue_stays_retryable(aws_endpoint):  # noqa: F811
     """A refusal about the queue (or the credentials) heals once it is fixed: the spool keeps the batch."""
     from kubesonar.shared.errors import MessageRefused
