@@ -57,7 +57,7 @@ QUARANTINE_KEEP = 32  # the newest quarantined entries kept for a look; older on
 OUTAGE_BACKOFF_S = (1.0, 30.0)  # after a failed try the queue is left alone this long, doubling to the cap
 # A probe is at most this many entries from the oldest: the backend refuses as a replay a window WINDOW
 # sequences below the newest it took, and a sensor's held windows are spooled in order, one entry or more
-# each, so every held window ahead of the probe is still taken (half, for windows a sensor skipped).
+# each, so every held window ahead of the probe is still taken (half of it: room for sequences skipped).
 PROBE_REACH = WINDOW // 2
 WRITE_ERROR_LOG_S = 60.0  # write errors are logged at the first and then at most this often, with the count
 
@@ -186,7 +186,7 @@ class SpoolingPublisher:
             message = _read(path)
         except FileNotFoundError:
             self._index.remove(slot)
-            return False  # the next newest at the next try
+            return False  # another at the next try
         except (_Corrupt, OSError) as exc:
             self._quarantine(path, str(exc))
             self._index.remove(slot)
