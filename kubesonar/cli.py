@@ -38,6 +38,24 @@ def _cluster_name(_ctx: click.Context, param: click.Parameter, value: str | None
     return value
 
 
+def _internal_networks(_ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+                       ) -> tuple[str, ...] | None:
+    """--internal-network as analyze and backend take it: None when not given (the private ranges), ()
+    for 'none' (every address outside), else the CIDRs, each checked here so a wrong one names the flag."""
+    import ipaddress
+
+    if not value:
+        return None
+    if value == ("none",):
+        return ()
+    for cidr in value:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"{cidr!r} is not a CIDR network", param=param) from None
+    return value
+
+
 @click.group(context_settings={"auto_envvar_prefix": "KUBESONAR", "show_default": True})
 @click.version_option(package_name="kubesonar")
 def main() -> None:
@@ -90,14 +108,13 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
               help="json: one alert per line; ocsf: one OCSF 1.3.0 Detection Finding per line.")
 @click.option("--learning-period", type=click.FloatRange(min=0), default=None,
               help="Seconds of data time novelty detectors learn from the first flow [default: 86400]; 0: none.")
-@click.option("--internal-network", "internal", multiple=True,
+@click.option("--internal-network", "internal", multiple=True, callback=_internal_networks,
               help="A CIDR inside the cluster or VPC (repeat for several) [default: the private ranges]; "
                    "'none': every address is outside. See docs/detection.md.")
 def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...], state_dir: str | None,
             cluster: str, allowlist: tuple[str, ...], fmt: str, learning_period: float | None,
-            internal: tuple[str, ...]) -> None:
+            internal: tuple[str, ...] | None) -> None:
     """Run the offline sensor and the detection core on CAPTURES; print the alerts raised."""
-    import ipaddress
     import logging
 
     from kubesonar.compose import analyze as run_analysis
@@ -105,16 +122,8 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
     # a baseline started afresh comes back in result.errors, shown once below as a warning line
     logging.getLogger("kubesonar.shared.detectors").addHandler(logging.NullHandler())
 
-    networks = None
-    if internal:
-        networks = () if internal == ("none",) else internal
-        for cidr in networks:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise click.BadParameter(f"{cidr!r} is not a CIDR network", param_hint="--internal-network") from None
     result = run_analysis(captures, learn=learn, pods=pods, state_dir=state_dir, cluster=cluster,
-                          allowlists=allowlist, learning_period_s=learning_period, internal_networks=networks)
+                          allowlists=allowlist, learning_period_s=learning_period, internal_networks=internal)
     if fmt in ("json", "ocsf"):
         from kubesonar import __version__
         from kubesonar.shared.ocsf import to_ocsf
@@ -126,7 +135,7 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
     for fault in result.errors:  # the core went on without it: a broken list, a baseline started afresh
         click.echo(f"kubesonar: warning: {fault}", err=True)
     all_inside = result.outside_with_no_internal_network and not result.outside_flows
-    if all_inside and not internal and not result.stats.errors:
+    if all_inside and internal is None and not result.stats.errors:
         # a capture taken outside a cluster (a lab, an office LAN) is all private addresses: silence from
         # the outbound rules then says nothing about it, and the user should know (not beside a capture's
         # fault, which is the one line a failed run prints)
@@ -369,8 +378,9 @@ def _signer(key_file: str | None, cluster: str) -> Callable[[bytes], bytes] | No
               help="Seconds of data time novelty detectors learn from the first flow.")
 @click.option("--sensor-silent-after", type=click.FloatRange(min=1), default=60.0,
               help="Seconds without a heartbeat after which a sensor is silent.")
-@click.option("--internal-network", "internal", multiple=True,
-              help="A CIDR inside the cluster (repeat for several) [default: the private ranges].")
+@click.option("--internal-network", "internal", multiple=True, callback=_internal_networks,
+              help="A CIDR inside the cluster (repeat for several) [default: the private ranges]; 'none': every "
+                   "address is outside.")
 @click.option("--duration", type=click.FloatRange(min=0.1), default=None,
               help="Stop after this many seconds (default: run until SIGTERM).")
 def backend(queue, store, notify, consumer, batch, max_deliveries, ack_wait, listen, check_interval,
@@ -384,7 +394,7 @@ def backend(queue, store, notify, consumer, batch, max_deliveries, ack_wait, lis
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     run_backend(BackendSettings(queue, store, tuple(notify), consumer, batch, max_deliveries, ack_wait, listen,
                                 check_interval, learning_period, sensor_silent_after,
-                                tuple(internal) or PRIVATE_NETWORKS, duration))
+                                PRIVATE_NETWORKS if internal is None else internal, duration))
 
 
 def _enrichment(pods: str | None, use_kube: bool, node: str):

@@ -307,3 +307,35 @@ def test_a_window_too_old_to_take_is_counted_stale_in_the_metrics(tmp_path):
         assert scraped.get("kubesonar_backend_stale_total") == 1
     finally:
         runner.join(timeout=60)
+
+
+def test_internal_network_none_is_taken_as_analyze_takes_it(tmp_path):
+    """docs/onprem.md gives the backend's --internal-network "as analyze": 'none' puts every address outside,
+    so a beacon between two private addresses is judged (it was refused as "not a CIDR network"), and a
+    wrong network is a usage error naming the flag, not an environment variable the backend never reads."""
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    done = subprocess.run([KUBESONAR, "replay", str(PCAPS / "c2_beacon" / "chrissanders_ratinfected.pcapng"),
+                           "--queue", f"file://{queue}"], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    backend = subprocess.Popen([KUBESONAR, "backend", "--queue", f"file://{queue}", "--store", str(state),
+                                "--internal-network", "none", "--listen", f"127.0.0.1:{free_port()}",
+                                "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while list(queue.glob("*.ksfb")):
+            assert backend.poll() is None and time.monotonic() < deadline, backend.stderr.read()
+            time.sleep(0.2)
+    finally:
+        backend.send_signal(signal.SIGTERM)
+        _, err = backend.communicate(timeout=60)
+    assert backend.returncode == 0, err
+    listed = subprocess.run([KUBESONAR, "alerts", "list", "--store", str(state), "--format", "json"],
+                            capture_output=True, text=True, timeout=120, check=True).stdout
+    assert [(a["type"], a["source"]["ip"]) for a in map(json.loads, listed.splitlines())] == \
+        [("beaconing", "172.16.0.114")]
+
+    wrong = subprocess.run([KUBESONAR, "backend", "--queue", f"file://{queue}", "--store", str(state),
+                            "--internal-network", "10.0.0.0/33", "--duration", "1"],
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert wrong.returncode == 2 and "--internal-network" in wrong.stderr and "10.0.0.0/33" in wrong.stderr, \
+        wrong.stderr
