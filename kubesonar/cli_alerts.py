@@ -25,6 +25,13 @@ if TYPE_CHECKING:  # every start of the CLI registers these commands: only what 
 
 _STORE = click.option("--store", "store_url", required=True, envvar="KUBESONAR_STORE",
                       help="Where alerts live: a directory, s3://BUCKET[/PREFIX], gs://, az://, nats://.")
+# Lists live with the state, which on AWS is another bucket than the alerts' (the function routes only
+# alerts/ there): KUBESONAR_LISTS_STORE first, as `alerts update --allowlist` and the console take it, so a
+# shell that exports both for triage edits the lists the function reads, not copies in the alerts bucket.
+_LISTS_STORE = click.option("--store", "store_url", required=True,
+                            envvar=["KUBESONAR_LISTS_STORE", "KUBESONAR_STORE"],
+                            help="Where the lists live: a directory, s3://BUCKET[/PREFIX], gs://, az://, nats:// "
+                                 "(AWS: the state bucket) [default: KUBESONAR_LISTS_STORE, else KUBESONAR_STORE].")
 
 
 @contextmanager
@@ -225,8 +232,9 @@ def allowlist_group() -> None:
 
 
 @allowlist_group.command("list")
-@_STORE
+@_LISTS_STORE
 def allowlist_list(store_url: str) -> None:
+    """Every entry of every allowlist, numbered per list as 'allowlist remove' takes them."""
     from kubesonar.shared.lists_store import read_allowlists
 
     with _opened(store_url) as store:
@@ -235,14 +243,17 @@ def allowlist_list(store_url: str) -> None:
         click.echo("no allowlists")
     for name, entries in lists.items():
         for number, e in enumerate(entries, 1):
-            fields = {k: getattr(e, k) for k in ("namespace", "workload", "label", "cidr", "ports")
+            fields = {k: getattr(e, k) for k in ("namespace", "workload", "label", "cidr")
                       if getattr(e, k) is not None}
+            if e.ports is not None:  # as the file writes it: 9100, or 9100-9110
+                low, high = e.ports
+                fields["port"] = str(low) if low == high else f"{low}-{high}"
             click.echo(f"{name} {number}: {','.join(sorted(e.rules))} "
                        f"{' '.join(f'{k}={v}' for k, v in fields.items())}  # {e.reason}")
 
 
 @allowlist_group.command("add")
-@_STORE
+@_LISTS_STORE
 @click.option("--name", default="default", help="Which allowlist.")
 @click.option("--rule", required=True, help="A rule id.")
 @click.option("--reason", required=True, help="Why this is expected (shown to whoever reads the list).")
@@ -265,7 +276,7 @@ def allowlist_add(store_url: str, name: str, rule: str, reason: str, namespace: 
 
 
 @allowlist_group.command("remove")
-@_STORE
+@_LISTS_STORE
 @click.option("--name", default="default", help="Which allowlist.")
 @click.argument("number", type=click.IntRange(min=1))
 def allowlist_remove(store_url: str, name: str, number: int) -> None:
@@ -282,8 +293,9 @@ def watchlist_group() -> None:
 
 
 @watchlist_group.command("list")
-@_STORE
+@_LISTS_STORE
 def watchlist_list(store_url: str) -> None:
+    """Every entry of every watchlist: the list, the indicator, its kind and reason."""
     from kubesonar.shared.watchlist import LOADER
 
     with _opened(store_url) as store:
@@ -298,7 +310,7 @@ def watchlist_list(store_url: str) -> None:
 
 
 @watchlist_group.command("add")
-@_STORE
+@_LISTS_STORE
 @click.option("--name", default="default", help="Which watchlist.")
 @click.argument("indicator")
 @click.option("--reason", default="")
@@ -312,10 +324,11 @@ def watchlist_add(store_url: str, name: str, indicator: str, reason: str, expire
 
 
 @watchlist_group.command("remove")
-@_STORE
+@_LISTS_STORE
 @click.option("--name", default="default", help="Which watchlist.")
 @click.argument("indicator")
 def watchlist_remove(store_url: str, name: str, indicator: str) -> None:
+    """Remove INDICATOR from the watchlist."""
     from kubesonar.shared.lists_store import remove_watch_entry
 
     with _opened(store_url) as store:

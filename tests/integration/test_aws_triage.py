@@ -55,3 +55,26 @@ def test_a_false_positive_marked_from_the_cli_silences_the_function(backend):  #
     shown = json.loads(_ks(b, "alerts", "show", alert["id"], "--store", alerts_url, "--format", "json").stdout)
     assert shown["status"] == "false_positive" and shown["count"] == 1  # the scan again: silenced, not counted
     assert [h["by"] for h in shown["history"]] == ["kubesonar", "ana", "ana"]
+
+
+def test_the_lists_commands_write_where_the_function_reads_them_with_the_readmes_exports(backend,  # noqa: F811
+                                                                                       monkeypatch):
+    """The README's triage loop exports KUBESONAR_STORE (the alerts bucket) and KUBESONAR_LISTS_STORE (the
+    state bucket), then edits lists with `kubesonar allowlist|watchlist add`: those must land in the state
+    bucket, where the function reads them, not in the alerts bucket, where nothing does."""
+    b = backend
+    alerts_url, state_url = f"s3://{b['names']['alerts']}", f"s3://{b['names']['state']}"
+    monkeypatch.setenv("KUBESONAR_STORE", alerts_url)
+    monkeypatch.setenv("KUBESONAR_LISTS_STORE", state_url)
+    _ks(b, "allowlist", "add", "--name", "platform", "--rule", "port_scan", "--reason", "our own nmap",
+        "--cidr", "192.168.1.10/32")
+    _ks(b, "watchlist", "add", "203.0.113.7", "--name", "feed", "--reason", "C2")
+    listed = _ks(b, "allowlist", "list").stdout + _ks(b, "watchlist", "list").stdout
+    state = {o["Key"] for o in b["s3"].list_objects_v2(Bucket=b["names"]["state"]).get("Contents", [])}
+    in_alerts = {o["Key"] for o in b["s3"].list_objects_v2(Bucket=b["names"]["alerts"]).get("Contents", [])}
+    assert {"allowlists/platform.yaml", "watchlists/feed.json"} <= state, state
+    assert not {k for k in in_alerts if k.startswith(("allowlists/", "watchlists/"))}, in_alerts
+    assert "platform 1: port_scan cidr=192.168.1.10/32" in listed and "feed: 203.0.113.7 (ip) C2" in listed
+    # --store given on the command line still names the store
+    shown = _ks(b, "allowlist", "list", "--store", alerts_url).stdout
+    assert "platform" not in shown

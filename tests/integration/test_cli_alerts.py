@@ -180,6 +180,16 @@ def test_false_positive_adds_the_allowlist_entry_it_was_asked_for_and_shows_it(s
     assert "triage 1" not in ks("allowlist", "list", "--store", store).stdout
 
 
+def test_allowlist_list_shows_a_port_as_the_file_writes_it(store):
+    """It printed the parsed range, ports=(9100, 9110), a Python tuple beside the file's port: 9100-9110."""
+    for port in ("9100-9110", "5432"):
+        ks("allowlist", "add", "--store", store, "--rule", "port_scan", "--reason", "r", "--namespace", "mon",
+           "--port", port)
+    listed = ks("allowlist", "list", "--store", store).stdout.splitlines()
+    assert listed == ["default 1: port_scan namespace=mon port=9100-9110  # r",
+                      "default 2: port_scan namespace=mon port=5432  # r"], listed
+
+
 _ANNOTATED = """\
 # Allowlists of the platform team; ask #sec before adding.
 
