@@ -186,7 +186,8 @@ def replay(captures: tuple[str, ...], queue: str, cluster: str, node: str, pods:
 @main.command()
 @click.option("--workdir", type=click.Path(file_okay=False),
               help="Keep the generated captures, pod list and state here (default: a temporary directory).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table",
+              help="json: one alert per line, as analyze prints them.")
 def demo(workdir: str | None, fmt: str) -> None:
     """Simulate a small cluster (learning, then a new workload and a port scan) and show the alerts."""
     import time

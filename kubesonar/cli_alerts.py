@@ -145,7 +145,8 @@ def _table(found: list[dict[str, Any]]) -> None:
 @alerts.command("show")
 @click.argument("alert_id")
 @_STORE
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="json: the alert's document as the store holds it.")
 def show_command(alert_id: str, store_url: str, fmt: str) -> None:
     """One alert: its facts, evidence, comments and history."""
     from kubesonar.shared.alert_query import get_alert
@@ -182,11 +183,11 @@ def render_text(alert: dict[str, Any]) -> str:
 @alerts.command("update")
 @click.argument("alert_id")
 @_STORE
-@click.option("--status", type=click.Choice(STATUSES))
+@click.option("--status", type=click.Choice(STATUSES), help="The new status.")
 @click.option("--assign", "assignee", help="A user or a team; '' unassigns.")
 @click.option("--tag", multiple=True, help="Add a tag (repeat for several).")
 @click.option("--untag", multiple=True, help="Remove a tag (repeat for several).")
-@click.option("--comment")
+@click.option("--comment", help="A comment, kept with who wrote it and when.")
 @click.option("--snooze", help="Stay silent this long (30m, 4h, 2d, 1w); 0 ends a snooze.")
 @click.option("--allowlist", "allowlist_name",
               help="With --status false_positive: also add an allowlist entry (to this allowlist) that covers "
@@ -257,7 +258,7 @@ def allowlist_list(store_url: str) -> None:
 @click.option("--name", default="default", help="Which allowlist.")
 @click.option("--rule", required=True, help="A rule id.")
 @click.option("--reason", required=True, help="Why this is expected (shown to whoever reads the list).")
-@click.option("--namespace")
+@click.option("--namespace", help="The source's namespace.")
 @click.option("--workload", help="kind/name, or the name.")
 @click.option("--label", help="key=value of the source's labels.")
 @click.option("--cidr", help="The source address or network.")
@@ -313,7 +314,7 @@ def watchlist_list(store_url: str) -> None:
 @_LISTS_STORE
 @click.option("--name", default="default", help="Which watchlist.")
 @click.argument("indicator")
-@click.option("--reason", default="")
+@click.option("--reason", default="", help="Why it is listed (shown in its alerts).")
 @click.option("--expires", help="ISO 8601 time after which the entry no longer matches.")
 def watchlist_add(store_url: str, name: str, indicator: str, reason: str, expires: str | None) -> None:
     """Add INDICATOR (an IP, a CIDR network or a domain), validated before it is written."""
@@ -379,7 +380,8 @@ def console_command(store_url: str, listen: str, token: str | None, trusted_head
 
 @click.command("report")
 @_STORE
-@click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="report.html", show_default=True,
+              help="The HTML file to write.")
 def report_command(store_url: str, out: str) -> None:
     """One self-contained HTML file: alerts over time, open alerts and their triage, top talkers, the map."""
     from pathlib import Path
