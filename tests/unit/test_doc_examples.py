@@ -1,17 +1,55 @@
-"""The examples the pages show are what the code does: the error a page quotes for a mistake in its own
-example document is the error that mistake gives, and the flow-format page's header names the schema the
-encoder writes. A user who copies the example and makes the mistake should read the message the page
-promised, line number included."""
+"""The examples the pages show are what the code does: every flag a page gives a `kubesonar` command is one
+that command takes, the error a page quotes for a mistake in its own example document is the error that
+mistake gives, and the flow-format page's header names the schema the encoder writes. A user who copies the
+example and makes the mistake should read the message the page promised, line number included."""
 
 from __future__ import annotations
 
 import re
 
+import click
 import pytest
 
+from kubesonar.cli import main
 from kubesonar.shared.errors import ConfigError
 
 from conftest import REPO
+
+PAGES = sorted([REPO / "README.md", *REPO.glob("docs/*.md"), *REPO.glob("infra/**/README.md"),
+                *REPO.glob("functions/*/README.md")])
+# `kubesonar COMMAND [SUBCOMMAND] ...` up to the end of the command line, a comment or a code span
+_COMMAND_LINE = re.compile(r"kubesonar ((?:[a-z]+ ?){1,2})([^`|#;&]*)")
+
+
+def _commands_shown(page: str) -> list[tuple[click.Command, str, str]]:
+    """(command, its words, what follows them on the line) for each `kubesonar ...` a page shows."""
+    shown = []
+    for line in page.replace("\\\n", " ").splitlines():  # a shell line continued with a backslash is one
+        for match in _COMMAND_LINE.finditer(line):
+            command, words = main, []
+            for word in match.group(1).split():
+                if not (isinstance(command, click.Group) and word in command.commands):
+                    break
+                command, words = command.commands[word], [*words, word]
+            if words:
+                rest = " ".join(match.group(1).split()[len(words):]) + " " + match.group(2)
+                shown.append((command, " ".join(words), rest))
+    return shown
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_flag_a_page_gives_a_command_is_one_it_takes(page):
+    unknown = []
+    for command, words, rest in _commands_shown(page.read_text()):
+        takes = {o for p in command.params for o in [*p.opts, *p.secondary_opts]} | {"--help"}
+        unknown += [f"kubesonar {words} {flag}" for flag in re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", rest)
+                    if flag not in takes]
+    assert not unknown, unknown
+
+
+def test_the_pages_show_commands_with_flags():
+    shown = [c for p in PAGES for c in _commands_shown(p.read_text())]
+    assert len(shown) > 50 and any(words == "alerts update" and "--allowlist" in rest for _, words, rest in shown)
 
 
 def _page(name: str) -> str:
