@@ -19,7 +19,7 @@ from contextlib import contextmanager  # noqa: E402
 import click  # noqa: E402
 
 from kubesonar.sensor.flow_table import FlowTimeouts  # noqa: E402
-from kubesonar.shared.errors import KubeSonarError  # noqa: E402
+from kubesonar.shared.errors import ConfigError, KubeSonarError  # noqa: E402
 from kubesonar.shared.flow import FlowRecords  # noqa: E402
 
 _TABLE_COLUMNS = ("first_ts", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "packets_out",
@@ -407,12 +407,27 @@ def _enrichment(pods: str | None, use_kube: bool, node: str):
 
         return PodInventory.load(pods).enrich, None
     if use_kube:
-        from kubesonar.sensor.kube import KubeWatcher
-
-        watcher = KubeWatcher.in_cluster(node)
+        watcher = _in_cluster_watcher(node)
         watcher.start()
         return watcher.enrich, watcher
     return None, None
+
+
+def _in_cluster_watcher(node: str):
+    """The pod watch, or a ConfigError saying why there is none: run outside a pod (or without the sensor
+    extra), the Kubernetes client's own exception was a traceback that named neither the flag nor the way out."""
+    try:
+        from kubernetes.config import ConfigException
+
+        from kubesonar.sensor.kube import KubeWatcher
+    except ImportError as exc:
+        raise ConfigError(f"--kubernetes needs the Kubernetes client ({exc.name} is not installed): "
+                          "pip install 'kubesonar[sensor]'") from None
+    try:
+        return KubeWatcher.in_cluster(node)
+    except ConfigException as exc:
+        raise ConfigError(f"--kubernetes needs the in-cluster configuration of a pod ({exc}); outside a cluster, "
+                          "name the pods with --pods FILE ('kubectl get pods -A -o json')") from None
 
 
 def _alert_table(alerts: list[dict]) -> None:

@@ -100,10 +100,13 @@ def test_live_commands_fail_in_one_line_on_bad_settings(tmp_path):
           "--duration", "1"], "no interface matches no-such-if0"),
         (["watch", "-i", "lo", "--filter", "tcp port", "--duration", "1"], "bad capture filter 'tcp port'"),
         (["sensor", "-i", "lo", "--queue", "pubsub://projects/my-project/topics/flows"], "no Google credentials"),
+        # README's `kubesonar sensor ... --kubernetes` run outside a pod: a traceback of the client's
+        (["sensor", "-i", "lo", "--queue", f"file://{tmp_path}/q", "--spool", str(tmp_path / "s"), "--kubernetes",
+          "--duration", "1"], "--kubernetes needs the in-cluster configuration"),
     ]
     # no credentials anywhere, and the metadata server is not even asked (no traffic leaves the machine)
     no_google = {"NO_GCE_CHECK": "True", "GOOGLE_APPLICATION_CREDENTIALS": "", "PUBSUB_EMULATOR_HOST": "",
-                 "CLOUDSDK_CONFIG": str(tmp_path / "no-gcloud")}
+                 "CLOUDSDK_CONFIG": str(tmp_path / "no-gcloud"), "KUBERNETES_SERVICE_HOST": ""}  # nor in a pod
     for args, message in cases:
         result = _run(*args, env=no_google)
         assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
