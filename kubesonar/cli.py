@@ -389,7 +389,11 @@ def backend(queue, store, notify, consumer, batch, max_deliveries, ack_wait, lis
     """Run the backend as a long-running process: batches from a queue, scored into a store."""
     import logging
 
-    from kubesonar.backend_runner import BackendSettings, run_backend
+    try:
+        from kubesonar.backend_runner import BackendSettings, run_backend
+    except ModuleNotFoundError as exc:  # prometheus-client serves /metrics, on the embedded default too
+        raise ConfigError(f"kubesonar backend needs a package this installation lacks: {exc.name}; install "
+                          "kubesonar[nats] (the backend's extra)") from None
     from kubesonar.shared.netzones import PRIVATE_NETWORKS
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -51,11 +51,10 @@ def open_store(url: str) -> ObjectStore:
     for kind in STORE_KINDS:
         if kind.pattern.match(url):
             module, _, name = kind.opener.partition(":")
-            try:
-                opener = getattr(importlib.import_module(module), name)
-            except ImportError as exc:
+            try:  # the openers import their SDK when called: a missing one is this same line, not "unreachable"
+                return getattr(importlib.import_module(module), name)(url)
+            except ModuleNotFoundError as exc:
                 raise ConfigError(f"store {shown!r} needs a package this installation lacks: {exc.name}") from None
-            return opener(url)
     raise ConfigError(f"store URL {shown!r} is not one of: " + ", ".join(k.form for k in STORE_KINDS))
 
 

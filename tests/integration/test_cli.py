@@ -142,3 +142,23 @@ def test_analyze_says_nothing_of_networks_when_no_flow_would_leave_them(tmp_path
     wrpcap(str(tmp_path / "local.pcap"), packets)
     done = _run("analyze", str(tmp_path / "local.pcap"), "--format", "json")
     assert done.returncode == 0 and "cluster's networks" not in done.stderr
+
+
+def test_a_command_whose_extra_is_not_installed_says_which_package_in_one_line(tmp_path):
+    """`pip install -e .` (the README's quick start) brings no extra: `kubesonar backend`, even on the embedded
+    default's file:// queue, ended in prometheus_client's ModuleNotFoundError traceback, and an s3:// store
+    without boto3 was reported as a store that "could not be reached". Each package is hidden here by a
+    module on PYTHONPATH that fails to import as a missing one does."""
+    blocked = tmp_path / "blocked"
+    for package in ("prometheus_client", "boto3"):
+        (blocked / package).mkdir(parents=True)
+        (blocked / package / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{package}'\", name={package!r})\n")
+    env = {"PYTHONPATH": str(blocked)}
+    (tmp_path / "queue").mkdir()
+    backend = _run("backend", "--queue", f"file://{tmp_path}/queue", "--store", str(tmp_path / "state"),
+                   "--duration", "1", env=env)
+    assert backend.returncode == 1 and "Traceback" not in backend.stderr, backend.stderr
+    assert "lacks: prometheus_client; install kubesonar[nats]" in backend.stderr
+    s3 = _run("alerts", "list", "--store", "s3://my-kubesonar-alerts", env=env)
+    assert s3.returncode == 1 and "needs a package this installation lacks: boto3" in s3.stderr, s3.stderr
