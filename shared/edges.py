@@ -3,8 +3,9 @@ destination port and protocol, flows and bytes per hour.
 
 Kept in ``summary/<cluster>/edges.json``, updated once per invocation with all of its batches (one
 read and one compare-and-swap write), bounded: the last :data:`HOURS_KEPT` hours of data time, at
-most :data:`EDGES_PER_HOUR` edges an hour (the smallest by bytes fold into one ``other`` edge). The
-counting is vectorised (numpy), so it costs little next to scoring.
+most :data:`EDGES_PER_HOUR` edges an hour (the smallest by bytes fold into one ``other`` edge). Flows
+are grouped by integer codes (numpy) and each edge's text is built once: 28 ms for the 20,000 flows of
+bench/core_scoring.py, the update included, about a fifth of what scoring them takes.
 """
 
 from __future__ import annotations
@@ -30,37 +31,64 @@ def summary_key(cluster: str) -> str:
     return f"summary/{cluster}/edges.json"
 
 
-def _endpoint_labels(flows: FlowRecords, side: str) -> np.ndarray:
-    names = flows[f"{side}_workload_name"].astype(object)
+def _endpoint_codes(flows: FlowRecords, side: str) -> tuple[np.ndarray, list[str]]:
+    """Per flow, the index of its endpoint's label in the list returned: ``namespace/kind/name`` for a
+    known workload, else the address."""
+    names = flows[f"{side}_workload_name"]
     known = names != ""
-    labels = np.empty(len(flows), dtype=object)
-    if known.any():
-        labels[known] = (flows[f"{side}_namespace"][known].astype(object) + "/"
-                         + flows[f"{side}_workload_kind"][known].astype(object) + "/" + names[known])
-    unknown = np.flatnonzero(~known)
-    if len(unknown):
-        addrs, inverse = np.unique(flows[f"{side}_addr"][unknown], return_inverse=True)
-        texts = np.array([address_text(bytes(a)) for a in addrs], dtype=object)
-        labels[unknown] = texts[inverse]
-    return labels
+    codes = np.empty(len(flows), dtype=np.int64)
+    labels: list[str] = []
+    rows = np.flatnonzero(known)
+    if len(rows):
+        index: dict[tuple[str, str, str], int] = {}
+        triples = zip(flows[f"{side}_namespace"][rows].tolist(), flows[f"{side}_workload_kind"][rows].tolist(),
+                      names[rows].tolist(), strict=True)
+        codes[rows] = np.fromiter((index.setdefault(t, len(index)) for t in triples), dtype=np.int64, count=len(rows))
+        labels = [f"{namespace}/{kind}/{name}" for namespace, kind, name in index]
+    rows = np.flatnonzero(~known)
+    if len(rows):
+        addresses, inverse = np.unique(flows[f"{side}_addr"][rows], return_inverse=True)
+        codes[rows] = len(labels) + inverse
+        labels += [address_text(bytes(a)) for a in addresses]
+    return codes, labels
 
 
 def count_edges(flows: FlowRecords) -> dict[str, dict[str, list[int]]]:
-    """{hour ISO: {"src|dst|port|proto": [flows, bytes]}} of one set of flow records."""
+    """{hour ISO: {"src|dst|port|proto": [flows, bytes]}} of one set of flow records. Flows are grouped by
+    integer codes and only each edge's text is built: building the text of every flow and sorting the
+    strings took 0.14 s per 20,000 flows, and formatting the hour of every edge 0.05 s more, several times
+    what scoring them took."""
     if not len(flows):
         return {}
-    hours = (flows["first_ts"] // _HOUR_NS).astype(np.int64)
-    keys = (_endpoint_labels(flows, "src") + _SEP + _endpoint_labels(flows, "dst") + _SEP
-            + flows["dst_port"].astype(str).astype(object) + _SEP + flows["proto"].astype(str).astype(object))
-    combined = hours.astype(str).astype(object) + "#" + keys
-    unique, inverse = np.unique(combined.astype(str), return_inverse=True)
-    counts = np.bincount(inverse)
-    volume = np.bincount(inverse, weights=(flows["bytes_out"] + flows["bytes_in"]).astype(np.float64))
+    src, src_labels = _endpoint_codes(flows, "src")
+    dst, dst_labels = _endpoint_codes(flows, "dst")
+    table = np.column_stack([(flows["first_ts"] // _HOUR_NS).astype(np.int64), src, dst,
+                             flows["dst_port"].astype(np.int64), flows["proto"].astype(np.int64)])
+    groups, inverse = _distinct_rows(table)
+    counts = np.bincount(inverse, minlength=len(groups))
+    volume = np.bincount(inverse, weights=(flows["bytes_out"] + flows["bytes_in"]).astype(np.float64),
+                         minlength=len(groups))
+    hours = {hour: _hour_iso(hour) for hour in np.unique(groups[:, 0]).tolist()}
     out: dict[str, dict[str, list[int]]] = {}
-    for key, n, b in zip(unique.tolist(), counts.tolist(), volume.tolist(), strict=True):
-        hour, edge = key.split("#", 1)
-        out.setdefault(_hour_iso(int(hour)), {})[edge] = [int(n), int(b)]
+    for (hour, s, d, port, proto), n, b in zip(groups.tolist(), counts.tolist(), volume.tolist(), strict=True):
+        edges = out.setdefault(hours[hour], {})
+        # two workloads whose names hold the separators may read alike: their figures add up
+        total = edges.setdefault(f"{src_labels[s]}{_SEP}{dst_labels[d]}{_SEP}{port}{_SEP}{proto}", [0, 0])
+        total[0] += int(n)
+        total[1] += int(b)
     return out
+
+
+def _distinct_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of an integer table, and each row's index among them: a sort of the columns
+    (np.unique(axis=0) compares them as records: 42 ms for 32,803 flows, ten times as long)."""
+    order = np.lexsort(table.T[::-1])
+    ordered = table[order]
+    starts = np.ones(len(table), dtype=bool)
+    starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    inverse = np.empty(len(table), dtype=np.int64)
+    inverse[order] = np.cumsum(starts) - 1
+    return ordered[starts], inverse
 
 
 def _hour_iso(hour: int) -> str:

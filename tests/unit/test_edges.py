@@ -9,6 +9,8 @@ from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared import edges
 from kubesonar.shared.state import read_document
 
+from conftest import shared_captures
+
 
 def test_counts_per_edge_and_hour_merge_across_invocations(tmp_path):
     store = LocalObjectStore(tmp_path)
@@ -47,3 +49,37 @@ def test_the_summary_is_bounded(tmp_path, monkeypatch):
     for hour_edges in doc["hours"].values():
         assert sum(n for n, _ in hour_edges.values()) == 20  # nothing lost: the smallest fold into "other"
         assert hour_edges[edges.OTHER][0] == 13
+
+
+def test_the_counts_are_those_of_flow_by_flow_counting_on_real_captures():
+    """The grouped count against a plain loop over every flow (each edge's text built per flow), on the
+    flows of every labelled capture and on a simulated cluster's workloads, hours apart."""
+    from collections import Counter
+
+    from kubesonar.sensor.offline import flows_from_captures
+    from kubesonar.shared.flow import FlowRecords, address_text
+    from lab.benign import Cluster, simulate_window
+
+    captures = shared_captures()
+    rng = np.random.default_rng(3)
+    cluster = Cluster(rng)
+    simulated = [simulate_window(cluster, 1_700_000_000 + w * 1800, rng)[0] for w in range(4)]
+    flows = FlowRecords.concat([f for p in captures for f in flows_from_captures([p])] + simulated)
+    assert len(flows) > 10_000 and (flows["src_workload_name"] != "").any() and (flows["src_workload_name"] == "").any()
+
+    def label(row, side):
+        name = row[f"{side}_workload_name"]
+        return (f"{row[f'{side}_namespace']}/{row[f'{side}_workload_kind']}/{name}" if name
+                else address_text(bytes(row[f"{side}_addr"])))
+
+    expected: dict[str, Counter] = {}
+    for i in range(len(flows)):
+        row = {k: v[i] for k, v in flows.columns.items()}
+        hour = edges._hour_iso(int(row["first_ts"]) // (3600 * 10**9))
+        key = f"{label(row, 'src')}|{label(row, 'dst')}|{row['dst_port']}|{row['proto']}"
+        counts = expected.setdefault(hour, Counter())
+        counts[(key, "flows")] += 1
+        counts[(key, "bytes")] += int(row["bytes_out"]) + int(row["bytes_in"])
+    got = edges.count_edges(flows)
+    assert {h: {(k, "flows"): n for k, (n, _) in e.items()} | {(k, "bytes"): b for k, (_, b) in e.items()}
+            for h, e in got.items()} == {h: dict(c) for h, c in expected.items()}
