@@ -102,6 +102,7 @@ class SpoolingPublisher:
         self._retry_at = 0.0  # monotonic time before which the queue is not tried
         self._held = False  # the queue refused every window at the last try: the next try is a probe
         self._held_below: int | None = None  # a probe was taken: the entries below this sequence were held
+        self._probe_refused: int | None = None  # the entry last offered as a probe and not taken
         self._write_error_log_at = 0.0  # monotonic time before which write errors are counted, not logged
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -173,14 +174,16 @@ class SpoolingPublisher:
         return True
 
     def _probe_spooled(self) -> bool:
-        """The probe from the spool: its newest entry, or the one PROBE_REACH from the oldest if that is
-        nearer (True once it is taken, or if there is none)."""
-        reach = min(self._index.count, PROBE_REACH) - 1
-        entry = next(itertools.islice(self._index.entries(), reach, None), None) if reach >= 0 else None
-        if entry is None:
+        """The probe from the spool: the newest of its PROBE_REACH oldest entries, or after a refused probe
+        the next older one, from the newest again past the oldest: the entry refused may be bad on its own,
+        and offered again and again it would hold the spool as the head did (True once it is taken, or if
+        there is none)."""
+        reach = list(itertools.islice(self._index.entries(), PROBE_REACH))
+        if not reach:
             self._held = False
             return True
-        slot, sequence, _size, _written = entry
+        older = [e for e in reach if self._probe_refused is None or e[1] < self._probe_refused]
+        slot, sequence, _size, _written = (older or reach)[-1]
         path = self._path(sequence)
         try:
             message = _read(path)
@@ -192,6 +195,7 @@ class SpoolingPublisher:
             self._index.remove(slot)
             return False
         if not self._probe([message], sequence):
+            self._probe_refused = sequence
             return False
         self._index.remove(slot)
         _remove(path)
@@ -255,7 +259,7 @@ class SpoolingPublisher:
         if self._failed_tries:
             log.warning("queue reachable again after %d failed tries; %d batches spooled to send",
                         self._failed_tries, self._index.count)
-        self._failed_tries, self._retry_at, self._held = 0, 0.0, False
+        self._failed_tries, self._retry_at, self._held, self._probe_refused = 0, 0.0, False, None
 
     def _spool(self, message: Message) -> None:
         key = message.key.encode()

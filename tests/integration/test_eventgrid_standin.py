@@ -243,5 +243,7 @@ def test_a_hold_longer_than_the_backends_replay_window_offers_a_window_within_it
     assert (queue.refused, queue.probes, spool.stats.depth, topic.received) == (1, 6, 7, [])  # 0 dropped, 1 held
     topic.input_schema = EVENT_GRID_SCHEMA
     spool.publish([Message("node-1/1/8/0", data)])
-    assert [int(e["id"].split("/")[2]) for e in topic.received] == [3, 1, 2, 4, 5, 6, 7, 8]
+    probe, *rest = [int(e["id"].split("/")[2]) for e in topic.received]
+    # within reach (each refused probe moved to another entry in it), then the rest in order
+    assert probe in (1, 2, 3) and rest == [s for s in range(1, 9) if s != probe]
     assert (queue.refused, queue.refusing_all, spool.stats.depth) == (1, False, 0)
