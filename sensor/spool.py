@@ -39,7 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from kubesonar.sensor.queues import Message, Publisher
 from kubesonar.sensor.spool_index import SpoolIndex
@@ -110,9 +116,11 @@ class SpoolingPublisher:
             raise ConfigError(f"cannot create spool directory {self.directory}: {exc.strerror}") from None
         self.stats = SpoolStats()
         self.errors: list[str] = []  # the latest faults, for the log
-        # retries stay short: the capture loop waits meanwhile; the spool absorbs longer outages
+        # retries stay short: the capture loop waits meanwhile; the spool absorbs longer outages. A hold is
+        # no passing fault: the queue refused that window for good, and would again at once
         self._retrying = Retrying(stop=stop_after_attempt(attempts), wait=wait_random_exponential(0.02, max_wait_s),
-                                  retry=retry_if_exception_type(QueueUnavailable), reraise=True,
+                                  retry=retry_if_exception_type(QueueUnavailable)
+                                  & retry_if_not_exception_type(QueueRefusingAll), reraise=True,
                                   before_sleep=self._count_retry)
         self._next = 0
         self._index = self._scan()  # a restarted sensor resumes its spool

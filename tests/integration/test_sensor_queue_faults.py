@@ -220,6 +220,36 @@ def test_a_probe_from_the_spool_that_the_queue_refuses_is_not_offered_again_and_
     assert (queue.refused, queue.refusing_all, spool.stats.depth, spool.stats.dropped) == (3, False, 0, 0)
 
 
+def test_a_hold_is_not_retried_as_an_outage(aws_endpoint, tmp_path, monkeypatch):  # noqa: F811
+    """A hold raises QueueRefusingAll, a QueueUnavailable, and the spool's short retries took it for a
+    passing fault: the window that starts a hold (and, after a restart, the first held one drained) was sent
+    three times to a queue that had refused it for good, the capture loop waited up to a second meanwhile,
+    and publish_retries counted two retries of a refusal."""
+    from kubesonar.compose import build_sensor
+    from kubesonar.sensor.live import SensorSettings, Window
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_endpoint)
+    sqs = client("sqs", aws_endpoint)
+    url = sqs.create_queue(QueueName=f"lowered-{uuid.uuid4().hex[:10]}",
+                           Attributes={"MaximumMessageSize": "1024"})["QueueUrl"]
+    spool = tmp_path / "spool"
+
+    def window(sequence: int) -> Window:
+        records = FlowRecords.empty(100)
+        records.columns["first_ts"] = np.random.default_rng(sequence).integers(0, 2**62, 100)  # incompressible
+        return Window(BatchHeader("prod", "node-1", "node-1/18ebe3a3", sequence, sequence, sequence + 1), records)
+
+    live = build_sensor(SensorSettings(("lo",), node="node-1"), url, str(spool), 1 << 20)
+    for sequence in range(2):  # the first dropped, the second starts the hold
+        live.sink(window(sequence))
+    counters = live.extra_counters()
+    assert (counters["queue_refusing_all"], counters["publish_retries"]) == (1, 0)
+    restarted = build_sensor(SensorSettings(("lo",), node="node-1"), url, str(spool), 1 << 20)
+    restarted.sink(window(2))  # drains the held window first: refused, still held
+    counters = restarted.extra_counters()
+    assert (counters["queue_refusing_all"], counters["spool_depth"], counters["publish_retries"]) == (1, 2, 0)
+
+
 def test_a_missing_sqs_queue_stays_retryable(aws_endpoint):  # noqa: F811
     """A refusal about the queue (or the credentials) heals once it is fixed: the spool keeps the batch."""
     from kubesonar.shared.errors import MessageRefused
