@@ -39,7 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+from tenacity import (
+    Retrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
 
 from kubesonar.sensor.queues import Message, Publisher
 from kubesonar.sensor.spool_index import SpoolIndex
@@ -102,6 +108,7 @@ class SpoolingPublisher:
         self._retry_at = 0.0  # monotonic time before which the queue is not tried
         self._held = False  # the queue refused every window at the last try: the next try is a probe
         self._held_below: int | None = None  # a probe was taken: the entries below this sequence were held
+        self._probe_refused: int | None = None  # the entry last offered as a probe and not taken
         self._write_error_log_at = 0.0  # monotonic time before which write errors are counted, not logged
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -109,9 +116,11 @@ class SpoolingPublisher:
             raise ConfigError(f"cannot create spool directory {self.directory}: {exc.strerror}") from None
         self.stats = SpoolStats()
         self.errors: list[str] = []  # the latest faults, for the log
-        # retries stay short: the capture loop waits meanwhile; the spool absorbs longer outages
+        # retries stay short: the capture loop waits meanwhile; the spool absorbs longer outages. A hold is
+        # no passing fault: the queue refused that window for good, and would again at once
         self._retrying = Retrying(stop=stop_after_attempt(attempts), wait=wait_random_exponential(0.02, max_wait_s),
-                                  retry=retry_if_exception_type(QueueUnavailable), reraise=True,
+                                  retry=retry_if_exception_type(QueueUnavailable)
+                                  & retry_if_not_exception_type(QueueRefusingAll), reraise=True,
                                   before_sleep=self._count_retry)
         self._next = 0
         self._index = self._scan()  # a restarted sensor resumes its spool
@@ -173,14 +182,16 @@ class SpoolingPublisher:
         return True
 
     def _probe_spooled(self) -> bool:
-        """The probe from the spool: its newest entry, or the one PROBE_REACH from the oldest if that is
-        nearer (True once it is taken, or if there is none)."""
-        reach = min(self._index.count, PROBE_REACH) - 1
-        entry = next(itertools.islice(self._index.entries(), reach, None), None) if reach >= 0 else None
-        if entry is None:
+        """The probe from the spool: the newest of its PROBE_REACH oldest entries, or after a refused probe
+        the next older one, from the newest again past the oldest: the entry refused may be bad on its own,
+        and offered again and again it would hold the spool as the head did (True once it is taken, or if
+        there is none)."""
+        reach = list(itertools.islice(self._index.entries(), PROBE_REACH))
+        if not reach:
             self._held = False
             return True
-        slot, sequence, _size, _written = entry
+        older = [e for e in reach if self._probe_refused is None or e[1] < self._probe_refused]
+        slot, sequence, _size, _written = (older or reach)[-1]
         path = self._path(sequence)
         try:
             message = _read(path)
@@ -192,6 +203,7 @@ class SpoolingPublisher:
             self._index.remove(slot)
             return False
         if not self._probe([message], sequence):
+            self._probe_refused = sequence
             return False
         self._index.remove(slot)
         _remove(path)
@@ -255,7 +267,7 @@ class SpoolingPublisher:
         if self._failed_tries:
             log.warning("queue reachable again after %d failed tries; %d batches spooled to send",
                         self._failed_tries, self._index.count)
-        self._failed_tries, self._retry_at, self._held = 0, 0.0, False
+        self._failed_tries, self._retry_at, self._held, self._probe_refused = 0, 0.0, False, None
 
     def _spool(self, message: Message) -> None:
         key = message.key.encode()

@@ -21,6 +21,8 @@ spool's bound dropped it or it expired (23 h). So while held, each try of the sp
 offers a newer window instead, in :meth:`DropRefused.probe`. Taken, the queue works: the hold ends, and the
 held windows older than the probe that it refuses whole are bad on their own, dropped as refused (counted,
 logged each) until the spool has offered them all (:meth:`DropRefused.held_offered`); then the usual rule.
+Only if larger than the probe, though: the one refusal a sensor's windows meet is a size, so a held window
+no larger refused says the queue refuses everything again (a fix rolled back), and the hold starts anew.
 Refused whole, the hold stands and nothing is dropped. A hold is marked by a file (``marker``, in the
 spool's directory), so a sensor restarted meanwhile holds still: what it drains first is a held window, not
 one bad window to drop.
@@ -51,6 +53,7 @@ class DropRefused:
         self.holds = 0  # times the queue was found refusing every window (a heartbeat counter)
         self.probes = 0  # windows offered while held in place of the oldest (a heartbeat counter)
         self._clearing = False  # a probe was taken: the held windows refused whole are dropped, not held
+        self._probe_bytes = 0  # the largest message of that probe: a held one no larger is not bad on its own
         self._refused_windows: set[tuple[str, int]] = set()  # refused whole since the queue last took one
         self._marker = None if marker is None else Path(marker)  # exists while a hold lasts, across restarts
         # the queue refuses every window: batches are held (a heartbeat gauge)
@@ -65,7 +68,13 @@ class DropRefused:
         except MessageRefused as exc:
             if len(exc.refused) < len({m.key for m in messages}):
                 self._taken()  # the queue takes messages: the refused ones are bad, not the queue
-            elif not self._clearing:  # a held window refused after the queue took a newer one is bad on its own
+            elif self._clearing and all(len(m.data) > self._probe_bytes for m in messages):
+                pass  # a held window larger than the probe the queue took is bad on its own: dropped
+            elif self._clearing:  # no larger, so not bad on its own: the queue refuses everything again
+                self._clearing = False
+                self._refused_windows |= {_window(m.key) for m in messages}
+                self._hold(exc)
+            else:
                 if self.refusing_all:  # held already: a window more to remember would only grow the set
                     self._hold(exc)
                 self._refused_windows |= {_window(m.key) for m in messages}
@@ -78,17 +87,21 @@ class DropRefused:
     def probe(self, messages: list[Message]) -> None:
         """While held, the spool offers a window newer than every held one in place of its oldest. Taken
         (any of it), the queue works: the hold ends, and the held windows it refuses whole are bad on their
-        own, dropped as refused until :meth:`held_offered`. Refused whole, the hold stands: QueueRefusingAll,
-        and the window stays held."""
+        own, dropped as refused until :meth:`held_offered`, if larger than the probe (a held window no larger,
+        refused, says the queue refuses everything again: held anew). Refused whole, the hold stands:
+        QueueRefusingAll, and the window stays held."""
         self.probes += 1
+        refused: dict[str, str] = {}
         try:
             self.inner.send(messages)
         except MessageRefused as exc:
             if len(exc.refused) >= len({m.key for m in messages}):
                 self._hold(exc)
             self._drop(exc)
+            refused = exc.refused
         self._taken(probed=True)
         self._clearing = True
+        self._probe_bytes = max(len(m.data) for m in messages if m.key not in refused)
 
     def held_offered(self) -> None:
         """The spool has offered every window it held before a probe the queue took: the usual rule again."""

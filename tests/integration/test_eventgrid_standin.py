@@ -243,5 +243,41 @@ def test_a_hold_longer_than_the_backends_replay_window_offers_a_window_within_it
     assert (queue.refused, queue.probes, spool.stats.depth, topic.received) == (1, 6, 7, [])  # 0 dropped, 1 held
     topic.input_schema = EVENT_GRID_SCHEMA
     spool.publish([Message("node-1/1/8/0", data)])
-    assert [int(e["id"].split("/")[2]) for e in topic.received] == [3, 1, 2, 4, 5, 6, 7, 8]
+    probe, *rest = [int(e["id"].split("/")[2]) for e in topic.received]
+    # within reach (each refused probe moved to another entry in it), then the rest in order
+    assert probe in (1, 2, 3) and rest == [s for s in range(1, 9) if s != probe]
+    assert (queue.refused, queue.refusing_all, spool.stats.depth) == (1, False, 0)
+
+
+def test_a_topic_that_breaks_again_after_the_probe_keeps_the_held_windows(topic, tmp_path):
+    """A probe taken says the queue works, and the held windows it then refuses whole were dropped as bad on
+    their own, every one: a topic that took the probe and then refused everything again (a fix rolled back,
+    a frontend not yet updated) lost the whole hold. A held window no larger than the probe it took is not
+    bad on its own (the one refusal a sensor's windows meet is a size): the hold starts again, nothing lost."""
+    from kubesonar.sensor.queues.refusals import DropRefused
+    from kubesonar.sensor.spool import SpoolingPublisher
+
+    queue = DropRefused(open_publisher(f"eventgrid://{topic.host}"))
+    spool = SpoolingPublisher(queue, tmp_path / "spool", outage_backoff_s=(0.0, 0.0))
+    (data,) = encode_batch(BatchHeader("prod", "node-1", "node-1/1", 0, 0, 1), FlowRecords.empty(0), limit=LIMIT)
+    topic.input_schema = CLOUD_EVENTS
+    for sequence in range(4):  # 0 dropped, 1 held, 2 and 3 offered as probes, refused, held
+        spool.publish([Message(f"node-1/1/{sequence}/0", data)])
+    assert (queue.refused, queue.refusing_all, spool.stats.depth) == (1, True, 3)
+
+    accept = topic.accept
+
+    def rolled_back_after_one(headers, body):  # takes one request, then refuses everything again
+        answer = accept(headers, body)
+        topic.input_schema = CLOUD_EVENTS
+        return answer
+
+    topic.input_schema, topic.accept = EVENT_GRID_SCHEMA, rolled_back_after_one
+    spool.publish([Message("node-1/1/4/0", data)])  # the probe: taken
+    assert [int(e["id"].split("/")[2]) for e in topic.received] == [4]
+    assert (queue.refused, queue.refusing_all, spool.stats.depth) == (1, True, 3), "the held windows were dropped"
+    topic.accept = accept
+    topic.input_schema = EVENT_GRID_SCHEMA  # fixed for good
+    spool.publish([Message("node-1/1/5/0", data)])
+    assert [int(e["id"].split("/")[2]) for e in topic.received] == [4, 5, 1, 2, 3]
     assert (queue.refused, queue.refusing_all, spool.stats.depth) == (1, False, 0)

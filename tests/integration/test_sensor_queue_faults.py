@@ -180,6 +180,76 @@ def test_two_windows_in_a_row_over_a_lowered_maximum_message_size_do_not_freeze_
     assert not (spool / REFUSING_ALL_MARKER).exists()
 
 
+def test_a_probe_from_the_spool_that_the_queue_refuses_is_not_offered_again_and_again(
+        aws_endpoint, tmp_path, monkeypatch):  # noqa: F811
+    """Once PROBE_REACH entries or more are held, the probe comes from the spool. It was always the entry
+    PROBE_REACH from the oldest: if that one is bad on its own (a busy window over a lowered
+    MaximumMessageSize), every probe was refused and the heartbeats held around it waited for up to 23 h,
+    the freeze the probe is there to end. A refused probe moves the next one to another entry in reach."""
+    from kubesonar.sensor import spool as spool_module
+    from kubesonar.sensor.queues.refusals import DropRefused
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_endpoint)
+    monkeypatch.setattr(spool_module, "PROBE_REACH", 3)  # as 256 behaves, with fewer windows
+    sqs = client("sqs", aws_endpoint)
+    url = sqs.create_queue(QueueName=f"lowered-{uuid.uuid4().hex[:10]}",
+                           Attributes={"MaximumMessageSize": "1024"})["QueueUrl"]
+    queue = DropRefused(SqsQueue(url))
+    backoff_s = 0.3
+    spool = spool_module.SpoolingPublisher(queue, tmp_path / "spool", outage_backoff_s=(backoff_s, backoff_s))
+
+    def window(sequence: int, flows: int) -> list[Message]:
+        records = FlowRecords.empty(flows)
+        records.columns["first_ts"] = np.random.default_rng(sequence).integers(0, 2**62, flows)  # incompressible
+        return window_messages(BatchHeader("prod", "node-1", "node-1/18ebe3a3", sequence, sequence, sequence + 1),
+                               records, LIMIT)
+
+    spool.publish(window(0, 100))  # busy: refused, dropped (it may be the one bad window)
+    spool.publish(window(1, 100))  # busy: refused too, the hold starts
+    spool.publish(window(2, 0))  # within the backoff: spooled, a heartbeat the queue would take
+    spool.publish(window(3, 100))  # within the backoff: spooled; the entry PROBE_REACH from the oldest
+    assert (queue.refused, queue.refusing_all, spool.stats.depth) == (1, True, 3)
+    for sequence in range(4, 8):  # heartbeats, each once the backoff has passed: the probe is from the spool
+        time.sleep(backoff_s * 1.2)
+        spool.publish(window(sequence, 0))
+    got = []
+    while batch := sqs.receive_message(QueueUrl=url, MessageAttributeNames=["All"], MaxNumberOfMessages=10,
+                                       WaitTimeSeconds=0).get("Messages", []):
+        got += [int(m["MessageAttributes"]["key"]["StringValue"].split("/")[2]) for m in batch]
+    assert sorted(got) == [2, 4, 5, 6, 7], f"delivered {got}, depth {spool.stats.depth}, refused {queue.refused}"
+    assert (queue.refused, queue.refusing_all, spool.stats.depth, spool.stats.dropped) == (3, False, 0, 0)
+
+
+def test_a_hold_is_not_retried_as_an_outage(aws_endpoint, tmp_path, monkeypatch):  # noqa: F811
+    """A hold raises QueueRefusingAll, a QueueUnavailable, and the spool's short retries took it for a
+    passing fault: the window that starts a hold (and, after a restart, the first held one drained) was sent
+    three times to a queue that had refused it for good, the capture loop waited up to a second meanwhile,
+    and publish_retries counted two retries of a refusal."""
+    from kubesonar.compose import build_sensor
+    from kubesonar.sensor.live import SensorSettings, Window
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", aws_endpoint)
+    sqs = client("sqs", aws_endpoint)
+    url = sqs.create_queue(QueueName=f"lowered-{uuid.uuid4().hex[:10]}",
+                           Attributes={"MaximumMessageSize": "1024"})["QueueUrl"]
+    spool = tmp_path / "spool"
+
+    def window(sequence: int) -> Window:
+        records = FlowRecords.empty(100)
+        records.columns["first_ts"] = np.random.default_rng(sequence).integers(0, 2**62, 100)  # incompressible
+        return Window(BatchHeader("prod", "node-1", "node-1/18ebe3a3", sequence, sequence, sequence + 1), records)
+
+    live = build_sensor(SensorSettings(("lo",), node="node-1"), url, str(spool), 1 << 20)
+    for sequence in range(2):  # the first dropped, the second starts the hold
+        live.sink(window(sequence))
+    counters = live.extra_counters()
+    assert (counters["queue_refusing_all"], counters["publish_retries"]) == (1, 0)
+    restarted = build_sensor(SensorSettings(("lo",), node="node-1"), url, str(spool), 1 << 20)
+    restarted.sink(window(2))  # drains the held window first: refused, still held
+    counters = restarted.extra_counters()
+    assert (counters["queue_refusing_all"], counters["spool_depth"], counters["publish_retries"]) == (1, 2, 0)
+
+
 def test_a_missing_sqs_queue_stays_retryable(aws_endpoint):  # noqa: F811
     """A refusal about the queue (or the credentials) heals once it is fixed: the spool keeps the batch."""
     from kubesonar.shared.errors import MessageRefused
