@@ -1,0 +1,49 @@
+"""Kept state is bounded by the cluster's present, not its history: weeks of destinations that rotate (a
+CDN's, a SaaS's, webhook customers') leave the detectors that key state by remote address holding the last
+few days of them, while a steady beacon among them is still caught (lab/state_growth.py measures the
+whole core under such churn)."""
+
+from __future__ import annotations
+
+from kubesonar.shared.detectors import IDLE_FORGET_NS, batch_of
+from kubesonar.shared.detectors.beaconing import BeaconingDetector
+from kubesonar.shared.detectors.reverse_shell import ReverseShellDetector
+from kubesonar.shared.detectors.tls_bare_ip import TlsBareIpDetector
+from tests.c2_flows import c2_flows
+
+S = 1_000_000_000
+DAY = 86_400 * S
+START = 1_800_000_000 * S
+PER_DAY = 40  # new remote addresses a day
+CLIENT = ("shop", "Deployment", "media-proxy")
+
+
+def _day(day: int) -> list[dict]:
+    """A day of a workload fetching from that day's addresses, three times each, plus a beacon to one
+    address every 10 minutes over the day's last 2 hours."""
+    rows = [{"src": "10.244.0.5", "dst": f"198.{18 + day // 200}.{day % 200}.{i + 1}", "t": START + day * DAY + k * 3600 * S + i * S,
+             "src_workload": CLIENT, "dport": 443} for k in range(3) for i in range(PER_DAY)]
+    beacon = [{"src": "10.244.0.9", "dst": "203.0.113.99", "t": START + day * DAY + 22 * 3600 * S + k * 600 * S,
+               "src_workload": ("shop", "Deployment", "reviews"), "dport": 8443, "out": 900, "in": 2400}
+              for k in range(12)]
+    return sorted(rows + beacon, key=lambda r: r["t"])
+
+
+def test_detectors_keyed_by_remote_address_forget_what_rotated_away():
+    beaconing, shells, bare = BeaconingDetector(0, max_pairs=5_000), ReverseShellDetector(), TlsBareIpDetector()
+    beacon_days = []
+    for day in range(30):
+        batch = batch_of(c2_flows(_day(day)))
+        if any(f.type == "beaconing" and f.source["workload"] == "shop/Deployment/reviews"
+               for f in beaconing.observe(batch)):
+            beacon_days.append(day)
+        shells.observe(batch)
+        bare.observe(batch)
+    days_kept = IDLE_FORGET_NS // DAY + 1
+    # 30 days made 1,200 channels and addresses; the last few days' are kept
+    assert len(beaconing.state.channels) <= days_kept * PER_DAY + 1, len(beaconing.state.channels)
+    assert len(beaconing.state.destinations) <= days_kept * PER_DAY + 1, len(beaconing.state.destinations)
+    assert len(shells.state.servers) <= days_kept * PER_DAY + 1, len(shells.state.servers)
+    assert len(bare.state.servers) <= days_kept * PER_DAY + 1, len(bare.state.servers)
+    assert beacon_days and beacon_days[0] == 0  # what detection needs stays: the beacon is caught
+    assert "shop/Deployment/reviews" in {c.source for c in beaconing.state.channels}
