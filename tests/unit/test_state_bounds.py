@@ -47,3 +47,30 @@ def test_detectors_keyed_by_remote_address_forget_what_rotated_away():
     assert len(bare.state.servers) <= days_kept * PER_DAY + 1, len(bare.state.servers)
     assert beacon_days and beacon_days[0] == 0  # what detection needs stays: the beacon is caught
     assert "shop/Deployment/reviews" in {c.source for c in beaconing.state.channels}
+
+
+def test_new_workload_forgets_workloads_gone_for_weeks_and_keeps_the_ones_still_running():
+    """Sixty days of a release's bare Job a day (a workload of its own name, run once): the baseline holds
+    the workloads of the last 40 days, the steady ones stay learned (never reported) and a month-old Job
+    that comes back is still known."""
+    from kubesonar.shared.detectors.new_workload import FORGET_AFTER_NS, NewWorkloadDetector
+
+    detector = NewWorkloadDetector(learning_period_ns=DAY)
+    reported = []
+    for day in range(60):
+        t = START + day * DAY
+        rows = [{"src": "10.244.1.1", "dst": "10.244.2.2", "t": t + 60 * S, "src_workload": ("shop", "Deployment", "web"),
+                 "dst_workload": ("shop", "StatefulSet", "db"), "dport": 5432},
+                {"src": f"10.245.{day}.1", "dst": "10.244.2.2", "t": t + 120 * S, "dst_workload": ("shop", "StatefulSet", "db"),
+                 "src_workload": ("shop", "Job", f"db-migrate-{day:04d}"), "dport": 5432}]
+        if day == 50:  # the first day's Job run again, 50 days on (forgotten) ... and day 30's (still known)
+            rows += [{**rows[1], "src_workload": ("shop", "Job", "db-migrate-0000")},
+                     {**rows[1], "src_workload": ("shop", "Job", "db-migrate-0030")}]
+        found = [f.source["workload"] for f in detector.observe(batch_of(c2_flows(rows)))]
+        reported += found
+        if day == 50:
+            assert sorted(found) == ["shop/Job/db-migrate-0000", "shop/Job/db-migrate-0050"]  # gone 50 days: new
+    kept = detector.state.workloads
+    assert len(kept) <= FORGET_AFTER_NS // DAY + 3, len(kept)
+    assert {"shop/Deployment/web", "shop/StatefulSet/db"} <= set(kept)
+    assert "shop/Deployment/web" not in reported
