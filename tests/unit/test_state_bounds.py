@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from kubesonar.shared.detectors import IDLE_FORGET_NS, batch_of
 from kubesonar.shared.detectors.beaconing import BeaconingDetector
+from kubesonar.shared.detectors.long_connection import LongConnectionDetector
 from kubesonar.shared.detectors.reverse_shell import ReverseShellDetector
 from kubesonar.shared.detectors.tls_bare_ip import TlsBareIpDetector
 from tests.c2_flows import c2_flows
@@ -31,6 +32,7 @@ def _day(day: int) -> list[dict]:
 
 def test_detectors_keyed_by_remote_address_forget_what_rotated_away():
     beaconing, shells, bare = BeaconingDetector(0, max_pairs=5_000), ReverseShellDetector(), TlsBareIpDetector()
+    long = LongConnectionDetector(0)
     beacon_days = []
     for day in range(30):
         batch = batch_of(c2_flows(_day(day)))
@@ -39,12 +41,14 @@ def test_detectors_keyed_by_remote_address_forget_what_rotated_away():
             beacon_days.append(day)
         shells.observe(batch)
         bare.observe(batch)
+        long.observe(batch)
     days_kept = IDLE_FORGET_NS // DAY + 1
     # 30 days made 1,200 channels and addresses; the last few days' are kept
     assert len(beaconing.state.channels) <= days_kept * PER_DAY + 1, len(beaconing.state.channels)
     assert len(beaconing.state.destinations) <= days_kept * PER_DAY + 1, len(beaconing.state.destinations)
     assert len(shells.state.servers) <= days_kept * PER_DAY + 1, len(shells.state.servers)
     assert len(bare.state.servers) <= days_kept * PER_DAY + 1, len(bare.state.servers)
+    assert len(long.state.users) <= days_kept * PER_DAY + 1, len(long.state.users)
     assert beacon_days and beacon_days[0] == 0  # what detection needs stays: the beacon is caught
     assert "shop/Deployment/reviews" in {c.source for c in beaconing.state.channels}
 
