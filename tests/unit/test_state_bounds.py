@@ -78,3 +78,38 @@ def test_new_workload_forgets_workloads_gone_for_weeks_and_keeps_the_ones_still_
     assert len(kept) <= FORGET_AFTER_NS // DAY + 3, len(kept)
     assert {"shop/Deployment/web", "shop/StatefulSet/db"} <= set(kept)
     assert "shop/Deployment/web" not in reported
+
+
+def _refused(rows: list[dict]):
+    """c2_flows with the connections whose ``flags_in`` is RST|ACK refused (ConnState.REJECTED)."""
+    from kubesonar.shared.flow import ConnState
+
+    records = c2_flows(rows)
+    refused = records.columns["flags_in"] == 0x14
+    records.columns["state"][refused] = int(ConnState.REJECTED)
+    records.columns["packets_in"][refused] = 1
+    return records
+
+
+def test_port_scan_remembers_the_last_days_of_contacts_and_sources():
+    """Thirty days of pods replaced daily: each day's client pod (an address of its own, no workload name)
+    contacts that day's 100 server pods. The contacts tried and the walks kept are the last days', not the
+    month's 3,000 contacts and 30 sources; a scan after it all is still caught."""
+    from kubesonar.shared.detectors.port_scan import PortScanDetector
+
+    detector = PortScanDetector()
+    for day in range(30):
+        t = START + day * DAY
+        rows = [{"src": f"10.246.{day}.1", "dst": f"10.247.{day}.{i + 1}", "t": t + i * S, "dport": 8080,
+                 "dst_workload": ("shop", "Deployment", "api")} for i in range(100)]
+        rows.append({"src": f"10.246.{day}.1", "dst": "10.247.255.1", "t": t + 200 * S, "dport": 9999,
+                     "flags_in": 0x14})  # one refused: the day's walk is kept
+        detector.observe(batch_of(_refused(rows)))
+    contacts = len(detector.state.newer_contacts) + len(detector.state.older_contacts)
+    days_kept = 2 * IDLE_FORGET_NS // DAY + 1
+    assert contacts <= days_kept * 101, contacts
+    assert len(detector.state.sources) <= IDLE_FORGET_NS // DAY + 1, sorted(detector.state.sources)
+    t = START + 30 * DAY
+    scan = [{"src": "10.246.99.9", "dst": f"10.248.0.{i + 1}", "t": t + i * S, "dport": 22, "flags_in": 0x14,
+             "in": 0} for i in range(60)]
+    assert any(f.type == "port_scan" for f in detector.observe(batch_of(_refused(scan))))
