@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from kubesonar.shared.batch import Batch
 
 SECOND = 1_000_000_000
+_HOUR = 3600 * SECOND
 QUIET_BYTES_PER_S = 1000.0
 
 
@@ -52,8 +53,8 @@ class LongConnectionState:
     holders: dict[str, int] = field(default_factory=dict)  # subject -> last long connection held unflagged
     users: dict[str, list[str]] = field(default_factory=dict)  # remote address -> first few subjects
     reported: dict[Pair, None] = field(default_factory=dict)  # (subject, address:port), oldest first
-    # remote address -> when last reached (data time): addresses quiet for IDLE_FORGET_NS are forgotten,
-    # so rotating destinations do not fill ``users`` with the past
+    # remote address -> the hour (of data time) it was last reached: addresses quiet for IDLE_FORGET_NS are
+    # forgotten, so rotating destinations do not fill ``users`` with the past (hours: a short number each)
     seen: dict[str, int] = field(default_factory=dict)
 
 
@@ -99,7 +100,7 @@ class LongConnectionDetector(Detector[LongConnectionState, _Assessment]):
         keys = subject_keys(flows, rows)
         addresses = [address_text(a) for a in flows["dst_addr"][rows]]
         for address, ts in zip(addresses, flows["last_ts"][rows].tolist(), strict=True):
-            out.seen[address] = max(ts, out.seen.get(address, ts))
+            out.seen[address] = max(ts // _HOUR, out.seen.get(address, 0))
         for key, address in zip(keys, addresses, strict=True):
             users = out.users.get(address) or list(self.state.users.get(address, []))
             if key not in users and len(users) < self.rare_below:
@@ -129,7 +130,7 @@ class LongConnectionDetector(Detector[LongConnectionState, _Assessment]):
         return out
 
     def _forget_quiet(self, seen: dict[str, int]) -> None:
-        """Note when each address was reached; forget the users of those quiet for IDLE_FORGET_NS."""
+        """Note the hour each address was reached; forget the users of those quiet for IDLE_FORGET_NS."""
         if not seen:
             return
         self.touched = True
@@ -139,7 +140,7 @@ class LongConnectionDetector(Detector[LongConnectionState, _Assessment]):
             known[address] = now
         for address, ts in seen.items():
             known[address] = max(ts, known.get(address, ts))
-        since = now - IDLE_FORGET_NS
+        since = now - IDLE_FORGET_NS // _HOUR
         self.state.seen = {a: ts for a, ts in known.items() if ts >= since}
         self.state.users = {a: u for a, u in self.state.users.items() if a in self.state.seen}
 
