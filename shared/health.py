@@ -9,7 +9,9 @@ kernel_packets, kernel_drops, ...), one batch at least every window, traffic or 
 
 Silence is noticed when any batch arrives (another node's) or on a scheduled check
 (:func:`kubesonar.shared.pipeline.check_sensors`), so a whole cluster going silent is seen too.
-Nodes are the unit (a restarted sensor has a new id, on the same node).
+Nodes are the unit (a restarted sensor has a new id, on the same node). A node silent for a day, its
+silence reported, is forgotten (``forget_after_s``): the autoscaler replaces nodes, and a health document
+that kept every node the cluster ever had would grow with its history, read and written per batch.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from kubesonar.shared.alerts import Finding
 from kubesonar.shared.batch import BatchHeader
 
 SECOND = 1_000_000_000
+FORGET_AFTER_S = 24 * 3600.0  # as the applied log forgets a sensor (shared/applied.py)
 
 
 class SensorHealth:
-    def __init__(self, silent_after_s: float = 60.0, min_drops: int = 1000, drop_ratio: float = 0.01):
+    def __init__(self, silent_after_s: float = 60.0, min_drops: int = 1000, drop_ratio: float = 0.01,
+                 forget_after_s: float = FORGET_AFTER_S):
         self.silent_after_ns = int(silent_after_s * SECOND)
+        self.forget_after_ns = max(int(forget_after_s * SECOND), 2 * self.silent_after_ns)
         self.min_drops, self.drop_ratio = min_drops, drop_ratio
         self._state: dict[str, Any] = {"nodes": {}}
         self.touched = False  # whether the state changed (the core skips writing it back when not)
@@ -34,6 +39,7 @@ class SensorHealth:
 
     def from_state(self, state: dict[str, Any] | None) -> SensorHealth:
         self._state = state or {"nodes": {}}
+        self.touched = False
         return self
 
     def observe(self, header: BatchHeader, now_ns: int) -> list[Finding]:
@@ -69,10 +75,16 @@ class SensorHealth:
         return [_finding("sensor_drops", node, header.window_start_ns, header.window_end_ns, evidence)]
 
     def check(self, now_ns: int) -> list[Finding]:
-        """Nodes whose sensors have been silent too long (reported once per silence)."""
+        """Nodes whose sensors have been silent too long (reported once per silence); those silent past
+        ``forget_after_s``, their silence reported, are forgotten (``touched`` says so)."""
         findings = []
-        for node, s in self._state["nodes"].items():
+        nodes = self._state["nodes"]
+        for node, s in list(nodes.items()):
             quiet = now_ns - s["last_seen_ns"]
+            if s["silent"] and quiet > self.forget_after_ns:
+                del nodes[node]
+                self.touched = True
+                continue
             # the stored time may lag the last heartbeat by up to a third of the bound (observe)
             if quiet > self.silent_after_ns + self.silent_after_ns // 3 and not s["silent"]:
                 s["silent"] = True

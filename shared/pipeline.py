@@ -318,6 +318,7 @@ def _apply_health(deps: Dependencies, cluster: str, items: list[tuple[str, Batch
             found.extend((item_id, f) for f in health.observe(batch.header, now))
             touched |= health.touched
         found.extend((items[0][0], f) for f in health.check(now))
+        touched |= health.touched  # the check may have forgotten nodes long gone
         if not touched and not found and stored is not None:
             return stored
         return {"state": health.to_state()}
@@ -469,7 +470,7 @@ def check_sensors(deps: Dependencies, cluster: str) -> ProcessResult:
     def step(stored: dict | None) -> dict | None:
         health.from_state((stored or {}).get("state"))
         found[:] = health.check(deps.clock.now_ns())
-        return {"state": health.to_state()} if found else stored
+        return {"state": health.to_state()} if found or health.touched else stored
 
     update_document(deps.store, f"state/{cluster}/sensor_health.json", step)
     result = ProcessResult(flows=0)

@@ -40,9 +40,11 @@ def servers_in(flows: FlowRecords) -> dict[str, int]:
     return served
 
 
-def merge_servers(known: dict[str, int], seen: dict[str, int], most: int) -> dict[str, int]:
-    """``known`` with ``seen`` added, keeping the ``most`` subjects that answered most recently."""
-    merged = dict(known)
+def merge_servers(known: dict[str, int], seen: dict[str, int], most: int, since_ns: int | None = None
+                  ) -> dict[str, int]:
+    """``known`` with ``seen`` added, keeping the ``most`` subjects that answered most recently and,
+    with ``since_ns``, only those that answered since then."""
+    merged = dict(known) if since_ns is None else {k: ts for k, ts in known.items() if ts >= since_ns}
     for key, ts in seen.items():
         merged[key] = max(ts, merged.get(key, ts))
     if len(merged) > most:

@@ -4,6 +4,7 @@ kept as a typed, versioned document. The interface is :class:`Detector` (shared/
 from __future__ import annotations
 
 from kubesonar.shared.detectors.base import (
+    IDLE_FORGET_NS,
     Detector,
     LearningClock,
     Pair,
@@ -17,6 +18,5 @@ from kubesonar.shared.detectors.base import (
     without_flagged,
 )
 
-__all__ = ["Detector", "LearningClock", "Pair", "Score", "StateMigrationError", "batch_of", "bounded", "clock_from_v0",
-           "decide_alarms",
-           "observe_all", "without_flagged"]
+__all__ = ["IDLE_FORGET_NS", "Detector", "LearningClock", "Pair", "Score", "StateMigrationError", "batch_of", "bounded",
+           "clock_from_v0", "decide_alarms", "observe_all", "without_flagged"]

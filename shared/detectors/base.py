@@ -309,8 +309,18 @@ def clock_from_v0(document: dict[str, Any]) -> dict[str, Any]:
     return {"until_ns": document.get("learning_until_ns"), "ended": bool(document.get("learning_ended", False))}
 
 
-def bounded(mapping: dict[Any, Any], most: int, recency: str = "last_ns") -> dict[Any, Any]:
-    """Keep the ``most`` entries most recently updated (by their ``recency`` attribute)."""
+# Entries keyed by what churns (remote addresses that rotate, pods' addresses) and untouched this long in
+# data time are forgotten: kept, they made state documents, read and written per batch, grow with the
+# cluster's history up to their caps instead of with its present.
+IDLE_FORGET_NS = 3 * 24 * 3600 * 1_000_000_000
+
+
+def bounded(mapping: dict[Any, Any], most: int, recency: str = "last_ns", since_ns: int | None = None
+            ) -> dict[Any, Any]:
+    """Keep the ``most`` entries most recently updated (by their ``recency`` attribute), and with
+    ``since_ns`` only those updated since then."""
+    if since_ns is not None:
+        mapping = {k: v for k, v in mapping.items() if getattr(v, recency) >= since_ns}
     if len(mapping) <= most:
         return mapping
     keep = sorted(mapping, key=lambda k: getattr(mapping[k], recency))[-most:]

@@ -37,7 +37,8 @@ are left out for the same reason, and so are CronJobs: their clock is declared i
 Catches: fixed-interval and jittered beacons (Cobalt Strike, Sliver, Empire, Metasploit reverse
 HTTP(S), RATs) after 7 check-ins without jitter, about 17 with +-20%, in new connections or inside
 one session (mTLS implants, RAT keep-alives). Misses: beacons with jitter over about +-60%,
-randomised sizes across connections, intervals of a second or less, C2 through a popular service
+randomised sizes across connections, intervals of a second or less or over three days (a channel quiet
+for ``IDLE_FORGET_NS`` of data time is forgotten), C2 through a popular service
 (domain fronting, cloud storage), or from a CronJob's pods; session heartbeats before the sensor
 fills schema 4's gap columns.
 False positives: periodic integrations to a rarely used external host (webhooks, licence checks,
@@ -60,7 +61,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from kubesonar.shared.detectors.base import Detector, Score, StateMigrationError, bounded, clock_from_v0
+from kubesonar.shared.detectors.base import (
+    IDLE_FORGET_NS,
+    Detector,
+    Score,
+    StateMigrationError,
+    bounded,
+    clock_from_v0,
+)
 from kubesonar.shared.flow import FlowRecords, address_text, client_named, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
@@ -337,8 +345,11 @@ class BeaconingDetector(Detector[BeaconingState, _Assessment]):
         self.touched = True
         self.state.channels.update(assessment.channels)
         self.state.destinations.update(assessment.destinations)
-        self.state.channels = bounded(self.state.channels, self.max_pairs)
-        self.state.destinations = bounded(self.state.destinations, self.max_pairs * 4)
+        # channels and remote addresses quiet for IDLE_FORGET_NS of data time are forgotten: rotating
+        # destinations (CDNs, SaaS, webhook customers) would otherwise fill the caps with the past
+        since = max(h.last_ns for h in assessment.channels.values()) - IDLE_FORGET_NS
+        self.state.channels = bounded(self.state.channels, self.max_pairs, since_ns=since)
+        self.state.destinations = bounded(self.state.destinations, self.max_pairs * 4, since_ns=since)
 
     def _rare(self, out: _Assessment, channel: Channel) -> bool:
         users = out.destinations.get(channel.address) or self.state.destinations.get(channel.address)

@@ -255,6 +255,13 @@ class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
         """The windows take this batch's names (there is no baseline: a tunnel is judged by its shape)."""
         if len(assessment.windows) or self.state.windows:
             self.state.windows.update(assessment.windows)
+            # a window over for an hour more is dead (its next question starts a new one): forgotten, or
+            # every (client, domain) the cluster ever asked about would stay, up to the cap
+            now = max((w.last_ns for w in assessment.windows.values()), default=None)
+            before = len(self.state.windows)
+            self.state.windows = {pair: w for pair, w in self.state.windows.items()
+                                  if now is None or w.window_start_ns + 2 * self.window_ns >= now}
+            self.touched |= len(self.state.windows) < before
             self.state.windows = bounded(self.state.windows, self.max_pairs)
         self.touched |= assessment.new_names or bool(assessment.windows)
 

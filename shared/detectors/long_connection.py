@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kubesonar.shared.detectors.base import Detector, Pair, Score
+from kubesonar.shared.detectors.base import IDLE_FORGET_NS, Detector, Pair, Score
 from kubesonar.shared.flow import address_text
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from kubesonar.shared.batch import Batch
 
 SECOND = 1_000_000_000
+_HOUR = 3600 * SECOND
 QUIET_BYTES_PER_S = 1000.0
 
 
@@ -52,6 +53,9 @@ class LongConnectionState:
     holders: dict[str, int] = field(default_factory=dict)  # subject -> last long connection held unflagged
     users: dict[str, list[str]] = field(default_factory=dict)  # remote address -> first few subjects
     reported: dict[Pair, None] = field(default_factory=dict)  # (subject, address:port), oldest first
+    # remote address -> the hour (of data time) it was last reached: addresses quiet for IDLE_FORGET_NS are
+    # forgotten, so rotating destinations do not fill ``users`` with the past (hours: a short number each)
+    seen: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,6 +63,7 @@ class _Assessment:
     first_ts: int | None = None
     holders: dict[str, int] = field(default_factory=dict)
     users: dict[str, list[str]] = field(default_factory=dict)
+    seen: dict[str, int] = field(default_factory=dict)
     scores: list[Score] = field(default_factory=list)
 
 
@@ -76,12 +81,14 @@ class LongConnectionDetector(Detector[LongConnectionState, _Assessment]):
         return LongConnectionState()
 
     def _encode(self, state: LongConnectionState) -> dict[str, Any]:
-        return {"holders": state.holders, "users": state.users, "reported": [list(p) for p in state.reported]}
+        return {"holders": state.holders, "users": state.users, "reported": [list(p) for p in state.reported],
+                "seen": state.seen}
 
     def _decode(self, document: dict[str, Any]) -> LongConnectionState:
         return LongConnectionState({k: int(v) for k, v in document["holders"].items()},
                                    {k: list(v) for k, v in document["users"].items()},
-                                   dict.fromkeys(Pair(*p) for p in document["reported"]))
+                                   dict.fromkeys(Pair(*p) for p in document["reported"]),
+                                   {k: int(v) for k, v in document.get("seen", {}).items()})
 
     def _assess(self, batch: Batch) -> _Assessment:
         flows = batch.flows
@@ -92,6 +99,8 @@ class LongConnectionDetector(Detector[LongConnectionState, _Assessment]):
         rows = self.zones.outside(flows, np.flatnonzero(np.isin(flows["proto"], (6, 17))))
         keys = subject_keys(flows, rows)
         addresses = [address_text(a) for a in flows["dst_addr"][rows]]
+        for address, ts in zip(addresses, flows["last_ts"][rows].tolist(), strict=True):
+            out.seen[address] = max(ts // _HOUR, out.seen.get(address, 0))
         for key, address in zip(keys, addresses, strict=True):
             users = out.users.get(address) or list(self.state.users.get(address, []))
             if key not in users and len(users) < self.rare_below:
@@ -120,6 +129,21 @@ class LongConnectionDetector(Detector[LongConnectionState, _Assessment]):
         out.scores = list(scored.values())
         return out
 
+    def _forget_quiet(self, seen: dict[str, int]) -> None:
+        """Note the hour each address was reached; forget the users of those quiet for IDLE_FORGET_NS."""
+        if not seen:
+            return
+        self.touched = True
+        now = max(seen.values())
+        known = self.state.seen
+        for address in self.state.users.keys() - known.keys():  # a document of before: from now on
+            known[address] = now
+        for address, ts in seen.items():
+            known[address] = max(ts, known.get(address, ts))
+        since = now - IDLE_FORGET_NS // _HOUR
+        self.state.seen = {a: ts for a, ts in known.items() if ts >= since}
+        self.state.users = {a: u for a, u in self.state.users.items() if a in self.state.seen}
+
     def _scores(self, assessment: _Assessment) -> list[Score]:
         return assessment.scores
 
@@ -135,8 +159,9 @@ class LongConnectionDetector(Detector[LongConnectionState, _Assessment]):
             if key not in flagged_subjects:
                 self.state.holders[key] = max(ts, self.state.holders.get(key, 0))
         self.state.users.update(assessment.users)
+        self._forget_quiet(assessment.seen)
         self.state.reported.update(dict.fromkeys(s.subject for s in assessment.scores if s.flagged))
-        for name in ("holders", "users", "reported"):
+        for name in ("holders", "users", "seen", "reported"):
             table = getattr(self.state, name)
             if len(table) > self.max_subjects:
                 setattr(self.state, name, dict(list(table.items())[-self.max_subjects:]))

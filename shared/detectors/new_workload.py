@@ -11,6 +11,10 @@ traffic; a known workload whose pods run images from a repository it never ran (
 namespace, kind, name and image repositories: a release, a new tag or digest of the same image, is
 not new). Misses: workloads that stay silent; pods outside the inventory (named by IP, not judged);
 a miner pushed under the workload's own repository.
+Kept: the workloads seen in the last ``FORGET_AFTER_NS`` of data time (40 days: a monthly CronJob stays
+known), at most ``MAX_WORKLOADS``; one gone longer is new again when it comes back. Without it the baseline
+kept every workload the cluster ever ran (a release's bare Jobs, bare pods), read and written per batch.
+
 False positives: deliberate new applications, or releases that switch image repository (allowlist
 the namespace or workload, or end learning again after a rollout); scheduled jobs first run after
 learning.
@@ -40,6 +44,9 @@ if TYPE_CHECKING:
     from kubesonar.shared.batch import Batch
 
 _Sighting = tuple[str, str, dict[str, str], int, str, str]  # key, images, endpoint, first seen, kind, name
+FORGET_AFTER_NS = 40 * 24 * 3600 * 1_000_000_000
+MAX_WORKLOADS = 10_000
+_SEEN_EVERY_NS = 3600 * 1_000_000_000  # a known workload's last sighting is refreshed at most this often
 
 
 @dataclass
@@ -47,6 +54,7 @@ class KnownWorkload:
     first_seen_ns: int
     status: str  # "learned" (part of the baseline) or "flagged" (reported, never learned)
     images: dict[str, str] = field(default_factory=dict)  # image repositories -> learned or flagged
+    last_seen_ns: int | None = None  # None: stored before it was kept (taken as the next batch's time)
 
 
 @dataclass
@@ -61,6 +69,7 @@ class _Assessment:
     scores: list[Score] = field(default_factory=list)
     workloads: dict[str, KnownWorkload] = field(default_factory=dict)  # entries this batch changed
     judged: list[tuple[str, str, bool]] = field(default_factory=list)  # (key, images, a new workload) scored
+    end_ns: int = 0  # the latest sighting
 
 
 def repositories(images: str) -> str:
@@ -179,7 +188,22 @@ class NewWorkloadDetector(Detector[NewWorkloadState, _Assessment]):
             out.judged.append((key, images, entry is None))
             out.scores.append(Score(key, 1.0, True, endpoint, seen, seen, evidence, warming_up=out.learning,
                                     identity=identity))
+        self._refresh_sightings(sightings, out)
         return out
+
+    def _refresh_sightings(self, sightings: list[_Sighting], out: _Assessment) -> None:
+        """Each sighted workload's last sighting, in a changed entry when it moved on by an hour or more
+        (a known workload is not rewritten for every batch it appears in)."""
+        for key, _, _, seen, _, _ in sightings:
+            out.end_ns = max(out.end_ns, seen)
+            entry = out.workloads.get(key)
+            if entry is None:
+                known = self.state.workloads[key]
+                if known.last_seen_ns is not None and seen - known.last_seen_ns < _SEEN_EVERY_NS:
+                    continue
+                entry = out.workloads[key] = KnownWorkload(known.first_seen_ns, known.status, dict(known.images),
+                                                           known.last_seen_ns)
+            entry.last_seen_ns = max(entry.last_seen_ns or seen, seen)
 
     def _scores(self, assessment: _Assessment) -> list[Score]:
         return assessment.scores
@@ -201,4 +225,19 @@ class NewWorkloadDetector(Detector[NewWorkloadState, _Assessment]):
                 entry.images[images] = status
         for key, entry in assessment.workloads.items():
             self.state.workloads[key] = entry
+            self.touched = True
+        self._forget_gone(assessment.end_ns)
+
+    def _forget_gone(self, now_ns: int) -> None:
+        """Forget workloads unseen for FORGET_AFTER_NS, then all but the MAX_WORKLOADS seen last."""
+        workloads = self.state.workloads
+        for entry in workloads.values():
+            if entry.last_seen_ns is None:  # a document of before: its workloads' time starts now
+                entry.last_seen_ns = now_ns
+                self.touched = True
+        kept = {k: w for k, w in workloads.items() if now_ns - w.last_seen_ns < FORGET_AFTER_NS}
+        if len(kept) > MAX_WORKLOADS:
+            kept = dict(sorted(kept.items(), key=lambda kw: kw[1].last_seen_ns)[-MAX_WORKLOADS:])
+        if len(kept) < len(workloads):
+            self.state.workloads = kept
             self.touched = True

@@ -20,7 +20,8 @@ computed vectorised for a whole batch (cumulative sums per group, the floor by L
 and never loop per flow.
 
 Misses: scans slower than the state's memory of contacts (the newest 131,072 to 262,144 across all
-sources: two generations of sorted hashes), scans of open ports only
+sources: two generations of sorted hashes, each of at most ``IDLE_FORGET_NS`` of data time) or than its
+memory of a quiet source's walk (``IDLE_FORGET_NS``), scans of open ports only
 (they succeed), and scans spread over many sources (each is tested alone).
 
 False positives: a client retrying many endpoints that are all down; service discovery that probes
@@ -48,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
+from kubesonar.shared.detectors.base import IDLE_FORGET_NS, Detector, Pair, Score, bounded, clock_from_v0
 from kubesonar.shared.flow import ConnState, FlowRecords, address_text, mix64
 from kubesonar.shared.identity import endpoint, workload_key
 
@@ -93,6 +94,9 @@ class PortScanState:
     # half of max_contacts it becomes the older one and the oldest contacts are forgotten
     newer_contacts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
     older_contacts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.uint64))
+    # data time the newer generation started: it also turns older after IDLE_FORGET_NS, so the contacts
+    # of a cluster whose pods' addresses churn are those of the last days, not as many as the cap allows
+    newer_since_ns: int | None = None
 
 
 @dataclass
@@ -123,6 +127,7 @@ class _Trials:
 class _Assessment:
     scores: list[Score] = field(default_factory=list)
     new_contacts: np.ndarray | None = None
+    end_ns: int = 0  # the batch's latest flow end
     sources: dict[str, SourceWalk] = field(default_factory=dict)  # the walks as this batch leaves them
     hosts: dict[Pair, HostWalk | None] = field(default_factory=dict)  # per-host walks it changed (None: back to 0)
 
@@ -154,12 +159,14 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
     def _encode(self, state: PortScanState) -> dict[str, Any]:
         return {"sources": {key: vars(w) for key, w in state.sources.items()},
                 "hosts": [[*pair, w.log_likelihood_ratio, w.last_ns] for pair, w in state.hosts.items()],
-                "newer_contacts": _pack(state.newer_contacts), "older_contacts": _pack(state.older_contacts)}
+                "newer_contacts": _pack(state.newer_contacts), "older_contacts": _pack(state.older_contacts),
+                "newer_since_ns": state.newer_since_ns}
 
     def _decode(self, document: dict[str, Any]) -> PortScanState:
         sources = {key: SourceWalk(**w) for key, w in document["sources"].items()}
         hosts = {Pair(src, dst): HostWalk(float(llr), int(t)) for src, dst, llr, t in document["hosts"]}
-        return PortScanState(sources, hosts, _unpack(document["newer_contacts"]), _unpack(document["older_contacts"]))
+        return PortScanState(sources, hosts, _unpack(document["newer_contacts"]), _unpack(document["older_contacts"]),
+                             document.get("newer_since_ns"))
 
     def _upgrade(self, document: dict[str, Any], version: int) -> dict[str, Any]:
         """Version 1 had no per-host walks: they start at 0, as they would have after a quiet spell."""
@@ -194,6 +201,7 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
         contacts = self._contacts(batch.flows)
         if contacts is None:
             return out
+        out.end_ns = int(batch.flows["last_ts"].max())
         trials = self._first_contacts(contacts)
         if trials is not None:
             walk, peak = self._walk(trials)
@@ -210,14 +218,16 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
         source's walk is its evidence and stays (a scanner is not forgiven by its next batch)."""
         if assessment.new_contacts is None:
             return
-        self._remember(assessment.new_contacts)
+        self._remember(assessment.new_contacts, assessment.end_ns)
         self.state.sources.update(assessment.sources)
         for pair, host in assessment.hosts.items():
             if host is None:
                 self.state.hosts.pop(pair, None)
             else:
                 self.state.hosts[pair] = host
-        self.state.hosts = bounded(self.state.hosts, self.max_sources)
+        since = assessment.end_ns - IDLE_FORGET_NS  # walks quiet this long are forgotten, as the contacts
+        self.state.hosts = bounded(self.state.hosts, self.max_sources, since_ns=since)
+        self.state.sources = bounded(self.state.sources, len(self.state.sources), since_ns=since)
         self._forget_oldest()
         self.touched = True
 
@@ -367,14 +377,18 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
     def _tried(self, pairs: np.ndarray) -> np.ndarray:
         return _in_sorted(pairs, self.state.newer_contacts) | _in_sorted(pairs, self.state.older_contacts)
 
-    def _remember(self, pairs: np.ndarray) -> None:
-        """Merge sorted new pairs, none of them known, into the newer generation."""
-        newer = self.state.newer_contacts
-        newer = np.insert(newer, np.searchsorted(newer, pairs), pairs)
-        if len(newer) >= self.max_contacts // 2:
-            self.state.newer_contacts, self.state.older_contacts = np.zeros(0, dtype=np.uint64), newer
+    def _remember(self, pairs: np.ndarray, now_ns: int) -> None:
+        """Merge sorted new pairs, none of them known, into the newer generation; it turns older when it
+        holds half of max_contacts or is IDLE_FORGET_NS old (the oldest generation is then forgotten)."""
+        state = self.state
+        if state.newer_since_ns is None:
+            state.newer_since_ns = now_ns
+        newer = np.insert(state.newer_contacts, np.searchsorted(state.newer_contacts, pairs), pairs)
+        if len(newer) >= self.max_contacts // 2 or now_ns - state.newer_since_ns >= IDLE_FORGET_NS:
+            state.older_contacts, state.newer_since_ns = newer, now_ns
+            state.newer_contacts = np.zeros(0, dtype=np.uint64)
         else:
-            self.state.newer_contacts = newer
+            state.newer_contacts = newer
 
     def _forget_oldest(self) -> None:
         sources = self.state.sources

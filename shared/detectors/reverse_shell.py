@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kubesonar.shared.detectors.base import Detector, Pair, Score
+from kubesonar.shared.detectors.base import IDLE_FORGET_NS, Detector, Pair, Score
 from kubesonar.shared.detectors.beaconing import cv_floors
 from kubesonar.shared.flow import IPPROTO_TCP, address_text, client_named, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
@@ -157,7 +157,10 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
         if not assessment.servers and not assessment.ports and not assessment.scores:
             return
         self.touched = True
-        self.state.servers = merge_servers(self.state.servers, assessment.servers, self.max_subjects)
+        # roles and ports of subjects quiet for IDLE_FORGET_NS of data time are forgotten (rotating
+        # remote addresses, pods' addresses): the state holds the present, not the cluster's history
+        since = max([*assessment.servers.values(), *assessment.last_ns.values(), 0]) - IDLE_FORGET_NS
+        self.state.servers = merge_servers(self.state.servers, assessment.servers, self.max_subjects, since)
         kept_out: dict[str, set[int]] = {}
         for pair in flagged:
             if isinstance(pair, Pair):
@@ -167,6 +170,7 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
             new = [p for p in sorted(ports - kept_out.get(key, set())) if p not in used.ports]
             self.state.ports[key] = PortsUsed((used.ports + new)[-_PORTS_KEPT:],
                                               max(used.last_ns, assessment.last_ns[key]))
+        self.state.ports = {k: p for k, p in self.state.ports.items() if p.last_ns >= since}
         if len(self.state.ports) > self.max_subjects:
             keep = sorted(self.state.ports, key=lambda k: self.state.ports[k].last_ns)[-self.max_subjects:]
             self.state.ports = {k: self.state.ports[k] for k in keep}

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kubesonar.shared.detectors.base import Detector, Pair, Score
+from kubesonar.shared.detectors.base import IDLE_FORGET_NS, Detector, Pair, Score
 from kubesonar.shared.flow import address_text, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
@@ -102,7 +102,8 @@ class TlsBareIpDetector(Detector[TlsBareIpState, _Assessment]):
         if not assessment.servers and not assessment.scores:
             return
         self.touched = True
-        self.state.servers = merge_servers(self.state.servers, assessment.servers, self.max_subjects)
+        since = max(assessment.servers.values(), default=0) - IDLE_FORGET_NS  # as reverse_shell's roles
+        self.state.servers = merge_servers(self.state.servers, assessment.servers, self.max_subjects, since)
         self.state.reported.update(dict.fromkeys(s.subject for s in assessment.scores))
         if len(self.state.reported) > self.max_subjects:
             self.state.reported = dict.fromkeys(list(self.state.reported)[-self.max_subjects:])

@@ -180,3 +180,17 @@ def test_a_version_1_document_reads_with_the_new_counters_at_zero():
     assert again.reset_reason is None
     (window,) = again.state.windows.values()
     assert window.distinct_names == 5 and window.encoded_data_type_names == 0
+
+
+def test_windows_over_are_forgotten_so_a_month_of_new_domains_leaves_the_last_hours():
+    """A client asking names of 50 new domains every hour for 30 days (CDN and SaaS hosts rotate): the state
+    keeps the windows still open, not the 36,000 pairs the month made, and a tunnel is still seen after."""
+    detector = DnsTunnelingDetector()
+    for hour in range(30 * 24):
+        t = T0 + hour * 3600 * S
+        rows = [r for d in range(50) for r in _exchange(f"img.cdn{hour}x{d}.net", A, t + d * S)]
+        _findings(rows, detector)
+    assert len(detector.state.windows) <= 150, len(detector.state.windows)
+    t = T0 + 30 * 24 * 3600 * S
+    tunnel = [r for i in range(12) for r in _exchange(f"{_hex(i)}.t.evil.example", TXT, t + i * S)]
+    assert _findings(tunnel, detector)

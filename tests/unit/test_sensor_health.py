@@ -7,7 +7,7 @@ from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared.batch import Batch, BatchHeader
 from kubesonar.shared.flow import FlowRecords
-from kubesonar.shared.pipeline import Dependencies, check_sensors, process_batch
+from kubesonar.shared.pipeline import CoreConfig, Dependencies, check_sensors, process_batch
 
 S = 1_000_000_000
 
@@ -83,3 +83,27 @@ def test_a_heartbeat_delivered_again_is_no_sign_of_life(tmp_path):
         silent += _types(process_batch(_heartbeat("node-1", 0, 10, 0, sensor="before"), deps))
         silent += _types(check_sensors(deps, "c"))
     assert silent == ["sensor_silent"] and [a["type"] for a in deps.notifier.sent] == ["sensor_silent"]
+
+
+def test_nodes_the_autoscaler_replaced_are_forgotten_a_day_after_their_silence(tmp_path):
+    """Thirty days of a node replaced daily: each old node is reported silent once, then forgotten, so the
+    health document (read and written per batch) holds the present nodes, not the cluster's history."""
+    import json
+
+    clock = Clock()
+    store = LocalObjectStore(tmp_path)
+    # heartbeats every 3 hours (fewer calls); silent after 4 hours
+    deps = Dependencies(store, CollectingNotifier(), clock, CoreConfig(sensor_silent_after_s=4 * 3600))
+    for day in range(30):
+        nodes = [f"node-{day + i}" for i in range(3)]  # one node replaced a day
+        for hour in range(0, 24 * 3600, 3 * 3600):
+            for node in nodes:
+                seq = (day * 24 * 3600 + hour) // 10
+                process_batch(_heartbeat(node, seq, seq + 10, 0), deps)
+            clock.now += 3 * 3600 * S
+        check_sensors(deps, "c")
+    kept = json.loads(store.get("state/c/sensor_health.json").data)["state"]["nodes"]
+    assert len(kept) <= 5, sorted(kept)  # the present three and those gone less than a day
+    assert {"node-29", "node-30", "node-31"} <= set(kept)
+    silent = [a for a in deps.notifier.sent if a["type"] == "sensor_silent"]
+    assert len(silent) == len({a["source"]["node"] for a in silent}) >= 28  # each replaced node reported once
