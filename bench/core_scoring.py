@@ -30,6 +30,7 @@ def main() -> None:
     from kubesonar.sensor.synthetic import write_synthetic_capture
     from kubesonar.shared.batch import SQS_LIMIT, BatchHeader, decode_batch, encode_batch
     from kubesonar.shared.flow import FlowRecords
+    from kubesonar.shared.frozen_start import freeze_what_loading_made
     from kubesonar.shared.pipeline import Dependencies, process_batch
     from kubesonar.shared.ports import SystemClock
 
@@ -45,6 +46,8 @@ def main() -> None:
     later = FlowRecords(dict(records.columns, first_ts=records["first_ts"] + 86_400 * 10**9,
                              conn_start=records["conn_start"] + 86_400 * 10**9))
     warm_messages = encode_batch(BatchHeader("bench", "node-1", "sensor-1", 2, 0, 0), later, limit=SQS_LIMIT)
+
+    freeze_what_loading_made()  # as every runtime does once it has loaded (shared/frozen_start.py)
 
     def score(deps: Dependencies, batch_messages: list[bytes]) -> tuple[float, int]:
         start = time.perf_counter()

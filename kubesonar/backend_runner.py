@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 from kubesonar.backend_metrics import BackendMetrics, Health, serve
 from kubesonar.shared.errors import ConfigError, QueueUnavailable
+from kubesonar.shared.frozen_start import freeze_what_loading_made
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, check_all_sensors, retry_delay_s
 from kubesonar.shared.ports import SystemClock
@@ -98,6 +99,7 @@ def run_backend(settings: BackendSettings, install_signals: bool = True) -> None
             signal.signal(sig, on_signal)
     deadline = None if settings.duration_s is None else time.monotonic() + settings.duration_s
     http = serve(settings.listen, metrics, health)
+    freeze_what_loading_made()  # what loading made, skipped by every collection (shared/frozen_start.py)
 
     def stopping() -> bool:
         if deadline is not None and time.monotonic() > deadline:

@@ -30,6 +30,7 @@ from kubesonar.functions.aws.notifier import SnsNotifier
 from kubesonar.functions.aws.store import S3ObjectStore, client_config
 from kubesonar.shared.env_numbers import seconds_setting
 from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.frozen_start import freeze_what_loading_made
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import (
     CoreConfig,
@@ -121,3 +122,6 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     if event.get("source") == "aws.events":  # the EventBridge schedule, not SQS
         return check_sensor_health()
     return score_records(event.get("Records", []))
+
+
+freeze_what_loading_made()  # the instance's lasting objects, skipped by every collection (shared/frozen_start.py)

@@ -22,6 +22,7 @@ from azure.storage.blob import BlobServiceClient
 from kubesonar.functions.azure.notifier import EventGridNotifier
 from kubesonar.functions.azure.store import BlobObjectStore, client_options
 from kubesonar.shared.env_numbers import seconds_setting
+from kubesonar.shared.frozen_start import freeze_what_loading_made
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies
 from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
@@ -51,3 +52,6 @@ deps = Dependencies(
                           "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
     keyring=keyring_from_env(os.environ),
 )
+
+
+freeze_what_loading_made()  # the instance's lasting objects, skipped by every collection (shared/frozen_start.py)

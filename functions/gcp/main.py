@@ -30,6 +30,7 @@ from kubesonar.functions.gcp.log import log
 from kubesonar.functions.gcp.notifier import PubSubNotifier
 from kubesonar.functions.gcp.store import GcsObjectStore
 from kubesonar.shared.env_numbers import count_setting, seconds_setting
+from kubesonar.shared.frozen_start import freeze_what_loading_made
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import (
     CoreConfig,
@@ -99,3 +100,6 @@ def on_message(event: CloudEvent) -> None:
     if not score([Delivery(message["messageId"], base64.b64decode(message.get("data") or ""))],
                  {message["messageId"]: key}):
         raise RuntimeError(f"batch {key} was not applied; Pub/Sub redelivers it")
+
+
+freeze_what_loading_made()  # the instance's lasting objects, skipped by every collection (shared/frozen_start.py)

@@ -113,3 +113,15 @@ def test_the_lab_is_not_packaged():
     assert not any(p == "lab" or p.startswith("lab.") for p in config["packages"])
     assert "lab" not in config["package-dir"].values()
     assert (REPO / "lab" / "evaluate.py").exists() and not (REPO / "kubesonar" / "evaluate.py").exists()
+
+
+def test_every_runtime_freezes_what_its_loading_made():
+    """Each long-lived runtime ends its loading with shared/frozen_start.py, at module level (once per
+    instance), so the collections scoring sets off skip its modules and clients."""
+    runtimes = ["functions/aws/handler.py", "functions/gcp/main.py", "functions/azure/runtime.py"]
+    for runtime in runtimes:
+        tree = ast.parse((REPO / runtime).read_text())
+        calls = [node.value.func.id for node in tree.body if isinstance(node, ast.Expr)
+                 and isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)]
+        assert "freeze_what_loading_made" in calls, runtime
+    assert "freeze_what_loading_made()" in (REPO / "kubesonar" / "backend_runner.py").read_text()
