@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from kubesonar.shared.allowlist import AllowEntry, load_allowlist
 from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.per_store import PerStore
 from kubesonar.shared.ports import ObjectStore
 
 ALLOW_PREFIX = "allowlists/"
@@ -54,14 +55,13 @@ class AllowlistLoader:
     """Every allowlist under ``allowlists/``, re-read at most once per freshness bound per store."""
 
     def __init__(self, fresh_s: float = _FRESH_S) -> None:
-        self.fresh_s = fresh_s
-        self._cache: dict[int, tuple[float, list[AllowEntry], list[str]]] = {}
+        self._cache: PerStore[tuple[list[AllowEntry], list[str]]] = PerStore(fresh_s)
 
     def load(self, store: ObjectStore) -> tuple[list[AllowEntry], list[str]]:
         """(entries, errors); a broken list is an error message, never a crash."""
-        cached = self._cache.get(id(store))
-        if cached and time.monotonic() - cached[0] < self.fresh_s:
-            return cached[1], cached[2]
+        cached = self._cache.get(store)
+        if cached is not None:
+            return cached
         entries: list[AllowEntry] = []
         errors: list[str] = []
         for key in sorted(store.list(ALLOW_PREFIX)):
@@ -72,7 +72,7 @@ class AllowlistLoader:
                 entries += parse_allowlist_text(obj.data.decode("utf-8", "replace"), key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        self._cache[id(store)] = (time.monotonic(), entries, errors)
+        self._cache.put(store, (entries, errors))
         return entries, errors
 
     def forget(self) -> None:

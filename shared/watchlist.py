@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from kubesonar.shared.config_text import load_json
 from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.per_store import PerStore
 from kubesonar.shared.ports import ObjectStore
 
 PREFIX = "watchlists/"
@@ -127,13 +127,13 @@ class WatchlistLoader:
     most once a minute per store."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[float, list[WatchEntry], list[str]]] = {}
+        self._cache: PerStore[tuple[list[WatchEntry], list[str]]] = PerStore(_CACHE_S)
 
     def load(self, store: ObjectStore) -> tuple[list[WatchEntry], list[str]]:
         """(entries, errors); a broken list is an error message, never a crash."""
-        cached = self._cache.get(id(store))
-        if cached and time.monotonic() - cached[0] < _CACHE_S:
-            return cached[1], cached[2]
+        cached = self._cache.get(store)
+        if cached is not None:
+            return cached
         entries: list[WatchEntry] = []
         errors: list[str] = []
         for key in sorted(store.list(PREFIX)):
@@ -148,7 +148,7 @@ class WatchlistLoader:
                 entries += parse(obj.data, name)
             except ConfigError as exc:
                 errors.append(str(exc))
-        self._cache[id(store)] = (time.monotonic(), entries, errors)
+        self._cache.put(store, (entries, errors))
         return entries, errors
 
     def forget(self) -> None:

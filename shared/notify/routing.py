@@ -22,7 +22,6 @@ gets every notification, as before.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +29,7 @@ import yaml
 
 from kubesonar.shared.alerts import SEVERITIES, rules
 from kubesonar.shared.errors import ConfigError
+from kubesonar.shared.per_store import PerStore
 from kubesonar.shared.ports import ObjectStore
 
 ROUTING_KEY = "config/routing.yaml"
@@ -179,13 +179,12 @@ class RoutingLoader:
     reported and routes nowhere but the topic until it is fixed."""
 
     def __init__(self, fresh_s: float = _FRESH_S) -> None:
-        self.fresh_s = fresh_s
-        self._cache: dict[int, tuple[float, Routing, list[str]]] = {}
+        self._cache: PerStore[tuple[Routing, list[str]]] = PerStore(fresh_s)
 
     def load(self, store: ObjectStore) -> tuple[Routing, list[str]]:
-        cached = self._cache.get(id(store))
-        if cached and time.monotonic() - cached[0] < self.fresh_s:
-            return cached[1], cached[2]
+        cached = self._cache.get(store)
+        if cached is not None:
+            return cached
         obj = store.get(ROUTING_KEY)
         routing, errors = Routing(), []
         if obj is not None:
@@ -193,7 +192,7 @@ class RoutingLoader:
                 routing = parse_routing(obj.data.decode("utf-8", "replace"))
             except ConfigError as exc:
                 errors.append(str(exc))
-        self._cache[id(store)] = (time.monotonic(), routing, errors)
+        self._cache.put(store, (routing, errors))
         return routing, errors
 
     def forget(self) -> None:
