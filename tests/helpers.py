@@ -6,6 +6,7 @@ import gc
 import socket
 import time
 import types
+import urllib.request
 from collections.abc import Callable
 
 from kubesonar.sensor.flow_table import FlowTimeouts
@@ -59,3 +60,13 @@ def assert_idle_connection_closed(port: int, partial_request: bytes) -> None:
         s.sendall(partial_request)
         started = time.monotonic()
         assert s.recv(1024) == b"" and time.monotonic() - started < 5  # closed by the server
+
+
+def backend_metrics(port: int) -> dict[str, float]:
+    """The samples ``kubesonar backend`` serves on 127.0.0.1:``port``/metrics, or {} while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            return {line.split()[0]: float(line.split()[1]) for line in r.read().decode().splitlines()
+                    if line and not line.startswith("#")}
+    except OSError:
+        return {}

@@ -13,20 +13,16 @@ from pathlib import Path
 import pytest
 
 from conftest import PCAPS
-from helpers import assert_idle_connection_closed
+from helpers import assert_idle_connection_closed, backend_metrics
 from nats_server import free_port
 
 KUBESONAR = str(Path(sys.executable).parent / "kubesonar")
 
 
-def test_the_directory_backend_consumes_the_queue_into_the_store(tmp_path):
-    queue, state = tmp_path / "queue", tmp_path / "state"
-    done = subprocess.run([KUBESONAR, "replay", str(PCAPS / "portscan" / "chrissanders_synscan.pcapng"),
-                           "--queue", f"file://{queue}", "--cluster", "node1"], capture_output=True, text=True,
-                          timeout=300, check=False)
-    assert done.returncode == 0, done.stderr
-    (queue / "zz-garbage-00000000000000000000-00000.ksfb").write_bytes(b"not a batch")
-    backend = subprocess.Popen([KUBESONAR, "backend", "--queue", f"file://{queue}", "--store", str(state),
+def _backend_until_drained(queue: Path, state: Path, *options: str) -> str:
+    """Run ``kubesonar backend`` on the directory queue until no batch is left in it (120 s at most), stop
+    it with SIGTERM; what it printed. It must have exited cleanly."""
+    backend = subprocess.Popen([KUBESONAR, "backend", "--queue", f"file://{queue}", "--store", str(state), *options,
                                 "--listen", f"127.0.0.1:{free_port()}", "--duration", "120"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -38,6 +34,17 @@ def test_the_directory_backend_consumes_the_queue_into_the_store(tmp_path):
         backend.send_signal(signal.SIGTERM)
         out, err = backend.communicate(timeout=60)
     assert backend.returncode == 0, err
+    return out
+
+
+def test_the_directory_backend_consumes_the_queue_into_the_store(tmp_path):
+    queue, state = tmp_path / "queue", tmp_path / "state"
+    done = subprocess.run([KUBESONAR, "replay", str(PCAPS / "portscan" / "chrissanders_synscan.pcapng"),
+                           "--queue", f"file://{queue}", "--cluster", "node1"], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    (queue / "zz-garbage-00000000000000000000-00000.ksfb").write_bytes(b"not a batch")
+    out = _backend_until_drained(queue, state)
     assert [p.name for p in (queue / "dead").iterdir()] == ["zz-garbage-00000000000000000000-00000.ksfb"]
     printed = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     listed = subprocess.run([KUBESONAR, "alerts", "list", "--store", str(state), "--format", "json"],
@@ -273,7 +280,6 @@ def test_a_window_too_old_to_take_is_counted_stale_in_the_metrics(tmp_path):
     """A delivered batch whose window ended a day ago is refused as a replay (shared/applied.py); the
     directory backend counts it in kubesonar_backend_stale_total, as the NATS one does (docs/onprem.md)."""
     import threading
-    import urllib.request
 
     from kubesonar.backend_runner import BackendSettings, run_backend
     from kubesonar.sensor.offline import flows_from_captures
@@ -294,12 +300,7 @@ def test_a_window_too_old_to_take_is_counted_stale_in_the_metrics(tmp_path):
     try:
         deadline, scraped = time.monotonic() + 9, {}
         while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    scraped = {line.split()[0]: float(line.split()[1]) for line in r.read().decode().splitlines()
-                               if line and not line.startswith("#")}
-            except OSError:
-                pass
+            scraped = backend_metrics(port) or scraped
             if scraped.get('kubesonar_backend_messages_total{outcome="applied"}'):
                 break
             time.sleep(0.2)
@@ -317,18 +318,7 @@ def test_internal_network_none_is_taken_as_analyze_takes_it(tmp_path):
     done = subprocess.run([KUBESONAR, "replay", str(PCAPS / "c2_beacon" / "chrissanders_ratinfected.pcapng"),
                            "--queue", f"file://{queue}"], capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
-    backend = subprocess.Popen([KUBESONAR, "backend", "--queue", f"file://{queue}", "--store", str(state),
-                                "--internal-network", "none", "--listen", f"127.0.0.1:{free_port()}",
-                                "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while list(queue.glob("*.ksfb")):
-            assert backend.poll() is None and time.monotonic() < deadline, backend.stderr.read()
-            time.sleep(0.2)
-    finally:
-        backend.send_signal(signal.SIGTERM)
-        _, err = backend.communicate(timeout=60)
-    assert backend.returncode == 0, err
+    _backend_until_drained(queue, state, "--internal-network", "none")
     listed = subprocess.run([KUBESONAR, "alerts", "list", "--store", str(state), "--format", "json"],
                             capture_output=True, text=True, timeout=120, check=True).stdout
     assert [(a["type"], a["source"]["ip"]) for a in map(json.loads, listed.splitlines())] == \

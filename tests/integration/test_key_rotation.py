@@ -14,7 +14,6 @@ import logging
 import os
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from kubesonar.shared.batch import BatchHeader
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.signing import Keyring
 
+from helpers import backend_metrics
 from nats_server import free_port
 
 OLD, NEW = "prod-2026-11", "prod-2026-12"
@@ -95,12 +95,7 @@ def _run_backend(tmp_path: Path, queue: Path, keys: list[str], monkeypatch, sett
     try:
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    scraped = {line.split()[0]: float(line.split()[1]) for line in r.read().decode().splitlines()
-                               if line and not line.startswith("#")}
-            except OSError:
-                pass
+            scraped = backend_metrics(port) or scraped
             if sum(scraped.get(f'kubesonar_backend_messages_total{{outcome="{o}"}}', 0)
                    for o in ("applied", "dead_lettered")) >= settled:
                 break
