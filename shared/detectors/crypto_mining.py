@@ -9,7 +9,10 @@ Three kinds of evidence, each enough on its own:
   (shared/mining.py), the querying pod being the miner.
 - *pool port*: an established TCP connection to an address outside the cluster on a Stratum port,
   held for ``pool_port_min_s`` (10 minutes) in all. Ports alone mislead (dev servers use 3333 and
-  4444), so only long-held connections outside the cluster count.
+  4444), so only long-held connections outside the cluster count, and only those that opened as
+  Stratum can: the miner's JSON line, or TLS. One that opened with an HTTP request is a web server (a
+  getwork miner over HTTP shows its method, the protocol evidence), and one whose server spoke first
+  (SMTP, FTP, a database) is not a pool.
 
 Catches: cryptojacking with xmrig, cgminer, ethminer and their forks, plain or through a proxy that
 keeps the protocol; pool lookups even when the connection is encrypted. Misses: Stratum inside TLS
@@ -36,7 +39,7 @@ import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
 from kubesonar.shared.dns import DnsMessages, registered_domain
-from kubesonar.shared.flow import ConnState, FlowRecords, address_text
+from kubesonar.shared.flow import ConnState, FlowRecords, Opening, address_text
 from kubesonar.shared.identity import dns_client_endpoint, source_endpoint, subject_keys
 from kubesonar.shared.mining import POOL_DOMAINS, POOL_PORTS
 from kubesonar.shared.netzones import Zones
@@ -47,6 +50,7 @@ if TYPE_CHECKING:
 SECOND = 1_000_000_000
 _POOL_PORTS = np.array(sorted(POOL_PORTS))
 _OPEN = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
+_NOT_STRATUM = (int(Opening.HTTP), int(Opening.RESPONDER_FIRST))  # openings no pool connection has
 
 
 @dataclass
@@ -149,7 +153,8 @@ class CryptoMiningDetector(Detector[MiningState, _Assessment]):
                    evidence)
 
     def _pool_ports(self, flows: FlowRecords, report: _Report, out: _Assessment) -> None:
-        candidates = (flows["proto"] == 6) & np.isin(flows["dst_port"], _POOL_PORTS) & np.isin(flows["state"], _OPEN)
+        candidates = ((flows["proto"] == 6) & np.isin(flows["dst_port"], _POOL_PORTS) & np.isin(flows["state"], _OPEN)
+                      & ~np.isin(flows["opening"], _NOT_STRATUM))
         if not candidates.any():
             return
         out.looked_at_pool_ports = True

@@ -8,7 +8,7 @@ import pytest
 
 from kubesonar.shared.detectors import batch_of
 from kubesonar.shared.detectors.crypto_mining import CryptoMiningDetector
-from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
+from kubesonar.shared.flow import ConnState, FlowRecords, Opening, address_bytes
 from kubesonar.shared.mining import RPC_CODES, RPC_METHODS
 
 S = 1_000_000_000
@@ -69,3 +69,17 @@ def test_a_browser_miners_websocket_proxy_is_found_by_its_name():
                                   "qtype": 1}])
     (finding,) = CryptoMiningDetector().observe(batch_of(FlowRecords.empty(), None, dns))
     assert finding.evidence == {"evidence": "pool_domain", "domain": "authedmine.com", "name": "ws027.authedmine.com"}
+
+
+@pytest.mark.parametrize(("opening", "mining"), [
+    (Opening.OTHER, True), (Opening.TLS, True), (Opening.UNKNOWN, True),  # Stratum's JSON line, stratum+ssl
+    (Opening.HTTP, False), (Opening.RESPONDER_FIRST, False),  # a web server (Caldera's on 8888), SMTP, FTP
+])
+def test_a_held_pool_port_counts_only_when_it_opened_as_stratum_can(opening, mining):
+    """Twenty minutes on 8888 outside the cluster, with no mining method seen: a pool only if the
+    connection opened the way Stratum does (the miner's JSON, or TLS)."""
+    f = _flows([("198.51.100.7", 8888, "")])
+    f.columns["last_ts"][0] = T0 + 1200 * S
+    f.columns["opening"][0] = int(opening)
+    alerts = CryptoMiningDetector().observe(batch_of(f))
+    assert [a.evidence["evidence"] for a in alerts] == (["pool_port"] if mining else [])
