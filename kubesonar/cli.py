@@ -109,8 +109,8 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
 @click.option("--learning-period", type=click.FloatRange(min=0), default=None,
               help="Seconds of data time novelty detectors learn from the first flow [default: 86400]; 0: none.")
 @click.option("--internal-network", "internal", multiple=True, callback=_internal_networks,
-              help="A CIDR inside the cluster or VPC (repeat for several) [default: the private ranges]; "
-                   "'none': every address is outside. See docs/detection.md.")
+              help="A CIDR inside the cluster or VPC (repeat for several) [default: the private ranges, or "
+                   "'none' when no flow leaves them]; 'none': every address is outside. See docs/detection.md.")
 def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...], state_dir: str | None,
             cluster: str, allowlist: tuple[str, ...], fmt: str, learning_period: float | None,
             internal: tuple[str, ...] | None) -> None:
@@ -134,6 +134,11 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
         _alert_table(result.alerts)
     for fault in result.errors:  # the core went on without it: a broken list, a baseline started afresh
         click.echo(f"kubesonar: warning: {fault}", err=True)
+    if result.judged_all_outside and result.outside_flows and not result.stats.errors:
+        click.echo("kubesonar: note: no flow leaves the private ranges, so the captures were not taken at a "
+                   "cluster's edge (a lab, an office LAN, a sandbox): every address was judged as outside the "
+                   "cluster, as with --internal-network none; name the cluster's own ranges with "
+                   "--internal-network CIDR, or its pods with --pods, to judge only traffic leaving them", err=True)
     all_inside = result.outside_with_no_internal_network and not result.outside_flows
     if all_inside and internal is None and not result.stats.errors:
         # a capture taken outside a cluster (a lab, an office LAN) is all private addresses: silence from

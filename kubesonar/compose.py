@@ -44,6 +44,26 @@ class AnalysisResult:
     # destinations judge; and those that would be with no internal network (not special-use, not a pod)
     outside_flows: int = 0
     outside_with_no_internal_network: int = 0
+    # no internal network was named and no flow left the private ranges: every address was judged outside
+    # (_boundary_known)
+    judged_all_outside: bool = False
+
+
+def _boundary_known(paths: Iterable[str]) -> bool:
+    """Whether the private ranges can stand for the cluster's edge in these captures: some flow's
+    responder lies beyond them. A capture in which none does was taken where the private ranges are the
+    whole world (a lab, an office LAN, a malware sandbox, whose command server sits at 172.18.0.2):
+    judging only traffic leaving them would judge nothing, and the outbound rules would be silent on
+    every command server in it. Read apart from the scoring (the flow engine is cheap beside the core),
+    and stopped at the first flow that leaves."""
+    from kubesonar.shared.netzones import Zones
+
+    private = Zones()
+    for observed in read_captures(paths, stats=CaptureStats()):  # faults are counted by the scoring read
+        flows = observed.flows
+        if len(private.outside(flows, np.arange(len(flows)))):
+            return True
+    return False
 
 
 def _batches(observed: Iterator[Observed], cluster: str, node: str, sequences: Iterator[int]) -> Iterator[bytes]:
@@ -73,6 +93,13 @@ def analyze(
 
     inventory = PodInventory.load(pods) if pods else None
     allowed = tuple(entry for path in allowlists for entry in load_allowlist(path))
+    # with no internal network named and no pods to name the cluster's own addresses, the private ranges
+    # stand for the cluster's edge unless nothing in the captures crosses it (_boundary_known)
+    learn, captures = list(learn), list(captures)
+    judged_all_outside = (internal_networks is None and inventory is None
+                          and not _boundary_known([*learn, *captures]))
+    if judged_all_outside:
+        internal_networks = ()
     with ExitStack() as stack:
         root = state_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="kubesonar-state-"))
         store = LocalObjectStore(Path(root))
@@ -109,7 +136,7 @@ def analyze(
             if learning:
                 end_learning(store, cluster)
         return AnalysisResult(sorted(touched.values(), key=lambda a: a["first_seen"]), flows, stats, errors, outside,
-                              outside_if_none)
+                              outside_if_none, judged_all_outside)
 
 
 @dataclass

@@ -17,6 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 SUBNET = "10.77.0"
+# the node's pod range, the cluster's own: named to `kubesonar analyze` as its internal network, since a
+# lab capture reaches no address beyond the private ranges and would otherwise be judged as taken outside
+# a cluster (kubesonar/compose.py _boundary_known)
+POD_NETWORK = f"{SUBNET}.0/24"
 DEFAULT_PREFIX = "ks"
 
 

@@ -1,7 +1,8 @@
 """Attack scenarios with real tools in a lab node (lab/netns.py): each builds pods as network
 namespaces on a bridge, keeps a client busy with ordinary HTTP, runs the attack, records the bridge
-with tcpdump, and scores the capture as ``kubesonar analyze`` does: cold, on a fresh embedded default
-with its default learning period, so only rules that need no baseline can name the attacker.
+with tcpdump, and scores the capture as ``kubesonar analyze --internal-network 10.77.0.0/24`` does (the
+node's pod range named as the cluster's): cold, on a fresh embedded default with its default learning
+period, so only rules that need no baseline can name the attacker.
 
 The tools are the real programs (Debian packages): nmap, masscan, hping3, hydra with OpenSSH, curl,
 iodine/iodined, dns2tcpc/dns2tcpd, ptunnel-ng, ncat, socat and openssl s_server, each against its own
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lab.netns import SUBNET, LabUnavailable, Node, namespace_node, require_netns
+from lab.netns import POD_NETWORK, SUBNET, LabUnavailable, Node, namespace_node, require_netns
 
 TOOL = [sys.executable, str(Path(__file__).with_name("lab_tools.py"))]  # a script: runs from any directory
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -444,7 +445,7 @@ def run_scenario(scenario: Scenario, workdir: Path | None = None) -> ScenarioRes
         result.actor_ip = node.pods[scenario.actor]
         result.bystanders = [ip for pod, ip in node.pods.items() if pod != scenario.actor]
         if not result.error:
-            outcome = analyze([str(capture)])
+            outcome = analyze([str(capture)], internal_networks=(POD_NETWORK,))
             result.alerts = sorted({(a["type"], a["source"]["ip"]) for a in outcome.alerts})
     return result
 

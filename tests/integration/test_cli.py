@@ -117,16 +117,27 @@ def test_analyze_takes_the_learning_period_and_internal_networks():
     rat = str(PCAPS / "c2_beacon/chrissanders_ratinfected.pcapng")
     judged = _run("analyze", rat, "--learning-period", "0", "--internal-network", "none", "--format", "json")
     assert [json.loads(x)["type"] for x in judged.stdout.splitlines()] == ["beaconing"]
-    inside = _run("analyze", rat, "--learning-period", "0", "--format", "json")  # 172.16/12 is internal
-    assert inside.returncode == 0 and inside.stdout == ""
     note = "every flow's responder is inside the cluster's networks"
-    assert note in inside.stderr  # and the user is told why
-    assert note not in judged.stderr
+    lab_note = "no flow leaves the private ranges"
+    assert note not in judged.stderr and lab_note not in judged.stderr
+    # by default, a capture in which nothing leaves the private ranges (a lab: both ends in 172.16/12) is
+    # judged as with 'none', and the user is told so
+    default = _run("analyze", rat, "--learning-period", "0", "--format", "json")
+    def found(run):
+        return [(a["type"], a["source"]["ip"], a["destination"]) for a in map(json.loads, run.stdout.splitlines())]
+
+    assert default.returncode == 0 and found(default) == found(judged)
+    assert lab_note in default.stderr and note not in default.stderr
+    inside = _run("analyze", rat, "--learning-period", "0", "--internal-network", "172.16.0.0/12", "--format", "json")
+    assert inside.returncode == 0 and inside.stdout == ""  # the cluster's range named: nothing leaves it
     public = str(PCAPS / "mining/nesfit_xmr-eu1.nanopool.org.pcapng")
-    assert note not in _run("analyze", public, "--format", "json").stderr
-    # the note speaks of the captures scored, not of those learned from
+    plain = _run("analyze", public, "--format", "json").stderr
+    assert note not in plain and lab_note not in plain
+    # the edge is known once any capture crosses it, a learned one too; then the note speaks of the
+    # captures scored, all inside
     learned_public = _run("analyze", rat, "--learn", public, "--learning-period", "0", "--format", "json")
-    assert note in learned_public.stderr
+    assert "172.16.0.111" not in {a[2]["ip"] for a in found(learned_public) if a[2]}  # rat's server: inside
+    assert note in learned_public.stderr and lab_note not in learned_public.stderr
     bad = _run("analyze", rat, "--internal-network", "10.0.0.0/33")
     assert bad.returncode == 2 and "is not a CIDR network" in bad.stderr and "Traceback" not in bad.stderr
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+from lab.netns import POD_NETWORK
 from netns.node import namespace_node
 
 from conftest import require_tool
@@ -51,7 +52,7 @@ def test_nmap_syn_connect_and_udp_scans_are_reported_from_the_scanner_only(tmp_p
             dump.wait(timeout=10)
             for s in servers:
                 s.kill()
-        out = subprocess.run(["kubesonar", "analyze", "--format", "json", str(capture)],
+        out = subprocess.run(["kubesonar", "analyze", "--format", "json", "--internal-network", POD_NETWORK, str(capture)],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         alerts = [json.loads(line) for line in out.stdout.splitlines()]
@@ -100,7 +101,7 @@ def test_fin_null_xmas_ack_window_protocol_version_scans_and_masscan_are_each_ca
             dump.terminate()
             dump.wait(timeout=10)
             server.kill()
-        out = subprocess.run(["kubesonar", "analyze", "--format", "json", str(capture)],
+        out = subprocess.run(["kubesonar", "analyze", "--format", "json", "--internal-network", POD_NETWORK, str(capture)],
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
         alerts = [json.loads(line) for line in out.stdout.splitlines()]
