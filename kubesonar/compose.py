@@ -44,24 +44,25 @@ class AnalysisResult:
     # destinations judge; and those that would be with no internal network (not special-use, not a pod)
     outside_flows: int = 0
     outside_with_no_internal_network: int = 0
-    # no internal network was named and no flow left the private ranges: every address was judged outside
+    # no internal network was named and no flow had an end beyond the private ranges: every address was
+    # judged outside
     # (_boundary_known)
     judged_all_outside: bool = False
 
 
 def _boundary_known(paths: Iterable[str]) -> bool:
-    """Whether the private ranges can stand for the cluster's edge in these captures: some flow's
-    responder lies beyond them. A capture in which none does was taken where the private ranges are the
-    whole world (a lab, an office LAN, a malware sandbox, whose command server sits at 172.18.0.2):
-    judging only traffic leaving them would judge nothing, and the outbound rules would be silent on
-    every command server in it. Read apart from the scoring (the flow engine is cheap beside the core),
-    and stopped at the first flow that leaves."""
+    """Whether the private ranges can stand for the cluster's edge in these captures: some flow has an
+    end beyond them. A capture in which none does was taken where the private ranges are the whole
+    world (a lab, an office LAN, a malware sandbox, whose command server sits at 172.18.0.2): judging
+    only traffic leaving them would judge nothing, and the outbound rules would be silent on every
+    command server in it. Read apart from the scoring (the flow engine is cheap beside the core), and
+    stopped at the first flow that crosses."""
     from kubesonar.shared.netzones import Zones
 
     private = Zones()
     for observed in read_captures(paths, stats=CaptureStats()):  # faults are counted by the scoring read
         flows = observed.flows
-        if len(private.outside(flows, np.arange(len(flows)))):
+        if not (private.inside(flows["src_addr"]).all() and private.inside(flows["dst_addr"]).all()):
             return True
     return False
 

@@ -155,6 +155,31 @@ def test_analyze_says_nothing_of_networks_when_no_flow_would_leave_them(tmp_path
     assert done.returncode == 0 and "cluster's networks" not in done.stderr
 
 
+def test_the_private_ranges_are_the_edge_when_any_flow_crosses_them_either_way(tmp_path):
+    """A public host knocking on a private one crosses the edge as much as a private host reaching out:
+    the private ranges stay the cluster's edge, and the note says only that nothing left them."""
+    from scapy.all import IP, TCP, Ether, wrpcap
+
+    from kubesonar.compose import analyze
+
+    def capture(name, src, dst):
+        packets = [Ether() / IP(src=src, dst=dst) / TCP(sport=40000, dport=22, flags="S"),
+                   Ether() / IP(src=dst, dst=src) / TCP(sport=22, dport=40000, flags="SA")]
+        for i, p in enumerate(packets):
+            p.time = 1_700_000_000 + i
+        wrpcap(str(tmp_path / name), packets)
+        return str(tmp_path / name)
+
+    inbound = capture("inbound.pcap", "198.51.100.9", "192.168.1.5")
+    lab = capture("lab.pcap", "192.168.1.7", "192.168.1.5")
+    assert not analyze([inbound]).judged_all_outside and analyze([lab]).judged_all_outside
+    assert not analyze([lab], learn=[inbound]).judged_all_outside  # a learned capture shows the edge too
+    assert not analyze([lab], internal_networks=("192.168.1.0/24",)).judged_all_outside  # named: no guess
+    done = _run("analyze", inbound, "--format", "json")
+    assert done.returncode == 0 and "every flow's responder is inside" in done.stderr
+    assert "no flow leaves the private ranges" not in done.stderr
+
+
 def test_a_command_whose_extra_is_not_installed_says_which_package_in_one_line(tmp_path):
     """`pip install -e .` (the README's quick start) brings no extra: `kubesonar backend`, even on the embedded
     default's file:// queue, ended in prometheus_client's ModuleNotFoundError traceback, and an s3:// store
