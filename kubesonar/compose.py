@@ -45,8 +45,7 @@ class AnalysisResult:
     outside_flows: int = 0
     outside_with_no_internal_network: int = 0
     # no internal network was named and no flow had an end beyond the private ranges: every address was
-    # judged outside
-    # (_boundary_known)
+    # judged outside (_boundary_known)
     judged_all_outside: bool = False
 
 
