@@ -2,8 +2,9 @@
 
 (a) Each capture of every labels.csv under the data directory (``pcaps/`` and ``more/``; columns path,
 category, expected_alert, actor_ip, ...) is scored exactly as ``kubesonar analyze CAPTURE`` scores it:
-cold, on a fresh embedded default with its default learning period, no pod inventory and the default
-internal networks. Behaviour that needs no baseline must be judged from the first window, so a
+cold, on a fresh embedded default with its default learning period, no pod inventory and no internal
+network named (the private ranges, or every address outside for a capture none of whose flows crosses
+them: kubesonar/compose.py). Behaviour that needs no baseline must be judged from the first window, so a
 capture minutes long is a fair test of it. A capture is *detected* when an alert of an expected type
 (``a|b`` means either) names the labelled actor as its source; a benign capture (``none``) must raise
 nothing; ``not:type`` must not raise that type. The captures listed in lab/holdout.txt (chosen by the
@@ -44,6 +45,7 @@ class CaptureResult:
     alerts: list[tuple[str, str]] = field(default_factory=list)  # (type, source ip)
     errors: list[str] = field(default_factory=list)
     held_out: bool = False
+    judged_all_outside: bool = False  # no flow crossed the private ranges: judged as a lab's capture
 
     @property
     def wanted(self) -> set[str]:
@@ -102,6 +104,7 @@ def evaluate_captures(data: Path, progress: Callable[[str], None] | None = None,
         outcome = analyze([str(data / row["path"])])
         r.alerts = sorted({(a["type"], a["source"]["ip"]) for a in outcome.alerts})
         r.errors = outcome.stats.errors
+        r.judged_all_outside = outcome.judged_all_outside
         results.append(r)
     return results
 
@@ -147,7 +150,10 @@ def report(results: list[CaptureResult], command: str, scenarios: list | None = 
         "",
         "Each capture is scored as `kubesonar analyze CAPTURE` scores it: cold, through the offline sensor and",
         "the detection core on a fresh embedded default with its default learning period, no pod inventory",
-        "(endpoints are addresses) and the default internal networks (the private ranges). Behaviour that needs",
+        "(endpoints are addresses) and no internal network named: the private ranges are the cluster's edge,",
+        "except in a capture none of whose flows has an end beyond them (a lab, a LAN, a sandbox), where every",
+        "address is judged outside, as with `--internal-network none` (marked *lab* in the table; see",
+        "[detection.md](detection.md#inside-and-outside-the-cluster)). Behaviour that needs",
         "no baseline (scans, brute force, tunnels, mining, low-jitter beacons, known-bad fingerprints) must be",
         "judged from the first window; rules that compare a workload with its own past (exfiltration,",
         "unusual_destination) stay silent on a capture minutes long. A capture counts as detected when an",
@@ -167,14 +173,15 @@ def report(results: list[CaptureResult], command: str, scenarios: list | None = 
         "",
         "Every capture:",
         "",
-        "| capture | held out | category | expected | actor | alerts raised | verdict |",
-        "|---|---|---|---|---|---|---|",
+        "| capture | held out | edge | category | expected | actor | alerts raised | verdict |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         raised = ", ".join(f"{t} from {ip}" for t, ip in r.alerts) or "none"
         expected = r.expected.replace("|", " or ")
-        lines.append(f"| {r.path} | {'yes' if r.held_out else ''} | {r.category} | {expected} | {r.actor or '-'} | "
-                     f"{raised} | {r.verdict} |")
+        edge = "lab" if r.judged_all_outside else "private ranges"
+        lines.append(f"| {r.path} | {'yes' if r.held_out else ''} | {edge} | {r.category} | {expected} | "
+                     f"{r.actor or '-'} | {raised} | {r.verdict} |")
     lines += ["", "Per detector (all captures):", "",
               "| detector | built | attack captures expecting it | detected with the right actor | "
               "alerts on benign captures |", "|---|---|---:|---:|---:|"]
@@ -214,7 +221,8 @@ def _scenario_lines(scenarios) -> list[str]:
     lines = [
         "Each scenario builds pods as network namespaces on a bridge (`lab/netns.py`), keeps a client",
         "busy with HTTP to a web pod, runs the tool against its own server in another pod, records the bridge",
-        "with tcpdump and scores the capture as `kubesonar analyze` does, cold (`lab/scenarios.py`). The",
+        "with tcpdump and scores the capture as `kubesonar analyze --internal-network 10.77.0.0/24` does (the",
+        "node's pod range named as the cluster's), cold (`lab/scenarios.py`). The",
         "tunnels, shells, name and TLS servers are the real Debian programs (iodine, dns2tcp, ptunnel-ng, ncat,",
         "socat, dnsmasq, openssl). Hosts outside the cluster are lab pods with documentation addresses reachable over",
         "the bridge only. A false alarm is an alert naming a pod that did nothing wrong.",
