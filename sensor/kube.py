@@ -12,7 +12,7 @@ The API server (service ``default/kubernetes`` and its endpoints) and the cluste
 as ``Service`` endpoints, re-read at every list and every resumed watch.
 
 Stopped by SIGTERM (:meth:`KubeWatcher.terminating`), the sensor reads its own Node once: if the node is
-leaving the cluster (sensor/node_leaving.py) the heartbeats from then on, the last batch's, carry
+leaving the cluster (sensor/node_leaving.py) the batches it publishes from then on, its last, carry
 ``node_retiring: 1`` and the backend does not report its silence; a read that fails is logged and counted
 (``node_read_errors``), and the silence alerts as it would have.
 """
