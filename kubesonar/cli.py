@@ -258,7 +258,8 @@ def _settings(interface, window, filter, cluster, node, max_flows, direction, ri
     # comes back go to standard error
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("kubesonar: %(message)s"))
-    for name in ("kubesonar.sensor.af_packet", "kubesonar.sensor.spool", "kubesonar.sensor.queues.refusals"):
+    for name in ("kubesonar.sensor.af_packet", "kubesonar.sensor.spool", "kubesonar.sensor.queues.refusals",
+                 "kubesonar.sensor.kube"):
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -267,13 +268,21 @@ def _settings(interface, window, filter, cluster, node, max_flows, direction, ri
                           ring=RingConfig(version=ring), workers=workers)
 
 
-def _run_until_signal(sensor, duration: float | None) -> None:
+def _run_until_signal(sensor, duration: float | None, terminated: Callable[[], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or ``duration``); ``terminated`` is told of a SIGTERM, what a node being
+    removed sends, before the last batch is published."""
     import signal
     import threading
 
     stop = threading.Event()
+
+    def stopped(sig: int, _frame) -> None:
+        if sig == signal.SIGTERM and terminated:
+            terminated()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stopped)
     sensor.run(stop, duration_s=duration)
 
 
@@ -309,7 +318,7 @@ def sensor(interface, window, filter, cluster, node, max_flows, duration, direct
     click.echo(f"kubesonar sensor {live.sensor_id}: capturing on {', '.join(interface)}, publishing to "
                f"{without_credentials(queue)}", err=True)
     try:
-        _run_until_signal(live, duration)
+        _run_until_signal(live, duration, watcher.terminating if watcher else None)
     finally:
         if watcher:
             watcher.stop()

@@ -10,16 +10,23 @@ map used to enrich flows and queues a pod event (added, modified, deleted) for t
 of deleted pods stay resolvable for ``linger_s`` so the flows of their last window are still named.
 The API server (service ``default/kubernetes`` and its endpoints) and the cluster DNS service resolve
 as ``Service`` endpoints, re-read at every list and every resumed watch.
+
+Stopped by SIGTERM (:meth:`KubeWatcher.terminating`), the sensor reads its own Node once: if the node is
+leaving the cluster (sensor/node_leaving.py) the batches it publishes from then on, its last, carry
+``node_retiring: 1`` and the backend does not report its silence; a read that fails is logged and counted
+(``node_read_errors``), and the silence alerts as it would have.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from kubesonar.sensor.node_leaving import leaving_sign
 from kubesonar.shared.flow import FlowRecords, address_bytes
 from kubesonar.shared.inventory import Endpoint, PodInventory, endpoint_of
 from kubesonar.shared.pod_events import PodEvents, PodEventType
@@ -29,6 +36,9 @@ if TYPE_CHECKING:
 
 _MAX_EVENTS = 1000  # per window; beyond it events are counted as dropped (the map stays exact)
 _WATCH_HELD_S = 10.0  # a watch that ended sooner is a failure to back off from, even without an error
+_NODE_READ_TIMEOUT_S = 5.0  # at SIGTERM, well within the pod's 30 s grace (infra/k8s/base/daemonset.yaml)
+
+log = logging.getLogger(__name__)
 
 
 class KubeWatcher:
@@ -54,8 +64,10 @@ class KubeWatcher:
         self._version = ""  # the newest resourceVersion seen: of the last list, event or bookmark
         self._resume = False  # the last watch ended normally: the next one starts at _version, no list
         self.stats = {"kube_lists": 0, "kube_watch_restarts": 0, "kube_watch_resumes": 0, "kube_errors": 0,
-                      "pod_events": 0, "pod_events_dropped": 0}
+                      "pod_events": 0, "pod_events_dropped": 0, "node_read_errors": 0}
         self.last_error = ""
+        self._terminating = False  # SIGTERM came: the next heartbeat reads this node's Node
+        self._leaving: dict[str, int] | None = None  # what that one read found
 
     @classmethod
     def in_cluster(cls, node: str) -> KubeWatcher:
@@ -77,7 +89,44 @@ class KubeWatcher:
         return PodEvents.from_rows(events)
 
     def counters(self) -> dict[str, int]:
-        return dict(self.stats) | {"pods": len(self._pods)}
+        leaving = self._node_leaving() if self._terminating else {}
+        return dict(self.stats) | {"pods": len(self._pods)} | leaving
+
+    def terminating(self) -> None:
+        """SIGTERM came. Only a flag, as a signal handler calls it: the Node is read by the sensor loop, when
+        it asks for the counters of its next batch (the last, as the loop is stopping)."""
+        self._terminating = True
+
+    def _node_leaving(self) -> dict[str, int]:
+        """``{"node_retiring": 1}`` if this node's Node says it is leaving the cluster; read once."""
+        from kubernetes.client.exceptions import ApiException
+
+        if self._leaving is not None:
+            return self._leaving
+        self._leaving = {}
+        try:
+            node = self._api.sanitize_for_serialization(
+                self._core.read_node(self.node, _request_timeout=_NODE_READ_TIMEOUT_S))
+        except ApiException as exc:  # 403: the ClusterRole lacks get on nodes (infra/k8s/base/rbac.yaml)
+            self._node_unread(f"Kubernetes API: {exc.status} {exc.reason}")
+            return self._leaving
+        except Exception as exc:  # noqa: BLE001 - connection errors of every kind: the silence will alert
+            self._node_unread(f"Kubernetes API unreachable: {exc}")
+            return self._leaving
+        sign = leaving_sign(node)
+        if sign:
+            self._leaving = {"node_retiring": 1}
+            log.info("stopping on a node leaving the cluster (%s): the last batch says so, and its silence is "
+                     "no alert", sign)
+        else:
+            log.info("stopping on a node in service: its silence will be an alert")
+        return self._leaving
+
+    def _node_unread(self, error: str) -> None:
+        self.stats["node_read_errors"] += 1
+        self.last_error = f"reading node {self.node}: {error}"
+        log.warning("cannot tell whether node %s is leaving the cluster (%s): its silence will be an alert",
+                    self.node, error)
 
     # -- the thread ----------------------------------------------------------------------------------
 

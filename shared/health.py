@@ -12,6 +12,12 @@ Silence is noticed when any batch arrives (another node's) or on a scheduled che
 Nodes are the unit (a restarted sensor has a new id, on the same node). A node silent for a day, its
 silence reported, is forgotten (``forget_after_s``): the autoscaler replaces nodes, and a health document
 that kept every node the cluster ever had would grow with its history, read and written per batch.
+
+A node leaving the cluster (scaled down, drained, deleted) is no alert: a sensor stopped by SIGTERM reads
+its Node and, if the node is on its way out, says so in its last batch (counter ``node_retiring``,
+sensor/kube.py). The node is recorded as retired, never reported silent, and forgotten as silent nodes
+are; a later batch from it (the node stayed after all) makes it live again. What this trusts:
+docs/hardening.md.
 """
 
 from __future__ import annotations
@@ -56,17 +62,19 @@ class SensorHealth:
         drops = c.get("kernel_drops", 0) - (prev.get("kernel_drops", 0) if same else 0)
         seen = c.get("kernel_packets", 0) - (prev.get("kernel_packets", 0) if same else 0)
         dropping = drops >= self.min_drops or (seen > 0 and drops > self.drop_ratio * seen)
+        retiring = c.get("node_retiring", 0) > 0  # the sensor's last batch: its node is leaving the cluster
         # A heartbeat that changes nothing the checks need is not written: the node was heard recently
         # enough (a third of the silence bound), same sensor, no drops. Idle clusters write the health
         # document a third as often (docs/cost.md); drops are then judged over the longer interval.
         fresh = now_ns - prev.get("last_seen_ns", -self.silent_after_ns) < self.silent_after_ns // 3
-        if same and fresh and not dropping and not prev.get("dropping") and not prev.get("silent"):
+        if (same and fresh and not dropping and not prev.get("dropping") and not prev.get("silent")
+                and retiring == prev.get("retired", False)):
             return []
         self.touched = True
         self._state["nodes"][node] = {
             "sensor_id": header.sensor_id, "last_seen_ns": now_ns, "window_end_ns": header.window_end_ns,
             "kernel_drops": c.get("kernel_drops", 0), "kernel_packets": c.get("kernel_packets", 0),
-            "silent": False, "dropping": dropping,
+            "silent": False, "dropping": dropping, "retired": retiring,
         }
         if not dropping or prev.get("dropping"):
             return []
@@ -75,18 +83,19 @@ class SensorHealth:
         return [_finding("sensor_drops", node, header.window_start_ns, header.window_end_ns, evidence)]
 
     def check(self, now_ns: int) -> list[Finding]:
-        """Nodes whose sensors have been silent too long (reported once per silence); those silent past
-        ``forget_after_s``, their silence reported, are forgotten (``touched`` says so)."""
+        """Nodes whose sensors have been silent too long (reported once per silence; a retired node never
+        is); those silent past ``forget_after_s``, their silence reported or their node retired, are
+        forgotten (``touched`` says so)."""
         findings = []
         nodes = self._state["nodes"]
         for node, s in list(nodes.items()):
             quiet = now_ns - s["last_seen_ns"]
-            if s["silent"] and quiet > self.forget_after_ns:
+            if (s["silent"] or s.get("retired")) and quiet > self.forget_after_ns:
                 del nodes[node]
                 self.touched = True
                 continue
             # the stored time may lag the last heartbeat by up to a third of the bound (observe)
-            if quiet > self.silent_after_ns + self.silent_after_ns // 3 and not s["silent"]:
+            if quiet > self.silent_after_ns + self.silent_after_ns // 3 and not s["silent"] and not s.get("retired"):
                 s["silent"] = True
                 self.touched = True
                 findings.append(_finding("sensor_silent", node, s["last_seen_ns"], now_ns,

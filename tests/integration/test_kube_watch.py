@@ -7,6 +7,7 @@ the tests see which watches were resumed from a remembered resourceVersion and w
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -34,6 +35,8 @@ class _ApiServer(BaseHTTPRequestHandler):
     requests: list = []
     closing = threading.Event()
     restored_at = 0  # once set: etcd restored from a backup, its resourceVersions back at this one
+    node: dict = {}  # node-1's Node, as GET /api/v1/nodes/node-1 returns it
+    node_forbidden = False  # RBAC without get on nodes
 
     def log_message(self, *_):
         pass
@@ -64,7 +67,23 @@ class _ApiServer(BaseHTTPRequestHandler):
         }
         if url.path in routes:
             return self._json(routes[url.path])
+        if url.path == "/api/v1/nodes/node-1":
+            return self._node()
         self.send_error(404)
+
+    def _node(self) -> None:
+        if type(self).node_forbidden:
+            body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
+                               "code": 403, "message": 'nodes "node-1" is forbidden: User "system:serviceaccount:'
+                               'kubesonar:kubesonar-sensor" cannot get resource "nodes"'}).encode()
+            self.send_response(403)
+        else:
+            body = json.dumps(type(self).node).encode()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _restored(self, query: dict) -> None:
         """An API server whose etcd went back to an older snapshot: a version newer than its own is answered
@@ -140,6 +159,8 @@ def api_server():
     _ApiServer.requests = []
     _ApiServer.closing = threading.Event()
     _ApiServer.restored_at = 0
+    _ApiServer.node = json.loads((FIXTURES / "node-1.json").read_bytes())
+    _ApiServer.node_forbidden = False
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -310,3 +331,86 @@ def test_versions_the_api_server_no_longer_has_are_dropped_for_a_list_of_its_new
     assert lists[-1].get("resourceVersion") in (None, "") and "resourceVersionMatch" not in lists[-1]
     assert watcher.stats["kube_lists"] == 2
     assert _names(watcher, "10.244.1.60") == ["shop/Deployment/cart"]  # the restored API server's pods
+
+
+_LEAVING = {  # node-1's Node as each remover leaves it before the node goes
+    "deleted": lambda n: n["metadata"].update(deletionTimestamp="2026-12-02T05:00:00Z", finalizers=[
+        "karpenter.sh/termination"]),
+    "drained": lambda n: n["spec"].update(unschedulable=True, taints=[
+        {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule", "timeAdded": "2026-12-02T05:00:00Z"}]),
+    "cluster-autoscaler": lambda n: n["spec"].update(taints=[
+        {"key": "ToBeDeletedByClusterAutoscaler", "value": "1796187600", "effect": "NoSchedule"}]),
+    "karpenter": lambda n: n["spec"].update(taints=[{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]),
+    "karpenter-v1beta1": lambda n: n["spec"].update(taints=[
+        {"key": "karpenter.sh/disruption", "value": "disrupting", "effect": "NoSchedule"}]),
+}
+
+
+def _sensor_stopped_by_sigterm(api_server: str, tmp_path: Path) -> list:
+    """The live sensor as `kubesonar sensor --kubernetes` runs it (capture on this host's loopback, the pod
+    watch, a directory queue), stopped by a real SIGTERM; the headers it published, in order."""
+    import os
+    import signal
+    import socket
+
+    from kubesonar.cli import _run_until_signal
+    from kubesonar.compose import build_sensor
+    from kubesonar.sensor.live import SensorSettings
+    from kubesonar.shared.batch import decode_batch
+
+    if not hasattr(socket, "AF_PACKET") or os.geteuid() != 0:
+        pytest.skip("capturing on loopback needs Linux and CAP_NET_RAW")
+    watcher = KubeWatcher(_client(api_server), "node-1")
+    watcher.start()
+    assert watcher.wait_synced(10)
+    settings = SensorSettings(("lo",), window_s=0.5, node="node-1")
+    live = build_sensor(settings, f"file://{tmp_path}/queue", str(tmp_path / "spool"), 1 << 20,
+                        watcher.enrich, watcher)
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        _run_until_signal(live, 30, watcher.terminating)
+    finally:
+        timer.cancel()
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+        watcher.stop()
+    batches = [decode_batch(f.read_bytes()) for f in (tmp_path / "queue").iterdir() if not f.name.startswith(".")]
+    headers = sorted((b.header for b in batches), key=lambda h: (h.sequence, h.part))
+    assert len(headers) >= 3 and headers[-1].window_end_ns - headers[0].window_end_ns < 10e9  # stopped by SIGTERM
+    return headers
+
+
+@pytest.mark.parametrize("remover", sorted(_LEAVING))
+def test_a_sensor_stopped_on_a_node_leaving_the_cluster_says_so_in_its_last_batch(api_server, tmp_path, remover):
+    """cluster-autoscaler (EKS, GKE, AKS), Karpenter, a drain or a deletion: at SIGTERM the sensor reads its
+    Node once and its last batch carries node_retiring, so the backend does not report its silence."""
+    _LEAVING[remover](_ApiServer.node)
+    headers = _sensor_stopped_by_sigterm(api_server, tmp_path)
+    flagged = ["node_retiring" in h.counters for h in headers]
+    assert flagged[-1] and not flagged[0] and flagged == sorted(flagged)  # from SIGTERM on, the last batch's
+    assert headers[-1].counters["node_retiring"] == 1 and headers[-1].counters["node_read_errors"] == 0
+    assert [path for path, _ in _ApiServer.requests].count("/api/v1/nodes/node-1") == 1  # once, at SIGTERM
+
+
+def test_a_sensor_stopped_on_a_node_in_service_does_not(api_server, tmp_path, caplog):
+    """A SIGTERM on a node that is staying (the pod deleted, by a rollout or an intruder): silence alerts."""
+    with caplog.at_level(logging.INFO, logger="kubesonar.sensor.kube"):
+        headers = _sensor_stopped_by_sigterm(api_server, tmp_path)
+    assert not any("node_retiring" in h.counters for h in headers)
+    assert headers[-1].counters["node_read_errors"] == 0
+    assert "stopping on a node in service" in caplog.text
+    assert [path for path, _ in _ApiServer.requests].count("/api/v1/nodes/node-1") == 1
+
+
+def test_a_node_the_sensor_may_not_read_is_counted_and_taken_as_staying(api_server, tmp_path, caplog):
+    """RBAC without get on nodes (a ClusterRole from before this rule): 403, logged with its reason and
+    counted; no flag, so the silence alerts as before."""
+    _LEAVING["cluster-autoscaler"](_ApiServer.node)
+    _ApiServer.node_forbidden = True
+    with caplog.at_level(logging.INFO, logger="kubesonar.sensor.kube"):
+        headers = _sensor_stopped_by_sigterm(api_server, tmp_path)
+    assert not any("node_retiring" in h.counters for h in headers)
+    assert headers[-1].counters["node_read_errors"] == 1
+    assert "cannot tell whether node node-1 is leaving the cluster (Kubernetes API: 403 Forbidden)" in caplog.text

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
-from kubesonar.shared.batch import Batch, BatchHeader
+from kubesonar.shared.batch import Batch, BatchHeader, decode_batch, encode_batch
 from kubesonar.shared.flow import FlowRecords
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, check_sensors, process_batch
 
@@ -107,3 +107,58 @@ def test_nodes_the_autoscaler_replaced_are_forgotten_a_day_after_their_silence(t
     assert {"node-29", "node-30", "node-31"} <= set(kept)
     silent = [a for a in deps.notifier.sent if a["type"] == "sensor_silent"]
     assert len(silent) == len({a["source"]["node"] for a in silent}) >= 28  # each replaced node reported once
+
+
+def _last_words(node: str, seq: int, retiring: bool, sensor: str = "a") -> Batch:
+    """A heartbeat as it travels, through the batch codec: the sensor's last one says whether its node is
+    leaving the cluster (sensor/kube.py reads the Node on SIGTERM)."""
+    counters = {"packets": 10 + seq, "kernel_packets": 10 + seq, "kernel_drops": 0}
+    counters |= {"node_retiring": 1} if retiring else {}
+    header = BatchHeader("c", node, f"{node}/{sensor}", seq, seq * 10 * S, (seq + 1) * 10 * S, counters=counters)
+    (message,) = encode_batch(header, FlowRecords.empty())
+    return decode_batch(message)
+
+
+def test_a_node_scaled_down_raises_nothing_and_one_whose_sensor_just_stopped_still_does(tmp_path):
+    """Every scale-down stops a sensor: a node that said it was leaving is retired, not silent, and is
+    forgotten as silent nodes are; a sensor that stopped on a node in service (killed, crashed) is silent."""
+    import json
+
+    clock = Clock()
+    store = LocalObjectStore(tmp_path)
+    deps = Dependencies(store, CollectingNotifier(), clock)
+    for seq in range(3):
+        for node in ("leaving", "staying", "busy"):
+            process_batch(_last_words(node, seq, retiring=False), deps)
+        clock.now += 10 * S
+    process_batch(_last_words("leaving", 3, retiring=True), deps)  # its last batch, at SIGTERM
+    process_batch(_last_words("staying", 3, retiring=False), deps)  # SIGTERM on a node in service
+    found = []
+    for seq in range(4, 40):  # six minutes of the third node's heartbeats, and the scheduled check
+        clock.now += 10 * S
+        found += [(a["type"], a["source"]["node"]) for a in process_batch(_last_words("busy", seq, False), deps).new_alerts]
+        found += [(a["type"], a["source"]["node"]) for a in check_sensors(deps, "c").new_alerts]
+    assert found == [("sensor_silent", "staying")]
+    nodes = json.loads(store.get("state/c/sensor_health.json").data)["state"]["nodes"]
+    assert nodes["leaving"]["retired"] and not nodes["leaving"]["silent"]
+    clock.now += 25 * 3600 * S
+    check_sensors(deps, "c")
+    nodes = json.loads(store.get("state/c/sensor_health.json").data)["state"]["nodes"]
+    assert "leaving" not in nodes and "staying" not in nodes  # both forgotten a day on
+    assert [a["type"] for a in deps.notifier.sent] == ["sensor_silent", "sensor_silent"]  # 'busy' too, by now
+
+
+def test_a_retired_node_whose_sensor_sends_again_is_watched_again(tmp_path):
+    """The node was cordoned, its sensor restarted, and it stayed after all: silence alerts again."""
+    clock = Clock()
+    deps = Dependencies(LocalObjectStore(tmp_path), CollectingNotifier(), clock)
+    process_batch(_last_words("node-1", 0, retiring=False), deps)
+    clock.now += 10 * S
+    process_batch(_last_words("node-1", 1, retiring=True), deps)
+    clock.now += 300 * S
+    assert _types(check_sensors(deps, "c")) == []
+    process_batch(_last_words("node-1", 40, retiring=False, sensor="b"), deps)  # back, with a new sensor
+    clock.now += 60 * S
+    assert _types(check_sensors(deps, "c")) == []
+    clock.now += 30 * S
+    assert _types(check_sensors(deps, "c")) == ["sensor_silent"]
