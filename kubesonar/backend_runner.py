@@ -28,10 +28,10 @@ from urllib.parse import urlparse
 from kubesonar.backend_metrics import BackendMetrics, Health, serve
 from kubesonar.shared.errors import ConfigError, QueueUnavailable
 from kubesonar.shared.frozen_start import freeze_what_loading_made
+from kubesonar.shared.keyring_source import keyring_from_env
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, check_all_sensors, retry_delay_s
 from kubesonar.shared.ports import SystemClock
-from kubesonar.shared.signing import keyring_from_env
 from kubesonar.shared.url_credentials import without_credentials
 
 log = logging.getLogger("kubesonar.backend")

@@ -31,6 +31,7 @@ from kubesonar.functions.aws.store import S3ObjectStore, client_config
 from kubesonar.shared.env_numbers import seconds_setting
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.frozen_start import freeze_what_loading_made
+from kubesonar.shared.keyring_source import keyring_from_env
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import (
     CoreConfig,
@@ -40,7 +41,6 @@ from kubesonar.shared.pipeline import (
     process_deliveries,
 )
 from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
-from kubesonar.shared.signing import keyring_from_env
 
 logger = Logger(service="kubesonar")
 metrics = Metrics(namespace="KubeSonar", service="kubesonar")

@@ -31,6 +31,7 @@ from kubesonar.functions.gcp.notifier import PubSubNotifier
 from kubesonar.functions.gcp.store import GcsObjectStore
 from kubesonar.shared.env_numbers import count_setting, seconds_setting
 from kubesonar.shared.frozen_start import freeze_what_loading_made
+from kubesonar.shared.keyring_source import keyring_from_env
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import (
     CoreConfig,
@@ -40,7 +41,6 @@ from kubesonar.shared.pipeline import (
     process_deliveries,
 )
 from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
-from kubesonar.shared.signing import keyring_from_env
 
 _env = os.environ
 _gcs = storage.Client()
