@@ -8,8 +8,9 @@ KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_TOPIC_ARN, KUBESONAR_
 KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs inside the
 cluster or VPC; docs/detection.md), KUBESONAR_STORE_RETRY_S (how long one S3 call may take, retries
 included; under the function's timeout); an EventBridge schedule's event runs the sensor-health check instead;
-KUBESONAR_KEYRING_SECRET (a Secrets Manager secret holding the keyring; or KUBESONAR_KEYRING with the
-document itself in the encrypted environment): batches must then be signed (docs/hardening.md);
+KUBESONAR_KEYRING_SECRET (a Secrets Manager secret holding the keyring, read again when a batch names a
+key id it lacks, once a minute at most; or KUBESONAR_KEYRING with the document itself in the encrypted
+environment): batches must then be signed (docs/hardening.md);
 AWS_ENDPOINT_URL points every client elsewhere (tests use it to reach an emulator).
 """
 

@@ -193,4 +193,6 @@ def test_a_key_added_to_the_mounted_secret_is_taken_while_the_backend_runs(tmp_p
         runner.join(timeout=60)
     assert metrics.get('kubesonar_backend_messages_total{outcome="applied"}') == 2, metrics
     assert metrics.get("kubesonar_backend_decode_errors_total") == 0
+    assert metrics.get('kubesonar_backend_keyring_rereads{outcome="read"}') == 1
+    assert metrics.get('kubesonar_backend_keyring_rereads{outcome="failed"}') == 0
     assert not (queue / "dead").exists()
