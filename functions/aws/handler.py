@@ -45,12 +45,15 @@ from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
 
 logger = Logger(service="kubesonar")
 metrics = Metrics(namespace="KubeSonar", service="kubesonar")
-_s3 = boto3.client("s3", config=client_config(seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S)))
+_client_config = client_config(seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S))
+_s3 = boto3.client("s3", config=_client_config)
 
 
 def _secret(name: str) -> str:
     try:
-        text = boto3.client("secretsmanager").get_secret_value(SecretId=name).get("SecretString")
+        # bounded as S3 calls are: a re-read during an invocation must not outlast it (botocore's 60 s timeouts)
+        secretsmanager = boto3.client("secretsmanager", config=_client_config)
+        text = secretsmanager.get_secret_value(SecretId=name).get("SecretString")
     except (BotoCoreError, ClientError) as exc:  # Terraform leaves the secret without a value: put the keyring in
         raise ConfigError(f"keyring secret {name}: Secrets Manager cannot give its value: {exc}") from None
     if text is None:
