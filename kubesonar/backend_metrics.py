@@ -60,6 +60,9 @@ class BackendMetrics:
                                    "no step)", registry=r)
         self.connected = Gauge("kubesonar_backend_connected", "1 while connected to the queue's server",
                                registry=r)
+        self.keyring_rereads = Gauge("kubesonar_backend_keyring_rereads", "Times the keyring file was read "
+                                     "again for a key id it lacked, by outcome (read, failed: the keyring in "
+                                     "hand kept); at most one a minute", ["outcome"], registry=r)
 
 
 class Health:

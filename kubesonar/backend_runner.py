@@ -28,10 +28,11 @@ from urllib.parse import urlparse
 from kubesonar.backend_metrics import BackendMetrics, Health, serve
 from kubesonar.shared.errors import ConfigError, QueueUnavailable
 from kubesonar.shared.frozen_start import freeze_what_loading_made
+from kubesonar.shared.keyring_source import RereadingKeyring, keyring_from_env
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, check_all_sensors, retry_delay_s
 from kubesonar.shared.ports import SystemClock
-from kubesonar.shared.signing import keyring_from_env
+from kubesonar.shared.signing import Verifier
 from kubesonar.shared.url_credentials import without_credentials
 
 log = logging.getLogger("kubesonar.backend")
@@ -120,6 +121,12 @@ def run_backend(settings: BackendSettings, install_signals: bool = True) -> None
         http.shutdown()
 
 
+def _show_keyring_rereads(metrics: BackendMetrics, keyring: Verifier | None) -> None:
+    if isinstance(keyring, RereadingKeyring):  # a keyring file (KUBESONAR_KEYRING_FILE), not one fixed at start
+        metrics.keyring_rereads.labels("read").set_function(lambda: keyring.rereads - keyring.reread_failures)
+        metrics.keyring_rereads.labels("failed").set_function(lambda: keyring.reread_failures)
+
+
 def _record(metrics: BackendMetrics, result: ProcessResult) -> None:
     metrics.flows.inc(result.flows)
     metrics.stale.inc(result.stale)  # both consumers: the NATS one and the directory one
@@ -164,6 +171,7 @@ def _run_nats(settings: BackendSettings, metrics: BackendMetrics, health: Health
     consumer = NatsConsumer(connection, Layout(address.name, settings.consumer), deps,
                             batch=settings.batch, max_deliveries=settings.max_deliveries,
                             ack_wait_s=settings.ack_wait_s)
+    _show_keyring_rereads(metrics, deps.keyring)
     ticker = _Ticker(deps, metrics, settings.check_interval_s)
     health.connected = True
     metrics.connected.set_function(lambda: int(connection.connected))
@@ -230,6 +238,7 @@ def _run_directory(settings: BackendSettings, metrics: BackendMetrics, health: H
     notifiers = [_open_notifier(u) for u in settings.notify]
     backend = LocalBackend(store, _config(settings), notifier=FanOutNotifier(notifiers),
                            keyring=keyring_from_env(os.environ))
+    _show_keyring_rereads(metrics, backend.deps.keyring)
     ticker = _Ticker(backend.deps, metrics, settings.check_interval_s)
     health.connected = True
     metrics.connected.set(1)  # a directory: nothing to lose

@@ -47,7 +47,7 @@ from kubesonar.shared.health import SensorHealth
 from kubesonar.shared.lists_store import ALLOW_LOADER
 from kubesonar.shared.netzones import PRIVATE_NETWORKS, Zones
 from kubesonar.shared.ports import Clock, Notifier, ObjectStore
-from kubesonar.shared.signing import Keyring, authenticate
+from kubesonar.shared.signing import Verifier, authenticate
 from kubesonar.shared.state import read_document, update_document
 from kubesonar.shared.triage import normalize, on_detection
 from kubesonar.shared.watchlist import LOADER, WatchEntry
@@ -92,7 +92,7 @@ class Dependencies:
     notifier: Notifier
     clock: Clock
     config: CoreConfig = field(default_factory=CoreConfig)
-    keyring: Keyring | None = None  # None: unsigned batches accepted (the embedded default); shared/signing.py
+    keyring: Verifier | None = None  # None: unsigned batches accepted (the embedded default); shared/signing.py
 
 
 @dataclass

@@ -28,10 +28,9 @@ import json
 import logging
 import re
 import struct
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kubesonar.shared.errors import BatchFormatError, ConfigError
 
@@ -58,6 +57,13 @@ class Key:
     cluster: str
     secret: bytes
     node: str | None = None  # a per-node key speaks for that node only; None: any node of the cluster
+
+
+class Verifier(Protocol):
+    """What the backend checks messages with: a :class:`Keyring`, or one its runtime re-reads from a
+    source that can change while it runs (shared/keyring_source.py)."""
+
+    def verify(self, data: bytes) -> bytes: ...
 
 
 def is_signed(data: bytes) -> bool:
@@ -198,7 +204,7 @@ _log = logging.getLogger("kubesonar")
 _warned = [False]
 
 
-def authenticate(data: bytes, keyring: Keyring | None) -> bytes:
+def authenticate(data: bytes, keyring: Verifier | None) -> bytes:
     """The batch message to decode: verified when a keyring is configured (anything else is a
     SignatureError); without one (the embedded default) accepted as it is, with a warning once."""
     if keyring is not None:
@@ -208,24 +214,3 @@ def authenticate(data: bytes, keyring: Keyring | None) -> bytes:
         _log.warning("no keyring configured: batch messages are accepted unauthenticated "
                      "(anyone who can write to the queue can feed flows); see docs/hardening.md")
     return unwrap_unverified(data)
-
-
-def keyring_from_env(env: Mapping[str, str], fetch_secret: Callable[[str], str] | None = None) -> Keyring | None:
-    """The backend's keyring from its settings, or None (unsigned accepted): ``KUBESONAR_KEYRING`` (the
-    document itself, e.g. in a function's encrypted environment), ``KUBESONAR_KEYRING_FILE`` (a path), or
-    ``KUBESONAR_KEYRING_SECRET`` (a name the adapter's ``fetch_secret`` resolves in the cloud's secret
-    manager). At most one may be set."""
-    given = [name for name in ("KUBESONAR_KEYRING", "KUBESONAR_KEYRING_FILE", "KUBESONAR_KEYRING_SECRET")
-             if env.get(name)]
-    if len(given) > 1:
-        raise ConfigError(f"{' and '.join(given)} are alternatives; set one")
-    if not given:
-        return None
-    value = env[given[0]]
-    if given[0] == "KUBESONAR_KEYRING":
-        return Keyring.from_json(value, "KUBESONAR_KEYRING")
-    if given[0] == "KUBESONAR_KEYRING_FILE":
-        return Keyring.load(value)
-    if fetch_secret is None:
-        raise ConfigError("KUBESONAR_KEYRING_SECRET is set but this runtime cannot read a secret manager")
-    return Keyring.from_json(fetch_secret(value), f"secret {value}")

@@ -8,8 +8,9 @@ KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESONAR_TOPIC_ARN, KUBESONAR_
 KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs inside the
 cluster or VPC; docs/detection.md), KUBESONAR_STORE_RETRY_S (how long one S3 call may take, retries
 included; under the function's timeout); an EventBridge schedule's event runs the sensor-health check instead;
-KUBESONAR_KEYRING_SECRET (a Secrets Manager secret holding the keyring; or KUBESONAR_KEYRING with the
-document itself in the encrypted environment): batches must then be signed (docs/hardening.md);
+KUBESONAR_KEYRING_SECRET (a Secrets Manager secret holding the keyring, read again when a batch names a
+key id it lacks, once a minute at most; or KUBESONAR_KEYRING with the document itself in the encrypted
+environment): batches must then be signed (docs/hardening.md);
 AWS_ENDPOINT_URL points every client elsewhere (tests use it to reach an emulator).
 """
 
@@ -31,6 +32,7 @@ from kubesonar.functions.aws.store import S3ObjectStore, client_config
 from kubesonar.shared.env_numbers import seconds_setting
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.frozen_start import freeze_what_loading_made
+from kubesonar.shared.keyring_source import keyring_from_env
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import (
     CoreConfig,
@@ -40,16 +42,18 @@ from kubesonar.shared.pipeline import (
     process_deliveries,
 )
 from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
-from kubesonar.shared.signing import keyring_from_env
 
 logger = Logger(service="kubesonar")
 metrics = Metrics(namespace="KubeSonar", service="kubesonar")
-_s3 = boto3.client("s3", config=client_config(seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S)))
+_client_config = client_config(seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S))
+_s3 = boto3.client("s3", config=_client_config)
 
 
 def _secret(name: str) -> str:
     try:
-        text = boto3.client("secretsmanager").get_secret_value(SecretId=name).get("SecretString")
+        # bounded as S3 calls are: a re-read during an invocation must not outlast it (botocore's 60 s timeouts)
+        secretsmanager = boto3.client("secretsmanager", config=_client_config)
+        text = secretsmanager.get_secret_value(SecretId=name).get("SecretString")
     except (BotoCoreError, ClientError) as exc:  # Terraform leaves the secret without a value: put the keyring in
         raise ConfigError(f"keyring secret {name}: Secrets Manager cannot give its value: {exc}") from None
     if text is None:

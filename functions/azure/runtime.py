@@ -23,10 +23,10 @@ from kubesonar.functions.azure.notifier import EventGridNotifier
 from kubesonar.functions.azure.store import BlobObjectStore, client_options
 from kubesonar.shared.env_numbers import seconds_setting
 from kubesonar.shared.frozen_start import freeze_what_loading_made
+from kubesonar.shared.keyring_source import keyring_from_env
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies
 from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
-from kubesonar.shared.signing import keyring_from_env
 
 
 def _blob_service(credential: DefaultAzureCredential) -> BlobServiceClient:

@@ -9,8 +9,9 @@ Settings (environment): KUBESONAR_STATE_BUCKET, KUBESONAR_ALERTS_BUCKET, KUBESON
 KUBESONAR_FLOWS_SUBSCRIPTION, KUBESONAR_PULL_MAX_MESSAGES, KUBESONAR_DRAIN_SECONDS (how long a tick
 starts new rounds of pulling and scoring: under the function's timeout), KUBESONAR_LEARNING_PERIOD_S,
 KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS, KUBESONAR_STORE_RETRY_S (how long one
-Cloud Storage call may keep retrying: under the function's timeout); KUBESONAR_KEYRING (the keyring, which Cloud
-Run puts in the environment from Secret Manager, infra/gcp): batches must then be signed (docs/hardening.md);
+Cloud Storage call may keep retrying: under the function's timeout); KUBESONAR_KEYRING_FILE (the keyring, a Secret
+Manager secret volume of its latest version, infra/gcp; read again when a batch names a key id it lacks):
+batches must then be signed (docs/hardening.md);
 STORAGE_EMULATOR_HOST and
 PUBSUB_EMULATOR_HOST point the clients at emulators, as the libraries themselves honour them.
 """
@@ -31,6 +32,7 @@ from kubesonar.functions.gcp.notifier import PubSubNotifier
 from kubesonar.functions.gcp.store import GcsObjectStore
 from kubesonar.shared.env_numbers import count_setting, seconds_setting
 from kubesonar.shared.frozen_start import freeze_what_loading_made
+from kubesonar.shared.keyring_source import keyring_from_env
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import (
     CoreConfig,
@@ -40,7 +42,6 @@ from kubesonar.shared.pipeline import (
     process_deliveries,
 )
 from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
-from kubesonar.shared.signing import keyring_from_env
 
 _env = os.environ
 _gcs = storage.Client()

@@ -18,7 +18,7 @@ from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.errors import BatchFormatError, KubeSonarError
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, ProcessResult, process_batch
 from kubesonar.shared.ports import Notifier, SystemClock
-from kubesonar.shared.signing import Keyring, authenticate
+from kubesonar.shared.signing import Verifier, authenticate
 
 # what `kubesonar watch` keeps in memory for months: the latest alerts, faults and sensors heard (a sensor
 # id is new at each sensor start), never one more per alert, fault or restart
@@ -29,7 +29,7 @@ HEARTBEATS_KEEP = 1000
 
 class LocalBackend:
     def __init__(self, state_dir: str | Path, config: CoreConfig | None = None, remember: int = 100_000,
-                 keyring: Keyring | None = None, notifier: Notifier | None = None):
+                 keyring: Verifier | None = None, notifier: Notifier | None = None):
         self.notifier = notifier or CollectingNotifier(keep=ALERTS_KEEP)
         self.deps = Dependencies(LocalObjectStore(Path(state_dir)), self.notifier, SystemClock(),
                                  config or CoreConfig(), keyring=keyring)

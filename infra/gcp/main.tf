@@ -216,7 +216,8 @@ resource "google_cloud_run_service_iam_member" "trigger_invokes" {
 ################################################################################
 # Keyring: the cluster keys batches are signed with (docs/hardening.md). The module makes the secret,
 # encrypted with the module's key; the operator adds its version (README), so no key is in the Terraform
-# state. Cloud Run puts the latest version in the function's KUBESONAR_KEYRING when an instance starts.
+# state. The function reads it as a file of a secret volume: each read fetches the latest version, so a
+# key added for a rotation reaches warm instances too (shared/keyring_source.py), not only new ones.
 ################################################################################
 
 resource "google_secret_manager_secret" "keyring" {
@@ -304,12 +305,16 @@ resource "google_cloudfunctions2_function" "scoring" {
       KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
       KUBESONAR_INTERNAL_NETWORKS     = join(",", var.internal_networks)
       KUBESONAR_STORE_RETRY_S         = tostring(var.store_retry_s)
+      KUBESONAR_KEYRING_FILE          = "/etc/kubesonar-keyring/keyring.json"
     }
-    secret_environment_variables {
-      key        = "KUBESONAR_KEYRING"
+    secret_volumes {
+      mount_path = "/etc/kubesonar-keyring"
       project_id = var.project_id
       secret     = google_secret_manager_secret.keyring.secret_id
-      version    = "latest"
+      versions {
+        version = "latest"
+        path    = "keyring.json"
+      }
     }
   }
   lifecycle {

@@ -80,3 +80,50 @@ def test_a_keyring_secret_with_no_value_yet_stops_the_cold_start_with_one_line_n
     monkeypatch.setenv("KUBESONAR_KEYRING_SECRET", name)
     with pytest.raises(ConfigError, match=f"keyring secret {name}: "):
         importlib.reload(handler)
+
+
+def _put_keyring(keys: dict[str, bytes] | str) -> None:
+    """The operator writes the keyring secret, as docs/hardening.md says (a new version of it)."""
+    doc = keys if isinstance(keys, str) else json.dumps({"keys": [
+        {"id": key_id, "cluster": "prod", "secret": base64.b64encode(secret).decode()}
+        for key_id, secret in keys.items()]})
+    client("secretsmanager", os.environ["AWS_ENDPOINT_URL"]).put_secret_value(
+        SecretId=os.environ["KUBESONAR_KEYRING_SECRET"], SecretString=doc)
+
+
+def _failed(handler, bodies: list[bytes]) -> list[str]:
+    result = handler.lambda_handler(_event(bodies), LambdaContext())
+    return [f["itemIdentifier"] for f in result["batchItemFailures"]]
+
+
+def test_a_key_added_to_the_secret_is_taken_by_a_warm_instance(handler):
+    """Rotation: the new key goes into the secret, sensors sign with it; an instance that started before
+    reads the secret again instead of dead-lettering their batches for as long as it stays warm."""
+    assert _failed(handler, [_message(Keyring([Key("prod-1", "prod", SECRET)], "prod-1").sign)]) == []  # warm
+    new_secret = os.urandom(32)
+    _put_keyring({"prod-1": SECRET, "prod-2": new_secret})
+    new = Keyring([Key("prod-2", "prod", new_secret)], "prod-2").sign
+    assert _failed(handler, [_message(new, "node-1/b1")]) == []
+    assert handler.deps.keyring.rereads == 1
+
+
+def test_unknown_key_ids_read_the_secret_once_a_minute_at_most(handler):
+    """A flood of forged key ids is not a flood of GetSecretValue calls: the second one, within the
+    interval, is refused with what the first read gave, even though the secret now holds that key."""
+    forged_secret = os.urandom(32)
+    forged = Keyring([Key("prod-9", "prod", forged_secret)], "prod-9").sign
+    assert _failed(handler, [_message(forged, "node-1/f1")]) == ["m0"]
+    assert handler.deps.keyring.rereads == 1
+    _put_keyring({"prod-1": SECRET, "prod-9": forged_secret})  # a second read would now accept it
+    assert _failed(handler, [_message(forged, "node-1/f2")]) == ["m0"]
+    assert handler.deps.keyring.rereads == 1
+
+
+def test_a_secret_that_no_longer_reads_keeps_the_keyring_in_hand(handler, caplog):
+    """Half-written or invalid: logged and counted; the batch refused as before, the known key still taken."""
+    _put_keyring('{"keys": [')
+    new = Keyring([Key("prod-2", "prod", os.urandom(32))], "prod-2").sign
+    old = Keyring([Key("prod-1", "prod", SECRET)], "prod-1").sign
+    assert _failed(handler, [_message(new, "node-1/b1"), _message(old, "node-1/a1")]) == ["m0"]
+    assert handler.deps.keyring.reread_failures == 1
+    assert "keeping the keyring in hand" in caplog.text and "not JSON" in caplog.text

@@ -65,3 +65,28 @@ def test_only_batches_signed_with_the_clusters_key_are_scored(signed):
     assert reasons[ids["unsigned"]].startswith("signature: unsigned")
     assert reasons[ids["forged"]].startswith("signature: bad_mac")
     assert [b for e in entries for b in e["batches"]] == ["node-1/good/1/0"]
+
+
+def _ring(keys: dict[str, bytes]) -> str:
+    return json.dumps({"keys": [{"id": k, "cluster": "prod", "secret": base64.b64encode(s).decode()}
+                                for k, s in keys.items()]})
+
+
+def test_a_key_added_to_the_mounted_secret_is_taken_by_a_running_instance(gcp_emulators, tmp_path):  # noqa: F811
+    """As infra/gcp runs it: the keyring a file of a secret volume, which shows the latest version at each
+    read. A version with a new key added while the instance runs: batches signed with it are scored."""
+    from google.cloud import pubsub_v1
+
+    d, keyring_file, new_secret = Deployment(), tmp_path / "keyring.json", os.urandom(32)
+    keyring_file.write_text(_ring({"prod-1": SECRET}))
+    env = {**d.function_env(d.subscription("flows-drain")), "KUBESONAR_KEYRING_FILE": str(keyring_file)}
+    with function_server("on_tick", env, tmp_path / "tick.log") as tick_url:
+        create(d, {"ticks": tick_url})
+        keyring_file.write_text(_ring({"prod-1": SECRET, "prod-2": new_secret}))  # a rotation's new version
+        publisher = pubsub_v1.PublisherClient()
+        new = Keyring([Key("prod-2", "prod", new_secret)], "prod-2").sign
+        publisher.publish(d.topic("flows"), _message(new, "node-1/new"), sensor="node-1/new", sequence="1",
+                          part="0").result(timeout=30)
+        publisher.publish(d.topic("ticks"), b"tick").result(timeout=30)
+        entries = wait_until(lambda: [e for e in scored(tmp_path / "tick.log") if e["messages"]], "the tick's scoring")
+    assert sum(e["applied"] for e in entries) == 1 and sum(e["poison"] for e in entries) == 0

@@ -140,3 +140,59 @@ def test_refused_ones_are_taken_when_the_old_key_is_put_back_and_they_are_redriv
     metrics = _run_backend(tmp_path, queue, [OLD, NEW], monkeypatch, settled=3)
     assert metrics.get('kubesonar_backend_messages_total{outcome="applied"}') == 3, metrics
     assert metrics.get("kubesonar_backend_decode_errors_total") == 0 and not list(queue.glob("*.ksfb"))
+
+
+def _kubelet_update(mount: Path, keys: list[str]) -> Path:
+    """A Secret volume as the kubelet keeps it: ``keyring.json`` -> ``..data/keyring.json``, and an update
+    writes a new directory and swaps the ``..data`` link to it in one rename."""
+    version = mount / f"..{time.monotonic_ns()}"
+    version.mkdir(parents=True)
+    _keyring_file(version / "keyring.json", keys)
+    (mount / "..data_tmp").symlink_to(version.name)
+    (mount / "..data_tmp").replace(mount / "..data")
+    if not (mount / "keyring.json").is_symlink():
+        (mount / "keyring.json").symlink_to("..data/keyring.json")
+    return mount / "keyring.json"
+
+
+def test_a_key_added_to_the_mounted_secret_is_taken_while_the_backend_runs(tmp_path, monkeypatch):
+    """Rotation on-prem: the backend started with the old key only; the operator adds the new one to the
+    Secret, the kubelet updates the mounted file, sensors sign with the new key: the running backend
+    reads its keyring file again and takes their batches instead of dead-lettering them."""
+    from kubesonar.backend_runner import BackendSettings, run_backend
+
+    queue = tmp_path / "queue"
+    queue.mkdir()
+    monkeypatch.setenv("KUBESONAR_KEYRING_FILE", str(_kubelet_update(tmp_path / "mount", [OLD])))
+    port = free_port()
+    runner = threading.Thread(target=run_backend, args=(BackendSettings(
+        f"file://{queue}", str(tmp_path / "state"), listen=f"127.0.0.1:{port}", duration_s=8),),
+        kwargs={"install_signals": False})
+    runner.start()
+
+    def settled(count: int) -> dict[str, float]:
+        scraped: dict[str, float] = {}
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            scraped = backend_metrics(port) or scraped
+            if sum(scraped.get(f'kubesonar_backend_messages_total{{outcome="{o}"}}', 0)
+                   for o in ("applied", "dead_lettered")) >= count:
+                break
+            time.sleep(0.2)
+        return scraped
+
+    try:
+        _Sensor(_keyring_file(tmp_path / "old.json", [OLD], OLD), tmp_path / "spool-old", queue,
+                "node-1/before").window()
+        assert settled(1).get('kubesonar_backend_messages_total{outcome="applied"}') == 1  # warm, old keyring
+        _kubelet_update(tmp_path / "mount", [OLD, NEW])
+        _Sensor(_keyring_file(tmp_path / "new.json", [OLD, NEW], NEW), tmp_path / "spool-new", queue,
+                "node-1/after").window()
+        metrics = settled(2)
+    finally:
+        runner.join(timeout=60)
+    assert metrics.get('kubesonar_backend_messages_total{outcome="applied"}') == 2, metrics
+    assert metrics.get("kubesonar_backend_decode_errors_total") == 0
+    assert metrics.get('kubesonar_backend_keyring_rereads{outcome="read"}') == 1
+    assert metrics.get('kubesonar_backend_keyring_rereads{outcome="failed"}') == 0
+    assert not (queue / "dead").exists()

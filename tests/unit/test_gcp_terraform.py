@@ -113,8 +113,8 @@ def test_the_function_is_the_entry_point_in_this_repository():
 
 def _environment_read(path: Path) -> set[str]:
     names = set()
-    if "keyring_from_env(_env)" in path.read_text():  # names it reads, from shared/signing.py
-        names.add("KUBESONAR_KEYRING")  # the one this module sets (from Secret Manager); the others stay unset
+    if "keyring_from_env(_env)" in path.read_text():  # names it reads, from shared/keyring_source.py
+        names.add("KUBESONAR_KEYRING_FILE")  # the one this module sets (a secret volume); the others stay unset
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Subscript) and ast.unparse(node.value) in {"_env", "os.environ"}:
             names.add(ast.literal_eval(node.slice))
@@ -127,16 +127,17 @@ def _environment_read(path: Path) -> set[str]:
 
 def test_environment_variables_are_the_ones_the_function_reads():
     service = _resources()[("google_cloudfunctions2_function", "scoring")]["service_config"][0]
-    secrets = {v["key"] for v in service["secret_environment_variables"]}
-    assert _environment_read(REPO / "functions" / "gcp" / "main.py") == set(service["environment_variables"]) | secrets
-    assert secrets == {"KUBESONAR_KEYRING"}
+    assert _environment_read(REPO / "functions" / "gcp" / "main.py") == set(service["environment_variables"])
+    assert "secret_environment_variables" not in service  # fixed at instance start: a rotation missed warm ones
 
 
 def test_the_keyring_comes_from_secret_manager_encrypted_and_readable_by_the_function_only():
     tf = _resources()
     service = tf[("google_cloudfunctions2_function", "scoring")]["service_config"][0]
-    (keyring,) = service["secret_environment_variables"]
-    assert "google_secret_manager_secret.keyring.secret_id" in keyring["secret"] and keyring["version"] == "latest"
+    (keyring,) = service["secret_volumes"]  # read at each access: warm instances see a rotation's new key
+    (version,) = keyring["versions"]
+    assert "google_secret_manager_secret.keyring.secret_id" in keyring["secret"] and version["version"] == "latest"
+    assert service["environment_variables"]["KUBESONAR_KEYRING_FILE"] == f"{keyring['mount_path']}/{version['path']}"
     secret = tf[("google_secret_manager_secret", "keyring")]
     assert "google_kms_crypto_key.this.id" in str(secret["replication"])
     readers = [b for (t, _), b in tf.items() if t == "google_secret_manager_secret_iam_member"]

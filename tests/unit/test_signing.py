@@ -174,7 +174,7 @@ def test_verify_rejects_non_bytes_garbage():
 
 
 def test_the_backend_keyring_from_its_settings(tmp_path):
-    from kubesonar.shared.signing import keyring_from_env
+    from kubesonar.shared.keyring_source import keyring_from_env
 
     doc = _ring_doc(PROD_NEW, PROD_OLD)
     (tmp_path / "k.json").write_text(doc)
@@ -187,6 +187,32 @@ def test_the_backend_keyring_from_its_settings(tmp_path):
         keyring_from_env({"KUBESONAR_KEYRING": doc, "KUBESONAR_KEYRING_FILE": "x"})
     with pytest.raises(ConfigError, match="secret manager"):
         keyring_from_env({"KUBESONAR_KEYRING_SECRET": "s"})
+
+
+def test_a_rereading_keyring_reads_its_source_for_an_unknown_key_once_an_interval(tmp_path):
+    """The interval on a clock of our own: reads for unknown key ids only, one per interval; a failed read
+    keeps the keyring in hand (the pipeline's real runs: tests/integration/test_aws_signing.py)."""
+    from kubesonar.shared.keyring_source import REREAD_INTERVAL_S, RereadingKeyring
+
+    path, now = tmp_path / "k.json", [0.0]
+    path.write_text(_ring_doc(PROD_OLD))
+    ring = RereadingKeyring(lambda: Keyring.load(path), str(path), clock=lambda: now[0])
+    (new,) = _messages(signer=Keyring([PROD_NEW], "prod-2").sign)
+    (forged,) = _messages(signer=Keyring([Key("prod-1", "prod", os.urandom(32))], "prod-1").sign)
+    with pytest.raises(SignatureError, match="bad_mac"):
+        ring.verify(forged.data)
+    assert ring.rereads == 0  # a key we hold that does not match is no reason to read
+    path.write_text('{"keys": [')  # half-written
+    with pytest.raises(SignatureError, match="unknown_key"):
+        ring.verify(new.data)
+    assert (ring.rereads, ring.reread_failures) == (1, 1)
+    path.write_text(_ring_doc(PROD_OLD, PROD_NEW))
+    now[0] += REREAD_INTERVAL_S - 1
+    with pytest.raises(SignatureError, match="unknown_key"):
+        ring.verify(new.data)
+    assert ring.rereads == 1
+    now[0] += 1
+    assert ring.verify(new.data) and ring.rereads == 2
 
 
 def test_a_per_node_key_speaks_for_its_node_only(tmp_path):
