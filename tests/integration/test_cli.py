@@ -180,6 +180,19 @@ def test_the_private_ranges_are_the_edge_when_any_flow_crosses_them_either_way(t
     assert "no flow leaves the private ranges" not in done.stderr
 
 
+def test_the_lab_note_is_given_beside_a_capture_fault(tmp_path):
+    """A capture cut short (tcpdump killed) is scored up to the cut, judged with every address outside as
+    the whole one is: the alerts on private addresses that judgement raised need the note that explains
+    it, fault or not; the fault stays the last line."""
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes((PCAPS / "c2_beacon/chrissanders_ratinfected.pcapng").read_bytes()[:300_000])
+    done = _run("analyze", str(cut), "--learning-period", "0", "--format", "json")
+    assert done.returncode == 1 and [json.loads(x)["destination"]["ip"] for x in done.stdout.splitlines()] == [
+        "172.16.0.111"]
+    lines = done.stderr.splitlines()
+    assert "no flow leaves the private ranges" in lines[0] and "truncated record" in lines[-1]
+
+
 def test_a_capture_from_a_pipe_or_a_fifo_is_read_once(tmp_path):
     """`tcpdump -w - | kubesonar analyze -`: a stream cannot be read twice, so it is not read ahead for the
     cluster's edge (that read took all of standard input, and the scoring read found it empty, exit 1; a
