@@ -134,7 +134,8 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
         _alert_table(result.alerts)
     for fault in result.errors:  # the core went on without it: a broken list, a baseline started afresh
         click.echo(f"kubesonar: warning: {fault}", err=True)
-    if result.judged_all_outside and result.outside_flows and not result.stats.errors:
+    # beside a capture's fault too: the alerts read up to it were judged so
+    if result.judged_all_outside and result.outside_flows:
         click.echo("kubesonar: note: no flow leaves the private ranges, so the captures were not taken at a "
                    "cluster's edge (a lab, an office LAN, a sandbox): every address was judged as outside the "
                    "cluster, as with --internal-network none; name the cluster's own ranges with "

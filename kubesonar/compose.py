@@ -8,6 +8,8 @@ into these functions; ``sensor/``, ``shared/`` and ``functions/`` never import o
 from __future__ import annotations
 
 import itertools
+import os
+import stat
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -18,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from kubesonar.sensor.capture_file import STDIN
 from kubesonar.sensor.offline import CaptureStats, Observed, read_captures
 from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch
 
@@ -66,6 +69,17 @@ def _boundary_known(paths: Iterable[str]) -> bool:
     return False
 
 
+def _read_once(path: str) -> bool:
+    """Standard input, a pipe or a FIFO: a look ahead (_boundary_known) would leave the scoring read an
+    empty stream, or a FIFO's second open waiting for a writer that is gone."""
+    if path == STDIN:
+        return True
+    try:
+        return not stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:  # missing or unreadable: the scoring read reports it
+        return False
+
+
 def _batches(observed: Iterator[Observed], cluster: str, node: str, sequences: Iterator[int]) -> Iterator[bytes]:
     """Encode flows and DNS messages the way a sensor publishes them, so the core reads real batch
     messages. Sequence numbers run on across calls: the core skips a (sensor, sequence, part) it has seen."""
@@ -94,9 +108,11 @@ def analyze(
     inventory = PodInventory.load(pods) if pods else None
     allowed = tuple(entry for path in allowlists for entry in load_allowlist(path))
     # with no internal network named and no pods to name the cluster's own addresses, the private ranges
-    # stand for the cluster's edge unless nothing in the captures crosses it (_boundary_known)
+    # stand for the cluster's edge unless nothing in the captures crosses it (_boundary_known); a stream
+    # is read once, so they stand for it there
     learn, captures = list(learn), list(captures)
     judged_all_outside = (internal_networks is None and inventory is None
+                          and not any(map(_read_once, [*learn, *captures]))
                           and not _boundary_known([*learn, *captures]))
     if judged_all_outside:
         internal_networks = ()

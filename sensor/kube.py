@@ -105,8 +105,7 @@ class KubeWatcher:
             return self._leaving
         self._leaving = {}
         try:
-            node = self._api.sanitize_for_serialization(
-                self._core.read_node(self.node, _request_timeout=_NODE_READ_TIMEOUT_S))
+            node = self._read_node()
         except ApiException as exc:  # 403: the ClusterRole lacks get on nodes (infra/k8s/base/rbac.yaml)
             self._node_unread(f"Kubernetes API: {exc.status} {exc.reason}")
             return self._leaving
@@ -121,6 +120,27 @@ class KubeWatcher:
         else:
             log.info("stopping on a node in service: its silence will be an alert")
         return self._leaving
+
+    def _read_node(self) -> dict[str, Any]:
+        """This node's Node, waited for _NODE_READ_TIMEOUT_S in all: the client retries a GET that timed out
+        three times, each try with the whole timeout again (20 s of the 30 s grace, before the last batch)."""
+        answer: dict[str, Any] = {}
+
+        def read() -> None:
+            try:
+                answer["node"] = self._api.sanitize_for_serialization(
+                    self._core.read_node(self.node, _request_timeout=_NODE_READ_TIMEOUT_S))
+            except Exception as exc:  # noqa: BLE001 - raised again in the sensor's thread, below
+                answer["error"] = exc
+
+        reader = threading.Thread(target=read, name="node-read", daemon=True)  # left behind if it hangs
+        reader.start()
+        reader.join(_NODE_READ_TIMEOUT_S)
+        if "error" in answer:
+            raise answer["error"]
+        if "node" not in answer:
+            raise TimeoutError(f"no answer in {_NODE_READ_TIMEOUT_S:g} s")
+        return answer["node"]
 
     def _node_unread(self, error: str) -> None:
         self.stats["node_read_errors"] += 1

@@ -16,8 +16,10 @@ Three kinds of evidence, each enough on its own:
 
 Catches: cryptojacking with xmrig, cgminer, ethminer and their forks, plain or through a proxy that
 keeps the protocol; pool lookups even when the connection is encrypted. Misses: Stratum inside TLS
-to a pool not in the list on a port not in the list; Stratum v2 (binary, encrypted). Crypto node
-P2P traffic (Bitcoin 8333, Ethereum 30303, Monero 18080) is not mining and is not reported.
+to a pool not in the list on a port not in the list; Stratum v2 (binary, encrypted); Stratum over a
+cleartext WebSocket (it opens with an HTTP request, and a client's frames are masked) on a pool port,
+unless a pool's name is looked up. Crypto node P2P traffic (Bitcoin 8333, Ethereum 30303, Monero
+18080) is not mining and is not reported.
 False positives: a blockchain team's own pool or solo-mining tests; security tooling resolving pool
 domains (allowlist it).
 

@@ -180,6 +180,50 @@ def test_the_private_ranges_are_the_edge_when_any_flow_crosses_them_either_way(t
     assert "no flow leaves the private ranges" not in done.stderr
 
 
+def test_the_lab_note_is_given_beside_a_capture_fault(tmp_path):
+    """A capture cut short (tcpdump killed) is scored up to the cut, judged with every address outside as
+    the whole one is: the alerts on private addresses that judgement raised need the note that explains
+    it, fault or not; the fault stays the last line."""
+    cut = tmp_path / "cut.pcapng"
+    cut.write_bytes((PCAPS / "c2_beacon/chrissanders_ratinfected.pcapng").read_bytes()[:300_000])
+    done = _run("analyze", str(cut), "--learning-period", "0", "--format", "json")
+    assert done.returncode == 1 and [json.loads(x)["destination"]["ip"] for x in done.stdout.splitlines()] == [
+        "172.16.0.111"]
+    lines = done.stderr.splitlines()
+    assert "no flow leaves the private ranges" in lines[0] and "truncated record" in lines[-1]
+
+
+def test_a_capture_from_a_pipe_or_a_fifo_is_read_once(tmp_path):
+    """`tcpdump -w - | kubesonar analyze -`: a stream cannot be read twice, so it is not read ahead for the
+    cluster's edge (that read took all of standard input, and the scoring read found it empty, exit 1; a
+    FIFO's second open waited for a writer forever). The private ranges stay the edge, as before."""
+    import threading
+
+    def alerts(run):
+        return sorted((a["type"], a["source"]["ip"]) for a in map(json.loads, run.stdout.splitlines()))
+
+    public = PCAPS / "mining/nesfit_xmr-eu1.nanopool.org.pcapng"
+    with public.open("rb") as stdin:
+        piped = subprocess.run(["kubesonar", "analyze", "-", "--format", "json"], stdin=stdin, capture_output=True,
+                               text=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    assert alerts(piped) == alerts(_run("analyze", str(public), "--format", "json")) != []
+    lab = PCAPS / "c2_beacon/chrissanders_ratinfected.pcapng"  # nothing beyond the private ranges
+    fifo = tmp_path / "capture"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(lab.read_bytes()), daemon=True)
+    writer.start()
+    try:
+        done = subprocess.run(["kubesonar", "analyze", str(fifo), "--learning-period", "0", "--format", "json"],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        if writer.is_alive():  # the command never opened it: let the writer go
+            with open(fifo, "rb") as unblock:
+                unblock.read()
+    assert done.returncode == 0 and done.stdout == "", done.stderr
+    assert "every flow's responder is inside" in done.stderr  # and --internal-network none is suggested
+
+
 def test_a_command_whose_extra_is_not_installed_says_which_package_in_one_line(tmp_path):
     """`pip install -e .` (the README's quick start) brings no extra: `kubesonar backend`, even on the embedded
     default's file:// queue, ended in prometheus_client's ModuleNotFoundError traceback, and an s3:// store

@@ -37,6 +37,7 @@ class _ApiServer(BaseHTTPRequestHandler):
     restored_at = 0  # once set: etcd restored from a backup, its resourceVersions back at this one
     node: dict = {}  # node-1's Node, as GET /api/v1/nodes/node-1 returns it
     node_forbidden = False  # RBAC without get on nodes
+    node_stalls = False  # an API server that takes the Node's GET and never answers it (overloaded)
 
     def log_message(self, *_):
         pass
@@ -72,6 +73,9 @@ class _ApiServer(BaseHTTPRequestHandler):
         self.send_error(404)
 
     def _node(self) -> None:
+        if type(self).node_stalls:
+            type(self).closing.wait(60)
+            return
         if type(self).node_forbidden:
             body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
                                "code": 403, "message": 'nodes "node-1" is forbidden: User "system:serviceaccount:'
@@ -161,6 +165,7 @@ def api_server():
     _ApiServer.restored_at = 0
     _ApiServer.node = json.loads((FIXTURES / "node-1.json").read_bytes())
     _ApiServer.node_forbidden = False
+    _ApiServer.node_stalls = False
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -414,3 +419,19 @@ def test_a_node_the_sensor_may_not_read_is_counted_and_taken_as_staying(api_serv
     assert not any("node_retiring" in h.counters for h in headers)
     assert headers[-1].counters["node_read_errors"] == 1
     assert "cannot tell whether node node-1 is leaving the cluster (Kubernetes API: 403 Forbidden)" in caplog.text
+
+
+def test_an_api_server_that_never_answers_holds_the_last_batch_back_5_s_at_most(api_server, caplog):
+    """The Node is read at SIGTERM, before the last batch and the spool's drain, within the pod's 30 s grace.
+    An API server that takes the GET and never answers (overloaded by a mass scale-down) held it 20 s: the
+    client retried the GET three times, each try with the whole 5 s again."""
+    _ApiServer.node_stalls = True
+    watcher = KubeWatcher(_client(api_server), "node-1")
+    watcher.terminating()
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="kubesonar.sensor.kube"):
+        counters = watcher.counters()
+    assert time.monotonic() - started < 6
+    assert "node_retiring" not in counters and counters["node_read_errors"] == 1
+    assert "cannot tell whether node node-1 is leaving the cluster" in caplog.text
+    assert watcher.counters() == counters  # read once: the next batch does not wait again
