@@ -62,7 +62,11 @@ class SensorHealth:
         drops = c.get("kernel_drops", 0) - (prev.get("kernel_drops", 0) if same else 0)
         seen = c.get("kernel_packets", 0) - (prev.get("kernel_packets", 0) if same else 0)
         dropping = drops >= self.min_drops or (seen > 0 and drops > self.drop_ratio * seen)
-        retiring = c.get("node_retiring", 0) > 0  # the sensor's last batch: its node is leaving the cluster
+        # the sensor's last batch: its node is leaving the cluster. Its window ended as the sensor stopped,
+        # by now at the latest (give a clock's skew): one from the future would hold the node's real
+        # heartbeats back as older and hide its silence for as long (a forged batch, by root on another
+        # node holding the cluster-wide key), so it counts as a plain heartbeat, whose silence alerts
+        retiring = c.get("node_retiring", 0) > 0 and header.window_end_ns <= now_ns + self.silent_after_ns
         # A heartbeat that changes nothing the checks need is not written: the node was heard recently
         # enough (a third of the silence bound), same sensor, no drops. Idle clusters write the health
         # document a third as often (docs/cost.md); drops are then judged over the longer interval.

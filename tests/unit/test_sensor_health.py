@@ -162,3 +162,22 @@ def test_a_retired_node_whose_sensor_sends_again_is_watched_again(tmp_path):
     assert _types(check_sensors(deps, "c")) == []
     clock.now += 30 * S
     assert _types(check_sensors(deps, "c")) == ["sensor_silent"]
+
+
+def test_a_retiring_batch_from_the_future_hides_no_silence(tmp_path):
+    """A batch whose window ends an hour ahead holds the node's real heartbeats back as older; had it
+    retired the node, a forged one (root on another node, with the cluster-wide key) would hide this
+    node's silence for the hour. It is taken as a plain heartbeat: the silence alerts."""
+    clock = Clock()
+    deps = Dependencies(LocalObjectStore(tmp_path), CollectingNotifier(), clock)
+    now_window = clock.now // (10 * S)
+    for seq in range(3):
+        process_batch(_last_words("node-1", now_window + seq, retiring=False), deps)
+        clock.now += 10 * S
+    process_batch(_last_words("node-1", now_window + 360, retiring=True, sensor="forged"), deps)
+    found = []
+    for seq in range(3, 15):  # two minutes of the real sensor's heartbeats, all older than the forged window
+        clock.now += 10 * S
+        found += _types(process_batch(_last_words("node-1", now_window + seq, retiring=False), deps))
+        found += _types(check_sensors(deps, "c"))
+    assert found == ["sensor_silent"]
