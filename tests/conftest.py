@@ -23,3 +23,9 @@ def require_tool(name: str) -> str:
 
 def shared_captures() -> list[Path]:
     return sorted(p for p in PCAPS.glob("*/*") if p.suffix in (".pcap", ".pcapng", ".cap"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, the rest in their order: scripts/test.sh's workers take tests one at a time
+    from the front, so the long ones start early, in parallel, and none is left running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

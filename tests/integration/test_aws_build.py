@@ -7,9 +7,12 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_the_build_script_packages_the_handler_for_arm64_python_3_12(tmp_path):
     out = tmp_path / "kubesonar-lambda.zip"
     subprocess.run([sys.executable, str(REPO / "functions" / "aws" / "build.py"), "--out", str(out)], check=True,

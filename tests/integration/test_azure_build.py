@@ -9,9 +9,12 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from conftest import REPO
 
 
+@pytest.mark.slow
 def test_the_build_script_packages_the_app_for_python_3_12_on_linux(tmp_path):
     out = tmp_path / "kubesonar-azure.zip"
     subprocess.run([sys.executable, str(REPO / "functions" / "azure" / "build.py"), "--out", str(out)], check=True,

@@ -7,9 +7,12 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 from kubesonar.functions.gcp.build import REQUIREMENTS, build
 
 
+@pytest.mark.slow
 def test_the_archive_holds_main_requirements_and_the_package(tmp_path):
     archive = build(tmp_path / "kubesonar-gcp.zip")
     with zipfile.ZipFile(archive) as zf:

@@ -8,9 +8,13 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from netns.node import namespace_node
 
 from conftest import require_tool
+
+pytestmark = pytest.mark.slow  # real tools and timers: tens of seconds each
 
 _HTTP_CLIENT = """
 import sys, time, urllib.request
