@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +24,17 @@ def require_tool(name: str) -> str:
     if os.environ.get("CI"):
         pytest.fail(f"{name} is not installed; .ci/run should have installed it")
     pytest.skip(f"{name} is not installed (run .ci/run or apt-get install it)")
+
+
+@contextmanager
+def one_source_build_at_a_time() -> Iterator[None]:
+    """The function builds make kubesonar's wheel inside the checkout (pip builds in tree: build/,
+    kubesonar.egg-info/), where two at once (tests in parallel workers) can remove each other's staging
+    files; across processes, one at a time."""
+    tag = hashlib.sha256(str(REPO).encode()).hexdigest()[:12]
+    with open(Path(tempfile.gettempdir()) / f"kubesonar-source-build-{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def shared_captures() -> list[Path]:
