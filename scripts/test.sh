@@ -79,4 +79,10 @@ echo "compiling the per-packet kernels"
 for capture in tests/fixtures/captures/iputils_ping.pcap ../shared/data/more/benign/ja4_latest.pcapng; do
   if [ -f "$capture" ]; then .venv/bin/kubesonar flows --format jsonl "$capture" >/dev/null; fi
 done
-PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 "$@"
+# the tests spread over workers (pytest-xdist): most of their time is spent waiting on timers, servers and
+# tools, not computing, so more workers than the 2 cores pay. Each worker takes one test at a time, the
+# slow ones first (tests/conftest.py), so the run does not end on one long test left alone.
+# KUBESONAR_TEST_WORKERS sets how many (0: all in this one process).
+workers="${KUBESONAR_TEST_WORKERS:-3}"
+PATH="$PWD/.venv/bin:$PATH" .venv/bin/python -m pytest -q -p no:cacheprovider --durations=15 \
+  -n "$workers" --dist load --maxschedchunk 1 "$@"

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -21,5 +26,22 @@ def require_tool(name: str) -> str:
     pytest.skip(f"{name} is not installed (run .ci/run or apt-get install it)")
 
 
+@contextmanager
+def one_source_build_at_a_time() -> Iterator[None]:
+    """The function builds make kubesonar's wheel inside the checkout (pip builds in tree: build/,
+    kubesonar.egg-info/), where two at once (tests in parallel workers) can remove each other's staging
+    files; across processes, one at a time."""
+    tag = hashlib.sha256(str(REPO).encode()).hexdigest()[:12]
+    with open(Path(tempfile.gettempdir()) / f"kubesonar-source-build-{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def shared_captures() -> list[Path]:
     return sorted(p for p in PCAPS.glob("*/*") if p.suffix in (".pcap", ".pcapng", ".cap"))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The slow tests first, the rest in their order: scripts/test.sh's workers take tests one at a time
+    from the front, so the long ones start early, in parallel, and none is left running alone at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -10,6 +10,7 @@ that names its host only in the HTTP Host header."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from kubesonar.shared.allowlist import load_allowlist
 from kubesonar.shared.flow import Opening
@@ -17,6 +18,7 @@ from lab.benign import NODES, PLATFORM_ALLOWLIST, WORKLOADS, Cluster, run_benign
 from lab.benign_lookalikes import ENVOY
 
 
+@pytest.mark.slow
 def test_two_simulated_days_raise_nothing_but_the_injected_attack():
     """The control proves the run can see: a beacon and an upload planted on day two are reported, and
     nothing else is."""
@@ -28,6 +30,7 @@ def test_two_simulated_days_raise_nothing_but_the_injected_attack():
     assert run.allowlisted >= len(NODES)
 
 
+@pytest.mark.slow
 def test_without_the_platform_allowlist_only_the_kubelet_readers_are_reported():
     run = run_benign(days=1.2, allowlist=())
     assert sorted({(a["type"], a["source"]["workload"]) for a in run.alerts}) == [

@@ -12,12 +12,16 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.flow import FlowRecords
 from netns.node import namespace_node
 
 from conftest import require_tool
+
+pytestmark = pytest.mark.slow  # real tools and timers: tens of seconds each
 
 UDP_FLOWS, TCP_FLOWS, UDP_PORTS = 200, 100, 7
 

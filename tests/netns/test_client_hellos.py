@@ -21,6 +21,8 @@ from netns.node import namespace_node
 
 from conftest import require_tool
 
+pytestmark = pytest.mark.slow  # real tools and timers: tens of seconds each
+
 SERVER_NAME = "hello.lab.test"
 PORT = 8443
 

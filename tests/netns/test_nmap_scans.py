@@ -8,10 +8,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from lab.netns import POD_NETWORK
 from netns.node import namespace_node
 
 from conftest import require_tool
+
+pytestmark = pytest.mark.slow  # real tools and timers: tens of seconds each
 
 _HTTP_CLIENT = """
 import sys, time, urllib.request

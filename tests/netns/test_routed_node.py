@@ -9,12 +9,16 @@ import sys
 import time
 from collections import Counter
 
+import pytest
+
 from kubesonar.sensor.offline import flows_from_captures
 from kubesonar.shared.batch import decode_batch
 from kubesonar.shared.flow import FlowRecords
 from netns.node import POD_TRAFFIC, routed_node
 
 from conftest import require_tool
+
+pytestmark = pytest.mark.slow  # real tools and timers: tens of seconds each
 
 
 def _packets(records: FlowRecords, hosts: set[str]) -> Counter:

@@ -13,6 +13,8 @@ from netns.node import require_lab
 
 from conftest import require_tool
 
+pytestmark = pytest.mark.slow  # real tools and timers: tens of seconds each
+
 # Scenarios the rules do not catch yet (issue 17 is open on them), with what was measured; they must still
 # name no bystander.
 KNOWN_MISSES: dict[str, str] = {}

@@ -90,6 +90,7 @@ def test_encode_then_decode_gives_back_exactly_what_went_in(header, records):
         assert (b.header.cluster, b.header.sequence, b.header.counters) == (header.cluster, header.sequence, header.counters)
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(flow_records(max_rows=3000), st.sampled_from([MIN_LIMIT, 6000, 20000]))
 def test_no_message_exceeds_its_limit(records, limit):

@@ -188,6 +188,7 @@ def test_a_flood_of_first_segments_gives_way_to_a_real_hello():
     assert parsed == 1 and unreadable == 700  # every fake counted once: given way, or at the end
 
 
+@pytest.mark.slow
 def test_a_flood_of_segments_on_a_held_connection_is_bounded_and_the_hello_still_reads():
     hello = _openssl_hello()
     frames = [_tcp(1000, hello[:1000])] + [_tcp(1000 + k % 900, b"x" * 50) for k in range(5000)]
