@@ -178,7 +178,6 @@ def _invoke_in_a_fresh_container(env: dict, event: dict) -> dict:
     return handler.lambda_handler(event, LambdaContext())
 
 
-@pytest.mark.slow
 def test_sixteen_concurrent_invocations_lose_no_baseline_update(backend):
     b = backend
     events = []
