@@ -45,3 +45,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The slow tests first, the rest in their order: scripts/test.sh's workers take tests one at a time
     from the front, so the long ones start early, in parallel, and none is left running alone at the end."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _emulators_of_this_module(request):
+    """A session fixture imported into a module is that module's own: each AWS or GCP test module starts
+    its own moto (tests/aws_emulator.py) or emulators (tests/gcp_emulator.py) and points the environment
+    at them once, when it starts. Spread over xdist workers, tests of several such modules interleave on
+    one worker, and the code under test then read another module's server from the variables
+    (NoSuchBucket). Each time one of them (re)starts, the variables point at its own."""
+    if hasattr(request.module, "aws_endpoint"):
+        os.environ["AWS_ENDPOINT_URL"] = request.getfixturevalue("aws_endpoint")
+    if hasattr(request.module, "gcp_emulators"):
+        servers = request.getfixturevalue("gcp_emulators")
+        os.environ.update(PUBSUB_EMULATOR_HOST=servers["pubsub"], STORAGE_EMULATOR_HOST=servers["gcs"])
+    yield
