@@ -62,7 +62,8 @@ def _boundary_known(paths: Iterable[str]) -> bool:
     from kubesonar.shared.netzones import Zones
 
     private = Zones()
-    for observed in read_captures(paths, stats=CaptureStats()):  # faults are counted by the scoring read
+    # faults are counted by the scoring read; DNS messages say nothing of the edge
+    for observed in read_captures(paths, stats=CaptureStats(), dns=False):
         flows = observed.flows
         if not (private.inside(flows["src_addr"]).all() and private.inside(flows["dst_addr"]).all()):
             return True

@@ -91,17 +91,22 @@ def _run_backend(tmp_path: Path, queue: Path, keys: list[str], monkeypatch, sett
         f"file://{queue}", str(tmp_path / "state"), listen=f"127.0.0.1:{port}", duration_s=6),),
         kwargs={"install_signals": False})
     runner.start()
-    scraped: dict[str, float] = {}
     try:
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            scraped = backend_metrics(port) or scraped
-            if sum(scraped.get(f'kubesonar_backend_messages_total{{outcome="{o}"}}', 0)
-                   for o in ("applied", "dead_lettered")) >= settled:
-                break
-            time.sleep(0.2)
+        return _settled(port, settled, within_s=5)
     finally:
         runner.join(timeout=60)
+
+
+def _settled(port: int, count: int, within_s: float) -> dict[str, float]:
+    """The backend's /metrics once ``count`` messages are applied or dead-lettered, or after ``within_s``."""
+    scraped: dict[str, float] = {}
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        scraped = backend_metrics(port) or scraped
+        if sum(scraped.get(f'kubesonar_backend_messages_total{{outcome="{o}"}}', 0)
+               for o in ("applied", "dead_lettered")) >= count:
+            break
+        time.sleep(0.2)
     return scraped
 
 
@@ -169,26 +174,14 @@ def test_a_key_added_to_the_mounted_secret_is_taken_while_the_backend_runs(tmp_p
         f"file://{queue}", str(tmp_path / "state"), listen=f"127.0.0.1:{port}", duration_s=8),),
         kwargs={"install_signals": False})
     runner.start()
-
-    def settled(count: int) -> dict[str, float]:
-        scraped: dict[str, float] = {}
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
-            scraped = backend_metrics(port) or scraped
-            if sum(scraped.get(f'kubesonar_backend_messages_total{{outcome="{o}"}}', 0)
-                   for o in ("applied", "dead_lettered")) >= count:
-                break
-            time.sleep(0.2)
-        return scraped
-
     try:
         _Sensor(_keyring_file(tmp_path / "old.json", [OLD], OLD), tmp_path / "spool-old", queue,
                 "node-1/before").window()
-        assert settled(1).get('kubesonar_backend_messages_total{outcome="applied"}') == 1  # warm, old keyring
+        assert _settled(port, 1, within_s=6).get('kubesonar_backend_messages_total{outcome="applied"}') == 1  # warm, old keyring
         _kubelet_update(tmp_path / "mount", [OLD, NEW])
         _Sensor(_keyring_file(tmp_path / "new.json", [OLD, NEW], NEW), tmp_path / "spool-new", queue,
                 "node-1/after").window()
-        metrics = settled(2)
+        metrics = _settled(port, 2, within_s=6)
     finally:
         runner.join(timeout=60)
     assert metrics.get('kubesonar_backend_messages_total{outcome="applied"}') == 2, metrics
