@@ -83,18 +83,24 @@ def _rotated_while_cut_off(tmp_path: Path) -> Path:
 def _run_backend(tmp_path: Path, queue: Path, keys: list[str], monkeypatch, settled: int) -> dict[str, float]:
     """`kubesonar backend --queue file://QUEUE` with a keyring of ``keys``, until ``settled`` messages are
     applied or dead-lettered; its /metrics then."""
-    from kubesonar.backend_runner import BackendSettings, run_backend
-
     monkeypatch.setenv("KUBESONAR_KEYRING_FILE", str(_keyring_file(tmp_path / "backend.json", keys)))
-    port = free_port()
-    runner = threading.Thread(target=run_backend, args=(BackendSettings(
-        f"file://{queue}", str(tmp_path / "state"), listen=f"127.0.0.1:{port}", duration_s=6),),
-        kwargs={"install_signals": False})
-    runner.start()
+    runner, port = _start_backend(tmp_path, queue, duration_s=6)
     try:
         return _settled(port, settled, within_s=5)
     finally:
         runner.join(timeout=60)
+
+
+def _start_backend(tmp_path: Path, queue: Path, duration_s: float) -> tuple[threading.Thread, int]:
+    """`kubesonar backend --queue file://QUEUE` for ``duration_s``, in a thread; its /metrics port."""
+    from kubesonar.backend_runner import BackendSettings, run_backend
+
+    port = free_port()
+    runner = threading.Thread(target=run_backend, args=(BackendSettings(
+        f"file://{queue}", str(tmp_path / "state"), listen=f"127.0.0.1:{port}", duration_s=duration_s),),
+        kwargs={"install_signals": False})
+    runner.start()
+    return runner, port
 
 
 def _settled(port: int, count: int, within_s: float) -> dict[str, float]:
@@ -164,16 +170,10 @@ def test_a_key_added_to_the_mounted_secret_is_taken_while_the_backend_runs(tmp_p
     """Rotation on-prem: the backend started with the old key only; the operator adds the new one to the
     Secret, the kubelet updates the mounted file, sensors sign with the new key: the running backend
     reads its keyring file again and takes their batches instead of dead-lettering them."""
-    from kubesonar.backend_runner import BackendSettings, run_backend
-
     queue = tmp_path / "queue"
     queue.mkdir()
     monkeypatch.setenv("KUBESONAR_KEYRING_FILE", str(_kubelet_update(tmp_path / "mount", [OLD])))
-    port = free_port()
-    runner = threading.Thread(target=run_backend, args=(BackendSettings(
-        f"file://{queue}", str(tmp_path / "state"), listen=f"127.0.0.1:{port}", duration_s=8),),
-        kwargs={"install_signals": False})
-    runner.start()
+    runner, port = _start_backend(tmp_path, queue, duration_s=8)
     try:
         _Sensor(_keyring_file(tmp_path / "old.json", [OLD], OLD), tmp_path / "spool-old", queue,
                 "node-1/before").window()
