@@ -140,8 +140,16 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
                    "cluster's edge (a lab, an office LAN, a sandbox): every address was judged as outside the "
                    "cluster, as with --internal-network none; name the cluster's own ranges with "
                    "--internal-network CIDR, or its pods with --pods, to judge only traffic leaving them", err=True)
+    if result.edge_from_state is not None and result.edge_from_state.networks is not None:
+        click.echo(f"kubesonar: note: judged with the cluster's edge that the --state directory's earlier runs "
+                   f"were judged with: {result.edge_from_state}; name --internal-network (or --pods) to judge "
+                   "otherwise", err=True)
+    if result.edge_before is not None:
+        click.echo(f"kubesonar: warning: the --state directory's baselines were learned with another edge "
+                   f"({result.edge_before}) than this run's ({result.edge}): destinations judged inside then were "
+                   "never learned as outside; start a fresh --state to judge with this edge alone", err=True)
     all_inside = result.outside_with_no_internal_network and not result.outside_flows
-    if all_inside and internal is None and not result.stats.errors:
+    if all_inside and internal is None and result.edge_from_state is None and not result.stats.errors:
         # a capture taken outside a cluster (a lab, an office LAN) is all private addresses: silence from
         # the outbound rules then says nothing about it, and the user should know (not beside a capture's
         # fault, which is the one line a failed run prints)

@@ -8,6 +8,7 @@ into these functions; ``sensor/``, ``shared/`` and ``functions/`` never import o
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import stat
 import tempfile
@@ -28,6 +29,9 @@ from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, enco
 
 RECORDS_PER_BATCH = 50_000
 _SENSOR_ID = "offline"
+# where a --state directory keeps the cluster's edge its runs were judged with (JSON: the internal
+# networks, [] for every address outside, null for the private ranges)
+EDGE_KEY = "analyze/{cluster}/edge.json"
 
 
 def _first_sequence() -> int:
@@ -50,6 +54,46 @@ class AnalysisResult:
     # no internal network was named and no flow had an end beyond the private ranges: every address was
     # judged outside (_boundary_known)
     judged_all_outside: bool = False
+    edge: Edge | None = None  # the cluster's edge the run judged with
+    # the edge was taken from the --state directory, as its earlier runs were judged (None: not taken)
+    edge_from_state: Edge | None = None
+    # the edge named for this run differs from the one the --state directory's earlier runs were judged
+    # with (None: it does not, or there were none)
+    edge_before: Edge | None = None
+
+
+@dataclass(frozen=True)
+class Edge:
+    """The cluster's edge a run judged with: the internal networks, () for every address outside, None
+    for the private ranges (and the pods of --pods)."""
+
+    networks: tuple[str, ...] | None
+
+    def __str__(self) -> str:
+        if self.networks is None:
+            return "the private ranges"
+        return ", ".join(self.networks) if self.networks else "every address outside (as --internal-network none)"
+
+
+def _recorded_edge(store: Any, cluster: str) -> tuple[Edge | None, str | None]:
+    """The edge an earlier run on this --state directory recorded, and a fault if its record is unreadable
+    (then the edge is found anew: a broken record must not stop the analysis)."""
+    stored = store.get(EDGE_KEY.format(cluster=cluster))
+    if stored is None:
+        return None, None
+    try:
+        networks = json.loads(stored.data)["internal_networks"]
+        if networks is not None and not (isinstance(networks, list) and all(isinstance(n, str) for n in networks)):
+            raise ValueError("internal_networks is neither null nor a list of CIDRs")
+        return Edge(None if networks is None else tuple(networks)), None
+    except (ValueError, KeyError, TypeError) as e:
+        key = EDGE_KEY.format(cluster=cluster)
+        return None, f"the edge recorded in the state ({key}) is unreadable ({e}); found anew"
+
+
+def _record_edge(store: Any, cluster: str, edge: Edge) -> None:
+    networks = None if edge.networks is None else list(edge.networks)
+    store.put(EDGE_KEY.format(cluster=cluster), json.dumps({"internal_networks": networks}).encode())
 
 
 def _boundary_known(paths: Iterable[str]) -> bool:
@@ -111,19 +155,29 @@ def analyze(
     # with no internal network named and no pods to name the cluster's own addresses, the private ranges
     # stand for the cluster's edge unless nothing in the captures crosses it (_boundary_known); a stream
     # is read once, so they stand for it there
+    # A --state directory kept between runs holds baselines learned with one edge: a later run guessing
+    # another (a capture that crosses the private ranges after a lab's that did not) would mix them, and
+    # destinations judged inside before were never learned as outside. So a run that names no edge takes
+    # the one recorded by the first, and one that names another is told the baselines were not learned so.
     learn, captures = list(learn), list(captures)
-    judged_all_outside = (internal_networks is None and inventory is None
-                          and not any(map(_read_once, [*learn, *captures]))
-                          and not _boundary_known([*learn, *captures]))
-    if judged_all_outside:
-        internal_networks = ()
+    named = internal_networks is not None or inventory is not None
     with ExitStack() as stack:
         root = state_dir or stack.enter_context(tempfile.TemporaryDirectory(prefix="kubesonar-state-"))
         store = LocalObjectStore(Path(root))
+        recorded, fault = _recorded_edge(store, cluster)
+        errors: list[str] = [fault] if fault else []
+        edge_from_state = recorded if recorded is not None and not named else None
+        judged_all_outside = False
+        if edge_from_state is not None:
+            internal_networks = edge_from_state.networks
+        elif not named:
+            judged_all_outside = (not any(map(_read_once, [*learn, *captures]))
+                                  and not _boundary_known([*learn, *captures]))
+            internal_networks = () if judged_all_outside else None
+        edge = Edge(internal_networks)
         notifier = CollectingNotifier()
         stats = CaptureStats()
         touched: dict[str, dict[str, Any]] = {}
-        errors: list[str] = []
         flows = outside = outside_if_none = 0
         phases = [(list(learn), True), (list(captures), False)]
         sequences = itertools.count(_first_sequence())
@@ -152,8 +206,11 @@ def analyze(
                 errors += [e for e in result.errors if e not in errors]
             if learning:
                 end_learning(store, cluster)
+        if flows and edge != recorded:  # a run that read nothing (a missing capture) showed no edge
+            _record_edge(store, cluster, edge)
         return AnalysisResult(sorted(touched.values(), key=lambda a: a["first_seen"]), flows, stats, errors, outside,
-                              outside_if_none, judged_all_outside)
+                              outside_if_none, judged_all_outside, edge, edge_from_state,
+                              recorded if named and recorded not in (None, edge) else None)
 
 
 @dataclass

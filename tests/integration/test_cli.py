@@ -155,29 +155,59 @@ def test_analyze_says_nothing_of_networks_when_no_flow_would_leave_them(tmp_path
     assert done.returncode == 0 and "cluster's networks" not in done.stderr
 
 
+def _handshake_capture(path, src, dst) -> str:
+    """One TCP handshake from src to dst's SSH port."""
+    from scapy.all import IP, TCP, Ether, wrpcap
+
+    packets = [Ether() / IP(src=src, dst=dst) / TCP(sport=40000, dport=22, flags="S"),
+               Ether() / IP(src=dst, dst=src) / TCP(sport=22, dport=40000, flags="SA")]
+    for i, p in enumerate(packets):
+        p.time = 1_700_000_000 + i
+    wrpcap(str(path), packets)
+    return str(path)
+
+
 def test_the_private_ranges_are_the_edge_when_any_flow_crosses_them_either_way(tmp_path):
     """A public host knocking on a private one crosses the edge as much as a private host reaching out:
     the private ranges stay the cluster's edge, and the note says only that nothing left them."""
-    from scapy.all import IP, TCP, Ether, wrpcap
-
     from kubesonar.compose import analyze
 
-    def capture(name, src, dst):
-        packets = [Ether() / IP(src=src, dst=dst) / TCP(sport=40000, dport=22, flags="S"),
-                   Ether() / IP(src=dst, dst=src) / TCP(sport=22, dport=40000, flags="SA")]
-        for i, p in enumerate(packets):
-            p.time = 1_700_000_000 + i
-        wrpcap(str(tmp_path / name), packets)
-        return str(tmp_path / name)
-
-    inbound = capture("inbound.pcap", "198.51.100.9", "192.168.1.5")
-    lab = capture("lab.pcap", "192.168.1.7", "192.168.1.5")
+    inbound = _handshake_capture(tmp_path / "inbound.pcap", "198.51.100.9", "192.168.1.5")
+    lab = _handshake_capture(tmp_path / "lab.pcap", "192.168.1.7", "192.168.1.5")
     assert not analyze([inbound]).judged_all_outside and analyze([lab]).judged_all_outside
     assert not analyze([lab], learn=[inbound]).judged_all_outside  # a learned capture shows the edge too
     assert not analyze([lab], internal_networks=("192.168.1.0/24",)).judged_all_outside  # named: no guess
     done = _run("analyze", inbound, "--format", "json")
     assert done.returncode == 0 and "every flow's responder is inside" in done.stderr
     assert "no flow leaves the private ranges" not in done.stderr
+
+
+def test_a_kept_state_is_judged_with_one_edge_across_runs(tmp_path):
+    """Baselines kept in --state were learned with one edge. A later run that names none took its own
+    guess (a capture crossing the private ranges after a lab's that did not), mixing baselines learned
+    with every address outside and with the private ranges: it now takes the recorded edge, and says so.
+    One that names another edge is warned, and its edge is the one kept from then on."""
+    from kubesonar.compose import EDGE_KEY, Edge, analyze
+
+    state = tmp_path / "state"
+    inbound = _handshake_capture(tmp_path / "inbound.pcap", "198.51.100.9", "192.168.1.5")
+    lab = _handshake_capture(tmp_path / "lab.pcap", "192.168.1.7", "192.168.1.5")
+    assert analyze([str(tmp_path / "missing.pcap")], state_dir=str(state)).stats.errors
+    first = analyze([lab], state_dir=str(state))  # a run that read nothing recorded no edge before it
+    assert first.judged_all_outside and first.edge == Edge(()) and first.edge_from_state is None
+    later = _run("analyze", inbound, "--state", str(state), "--format", "json")
+    assert later.returncode == 0 and "every address outside" in later.stderr
+    assert "no flow leaves the private ranges" not in later.stderr
+    assert analyze([inbound], state_dir=str(state)).edge_from_state == Edge(())
+    assert analyze([inbound]).edge == Edge(None)  # without the state: the private ranges, as guessed
+    named = _run("analyze", inbound, "--state", str(state), "--internal-network", "192.168.1.0/24")
+    assert named.returncode == 0 and "learned with another edge (every address outside" in named.stderr
+    kept = analyze([lab], state_dir=str(state))
+    assert kept.edge_from_state == Edge(("192.168.1.0/24",)) and kept.edge_before is None
+    (state / EDGE_KEY.format(cluster="default")).write_text("{not json")
+    broken = analyze([lab], state_dir=str(state))
+    assert broken.judged_all_outside and any("unreadable" in e for e in broken.errors)
+    assert analyze([lab], state_dir=str(state)).edge_from_state == Edge(())  # recorded again
 
 
 def test_the_lab_note_is_given_beside_a_capture_fault(tmp_path):
