@@ -107,13 +107,13 @@ variable "internal_networks" {
 }
 
 variable "store_retry_s" {
-  description = "Seconds a Blob Storage call may keep retrying (KUBESONAR_STORE_RETRY_S): its retries' sleeps and its requests' timeouts fit it, so an unreachable account fails within about twice it. Twice it must stay under the Flex Consumption plan's function timeout (30 minutes; host.json sets none), so a retrying call ends inside the invocation."
+  description = "Seconds a Blob Storage call may keep retrying (KUBESONAR_STORE_RETRY_S): its retries' sleeps and its requests' timeouts fit it, so an unreachable account fails within about twice it. Twice it must stay under the 30 seconds Event Grid waits for the function's answer: past them Event Grid counts the delivery failed and schedules a retry while the invocation still runs, so the invocation's own outcome must come first."
   type        = number
-  default     = 20
+  default     = 12
 
   validation {
-    condition     = var.store_retry_s > 0 && 2 * var.store_retry_s < 1800
-    error_message = "store_retry_s: more than 0 and under 900 seconds (twice it must stay under the function's 30-minute timeout)."
+    condition     = var.store_retry_s > 0 && 2 * var.store_retry_s < 30
+    error_message = "store_retry_s: more than 0 and under 15 seconds (twice it must stay under the 30 seconds Event Grid waits for the function's answer)."
   }
 }
 
