@@ -26,7 +26,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +82,7 @@ class KubeWatcher:
         from kubernetes import client, config
 
         config.load_incluster_config()
-        own_pod = (os.environ.get("POD_NAMESPACE", ""), os.environ.get("POD_NAME", ""))
-        return cls(client.ApiClient(), node, own_pod=own_pod)
+        return cls(client.ApiClient(), node, own_pod=own_pod(os.environ))
 
     # -- what the sensor uses ----------------------------------------------------------------------
 
@@ -359,6 +358,11 @@ class KubeWatcher:
             name = replace(api, namespace="kube-system", workload_name=svc["metadata"]["name"])
             found.update(dict.fromkeys(_service_ips(svc), name))
         return found
+
+
+def own_pod(environ: Mapping[str, str]) -> tuple[str, str]:
+    """(namespace, name) of the sensor's Pod, as the DaemonSet's downward API names them; ("", "") outside."""
+    return environ.get("POD_NAMESPACE", ""), environ.get("POD_NAME", "")
 
 
 def backoff_s(failures: int) -> float:
