@@ -14,19 +14,23 @@ as ``Service`` endpoints, re-read at every list and every resumed watch.
 Stopped by SIGTERM (:meth:`KubeWatcher.terminating`), the sensor reads its own Node once: if the node is
 leaving the cluster (sensor/node_leaving.py) the batches it publishes from then on, its last, carry
 ``node_retiring: 1`` and the backend does not report its silence; a read that fails is logged and counted
-(``node_read_errors``), and the silence alerts as it would have.
+(``node_read_errors``), and the silence alerts as it would have. When a cordon is the only sign, it also
+reads its own Pod: deleted through the API, it is being replaced on this node (a rollout), which is not
+leaving; a Pod that cannot be read leaves the cordon's word standing (docs/sensor.md says why).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from kubesonar.sensor.node_leaving import leaving_sign
+from kubesonar.sensor.node_leaving import CORDONED, leaving_sign, replaced_on_this_node
 from kubesonar.shared.flow import FlowRecords, address_bytes
 from kubesonar.shared.inventory import Endpoint, PodInventory, endpoint_of
 from kubesonar.shared.pod_events import PodEvents, PodEventType
@@ -36,16 +40,18 @@ if TYPE_CHECKING:
 
 _MAX_EVENTS = 1000  # per window; beyond it events are counted as dropped (the map stays exact)
 _WATCH_HELD_S = 10.0  # a watch that ended sooner is a failure to back off from, even without an error
-_NODE_READ_TIMEOUT_S = 5.0  # at SIGTERM, well within the pod's 30 s grace (infra/k8s/base/daemonset.yaml)
+_LEAVING_READS_TIMEOUT_S = 5.0  # at SIGTERM, Node and Pod together, well within the pod's 30 s grace (daemonset.yaml)
 
 log = logging.getLogger(__name__)
 
 
 class KubeWatcher:
-    def __init__(self, api_client: ApiClient, node: str, linger_s: float = 60.0, watch_timeout_s: int = 300):
+    def __init__(self, api_client: ApiClient, node: str, linger_s: float = 60.0, watch_timeout_s: int = 300,
+                 own_pod: tuple[str, str] = ("", "")):
         from kubernetes import client
 
         self.node = node
+        self._own_pod = own_pod  # (namespace, name) of the sensor's pod; ("", "") when not told
         self._api = api_client
         self._core = client.CoreV1Api(api_client)
         self._discovery = client.DiscoveryV1Api(api_client)
@@ -71,10 +77,12 @@ class KubeWatcher:
 
     @classmethod
     def in_cluster(cls, node: str) -> KubeWatcher:
+        """The watch of a sensor in a pod; POD_NAMESPACE and POD_NAME (the downward API, as NODE_NAME) name
+        its own Pod, read at SIGTERM on a cordoned node."""
         from kubernetes import client, config
 
         config.load_incluster_config()
-        return cls(client.ApiClient(), node)
+        return cls(client.ApiClient(), node, own_pod=own_pod(os.environ))
 
     # -- what the sensor uses ----------------------------------------------------------------------
 
@@ -98,22 +106,24 @@ class KubeWatcher:
         self._terminating = True
 
     def _node_leaving(self) -> dict[str, int]:
-        """``{"node_retiring": 1}`` if this node's Node says it is leaving the cluster; read once."""
-        from kubernetes.client.exceptions import ApiException
-
+        """``{"node_retiring": 1}`` if this node is leaving the cluster; read once."""
         if self._leaving is not None:
             return self._leaving
         self._leaving = {}
+        deadline = time.monotonic() + _LEAVING_READS_TIMEOUT_S  # the Node's read and the Pod's share it
         try:
-            node = self._read_node()
-        except ApiException as exc:  # 403: the ClusterRole lacks get on nodes (infra/k8s/base/rbac.yaml)
-            self._node_unread(f"Kubernetes API: {exc.status} {exc.reason}")
-            return self._leaving
-        except Exception as exc:  # noqa: BLE001 - connection errors of every kind: the silence will alert
-            self._node_unread(f"Kubernetes API unreachable: {exc}")
+            node = self._read_within(deadline, "node", lambda timeout: self._core.read_node(
+                self.node, _request_timeout=timeout))
+        except Exception as exc:  # noqa: BLE001 - 403 (no get on nodes) or unreachable: the silence will alert
+            error = self._read_failed(f"node {self.node}", exc)
+            log.warning("cannot tell whether node %s is leaving the cluster (%s): its silence will be an alert",
+                        self.node, error)
             return self._leaving
         sign = leaving_sign(node)
-        if sign:
+        if sign == CORDONED and self._replaced(deadline):
+            log.info("stopping on a cordoned node, its Pod deleted through the API (a rollout, or kubectl "
+                     "delete pod): replaced on this node, so its silence will be an alert")
+        elif sign:
             self._leaving = {"node_retiring": 1}
             log.info("stopping on a node leaving the cluster (%s): the last batch says so, and its silence is "
                      "no alert", sign)
@@ -121,32 +131,57 @@ class KubeWatcher:
             log.info("stopping on a node in service: its silence will be an alert")
         return self._leaving
 
-    def _read_node(self) -> dict[str, Any]:
-        """This node's Node, waited for _NODE_READ_TIMEOUT_S in all: the client retries a GET that timed out
-        three times, each try with the whole timeout again (20 s of the 30 s grace, before the last batch)."""
+    def _replaced(self, deadline: float) -> bool:
+        """Whether the sensor's own Pod was deleted through the API. Not known (no POD_NAME, a failed read)
+        is False: the cordon stands, as a failure here comes more likely from a node shutting down than
+        from a rollout, which the API server has just carried out (docs/sensor.md)."""
+        namespace, name = self._own_pod
+        if not (namespace and name):
+            log.warning("POD_NAMESPACE or POD_NAME unset (infra/k8s/base/daemonset.yaml sets them): a cordoned "
+                        "node is taken as leaving, even in a rollout")
+            return False
+        try:
+            pod = self._read_within(deadline, "pod", lambda timeout: self._core.read_namespaced_pod(
+                name, namespace, _request_timeout=timeout))
+        except Exception as exc:  # noqa: BLE001 - 403 (no get on pods) or unreachable: counted, the cordon stands
+            error = self._read_failed(f"pod {namespace}/{name}", exc)
+            log.warning("cannot read this sensor's Pod %s/%s (%s): the cordoned node is taken as leaving",
+                        namespace, name, error)
+            return False
+        return replaced_on_this_node(pod)
+
+    def _read_within(self, deadline: float, what: str, get: Callable[[float], Any]) -> dict[str, Any]:
+        """One GET, as the API's JSON, waited for until ``deadline`` (monotonic) in all: the client retries a
+        GET that timed out three times, each try with the whole timeout again (20 s of the 30 s grace, before
+        the last batch), so it runs in a thread that is left behind if it hangs."""
+        left = deadline - time.monotonic()
         answer: dict[str, Any] = {}
 
         def read() -> None:
             try:
-                answer["node"] = self._api.sanitize_for_serialization(
-                    self._core.read_node(self.node, _request_timeout=_NODE_READ_TIMEOUT_S))
+                answer["object"] = self._api.sanitize_for_serialization(get(left))
             except Exception as exc:  # noqa: BLE001 - raised again in the sensor's thread, below
                 answer["error"] = exc
 
-        reader = threading.Thread(target=read, name="node-read", daemon=True)  # left behind if it hangs
-        reader.start()
-        reader.join(_NODE_READ_TIMEOUT_S)
+        if left > 0:
+            reader = threading.Thread(target=read, name=f"{what}-read", daemon=True)
+            reader.start()
+            reader.join(left)
         if "error" in answer:
             raise answer["error"]
-        if "node" not in answer:
-            raise TimeoutError(f"no answer in {_NODE_READ_TIMEOUT_S:g} s")
-        return answer["node"]
+        if "object" not in answer:
+            raise TimeoutError(f"no answer in {_LEAVING_READS_TIMEOUT_S:g} s")
+        return answer["object"]
 
-    def _node_unread(self, error: str) -> None:
+    def _read_failed(self, what: str, exc: Exception) -> str:
+        """Count a read at SIGTERM that failed; what went wrong, in words."""
+        from kubernetes.client.exceptions import ApiException
+
+        error = (f"Kubernetes API: {exc.status} {exc.reason}" if isinstance(exc, ApiException)
+                 else f"Kubernetes API unreachable: {exc}")
         self.stats["node_read_errors"] += 1
-        self.last_error = f"reading node {self.node}: {error}"
-        log.warning("cannot tell whether node %s is leaving the cluster (%s): its silence will be an alert",
-                    self.node, error)
+        self.last_error = f"reading {what}: {error}"
+        return error
 
     # -- the thread ----------------------------------------------------------------------------------
 
@@ -323,6 +358,11 @@ class KubeWatcher:
             name = replace(api, namespace="kube-system", workload_name=svc["metadata"]["name"])
             found.update(dict.fromkeys(_service_ips(svc), name))
         return found
+
+
+def own_pod(environ: Mapping[str, str]) -> tuple[str, str]:
+    """(namespace, name) of the sensor's Pod, as the DaemonSet's downward API names them; ("", "") outside."""
+    return environ.get("POD_NAMESPACE", ""), environ.get("POD_NAME", "")
 
 
 def backoff_s(failures: int) -> float:

@@ -9,6 +9,11 @@ The signs, as the API returns them (JSON):
 - a taint the autoscalers put on a node they are about to remove: ``ToBeDeletedByClusterAutoscaler``
   (cluster-autoscaler, as on EKS, GKE and AKS), ``karpenter.sh/disrupted`` (Karpenter v1) and
   ``karpenter.sh/disruption`` (Karpenter before v1). Sources: docs/sensor.md.
+
+A cordon alone does not tell why the sensor was stopped: DaemonSet pods tolerate it, so a drain leaves the
+sensor running, and its SIGTERM comes either from the node shutting down (leaving) or from its own Pod
+deleted through the API, a rollout or ``kubectl delete pod`` that the DaemonSet controller answers with a
+new pod on the same node (staying). :func:`replaced_on_this_node` reads the sensor's own Pod to tell.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ LEAVING_TAINTS = {
     "karpenter.sh/disrupted": "Karpenter",
     "karpenter.sh/disruption": "Karpenter before v1",
 }
+CORDONED = "cordoned (spec.unschedulable)"  # the one sign that needs the sensor's own Pod to be read
 
 
 def leaving_sign(node: dict[str, Any]) -> str:
@@ -31,5 +37,12 @@ def leaving_sign(node: dict[str, Any]) -> str:
         if taint.get("key") in LEAVING_TAINTS:
             return f"taint {taint['key']} ({LEAVING_TAINTS[taint['key']]})"
     if spec.get("unschedulable"):
-        return "cordoned (spec.unschedulable)"
+        return CORDONED
     return ""
+
+
+def replaced_on_this_node(own_pod: dict[str, Any]) -> bool:
+    """Whether the sensor's own Pod was deleted through the API (``metadata.deletionTimestamp``): the
+    DaemonSet controller starts its successor on the same node. A node shutting down (graceful node
+    shutdown, the VM stopped after a drain) stops its pods without deleting them."""
+    return bool((own_pod.get("metadata") or {}).get("deletionTimestamp"))

@@ -14,7 +14,8 @@ silence reported, is forgotten (``forget_after_s``): the autoscaler replaces nod
 that kept every node the cluster ever had would grow with its history, read and written per batch.
 
 A node leaving the cluster (scaled down, drained, deleted) is no alert: a sensor stopped by SIGTERM reads
-its Node and, if the node is on its way out, says so in its last batch (counter ``node_retiring``,
+its Node (on a node only cordoned, its own Pod too: deleted through the API, it is a rollout, not a node
+leaving) and, if the node is on its way out, says so in its last batch (counter ``node_retiring``,
 sensor/kube.py). The node is recorded as retired, never reported silent, and forgotten as silent nodes
 are; a later batch from it (the node stayed after all) makes it live again. What this trusts:
 docs/hardening.md.

@@ -25,6 +25,7 @@ FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "kube"
 
 
 WATCH_LINES = (FIXTURES / "pods-watch-1.jsonl").read_bytes().splitlines()
+OWN_POD = ("kubesonar", "kubesonar-sensor-q8m4z")  # the sensor's pod on node-1: POD_NAMESPACE, POD_NAME
 
 
 class _ApiServer(BaseHTTPRequestHandler):
@@ -38,6 +39,10 @@ class _ApiServer(BaseHTTPRequestHandler):
     node: dict = {}  # node-1's Node, as GET /api/v1/nodes/node-1 returns it
     node_forbidden = False  # RBAC without get on nodes
     node_stalls = False  # an API server that takes the Node's GET and never answers it (overloaded)
+    node_delay_s = 0.0  # one that answers it, late
+    own_pod: dict = {}  # the sensor's own Pod, as GET /api/v1/namespaces/kubesonar/pods/<name> returns it
+    pod_forbidden = False  # RBAC without get on pods (a ClusterRole from before the rollout rule)
+    pod_stalls = False
 
     def log_message(self, *_):
         pass
@@ -68,21 +73,26 @@ class _ApiServer(BaseHTTPRequestHandler):
         }
         if url.path in routes:
             return self._json(routes[url.path])
+        server = type(self)
         if url.path == "/api/v1/nodes/node-1":
-            return self._node()
+            time.sleep(server.node_delay_s)
+            return self._read(server.node, "nodes", server.node_forbidden, server.node_stalls)
+        if url.path == f"/api/v1/namespaces/kubesonar/pods/{OWN_POD[1]}":
+            return self._read(server.own_pod, "pods", server.pod_forbidden, server.pod_stalls)
         self.send_error(404)
 
-    def _node(self) -> None:
-        if type(self).node_stalls:
+    def _read(self, found: dict, resource: str, forbidden: bool, stalls: bool) -> None:
+        if stalls:
             type(self).closing.wait(60)
             return
-        if type(self).node_forbidden:
+        if forbidden:
+            name = found["metadata"]["name"]
             body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
-                               "code": 403, "message": 'nodes "node-1" is forbidden: User "system:serviceaccount:'
-                               'kubesonar:kubesonar-sensor" cannot get resource "nodes"'}).encode()
+                               "code": 403, "message": f'{resource} "{name}" is forbidden: User "system:'
+                               f'serviceaccount:kubesonar:kubesonar-sensor" cannot get resource "{resource}"'}).encode()
             self.send_response(403)
         else:
-            body = json.dumps(type(self).node).encode()
+            body = json.dumps(found).encode()
             self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -166,6 +176,10 @@ def api_server():
     _ApiServer.node = json.loads((FIXTURES / "node-1.json").read_bytes())
     _ApiServer.node_forbidden = False
     _ApiServer.node_stalls = False
+    _ApiServer.node_delay_s = 0.0
+    _ApiServer.own_pod = json.loads((FIXTURES / "pod-sensor.json").read_bytes())
+    _ApiServer.pod_forbidden = False
+    _ApiServer.pod_stalls = False
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ApiServer)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
@@ -365,7 +379,7 @@ def _sensor_stopped_by_sigterm(api_server: str, tmp_path: Path) -> list:
 
     if not hasattr(socket, "AF_PACKET") or os.geteuid() != 0:
         pytest.skip("capturing on loopback needs Linux and CAP_NET_RAW")
-    watcher = KubeWatcher(_client(api_server), "node-1")
+    watcher = KubeWatcher(_client(api_server), "node-1", own_pod=OWN_POD)
     watcher.start()
     assert watcher.wait_synced(10)
     settings = SensorSettings(("lo",), window_s=0.5, node="node-1")
@@ -397,6 +411,47 @@ def test_a_sensor_stopped_on_a_node_leaving_the_cluster_says_so_in_its_last_batc
     assert flagged[-1] and not flagged[0] and flagged == sorted(flagged)  # from SIGTERM on, the last batch's
     assert headers[-1].counters["node_retiring"] == 1 and headers[-1].counters["node_read_errors"] == 0
     assert [path for path, _ in _ApiServer.requests].count("/api/v1/nodes/node-1") == 1  # once, at SIGTERM
+    assert _own_pod_reads() == (remover == "drained")  # a cordon alone: its Pod, not deleted, was read once
+
+
+def _pod_deleted(pod: dict) -> None:
+    """The sensor's Pod as a rollout or `kubectl delete pod` leaves it while the kubelet stops it."""
+    pod["metadata"].update(deletionTimestamp="2026-12-02T05:00:30Z", deletionGracePeriodSeconds=30)
+
+
+def _own_pod_reads() -> int:
+    return [path for path, _ in _ApiServer.requests].count(f"/api/v1/namespaces/kubesonar/pods/{OWN_POD[1]}")
+
+
+@pytest.mark.parametrize("remover", sorted(_LEAVING))
+def test_a_rollout_on_a_cordoned_node_is_no_retirement_but_an_autoscaler_still_is(api_server, tmp_path, remover,
+                                                                                   caplog):
+    """The sensor's Pod deleted through the API (a rollout): the DaemonSet controller puts a new pod on the
+    same node. On a node only cordoned (a drain leaves DaemonSet pods) that is no retirement, so a new pod
+    that never starts (a bad image) is reported silent. A Node being deleted or tainted for removal stays
+    leaving, Pod deleted or not: the autoscalers evict DaemonSet pods as they remove a node."""
+    _LEAVING[remover](_ApiServer.node)
+    _pod_deleted(_ApiServer.own_pod)
+    with caplog.at_level(logging.INFO, logger="kubesonar.sensor.kube"):
+        headers = _sensor_stopped_by_sigterm(api_server, tmp_path)
+    cordon_only = remover == "drained"
+    assert any("node_retiring" in h.counters for h in headers) is not cordon_only
+    assert headers[-1].counters["node_read_errors"] == 0
+    assert _own_pod_reads() == cordon_only  # no read, no time spent, where the Node decides alone
+    assert ("its Pod deleted through the API" in caplog.text) is cordon_only
+
+
+def test_a_pod_the_sensor_may_not_read_leaves_the_cordon_standing(api_server, tmp_path, caplog):
+    """RBAC without get on pods (a ClusterRole from before this rule): 403, logged and counted, and the node
+    taken as leaving as the cordon says: a failed read is likelier on a node shutting down than in a
+    rollout, which the API server has just carried out (docs/sensor.md)."""
+    _LEAVING["drained"](_ApiServer.node)
+    _ApiServer.pod_forbidden = True
+    with caplog.at_level(logging.INFO, logger="kubesonar.sensor.kube"):
+        headers = _sensor_stopped_by_sigterm(api_server, tmp_path)
+    assert headers[-1].counters["node_retiring"] == 1 and headers[-1].counters["node_read_errors"] == 1
+    assert ("cannot read this sensor's Pod kubesonar/kubesonar-sensor-q8m4z (Kubernetes API: 403 Forbidden)"
+            in caplog.text)
 
 
 def test_a_sensor_stopped_on_a_node_in_service_does_not(api_server, tmp_path, caplog):
@@ -435,3 +490,32 @@ def test_an_api_server_that_never_answers_holds_the_last_batch_back_5_s_at_most(
     assert "node_retiring" not in counters and counters["node_read_errors"] == 1
     assert "cannot tell whether node node-1 is leaving the cluster" in caplog.text
     assert watcher.counters() == counters  # read once: the next batch does not wait again
+
+
+def test_the_node_and_the_pod_are_read_within_the_same_5_s(api_server, caplog):
+    """A Node answered late (3 s, an API server busy with a node-pool upgrade), then a Pod's GET never
+    answered: the second read gets what the first left of the 5 s, not 5 s of its own. Counted; the cordon
+    stands."""
+    _LEAVING["drained"](_ApiServer.node)
+    _ApiServer.node_delay_s = 3.0
+    _ApiServer.pod_stalls = True
+    watcher = KubeWatcher(_client(api_server), "node-1", own_pod=OWN_POD)
+    watcher.terminating()
+    started = time.monotonic()
+    with caplog.at_level(logging.INFO, logger="kubesonar.sensor.kube"):
+        counters = watcher.counters()
+    assert time.monotonic() - started < 6
+    assert counters["node_retiring"] == 1 and counters["node_read_errors"] == 1
+    assert "cannot read this sensor's Pod kubesonar/kubesonar-sensor-q8m4z (Kubernetes API unreachable" in caplog.text
+
+
+def test_a_sensor_not_told_its_pod_takes_a_cordon_as_leaving(api_server, caplog):
+    """No POD_NAME or POD_NAMESPACE (a DaemonSet from before this rule): the cordon decides, as it did, and
+    the log says why a rollout on a cordoned node will not be reported."""
+    _LEAVING["drained"](_ApiServer.node)
+    watcher = KubeWatcher(_client(api_server), "node-1")
+    watcher.terminating()
+    with caplog.at_level(logging.INFO, logger="kubesonar.sensor.kube"):
+        counters = watcher.counters()
+    assert counters["node_retiring"] == 1 and counters["node_read_errors"] == 0 and _own_pod_reads() == 0
+    assert "POD_NAMESPACE or POD_NAME unset" in caplog.text

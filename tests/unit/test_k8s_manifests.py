@@ -49,6 +49,13 @@ def test_the_daemonset_runs_everywhere_with_the_least_it_needs(overlay):
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     env = {e["name"]: e for e in container["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    # its own Pod, read at SIGTERM on a cordoned node, under the names the sensor reads
+    from kubesonar.sensor.kube import own_pod
+
+    downward = {"metadata.namespace": "kubesonar", "metadata.name": "kubesonar-sensor-q8m4z", "spec.nodeName": "n"}
+    resolved = {name: downward[e["valueFrom"]["fieldRef"]["fieldPath"]] for name, e in env.items()
+                if "fieldRef" in e.get("valueFrom", {})}
+    assert own_pod(resolved) == ("kubesonar", "kubesonar-sensor-q8m4z")
     lines = (K8S / "base" / "daemonset.yaml").read_text().splitlines()
     for capability in ("NET_RAW", "NET_ADMIN"):  # each capability says why, in the comment just above it
         at = lines.index(f"                - {capability}")
