@@ -15,7 +15,9 @@ only what it says:
   event is dead-lettered as Event Grid does: a blob in the dead-letter container, the event plus
   ``deadLetterReason``, ``deliveryAttempts`` and ``lastDeliveryOutcome``.
 - identity: ``GET /msi/token`` answers as App Service's managed identity endpoint (IDENTITY_ENDPOINT,
-  IDENTITY_HEADER), so DefaultAzureCredential gets a token by the same path as in a function app.
+  IDENTITY_HEADER), so DefaultAzureCredential gets a token by the same path as in a function app; a
+  token for any audience (the resource asked for), which the Key Vault stand-in checks too
+  (tests/keyvault_standin.py, :func:`token_audience`).
 
 It does not model Event Grid's filters, its rate matching, batching to webhooks, or its retry timings.
 """
@@ -48,6 +50,12 @@ EVENT_GRID_SCHEMA, CLOUD_EVENTS = "EventGridSchema", "CloudEventSchemaV1_0"  # a
 SCHEMA_MISMATCH = ("This resource is configured to receive event in 'CloudEventV10' schema. The JSON received does "
                    "not conform to the expected schema. Token Expected: StartObject, Actual Token Received: "
                    "StartArray. Report '{report}' to our forums for assistance or raise a support ticket.")
+
+
+def token_audience(token: str) -> str | None:
+    """The audience a token from an identity endpoint of these stand-ins was issued for; None if none issued it."""
+    with _TOKENS_LOCK:
+        return _TOKENS.get(token)
 
 
 @dataclass
@@ -127,7 +135,7 @@ class EventGridStandIn:
     def accept(self, headers: Any, body: bytes) -> tuple[int, str]:
         authorization = headers.get("Authorization", "")
         if authorization.startswith("Bearer "):
-            if _TOKENS.get(authorization.removeprefix("Bearer ")) != EVENTGRID_AUDIENCE:
+            if token_audience(authorization.removeprefix("Bearer ")) != EVENTGRID_AUDIENCE:
                 return 401, "the bearer token is not one issued for Event Grid"
         elif "aeg-sas-key" in headers:
             if self.key is None:
