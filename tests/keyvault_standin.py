@@ -17,6 +17,9 @@ and responses"; the REST error codes page) and checks only what it says:
   vault's URL against (its host must end with "." and the resource's). The stand-in names the same for
   its own address: ``https://0.0.1:PORT`` for ``https://127.0.0.1:PORT``.
 
+For failures, :meth:`KeyVaultStandIn.close` refuses connections and :meth:`KeyVaultStandIn.stall` takes
+requests without answering them.
+
 It does not model RBAC (any token for the resource reads and writes), secret attributes beyond those
 above (expiry, content type, tags), soft delete, throttling, or Key Vault's network rules.
 """
@@ -49,6 +52,7 @@ class KeyVaultStandIn:
         self.reads = 0  # secret values given out
         self.answered: dict[int, int] = {}  # HTTP status -> requests
         self._lock = threading.Lock()
+        self._stalled, self._closed = threading.Event(), threading.Event()
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -67,8 +71,13 @@ class KeyVaultStandIn:
 
     def close(self) -> None:
         """Stop answering: the port refuses connections from now on, as an unreachable vault does."""
+        self._closed.set()
         self._server.shutdown()
         self._server.server_close()
+
+    def stall(self) -> None:
+        """Take requests and never answer them (until closed), as a vault behind a black hole does."""
+        self._stalled.set()
 
     def set(self, name: str, value: str) -> dict:
         """A new version of a secret (what Set Secret does)."""
@@ -141,6 +150,9 @@ def _handler(standin: KeyVaultStandIn) -> type[BaseHTTPRequestHandler]:
             self._serve("PUT")
 
         def _serve(self, method: str) -> None:
+            if standin._stalled.is_set():
+                standin._closed.wait(120)
+                return
             length = int(self.headers.get("Content-Length") or 0)
             status, body, headers = standin.answer(method, self.path, self.headers,
                                                    self.rfile.read(length) if length <= 1 << 20 else b"")
