@@ -52,6 +52,15 @@ SCHEMA_MISMATCH = ("This resource is configured to receive event in 'CloudEventV
                    "StartArray. Report '{report}' to our forums for assistance or raise a support ticket.")
 
 
+def https_server(ca: Any, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A server on a free port of 127.0.0.1 with a certificate for it from the test's CA (trustme)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server
+
+
 def token_audience(token: str) -> str | None:
     """The audience a token from an identity endpoint of these stand-ins was issued for; None if none issued it."""
     with _TOKENS_LOCK:
@@ -84,10 +93,7 @@ class EventGridStandIn:
         self._busy = 0
         self.ca_file = tls_dir / "eventgrid-standin-ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._server = https_server(ca, _handler(self))
         self.port = self._server.server_address[1]
         self._threads = [threading.Thread(target=self._server.serve_forever, daemon=True)]
         self._threads += [threading.Thread(target=self._deliver_loop, daemon=True) for _ in range(concurrency)]

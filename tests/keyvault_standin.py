@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from eventgrid_standin import token_audience
+from eventgrid_standin import https_server, token_audience
 
 # azure-keyvault-secrets' ApiVersion values: the data plane's versions for secrets
 API_VERSIONS = {"2016-10-01", "7.0", "7.1", "7.2", "7.3", "7.4", "7.5", "7.6", "2025-07-01", "2026-04-01"}
@@ -53,10 +52,7 @@ class KeyVaultStandIn:
         self.answered: dict[int, int] = {}  # HTTP status -> requests
         self._lock = threading.Lock()
         self._stalled, self._closed = threading.Event(), threading.Event()
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._server = https_server(ca, _handler(self))
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
