@@ -26,6 +26,7 @@ from kubesonar.functions.azure.keyvault import KeyVaultSecrets
 from kubesonar.functions.azure.notifier import EventGridNotifier
 from kubesonar.functions.azure.store import BlobObjectStore, client_options
 from kubesonar.shared.env_numbers import seconds_setting
+from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.frozen_start import freeze_what_loading_made
 from kubesonar.shared.keyring_source import keyring_from_env
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
@@ -39,6 +40,14 @@ def _blob_service(credential: DefaultAzureCredential, retry_s: float) -> BlobSer
     if connection_string:
         return BlobServiceClient.from_connection_string(connection_string, **options)
     return BlobServiceClient(os.environ["KUBESONAR_STORAGE_ACCOUNT_URL"], credential=credential, **options)
+
+
+def _keyring_vault(credential: DefaultAzureCredential, retry_s: float) -> KeyVaultSecrets:
+    vault_url = os.environ.get("KUBESONAR_KEYRING_VAULT_URL")
+    if vault_url and not os.environ.get("KUBESONAR_KEYRING_SECRET"):  # else no keyring: unsigned batches taken
+        raise ConfigError("KUBESONAR_KEYRING_VAULT_URL is set without KUBESONAR_KEYRING_SECRET, the name of the "
+                          "keyring's secret in that vault (infra/azure sets keyring)")
+    return KeyVaultSecrets(vault_url, credential, retry_s)
 
 
 _retry_s = seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S)
@@ -55,8 +64,7 @@ deps = Dependencies(
                       sensor_silent_after_s=seconds_setting(os.environ, "KUBESONAR_SENSOR_SILENT_AFTER_S", 60),
                       internal_networks=tuple(filter(None, os.environ.get(
                           "KUBESONAR_INTERNAL_NETWORKS", ",".join(PRIVATE_NETWORKS)).split(",")))),
-    keyring=keyring_from_env(os.environ, KeyVaultSecrets(os.environ.get("KUBESONAR_KEYRING_VAULT_URL"), _credential,
-                                                         _retry_s).read),
+    keyring=keyring_from_env(os.environ, _keyring_vault(_credential, _retry_s).read),
 )
 
 

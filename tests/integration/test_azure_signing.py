@@ -152,11 +152,15 @@ def test_an_unreachable_vault_keeps_the_keyring_in_hand_within_the_retry_bound(s
 
 
 def test_a_vault_without_the_secret_stops_the_cold_start_with_one_line_naming_it(signed, monkeypatch):
-    """As Terraform leaves it (docs/azure.md, step 2): the vault exists, no keyring was written to it yet."""
+    """As Terraform leaves it (docs/azure.md, step 2): the vault exists, no keyring was written to it yet;
+    and either setting without the other."""
     from kubesonar.shared.errors import ConfigError
 
     with pytest.raises(ConfigError, match="keyring secret kubesonar-keyring-none: Key Vault .*SecretNotFound"):
         _cold_start(signed, monkeypatch, {"KUBESONAR_KEYRING_SECRET": "kubesonar-keyring-none"})
+    monkeypatch.delenv("KUBESONAR_KEYRING_SECRET")  # the vault alone would leave no keyring: unsigned taken
+    with pytest.raises(ConfigError, match="KUBESONAR_KEYRING_VAULT_URL is set without KUBESONAR_KEYRING_SECRET"):
+        _cold_start(signed, monkeypatch, {})
     monkeypatch.delenv("KUBESONAR_KEYRING_VAULT_URL")
     with pytest.raises(ConfigError, match="set KUBESONAR_KEYRING_VAULT_URL"):
-        _cold_start(signed, monkeypatch, {})
+        _cold_start(signed, monkeypatch, {"KUBESONAR_KEYRING_SECRET": "keyring"})
