@@ -15,7 +15,9 @@ only what it says:
   event is dead-lettered as Event Grid does: a blob in the dead-letter container, the event plus
   ``deadLetterReason``, ``deliveryAttempts`` and ``lastDeliveryOutcome``.
 - identity: ``GET /msi/token`` answers as App Service's managed identity endpoint (IDENTITY_ENDPOINT,
-  IDENTITY_HEADER), so DefaultAzureCredential gets a token by the same path as in a function app.
+  IDENTITY_HEADER), so DefaultAzureCredential gets a token by the same path as in a function app; a
+  token for any audience (the resource asked for), which the Key Vault stand-in checks too
+  (tests/keyvault_standin.py, :func:`token_audience`).
 
 It does not model Event Grid's filters, its rate matching, batching to webhooks, or its retry timings.
 """
@@ -50,6 +52,21 @@ SCHEMA_MISMATCH = ("This resource is configured to receive event in 'CloudEventV
                    "StartArray. Report '{report}' to our forums for assistance or raise a support ticket.")
 
 
+def https_server(ca: Any, handler: type[BaseHTTPRequestHandler]) -> ThreadingHTTPServer:
+    """A server on a free port of 127.0.0.1 with a certificate for it from the test's CA (trustme)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    return server
+
+
+def token_audience(token: str) -> str | None:
+    """The audience a token from an identity endpoint of these stand-ins was issued for; None if none issued it."""
+    with _TOKENS_LOCK:
+        return _TOKENS.get(token)
+
+
 @dataclass
 class Counters:
     published: int = 0
@@ -76,10 +93,7 @@ class EventGridStandIn:
         self._busy = 0
         self.ca_file = tls_dir / "eventgrid-standin-ca.pem"
         ca.cert_pem.write_to_path(str(self.ca_file))
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self._server = https_server(ca, _handler(self))
         self.port = self._server.server_address[1]
         self._threads = [threading.Thread(target=self._server.serve_forever, daemon=True)]
         self._threads += [threading.Thread(target=self._deliver_loop, daemon=True) for _ in range(concurrency)]
@@ -127,7 +141,7 @@ class EventGridStandIn:
     def accept(self, headers: Any, body: bytes) -> tuple[int, str]:
         authorization = headers.get("Authorization", "")
         if authorization.startswith("Bearer "):
-            if _TOKENS.get(authorization.removeprefix("Bearer ")) != EVENTGRID_AUDIENCE:
+            if token_audience(authorization.removeprefix("Bearer ")) != EVENTGRID_AUDIENCE:
                 return 401, "the bearer token is not one issued for Event Grid"
         elif "aeg-sas-key" in headers:
             if self.key is None:

@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 RUNTIME_PYTHON = "3.12"  # infra/azure/main.tf: runtime_version = "3.12"
 PLATFORM = "manylinux2014_x86_64"  # Flex Consumption runs Linux on x86_64
 REQUIREMENTS = ["numpy>=1.26", "zstandard>=0.22", "pyyaml>=6", "publicsuffixlist>=1.0", "azure-functions>=1.20",
-                "azure-storage-blob>=12.19", "azure-eventgrid>=4.20", "azure-identity>=1.16"]
+                "azure-storage-blob>=12.19", "azure-eventgrid>=4.20", "azure-identity>=1.16",
+                "azure-keyvault-secrets>=4.8"]
 # The worker indexes function_app.py at the package root and looks for the FunctionApp named app.
 ENTRY = '"""Entry point for the Functions host: the app lives in the kubesonar package."""\n' \
         "from kubesonar.functions.azure.function_app import app  # noqa: F401\n"

@@ -24,8 +24,10 @@ locals {
     KUBESONAR_SENSOR_SILENT_AFTER_S = tostring(var.sensor_silent_after_seconds)
     KUBESONAR_INTERNAL_NETWORKS     = join(",", var.internal_networks)
     KUBESONAR_STORE_RETRY_S         = tostring(var.store_retry_s)
-    # The keyring batches are verified with: a Key Vault reference the platform resolves with the app's identity
-    KUBESONAR_KEYRING = "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.this.name};SecretName=keyring)"
+    # The keyring batches are verified with: the function reads the secret with the app's identity at start and
+    # again when a batch names a key id it lacks (a Key Vault reference is fetched again only within 24 hours)
+    KUBESONAR_KEYRING_VAULT_URL = azurerm_key_vault.this.vault_uri
+    KUBESONAR_KEYRING_SECRET    = "keyring"
     # The host's storage through the app's identity, no connection string
     AzureWebJobsStorage__accountName = azurerm_storage_account.host.name
     # Application Insights takes telemetry only with an Entra token (local auth is off)
@@ -313,7 +315,7 @@ resource "azurerm_function_app_flex_consumption" "this" {
 ################################################################################
 
 resource "azurerm_key_vault" "this" {
-  #checkov:skip=CKV_AZURE_109:The Flex Consumption app resolves its Key Vault reference without a VNet; every request is an Entra identity's, authorised by RBAC
+  #checkov:skip=CKV_AZURE_109:The Flex Consumption app reads the keyring without a VNet; every request is an Entra identity's, authorised by RBAC
   #checkov:skip=CKV_AZURE_189:As above: a private endpoint needs a VNet this module does not own
   #checkov:skip=CKV2_AZURE_32:A private endpoint to the vault needs a VNet this module does not own (as CKV_AZURE_189)
   name                       = substr("${local.compact}kv${local.suffix}", 0, 24)
@@ -357,7 +359,7 @@ resource "azurerm_role_assignment" "function_keyring" {
   scope                = azurerm_key_vault.this.id
   role_definition_name = "Key Vault Secrets User"
   principal_id         = azurerm_function_app_flex_consumption.this.identity[0].principal_id
-  description          = "Functions host: resolve the KUBESONAR_KEYRING Key Vault reference (the vault holds only the keyring)"
+  description          = "KubeSonar function: read the keyring secret (the vault holds only the keyring)"
 }
 
 resource "azurerm_role_assignment" "keyring_writers" {

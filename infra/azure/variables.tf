@@ -107,7 +107,7 @@ variable "internal_networks" {
 }
 
 variable "store_retry_s" {
-  description = "Seconds a Blob Storage call may keep retrying (KUBESONAR_STORE_RETRY_S): its retries' sleeps and its requests' timeouts fit it, so an unreachable account fails within about twice it. Twice it must stay under the 30 seconds Event Grid waits for the function's answer: past them Event Grid counts the delivery failed and schedules a retry while the invocation still runs, so the invocation's own outcome must come first."
+  description = "Seconds a Blob Storage or Key Vault call may keep retrying (KUBESONAR_STORE_RETRY_S): its retries' sleeps and its requests' timeouts fit it, so an unreachable account or vault fails within about twice it. Twice it must stay under the 30 seconds Event Grid waits for the function's answer: past them Event Grid counts the delivery failed and schedules a retry while the invocation still runs, so the invocation's own outcome must come first."
   type        = number
   default     = 12
 

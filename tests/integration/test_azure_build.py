@@ -31,7 +31,8 @@ def test_the_build_script_packages_the_app_for_python_3_12_on_linux(tmp_path):
     assert (imported.module, [a.name for a in imported.names]) == ("kubesonar.functions.azure.function_app", ["app"])
     assert f"{site}kubesonar/functions/azure/function_app.py" in names and f"{site}kubesonar/shared/rules.json" in names
     assert any(n.startswith(f"{site}numpy/") and "cpython-312-x86_64-linux-gnu.so" in n for n in names)
-    for package in ("azure/functions/", "azure/storage/blob/", "azure/eventgrid/", "azure/identity/", "zstandard/"):
+    for package in ("azure/functions/", "azure/storage/blob/", "azure/eventgrid/", "azure/identity/",
+                    "azure/keyvault/secrets/", "zstandard/"):
         assert any(n.startswith(site + package) for n in names), package
     assert not any(n.startswith(tuple(site + p for p in ("numba/", "llvmlite/", "scapy/", "kubernetes/", "boto3/")))
                    for n in names)

@@ -42,13 +42,13 @@ SDK_CALLS = {
     "upload_blob": f"{_BLOBS}/write",  # Put Blob, conditional or not
     "get_blob_client": None,  # builds a client, no request
     "send": "Microsoft.EventGrid/events/send/action",
+    "get_secret": "Microsoft.KeyVault/vaults/secrets/getSecret/action",  # Get Secret
 }
 # Grants no line of our code needs, and why.
 PLATFORM_GRANTS = {
     "function_host_storage": "the Functions host keeps its package and the timer's leases with the app's identity",
     "function_telemetry": "Application Insights with local auth off takes the host's telemetry with an Entra token",
     "flows_topic_dead_letter": "Event Grid writes undeliverable events to the deadletter container as the topic",
-    "function_keyring": "the Functions host resolves the keyring's Key Vault reference with the app's identity",
     "keyring_writers": "the operator writes the keyring into the vault, which authorises by RBAC alone",
 }
 
@@ -139,8 +139,8 @@ def test_the_subscription_delivers_to_the_event_grid_function_of_this_repository
 def _environment_read(paths: list[Path]) -> set[str]:
     names = set()
     for path in paths:
-        if "keyring_from_env(os.environ" in path.read_text():  # names it reads, from shared/signing.py
-            names.add("KUBESONAR_KEYRING")  # the one this module sets (a Key Vault reference); the others stay unset
+        if "keyring_from_env(os.environ" in path.read_text():  # names it reads, from shared/keyring_source.py
+            names.add("KUBESONAR_KEYRING_SECRET")  # the one this module sets (in the vault); the others stay unset
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Subscript) and ast.unparse(node.value) == "os.environ":
                 names.add(ast.literal_eval(node.slice))
@@ -200,9 +200,14 @@ def test_the_function_is_granted_the_least_role_its_code_needs_on_each_container
     topic = grants["function_alerts_topic"]
     assert (topic["scope"], topic["role_definition_name"]) == ("${azurerm_eventgrid_topic.alerts.id}",
                                                                _least_role(topic_needs))
+    keyring_needs = _data_actions(FUNCTIONS / "keyvault.py", "self._client")
+    assert keyring_needs == {"Microsoft.KeyVault/vaults/secrets/getSecret/action"}
+    keyring = grants["function_keyring"]
+    assert (keyring["scope"], keyring["role_definition_name"]) == ("${azurerm_key_vault.this.id}",
+                                                                   _least_role(keyring_needs))
     function_grants = {n for n, g in grants.items() if "azurerm_function_app_flex_consumption" in g["principal_id"]}
-    assert function_grants == {"function_containers", "function_alerts_topic"} | (set(PLATFORM_GRANTS) - {
-        "flows_topic_dead_letter", "keyring_writers"})
+    assert function_grants == {"function_containers", "function_alerts_topic", "function_keyring"} | (
+        set(PLATFORM_GRANTS) - {"flows_topic_dead_letter", "keyring_writers"})
 
 
 def test_the_sensor_may_send_to_the_flows_topic_only():
@@ -221,7 +226,8 @@ def test_the_sensor_may_send_to_the_flows_topic_only():
 
 def test_every_grant_is_the_codes_or_a_named_platform_need_and_none_is_wider_than_a_resource():
     grants = _assignments()
-    assert set(grants) == {"function_containers", "function_alerts_topic", "sensor_flows_topic"} | set(PLATFORM_GRANTS)
+    assert set(grants) == {"function_containers", "function_alerts_topic", "function_keyring",
+                           "sensor_flows_topic"} | set(PLATFORM_GRANTS)
     for name, grant in grants.items():
         assert "resource_group" not in grant["scope"] and "subscription" not in grant["scope"], name
         assert grant["role_definition_name"] in ROLE_DATA_ACTIONS or name == "function_telemetry", name
@@ -229,12 +235,15 @@ def test_every_grant_is_the_codes_or_a_named_platform_need_and_none_is_wider_tha
     assert grants["function_host_storage"]["scope"] == "${azurerm_storage_account.host.id}"  # not the data account
 
 
-def test_the_keyring_is_a_key_vault_reference_only_the_function_reads():
+def test_the_keyring_is_a_key_vault_secret_only_the_function_reads():
     tf = _tf()["resource"]
     vault = tf[("azurerm_key_vault", "this")]
     assert vault["enable_rbac_authorization"] is True and vault["purge_protection_enabled"] is True
-    assert _locals()["app_settings"]["KUBESONAR_KEYRING"].startswith(
-        "@Microsoft.KeyVault(VaultName=${azurerm_key_vault.this.name};SecretName=keyring)")
+    settings = _locals()["app_settings"]
+    # read by the code (again on an unknown key id), not a Key Vault reference the platform fetches once a day
+    assert (settings["KUBESONAR_KEYRING_VAULT_URL"], settings["KUBESONAR_KEYRING_SECRET"]) == (
+        "${azurerm_key_vault.this.vault_uri}", "keyring")
+    assert not any("@Microsoft.KeyVault" in str(v) for v in settings.values())
     grants = {n: g for n, g in _assignments().items() if g["scope"] == "${azurerm_key_vault.this.id}"}
     assert {(n, g["role_definition_name"]) for n, g in grants.items()} == {
         ("function_keyring", "Key Vault Secrets User"), ("keyring_writers", "Key Vault Secrets Officer")}
