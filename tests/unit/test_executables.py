@@ -9,6 +9,7 @@ import struct
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scapy.all import IP, TCP, Ether, Raw
 from transfer_traffic import (
     T0,
     deb_bytes,
@@ -23,8 +24,9 @@ from transfer_traffic import (
     write,
 )
 
+from kubesonar.sensor import payload_kinds
 from kubesonar.sensor.capture_file import read_capture
-from kubesonar.sensor.dissect import dissect
+from kubesonar.sensor.dissect import dissect, dissect_vectorised
 from kubesonar.sensor.executables import Executables, executable_kind, payload_executable
 from kubesonar.sensor.offline import CaptureStats, flows_from_captures
 from kubesonar.shared.flow import Executable, FlowRecords, executable_sent
@@ -110,3 +112,20 @@ def test_the_python_reads_are_bounded_and_the_rest_counted(tmp_path):
     pf = dissect(batch)
     codes = reader.codes(batch, pf)
     assert (reader.read, reader.dropped, int(np.count_nonzero(codes))) == (4, 2, 4)
+
+
+def test_the_compiled_and_the_vectorised_dissection_mark_the_same_starts(tmp_path):
+    """Payloads starting like an executable, one byte short of the least, at it, past it, cut by the capture
+    inside the two bytes, and look-alikes (a request line of capitals, the other magic's second byte)."""
+    starts = [b"\x7fE", b"MZ", b"\x7fZ", b"ME", b"MZA ", b"MZAR ", b"\x7fELF"]
+    frames = [Ether() / IP(src="203.0.113.1", dst="10.0.0.5") / TCP(sport=80, dport=41000 + k, flags="PA") /
+              Raw(start + bytes(size - len(start)))
+              for k, (start, size) in enumerate((s, n) for s in starts for n in (19, 20, 21, 900))]
+    frames.append(Ether(bytes(frames[1])[:55]))  # the capture ends after the payload's first byte
+    for k, f in enumerate(frames):
+        f.time = T0 + k
+    (batch,) = list(read_capture(write(tmp_path / "starts.pcap", frames)))
+    compiled, reference = dissect(batch), dissect_vectorised(batch)
+    assert np.array_equal(compiled.payload_kind, reference.payload_kind)
+    expected = [s.startswith((b"\x7fE", b"MZ")) and n >= 20 for s in starts for n in (19, 20, 21, 900)] + [False]
+    assert (compiled.payload_kind == payload_kinds.EXECUTABLE_START).tolist() == expected  # MZ first, not a method
