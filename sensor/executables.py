@@ -5,7 +5,7 @@ A downloaded tool's first segment starts with its header: ``curl http://IP/kinsi
 headers, then (in the same segment or the next) the ELF; Metasploit's stagers read a 4-byte length, then
 a segment that starts with the stage DLL's ``MZ``. The first two bytes are tested by the compiled
 dissection (sensor/payload_kinds.py EXECUTABLE_START); only the rare segments that pass, and HTTP
-messages, are read here, in Python.
+responses, are read here, in Python.
 Archives (gzip, a .deb's ``!<arch>``, zip) and anything over TLS are not executables here.
 """
 
@@ -56,11 +56,14 @@ def payload_executable(payload: bytes) -> Executable:
     return executable_kind(payload)
 
 
-def candidate_rows(pf: PacketFields) -> np.ndarray:
-    """Rows whose TCP payload may start an executable: the dissection found it starts ``\\x7fE`` or ``MZ``
-    (sensor/payload_kinds.py EXECUTABLE_START), or it is an HTTP message (a response's body is looked for)."""
-    kind = pf.payload_kind
-    return np.flatnonzero((kind == payload_kinds.EXECUTABLE_START) | (kind == payload_kinds.HTTP))
+def candidate_rows(batch: PacketBatch, pf: PacketFields) -> np.ndarray:
+    """Rows whose TCP payload may start an executable: those the dissection found start ``\\x7fE`` or ``MZ``
+    (sensor/payload_kinds.py EXECUTABLE_START), then HTTP responses (whose body is looked for). First the
+    rare starts: a busy web node's many responses never crowd them out of a read's bound."""
+    starts = np.flatnonzero(pf.payload_kind == payload_kinds.EXECUTABLE_START)
+    http = np.flatnonzero(pf.payload_kind == payload_kinds.HTTP)  # POST, PUT or HTTP/: a response's H
+    http = http[batch.data[batch.offset[http] + pf.payload_pos[http]] == _HTTP_RESPONSE[0]]
+    return np.concatenate([starts, http])
 
 
 class Executables:
@@ -74,7 +77,7 @@ class Executables:
 
     def codes(self, batch: PacketBatch, pf: PacketFields) -> np.ndarray:
         codes = np.zeros(len(batch), dtype=pf.exec_code.dtype)
-        rows = candidate_rows(pf)
+        rows = candidate_rows(batch, pf)
         if len(rows) > self.max_per_call:
             self.dropped += len(rows) - self.max_per_call
             rows = rows[: self.max_per_call]

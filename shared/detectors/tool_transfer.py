@@ -18,7 +18,8 @@ stages); a header that starts mid-segment other than right after HTTP response h
 from hosts inside the cluster's networks (lateral tool transfer); scripts (shell, Python).
 False positives: software that downloads plain executables over HTTP from outside (an old installer,
 an init container fetching a static binary from a vendor's HTTP mirror, a CI runner pulling build
-tools); allowlist the workload with the sending address and port.
+tools); an artifact repository in the cluster (Nexus, Artifactory) receiving binaries uploaded over
+plain HTTP from outside. Allowlist the workload with the port.
 
 Score: 1.0 per (receiving workload, outside host), reported once.
 

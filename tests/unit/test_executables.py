@@ -114,6 +114,16 @@ def test_the_python_reads_are_bounded_and_the_rest_counted(tmp_path):
     assert (reader.read, reader.dropped, int(np.count_nonzero(codes))) == (4, 2, 4)
 
 
+def test_the_rare_starts_are_read_before_the_http_responses(tmp_path):
+    frames = [f for k in range(5) for f in http_download("10.0.0.5", "203.0.113.10", gzip_bytes(), T0 + k,
+                                                         sport=41000 + k)]
+    frames += pushed("203.0.113.30", "10.0.0.7", elf_bytes()[:900], T0 + 9)
+    (batch,) = list(read_capture(write(tmp_path / "busy.pcap", sorted(frames, key=lambda f: f.time))))
+    reader = Executables(max_per_call=1)
+    codes = reader.codes(batch, dissect(batch))
+    assert (reader.read, reader.dropped, codes.max()) == (1, 5, Executable.ELF)  # the GETs are not read at all
+
+
 def test_the_compiled_and_the_vectorised_dissection_mark_the_same_starts(tmp_path):
     """Payloads starting like an executable, one byte short of the least, at it, past it, cut by the capture
     inside the two bytes, and look-alikes (a request line of capitals, the other magic's second byte)."""
