@@ -31,7 +31,7 @@ from kubesonar.shared.pipeline import CoreConfig, detectors
 
 # the rules the report always lists, built or not; it adds any other rule built or named by a label or scenario
 ALL_RULES = ("port_scan", "new_workload", "crypto_mining", "dns_tunneling", "icmp_tunneling", "beaconing",
-             "long_connection", "reverse_shell", "tls_bare_ip", "new_tls_client", "brute_force",
+             "long_connection", "reverse_shell", "tls_bare_ip", "tool_transfer", "new_tls_client", "brute_force",
              "metadata_access", "api_server_access", "exfiltration", "unusual_destination", "watchlist_hit",
              "sensor_silent", "sensor_drops")
 

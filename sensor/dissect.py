@@ -52,11 +52,11 @@ _DTYPES = {
     "icmp_error": bool, "fragment": bool, "truncated": bool, "tunnel_id": np.uint32,
     "payload_pos": np.int32,  # within the captured bytes, or a few KiB past them
     "payload_len": np.uint32, "payload_kind": np.uint8, "rpc_code": np.uint8, "tls_code": np.int32,
-    "host_code": np.int32, "icmp_size": np.int64, "icmp_odd": np.uint8,
+    "host_code": np.int32, "icmp_size": np.int64, "icmp_odd": np.uint8, "exec_code": np.uint8,
 }
 _ADDRESSES = ("src", "dst", "tunnel_src", "tunnel_dst")  # (n, 2) uint64
 _ABSENT = {"icmp_type": -1, "icmp_code": -1, "icmp_size": -1}  # what a packet without the field holds; else 0
-_APP_LAYER = ("rpc_code", "tls_code", "host_code", "icmp_size", "icmp_odd")  # filled after dissection
+_APP_LAYER = ("rpc_code", "tls_code", "host_code", "icmp_size", "icmp_odd", "exec_code")  # filled after dissection
 
 
 def _blank_column(name: str, n: int, wide: bool = False) -> np.ndarray:
@@ -98,6 +98,7 @@ class PacketFields:
     host_code: np.ndarray  # int32 the host an HTTP request's Host header names, in the table's HttpHosts; 0 none
     icmp_size: np.ndarray  # int64 data bytes of an ICMP message that is not an error, -1 otherwise
     icmp_odd: np.ndarray  # uint8 1: that data is not a ping pattern, or a message type carrying none does
+    exec_code: np.ndarray  # uint8 the Executable (shared/flow.py) the TCP payload or its HTTP response body starts
 
     @classmethod
     def blank(cls, n: int, wide: bool = False) -> PacketFields:
@@ -246,9 +247,10 @@ def _payload_kinds(view: _View, out: PacketFields) -> None:
         [(head[:, 0] == ord("{")) | (head[:, 0] == ord("[")), starts(b"POST ") | starts(b"PUT ") | starts(b"HTTP/"),
          (head[:, 0] == 0x16) & (head[:, 1] == 3) & (head[:, 5] == 1) & (size >= 9),
          (head[:, 0] >= 0x14) & (head[:, 0] <= 0x17) & (head[:, 1] == 3) & (size >= 5),
+         (starts(b"\x7fE") | starts(b"MZ")) & (size >= payload_kinds.EXECUTABLE_LEAST),
          (capitals >= 3) & (capitals <= 7) & spaced],
         [payload_kinds.JSON, payload_kinds.HTTP, payload_kinds.TLS_CLIENT_HELLO, payload_kinds.TLS_RECORD,
-         payload_kinds.HTTP_REQUEST], payload_kinds.NONE)
+         payload_kinds.EXECUTABLE_START, payload_kinds.HTTP_REQUEST], payload_kinds.NONE)
     out.payload_kind[rows] = kind
 
 

@@ -12,7 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 from kubesonar.sensor.jit import njit
-from kubesonar.sensor.payload_kinds import HTTP, HTTP_REQUEST, ICMP, JSON, NONE, TLS_CLIENT_HELLO, TLS_RECORD
+from kubesonar.sensor.payload_kinds import (
+    EXECUTABLE_LEAST,
+    EXECUTABLE_START,
+    HTTP,
+    HTTP_REQUEST,
+    ICMP,
+    JSON,
+    NONE,
+    TLS_CLIENT_HELLO,
+    TLS_RECORD,
+)
 
 _MAPPED = np.uint64(0xFFFF << 32)
 
@@ -211,6 +221,10 @@ def _payload_kind(data, base, caplen, is_ip, proto, icmp_type, error, pos, size)
         return TLS_CLIENT_HELLO
     if 0x14 <= first <= 0x17 and size >= 5 and _rd(data, base, caplen, pos + 1, 1) == 3:
         return TLS_RECORD
+    if (first == 0x7F or first == 0x4D) and size >= EXECUTABLE_LEAST:
+        second = _rd(data, base, caplen, pos + 1, 1)
+        if (first == 0x7F and second == 0x45) or (first == 0x4D and second == 0x5A):  # \x7fE, MZ
+            return EXECUTABLE_START
     if _request_line(data, base, caplen, pos, size):
         return HTTP_REQUEST
     return NONE

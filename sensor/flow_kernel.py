@@ -23,6 +23,7 @@ from kubesonar.sensor.flow_layout import (
     CLOSED_BITS,
     CONN_START,
     DECIDED,
+    EXEC,
     FIRST_SPEAKER,
     FIRST_TS,
     FLAGS_A,
@@ -165,7 +166,7 @@ def _start_record(s, ts, rec_start, conn_start, num, tun) -> None:
     num[s, FIRST_TS] = ts
     num[s, REC_START] = rec_start
     num[s, CONN_START] = conn_start
-    for c in (PKTS_A, PKTS_B, BYTES_A, BYTES_B, FLAGS_A, FLAGS_B, ICMP_ERROR, RPC):
+    for c in (PKTS_A, PKTS_B, BYTES_A, BYTES_B, FLAGS_A, FLAGS_B, ICMP_ERROR, RPC, EXEC):
         num[s, c] = 0
     num[s, ICMP_TYPE] = NO_ICMP
     num[s, ICMP_CODE] = NO_ICMP
@@ -253,8 +254,8 @@ def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, host_cod
 @njit(cache=True, nogil=True)
 def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq, icmp_type, icmp_code,
                 icmp_error, tunnel_src, tunnel_dst, tunnel_id, rpc_code, payload_len, payload_kind, tls_code, host_code,
-                icmp_size, icmp_odd, ts_all, start, batch, idle_ns, active_ns, key, tun, num, numf, index, free, meta,
-                out_key, out_tun, out_num, out_reason, n_out) -> tuple[int, int]:
+                icmp_size, icmp_odd, exec_code, ts_all, start, batch, idle_ns, active_ns, key, tun, num, numf, index,
+                free, meta, out_key, out_tun, out_num, out_reason, n_out) -> tuple[int, int]:
     """Account packets ``order[start:]``; return (next packet to do, records written to out_*).
 
     Stops early when the table is full; Python grows it and calls again from there. ``numf`` is ``num``
@@ -368,6 +369,7 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
             tun[row, 2], tun[row, 3] = tunnel_dst[i, 0], tunnel_dst[i, 1]
             tun[row, 4] = np.uint64(tunnel_id[i])
         num[row, RPC] = max(num[row, RPC], np.int64(rpc_code[i]))
+        num[row, EXEC] |= np.int64(exec_code[i]) << (2 * from_b)
         pl = np.int64(payload_len[i])
         small = (1 <= pl <= SMALL_PAYLOAD) or ((pr == _ICMP or pr == _ICMPV6) and not err and it >= 0
                                                and pl <= SMALL_PAYLOAD)

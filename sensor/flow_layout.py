@@ -23,7 +23,9 @@ HOST_A, HOST_B = 39, 40
 # per connection and side, the timer that starts its bursts (sensor/flow_kernel.py _track_beat): the
 # candidate period in microseconds << 32 | bursts on it << 16 | bursts between them; when the last one came
 BEAT_A, BEAT_B, BEAT_AT_A, BEAT_AT_B = 41, 42, 43, 44
-N_COLS = 45
+# per record: the executable headers each side sent (sensor/executables.py), side A's in bits 0-1, B's in 2-3
+EXEC = 45
+N_COLS = 46
 
 # meta: allocation state shared with Python
 META_NEXT_SLOT, META_FREE_TOP, META_LIVE = 0, 1, 2

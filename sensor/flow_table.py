@@ -23,6 +23,7 @@ from kubesonar.sensor import payload_kinds
 from kubesonar.sensor import record_walk as kernel
 from kubesonar.sensor.app_layer import HttpHosts, TlsClients
 from kubesonar.sensor.dissect import PacketFields
+from kubesonar.sensor.executables import Executables
 from kubesonar.shared.flow import (
     EndReason,
     FlowRecords,
@@ -148,6 +149,7 @@ class FlowTable:
         self.watermark_ns = 0  # the latest packet time seen
         self.tls = TlsClients()  # the ClientHello fingerprints open flows refer to by code
         self.hosts = HttpHosts()  # the HTTP request hosts open flows refer to by code
+        self.executables = Executables()  # the executable headers packets carry
         self.tls_prune_at = 4096  # entries kept (of either registry) before those of ended flows are forgotten
         # records cost some 60 numpy calls whatever their number: a capture's 4 MiB batches end a few
         # hundred flows each, and built per batch they cost twice what they cost a few thousand at a time
@@ -290,8 +292,8 @@ class FlowTable:
                 b.order, pf.src, pf.dst, pf.sport, pf.dport, pf.proto, pf.ip_len, pf.tcp_flags, pf.tcp_seq,
                 pf.icmp_type, pf.icmp_code, pf.icmp_error, pf.tunnel_src, pf.tunnel_dst, pf.tunnel_id,
                 pf.rpc_code, pf.payload_len, pf.payload_kind, pf.tls_code, pf.host_code, pf.icmp_size, pf.icmp_odd,
-                b.ts, done, self._batches, self.timeouts.idle_ns, self.timeouts.active_ns, t.key, t.tun, t.num,
-                t.num.view(np.float64), t.index, t.free, t.meta, out_key, out_tun, out_num, out_reason, n_out,
+                pf.exec_code, b.ts, done, self._batches, self.timeouts.idle_ns, self.timeouts.active_ns, t.key, t.tun,
+                t.num, t.num.view(np.float64), t.index, t.free, t.meta, out_key, out_tun, out_num, out_reason, n_out,
             )
             if done == n:
                 break
@@ -384,6 +386,10 @@ def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason, tls: Tls
     rpc = num[:, layout.RPC]
     if rpc.any():
         cols["rpc_method"] = _RPC_NAMES[rpc]
+    sent = num[:, layout.EXEC]
+    if sent.any():  # the initiator's in bits 0-1, the responder's in bits 2-3 (shared/flow.py Executable)
+        side_a, side_b = sent & 3, (sent >> 2) & 3
+        cols["executable"] = np.where(init_is_a, side_a | side_b << 2, side_b | side_a << 2).astype(np.uint8)
     _connection_figures(cols, num, out_col, tls)
     host = num[rows, layout.HOST_A + out_col]  # the initiator's: a responder's request names no server
     if host.any():

@@ -94,6 +94,7 @@ class SensorCounters:
     tls_client_hellos: int = 0
     tls_unreadable: int = 0  # ClientHellos cut by the snap length, split over segments, or malformed
     tls_dropped: int = 0  # ClientHellos past the per-read bound, not parsed
+    executables_dropped: int = 0  # segments that may start an executable, past the per-read bound, not read
     # packets that joined no flow, by reason (sensor/observe.py: unplaced)
     unplaced_unknown_linktype: int = 0
     unplaced_not_ip: int = 0

@@ -25,7 +25,7 @@ class Observed:
 
 def observe(batch: PacketBatch, table: FlowTable, dns: DnsParser | None) -> tuple[Observed, PacketFields]:
     """Dissect a packet batch, read the few payloads that matter (mining RPC methods, TLS ClientHellos,
-    HTTP requests' hosts, ICMP data, DNS unless ``dns`` is None), and account it in the flow table:
+    HTTP requests' hosts, ICMP data, executable headers, DNS unless ``dns`` is None), and account it in the flow table:
     records complete only as flows end, so they lag the DNS messages of the same packets."""
     fields = dissect(batch)
     # the readers' columns, in the fields' types, take the blank ones' place: no copy of each a batch
@@ -33,6 +33,7 @@ def observe(batch: PacketBatch, table: FlowTable, dns: DnsParser | None) -> tupl
     fields.tls_code = table.tls.hello_codes(batch, fields)
     fields.host_code = table.hosts.host_codes(batch, fields)
     fields.icmp_size, fields.icmp_odd = icmp_shapes(batch, fields)
+    fields.exec_code = table.executables.codes(batch, fields)
     messages = dns.parse(batch, fields, batch.ts) if dns is not None else DnsMessages.empty()
     return Observed(table.add(fields, batch.ts), messages), fields
 

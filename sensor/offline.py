@@ -41,6 +41,7 @@ class CaptureStats:
     tls_client_hellos: int = 0
     tls_unreadable: int = 0  # ClientHellos cut by the snap length, split over segments, or malformed
     tls_dropped: int = 0  # ClientHellos past the per-read bound, not parsed
+    executables_dropped: int = 0  # segments that may start an executable, past the per-read bound, not read
     capture_errors: int = 0
     errors: list[str] = field(default_factory=list)
 
@@ -87,7 +88,7 @@ def read_captures(
                 if parser is not None:
                     stats.dns_messages, stats.dns_malformed = parser.parsed, parser.malformed
                 stats.tls_client_hellos, stats.tls_unreadable = table.tls.parsed, table.tls.unreadable
-                stats.tls_dropped = table.tls.dropped
+                stats.tls_dropped, stats.executables_dropped = table.tls.dropped, table.executables.dropped
                 # the batch and its fields (some 11 MiB) go before the next batch's are made, not after:
                 # the memory of one set, reused, is touched for the first time once
                 del fields, batch

@@ -9,3 +9,8 @@ TLS_CLIENT_HELLO = 3  # a TCP payload starting with a TLS handshake record holdi
 ICMP = 4  # an ICMP message that is not an error
 HTTP_REQUEST = 5  # another HTTP request line: 3 to 7 capital letters and a space ("GET ", "HEAD ", "PRI ")
 TLS_RECORD = 6  # another TLS record header: content type 20-23, version 3.x
+# a TCP payload of EXECUTABLE_LEAST bytes or more (the ELF header's fields checked: e_ident, e_type,
+# e_machine) starting with an ELF's or a PE's first two bytes (\x7fE, MZ): sensor/executables.py checks
+# the header that may follow
+EXECUTABLE_START = 7
+EXECUTABLE_LEAST = 20

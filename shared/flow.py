@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-FLOW_SCHEMA_VERSION = 6  # 2 added src_images / dst_images; 3 rpc_method and the dns table; 4 TLS, gaps, ICMP; 5 opening
-# and http_host; 6 the burst timer (beat_*)
+FLOW_SCHEMA_VERSION = 7  # 2 added src_images / dst_images; 3 rpc_method and the dns table; 4 TLS, gaps, ICMP; 5 opening
+# and http_host; 6 the burst timer (beat_*); 7 executable (a flag per side: an ELF or PE header was sent)
 
 IPPROTO_ICMP = 1
 IPPROTO_TCP = 6
@@ -64,6 +64,21 @@ class Opening(IntEnum):
     TLS = 2  # a TLS record (a ClientHello, or any record of content type 20-23 and version 3.x)
     OTHER = 3  # anything else: a binary or text protocol of its own, JSON-RPC, SSH
     RESPONDER_FIRST = 4  # the responder sent before the initiator: a server-first protocol (SMTP, FTP, MySQL)
+
+
+class Executable(IntEnum):
+    """What executable header a side of a flow sent at the start of a TCP segment or of an HTTP response's
+    body (sensor/executables.py). The ``executable`` column holds the initiator's in bits 0-1 and the
+    responder's in bits 2-3: a flag, never the bytes."""
+
+    NONE = 0
+    ELF = 1
+    PE = 2
+
+
+def executable_sent(flows: FlowRecords, side: str) -> np.ndarray:
+    """Per record, the :class:`Executable` the initiator (``out``) or the responder (``in``) sent."""
+    return (flows["executable"] >> (0 if side == "out" else 2)) & 3
 
 
 class TcpFlag(IntFlag):
@@ -128,6 +143,12 @@ SCHEMA_6_COLUMNS: tuple[Column, ...] = tuple(
     )
 )
 SCHEMA_6_NAMES = frozenset(c.name for c in SCHEMA_6_COLUMNS)
+# Schema 7: whether either side sent an executable (ingress tool transfer): a flag, never the file.
+SCHEMA_7_COLUMNS: tuple[Column, ...] = (
+    Column("executable", "u1", "Executable header each side sent at a TCP segment's start or an HTTP response "
+                               "body's (initiator bits 0-1, responder bits 2-3), in this record; 0 none"),
+)
+SCHEMA_7_NAMES = frozenset(c.name for c in SCHEMA_7_COLUMNS)
 
 ENDPOINT_FIELDS = ("namespace", "pod", "workload_kind", "workload_name", "node", "labels", "images")
 
@@ -154,7 +175,7 @@ FLOW_COLUMNS: tuple[Column, ...] = (
     Column("tunnel_dst", "V16", "outer destination of the tunnel; zero if none"),
     Column("tunnel_id", "u4", "VXLAN VNI or Geneve VNI"),
     Column("rpc_method", "O", "mining JSON-RPC method seen in the flow's payload (shared/mining.py), '' if none"),
-) + SCHEMA_4_COLUMNS + SCHEMA_5_COLUMNS + SCHEMA_6_COLUMNS + tuple(
+) + SCHEMA_4_COLUMNS + SCHEMA_5_COLUMNS + SCHEMA_6_COLUMNS + SCHEMA_7_COLUMNS + tuple(
     Column(f"{side}_{field}", "O", f"{'initiator' if side == 'src' else 'responder'} {field}, '' if unknown")
     for side in ("src", "dst")
     for field in ENDPOINT_FIELDS
@@ -164,13 +185,15 @@ COLUMN_NAMES = tuple(c.name for c in FLOW_COLUMNS)
 # the columns each flow schema version carries, in wire order; a reader fills the missing ones with ''
 SCHEMA_COLUMNS: dict[int, tuple[Column, ...]] = {
     1: tuple(c for c in FLOW_COLUMNS if not c.name.endswith("_images") and c.name != "rpc_method"
-             and c.name not in SCHEMA_4_NAMES | SCHEMA_5_NAMES | SCHEMA_6_NAMES),
+             and c.name not in SCHEMA_4_NAMES | SCHEMA_5_NAMES | SCHEMA_6_NAMES | SCHEMA_7_NAMES),
     2: tuple(c for c in FLOW_COLUMNS if c.name != "rpc_method" and c.name not in SCHEMA_4_NAMES | SCHEMA_5_NAMES
-             | SCHEMA_6_NAMES),
-    3: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_4_NAMES | SCHEMA_5_NAMES | SCHEMA_6_NAMES),
-    4: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_5_NAMES | SCHEMA_6_NAMES),
-    5: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_6_NAMES),
-    6: FLOW_COLUMNS,
+             | SCHEMA_6_NAMES | SCHEMA_7_NAMES),
+    3: tuple(c for c in FLOW_COLUMNS
+             if c.name not in SCHEMA_4_NAMES | SCHEMA_5_NAMES | SCHEMA_6_NAMES | SCHEMA_7_NAMES),
+    4: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_5_NAMES | SCHEMA_6_NAMES | SCHEMA_7_NAMES),
+    5: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_6_NAMES | SCHEMA_7_NAMES),
+    6: tuple(c for c in FLOW_COLUMNS if c.name not in SCHEMA_7_NAMES),
+    7: FLOW_COLUMNS,
 }
 _DTYPES = {c.name: np.dtype(c.dtype) for c in FLOW_COLUMNS}
 _EMPTY_ADDR = bytes(16)

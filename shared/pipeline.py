@@ -39,6 +39,7 @@ from kubesonar.shared.detectors.new_workload import NewWorkloadDetector
 from kubesonar.shared.detectors.port_scan import PortScanDetector
 from kubesonar.shared.detectors.reverse_shell import ReverseShellDetector
 from kubesonar.shared.detectors.tls_bare_ip import TlsBareIpDetector
+from kubesonar.shared.detectors.tool_transfer import ToolTransferDetector
 from kubesonar.shared.detectors.unusual_destination import UnusualDestinationDetector
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
 from kubesonar.shared.edges import update_edge_summary
@@ -132,6 +133,7 @@ def detectors(config: CoreConfig, watchlist: list[WatchEntry] | None = None) -> 
         LongConnectionDetector(learning_ns, force_learning=learning, zones=zones),
         ReverseShellDetector(zones),
         TlsBareIpDetector(zones),
+        ToolTransferDetector(zones),
         NewTlsClientDetector(learning_ns, force_learning=learning, baseline_ns=baseline_ns),
         ExfiltrationDetector(learning_ns, force_learning=learning, zones=zones),
         UnusualDestinationDetector(learning_ns, force_learning=learning, zones=zones,

@@ -23,7 +23,7 @@ IMPLANT_JA3 = "72a589da586844d7f0818ce684948eea"  # Cobalt Strike's, per The DFI
 def c2_flows(rows: list[dict[str, Any]]) -> FlowRecords:
     """Flow records from dicts: src, dst, t (ns), and optionally dport, sport, held (s: the connection
     began that long before ``t``), dur (s), out/in (bytes), flags_in, tls (ja3, ja4, sni, alpn), gaps
-    (out, in: (count, mean s, cv)), beats (out, in: (beats, bursts between, period s)), http_host (schema 5: a plain-HTTP request's Host), opening (flow
+    (out, in: (count, mean s, cv)), beats (out, in: (beats, bursts between, period s)), http_host (schema 5: a plain-HTTP request's Host), executable (schema 7's flags), opening (flow
     schema 5's Opening; default: TLS with a ClientHello, HTTP with an http_host, else unknown), src_workload, dst_workload (namespace, kind, name)."""
     rec = FlowRecords.empty(len(rows))
     c = rec.columns
@@ -43,6 +43,7 @@ def c2_flows(rows: list[dict[str, Any]]) -> FlowRecords:
         for field in ("ja3", "ja4", "sni", "alpn"):
             c[f"tls_{field}"][i] = tls.get(field, "")
         c["http_host"][i] = r.get("http_host", "")
+        c["executable"][i] = r.get("executable", 0)
         default = Opening.TLS if tls else (Opening.HTTP if "http_host" in r else Opening.UNKNOWN)
         c["opening"][i] = int(r.get("opening", default))
         for side, (count, mean_s, cv) in r.get("gaps", {}).items():

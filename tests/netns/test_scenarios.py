@@ -1,6 +1,7 @@
 """The evaluation's attack scenarios, each with real tools in a lab node (scans, brute force, mining,
 metadata theft, beacons over HTTP and TLS, iodine, dns2tcp, a tunnel over DNS/TCP to dnsmasq, ptunnel-ng,
-ncat and socat reverse shells, a RAT protocol on port 80 and cleartext HTTP on 443),
+ncat and socat reverse shells, a RAT protocol on port 80, cleartext HTTP on 443, an ELF fetched by curl
+over HTTP and one sent by an ncat listener),
 scored cold as `kubesonar analyze` scores a capture: the attacker is named by the rule the scenario
 expects, and no pod that did nothing wrong is named by any rule."""
 

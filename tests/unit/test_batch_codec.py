@@ -27,6 +27,7 @@ from kubesonar.shared.flow import (
     SCHEMA_4_NAMES,
     SCHEMA_5_NAMES,
     SCHEMA_6_NAMES,
+    SCHEMA_7_NAMES,
     SCHEMA_COLUMNS,
     FlowRecords,
 )
@@ -224,14 +225,26 @@ def test_encoding_leaves_nothing_for_the_cycle_collector():
 def test_a_schema_1_message_from_an_older_sensor_decodes_with_images_unknown(records):
     old = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=1), records)
     flows = FlowRecords.concat([b.flows for b in _decode_all(old)])
-    carried = {c.name for c in SCHEMA_COLUMNS[1]}  # schema 1 predates images, rpc_method and schemas 4 to 6
-    assert not carried & (SCHEMA_4_NAMES | SCHEMA_5_NAMES | SCHEMA_6_NAMES) and "rpc_method" not in carried
+    carried = {c.name for c in SCHEMA_COLUMNS[1]}  # schema 1 predates images, rpc_method and schemas 4 to 7
+    assert not carried & (SCHEMA_4_NAMES | SCHEMA_5_NAMES | SCHEMA_6_NAMES | SCHEMA_7_NAMES)
+    assert "rpc_method" not in carried
     for col in FLOW_COLUMNS:
         if col.name in carried:
             assert np.array_equal(flows[col.name], records[col.name])
         else:
             assert (flows[col.name] == ("" if col.dtype == "O" else 0)).all(), col.name
     assert len(old[0]) < len(encode_batch(BatchHeader("c", "n", "s", 1, 0, 1), records)[0]) or not len(records)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flow_records())
+def test_a_schema_6_message_from_a_sensor_before_the_executable_flag_decodes_with_it_unknown(records):
+    old = encode_batch(BatchHeader("c", "n", "s", 1, 0, 1, schema_version=6), records)
+    flows = FlowRecords.concat([b.flows for b in _decode_all(old)])
+    assert [c.name for c in FLOW_COLUMNS if c not in SCHEMA_COLUMNS[6]] == ["executable"]
+    assert (flows["executable"] == 0).all()
+    for name in (c.name for c in SCHEMA_COLUMNS[6]):
+        assert np.array_equal(flows[name], records[name]), name
 
 
 def test_an_unknown_schema_version_is_refused_both_ways():

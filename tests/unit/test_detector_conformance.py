@@ -24,7 +24,7 @@ from kubesonar.sensor.offline import read_captures
 from kubesonar.shared.alerts import SEVERITIES, rules
 from kubesonar.shared.detectors import Detector, batch_of
 from kubesonar.shared.dns import DnsMessages
-from kubesonar.shared.flow import ConnState, FlowRecords, Opening, address_bytes
+from kubesonar.shared.flow import ConnState, Executable, FlowRecords, Opening, address_bytes
 from kubesonar.shared.inventory import PodInventory, endpoint_of
 from kubesonar.shared.pipeline import CoreConfig, detectors
 from kubesonar.shared.watchlist import WatchEntry
@@ -88,8 +88,8 @@ def _planted_learning(pods: dict[str, str]) -> FlowRecords:
 
 def _planted_attack(pods: dict[str, str]) -> FlowRecords:
     """The payments API compromised: a new TLS client to a bare address, a reverse shell, a quiet
-    connection held three hours; the intruder's implant with a listed JA3 holding a heartbeat session,
-    and a RAT of its speaking its own protocol on port 80."""
+    connection held three hours, an ELF downloaded over plain HTTP; the intruder's implant with a listed
+    JA3 holding a heartbeat session, and a RAT of its speaking its own protocol on port 80."""
     t, api, intruder = int((START_S + LEARN_S + 60) * S), pods["api"], pods["debug-tools"]
     return c2_flows([
         {"src": api, "dst": "198.51.100.20", "t": t, "tls": {"ja4": KNOWN_JA4, "sni": "api.processor.example"}},
@@ -100,6 +100,8 @@ def _planted_attack(pods: dict[str, str]) -> FlowRecords:
         heartbeat_session(intruder, "203.0.113.88", t + 30 * S, minutes=3, dur=180,
                           tls={"ja3": IMPLANT_JA3, "sni": "updates.example"}),
         {"src": intruder, "dst": "203.0.113.44", "t": t + 40 * S, "dport": 80, "opening": Opening.OTHER},
+        {"src": api, "dst": "203.0.113.55", "t": t + 50 * S, "dport": 80, "http_host": "downloads.example",
+         "in": 90_000, "executable": Executable.ELF << 2},
     ])
 
 
@@ -121,7 +123,7 @@ def _icmp_flows(flows: FlowRecords, tunnel: bool) -> FlowRecords:
     c["bytes_out"][:] = c["bytes_in"][:] = 6 * (28 + (400 if tunnel else 56))
     c["icmp_sizes"][:], c["icmp_odd"][:] = (9, 12) if tunnel else (1, 0)
     blank = FlowRecords.empty(3).columns  # no TLS or session gaps carried over from the row copied
-    for name in ("rpc_method", "tls_ja3", "tls_ja4", "tls_sni", "tls_alpn", "gaps_out", "gaps_in",
+    for name in ("rpc_method", "executable", "tls_ja3", "tls_ja4", "tls_sni", "tls_alpn", "gaps_out", "gaps_in",
                  "gap_mean_us_out", "gap_mean_us_in", "gap_cv_milli_out", "gap_cv_milli_in", "opening"):
         c[name] = blank[name]
     return icmp
