@@ -193,6 +193,31 @@ def test_the_lab_note_is_given_beside_a_capture_fault(tmp_path):
     assert "no flow leaves the private ranges" in lines[0] and "truncated record" in lines[-1]
 
 
+def test_a_capture_without_one_ip_packet_says_so(tmp_path):
+    """ARP alone, or IP behind a header that names the wrong link type (Ethernet frames filed as raw IP):
+    no flow, and 'no alerts' with nothing else said looked like traffic judged clean. A note names the
+    capture and both readings; not beside a fault, which stays the one line of a failed run."""
+    from scapy.all import ARP, IP, TCP, Ether, wrpcap
+
+    arp = tmp_path / "arp.pcap"
+    wrpcap(str(arp), [Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=f"10.0.0.{i}") for i in range(5)])
+    mislabelled = tmp_path / "raw.pcap"
+    wrpcap(str(mislabelled), [Ether() / IP(dst="198.51.100.7") / TCP(dport=443, flags="S") for _ in range(3)],
+           linktype=101)
+    flows = _run("flows", "--format", "jsonl", str(arp))
+    assert flows.returncode == 0 and flows.stdout == ""
+    assert flows.stderr.splitlines() == [f"kubesonar: note: {arp}: none of its 5 packets is IPv4 or IPv6 (link type "
+                                         "1), so no flow came from it; if it holds IP traffic, its header names the "
+                                         "wrong link type"]
+    analyzed = _run("analyze", str(mislabelled))
+    assert analyzed.returncode == 0 and f"{mislabelled}: none of its 3 packets is IPv4 or IPv6 (link type 101)" in \
+        analyzed.stderr
+    faulty = tmp_path / "cut.pcap"
+    faulty.write_bytes(arp.read_bytes()[:-5])
+    failed = _run("flows", str(faulty))
+    assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1 and "truncated record" in failed.stderr
+
+
 def test_a_capture_from_a_pipe_or_a_fifo_is_read_once(tmp_path):
     """`tcpdump -w - | kubesonar analyze -`: a stream cannot be read twice, so it is not read ahead for the
     cluster's edge (that read took all of standard input, and the scoring read found it empty, exit 1; a
