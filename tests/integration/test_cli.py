@@ -180,6 +180,31 @@ def test_the_private_ranges_are_the_edge_when_any_flow_crosses_them_either_way(t
     assert "no flow leaves the private ranges" not in done.stderr
 
 
+def test_a_corrupt_capture_among_good_ones_costs_only_its_own_flows(tmp_path):
+    """The edge read ahead and the scoring read both go on past a capture that is cut, empty or missing:
+    a flow beyond the private ranges after it still shows the edge, and every good capture's flows count."""
+    from scapy.all import IP, TCP, Ether, wrpcap
+
+    from kubesonar.compose import analyze
+
+    def capture(name, dst, port):
+        packets = [Ether() / IP(src="192.168.1.5", dst=dst) / TCP(sport=40000 + i, dport=port, flags="S")
+                   for i in range(4)]
+        for i, p in enumerate(packets):
+            p.time = 1_700_000_000 + i
+        wrpcap(str(tmp_path / name), packets)
+        return str(tmp_path / name)
+
+    lab, public = capture("lab.pcap", "192.168.1.7", 22), capture("public.pcap", "198.51.100.9", 443)
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes((tmp_path / "lab.pcap").read_bytes()[:-9])
+    (tmp_path / "empty.pcap").write_bytes(b"")
+    faulty = [str(cut), str(tmp_path / "empty.pcap"), str(tmp_path / "missing.pcap")]
+    result = analyze([lab, *faulty, public])
+    assert (result.flows, result.stats.capture_errors, result.judged_all_outside) == (8, 3, False)
+    assert result.outside_flows == 4  # the public capture's, judged with the private ranges as the edge
+
+
 def test_the_lab_note_is_given_beside_a_capture_fault(tmp_path):
     """A capture cut short (tcpdump killed) is scored up to the cut, judged with every address outside as
     the whole one is: the alerts on private addresses that judgement raised need the note that explains
