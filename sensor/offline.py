@@ -71,7 +71,8 @@ def read_captures(
     table = FlowTable(timeouts, initial_capacity=_INITIAL_FLOWS, held_rows=held_rows)
     parser = DnsParser() if dns else None
     for path in paths:
-        packets_before, ip_before, linktypes = stats.packets, stats.ip_packets, set()
+        packets_before, ip_before, cut_before = stats.packets, stats.ip_packets, stats.truncated_packets
+        linktypes: set[int] = set()
         try:
             for batch in read_capture(path, progress=progress):
                 observed, fields = observe(batch, table, parser)
@@ -103,7 +104,8 @@ def read_captures(
             stats.errors.append(str(exc))
         if stats.packets > packets_before and stats.ip_packets == ip_before:
             name = "<stdin>" if os.fspath(path) == STDIN else os.fspath(path)
-            stats.notes.append(_no_ip_note(name, stats.packets - packets_before, linktypes))
+            stats.notes.append(_no_ip_note(name, stats.packets - packets_before, stats.truncated_packets - cut_before,
+                                           linktypes))
     records = table.flush()
     table.tls.finish()
     stats.tls_client_hellos, stats.tls_unreadable = table.tls.parsed, table.tls.unreadable
@@ -112,9 +114,12 @@ def read_captures(
         yield Observed(records, DnsMessages.empty())
 
 
-def _no_ip_note(name: str, packets: int, linktypes: set[int]) -> str:
-    """ARP alone, or IP behind a header naming the wrong link type (Ethernet frames filed as raw IP):
-    either way nothing was judged, which "no alerts" alone would hide."""
+def _no_ip_note(name: str, packets: int, cut: int, linktypes: set[int]) -> str:
+    """ARP alone, IP behind a header naming the wrong link type (Ethernet frames filed as raw IP), or
+    packets all cut by a small snap length: nothing was judged, which "no alerts" alone would hide."""
+    if cut == packets:
+        return (f"{name}: each of its {packets} packets was cut before the end of its IP header, so no flow came "
+                "from it; capture with a larger snap length (tcpdump -s 0)")
     return (f"{name}: none of its {packets} packets is IPv4 or IPv6 (link type {', '.join(map(str, sorted(linktypes)))}"
             "), so no flow came from it; if it holds IP traffic, its header names the wrong link type")
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import struct
 import subprocess
 
 from conftest import PCAPS
@@ -221,7 +222,8 @@ def test_the_lab_note_is_given_beside_a_capture_fault(tmp_path):
 def test_a_capture_without_one_ip_packet_says_so(tmp_path):
     """ARP alone, or IP behind a header that names the wrong link type (Ethernet frames filed as raw IP):
     no flow, and 'no alerts' with nothing else said looked like traffic judged clean. A note names the
-    capture and both readings; not beside a fault, which stays the one line of a failed run."""
+    capture and both readings (or the snap length that cut every IP header); not beside a fault, which
+    stays the one line of a failed run."""
     from scapy.all import ARP, IP, TCP, Ether, wrpcap
 
     arp = tmp_path / "arp.pcap"
@@ -237,6 +239,10 @@ def test_a_capture_without_one_ip_packet_says_so(tmp_path):
     analyzed = _run("analyze", str(mislabelled))
     assert analyzed.returncode == 0 and f"{mislabelled}: none of its 3 packets is IPv4 or IPv6 (link type 101)" in \
         analyzed.stderr
+    snapped = tmp_path / "snapped.pcap"  # tcpdump -s 20: each packet cut inside its IP header
+    records = [struct.pack("<IIII", 1_700_000_000, i, 20, 54) + bytes(Ether() / IP() / TCP())[:20] for i in range(4)]
+    snapped.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 20, 1) + b"".join(records))
+    assert "each of its 4 packets was cut before the end of its IP header" in _run("flows", str(snapped)).stderr
     faulty = tmp_path / "cut.pcap"
     faulty.write_bytes(arp.read_bytes()[:-5])
     failed = _run("flows", str(faulty))
