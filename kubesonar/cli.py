@@ -15,12 +15,16 @@ import os  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from contextlib import contextmanager  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import click  # noqa: E402
 
 from kubesonar.sensor.flow_table import FlowTimeouts  # noqa: E402
 from kubesonar.shared.errors import ConfigError, KubeSonarError  # noqa: E402
 from kubesonar.shared.flow import FlowRecords  # noqa: E402
+
+if TYPE_CHECKING:
+    from kubesonar.sensor.offline import CaptureStats
 
 _TABLE_COLUMNS = ("first_ts", "src_ip", "src_port", "dst_ip", "dst_port", "proto", "packets_out",
                   "bytes_out", "packets_in", "bytes_in", "state")
@@ -88,10 +92,7 @@ def flows(captures: tuple[str, ...], fmt: str, active_timeout: float, idle_timeo
     with _progress(captures) as advance:
         stream = flows_from_captures(captures, timeouts=timeouts, stats=stats, progress=advance)
         _write_flows(stream, fmt)
-    for error in stats.errors:
-        click.echo(f"kubesonar: error: {error}", err=True)
-    if stats.errors:
-        sys.exit(1)
+    _end_with_capture_faults(stats)
 
 
 @main.command()
@@ -157,10 +158,7 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
                    "private ranges), and beaconing, exfiltration, reverse shells and unusual destinations judge "
                    "only traffic leaving them; for a capture taken outside a cluster, pass --internal-network "
                    "none (or the cluster's own ranges)", err=True)
-    for error in result.stats.errors:
-        click.echo(f"kubesonar: error: {error}", err=True)
-    if result.stats.errors:
-        sys.exit(1)
+    _end_with_capture_faults(result.stats)
 
 
 @main.command()
@@ -191,10 +189,7 @@ def replay(captures: tuple[str, ...], queue: str, cluster: str, node: str, pods:
                          window_s=window, progress=show, signer=_signer(key_file, cluster))
     click.echo(f"published {summary.messages} messages ({summary.flows} flows, {summary.dns} DNS messages, "
                f"{summary.bytes} bytes) in {summary.windows} windows to {without_credentials(queue)}", err=True)
-    for error in summary.stats.errors:
-        click.echo(f"kubesonar: error: {error}", err=True)
-    if summary.stats.errors:
-        sys.exit(1)
+    _end_with_capture_faults(summary.stats)
 
 
 @main.command()
@@ -503,6 +498,18 @@ def _cell(name: str, value: object) -> str:
 
         return datetime.fromtimestamp(float(value), tz=UTC).strftime("%H:%M:%S.%f")
     return str(value)
+
+
+def _end_with_capture_faults(stats: CaptureStats) -> None:
+    """A capture's faults on stderr and exit 1; without one, its notes (a capture holding no IP packet):
+    a fault is the one line a failed run prints."""
+    if not stats.errors:
+        for note in stats.notes:
+            click.echo(f"kubesonar: note: {note}", err=True)
+    for error in stats.errors:
+        click.echo(f"kubesonar: error: {error}", err=True)
+    if stats.errors:
+        sys.exit(1)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kubesonar.sensor.app_layer import DnsParser
-from kubesonar.sensor.capture_file import read_capture
+from kubesonar.sensor.capture_file import STDIN, read_capture
 from kubesonar.sensor.dissect import PacketFields
 from kubesonar.sensor.flow_table import FlowTable, FlowTimeouts
 from kubesonar.sensor.observe import Observed, observe, unplaced
@@ -44,6 +44,7 @@ class CaptureStats:
     executables_dropped: int = 0  # segments that may start an executable, past the per-read bound, not read
     capture_errors: int = 0
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # a capture read whole that gave nothing to judge
 
     def counters(self) -> dict[str, int]:
         return {k: v for k, v in vars(self).items() if isinstance(v, int)}
@@ -60,7 +61,8 @@ def read_captures(
     """Yield flow records and DNS messages from capture files read one after the other into one flow table.
 
     A capture that is missing or corrupt is recorded in ``stats.errors`` (and counted); the flows read
-    before the fault are kept and the remaining captures are still read. ``held_rows``: flow records
+    before the fault are kept and the remaining captures are still read. One whose packets hold no IP
+    packet is recorded in ``stats.notes``. ``held_rows``: flow records
     come this many or more at a time (sensor/flow_table.py), later than the DNS messages of their batch.
     Without ``dns`` no DNS message is read (and none counted).
     """
@@ -70,6 +72,8 @@ def read_captures(
     table = FlowTable(timeouts, initial_capacity=_INITIAL_FLOWS, held_rows=held_rows)
     parser = DnsParser() if dns else None
     for path in paths:
+        packets_before, ip_before, cut_before = stats.packets, stats.ip_packets, stats.truncated_packets
+        linktypes: set[int] = set()
         try:
             for batch in read_capture(path, progress=progress):
                 observed, fields = observe(batch, table, parser)
@@ -89,6 +93,8 @@ def read_captures(
                     stats.dns_messages, stats.dns_malformed = parser.parsed, parser.malformed
                 stats.tls_client_hellos, stats.tls_unreadable = table.tls.parsed, table.tls.unreadable
                 stats.tls_dropped, stats.executables_dropped = table.tls.dropped, table.executables.dropped
+                if stats.ip_packets == ip_before:  # only while no IP packet came: a capture's first batch
+                    linktypes.update(np.unique(batch.linktype).tolist())
                 # the batch and its fields (some 11 MiB) go before the next batch's are made, not after:
                 # the memory of one set, reused, is touched for the first time once
                 del fields, batch
@@ -97,12 +103,26 @@ def read_captures(
         except CaptureError as exc:
             stats.capture_errors += 1
             stats.errors.append(str(exc))
+        if stats.packets > packets_before and stats.ip_packets == ip_before:
+            name = "<stdin>" if os.fspath(path) == STDIN else os.fspath(path)
+            stats.notes.append(_no_ip_note(name, stats.packets - packets_before, stats.truncated_packets - cut_before,
+                                           linktypes))
     records = table.flush()
     table.tls.finish()
     stats.tls_client_hellos, stats.tls_unreadable = table.tls.parsed, table.tls.unreadable
     stats.flows += len(records)
     if len(records):
         yield Observed(records, DnsMessages.empty())
+
+
+def _no_ip_note(name: str, packets: int, cut: int, linktypes: set[int]) -> str:
+    """ARP alone, IP behind a header naming the wrong link type (Ethernet frames filed as raw IP), or
+    packets all cut by a small snap length: nothing was judged, which "no alerts" alone would hide."""
+    if cut == packets:
+        return (f"{name}: each of its {packets} packets was cut before the end of its IP header, so no flow came "
+                "from it; capture with a larger snap length (tcpdump -s 0)")
+    return (f"{name}: none of its {packets} packets is IPv4 or IPv6 (link type {', '.join(map(str, sorted(linktypes)))}"
+            "), so no flow came from it; if it holds IP traffic, its header names the wrong link type")
 
 
 def _tunnelled(fields: PacketFields) -> int:

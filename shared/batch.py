@@ -10,6 +10,7 @@ docs/flow-format.md.
 from __future__ import annotations
 
 import math
+import numbers
 import struct
 import zlib
 from dataclasses import dataclass, field, replace
@@ -110,8 +111,8 @@ def _encode_header(h: BatchHeader) -> bytes:
     names = [pack_text(h.cluster), pack_text(h.node), pack_text(h.sensor_id)]
     counters = [struct.pack("<H", len(h.counters))]
     for name, value in sorted(h.counters.items()):
-        if not 0 <= value < 1 << 64:
-            raise BatchFormatError(f"health counter {name!r} = {value} is not a 64-bit unsigned integer")
+        if not isinstance(value, numbers.Integral) or not 0 <= value < 1 << 64:  # numpy's integers too
+            raise BatchFormatError(f"health counter {name!r} = {value!r} is not a 64-bit unsigned integer")
         counters.append(pack_text(name) + struct.pack("<Q", value))
     return fixed + b"".join(names) + b"".join(counters)
 

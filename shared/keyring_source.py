@@ -73,7 +73,7 @@ def keyring_from_env(env: Mapping[str, str], fetch_secret: Callable[[str], str] 
                      ) -> Keyring | RereadingKeyring | None:
     """The backend's keyring from its settings, or None (unsigned accepted): ``KUBESONAR_KEYRING`` (the
     document itself, e.g. in a function's encrypted environment; fixed for the instance's life),
-    ``KUBESONAR_KEYRING_FILE`` (a path) or ``KUBESONAR_KEYRING_SECRET`` (a name the adapter's
+    ``KUBESONAR_KEYRING_FILE`` (a path to a regular file) or ``KUBESONAR_KEYRING_SECRET`` (a name the adapter's
     ``fetch_secret`` resolves in the cloud's secret manager), both read again as above. At most one."""
     given = [name for name in ("KUBESONAR_KEYRING", "KUBESONAR_KEYRING_FILE", "KUBESONAR_KEYRING_SECRET")
              if env.get(name)]
@@ -85,7 +85,7 @@ def keyring_from_env(env: Mapping[str, str], fetch_secret: Callable[[str], str] 
     if given[0] == "KUBESONAR_KEYRING":
         return Keyring.from_json(value, "KUBESONAR_KEYRING")
     if given[0] == "KUBESONAR_KEYRING_FILE":
-        return RereadingKeyring(lambda: Keyring.load(value), value)
+        return RereadingKeyring(lambda: Keyring.load(value, regular_file=True), value)
     if fetch_secret is None:
         raise ConfigError("KUBESONAR_KEYRING_SECRET is set but this runtime cannot read a secret manager")
     return RereadingKeyring(lambda: Keyring.from_json(fetch_secret(value), f"secret {value}"), f"secret {value}")

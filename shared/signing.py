@@ -26,7 +26,9 @@ import hashlib
 import hmac
 import json
 import logging
+import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,10 @@ MAGIC = b"KSS1"
 MAC_BYTES = 32
 MIN_SECRET_BYTES = 32
 MAX_KEYS_PER_CLUSTER = 2  # per cluster, or per node for per-node keys
+# A keyring is at most what a Kubernetes Secret holds (1 MiB; Secrets Manager: 64 KiB), which is room for
+# two keys for each of thousands of nodes: past it the path points at something else (a log, /dev/zero),
+# read no further
+MAX_KEYRING_BYTES = 1 << 20
 _KEY_ID = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 OVERHEAD = len(MAGIC) + 1 + 64 + MAC_BYTES  # the most an envelope adds to a message
 
@@ -107,11 +113,21 @@ class Keyring:
             raise ConfigError(f"keyring {where}: {exc}") from None
 
     @classmethod
-    def load(cls, path: str | Path) -> Keyring:
+    def load(cls, path: str | Path, regular_file: bool = False) -> Keyring:
+        """The keyring in the file at ``path``, read up to MAX_KEYRING_BYTES. ``regular_file``: refuse a
+        FIFO, a device or a socket without waiting on it, for a source read again while batches wait."""
         try:
-            return cls.from_json(Path(path).read_bytes(), str(path))
+            # O_NONBLOCK: opening a FIFO does not wait for a writer (a regular file reads as ever)
+            with open(os.open(path, os.O_RDONLY | (os.O_NONBLOCK if regular_file else 0)), "rb") as handle:
+                if regular_file and not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    raise ConfigError(f"keyring {path} is not a regular file (a FIFO or a device is not read "
+                                      "again); mount the keyring as a file, or pass it in KUBESONAR_KEYRING")
+                text = handle.read(MAX_KEYRING_BYTES + 1)
         except OSError as exc:
             raise ConfigError(f"cannot read keyring {path}: {exc.strerror}") from None
+        if len(text) > MAX_KEYRING_BYTES:
+            raise ConfigError(f"keyring {path} is larger than {MAX_KEYRING_BYTES} bytes, which no keyring is")
+        return cls.from_json(text, str(path))
 
     # -- sensor side ----------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import struct
 import subprocess
 
 from conftest import PCAPS
@@ -210,6 +211,31 @@ def test_a_kept_state_is_judged_with_one_edge_across_runs(tmp_path):
     assert analyze([lab], state_dir=str(state)).edge_from_state == Edge(())  # recorded again
 
 
+def test_a_corrupt_capture_among_good_ones_costs_only_its_own_flows(tmp_path):
+    """The edge read ahead and the scoring read both go on past a capture that is cut, empty or missing:
+    a flow beyond the private ranges after it still shows the edge, and every good capture's flows count."""
+    from scapy.all import IP, TCP, Ether, wrpcap
+
+    from kubesonar.compose import analyze
+
+    def capture(name, dst, port):
+        packets = [Ether() / IP(src="192.168.1.5", dst=dst) / TCP(sport=40000 + i, dport=port, flags="S")
+                   for i in range(4)]
+        for i, p in enumerate(packets):
+            p.time = 1_700_000_000 + i
+        wrpcap(str(tmp_path / name), packets)
+        return str(tmp_path / name)
+
+    lab, public = capture("lab.pcap", "192.168.1.7", 22), capture("public.pcap", "198.51.100.9", 443)
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes((tmp_path / "lab.pcap").read_bytes()[:-9])
+    (tmp_path / "empty.pcap").write_bytes(b"")
+    faulty = [str(cut), str(tmp_path / "empty.pcap"), str(tmp_path / "missing.pcap")]
+    result = analyze([lab, *faulty, public])
+    assert (result.flows, result.stats.capture_errors, result.judged_all_outside) == (8, 3, False)
+    assert result.outside_flows == 4  # the public capture's, judged with the private ranges as the edge
+
+
 def test_the_lab_note_is_given_beside_a_capture_fault(tmp_path):
     """A capture cut short (tcpdump killed) is scored up to the cut, judged with every address outside as
     the whole one is: the alerts on private addresses that judgement raised need the note that explains
@@ -221,6 +247,36 @@ def test_the_lab_note_is_given_beside_a_capture_fault(tmp_path):
         "172.16.0.111"]
     lines = done.stderr.splitlines()
     assert "no flow leaves the private ranges" in lines[0] and "truncated record" in lines[-1]
+
+
+def test_a_capture_without_one_ip_packet_says_so(tmp_path):
+    """ARP alone, or IP behind a header that names the wrong link type (Ethernet frames filed as raw IP):
+    no flow, and 'no alerts' with nothing else said looked like traffic judged clean. A note names the
+    capture and both readings (or the snap length that cut every IP header); not beside a fault, which
+    stays the one line of a failed run."""
+    from scapy.all import ARP, IP, TCP, Ether, wrpcap
+
+    arp = tmp_path / "arp.pcap"
+    wrpcap(str(arp), [Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst=f"10.0.0.{i}") for i in range(5)])
+    mislabelled = tmp_path / "raw.pcap"
+    wrpcap(str(mislabelled), [Ether() / IP(dst="198.51.100.7") / TCP(dport=443, flags="S") for _ in range(3)],
+           linktype=101)
+    flows = _run("flows", "--format", "jsonl", str(arp))
+    assert flows.returncode == 0 and flows.stdout == ""
+    assert flows.stderr.splitlines() == [f"kubesonar: note: {arp}: none of its 5 packets is IPv4 or IPv6 (link type "
+                                         "1), so no flow came from it; if it holds IP traffic, its header names the "
+                                         "wrong link type"]
+    analyzed = _run("analyze", str(mislabelled))
+    assert analyzed.returncode == 0 and f"{mislabelled}: none of its 3 packets is IPv4 or IPv6 (link type 101)" in \
+        analyzed.stderr
+    snapped = tmp_path / "snapped.pcap"  # tcpdump -s 20: each packet cut inside its IP header
+    records = [struct.pack("<IIII", 1_700_000_000, i, 20, 54) + bytes(Ether() / IP() / TCP())[:20] for i in range(4)]
+    snapped.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 20, 1) + b"".join(records))
+    assert "each of its 4 packets was cut before the end of its IP header" in _run("flows", str(snapped)).stderr
+    faulty = tmp_path / "cut.pcap"
+    faulty.write_bytes(arp.read_bytes()[:-5])
+    failed = _run("flows", str(faulty))
+    assert failed.returncode == 1 and len(failed.stderr.splitlines()) == 1 and "truncated record" in failed.stderr
 
 
 def test_a_capture_from_a_pipe_or_a_fifo_is_read_once(tmp_path):

@@ -99,6 +99,15 @@ def _hostile_messages() -> list[bytes]:
         frame(header_bytes(rows=0), _payload(FlowRecords.empty(0), pods))]
 
 
+@pytest.mark.parametrize("value", [-1, 1 << 64, "1", 1.5, None])
+def test_the_encoder_refuses_a_health_counter_that_is_no_64_bit_count(value):
+    """A counter the wire cannot hold is the project's error naming it: a string or a float was a
+    TypeError or a struct.error out of the encoder (the wire itself holds only unsigned 64-bit counts)."""
+    header = BatchHeader("c", "n", "n/1", 1, 0, 1, counters={"node_retiring": value})
+    with pytest.raises(BatchFormatError, match="health counter 'node_retiring'"):
+        encode_batch(header, FlowRecords.empty(1))
+
+
 def test_the_local_backend_counts_them_as_decode_errors(tmp_path):
     backend = LocalBackend(tmp_path)
     for i, message in enumerate(_hostile_messages()):

@@ -181,3 +181,27 @@ def test_a_retiring_batch_from_the_future_hides_no_silence(tmp_path):
         found += _types(process_batch(_last_words("node-1", now_window + seq, retiring=False), deps))
         found += _types(check_sensors(deps, "c"))
     assert found == ["sensor_silent"]
+
+
+def test_forged_health_counters_are_counts_like_any(tmp_path):
+    """A sensor sends node_retiring 1; a forged batch may carry any count the wire holds (2, 2**64 - 1),
+    and kernel counters at the limit. A non-zero flag retires the node (no more than a forged 1 could:
+    the MAC is what is trusted), the document keeps a bool, drops past the packets seen are judged
+    without overflow, and a node not retired still goes silent."""
+    import json
+
+    clock = Clock()
+    store = LocalObjectStore(tmp_path)
+    deps = Dependencies(store, CollectingNotifier(), clock)
+    top = (1 << 64) - 1
+    for node, counters in (("two", {"node_retiring": 2}), ("top", {"node_retiring": top}),
+                           ("flood", {"kernel_packets": 5, "kernel_drops": top})):
+        header = BatchHeader("c", node, f"{node}/a", 0, clock.now - 10 * S, clock.now,
+                             counters={"kernel_packets": 0, "kernel_drops": 0} | counters)
+        (message,) = encode_batch(header, FlowRecords.empty())
+        assert _types(process_batch(decode_batch(message), deps)) == (["sensor_drops"] if node == "flood" else [])
+    clock.now += 300 * S
+    assert [(a["type"], a["source"]["node"]) for a in check_sensors(deps, "c").new_alerts] == [
+        ("sensor_silent", "flood")]
+    nodes = json.loads(store.get("state/c/sensor_health.json").data)["state"]["nodes"]
+    assert nodes["two"]["retired"] is True and nodes["top"]["retired"] is True

@@ -4,6 +4,7 @@ speaking for another cluster or node is poison with a counted reason; two keys p
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -213,6 +214,58 @@ def test_a_rereading_keyring_reads_its_source_for_an_unknown_key_once_an_interva
     assert ring.rereads == 1
     now[0] += 1
     assert ring.verify(new.data) and ring.rereads == 2
+
+
+def test_a_keyring_larger_than_any_secret_is_refused_unread(tmp_path):
+    """A keyring path pointing at a log, a disk image or /dev/zero was read whole (/dev/zero: 2.4 GB of
+    memory until MemoryError): the read stops at the bound, past which nothing is a keyring."""
+    path = tmp_path / "k.json"
+    path.write_text(_ring_doc(PROD_OLD) + " " * signing.MAX_KEYRING_BYTES)  # valid JSON, padded past it
+    with pytest.raises(ConfigError, match=f"keyring {path} is larger than {signing.MAX_KEYRING_BYTES} bytes"):
+        Keyring.load(path)
+
+
+def _answers_within(seconds: float, call) -> BaseException | object:
+    """What ``call`` returned or raised, failing the test if it has not answered within ``seconds``."""
+    import threading
+
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            out.append(exc)
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert out, f"no answer within {seconds} s"
+    return out[0]
+
+
+def test_a_keyring_file_read_again_is_never_waited_on(tmp_path):
+    """KUBESONAR_KEYRING_FILE replaced by a FIFO: the re-read for an unknown key id blocked in open() for
+    ever, holding the lock every later re-read takes; a FIFO at start stopped the backend silently.
+    Both are now one clear error, the re-read's counted, the keyring in hand kept."""
+    from kubesonar.shared.keyring_source import keyring_from_env
+
+    path = tmp_path / "k.json"
+    path.write_text(_ring_doc(PROD_OLD))
+    ring = keyring_from_env({"KUBESONAR_KEYRING_FILE": str(path)})
+    (old,) = _messages(signer=Keyring([PROD_OLD], "prod-1").sign)
+    (new,) = _messages(signer=Keyring([PROD_NEW], "prod-2").sign)
+    path.unlink()
+    os.mkfifo(path)
+    try:
+        outcome = _answers_within(10, lambda: ring.verify(new.data))
+        assert isinstance(outcome, SignatureError) and outcome.reason == "unknown_key"
+        assert (ring.rereads, ring.reread_failures) == (1, 1) and ring.verify(old.data)
+        at_start = _answers_within(10, lambda: keyring_from_env({"KUBESONAR_KEYRING_FILE": str(path)}))
+        assert isinstance(at_start, ConfigError) and "not a regular file" in str(at_start)
+    finally:  # a re-read still blocked in open() (before the fix) is let go: a writer comes and goes
+        with contextlib.suppress(OSError):  # ENXIO: no reader waits
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
 
 
 def test_a_per_node_key_speaks_for_its_node_only(tmp_path):
