@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from kubesonar.shared.flow import FlowRecords, address_text
+from kubesonar.shared.flow import FlowRecords, address_text, distinct_addresses
 from kubesonar.shared.ports import ObjectStore
 from kubesonar.shared.state import read_document, update_document
 
@@ -48,7 +48,7 @@ def _endpoint_codes(columns: dict[str, np.ndarray], side: str) -> tuple[np.ndarr
         labels = [f"{namespace}/{kind}/{name}" for namespace, kind, name in index]
     rows = np.flatnonzero(~known)
     if len(rows):
-        addresses, inverse = np.unique(columns[f"{side}_addr"][rows], return_inverse=True)
+        addresses, _, inverse = distinct_addresses(columns[f"{side}_addr"][rows])
         codes[rows] = len(labels) + inverse
         labels += [address_text(bytes(a)) for a in addresses]
     return codes, labels

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubesonar.shared.detectors.base import IDLE_FORGET_NS, Detector, Pair, Score, bounded, clock_from_v0
-from kubesonar.shared.flow import ConnState, FlowRecords, address_text, mix64
+from kubesonar.shared.flow import ConnState, FlowRecords, address_text, distinct_addresses, mix64
 from kubesonar.shared.identity import endpoint, workload_key
 
 if TYPE_CHECKING:
@@ -507,11 +507,11 @@ def _in_name_order(groups: np.ndarray, sources: np.ndarray, keys: list[str], add
                    ) -> list[tuple[int, str, str]]:
     """(group, source name, address text) of each group, ordered by source name, then address text: as
     sorting the pairs of text would, with each distinct address formatted once and the sort in numpy."""
-    distinct, of_row = np.unique(addresses, return_inverse=True)
+    distinct, _, of_row = distinct_addresses(addresses)
     texts = [address_text(a.tobytes()) for a in distinct]
-    order = np.lexsort((_ranks(texts)[of_row.ravel()], _ranks(keys)[sources]))
+    order = np.lexsort((_ranks(texts)[of_row], _ranks(keys)[sources]))
     return [(g, keys[k], texts[t]) for g, k, t in zip(groups[order].tolist(), sources[order].tolist(),
-                                                       of_row.ravel()[order].tolist(), strict=True)]
+                                                       of_row[order].tolist(), strict=True)]
 
 
 def _ranks(texts: list[str]) -> np.ndarray:
