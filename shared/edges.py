@@ -11,6 +11,7 @@ ms when every edge's text was built).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -120,14 +121,26 @@ class _Counted:
 
 def _group_sums(table: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The distinct rows of an integer table, sorted, with each one's count and sum of ``values`` (exact
-    integers). A sort of the columns: np.unique(axis=0) compares them as records, ten times as long."""
-    order = np.lexsort(table.T[::-1])
-    ordered = table[order]
-    starts = np.ones(len(table), dtype=bool)
-    starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
+    integers). Rows are sorted as one integer each when their columns' ranges allow (0.9 ms for 20,000
+    flows), else by the columns (2.6 ms; np.unique(axis=0) compares them as records, ten times as long)."""
+    low = table.min(axis=0) if len(table) else np.zeros(table.shape[1], dtype=np.int64)
+    spans = (table.max(axis=0) - low + 1).tolist() if len(table) else [1] * table.shape[1]
+    if math.prod(spans) < 2**62:  # each row as one integer, in the columns' order
+        key = np.zeros(len(table), dtype=np.int64)
+        for column, span in enumerate(spans):
+            key = key * span + (table[:, column] - low[column])
+        order = np.argsort(key)
+        ordered = key[order]
+        starts = np.ones(len(table), dtype=bool)
+        starts[1:] = ordered[1:] != ordered[:-1]
+    else:
+        order = np.lexsort(table.T[::-1])
+        ordered = table[order]
+        starts = np.ones(len(table), dtype=bool)
+        starts[1:] = (ordered[1:] != ordered[:-1]).any(axis=1)
     at = np.flatnonzero(starts)
     counts = np.diff(np.r_[at, len(table)])
-    return ordered[at], counts, np.add.reduceat(values[order], at)
+    return table[order[at]], counts, np.add.reduceat(values[order], at)
 
 
 def count_edges(flows: FlowRecords) -> dict[str, dict[str, list[int]]]:

@@ -125,3 +125,18 @@ def _bounded_by_sorting(into: dict[str, list[int]], most: int) -> dict[str, list
     keep[edges.OTHER] = [other[0] + sum(v[0] for _, v in ranked[most - 1:]),
                          other[1] + sum(v[1] for _, v in ranked[most - 1:])]
     return keep
+
+
+def test_rows_group_alike_whether_sorted_as_one_integer_or_by_their_columns():
+    rng = np.random.default_rng(5)
+    table = np.column_stack([rng.integers(0, 3, 5_000), rng.integers(0, 200, 5_000), rng.integers(0, 170, 5_000),
+                             rng.integers(0, 65_536, 5_000), rng.integers(0, 256, 5_000)]).astype(np.int64)
+    values = rng.integers(0, 2**40, 5_000).astype(np.uint64)
+    distinct, inverse = np.unique(table, axis=0, return_inverse=True)
+    sums = np.zeros(len(distinct), dtype=np.uint64)
+    np.add.at(sums, inverse.ravel(), values)
+    wide = table.copy()
+    wide[:, 1] *= 2**40  # too wide for one integer: sorted by the columns
+    for rows, got in ((table, edges._group_sums(table, values)), (wide, edges._group_sums(wide, values))):
+        assert np.array_equal(got[0], np.unique(rows, axis=0))
+        assert np.array_equal(got[1], np.bincount(inverse.ravel())) and np.array_equal(got[2], sums)
