@@ -321,15 +321,16 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
         filed = np.flatnonzero((final > 0) | known | highest)
         last_ts = trials.col["first_ts"][order[by_group[ends]]].tolist()
         names = trials.col["dst_addr"][order[first[filed]]]
+        final_of, highest_of, source_of = final.tolist(), highest.tolist(), src_codes.tolist()
         for g, src, dst in _in_name_order(filed, src_codes[filed], trials.keys, names):
             # in name order, so the state and the evidence never depend on hash order
             pair = Pair(src, dst)
-            if final[g] > 0:
-                out.hosts[pair] = HostWalk(float(final[g]), last_ts[g])
+            if final_of[g] > 0:
+                out.hosts[pair] = HostWalk(final_of[g], last_ts[g])
             elif pair in self.state.hosts:
                 out.hosts[pair] = None
-            if highest[g] and int(src_codes[g]) not in peaks.host:
-                peaks.host[int(src_codes[g])] = dst
+            if highest_of[g] and source_of[g] not in peaks.host:
+                peaks.host[source_of[g]] = dst
         return peaks
 
     def _file(self, trials: _Trials, walk: np.ndarray, peak: np.ndarray, hosts: _HostPeaks,
