@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from kubesonar.shared.flow import IPPROTO_TCP, TcpFlag
+from kubesonar.shared.flow import IPPROTO_TCP, TcpFlag, distinct_addresses
 from kubesonar.shared.identity import subject_keys
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ def servers_in(flows: FlowRecords) -> dict[str, int]:
         return {}
     # one row per answering address, its latest: a busy server answers thousands of times a batch
     rows = rows[np.argsort(flows["last_ts"][rows], kind="stable")]
-    _, last = np.unique(flows["dst_addr"][rows][::-1], return_index=True)
+    _, last, _ = distinct_addresses(flows["dst_addr"][rows][::-1])
     rows = rows[::-1][last]
     served: dict[str, int] = {}
     for key, ts in zip(subject_keys(flows, rows, "dst"), flows["last_ts"][rows].tolist(), strict=True):

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubesonar.shared.detectors.base import IDLE_FORGET_NS, Detector, Pair, Score, bounded, clock_from_v0
-from kubesonar.shared.flow import ConnState, FlowRecords, address_text, mix64
+from kubesonar.shared.flow import ConnState, FlowRecords, address_text, distinct_addresses, mix64
 from kubesonar.shared.identity import endpoint, workload_key
 
 if TYPE_CHECKING:
@@ -315,17 +315,22 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
         peaks = _HostPeaks()
         for code in np.unique(src_codes).tolist():
             peaks.peak[code] = float(best[code])
-        # the loop files only the groups whose walk is kept, was kept, or is their source's highest
-        filed = (final > 0) | known | (peak == best[src_codes])
-        last_ts = trials.col["first_ts"][order[by_group[ends]]]
-        groups = sorted((Pair(trials.keys[src_codes[g]], dst_text[g]), g) for g in np.flatnonzero(filed).tolist())
-        for pair, g in groups:  # in name order, so the state and the evidence never depend on hash order
-            if final[g] > 0:
-                out.hosts[pair] = HostWalk(float(final[g]), int(last_ts[g]))
+        # the loop files only the groups whose walk is kept, was kept, or is the highest of a source it
+        # decided (the evidence names that host)
+        highest = (peak == best[src_codes]) & (best[src_codes] >= self._upper)
+        filed = np.flatnonzero((final > 0) | known | highest)
+        last_ts = trials.col["first_ts"][order[by_group[ends]]].tolist()
+        names = trials.col["dst_addr"][order[first[filed]]]
+        final_of, highest_of, source_of = final.tolist(), highest.tolist(), src_codes.tolist()
+        for g, src, dst in _in_name_order(filed, src_codes[filed], trials.keys, names):
+            # in name order, so the state and the evidence never depend on hash order
+            pair = Pair(src, dst)
+            if final_of[g] > 0:
+                out.hosts[pair] = HostWalk(final_of[g], last_ts[g])
             elif pair in self.state.hosts:
                 out.hosts[pair] = None
-            if peak[g] == best[src_codes[g]] and int(src_codes[g]) not in peaks.host:
-                peaks.host[int(src_codes[g])] = pair.target
+            if highest_of[g] and source_of[g] not in peaks.host:
+                peaks.host[source_of[g]] = dst
         return peaks
 
     def _file(self, trials: _Trials, walk: np.ndarray, peak: np.ndarray, hosts: _HostPeaks,
@@ -497,6 +502,28 @@ class _Texts:
         if text is None:
             text = self._text[raw] = address_text(raw)
         return text
+
+
+def _in_name_order(groups: np.ndarray, sources: np.ndarray, keys: list[str], addresses: np.ndarray
+                   ) -> list[tuple[int, str, str]]:
+    """(group, source name, address text) of each group, ordered by source name, then address text: as
+    sorting the pairs of text would, with each distinct address formatted once and the sort in numpy."""
+    distinct, _, of_row = distinct_addresses(addresses)
+    texts = [address_text(a.tobytes()) for a in distinct]
+    order = np.lexsort((_ranks(texts)[of_row], _ranks(keys)[sources]))
+    return [(g, keys[k], texts[t]) for g, k, t in zip(groups[order].tolist(), sources[order].tolist(),
+                                                       of_row[order].tolist(), strict=True)]
+
+
+def _ranks(texts: list[str]) -> np.ndarray:
+    """Each text's place in the sorted texts (equal texts, equal places)."""
+    ranks = np.empty(len(texts), dtype=np.int64)
+    previous, place = None, -1
+    for i in sorted(range(len(texts)), key=texts.__getitem__):
+        if texts[i] != previous:
+            previous, place = texts[i], place + 1
+        ranks[i] = place
+    return ranks
 
 
 def _stable_order(codes: np.ndarray, n_codes: int) -> np.ndarray:

@@ -83,3 +83,60 @@ def test_the_counts_are_those_of_flow_by_flow_counting_on_real_captures():
     got = edges.count_edges(flows)
     assert {h: {(k, "flows"): n for k, (n, _) in e.items()} | {(k, "bytes"): b for k, (_, b) in e.items()}
             for h, e in got.items()} == {h: dict(c) for h, c in expected.items()}
+
+
+def test_an_hour_of_more_edges_than_kept_is_what_counting_every_edge_then_bounding_gives(tmp_path, monkeypatch):
+    """Edges too small to rank fold into "other" without their text: the summary is the one every
+    edge's text, merged and then bounded, gives; with ties in bytes, edges already kept, several
+    flow sets in one invocation and names holding the separator (where no edge is left unnamed)."""
+    monkeypatch.setattr(edges, "EDGES_PER_HOUR", 8)
+    rng = np.random.default_rng(7)
+    store = LocalObjectStore(tmp_path)
+    expected: dict[str, dict[str, list[int]]] = {}
+    for invocation in range(6):
+        sets = []
+        for _ in range(1 + invocation % 2):
+            flows = scan_batch(1).flows
+            flows.columns["dst_port"][:] = rng.integers(1, 12, 20)
+            flows.columns["bytes_out"][:] = rng.integers(0, 4, 20) * 100
+            if invocation == 4:  # two workloads whose edges read alike
+                flows.columns["src_namespace"] = np.array(["a|b"] * 10 + ["a"] * 10, dtype=object)
+                flows.columns["src_workload_kind"] = np.array(["k"] * 10 + ["b|k"] * 10, dtype=object)
+                flows.columns["src_workload_name"] = np.array(["n"] * 20, dtype=object)
+            sets.append(flows)
+        for flows in sets:
+            for hour, counted in edges.count_edges(flows).items():
+                into = expected.setdefault(hour, {})
+                for edge, (n, b) in counted.items():
+                    old = into.get(edge, [0, 0])
+                    into[edge] = [old[0] + n, old[1] + b]
+        expected = {hour: _bounded_by_sorting(into, 8) for hour, into in expected.items()}
+        edges.update_edge_summary(store, "c", sets)
+        doc, _ = read_document(store, edges.summary_key("c"))
+        assert doc["hours"] == expected
+
+
+def _bounded_by_sorting(into: dict[str, list[int]], most: int) -> dict[str, list[int]]:
+    if len(into) <= most:
+        return into
+    ranked = sorted(into.items(), key=lambda kv: (-kv[1][1], kv[0]))
+    keep = dict(ranked[:most - 1])
+    other = keep.get(edges.OTHER, [0, 0])
+    keep[edges.OTHER] = [other[0] + sum(v[0] for _, v in ranked[most - 1:]),
+                         other[1] + sum(v[1] for _, v in ranked[most - 1:])]
+    return keep
+
+
+def test_rows_group_alike_whether_sorted_as_one_integer_or_by_their_columns():
+    rng = np.random.default_rng(5)
+    table = np.column_stack([rng.integers(0, 3, 5_000), rng.integers(0, 200, 5_000), rng.integers(0, 170, 5_000),
+                             rng.integers(0, 65_536, 5_000), rng.integers(0, 256, 5_000)]).astype(np.int64)
+    values = rng.integers(0, 2**40, 5_000).astype(np.uint64)
+    distinct, inverse = np.unique(table, axis=0, return_inverse=True)
+    sums = np.zeros(len(distinct), dtype=np.uint64)
+    np.add.at(sums, inverse.ravel(), values)
+    wide = table.copy()
+    wide[:, 1] *= 2**40  # too wide for one integer: sorted by the columns
+    for rows, got in ((table, edges._group_sums(table, values)), (wide, edges._group_sums(wide, values))):
+        assert np.array_equal(got[0], np.unique(rows, axis=0))
+        assert np.array_equal(got[1], np.bincount(inverse.ravel())) and np.array_equal(got[2], sums)
