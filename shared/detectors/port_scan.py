@@ -442,13 +442,18 @@ def _source_keys(flows: dict[str, np.ndarray]) -> tuple[np.ndarray, list[str]]:
                    for c in ("namespace", "workload_kind", "workload_name")]
         address_hash = mix64([address_hash, *strings])
     _, first, codes = np.unique(address_hash, return_index=True, return_inverse=True)
+    # codes in the order each source's first flow comes, not in the hashes' order: hash() of a string
+    # differs from one process to the next, and so did the order in which sources' walks were summed,
+    # and with it the stored walks' last bits (a walk kept at 2.6e-11 in one process, 0 in another)
+    by_first = np.argsort(first, kind="stable")
     names: dict[str, int] = {}
-    group_code = [
+    group_code = np.empty(len(first), dtype=np.int64)
+    group_code[by_first] = [
         names.setdefault(workload_key(ns, kind, name) or address_text(addr), len(names))
-        for ns, kind, name, addr in zip(*(flows[c][first].tolist() for c in (
+        for ns, kind, name, addr in zip(*(flows[c][first[by_first]].tolist() for c in (
             "src_namespace", "src_workload_kind", "src_workload_name", "src_addr")), strict=False)
     ]  # distinct hashes of one workload's pods share its code; a collision would merge two (2**-64)
-    return np.array(group_code, dtype=np.int64)[codes.ravel()], list(names)
+    return group_code[codes.ravel()], list(names)
 
 
 def _halves(addresses: np.ndarray) -> np.ndarray:

@@ -106,3 +106,29 @@ def test_successes_on_the_same_host_take_failures_back():
     """A client finding a host's services: refused and open ports alternate, so the host walk stays low."""
     rows = [("10.0.3.7", port, port % 2 == 0) for port in range(8000, 8012)]
     assert not PortScanDetector().observe(batch_of(_mixed(rows)))
+
+
+def test_sources_are_coded_alike_in_every_process():
+    """Sources' codes followed the order of hash() of their workload names, which differs per process:
+    the walks were summed in another order in each, and stored walks differed in their last bits (one
+    kept at 2.6e-11 here, 0 there). The codes now follow the flows' order, whatever the hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from kubesonar.shared.detectors.port_scan import _source_keys\n"
+        "from kubesonar.shared.flow import FlowRecords, address_bytes\n"
+        "n = 40\n"
+        "flows = FlowRecords.empty(n).columns\n"
+        "flows['src_addr'] = np.array([address_bytes(f'10.1.{i}.5') for i in range(n)], dtype='V16')\n"
+        "flows['src_namespace'] = np.array(['shop'] * n, dtype=object)\n"
+        "flows['src_workload_kind'] = np.array(['Deployment'] * n, dtype=object)\n"
+        "flows['src_workload_name'] = np.array([f'svc-{i % 13}' for i in range(n)], dtype=object)\n"
+        "codes, names = _source_keys(flows)\n"
+        "print(codes.tolist(), names)\n"
+    )
+    runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
+    assert len(runs) == 1 and "svc-12" in runs.pop()
