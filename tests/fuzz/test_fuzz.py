@@ -76,8 +76,10 @@ def _assert_rule(done: subprocess.CompletedProcess) -> None:
     assert done.returncode in (0, 1, 2), err
     assert "Traceback" not in err
     lines = [line for line in err.splitlines() if line.strip()]
-    if done.returncode == 1:
-        assert len(lines) == 1 and lines[0].startswith("kubesonar: error:"), err
+    if done.returncode == 1:  # one error line, the last; a note on how the rest was judged may precede it
+        errors = [line for line in lines if line.startswith("kubesonar: error:")]
+        assert len(errors) == 1 and lines[-1] == errors[0], err
+        assert all(line.startswith(("kubesonar: note:", "kubesonar: warning:")) for line in lines[:-1]), err
 
 
 def _compile_kernels(tmp_path: Path, bases: list[bytes]) -> None:
@@ -98,6 +100,7 @@ def test_the_command_line_keeps_the_rule_on_mutated_inputs(tmp_path):
         path = tmp_path / f"c{case}.cap"
         path.write_bytes(capture_mutator.mutate(rng.choice(bases), rng))
         _assert_rule(_cli(["flows", "--format", "jsonl", str(path)]))
+        _assert_rule(_cli(["analyze", str(path)]))  # the core's notes beside a capture's fault too
     capture = tmp_path / "ok.pcap"
     capture.write_bytes(bases[0])
     pods = tmp_path / "pods.json"
