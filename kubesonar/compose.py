@@ -7,6 +7,7 @@ into these functions; ``sensor/``, ``shared/`` and ``functions/`` never import o
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -85,6 +86,8 @@ def _recorded_edge(store: Any, cluster: str) -> tuple[Edge | None, str | None]:
         networks = json.loads(stored.data)["internal_networks"]
         if networks is not None and not (isinstance(networks, list) and all(isinstance(n, str) for n in networks)):
             raise ValueError("internal_networks is neither null nor a list of CIDRs")
+        for network in networks or ():  # else the core refused it, blaming --internal-network, and stopped
+            ipaddress.ip_network(network, strict=False)
         return Edge(None if networks is None else tuple(networks)), None
     except (ValueError, KeyError, TypeError) as e:
         key = EDGE_KEY.format(cluster=cluster)
