@@ -7,6 +7,7 @@ into these functions; ``sensor/``, ``shared/`` and ``functions/`` never import o
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import os
@@ -75,6 +76,13 @@ class Edge:
         return ", ".join(self.networks) if self.networks else "every address outside (as --internal-network none)"
 
 
+def _edge(networks: Iterable[str] | None) -> Edge:
+    """The edge of these internal networks: named in another order or spelling, the same edge."""
+    if networks is None:
+        return Edge(None)
+    return Edge(tuple(sorted({str(ipaddress.ip_network(n, strict=False)) for n in networks})))
+
+
 def _recorded_edge(store: Any, cluster: str) -> tuple[Edge | None, str | None]:
     """The edge an earlier run on this --state directory recorded, and a fault if its record is unreadable
     (then the edge is found anew: a broken record must not stop the analysis)."""
@@ -85,7 +93,7 @@ def _recorded_edge(store: Any, cluster: str) -> tuple[Edge | None, str | None]:
         networks = json.loads(stored.data)["internal_networks"]
         if networks is not None and not (isinstance(networks, list) and all(isinstance(n, str) for n in networks)):
             raise ValueError("internal_networks is neither null nor a list of CIDRs")
-        return Edge(None if networks is None else tuple(networks)), None
+        return _edge(networks), None  # a network that does not parse raises ValueError: unreadable too
     except (ValueError, KeyError, TypeError) as e:
         key = EDGE_KEY.format(cluster=cluster)
         return None, f"the edge recorded in the state ({key}) is unreadable ({e}); found anew"
@@ -174,7 +182,7 @@ def analyze(
             judged_all_outside = (not any(map(_read_once, [*learn, *captures]))
                                   and not _boundary_known([*learn, *captures]))
             internal_networks = () if judged_all_outside else None
-        edge = Edge(internal_networks)
+        edge = _edge(internal_networks)
         notifier = CollectingNotifier()
         stats = CaptureStats()
         touched: dict[str, dict[str, Any]] = {}

@@ -148,7 +148,7 @@ class KubeWatcher:
             log.warning("cannot read this sensor's Pod %s/%s (%s): the cordoned node is taken as leaving",
                         namespace, name, error)
             return False
-        return replaced_on_this_node(pod)
+        return replaced_on_this_node(pod, self.node)
 
     def _read_within(self, deadline: float, what: str, get: Callable[[float], Any]) -> dict[str, Any]:
         """One GET, as the API's JSON, waited for until ``deadline`` (monotonic) in all: the client retries a

@@ -41,8 +41,10 @@ def leaving_sign(node: dict[str, Any]) -> str:
     return ""
 
 
-def replaced_on_this_node(own_pod: dict[str, Any]) -> bool:
-    """Whether the sensor's own Pod was deleted through the API (``metadata.deletionTimestamp``): the
-    DaemonSet controller starts its successor on the same node. A node shutting down (graceful node
-    shutdown, the VM stopped after a drain) stops its pods without deleting them."""
-    return bool((own_pod.get("metadata") or {}).get("deletionTimestamp"))
+def replaced_on_this_node(own_pod: dict[str, Any], node: str) -> bool:
+    """Whether the sensor's own Pod, on ``node``, was deleted through the API (``metadata.deletionTimestamp``):
+    the DaemonSet controller starts its successor on the same node. A node shutting down (graceful node
+    shutdown, the VM stopped after a drain) stops its pods without deleting them. A Pod on another node
+    (POD_NAME naming some other pod) says nothing of this one."""
+    on_node = (own_pod.get("spec") or {}).get("nodeName") == node
+    return on_node and bool((own_pod.get("metadata") or {}).get("deletionTimestamp"))

@@ -81,6 +81,18 @@ def pushed(sender: str, pod: str, data: bytes, t: float, port: int = 9000) -> li
     return session((sender, 43000), (pod, port), [("c", data)], t)
 
 
+def forged(sender: str, sport: int, pod: str, dport: int, data: bytes, t: float, answered: bool = True) -> list:
+    """One segment from an outside address to a pod that has no connection with it (no handshake), answered
+    by the pod's kernel with a reset (``answered``) or by nothing (an address nobody holds)."""
+    frames = [Ether() / IP(src=sender, dst=pod) / TCP(sport=sport, dport=dport, flags="PA", seq=5000, ack=7000)
+              / Raw(data[:MSS])]
+    if answered:
+        frames.append(Ether() / IP(src=pod, dst=sender) / TCP(sport=dport, dport=sport, flags="R", seq=7000))
+    for k, f in enumerate(frames):
+        f.time = t + k * 0.001
+    return frames
+
+
 def tls_download(pod: str, server: str, body: bytes, t: float) -> list:
     """The body fetched over real TLS (OpenSSL on both ends, in memory): what the wire carries is records."""
     client_ctx, server_ctx = _tls_contexts()

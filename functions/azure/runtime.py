@@ -5,8 +5,8 @@ identity) or KUBESONAR_STORAGE_CONNECTION_STRING (a connection string; Azurite i
 KUBESONAR_STATE_CONTAINER, KUBESONAR_ALERTS_CONTAINER, KUBESONAR_DEADLETTER_CONTAINER,
 KUBESONAR_ALERTS_TOPIC_ENDPOINT (https://TOPIC-HOST/api/events), KUBESONAR_LEARNING_PERIOD_S,
 KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs; docs/detection.md),
-KUBESONAR_STORE_RETRY_S (how long one Blob Storage or Key Vault call may keep retrying: under the function's
-timeout),
+KUBESONAR_STORE_RETRY_S (how long one Blob Storage or Key Vault call may keep retrying: twice it under the 30 s
+Event Grid waits for an answer; infra/azure sets 12),
 KUBESONAR_KEYRING_VAULT_URL and KUBESONAR_KEYRING_SECRET (the vault and the name of the secret holding the
 keyring, infra/azure; read at start and again when a batch names a key id it lacks, once a minute at most;
 or KUBESONAR_KEYRING with the document itself, fixed for the instance's life): batches must then be signed

@@ -15,7 +15,9 @@ cleartext by a host outside to a workload, over HTTP (any port) or a raw stream.
 Misses: anything over TLS (HTTPS downloads, a TLS stager); executables inside archives, compressed
 (``Content-Encoding: gzip``), chunked (the body starts with a chunk size) or encoded (base64, XOR'd
 stages); a header that starts mid-segment other than right after HTTP response headers; transfers
-from hosts inside the cluster's networks (lateral tool transfer); scripts (shell, Python).
+from hosts inside the cluster's networks (lateral tool transfer); scripts (shell, Python); a receiver
+that neither opened nor accepted the connection in the record and only reset it, or whose packets the
+sensor did not see (a segment forged from outside, answered by a reset or nothing, is no transfer).
 False positives: software that downloads plain executables over HTTP from outside (an old installer,
 an init container fetching a static binary from a vendor's HTTP mirror, a CI runner pulling build
 tools); an artifact repository in the cluster (Nexus, Artifactory) receiving binaries uploaded over
@@ -37,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score
-from kubesonar.shared.flow import Executable, Opening, address_text, executable_sent
+from kubesonar.shared.flow import Executable, Opening, TcpFlag, address_text, executable_sent
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
 
@@ -45,13 +47,22 @@ if TYPE_CHECKING:
     from kubesonar.shared.batch import Batch
     from kubesonar.shared.flow import FlowRecords
 
-# (who received, who sent, the sender's flow direction, the evidence's word for it)
-_DIRECTIONS = (("src", "dst", "in", "downloaded"), ("dst", "src", "out", "pushed"))
+# (who received, who sent, the sender's flow direction, the receiver's, the evidence's word for it)
+_DIRECTIONS = (("src", "dst", "in", "out", "downloaded"), ("dst", "src", "out", "in", "pushed"))
+_SYN, _ACK, _RST = int(TcpFlag.SYN), int(TcpFlag.ACK), int(TcpFlag.RST)
 
 
 @dataclass
 class ToolTransferState:
     reported: dict[Pair, None] = field(default_factory=dict)  # (receiver, sending address), oldest first
+
+
+def _took_part(receiver_flags: np.ndarray) -> np.ndarray:
+    """Whether the receiver was an end of a connection: it opened or accepted one (SYN), or acknowledged
+    without resetting. A segment sent from an outside address to a pod that never connected to it is
+    answered by a reset alone, or by nothing (an address nobody holds): no file moved, and anyone could
+    otherwise raise this rule on any pod with one forged packet."""
+    return ((receiver_flags & _SYN) != 0) | (((receiver_flags & _ACK) != 0) & ((receiver_flags & _RST) == 0))
 
 
 class ToolTransferDetector(Detector[ToolTransferState, list[Score]]):
@@ -75,8 +86,9 @@ class ToolTransferDetector(Detector[ToolTransferState, list[Score]]):
         if not len(flows) or not flows["executable"].any():
             return []
         scores: dict[Pair, Score] = {}
-        for receiver, sender, sent_by, direction in _DIRECTIONS:
+        for receiver, sender, sent_by, received_by, direction in _DIRECTIONS:
             rows = self._from_outside(flows, np.flatnonzero(executable_sent(flows, sent_by)), sender)
+            rows = rows[_took_part(flows[f"flags_{received_by}"][rows])]
             rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
             for row, key in zip(rows.tolist(), subject_keys(flows, rows, receiver), strict=True):
                 address = address_text(flows[f"{sender}_addr"][row])

@@ -236,6 +236,36 @@ def test_a_corrupt_capture_among_good_ones_costs_only_its_own_flows(tmp_path):
     assert result.outside_flows == 4  # the public capture's, judged with the private ranges as the edge
 
 
+def test_the_same_networks_named_in_another_order_are_the_same_edge(tmp_path):
+    """A user's script naming the cluster's ranges in another order (or a CIDR with host bits) names the
+    edge the state was learned with: no warning to start a fresh --state, which would discard its
+    baselines for nothing."""
+    state = tmp_path / "state"
+    inbound = _handshake_capture(tmp_path / "inbound.pcap", "198.51.100.9", "192.168.1.5")
+    first = _run("analyze", inbound, "--state", str(state), "--internal-network", "10.0.0.0/8",
+                 "--internal-network", "192.168.1.0/24")
+    again = _run("analyze", inbound, "--state", str(state), "--internal-network", "192.168.1.7/24",
+                 "--internal-network", "10.0.0.0/8")
+    assert first.returncode == again.returncode == 0, again.stderr
+    assert "learned with another edge" not in again.stderr
+
+
+def test_a_recorded_edge_naming_no_network_is_found_anew(tmp_path):
+    """A state's edge record whose networks do not parse (edited by hand, written half) is unreadable as a
+    broken JSON one is: the run says so and guesses the edge, instead of stopping with an error that
+    blames --internal-network, which the user never passed."""
+    from kubesonar.compose import EDGE_KEY
+
+    state = tmp_path / "state"
+    (state / EDGE_KEY.format(cluster="default")).parent.mkdir(parents=True)
+    (state / EDGE_KEY.format(cluster="default")).write_text('{"internal_networks": ["10.0.0.0/33"]}')
+    lab = _handshake_capture(tmp_path / "lab.pcap", "192.168.1.7", "192.168.1.5")
+    done = _run("analyze", lab, "--state", str(state), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    assert "unreadable" in done.stderr and "is not a CIDR network" not in done.stderr
+    assert json.loads((state / EDGE_KEY.format(cluster="default")).read_text()) == {"internal_networks": []}
+
+
 def test_the_lab_note_is_given_beside_a_capture_fault(tmp_path):
     """A capture cut short (tcpdump killed) is scored up to the cut, judged with every address outside as
     the whole one is: the alerts on private addresses that judgement raised need the note that explains

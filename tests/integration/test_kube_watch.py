@@ -509,6 +509,19 @@ def test_the_node_and_the_pod_are_read_within_the_same_5_s(api_server, caplog):
     assert "cannot read this sensor's Pod kubesonar/kubesonar-sensor-q8m4z (Kubernetes API unreachable" in caplog.text
 
 
+def test_a_deleted_pod_on_another_node_leaves_the_cordon_standing(api_server):
+    """POD_NAME naming another pod (a manifest edited by hand, a copied environment): that pod, on node-2, is
+    deleted in a rollout while node-1, cordoned, shuts down. Its deletion says nothing of node-1's sensor,
+    whose silence is the node leaving, not an alert."""
+    _LEAVING["drained"](_ApiServer.node)
+    _pod_deleted(_ApiServer.own_pod)
+    _ApiServer.own_pod["spec"]["nodeName"] = "node-2"
+    watcher = KubeWatcher(_client(api_server), "node-1", own_pod=OWN_POD)
+    watcher.terminating()
+    counters = watcher.counters()
+    assert counters["node_retiring"] == 1 and counters["node_read_errors"] == 0 and _own_pod_reads() == 1
+
+
 def test_a_sensor_not_told_its_pod_takes_a_cordon_as_leaving(api_server, caplog):
     """No POD_NAME or POD_NAMESPACE (a DaemonSet from before this rule): the cordon decides, as it did, and
     the log says why a rollout on a cordoned node will not be reported."""
