@@ -6,7 +6,7 @@ KUBESONAR_STATE_CONTAINER, KUBESONAR_ALERTS_CONTAINER, KUBESONAR_DEADLETTER_CONT
 KUBESONAR_ALERTS_TOPIC_ENDPOINT (https://TOPIC-HOST/api/events), KUBESONAR_LEARNING_PERIOD_S,
 KUBESONAR_SENSOR_SILENT_AFTER_S, KUBESONAR_INTERNAL_NETWORKS (comma-separated CIDRs; docs/detection.md),
 KUBESONAR_STORE_RETRY_S (how long one Blob Storage or Key Vault call may keep retrying: twice it under the 30 s
-Event Grid waits for an answer; infra/azure sets 12),
+Event Grid waits for an answer; 12 when unset, as infra/azure sets it),
 KUBESONAR_KEYRING_VAULT_URL and KUBESONAR_KEYRING_SECRET (the vault and the name of the secret holding the
 keyring, infra/azure; read at start and again when a batch names a key id it lacks, once a minute at most;
 or KUBESONAR_KEYRING with the document itself, fixed for the instance's life): batches must then be signed
@@ -24,14 +24,14 @@ from azure.storage.blob import BlobServiceClient
 
 from kubesonar.functions.azure.keyvault import KeyVaultSecrets
 from kubesonar.functions.azure.notifier import EventGridNotifier
-from kubesonar.functions.azure.store import BlobObjectStore, client_options
+from kubesonar.functions.azure.store import FUNCTION_STORE_RETRY_S, BlobObjectStore, client_options
 from kubesonar.shared.env_numbers import seconds_setting
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.frozen_start import freeze_what_loading_made
 from kubesonar.shared.keyring_source import keyring_from_env
 from kubesonar.shared.netzones import PRIVATE_NETWORKS
 from kubesonar.shared.pipeline import CoreConfig, Dependencies
-from kubesonar.shared.ports import STORE_RETRY_S, RoutedObjectStore, SystemClock
+from kubesonar.shared.ports import RoutedObjectStore, SystemClock
 
 
 def _blob_service(credential: DefaultAzureCredential, retry_s: float) -> BlobServiceClient:
@@ -50,7 +50,7 @@ def _keyring_vault(credential: DefaultAzureCredential, retry_s: float) -> KeyVau
     return KeyVaultSecrets(vault_url, credential, retry_s)
 
 
-_retry_s = seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", STORE_RETRY_S)
+_retry_s = seconds_setting(os.environ, "KUBESONAR_STORE_RETRY_S", FUNCTION_STORE_RETRY_S)
 _credential = DefaultAzureCredential()
 _blobs = _blob_service(_credential, _retry_s)
 deadletter = BlobObjectStore(_blobs.get_container_client(os.environ["KUBESONAR_DEADLETTER_CONTAINER"]))

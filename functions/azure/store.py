@@ -34,6 +34,10 @@ _JSON = ContentSettings(content_type="application/json")
 # ExponentialRetry's n-th retry sleeps initial_backoff + increment_base**n, +-jitter
 _INITIAL_S, _BASE_S, _JITTER_S = 0.5, 1.5, 0.5
 
+# KUBESONAR_STORE_RETRY_S unset in the function app: twice it must end before Event Grid stops waiting for
+# the invocation's answer (30 s), where other runtimes take shared/ports.py's 20 s (infra/azure sets it too)
+FUNCTION_STORE_RETRY_S = 12.0
+
 
 def client_options(retry_s: float = STORE_RETRY_S) -> dict[str, Any]:
     """The Blob client's keyword arguments that bound a call: its own timeouts (20 s to connect, 60 s a

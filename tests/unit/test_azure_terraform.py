@@ -293,7 +293,10 @@ def test_the_function_gets_the_store_retry_setting_and_twice_it_fits_event_grids
     from terraform_conditions import holds
 
     variable = _tf()["variable"]["store_retry_s"]
+    from kubesonar.functions.azure.store import FUNCTION_STORE_RETRY_S
+
     assert variable["type"] == "number" and 2 * variable["default"] < EVENT_GRID_WAIT_S
+    assert variable["default"] == FUNCTION_STORE_RETRY_S  # the function's own default when unset, alike
     assert _locals()["app_settings"]["KUBESONAR_STORE_RETRY_S"] == "${tostring(var.store_retry_s)}"
 
     def accepted(retry_s: float) -> bool:
