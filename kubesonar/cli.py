@@ -150,7 +150,8 @@ def analyze(captures: tuple[str, ...], pods: str | None, learn: tuple[str, ...],
                    f"({result.edge_before}) than this run's ({result.edge}): destinations judged inside then were "
                    "never learned as outside; start a fresh --state to judge with this edge alone", err=True)
     all_inside = result.outside_with_no_internal_network and not result.outside_flows
-    if all_inside and internal is None and result.edge_from_state is None and not result.stats.errors:
+    private_edge = result.edge_from_state is None or result.edge_from_state.networks is None
+    if all_inside and internal is None and private_edge and not result.stats.errors:
         # a capture taken outside a cluster (a lab, an office LAN) is all private addresses: silence from
         # the outbound rules then says nothing about it, and the user should know (not beside a capture's
         # fault, which is the one line a failed run prints)

@@ -205,6 +205,12 @@ def test_a_kept_state_is_judged_with_one_edge_across_runs(tmp_path):
     assert named.returncode == 0 and "learned with another edge (every address outside" in named.stderr
     kept = analyze([lab], state_dir=str(state))
     assert kept.edge_from_state == Edge(("192.168.1.0/24",)) and kept.edge_before is None
+    pods_state = tmp_path / "pods-state"  # a run with --pods keeps the private ranges for the next ones
+    pods = tmp_path / "pods.json"
+    pods.write_text('{"kind": "List", "apiVersion": "v1", "items": []}')
+    assert _run("analyze", lab, "--state", str(pods_state), "--pods", str(pods)).returncode == 0
+    unnamed = _run("analyze", lab, "--state", str(pods_state))
+    assert unnamed.returncode == 0 and "every flow's responder is inside" in unnamed.stderr  # not silent
     (state / EDGE_KEY.format(cluster="default")).write_text("{not json")
     broken = analyze([lab], state_dir=str(state))
     assert broken.judged_all_outside and any("unreadable" in e for e in broken.errors)
