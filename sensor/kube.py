@@ -111,15 +111,19 @@ class KubeWatcher:
             return self._leaving
         self._leaving = {}
         deadline = time.monotonic() + _LEAVING_READS_TIMEOUT_S  # the Node's read and the Pod's share it
+        from kubernetes.client.exceptions import ApiException
+
         try:
-            node = self._read_within(deadline, "node", lambda timeout: self._core.read_node(
-                self.node, _request_timeout=timeout))
-        except Exception as exc:  # noqa: BLE001 - 403 (no get on nodes) or unreachable: the silence will alert
-            error = self._read_failed(f"node {self.node}", exc)
-            log.warning("cannot tell whether node %s is leaving the cluster (%s): its silence will be an alert",
-                        self.node, error)
-            return self._leaving
-        sign = leaving_sign(node)
+            sign = leaving_sign(self._read_within(deadline, "node", lambda timeout: self._core.read_node(
+                self.node, _request_timeout=timeout)))
+        except ApiException as exc:
+            if exc.status != 404:  # 403 (no get on nodes): the silence will alert
+                return self._node_unknown(exc)
+            # the Node is gone: deleted with no finalizer to hold it (kubectl delete node), the pod
+            # garbage collector then deleting this sensor's Pod as the node's own
+            sign = "the Node is gone (404): deleted"
+        except Exception as exc:  # noqa: BLE001 - unreachable: the silence will alert
+            return self._node_unknown(exc)
         if sign == CORDONED and self._replaced(deadline):
             log.info("stopping on a cordoned node, its Pod deleted through the API (a rollout, or kubectl "
                      "delete pod): replaced on this node, so its silence will be an alert")
@@ -129,6 +133,12 @@ class KubeWatcher:
                      "no alert", sign)
         else:
             log.info("stopping on a node in service: its silence will be an alert")
+        return self._leaving
+
+    def _node_unknown(self, exc: Exception) -> dict[str, int]:
+        error = self._read_failed(f"node {self.node}", exc)
+        log.warning("cannot tell whether node %s is leaving the cluster (%s): its silence will be an alert",
+                    self.node, error)
         return self._leaving
 
     def _replaced(self, deadline: float) -> bool:

@@ -4,7 +4,8 @@ that a scale-down is not reported as a sensor gone silent (shared/health.py).
 The signs, as the API returns them (JSON):
 
 - ``metadata.deletionTimestamp``: the Node is being deleted (by hand, or by Karpenter, whose finalizer
-  holds the object while it drains the node);
+  holds the object while it drains the node); a Node already gone (the read's 404) is taken so too
+  (sensor/kube.py);
 - ``spec.unschedulable``: cordoned, as ``kubectl drain`` and upgrades do before removing a node;
 - a taint the autoscalers put on a node they are about to remove: ``ToBeDeletedByClusterAutoscaler``
   (cluster-autoscaler, as on EKS, GKE and AKS), ``karpenter.sh/disrupted`` (Karpenter v1) and

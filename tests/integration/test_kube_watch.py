@@ -76,10 +76,25 @@ class _ApiServer(BaseHTTPRequestHandler):
         server = type(self)
         if url.path == "/api/v1/nodes/node-1":
             time.sleep(server.node_delay_s)
+            if not server.node:
+                return self._not_found("nodes", "node-1")
             return self._read(server.node, "nodes", server.node_forbidden, server.node_stalls)
         if url.path == f"/api/v1/namespaces/kubesonar/pods/{OWN_POD[1]}":
             return self._read(server.own_pod, "pods", server.pod_forbidden, server.pod_stalls)
         self.send_error(404)
+
+    def _not_found(self, resource: str, name: str) -> None:
+        body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                           "code": 404, "message": f'{resource} "{name}" not found',
+                           "details": {"name": name, "kind": resource}}).encode()
+        self._send(404, body)
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _read(self, found: dict, resource: str, forbidden: bool, stalls: bool) -> None:
         if stalls:
@@ -90,14 +105,9 @@ class _ApiServer(BaseHTTPRequestHandler):
             body = json.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Forbidden",
                                "code": 403, "message": f'{resource} "{name}" is forbidden: User "system:'
                                f'serviceaccount:kubesonar:kubesonar-sensor" cannot get resource "{resource}"'}).encode()
-            self.send_response(403)
+            self._send(403, body)
         else:
-            body = json.dumps(found).encode()
-            self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            self._send(200, json.dumps(found).encode())
 
     def _restored(self, query: dict) -> None:
         """An API server whose etcd went back to an older snapshot: a version newer than its own is answered
@@ -362,6 +372,7 @@ _LEAVING = {  # node-1's Node as each remover leaves it before the node goes
     "karpenter": lambda n: n["spec"].update(taints=[{"key": "karpenter.sh/disrupted", "effect": "NoSchedule"}]),
     "karpenter-v1beta1": lambda n: n["spec"].update(taints=[
         {"key": "karpenter.sh/disruption", "value": "disrupting", "effect": "NoSchedule"}]),
+    "gone": lambda n: n.clear(),  # kubectl delete node: no finalizer holds it, the API answers 404
 }
 
 
