@@ -54,15 +54,17 @@ class Zones:
     def __init__(self, internal: Iterable[str] = PRIVATE_NETWORKS):
         self.internal = tuple(internal)
         self._inside = Networks(self.internal + _SPECIAL)
-        self._last: tuple[np.ndarray, np.ndarray] | None = None  # (dst_addr column, outside mask)
+        self._last: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # side -> (its address column, outside mask)
 
     def inside(self, addresses: np.ndarray) -> np.ndarray:
         return self._inside.contains(addresses)
 
-    def outside(self, flows: FlowRecords, rows: np.ndarray) -> np.ndarray:
-        """Those of ``rows`` whose responder is outside the cluster. The detectors of a batch share one
-        Zones, so the batch's mask is computed once."""
-        column = flows["dst_addr"]
-        if self._last is None or self._last[0] is not column:
-            self._last = (column, (flows["dst_workload_name"] == "") & ~self.inside(column))
-        return rows[self._last[1][rows]]
+    def outside(self, flows: FlowRecords, rows: np.ndarray, side: str = "dst") -> np.ndarray:
+        """Those of ``rows`` whose responder (``side`` "dst") or initiator ("src") is outside the cluster:
+        not a named workload, not inside the networks. The detectors of a batch share one Zones, so the
+        batch's mask is computed once a side."""
+        column = flows[f"{side}_addr"]
+        last = self._last.get(side)
+        if last is None or last[0] is not column:
+            last = self._last[side] = (column, (flows[f"{side}_workload_name"] == "") & ~self.inside(column))
+        return rows[last[1][rows]]

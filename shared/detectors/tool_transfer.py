@@ -87,7 +87,7 @@ class ToolTransferDetector(Detector[ToolTransferState, list[Score]]):
             return []
         scores: dict[Pair, Score] = {}
         for receiver, sender, sent_by, received_by, direction in _DIRECTIONS:
-            rows = self._from_outside(flows, np.flatnonzero(executable_sent(flows, sent_by)), sender)
+            rows = self.zones.outside(flows, np.flatnonzero(executable_sent(flows, sent_by)), sender)
             rows = rows[_took_part(flows[f"flags_{received_by}"][rows])]
             rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]
             for row, key in zip(rows.tolist(), subject_keys(flows, rows, receiver), strict=True):
@@ -96,13 +96,6 @@ class ToolTransferDetector(Detector[ToolTransferState, list[Score]]):
                 if pair not in scores or flows["first_ts"][row] < scores[pair].first_seen_ns:
                     scores[pair] = self._score(flows, row, pair, receiver, sent_by, direction)
         return sorted(scores.values(), key=lambda s: (s.first_seen_ns, s.subject))
-
-    def _from_outside(self, flows: FlowRecords, rows: np.ndarray, sender: str) -> np.ndarray:
-        """Those of ``rows`` whose ``sender`` side is a host outside the cluster (shared/netzones.py)."""
-        if sender == "dst":
-            return self.zones.outside(flows, rows)
-        unnamed = flows["src_workload_name"][rows] == ""
-        return rows[unnamed & ~self.zones.inside(flows["src_addr"][rows])]
 
     def _score(self, flows: FlowRecords, row: int, pair: Pair, receiver: str, sent_by: str, direction: str) -> Score:
         kind = int(executable_sent(flows, sent_by)[row])
