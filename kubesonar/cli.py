@@ -457,6 +457,8 @@ def _alert_table(alerts: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from kubesonar.shared.alerts import alert_rule
+
     out = click.get_text_stream("stdout")
     console = Console(width=None if out.isatty() else 160)
     if not alerts:
@@ -465,7 +467,9 @@ def _alert_table(alerts: list[dict]) -> None:
     table = Table("severity", "type", "source", "first seen", "count", "evidence", box=None)
     for a in alerts:
         source = a["source"].get("workload") or a["source"].get("ip")
-        evidence = ", ".join(f"{k}={v}" for k, v in a["evidence"].items() if not isinstance(v, list))
+        rule = alert_rule(a)  # the type column stays the type alone: scripts read it
+        shown = ({"rule": rule} if rule != a["type"] else {}) | a["evidence"]
+        evidence = ", ".join(f"{k}={v}" for k, v in shown.items() if not isinstance(v, list))
         table.add_row(a["severity"], a["type"], source, a["first_seen"], str(a["count"]), evidence)
     console.print(table)
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from kubesonar.shared.alerts import SEVERITIES
+from kubesonar.shared.alerts import SEVERITIES, alert_rule, type_and_rule
 from kubesonar.shared.errors import KubeSonarError, StoreError
 from kubesonar.shared.triage import STATUSES
 from kubesonar.shared.url_credentials import without_credentials
@@ -94,7 +94,7 @@ def alerts() -> None:
 @_STORE
 @click.option("--status", multiple=True, type=click.Choice(STATUSES), help="Repeat for several.")
 @click.option("--severity", multiple=True, type=click.Choice(SEVERITIES), help="Repeat for several.")
-@click.option("--type", "types", multiple=True, help="A rule id (repeat for several).")
+@click.option("--type", "types", multiple=True, help="An alert type or a rule id (repeat for several).")
 @click.option("--namespace", multiple=True, help="The source's namespace (repeat for several).")
 @click.option("--assignee", multiple=True, help="Repeat for several.")
 @click.option("--tag", multiple=True, help="Alerts with every tag given.")
@@ -137,7 +137,7 @@ def _table(found: list[dict[str, Any]]) -> None:
                   "tags", box=None)
     for a in found:
         source = a["source"].get("workload") or a["source"].get("ip") or ""
-        table.add_row(a["id"][:12], a["severity"], a["type"], a["status"], a.get("assignee") or "-", source,
+        table.add_row(a["id"][:12], a["severity"], type_and_rule(a), a["status"], a.get("assignee") or "-", source,
                       a["source"].get("namespace") or "-", str(a["count"]), a["last_seen"], ",".join(a["tags"]))
     console.print(table)
 
@@ -212,7 +212,7 @@ def update_command(alert_id: str, store_url: str, status: str | None, assignee: 
         if allowlist_name:  # written first: a refused entry leaves the alert as it was
             alert = get_alert(store, alert_id)
             match = subject_match(alert)
-            snippet = add_allow_entry(lists, allowlist_name, alert["type"], f"false positive ({who}): "
+            snippet = add_allow_entry(lists, allowlist_name, alert_rule(alert), f"false positive ({who}): "
                                       f"{comment or alert['title']}", match)
             click.echo(f"added to allowlist {allowlist_name}:\n{snippet.rstrip()}" if snippet else
                        f"allowlist {allowlist_name} already has an entry for this rule and subject: none added")

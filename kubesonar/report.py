@@ -13,6 +13,7 @@ from kubesonar.console.charts import bars, per_day
 from kubesonar.console.pages import sev
 from kubesonar.console.servicemap import render
 from kubesonar.shared.alert_query import list_alerts
+from kubesonar.shared.alerts import type_and_rule
 from kubesonar.shared.edges import read_edges
 from kubesonar.shared.notify.message import workload
 from kubesonar.shared.ports import ObjectStore
@@ -35,7 +36,7 @@ def build_report(store: ObjectStore) -> str:
     for e in edges:
         talkers[e["src"]] += e["bytes"]
     rows = "".join(
-        f'<tr><td>{sev(a["severity"])}</td><td>{escape(a["type"])}</td><td>{escape(a["status"])}</td>'
+        f'<tr><td>{sev(a["severity"])}</td><td>{escape(type_and_rule(a))}</td><td>{escape(a["status"])}</td>'
         f'<td>{escape(a.get("assignee") or "-")}</td><td>{escape(", ".join(a["tags"]) or "-")}</td>'
         f'<td>{escape(workload(a.get("source")))}</td>'
         f'<td>{escape((a.get("source") or {}).get("namespace") or "-")}</td>'

@@ -30,6 +30,7 @@ import numpy as np
 
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
+from kubesonar.shared.alerts import alert_rule
 from kubesonar.shared.allowlist import AllowEntry, load_allowlist
 from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, decode_batch, encode_batch
 from kubesonar.shared.dns import DnsMessages
@@ -432,8 +433,8 @@ class BenignRun:
     def per_100_workload_days(self, alerts: list[dict] | None = None) -> float:
         return 100.0 * len(self.alerts if alerts is None else alerts) / self.judged_workload_days
 
-    def by_type(self) -> Counter:
-        return Counter(a["type"] for a in self.alerts)
+    def by_rule(self) -> Counter:
+        return Counter(alert_rule(a) for a in self.alerts)
 
 
 PLATFORM_ALLOWLIST = Path(__file__).resolve().parent.parent / "infra" / "allowlists" / "kubernetes-platform.yaml"

@@ -6,7 +6,8 @@ cold, on a fresh embedded default with its default learning period, no pod inven
 network named (the private ranges, or every address outside for a capture none of whose flows crosses
 them: kubesonar/compose.py). Behaviour that needs no baseline must be judged from the first window, so a
 capture minutes long is a fair test of it. A capture is *detected* when an alert of an expected type
-(``a|b`` means either) names the labelled actor as its source; a benign capture (``none``) must raise
+(``a|b`` means either; an alert is of a type by its type or by the rule that raised it) names the
+labelled actor as its source; a benign capture (``none``) must raise
 nothing; ``not:type`` must not raise that type. The captures listed in lab/holdout.txt (chosen by the
 rule written there, not by hand) are reported apart: the team's own held-out check.
 (b) Attack scenarios with real tools in network namespaces (lab/scenarios.py; root only).
@@ -26,8 +27,9 @@ from pathlib import Path
 import click
 
 from kubesonar.compose import analyze
-from kubesonar.shared.alerts import rules
+from kubesonar.shared.alerts import alert_rule, reported_type, rules
 from kubesonar.shared.pipeline import CoreConfig, detectors
+from lab.raised import Raised, raised
 
 # the rules the report always lists, built or not; it adds any other rule built or named by a label or scenario
 ALL_RULES = ("port_scan", "new_workload", "crypto_mining", "dns_tunneling", "icmp_tunneling", "beaconing",
@@ -42,7 +44,7 @@ class CaptureResult:
     category: str
     expected: str
     actor: str
-    alerts: list[tuple[str, str]] = field(default_factory=list)  # (type, source ip)
+    alerts: list[Raised] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     held_out: bool = False
     judged_all_outside: bool = False  # no flow crossed the private ranges: judged as a lab's capture
@@ -53,12 +55,11 @@ class CaptureResult:
 
     @property
     def verdict(self) -> str:
-        types = {t for t, _ in self.alerts}
         if self.expected == "none":
             return "pass" if not self.alerts else "false alarm"
         if self.expected.startswith("not:"):
-            return "pass" if self.expected[4:] not in types else "false alarm"
-        hit = any(t in self.wanted and ip == self.actor for t, ip in self.alerts)
+            return "false alarm" if any(a.named({self.expected[4:]}) for a in self.alerts) else "pass"
+        hit = any(a.named(self.wanted) and a.ip == self.actor for a in self.alerts)
         return "detected" if hit else "missed"
 
 
@@ -102,7 +103,7 @@ def evaluate_captures(data: Path, progress: Callable[[str], None] | None = None,
         r = CaptureResult(row["path"], row["category"], row["expected_alert"], row["actor_ip"],
                           held_out=row["path"] in held_out)
         outcome = analyze([str(data / row["path"])])
-        r.alerts = sorted({(a["type"], a["source"]["ip"]) for a in outcome.alerts})
+        r.alerts = raised(outcome.alerts)
         r.errors = outcome.stats.errors
         r.judged_all_outside = outcome.judged_all_outside
         results.append(r)
@@ -177,21 +178,23 @@ def report(results: list[CaptureResult], command: str, scenarios: list | None = 
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        raised = ", ".join(f"{t} from {ip}" for t, ip in r.alerts) or "none"
+        shown = ", ".join(f"{a.text()} from {a.ip}" for a in r.alerts) or "none"
         expected = r.expected.replace("|", " or ")
         edge = "lab" if r.judged_all_outside else "private ranges"
         lines.append(f"| {r.path} | {'yes' if r.held_out else ''} | {edge} | {r.category} | {expected} | "
-                     f"{r.actor or '-'} | {raised} | {r.verdict} |")
-    lines += ["", "Per detector (all captures):", "",
-              "| detector | built | attack captures expecting it | detected with the right actor | "
-              "alerts on benign captures |", "|---|---|---:|---:|---:|"]
+                     f"{r.actor or '-'} | {shown} | {r.verdict} |")
+    lines += ["", "Per detector (all captures): the attack captures whose expected types its alerts (by type or by",
+              "rule) took with the right actor, and its alerts on benign captures.", "",
+              "| detector | reports as | built | attack captures it detected with the right actor | "
+              "alerts on benign captures |", "|---|---|---|---:|---:|"]
     benign = [r for r in results if _is_benign(r)]
     for rule in all_rules:
-        expecting = [r for r in results if rule in r.wanted]
-        detected = [r for r in expecting if any(t == rule and ip == r.actor for t, ip in r.alerts)]
-        false = sum(1 for r in benign for t, _ in r.alerts if t == rule)
+        detected = [r for r in results if any(a.rule == rule and a.named(r.wanted) and a.ip == r.actor
+                                              for a in r.alerts)]
+        false = sum(1 for r in benign for a in r.alerts if a.rule == rule)
         status = "yes" if rule in built else "not yet"
-        lines.append(f"| `{rule}` | {status} | {len(expecting)} | {len(detected)} | {false} |")
+        kind = reported_type(rule) if rule in rules() else rule
+        lines.append(f"| `{rule}` | `{kind}` | {status} | {len(detected)} | {false} |")
     attack = [r for r in results if r.wanted]
     missed = [r for r in attack if r.verdict != "detected"]
     lines += [
@@ -231,9 +234,10 @@ def _scenario_lines(scenarios) -> list[str]:
         "|---|---|---|---|---|---:|",
     ]
     for r in scenarios:
-        raised = ", ".join(t if ip == r.actor_ip else f"{t} from bystander {ip}" for t, ip in r.alerts) or "none"
+        shown = ", ".join(a.text() if a.ip == r.actor_ip else f"{a.text()} from bystander {a.ip}"
+                          for a in r.alerts) or "none"
         verdict = r.verdict + (f" ({r.skipped or r.error})" if r.skipped or r.error else "")
-        lines.append(f"| {r.name} | {r.tool} | {r.expected} | {raised} | {verdict} | {len(r.false_alarms)} |")
+        lines.append(f"| {r.name} | {r.tool} | {r.expected} | {shown} | {verdict} | {len(r.false_alarms)} |")
     ran = [r for r in scenarios if not r.skipped]
     lines += ["", "Per expected rule:", "", "| expected rule | scenarios run | detected from the attacker | "
               "alerts on bystanders |", "|---|---:|---:|---:|"]
@@ -264,13 +268,13 @@ def _benign_lines(run, all_rules: list[str]) -> list[str]:
         "| detector | false alarms | per 100 workload-days |",
         "|---|---:|---:|",
     ]
-    counts = run.by_type()
+    counts = run.by_rule()
     for rule in all_rules + sorted(set(counts) - set(all_rules)):
         lines.append(f"| `{rule}` | {counts.get(rule, 0)} | {100 * counts.get(rule, 0) / run.judged_workload_days:.2f} |")
     lines += ["", f"All detectors: {len(run.alerts)} false alarms, {run.per_100_workload_days():.2f} per 100 "
               "workload-days (target: at most 1)."]
     lines.append(f"The platform allowlist silenced {run.allowlisted} findings (the kubelet readers).")
-    by_workload = Counter((a["type"], a["source"].get("workload", "")) for a in run.alerts)
+    by_workload = Counter((alert_rule(a), a["source"].get("workload", "")) for a in run.alerts)
     if by_workload:
         lines += ["", "| false alarm | workload | count |", "|---|---|---:|"]
         lines += [f"| `{rule}` | {workload} | {n} |" for (rule, workload), n in sorted(by_workload.items())]

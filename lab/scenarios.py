@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lab.netns import POD_NETWORK, SUBNET, LabUnavailable, Node, namespace_node, require_netns
+from lab.raised import Raised, raised
 
 TOOL = [sys.executable, str(Path(__file__).with_name("lab_tools.py"))]  # a script: runs from any directory
 QUIET = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
@@ -51,7 +52,7 @@ class ScenarioResult:
     tool: str
     expected: str
     actor_ip: str = ""
-    alerts: list[tuple[str, str]] = field(default_factory=list)  # (type, source ip)
+    alerts: list[Raised] = field(default_factory=list)
     bystanders: list[str] = field(default_factory=list)  # addresses of the pods that did nothing wrong
     skipped: str = ""
     error: str = ""
@@ -63,12 +64,12 @@ class ScenarioResult:
         if self.error:
             return "error"
         wanted = set(self.expected.split("|"))
-        return "detected" if any(t in wanted and ip == self.actor_ip for t, ip in self.alerts) else "missed"
+        return "detected" if any(a.named(wanted) and a.ip == self.actor_ip for a in self.alerts) else "missed"
 
     @property
-    def false_alarms(self) -> list[tuple[str, str]]:
+    def false_alarms(self) -> list[Raised]:
         """Alerts naming a pod that did nothing wrong."""
-        return [(t, ip) for t, ip in self.alerts if ip in self.bystanders]
+        return [a for a in self.alerts if a.ip in self.bystanders]
 
 
 def _serve_http(node: Node, pod: str, address: str, port: int, root: Path) -> subprocess.Popen:
@@ -482,7 +483,7 @@ def run_scenario(scenario: Scenario, workdir: Path | None = None) -> ScenarioRes
         result.bystanders = [ip for pod, ip in node.pods.items() if pod != scenario.actor]
         if not result.error:
             outcome = analyze([str(capture)], internal_networks=(POD_NETWORK,))
-            result.alerts = sorted({(a["type"], a["source"]["ip"]) for a in outcome.alerts})
+            result.alerts = raised(outcome.alerts)
     return result
 
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
+from kubesonar.shared.alerts import alert_rule
 from kubesonar.shared.allowlist import load_allowlist
 from kubesonar.shared.batch import PUBSUB_LIMIT, BatchHeader, encode_batch
 from kubesonar.shared.dns import DnsMessages
@@ -149,7 +150,7 @@ def run(days: int, seed: int = 7, churn: bool = True, out: Path | None = None) -
                 outcome = process_deliveries(deliveries, deps)
                 messages += len(deliveries)
                 assert not outcome.retry and not outcome.poison, (outcome.retry, outcome.poison)
-                alerts.update(a["type"] for a in outcome.result.new_alerts)
+                alerts.update(alert_rule(a) for a in outcome.result.new_alerts)
                 cluster.retired = [r for r in cluster.retired if r[2] >= t0 - 300]
                 if (t0 + WINDOW_S - START_S) % DAY_S == 0:
                     records.append(_day_record(day + 1, store, Path(tmp), messages,

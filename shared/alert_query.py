@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from kubesonar.shared.alerts import names_alert
 from kubesonar.shared.errors import AlertNotFound
 from kubesonar.shared.ports import ObjectStore
 from kubesonar.shared.state import read_document, update_document
@@ -29,8 +30,10 @@ class AlertFilter:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def matches(self, alert: dict[str, Any]) -> bool:
+        if self.types and not names_alert(self.types, alert):
+            return False
         checks = ((self.statuses, alert["status"]), (self.severities, alert["severity"]),
-                  (self.types, alert["type"]), (self.namespaces, (alert.get("source") or {}).get("namespace")),
+                  (self.namespaces, (alert.get("source") or {}).get("namespace")),
                   (self.assignees, alert.get("assignee")))
         if any(wanted and value not in wanted for wanted, value in checks):
             return False

@@ -1,4 +1,13 @@
-"""Findings, rules kept as data, and alerts with stable fingerprints."""
+"""Findings, rules kept as data, and alerts with stable fingerprints.
+
+An alert has a *type* and a *rule*. The type is the threat, from a small set that does not grow with
+every mechanism: what labels, notification routes, SIEM filters and SNS filter policies name
+(``beaconing``, ``unusual_destination``, ``exfiltration``...). The rule is the mechanism that decided,
+with its own title, severity, MITRE technique and allowlist entries. Most rules report under their own
+name; a rule added to detect an existing threat another way says so in rules.json (``"type"``): a
+reverse shell or TLS to a bare address is an unusual destination found by its shape rather than by the
+workload's past, a long quiet connection is a beacon's channel held open.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ def rules() -> dict[str, dict[str, Any]]:
 class Finding:
     """What a detector decided, before it becomes (or updates) an alert."""
 
-    type: str
+    type: str  # the rule that decided (a rules.json key); the alert's type is the one that rule reports as
     source: dict[str, str]  # ip, namespace, pod, workload, node
     first_seen_ns: int
     last_seen_ns: int
@@ -39,6 +48,27 @@ class Finding:
         return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
 
+def reported_type(rule: str) -> str:
+    """The alert type a rule reports as: its own name unless rules.json names the threat it detects."""
+    return rules()[rule].get("type", rule)
+
+
+def alert_rule(alert: dict[str, Any]) -> str:
+    """The rule that raised an alert (an alert written before alerts named their rule: its type)."""
+    return alert.get("rule") or alert["type"]
+
+
+def names_alert(names: frozenset[str] | set[str] | tuple[str, ...], alert: dict[str, Any]) -> bool:
+    """Whether a filter's names take an alert: its type, or the rule that raised it."""
+    return alert["type"] in names or alert_rule(alert) in names
+
+
+def type_and_rule(alert: dict[str, Any]) -> str:
+    """An alert's type for people, with its rule when that is another: ``unusual_destination/reverse_shell``."""
+    rule = alert_rule(alert)
+    return alert["type"] if rule == alert["type"] else f"{alert['type']}/{rule}"
+
+
 def _iso(ns: int) -> str:
     from datetime import datetime
 
@@ -49,7 +79,8 @@ def new_alert(finding: Finding, cluster: str) -> dict[str, Any]:
     rule = rules()[finding.type]
     return {
         "id": finding.fingerprint(cluster),
-        "type": finding.type,
+        "type": reported_type(finding.type),
+        "rule": finding.type,
         "cluster": cluster,
         "severity": rule["severity"],
         "title": rule["title"],

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from kubesonar.shared.alerts import alert_rule
+
 OCSF_VERSION = "1.3.0"
 _SEVERITY_ID = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 # OCSF status_id: 1 New, 2 In Progress, 4 Resolved
@@ -63,7 +65,7 @@ def to_ocsf(alert: dict[str, Any], product_version: str = "unknown") -> dict[str
             "uid": alert["id"],
             "title": alert["title"],
             "desc": alert["description"],
-            "types": [alert["type"]],
+            "types": list(dict.fromkeys((alert["type"], alert_rule(alert)))),
             "first_seen_time": _ms(alert["first_seen"]),
             "last_seen_time": _ms(alert["last_seen"]),
             "attacks": [{

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubesonar.shared.alert_fit import alert_json, fit_alert
+from kubesonar.shared.alerts import alert_rule
 
 # SNS's limit is 256 KB for the message and its attributes together; ours are a few dozen bytes
 MESSAGE_LIMIT = 256 * 1024 - 4096
@@ -24,6 +25,7 @@ class SnsNotifier:
             MessageAttributes={
                 "severity": {"DataType": "String", "StringValue": alert["severity"]},
                 "type": {"DataType": "String", "StringValue": alert["type"]},
+                "rule": {"DataType": "String", "StringValue": alert_rule(alert)},
                 "cluster": {"DataType": "String", "StringValue": alert.get("cluster") or "default"},
             },
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from kubesonar.shared.alert_fit import alert_json, fit_alert
+from kubesonar.shared.alerts import alert_rule
 
 # Pub/Sub's limit is 10 MB (10,000,000 bytes) for a publish request: the data, its attributes and framing
 MESSAGE_LIMIT = 10_000_000 - 64 * 1024
@@ -18,5 +19,5 @@ class PubSubNotifier:
 
     def notify(self, alert: dict[str, Any]) -> None:
         self._publisher.publish(self.topic, alert_json(fit_alert(alert, MESSAGE_LIMIT)),
-                                severity=alert["severity"], type=alert["type"],
+                                severity=alert["severity"], type=alert["type"], rule=alert_rule(alert),
                                 cluster=alert.get("cluster") or "default").result(timeout=60)

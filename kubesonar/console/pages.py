@@ -10,7 +10,7 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from kubesonar.shared.alerts import SEVERITIES
+from kubesonar.shared.alerts import SEVERITIES, type_and_rule
 from kubesonar.shared.notify.message import destination_text, mitre_url, workload
 from kubesonar.shared.triage import STATUSES
 
@@ -87,7 +87,8 @@ def alert_detail(alert: dict[str, Any], csrf: str, flash: str = "") -> str:
     aid = escape(alert["id"])
     mitre = alert.get("mitre") or {}
     link = mitre_url(alert)
-    facts = [("Rule", f'{escape(alert["title"])} ({escape(alert["type"])})'), ("Severity", sev(alert["severity"])),
+    facts = [("Rule", f'{escape(alert["title"])} ({escape(type_and_rule(alert))})'),
+             ("Severity", sev(alert["severity"])),
              ("Status", f'<span class="status" id="alert-status">{escape(alert["status"])}</span>'),
              ("Assignee", f'<span id="alert-assignee">{escape(alert.get("assignee") or "-")}</span>'),
              ("Tags", f'<span id="alert-tags">{escape(", ".join(alert["tags"]) or "-")}</span>'),

@@ -15,6 +15,7 @@ from kubesonar.console import pages
 from kubesonar.console.auth import ConsoleAuth
 from kubesonar.console.servicemap import render
 from kubesonar.shared.alert_query import AlertFilter, find_key, get_alert, list_alerts, triage_alert
+from kubesonar.shared.alerts import alert_rule
 from kubesonar.shared.edges import read_edges
 from kubesonar.shared.errors import AlertNotFound, KubeSonarError, StoreError
 from kubesonar.shared.ports import ObjectStore
@@ -169,7 +170,7 @@ def make_handler(store: ObjectStore, auth: ConsoleAuth, lists: ObjectStore) -> t
             if action == "false_positive" and form.get("allowlist") == "1":
                 alert = get_alert(store, alert_id)
                 match = subject_match(alert)
-                snippet = add_allow_entry(lists, ALLOWLIST_NAME, alert["type"], f"false positive ({user})", match)
+                snippet = add_allow_entry(lists, ALLOWLIST_NAME, alert_rule(alert), f"false positive ({user})", match)
                 note = (f" Added to allowlist {ALLOWLIST_NAME}: {' '.join(snippet.split())}" if snippet else
                         f" Allowlist {ALLOWLIST_NAME} already has an entry for this rule and subject: none added.")
                 triage_alert(store, alert_id, change, user, time.time_ns())

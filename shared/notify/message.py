@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from kubesonar.shared.alerts import type_and_rule
+
 SEVERITY_COLOUR = {"informational": "#6c757d", "low": "#2b7bb9", "medium": "#e8a33d", "high": "#e0592a",
                    "critical": "#b3001b"}
 REASON_TITLE = {"new": "New alert", "escalated": "Severity rose", "reopened": "Reopened"}
@@ -24,7 +26,7 @@ def destination_text(alert: dict[str, Any]) -> str:
 def facts(alert: dict[str, Any]) -> list[tuple[str, str]]:
     mitre = alert.get("mitre") or {}
     return [
-        ("Rule", f"{alert['title']} ({alert['type']})"),
+        ("Rule", f"{alert['title']} ({type_and_rule(alert)})"),
         ("Severity", alert["severity"]),
         ("Source workload", workload(alert.get("source"))),
         ("Namespace", (alert.get("source") or {}).get("namespace") or "-"),

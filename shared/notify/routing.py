@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from kubesonar.shared.alerts import SEVERITIES, rules
+from kubesonar.shared.alerts import SEVERITIES, names_alert, rules
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.per_store import PerStore
 from kubesonar.shared.ports import ObjectStore
@@ -54,7 +54,7 @@ class Destination:
     def wants(self, alert: dict[str, Any]) -> bool:
         if SEVERITIES.index(alert["severity"]) < SEVERITIES.index(self.min_severity):
             return False
-        if self.types and alert["type"] not in self.types:
+        if self.types and not names_alert(self.types, alert):
             return False
         return not self.namespaces or (alert.get("source") or {}).get("namespace") in self.namespaces
 
@@ -147,7 +147,8 @@ def _destination(name: str, node: yaml.Node, env: Any) -> Destination:
         options["types"] = _names(name, value["types"], "types")
         wrong = sorted(options["types"] - set(rules()))
         if wrong:
-            raise _fail(name, value["types"], f"unknown rule '{wrong[0]}' (known: {', '.join(sorted(rules()))})")
+            raise _fail(name, value["types"],
+                        f"unknown type or rule '{wrong[0]}' (known: {', '.join(sorted(rules()))})")
     if "namespaces" in value:
         options["namespaces"] = _names(name, value["namespaces"], "namespaces")
     if "rate_limit" in value:

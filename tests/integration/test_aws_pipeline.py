@@ -106,6 +106,7 @@ def test_real_batches_flow_from_the_sensor_through_sqs_and_lambda_to_s3_and_sns(
     (note,) = _notifications(b)
     attributes = note["MessageAttributes"]
     assert attributes["severity"]["Value"] == "high" and attributes["type"]["Value"] == "port_scan"
+    assert attributes["rule"]["Value"] == "port_scan"
     assert json.loads(note["Message"])["id"] == alert["id"]
     # baselines in their own bucket, alerts in theirs
     state_keys = [o["Key"] for o in b["s3"].list_objects_v2(Bucket=b["names"]["state"])["Contents"]]

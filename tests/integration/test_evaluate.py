@@ -48,5 +48,5 @@ def test_the_report_counts_each_category_and_shows_the_held_out_part_apart(tmp_p
     assert "| portscan | 1 | 1 of 1 | - |" in development and "| benign | 1 | - | 0 of 1 |" in development
     assert "| portscan | 1 | 1 of 1 | - |" in held_out and "| benign |" not in held_out
     assert "| pcaps/portscan/evilfingers_nmap_FIN_SCAN.pcap | yes | lab | portscan |" in text  # nothing public in it
-    assert "| `port_scan` | yes | 2 | 2 | 0 |" in text
+    assert "| `port_scan` | `port_scan` | yes | 2 | 0 |" in text
     assert "Attack captures detected: 2 of 2" in text and "Benign captures with an alert: 0 of 1" in text

@@ -105,7 +105,8 @@ def test_a_replayed_scan_ends_as_an_alert_in_gcs_and_on_the_alerts_topic(gcp):
     (alert,) = wait_until(lambda: _alerts(gcp, "e2e"), "the alert in the alerts bucket")
     assert (alert["type"], alert["source"]["ip"], alert["cluster"]) == ("port_scan", "192.168.1.10", "e2e")
     notes = [m for m in _inbox(gcp) if m.attributes.get("cluster") == "e2e"]
-    assert [(m.attributes["type"], m.attributes["severity"]) for m in notes] == [("port_scan", alert["severity"])]
+    assert [(m.attributes["type"], m.attributes["rule"], m.attributes["severity"]) for m in notes] == [
+        ("port_scan", "port_scan", alert["severity"])]
     assert json.loads(notes[0].data)["id"] == alert["id"]
     entry = scored(gcp["tick_log"])[-1]  # structured: severity, message and the batch keys
     assert entry["severity"] == "INFO" and entry["applied"] >= 1 and entry["batches"][0].startswith("node-1/")

@@ -145,6 +145,7 @@ def test_two_backends_raise_exactly_one_port_scan_from_the_scanner(nats, backend
     assert flows > 1000  # the scan's ~2,000 probes reached the core
     announced = stream_messages(nats.url, "KUBESONAR_ALERTS")
     assert [m.subject for m in announced if "port_scan" in m.subject] == ["kubesonar.alerts.high.port_scan"]
+    assert [m.headers["KubeSonar-Rule"] for m in announced if "port_scan" in m.subject] == ["port_scan"]
 
 
 def _applied_log(url: str) -> dict:

@@ -132,7 +132,7 @@ def test_routing_filters_by_severity_type_and_namespace(tmp_path, receiver):
     ("destinations:\n  - name: a\n    kind: slack\n    url: http://x\n    min_severity: loud\n",
      "line 5: min_severity must be one of"),
     ("destinations:\n  - name: a\n    kind: slack\n    url: http://x\n    types: [nope]\n",
-     "line 5: unknown rule 'nope'"),
+     "line 5: unknown type or rule 'nope'"),
     ("destinations:\n  - name: a\n    kind: slack\n    url_env: NOT_SET_ANYWHERE\n",
      "line 4: environment variable NOT_SET_ANYWHERE is not set"),
     ("destinations:\n  - name: a\n    kind: slack\n    url: ftp://x\n", "line 4: the url must start with"),

@@ -21,7 +21,7 @@ from c2_flows import IMPLANT_JA3, IMPLANT_JA4, KNOWN_JA4, S, c2_flows, heartbeat
 
 from kubesonar.demo import LEARN_S, PHASE_S, START_S, demo_watchlist, run_demo
 from kubesonar.sensor.offline import read_captures
-from kubesonar.shared.alerts import SEVERITIES, rules
+from kubesonar.shared.alerts import SEVERITIES, reported_type, rules
 from kubesonar.shared.detectors import Detector, batch_of
 from kubesonar.shared.dns import DnsMessages
 from kubesonar.shared.flow import ConnState, Executable, FlowRecords, Opening, address_bytes
@@ -167,6 +167,8 @@ def test_rule_metadata_is_complete(rule_id):
     assert rule["title"] and rule["description"] and rule["severity"] in SEVERITIES
     assert rule["mitre"]["technique_id"].startswith("T") and rule["mitre"]["tactic"]
     assert isinstance(rule["false_positives"], list) and rule["false_positives"]
+    # the type it reports as is a rule that reports as itself: types form one level, never a chain
+    assert reported_type(reported_type(rule_id)) == reported_type(rule_id)
 
 
 @pytest.mark.parametrize("rule_id", RULE_IDS)

@@ -1,0 +1,73 @@
+"""Alert types and rules (shared/alerts.py, docs/detection.md#alert-types-and-rules): a rule added to see an
+existing threat another way reports under that threat's type and keeps its own name, title, severity
+and MITRE technique; filters, routes and the outputs take either name; alerts stored before rules were
+named read as their type's own."""
+
+from __future__ import annotations
+
+from kubesonar.shared.alert_query import AlertFilter
+from kubesonar.shared.alerts import Finding, alert_rule, new_alert, reported_type, rules, type_and_rule
+from kubesonar.shared.notify.message import facts
+from kubesonar.shared.notify.routing import parse_routing
+from kubesonar.shared.ocsf import to_ocsf
+
+
+def _alert(rule: str) -> dict:
+    finding = Finding(rule, {"ip": "10.0.0.7", "namespace": "shop", "workload": "shop/Deployment/web"},
+                      1_700_000_000_000_000_000, 1_700_000_060_000_000_000, {"destination": "203.0.113.9:4444"},
+                      destination={"ip": "203.0.113.9", "port": 4444}, identity=("203.0.113.9:4444",))
+    return new_alert(finding, "prod")
+
+
+def test_a_reverse_shell_is_an_unusual_destination_that_says_it_is_a_reverse_shell():
+    alert = _alert("reverse_shell")
+    assert (alert["type"], alert["rule"]) == ("unusual_destination", "reverse_shell")
+    own = rules()["reverse_shell"]
+    assert (alert["title"], alert["severity"], alert["mitre"]) == (own["title"], "critical", own["mitre"])
+    assert alert["severity"] != rules()["unusual_destination"]["severity"]  # the rule's, not the type's
+    assert type_and_rule(alert) == "unusual_destination/reverse_shell"
+    assert ("Rule", f"{own['title']} (unusual_destination/reverse_shell)") in facts(alert)
+
+
+def test_ids_come_from_the_rule_so_they_did_not_change_and_two_rules_never_merge():
+    shell, port = _alert("reverse_shell"), _alert("unusual_destination")
+    assert shell["type"] == port["type"] and shell["id"] != port["id"]
+
+
+def test_a_rule_named_as_its_own_type_has_one_name():
+    alert = _alert("port_scan")
+    assert (alert["type"], alert["rule"], type_and_rule(alert)) == ("port_scan", "port_scan", "port_scan")
+
+
+def test_every_reported_type_is_a_rule_that_reports_as_itself():
+    for rule in rules():
+        assert reported_type(reported_type(rule)) == reported_type(rule), rule
+    assert {r for r in rules() if reported_type(r) != r} == {
+        "reverse_shell", "tls_bare_ip", "tool_transfer", "new_tls_client", "long_connection", "icmp_tunneling"}
+
+
+def test_filters_and_routes_take_the_type_or_the_rule():
+    alert = _alert("reverse_shell")
+    assert AlertFilter(types=("unusual_destination",)).matches(alert)
+    assert AlertFilter(types=("reverse_shell",)).matches(alert)
+    assert not AlertFilter(types=("beaconing",)).matches(alert)
+    routing = parse_routing("destinations:\n"
+                            "  - {name: soc, kind: webhook, url: 'https://soc.example/hook', secret: s,"
+                            " types: [unusual_destination]}\n"
+                            "  - {name: shells, kind: webhook, url: 'https://soc.example/shells', secret: s,"
+                            " types: [reverse_shell]}\n"
+                            "  - {name: beacons, kind: webhook, url: 'https://soc.example/b', secret: s,"
+                            " types: [beaconing]}\n")
+    assert [d.name for d in routing.destinations if d.wants(alert)] == ["soc", "shells"]
+
+
+def test_an_alert_stored_before_rules_were_named_reads_as_its_type():
+    alert = _alert("port_scan")
+    del alert["rule"]
+    assert alert_rule(alert) == "port_scan" and type_and_rule(alert) == "port_scan"
+    assert AlertFilter(types=("port_scan",)).matches(alert)
+
+
+def test_ocsf_names_both():
+    assert to_ocsf(_alert("tls_bare_ip"))["finding_info"]["types"] == ["unusual_destination", "tls_bare_ip"]
+    assert to_ocsf(_alert("beaconing"))["finding_info"]["types"] == ["beaconing"]
