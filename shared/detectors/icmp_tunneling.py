@@ -19,8 +19,11 @@ odd messages (a single probe with a custom payload is one to four; ten is a conv
 - *non-echo data*: some of the odd messages are not echo at all (no ping sends those).
 
 The alert names the end inside the cluster when the other is outside (whichever sent the requests: a
-backdoor answering crafted echoes from outside, as Pingback does, is named too); otherwise the end
-that initiated most of the odd messages.
+backdoor answering crafted echoes from outside, as Pingback does, is named too). Between two ends on
+the same side, it names each end that sent crafted requests of its own: the tunnel's client (ptunnel,
+hans, icmpsh's slave), and both ends of a channel where each side speaks first in turn (Pingback's
+controller sends commands, its backdoor reports back in a request of its own). A plain responder only
+echoes what it was sent and is not named.
 
 Catches: ptunnel-ng and ptunnel, icmpsh, hans, icmptunnel, Pingback, hand-made exfiltration in echo
 or timestamp payloads, from the first window (no baseline). Misses: a tunnel that mimics ping's
@@ -71,7 +74,8 @@ class IcmpWindow:
     odd_from_first: int = 0  # odd messages in flows the pair's first end initiated
     one_inside: bool = False  # one end is inside the cluster (the first), the other outside
     alarm: bool = False
-    reported: bool = False
+    reported: bool = False  # an end was reported (a document of before reported_ends: some end, unknown)
+    reported_ends: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -133,7 +137,7 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
             w.odd_flow_packets += packets
             w.last_ns = max(w.last_ns, int(flows["last_ts"][row]))
             changed[key] = row
-        out.scores = [self._score(key, out.windows[key], flows, row) for key, row in changed.items()]
+        out.scores = [s for key, row in changed.items() for s in self._score(key, out.windows[key], flows, row)]
         return out
 
     def _window(self, key: Pair, ts: int, windows: dict[Pair, IcmpWindow]) -> IcmpWindow:
@@ -142,7 +146,8 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
             w = windows[key] = IcmpWindow(**vars(known))
         if w is None or ts - w.window_start_ns > self.window_ns:
             alarmed = bool(w and w.alarm)
-            w = windows[key] = IcmpWindow(ts, ts, alarm=alarmed, reported=alarmed)
+            w = windows[key] = IcmpWindow(ts, ts, alarm=alarmed, reported=alarmed,
+                                          reported_ends=list(w.reported_ends) if w and alarmed else [])
         return w
 
     def _reasons(self, w: IcmpWindow) -> list[str]:
@@ -153,22 +158,33 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
                  ("large_echo_data", mean_payload >= self.min_payload), ("non_echo_data", w.odd_non_echo > 0))
         return [name for name, met in tests if met]
 
-    def _score(self, key: Pair, w: IcmpWindow, flows, row: int) -> Score:
+    def _score(self, key: Pair, w: IcmpWindow, flows, row: int) -> list[Score]:
+        """One score per end named: the inside end, else each end that initiated odd messages."""
         reasons = self._reasons(w)
         alarm = bool(reasons) or w.alarm
-        fresh = alarm and not w.reported
-        w.alarm, w.reported = alarm, w.reported or alarm
-        named_first = w.one_inside or 2 * w.odd_from_first >= w.odd_messages
-        named, peer = (key.source, key.target) if named_first else (key.target, key.source)
-        side = "src" if address_text(flows["src_addr"][row]) == named else "dst"
+        legacy = w.reported and not w.reported_ends  # reported before ends were kept: report no end again
+        w.alarm = alarm
+        if w.one_inside:
+            ends = [(key.source, key.target)]
+        else:
+            sent = ((key.source, key.target, w.odd_from_first),
+                    (key.target, key.source, w.odd_messages - w.odd_from_first))
+            ends = [(named, peer) for named, peer, odd in sent if odd > 0]
         mean_payload = w.odd_payload_bytes / w.odd_flow_packets if w.odd_flow_packets else 0.0
-        evidence = {"peer": peer, "odd_messages": w.odd_messages, "odd_non_echo_messages": w.odd_non_echo,
-                    "most_payload_sizes": w.most_sizes, "mean_payload_bytes": round(mean_payload, 1),
-                    "named_end": "inside" if w.one_inside else "initiator", "reasons": reasons,
-                    "icmp_type": int(flows["icmp_type"][row])}
-        return Score(key, float(w.odd_messages) if alarm else 0.0, alarm, source_endpoint(flows, row, side),
-                     w.window_start_ns, w.last_ns, evidence, fresh=fresh, identity=(peer,),
-                     destination={"ip": peer, "port": 0})
+        scores = []
+        for named, peer in ends:
+            fresh = alarm and not legacy and named not in w.reported_ends
+            if fresh:
+                w.reported, w.reported_ends = True, [*w.reported_ends, named]
+            evidence = {"peer": peer, "odd_messages": w.odd_messages, "odd_non_echo_messages": w.odd_non_echo,
+                        "most_payload_sizes": w.most_sizes, "mean_payload_bytes": round(mean_payload, 1),
+                        "named_end": "inside" if w.one_inside else "initiator", "reasons": reasons,
+                        "icmp_type": int(flows["icmp_type"][row])}
+            side = "src" if address_text(flows["src_addr"][row]) == named else "dst"
+            scores.append(Score(Pair(named, peer), float(w.odd_messages) if alarm else 0.0, alarm,
+                                source_endpoint(flows, row, side), w.window_start_ns, w.last_ns, evidence,
+                                fresh=fresh, identity=(peer,), destination={"ip": peer, "port": 0}))
+        return scores
 
     def _scores(self, assessment: _Assessment) -> list[Score]:
         return assessment.scores

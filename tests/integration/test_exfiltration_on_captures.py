@@ -38,7 +38,7 @@ def test_the_labels_hold_the_exfiltration_captures_and_many_others():
 @pytest.mark.parametrize("label", EXFIL, ids=lambda r: r["path"])
 def test_every_tcp_exfiltration_capture_is_reported_cold_from_the_infected_host(label):
     result = analyze([str(label["root"] / label["path"])])
-    found = [a for a in result.alerts if a["type"] == "exfiltration"]
+    found = [a for a in result.alerts if a["rule"] == "exfiltration"]
     assert {a["source"]["ip"] for a in found} == {label["actor_ip"]}
     assert {a["evidence"]["kind"] for a in found} == {CHANNELS[label["path"]]}
     assert label["target_ip"] in {a["evidence"]["destination"].rsplit(":", 1)[0] for a in found}
@@ -47,7 +47,7 @@ def test_every_tcp_exfiltration_capture_is_reported_cold_from_the_infected_host(
 @pytest.mark.parametrize("label", OTHERS, ids=lambda r: r["path"])
 def test_no_other_capture_gains_an_exfiltration_alert(label):
     result = analyze([str(label["root"] / label["path"])], internal_networks=())
-    assert result.flows > 0 and [a for a in result.alerts if a["type"] == "exfiltration"] == []
+    assert result.flows > 0 and [a for a in result.alerts if a["rule"] == "exfiltration"] == []
 
 
 def test_pingback_is_named_from_the_end_inside_the_cluster():
@@ -55,4 +55,5 @@ def test_pingback_is_named_from_the_end_inside_the_cluster():
     icmpsh's sends them); the cluster does: with the controller outside, the infected host is named."""
     path = MORE / "exfil/spiderlabs_pingback_icmp.pcapng"
     result = analyze([str(path)], internal_networks=("192.168.38.172/32",))
-    assert {(a["type"], a["source"]["ip"]) for a in result.alerts} == {("icmp_tunneling", "192.168.38.172")}
+    assert {(a["type"], a["rule"], a["source"]["ip"]) for a in result.alerts} == {
+        ("exfiltration", "icmp_tunneling", "192.168.38.172")}

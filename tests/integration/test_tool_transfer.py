@@ -44,7 +44,7 @@ def test_executables_received_from_outside_are_reported_from_the_receiver(tmp_pa
         *pushed("203.0.113.30", "10.0.0.7", elf_bytes(), T0 + 3),
         *pushed("10.0.0.8", "203.0.113.40", elf_bytes(), T0 + 4),  # a pod sending one out: not ingress
     ])
-    alerts = [a for a in _alerts(capture) if a["type"] == "tool_transfer"]
+    alerts = [a for a in _alerts(capture) if a["rule"] == "tool_transfer"]
     found = {(a["source"]["ip"], a["evidence"]["sender"]): a for a in alerts}
     assert len(alerts) == 3 and set(found) == {("10.0.0.5", "203.0.113.10"), ("10.0.0.6", "203.0.113.20"), ("10.0.0.7", "203.0.113.30")}
     curl, stager, push = (found[k]["evidence"] for k in sorted(found))
@@ -64,7 +64,7 @@ def test_archives_and_executables_over_tls_raise_nothing(tmp_path):
         *tls_download("10.0.0.5", "203.0.113.11", elf_bytes(), T0 + 2),
         *http_download("10.0.0.9", "10.0.0.10", elf_bytes(), T0 + 3, port=8080),  # from a host inside
     ])
-    assert [a for a in _alerts(capture) if a["type"] == "tool_transfer"] == []
+    assert [a for a in _alerts(capture) if a["rule"] == "tool_transfer"] == []
 
 
 def test_a_forged_segment_no_pod_took_part_in_raises_nothing(tmp_path):
@@ -78,7 +78,7 @@ def test_a_forged_segment_no_pod_took_part_in_raises_nothing(tmp_path):
         *forged("203.0.113.68", 43000, "10.0.0.99", 9000, pe_bytes(), T0 + 2, answered=False),
         *http_download("10.0.0.7", "203.0.113.10", elf_bytes(), T0 + 3),
     ])
-    alerts = [a for a in _alerts(capture) if a["type"] == "tool_transfer"]
+    alerts = [a for a in _alerts(capture) if a["rule"] == "tool_transfer"]
     assert [(a["source"]["ip"], a["evidence"]["sender"]) for a in alerts] == [("10.0.0.7", "203.0.113.10")]
 
 
@@ -86,7 +86,7 @@ def test_the_meterpreter_stage_is_reported_from_the_victim():
     capture = DATA / "more/c2_beacon/eternalsafety_eternalromance-doublepulsar-meterpreter.pcap"
     if not capture.exists():
         pytest.skip(f"{capture} is not on this machine")
-    (alert,) = [a for a in _alerts(str(capture)) if a["type"] == "tool_transfer"]
+    (alert,) = [a for a in _alerts(str(capture)) if a["rule"] == "tool_transfer"]
     assert alert["source"]["ip"] == "172.23.33.10"
     assert {k: alert["evidence"][k] for k in ("kind", "via", "direction", "sender", "port")} == {
         "kind": "PE", "via": "raw stream", "direction": "downloaded", "sender": "10.99.99.189", "port": 4444}

@@ -90,12 +90,43 @@ def test_flows_without_the_icmp_columns_are_not_judged():
     assert not _findings(_icmp(50, payload=1000, sizes=0, odd=0))
 
 
-def test_both_directions_are_one_channel_named_by_who_sent_most_of_its_data():
+def test_both_directions_are_one_channel_and_each_end_that_spoke_first_is_named():
     """Pingback between two hosts of one LAN: the controller's commands (ten odd messages) and the
-    backdoor's report (two) add up; the controller, which initiated most of them, is named."""
+    backdoor's report in a request of its own (two) add up to one channel; both ends sent crafted
+    requests, so both are named."""
     commands = _icmp(5, payload=788, sizes=1, odd=2, src="192.168.38.131", dst="192.168.38.172", packets=1)
     report = _icmp(1, payload=1056, sizes=1, odd=2, src="192.168.38.172", dst="192.168.38.131", packets=1)
     assert not _findings(commands.take(np.arange(4)))
-    (finding,) = _findings(FlowRecords.concat([commands.take(np.arange(4)), report]))
-    assert finding.source["ip"] == "192.168.38.131" and finding.evidence["peer"] == "192.168.38.172"
-    assert finding.evidence["odd_messages"] == 10 and finding.evidence["named_end"] == "initiator"
+    found = _findings(FlowRecords.concat([commands.take(np.arange(4)), report]))
+    assert sorted((f.source["ip"], f.evidence["peer"]) for f in found) == [
+        ("192.168.38.131", "192.168.38.172"), ("192.168.38.172", "192.168.38.131")]
+    assert all(f.evidence["odd_messages"] == 10 and f.evidence["named_end"] == "initiator" for f in found)
+
+
+def test_a_plain_responder_is_not_named():
+    """ptunnel-ng's client and its proxy on one LAN: the proxy only answers the client's requests."""
+    (finding,) = _findings(_icmp(5, payload=90, sizes=12, odd=8, src="192.168.1.5", dst="192.168.1.9"))
+    assert finding.source["ip"] == "192.168.1.5" and finding.evidence["named_end"] == "initiator"
+
+
+def test_an_end_that_speaks_first_later_is_reported_then_and_each_end_once():
+    d = IcmpTunnelingDetector()
+    commands = _icmp(5, payload=788, sizes=1, odd=2, src="192.168.38.131", dst="192.168.38.172", packets=1)
+    (first,) = _findings(commands, d)
+    assert first.source["ip"] == "192.168.38.131"
+    d = IcmpTunnelingDetector().from_state(json.loads(json.dumps(d.to_state())))
+    report = _icmp(1, payload=1056, sizes=1, odd=2, src="192.168.38.172", dst="192.168.38.131", packets=1)
+    (second,) = _findings(report, d)
+    assert second.source["ip"] == "192.168.38.172"
+    assert not _findings(FlowRecords.concat([commands.take(np.arange(1)), report]), d)
+
+
+def test_a_window_stored_before_ends_were_kept_reports_no_end_again():
+    d = IcmpTunnelingDetector()
+    _findings(_icmp(5, payload=788, sizes=1, odd=2, src="192.168.38.131", dst="192.168.38.172", packets=1), d)
+    state = d.to_state()
+    for window in state["windows"]:
+        window[2].pop("reported_ends")
+    d = IcmpTunnelingDetector().from_state(json.loads(json.dumps(state)))
+    report = _icmp(1, payload=1056, sizes=1, odd=2, src="192.168.38.172", dst="192.168.38.131", packets=1)
+    assert not _findings(report, d)
