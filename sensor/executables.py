@@ -6,7 +6,10 @@ headers, then (in the same segment or the next) the ELF; Metasploit's stagers re
 a segment that starts with the stage DLL's ``MZ``. The first two bytes are tested by the compiled
 dissection (sensor/payload_kinds.py EXECUTABLE_START); only the rare segments that pass, and HTTP
 responses, are read here, in Python.
-Archives (gzip, a .deb's ``!<arch>``, zip) and anything over TLS are not executables here.
+Archives (gzip, a .deb's ``!<arch>``, zip) and anything over TLS are not executables here. Nor is data in
+a SYN that is not a SYN-ACK: its sender has no connection yet, and its address may be spoofed (the pod's
+SYN-ACK goes to whoever the address belongs to), so it says nothing anyone sent to the pod; a TCP Fast
+Open server's SYN-ACK data comes from a host the pod did reach.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ _ELF_TYPES = (2, 3)  # ET_EXEC, ET_DYN (a PIE, or a shared object)
 _E_LFANEW = 0x3C  # where the DOS header keeps the PE header's offset (u32, little-endian)
 _HTTP_RESPONSE = b"HTTP/"
 _HEADERS_END = b"\r\n\r\n"
+_SYN, _ACK = 0x02, 0x10
 
 
 def executable_kind(data: bytes) -> Executable:
@@ -60,8 +64,9 @@ def candidate_rows(batch: PacketBatch, pf: PacketFields) -> np.ndarray:
     """Rows whose TCP payload may start an executable: those the dissection found start ``\\x7fE`` or ``MZ``
     (sensor/payload_kinds.py EXECUTABLE_START), then HTTP responses (whose body is looked for). First the
     rare starts: a busy web node's many responses never crowd them out of a read's bound."""
-    starts = np.flatnonzero(pf.payload_kind == payload_kinds.EXECUTABLE_START)
-    http = np.flatnonzero(pf.payload_kind == payload_kinds.HTTP)  # POST, PUT or HTTP/: a response's H
+    opening = (pf.tcp_flags & (_SYN | _ACK)) == _SYN  # a SYN's data: no connection yet, maybe a spoofed sender
+    starts = np.flatnonzero((pf.payload_kind == payload_kinds.EXECUTABLE_START) & ~opening)
+    http = np.flatnonzero((pf.payload_kind == payload_kinds.HTTP) & ~opening)  # POST, PUT or HTTP/: a response's H
     http = http[batch.data[batch.offset[http] + pf.payload_pos[http]] == _HTTP_RESPONSE[0]]
     return np.concatenate([starts, http])
 

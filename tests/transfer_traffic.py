@@ -93,6 +93,18 @@ def forged(sender: str, sport: int, pod: str, dport: int, data: bytes, t: float,
     return frames
 
 
+def forged_syn(sender: str, sport: int, pod: str, dport: int, data: bytes, t: float) -> list:
+    """A SYN carrying data from a spoofed outside address to a port a pod listens on: the pod's kernel
+    answers with a SYN-ACK (twice: the sender never completes the handshake, having never seen it)."""
+    frames = [Ether() / IP(src=sender, dst=pod) / TCP(sport=sport, dport=dport, flags="S", seq=5000)
+              / Raw(data[:MSS])]
+    frames += [Ether() / IP(src=pod, dst=sender) / TCP(sport=dport, dport=sport, flags="SA", seq=7000, ack=5001)
+               for _ in range(2)]
+    for k, f in enumerate(frames):
+        f.time = t + k
+    return frames
+
+
 def tls_download(pod: str, server: str, body: bytes, t: float) -> list:
     """The body fetched over real TLS (OpenSSL on both ends, in memory): what the wire carries is records."""
     client_ctx, server_ctx = _tls_contexts()

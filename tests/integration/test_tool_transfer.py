@@ -12,6 +12,7 @@ from transfer_traffic import (
     deb_bytes,
     elf_bytes,
     forged,
+    forged_syn,
     gzip_bytes,
     http_download,
     http_response,
@@ -69,14 +70,16 @@ def test_archives_and_executables_over_tls_raise_nothing(tmp_path):
 
 def test_a_forged_segment_no_pod_took_part_in_raises_nothing(tmp_path):
     """One packet from an outside address, no connection: a "response" to a pod's ephemeral port (taken for
-    a download by the ports), a push to a port, and one to an address nobody holds. The pods answer with a
-    reset or not at all; an outsider must not frame a pod with a high-severity alert by sending one. A real
-    download in the same capture is still reported."""
+    a download by the ports), a push to a port, one to an address nobody holds, and a SYN carrying the
+    file from a spoofed address to a port a pod listens on (the pod's SYN-ACK goes to an address that
+    never asked). The pods answer with a reset, a SYN-ACK or not at all; an outsider must not frame a pod
+    with a high-severity alert by sending one. A real download in the same capture is still reported."""
     capture = _capture(tmp_path, "forged.pcap", [
         *forged("203.0.113.66", 80, "10.0.0.5", 45000, http_response(elf_bytes()), T0),
         *forged("203.0.113.67", 43000, "10.0.0.6", 9000, elf_bytes(), T0 + 1),
         *forged("203.0.113.68", 43000, "10.0.0.99", 9000, pe_bytes(), T0 + 2, answered=False),
-        *http_download("10.0.0.7", "203.0.113.10", elf_bytes(), T0 + 3),
+        *forged_syn("203.0.113.69", 43001, "10.0.0.6", 9000, elf_bytes(), T0 + 3),
+        *http_download("10.0.0.7", "203.0.113.10", elf_bytes(), T0 + 5),
     ])
     alerts = [a for a in _alerts(capture) if a["rule"] == "tool_transfer"]
     assert [(a["source"]["ip"], a["evidence"]["sender"]) for a in alerts] == [("10.0.0.7", "203.0.113.10")]
