@@ -58,6 +58,15 @@ def alert_rule(alert: dict[str, Any]) -> str:
     return alert.get("rule") or alert["type"]
 
 
+def with_rule(alert: dict[str, Any]) -> dict[str, Any]:
+    """An alert stored before alerts named their rule, as one written now: its ``type`` was the rule, so
+    a reverse shell of then is an ``unusual_destination`` with rule ``reverse_shell``, and a route, a
+    filter or an SNS policy on the type takes it (reopened or escalated, it is notified as one of now)."""
+    if alert.get("rule") or alert.get("type") not in rules():
+        return alert
+    return {**alert, "type": reported_type(alert["type"]), "rule": alert["type"]}
+
+
 def names_alert(names: frozenset[str] | set[str] | tuple[str, ...], alert: dict[str, Any]) -> bool:
     """Whether a filter's names take an alert: its type, or the rule that raised it."""
     return alert["type"] in names or alert_rule(alert) in names

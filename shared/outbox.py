@@ -21,6 +21,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
+from kubesonar.shared.alerts import with_rule
 from kubesonar.shared.errors import DeliveryFailed, KubeSonarError
 from kubesonar.shared.notify import ratelimit, slack, teams, webhook
 from kubesonar.shared.notify.http import post
@@ -150,6 +151,7 @@ def _deliver(deps: Dependencies, cluster: str, alert_id: str, routing: Routing, 
     if state == "later":
         return False, []
     assert alert is not None
+    alert = with_rule(alert)  # pending since before alerts named their rule: routed and told as one of now
     notify = alert["notify"]
     seq, reason = notify["seq"], notify["pending"]["reason"]
     confirmed = {n: s for n, s in (notify.get("confirmed") or {}).items()}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from kubesonar.shared.alerts import SEVERITIES
+from kubesonar.shared.alerts import SEVERITIES, with_rule
 from kubesonar.shared.errors import TriageError
 
 STATUSES = ("open", "acknowledged", "resolved", "false_positive")
@@ -50,8 +50,9 @@ def parse_duration_s(text: str) -> int:
 
 
 def normalize(alert: dict[str, Any]) -> dict[str, Any]:
-    """The alert with every lifecycle field present; an older document's ``closed`` reads as resolved."""
-    out = dict(alert)
+    """The alert with every lifecycle field present; an older document's ``closed`` reads as resolved, and
+    one written before alerts named their rule reads with its rule and the type that rule reports as."""
+    out = dict(with_rule(alert))
     if out.get("status") == "closed":
         out["status"] = "resolved"
     out.setdefault("status", "open")

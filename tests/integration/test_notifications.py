@@ -11,17 +11,18 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from alert_fixtures import T0_NS, ManualClock, scan_batch, start_receiver
+from alert_fixtures import T0_NS, ManualClock, scan_batch, shell_batch, start_receiver
 
 from kubesonar.functions.local.notifier import CollectingNotifier
 from kubesonar.functions.local.store import LocalObjectStore
 from kubesonar.shared import lists_store
+from kubesonar.shared.alert_query import AlertFilter, list_alerts
 from kubesonar.shared.alerts import SEVERITIES
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.notify import slack, teams, webhook
 from kubesonar.shared.notify.routing import ROUTING, ROUTING_KEY, parse_routing
 from kubesonar.shared.pipeline import Dependencies, check_all_sensors, process_batch
-from kubesonar.shared.state import read_document
+from kubesonar.shared.state import read_document, update_document
 
 SCHEMAS = Path(__file__).parent.parent / "fixtures" / "notify"
 SECRET = "s3cret-for-tests"
@@ -123,6 +124,36 @@ def test_routing_filters_by_severity_type_and_namespace(tmp_path, receiver):
     process_batch(scan_batch(1), deps)
     assert receiver.bodies("/critical") == [] and receiver.bodies("/shop") == []
     assert len(receiver.bodies("/scans")) == 1
+
+
+class _TopicDown:
+    def notify(self, alert: dict) -> None:
+        raise ConnectionError("topic unreachable")
+
+
+def test_an_alert_stored_before_rules_were_named_reads_and_is_told_as_the_type_its_rule_reports_as(
+        tmp_path, receiver):
+    """A reverse shell written by a release before alert types (``type`` the rule, no ``rule``), its
+    notification still pending at the upgrade: it lists, routes and is told as an unusual destination
+    raised by reverse_shell, as the alerts written since are."""
+    deps = _deps(tmp_path, receiver, extra=f"""  - name: unusual
+    kind: webhook
+    url: {receiver.url}/unusual
+    secret: {SECRET}
+    types: [unusual_destination]
+""")
+    receiver.fail_next = 100  # every destination down, and the topic: the notification stays pending
+    process_batch(shell_batch(1), Dependencies(deps.store, _TopicDown(), deps.clock))
+    (key,) = deps.store.list("alerts/")
+    update_document(deps.store, key, lambda a: {**{k: v for k, v in a.items() if k != "rule"}, "type": "reverse_shell"})
+    (stored,) = list_alerts(deps.store, AlertFilter(types=("unusual_destination",)))
+    assert (stored["type"], stored["rule"]) == ("unusual_destination", "reverse_shell")
+    receiver.fail_next = 0
+    deps.clock.advance(31)
+    check_all_sensors(deps)  # the schedule's tick retries
+    assert [(b["alert"]["type"], b["alert"]["rule"]) for b in receiver.bodies("/unusual")] == [
+        ("unusual_destination", "reverse_shell")]
+    assert [(a["type"], a["rule"]) for a in deps.notifier.sent] == [("unusual_destination", "reverse_shell")]
 
 
 @pytest.mark.parametrize("text, message", [
