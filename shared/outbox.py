@@ -21,7 +21,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from kubesonar.shared.alerts import with_rule
+from kubesonar.shared.alerts import type_and_rule, with_rule
 from kubesonar.shared.errors import DeliveryFailed, KubeSonarError
 from kubesonar.shared.notify import ratelimit, slack, teams, webhook
 from kubesonar.shared.notify.http import post
@@ -179,7 +179,7 @@ def _send(deps: Dependencies, cluster: str, alert: dict[str, Any], reason: str, 
         deps.notifier.notify(alert)
         return
     if dest.rate_limit:
-        admitted, held = ratelimit.admit(deps.store, cluster, dest, alert["type"], now)
+        admitted, held = ratelimit.admit(deps.store, cluster, dest, type_and_rule(alert), now)
         if held:
             try:
                 _post(dest, _OUTPUTS[dest.kind].digest(dest.name, held, dest.window_s), now)

@@ -1,6 +1,8 @@
 """Per-destination rate limit with a digest: past ``rate_limit`` messages in a window, alerts are
-held and counted by type, and the next message after the window (or the schedule's tick) is a
-digest: "N more alerts of type T in the last 10 minutes". State: ``notify/<cluster>/rate.json``."""
+held and counted by type, with the rule when another rule reports as that type (a held reverse shell
+is ``unusual_destination/reverse_shell``, never one more unusual destination), and the next message
+after the window (or the schedule's tick) is a digest: "N more alerts of type T in the last 10
+minutes". State: ``notify/<cluster>/rate.json``."""
 
 from __future__ import annotations
 

@@ -218,6 +218,17 @@ def test_the_rate_limit_holds_alerts_and_sends_a_digest(tmp_path, receiver):
     assert [d["text"] for d in digest] == ["KubeSonar digest: 3 more alerts of type port_scan in the last 10 minutes"]
 
 
+def test_a_digest_names_the_rule_of_a_held_alert_whose_type_is_another_s(tmp_path, receiver):
+    """A critical reverse shell held behind a scan is told as one, not as one more unusual destination."""
+    deps = _deps(tmp_path, receiver, rate_limit=1, window="10m")
+    process_batch(scan_batch(1), deps)
+    process_batch(shell_batch(2), deps)
+    deps.clock.advance(601)
+    check_all_sensors(deps)
+    assert [d["text"] for d in receiver.bodies("/slack")[1:]] == [
+        "KubeSonar digest: 1 more alerts of type unusual_destination/reverse_shell in the last 10 minutes"]
+
+
 def test_a_digest_that_could_not_be_sent_is_sent_later(tmp_path, receiver):
     """The held counts are taken from the rate document before the digest is posted: a failed post must
     give them back, or the alerts it counts are never told to that destination."""
