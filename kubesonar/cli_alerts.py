@@ -161,7 +161,7 @@ def show_command(alert_id: str, store_url: str, fmt: str) -> None:
 
 def render_text(alert: dict[str, Any]) -> str:
     mitre = alert.get("mitre") or {}
-    lines = [f"{alert['id']}  {alert['severity'].upper()}  {alert['title']} ({alert['type']})",
+    lines = [f"{alert['id']}  {alert['severity'].upper()}  {alert['title']} ({type_and_rule(alert)})",
              (f"status: {alert['status']}   assignee: {alert.get('assignee') or '-'}   "
              f"tags: {', '.join(alert['tags']) or '-'}   snoozed until: {alert.get('snoozed_until') or '-'}"),
              (f"cluster: {alert.get('cluster', '')}   count: {alert['count']}   "

@@ -10,14 +10,14 @@ from html import escape
 from typing import Any
 from urllib.parse import urlencode
 
-from kubesonar.shared.alerts import SEVERITIES, type_and_rule
+from kubesonar.shared.alerts import SEVERITIES, alert_rule, type_and_rule
 from kubesonar.shared.notify.message import destination_text, mitre_url, workload
 from kubesonar.shared.triage import STATUSES
 
 FILTERS = ("status", "severity", "type", "namespace", "assignee", "tag")
 SORTS = {"last_seen": lambda a: a["last_seen"], "first_seen": lambda a: a["first_seen"],
          "severity": lambda a: SEVERITIES.index(a["severity"]), "count": lambda a: a["count"],
-         "type": lambda a: a["type"], "status": lambda a: a["status"]}
+         "type": type_and_rule, "status": lambda a: a["status"]}
 
 
 def layout(title: str, body: str, user: str) -> str:
@@ -39,7 +39,7 @@ def _select(name: str, options: list[str], chosen: str) -> str:
 
 
 def alert_list(alerts: list[dict[str, Any]], shown: list[dict[str, Any]], query: dict[str, str]) -> str:
-    types = sorted({a["type"] for a in alerts})
+    types = sorted({a["type"] for a in alerts} | {alert_rule(a) for a in alerts})  # the filter takes either
     namespaces = sorted({(a.get("source") or {}).get("namespace") or "" for a in alerts} - {""})
     assignees = sorted({a.get("assignee") or "" for a in alerts} - {""})
     form = ('<form class="filters" method="get" action="/alerts">'
@@ -59,7 +59,7 @@ def alert_list(alerts: list[dict[str, Any]], shown: list[dict[str, Any]], query:
         ("", "namespace"), ("count", "count"), ("last_seen", "last seen"), ("", "tags")))
     rows = "".join(
         f'<tr data-id="{escape(a["id"])}"><td>{sev(a["severity"])}</td>'
-        f'<td><a class="alert-link" href="/alerts/{escape(a["id"])}">{escape(a["type"])}</a></td>'
+        f'<td><a class="alert-link" href="/alerts/{escape(a["id"])}">{escape(type_and_rule(a))}</a></td>'
         f'<td><span class="status">{escape(a["status"])}</span></td><td>{escape(a.get("assignee") or "-")}</td>'
         f'<td>{escape(workload(a.get("source")))}</td>'
         f'<td>{escape((a.get("source") or {}).get("namespace") or "-")}</td>'

@@ -5,11 +5,14 @@ named read as their type's own."""
 
 from __future__ import annotations
 
+from kubesonar.cli_alerts import render_text
+from kubesonar.console.pages import alert_list
 from kubesonar.shared.alert_query import AlertFilter
 from kubesonar.shared.alerts import Finding, alert_rule, new_alert, reported_type, rules, type_and_rule
 from kubesonar.shared.notify.message import facts
 from kubesonar.shared.notify.routing import parse_routing
 from kubesonar.shared.ocsf import to_ocsf
+from kubesonar.shared.triage import normalize
 
 
 def _alert(rule: str) -> dict:
@@ -71,3 +74,14 @@ def test_an_alert_stored_before_rules_were_named_reads_as_its_type():
 def test_ocsf_names_both():
     assert to_ocsf(_alert("tls_bare_ip"))["finding_info"]["types"] == ["unusual_destination", "tls_bare_ip"]
     assert to_ocsf(_alert("beaconing"))["finding_info"]["types"] == ["beaconing"]
+
+
+def test_the_console_list_and_alerts_show_name_the_rule_and_offer_it_as_a_filter():
+    """A critical reverse shell in the console's list is not a bare unusual_destination row, and the type
+    filter offers the rules the store holds (the filter takes either)."""
+    shell, scan = normalize(_alert("reverse_shell")), normalize(_alert("port_scan"))
+    page = alert_list([shell, scan], [shell, scan], {})
+    assert f'href="/alerts/{shell["id"]}">unusual_destination/reverse_shell</a>' in page
+    assert f'href="/alerts/{scan["id"]}">port_scan</a>' in page
+    assert '<option value="reverse_shell">' in page and '<option value="unusual_destination">' in page
+    assert render_text(shell).splitlines()[0].endswith(f"{shell['title']} (unusual_destination/reverse_shell)")
