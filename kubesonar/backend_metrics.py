@@ -33,7 +33,7 @@ class BackendMetrics:
         self.messages = Counter("kubesonar_backend_messages", "Batch messages settled, by outcome "
                                 "(applied, dead_lettered, retried)", ["outcome"], registry=r)
         self.flows = Counter("kubesonar_backend_flows", "Flow records scored", registry=r)
-        self.alerts = Counter("kubesonar_backend_alerts", "New alerts raised", ["severity", "type"], registry=r)
+        self.alerts = Counter("kubesonar_backend_alerts", "New alerts raised", ["severity", "type", "rule"], registry=r)
         self.decode_errors = Counter("kubesonar_backend_decode_errors", "Messages that do not decode", registry=r)
         self.stale = Counter("kubesonar_backend_stale", "Messages older than their sensor's sequence window, "
                              "or whose window ended 23 hours ago or more, refused as replays", registry=r)

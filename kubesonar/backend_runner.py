@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from kubesonar.backend_metrics import BackendMetrics, Health, serve
+from kubesonar.shared.alerts import alert_rule
 from kubesonar.shared.errors import ConfigError, QueueUnavailable
 from kubesonar.shared.frozen_start import freeze_what_loading_made
 from kubesonar.shared.keyring_source import RereadingKeyring, keyring_from_env
@@ -131,7 +132,7 @@ def _record(metrics: BackendMetrics, result: ProcessResult) -> None:
     metrics.flows.inc(result.flows)
     metrics.stale.inc(result.stale)  # both consumers: the NATS one and the directory one
     for alert in result.new_alerts:
-        metrics.alerts.labels(alert["severity"], alert["type"]).inc()
+        metrics.alerts.labels(alert["severity"], alert["type"], alert_rule(alert)).inc()
     metrics.config_errors.inc(len(result.errors))
     metrics.conflicts.inc(result.conflicts)
     for fault in result.errors:  # met and gone on: a list that does not parse, a baseline reset, a conflict

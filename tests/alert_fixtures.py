@@ -28,16 +28,16 @@ def scan_batch(sequence: int, first_port: int = 1000, src: str = "10.0.0.9", clu
     return Batch(BatchHeader(cluster, "n", "node-1/abc", sequence, 0, 1, flow_count=20), flows)
 
 
-def shell_batch(sequence: int, cluster: str = "c") -> Batch:
+def shell_batch(sequence: int, cluster: str = "c", t0_ns: int = T0_NS) -> Batch:
     """A web workload that serves clients outside opens a reverse shell to 203.0.113.77: one
     reverse_shell finding (type unusual_destination) per batch, each batch a new session."""
     from c2_flows import c2_flows, shell_session
 
     web = ("shop", "Deployment", "web")
-    t = T0_NS + sequence * 3600 * 10**9
+    t = t0_ns + sequence * 3600 * 10**9
     flows = c2_flows([{"src": "198.51.100.77", "dst": "10.1.0.5", "t": t, "dport": 8080, "flags_in": 0x12,
                        "dst_workload": web}, shell_session("10.1.0.5", "203.0.113.77", t + 10**9, src_workload=web)])
-    return Batch(BatchHeader(cluster, "n", "node-1/abc", sequence, 0, 1, flow_count=len(flows)), flows)
+    return Batch(BatchHeader(cluster, "n", "node-1/abc", sequence, t, t + 300 * 10**9, flow_count=len(flows)), flows)
 
 
 @dataclass

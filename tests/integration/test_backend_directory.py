@@ -329,3 +329,32 @@ def test_internal_network_none_is_taken_as_analyze_takes_it(tmp_path):
                            capture_output=True, text=True, timeout=120, check=False)
     assert wrong.returncode == 2 and "--internal-network" in wrong.stderr and "10.0.0.0/33" in wrong.stderr, \
         wrong.stderr
+
+
+def test_the_alerts_metric_names_the_rule_beside_the_type(tmp_path):
+    """A reverse shell is counted as an unusual_destination raised by reverse_shell: a dashboard or an
+    alerting rule on reverse shells still finds them (docs/onprem.md)."""
+    import threading
+
+    from alert_fixtures import shell_batch
+
+    from kubesonar.backend_runner import BackendSettings, run_backend
+    from kubesonar.sensor.queues import window_messages
+    from kubesonar.sensor.queues.directory import open_directory_queue
+
+    queue, state, port = tmp_path / "queue", tmp_path / "state", free_port()
+    shell = shell_batch(0, t0_ns=time.time_ns() - 600 * 10**9)
+    publisher = open_directory_queue(f"file://{queue}")
+    publisher.send(window_messages(shell.header, shell.flows, publisher.limit))
+    runner = threading.Thread(target=run_backend, args=(BackendSettings(
+        f"file://{queue}", str(state), listen=f"127.0.0.1:{port}", duration_s=10),), kwargs={"install_signals": False})
+    runner.start()
+    wanted = 'kubesonar_backend_alerts_total{rule="reverse_shell",severity="critical",type="unusual_destination"}'
+    try:
+        deadline, scraped = time.monotonic() + 9, {}
+        while time.monotonic() < deadline and not scraped.get(wanted):
+            scraped = backend_metrics(port) or scraped
+            time.sleep(0.2)
+        assert scraped.get(wanted) == 1, scraped
+    finally:
+        runner.join(timeout=60)
