@@ -117,7 +117,7 @@ def test_live_commands_fail_in_one_line_on_bad_settings(tmp_path):
 def test_analyze_takes_the_learning_period_and_internal_networks():
     rat = str(PCAPS / "c2_beacon/chrissanders_ratinfected.pcapng")
     judged = _run("analyze", rat, "--learning-period", "0", "--internal-network", "none", "--format", "json")
-    assert [json.loads(x)["type"] for x in judged.stdout.splitlines()] == ["beaconing"]
+    assert [(json.loads(x)["type"], json.loads(x)["rule"]) for x in judged.stdout.splitlines()] == [("beaconing", "beaconing")]
     note = "every flow's responder is inside the cluster's networks"
     lab_note = "no flow leaves the private ranges"
     assert note not in judged.stderr and lab_note not in judged.stderr

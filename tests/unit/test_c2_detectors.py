@@ -70,7 +70,7 @@ def test_a_beacon_is_reported_in_the_first_window_whatever_the_learning_period_a
     beacon = [{"src": "10.1.0.66", "dst": "203.0.113.9", "t": T0 + k * 5 * S, "src_workload": implant} for k in range(40)]
     usual = [{"src": "10.1.0.5", "dst": "198.51.100.20", "t": T0 + k * 97 * S, "src_workload": WEB} for k in range(3)]
     first = _process(deps, c2_flows(beacon + usual), 1)
-    assert [(a["type"], a["source"]["workload"]) for a in first] == [("beaconing", "default/Deployment/implant")]
+    assert [(a["rule"], a["source"]["workload"]) for a in first] == [("beaconing", "default/Deployment/implant")]
     # after the learning day: the workload that was only ever seen beaconing was never learned as normal
     later = [{"src": ip, "dst": "10.1.0.99", "t": T0 + DAY + HOUR, "dport": 5432, "src_workload": w}
              for ip, w in (("10.1.0.66", implant), ("10.1.0.5", WEB))]

@@ -25,7 +25,7 @@ def _mismatches(findings) -> list:
 
 def test_empires_tls_on_port_80_is_reported_cold_from_the_agent():
     outcome = analyze([str(DATA / "more/c2_beacon/spiderlabs_ps-empire.pcap")])
-    found = [a for a in outcome.alerts if a["type"] == "unusual_destination"]
+    found = [a for a in outcome.alerts if a["rule"] == "unusual_destination"]
     assert [(a["source"]["ip"], a["evidence"]["kind"], a["evidence"]["destination"], a["evidence"]["expected"],
              a["evidence"]["opened_with"]) for a in found] == [
         ("10.200.201.29", "protocol_mismatch", "18.220.208.40:80", "http", ["tls"])]
@@ -33,7 +33,7 @@ def test_empires_tls_on_port_80_is_reported_cold_from_the_agent():
 
 def test_trickbots_http_to_an_address_on_7080_is_reported_cold_from_the_infected_host():
     outcome = analyze([str(DATA / "pcaps/c2_beacon/ndpi_trickbot.pcap")])
-    found = [a for a in outcome.alerts if a["type"] == "unusual_destination"]
+    found = [a for a in outcome.alerts if a["rule"] == "unusual_destination"]
     assert [(a["source"]["ip"], a["evidence"]["destination"], a["evidence"]["expected"],
              a["evidence"]["opened_with"]) for a in found] == [
         ("10.12.29.101", "82.118.225.196:7080", "http to a named host", ["http"])]
