@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-_KEPT = ("id", "type", "severity", "title", "cluster", "cut")  # never dropped: what routes and names it
+_KEPT = ("id", "type", "rule", "severity", "title", "cluster", "cut")  # never dropped: what routes and names it
 
 
 def alert_json(alert: dict[str, Any]) -> bytes:

@@ -30,6 +30,16 @@ def test_past_the_usual_fields_the_largest_go_and_what_names_the_alert_stays():
     assert fitted["cut"]["whole_bytes"] == len(alert_json(alert)) and len(alert_json(fitted)) <= 4096
 
 
+def test_the_rule_stays_beside_the_type_whatever_is_cut():
+    """A reverse shell cut to its last fields is still one: without ``rule`` a subscriber reads it as the
+    rule of its type (shared/alerts.py: ``alert_rule``), an unusual_destination found by new ports."""
+    alert = grown_alert(100, comments=0)
+    alert.update(type="unusual_destination", rule="reverse_shell", description="d" * 50_000)
+    fitted = fit_alert(alert, 1)  # nothing fits: all that may go has gone
+    assert (fitted["type"], fitted["rule"]) == ("unusual_destination", "reverse_shell")
+    assert {"source", "evidence", "mitre", "description"} <= set(fitted["cut"]["fields"])
+
+
 def test_the_history_goes_first_and_alone_when_that_is_enough():
     alert = grown_alert(1000, comments=10)
     fitted = fit_alert(alert, len(alert_json(alert)) - 100)
