@@ -125,7 +125,7 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
             one_inside = src_in[k] != dst_in[k]
             first = src if (src_in[k] if one_inside else src <= dst) else dst  # the inside end first
             key = Pair(first, dst if first == src else src)
-            w = self._window(key, int(flows["first_ts"][row]), out.windows)
+            w = self._window(key, int(flows["first_ts"][row]), out, changed, flows)
             w.one_inside = one_inside
             odd, packets = int(flows["icmp_odd"][row]), int(flows["packets_out"][row] + flows["packets_in"][row])
             w.odd_messages += odd
@@ -137,17 +137,19 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
             w.odd_flow_packets += packets
             w.last_ns = max(w.last_ns, int(flows["last_ts"][row]))
             changed[key] = row
-        out.scores = [s for key, row in changed.items() for s in self._score(key, out.windows[key], flows, row)]
+        out.scores += [s for key, row in changed.items() for s in self._score(key, out.windows[key], flows, row)]
         return out
 
-    def _window(self, key: Pair, ts: int, windows: dict[Pair, IcmpWindow]) -> IcmpWindow:
-        w = windows.get(key)
+    def _window(self, key: Pair, ts: int, out: _Assessment, changed: dict[Pair, int], flows) -> IcmpWindow:
+        w = out.windows.get(key)
         if w is None and (known := self.state.windows.get(key)) is not None:
-            w = windows[key] = IcmpWindow(**vars(known))
+            w = out.windows[key] = IcmpWindow(**vars(known))
         if w is None or ts - w.window_start_ns > self.window_ns:
+            if w is not None and key in changed:  # a window that ends inside this batch is judged before it goes
+                out.scores += self._score(key, w, flows, changed.pop(key))
             alarmed = bool(w and w.alarm)
-            w = windows[key] = IcmpWindow(ts, ts, alarm=alarmed, reported=alarmed,
-                                          reported_ends=list(w.reported_ends) if w and alarmed else [])
+            w = out.windows[key] = IcmpWindow(ts, ts, alarm=alarmed, reported=alarmed,
+                                              reported_ends=list(w.reported_ends) if w and alarmed else [])
         return w
 
     def _reasons(self, w: IcmpWindow) -> list[str]:

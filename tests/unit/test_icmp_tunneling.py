@@ -130,3 +130,16 @@ def test_a_window_stored_before_ends_were_kept_reports_no_end_again():
     d = IcmpTunnelingDetector().from_state(json.loads(json.dumps(state)))
     report = _icmp(1, payload=1056, sizes=1, odd=2, src="192.168.38.172", dst="192.168.38.131", packets=1)
     assert not _findings(report, d)
+
+
+def test_a_window_that_ends_inside_one_batch_is_judged_before_the_next_starts():
+    """A sparse capture read in one batch: the tunnel's hour, then one odd message two hours on. The hour
+    was a tunnel; the next window must not replace it unjudged (its alarm carries on, not reported twice)."""
+    later = _icmp(1, payload=56, sizes=1, odd=1, src="192.168.38.131", dst="192.168.38.172", packets=1)
+    later.columns["first_ts"] += 7200 * S
+    later.columns["last_ts"] += 7200 * S
+    tunnel = _icmp(5, payload=788, sizes=1, odd=2, src="192.168.38.131", dst="192.168.38.172", packets=1)
+    d = IcmpTunnelingDetector()
+    (finding,) = _findings(FlowRecords.concat([tunnel, later]), d)
+    assert finding.source["ip"] == "192.168.38.131" and finding.evidence["odd_messages"] == 10
+    assert not _findings(later, IcmpTunnelingDetector().from_state(json.loads(json.dumps(d.to_state()))))
