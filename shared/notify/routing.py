@@ -6,7 +6,7 @@
         kind: slack                    # slack | teams | webhook
         url_env: SLACK_WEBHOOK_URL     # or url: https://hooks.slack.com/services/...
         min_severity: high             # optional, default informational
-        types: [port_scan, crypto_mining]   # optional: only these rule ids
+        types: [port_scan, crypto_mining]   # optional: only these alert types or rules
         namespaces: [shop, payments]   # optional: only alerts from these namespaces
         rate_limit: 10                 # optional: messages per window, then one digest
         window: 10m                    # optional, default 10m
