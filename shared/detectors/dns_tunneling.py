@@ -199,7 +199,7 @@ class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
             endpoint = dns_client_endpoint(dns, i)
             target = address_text(dns["server"][i]) if made_up else registered_domain(name)
             key = Pair(endpoint["workload"] or endpoint["ip"], target)
-            p = self._window(key, times[i], out.windows)
+            p = self._window(key, times[i], out, changed, dns)
             data_type = is_data_type(types[i])
             if data_type:
                 if responses[i]:
@@ -216,17 +216,21 @@ class DnsTunnelingDetector(Detector[TunnelingState, _Assessment]):
             out.new_names = True
             self._count_name(p, digest, sub, int(types[i]), looks_encoded(name), data_type)
             changed[key] = i
-        out.scores = [self._score(key, out.windows[key], dns, i) for key, i in changed.items()]
+        out.scores += [self._score(key, out.windows[key], dns, i) for key, i in changed.items()]
         return out
 
-    def _window(self, key: Pair, ts: int, windows: dict[Pair, NameWindow]) -> NameWindow:
+    def _window(self, key: Pair, ts: int, out: _Assessment, changed: dict[Pair, int], dns: DnsMessages
+                ) -> NameWindow:
         """The channel's window as this batch has it (a copy of the stored one), a new one once an hour
-        has passed (an alarm carries over, reported)."""
+        has passed (an alarm carries over, reported; a window that ends inside this batch is judged first)."""
+        windows = out.windows
         p = windows.get(key)
         if p is None and (known := self.state.windows.get(key)) is not None:
             p = windows[key] = NameWindow(**{f.name: getattr(known, f.name) for f in fields(NameWindow)})
             p.name_hashes, p.char_counts = list(known.name_hashes), dict(known.char_counts)
         if p is None or ts - p.window_start_ns > self.window_ns:
+            if p is not None and key in changed:
+                out.scores.append(self._score(key, p, dns, changed.pop(key)))
             alarmed = bool(p and p.alarm)
             p = windows[key] = NameWindow(ts, ts, alarm=alarmed, reported=alarmed)
         return p

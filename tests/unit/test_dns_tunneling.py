@@ -194,3 +194,12 @@ def test_windows_over_are_forgotten_so_a_month_of_new_domains_leaves_the_last_ho
     t = T0 + 30 * 24 * 3600 * S
     tunnel = [r for i in range(12) for r in _exchange(f"{_hex(i)}.t.evil.example", TXT, t + i * S)]
     assert _findings(tunnel, detector)
+
+
+def test_a_window_that_ends_inside_one_batch_is_judged_before_the_next_starts():
+    """A sparse capture read in one batch: a dozen encoded names, then one more two hours on. The first
+    hour was a tunnel; the next window must not replace it unjudged."""
+    rows = [r for i in range(12) for r in _exchange(_hex(30), (TXT, CNAME, MX)[i % 3], T0 + i * S, server="192.0.2.9")]
+    later = _exchange(_hex(30), TXT, T0 + 7200 * S, server="192.0.2.9")
+    (finding,) = _findings(rows + later)
+    assert finding.evidence["server"] == "192.0.2.9" and "encoded_data_types" in finding.evidence["reasons"]
