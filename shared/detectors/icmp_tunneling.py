@@ -166,19 +166,17 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
         alarm = bool(reasons) or w.alarm
         legacy = w.reported and not w.reported_ends  # reported before ends were kept: report no end again
         w.alarm = alarm
-        if w.one_inside:
-            ends = [(key.source, key.target)]
-        else:
-            sent = ((key.source, key.target, w.odd_from_first),
-                    (key.target, key.source, w.odd_messages - w.odd_from_first))
-            ends = [(named, peer) for named, peer, odd in sent if odd > 0]
+        # odd messages (with their echoes) in the flows each end started
+        sent = ((key.source, key.target, w.odd_from_first), (key.target, key.source, w.odd_messages - w.odd_from_first))
+        ends = sent[:1] if w.one_inside else [end for end in sent if end[2] > 0]
         mean_payload = w.odd_payload_bytes / w.odd_flow_packets if w.odd_flow_packets else 0.0
         scores = []
-        for named, peer in ends:
+        for named, peer, started in ends:
             fresh = alarm and not legacy and named not in w.reported_ends
             if fresh:
                 w.reported, w.reported_ends = True, [*w.reported_ends, named]
-            evidence = {"peer": peer, "odd_messages": w.odd_messages, "odd_non_echo_messages": w.odd_non_echo,
+            evidence = {"peer": peer, "odd_messages": w.odd_messages, "odd_in_flows_it_started": started,
+                        "odd_non_echo_messages": w.odd_non_echo,
                         "most_payload_sizes": w.most_sizes, "mean_payload_bytes": round(mean_payload, 1),
                         "named_end": "inside" if w.one_inside else "initiator", "reasons": reasons,
                         "icmp_type": int(flows["icmp_type"][row])}

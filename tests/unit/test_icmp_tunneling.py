@@ -101,6 +101,8 @@ def test_both_directions_are_one_channel_and_each_end_that_spoke_first_is_named(
     assert sorted((f.source["ip"], f.evidence["peer"]) for f in found) == [
         ("192.168.38.131", "192.168.38.172"), ("192.168.38.172", "192.168.38.131")]
     assert all(f.evidence["odd_messages"] == 10 and f.evidence["named_end"] == "initiator" for f in found)
+    assert {f.source["ip"]: f.evidence["odd_in_flows_it_started"] for f in found} == {
+        "192.168.38.131": 8, "192.168.38.172": 2}
 
 
 def test_a_plain_responder_is_not_named():
