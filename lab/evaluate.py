@@ -239,7 +239,9 @@ def _scenario_lines(scenarios) -> list[str]:
         shown = ", ".join(a.text() if a.ip == r.actor_ip else f"{a.text()} from bystander {a.ip}"
                           for a in r.alerts) or "none"
         verdict = r.verdict + (f" ({r.skipped or r.error})" if r.skipped or r.error else "")
-        lines.append(f"| {r.name} | {r.tool} | {r.expected} | {shown} | {verdict} | {len(r.false_alarms)} |")
+        tool = r.tool.replace("|", "\\|")  # a shell pipe in the command as run stays in its cell
+        lines.append(f"| {r.name} | {tool} | {r.expected.replace('|', ' or ')} | {shown} | {verdict} | "
+                     f"{len(r.false_alarms)} |")
     ran = [r for r in scenarios if not r.skipped]
     lines += ["", "Per expected rule:", "", "| expected rule | scenarios run | detected from the attacker | "
               "alerts on bystanders |", "|---|---:|---:|---:|"]

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 SUBNET = "10.77.0"
 # the node's pod range, the cluster's own: named to `kubesonar analyze` as its internal network, since a
@@ -22,6 +23,7 @@ SUBNET = "10.77.0"
 # a cluster (kubesonar/compose.py _boundary_known)
 POD_NETWORK = f"{SUBNET}.0/24"
 DEFAULT_PREFIX = "ks"
+NETNS_ETC = "/etc/netns"  # per-namespace configuration files, bound over /etc's by `ip netns exec`
 
 
 def _ip(*args: str) -> None:
@@ -54,6 +56,14 @@ class Node:
 
     def start(self, pod: str, *cmd: str, **kw) -> subprocess.Popen:
         return subprocess.Popen(["ip", "netns", "exec", self.ns(pod), *cmd], **kw)
+
+    def resolve_with(self, pod: str, server: str) -> None:
+        """Make ``pod`` resolve names through the name server at ``server`` (a cluster DNS stand-in), as
+        a pod's resolv.conf points at CoreDNS: ``ip netns exec`` mounts /etc/netns/NAMESPACE/resolv.conf
+        over /etc/resolv.conf for what runs in the namespace; removed with the node."""
+        config = Path(NETNS_ETC, self.ns(pod))
+        config.mkdir(parents=True, exist_ok=True)
+        (config / "resolv.conf").write_text(f"nameserver {server}\noptions timeout:2 attempts:1\n")
 
     def add_address(self, pod: str, address: str) -> None:
         """Give ``pod`` one more address (standing for a host outside the cluster, a metadata service),
@@ -114,7 +124,17 @@ def namespace_node(pods: list[str]) -> Iterator[Node]:
             for pid in pids:
                 subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            _remove_etc(ns)
         subprocess.run(["ip", "link", "del", node.bridge], capture_output=True)
+
+
+def _remove_etc(ns: str) -> None:
+    """What ``Node.resolve_with`` wrote for ``ns``; /etc/netns itself too once nobody else's is in it."""
+    shutil.rmtree(Path(NETNS_ETC, ns), ignore_errors=True)
+    try:
+        Path(NETNS_ETC).rmdir()
+    except OSError:
+        pass  # absent, or another run's namespaces still have theirs
 
 
 @contextmanager
@@ -164,3 +184,4 @@ def routed_node(pods: list[str], outside: str = "") -> Iterator[Node]:
             for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
                 subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            _remove_etc(ns)

