@@ -243,7 +243,7 @@ def _scenario_lines(scenarios) -> list[str]:
         lines.append(f"| {r.name} | {tool} | {r.expected.replace('|', ' or ')} | {shown} | {verdict} | "
                      f"{len(r.false_alarms)} |")
     ran = [r for r in scenarios if not r.skipped]
-    lines += ["", "Per expected rule:", "", "| expected rule | scenarios run | detected from the attacker | "
+    lines += ["", "Per expected type or rule:", "", "| expected | scenarios run | detected from the attacker | "
               "alerts on bystanders |", "|---|---:|---:|---:|"]
     for expected in sorted({r.expected for r in ran}):
         rows = [r for r in ran if r.expected == expected]
