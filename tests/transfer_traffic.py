@@ -105,6 +105,21 @@ def forged_syn(sender: str, sport: int, pod: str, dport: int, data: bytes, t: fl
     return frames
 
 
+def forged_handshake(sender: str, sport: int, pod: str, dport: int, data: bytes, t: float) -> list:
+    """A blind sender's SYN from a spoofed outside address, then the file in an ACK segment with a guessed
+    acknowledgement number: the pod's kernel answers the SYN with a SYN-ACK (to an address that never
+    asked) and the segment, whose ACK acknowledges nothing it sent, with a reset (Linux, a request in
+    SYN-RECEIVED: RFC 793's "not acceptable" ACK)."""
+    frames = [Ether() / IP(src=sender, dst=pod) / TCP(sport=sport, dport=dport, flags="S", seq=5000),
+              Ether() / IP(src=pod, dst=sender) / TCP(sport=dport, dport=sport, flags="SA", seq=7000, ack=5001),
+              Ether() / IP(src=sender, dst=pod) / TCP(sport=sport, dport=dport, flags="PA", seq=5001, ack=123456)
+              / Raw(data[:MSS]),
+              Ether() / IP(src=pod, dst=sender) / TCP(sport=dport, dport=sport, flags="R", seq=123456)]
+    for k, f in enumerate(frames):
+        f.time = t + k * 0.01
+    return frames
+
+
 def tls_download(pod: str, server: str, body: bytes, t: float) -> list:
     """The body fetched over real TLS (OpenSSL on both ends, in memory): what the wire carries is records."""
     client_ctx, server_ctx = _tls_contexts()

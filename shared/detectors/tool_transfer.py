@@ -17,11 +17,16 @@ Misses: anything over TLS (HTTPS downloads, a TLS stager); executables inside ar
 stages); a header that starts mid-segment other than right after HTTP response headers; transfers
 from hosts inside the cluster's networks (lateral tool transfer); scripts (shell, Python); a receiver
 that neither opened nor accepted the connection in the record and only reset it, or whose packets the
-sensor did not see (a segment forged from outside, answered by a reset or nothing, is no transfer).
+sensor did not see (a segment forged from outside, answered by a reset or nothing, is no transfer); an
+executable in a SYN's own data (a TCP Fast Open client pushing one: sensor/executables.py never reads a
+SYN's data, whose sender may be spoofed).
 False positives: software that downloads plain executables over HTTP from outside (an old installer,
 an init container fetching a static binary from a vendor's HTTP mirror, a CI runner pulling build
 tools); an artifact repository in the cluster (Nexus, Artifactory) receiving binaries uploaded over
-plain HTTP from outside. Allowlist the workload with the port.
+plain HTTP from outside. Allowlist the workload with the port. A blind, spoofed sender can still frame a
+listening pod: its SYN is answered by the pod's SYN-ACK (the pod "accepted"), and the file then sent in a
+segment of its own is read, though its acknowledgement number is a guess the pod resets; the sensor
+does not check acknowledgement numbers (tests/integration/test_tool_transfer.py, an expected failure).
 
 Score: 1.0 per (receiving workload, outside host), reported once.
 
