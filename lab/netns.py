@@ -38,6 +38,7 @@ class Node:
     host: str = ""  # the namespace of the node's own end of the veths; "" is this one
     uplink: str = ""  # a routed node's link to the outside namespace, in ``host``
     prefix: str = DEFAULT_PREFIX
+    etc_made: bool = False  # resolve_with created /etc/netns: removed with the node once empty
 
     def ns(self, pod: str) -> str:
         return f"{self.prefix}{self.tag}-{pod}"
@@ -62,6 +63,7 @@ class Node:
         a pod's resolv.conf points at CoreDNS: ``ip netns exec`` mounts /etc/netns/NAMESPACE/resolv.conf
         over /etc/resolv.conf for what runs in the namespace; removed with the node."""
         config = Path(NETNS_ETC, self.ns(pod))
+        self.etc_made = self.etc_made or not Path(NETNS_ETC).exists()
         config.mkdir(parents=True, exist_ok=True)
         (config / "resolv.conf").write_text(f"nameserver {server}\noptions timeout:2 attempts:1\n")
 
@@ -124,13 +126,16 @@ def namespace_node(pods: list[str]) -> Iterator[Node]:
             for pid in pids:
                 subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            _remove_etc(ns)
+            _remove_etc(node, ns)
         subprocess.run(["ip", "link", "del", node.bridge], capture_output=True)
 
 
-def _remove_etc(ns: str) -> None:
-    """What ``Node.resolve_with`` wrote for ``ns``; /etc/netns itself too once nobody else's is in it."""
+def _remove_etc(node: Node, ns: str) -> None:
+    """What ``Node.resolve_with`` wrote for ``ns``; /etc/netns itself too when the node created it and
+    nobody else's is in it (one that was there before, even empty, is the machine's, not the lab's)."""
     shutil.rmtree(Path(NETNS_ETC, ns), ignore_errors=True)
+    if not node.etc_made:
+        return
     try:
         Path(NETNS_ETC).rmdir()
     except OSError:
@@ -184,4 +189,4 @@ def routed_node(pods: list[str], outside: str = "") -> Iterator[Node]:
             for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
                 subprocess.run(["kill", "-9", pid], capture_output=True)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            _remove_etc(ns)
+            _remove_etc(node, ns)
