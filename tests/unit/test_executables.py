@@ -139,3 +139,17 @@ def test_the_compiled_and_the_vectorised_dissection_mark_the_same_starts(tmp_pat
     assert np.array_equal(compiled.payload_kind, reference.payload_kind)
     expected = [s.startswith((b"\x7fE", b"MZ")) and n >= 20 for s in starts for n in (19, 20, 21, 900)] + [False]
     assert (compiled.payload_kind == payload_kinds.EXECUTABLE_START).tolist() == expected  # MZ first, not a method
+
+
+def test_a_syns_data_is_never_read_and_a_syn_acks_is(tmp_path):
+    """The file in a SYN (a spoofed sender's, or a TCP Fast Open client's push) is not read, with or
+    without other flags beside the SYN; in a SYN-ACK (a Fast Open server's first data, from a host the pod
+    reached) and in the segments after a handshake it is."""
+    flags = ["S", "SP", "SF", "SE", "SA", "PA", "A"]
+    frames = [Ether() / IP(src="203.0.113.1", dst="10.0.0.5") / TCP(sport=9000, dport=41000 + k, flags=f) /
+              Raw(elf_bytes()[:900]) for k, f in enumerate(flags)]
+    for k, f in enumerate(frames):
+        f.time = T0 + k
+    (batch,) = list(read_capture(write(tmp_path / "syns.pcap", frames)))
+    codes = Executables().codes(batch, dissect(batch))
+    assert codes.tolist() == [Executable.NONE] * 4 + [Executable.ELF] * 3
