@@ -48,7 +48,7 @@ _PORTED = (IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP)
 _DTYPES = {
     "is_ip": bool, "sport": np.uint16, "dport": np.uint16, "proto": np.uint8,
     "ip_len": np.uint32,  # an IPv4 total length of 0 (segmentation offload) takes the 32-bit wire length
-    "tcp_flags": np.uint8, "tcp_seq": np.uint32, "icmp_type": np.int16, "icmp_code": np.int16,
+    "tcp_flags": np.uint8, "tcp_seq": np.uint32, "tcp_ack": np.uint32, "icmp_type": np.int16, "icmp_code": np.int16,
     "icmp_error": bool, "fragment": bool, "truncated": bool, "tunnel_id": np.uint32,
     "payload_pos": np.int32,  # within the captured bytes, or a few KiB past them
     "payload_len": np.uint32, "payload_kind": np.uint8, "rpc_code": np.uint8, "tls_code": np.int32,
@@ -81,6 +81,7 @@ class PacketFields:
     ip_len: np.ndarray  # uint32 IP bytes
     tcp_flags: np.ndarray  # uint8
     tcp_seq: np.ndarray  # uint32: a SYN's tells a retransmission from a new connection; hello segments join by it
+    tcp_ack: np.ndarray  # uint32 acknowledgement number: an executable counts only if it acknowledges the peer's SYN
     icmp_type: np.ndarray  # int16, -1 when not ICMP
     icmp_code: np.ndarray  # int16
     icmp_error: np.ndarray  # bool: an ICMP error, keyed by (and sent toward the initiator of) the flow it quotes
@@ -210,8 +211,8 @@ def dissect(batch: PacketBatch) -> PacketFields:
         np.ascontiguousarray, (batch.data, batch.offset, batch.caplen, batch.wirelen, batch.linktype))
     dissect_batch(
         data, offset, caplen, wirelen, linktype, out.is_ip, out.src, out.dst,
-        out.sport, out.dport, out.proto, out.ip_len, out.tcp_flags, out.tcp_seq, out.icmp_type, out.icmp_code,
-        out.icmp_error, out.fragment, out.truncated, out.tunnel_src, out.tunnel_dst, out.tunnel_id,
+        out.sport, out.dport, out.proto, out.ip_len, out.tcp_flags, out.tcp_seq, out.tcp_ack, out.icmp_type,
+        out.icmp_code, out.icmp_error, out.fragment, out.truncated, out.tunnel_src, out.tunnel_dst, out.tunnel_id,
         out.payload_pos, out.payload_len, out.payload_kind,
     )
     return out
@@ -365,6 +366,7 @@ def _transport(view: _View, l4: np.ndarray, out: PacketFields) -> None:
     tcp = first & (out.proto == IPPROTO_TCP) & view.has(l4, 14)
     out.tcp_flags[:] = view.read_where(tcp, l4 + 13, 1)
     out.tcp_seq[:] = view.read_where(tcp, l4 + 4, 4)
+    out.tcp_ack[:] = view.read_where(tcp, l4 + 8, 4)
     udp = ports_ok & (out.proto == IPPROTO_UDP)
     header = np.where(tcp, (view.read_where(tcp, l4 + 12, 1) >> 4) * 4, np.where(udp, 8, 0))
     out.payload_pos[:] = np.where(tcp | udp, l4 + header, 0)

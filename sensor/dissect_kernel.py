@@ -91,7 +91,7 @@ def _link(data, base, caplen, linktype, p) -> tuple[int, int]:
 @njit(cache=True, nogil=True)
 def _ip_transport(data, base, caplen, wirelen, l3, et):
     """(is_ip, s0, s1, d0, d1, sport, dport, proto, ip_len, flags, seq, icmp_type, icmp_code, fragment,
-    truncated, payload_pos, payload_len, l4) of the IP packet at ``l3``."""
+    truncated, payload_pos, payload_len, l4, ack) of the IP packet at ``l3``."""
     b0 = _rd(data, base, caplen, l3, 1)
     v4 = et == 0x0800 and (b0 >> 4) == 4
     v6 = et == 0x86DD and (b0 >> 4) == 6
@@ -101,7 +101,7 @@ def _ip_transport(data, base, caplen, wirelen, l3, et):
     truncated = (v4 or v6) and not (v4_ok or v6_ok)
     z = np.uint64(0)
     if not (v4_ok or v6_ok):
-        return False, z, z, z, z, 0, 0, 0, 0, 0, 0, -1, -1, False, truncated, 0, 0, l3
+        return False, z, z, z, z, 0, 0, 0, 0, 0, 0, -1, -1, False, truncated, 0, 0, l3, 0
     fragment = False
     if v4_ok:
         l4 = l3 + ihl
@@ -137,7 +137,7 @@ def _ip_transport(data, base, caplen, wirelen, l3, et):
     ip_len = max(total, l4 - l3)
     payload_len = 0 if fragment else max(total - (l4 - l3), 0)
 
-    sport = dport = flags = seq = payload_pos = 0
+    sport = dport = flags = seq = ack = payload_pos = 0
     icmp_type = icmp_code = -1
     if not fragment:
         tcp = udp = False
@@ -152,6 +152,7 @@ def _ip_transport(data, base, caplen, wirelen, l3, et):
             tcp = True
             flags = _rd(data, base, caplen, l4 + 13, 1)
             seq = _rd(data, base, caplen, l4 + 4, 4)
+            ack = _rd(data, base, caplen, l4 + 8, 4)
         icmp = (proto == 1 or proto == 58) and l4 + 2 <= caplen
         if tcp or udp or icmp:  # an ICMP message's data follows its 8-byte header
             header = (_rd(data, base, caplen, l4 + 12, 1) >> 4) * 4 if tcp else 8
@@ -165,7 +166,7 @@ def _ip_transport(data, base, caplen, wirelen, l3, et):
             if (icmp_type == 8 or icmp_type == 128 or icmp_type == 0 or icmp_type == 129) and l4 + 8 <= caplen:
                 sport = dport = _rd(data, base, caplen, l4 + 4, 2)  # the echo identifier tells pings apart
     return (True, s0, s1, d0, d1, sport, dport, proto, ip_len, flags, seq, icmp_type, icmp_code, fragment,
-            truncated, payload_pos, payload_len, l4)
+            truncated, payload_pos, payload_len, l4, ack)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -182,7 +183,7 @@ def _packet(data, base, caplen, wirelen, linktype, p):
         g = _ip_transport(data, base, caplen, wirelen, l4 + 8, inner_et)
         if g[0]:
             return (True, g[3], g[4], g[1], g[2], g[6], g[5], g[7], f[8], 0, f[10], f[11], f[12], False, f[14],
-                    0, 0, l4, True)
+                    0, 0, l4, f[18], True)
     return f + (False,)
 
 
@@ -246,14 +247,14 @@ def _request_line(data, base, caplen, pos, size) -> bool:
 
 @njit(cache=True, nogil=True)
 def dissect_batch(data, offset, caplen, wirelen, linktype, is_ip, src, dst, sport, dport, proto, ip_len,
-                  tcp_flags, tcp_seq, icmp_type, icmp_code, icmp_error, fragment, truncated, tunnel_src,
+                  tcp_flags, tcp_seq, tcp_ack, icmp_type, icmp_code, icmp_error, fragment, truncated, tunnel_src,
                   tunnel_dst, tunnel_id, payload_pos, payload_len, payload_kind) -> None:
     """Fill the PacketFields arrays of a batch, one packet at a time."""
     for i in range(len(offset)):
         base, cl, wl = offset[i], caplen[i], wirelen[i]
         f = _packet(data, base, cl, wl, linktype[i], 0)
         tunnelled = False
-        if f[0] and not f[13] and f[7] == 17 and not f[18] and (f[6] == 4789 or f[6] == 8472 or f[6] == 6081):
+        if f[0] and not f[13] and f[7] == 17 and not f[19] and (f[6] == 4789 or f[6] == 8472 or f[6] == 6081):
             at = f[17]
             first = _rd(data, base, cl, at + 8, 1)
             geneve = f[6] == 6081
@@ -275,10 +276,10 @@ def dissect_batch(data, offset, caplen, wirelen, linktype, is_ip, src, dst, spor
         is_ip[i] = f[0]
         src[i, 0], src[i, 1], dst[i, 0], dst[i, 1] = f[1], f[2], f[3], f[4]
         sport[i], dport[i], proto[i], ip_len[i] = f[5], f[6], f[7], f[8]
-        tcp_flags[i], tcp_seq[i], icmp_type[i], icmp_code[i] = f[9], f[10], f[11], f[12]
+        tcp_flags[i], tcp_seq[i], tcp_ack[i], icmp_type[i], icmp_code[i] = f[9], f[10], f[18], f[11], f[12]
         fragment[i], truncated[i], payload_pos[i], payload_len[i] = f[13], f[14], f[15], f[16]
-        icmp_error[i] = f[18]
-        payload_kind[i] = _payload_kind(data, base, cl, f[0], f[7], f[11], f[18], f[15], f[16])
+        icmp_error[i] = f[19]
+        payload_kind[i] = _payload_kind(data, base, cl, f[0], f[7], f[11], f[19], f[15], f[16])
         if not tunnelled:
             tunnel_src[i, 0] = tunnel_src[i, 1] = tunnel_dst[i, 0] = tunnel_dst[i, 1] = 0
             tunnel_id[i] = 0

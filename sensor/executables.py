@@ -10,6 +10,13 @@ Archives (gzip, a .deb's ``!<arch>``, zip) and anything over TLS are not executa
 a SYN that is not a SYN-ACK: its sender has no connection yet, and its address may be spoofed (the pod's
 SYN-ACK goes to whoever the address belongs to), so it says nothing anyone sent to the pod; a TCP Fast
 Open server's SYN-ACK data comes from a host the pod did reach.
+The codes here are per packet; the flow table keeps one for its side only when the segment's
+acknowledgement number acknowledges the other side's SYN and no more than the other side sent
+(sensor/flow_kernel.py _acknowledges), as the receiving TCP requires before it takes the data: a blind
+sender, its address spoofed, never sees the SYN-ACK whose sequence number it would have to acknowledge,
+and its guess is reset. When the other side's SYN was not seen (a capture or sensor started
+mid-connection) any acknowledgement counts; when the sensor lost the segments being acknowledged, the
+executable is missed.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from kubesonar.sensor.flow_layout import (
     ICMP_SIZES_LO,
     ICMP_TYPE,
     INIT_IS_A,
+    ISN_A,
     LAST_TS,
     LIVE,
     META_FREE_TOP,
@@ -50,6 +51,7 @@ from kubesonar.sensor.flow_layout import (
     REC_START,
     RPC,
     SEG_BATCH,
+    SENT_A,
     SMALL_TS_A,
     STAMP,
     SYN_SEQ,
@@ -76,6 +78,11 @@ BURST_NS = 1_000_000_000
 BEAT_TOLERANCE = 0.05
 _COUNT_MAX = 0xFFFF
 _ICMP_SIZE_BUCKETS = 127  # a prime: sizes that collide differ by a multiple of it
+_SEQ_MASK = (1 << 32) - 1
+_SEQ_AHEAD = 1 << 31  # serial number arithmetic (RFC 1982): less than 2^31 past a sequence number is after it
+# the largest window TCP can advertise (65535 << 14): an acknowledgement further behind what was sent is
+# accepted by no stack (RFC 5961's MAX.SND.WND), so the span allowed never grows past it
+_MAX_WINDOW = 1 << 30
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -183,8 +190,45 @@ def _start_connection(s, num, numf) -> None:
         num[s, c] = 0
     numf[s, GAP_SQ_A] = 0.0
     numf[s, GAP_SQ_A + 1] = 0.0
-    for c in (SMALL_TS_A, SMALL_TS_A + 1, BURST_TS_A, BURST_TS_A + 1):
+    for c in (SMALL_TS_A, SMALL_TS_A + 1, BURST_TS_A, BURST_TS_A + 1, ISN_A, ISN_A + 1):
         num[s, c] = -1
+    num[s, SENT_A] = 0
+    num[s, SENT_A + 1] = 0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _track_sequence(s, side, flags, seq, payload_len, num) -> None:
+    """Follow a side's sequence space: the initial sequence number of its SYN (or SYN-ACK), then how far
+    past it its segments reached. A reset's sequence number is no data sent: a pod answers a segment
+    whose acknowledgement number it rejects with a reset carrying that number as its sequence number,
+    which would otherwise make the guess right for the sender's next segment."""
+    if flags & _RST:
+        return
+    if flags & _SYN and seq != num[s, ISN_A + side]:  # a retransmitted SYN keeps what followed it
+        num[s, ISN_A + side] = seq
+        num[s, SENT_A + side] = 0
+    isn = num[s, ISN_A + side]
+    if isn < 0:
+        return
+    end = seq + payload_len + (1 if flags & _SYN else 0) + (1 if flags & _FIN else 0)
+    ahead = (end - isn - 1 - num[s, SENT_A + side]) & _SEQ_MASK
+    if ahead < _SEQ_AHEAD:  # else a retransmission, or a segment out of order: behind, not ahead
+        num[s, SENT_A + side] += ahead
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _acknowledges(s, other, flags, ack, num) -> bool:
+    """Whether a segment's acknowledgement number acknowledges the other side's SYN and no more than the
+    other side sent, as the receiving TCP requires before it takes the data (RFC 793's acceptable ACK).
+    A blind sender, whose address is spoofed, never sees the SYN-ACK it would have to acknowledge. Any
+    number when the other side's SYN was not seen (a capture or a sensor that started mid-connection, a
+    record after an idle gap)."""
+    isn = num[s, ISN_A + other]
+    if isn < 0:
+        return True
+    sent = num[s, SENT_A + other]
+    behind = (sent - (ack - isn - 1)) & _SEQ_MASK  # how far behind the furthest the other side reached
+    return (flags & _ACK) != 0 and behind <= min(sent, _MAX_WINDOW)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -252,7 +296,7 @@ def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, host_cod
 
 
 @njit(cache=True, nogil=True)
-def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq, icmp_type, icmp_code,
+def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq, tcp_ack, icmp_type, icmp_code,
                 icmp_error, tunnel_src, tunnel_dst, tunnel_id, rpc_code, payload_len, payload_kind, tls_code, host_code,
                 icmp_size, icmp_odd, exec_code, ts_all, start, batch, idle_ns, active_ns, key, tun, num, numf, index,
                 free, meta, out_key, out_tun, out_num, out_reason, n_out) -> tuple[int, int]:
@@ -369,8 +413,13 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
             tun[row, 2], tun[row, 3] = tunnel_dst[i, 0], tunnel_dst[i, 1]
             tun[row, 4] = np.uint64(tunnel_id[i])
         num[row, RPC] = max(num[row, RPC], np.int64(rpc_code[i]))
-        num[row, EXEC] |= np.int64(exec_code[i]) << (2 * from_b)
         pl = np.int64(payload_len[i])
+        code = exec_code[i]
+        # an executable counts when the receiver's TCP takes the segment (sensor/executables.py)
+        if code != 0 and _acknowledges(row, 1 - from_b, flags, np.int64(tcp_ack[i]), num):
+            num[row, EXEC] |= np.int64(code) << (2 * from_b)
+        if pr == 6:
+            _track_sequence(row, from_b, flags, np.int64(tcp_seq[i]), pl, num)
         small = (1 <= pl <= SMALL_PAYLOAD) or ((pr == _ICMP or pr == _ICMPV6) and not err and it >= 0
                                                and pl <= SMALL_PAYLOAD)
         _account_payload(row, from_b, ts, small, icmp_size[i], icmp_odd[i], tls_code[i], host_code[i],

@@ -25,7 +25,11 @@ HOST_A, HOST_B = 39, 40
 BEAT_A, BEAT_B, BEAT_AT_A, BEAT_AT_B = 41, 42, 43, 44
 # per record: the executable headers each side sent (sensor/executables.py), side A's in bits 0-1, B's in 2-3
 EXEC = 45
-N_COLS = 46
+# per connection and side, what an acknowledgement of it may say (sensor/flow_kernel.py _acknowledges): the
+# initial sequence number of its last SYN (-1: none seen) and how far past it its segments reached (the
+# sequence space it sent, unwrapped)
+ISN_A, ISN_B, SENT_A, SENT_B = 46, 47, 48, 49
+N_COLS = 50
 
 # meta: allocation state shared with Python
 META_NEXT_SLOT, META_FREE_TOP, META_LIVE = 0, 1, 2

@@ -290,7 +290,7 @@ class FlowTable:
         while True:
             done, n_out = kernel.add_packets(
                 b.order, pf.src, pf.dst, pf.sport, pf.dport, pf.proto, pf.ip_len, pf.tcp_flags, pf.tcp_seq,
-                pf.icmp_type, pf.icmp_code, pf.icmp_error, pf.tunnel_src, pf.tunnel_dst, pf.tunnel_id,
+                pf.tcp_ack, pf.icmp_type, pf.icmp_code, pf.icmp_error, pf.tunnel_src, pf.tunnel_dst, pf.tunnel_id,
                 pf.rpc_code, pf.payload_len, pf.payload_kind, pf.tls_code, pf.host_code, pf.icmp_size, pf.icmp_odd,
                 pf.exec_code, b.ts, done, self._batches, self.timeouts.idle_ns, self.timeouts.active_ns, t.key, t.tun,
                 t.num, t.num.view(np.float64), t.index, t.free, t.meta, out_key, out_tun, out_num, out_reason, n_out,

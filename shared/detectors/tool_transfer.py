@@ -23,10 +23,11 @@ SYN's data, whose sender may be spoofed).
 False positives: software that downloads plain executables over HTTP from outside (an old installer,
 an init container fetching a static binary from a vendor's HTTP mirror, a CI runner pulling build
 tools); an artifact repository in the cluster (Nexus, Artifactory) receiving binaries uploaded over
-plain HTTP from outside. Allowlist the workload with the port. A blind, spoofed sender can still frame a
-listening pod: its SYN is answered by the pod's SYN-ACK (the pod "accepted"), and the file then sent in a
-segment of its own is read, though its acknowledgement number is a guess the pod resets; the sensor
-does not check acknowledgement numbers (tests/integration/test_tool_transfer.py, an expected failure).
+plain HTTP from outside. Allowlist the workload with the port. A blind, spoofed sender does not frame a
+listening pod: its SYN is answered by the pod's SYN-ACK (the pod "accepted"), but the sensor keeps an
+executable only from a segment whose acknowledgement number acknowledges the other side's SYN and no
+more than it sent (sensor/flow_kernel.py _acknowledges), which a sender that never saw the SYN-ACK
+guesses right once in 2^32. Where the sensor did not see that SYN (mid-connection) any number counts.
 
 Score: 1.0 per (receiving workload, outside host), reported once.
 

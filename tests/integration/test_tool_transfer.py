@@ -87,8 +87,6 @@ def test_a_forged_segment_no_pod_took_part_in_raises_nothing(tmp_path):
 
 
 
-@pytest.mark.xfail(strict=True, reason="the sensor does not check that the segment acknowledges the pod's "
-                   "SYN-ACK: a blind sender's SYN, answered, then its data in a later segment, frames the pod")
 def test_a_blind_handshake_then_the_file_frames_no_pod(tmp_path):
     """c1580b1 took data out of SYNs, but a blind sender needs no data in its SYN: the pod's SYN-ACK answers
     the spoofed SYN (its flags then say it "accepted"), and the file follows in a segment of its own whose
