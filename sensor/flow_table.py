@@ -365,7 +365,7 @@ def _records(key: np.ndarray, tun: np.ndarray, num: np.ndarray, reason, tls: Tls
     cols["src_port"] = np.where(init_is_a, port_a, port_b).astype(np.uint16)
     cols["dst_port"] = np.where(init_is_a, port_b, port_a).astype(np.uint16)
     cols["proto"] = proto.astype(np.uint8)
-    # copies, not views: a view of one column keeps all of ``num`` (41 columns a row) alive with the records
+    # copies, not views: a view of one column keeps all of ``num`` (N_COLS columns a row) alive with the records
     cols["first_ts"] = num[:, layout.FIRST_TS].copy()
     cols["last_ts"] = num[:, layout.LAST_TS].copy()
     cols["packets_out"] = pkts[rows, out_col].astype(np.uint64)
