@@ -74,7 +74,6 @@ class IcmpWindow:
     odd_from_first: int = 0  # odd messages in flows the pair's first end initiated
     one_inside: bool = False  # one end is inside the cluster (the first), the other outside
     alarm: bool = False
-    reported: bool = False  # an end was reported (a document of before reported_ends: some end, unknown)
     reported_ends: list[str] = field(default_factory=list)
 
 
@@ -106,7 +105,8 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
         return {"windows": [[*pair, vars(w)] for pair, w in state.windows.items()]}
 
     def _decode(self, document: dict[str, Any]) -> IcmpState:
-        return IcmpState({Pair(source, peer): IcmpWindow(**w) for source, peer, w in document["windows"]})
+        return IcmpState({Pair(source, peer): _stored_window(source, peer, w)
+                          for source, peer, w in document["windows"]})
 
     def _assess(self, batch: Batch) -> _Assessment:
         out = _Assessment()
@@ -148,7 +148,7 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
             if w is not None and key in changed:  # a window that ends inside this batch is judged before it goes
                 out.scores += self._score(key, w, flows, changed.pop(key))
             alarmed = bool(w and w.alarm)
-            w = out.windows[key] = IcmpWindow(ts, ts, alarm=alarmed, reported=alarmed,
+            w = out.windows[key] = IcmpWindow(ts, ts, alarm=alarmed,
                                               reported_ends=list(w.reported_ends) if w and alarmed else [])
         return w
 
@@ -164,7 +164,6 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
         """One score per end named: the inside end, else each end that initiated odd messages."""
         reasons = self._reasons(w)
         alarm = bool(reasons) or w.alarm
-        legacy = w.reported and not w.reported_ends  # reported before ends were kept: report no end again
         w.alarm = alarm
         # odd messages (with their echoes) in the flows each end started
         sent = ((key.source, key.target, w.odd_from_first), (key.target, key.source, w.odd_messages - w.odd_from_first))
@@ -172,9 +171,9 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
         mean_payload = w.odd_payload_bytes / w.odd_flow_packets if w.odd_flow_packets else 0.0
         scores = []
         for named, peer, started in ends:
-            fresh = alarm and not legacy and named not in w.reported_ends
+            fresh = alarm and named not in w.reported_ends
             if fresh:
-                w.reported, w.reported_ends = True, [*w.reported_ends, named]
+                w.reported_ends = [*w.reported_ends, named]
             evidence = {"peer": peer, "odd_messages": w.odd_messages, "odd_in_flows_it_started": started,
                         "odd_non_echo_messages": w.odd_non_echo,
                         "most_payload_sizes": w.most_sizes, "mean_payload_bytes": round(mean_payload, 1),
@@ -195,3 +194,12 @@ class IcmpTunnelingDetector(Detector[IcmpState, _Assessment]):
             self.state.windows.update(assessment.windows)
             self.state.windows = bounded(self.state.windows, self.max_pairs)
             self.touched = True
+
+
+def _stored_window(source: str, peer: str, stored: dict[str, Any]) -> IcmpWindow:
+    """A stored window; one of a document written before ends were kept says only that some end was
+    reported (``reported``), so both count as reported: no end is reported again."""
+    w = dict(stored)
+    if w.pop("reported", False) and not w.get("reported_ends"):
+        w["reported_ends"] = [source, peer]
+    return IcmpWindow(**w)
