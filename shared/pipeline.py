@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from kubesonar.shared import identity, outbox
@@ -276,7 +276,7 @@ def _apply_detectors(deps: Dependencies, cluster: str, items: list[tuple[str, Ba
             fresh.append(batch)
             found.extend((item_id, f) for f in made)
             if made:
-                replay_log[batch_key(batch)] = [asdict(f) for f in made]
+                replay_log[batch_key(batch)] = [f.document() for f in made]
         applied.forget_older_than(now)
         while len(replay_log) > _APPLIED_KEEP:
             del replay_log[next(iter(replay_log))]

@@ -55,6 +55,7 @@ class Score:
     identity: tuple[str, ...] = ()  # what tells apart two alerts of one rule about one subject
     destination: dict[str, Any] | None = None  # ip, port: what allowlists match a port against
     needs_baseline: bool | None = None  # compares the subject with its past; None: the detector's declaration
+    severity: str | None = None  # the alert's when not the rule's (a rule that judges two ways)
 
     @property
     def flagged(self) -> bool:
@@ -68,7 +69,7 @@ def decide_alarms(rule_id: str, scores: list[Score]) -> list[Finding]:
 
     return [
         Finding(type=rule_id, source=s.endpoint, first_seen_ns=s.first_seen_ns, last_seen_ns=s.last_seen_ns,
-                evidence=s.evidence, identity=s.identity, destination=s.destination)
+                evidence=s.evidence, identity=s.identity, destination=s.destination, severity=s.severity)
         for s in scores
         if s.alarm and s.fresh and not s.warming_up
     ]

@@ -1,4 +1,4 @@
-"""Reverse shell: a server workload holding a human-driven interactive session with a host outside.
+"""Reverse shell: a workload holding a human-driven interactive session with a host outside.
 
 A reverse shell is a connection the victim opens out to the attacker's listener; the attacker then
 types into it. What the flow shows (flow schema 4's gap statistics of each side's small packets):
@@ -12,19 +12,28 @@ types into it. What the flow shows (flow schema 4's gap statistics of each side'
   outside before this batch), and not a session that named a host (a TLS SNI, or the Host of a
   plain-HTTP request it opened with: a websocket or a long poll): services are reached by name, shells
   by address and port.
-The source's role decides: a workload that answers other hosts' connections (shared/roles.py) opening
-such a session is the signal, and is reported; a client-only workload's session is scored 0.5 and kept
-as evidence, not reported (developers' interactive tools, chat bots on a push socket). The role is
-observed, not learned, so this rule judges from the first window whatever the learning period.
+A controller is one host: a protocol the workload speaks on one port with MESH_PEERS or more hosts
+outside in the batch is a mesh (a P2P network's gossip, whose messages arrive as irregularly as a
+person's; a cluster of brokers or databases), not a shell, and is not reported.
+The source's role sets how sure it is: a workload that answers other hosts' connections
+(shared/roles.py) opening such a session is what a compromised service does, reported at the rule's
+severity (critical). A workload that serves nothing (a Job, a worker, a supply-chain implant in a
+build) is reported at CLIENT_SEVERITY on a port past the system range (1024 and up): the well-known
+ports below are the services people drive by hand (SSH, telnet, FTP), and its session there is scored
+0.5 and kept as evidence, not reported. The role is observed, not learned, so this rule judges from
+the first window whatever the learning period.
 
-Catches: nc, socat, bash /dev/tcp and Metasploit reverse_tcp shells from a compromised service, on
-any port it does not use, pty or not. Misses: shells from workloads that serve nothing (Jobs, workers
-without probes); shells over TLS with an SNI, or through a port the workload already uses; scripted
-shells driven by a machine at machine pace; everything before the sensor fills schema 4's gap columns.
-False positives: a server workload with an interactive remote session it was built for (an SSH or
-database client in a debug container of a served pod): allowlist the workload and port.
+Catches: nc, socat, bash /dev/tcp and Metasploit reverse_tcp shells, on any port the workload does not
+use, pty or not; RAT sessions an operator drives by address (njRAT's to its port 39556). Misses:
+shells from workloads that serve nothing on a system port (22, 53, 443: protocol_mismatch judges 80 and
+443); shells over TLS with an SNI, or through a port the workload already uses or speaks with several
+hosts; scripted shells driven by a machine at machine pace; everything before the sensor fills schema
+4's gap columns.
+False positives: an interactive remote session a workload was built for, or one run by hand from a debug
+pod (a database console to an address outside, on its port): allowlist the workload and port.
 
-Score: 1.0 for a server's session, 0.5 for a client's; the evidence holds both sides' gap figures.
+Score: 1.0 for a server's session, 0.5 for a client's; the evidence holds the role and both sides' gap
+figures.
 
 Example:
     >>> d = ReverseShellDetector()
@@ -59,6 +68,9 @@ HUMAN_GAP_S = (0.1, 60.0)  # human reaction time up to nobody at the keyboard
 # real pty session's CV down to about 0.3 (lab scenario)
 JITTERED_TIMER_CV = 0.4 / math.sqrt(3)
 MIN_GAPS_IN, MIN_GAPS_OUT = 8, 4
+MESH_PEERS = 3  # hosts outside one workload speaks a port with at once: a mesh, as beaconing's 3 workloads a service
+SYSTEM_PORTS_END = 1024  # IANA's system ports: the services people drive by hand
+CLIENT_SEVERITY = "high"  # a session from a workload that serves nothing: a debug pod's console is one too
 _PORTS_KEPT = 64  # per subject: the ports it reached outside
 
 
@@ -112,17 +124,18 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
         self._ports_used(flows, out)
         roles = merge_servers(self.state.servers, out.servers, self.max_subjects)
         rows = self.zones.outside(flows, np.flatnonzero(_interactive(flows)))
+        meshes = self._meshes(flows) if len(rows) else set()
         reported: set[Pair] = set()
         for row, key in zip(rows.tolist(), subject_keys(flows, rows), strict=True):
             port = int(flows["dst_port"][row])
             known = self.state.ports.get(key)
-            if known is not None and port in known.ports:
+            if (known is not None and port in known.ports) or (key, port) in meshes:
                 continue
             pair = Pair(key, f"{address_text(flows['dst_addr'][row])}:{port}")
             if pair in reported:
                 continue
             server = key in roles
-            alarm = server
+            alarm = server or port >= SYSTEM_PORTS_END
             fresh = alarm and pair not in self.state.reported
             reported.add(pair)
             evidence = {"destination": pair.target, "role": "server" if server else "client",
@@ -130,8 +143,21 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
             out.scores.append(Score(pair, 1.0 if server else 0.5, alarm, source_endpoint(flows, row),
                                     int(flows["conn_start"][row]), int(flows["last_ts"][row]), evidence, fresh=fresh,
                                     identity=(pair.target,), destination={"ip": pair.target.rsplit(":", 1)[0],
-                                                                          "port": port}))
+                                                                          "port": port},
+                                    severity=None if server else CLIENT_SEVERITY))
         return out
+
+    def _meshes(self, flows: FlowRecords) -> set[tuple[str, int]]:
+        """(subject, port) pairs of this batch whose subject spoke the port with MESH_PEERS or more hosts
+        outside, over TCP."""
+        rows = self.zones.outside(flows, np.flatnonzero(flows["proto"] == IPPROTO_TCP))
+        if not len(rows):
+            return set()
+        peers: dict[tuple[str, int], set[bytes]] = {}
+        for key, port, addr in zip(subject_keys(flows, rows), flows["dst_port"][rows].tolist(),
+                                   flows["dst_addr"][rows].tolist(), strict=True):
+            peers.setdefault((key, port), set()).add(addr)
+        return {pair for pair, hosts in peers.items() if len(hosts) >= MESH_PEERS}
 
     def _ports_used(self, flows: FlowRecords, out: _Assessment) -> None:
         """The ports each subject reached outside in this batch (joined after scoring: a session's own

@@ -1,8 +1,8 @@
 """The evaluation's attack scenarios, each with real tools in a lab node (scans, brute force, mining,
 metadata theft, beacons over HTTP and TLS, iodine, dns2tcp, a tunnel over DNS/TCP to dnsmasq, ptunnel-ng,
-ncat and socat reverse shells, a RAT protocol on port 80, cleartext HTTP on 443, an ELF fetched by curl
-over HTTP and one sent by an ncat listener, a multi-stage infection from `curl | sh` to a reverse shell,
-an HTTP implant's few POSTs to its server by name),
+ncat and socat reverse shells (one from a worker that serves nothing), a RAT protocol on port 80,
+cleartext HTTP on 443, an ELF fetched by curl over HTTP and one sent by an ncat listener, a multi-stage
+infection from `curl | sh` to a reverse shell, an HTTP implant's few POSTs to its server by name),
 scored cold as `kubesonar analyze` scores a capture: the attacker is named by an alert of the type (or
 rule) the scenario expects, and no pod that did nothing wrong is named by any rule."""
 

@@ -85,3 +85,30 @@ def test_the_console_list_and_alerts_show_name_the_rule_and_offer_it_as_a_filter
     assert f'href="/alerts/{scan["id"]}">port_scan</a>' in page
     assert '<option value="reverse_shell">' in page and '<option value="unusual_destination">' in page
     assert render_text(shell).splitlines()[0].endswith(f"{shell['title']} (unusual_destination/reverse_shell)")
+
+
+def test_a_finding_surer_than_before_raises_its_alerts_severity_and_triage_tells_it_escalated():
+    """reverse_shell judges two ways: a session from a workload serving nothing is high, the same session
+    once its workload is seen serving is critical; the alert (one id) takes the higher, never a lower."""
+    from kubesonar.shared.alerts import merge_alert
+    from kubesonar.shared.triage import on_detection
+
+    source = {"ip": "10.0.0.7", "namespace": "shop", "workload": "shop/Deployment/web"}
+    client = Finding("reverse_shell", source, 1, 2, {"role": "client"}, identity=("203.0.113.9:4444",),
+                     severity="high")
+    server = Finding("reverse_shell", source, 3, 4, {"role": "server"}, identity=("203.0.113.9:4444",))
+    first = new_alert(client, "prod")
+    assert first["severity"] == "high" and first["id"] == new_alert(server, "prod")["id"]
+    raised = merge_alert(first, server)
+    assert raised["severity"] == "critical"
+    assert on_detection(first, raised, 5)[1] == "escalated"
+    assert merge_alert(raised, client)["severity"] == "critical"
+
+
+def test_a_finding_at_its_rules_severity_is_kept_as_before_so_the_version_before_reads_the_replay_log():
+    source = {"ip": "10.0.0.7"}
+    plain = Finding("port_scan", source, 1, 2, {}, identity=("x",))
+    assert "severity" not in plain.document()  # Finding(**document) of the code before takes no severity
+    assert Finding(**{**plain.document(), "identity": ("x",)}) == plain
+    surer = Finding("reverse_shell", source, 1, 2, {}, severity="high")
+    assert surer.document()["severity"] == "high"

@@ -218,15 +218,32 @@ def test_a_long_quiet_connection_is_reported_from_a_workload_that_does_not_hold_
 # -- reverse shells ----------------------------------------------------------------------------------------
 
 
-def test_a_server_workload_typing_into_a_shell_outside_is_reported_a_client_only_scored():
+def test_a_server_workloads_shell_is_critical_one_from_a_workload_serving_nothing_high_off_system_ports():
     d = ReverseShellDetector()
+    worker = ("shop", "Job", "migrate")
     rows = [_served("10.1.0.5", T0), shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S, src_workload=WEB),
-            shell_session("10.1.0.9", "203.0.113.78", T0 + 10 * S, src_workload=WORKER)]
+            shell_session("10.1.0.9", "203.0.113.78", T0 + 10 * S, src_workload=WORKER),
+            shell_session("10.1.0.11", "203.0.113.79", T0 + 10 * S, src_workload=worker, dport=22)]
     scores = scores_of(d, c2_flows(rows))
-    assert [(s.endpoint["workload"], s.score, s.alarm) for s in scores] == [
-        ("shop/Deployment/web", 1.0, True), ("shop/Deployment/worker", 0.5, False)]
+    assert [(s.endpoint["workload"], s.score, s.alarm, s.evidence["role"]) for s in scores] == [
+        ("shop/Deployment/web", 1.0, True, "server"), ("shop/Deployment/worker", 0.5, True, "client"),
+        ("shop/Job/migrate", 0.5, False, "client")]  # port 22: a person's SSH session, as likely as a shell
+    assert [f.alert_severity() for f in d.decide(scores)] == ["critical", "high"]
     again = scores_of(d, c2_flows([shell_session("10.1.0.5", "203.0.113.77", T0 + HOUR, src_workload=WEB)]))
     assert [(s.alarm, s.fresh) for s in again] == [(True, False)]  # its port was never learned as used
+
+
+@pytest.mark.parametrize("peers, reported", [(1, True), (2, True), (3, False), (6, False)])
+@pytest.mark.parametrize("served", [True, False])
+def test_a_port_spoken_with_several_hosts_outside_is_a_mesh_not_a_shell(peers, reported, served):
+    """A P2P node's peers send irregularly, as a person types (Bitcoin's inv messages: the hard negative
+    pcaps/crypto_p2p/ndpi_bitcoin.pcap, 6 peers on 8333); a controller is one host."""
+    d = ReverseShellDetector()
+    rows = [_served("10.1.0.5", T0)] if served else []
+    rows.append(shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S, src_workload=WEB, dport=8333))
+    rows += [{"src": "10.1.0.5", "dst": f"198.51.100.{k}", "t": T0 + 10 * S, "dport": 8333, "src_workload": WEB}
+             for k in range(1, peers)]
+    assert bool(_alarms(d, rows)) == reported
 
 
 @pytest.mark.parametrize("gaps, cv, shell", [
