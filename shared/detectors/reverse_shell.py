@@ -20,8 +20,9 @@ The source's role sets how sure it is: a workload that answers other hosts' conn
 severity (critical). A workload that serves nothing (a Job, a worker, a supply-chain implant in a
 build) is reported at CLIENT_SEVERITY on a port past the system range (1024 and up): the well-known
 ports below are the services people drive by hand (SSH, telnet, FTP), and its session there is scored
-0.5 and kept as evidence, not reported. The role is observed, not learned, so this rule judges from
-the first window whatever the learning period.
+0.5 and kept as evidence, not reported. A session reported from a client is reported again once its
+workload is seen serving (one alert, escalated to critical). The role is observed, not learned, so this
+rule judges from the first window whatever the learning period.
 
 Catches: nc, socat, bash /dev/tcp and Metasploit reverse_tcp shells, on any port the workload does not
 use, pty or not; RAT sessions an operator drives by address (njRAT's to its port 39556). Misses:
@@ -84,7 +85,9 @@ class PortsUsed:
 class ReverseShellState:
     servers: dict[str, int] = field(default_factory=dict)  # subject -> last time it answered a connection
     ports: dict[str, PortsUsed] = field(default_factory=dict)  # subject -> ports it reached outside
-    reported: dict[Pair, None] = field(default_factory=dict)  # (subject, address:port), oldest first
+    # (subject, address:port) -> the role it was reported from, oldest first: one reported from a client
+    # is reported again, surer, once its workload is seen serving (its alert escalates to critical)
+    reported: dict[Pair, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,14 +109,19 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
         return ReverseShellState()
 
     def _encode(self, state: ReverseShellState) -> dict[str, Any]:
+        # every reported pair in "reported", as the version before wrote it (it reads this document too)
         return {"servers": state.servers, "ports": {k: vars(p) for k, p in state.ports.items()},
-                "reported": [list(p) for p in state.reported]}
+                "reported": [list(p) for p in state.reported],
+                "reported_from_client": [list(p) for p, role in state.reported.items() if role == "client"]}
 
     def _decode(self, document: dict[str, Any]) -> ReverseShellState:
+        # a document of the version before reported servers only, and has no "reported_from_client"
+        from_client = {Pair(*p) for p in document.get("reported_from_client", ())}
         return ReverseShellState({k: int(v) for k, v in document["servers"].items()},
                                  {k: PortsUsed(list(p["ports"]), int(p["last_ns"]))
                                   for k, p in document["ports"].items()},
-                                 dict.fromkeys(Pair(*p) for p in document["reported"]))
+                                 {(pair := Pair(*p)): "client" if pair in from_client else "server"
+                                  for p in document["reported"]})
 
     def _assess(self, batch: Batch) -> _Assessment:
         flows = batch.flows
@@ -136,7 +144,8 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
                 continue
             server = key in roles
             alarm = server or port >= SYSTEM_PORTS_END
-            fresh = alarm and pair not in self.state.reported
+            was = self.state.reported.get(pair)  # the role it was reported from, if it was
+            fresh = alarm and (was is None or (server and was == "client"))
             reported.add(pair)
             evidence = {"destination": pair.target, "role": "server" if server else "client",
                         **_gap_evidence(flows, row)}
@@ -200,9 +209,11 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
         if len(self.state.ports) > self.max_subjects:
             keep = sorted(self.state.ports, key=lambda k: self.state.ports[k].last_ns)[-self.max_subjects:]
             self.state.ports = {k: self.state.ports[k] for k in keep}
-        self.state.reported.update(dict.fromkeys(s.subject for s in assessment.scores if s.flagged))
+        for s in assessment.scores:
+            if s.flagged and self.state.reported.get(s.subject) != "server":  # never back down to client
+                self.state.reported[s.subject] = s.evidence["role"]
         if len(self.state.reported) > self.max_subjects:
-            self.state.reported = dict.fromkeys(list(self.state.reported)[-self.max_subjects:])
+            self.state.reported = dict(list(self.state.reported.items())[-self.max_subjects:])
 
 
 def _interactive(flows: FlowRecords) -> np.ndarray:

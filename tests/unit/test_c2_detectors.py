@@ -233,6 +233,38 @@ def test_a_server_workloads_shell_is_critical_one_from_a_workload_serving_nothin
     assert [(s.alarm, s.fresh) for s in again] == [(True, False)]  # its port was never learned as used
 
 
+def test_a_shell_reported_high_is_escalated_to_critical_once_its_workload_is_seen_serving(tmp_path):
+    """docs/detection.md: the same session judged again from a workload seen serving since is one alert
+    raised to critical and notified as escalated; judged again at the same role, it is news to no one."""
+    deps = _pipeline(tmp_path, learning_s=0)
+
+    def shells(batch: list[dict], seq: int) -> list[tuple[str, str]]:
+        return [(a["id"], a["severity"]) for a in _process(deps, c2_flows(batch), seq) if a["rule"] == "reverse_shell"]
+
+    def session(t: int) -> dict:
+        return shell_session("10.1.0.9", "203.0.113.78", t, src_workload=WORKER)
+
+    ((alert_id, severity),) = shells([session(T0 + 10 * S)], 1)
+    assert severity == "high"
+    assert shells([_served("10.1.0.9", T0 + HOUR, WORKER), session(T0 + HOUR + 10 * S)], 2) == [(alert_id, "critical")]
+    assert shells([_served("10.1.0.9", T0 + 2 * HOUR, WORKER), session(T0 + 2 * HOUR + 10 * S)], 3) == []
+    sent = [a for a in deps.notifier.sent if a["rule"] == "reverse_shell"]
+    assert [(a["severity"], a["history"][-1]["changes"]) for a in sent] == [
+        ("high", {"status": [None, "open"]}), ("critical", {"severity": ["high", "critical"]})]
+
+
+def test_a_stored_reverse_shell_state_of_the_version_before_reads_its_reported_sessions_as_servers():
+    """Before workloads serving nothing were reported, every reported session was a server's: none is
+    reported again, and the version before reads what this one writes."""
+    d = ReverseShellDetector()
+    scores_of(d, c2_flows([_served("10.1.0.5", T0), shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S,
+                                                                   src_workload=WEB)]))
+    before = {k: v for k, v in d.to_state().items() if k != "reported_from_client"}
+    again = ReverseShellDetector().from_state(before)
+    rows = [_served("10.1.0.5", T0 + HOUR), shell_session("10.1.0.5", "203.0.113.77", T0 + HOUR, src_workload=WEB)]
+    assert [(s.alarm, s.fresh) for s in scores_of(again, c2_flows(rows))] == [(True, False)]
+
+
 @pytest.mark.parametrize("peers, reported", [(1, True), (2, True), (3, False), (6, False)])
 @pytest.mark.parametrize("served", [True, False])
 def test_a_port_spoken_with_several_hosts_outside_is_a_mesh_not_a_shell(peers, reported, served):
