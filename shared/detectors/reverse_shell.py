@@ -52,7 +52,7 @@ import numpy as np
 
 from kubesonar.shared.detectors.base import IDLE_FORGET_NS, Detector, Pair, Score
 from kubesonar.shared.detectors.beaconing import cv_floors
-from kubesonar.shared.flow import IPPROTO_TCP, address_text, client_named, names_a_host
+from kubesonar.shared.flow import IPPROTO_TCP, ConnState, address_text, client_named, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
 from kubesonar.shared.roles import merge_servers, servers_in
@@ -73,6 +73,7 @@ MESH_PEERS = 3  # hosts outside one workload speaks a port with at once: a mesh,
 SYSTEM_PORTS_END = 1024  # IANA's system ports: the services people drive by hand
 CLIENT_SEVERITY = "high"  # a session from a workload that serves nothing: a debug pod's console is one too
 _PORTS_KEPT = 64  # per subject: the ports it reached outside
+_ANSWERED = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
 
 
 @dataclass
@@ -158,8 +159,10 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
 
     def _meshes(self, flows: FlowRecords) -> set[tuple[str, int]]:
         """(subject, port) pairs of this batch whose subject spoke the port with MESH_PEERS or more hosts
-        outside, over TCP."""
-        rows = self.zones.outside(flows, np.flatnonzero(flows["proto"] == IPPROTO_TCP))
+        outside, over TCP. Spoke: the host answered (connections nobody answered cost an implant nothing
+        and would hide its shell)."""
+        spoken = (flows["proto"] == IPPROTO_TCP) & np.isin(flows["state"], _ANSWERED)
+        rows = self.zones.outside(flows, np.flatnonzero(spoken))
         if not len(rows):
             return set()
         peers: dict[tuple[str, int], set[bytes]] = {}

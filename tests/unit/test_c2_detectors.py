@@ -23,7 +23,7 @@ from kubesonar.shared.detectors.reverse_shell import ReverseShellDetector
 from kubesonar.shared.detectors.tls_bare_ip import TlsBareIpDetector
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
 from kubesonar.shared.errors import ConfigError
-from kubesonar.shared.flow import FlowRecords, Opening
+from kubesonar.shared.flow import ConnState, FlowRecords, Opening
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, detectors, process_batch
 from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.watchlist import LOADER, parse_sslbl_csv
@@ -276,6 +276,20 @@ def test_a_port_spoken_with_several_hosts_outside_is_a_mesh_not_a_shell(peers, r
     rows += [{"src": "10.1.0.5", "dst": f"198.51.100.{k}", "t": T0 + 10 * S, "dport": 8333, "src_workload": WEB}
              for k in range(1, peers)]
     assert bool(_alarms(d, rows)) == reported
+
+
+@pytest.mark.parametrize("served", [True, False])
+def test_hosts_that_never_answered_on_the_shells_port_make_no_mesh(served):
+    """A mesh is hosts the workload speaks with: two connections to the shell's port that nobody answered
+    (an implant's decoys, made without a listener anywhere) do not hide the shell."""
+    d = ReverseShellDetector()
+    rows = [_served("10.1.0.5", T0)] if served else []
+    rows.append(shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S, src_workload=WEB))
+    rows += [{"src": "10.1.0.5", "dst": f"198.51.100.{k}", "t": T0 + 20 * S, "dport": 4444, "src_workload": WEB,
+              "flags_in": 0, "in": 0} for k in (1, 2)]
+    flows = c2_flows(rows)
+    flows.columns["state"][-2:], flows.columns["packets_in"][-2:] = int(ConnState.ATTEMPTED), 0
+    assert [s.evidence["destination"] for s in scores_of(d, flows) if s.flagged] == ["203.0.113.77:4444"]
 
 
 @pytest.mark.parametrize("gaps, cv, shell", [
