@@ -8,10 +8,10 @@ types into it. What the flow shows (flow schema 4's gap statistics of each side'
   under which beaconing judges that many gaps a clock (its Poisson floor for n gaps, at most 0.35) and
   over a timer's with +-40% jitter (0.23): a jittered implant timer is not a person either;
 - *two-way*: at least 8 such gaps from the responder and 4 from the initiator (the shell's answers);
-- to a host outside the cluster, on a port that is not a service the workload uses (one it reached
-  outside before this batch), and not a session that named a host (a TLS SNI, or the Host of a
-  plain-HTTP request it opened with: a websocket or a long poll): services are reached by name, shells
-  by address and port.
+- to a host outside the cluster, on a port that is not a service the workload uses (one on which a host
+  outside answered it before this batch: a shell's retries before its listener was up reached nothing),
+  and not a session that named a host (a TLS SNI, or the Host of a plain-HTTP request it opened with: a
+  websocket or a long poll): services are reached by name, shells by address and port.
 A controller is one host: a protocol the workload speaks on one port with MESH_PEERS or more hosts
 outside in the batch is a mesh (a P2P network's gossip, whose messages arrive as irregularly as a
 person's; a cluster of brokers or databases), not a shell, and is not reported.
@@ -159,10 +159,8 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
 
     def _meshes(self, flows: FlowRecords) -> set[tuple[str, int]]:
         """(subject, port) pairs of this batch whose subject spoke the port with MESH_PEERS or more hosts
-        outside, over TCP. Spoke: the host answered (connections nobody answered cost an implant nothing
-        and would hide its shell)."""
-        spoken = (flows["proto"] == IPPROTO_TCP) & np.isin(flows["state"], _ANSWERED)
-        rows = self.zones.outside(flows, np.flatnonzero(spoken))
+        outside that answered, over TCP."""
+        rows = self._answered_outside(flows)
         if not len(rows):
             return set()
         peers: dict[tuple[str, int], set[bytes]] = {}
@@ -174,7 +172,7 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
     def _ports_used(self, flows: FlowRecords, out: _Assessment) -> None:
         """The ports each subject reached outside in this batch (joined after scoring: a session's own
         port is not one its workload used before it). One row per (address, port) is enough."""
-        rows = self.zones.outside(flows, np.flatnonzero(flows["proto"] == IPPROTO_TCP))
+        rows = self._answered_outside(flows)
         if not len(rows):
             return
         pairs = np.empty(len(rows), dtype=[("addr", "V16"), ("port", "u2")])
@@ -185,6 +183,13 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
                                  flows["last_ts"][rows].tolist(), strict=True):
             out.ports.setdefault(key, set()).add(port)
             out.last_ns[key] = max(ts, out.last_ns.get(key, ts))
+
+    def _answered_outside(self, flows: FlowRecords) -> np.ndarray:
+        """Rows of TCP connections to hosts outside that answered: a port reached, a host spoken with. Tries
+        nobody answered are neither: a shell retries until its listener is up, and an implant's decoys
+        cost it nothing."""
+        answered = (flows["proto"] == IPPROTO_TCP) & np.isin(flows["state"], _ANSWERED)
+        return self.zones.outside(flows, np.flatnonzero(answered))
 
     def _scores(self, assessment: _Assessment) -> list[Score]:
         return assessment.scores

@@ -292,6 +292,21 @@ def test_hosts_that_never_answered_on_the_shells_port_make_no_mesh(served):
     assert [s.evidence["destination"] for s in scores_of(d, flows) if s.flagged] == ["203.0.113.77:4444"]
 
 
+@pytest.mark.parametrize("served", [True, False])
+def test_a_shell_that_retried_its_listener_before_it_was_up_is_still_on_a_port_the_workload_never_used(served):
+    """Reverse shells retry until the operator's listener is up (a loop around nc, a stager's retries):
+    connections nobody answered in an earlier window reached no service, so the port is not one the
+    workload uses when the shell connects."""
+    d = ReverseShellDetector()
+    tries = [{"src": "10.1.0.5", "dst": "203.0.113.77", "t": T0 + k * 10 * S, "dport": 4444, "src_workload": WEB,
+              "flags_in": 0, "in": 0} for k in range(3)]
+    earlier = c2_flows(([_served("10.1.0.5", T0)] if served else []) + tries)
+    earlier.columns["state"][-3:], earlier.columns["packets_in"][-3:] = int(ConnState.ATTEMPTED), 0
+    scores_of(d, earlier)
+    shell = shell_session("10.1.0.5", "203.0.113.77", T0 + HOUR, src_workload=WEB)
+    assert [s.evidence["destination"] for s in _alarms(d, [shell])] == ["203.0.113.77:4444"]
+
+
 @pytest.mark.parametrize("gaps, cv, shell", [
     (9, 0.29, True),  # a pty shell typed key by key: the typing evens out the think times (lab scenario)
     (9, 0.15, False),  # under beaconing's floor for 9 gaps (0.18): a clock, beaconing's to judge
