@@ -42,7 +42,9 @@ class Finding:
 
     def document(self) -> dict[str, Any]:
         """The finding as JSON keeps it (the replay log); no ``severity`` when it is the rule's, so a
-        function of the version before, reading the log in a rollout or a rollback, reads it too."""
+        function of the version before, reading the log in a rollout or a rollback, reads it too. That
+        version refuses a finding with one (a client's reverse shell): its redelivery fails there until
+        the batch leaves the log; versions since leave out the fields they do not know."""
         out = asdict(self)
         if self.severity is None:
             del out["severity"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from kubesonar.shared import identity, outbox
@@ -508,7 +508,10 @@ def end_learning(store: ObjectStore, cluster: str) -> None:
 
 
 def _finding(d: dict[str, Any]) -> Finding:
-    return Finding(**{**d, "identity": tuple(d.get("identity", ()))})
+    """A finding of the replay log. Fields a later version added are left out: in a rollback or a mixed
+    rollout this version reads what that one wrote (Finding(**d) refused them, on every redelivery)."""
+    known = {f.name for f in fields(Finding)}
+    return Finding(**{**{k: v for k, v in d.items() if k in known}, "identity": tuple(d.get("identity", ()))})
 
 
 def _upsert_alert(store: ObjectStore, cluster: str, findings: list[tuple[Finding, str]], clock: Clock,

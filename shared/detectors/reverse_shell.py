@@ -8,10 +8,10 @@ types into it. What the flow shows (flow schema 4's gap statistics of each side'
   under which beaconing judges that many gaps a clock (its Poisson floor for n gaps, at most 0.35) and
   over a timer's with +-40% jitter (0.23): a jittered implant timer is not a person either;
 - *two-way*: at least 8 such gaps from the responder and 4 from the initiator (the shell's answers);
-- to a host outside the cluster, on a port that is not a service the workload uses (one it reached
-  outside before this batch), and not a session that named a host (a TLS SNI, or the Host of a
-  plain-HTTP request it opened with: a websocket or a long poll): services are reached by name, shells
-  by address and port.
+- to a host outside the cluster, on a port that is not a service the workload uses (one on which a host
+  outside answered it before this batch: a shell's retries before its listener was up reached nothing),
+  and not a session that named a host (a TLS SNI, or the Host of a plain-HTTP request it opened with: a
+  websocket or a long poll): services are reached by name, shells by address and port.
 A controller is one host: a protocol the workload speaks on one port with MESH_PEERS or more hosts
 outside in the batch is a mesh (a P2P network's gossip, whose messages arrive as irregularly as a
 person's; a cluster of brokers or databases), not a shell, and is not reported.
@@ -20,8 +20,9 @@ The source's role sets how sure it is: a workload that answers other hosts' conn
 severity (critical). A workload that serves nothing (a Job, a worker, a supply-chain implant in a
 build) is reported at CLIENT_SEVERITY on a port past the system range (1024 and up): the well-known
 ports below are the services people drive by hand (SSH, telnet, FTP), and its session there is scored
-0.5 and kept as evidence, not reported. The role is observed, not learned, so this rule judges from
-the first window whatever the learning period.
+0.5 and kept as evidence, not reported. A session reported from a client is reported again once its
+workload is seen serving (one alert, escalated to critical). The role is observed, not learned, so this
+rule judges from the first window whatever the learning period.
 
 Catches: nc, socat, bash /dev/tcp and Metasploit reverse_tcp shells, on any port the workload does not
 use, pty or not; RAT sessions an operator drives by address (njRAT's to its port 39556). Misses:
@@ -51,7 +52,7 @@ import numpy as np
 
 from kubesonar.shared.detectors.base import IDLE_FORGET_NS, Detector, Pair, Score
 from kubesonar.shared.detectors.beaconing import cv_floors
-from kubesonar.shared.flow import IPPROTO_TCP, address_text, client_named, names_a_host
+from kubesonar.shared.flow import IPPROTO_TCP, ConnState, address_text, client_named, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
 from kubesonar.shared.roles import merge_servers, servers_in
@@ -72,6 +73,7 @@ MESH_PEERS = 3  # hosts outside one workload speaks a port with at once: a mesh,
 SYSTEM_PORTS_END = 1024  # IANA's system ports: the services people drive by hand
 CLIENT_SEVERITY = "high"  # a session from a workload that serves nothing: a debug pod's console is one too
 _PORTS_KEPT = 64  # per subject: the ports it reached outside
+_ANSWERED = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
 
 
 @dataclass
@@ -84,7 +86,9 @@ class PortsUsed:
 class ReverseShellState:
     servers: dict[str, int] = field(default_factory=dict)  # subject -> last time it answered a connection
     ports: dict[str, PortsUsed] = field(default_factory=dict)  # subject -> ports it reached outside
-    reported: dict[Pair, None] = field(default_factory=dict)  # (subject, address:port), oldest first
+    # (subject, address:port) -> the role it was reported from, oldest first: one reported from a client
+    # is reported again, surer, once its workload is seen serving (its alert escalates to critical)
+    reported: dict[Pair, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -106,14 +110,19 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
         return ReverseShellState()
 
     def _encode(self, state: ReverseShellState) -> dict[str, Any]:
+        # every reported pair in "reported", as the version before wrote it (it reads this document too)
         return {"servers": state.servers, "ports": {k: vars(p) for k, p in state.ports.items()},
-                "reported": [list(p) for p in state.reported]}
+                "reported": [list(p) for p in state.reported],
+                "reported_from_client": [list(p) for p, role in state.reported.items() if role == "client"]}
 
     def _decode(self, document: dict[str, Any]) -> ReverseShellState:
+        # a document of the version before reported servers only, and has no "reported_from_client"
+        from_client = {Pair(*p) for p in document.get("reported_from_client", ())}
         return ReverseShellState({k: int(v) for k, v in document["servers"].items()},
                                  {k: PortsUsed(list(p["ports"]), int(p["last_ns"]))
                                   for k, p in document["ports"].items()},
-                                 dict.fromkeys(Pair(*p) for p in document["reported"]))
+                                 {(pair := Pair(*p)): "client" if pair in from_client else "server"
+                                  for p in document["reported"]})
 
     def _assess(self, batch: Batch) -> _Assessment:
         flows = batch.flows
@@ -136,7 +145,8 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
                 continue
             server = key in roles
             alarm = server or port >= SYSTEM_PORTS_END
-            fresh = alarm and pair not in self.state.reported
+            was = self.state.reported.get(pair)  # the role it was reported from, if it was
+            fresh = alarm and (was is None or (server and was == "client"))
             reported.add(pair)
             evidence = {"destination": pair.target, "role": "server" if server else "client",
                         **_gap_evidence(flows, row)}
@@ -149,8 +159,8 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
 
     def _meshes(self, flows: FlowRecords) -> set[tuple[str, int]]:
         """(subject, port) pairs of this batch whose subject spoke the port with MESH_PEERS or more hosts
-        outside, over TCP."""
-        rows = self.zones.outside(flows, np.flatnonzero(flows["proto"] == IPPROTO_TCP))
+        outside that answered, over TCP."""
+        rows = self._answered_outside(flows)
         if not len(rows):
             return set()
         peers: dict[tuple[str, int], set[bytes]] = {}
@@ -162,7 +172,7 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
     def _ports_used(self, flows: FlowRecords, out: _Assessment) -> None:
         """The ports each subject reached outside in this batch (joined after scoring: a session's own
         port is not one its workload used before it). One row per (address, port) is enough."""
-        rows = self.zones.outside(flows, np.flatnonzero(flows["proto"] == IPPROTO_TCP))
+        rows = self._answered_outside(flows)
         if not len(rows):
             return
         pairs = np.empty(len(rows), dtype=[("addr", "V16"), ("port", "u2")])
@@ -173,6 +183,13 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
                                  flows["last_ts"][rows].tolist(), strict=True):
             out.ports.setdefault(key, set()).add(port)
             out.last_ns[key] = max(ts, out.last_ns.get(key, ts))
+
+    def _answered_outside(self, flows: FlowRecords) -> np.ndarray:
+        """Rows of TCP connections to hosts outside that answered: a port reached, a host spoken with. Tries
+        nobody answered are neither: a shell retries until its listener is up, and an implant's decoys
+        cost it nothing."""
+        answered = (flows["proto"] == IPPROTO_TCP) & np.isin(flows["state"], _ANSWERED)
+        return self.zones.outside(flows, np.flatnonzero(answered))
 
     def _scores(self, assessment: _Assessment) -> list[Score]:
         return assessment.scores
@@ -200,9 +217,11 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
         if len(self.state.ports) > self.max_subjects:
             keep = sorted(self.state.ports, key=lambda k: self.state.ports[k].last_ns)[-self.max_subjects:]
             self.state.ports = {k: self.state.ports[k] for k in keep}
-        self.state.reported.update(dict.fromkeys(s.subject for s in assessment.scores if s.flagged))
+        for s in assessment.scores:
+            if s.flagged and self.state.reported.get(s.subject) != "server":  # never back down to client
+                self.state.reported[s.subject] = s.evidence["role"]
         if len(self.state.reported) > self.max_subjects:
-            self.state.reported = dict.fromkeys(list(self.state.reported)[-self.max_subjects:])
+            self.state.reported = dict(list(self.state.reported.items())[-self.max_subjects:])
 
 
 def _interactive(flows: FlowRecords) -> np.ndarray:

@@ -23,7 +23,7 @@ from kubesonar.shared.detectors.reverse_shell import ReverseShellDetector
 from kubesonar.shared.detectors.tls_bare_ip import TlsBareIpDetector
 from kubesonar.shared.detectors.watchlist import WatchlistDetector
 from kubesonar.shared.errors import ConfigError
-from kubesonar.shared.flow import FlowRecords, Opening
+from kubesonar.shared.flow import ConnState, FlowRecords, Opening
 from kubesonar.shared.pipeline import CoreConfig, Dependencies, detectors, process_batch
 from kubesonar.shared.ports import SystemClock
 from kubesonar.shared.watchlist import LOADER, parse_sslbl_csv
@@ -233,6 +233,38 @@ def test_a_server_workloads_shell_is_critical_one_from_a_workload_serving_nothin
     assert [(s.alarm, s.fresh) for s in again] == [(True, False)]  # its port was never learned as used
 
 
+def test_a_shell_reported_high_is_escalated_to_critical_once_its_workload_is_seen_serving(tmp_path):
+    """docs/detection.md: the same session judged again from a workload seen serving since is one alert
+    raised to critical and notified as escalated; judged again at the same role, it is news to no one."""
+    deps = _pipeline(tmp_path, learning_s=0)
+
+    def shells(batch: list[dict], seq: int) -> list[tuple[str, str]]:
+        return [(a["id"], a["severity"]) for a in _process(deps, c2_flows(batch), seq) if a["rule"] == "reverse_shell"]
+
+    def session(t: int) -> dict:
+        return shell_session("10.1.0.9", "203.0.113.78", t, src_workload=WORKER)
+
+    ((alert_id, severity),) = shells([session(T0 + 10 * S)], 1)
+    assert severity == "high"
+    assert shells([_served("10.1.0.9", T0 + HOUR, WORKER), session(T0 + HOUR + 10 * S)], 2) == [(alert_id, "critical")]
+    assert shells([_served("10.1.0.9", T0 + 2 * HOUR, WORKER), session(T0 + 2 * HOUR + 10 * S)], 3) == []
+    sent = [a for a in deps.notifier.sent if a["rule"] == "reverse_shell"]
+    assert [(a["severity"], a["history"][-1]["changes"]) for a in sent] == [
+        ("high", {"status": [None, "open"]}), ("critical", {"severity": ["high", "critical"]})]
+
+
+def test_a_stored_reverse_shell_state_of_the_version_before_reads_its_reported_sessions_as_servers():
+    """Before workloads serving nothing were reported, every reported session was a server's: none is
+    reported again, and the version before reads what this one writes."""
+    d = ReverseShellDetector()
+    scores_of(d, c2_flows([_served("10.1.0.5", T0), shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S,
+                                                                   src_workload=WEB)]))
+    before = {k: v for k, v in d.to_state().items() if k != "reported_from_client"}
+    again = ReverseShellDetector().from_state(before)
+    rows = [_served("10.1.0.5", T0 + HOUR), shell_session("10.1.0.5", "203.0.113.77", T0 + HOUR, src_workload=WEB)]
+    assert [(s.alarm, s.fresh) for s in scores_of(again, c2_flows(rows))] == [(True, False)]
+
+
 @pytest.mark.parametrize("peers, reported", [(1, True), (2, True), (3, False), (6, False)])
 @pytest.mark.parametrize("served", [True, False])
 def test_a_port_spoken_with_several_hosts_outside_is_a_mesh_not_a_shell(peers, reported, served):
@@ -244,6 +276,35 @@ def test_a_port_spoken_with_several_hosts_outside_is_a_mesh_not_a_shell(peers, r
     rows += [{"src": "10.1.0.5", "dst": f"198.51.100.{k}", "t": T0 + 10 * S, "dport": 8333, "src_workload": WEB}
              for k in range(1, peers)]
     assert bool(_alarms(d, rows)) == reported
+
+
+@pytest.mark.parametrize("served", [True, False])
+def test_hosts_that_never_answered_on_the_shells_port_make_no_mesh(served):
+    """A mesh is hosts the workload speaks with: two connections to the shell's port that nobody answered
+    (an implant's decoys, made without a listener anywhere) do not hide the shell."""
+    d = ReverseShellDetector()
+    rows = [_served("10.1.0.5", T0)] if served else []
+    rows.append(shell_session("10.1.0.5", "203.0.113.77", T0 + 10 * S, src_workload=WEB))
+    rows += [{"src": "10.1.0.5", "dst": f"198.51.100.{k}", "t": T0 + 20 * S, "dport": 4444, "src_workload": WEB,
+              "flags_in": 0, "in": 0} for k in (1, 2)]
+    flows = c2_flows(rows)
+    flows.columns["state"][-2:], flows.columns["packets_in"][-2:] = int(ConnState.ATTEMPTED), 0
+    assert [s.evidence["destination"] for s in scores_of(d, flows) if s.flagged] == ["203.0.113.77:4444"]
+
+
+@pytest.mark.parametrize("served", [True, False])
+def test_a_shell_that_retried_its_listener_before_it_was_up_is_still_on_a_port_the_workload_never_used(served):
+    """Reverse shells retry until the operator's listener is up (a loop around nc, a stager's retries):
+    connections nobody answered in an earlier window reached no service, so the port is not one the
+    workload uses when the shell connects."""
+    d = ReverseShellDetector()
+    tries = [{"src": "10.1.0.5", "dst": "203.0.113.77", "t": T0 + k * 10 * S, "dport": 4444, "src_workload": WEB,
+              "flags_in": 0, "in": 0} for k in range(3)]
+    earlier = c2_flows(([_served("10.1.0.5", T0)] if served else []) + tries)
+    earlier.columns["state"][-3:], earlier.columns["packets_in"][-3:] = int(ConnState.ATTEMPTED), 0
+    scores_of(d, earlier)
+    shell = shell_session("10.1.0.5", "203.0.113.77", T0 + HOUR, src_workload=WEB)
+    assert [s.evidence["destination"] for s in _alarms(d, [shell])] == ["203.0.113.77:4444"]
 
 
 @pytest.mark.parametrize("gaps, cv, shell", [

@@ -16,6 +16,7 @@ from kubesonar.shared.errors import StoreError
 from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
 from kubesonar.shared.pipeline import Dependencies, process_batch
 from kubesonar.shared.ports import SystemClock
+from kubesonar.shared.state import update_document
 from kubesonar.shared.triage import TriageChange
 
 
@@ -85,3 +86,21 @@ def test_a_delivery_that_died_half_way_is_completed_by_the_redelivery(tmp_path):
     retry = process_batch(_scan(1, 1000), deps)
     (alert,) = retry.new_alerts
     assert alert["type"] == "port_scan" and alert["count"] == 1 and alert["evidence"]["failed_first_contacts"] == 20
+
+
+
+def test_a_redelivery_whose_replayed_finding_has_a_field_a_later_version_added_changes_nothing(tmp_path):
+    """A redelivered batch's findings are read back from the replay log, which the version before reads in
+    a rollback or a mixed rollout: 19ae552's severity was a field that version's Finding(**document)
+    refused, a TypeError on every redelivery of such a batch. A field this version does not know is left
+    out, and the redelivery is the no-op it always was."""
+    deps = Dependencies(LocalObjectStore(tmp_path), CollectingNotifier(), SystemClock())
+    assert len(process_batch(_scan(1, 1000), deps).new_alerts) == 1
+
+    def later_version(doc: dict) -> dict:
+        return {**doc, "findings": {key: [{**f, "confidence": 0.9} for f in findings]  # a field it might add
+                                    for key, findings in doc["findings"].items()}}
+
+    update_document(deps.store, "state/c/detectors.json", later_version)
+    again = process_batch(_scan(1, 1000), deps)
+    assert again.alerts == [] and not again.errors and len(deps.notifier.sent) == 1

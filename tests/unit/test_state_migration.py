@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +60,7 @@ def test_a_document_without_version_is_migrated_and_keeps_what_was_learned(rule_
     detector = _fresh(rule_id).from_state(document)
     assert detector.reset_reason is None
     scores = detector.score(batches[stage])
-    findings = json.loads(json.dumps([asdict(f) for f in detector.decide(scores)], sort_keys=True))
+    findings = json.loads(json.dumps([f.document() for f in detector.decide(scores)], sort_keys=True))
     expected = _load(f"{rule_id}.{stage}.findings.json")
     assert len(findings) == len(expected)
     assert [_old_evidence(f, e) for f, e in zip(findings, expected, strict=True)] == expected
