@@ -31,7 +31,10 @@ shells from workloads that serve nothing on a system port (22, 53, 443: protocol
 hosts; scripted shells driven by a machine at machine pace; everything before the sensor fills schema
 4's gap columns.
 False positives: an interactive remote session a workload was built for, or one run by hand from a debug
-pod (a database console to an address outside, on its port): allowlist the workload and port.
+pod (a database console to an address outside, on its port); a consumer of one broker outside reached
+by address in cleartext, whose deliveries arrive as irregularly as commands and are each acknowledged
+(brokers reached by name over TLS send an SNI, and clusters of brokers are meshes): allowlist the
+workload and port.
 
 Score: 1.0 for a server's session, 0.5 for a client's; the evidence holds the role and both sides' gap
 figures.

@@ -159,6 +159,7 @@ def test_quiet_on_learning_traffic_and_raises_its_own_rule_on_the_attack(rule_id
     assert findings and {f.type for f in findings} == {rule_id}
     for f in findings:
         assert f.source["ip"] and f.first_seen_ns <= f.last_seen_ns and f.evidence
+        assert f.alert_severity() in SEVERITIES  # a score's own severity is checked here, not at notify time
 
 
 @pytest.mark.parametrize("rule_id", RULE_IDS)
