@@ -90,11 +90,23 @@ def alerts() -> None:
     """List, show and triage alerts in a store."""
 
 
+def _known_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``--type``'s names, each a type, a rule or TYPE/RULE: a misspelt one would list nothing, silently."""
+    from kubesonar.shared.alerts import alert_names
+
+    wrong = [n for n in names if n not in alert_names()]
+    if wrong:
+        raise click.BadParameter(f"unknown type or rule '{wrong[0]}': give a type, a rule id or TYPE/RULE "
+                                 "(`unusual_destination/reverse_shell`, `beaconing/beaconing`)")
+    return names
+
+
 @alerts.command("list")
 @_STORE
 @click.option("--status", multiple=True, type=click.Choice(STATUSES), help="Repeat for several.")
 @click.option("--severity", multiple=True, type=click.Choice(SEVERITIES), help="Repeat for several.")
-@click.option("--type", "types", multiple=True, help="An alert type or a rule id (repeat for several).")
+@click.option("--type", "types", multiple=True, callback=lambda _c, _p, names: _known_names(names),
+              help="An alert type, a rule id, or TYPE/RULE as the list shows them (repeat for several).")
 @click.option("--namespace", multiple=True, help="The source's namespace (repeat for several).")
 @click.option("--assignee", multiple=True, help="Repeat for several.")
 @click.option("--tag", multiple=True, help="Alerts with every tag given.")

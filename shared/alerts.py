@@ -82,8 +82,17 @@ def with_rule(alert: dict[str, Any]) -> dict[str, Any]:
 
 
 def names_alert(names: frozenset[str] | set[str] | tuple[str, ...], alert: dict[str, Any]) -> bool:
-    """Whether a filter's names take an alert: its type, or the rule that raised it."""
-    return alert["type"] in names or alert_rule(alert) in names
+    """Whether a filter's names take an alert: its type, the rule that raised it, or both as
+    ``TYPE/RULE`` (``beaconing/beaconing``: the clocks alone, where ``beaconing`` takes long_connection's
+    held channels too, since that type and that rule share the name)."""
+    rule = alert_rule(alert)
+    return alert["type"] in names or rule in names or f"{alert['type']}/{rule}" in names
+
+
+def alert_names() -> set[str]:
+    """Every name a filter may give: each rule, each type (a rule's own name or the one it reports as),
+    and each ``TYPE/RULE``."""
+    return set(rules()) | {f"{reported_type(rule)}/{rule}" for rule in rules()}
 
 
 def type_and_rule(alert: dict[str, Any]) -> str:

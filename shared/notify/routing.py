@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from kubesonar.shared.alerts import SEVERITIES, names_alert, rules
+from kubesonar.shared.alerts import SEVERITIES, alert_names, names_alert, rules
 from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.per_store import PerStore
 from kubesonar.shared.ports import ObjectStore
@@ -145,10 +145,10 @@ def _destination(name: str, node: yaml.Node, env: Any) -> Destination:
             raise _fail(name, value["min_severity"], f"min_severity must be one of {', '.join(SEVERITIES)}")
     if "types" in value:
         options["types"] = _names(name, value["types"], "types")
-        wrong = sorted(options["types"] - set(rules()))
+        wrong = sorted(options["types"] - alert_names())
         if wrong:
-            raise _fail(name, value["types"],
-                        f"unknown type or rule '{wrong[0]}' (known: {', '.join(sorted(rules()))})")
+            raise _fail(name, value["types"], f"unknown type or rule '{wrong[0]}' (known: "
+                        f"{', '.join(sorted(rules()))}; or TYPE/RULE, as `kubesonar alerts list` shows them)")
     if "namespaces" in value:
         options["namespaces"] = _names(name, value["namespaces"], "namespaces")
     if "rate_limit" in value:

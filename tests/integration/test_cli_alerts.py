@@ -259,3 +259,14 @@ def test_watchlist_commands(store):
     assert "feed: 198.51.100.0/24 (network) vendor" in ks("watchlist", "list", "--store", store).stdout
     ks("watchlist", "remove", "--name", "feed", "198.51.100.0/24", "--store", store)
     assert "198.51.100.0/24" not in ks("watchlist", "list", "--store", store).stdout
+
+
+def test_type_filters_take_type_slash_rule_and_refuse_a_name_no_alert_has(store):
+    def types(*flags: str) -> list[str]:
+        return sorted(a["type"] for a in _lines(ks("alerts", "list", "--store", store, "--format", "json",
+                                                   *flags).stdout))
+
+    assert types("--type", "port_scan/port_scan") == types("--type", "port_scan") == ["port_scan"]
+    for wrong in ("port-scan", "beaconing/reverse_shell"):  # a typo; a rule that reports as another type
+        done = ks("alerts", "list", "--store", store, "--type", wrong, check=False)
+        assert done.returncode == 2 and f"unknown type or rule '{wrong}'" in done.stderr and not done.stdout

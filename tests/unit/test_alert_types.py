@@ -5,10 +5,13 @@ named read as their type's own."""
 
 from __future__ import annotations
 
+import pytest
+
 from kubesonar.cli_alerts import render_text
 from kubesonar.console.pages import alert_list
 from kubesonar.shared.alert_query import AlertFilter
 from kubesonar.shared.alerts import Finding, alert_rule, new_alert, reported_type, rules, type_and_rule
+from kubesonar.shared.errors import ConfigError
 from kubesonar.shared.notify.message import facts
 from kubesonar.shared.notify.routing import parse_routing
 from kubesonar.shared.ocsf import to_ocsf
@@ -112,3 +115,20 @@ def test_a_finding_at_its_rules_severity_is_kept_as_before_so_the_version_before
     assert Finding(**{**plain.document(), "identity": ("x",)}) == plain
     surer = Finding("reverse_shell", source, 1, 2, {}, severity="high")
     assert surer.document()["severity"] == "high"
+
+
+def test_type_slash_rule_tells_apart_a_rule_from_the_type_it_shares_a_name_with():
+    """beaconing is a type and a rule: long_connection reports as it. ``beaconing/beaconing`` takes the
+    clocks alone, as ``unusual_destination/reverse_shell`` takes the shells alone."""
+    clock, held, shell = _alert("beaconing"), _alert("long_connection"), _alert("reverse_shell")
+    assert [AlertFilter(types=("beaconing",)).matches(a) for a in (clock, held, shell)] == [True, True, False]
+    assert [AlertFilter(types=("beaconing/beaconing",)).matches(a) for a in (clock, held, shell)] == \
+        [True, False, False]
+    assert AlertFilter(types=("unusual_destination/reverse_shell",)).matches(shell)
+    routing = parse_routing("destinations:\n"
+                            "  - {name: clocks, kind: webhook, url: 'https://soc.example/c', secret: s,"
+                            " types: [beaconing/beaconing]}\n")
+    assert [d.wants(a) for d in routing.destinations for a in (clock, held)] == [True, False]
+    with pytest.raises(ConfigError, match="unknown type or rule 'beaconing/reverse_shell'"):
+        parse_routing("destinations:\n  - {name: x, kind: webhook, url: 'https://soc.example/x', secret: s,"
+                      " types: [beaconing/reverse_shell]}\n")
