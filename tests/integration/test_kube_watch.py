@@ -397,12 +397,28 @@ def _sensor_stopped_by_sigterm(api_server: str, tmp_path: Path) -> list:
     live = build_sensor(settings, f"file://{tmp_path}/queue", str(tmp_path / "spool"), 1 << 20,
                         watcher.enrich, watcher)
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    timer = threading.Timer(1.5, os.kill, (os.getpid(), signal.SIGTERM))
+    queue = tmp_path / "queue"
+    running = threading.Event()
+
+    def terminate_after_two_batches() -> None:
+        """SIGTERM once two windows were published (bounded at 20 s), not after a fixed time: on a loaded
+        machine the sensor's start can take the whole of a fixed delay, and nothing would be left to see."""
+        end = time.monotonic() + 20
+        while running.is_set() and time.monotonic() < end:
+            if queue.is_dir() and sum(not f.name.startswith(".") for f in queue.iterdir()) >= 2:
+                break
+            time.sleep(0.1)
+        if running.is_set():
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_after_two_batches, daemon=True)
+    running.set()
     try:
-        timer.start()
+        killer.start()
         _run_until_signal(live, 30, watcher.terminating)
     finally:
-        timer.cancel()
+        running.clear()
+        killer.join(5)
         for sig, handler in before.items():
             signal.signal(sig, handler)
         watcher.stop()
