@@ -86,28 +86,44 @@ def test_an_advertisement_to_a_group_answers_no_one(tmp_path, advertisement, gro
     assert flow["dst_ip"] == group and flow["packets_out"] == 3
 
 
-@pytest.mark.parametrize("first, then", [
+@pytest.mark.parametrize("first, then, icmp_type", [
     # port unreachable for a UDP probe, seen before the probe
     (IP(src=PEER4, dst=ASKER4) / ICMP(type=3, code=3)
      / bytes(IP(src=ASKER4, dst=PEER4) / UDP(sport=40000, dport=33434))[:28],
-     IP(src=ASKER4, dst=PEER4) / UDP(sport=40000, dport=33434)),
+     IP(src=ASKER4, dst=PEER4) / UDP(sport=40000, dport=33434), 3),
     # a router's time exceeded for an echo request, seen before the request
     (IP(src="10.0.0.254", dst=ASKER4) / ICMP(type=11)
      / bytes(IP(src=ASKER4, dst=PEER4, ttl=1) / ICMP(type=8, id=9) / Raw(bytes(56)))[:28],
-     IP(src=ASKER4, dst=PEER4) / ICMP(type=8, id=9) / Raw(bytes(56))),
+     IP(src=ASKER4, dst=PEER4) / ICMP(type=8, id=9) / Raw(bytes(56)), 8),
     # administratively prohibited for a SYN, and unreachable for a timestamp request
     (IP(src=PEER4, dst=ASKER4) / ICMP(type=3, code=13)
      / bytes(IP(src=ASKER4, dst=PEER4) / TCP(sport=51000, dport=80, flags="S"))[:28],
-     IP(src=ASKER4, dst=PEER4) / TCP(sport=51000, dport=80, flags="S")),
+     IP(src=ASKER4, dst=PEER4) / TCP(sport=51000, dport=80, flags="S"), 3),
     (IP(src=PEER4, dst=ASKER4) / ICMP(type=3, code=13) / bytes(IP(src=ASKER4, dst=PEER4) / ICMP(type=13)),
-     IP(src=ASKER4, dst=PEER4) / ICMP(type=13)),
+     IP(src=ASKER4, dst=PEER4) / ICMP(type=13), 13),
     (IPv6(src=PEER6, dst=ASKER6) / ICMPv6DestUnreach(code=4)
      / bytes(IPv6(src=ASKER6, dst=PEER6) / UDP(sport=40001, dport=33435)),
-     IPv6(src=ASKER6, dst=PEER6) / UDP(sport=40001, dport=33435)),
+     IPv6(src=ASKER6, dst=PEER6) / UDP(sport=40001, dport=33435), 1),
 ], ids=["udp port unreachable", "echo time exceeded", "tcp prohibited", "timestamp unreachable", "udp6 unreachable"])
-def test_an_error_seen_first_counts_for_the_end_it_answers(tmp_path, first, then):
+def test_an_error_seen_first_counts_for_the_end_it_answers(tmp_path, first, then, icmp_type):
+    """An ICMP flow's type stays its own message's; any other flow's is the error it received."""
     (flow,) = flows_of(_write(tmp_path / "e.pcap", [first, then]))
     assert flow["src_ip"] in (ASKER4, ASKER6) and (flow["packets_out"], flow["packets_in"]) == (1, 1)
+    assert flow["icmp_type"] == icmp_type
+
+
+def test_a_monitors_pings_after_an_error_are_no_tunnel_in_another_type(tmp_path):
+    """A monitor's own fixed 24-byte payload is odd but no tunnel (test_icmp_tunneling.py); a record that a
+    router's host-unreachable opens (the capture began after the request it answers) is still echo."""
+    monitor, pod, data = ASKER4, PEER4, b"MONITOR-CHECK-PAYLOAD-01"
+    request = IP(src=monitor, dst=pod) / ICMP(type=8, id=5, seq=99) / Raw(data)
+    exchange = [IP(src="10.0.0.254", dst=monitor) / ICMP(type=3, code=1) / bytes(request)[:28]]
+    for k in range(12):
+        exchange += [IP(src=monitor, dst=pod) / ICMP(type=8, id=5, seq=k) / Raw(data),
+                     IP(src=pod, dst=monitor) / ICMP(type=0, id=5, seq=k) / Raw(data)]
+    flows = FlowRecords.concat(list(flows_from_captures([_write(tmp_path / "m.pcap", exchange, every_s=5.0)])))
+    assert flows["icmp_type"].tolist() == [8] and flows["icmp_odd"].tolist() == [24]
+    assert not IcmpTunnelingDetector().observe(batch_of(flows))
 
 
 def test_interim_records_keep_the_asker(tmp_path):
