@@ -77,6 +77,34 @@ BURST_NS = 1_000_000_000
 # period after the last beat is the next beat (5%: 50 ms at 1 s, 1.5 s at 30 s).
 BEAT_TOLERANCE = 0.05
 _COUNT_MAX = 0xFFFF
+# ICMP messages that tell who asked, by [ICMPv6?, type]: a request's sender initiated, a reply's receiver
+# did, so a record that starts with a reply (a capture or a sensor started mid-exchange, a request lost)
+# still names the asker. ICMPv4: echo 8/0, router discovery 10/9, timestamp 13/14, information 15/16,
+# address mask 17/18, the deprecated mobile (33/34, 35/36) and domain name (37/38) pairs, extended echo
+# (RFC 8335) 42/43. ICMPv6: echo 128/129, router 133/134 and neighbour 135/136 discovery, node information
+# 139/140, inverse neighbour discovery 141/142, home agent 144/145, mobile prefix 146/147, certification
+# path 148/149, duplicate address 157/158, extended echo 160/161. Errors (sensor/dissect.py's types) are
+# keyed by the packet they quote and decide nothing here; their role marks a flow's type taken from one.
+_REQUEST, _REPLY, _ERROR = 1, 2, 3
+_ICMP4_PAIRS = ((8, 0), (10, 9), (13, 14), (15, 16), (17, 18), (33, 34), (35, 36), (37, 38), (42, 43))
+_ICMP6_PAIRS = ((128, 129), (133, 134), (135, 136), (139, 140), (141, 142), (144, 145), (146, 147), (148, 149),
+                (157, 158), (160, 161))
+_ICMP4_ERRORS, _ICMP6_ERRORS = (3, 4, 5, 11, 12), (1, 2, 3, 4)
+
+
+def _role_table() -> np.ndarray:
+    table = np.zeros((2, 256), dtype=np.int8)  # a constant of the compiled step: one look-up a packet
+    for v6, pairs in enumerate((_ICMP4_PAIRS, _ICMP6_PAIRS)):
+        for ask, answer in pairs:
+            table[v6, ask], table[v6, answer] = _REQUEST, _REPLY
+    for v6, errors in enumerate((_ICMP4_ERRORS, _ICMP6_ERRORS)):
+        table[v6, list(errors)] = _ERROR
+    return table
+
+
+_ICMP_ROLE = _role_table()
+_V4_MAPPED = np.uint64(0xFFFF << 32)
+_V4_BROADCAST = np.uint64(0xFFFF_FFFF_FFFF)
 _ICMP_SIZE_BUCKETS = 127  # a prime: sizes that collide differ by a multiple of it
 _SEQ_MASK = (1 << 32) - 1
 _SEQ_AHEAD = 1 << 31  # serial number arithmetic (RFC 1982): less than 2^31 past a sequence number is after it
@@ -166,6 +194,21 @@ def _by_ports(port_a, port_b, proto, first_sender_is_a) -> int:
     if eph_b and not eph_a:
         return 0
     return first_sender_is_a
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _icmp_role(proto, icmp_type, d0, d1) -> int:
+    """_REQUEST, _REPLY or 0 for an ICMP message that is no error (``icmp_type`` >= 0; _ERROR: an error's type
+    whose quoted packet was unreadable). A reply sent to a group (multicast, IPv4's broadcast) answers no one:
+    routers and neighbours advertise unasked."""
+    role = _ICMP_ROLE[1 if proto == _ICMPV6 else 0, icmp_type & 0xFF]
+    if role == _REPLY:
+        if d0 == 0 and (d1 & _V4_MAPPED) == _V4_MAPPED:
+            if (d1 & np.uint64(0xF000_0000)) == np.uint64(0xE000_0000) or d1 == _V4_BROADCAST:
+                return 0
+        elif (d0 >> np.uint64(56)) == np.uint64(0xFF):
+            return 0
+    return role
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -323,8 +366,9 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
         syn_only = (flags & (_SYN | _ACK)) == _SYN
         err = icmp_error[i]
         it = icmp_type[i]
-        opener = syn_only or (not err and (it == 8 or it == 128))
-        answer = (flags & (_SYN | _ACK)) == (_SYN | _ACK) or (not err and (it == 0 or it == 129))
+        role = _icmp_role(pr, it, d0, d1) if it >= 0 and not err else 0
+        opener = syn_only or role == _REQUEST
+        answer = (flags & (_SYN | _ACK)) == (_SYN | _ACK) or role == _REPLY
 
         s, at = find(index, key, k0, k1, k2, k3, k4)
         if s < 0:
@@ -405,7 +449,10 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
             num[row, BATCH_SYN_SEQ] = tcp_seq[i]
         if err:
             num[row, ICMP_ERROR] = 1
-        if it >= 0 and num[row, ICMP_TYPE] == NO_ICMP:
+        # an ICMP flow's type is its own first message's: an error that came first (a router's time exceeded
+        # for a request the record did not see) stands only until one comes
+        if it >= 0 and (num[row, ICMP_TYPE] == NO_ICMP or (not err and num[row, ICMP_ERROR] != 0 and _ICMP_ROLE[
+                1 if pr == _ICMPV6 else 0, num[row, ICMP_TYPE] & 0xFF] == _ERROR)):
             num[row, ICMP_TYPE] = it
             num[row, ICMP_CODE] = icmp_code[i]
         if (tunnel_src[i, 0] | tunnel_src[i, 1]) != 0 and (tun[row, 0] | tun[row, 1] | tun[row, 2] | tun[row, 3]) == 0:

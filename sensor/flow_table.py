@@ -6,10 +6,11 @@ first appears, after an idle gap longer than the idle timeout, at a new TCP conn
 ``reduceat``; the last piece of each flow stays in the live table and earlier ones become records. Only
 the per-flow dictionary lookup is a Python loop, one step per distinct flow in the batch.
 
-Who initiated: the sender of a SYN without ACK (or an ICMP echo request); the receiver of a SYN+ACK (or
-an echo reply); failing those, for flows seen mid-stream, the side whose port is not a well-known port
-(< 1024) when the other is, then the side whose port is ephemeral (>= 32768) when the other is not, and
-last the sender of the first packet seen (an ICMP error counts as sent by the responder).
+Who initiated: the sender of a SYN without ACK (or of an ICMP request: echo, timestamp, router or neighbour
+solicitation and the other pairs of sensor/flow_kernel.py); the receiver of a SYN+ACK (or of the matching
+ICMP reply, unless sent to a group); failing those, for flows seen mid-stream, the side whose port is not a
+well-known port (< 1024) when the other is, then the side whose port is ephemeral (>= 32768) when the other
+is not, and last the sender of the first packet seen (an ICMP error counts as sent by the responder).
 """
 
 from __future__ import annotations
