@@ -231,15 +231,20 @@ class HttpHosts(CodeBook):
         return codes
 
 
-# ICMP types whose messages carry a defined body (errors quoting a packet the sensor could not read,
-# router and neighbour discovery, MLD, timestamps, address masks): data there is protocol, not a channel
-_ICMP4_WITH_BODY = (3, 4, 5, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)
-_ICMP6_WITH_BODY = (1, 2, 3, 4, *range(130, 154))
-# by type (one byte; 255, and whatever an index past it reads, is neither): a look-up, where np.isin
+# How many data bytes after the 8-byte header a message of each ICMP type carries as protocol; more is
+# data of the sender's own. Errors quote a packet, router advertisements list addresses, and router and
+# neighbour discovery and MLD carry options: a body of any length. Timestamp (12: three clocks),
+# address mask (4) and information and router solicitation (none) have a fixed one (RFC 792, 950, 1256),
+# so a timestamp request carrying 200 bytes is a channel. Other types define no data.
+_ANY_BODY = np.iinfo(np.int32).max
+_ICMP4_BODIES = {3: _ANY_BODY, 4: _ANY_BODY, 5: _ANY_BODY, 9: _ANY_BODY, 11: _ANY_BODY, 12: _ANY_BODY,
+                 10: 0, 13: 12, 14: 12, 15: 0, 16: 0, 17: 4, 18: 4}
+_ICMP6_BODIES = dict.fromkeys((1, 2, 3, 4, *range(130, 154)), _ANY_BODY)
+# by type (one byte; 255, and whatever an index past it reads, defines none): a look-up, where np.isin
 # sorted the batch's ICMP types twice a batch, 5 ms a million packets
-_BODIED4, _BODIED6 = np.zeros(256, dtype=bool), np.zeros(256, dtype=bool)
-_BODIED4[list(_ICMP4_WITH_BODY)] = True
-_BODIED6[list(_ICMP6_WITH_BODY)] = True
+_BODY4, _BODY6 = np.zeros(256, dtype=np.int32), np.zeros(256, dtype=np.int32)
+_BODY4[list(_ICMP4_BODIES)] = list(_ICMP4_BODIES.values())
+_BODY6[list(_ICMP6_BODIES)] = list(_ICMP6_BODIES.values())
 _JUDGED_BYTES = 16  # shorter echo data holds too little to tell a pattern from a payload
 
 
@@ -251,7 +256,8 @@ def icmp_shapes(batch: PacketBatch, pf: PacketFields) -> tuple[np.ndarray, np.nd
     when it starts with the sender's clock (a struct timeval: 16 bytes little-endian, as iputils on
     64-bit Linux writes it, or 8 bytes either way round, as BSD, macOS and 32-bit systems do) within a
     year of the capture's time and the pattern follows. Anything else in an echo is odd, and so is data
-    in a message of a type that defines none (not echo, not an error, not discovery or timestamp).
+    in a message beyond what its type defines (none for most types, the three clocks of a timestamp,
+    the mask of an address mask reply; errors and discovery messages carry a body of any length).
     Only the captured bytes are compared; echo data of 16 bytes or fewer is never odd.
     """
     size = np.full(len(batch), -1, dtype=pf.icmp_size.dtype)
@@ -263,8 +269,8 @@ def icmp_shapes(batch: PacketBatch, pf: PacketFields) -> tuple[np.ndarray, np.nd
     kind, v6 = pf.icmp_type[rows], pf.proto[rows] == IPPROTO_ICMPV6
     echo = np.where(v6, (kind == 128) | (kind == 129), (kind == 0) | (kind == 8))
     by_type = np.minimum(kind, 255)
-    bodied = np.where(v6, _BODIED6[by_type], _BODIED4[by_type])
-    odd[rows] = ~echo & ~bodied & (pf.payload_len[rows] > 0)
+    body = np.where(v6, _BODY6[by_type], _BODY4[by_type])
+    odd[rows] = ~echo & (pf.payload_len[rows] > body)
     echoes = rows[echo & (pf.payload_len[rows] > _JUDGED_BYTES)]
     if len(echoes):
         data = _leading_bytes(batch, pf, echoes, PATTERN_WINDOW)

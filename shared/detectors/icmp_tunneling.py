@@ -5,8 +5,9 @@ macOS, 32 from Windows, whatever ``-s`` asked) and a known pattern (a timestamp 
 Windows' alphabet), echoed back unchanged. A tunnel (ptunnel-ng, icmpsh, hans, icmptunnel, Pingback)
 puts its data in the payload: content that is no ping pattern, and sizes that follow the data. The
 sensor counts, per flow, the distinct payload sizes (``icmp_sizes``) and the messages whose payload is
-no ping pattern or that carry data in a message type that has none (``icmp_odd``: timestamp,
-information, router or unassigned types with a payload; errors quote a packet and are not counted).
+no ping pattern or that carry data beyond what their type defines (``icmp_odd``: unassigned types
+with a payload, a timestamp past its three clocks, an information request with any; errors quote a
+packet and discovery messages carry options, and are not counted).
 
 Per pair of hosts (both directions: a tunnel's requests may come from either end), over a window of
 an hour, the odd messages, the most distinct sizes one flow held and the pair's bytes and packets are

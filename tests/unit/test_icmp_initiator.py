@@ -146,3 +146,29 @@ def test_a_tunnel_in_another_request_type_names_its_client_when_the_capture_star
     (finding,) = IcmpTunnelingDetector().observe(batch_of(flows))
     assert (finding.source["ip"], finding.evidence["peer"]) == (client, server)
     assert finding.evidence["named_end"] == "initiator" and finding.evidence["odd_in_flows_it_started"] == 29
+
+
+@pytest.mark.parametrize("ask, answer, body", [(13, 14, 12), (17, 18, 4), (15, 16, 0)],
+                         ids=["timestamp", "address mask", "information"])
+def test_data_past_a_fixed_body_is_a_tunnel_and_the_body_alone_is_not(tmp_path, ask, answer, body):
+    """Timestamp (three clocks), address mask (a mask) and information (nothing) have a fixed body
+    (RFC 792, 950), which scapy writes: a plain exchange carries no data of its own; 200 bytes more in
+    each request and reply is a channel, found by the sensor (icmp_odd) and named by icmp_tunneling."""
+    def message(src: str, dst: str, kind: int, k: int, extra: int):
+        packet = IP(src=src, dst=dst) / ICMP(type=kind, id=4, seq=k)
+        assert len(packet[ICMP]) == 8 + body
+        return packet / Raw((b"exfil %03d " % k * 20)[:extra]) if extra else packet
+
+    def exchange(extra: int) -> list:
+        return [m for k in range(15) for m in (message(ASKER4, PEER4, ask, k, extra),
+                                               message(PEER4, ASKER4, answer, k, extra))]
+
+    def flows(name: str, extra: int) -> FlowRecords:
+        return FlowRecords.concat(list(flows_from_captures([_write(tmp_path / name, exchange(extra))])))
+
+    plain = flows("plain.pcap", 0)
+    assert plain["icmp_odd"].tolist() == [0] and not IcmpTunnelingDetector().observe(batch_of(plain))
+    tunnel = flows("tunnel.pcap", 200)
+    assert tunnel["icmp_odd"].tolist() == [30]
+    (finding,) = IcmpTunnelingDetector().observe(batch_of(tunnel))
+    assert finding.source["ip"] == ASKER4 and "non_echo_data" in finding.evidence["reasons"]
