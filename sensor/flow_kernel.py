@@ -439,6 +439,10 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
         if code != 0 and _acknowledges(row, 1 - from_b, flags, np.int64(tcp_ack[i]), num):
             num[row, EXEC] |= np.int64(code) << (2 * from_b)
         if pr == 6:
+            if (flags & (_SYN | _ACK)) == (_SYN | _ACK) and num[row, ISN_A + 1 - from_b] < 0:
+                # a SYN the capture lacks: its number is one before what the SYN-ACK acknowledges
+                num[row, ISN_A + 1 - from_b] = (np.int64(tcp_ack[i]) - 1) & _SEQ_MASK
+                num[row, SENT_A + 1 - from_b] = 0
             _track_sequence(row, from_b, flags, np.int64(tcp_seq[i]), pl, num)
         small = (1 <= pl <= SMALL_PAYLOAD) or ((pr == _ICMP or pr == _ICMPV6) and not err and it >= 0
                                                and pl <= SMALL_PAYLOAD)

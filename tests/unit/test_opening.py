@@ -112,6 +112,7 @@ def test_a_connection_opens_with_its_clients_first_payload(tmp_path, payload, ex
     answer = Ether() / IP(src=b[0], dst=a[0]) / TCP(sport=b[1], dport=a[1], flags="PA", seq=10,
                                                     ack=2 + len(payload)) / Raw(b"x")
     assert opening(syn, synack, answer) == Opening.UNKNOWN
+    assert opening(synack, answer) == Opening.UNKNOWN  # the SYN lost too: the SYN-ACK's number tells it
     # its request's first segment lost: the next one starts past the stream's first byte
     rest = Ether() / IP(src=a[0], dst=b[0]) / TCP(sport=a[1], dport=b[1], flags="PA", seq=2 + 1368, ack=10) / Raw(payload)
     assert opening(syn, synack, rest, reply) == Opening.UNKNOWN
