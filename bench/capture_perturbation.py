@@ -23,7 +23,7 @@ capture, one column per variant: ``ok`` = detected with the right actor or benig
 attack not detected, ``FA`` = benign capture with a forbidden alert, with the alerts it raised), then per
 variant the totals: attacks detected of attacks, benign captures with a forbidden alert of benign captures.
 Packets are read with the sensor's own capture reader (so a capture it cannot read is not perturbed).
-Run time: about 40 s for the 51 labelled captures (408 analyses) on two cores; ``--only`` narrows the set.
+Run time: 15 to 40 s for the 51 labelled captures (408 analyses) on two cores (the first run compiles the kernels); ``--only`` narrows the set.
 """
 
 from __future__ import annotations
