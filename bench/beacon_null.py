@@ -43,9 +43,10 @@ def main(samples: int = 400_000, seed: int = 1) -> None:
 
 
 def _most_beats(rate: float, packets: int, sessions: int, seed: int) -> np.ndarray:
+    from numba import njit  # the sensor's own njit leaves numba's runtime out: this loop allocates
+
     from kubesonar.sensor.flow_kernel import BURST_NS, _track_beat
     from kubesonar.sensor.flow_layout import BEAT_A, N_COLS
-    from kubesonar.sensor.jit import njit
 
     @njit
     def run(rate, packets, sessions, seed):

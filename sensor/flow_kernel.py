@@ -275,6 +275,23 @@ def _acknowledges(s, other, flags, ack, num) -> bool:
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _unseen_first_speaker(s, side, flags, seq, ack, num) -> int:
+    """For a connection's first payload seen: the side whose first bytes the capture lacks, -1 if none.
+    A capture drops segments the hosts exchanged (a tap or kernel buffer that overflowed, a capture cut
+    short): a segment acknowledging more of the other side's sequence space than the capture showed it
+    sending means the other side spoke first; one starting past its own side's first byte means its
+    side did, in bytes not seen. Neither is known when the side's SYN was not seen."""
+    other = 1 - side
+    isn = num[s, ISN_A + other]
+    if isn >= 0 and (flags & _ACK) != 0 and 0 < ((ack - isn - 1 - num[s, SENT_A + other]) & _SEQ_MASK) < _SEQ_AHEAD:
+        return other
+    isn = num[s, ISN_A + side]
+    if isn >= 0 and 0 < ((seq - isn - 1) & _SEQ_MASK) < _SEQ_AHEAD:
+        return side
+    return -1
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _track_beat(s, side, ts, gap, num) -> None:
     """Follow the timer that may start a side's bursts, through the other bursts between its beats.
 
@@ -304,17 +321,20 @@ def _track_beat(s, side, ts, gap, num) -> None:
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, host_code, tcp_payload, kind, num,
-                     numf) -> None:
+def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, host_code, tcp_payload, kind,
+                     unseen_speaker, num, numf) -> None:
     """The connection-level figures one packet adds: a gap, an ICMP size, the ClientHello's code, how a
     side opened (its first TCP payload's kind, and the host it named if that is an HTTP request) and who
-    spoke first."""
+    spoke first (``unseen_speaker``: _unseen_first_speaker)."""
     if tcp_payload and num[s, OPEN_A + side] == 0:
         num[s, OPEN_A + side] = 1 + kind
         num[s, HOST_A + side] = host_code
         if num[s, FIRST_SPEAKER] == 0:  # a connection whose handshake was not seen was joined mid-stream
             handshake = ((num[s, FLAGS_A] | num[s, FLAGS_B]) & _SYN) != 0
-            num[s, FIRST_SPEAKER] = (1 if handshake else 3) + side
+            if unseen_speaker >= 0:  # what was said first is not in the capture: the opening is not known
+                num[s, FIRST_SPEAKER] = 3 + unseen_speaker
+            else:
+                num[s, FIRST_SPEAKER] = (1 if handshake else 3) + side
     if small:
         last = num[s, SMALL_TS_A + side]
         if last < 0 or ts - last > BURST_NS:  # a new burst: the gap runs from the previous burst's start
@@ -466,9 +486,17 @@ def add_packets(order, src, dst, sport, dport, proto, ip_len, tcp_flags, tcp_seq
         if code != 0 and _acknowledges(row, 1 - from_b, flags, np.int64(tcp_ack[i]), num):
             num[row, EXEC] |= np.int64(code) << (2 * from_b)
         if pr == 6:
+            if (flags & (_SYN | _ACK)) == (_SYN | _ACK) and num[row, ISN_A + 1 - from_b] < 0:
+                # a SYN the capture lacks: its number is one before what the SYN-ACK acknowledges
+                num[row, ISN_A + 1 - from_b] = (np.int64(tcp_ack[i]) - 1) & _SEQ_MASK
+                num[row, SENT_A + 1 - from_b] = 0
             _track_sequence(row, from_b, flags, np.int64(tcp_seq[i]), pl, num)
         small = (1 <= pl <= SMALL_PAYLOAD) or ((pr == _ICMP or pr == _ICMPV6) and not err and it >= 0
                                                and pl <= SMALL_PAYLOAD)
+        tcp_payload = pr == 6 and pl > 0
+        unseen_speaker = -1
+        if tcp_payload and num[row, FIRST_SPEAKER] == 0:
+            unseen_speaker = _unseen_first_speaker(row, from_b, flags, np.int64(tcp_seq[i]), np.int64(tcp_ack[i]), num)
         _account_payload(row, from_b, ts, small, icmp_size[i], icmp_odd[i], tls_code[i], host_code[i],
-                         pr == 6 and pl > 0, payload_kind[i], num, numf)
+                         tcp_payload, payload_kind[i], unseen_speaker, num, numf)
     return len(order), n_out

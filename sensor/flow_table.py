@@ -26,6 +26,7 @@ from kubesonar.sensor.app_layer import HttpHosts, TlsClients
 from kubesonar.sensor.dissect import PacketFields
 from kubesonar.sensor.executables import Executables
 from kubesonar.shared.flow import (
+    ConnState,
     EndReason,
     FlowRecords,
     Opening,
@@ -35,6 +36,10 @@ from kubesonar.shared.flow import (
 from kubesonar.shared.mining import RPC_METHODS
 
 SECOND = 1_000_000_000
+# a flow with no answer this long after its last packet was not answered: TCP's initial retransmission
+# timeout (RFC 6298), the time a sender itself waits before it takes a segment for lost; sooner, the
+# answer may still be on its way
+ANSWER_DUE_S = 1.0
 _FIN, _RST = int(TcpFlag.FIN), int(TcpFlag.RST)
 
 
@@ -270,7 +275,18 @@ class FlowTable:
 
     def flush(self, reason: EndReason = EndReason.END_OF_INPUT, most: int | None = None) -> FlowRecords:
         """End every open flow (end of a capture, or shutdown), at most ``most`` a call."""
-        return self._after_held(self._end_slots(self._t.live_slots()[:most], reason))
+        return self._after_held(self._answer_not_due(self._end_slots(self._t.live_slots()[:most], reason)))
+
+    def _answer_not_due(self, records: FlowRecords) -> FlowRecords:
+        """Flows nobody answered whose input ended less than ANSWER_DUE_S after their last packet: their
+        state is UNKNOWN, not ATTEMPTED. A capture cut right after a client's requests (one stopped at a
+        packet count or a file size, one half of a longer recording) never showed the answers, which a
+        port scan's walk would otherwise count as failures."""
+        if len(records):
+            state = records["state"]
+            due = self.watermark_ns - records["last_ts"] >= int(ANSWER_DUE_S * SECOND)
+            state[(state == ConnState.ATTEMPTED) & ~due] = ConnState.UNKNOWN
+        return records
 
     def _after_held(self, records: FlowRecords) -> FlowRecords:
         """``records``, after those of the rows still held."""

@@ -403,8 +403,9 @@ class PortScanDetector(Detector[PortScanState, _Assessment]):
 
 
 def _trials(flows: FlowRecords) -> np.ndarray:
-    """Flows that are contacts at all: unicast, from a real address, and not ICMP housekeeping
-    (neighbour discovery, MLD, router solicitations expect no answer; only echo requests are probes)."""
+    """Flows that are contacts at all: unicast, from a real address, not ICMP housekeeping (neighbour
+    discovery, MLD, router solicitations expect no answer; only echo requests are probes), and with an
+    outcome (UNKNOWN: the input ended before an answer was due, sensor/flow_table.py ANSWER_DUE_S)."""
     src, dst = _halves(flows["src_addr"]), _halves(flows["dst_addr"])
     dst_bytes = np.ascontiguousarray(flows["dst_addr"]).view(np.uint8).reshape(-1, 16)
     v4 = (dst[:, 0] == 0) & ((dst[:, 1] & _LOW32) == _V4_MARK)  # ::ffff:a.b.c.d
@@ -412,7 +413,7 @@ def _trials(flows: FlowRecords) -> np.ndarray:
     unspecified = (src[:, 0] == 0) & ((src[:, 1] == 0) | (src[:, 1] == _V4_MARK))  # :: or 0.0.0.0
     icmp = np.isin(flows["proto"], (1, 58))
     echo = np.isin(flows["icmp_type"], (8, 128))
-    return ~multicast & ~unspecified & (~icmp | echo)
+    return ~multicast & ~unspecified & (~icmp | echo) & (flows["state"] != ConnState.UNKNOWN)
 
 
 # bytes 8..15 of an IPv4-mapped address, read as a little-endian 64-bit integer: 00 00 ff ff a b c d

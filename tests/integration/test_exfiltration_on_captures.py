@@ -57,3 +57,18 @@ def test_pingback_is_named_from_the_end_inside_the_cluster():
     result = analyze([str(path)], internal_networks=("192.168.38.172/32",))
     assert {(a["type"], a["rule"], a["source"]["ip"]) for a in result.alerts} == {
         ("exfiltration", "icmp_tunneling", "192.168.38.172")}
+
+
+@pytest.mark.parametrize("path, port", [("exfil/corelight_agenttesla_smtp_a30789ce.pcap", 587),
+                                        ("exfil/spiderlabs_hawkeye_keylogger_ftp.pcap", 21)])
+def test_a_credential_drop_is_reported_when_the_capture_lost_the_servers_syn_ack(tmp_path, path, port):
+    """A tap or a kernel buffer that overflowed loses packets: without the server's SYN-ACK the session
+    is still one the server answered (its greeting and replies are there)."""
+    from scapy.all import TCP, PcapReader, wrpcap
+
+    with PcapReader(str(MORE / path)) as packets:
+        kept = [p for p in packets if not (TCP in p and p[TCP].sport == port and p[TCP].flags.S)]
+    wrpcap(str(tmp_path / "lossy.pcap"), kept)
+    label = next(r for r in EXFIL if r["path"] == path)
+    found = [a for a in analyze([str(tmp_path / "lossy.pcap")]).alerts if a["rule"] == "exfiltration"]
+    assert {(a["source"]["ip"], a["evidence"]["kind"]) for a in found} == {(label["actor_ip"], CHANNELS[path])}

@@ -8,7 +8,7 @@ import numpy as np
 from kubesonar.shared.detectors import batch_of
 from kubesonar.shared.detectors.exfil_channels import UPLOAD_MIN_BYTES, UPLOAD_RATIO
 from kubesonar.shared.detectors.exfiltration import ExfiltrationDetector
-from kubesonar.shared.flow import ConnState, FlowRecords, address_bytes
+from kubesonar.shared.flow import FlowRecords, address_bytes, connection_state
 
 S = 1_000_000_000
 DAY = 86400 * S
@@ -30,11 +30,12 @@ def flows(rows: list[dict]) -> FlowRecords:
         c["packets_out"][i], c["packets_in"][i] = 20, 20
         c["bytes_out"][i], c["bytes_in"][i] = r["out"], r["in"]
         c["flags_out"][i], c["flags_in"][i] = SYN_ACK_FIN_PSH, r.get("flags_in", SYN_ACK_FIN_PSH)
-        c["state"][i] = int(ConnState.CLOSED)
         c["tls_sni"][i], c["rpc_method"][i] = r.get("sni", ""), r.get("rpc", "")
         c["http_host"][i] = r.get("http_host", "")
         if r.get("name"):
             c["src_namespace"][i], c["src_workload_kind"][i], c["src_workload_name"][i] = "shop", "Deployment", r["name"]
+    # as the sensor states it from the flags (a refused session is REJECTED)
+    c["state"][:] = connection_state(c["proto"], c["flags_out"], c["flags_in"], c["packets_in"], np.zeros(len(rows), bool))
     return rec
 
 

@@ -77,7 +77,7 @@ def test_mid_stream_flows_fall_back_to_the_service_port(tmp_path):
 @pytest.mark.parametrize(
     "packets, state",
     [
-        ([("c", "S")], "attempted"),
+        ([("c", "S")], "unknown"),  # the capture ended before an answer was due
         ([("c", "S"), ("s", "RA")], "rejected"),
         ([("c", "F"), ("s", "RA")], "rejected"),
         ([("c", "S"), ("s", "SA"), ("c", "A")], "established"),
@@ -92,6 +92,15 @@ def test_connection_states(tmp_path, packets, state):
         timed.append((i * 0.001, IP(src=src, dst=dst) / TCP(sport=sp, dport=dp, flags=flags)))
     (flow,) = flows_of(_write(tmp_path / "t.pcap", timed))
     assert flow["state"] == state
+
+
+def test_a_syn_still_unanswered_when_an_answer_was_due_is_attempted(tmp_path):
+    from kubesonar.sensor.flow_table import ANSWER_DUE_S
+
+    syn = IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=80, flags="S")
+    other = IP(src="10.0.0.3", dst="10.0.0.4") / UDP(sport=5353, dport=53)
+    flows = flows_of(_write(tmp_path / "t.pcap", [(0.0, syn), (ANSWER_DUE_S + 0.001, other)]))
+    assert [f["state"] for f in flows if f["proto"] == 6] == ["attempted"]
 
 
 def test_a_new_connection_on_a_closed_five_tuple_is_a_new_flow(tmp_path):
@@ -152,7 +161,7 @@ def test_ending_many_flows_at_once_gives_the_records_that_ending_them_a_few_at_a
     from kubesonar.sensor.dissect import dissect
     from kubesonar.sensor.flow_table import FlowTable
     from kubesonar.sensor.synthetic import syn_flood, write_traffic
-    from kubesonar.shared.flow import EndReason, FlowRecords
+    from kubesonar.shared.flow import ConnState, EndReason, FlowRecords
 
     rng = np.random.default_rng(7)
     path = tmp_path / "flood.pcap"
@@ -178,6 +187,8 @@ def test_ending_many_flows_at_once_gives_the_records_that_ending_them_a_few_at_a
         records = records.take(np.lexsort((records["dst_port"], records["src_port"], records["dst_addr"].view("u1")
                                            .reshape(-1, 16)[:, -1], records["first_ts"])))
         records.columns["end_reason"][:] = EndReason.UNKNOWN
+        # an end of input leaves the flows of its last second unanswered UNKNOWN (ANSWER_DUE_S), expiry does not
+        records.columns["state"][records["state"] == ConnState.UNKNOWN] = ConnState.ATTEMPTED
         return records
 
     assert (whole["end_reason"] == EndReason.END_OF_INPUT).all()

@@ -107,6 +107,15 @@ def test_a_connection_opens_with_its_clients_first_payload(tmp_path, payload, ex
     # the server speaking first (SMTP's greeting), or a stream joined after its handshake
     assert opening(syn, synack, reply, data) == Opening.RESPONDER_FIRST
     assert opening(data, reply) == Opening.UNKNOWN
+    # the client's request lost by the capture: the server's reply acknowledges it, so the server did not
+    # speak first; what the client said is not known
+    answer = Ether() / IP(src=b[0], dst=a[0]) / TCP(sport=b[1], dport=a[1], flags="PA", seq=10,
+                                                    ack=2 + len(payload)) / Raw(b"x")
+    assert opening(syn, synack, answer) == Opening.UNKNOWN
+    assert opening(synack, answer) == Opening.UNKNOWN  # the SYN lost too: the SYN-ACK's number tells it
+    # its request's first segment lost: the next one starts past the stream's first byte
+    rest = Ether() / IP(src=a[0], dst=b[0]) / TCP(sport=a[1], dport=b[1], flags="PA", seq=2 + 1368, ack=10) / Raw(payload)
+    assert opening(syn, synack, rest, reply) == Opening.UNKNOWN
 
 
 def test_a_schema_4_message_decodes_with_the_opening_unknown():

@@ -132,3 +132,27 @@ def test_sources_are_coded_alike_in_every_process():
     runs = {subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
     assert len(runs) == 1 and "svc-12" in runs.pop()
+
+
+def test_requests_a_capture_ends_before_they_could_be_answered_are_no_failures(tmp_path):
+    """zeek_ntp_sync cut after its NTP client's 15 requests, before any answer (as a capture stopped at a
+    packet count is): the requests are no unanswered first contacts. The same requests with the capture
+    going on past the time an answer was due, still unanswered, are a sweep."""
+    from scapy.all import IP, UDP, Ether, rdpcap, wrpcap
+
+    from kubesonar.compose import analyze
+    from kubesonar.sensor.flow_table import ANSWER_DUE_S
+
+    from conftest import DATA
+
+    requests = rdpcap(str(DATA / "more/benign/zeek_ntp_sync.pcap"))[:17]  # the lookup, its answer, 15 NTP
+    assert [p[UDP].dport for p in requests[2:]] == [123] * 15 and {p[IP].src for p in requests[2:]} == {"192.168.50.50"}
+
+    def scans(packets) -> list[str]:
+        wrpcap(str(tmp_path / "cut.pcap"), packets)
+        return [a["source"]["ip"] for a in analyze([str(tmp_path / "cut.pcap")]).alerts if a["rule"] == "port_scan"]
+
+    assert scans(requests) == []
+    later = Ether() / IP(src="192.168.50.50", dst="192.168.0.1") / UDP(sport=5353, dport=53)
+    later.time = requests[-1].time + ANSWER_DUE_S + 1
+    assert scans([*requests, later]) == ["192.168.50.50"]

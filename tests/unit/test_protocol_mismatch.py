@@ -31,6 +31,26 @@ def test_empires_tls_on_port_80_is_reported_cold_from_the_agent():
         ("10.200.201.29", "protocol_mismatch", "18.220.208.40:80", "http", ["tls"])]
 
 
+def test_http_requests_the_capture_lost_are_not_a_server_speaking_first(tmp_path):
+    """A capture that dropped a client's request (a tap or kernel buffer overflowing) shows the web
+    server's answer as the first payload: its acknowledgement number says the client spoke before it."""
+    from scapy.all import TCP, PcapReader, wrpcap
+
+    spoken: set[tuple] = set()
+    kept, lost = [], 0
+    with PcapReader(str(DATA / "pcaps/benign/chrissanders_http_espn.pcapng")) as packets:
+        for p in packets:
+            if TCP in p and p[TCP].dport == 80 and len(p[TCP].payload) and (p[TCP].sport, p[TCP].dport) not in spoken:
+                spoken.add((p[TCP].sport, p[TCP].dport))  # each connection's first request
+                lost += 1
+                continue
+            kept.append(p)
+    wrpcap(str(tmp_path / "lossy.pcap"), kept)
+    outcome = analyze([str(tmp_path / "lossy.pcap")])
+    assert lost > 10 and outcome.flows
+    assert [a["evidence"] for a in outcome.alerts if a["rule"] == "unusual_destination"] == []
+
+
 def test_trickbots_http_to_an_address_on_7080_is_reported_cold_from_the_infected_host():
     outcome = analyze([str(DATA / "pcaps/c2_beacon/ndpi_trickbot.pcap")])
     found = [a for a in outcome.alerts if a["rule"] == "unusual_destination"]
