@@ -278,13 +278,15 @@ class FlowTable:
         return self._after_held(self._answer_not_due(self._end_slots(self._t.live_slots()[:most], reason)))
 
     def _answer_not_due(self, records: FlowRecords) -> FlowRecords:
-        """Flows nobody answered whose input ended less than ANSWER_DUE_S after their last packet: their
-        state is UNKNOWN, not ATTEMPTED. A capture cut right after a client's requests (one stopped at a
-        packet count or a file size, one half of a longer recording) never showed the answers, which a
-        port scan's walk would otherwise count as failures."""
+        """Flows nobody answered whose input ended less than ANSWER_DUE_S after their connection's first
+        packet: their state is UNKNOWN, not ATTEMPTED. A capture cut right after a client's requests (one
+        stopped at a packet count or a file size, one half of a longer recording) never showed the answers,
+        which a port scan's walk would otherwise count as failures. The first packet, not the last: a SYN
+        retransmitted until the end, or a flow whose interim records already said ATTEMPTED, was due an
+        answer long before."""
         if len(records):
             state = records["state"]
-            due = self.watermark_ns - records["last_ts"] >= int(ANSWER_DUE_S * SECOND)
+            due = self.watermark_ns - records["conn_start"] >= int(ANSWER_DUE_S * SECOND)
             state[(state == ConnState.ATTEMPTED) & ~due] = ConnState.UNKNOWN
         return records
 

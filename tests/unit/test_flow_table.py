@@ -291,3 +291,22 @@ def test_held_rows_give_the_records_each_batch_gives_even_as_the_registries_forg
     each_batch, held = records(0), records(held_rows)
     assert sorted(each_batch["http_host"].tolist()) == sorted(f"h{i}.example" for i in range(60))
     assert held.equals(each_batch)
+
+
+def test_a_syn_retransmitted_until_the_capture_ended_is_attempted(tmp_path):
+    """The answer to the first SYN was due long before the input ended, whatever its retransmissions:
+    the connection failed, as the idle timeout would have said."""
+    from kubesonar.sensor.flow_table import ANSWER_DUE_S
+
+    syn = IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=80, flags="S", seq=1000)
+    other = IP(src="10.0.0.3", dst="10.0.0.4") / UDP(sport=5353, dport=53)
+    last = 3.0  # Linux retransmits an unanswered SYN after 1 s, then 2 s later
+    timed = [(0.0, syn), (1.0, syn), (last, syn), (last + ANSWER_DUE_S / 2, other)]
+    flows = flows_of(_write(tmp_path / "t.pcap", timed))
+    assert [f["state"] for f in flows if f["proto"] == 6] == ["attempted"]
+
+
+def test_an_unanswered_flow_keeps_its_state_across_its_interim_records(tmp_path):
+    path = _write(tmp_path / "a.pcap", [_udp(t) for t in range(0, 100, 2)])  # one way, over 98 s
+    records = flows_of(path, FlowTimeouts(active_s=30, idle_s=60))
+    assert [r["state"] for r in records] == ["attempted"] * 4
