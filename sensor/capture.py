@@ -102,7 +102,7 @@ class Capture:
             self._finished = True
             for ring in list(self._sockets.values()):
                 self._retire(ring)
-        ended = self.table.flush(EndReason.END_OF_INPUT, most)
+        ended = self.table.flush(EndReason.END_OF_INPUT, most, now_ns=time.time_ns())  # watched until now
         self._add(ended)
         return most is not None and len(ended) == most
 

@@ -273,11 +273,14 @@ class FlowTable:
         due &= num[:, layout.LIVE] != 0
         return np.flatnonzero(due)
 
-    def flush(self, reason: EndReason = EndReason.END_OF_INPUT, most: int | None = None) -> FlowRecords:
-        """End every open flow (end of a capture, or shutdown), at most ``most`` a call."""
-        return self._after_held(self._answer_not_due(self._end_slots(self._t.live_slots()[:most], reason)))
+    def flush(self, reason: EndReason = EndReason.END_OF_INPUT, most: int | None = None,
+              now_ns: int | None = None) -> FlowRecords:
+        """End every open flow (end of a capture, or shutdown), at most ``most`` a call. ``now_ns``: when
+        a live sensor stopped watching (a capture's input ends with its last packet)."""
+        end_ns = self.watermark_ns if now_ns is None else max(self.watermark_ns, now_ns)
+        return self._after_held(self._answer_not_due(self._end_slots(self._t.live_slots()[:most], reason), end_ns))
 
-    def _answer_not_due(self, records: FlowRecords) -> FlowRecords:
+    def _answer_not_due(self, records: FlowRecords, end_ns: int) -> FlowRecords:
         """Flows nobody answered whose input ended less than ANSWER_DUE_S after their connection's first
         packet: their state is UNKNOWN, not ATTEMPTED. A capture cut right after a client's requests (one
         stopped at a packet count or a file size, one half of a longer recording) never showed the answers,
@@ -286,7 +289,7 @@ class FlowTable:
         answer long before."""
         if len(records):
             state = records["state"]
-            due = self.watermark_ns - records["conn_start"] >= int(ANSWER_DUE_S * SECOND)
+            due = end_ns - records["conn_start"] >= int(ANSWER_DUE_S * SECOND)
             state[(state == ConnState.ATTEMPTED) & ~due] = ConnState.UNKNOWN
         return records
 

@@ -310,3 +310,26 @@ def test_an_unanswered_flow_keeps_its_state_across_its_interim_records(tmp_path)
     path = _write(tmp_path / "a.pcap", [_udp(t) for t in range(0, 100, 2)])  # one way, over 98 s
     records = flows_of(path, FlowTimeouts(active_s=30, idle_s=60))
     assert [r["state"] for r in records] == ["attempted"] * 4
+
+
+def test_a_live_sensor_stopping_seconds_after_an_unanswered_probe_ends_it_attempted(tmp_path):
+    """The live sensor watched the node until it stopped, not until the last packet it saw: a probe
+    left unanswered 3 s before the shutdown of a quiet node (too soon for the 5 s expiry of an
+    unanswered flow) had its answer due."""
+    import time
+
+    from kubesonar.sensor.capture import Capture
+    from kubesonar.sensor.capture_file import read_capture
+    from kubesonar.sensor.live import LIVE_TIMEOUTS, SensorSettings
+    from kubesonar.sensor.observe import observe
+    from kubesonar.shared.flow import ConnState, FlowRecords
+
+    probe = IP(src="10.0.0.1", dst="10.0.0.2") / TCP(sport=40000, dport=8080, flags="S")
+    path = _write(tmp_path / "probe.pcap", [(time.time() - T0 - 3.0, probe)])  # stamped 3 s ago
+    capture = Capture(SensorSettings(interfaces=("none",), timeouts=LIVE_TIMEOUTS))  # no interface opened
+    for batch in read_capture(path):
+        observe(batch, capture.table, capture.dns)
+    capture.expire(time.time_ns())  # the window's expiry: 3 s is short of LIVE_TIMEOUTS.unanswered_s
+    capture.finish()
+    ended = FlowRecords.concat(capture.take()[0])
+    assert ended["state"].tolist() == [ConnState.ATTEMPTED]
