@@ -330,7 +330,10 @@ def _account_payload(s, side, ts, small, icmp_size, icmp_odd, tls_code, host_cod
         num[s, OPEN_A + side] = 1 + kind
         num[s, HOST_A + side] = host_code
         if num[s, FIRST_SPEAKER] == 0:  # a connection whose handshake was not seen was joined mid-stream
-            handshake = ((num[s, FLAGS_A] | num[s, FLAGS_B]) & _SYN) != 0
+            # a SYN or SYN-ACK of this connection: its sequence numbers, which interim records carry on (the
+            # flags are a record's own, and a pooled connection's handshake may be in the record before)
+            handshake = (((num[s, FLAGS_A] | num[s, FLAGS_B]) & _SYN) != 0 or num[s, ISN_A] >= 0
+                         or num[s, ISN_A + 1] >= 0)
             if unseen_speaker >= 0:  # what was said first is not in the capture: the opening is not known
                 num[s, FIRST_SPEAKER] = 3 + unseen_speaker
             else:

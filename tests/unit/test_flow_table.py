@@ -333,3 +333,21 @@ def test_a_live_sensor_stopping_seconds_after_an_unanswered_probe_ends_it_attemp
     capture.finish()
     ended = FlowRecords.concat(capture.take()[0])
     assert ended["state"].tolist() == [ConnState.ATTEMPTED]
+
+
+def test_a_connection_whose_first_request_comes_after_an_interim_record_keeps_its_opening(tmp_path):
+    """A pooled connection opened, then used a minute later: its handshake is in the interim record
+    before, and the request is still its client's first payload."""
+    from kubesonar.shared.flow import Opening
+
+    c, s = dict(src="10.0.0.1", dst="203.0.113.7"), dict(src="203.0.113.7", dst="10.0.0.1")
+    out, back = dict(sport=40000, dport=80), dict(sport=80, dport=40000)
+    request = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    timed = [(0.0, IP(**c) / TCP(**out, flags="S", seq=100)),
+             (0.01, IP(**s) / TCP(**back, flags="SA", seq=500, ack=101)),
+             (0.02, IP(**c) / TCP(**out, flags="A", seq=101, ack=501)),
+             (45.0, IP(**c) / TCP(**out, flags="PA", seq=101, ack=501) / Raw(request)),
+             (45.05, IP(**s) / TCP(**back, flags="PA", seq=501, ack=101 + len(request)) / Raw(b"HTTP/1.1 200 OK\r\n"))]
+    records = flows_of(_write(tmp_path / "pool.pcap", timed), FlowTimeouts(active_s=30, idle_s=60))
+    assert [r["end_reason"] for r in records] == ["active_timeout", "end_of_input"]
+    assert records[-1]["opening"] in (Opening.HTTP, "http")
