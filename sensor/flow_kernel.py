@@ -264,8 +264,8 @@ def _acknowledges(s, other, flags, ack, num) -> bool:
     """Whether a segment's acknowledgement number acknowledges the other side's SYN and no more than the
     other side sent, as the receiving TCP requires before it takes the data (RFC 793's acceptable ACK).
     A blind sender, whose address is spoofed, never sees the SYN-ACK it would have to acknowledge. Any
-    number when the other side's SYN was not seen (a capture or a sensor that started mid-connection, a
-    record after an idle gap)."""
+    number when neither the other side's SYN nor the SYN-ACK answering it was seen (a capture or a sensor
+    that started mid-connection, a record after an idle gap)."""
     isn = num[s, ISN_A + other]
     if isn < 0:
         return True
