@@ -106,7 +106,8 @@ def _known_names(names: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--status", multiple=True, type=click.Choice(STATUSES), help="Repeat for several.")
 @click.option("--severity", multiple=True, type=click.Choice(SEVERITIES), help="Repeat for several.")
 @click.option("--type", "types", multiple=True, callback=lambda _c, _p, names: _known_names(names),
-              help="An alert type, a rule id, or TYPE/RULE as the list shows them (repeat for several).")
+              help="An alert type, a rule id, or TYPE/RULE (unusual_destination/reverse_shell, "
+                   "beaconing/beaconing) (repeat for several).")
 @click.option("--namespace", multiple=True, help="The source's namespace (repeat for several).")
 @click.option("--assignee", multiple=True, help="Repeat for several.")
 @click.option("--tag", multiple=True, help="Alerts with every tag given.")

@@ -148,7 +148,7 @@ def _destination(name: str, node: yaml.Node, env: Any) -> Destination:
         wrong = sorted(options["types"] - alert_names())
         if wrong:
             raise _fail(name, value["types"], f"unknown type or rule '{wrong[0]}' (known: "
-                        f"{', '.join(sorted(rules()))}; or TYPE/RULE, as `kubesonar alerts list` shows them)")
+                        f"{', '.join(sorted(rules()))}; or TYPE/RULE, as beaconing/beaconing)")
     if "namespaces" in value:
         options["namespaces"] = _names(name, value["namespaces"], "namespaces")
     if "rate_limit" in value:
