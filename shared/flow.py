@@ -44,6 +44,16 @@ class ConnState(IntEnum):
     OTHER = 6  # TCP seen mid-stream: replies but no handshake in view
 
 
+# the responder answered: a handshake, or replies to a connection seen mid-stream (not a SYN-ACK seen: a
+# capture or a tap that lost it lost no session)
+ANSWERED_STATES = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
+
+
+def answered(flows: FlowRecords) -> np.ndarray:
+    """Per flow, whether its responder answered (:data:`ANSWERED_STATES`)."""
+    return np.isin(flows["state"], ANSWERED_STATES)
+
+
 class EndReason(IntEnum):
     """Why a record was emitted. ACTIVE_TIMEOUT marks an interim record: the flow goes on."""
 

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
-from kubesonar.shared.flow import ConnState, FlowRecords, address_text
+from kubesonar.shared.flow import FlowRecords, address_text, answered
 from kubesonar.shared.identity import source_endpoint, workload_keys
 
 if TYPE_CHECKING:
@@ -47,7 +47,6 @@ INTERACTIVE_PORTS = (21, 22, 23, 445, 389, 636, 3389, 5900)
 # ports where short sessions are also normal traffic: judged only for pairs not seen while learning
 SERVICE_PORTS = (1433, 3306, 5432, 6379, 27017, 6443)
 API_SERVER = ("default", "Service", "kubernetes")
-_DONE = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
 
 
 @dataclass
@@ -174,7 +173,7 @@ class BruteForceDetector(Detector[BruteForceState, _Assessment]):
         short = ((flows["packets_out"] + flows["packets_in"]) <= self.max_packets) & (
             (flows["bytes_out"] + flows["bytes_in"]) <= self.max_bytes) & (
             (flows["last_ts"] - flows["first_ts"]) <= self.max_duration_ns)
-        keep = (flows["proto"] == 6) & (interactive | service) & np.isin(flows["state"], _DONE) & (
+        keep = (flows["proto"] == 6) & (interactive | service) & answered(flows) & (
             flows["packets_in"] > 0) & short & (flows["conn_start"] == flows["first_ts"])  # whole sessions only
         rows = np.flatnonzero(keep)
         rows = rows[np.argsort(flows["first_ts"][rows], kind="stable")]

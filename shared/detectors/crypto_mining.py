@@ -41,7 +41,7 @@ import numpy as np
 
 from kubesonar.shared.detectors.base import Detector, Pair, Score, bounded, clock_from_v0
 from kubesonar.shared.dns import DnsMessages, registered_domain
-from kubesonar.shared.flow import ConnState, FlowRecords, Opening, address_text
+from kubesonar.shared.flow import FlowRecords, Opening, address_text, answered
 from kubesonar.shared.identity import dns_client_endpoint, source_endpoint, subject_keys
 from kubesonar.shared.mining import POOL_DOMAINS, POOL_PORTS
 from kubesonar.shared.netzones import Zones
@@ -51,7 +51,6 @@ if TYPE_CHECKING:
 
 SECOND = 1_000_000_000
 _POOL_PORTS = np.array(sorted(POOL_PORTS))
-_OPEN = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
 _NOT_STRATUM = (int(Opening.HTTP), int(Opening.RESPONDER_FIRST))  # openings no pool connection has
 
 
@@ -155,7 +154,7 @@ class CryptoMiningDetector(Detector[MiningState, _Assessment]):
                    evidence)
 
     def _pool_ports(self, flows: FlowRecords, report: _Report, out: _Assessment) -> None:
-        candidates = ((flows["proto"] == 6) & np.isin(flows["dst_port"], _POOL_PORTS) & np.isin(flows["state"], _OPEN)
+        candidates = ((flows["proto"] == 6) & np.isin(flows["dst_port"], _POOL_PORTS) & answered(flows)
                       & ~np.isin(flows["opening"], _NOT_STRATUM))
         if not candidates.any():
             return

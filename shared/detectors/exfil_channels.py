@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from kubesonar.shared.detectors.base import Score
-from kubesonar.shared.flow import IPPROTO_TCP, ConnState, address_text, names_a_host
+from kubesonar.shared.flow import IPPROTO_TCP, address_text, answered, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 
 if TYPE_CHECKING:
@@ -52,9 +52,6 @@ UPLOAD_RATIO = 10.0  # sent / received: a download or an exchange is below 1-10,
 TRANSFER_WINDOW_NS = 600 * 1_000_000_000  # a transfer starts at once: two of the sensor's 5-minute records
 SERVICES = {"mail": (25, 465, 587), "ftp": (21,)}
 _HTTPS = 443
-# the responder answered (a handshake, or replies to a session seen mid-stream), rather than a SYN-ACK
-# seen: a capture or a tap that lost the SYN-ACK lost no session
-_ANSWERED = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
 
 
 class Connection(NamedTuple):
@@ -99,9 +96,9 @@ class ChannelState:
 def service_servers(flows: FlowRecords, known: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
     """``known`` with the subjects of ``flows`` that answered a connection on a mail or FTP port."""
     merged = {service: dict(known.get(service, {})) for service in SERVICES}
-    answered = (flows["proto"] == IPPROTO_TCP) & np.isin(flows["state"], _ANSWERED)
+    served = (flows["proto"] == IPPROTO_TCP) & answered(flows)
     for service, ports in SERVICES.items():
-        rows = np.flatnonzero(answered & np.isin(flows["dst_port"], ports))
+        rows = np.flatnonzero(served & np.isin(flows["dst_port"], ports))
         for key, ts in zip(subject_keys(flows, rows, "dst"), flows["last_ts"][rows].tolist(), strict=True):
             merged[service][key] = max(ts, merged[service].get(key, ts))
     return merged
@@ -156,7 +153,7 @@ def protocol_scores(flows: FlowRecords, zones: Zones, servers: dict[str, dict[st
     alarm unless the subject serves that protocol itself."""
     # mail and FTP are server-first (a 220 greeting); a session the sensor read as another protocol
     # (a mining pool's JSON-RPC on port 25, as pools offer to pass firewalls) is not them
-    established = ((flows["proto"] == IPPROTO_TCP) & np.isin(flows["state"], _ANSWERED) & (flows["packets_in"] > 1)
+    established = ((flows["proto"] == IPPROTO_TCP) & answered(flows) & (flows["packets_in"] > 1)
                    & (flows["rpc_method"] == ""))
     scores: dict[tuple[str, str, str], Score] = {}
     for service, ports in SERVICES.items():

@@ -55,7 +55,7 @@ import numpy as np
 
 from kubesonar.shared.detectors.base import IDLE_FORGET_NS, Detector, Pair, Score
 from kubesonar.shared.detectors.beaconing import cv_floors
-from kubesonar.shared.flow import IPPROTO_TCP, ConnState, address_text, client_named, names_a_host
+from kubesonar.shared.flow import IPPROTO_TCP, address_text, answered, client_named, names_a_host
 from kubesonar.shared.identity import source_endpoint, subject_keys
 from kubesonar.shared.netzones import Zones
 from kubesonar.shared.roles import merge_servers, servers_in
@@ -76,7 +76,6 @@ MESH_PEERS = 3  # hosts outside one workload speaks a port with at once: a mesh,
 SYSTEM_PORTS_END = 1024  # IANA's system ports: the services people drive by hand
 CLIENT_SEVERITY = "high"  # a session from a workload that serves nothing: a debug pod's console is one too
 _PORTS_KEPT = 64  # per subject: the ports it reached outside
-_ANSWERED = (int(ConnState.ESTABLISHED), int(ConnState.CLOSED), int(ConnState.RESET), int(ConnState.OTHER))
 
 
 @dataclass
@@ -133,10 +132,11 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
         if not len(flows):
             return out
         out.servers = servers_in(flows)
-        self._ports_used(flows, out)
+        reached = self._answered_outside(flows)  # hosts outside spoken with: ports used, meshes
+        self._ports_used(flows, reached, out)
         roles = merge_servers(self.state.servers, out.servers, self.max_subjects)
         rows = self.zones.outside(flows, np.flatnonzero(_interactive(flows)))
-        meshes = self._meshes(flows) if len(rows) else set()
+        meshes = _meshes(flows, reached) if len(rows) else set()
         reported: set[Pair] = set()
         for row, key in zip(rows.tolist(), subject_keys(flows, rows), strict=True):
             port = int(flows["dst_port"][row])
@@ -160,22 +160,9 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
                                     severity=None if server else CLIENT_SEVERITY))
         return out
 
-    def _meshes(self, flows: FlowRecords) -> set[tuple[str, int]]:
-        """(subject, port) pairs of this batch whose subject spoke the port with MESH_PEERS or more hosts
-        outside that answered, over TCP."""
-        rows = self._answered_outside(flows)
-        if not len(rows):
-            return set()
-        peers: dict[tuple[str, int], set[bytes]] = {}
-        for key, port, addr in zip(subject_keys(flows, rows), flows["dst_port"][rows].tolist(),
-                                   flows["dst_addr"][rows].tolist(), strict=True):
-            peers.setdefault((key, port), set()).add(addr)
-        return {pair for pair, hosts in peers.items() if len(hosts) >= MESH_PEERS}
-
-    def _ports_used(self, flows: FlowRecords, out: _Assessment) -> None:
+    def _ports_used(self, flows: FlowRecords, rows: np.ndarray, out: _Assessment) -> None:
         """The ports each subject reached outside in this batch (joined after scoring: a session's own
         port is not one its workload used before it). One row per (address, port) is enough."""
-        rows = self._answered_outside(flows)
         if not len(rows):
             return
         pairs = np.empty(len(rows), dtype=[("addr", "V16"), ("port", "u2")])
@@ -191,8 +178,7 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
         """Rows of TCP connections to hosts outside that answered: a port reached, a host spoken with. Tries
         nobody answered are neither: a shell retries until its listener is up, and an implant's decoys
         cost it nothing."""
-        answered = (flows["proto"] == IPPROTO_TCP) & np.isin(flows["state"], _ANSWERED)
-        return self.zones.outside(flows, np.flatnonzero(answered))
+        return self.zones.outside(flows, np.flatnonzero((flows["proto"] == IPPROTO_TCP) & answered(flows)))
 
     def _scores(self, assessment: _Assessment) -> list[Score]:
         return assessment.scores
@@ -225,6 +211,16 @@ class ReverseShellDetector(Detector[ReverseShellState, _Assessment]):
                 self.state.reported[s.subject] = s.evidence["role"]
         if len(self.state.reported) > self.max_subjects:
             self.state.reported = dict(list(self.state.reported.items())[-self.max_subjects:])
+
+
+def _meshes(flows: FlowRecords, reached: np.ndarray) -> set[tuple[str, int]]:
+    """(subject, port) pairs whose subject spoke the port with MESH_PEERS or more of the hosts outside
+    ``reached`` (rows of TCP connections that answered)."""
+    peers: dict[tuple[str, int], set[bytes]] = {}
+    for key, port, addr in zip(subject_keys(flows, reached), flows["dst_port"][reached].tolist(),
+                               flows["dst_addr"][reached].tolist(), strict=True):
+        peers.setdefault((key, port), set()).add(addr)
+    return {pair for pair, hosts in peers.items() if len(hosts) >= MESH_PEERS}
 
 
 def _interactive(flows: FlowRecords) -> np.ndarray:
