@@ -94,7 +94,7 @@ def _known_names(names: tuple[str, ...]) -> tuple[str, ...]:
     """``--type``'s names, each a type, a rule or TYPE/RULE: a misspelt one would list nothing, silently."""
     from kubesonar.shared.alerts import alert_names
 
-    wrong = [n for n in names if n not in alert_names()]
+    wrong = sorted(set(names) - alert_names())
     if wrong:
         raise click.BadParameter(f"unknown type or rule '{wrong[0]}': give a type, a rule id or TYPE/RULE "
                                  "(`unusual_destination/reverse_shell`, `beaconing/beaconing`)")

@@ -36,7 +36,7 @@ from kubesonar.shared.flow import (
 from kubesonar.shared.mining import RPC_METHODS
 
 SECOND = 1_000_000_000
-# a flow with no answer this long after its last packet was not answered: TCP's initial retransmission
+# a flow with no answer this long after its connection's first packet was not answered: TCP's initial retransmission
 # timeout (RFC 6298), the time a sender itself waits before it takes a segment for lost; sooner, the
 # answer may still be on its way
 ANSWER_DUE_S = 1.0
